@@ -1,0 +1,180 @@
+//! Actors: typed job handlers, and how their arguments become jobs.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::encoder::{decode_value, CodecError, Encoder};
+use crate::outcome::{BoxError, Failure, Output, RecordLimits};
+use crate::{App, Context, EnqueueError, MessageId, Options, SendOptions};
+
+/// One attempt of an actor, not yet started: futures do nothing until
+/// polled, so a middleware that skips a message simply drops it.
+pub type Job = Pin<Box<dyn Future<Output = Result<Output, Failure>> + Send + 'static>>;
+
+/// A typed job handler. The value of the type is the job's arguments.
+///
+/// Derive it with `#[derive(Actor)]` from the `dramaturg` crate and write the
+/// handler as an ordinary `async fn perform(self, ctx: &Context)`; or
+/// implement it by hand.
+///
+/// # Examples
+///
+/// By hand (the derive writes the same):
+///
+/// ```
+/// use dramaturg_core::{actor::into_job_result, Actor, Context, Job};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct Resize { image_id: u64 }
+///
+/// impl Resize {
+///     async fn perform(self, _ctx: &Context) -> Result<(), std::io::Error> {
+///         Ok(())
+///     }
+/// }
+///
+/// impl Actor for Resize {
+///     const NAME: &'static str = "resize";
+///     const QUEUE: &'static str = "media";
+///
+///     fn into_job(self, ctx: Context) -> Job {
+///         Box::pin(async move { into_job_result(self.perform(&ctx).await) })
+///     }
+/// }
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a dramaturg actor",
+    label = "not an actor",
+    note = "add `#[derive(Actor, Serialize, Deserialize)]` to `{Self}` and give it an `async fn perform(self, ctx: &Context)`"
+)]
+pub trait Actor: Serialize + DeserializeOwned + Send + 'static {
+    /// The actor's name, unique within an app (the derive uses the type's
+    /// name in snake case).
+    const NAME: &'static str;
+
+    /// The queue its messages go to (the derive's default is `"default"`).
+    const QUEUE: &'static str;
+
+    /// Whether the handler is blocking (CPU-bound) and runs on the blocking
+    /// thread pool rather than on the async worker threads.
+    const BLOCKING: bool = false;
+
+    /// The actor's default options (its attributes).
+    fn options() -> Options {
+        Options::default()
+    }
+
+    /// Turns the arguments into one attempt of the job, run with `ctx`.
+    fn into_job(self, ctx: Context) -> Job;
+
+    /// Sends a message to this actor with its default options; returns the
+    /// message id once the broker has the message.
+    ///
+    /// # Errors
+    ///
+    /// [`EnqueueError`]: the app does not know this actor, the message is too
+    /// large, a middleware refused it, or the broker did not take it. Nothing
+    /// was enqueued.
+    fn send(&self, app: &App) -> impl Future<Output = Result<MessageId, EnqueueError>> + Send + 'static {
+        app.send(self, SendOptions::default())
+    }
+
+    /// Sends a message to this actor with a delay or per-message options.
+    ///
+    /// # Errors
+    ///
+    /// As [`Actor::send`].
+    fn send_with(
+        &self,
+        app: &App,
+        options: SendOptions,
+    ) -> impl Future<Output = Result<MessageId, EnqueueError>> + Send + 'static {
+        app.send(self, options)
+    }
+}
+
+/// Converts what a handler returned into the result of a [`Job`]. The error
+/// can be any type that converts into a boxed error: a typed error, a
+/// `Box<dyn Error + Send + Sync>`, a `String`.
+pub fn into_job_result<T, E>(result: Result<T, E>) -> Result<Output, Failure>
+where
+    T: Serialize + Send + 'static,
+    E: Into<BoxError>,
+{
+    result.map(Output::new).map_err(Failure::from_error)
+}
+
+/// Runs a blocking handler on tokio's blocking thread pool.
+///
+/// If the job is dropped (a time limit, an abort, a shutdown), the thread
+/// cannot be stopped from outside: it runs on until the handler returns, and
+/// its result is discarded. Blocking handlers that run long should check for
+/// such requests themselves.
+pub fn run_blocking<F>(ctx: Context, handler: F) -> Job
+where
+    F: FnOnce(&Context) -> Result<Output, Failure> + Send + 'static,
+{
+    Box::pin(async move {
+        match tokio::task::spawn_blocking(move || handler(&ctx)).await {
+            Ok(result) => result,
+            Err(error) if error.is_panic() => {
+                Err(Failure::from_panic(error.into_panic().as_ref(), &RecordLimits::default()))
+            }
+            Err(error) => Err(Failure::from_error(error)),
+        }
+    })
+}
+
+/// What an app knows of a registered actor.
+#[derive(Debug, Clone)]
+pub struct ActorInfo {
+    name: &'static str,
+    queue: String,
+    blocking: bool,
+    options: Options,
+    make_job: fn(&dyn Encoder, &[u8], Context) -> Result<Job, CodecError>,
+}
+
+fn make_job<A: Actor>(encoder: &dyn Encoder, args: &[u8], ctx: Context) -> Result<Job, CodecError> {
+    let actor: A = decode_value(encoder, args)?;
+    Ok(actor.into_job(ctx))
+}
+
+impl ActorInfo {
+    pub(crate) fn of<A: Actor>() -> Self {
+        Self { name: A::NAME, queue: A::QUEUE.to_owned(), blocking: A::BLOCKING, options: A::options(), make_job: make_job::<A> }
+    }
+
+    /// The actor's name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The actor's queue (with the app's queue prefix, if any).
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    pub(crate) fn prefix_queue(&mut self, prefix: &str) {
+        self.queue.insert_str(0, prefix);
+    }
+
+    /// Whether its handler is blocking.
+    pub fn blocking(&self) -> bool {
+        self.blocking
+    }
+
+    /// Its default options.
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
+    /// Decodes `args` into the actor's type and makes the job.
+    pub(crate) fn job(&self, encoder: &dyn Encoder, args: &[u8], ctx: Context) -> Result<Job, CodecError> {
+        (self.make_job)(encoder, args, ctx)
+    }
+}

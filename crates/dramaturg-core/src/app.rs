@@ -1,0 +1,475 @@
+//! The app: a broker, an encoder, the ordered middleware stack and the
+//! registered actors.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::actor::ActorInfo;
+use crate::broker::{Broker, DeadLetters, Outgoing, QueueAdmin, QueueStats};
+use crate::encoder::{encode_value, Encoder, MessagePack};
+use crate::error::{BrokerError, BrokerErrorKind, ConfigError, EnqueueError};
+use crate::middleware::Middleware;
+use crate::{Actor, Message, MessageId, Options};
+
+/// The largest encoded message an app sends by default: 1 MiB.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 1024 * 1024;
+
+/// Everything needed to send and process messages. Cheap to clone: clones
+/// share one app.
+///
+/// # Examples
+///
+/// ```
+/// use dramaturg_core::{App, MemoryBroker};
+///
+/// let app = App::builder(MemoryBroker::new()).build().unwrap();
+/// assert!(app.middleware_names().is_empty());
+/// ```
+#[derive(Clone)]
+pub struct App {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    broker: Arc<dyn Broker>,
+    encoder: Arc<dyn Encoder>,
+    stack: Vec<Arc<dyn Middleware>>,
+    actors: HashMap<&'static str, ActorInfo>,
+    queues: Vec<String>,
+    max_message_size: usize,
+}
+
+/// Per-message choices for [`Actor::send_with`]: a delay and option
+/// overrides.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use dramaturg_core::SendOptions;
+///
+/// let send = SendOptions::default()
+///     .delay(Duration::from_secs(60))
+///     .options(|o| o.with_max_retries(0).with_extra("tenant", "acme"));
+/// assert_eq!(send.options.max_retries, Some(0));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct SendOptions {
+    /// Hold the message back this long before it may run.
+    pub delay: Option<Duration>,
+    /// Options that override the actor's.
+    pub options: Options,
+}
+
+impl SendOptions {
+    /// Holds the message back for `delay`.
+    #[must_use]
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = Some(delay);
+        self
+    }
+
+    /// Changes the per-message options.
+    #[must_use]
+    pub fn options(mut self, change: impl FnOnce(Options) -> Options) -> Self {
+        self.options = change(self.options);
+        self
+    }
+}
+
+impl App {
+    /// Starts building an app on `broker`, with an empty middleware stack.
+    pub fn builder(broker: impl Broker) -> AppBuilder {
+        Self::builder_shared(Arc::new(broker))
+    }
+
+    /// Starts building an app on a shared broker.
+    pub fn builder_shared(broker: Arc<dyn Broker>) -> AppBuilder {
+        AppBuilder {
+            broker,
+            encoder: Arc::new(MessagePack),
+            stack: Vec::new(),
+            actors: Vec::new(),
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            queue_prefix: String::new(),
+            errors: Vec::new(),
+        }
+    }
+
+    /// The broker.
+    pub fn broker(&self) -> &Arc<dyn Broker> {
+        &self.inner.broker
+    }
+
+    /// The encoder.
+    pub fn encoder(&self) -> &dyn Encoder {
+        &*self.inner.encoder
+    }
+
+    /// The middleware stack, outermost first.
+    pub fn middleware(&self) -> &[Arc<dyn Middleware>] {
+        &self.inner.stack
+    }
+
+    /// The names of the middleware stack, outermost first.
+    pub fn middleware_names(&self) -> Vec<&'static str> {
+        self.inner.stack.iter().map(|m| m.name()).collect()
+    }
+
+    /// The registered actor named `name`.
+    pub fn actor(&self, name: &str) -> Option<&ActorInfo> {
+        self.inner.actors.get(name)
+    }
+
+    /// The registered actors, in no particular order.
+    pub fn actors(&self) -> impl Iterator<Item = &ActorInfo> {
+        self.inner.actors.values()
+    }
+
+    /// The queues of the registered actors, each once, in registration order.
+    pub fn queues(&self) -> &[String] {
+        &self.inner.queues
+    }
+
+    /// The largest encoded message this app sends, in bytes.
+    pub fn max_message_size(&self) -> usize {
+        self.inner.max_message_size
+    }
+
+    /// Sends `actor` with `options`: the future behind [`Actor::send`].
+    ///
+    /// The arguments are encoded before this returns, so the future owns
+    /// everything it needs.
+    ///
+    /// # Errors
+    ///
+    /// See [`Actor::send`].
+    pub fn send<A: Actor>(
+        &self,
+        actor: &A,
+        options: SendOptions,
+    ) -> impl Future<Output = Result<MessageId, EnqueueError>> + Send + 'static {
+        let message = self.message(actor, options.options);
+        let app = self.clone();
+        async move { app.enqueue(message?, options.delay).await }
+    }
+
+    /// Sends many messages to one actor in one broker call (one round trip
+    /// on brokers that support it). Returns their ids in order.
+    ///
+    /// # Errors
+    ///
+    /// See [`Actor::send`]. If the broker fails part-way, some messages may
+    /// have been enqueued.
+    pub fn send_many<'a, A: Actor>(
+        &self,
+        actors: impl IntoIterator<Item = &'a A>,
+    ) -> impl Future<Output = Result<Vec<MessageId>, EnqueueError>> + Send + 'static {
+        let messages: Result<Vec<_>, _> =
+            actors.into_iter().map(|actor| self.message(actor, Options::default()).map(|m| (m, None))).collect();
+        let app = self.clone();
+        async move { app.enqueue_many(messages?).await }
+    }
+
+    /// Builds the message for `actor` without sending it.
+    ///
+    /// # Errors
+    ///
+    /// [`EnqueueError::UnknownActor`] if the app does not know the actor,
+    /// [`EnqueueError::Encode`] if its arguments cannot be encoded.
+    pub fn message<A: Actor>(&self, actor: &A, options: Options) -> Result<Message, EnqueueError> {
+        let Some(info) = self.inner.actors.get(A::NAME) else {
+            return Err(EnqueueError::UnknownActor(A::NAME.to_owned()));
+        };
+        let args = encode_value(self.encoder(), actor)?;
+        let mut message = Message::new(info.queue(), A::NAME, args.into());
+        message.options = options;
+        Ok(message)
+    }
+
+    /// Enqueues a message built earlier (retries re-enqueue this way): runs
+    /// the enqueue hooks, encodes, checks the size and hands it to the broker.
+    ///
+    /// # Errors
+    ///
+    /// [`EnqueueError`]; nothing was enqueued.
+    ///
+    /// # Cancel safety
+    ///
+    /// If cancelled, the message may or may not have been enqueued.
+    pub async fn enqueue(&self, message: Message, delay: Option<Duration>) -> Result<MessageId, EnqueueError> {
+        let (id, outgoing) = self.outgoing(message, delay)?;
+        self.inner.broker.enqueue(outgoing).await?;
+        Ok(id)
+    }
+
+    /// Enqueues many messages built earlier in one broker call.
+    ///
+    /// # Errors
+    ///
+    /// [`EnqueueError`]; if it comes from the broker, some messages may have
+    /// been enqueued.
+    pub async fn enqueue_many(
+        &self,
+        messages: Vec<(Message, Option<Duration>)>,
+    ) -> Result<Vec<MessageId>, EnqueueError> {
+        let mut ids = Vec::with_capacity(messages.len());
+        let mut batch = Vec::with_capacity(messages.len());
+        for (message, delay) in messages {
+            let (id, outgoing) = self.outgoing(message, delay)?;
+            ids.push(id);
+            batch.push(outgoing);
+        }
+        self.inner.broker.enqueue_many(batch).await?;
+        Ok(ids)
+    }
+
+    fn outgoing(&self, mut message: Message, delay: Option<Duration>) -> Result<(MessageId, Outgoing), EnqueueError> {
+        for middleware in &self.inner.stack {
+            middleware
+                .before_enqueue(&mut message)
+                .map_err(|source| EnqueueError::Rejected { middleware: middleware.name(), source })?;
+        }
+        let priority = match self.inner.actors.get(message.actor.as_str()) {
+            Some(actor) => message.options.priority.or(actor.options().priority),
+            None => message.options.priority,
+        };
+        let body = self.encoder().encode_message(&message)?;
+        if body.len() > self.inner.max_message_size {
+            return Err(EnqueueError::TooLarge { size: body.len(), limit: self.inner.max_message_size });
+        }
+        let outgoing = Outgoing::new(message.queue, body).with_delay(delay).with_priority(priority);
+        Ok((message.id, outgoing))
+    }
+
+    /// Queue statistics, purging and draining, when the broker offers them.
+    ///
+    /// # Errors
+    ///
+    /// [`BrokerErrorKind::Unsupported`] when it does not.
+    pub fn admin(&self) -> Result<&dyn QueueAdmin, BrokerError> {
+        self.inner.broker.admin().ok_or_else(|| unsupported("queue administration"))
+    }
+
+    /// Dead-letter listing and replay, when the broker offers them.
+    ///
+    /// # Errors
+    ///
+    /// [`BrokerErrorKind::Unsupported`] when it does not.
+    pub fn dead_letters(&self) -> Result<&dyn DeadLetters, BrokerError> {
+        self.inner.broker.dead_letters().ok_or_else(|| unsupported("dead-letter inspection"))
+    }
+
+    /// Counts of `queue`'s messages.
+    ///
+    /// # Errors
+    ///
+    /// A [`BrokerError`], including `Unsupported`.
+    pub async fn stats(&self, queue: &str) -> Result<QueueStats, BrokerError> {
+        self.admin()?.stats(queue).await
+    }
+
+    /// Waits until every queue of the app is drained (nothing ready, delayed
+    /// or in flight), for at most `timeout` in all. For tests and scripts.
+    ///
+    /// # Errors
+    ///
+    /// A [`BrokerError`] of kind `Timeout` when time runs out, or `Unsupported`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: it only reads.
+    pub async fn join(&self, timeout: Duration) -> Result<(), BrokerError> {
+        let admin = self.admin()?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        // A queue may refill from another (a follow-up message), so check
+        // them all again until one pass finds every queue drained at once.
+        loop {
+            for queue in self.queues() {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                admin.join(queue, left).await?;
+            }
+            let mut drained = true;
+            for queue in self.queues() {
+                drained &= admin.stats(queue).await?.is_drained();
+            }
+            if drained {
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn unsupported(what: &str) -> BrokerError {
+    BrokerError::new(BrokerErrorKind::Unsupported, format!("this broker does not offer {what}"))
+}
+
+impl fmt::Debug for App {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("App")
+            .field("broker", &self.inner.broker)
+            .field("encoder", &self.inner.encoder)
+            .field("middleware", &self.middleware_names())
+            .field("actors", &self.inner.actors.keys().collect::<Vec<_>>())
+            .field("max_message_size", &self.inner.max_message_size)
+            .finish()
+    }
+}
+
+/// Puts an [`App`] together. Mistakes (an unknown middleware name, two
+/// actors of one name) are reported by [`AppBuilder::build`].
+///
+/// # Examples
+///
+/// ```
+/// use dramaturg_core::{async_trait, App, MemoryBroker, Middleware};
+///
+/// struct Named(&'static str);
+///
+/// #[async_trait]
+/// impl Middleware for Named {
+///     fn name(&self) -> &'static str {
+///         self.0
+///     }
+/// }
+///
+/// let app = App::builder(MemoryBroker::new())
+///     .middleware(Named("outer"))
+///     .middleware(Named("inner"))
+///     .insert_after("outer", Named("middle"))
+///     .build()
+///     .unwrap();
+/// assert_eq!(app.middleware_names(), ["outer", "middle", "inner"]);
+/// ```
+#[must_use]
+pub struct AppBuilder {
+    broker: Arc<dyn Broker>,
+    encoder: Arc<dyn Encoder>,
+    stack: Vec<Arc<dyn Middleware>>,
+    actors: Vec<ActorInfo>,
+    max_message_size: usize,
+    queue_prefix: String,
+    errors: Vec<ConfigError>,
+}
+
+impl AppBuilder {
+    /// Adds a middleware inside all that were added before (the first one
+    /// added is the outermost).
+    pub fn middleware(mut self, middleware: impl Middleware) -> Self {
+        self.stack.push(Arc::new(middleware));
+        self
+    }
+
+    /// Inserts a middleware just outside the one named `name`.
+    pub fn insert_before(self, name: &str, middleware: impl Middleware) -> Self {
+        self.insert_at(name, 0, middleware)
+    }
+
+    /// Inserts a middleware just inside the one named `name`.
+    pub fn insert_after(self, name: &str, middleware: impl Middleware) -> Self {
+        self.insert_at(name, 1, middleware)
+    }
+
+    fn insert_at(mut self, name: &str, offset: usize, middleware: impl Middleware) -> Self {
+        match self.position(name) {
+            Some(index) => self.stack.insert(index + offset, Arc::new(middleware)),
+            None => self.errors.push(ConfigError::NoSuchMiddleware(name.to_owned())),
+        }
+        self
+    }
+
+    /// Removes the middleware named `name`.
+    pub fn remove(mut self, name: &str) -> Self {
+        match self.position(name) {
+            Some(index) => drop(self.stack.remove(index)),
+            None => self.errors.push(ConfigError::NoSuchMiddleware(name.to_owned())),
+        }
+        self
+    }
+
+    fn position(&self, name: &str) -> Option<usize> {
+        self.stack.iter().position(|m| m.name() == name)
+    }
+
+    /// The names of the stack so far, outermost first.
+    pub fn middleware_names(&self) -> Vec<&'static str> {
+        self.stack.iter().map(|m| m.name()).collect()
+    }
+
+    /// Registers an actor: the app can send to it and its workers run it.
+    pub fn actor<A: Actor>(mut self) -> Self {
+        self.actors.push(ActorInfo::of::<A>());
+        self
+    }
+
+    /// Uses `encoder` instead of [`MessagePack`].
+    pub fn encoder(mut self, encoder: impl Encoder) -> Self {
+        self.encoder = Arc::new(encoder);
+        self
+    }
+
+    /// Refuses to send messages larger than `bytes` once encoded (default 1 MiB).
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
+        self
+    }
+
+    /// Puts `prefix` in front of every actor's queue name, so that several
+    /// environments (or tests) can share one broker without seeing each
+    /// other's messages.
+    pub fn queue_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.queue_prefix = prefix.into();
+        self
+    }
+
+    /// The app.
+    ///
+    /// # Errors
+    ///
+    /// The first [`ConfigError`] met while building.
+    pub fn build(mut self) -> Result<App, ConfigError> {
+        if let Some(error) = self.errors.drain(..).next() {
+            return Err(error);
+        }
+        for (i, middleware) in self.stack.iter().enumerate() {
+            if self.stack[..i].iter().any(|m| m.name() == middleware.name()) {
+                return Err(ConfigError::DuplicateMiddleware(middleware.name().to_owned()));
+            }
+        }
+        let mut actors = HashMap::with_capacity(self.actors.len());
+        let mut queues = Vec::new();
+        for mut actor in self.actors {
+            actor.prefix_queue(&self.queue_prefix);
+            if !queues.iter().any(|q| q == actor.queue()) {
+                queues.push(actor.queue().to_owned());
+            }
+            if let Some(previous) = actors.insert(actor.name(), actor) {
+                return Err(ConfigError::DuplicateActor(previous.name().to_owned()));
+            }
+        }
+        Ok(App {
+            inner: Arc::new(Inner {
+                broker: self.broker,
+                encoder: self.encoder,
+                stack: self.stack,
+                actors,
+                queues,
+                max_message_size: self.max_message_size,
+            }),
+        })
+    }
+}
+
+impl fmt::Debug for AppBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AppBuilder")
+            .field("broker", &self.broker)
+            .field("middleware", &self.middleware_names())
+            .field("actors", &self.actors.iter().map(ActorInfo::name).collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}

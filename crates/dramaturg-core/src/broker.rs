@@ -1,0 +1,324 @@
+//! The transport contract: queues of encoded messages, deliveries and their
+//! settlement.
+//!
+//! A [`Broker`] moves bytes; it never decodes them, so bytes that are not a
+//! message reach the worker, which dead-letters them with a reason. Optional
+//! abilities — queue statistics and draining ([`QueueAdmin`]), dead-letter
+//! inspection ([`DeadLetters`]) — are separate traits a broker may offer.
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::error::BrokerError;
+use crate::outcome::Settlement;
+
+/// A message on its way into a queue.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Outgoing {
+    /// The queue to put it in.
+    pub queue: String,
+    /// The encoded message.
+    pub body: Bytes,
+    /// How long to hold it before it may be delivered.
+    pub delay: Option<Duration>,
+    /// Delivery priority (0–255) for brokers that support it.
+    pub priority: Option<u8>,
+}
+
+impl Outgoing {
+    /// A message for `queue`, to be delivered at once.
+    pub fn new(queue: impl Into<String>, body: impl Into<Bytes>) -> Self {
+        Self { queue: queue.into(), body: body.into(), delay: None, priority: None }
+    }
+
+    /// The same message, held back for `delay` (`None` or zero: no delay).
+    #[must_use]
+    pub fn with_delay(mut self, delay: Option<Duration>) -> Self {
+        self.delay = delay.filter(|d| !d.is_zero());
+        self
+    }
+
+    /// The same message with a delivery priority.
+    #[must_use]
+    pub fn with_priority(mut self, priority: Option<u8>) -> Self {
+        self.priority = priority;
+        self
+    }
+}
+
+impl fmt::Debug for Outgoing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Outgoing")
+            .field("queue", &self.queue)
+            .field("body_len", &self.body.len())
+            .field("delay", &self.delay)
+            .field("priority", &self.priority)
+            .finish()
+    }
+}
+
+/// A transport for messages. Object-safe: an app holds an `Arc<dyn Broker>`
+/// chosen at run time.
+///
+/// Implementations promise at-least-once delivery: a message leaves its
+/// queue for good only when its delivery is settled with
+/// [`Settlement::Ack`] or [`Settlement::DeadLetter`].
+#[async_trait]
+pub trait Broker: Send + Sync + fmt::Debug + 'static {
+    /// Makes sure `queue` (and its delay and dead-letter companions) exists.
+    ///
+    /// # Errors
+    ///
+    /// A [`BrokerError`] when the broker cannot be reached or refuses.
+    async fn declare_queue(&self, queue: &str) -> Result<(), BrokerError>;
+
+    /// Puts one message into its queue (declaring the queue if needed). It
+    /// returns once the broker has the message.
+    ///
+    /// # Errors
+    ///
+    /// A [`BrokerError`] when the message could not be stored; it was then
+    /// not enqueued.
+    async fn enqueue(&self, message: Outgoing) -> Result<(), BrokerError>;
+
+    /// Starts consuming `queue`, holding at most `prefetch` deliveries that
+    /// the worker has not settled yet.
+    ///
+    /// # Errors
+    ///
+    /// A [`BrokerError`] when the broker cannot be reached.
+    async fn consume(&self, queue: &str, prefetch: usize) -> Result<Box<dyn Consumer>, BrokerError>;
+
+    /// Puts many messages into their queues. Brokers that can do it in one
+    /// round trip override this; the default enqueues one by one.
+    ///
+    /// # Errors
+    ///
+    /// The first [`BrokerError`]; messages before it may have been enqueued.
+    async fn enqueue_many(&self, messages: Vec<Outgoing>) -> Result<(), BrokerError> {
+        for message in messages {
+            self.enqueue(message).await?;
+        }
+        Ok(())
+    }
+
+    /// Queue statistics, purging and draining, if this broker offers them.
+    fn admin(&self) -> Option<&dyn QueueAdmin> {
+        None
+    }
+
+    /// Dead-letter listing and replay, if this broker offers them.
+    fn dead_letters(&self) -> Option<&dyn DeadLetters> {
+        None
+    }
+}
+
+/// A stream of deliveries from one queue.
+#[async_trait]
+pub trait Consumer: Send {
+    /// The next delivery, waiting for one if the queue is empty.
+    ///
+    /// # Errors
+    ///
+    /// A [`BrokerError`] when the broker went away; the consumer may be
+    /// asked again (brokers reconnect where they can).
+    ///
+    /// # Cancel safety
+    ///
+    /// Implementations must be cancel-safe: if the future is dropped before
+    /// it completes, no delivery is lost (it stays in, or returns to, the
+    /// queue).
+    async fn next(&mut self) -> Result<Delivery, BrokerError>;
+
+    /// Stops consuming and returns every delivery fetched but not yet handed
+    /// out to the queue.
+    ///
+    /// # Errors
+    ///
+    /// A [`BrokerError`] when the broker could not be told; it then returns
+    /// the deliveries by its own means (connection loss, heartbeat expiry).
+    async fn close(self: Box<Self>) -> Result<(), BrokerError>;
+}
+
+/// How a broker settles one of its deliveries.
+#[async_trait]
+pub trait Receipt: Send + Sync + fmt::Debug {
+    /// Settles the delivery this receipt belongs to.
+    ///
+    /// # Errors
+    ///
+    /// A [`BrokerError`] when the broker could not be told.
+    async fn settle(self: Box<Self>, settlement: Settlement) -> Result<(), BrokerError>;
+}
+
+/// One message handed out by a [`Consumer`]. It must be settled exactly
+/// once; [`Delivery::settle`] takes it by value so it cannot be settled twice.
+#[derive(Debug)]
+pub struct Delivery {
+    body: Bytes,
+    redelivered: bool,
+    receipt: Box<dyn Receipt>,
+}
+
+impl Delivery {
+    /// A delivery of `body`, settled through `receipt`.
+    pub fn new(body: Bytes, redelivered: bool, receipt: Box<dyn Receipt>) -> Self {
+        Self { body, redelivered, receipt }
+    }
+
+    /// The encoded message.
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+
+    /// Whether the broker delivered this message before (after a crash or a
+    /// requeue) — a hint that it may have been partly processed.
+    pub fn redelivered(&self) -> bool {
+        self.redelivered
+    }
+
+    /// Settles the delivery.
+    ///
+    /// # Errors
+    ///
+    /// A [`BrokerError`] when the broker could not be told; the message is
+    /// then redelivered later (at-least-once).
+    pub async fn settle(self, settlement: Settlement) -> Result<(), BrokerError> {
+        self.receipt.settle(settlement).await
+    }
+}
+
+/// Counts of one queue's messages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QueueStats {
+    /// Ready to be delivered.
+    pub ready: u64,
+    /// Waiting for their delay to pass.
+    pub delayed: u64,
+    /// Delivered and not settled yet.
+    pub in_flight: u64,
+    /// In the dead-letter queue.
+    pub dead: u64,
+}
+
+impl QueueStats {
+    /// Counts of ready, delayed and in-flight messages.
+    pub fn new(ready: u64, delayed: u64, in_flight: u64, dead: u64) -> Self {
+        Self { ready, delayed, in_flight, dead }
+    }
+
+    /// Whether nothing is ready, delayed or in flight (dead letters aside).
+    pub fn is_drained(&self) -> bool {
+        self.ready == 0 && self.delayed == 0 && self.in_flight == 0
+    }
+}
+
+/// Queue statistics, purging and draining.
+#[async_trait]
+pub trait QueueAdmin: Send + Sync {
+    /// Counts of `queue`'s messages.
+    ///
+    /// # Errors
+    ///
+    /// A [`BrokerError`] when the broker cannot be reached.
+    async fn stats(&self, queue: &str) -> Result<QueueStats, BrokerError>;
+
+    /// Removes every ready and delayed message of `queue`; returns how many.
+    ///
+    /// # Errors
+    ///
+    /// A [`BrokerError`] when the broker cannot be reached.
+    async fn purge(&self, queue: &str) -> Result<u64, BrokerError>;
+
+    /// Waits until `queue` has no ready, delayed or in-flight message, for
+    /// at most `timeout`. Meant for tests and scripts.
+    ///
+    /// The default checks [`QueueAdmin::stats`] every 10 ms.
+    ///
+    /// # Errors
+    ///
+    /// [`BrokerError`] of kind [`Timeout`](crate::BrokerErrorKind::Timeout)
+    /// when the queue is not drained in time, or any error of `stats`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: it only reads.
+    async fn join(&self, queue: &str, timeout: Duration) -> Result<(), BrokerError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.stats(queue).await?.is_drained() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(BrokerError::join_timeout(queue, timeout));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// A message in a dead-letter queue.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeadLetter {
+    /// The broker's key for this entry, for [`DeadLetters::replay`].
+    pub key: String,
+    /// The encoded message, as it was delivered.
+    pub body: Bytes,
+    /// Why it was dead-lettered.
+    pub reason: String,
+    /// When it was dead-lettered.
+    pub at: SystemTime,
+}
+
+impl DeadLetter {
+    /// A dead letter from its parts.
+    pub fn new(key: String, body: Bytes, reason: String, at: SystemTime) -> Self {
+        Self { key, body, reason, at }
+    }
+}
+
+impl fmt::Debug for DeadLetter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeadLetter")
+            .field("key", &self.key)
+            .field("body_len", &self.body.len())
+            .field("reason", &self.reason)
+            .field("at", &self.at)
+            .finish()
+    }
+}
+
+/// Which dead letters to replay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Replay {
+    /// The one with this key.
+    One(String),
+    /// All of them.
+    All,
+}
+
+/// Dead-letter listing and replay.
+#[async_trait]
+pub trait DeadLetters: Send + Sync {
+    /// Up to `limit` dead letters of `queue`, oldest first.
+    ///
+    /// # Errors
+    ///
+    /// A [`BrokerError`] when the broker cannot be reached.
+    async fn list(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>, BrokerError>;
+
+    /// Moves dead letters back into `queue` as they were; returns how many.
+    /// An unknown key replays nothing.
+    ///
+    /// # Errors
+    ///
+    /// A [`BrokerError`] when the broker cannot be reached.
+    async fn replay(&self, queue: &str, which: Replay) -> Result<u64, BrokerError>;
+}

@@ -1,0 +1,337 @@
+//! One behavioural test suite for every [`Broker`].
+//!
+//! The in-memory, Redis and AMQP brokers all run these same tests, so their
+//! semantics cannot drift apart. Each case uses queue names of its own (from
+//! the suite's prefix and a fresh id), so cases run in parallel and again
+//! against one server.
+//!
+//! Use [`broker_conformance!`](crate::broker_conformance) in a test file to
+//! get one `#[tokio::test]` per case:
+//!
+//! ```ignore
+//! dramaturg_core::broker_conformance!(async { MyBroker::connect("…").await.unwrap() });
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::actor::into_job_result;
+use crate::broker::{Broker, Consumer, Delivery, Outgoing, Replay};
+use crate::{Actor, App, Context, Job, MessageId, Settlement, Worker};
+
+/// How long a case waits for something that should happen at once.
+const SOON: Duration = Duration::from_secs(5);
+
+/// The suite, bound to one broker.
+#[derive(Debug, Clone)]
+pub struct Suite {
+    broker: Arc<dyn Broker>,
+    prefix: String,
+}
+
+/// Generates one `#[tokio::test]` per conformance case for the broker that
+/// `$make` (an `async` expression) produces.
+#[macro_export]
+macro_rules! broker_conformance {
+    ($make:expr) => {
+        $crate::broker_conformance!(@cases $make;
+            fifo_delivery_and_ack,
+            delayed_messages_wait,
+            dead_letters_keep_the_reason_and_replay,
+            requeued_messages_come_back,
+            closing_returns_unsettled_deliveries,
+            purge_and_stats,
+            join_waits_until_drained,
+            worker_requeues_on_shutdown,
+            worker_dead_letters_garbage,
+        );
+    };
+    (@cases $make:expr; $($case:ident,)*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let broker = $make.await;
+                $crate::conformance::Suite::new(::std::sync::Arc::new(broker), stringify!($case)).$case().await;
+            }
+        )*
+    };
+}
+
+async fn next(consumer: &mut dyn Consumer) -> Delivery {
+    tokio::time::timeout(SOON, consumer.next())
+        .await
+        .expect("a delivery within 5 s")
+        .expect("the consumer works")
+}
+
+async fn nothing_within(consumer: &mut dyn Consumer, wait: Duration) {
+    if let Ok(delivery) = tokio::time::timeout(wait, consumer.next()).await {
+        panic!("expected no delivery yet, got {:?}", delivery.map(|d| d.body().clone()));
+    }
+}
+
+fn body(text: &str) -> Bytes {
+    Bytes::copy_from_slice(text.as_bytes())
+}
+
+impl Suite {
+    /// The suite for `broker`; `prefix` goes into every queue name.
+    pub fn new(broker: Arc<dyn Broker>, prefix: &str) -> Self {
+        Self { broker, prefix: format!("conformance-{prefix}-{}", MessageId::new()) }
+    }
+
+    fn queue(&self, name: &str) -> String {
+        format!("{}-{name}", self.prefix)
+    }
+
+    async fn consumer(&self, queue: &str, prefetch: usize) -> Box<dyn Consumer> {
+        self.broker.declare_queue(queue).await.expect("declare");
+        self.broker.consume(queue, prefetch).await.expect("consume")
+    }
+
+    async fn put(&self, queue: &str, text: &str, delay: Option<Duration>) {
+        self.broker.enqueue(Outgoing::new(queue, body(text)).with_delay(delay)).await.expect("enqueue");
+    }
+
+    /// Messages come out in the order they went in; acked ones are gone.
+    pub async fn fifo_delivery_and_ack(&self) {
+        let queue = self.queue("fifo");
+        let mut consumer = self.consumer(&queue, 1).await;
+        let texts: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
+        self.broker
+            .enqueue_many(texts.iter().map(|t| Outgoing::new(queue.as_str(), body(t))).collect())
+            .await
+            .expect("enqueue_many");
+        for text in &texts {
+            let delivery = next(consumer.as_mut()).await;
+            assert_eq!(delivery.body(), &body(text));
+            assert!(!delivery.redelivered());
+            delivery.settle(Settlement::Ack).await.expect("ack");
+        }
+        consumer.close().await.expect("close");
+        self.expect_drained(&queue).await;
+    }
+
+    /// A delayed message is not delivered before its time, and is after.
+    pub async fn delayed_messages_wait(&self) {
+        let queue = self.queue("delay");
+        let mut consumer = self.consumer(&queue, 1).await;
+        let started = tokio::time::Instant::now();
+        self.put(&queue, "later", Some(Duration::from_millis(800))).await;
+        self.put(&queue, "now", None).await;
+        let first = next(consumer.as_mut()).await;
+        assert_eq!(first.body(), &body("now"));
+        first.settle(Settlement::Ack).await.expect("ack");
+        if let Some(admin) = self.broker.admin() {
+            let stats = admin.stats(&queue).await.expect("stats");
+            assert_eq!(stats.delayed, 1, "{stats:?}");
+        }
+        nothing_within(consumer.as_mut(), Duration::from_millis(300)).await;
+        let later = next(consumer.as_mut()).await;
+        assert_eq!(later.body(), &body("later"));
+        assert!(started.elapsed() >= Duration::from_millis(800), "delivered after {:?}", started.elapsed());
+        later.settle(Settlement::Ack).await.expect("ack");
+        consumer.close().await.expect("close");
+    }
+
+    /// Dead letters keep their reason and can be replayed, one or all.
+    pub async fn dead_letters_keep_the_reason_and_replay(&self) {
+        let queue = self.queue("dead");
+        let Some(dead) = self.broker.dead_letters() else { return };
+        let mut consumer = self.consumer(&queue, 1).await;
+        for text in ["a", "b", "c"] {
+            self.put(&queue, text, None).await;
+            next(consumer.as_mut()).await.settle(Settlement::DeadLetter(format!("bad {text}"))).await.expect("nack");
+        }
+        let letters = dead.list(&queue, 10).await.expect("list");
+        assert_eq!(letters.iter().map(|d| d.reason.as_str()).collect::<Vec<_>>(), ["bad a", "bad b", "bad c"]);
+        assert_eq!(letters[0].body, body("a"));
+        assert_eq!(dead.list(&queue, 2).await.expect("list").len(), 2);
+
+        assert_eq!(dead.replay(&queue, Replay::One(letters[1].key.clone())).await.expect("replay one"), 1);
+        assert_eq!(dead.replay(&queue, Replay::One("no-such-key".into())).await.expect("replay none"), 0);
+        let replayed = next(consumer.as_mut()).await;
+        assert_eq!(replayed.body(), &body("b"));
+        replayed.settle(Settlement::Ack).await.expect("ack");
+
+        assert_eq!(dead.replay(&queue, Replay::All).await.expect("replay all"), 2);
+        let mut rest = Vec::new();
+        for _ in 0..2 {
+            let delivery = next(consumer.as_mut()).await;
+            rest.push(delivery.body().clone());
+            delivery.settle(Settlement::Ack).await.expect("ack");
+        }
+        rest.sort();
+        assert_eq!(rest, [body("a"), body("c")]);
+        assert!(dead.list(&queue, 10).await.expect("list").is_empty());
+        consumer.close().await.expect("close");
+    }
+
+    /// A requeued message is delivered again, marked as redelivered.
+    pub async fn requeued_messages_come_back(&self) {
+        let queue = self.queue("requeue");
+        let mut consumer = self.consumer(&queue, 1).await;
+        self.put(&queue, "again", None).await;
+        next(consumer.as_mut()).await.settle(Settlement::Requeue).await.expect("requeue");
+        let again = next(consumer.as_mut()).await;
+        assert_eq!(again.body(), &body("again"));
+        assert!(again.redelivered());
+        again.settle(Settlement::Ack).await.expect("ack");
+        consumer.close().await.expect("close");
+        self.expect_drained(&queue).await;
+    }
+
+    /// Deliveries not settled when their consumer closes are not lost: a new
+    /// consumer gets them.
+    pub async fn closing_returns_unsettled_deliveries(&self) {
+        let queue = self.queue("close");
+        let mut consumer = self.consumer(&queue, 4).await;
+        for i in 0..4 {
+            self.put(&queue, &format!("m{i}"), None).await;
+        }
+        let held = next(consumer.as_mut()).await;
+        held.settle(Settlement::Requeue).await.expect("requeue");
+        consumer.close().await.expect("close");
+        let mut consumer = self.consumer(&queue, 4).await;
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            let delivery = next(consumer.as_mut()).await;
+            seen.push(delivery.body().clone());
+            delivery.settle(Settlement::Ack).await.expect("ack");
+        }
+        seen.sort();
+        assert_eq!(seen, (0..4).map(|i| body(&format!("m{i}"))).collect::<Vec<_>>());
+        consumer.close().await.expect("close");
+    }
+
+    /// Statistics count ready and delayed messages; purge removes them.
+    pub async fn purge_and_stats(&self) {
+        let queue = self.queue("purge");
+        let Some(admin) = self.broker.admin() else { return };
+        self.broker.declare_queue(&queue).await.expect("declare");
+        for i in 0..5 {
+            self.put(&queue, &format!("m{i}"), None).await;
+        }
+        self.put(&queue, "later", Some(Duration::from_secs(3600))).await;
+        let stats = admin.stats(&queue).await.expect("stats");
+        assert_eq!((stats.ready, stats.delayed, stats.in_flight), (5, 1, 0), "{stats:?}");
+        assert_eq!(admin.purge(&queue).await.expect("purge"), 6);
+        assert!(admin.stats(&queue).await.expect("stats").is_drained());
+    }
+
+    /// `join` returns once a consumer has settled everything, and times out
+    /// while messages remain.
+    pub async fn join_waits_until_drained(&self) {
+        let queue = self.queue("join");
+        let Some(admin) = self.broker.admin() else { return };
+        let mut consumer = self.consumer(&queue, 8).await;
+        for i in 0..10 {
+            self.put(&queue, &format!("m{i}"), None).await;
+        }
+        let err = admin.join(&queue, Duration::from_millis(200)).await.expect_err("not drained yet");
+        assert!(err.is_timeout(), "{err}");
+        let drain = tokio::spawn(async move {
+            for _ in 0..10 {
+                next(consumer.as_mut()).await.settle(Settlement::Ack).await.expect("ack");
+            }
+            consumer.close().await.expect("close");
+        });
+        admin.join(&queue, SOON).await.expect("drained");
+        drain.await.expect("drain task");
+    }
+
+    /// A worker shutting down with a short grace period returns running and
+    /// unstarted messages to the queue: every message is either processed or
+    /// back in its queue.
+    pub async fn worker_requeues_on_shutdown(&self) {
+        let Some(admin) = self.broker.admin() else { return };
+        let app = App::builder_shared(Arc::clone(&self.broker))
+            .queue_prefix(self.queue("shutdown-"))
+            .actor::<Nap>()
+            .build()
+            .expect("app");
+        let total = 20;
+        for _ in 0..total {
+            Nap { millis: 400, tag: self.prefix.clone() }.send(&app).await.expect("send");
+        }
+        let worker = Worker::new(app.clone()).concurrency(4).grace_period(Duration::from_millis(100));
+        let shutdown = worker.shutdown_handle();
+        let running = tokio::spawn(worker.run());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        shutdown.shutdown();
+        let report = tokio::time::timeout(SOON, running).await.expect("shutdown in time").expect("task").expect("run");
+        let queue = &app.queues()[0];
+        let stats = admin.stats(queue).await.expect("stats");
+        let done = naps_done(&self.prefix);
+        assert_eq!(report.requeued, 4, "{report:?}");
+        assert_eq!(stats.in_flight, 0, "{stats:?}");
+        assert_eq!(stats.ready + done, total, "{stats:?}, {done} done");
+    }
+
+    /// Bytes that are not a message are dead-lettered with a reason, and the
+    /// worker goes on with the next message.
+    pub async fn worker_dead_letters_garbage(&self) {
+        let app = App::builder_shared(Arc::clone(&self.broker))
+            .queue_prefix(self.queue("garbage-"))
+            .actor::<Nap>()
+            .build()
+            .expect("app");
+        let queue = app.queues()[0].clone();
+        self.put(&queue, "\u{1}certainly not a message", None).await;
+        Nap { millis: 0, tag: self.prefix.clone() }.send(&app).await.expect("send");
+        let worker = Worker::new(app.clone());
+        let shutdown = worker.shutdown_handle();
+        let running = tokio::spawn(worker.run());
+        let deadline = tokio::time::Instant::now() + SOON;
+        while naps_done(&self.prefix) == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "the good message was not processed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        shutdown.shutdown();
+        let report = running.await.expect("task").expect("run");
+        assert_eq!((report.rejected, report.succeeded), (1, 1), "{report:?}");
+        if let Some(dead) = self.broker.dead_letters() {
+            let letters = dead.list(&queue, 10).await.expect("list");
+            assert_eq!(letters.len(), 1);
+            assert!(letters[0].reason.starts_with("undecodable message"), "{}", letters[0].reason);
+        }
+    }
+
+    async fn expect_drained(&self, queue: &str) {
+        if let Some(admin) = self.broker.admin() {
+            admin.join(queue, SOON).await.expect("drained");
+        }
+    }
+}
+
+/// How many [`Nap`] messages finished, by tag (messages carry only plain
+/// data, and cases run in parallel in one process).
+static NAPS_DONE: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, u64>>> =
+    std::sync::LazyLock::new(Default::default);
+
+fn naps_done(tag: &str) -> u64 {
+    NAPS_DONE.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(tag).copied().unwrap_or(0)
+}
+
+/// The suite's actor: sleeps, then counts itself done under its tag.
+#[derive(Debug, Serialize, Deserialize)]
+struct Nap {
+    millis: u64,
+    tag: String,
+}
+
+impl Actor for Nap {
+    const NAME: &'static str = "conformance_nap";
+    const QUEUE: &'static str = "naps";
+
+    fn into_job(self, _ctx: Context) -> Job {
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(self.millis)).await;
+            *NAPS_DONE.lock().unwrap_or_else(std::sync::PoisonError::into_inner).entry(self.tag).or_default() += 1;
+            into_job_result(Ok::<(), crate::BoxError>(()))
+        })
+    }
+}

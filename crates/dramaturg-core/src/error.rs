@@ -1,0 +1,135 @@
+//! Errors of brokers, of sending, and of building an app.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::encoder::CodecError;
+use crate::outcome::BoxError;
+
+/// What kind of [`BrokerError`] this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum BrokerErrorKind {
+    /// The broker could not be reached, or the connection was lost.
+    Connection,
+    /// An operation did not finish in time.
+    Timeout,
+    /// The broker answered with something unexpected, or refused.
+    Protocol,
+    /// The broker does not offer this ability.
+    Unsupported,
+    /// The consumer or broker was closed.
+    Closed,
+    /// Anything else.
+    Other,
+}
+
+/// An error from a broker: an opaque struct with a [`BrokerErrorKind`] and
+/// the underlying cause as its source.
+#[derive(Debug)]
+pub struct BrokerError {
+    kind: BrokerErrorKind,
+    message: String,
+    source: Option<BoxError>,
+}
+
+impl BrokerError {
+    /// A new error of `kind`.
+    pub fn new(kind: BrokerErrorKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into(), source: None }
+    }
+
+    /// The same error, caused by `source`.
+    #[must_use]
+    pub fn with_source(mut self, source: impl Into<BoxError>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
+    /// A `join` that ran out of time.
+    pub fn join_timeout(queue: &str, timeout: Duration) -> Self {
+        Self::new(BrokerErrorKind::Timeout, format!("queue {queue:?} was not drained within {timeout:?}"))
+    }
+
+    /// What kind of error this is.
+    pub fn kind(&self) -> BrokerErrorKind {
+        self.kind
+    }
+
+    /// Whether the broker could not be reached or the connection dropped;
+    /// such errors usually pass once the broker is back.
+    pub fn is_connection_lost(&self) -> bool {
+        self.kind == BrokerErrorKind::Connection
+    }
+
+    /// Whether an operation ran out of time.
+    pub fn is_timeout(&self) -> bool {
+        self.kind == BrokerErrorKind::Timeout
+    }
+
+    /// Whether trying the same operation again later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self.kind, BrokerErrorKind::Connection | BrokerErrorKind::Timeout)
+    }
+}
+
+impl fmt::Display for BrokerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for BrokerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// A message could not be sent; nothing was enqueued.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnqueueError {
+    /// The app has no actor of this name.
+    #[error("the app has no actor named {0:?}; register it with AppBuilder::actor")]
+    UnknownActor(String),
+    /// The encoded message is larger than the app allows.
+    #[error("the encoded message is {size} bytes, over the limit of {limit} bytes")]
+    TooLarge {
+        /// Size of the encoded message in bytes.
+        size: usize,
+        /// The app's limit in bytes.
+        limit: usize,
+    },
+    /// The arguments or the message could not be encoded.
+    #[error(transparent)]
+    Encode(#[from] CodecError),
+    /// A middleware's enqueue hook refused the message.
+    #[error("middleware {middleware:?} refused the message: {source}")]
+    Rejected {
+        /// The name of the middleware.
+        middleware: &'static str,
+        /// Its reason.
+        source: BoxError,
+    },
+    /// The broker did not take the message.
+    #[error("the broker did not take the message: {0}")]
+    Broker(#[from] BrokerError),
+}
+
+/// An app was put together wrongly.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// `insert_before`/`insert_after`/`remove` named a middleware that is not in the stack.
+    #[error("no middleware named {0:?} in the stack")]
+    NoSuchMiddleware(String),
+    /// Two middleware have the same name.
+    #[error("two middleware are named {0:?}")]
+    DuplicateMiddleware(String),
+    /// Two actors have the same name.
+    #[error("two actors are named {0:?}")]
+    DuplicateActor(String),
+    /// A setting is out of range.
+    #[error("invalid setting: {0}")]
+    Invalid(String),
+}

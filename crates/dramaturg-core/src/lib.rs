@@ -1,0 +1,53 @@
+//! The core of [dramaturg](https://docs.rs/dramaturg): the contracts every
+//! part plugs into, the worker, and the in-memory broker.
+//!
+//! Most users depend on the `dramaturg` crate, which re-exports all of this
+//! together with `#[derive(Actor)]`, the middleware and the brokers.
+//!
+//! - [`Message`], [`Options`] and [`MessageId`]: the envelope.
+//! - [`Encoder`] ([`MessagePack`], [`Json`]): messages to bytes and back.
+//! - [`Broker`], [`Consumer`], [`Delivery`]: the transport; [`QueueAdmin`]
+//!   and [`DeadLetters`] are optional abilities.
+//! - [`Actor`]: typed job handlers.
+//! - [`Middleware`] and [`Next`]: the ordered stack around every message.
+//! - [`Context`]: one per delivery, shared by the stack and the actor.
+//! - [`Outcome`], [`Failure`], [`ErrorRecord`]: what came of a message.
+//! - [`App`]: broker, encoder, stack and actors; [`Worker`] runs them.
+//! - [`MemoryBroker`]: the in-process broker.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod actor;
+mod app;
+pub mod broker;
+#[cfg(feature = "conformance")]
+#[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
+pub mod conformance;
+mod context;
+pub mod encoder;
+mod error;
+mod id;
+mod memory;
+mod message;
+pub mod middleware;
+pub mod outcome;
+mod signal;
+pub mod worker;
+
+pub use actor::{Actor, ActorInfo, Job};
+pub use app::{App, AppBuilder, SendOptions, DEFAULT_MAX_MESSAGE_SIZE};
+pub use broker::{
+    Broker, Consumer, DeadLetter, DeadLetters, Delivery, Outgoing, QueueAdmin, QueueStats, Receipt, Replay,
+};
+pub use context::{Context, Metadata};
+pub use encoder::{CodecError, Encoder, Json, MessagePack};
+pub use error::{BrokerError, BrokerErrorKind, ConfigError, EnqueueError};
+pub use id::{MessageId, ParseMessageIdError};
+pub use memory::MemoryBroker;
+pub use message::{Message, OptionError, Options};
+pub use middleware::{Middleware, Next};
+pub use outcome::{BoxError, ErrorRecord, Failure, FailureKind, Outcome, Output, RecordLimits, Settlement};
+pub use worker::{ShutdownHandle, Worker, WorkerReport};
+
+/// Re-exported so that middleware and brokers can be written without
+/// depending on `async-trait` themselves.
+pub use async_trait::async_trait;

@@ -1,0 +1,381 @@
+//! The in-memory broker: the embedded default, and the broker for testing
+//! your own actors without a server.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::broker::{Broker, Consumer, DeadLetter, DeadLetters, Delivery, Outgoing, QueueAdmin, QueueStats, Receipt, Replay};
+use crate::error::BrokerError;
+use crate::outcome::Settlement;
+
+/// How many dead letters each queue keeps by default; older ones are dropped.
+const DEFAULT_DEAD_LETTER_LIMIT: usize = 10_000;
+
+/// A broker that keeps its queues in this process's memory.
+///
+/// It has the semantics of the real brokers — delays, acknowledgements,
+/// dead-letter queues with replay, requeue, purge, statistics and
+/// [`join`](QueueAdmin::join) — so the tests of your actors need no server.
+/// Messages do not survive the process, and priorities are ignored (queues
+/// are first in, first out).
+///
+/// Clones share the same queues.
+///
+/// # Examples
+///
+/// ```
+/// use dramaturg_core::{Broker, MemoryBroker, Outgoing, Settlement};
+///
+/// # tokio_test();
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn tokio_test() {
+/// let broker = MemoryBroker::new();
+/// broker.enqueue(Outgoing::new("default", &b"hello"[..])).await.unwrap();
+/// let mut consumer = broker.consume("default", 1).await.unwrap();
+/// let delivery = consumer.next().await.unwrap();
+/// assert_eq!(&delivery.body()[..], b"hello");
+/// delivery.settle(Settlement::Ack).await.unwrap();
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct MemoryBroker {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    queues: Mutex<HashMap<String, Arc<Queue>>>,
+    dead_letter_limit: usize,
+}
+
+#[derive(Debug)]
+struct Queue {
+    state: Mutex<QueueState>,
+    /// Woken when a message becomes ready (or a new delay may be sooner).
+    ready: Notify,
+    /// Woken when a message is settled or purged, for `join`.
+    settled: Notify,
+    dead_letter_limit: usize,
+}
+
+#[derive(Debug, Default)]
+struct QueueState {
+    ready: VecDeque<Entry>,
+    delayed: BinaryHeap<Reverse<Delayed>>,
+    in_flight: u64,
+    dead: VecDeque<DeadLetter>,
+    sequence: u64,
+}
+
+#[derive(Debug)]
+struct Entry {
+    body: Bytes,
+    redelivered: bool,
+}
+
+#[derive(Debug)]
+struct Delayed {
+    due: Instant,
+    sequence: u64,
+    body: Bytes,
+}
+
+impl PartialEq for Delayed {
+    fn eq(&self, other: &Self) -> bool {
+        (self.due, self.sequence) == (other.due, other.sequence)
+    }
+}
+impl Eq for Delayed {}
+impl PartialOrd for Delayed {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Delayed {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.due, self.sequence).cmp(&(other.due, other.sequence))
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock cannot leave the queues half-changed
+    // (every change is a single push or pop), so a poisoned lock is usable.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Default for MemoryBroker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryBroker {
+    /// An empty broker.
+    pub fn new() -> Self {
+        Self::with_dead_letter_limit(DEFAULT_DEAD_LETTER_LIMIT)
+    }
+
+    /// An empty broker whose dead-letter queues keep at most `limit` messages
+    /// each (the oldest are dropped first). The default is 10,000.
+    pub fn with_dead_letter_limit(limit: usize) -> Self {
+        Self { inner: Arc::new(Inner { queues: Mutex::default(), dead_letter_limit: limit.max(1) }) }
+    }
+
+    fn queue(&self, name: &str) -> Arc<Queue> {
+        let mut queues = lock(&self.inner.queues);
+        if let Some(queue) = queues.get(name) {
+            return Arc::clone(queue);
+        }
+        let queue = Arc::new(Queue {
+            state: Mutex::default(),
+            ready: Notify::new(),
+            settled: Notify::new(),
+            dead_letter_limit: self.inner.dead_letter_limit,
+        });
+        queues.insert(name.to_owned(), Arc::clone(&queue));
+        queue
+    }
+}
+
+impl QueueState {
+    /// Moves every delayed message that is due to the ready queue; returns
+    /// when the next delayed one is due.
+    fn promote_due(&mut self, now: Instant) -> Option<Instant> {
+        while let Some(Reverse(next)) = self.delayed.peek() {
+            if next.due > now {
+                return Some(next.due);
+            }
+            if let Some(Reverse(due)) = self.delayed.pop() {
+                self.ready.push_back(Entry { body: due.body, redelivered: false });
+            }
+        }
+        None
+    }
+}
+
+impl Queue {
+    fn push(&self, body: Bytes, delay: Option<Duration>) {
+        let mut state = lock(&self.state);
+        match delay {
+            Some(delay) => {
+                state.sequence += 1;
+                let sequence = state.sequence;
+                state.delayed.push(Reverse(Delayed { due: Instant::now() + delay, sequence, body }));
+            }
+            None => state.ready.push_back(Entry { body, redelivered: false }),
+        }
+        drop(state);
+        self.ready.notify_one();
+    }
+}
+
+#[async_trait]
+impl Broker for MemoryBroker {
+    async fn declare_queue(&self, queue: &str) -> Result<(), BrokerError> {
+        self.queue(queue);
+        Ok(())
+    }
+
+    async fn enqueue(&self, message: Outgoing) -> Result<(), BrokerError> {
+        self.queue(&message.queue).push(message.body, message.delay);
+        Ok(())
+    }
+
+    async fn consume(&self, queue: &str, _prefetch: usize) -> Result<Box<dyn Consumer>, BrokerError> {
+        // Deliveries are taken from the shared queue one at a time, so there
+        // is nothing prefetched to bound or to give back on close.
+        Ok(Box::new(MemoryConsumer { queue: self.queue(queue) }))
+    }
+
+    fn admin(&self) -> Option<&dyn QueueAdmin> {
+        Some(self)
+    }
+
+    fn dead_letters(&self) -> Option<&dyn DeadLetters> {
+        Some(self)
+    }
+}
+
+#[derive(Debug)]
+struct MemoryConsumer {
+    queue: Arc<Queue>,
+}
+
+#[async_trait]
+impl Consumer for MemoryConsumer {
+    async fn next(&mut self) -> Result<Delivery, BrokerError> {
+        loop {
+            let notified = self.queue.ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let next_due = {
+                let mut state = lock(&self.queue.state);
+                let next_due = state.promote_due(Instant::now());
+                if let Some(entry) = state.ready.pop_front() {
+                    state.in_flight += 1;
+                    let more = !state.ready.is_empty();
+                    drop(state);
+                    if more {
+                        // Pass the wake-up on so other consumers see the rest.
+                        self.queue.ready.notify_one();
+                    }
+                    let receipt = MemoryReceipt { queue: Arc::clone(&self.queue), body: Some(entry.body.clone()) };
+                    return Ok(Delivery::new(entry.body, entry.redelivered, Box::new(receipt)));
+                }
+                next_due
+            };
+            match next_due {
+                Some(due) => {
+                    tokio::select! {
+                        () = &mut notified => {}
+                        () = tokio::time::sleep_until(due) => {}
+                    }
+                }
+                None => notified.await,
+            }
+        }
+    }
+
+    async fn close(self: Box<Self>) -> Result<(), BrokerError> {
+        Ok(())
+    }
+}
+
+/// Settles one in-memory delivery; an unsettled receipt that is dropped
+/// returns its message to the queue, as a lost connection would.
+#[derive(Debug)]
+struct MemoryReceipt {
+    queue: Arc<Queue>,
+    body: Option<Bytes>,
+}
+
+impl MemoryReceipt {
+    fn finish(&mut self, settlement: Settlement) {
+        let Some(body) = self.body.take() else { return };
+        let mut state = lock(&self.queue.state);
+        state.in_flight = state.in_flight.saturating_sub(1);
+        match settlement {
+            Settlement::Ack => {}
+            Settlement::DeadLetter(reason) => {
+                state.sequence += 1;
+                let key = state.sequence.to_string();
+                state.dead.push_back(DeadLetter::new(key, body, reason, SystemTime::now()));
+                while state.dead.len() > self.queue.dead_letter_limit {
+                    state.dead.pop_front();
+                }
+            }
+            Settlement::Requeue => {
+                // Back to the front: it was next in line before.
+                state.ready.push_front(Entry { body, redelivered: true });
+                drop(state);
+                self.queue.ready.notify_one();
+            }
+        }
+        self.queue.settled.notify_waiters();
+    }
+}
+
+#[async_trait]
+impl Receipt for MemoryReceipt {
+    async fn settle(mut self: Box<Self>, settlement: Settlement) -> Result<(), BrokerError> {
+        self.finish(settlement);
+        Ok(())
+    }
+}
+
+impl Drop for MemoryReceipt {
+    fn drop(&mut self) {
+        self.finish(Settlement::Requeue);
+    }
+}
+
+#[async_trait]
+impl QueueAdmin for MemoryBroker {
+    async fn stats(&self, queue: &str) -> Result<QueueStats, BrokerError> {
+        let queue = self.queue(queue);
+        let state = lock(&queue.state);
+        Ok(QueueStats::new(
+            state.ready.len() as u64,
+            state.delayed.len() as u64,
+            state.in_flight,
+            state.dead.len() as u64,
+        ))
+    }
+
+    async fn purge(&self, queue: &str) -> Result<u64, BrokerError> {
+        let queue = self.queue(queue);
+        let mut state = lock(&queue.state);
+        let purged = (state.ready.len() + state.delayed.len()) as u64;
+        state.ready.clear();
+        state.delayed.clear();
+        drop(state);
+        queue.settled.notify_waiters();
+        Ok(purged)
+    }
+
+    async fn join(&self, queue: &str, timeout: Duration) -> Result<(), BrokerError> {
+        let queue_name = queue;
+        let queue = self.queue(queue);
+        let wait = async {
+            loop {
+                let settled = queue.settled.notified();
+                tokio::pin!(settled);
+                settled.as_mut().enable();
+                let next_due = {
+                    let state = lock(&queue.state);
+                    if state.ready.is_empty() && state.delayed.is_empty() && state.in_flight == 0 {
+                        return;
+                    }
+                    state.delayed.peek().map(|Reverse(d)| d.due)
+                };
+                // Delayed messages that fall due need a consumer to wake up;
+                // make sure one does even if it went to sleep on a later due time.
+                if let Some(due) = next_due {
+                    tokio::select! {
+                        () = &mut settled => {}
+                        () = tokio::time::sleep_until(due) => queue.ready.notify_one(),
+                    }
+                } else {
+                    settled.await;
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.map_err(|_| BrokerError::join_timeout(queue_name, timeout))
+    }
+}
+
+#[async_trait]
+impl DeadLetters for MemoryBroker {
+    async fn list(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>, BrokerError> {
+        let queue = self.queue(queue);
+        let state = lock(&queue.state);
+        Ok(state.dead.iter().take(limit).cloned().collect())
+    }
+
+    async fn replay(&self, queue: &str, which: Replay) -> Result<u64, BrokerError> {
+        let queue = self.queue(queue);
+        let mut state = lock(&queue.state);
+        let replayed: Vec<DeadLetter> = match which {
+            Replay::All => state.dead.drain(..).collect(),
+            Replay::One(key) => match state.dead.iter().position(|d| d.key == key) {
+                Some(index) => state.dead.remove(index).into_iter().collect(),
+                None => Vec::new(),
+            },
+        };
+        let count = replayed.len() as u64;
+        state.ready.extend(replayed.into_iter().map(|d| Entry { body: d.body, redelivered: false }));
+        drop(state);
+        if count > 0 {
+            // Consumers pass the wake-up on while messages remain.
+            queue.ready.notify_one();
+        }
+        Ok(count)
+    }
+}

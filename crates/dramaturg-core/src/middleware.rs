@@ -1,0 +1,158 @@
+//! Middleware: code that runs at enqueue time, around the processing of
+//! every message, and when a worker starts and stops.
+//!
+//! # Order
+//!
+//! The stack is a list. The first middleware added is the **outermost**: its
+//! [`Middleware::handle`] runs first and sees the outcome last, and its
+//! [`Middleware::before_enqueue`] runs first. See
+//! [`AppBuilder`](crate::AppBuilder) for inserting before or after a named
+//! middleware, and [`App::middleware_names`](crate::App::middleware_names)
+//! for listing the stack.
+//!
+//! # Two shapes
+//!
+//! Control flow — retries, time limits, aborts, error capture — wraps the
+//! next step in `handle`: it can run code before and after, short-circuit,
+//! race `next` against a deadline, or translate the outcome. Observation —
+//! metrics, logging — can do the same with nothing but a timer around
+//! `next.run(ctx)`, as the example below does.
+//!
+//! # Examples
+//!
+//! A middleware that counts and times messages:
+//!
+//! ```
+//! use std::sync::atomic::{AtomicU64, Ordering};
+//! use std::time::Instant;
+//!
+//! use dramaturg_core::{async_trait, Context, Middleware, Next, Outcome};
+//!
+//! #[derive(Debug, Default)]
+//! struct Metrics {
+//!     succeeded: AtomicU64,
+//!     failed: AtomicU64,
+//!     busy_micros: AtomicU64,
+//! }
+//!
+//! #[async_trait]
+//! impl Middleware for Metrics {
+//!     fn name(&self) -> &'static str {
+//!         "metrics"
+//!     }
+//!
+//!     async fn handle(&self, ctx: &Context, next: Next<'_>) -> Outcome {
+//!         let started = Instant::now();
+//!         let outcome = next.run(ctx).await;
+//!         self.busy_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+//!         let counter = match &outcome {
+//!             Outcome::Succeeded(_) => &self.succeeded,
+//!             _ => &self.failed,
+//!         };
+//!         counter.fetch_add(1, Ordering::Relaxed);
+//!         outcome
+//!     }
+//! }
+//! ```
+//!
+//! Register it with `AppBuilder::middleware(Metrics::default())`; keep an
+//! `Arc` to read the counters (`Arc<M>` is a middleware when `M` is).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::actor::Job;
+use crate::outcome::{BoxError, Outcome};
+use crate::{App, Context, Message};
+
+/// A step in the ordered stack around every message. Every hook has a
+/// no-op default; implement the ones you need.
+#[async_trait]
+pub trait Middleware: Send + Sync + 'static {
+    /// A unique name, used to insert other middleware before or after this
+    /// one and to list the stack.
+    fn name(&self) -> &'static str;
+
+    /// Runs when a message is sent (and when it is re-enqueued for a retry),
+    /// before it is encoded: add or check options.
+    ///
+    /// # Errors
+    ///
+    /// An error refuses the message: the sender gets
+    /// [`EnqueueError::Rejected`](crate::EnqueueError::Rejected) and nothing
+    /// is enqueued.
+    fn before_enqueue(&self, message: &mut Message) -> Result<(), BoxError> {
+        let _ = message;
+        Ok(())
+    }
+
+    /// Runs around the processing of a message. Call `next.run(ctx)` to go
+    /// on to the rest of the stack and the actor, or return an outcome of
+    /// your own to short-circuit.
+    async fn handle(&self, ctx: &Context, next: Next<'_>) -> Outcome {
+        next.run(ctx).await
+    }
+
+    /// Runs when a worker starts, before it consumes.
+    async fn on_worker_start(&self, app: &App) {
+        let _ = app;
+    }
+
+    /// Runs when a worker has stopped and settled every delivery.
+    async fn on_worker_stop(&self, app: &App) {
+        let _ = app;
+    }
+}
+
+#[async_trait]
+impl<M: Middleware + ?Sized> Middleware for Arc<M> {
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+
+    fn before_enqueue(&self, message: &mut Message) -> Result<(), BoxError> {
+        (**self).before_enqueue(message)
+    }
+
+    async fn handle(&self, ctx: &Context, next: Next<'_>) -> Outcome {
+        (**self).handle(ctx, next).await
+    }
+
+    async fn on_worker_start(&self, app: &App) {
+        (**self).on_worker_start(app).await;
+    }
+
+    async fn on_worker_stop(&self, app: &App) {
+        (**self).on_worker_stop(app).await;
+    }
+}
+
+/// The rest of the stack and the actor, to be run once.
+pub struct Next<'a> {
+    rest: &'a [Arc<dyn Middleware>],
+    job: Job,
+}
+
+impl<'a> Next<'a> {
+    pub(crate) fn new(stack: &'a [Arc<dyn Middleware>], job: Job) -> Self {
+        Self { rest: stack, job }
+    }
+
+    /// Runs the rest of the stack and then the actor.
+    pub async fn run(self, ctx: &Context) -> Outcome {
+        match self.rest.split_first() {
+            Some((first, rest)) => first.handle(ctx, Next { rest, job: self.job }).await,
+            None => match self.job.await {
+                Ok(output) => Outcome::Succeeded(output),
+                Err(failure) => Outcome::Failed(failure),
+            },
+        }
+    }
+}
+
+impl std::fmt::Debug for Next<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.rest.iter().map(|m| m.name())).finish()
+    }
+}

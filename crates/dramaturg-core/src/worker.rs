@@ -1,0 +1,427 @@
+//! The worker: consumes the app's queues, runs messages through the
+//! middleware stack concurrently, settles every delivery exactly once, and
+//! shuts down gracefully.
+//!
+//! # Shutdown
+//!
+//! On [`ShutdownHandle::shutdown`] (or SIGTERM/SIGINT under
+//! [`Worker::run_until_signal`]) the worker
+//!
+//! 1. stops consuming, and returns messages it fetched but did not start to
+//!    the broker;
+//! 2. lets running messages finish, for at most the grace period;
+//! 3. then interrupts what still runs (async actors are dropped at their next
+//!    `.await`) and returns those messages to their queues unchanged;
+//! 4. runs the middleware's stop hooks and returns a [`WorkerReport`].
+//!
+//! Under `run_until_signal`, a second signal exits the process at once;
+//! messages in flight then come back through the broker's own redelivery
+//! (the in-memory broker loses them with the process).
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::broker::{Consumer, Delivery};
+use crate::error::BrokerError;
+use crate::middleware::Next;
+use crate::outcome::{Failure, Outcome, RecordLimits, Settlement};
+use crate::{App, Context, Message};
+
+/// How long interrupted messages get to settle after the grace period.
+const SETTLE_AFTER_INTERRUPT: Duration = Duration::from_secs(2);
+/// Longest wait between attempts to consume from a broker that failed.
+const MAX_CONSUME_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Runs the app's actors. Configure it, then call [`Worker::run`] or
+/// [`Worker::run_until_signal`].
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use dramaturg_core::{App, MemoryBroker, Worker};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let app = App::builder(MemoryBroker::new()).build().unwrap();
+/// let worker = Worker::new(app).concurrency(16).grace_period(Duration::from_secs(5));
+/// let shutdown = worker.shutdown_handle();
+/// let running = tokio::spawn(worker.run());
+/// shutdown.shutdown();
+/// let report = running.await.unwrap().unwrap();
+/// assert_eq!(report.succeeded, 0);
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Worker {
+    app: App,
+    concurrency: usize,
+    prefetch: Option<usize>,
+    grace_period: Duration,
+    queues: Option<Vec<String>>,
+    stop: CancellationToken,
+}
+
+/// Stops a running [`Worker`] gracefully. Clone it freely.
+#[derive(Debug, Clone)]
+pub struct ShutdownHandle {
+    stop: CancellationToken,
+}
+
+impl ShutdownHandle {
+    /// Starts the graceful shutdown; [`Worker::run`] returns when it is done.
+    pub fn shutdown(&self) {
+        self.stop.cancel();
+    }
+
+    /// Whether shutdown has been asked for.
+    pub fn is_shutting_down(&self) -> bool {
+        self.stop.is_cancelled()
+    }
+}
+
+/// What a worker did, by outcome.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorkerReport {
+    /// Messages whose actor succeeded.
+    pub succeeded: u64,
+    /// Messages that failed for good (dead-lettered).
+    pub failed: u64,
+    /// Messages deliberately not run (acknowledged).
+    pub skipped: u64,
+    /// Failed attempts that were scheduled for a retry.
+    pub retried: u64,
+    /// Messages returned to their queue unchanged (shutdown and the like).
+    pub requeued: u64,
+    /// Deliveries that were not valid messages for this app — undecodable
+    /// bytes, unknown actors, arguments of the wrong shape (dead-lettered).
+    pub rejected: u64,
+}
+
+impl WorkerReport {
+    /// Messages that went to the dead-letter queue.
+    pub fn dead_lettered(&self) -> u64 {
+        self.failed + self.rejected
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    succeeded: AtomicU64,
+    failed: AtomicU64,
+    skipped: AtomicU64,
+    retried: AtomicU64,
+    requeued: AtomicU64,
+    rejected: AtomicU64,
+}
+
+impl Counters {
+    fn count(&self, outcome: &Outcome) {
+        let counter = match outcome {
+            Outcome::Succeeded(_) => &self.succeeded,
+            Outcome::Failed(_) => &self.failed,
+            Outcome::Skipped(_) => &self.skipped,
+            Outcome::Retried(_) => &self.retried,
+            Outcome::Requeue(_) => &self.requeued,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn report(&self) -> WorkerReport {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        WorkerReport {
+            succeeded: get(&self.succeeded),
+            failed: get(&self.failed),
+            skipped: get(&self.skipped),
+            retried: get(&self.retried),
+            requeued: get(&self.requeued),
+            rejected: get(&self.rejected),
+        }
+    }
+}
+
+/// What every task of a running worker shares.
+struct Shared {
+    app: App,
+    permits: Arc<Semaphore>,
+    tasks: TaskTracker,
+    stop: CancellationToken,
+    interrupt: CancellationToken,
+    counters: Counters,
+}
+
+impl Worker {
+    /// A worker for `app`: 32 messages at a time, a 20-second grace period.
+    pub fn new(app: App) -> Self {
+        Self {
+            app,
+            concurrency: 32,
+            prefetch: None,
+            grace_period: Duration::from_secs(20),
+            queues: None,
+            stop: CancellationToken::new(),
+        }
+    }
+
+    /// Runs at most `n` messages at once (at least 1; default 32).
+    #[must_use]
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// Lets each queue's consumer hold at most `n` deliveries not yet
+    /// settled (default: the concurrency).
+    #[must_use]
+    pub fn prefetch(mut self, n: usize) -> Self {
+        self.prefetch = Some(n.max(1));
+        self
+    }
+
+    /// How long running messages may take to finish after shutdown is asked
+    /// for, before they are interrupted and requeued (default 20 s, inside
+    /// the 30 s that orchestrators usually allow).
+    #[must_use]
+    pub fn grace_period(mut self, grace: Duration) -> Self {
+        self.grace_period = grace;
+        self
+    }
+
+    /// Consumes only these queues (default: every queue of the app's actors).
+    #[must_use]
+    pub fn queues<I, S>(mut self, queues: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.queues = Some(queues.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// A handle that stops this worker gracefully.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle { stop: self.stop.clone() }
+    }
+
+    /// Runs until SIGTERM or SIGINT (Ctrl-C), then shuts down gracefully. A
+    /// second signal exits the process at once with status 130.
+    ///
+    /// # Errors
+    ///
+    /// As [`Worker::run`].
+    pub async fn run_until_signal(self) -> Result<WorkerReport, BrokerError> {
+        let handle = self.shutdown_handle();
+        let listener = tokio::spawn(async move {
+            let mut signals = match crate::signal::Signals::new() {
+                Ok(signals) => signals,
+                Err(error) => {
+                    tracing::error!(%error, "cannot listen for shutdown signals");
+                    return;
+                }
+            };
+            signals.recv().await;
+            tracing::info!("shutting down gracefully; send the signal again to exit at once");
+            handle.shutdown();
+            signals.recv().await;
+            tracing::warn!("second signal: exiting at once");
+            std::process::exit(130);
+        });
+        let result = self.run().await;
+        listener.abort();
+        result
+    }
+
+    /// Runs until [`ShutdownHandle::shutdown`] is called, then shuts down
+    /// gracefully and reports what it did.
+    ///
+    /// # Errors
+    ///
+    /// A [`BrokerError`] if the queues cannot be declared or consumed at
+    /// start. Errors after that are logged and retried with backoff.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel-safe: dropping the future abandons running messages, which
+    /// then return through the broker's redelivery. Use the shutdown handle.
+    pub async fn run(self) -> Result<WorkerReport, BrokerError> {
+        let queues: Vec<String> = match self.queues {
+            Some(queues) => queues,
+            None => self.app.queues().to_vec(),
+        };
+        if queues.is_empty() && !self.stop.is_cancelled() {
+            tracing::warn!("the worker has no queue to consume: register actors on the app");
+        }
+        let prefetch = self.prefetch.unwrap_or(self.concurrency);
+        let shared = Arc::new(Shared {
+            permits: Arc::new(Semaphore::new(self.concurrency)),
+            tasks: TaskTracker::new(),
+            stop: self.stop.clone(),
+            interrupt: CancellationToken::new(),
+            counters: Counters::default(),
+            app: self.app,
+        });
+        let broker = Arc::clone(shared.app.broker());
+        for middleware in shared.app.middleware() {
+            middleware.on_worker_start(&shared.app).await;
+        }
+        let mut consumers = Vec::with_capacity(queues.len());
+        for queue in &queues {
+            broker.declare_queue(queue).await?;
+            consumers.push(broker.consume(queue, prefetch).await?);
+        }
+        tracing::info!(?queues, concurrency = self.concurrency, prefetch, "worker started");
+        let pumps: Vec<_> = consumers
+            .into_iter()
+            .zip(queues)
+            .map(|(consumer, queue)| tokio::spawn(pump(Arc::clone(&shared), consumer, queue)))
+            .collect();
+
+        shared.stop.cancelled().await;
+        let stopping = Instant::now();
+        for pump in pumps {
+            if let Err(error) = pump.await {
+                tracing::error!(%error, "a consumer task failed");
+            }
+        }
+        shared.tasks.close();
+        if tokio::time::timeout(self.grace_period, shared.tasks.wait()).await.is_err() {
+            tracing::warn!(
+                running = shared.tasks.len(),
+                grace_period = ?self.grace_period,
+                "grace period over: interrupting running messages and returning them to their queues"
+            );
+            shared.interrupt.cancel();
+            if tokio::time::timeout(SETTLE_AFTER_INTERRUPT, shared.tasks.wait()).await.is_err() {
+                tracing::error!(
+                    running = shared.tasks.len(),
+                    "messages did not settle after interruption; the broker will redeliver them"
+                );
+            }
+        }
+        for middleware in shared.app.middleware().iter().rev() {
+            middleware.on_worker_stop(&shared.app).await;
+        }
+        let report = shared.counters.report();
+        tracing::info!(?report, shutdown_ms = stopping.elapsed().as_millis() as u64, "worker stopped");
+        Ok(report)
+    }
+}
+
+/// Feeds one queue's deliveries to processing tasks, one per free permit.
+async fn pump(shared: Arc<Shared>, mut consumer: Box<dyn Consumer>, queue: String) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let next = tokio::select! {
+            biased;
+            () = shared.stop.cancelled() => break,
+            next = consumer.next() => next,
+        };
+        let delivery = match next {
+            Ok(delivery) => {
+                backoff = Duration::from_millis(100);
+                delivery
+            }
+            Err(error) => {
+                tracing::warn!(%queue, %error, retry_in = ?backoff, "cannot consume; retrying");
+                tokio::select! {
+                    () = shared.stop.cancelled() => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(MAX_CONSUME_BACKOFF);
+                continue;
+            }
+        };
+        let permit = tokio::select! {
+            biased;
+            () = shared.stop.cancelled() => {
+                settle(delivery, Settlement::Requeue).await;
+                break;
+            }
+            permit = Arc::clone(&shared.permits).acquire_owned() => permit,
+        };
+        let Ok(permit) = permit else { break };
+        shared.tasks.spawn(process(Arc::clone(&shared), delivery, permit));
+    }
+    if let Err(error) = consumer.close().await {
+        tracing::warn!(%queue, %error, "could not return prefetched messages; the broker will redeliver them");
+    }
+}
+
+async fn settle(delivery: Delivery, settlement: Settlement) {
+    if let Err(error) = delivery.settle(settlement).await {
+        tracing::error!(%error, "could not settle a delivery; the broker will redeliver it");
+    }
+}
+
+/// Processes one delivery and settles it.
+async fn process(shared: Arc<Shared>, delivery: Delivery, _permit: OwnedSemaphorePermit) {
+    let settlement = match shared.app.encoder().decode_message(delivery.body()) {
+        Ok(message) => run_message(&shared, message, delivery.redelivered()).await,
+        Err(error) => reject(&shared, format!("undecodable message ({} bytes): {error}", delivery.body().len())),
+    };
+    settle(delivery, settlement).await;
+}
+
+/// Dead-letters a delivery that is not a valid message for this app.
+fn reject(shared: &Shared, reason: String) -> Settlement {
+    tracing::error!(%reason, "dead-lettering an invalid message");
+    shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
+    Settlement::DeadLetter(reason)
+}
+
+async fn run_message(shared: &Shared, message: Message, redelivered: bool) -> Settlement {
+    let span = tracing::info_span!(
+        "message",
+        id = %message.id,
+        actor = %message.actor,
+        queue = %message.queue,
+        retries = message.retries,
+    );
+    async move {
+        let app = &shared.app;
+        let Some(actor) = app.actor(&message.actor) else {
+            return reject(shared, format!("no actor named {:?} is registered in this app", message.actor));
+        };
+        let options = message.options.clone().or(actor.options());
+        let ctx = Context::new(message, options, app.clone(), redelivered);
+        let job = match actor.job(app.encoder(), &ctx.message().args, ctx.clone()) {
+            Ok(job) => job,
+            Err(error) => return reject(shared, format!("invalid arguments for actor {:?}: {error}", actor.name())),
+        };
+        tracing::debug!("message started");
+        let started = Instant::now();
+        let chain = AssertUnwindSafe(Next::new(app.middleware(), job).run(&ctx)).catch_unwind();
+        let mut outcome = tokio::select! {
+            result = chain => result.unwrap_or_else(|panic| {
+                Outcome::Failed(Failure::from_panic(panic.as_ref(), &RecordLimits::default()))
+            }),
+            () = shared.interrupt.cancelled() => Outcome::Requeue("the worker shut down before the message finished".into()),
+        };
+        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+        shared.counters.count(&outcome);
+        let settlement = outcome.settlement();
+        match &mut outcome {
+            Outcome::Succeeded(_) => tracing::debug!(elapsed_ms, "message succeeded"),
+            Outcome::Failed(failure) => {
+                tracing::warn!(elapsed_ms, error = %failure.record().summary(), "message failed")
+            }
+            Outcome::Retried(failure) => {
+                tracing::info!(elapsed_ms, error = %failure.record().summary(), "message failed; retry scheduled")
+            }
+            Outcome::Skipped(reason) => tracing::info!(elapsed_ms, %reason, "message skipped"),
+            Outcome::Requeue(reason) => tracing::info!(elapsed_ms, %reason, "message returned to its queue"),
+        }
+        settlement
+    }
+    .instrument(span)
+    .await
+}

@@ -240,6 +240,24 @@ impl Worker {
         result
     }
 
+    /// Runs until every queue of the app is drained (see [`App::join`]),
+    /// then shuts down gracefully: the way to test your actors on the
+    /// in-memory broker, and to run a batch to its end.
+    ///
+    /// # Errors
+    ///
+    /// As [`Worker::run`]; and a `Timeout` [`BrokerError`] if the queues are
+    /// not drained within `timeout` (the worker is shut down all the same).
+    pub async fn run_until_drained(self, timeout: Duration) -> Result<WorkerReport, BrokerError> {
+        let app = self.app.clone();
+        let handle = self.shutdown_handle();
+        let running = tokio::spawn(self.run());
+        let drained = app.join(timeout).await;
+        handle.shutdown();
+        let report = running.await.map_err(|e| BrokerError::new(crate::BrokerErrorKind::Other, e.to_string()))??;
+        drained.map(|()| report)
+    }
+
     /// Runs until [`ShutdownHandle::shutdown`] is called, then shuts down
     /// gracefully and reports what it did.
     ///

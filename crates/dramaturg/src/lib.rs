@@ -1,1 +1,37 @@
-//! wip
+#![doc = include_str!("../../../docs/crate.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod connect;
+
+pub use connect::{connect, ConnectError};
+pub use dramaturg_core::{
+    actor, async_trait, broker, encoder, middleware, outcome, worker, Actor, ActorInfo, App, AppBuilder, BoxError,
+    Broker, BrokerError, BrokerErrorKind, CodecError, ConfigError, Consumer, Context, DeadLetter, DeadLetters,
+    Delivery, Encoder, EnqueueError, ErrorRecord, Failure, FailureKind, Job, Json, MemoryBroker, Message, MessageId,
+    MessagePack, Metadata, Middleware, Next, OptionError, Options, Outcome, Outgoing, Output, ParseMessageIdError,
+    QueueAdmin, QueueStats, Receipt, RecordLimits, Replay, SendOptions, Settlement, ShutdownHandle, Worker,
+    WorkerReport, DEFAULT_MAX_MESSAGE_SIZE,
+};
+
+/// Derives [`Actor`](trait@Actor) for a serde type: see the crate docs for
+/// the `#[actor(...)]` attributes.
+#[cfg(feature = "derive")]
+#[cfg_attr(docsrs, doc(cfg(feature = "derive")))]
+pub use dramaturg_derive::Actor;
+
+/// The names most programs need: `use dramaturg::prelude::*;`.
+pub mod prelude {
+    #[cfg(feature = "derive")]
+    pub use dramaturg_derive::Actor;
+    pub use dramaturg_core::{
+        async_trait, Actor, App, Context, MemoryBroker, Middleware, Next, Outcome, SendOptions, Worker,
+    };
+}
+
+/// What `#[derive(Actor)]` expands to refers to these paths only, so users
+/// need no dependency besides `dramaturg`. Not a public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use dramaturg_core::actor::{into_job_result, run_blocking};
+    pub use dramaturg_core::{Actor, Context, Job, Options};
+}

@@ -1,3 +1,0 @@
-//! The broker conformance suite on the in-memory broker.
-
-dramaturg_core::broker_conformance!(async { dramaturg_core::MemoryBroker::new() });

@@ -1,0 +1,118 @@
+//! Parsing of `#[actor(...)]` attributes into [`Attrs`], one value per key.
+
+use proc_macro2::Span;
+use syn::meta::ParseNestedMeta;
+use syn::{DeriveInput, Lit, LitBool, LitInt};
+
+/// The keys `#[actor(...)]` accepts, for error messages.
+const KEYS: &str =
+    "name, queue, max_retries, min_backoff, max_backoff, time_limit, max_age, priority, blocking, handler";
+
+/// An attribute value together with where it was written.
+pub(crate) struct Spanned<T> {
+    pub(crate) value: T,
+    pub(crate) span: Span,
+}
+
+/// The attributes as written; nothing checked beyond literal types.
+#[derive(Default)]
+pub(crate) struct Attrs {
+    pub(crate) name: Option<Spanned<String>>,
+    pub(crate) queue: Option<Spanned<String>>,
+    pub(crate) handler: Option<Spanned<String>>,
+    pub(crate) max_retries: Option<Spanned<u32>>,
+    pub(crate) min_backoff: Option<Spanned<String>>,
+    pub(crate) max_backoff: Option<Spanned<String>>,
+    pub(crate) time_limit: Option<Spanned<String>>,
+    pub(crate) max_age: Option<Spanned<String>>,
+    pub(crate) priority: Option<Spanned<u8>>,
+    pub(crate) blocking: Option<Spanned<bool>>,
+}
+
+pub(crate) fn parse(input: &DeriveInput) -> syn::Result<Attrs> {
+    let mut attrs = Attrs::default();
+    for attr in input.attrs.iter().filter(|a| a.path().is_ident("actor")) {
+        attr.parse_nested_meta(|meta| {
+            let Some(key) = meta.path.get_ident().map(ToString::to_string) else {
+                return Err(meta.error(format_args!("unknown actor attribute; expected one of: {KEYS}")));
+            };
+            match key.as_str() {
+                "name" => set(&meta, &mut attrs.name, string(&meta, &key)?),
+                "queue" => set(&meta, &mut attrs.queue, string(&meta, &key)?),
+                "handler" => set(&meta, &mut attrs.handler, string(&meta, &key)?),
+                "min_backoff" => set(&meta, &mut attrs.min_backoff, duration(&meta, &key)?),
+                "max_backoff" => set(&meta, &mut attrs.max_backoff, duration(&meta, &key)?),
+                "time_limit" => set(&meta, &mut attrs.time_limit, duration(&meta, &key)?),
+                "max_age" => set(&meta, &mut attrs.max_age, duration(&meta, &key)?),
+                "max_retries" => set(&meta, &mut attrs.max_retries, integer(&meta, &key, "0 to 4294967295")?),
+                "priority" => set(&meta, &mut attrs.priority, integer(&meta, &key, "0 to 255")?),
+                "blocking" => set(&meta, &mut attrs.blocking, flag(&meta)?),
+                other => Err(meta.error(format_args!("unknown actor attribute `{other}`; expected one of: {KEYS}"))),
+            }
+        })?;
+    }
+    Ok(attrs)
+}
+
+fn set<T>(meta: &ParseNestedMeta<'_>, slot: &mut Option<Spanned<T>>, value: Spanned<T>) -> syn::Result<()> {
+    if slot.is_some() {
+        return Err(meta.error("this actor attribute is given twice"));
+    }
+    *slot = Some(value);
+    Ok(())
+}
+
+fn lit(meta: &ParseNestedMeta<'_>, key: &str, example: &str) -> syn::Result<Lit> {
+    let value = meta.value().map_err(|_| meta.error(format_args!("`{key}` needs a value, like {example}")))?;
+    value.parse::<Lit>()
+}
+
+fn string(meta: &ParseNestedMeta<'_>, key: &str) -> syn::Result<Spanned<String>> {
+    match lit(meta, key, &format!("{key} = \"...\""))? {
+        Lit::Str(s) => Ok(Spanned { value: s.value(), span: s.span() }),
+        other => Err(syn::Error::new(other.span(), format_args!("`{key}` expects a string, like {key} = \"...\""))),
+    }
+}
+
+fn duration(meta: &ParseNestedMeta<'_>, key: &str) -> syn::Result<Spanned<String>> {
+    match lit(meta, key, &format!("{key} = \"30s\""))? {
+        Lit::Str(s) => Ok(Spanned { value: s.value(), span: s.span() }),
+        other => Err(syn::Error::new(
+            other.span(),
+            format_args!("`{key}` expects a duration string, like {key} = \"30s\" (units: ms, s, m, h, d)"),
+        )),
+    }
+}
+
+fn integer<T>(meta: &ParseNestedMeta<'_>, key: &str, range: &str) -> syn::Result<Spanned<T>>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    match lit(meta, key, &format!("{key} = 3"))? {
+        Lit::Int(int) => parse_int(&int, key, range),
+        other => Err(syn::Error::new(other.span(), format_args!("`{key}` expects an integer ({range})"))),
+    }
+}
+
+fn parse_int<T>(int: &LitInt, key: &str, range: &str) -> syn::Result<Spanned<T>>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    int.base10_parse::<T>()
+        .map(|value| Spanned { value, span: int.span() })
+        .map_err(|_| syn::Error::new(int.span(), format_args!("`{key}` must be an integer from {range}")))
+}
+
+fn flag(meta: &ParseNestedMeta<'_>) -> syn::Result<Spanned<bool>> {
+    let span = meta.path.get_ident().map_or_else(Span::call_site, syn::Ident::span);
+    if !meta.input.peek(syn::Token![=]) {
+        return Ok(Spanned { value: true, span });
+    }
+    match meta.value()?.parse::<Lit>()? {
+        Lit::Bool(LitBool { value, span }) => Ok(Spanned { value, span }),
+        other => Err(syn::Error::new(other.span(), "`blocking` expects `true` or `false`, or no value")),
+    }
+}
+

@@ -1,0 +1,56 @@
+//! Writes the `Actor` impl for a checked [`Actor`].
+
+use proc_macro2::TokenStream;
+use quote::{quote, quote_spanned};
+use syn::DeriveInput;
+
+use crate::valid::Actor;
+
+pub(crate) fn actor_impl(input: &DeriveInput, actor: &Actor) -> TokenStream {
+    let ident = &input.ident;
+    let Actor { name, queue, handler, blocking, .. } = actor;
+    let private = quote!(::dramaturg::__private);
+    let duration = |ms: Option<u64>, setter: &str| {
+        ms.map(|ms| {
+            let setter = syn::Ident::new(setter, proc_macro2::Span::call_site());
+            quote!(let options = options.#setter(::core::time::Duration::from_millis(#ms));)
+        })
+    };
+    let setters = [
+        actor.max_retries.map(|n| quote!(let options = options.with_max_retries(#n);)),
+        actor.priority.map(|p| quote!(let options = options.with_priority(#p);)),
+        duration(actor.min_backoff_ms, "with_min_backoff"),
+        duration(actor.max_backoff_ms, "with_max_backoff"),
+        duration(actor.time_limit_ms, "with_time_limit"),
+        duration(actor.max_age_ms, "with_max_age"),
+    ];
+    let setters = setters.iter().flatten();
+    // Errors about the handler (missing, wrong signature) point at the type.
+    let job = if *blocking {
+        quote_spanned! {ident.span()=>
+            #private::run_blocking(ctx, move |ctx| #private::into_job_result(#ident::#handler(self, ctx)))
+        }
+    } else {
+        quote_spanned! {ident.span()=>
+            ::std::boxed::Box::pin(async move { #private::into_job_result(#ident::#handler(self, &ctx).await) })
+        }
+    };
+    quote! {
+        #[automatically_derived]
+        impl #private::Actor for #ident {
+            const NAME: &'static str = #name;
+            const QUEUE: &'static str = #queue;
+            const BLOCKING: bool = #blocking;
+
+            fn options() -> #private::Options {
+                let options = #private::Options::default();
+                #(#setters)*
+                options
+            }
+
+            fn into_job(self, ctx: #private::Context) -> #private::Job {
+                #job
+            }
+        }
+    }
+}

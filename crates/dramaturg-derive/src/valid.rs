@@ -1,0 +1,113 @@
+//! Checks the parsed attributes and resolves defaults into an [`Actor`].
+
+use proc_macro2::Span;
+use syn::{Data, DeriveInput, Ident};
+
+use crate::attr::{Attrs, Spanned};
+use crate::duration::parse_millis;
+
+/// Everything the expansion needs, checked.
+pub(crate) struct Actor {
+    pub(crate) name: String,
+    pub(crate) queue: String,
+    pub(crate) handler: Ident,
+    pub(crate) blocking: bool,
+    pub(crate) max_retries: Option<u32>,
+    pub(crate) priority: Option<u8>,
+    pub(crate) min_backoff_ms: Option<u64>,
+    pub(crate) max_backoff_ms: Option<u64>,
+    pub(crate) time_limit_ms: Option<u64>,
+    pub(crate) max_age_ms: Option<u64>,
+}
+
+pub(crate) fn check(input: &DeriveInput, attrs: Attrs) -> syn::Result<Actor> {
+    if let Data::Union(_) = input.data {
+        return Err(syn::Error::new_spanned(&input.ident, "an actor's arguments must be a struct or an enum"));
+    }
+    if !input.generics.params.is_empty() {
+        return Err(syn::Error::new_spanned(
+            &input.generics,
+            "an actor cannot be generic: its name and argument type must be fixed",
+        ));
+    }
+    let name = non_empty(attrs.name, "name")?.unwrap_or_else(|| snake_case(&input.ident.to_string()));
+    let queue = non_empty(attrs.queue, "queue")?.unwrap_or_else(|| "default".to_owned());
+    let handler = match attrs.handler {
+        Some(handler) => syn::parse_str::<Ident>(&handler.value).map_err(|_| {
+            syn::Error::new(handler.span, "`handler` must name a method, like handler = \"perform\"")
+        })?,
+        None => Ident::new("perform", Span::call_site()),
+    };
+    let min_backoff_ms = millis(attrs.min_backoff)?;
+    let max_backoff_ms = millis(attrs.max_backoff)?;
+    if let (Some(min), Some(max)) = (&min_backoff_ms, &max_backoff_ms) {
+        if min.value > max.value {
+            return Err(syn::Error::new(max.span, "`max_backoff` must not be shorter than `min_backoff`"));
+        }
+    }
+    let time_limit_ms = millis(attrs.time_limit)?;
+    if let Some(limit) = &time_limit_ms {
+        if limit.value == 0 {
+            return Err(syn::Error::new(limit.span, "`time_limit` must be longer than zero"));
+        }
+    }
+    Ok(Actor {
+        name,
+        queue,
+        handler,
+        blocking: attrs.blocking.is_some_and(|b| b.value),
+        max_retries: attrs.max_retries.map(|r| r.value),
+        priority: attrs.priority.map(|p| p.value),
+        min_backoff_ms: min_backoff_ms.map(|d| d.value),
+        max_backoff_ms: max_backoff_ms.map(|d| d.value),
+        time_limit_ms: time_limit_ms.map(|d| d.value),
+        max_age_ms: millis(attrs.max_age)?.map(|d| d.value),
+    })
+}
+
+fn non_empty(value: Option<Spanned<String>>, key: &str) -> syn::Result<Option<String>> {
+    match value {
+        Some(v) if v.value.trim().is_empty() => Err(syn::Error::new(v.span, format_args!("`{key}` must not be empty"))),
+        Some(v) => Ok(Some(v.value)),
+        None => Ok(None),
+    }
+}
+
+fn millis(value: Option<Spanned<String>>) -> syn::Result<Option<Spanned<u64>>> {
+    value
+        .map(|v| {
+            parse_millis(&v.value).map(|ms| Spanned { value: ms, span: v.span }).map_err(|e| syn::Error::new(v.span, e))
+        })
+        .transpose()
+}
+
+/// `SendWelcomeEmail` → `send_welcome_email`, `HTTPFetch` → `http_fetch`.
+fn snake_case(name: &str) -> String {
+    let chars: Vec<char> = name.chars().collect();
+    let mut out = String::with_capacity(name.len() + 4);
+    for (i, &c) in chars.iter().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            let prev = chars[i - 1];
+            let next_lower = chars.get(i + 1).is_some_and(|n| n.is_lowercase());
+            if prev.is_lowercase() || prev.is_ascii_digit() || (prev.is_uppercase() && next_lower) {
+                out.push('_');
+            }
+        }
+        out.extend(c.to_lowercase());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::snake_case;
+
+    #[test]
+    fn names_become_snake_case() {
+        assert_eq!(snake_case("SendWelcomeEmail"), "send_welcome_email");
+        assert_eq!(snake_case("HTTPFetch"), "http_fetch");
+        assert_eq!(snake_case("Resize2x"), "resize2x");
+        assert_eq!(snake_case("Export2Csv"), "export2_csv");
+        assert_eq!(snake_case("noop"), "noop");
+    }
+}

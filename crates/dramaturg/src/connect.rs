@@ -1,0 +1,55 @@
+//! Choosing a broker from a URL at run time.
+
+use std::sync::Arc;
+
+use dramaturg_core::{Broker, MemoryBroker};
+
+/// A broker URL could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The URL's scheme names no broker this build knows.
+    #[error("unknown broker URL scheme {scheme:?}: {hint}")]
+    UnknownScheme {
+        /// The scheme found in the URL.
+        scheme: String,
+        /// What would work instead.
+        hint: &'static str,
+    },
+    /// The URL has no `scheme:` part.
+    #[error("invalid broker URL: expected a URL such as memory://, got {0:?}")]
+    InvalidUrl(String),
+}
+
+/// Schemes this build understands, for error messages.
+const KNOWN: &str = "this build knows memory://";
+
+/// Connects to the broker a URL names: `memory://` (a new in-memory broker).
+///
+/// # Errors
+///
+/// [`ConnectError::UnknownScheme`] for other schemes, and
+/// [`ConnectError::InvalidUrl`] for text that is not a URL. The URL's
+/// password, if any, is never part of the error.
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let broker = dramaturg::connect("memory://").await.unwrap();
+/// let app = dramaturg::App::builder_shared(broker).build().unwrap();
+/// # let _ = app;
+/// assert!(dramaturg::connect("carrier-pigeon://coop").await.is_err());
+/// # }
+/// ```
+pub async fn connect(url: &str) -> Result<Arc<dyn Broker>, ConnectError> {
+    let Some((scheme, _rest)) = url.split_once("://") else {
+        // Shown without anything after a possible `user:password@`.
+        return Err(ConnectError::InvalidUrl(url.split('@').next_back().unwrap_or_default().to_owned()));
+    };
+    match scheme {
+        "memory" => Ok(Arc::new(MemoryBroker::new())),
+        other => Err(ConnectError::UnknownScheme { scheme: other.to_owned(), hint: KNOWN }),
+    }
+}

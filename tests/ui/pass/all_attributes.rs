@@ -1,0 +1,38 @@
+use std::time::Duration;
+
+use dramaturg::prelude::*;
+use serde::{Deserialize, Serialize};
+
+#[derive(Actor, Serialize, Deserialize)]
+#[actor(
+    name = "welcome",
+    queue = "mail",
+    max_retries = 5,
+    min_backoff = "500ms",
+    max_backoff = "1m30s",
+    time_limit = "2h",
+    max_age = "1d",
+    priority = 255
+)]
+struct SendWelcome {
+    user_id: u64,
+}
+
+impl SendWelcome {
+    async fn perform(self, _ctx: &Context) -> Result<(), std::io::Error> {
+        let _ = self.user_id;
+        Ok(())
+    }
+}
+
+fn main() {
+    let options = SendWelcome::options();
+    assert_eq!(SendWelcome::NAME, "welcome");
+    assert_eq!(SendWelcome::QUEUE, "mail");
+    assert_eq!(options.max_retries, Some(5));
+    assert_eq!(options.min_backoff, Some(Duration::from_millis(500)));
+    assert_eq!(options.max_backoff, Some(Duration::from_secs(90)));
+    assert_eq!(options.time_limit, Some(Duration::from_secs(7200)));
+    assert_eq!(options.max_age, Some(Duration::from_secs(86_400)));
+    assert_eq!(options.priority, Some(255));
+}

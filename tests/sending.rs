@@ -1,6 +1,8 @@
 //! Sending messages: typed sends, options, delays, size and registry checks,
 //! the middleware stack's order and enqueue hooks, the shared context.
 
+#![allow(clippy::unwrap_used)] // Tests may panic on the unexpected.
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -227,9 +229,12 @@ impl Export {
     }
 }
 
+/// Failure messages and the progress the actor had written.
+type Seen = Arc<Mutex<Vec<(String, Option<Progress>)>>>;
+
 /// Sees, after a failure, what the actor wrote.
 struct FailureHandler {
-    seen: Arc<Mutex<Vec<(String, Option<Progress>)>>>,
+    seen: Seen,
 }
 
 #[async_trait]

@@ -1,6 +1,8 @@
 //! The worker: bad input, isolation of panics, hangs and failures, blocking
 //! actors, graceful shutdown, tracing.
 
+#![allow(clippy::unwrap_used)] // Tests may panic on the unexpected.
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -146,7 +146,13 @@ fn make_job<A: Actor>(encoder: &dyn Encoder, args: &[u8], ctx: Context) -> Resul
 
 impl ActorInfo {
     pub(crate) fn of<A: Actor>() -> Self {
-        Self { name: A::NAME, queue: A::QUEUE.to_owned(), blocking: A::BLOCKING, options: A::options(), make_job: make_job::<A> }
+        Self {
+            name: A::NAME,
+            queue: A::QUEUE.to_owned(),
+            blocking: A::BLOCKING,
+            options: A::options(),
+            make_job: make_job::<A>,
+        }
     }
 
     /// The actor's name.

@@ -61,10 +61,7 @@ macro_rules! broker_conformance {
 }
 
 async fn next(consumer: &mut dyn Consumer) -> Delivery {
-    tokio::time::timeout(SOON, consumer.next())
-        .await
-        .expect("a delivery within 5 s")
-        .expect("the consumer works")
+    tokio::time::timeout(SOON, consumer.next()).await.expect("a delivery within 5 s").expect("the consumer works")
 }
 
 async fn nothing_within(consumer: &mut dyn Consumer, wait: Duration) {

@@ -149,9 +149,7 @@ pub struct Metadata {
 impl Metadata {
     /// Stores `value`, returning the previous value of its type.
     pub fn insert<T: Any + Send + Sync>(&mut self, value: T) -> Option<T> {
-        self.values
-            .insert(TypeId::of::<T>(), Box::new(value))
-            .and_then(|old| old.downcast::<T>().ok().map(|old| *old))
+        self.values.insert(TypeId::of::<T>(), Box::new(value)).and_then(|old| old.downcast::<T>().ok().map(|old| *old))
     }
 
     /// The value of type `T`, if any.

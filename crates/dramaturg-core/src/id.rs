@@ -55,10 +55,8 @@ fn next_random() -> u64 {
 impl MessageId {
     /// A new id for the current time.
     pub fn new() -> Self {
-        let millis = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64)
-            & 0xFFFF_FFFF_FFFF;
+        let millis =
+            SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64) & 0xFFFF_FFFF_FFFF;
         let random = (u128::from(next_random()) << 16) | u128::from(next_random() & 0xFFFF);
         Self((u128::from(millis) << 80) | random)
     }
@@ -118,10 +116,7 @@ impl FromStr for MessageId {
         }
         let mut value: u128 = 0;
         for (i, byte) in s.bytes().enumerate() {
-            let digit = ALPHABET
-                .iter()
-                .position(|&c| c == byte.to_ascii_uppercase())
-                .ok_or_else(err)? as u128;
+            let digit = ALPHABET.iter().position(|&c| c == byte.to_ascii_uppercase()).ok_or_else(err)? as u128;
             // The first character carries only the top 3 bits.
             if i == 0 && digit > 7 {
                 return Err(err());

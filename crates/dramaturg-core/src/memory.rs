@@ -11,7 +11,9 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::broker::{Broker, Consumer, DeadLetter, DeadLetters, Delivery, Outgoing, QueueAdmin, QueueStats, Receipt, Replay};
+use crate::broker::{
+    Broker, Consumer, DeadLetter, DeadLetters, Delivery, Outgoing, QueueAdmin, QueueStats, Receipt, Replay,
+};
 use crate::error::BrokerError;
 use crate::outcome::Settlement;
 

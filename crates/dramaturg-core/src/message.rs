@@ -73,9 +73,7 @@ impl fmt::Debug for Message {
 
 /// Milliseconds since the Unix epoch.
 pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Per-message options: typed fields for the ones dramaturg knows, and an
@@ -169,10 +167,7 @@ impl Options {
         self.extra
             .get(key)
             .map(|value| {
-                T::deserialize(value).map_err(|source| OptionError {
-                    key: key.to_owned(),
-                    reason: source.to_string(),
-                })
+                T::deserialize(value).map_err(|source| OptionError { key: key.to_owned(), reason: source.to_string() })
             })
             .transpose()
     }

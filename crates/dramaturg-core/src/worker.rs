@@ -430,10 +430,10 @@ async fn run_message(shared: &Shared, message: Message, redelivered: bool) -> Se
         match &mut outcome {
             Outcome::Succeeded(_) => tracing::debug!(elapsed_ms, "message succeeded"),
             Outcome::Failed(failure) => {
-                tracing::warn!(elapsed_ms, error = %failure.record().summary(), "message failed")
+                tracing::warn!(elapsed_ms, error = %failure.record().summary(), "message failed");
             }
             Outcome::Retried(failure) => {
-                tracing::info!(elapsed_ms, error = %failure.record().summary(), "message failed; retry scheduled")
+                tracing::info!(elapsed_ms, error = %failure.record().summary(), "message failed; retry scheduled");
             }
             Outcome::Skipped(reason) => tracing::info!(elapsed_ms, %reason, "message skipped"),
             Outcome::Requeue(reason) => tracing::info!(elapsed_ms, %reason, "message returned to its queue"),

@@ -115,4 +115,3 @@ fn flag(meta: &ParseNestedMeta<'_>) -> syn::Result<Spanned<bool>> {
         other => Err(syn::Error::new(other.span(), "`blocking` expects `true` or `false`, or no value")),
     }
 }
-

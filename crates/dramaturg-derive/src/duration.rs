@@ -3,7 +3,8 @@
 
 /// Milliseconds in `text`, or a message saying what is wrong.
 pub(crate) fn parse_millis(text: &str) -> Result<u64, String> {
-    let invalid = || format!("invalid duration {text:?}: write it like \"500ms\", \"30s\", \"5m\", \"2h\", \"1d\" or \"1m30s\"");
+    let invalid =
+        || format!("invalid duration {text:?}: write it like \"500ms\", \"30s\", \"5m\", \"2h\", \"1d\" or \"1m30s\"");
     let mut rest = text.trim();
     if rest.is_empty() {
         return Err(invalid());

@@ -1,10 +1,10 @@
 //! `#[derive(Actor)]` for dramaturg. Use it through the `dramaturg` crate,
 //! whose documentation describes the attributes.
 //!
-//! The macro works in three steps, each a module: [`attr`] parses the
-//! `#[actor(...)]` attributes, [`valid`] checks them, [`expand`] writes the
+//! The macro works in three steps, each a module: `attr` parses the
+//! `#[actor(...)]` attributes, `valid` checks them, `expand` writes the
 //! impl. On an error it reports the error at the attribute and still emits a
-//! [`fallback`] impl, so that the rest of the user's code does not pile up
+//! `fallback` impl, so that the rest of the user's code does not pile up
 //! errors of its own.
 
 mod attr;

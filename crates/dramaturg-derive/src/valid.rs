@@ -33,9 +33,8 @@ pub(crate) fn check(input: &DeriveInput, attrs: Attrs) -> syn::Result<Actor> {
     let name = non_empty(attrs.name, "name")?.unwrap_or_else(|| snake_case(&input.ident.to_string()));
     let queue = non_empty(attrs.queue, "queue")?.unwrap_or_else(|| "default".to_owned());
     let handler = match attrs.handler {
-        Some(handler) => syn::parse_str::<Ident>(&handler.value).map_err(|_| {
-            syn::Error::new(handler.span, "`handler` must name a method, like handler = \"perform\"")
-        })?,
+        Some(handler) => syn::parse_str::<Ident>(&handler.value)
+            .map_err(|_| syn::Error::new(handler.span, "`handler` must name a method, like handler = \"perform\""))?,
         None => Ident::new("perform", Span::call_site()),
     };
     let min_backoff_ms = millis(attrs.min_backoff)?;

@@ -21,11 +21,11 @@ pub use dramaturg_derive::Actor;
 
 /// The names most programs need: `use dramaturg::prelude::*;`.
 pub mod prelude {
-    #[cfg(feature = "derive")]
-    pub use dramaturg_derive::Actor;
     pub use dramaturg_core::{
         async_trait, Actor, App, Context, MemoryBroker, Middleware, Next, Outcome, SendOptions, Worker,
     };
+    #[cfg(feature = "derive")]
+    pub use dramaturg_derive::Actor;
 }
 
 /// What `#[derive(Actor)]` expands to refers to these paths only, so users

@@ -19,6 +19,11 @@ pub use dramaturg_core::{
 #[cfg_attr(docsrs, doc(cfg(feature = "derive")))]
 pub use dramaturg_derive::Actor;
 
+/// The README's examples, compiled as doctests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;
+
 /// The names most programs need: `use dramaturg::prelude::*;`.
 pub mod prelude {
     pub use dramaturg_core::{

@@ -90,8 +90,7 @@ async fn main() -> Result<(), BoxError> {
     let enqueue_secs = started.elapsed().as_secs_f64();
 
     let started = Instant::now();
-    let report =
-        Worker::new(app).concurrency(args.concurrency).run_until_drained(Duration::from_secs(3600)).await?;
+    let report = Worker::new(app).concurrency(args.concurrency).run_until_drained(Duration::from_secs(3600)).await?;
     let process_secs = started.elapsed().as_secs_f64();
     if report.succeeded != args.messages {
         return Err(format!("expected {} messages processed, got {report:?}", args.messages).into());

@@ -69,7 +69,8 @@ impl Checksum {
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     let broker = MemoryBroker::new();
-    let app = App::builder(broker.clone()).actor::<SendWelcome>().actor::<MakeThumbnail>().actor::<Checksum>().build()?;
+    let app =
+        App::builder(broker.clone()).actor::<SendWelcome>().actor::<MakeThumbnail>().actor::<Checksum>().build()?;
 
     let started = Instant::now();
     for user_id in 0..200 {

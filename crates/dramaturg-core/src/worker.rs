@@ -217,17 +217,15 @@ impl Worker {
     ///
     /// # Errors
     ///
-    /// As [`Worker::run`].
+    /// As [`Worker::run`], and an error of kind `Other` if the signal
+    /// handlers cannot be installed.
     pub async fn run_until_signal(self) -> Result<WorkerReport, BrokerError> {
         let handle = self.shutdown_handle();
+        // Listen before consuming, so that no signal can slip past.
+        let mut signals = crate::signal::Signals::new().map_err(|e| {
+            BrokerError::new(crate::BrokerErrorKind::Other, "cannot listen for shutdown signals").with_source(e)
+        })?;
         let listener = tokio::spawn(async move {
-            let mut signals = match crate::signal::Signals::new() {
-                Ok(signals) => signals,
-                Err(error) => {
-                    tracing::error!(%error, "cannot listen for shutdown signals");
-                    return;
-                }
-            };
             signals.recv().await;
             tracing::info!("shutting down gracefully; send the signal again to exit at once");
             handle.shutdown();

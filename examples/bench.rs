@@ -73,7 +73,7 @@ fn peak_rss_mb() -> f64 {
 async fn main() -> Result<(), BoxError> {
     let args = parse_args()?;
     let broker = dramaturg::connect(&args.broker).await?;
-    let app = App::builder_shared(broker).actor::<Noop>().build()?;
+    let app = dramaturg::app_shared(broker).actor::<Noop>().build()?;
     let broker_name = args.broker.split("://").next().unwrap_or_default().to_owned();
 
     let started = Instant::now();

@@ -102,7 +102,7 @@ pub trait Actor: Serialize + DeserializeOwned + Send + 'static {
 /// `Box<dyn Error + Send + Sync>`, a `String`.
 pub fn into_job_result<T, E>(result: Result<T, E>) -> Result<Output, Failure>
 where
-    T: Serialize + Send + 'static,
+    T: Serialize + Send + Sync + 'static,
     E: Into<BoxError>,
 {
     result.map(Output::new).map_err(Failure::from_error)
@@ -122,7 +122,7 @@ where
         match tokio::task::spawn_blocking(move || handler(&ctx)).await {
             Ok(result) => result,
             Err(error) if error.is_panic() => {
-                Err(Failure::from_panic(error.into_panic().as_ref(), &RecordLimits::default()))
+                Err(Failure::from_panic(error.into_panic().as_ref(), None, &RecordLimits::default()))
             }
             Err(error) => Err(Failure::from_error(error)),
         }

@@ -382,6 +382,16 @@ impl AppBuilder {
         self
     }
 
+    /// Puts `middleware` in the place of the one named `name` (to configure
+    /// a default middleware differently).
+    pub fn replace(mut self, name: &str, middleware: impl Middleware) -> Self {
+        match self.position(name) {
+            Some(index) => self.stack[index] = Arc::new(middleware),
+            None => self.errors.push(ConfigError::NoSuchMiddleware(name.to_owned())),
+        }
+        self
+    }
+
     /// Removes the middleware named `name`.
     pub fn remove(mut self, name: &str) -> Self {
         match self.position(name) {

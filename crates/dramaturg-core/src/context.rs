@@ -3,11 +3,15 @@
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::{App, Message, MessageId, Options};
+use crate::{App, Interrupted, Interruption, Message, MessageId, Options};
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
 
 /// The context of one delivery: the message, its resolved options, metadata
 /// that the actor and every middleware share, heartbeats, and the app (to
@@ -28,6 +32,10 @@ struct Inner {
     started: Instant,
     /// Microseconds after `started` of the last heartbeat.
     heartbeat_us: AtomicU64,
+    /// Microseconds by which the actor extended its time limit.
+    extension_us: AtomicU64,
+    /// Why the attempt is being stopped, if it is (0: it is not).
+    interruption: AtomicU8,
     metadata: Mutex<Metadata>,
 }
 
@@ -42,6 +50,8 @@ impl Context {
                 redelivered,
                 started: Instant::now(),
                 heartbeat_us: AtomicU64::new(0),
+                extension_us: AtomicU64::new(0),
+                interruption: AtomicU8::new(0),
                 metadata: Mutex::default(),
             }),
         }
@@ -97,8 +107,63 @@ impl Context {
     /// Says "still working": resets the inactivity timer of the time-limit
     /// middleware. Cheap enough to call in a tight loop.
     pub fn heartbeat(&self) {
-        let micros = u64::try_from(self.inner.started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        self.inner.heartbeat_us.fetch_max(micros, Ordering::Relaxed);
+        self.inner.heartbeat_us.fetch_max(micros(self.inner.started.elapsed()), Ordering::Relaxed);
+    }
+
+    /// Gives this attempt `by` more time than its time limit allows. Calls
+    /// add up. For jobs that learn as they go that they need longer.
+    pub fn extend_deadline(&self, by: Duration) {
+        self.inner.extension_us.fetch_add(micros(by), Ordering::Relaxed);
+    }
+
+    /// How much the actor has extended its time limit so far.
+    pub fn deadline_extension(&self) -> Duration {
+        Duration::from_micros(self.inner.extension_us.load(Ordering::Relaxed))
+    }
+
+    /// Marks the attempt as being stopped (by a time limit, an abort, a
+    /// shutdown): [`Context::check`] fails from now on. The first reason
+    /// given is kept.
+    pub fn interrupt(&self, reason: Interruption) {
+        let code = match reason {
+            Interruption::TimeLimit => 1,
+            Interruption::Abort => 2,
+            Interruption::Shutdown => 3,
+        };
+        let _ = self.inner.interruption.compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// Why the attempt is being stopped, if it is.
+    pub fn interruption(&self) -> Option<Interruption> {
+        match self.inner.interruption.load(Ordering::Acquire) {
+            1 => Some(Interruption::TimeLimit),
+            2 => Some(Interruption::Abort),
+            3 => Some(Interruption::Shutdown),
+            _ => None,
+        }
+    }
+
+    /// `Err` once the attempt is being stopped. Async actors are stopped at
+    /// their next `.await` anyway; blocking actors cannot be, and should call
+    /// this in their loops to stop early:
+    ///
+    /// ```
+    /// # use dramaturg_core::{Context, Interrupted};
+    /// fn crunch(ctx: &Context, rows: &[u64]) -> Result<u64, Interrupted> {
+    ///     let mut sum = 0;
+    ///     for chunk in rows.chunks(10_000) {
+    ///         ctx.check()?;
+    ///         sum += chunk.iter().sum::<u64>();
+    ///     }
+    ///     Ok(sum)
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Interrupted`] with the reason.
+    pub fn check(&self) -> Result<(), Interrupted> {
+        self.interruption().map_or(Ok(()), |reason| Err(Interrupted(reason)))
     }
 
     /// When the actor last called [`Context::heartbeat`] (the start of the

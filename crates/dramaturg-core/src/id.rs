@@ -1,11 +1,10 @@
 //! Message ids: unique, time-ordered, printable.
 
-use std::cell::Cell;
-use std::collections::hash_map::RandomState;
 use std::fmt;
-use std::hash::{BuildHasher, Hasher};
 use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::random::random_u64;
 
 /// Crockford's base32 alphabet, as used by ULIDs.
 const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
@@ -30,34 +29,12 @@ const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct MessageId(u128);
 
-thread_local! {
-    // xorshift64* state, seeded from the OS-random keys of `RandomState`.
-    static RNG: Cell<u64> = Cell::new(seed());
-}
-
-fn seed() -> u64 {
-    let mut hasher = RandomState::new().build_hasher();
-    hasher.write_u64(0x9E37_79B9_7F4A_7C15);
-    hasher.finish() | 1
-}
-
-fn next_random() -> u64 {
-    RNG.with(|state| {
-        let mut x = state.get();
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        state.set(x);
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    })
-}
-
 impl MessageId {
     /// A new id for the current time.
     pub fn new() -> Self {
         let millis =
             SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64) & 0xFFFF_FFFF_FFFF;
-        let random = (u128::from(next_random()) << 16) | u128::from(next_random() & 0xFFFF);
+        let random = (u128::from(random_u64()) << 16) | u128::from(random_u64() & 0xFFFF);
         Self((u128::from(millis) << 80) | random)
     }
 

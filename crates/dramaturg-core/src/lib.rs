@@ -25,11 +25,13 @@ pub mod conformance;
 mod context;
 pub mod encoder;
 mod error;
+mod fail;
 mod id;
 mod memory;
 mod message;
 pub mod middleware;
 pub mod outcome;
+pub mod random;
 mod signal;
 pub mod worker;
 
@@ -41,6 +43,7 @@ pub use broker::{
 pub use context::{Context, Metadata};
 pub use encoder::{CodecError, Encoder, Json, MessagePack};
 pub use error::{BrokerError, BrokerErrorKind, ConfigError, EnqueueError};
+pub use fail::{Fail, Interrupted, Interruption, Retry};
 pub use id::{MessageId, ParseMessageIdError};
 pub use memory::MemoryBroker;
 pub use message::{Message, OptionError, Options};

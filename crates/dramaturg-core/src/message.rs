@@ -107,6 +107,9 @@ pub struct Options {
     pub max_backoff: Option<Duration>,
     /// The longest one attempt may run.
     pub time_limit: Option<Duration>,
+    /// The longest one attempt may go without calling
+    /// [`Context::heartbeat`](crate::Context::heartbeat).
+    pub idle_timeout: Option<Duration>,
     /// The oldest a message may be (since its first enqueue) and still run.
     pub max_age: Option<Duration>,
     /// Delivery priority, 0 (lowest) to 255, where the broker supports it.
@@ -138,6 +141,8 @@ impl Options {
         with_max_backoff => max_backoff: Duration;
         /// Sets [`Options::time_limit`].
         with_time_limit => time_limit: Duration;
+        /// Sets [`Options::idle_timeout`].
+        with_idle_timeout => idle_timeout: Duration;
         /// Sets [`Options::max_age`].
         with_max_age => max_age: Duration;
         /// Sets [`Options::priority`].
@@ -179,6 +184,7 @@ impl Options {
         self.min_backoff = self.min_backoff.or(defaults.min_backoff);
         self.max_backoff = self.max_backoff.or(defaults.max_backoff);
         self.time_limit = self.time_limit.or(defaults.time_limit);
+        self.idle_timeout = self.idle_timeout.or(defaults.idle_timeout);
         self.max_age = self.max_age.or(defaults.max_age);
         self.priority = self.priority.or(defaults.priority);
         for (key, value) in &defaults.extra {
@@ -207,6 +213,7 @@ const MAX_RETRIES: &str = "max_retries";
 const MIN_BACKOFF: &str = "min_backoff_ms";
 const MAX_BACKOFF: &str = "max_backoff_ms";
 const TIME_LIMIT: &str = "time_limit_ms";
+const IDLE_TIMEOUT: &str = "idle_timeout_ms";
 const MAX_AGE: &str = "max_age_ms";
 const PRIORITY: &str = "priority";
 
@@ -224,6 +231,7 @@ impl Serialize for Options {
             (MIN_BACKOFF, &self.min_backoff),
             (MAX_BACKOFF, &self.max_backoff),
             (TIME_LIMIT, &self.time_limit),
+            (IDLE_TIMEOUT, &self.idle_timeout),
             (MAX_AGE, &self.max_age),
         ] {
             if let Some(d) = value {
@@ -269,6 +277,7 @@ impl<'de> Visitor<'de> for OptionsVisitor {
                 MIN_BACKOFF => options.min_backoff = Some(Duration::from_millis(typed(&mut map, &key)?)),
                 MAX_BACKOFF => options.max_backoff = Some(Duration::from_millis(typed(&mut map, &key)?)),
                 TIME_LIMIT => options.time_limit = Some(Duration::from_millis(typed(&mut map, &key)?)),
+                IDLE_TIMEOUT => options.idle_timeout = Some(Duration::from_millis(typed(&mut map, &key)?)),
                 MAX_AGE => options.max_age = Some(Duration::from_millis(typed(&mut map, &key)?)),
                 PRIORITY => options.priority = Some(typed(&mut map, &key)?),
                 _ => {

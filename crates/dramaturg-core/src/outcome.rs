@@ -7,6 +7,7 @@ use std::error::Error as StdError;
 use std::fmt;
 
 use crate::encoder::{CodecError, Encoder};
+use crate::fail::{Boxed, Retry};
 
 /// A boxed error, the common currency of actor failures.
 pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
@@ -68,11 +69,11 @@ impl Outcome {
 
 /// The value an actor returned, kept unencoded until someone asks for it
 /// (callbacks, result stores), so that actors returning `()` cost nothing.
-pub struct Output(Box<dyn erased_serde::Serialize + Send>);
+pub struct Output(Box<dyn erased_serde::Serialize + Send + Sync>);
 
 impl Output {
     /// Wraps an actor's return value.
-    pub fn new<T: serde::Serialize + Send + 'static>(value: T) -> Self {
+    pub fn new<T: serde::Serialize + Send + Sync + 'static>(value: T) -> Self {
         Self(Box::new(value))
     }
 
@@ -83,6 +84,12 @@ impl Output {
     /// [`CodecError::Encode`] when the value cannot be represented.
     pub fn encode(&self, encoder: &dyn Encoder) -> Result<Vec<u8>, CodecError> {
         encoder.encode_args(&*self.0)
+    }
+}
+
+impl serde::Serialize for Output {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        erased_serde::serialize(&*self.0, serializer)
     }
 }
 
@@ -101,6 +108,8 @@ pub enum FailureKind {
     Error,
     /// The actor panicked.
     Panic,
+    /// The attempt ran past its time limit or inactivity limit.
+    TimeLimitExceeded,
 }
 
 /// A failed attempt: the actor's error, until it is captured into a bounded
@@ -111,6 +120,7 @@ pub enum FailureKind {
 /// middleware, or by the worker at the latest) replaces it with its record.
 pub struct Failure {
     kind: FailureKind,
+    retry: Retry,
     state: FailureState,
 }
 
@@ -126,24 +136,50 @@ impl Failure {
     }
 
     /// A failure from an already boxed error, with the name of its type.
+    /// A boxed [`Fail`](crate::Fail) keeps its retry wish and the name of the
+    /// error inside it.
     pub fn from_boxed(error: BoxError, type_name: &'static str) -> Self {
-        Self { kind: FailureKind::Error, state: FailureState::Raw { error, type_name } }
+        match error.downcast::<Boxed>() {
+            Ok(boxed) => {
+                let (error, type_name, retry) = boxed.0.into_parts();
+                Self { kind: FailureKind::Error, retry, state: FailureState::Raw { error, type_name } }
+            }
+            Err(error) => {
+                Self { kind: FailureKind::Error, retry: Retry::Default, state: FailureState::Raw { error, type_name } }
+            }
+        }
     }
 
-    /// A failure from a panic payload.
-    pub fn from_panic(payload: &(dyn Any + Send), limits: &RecordLimits) -> Self {
+    /// The same failure, of another kind.
+    #[must_use]
+    pub fn with_kind(mut self, kind: FailureKind) -> Self {
+        self.kind = kind;
+        if let FailureState::Captured(record) = &mut self.state {
+            record.kind = kind;
+        }
+        self
+    }
+
+    /// What the actor asked of the retry middleware (see [`Fail`](crate::Fail)).
+    pub fn retry(&self) -> Retry {
+        self.retry
+    }
+
+    /// A failure from a panic payload, with the backtrace of the panic if
+    /// one was taken.
+    pub fn from_panic(payload: &(dyn Any + Send), backtrace: Option<&str>, limits: &RecordLimits) -> Self {
         let message = payload
             .downcast_ref::<&str>()
             .map(|s| (*s).to_owned())
             .or_else(|| payload.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "panic with a non-string payload".to_owned());
-        let record = ErrorRecord::new(FailureKind::Panic, "panic", &message, Vec::new(), None, limits);
+        let record = ErrorRecord::new(FailureKind::Panic, "panic", &message, Vec::new(), backtrace, limits);
         Self::from_record(record)
     }
 
     /// A failure from a record made earlier.
     pub fn from_record(record: ErrorRecord) -> Self {
-        Self { kind: record.kind, state: FailureState::Captured(record) }
+        Self { kind: record.kind, retry: Retry::Default, state: FailureState::Captured(record) }
     }
 
     /// Why the attempt failed.
@@ -348,7 +384,7 @@ mod tests {
     #[test]
     fn panics_become_records() {
         let payload: Box<dyn Any + Send> = Box::new(String::from("boom"));
-        let mut failure = Failure::from_panic(payload.as_ref(), &RecordLimits::default());
+        let mut failure = Failure::from_panic(payload.as_ref(), None, &RecordLimits::default());
         assert_eq!(failure.kind(), FailureKind::Panic);
         assert_eq!(failure.record().summary(), "panic: boom");
     }

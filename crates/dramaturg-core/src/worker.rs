@@ -33,7 +33,7 @@ use crate::broker::{Consumer, Delivery};
 use crate::error::BrokerError;
 use crate::middleware::Next;
 use crate::outcome::{Failure, Outcome, RecordLimits, Settlement};
-use crate::{App, Context, Message};
+use crate::{App, Context, Interruption, Message};
 
 /// How long interrupted messages get to settle after the grace period.
 const SETTLE_AFTER_INTERRUPT: Duration = Duration::from_secs(2);
@@ -418,9 +418,12 @@ async fn run_message(shared: &Shared, message: Message, redelivered: bool) -> Se
         let chain = AssertUnwindSafe(Next::new(app.middleware(), job).run(&ctx)).catch_unwind();
         let mut outcome = tokio::select! {
             result = chain => result.unwrap_or_else(|panic| {
-                Outcome::Failed(Failure::from_panic(panic.as_ref(), &RecordLimits::default()))
+                Outcome::Failed(Failure::from_panic(panic.as_ref(), None, &RecordLimits::default()))
             }),
-            () = shared.interrupt.cancelled() => Outcome::Requeue("the worker shut down before the message finished".into()),
+            () = shared.interrupt.cancelled() => {
+                ctx.interrupt(Interruption::Shutdown);
+                Outcome::Requeue("the worker shut down before the message finished".into())
+            }
         };
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
         shared.counters.count(&outcome);

@@ -5,8 +5,8 @@ use syn::meta::ParseNestedMeta;
 use syn::{DeriveInput, Lit, LitBool, LitInt};
 
 /// The keys `#[actor(...)]` accepts, for error messages.
-const KEYS: &str =
-    "name, queue, max_retries, min_backoff, max_backoff, time_limit, max_age, priority, blocking, handler";
+const KEYS: &str = "name, queue, max_retries, min_backoff, max_backoff, time_limit, idle_timeout, max_age, \
+                    priority, blocking, handler, on_success, on_failure, on_retry_exhausted";
 
 /// An attribute value together with where it was written.
 pub(crate) struct Spanned<T> {
@@ -24,9 +24,13 @@ pub(crate) struct Attrs {
     pub(crate) min_backoff: Option<Spanned<String>>,
     pub(crate) max_backoff: Option<Spanned<String>>,
     pub(crate) time_limit: Option<Spanned<String>>,
+    pub(crate) idle_timeout: Option<Spanned<String>>,
     pub(crate) max_age: Option<Spanned<String>>,
     pub(crate) priority: Option<Spanned<u8>>,
     pub(crate) blocking: Option<Spanned<bool>>,
+    pub(crate) on_success: Option<Spanned<String>>,
+    pub(crate) on_failure: Option<Spanned<String>>,
+    pub(crate) on_retry_exhausted: Option<Spanned<String>>,
 }
 
 pub(crate) fn parse(input: &DeriveInput) -> syn::Result<Attrs> {
@@ -43,6 +47,10 @@ pub(crate) fn parse(input: &DeriveInput) -> syn::Result<Attrs> {
                 "min_backoff" => set(&meta, &mut attrs.min_backoff, duration(&meta, &key)?),
                 "max_backoff" => set(&meta, &mut attrs.max_backoff, duration(&meta, &key)?),
                 "time_limit" => set(&meta, &mut attrs.time_limit, duration(&meta, &key)?),
+                "idle_timeout" => set(&meta, &mut attrs.idle_timeout, duration(&meta, &key)?),
+                "on_success" => set(&meta, &mut attrs.on_success, string(&meta, &key)?),
+                "on_failure" => set(&meta, &mut attrs.on_failure, string(&meta, &key)?),
+                "on_retry_exhausted" => set(&meta, &mut attrs.on_retry_exhausted, string(&meta, &key)?),
                 "max_age" => set(&meta, &mut attrs.max_age, duration(&meta, &key)?),
                 "max_retries" => set(&meta, &mut attrs.max_retries, integer(&meta, &key, "0 to 4294967295")?),
                 "priority" => set(&meta, &mut attrs.priority, integer(&meta, &key, "0 to 255")?),

@@ -22,8 +22,10 @@ pub(crate) fn actor_impl(input: &DeriveInput, actor: &Actor) -> TokenStream {
         duration(actor.min_backoff_ms, "with_min_backoff"),
         duration(actor.max_backoff_ms, "with_max_backoff"),
         duration(actor.time_limit_ms, "with_time_limit"),
+        duration(actor.idle_timeout_ms, "with_idle_timeout"),
         duration(actor.max_age_ms, "with_max_age"),
     ];
+    let callbacks = actor.callbacks.iter().map(|(key, name)| quote!(let options = options.with_extra(#key, #name);));
     let setters = setters.iter().flatten();
     // Errors about the handler (missing, wrong signature) point at the type.
     let job = if *blocking {
@@ -45,6 +47,7 @@ pub(crate) fn actor_impl(input: &DeriveInput, actor: &Actor) -> TokenStream {
             fn options() -> #private::Options {
                 let options = #private::Options::default();
                 #(#setters)*
+                #(#callbacks)*
                 options
             }
 

@@ -17,7 +17,10 @@ pub(crate) struct Actor {
     pub(crate) min_backoff_ms: Option<u64>,
     pub(crate) max_backoff_ms: Option<u64>,
     pub(crate) time_limit_ms: Option<u64>,
+    pub(crate) idle_timeout_ms: Option<u64>,
     pub(crate) max_age_ms: Option<u64>,
+    /// Callback options: (option key, actor name).
+    pub(crate) callbacks: Vec<(&'static str, String)>,
 }
 
 pub(crate) fn check(input: &DeriveInput, attrs: Attrs) -> syn::Result<Actor> {
@@ -44,10 +47,16 @@ pub(crate) fn check(input: &DeriveInput, attrs: Attrs) -> syn::Result<Actor> {
             return Err(syn::Error::new(max.span, "`max_backoff` must not be shorter than `min_backoff`"));
         }
     }
-    let time_limit_ms = millis(attrs.time_limit)?;
-    if let Some(limit) = &time_limit_ms {
-        if limit.value == 0 {
-            return Err(syn::Error::new(limit.span, "`time_limit` must be longer than zero"));
+    let time_limit_ms = positive(millis(attrs.time_limit)?, "time_limit")?;
+    let idle_timeout_ms = positive(millis(attrs.idle_timeout)?, "idle_timeout")?;
+    let mut callbacks = Vec::new();
+    for (key, value) in [
+        ("on_success", attrs.on_success),
+        ("on_failure", attrs.on_failure),
+        ("on_retry_exhausted", attrs.on_retry_exhausted),
+    ] {
+        if let Some(actor) = non_empty(value, key)? {
+            callbacks.push((key, actor));
         }
     }
     Ok(Actor {
@@ -59,7 +68,9 @@ pub(crate) fn check(input: &DeriveInput, attrs: Attrs) -> syn::Result<Actor> {
         priority: attrs.priority.map(|p| p.value),
         min_backoff_ms: min_backoff_ms.map(|d| d.value),
         max_backoff_ms: max_backoff_ms.map(|d| d.value),
-        time_limit_ms: time_limit_ms.map(|d| d.value),
+        time_limit_ms,
+        idle_timeout_ms,
+        callbacks,
         max_age_ms: millis(attrs.max_age)?.map(|d| d.value),
     })
 }
@@ -69,6 +80,13 @@ fn non_empty(value: Option<Spanned<String>>, key: &str) -> syn::Result<Option<St
         Some(v) if v.value.trim().is_empty() => Err(syn::Error::new(v.span, format_args!("`{key}` must not be empty"))),
         Some(v) => Ok(Some(v.value)),
         None => Ok(None),
+    }
+}
+
+fn positive(value: Option<Spanned<u64>>, key: &str) -> syn::Result<Option<u64>> {
+    match value {
+        Some(v) if v.value == 0 => Err(syn::Error::new(v.span, format_args!("`{key}` must be longer than zero"))),
+        other => Ok(other.map(|v| v.value)),
     }
 }
 

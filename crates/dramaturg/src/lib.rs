@@ -2,16 +2,24 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod connect;
+mod stack;
 
 pub use connect::{connect, ConnectError};
+pub use stack::{app, app_shared};
+
+pub use dramaturg_age_limit as age_limit;
+pub use dramaturg_callbacks as callbacks;
 pub use dramaturg_core::{
     actor, async_trait, broker, encoder, middleware, outcome, worker, Actor, ActorInfo, App, AppBuilder, BoxError,
     Broker, BrokerError, BrokerErrorKind, CodecError, ConfigError, Consumer, Context, DeadLetter, DeadLetters,
-    Delivery, Encoder, EnqueueError, ErrorRecord, Failure, FailureKind, Job, Json, MemoryBroker, Message, MessageId,
-    MessagePack, Metadata, Middleware, Next, OptionError, Options, Outcome, Outgoing, Output, ParseMessageIdError,
-    QueueAdmin, QueueStats, Receipt, RecordLimits, Replay, SendOptions, Settlement, ShutdownHandle, Worker,
-    WorkerReport, DEFAULT_MAX_MESSAGE_SIZE,
+    Delivery, Encoder, EnqueueError, ErrorRecord, Fail, Failure, FailureKind, Interrupted, Interruption, Job, Json,
+    MemoryBroker, Message, MessageId, MessagePack, Metadata, Middleware, Next, OptionError, Options, Outcome, Outgoing,
+    Output, ParseMessageIdError, QueueAdmin, QueueStats, Receipt, RecordLimits, Replay, Retry, SendOptions, Settlement,
+    ShutdownHandle, Worker, WorkerReport, DEFAULT_MAX_MESSAGE_SIZE,
 };
+pub use dramaturg_error_capture as error_capture;
+pub use dramaturg_retries as retries;
+pub use dramaturg_time_limit as time_limit;
 
 /// Derives [`Actor`](trait@Actor) for a serde type: see the crate docs for
 /// the `#[actor(...)]` attributes.
@@ -27,7 +35,7 @@ struct ReadmeDoctests;
 /// The names most programs need: `use dramaturg::prelude::*;`.
 pub mod prelude {
     pub use dramaturg_core::{
-        async_trait, Actor, App, Context, MemoryBroker, Middleware, Next, Outcome, SendOptions, Worker,
+        async_trait, Actor, App, Context, Fail, MemoryBroker, Middleware, Next, Outcome, SendOptions, Worker,
     };
     #[cfg(feature = "derive")]
     pub use dramaturg_derive::Actor;

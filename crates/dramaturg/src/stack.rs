@@ -1,0 +1,55 @@
+//! The default middleware stack.
+
+use std::sync::Arc;
+
+use dramaturg_age_limit::AgeLimit;
+use dramaturg_callbacks::Callbacks;
+use dramaturg_core::{App, AppBuilder, Broker};
+use dramaturg_error_capture::ErrorCapture;
+use dramaturg_retries::Retries;
+use dramaturg_time_limit::TimeLimit;
+
+/// Starts building an app on `broker` with the default middleware stack,
+/// outermost first:
+///
+/// 1. `callbacks` — sends `on_success` / `on_failure` /
+///    `on_retry_exhausted` callbacks; outside the retries so that it can
+///    tell a retried failure from a final one;
+/// 2. `age_limit` — skips messages older than their `max_age` before any
+///    work is done;
+/// 3. `retries` — sees every failure below it, time-limit expiries
+///    included, and re-enqueues the message with a delay or lets it be
+///    dead-lettered;
+/// 4. `time_limit` — turns an overrun into a typed `TimeLimitExceeded`
+///    failure;
+/// 5. `error_capture` — innermost: catches panics and turns the actor's
+///    error into a bounded record at once, so nothing above it holds the
+///    error value.
+///
+/// Configure a default middleware by replacing it, and add your own
+/// anywhere by name:
+///
+/// ```
+/// use std::time::Duration;
+/// use dramaturg::retries::Retries;
+/// use dramaturg::MemoryBroker;
+///
+/// let app = dramaturg::app(MemoryBroker::new())
+///     .replace("retries", Retries::new().max_retries(10))
+///     .build()
+///     .unwrap();
+/// assert_eq!(app.middleware_names(), ["callbacks", "age_limit", "retries", "time_limit", "error_capture"]);
+/// ```
+pub fn app(broker: impl Broker) -> AppBuilder {
+    app_shared(Arc::new(broker))
+}
+
+/// [`app`] for a shared broker (as [`connect`](crate::connect) returns).
+pub fn app_shared(broker: Arc<dyn Broker>) -> AppBuilder {
+    App::builder_shared(broker)
+        .middleware(Callbacks::new())
+        .middleware(AgeLimit::new())
+        .middleware(Retries::new())
+        .middleware(TimeLimit::new())
+        .middleware(ErrorCapture::new())
+}

@@ -126,7 +126,7 @@ pub struct Failure {
 
 enum FailureState {
     Raw { error: BoxError, type_name: &'static str },
-    Captured(ErrorRecord),
+    Captured(Box<ErrorRecord>),
 }
 
 impl Failure {
@@ -179,7 +179,7 @@ impl Failure {
 
     /// A failure from a record made earlier.
     pub fn from_record(record: ErrorRecord) -> Self {
-        Self { kind: record.kind, retry: Retry::Default, state: FailureState::Captured(record) }
+        Self { kind: record.kind, retry: Retry::Default, state: FailureState::Captured(Box::new(record)) }
     }
 
     /// Why the attempt failed.
@@ -206,7 +206,7 @@ impl Failure {
         if let FailureState::Raw { error, type_name } = &self.state {
             let record = ErrorRecord::from_error(self.kind, type_name, error.as_ref(), limits);
             // Replacing the state drops the original error value here and now.
-            self.state = FailureState::Captured(record);
+            self.state = FailureState::Captured(Box::new(record));
         }
     }
 

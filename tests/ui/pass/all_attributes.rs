@@ -11,6 +11,10 @@ use serde::{Deserialize, Serialize};
     min_backoff = "500ms",
     max_backoff = "1m30s",
     time_limit = "2h",
+    idle_timeout = "45s",
+    on_success = "welcome_sent",
+    on_failure = "welcome_failed",
+    on_retry_exhausted = "welcome_given_up",
     max_age = "1d",
     priority = 255
 )]
@@ -35,4 +39,8 @@ fn main() {
     assert_eq!(options.time_limit, Some(Duration::from_secs(7200)));
     assert_eq!(options.max_age, Some(Duration::from_secs(86_400)));
     assert_eq!(options.priority, Some(255));
+    assert_eq!(options.idle_timeout, Some(Duration::from_secs(45)));
+    assert_eq!(options.extra::<String>("on_success").unwrap().as_deref(), Some("welcome_sent"));
+    assert_eq!(options.extra::<String>("on_failure").unwrap().as_deref(), Some("welcome_failed"));
+    assert_eq!(options.extra::<String>("on_retry_exhausted").unwrap().as_deref(), Some("welcome_given_up"));
 }

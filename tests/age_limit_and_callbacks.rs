@@ -1,0 +1,147 @@
+//! The age-limit and callbacks middleware on the in-memory broker.
+
+#![allow(clippy::unwrap_used)] // Tests may panic on the unexpected.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use dramaturg::callbacks::CallbackOptions;
+use dramaturg::prelude::*;
+use dramaturg::retries::Retries;
+use dramaturg::{BoxError, ErrorRecord, MessageId};
+use serde::{Deserialize, Serialize};
+
+static RAN: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+#[derive(Actor, Serialize, Deserialize)]
+#[actor(max_age = "100ms")]
+struct Fresh {
+    key: String,
+}
+
+impl Fresh {
+    async fn perform(self, _ctx: &Context) -> Result<(), BoxError> {
+        RAN.lock().unwrap().push(self.key);
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn messages_older_than_their_max_age_are_skipped_not_run() {
+    let broker = MemoryBroker::new();
+    let app = dramaturg::app(broker.clone()).queue_prefix("age-").actor::<Fresh>().build().unwrap();
+    Fresh { key: "stale".into() }.send(&app).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    Fresh { key: "fresh".into() }.send(&app).await.unwrap();
+    let report = Worker::new(app).run_until_drained(Duration::from_secs(5)).await.unwrap();
+    assert_eq!((report.skipped, report.succeeded), (1, 1), "{report:?}");
+    assert!(RAN.lock().unwrap().contains(&"fresh".to_owned()));
+    assert!(!RAN.lock().unwrap().contains(&"stale".to_owned()));
+    let stats = dramaturg::QueueAdmin::stats(&broker, "age-default").await.unwrap();
+    assert_eq!(stats.dead, 0, "skipped messages are acknowledged, not dead-lettered");
+}
+
+/// Succeeds with a value, or fails (then the attempt count matters).
+#[derive(Actor, Serialize, Deserialize)]
+#[actor(on_success = "done", on_failure = "failed_once", on_retry_exhausted = "gave_up")]
+struct Job {
+    n: u64,
+    fail: bool,
+}
+
+impl Job {
+    async fn perform(self, _ctx: &Context) -> Result<u64, String> {
+        if self.fail {
+            return Err(format!("job {} failed", self.n));
+        }
+        Ok(self.n * 2)
+    }
+}
+
+static CALLBACKS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+#[derive(Actor, Serialize, Deserialize)]
+struct Done {
+    message_id: MessageId,
+    actor: String,
+    args: Job,
+    result: u64,
+}
+
+impl Done {
+    async fn perform(self, _ctx: &Context) -> Result<(), BoxError> {
+        CALLBACKS
+            .lock()
+            .unwrap()
+            .push(format!("done {} {} {} {}", self.actor, self.args.n, self.result, self.message_id));
+        Ok(())
+    }
+}
+
+#[derive(Actor, Serialize, Deserialize)]
+struct FailedOnce {
+    args: Job,
+    retries: u32,
+    error: ErrorRecord,
+}
+
+impl FailedOnce {
+    async fn perform(self, _ctx: &Context) -> Result<(), BoxError> {
+        CALLBACKS
+            .lock()
+            .unwrap()
+            .push(format!("failure {} retry {}: {}", self.args.n, self.retries, self.error.message));
+        Ok(())
+    }
+}
+
+#[derive(Actor, Serialize, Deserialize)]
+struct GaveUp {
+    args: Job,
+    error: ErrorRecord,
+}
+
+impl GaveUp {
+    async fn perform(self, _ctx: &Context) -> Result<(), BoxError> {
+        CALLBACKS.lock().unwrap().push(format!("gave up {}: {}", self.args.n, self.error.message));
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn callbacks_fire_on_success_on_every_failure_and_once_on_exhaustion() {
+    let retries = Retries::new().max_retries(2).backoff(Duration::from_millis(1), Duration::from_millis(2));
+    let app = dramaturg::app(MemoryBroker::new())
+        .queue_prefix("callbacks-")
+        .replace("retries", retries)
+        .actor::<Job>()
+        .actor::<Done>()
+        .actor::<FailedOnce>()
+        .actor::<GaveUp>()
+        .build()
+        .unwrap();
+    let id = Job { n: 21, fail: false }.send(&app).await.unwrap();
+    Job { n: 7, fail: true }.send(&app).await.unwrap();
+    Worker::new(app).run_until_drained(Duration::from_secs(5)).await.unwrap();
+    let mut seen = CALLBACKS.lock().unwrap().clone();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            format!("done job 21 42 {id}"),
+            "failure 7 retry 0: job 7 failed".to_owned(),
+            "failure 7 retry 1: job 7 failed".to_owned(),
+            "failure 7 retry 2: job 7 failed".to_owned(),
+            "gave up 7: job 7 failed".to_owned(),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn callbacks_can_be_set_per_message_and_unknown_ones_do_not_break_anything() {
+    let app = dramaturg::app(MemoryBroker::new()).queue_prefix("percall-").actor::<Fresh>().build().unwrap();
+    let options = SendOptions::default().options(|o| o.on_success("no_such_actor"));
+    Fresh { key: "per-message".into() }.send_with(&app, options).await.unwrap();
+    let report = Worker::new(app).run_until_drained(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(report.succeeded, 1, "{report:?}");
+}

@@ -1,6 +1,8 @@
 //! dramaturg in one file, with no server: three actors on the in-memory
-//! broker, a few hundred messages, a worker that runs until the queues are
-//! drained, and a summary.
+//! broker with the default middleware stack, a few hundred messages, a
+//! worker that runs until the queues are drained, and a summary. Some
+//! thumbnails fail for good, some fail once and succeed on retry, and some
+//! run past their time limit once.
 //!
 //! ```sh
 //! cargo run --example quickstart
@@ -10,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use dramaturg::prelude::*;
+use dramaturg::retries::Retries;
 use dramaturg::{BoxError, DeadLetters};
 use serde::{Deserialize, Serialize};
 
@@ -35,20 +38,35 @@ impl SendWelcome {
 #[error("image {0} is corrupt")]
 struct CorruptImage(u64);
 
-/// Makes a thumbnail; one image in thirteen is corrupt and fails.
+/// A transient failure: worth a retry.
+#[derive(Debug, thiserror::Error)]
+#[error("storage timed out")]
+struct StorageTimeout;
+
+/// Makes a thumbnail. One image in thirteen is corrupt (fails for good, no
+/// retry); one in seven meets a storage timeout on its first attempt (the
+/// retry succeeds); one in eleven is slow on its first attempt and runs past
+/// the 100 ms time limit (the retry is fast).
 #[derive(Actor, Serialize, Deserialize)]
-#[actor(queue = "media")]
+#[actor(queue = "media", time_limit = "100ms")]
 struct MakeThumbnail {
     image_id: u64,
 }
 
 impl MakeThumbnail {
-    async fn perform(self, ctx: &Context) -> Result<(), CorruptImage> {
+    async fn perform(self, ctx: &Context) -> Result<(), Fail> {
+        let first_attempt = ctx.retries() == 0;
         if self.image_id % 13 == 0 {
-            return Err(CorruptImage(self.image_id));
+            return Err(Fail::permanent(CorruptImage(self.image_id)));
+        }
+        if self.image_id % 7 == 0 && first_attempt {
+            return Err(StorageTimeout.into());
+        }
+        if self.image_id % 11 == 0 && first_attempt {
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
         // Follow-up work goes through the same app.
-        Checksum { bytes: self.image_id * 1000 }.send(ctx.app()).await.map_err(|_| CorruptImage(self.image_id))?;
+        Checksum { bytes: self.image_id * 1000 }.send(ctx.app()).await?;
         Ok(())
     }
 }
@@ -68,9 +86,19 @@ impl Checksum {
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
+    // Warnings show the time limits and the messages given up on, each in
+    // its message's span (id, actor, queue, retries).
+    tracing_subscriber::fmt().with_max_level(tracing::Level::WARN).with_target(false).compact().init();
     let broker = MemoryBroker::new();
-    let app =
-        App::builder(broker.clone()).actor::<SendWelcome>().actor::<MakeThumbnail>().actor::<Checksum>().build()?;
+    // The default stack (callbacks, age limit, retries, time limit, error
+    // capture), with retries quick enough for a demo.
+    let app = dramaturg::app(broker.clone())
+        .replace("retries", Retries::new().backoff(Duration::from_millis(20), Duration::from_millis(200)))
+        .actor::<SendWelcome>()
+        .actor::<MakeThumbnail>()
+        .actor::<Checksum>()
+        .build()?;
+    println!("middleware: {:?}", app.middleware_names());
 
     let started = Instant::now();
     for user_id in 0..200 {
@@ -85,8 +113,9 @@ async fn main() -> Result<(), BoxError> {
 
     let dead = broker.list("media", 3).await?;
     println!("done in {:.0?}", started.elapsed());
-    println!("  processed:     {}", report.succeeded + report.failed);
+    println!("  processed:     {} messages", report.succeeded + report.failed);
     println!("  succeeded:     {} ({} welcome e-mails)", report.succeeded, WELCOMED.load(Ordering::Relaxed));
+    println!("  retried:       {} (storage timeouts and time-limit overruns, tried again)", report.retried);
     println!("  failed:        {}", report.failed);
     println!("  dead-lettered: {}", report.dead_lettered());
     for letter in dead {

@@ -335,6 +335,6 @@ fn every_message_has_a_span_with_id_actor_queue_and_retries() {
     for event in ["message started", "message failed"] {
         assert!(text.lines().any(|l| l.contains(&span) && l.contains(event)), "no {event:?} in {span}:\n{text}");
     }
-    assert!(text.contains("elapsed_ms="), "{text}");
+    assert!(text.contains("elapsed="), "{text}");
     assert!(text.contains("error=alloc::string::String: failure number 9"), "{text}");
 }

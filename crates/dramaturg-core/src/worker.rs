@@ -395,7 +395,9 @@ fn reject(shared: &Shared, reason: String) -> Settlement {
 }
 
 async fn run_message(shared: &Shared, message: Message, redelivered: bool) -> Settlement {
-    let span = tracing::info_span!(
+    // At error level so that the span is there whenever any event of the
+    // message is: a warning must say which message it is about.
+    let span = tracing::error_span!(
         "message",
         id = %message.id,
         actor = %message.actor,
@@ -425,19 +427,19 @@ async fn run_message(shared: &Shared, message: Message, redelivered: bool) -> Se
                 Outcome::Requeue("the worker shut down before the message finished".into())
             }
         };
-        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let elapsed = started.elapsed();
         shared.counters.count(&outcome);
         let settlement = outcome.settlement();
         match &mut outcome {
-            Outcome::Succeeded(_) => tracing::debug!(elapsed_ms, "message succeeded"),
+            Outcome::Succeeded(_) => tracing::debug!(?elapsed, "message succeeded"),
             Outcome::Failed(failure) => {
-                tracing::warn!(elapsed_ms, error = %failure.record().summary(), "message failed");
+                tracing::warn!(?elapsed, error = %failure.record().summary(), "message failed");
             }
             Outcome::Retried(failure) => {
-                tracing::info!(elapsed_ms, error = %failure.record().summary(), "message failed; retry scheduled");
+                tracing::info!(?elapsed, error = %failure.record().summary(), "message failed; retry scheduled");
             }
-            Outcome::Skipped(reason) => tracing::info!(elapsed_ms, %reason, "message skipped"),
-            Outcome::Requeue(reason) => tracing::info!(elapsed_ms, %reason, "message returned to its queue"),
+            Outcome::Skipped(reason) => tracing::info!(?elapsed, %reason, "message skipped"),
+            Outcome::Requeue(reason) => tracing::info!(?elapsed, %reason, "message returned to its queue"),
         }
         settlement
     }

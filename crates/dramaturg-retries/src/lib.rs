@@ -228,7 +228,7 @@ impl Middleware for Retries {
         };
         let Some(delay) = self.decide(ctx, &mut failure) else {
             let record = failure.record();
-            tracing::warn!(retries = ctx.retries(), error = %record.summary(), "giving up on the message");
+            tracing::info!(error = %record.summary(), "no retry: the message will be dead-lettered");
             if let Some(hook) = &self.on_exhausted {
                 hook(ctx, record);
             }

@@ -165,6 +165,10 @@ impl ActorInfo {
         &self.queue
     }
 
+    pub(crate) fn set_queue(&mut self, queue: &str) {
+        queue.clone_into(&mut self.queue);
+    }
+
     pub(crate) fn prefix_queue(&mut self, prefix: &str) {
         self.queue.insert_str(0, prefix);
     }

@@ -416,6 +416,16 @@ impl AppBuilder {
         self
     }
 
+    /// Registers an actor on `queue` instead of the queue its type names
+    /// (the queue prefix still applies): route one actor to a queue chosen
+    /// at run time.
+    pub fn actor_in<A: Actor>(mut self, queue: &str) -> Self {
+        let mut info = ActorInfo::of::<A>();
+        info.set_queue(queue);
+        self.actors.push(info);
+        self
+    }
+
     /// Uses `encoder` instead of [`MessagePack`].
     pub fn encoder(mut self, encoder: impl Encoder) -> Self {
         self.encoder = Arc::new(encoder);

@@ -322,3 +322,25 @@ pub trait DeadLetters: Send + Sync {
     /// A [`BrokerError`] when the broker cannot be reached.
     async fn replay(&self, queue: &str, which: Replay) -> Result<u64, BrokerError>;
 }
+
+/// `url` with the password of its user part replaced by `***`, for logs,
+/// errors and `Debug` output.
+///
+/// # Examples
+///
+/// ```
+/// use dramaturg_core::broker::redact_password;
+///
+/// assert_eq!(redact_password("amqp://guest:secret@localhost:5672/%2f"), "amqp://guest:***@localhost:5672/%2f");
+/// assert_eq!(redact_password("redis://:secret@127.0.0.1/0"), "redis://:***@127.0.0.1/0");
+/// assert_eq!(redact_password("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+/// ```
+pub fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else { return url.to_owned() };
+    let user = rest[..at].split(':').next().unwrap_or_default();
+    let password_given = rest[..at].contains(':');
+    let user_part = if password_given { format!("{user}:***") } else { user.to_owned() };
+    format!("{scheme}://{user_part}@{}", &rest[at + 1..])
+}

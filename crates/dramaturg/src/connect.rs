@@ -2,7 +2,8 @@
 
 use std::sync::Arc;
 
-use dramaturg_core::{Broker, MemoryBroker};
+use dramaturg_core::broker::redact_password;
+use dramaturg_core::{Broker, BrokerError, MemoryBroker};
 
 /// A broker URL could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -19,17 +20,29 @@ pub enum ConnectError {
     /// The URL has no `scheme:` part.
     #[error("invalid broker URL: expected a URL such as memory://, got {0:?}")]
     InvalidUrl(String),
+    /// The broker could not be reached.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
 }
 
 /// Schemes this build understands, for error messages.
-const KNOWN: &str = "this build knows memory://";
+const KNOWN: &str = if cfg!(feature = "redis-tls") {
+    "this build knows memory://, redis:// and rediss://"
+} else if cfg!(feature = "redis") {
+    "this build knows memory:// and redis:// (rediss:// needs the redis-tls feature)"
+} else {
+    "this build knows memory:// (redis:// needs the redis feature)"
+};
 
-/// Connects to the broker a URL names: `memory://` (a new in-memory broker).
+/// Connects to the broker a URL names: `memory://` (a new in-memory
+/// broker), `redis://` and `rediss://` (with the `redis` and `redis-tls`
+/// features).
 ///
 /// # Errors
 ///
 /// [`ConnectError::UnknownScheme`] for other schemes, and
-/// [`ConnectError::InvalidUrl`] for text that is not a URL. The URL's
+/// [`ConnectError::InvalidUrl`] for text that is not a URL, and
+/// [`ConnectError::Broker`] when the broker cannot be reached. The URL's
 /// password, if any, is never part of the error.
 ///
 /// # Examples
@@ -46,10 +59,14 @@ const KNOWN: &str = "this build knows memory://";
 pub async fn connect(url: &str) -> Result<Arc<dyn Broker>, ConnectError> {
     let Some((scheme, _rest)) = url.split_once("://") else {
         // Shown without anything after a possible `user:password@`.
-        return Err(ConnectError::InvalidUrl(url.split('@').next_back().unwrap_or_default().to_owned()));
+        return Err(ConnectError::InvalidUrl(redact_password(url)));
     };
     match scheme {
         "memory" => Ok(Arc::new(MemoryBroker::new())),
+        #[cfg(feature = "redis")]
+        "redis" => Ok(Arc::new(dramaturg_redis::RedisBroker::connect(url).await?)),
+        #[cfg(feature = "redis-tls")]
+        "rediss" => Ok(Arc::new(dramaturg_redis::RedisBroker::connect(url).await?)),
         other => Err(ConnectError::UnknownScheme { scheme: other.to_owned(), hint: KNOWN }),
     }
 }

@@ -18,6 +18,10 @@ pub use dramaturg_core::{
     ShutdownHandle, Worker, WorkerReport, DEFAULT_MAX_MESSAGE_SIZE,
 };
 pub use dramaturg_error_capture as error_capture;
+/// The Redis broker.
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use dramaturg_redis as redis;
 pub use dramaturg_retries as retries;
 pub use dramaturg_time_limit as time_limit;
 

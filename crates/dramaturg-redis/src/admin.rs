@@ -1,0 +1,111 @@
+//! Queue statistics, purge, and dead-letter listing and replay.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use dramaturg_core::{BrokerError, DeadLetter, DeadLetters, QueueAdmin, QueueStats, Replay};
+use redis::Value;
+
+use crate::{broker_error, RedisBroker};
+
+#[async_trait]
+impl QueueAdmin for RedisBroker {
+    async fn stats(&self, queue: &str) -> Result<QueueStats, BrokerError> {
+        let keys = self.keys(queue);
+        let inflight_lists = self.shared.registry.inflight_lists(queue).await?;
+        let mut pipe = redis::pipe();
+        pipe.llen(&keys.ready).exists(&keys.woken).zcard(&keys.delayed).zcard(&keys.dead);
+        for list in &inflight_lists {
+            pipe.llen(list);
+        }
+        let mut conn = self.shared.conn.clone();
+        let counts: Vec<u64> = pipe.query_async(&mut conn).await.map_err(|e| broker_error(e, "stats"))?;
+        let (ready, woken, delayed, dead) = (counts[0], counts[1], counts[2], counts[3]);
+        let in_flight = counts[4..].iter().sum();
+        // The wake-up entry sits in the ready list but is not a message.
+        Ok(QueueStats::new(ready.saturating_sub(woken), delayed, in_flight, dead))
+    }
+
+    async fn purge(&self, queue: &str) -> Result<u64, BrokerError> {
+        let keys = self.keys(queue);
+        let mut conn = self.shared.conn.clone();
+        self.shared
+            .scripts
+            .purge
+            .key(&keys.ready)
+            .key(&keys.delayed)
+            .key(&keys.msgs)
+            .key(&keys.woken)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| broker_error(e, "purge"))
+    }
+}
+
+#[async_trait]
+impl DeadLetters for RedisBroker {
+    async fn list(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>, BrokerError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let keys = self.keys(queue);
+        let mut conn = self.shared.conn.clone();
+        let reply: Vec<Value> = self
+            .shared
+            .scripts
+            .list_dead
+            .key(&keys.dead)
+            .key(&keys.dead_msgs)
+            .key(&keys.reasons)
+            .arg(limit)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| broker_error(e, "listing dead letters"))?;
+        let mut letters = Vec::with_capacity(reply.len() / 4);
+        let mut values = reply.into_iter();
+        while let (Some(id), Some(body), Some(reason), Some(at)) =
+            (values.next(), values.next(), values.next(), values.next())
+        {
+            let parse = |e: redis::ParsingError| {
+                BrokerError::new(dramaturg_core::BrokerErrorKind::Protocol, format!("redis: reading dead letters: {e}"))
+            };
+            let id: String = redis::from_redis_value(id).map_err(parse)?;
+            let body: Vec<u8> = redis::from_redis_value(body).map_err(parse)?;
+            let reason: String = redis::from_redis_value(reason).map_err(parse)?;
+            let at: f64 = redis::from_redis_value(at).map_err(parse)?;
+            let at = UNIX_EPOCH + Duration::from_millis(at as u64);
+            letters.push(DeadLetter::new(id, Bytes::from(body), reason, at));
+        }
+        Ok(letters)
+    }
+
+    async fn replay(&self, queue: &str, which: Replay) -> Result<u64, BrokerError> {
+        let keys = self.keys(queue);
+        let mut conn = self.shared.conn.clone();
+        let target = match &which {
+            Replay::One(key) => key.clone(),
+            _ => String::new(),
+        };
+        let mut replayed = 0;
+        loop {
+            let (count, looked_at): (u64, u64) = self
+                .shared
+                .scripts
+                .replay
+                .key(&keys.dead)
+                .key(&keys.dead_msgs)
+                .key(&keys.reasons)
+                .key(&keys.msgs)
+                .key(&keys.ready)
+                .arg(&target)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| broker_error(e, "replaying dead letters"))?;
+            replayed += count;
+            if !target.is_empty() || looked_at == 0 {
+                return Ok(replayed);
+            }
+        }
+    }
+}

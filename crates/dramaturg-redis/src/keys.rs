@@ -1,0 +1,90 @@
+//! Key names. Every key of a queue shares the hash tag `{queue}`, so that
+//! they live in one Redis Cluster slot and one script can touch them all.
+
+/// The keys of one queue under a namespace.
+#[derive(Debug, Clone)]
+pub(crate) struct QueueKeys {
+    prefix: String,
+    pub(crate) ready: String,
+    pub(crate) msgs: String,
+    pub(crate) delayed: String,
+    pub(crate) dead: String,
+    pub(crate) dead_msgs: String,
+    pub(crate) reasons: String,
+    pub(crate) redelivered: String,
+    pub(crate) woken: String,
+}
+
+impl QueueKeys {
+    pub(crate) fn new(namespace: &str, queue: &str) -> Self {
+        let prefix = format!("{namespace}:{{{queue}}}:");
+        let key = |name: &str| format!("{prefix}{name}");
+        Self {
+            ready: key("ready"),
+            msgs: key("msgs"),
+            delayed: key("delayed"),
+            dead: key("dead"),
+            dead_msgs: key("dead-msgs"),
+            reasons: key("dead-reasons"),
+            redelivered: key("redelivered"),
+            woken: key("woken"),
+            prefix,
+        }
+    }
+
+    /// The in-flight list of consumer `consumer` of worker `worker`.
+    pub(crate) fn inflight(&self, worker: &str, consumer: u64) -> String {
+        format!("{}inflight:{worker}:{consumer}", self.prefix)
+    }
+}
+
+/// The keys of the worker registry.
+#[derive(Debug, Clone)]
+pub(crate) struct RegistryKeys {
+    /// Sorted set: worker id → time of its last heartbeat (ms).
+    pub(crate) workers: String,
+    namespace: String,
+}
+
+impl RegistryKeys {
+    pub(crate) fn new(namespace: &str) -> Self {
+        Self { workers: format!("{namespace}:workers"), namespace: namespace.to_owned() }
+    }
+
+    /// Set of `consumer:queue` entries naming the worker's in-flight lists.
+    pub(crate) fn consumers(&self, worker: &str) -> String {
+        format!("{}:worker:{worker}:consumers", self.namespace)
+    }
+}
+
+/// A registry entry for consumer `consumer` of `queue`.
+pub(crate) fn consumer_entry(consumer: u64, queue: &str) -> String {
+    format!("{consumer}:{queue}")
+}
+
+/// The consumer number and queue of a registry entry.
+pub(crate) fn parse_consumer_entry(entry: &str) -> Option<(u64, &str)> {
+    let (consumer, queue) = entry.split_once(':')?;
+    Some((consumer.parse().ok()?, queue))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_keys_share_a_hash_tag() {
+        let keys = QueueKeys::new("ns", "mail");
+        for key in [&keys.ready, &keys.msgs, &keys.delayed, &keys.dead, &keys.woken, &keys.inflight("w1", 3)] {
+            assert!(key.starts_with("ns:{mail}:"), "{key}");
+        }
+        assert_eq!(keys.inflight("w1", 3), "ns:{mail}:inflight:w1:3");
+    }
+
+    #[test]
+    fn consumer_entries_round_trip_even_with_colons_in_queue_names() {
+        let entry = consumer_entry(7, "a:b");
+        assert_eq!(parse_consumer_entry(&entry), Some((7, "a:b")));
+        assert_eq!(parse_consumer_entry("x"), None);
+    }
+}

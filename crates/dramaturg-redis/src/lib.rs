@@ -1,0 +1,410 @@
+//! The Redis broker of [dramaturg](https://docs.rs/dramaturg).
+//!
+//! # How it keeps every message
+//!
+//! - **Reliable fetch.** A consumer claims messages atomically (a Lua
+//!   script moves their ids from the queue's ready list into the consumer's
+//!   own in-flight list); they leave Redis only when settled. Each worker
+//!   keeps a heartbeat from a task of its own. When a worker dies, the next
+//!   heartbeat tick of any live worker after `heartbeat_timeout` returns the
+//!   dead worker's claimed messages to the front of their queues — every
+//!   tick, deterministically, without `KEYS`.
+//! - **No idle polling.** An idle consumer blocks on its queue (`BLMOVE`),
+//!   waking for a new message at once, for the next delayed message when it
+//!   falls due, and otherwise every `max_block` (30 s). An idle worker sends
+//!   well under one command per second, mostly its heartbeat.
+//! - **Delayed messages live in Redis**, in a sorted set by due time, and are
+//!   moved to their queue atomically when due. A delay of hours costs nothing
+//!   and survives restarts of every worker.
+//! - **Dead letters** are kept per queue with their reason for
+//!   `dead_letter_ttl` (7 days), and can be listed and replayed.
+//! - **Keys** live under a namespace (`dramaturg` by default), and every key
+//!   of a queue carries the hash tag `{queue}` so that a queue lives in one
+//!   Redis Cluster slot. Scripts are sent once and run by hash (`EVALSHA`),
+//!   and sent again after `NOSCRIPT`.
+//! - **Throughput**: consumers claim a batch per round trip; settlements and
+//!   sends from many tasks share one multiplexed connection, which pipelines
+//!   them; `send_many` enqueues a batch in one script call per queue.
+//! - **Connection loss**: commands fail with a `Connection` error while
+//!   Redis is away (producers may retry for a while:
+//!   [`RedisConfig::retry_enqueue_for`]); the connection reconnects with
+//!   backoff, and the worker logs and retries consuming with backoff.
+//!
+//! # Keys of a queue `q` in namespace `ns`
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `ns:{q}:msgs` | hash | entry id → encoded message, while live |
+//! | `ns:{q}:ready` | list | entry ids ready to run, oldest first |
+//! | `ns:{q}:delayed` | sorted set | entry ids by due time (ms) |
+//! | `ns:{q}:inflight:<worker>:<n>` | list | entry ids claimed by a consumer |
+//! | `ns:{q}:redelivered` | set | entry ids returned to the queue after a claim |
+//! | `ns:{q}:dead`, `dead-msgs`, `dead-reasons` | sorted set, hashes | dead letters by time, their messages, their reasons |
+//! | `ns:workers` | sorted set | worker id → last heartbeat (ms) |
+//! | `ns:worker:<id>:consumers` | set | the worker's in-flight lists |
+
+mod admin;
+mod consumer;
+mod keys;
+mod registry;
+mod scripts;
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use dramaturg_core::broker::redact_password;
+use dramaturg_core::{Broker, BrokerError, BrokerErrorKind, Consumer, DeadLetters, MessageId, Outgoing, QueueAdmin};
+use redis::aio::ConnectionManager;
+use redis::RedisError;
+
+use crate::keys::{QueueKeys, RegistryKeys};
+use crate::registry::Registry;
+use crate::scripts::Scripts;
+
+/// How many messages one enqueue script call carries at most.
+const ENQUEUE_CHUNK: usize = 200;
+
+/// Settings of a [`RedisBroker`].
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use dramaturg_redis::RedisConfig;
+///
+/// let config = RedisConfig::new("redis://:secret@127.0.0.1:6379/0")
+///     .namespace("billing")
+///     .heartbeat(Duration::from_secs(2), Duration::from_secs(10))
+///     .retry_enqueue_for(Duration::from_secs(5));
+/// assert!(!format!("{config:?}").contains("secret"));
+/// ```
+#[derive(Clone)]
+pub struct RedisConfig {
+    url: String,
+    namespace: String,
+    heartbeat_interval: Duration,
+    heartbeat_timeout: Duration,
+    dead_letter_ttl: Duration,
+    max_block: Duration,
+    retry_enqueue_for: Duration,
+}
+
+impl RedisConfig {
+    /// Settings for the server at `url` (`redis://[user][:password@]host[:port][/db]`,
+    /// or `rediss://` with the `tls` feature), with the defaults: namespace
+    /// `dramaturg`, a heartbeat every 3 s with a 15 s timeout, dead letters
+    /// kept 7 days, consumers blocking up to 30 s, no enqueue retries.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            namespace: "dramaturg".into(),
+            heartbeat_interval: Duration::from_secs(3),
+            heartbeat_timeout: Duration::from_secs(15),
+            dead_letter_ttl: Duration::from_secs(7 * 24 * 3600),
+            max_block: Duration::from_secs(30),
+            retry_enqueue_for: Duration::ZERO,
+        }
+    }
+
+    /// Puts every key under `namespace` (default `dramaturg`).
+    #[must_use]
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// How often workers beat, and after how long without a beat a worker
+    /// counts as dead and its claimed messages are returned to their queues.
+    #[must_use]
+    pub fn heartbeat(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.heartbeat_interval = interval.max(Duration::from_millis(10));
+        self.heartbeat_timeout = timeout.max(self.heartbeat_interval);
+        self
+    }
+
+    /// How long dead letters are kept (default 7 days).
+    #[must_use]
+    pub fn dead_letter_ttl(mut self, ttl: Duration) -> Self {
+        self.dead_letter_ttl = ttl;
+        self
+    }
+
+    /// The longest an idle consumer blocks before it looks again (default 30 s).
+    #[must_use]
+    pub fn max_block(mut self, max_block: Duration) -> Self {
+        self.max_block = max_block.max(Duration::from_millis(10));
+        self
+    }
+
+    /// Retries a send that fails for a connection reason, with backoff, for
+    /// up to `duration` (default zero: the error is returned at once).
+    #[must_use]
+    pub fn retry_enqueue_for(mut self, duration: Duration) -> Self {
+        self.retry_enqueue_for = duration;
+        self
+    }
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &redact_password(&self.url))
+            .field("namespace", &self.namespace)
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("heartbeat_timeout", &self.heartbeat_timeout)
+            .field("dead_letter_ttl", &self.dead_letter_ttl)
+            .field("max_block", &self.max_block)
+            .field("retry_enqueue_for", &self.retry_enqueue_for)
+            .finish()
+    }
+}
+
+/// A [`Broker`] on Redis. Cheap to clone: clones share connections and the
+/// worker's identity (one heartbeat per broker value and its clones).
+#[derive(Clone)]
+pub struct RedisBroker {
+    shared: Arc<Shared>,
+}
+
+/// What the broker, its consumers and its receipts share.
+struct Shared {
+    config: RedisConfig,
+    client: redis::Client,
+    conn: ConnectionManager,
+    scripts: Scripts,
+    worker_id: String,
+    consumers: AtomicU64,
+    registry: Arc<Registry>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.registry.stop();
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A Redis error as a [`BrokerError`], classified, without any URL in it.
+pub(crate) fn broker_error(error: RedisError, what: &str) -> BrokerError {
+    let kind = if error.is_timeout() {
+        BrokerErrorKind::Timeout
+    } else if error.is_io_error() || error.is_connection_dropped() || error.is_connection_refusal() {
+        BrokerErrorKind::Connection
+    } else {
+        BrokerErrorKind::Protocol
+    };
+    BrokerError::new(kind, format!("redis: {what} failed: {error}")).with_source(error)
+}
+
+impl RedisBroker {
+    /// Connects to the server at `url` with the default settings.
+    ///
+    /// # Errors
+    ///
+    /// A [`BrokerError`] when the URL is invalid or the server cannot be
+    /// reached. It names the URL without its password.
+    pub async fn connect(url: &str) -> Result<Self, BrokerError> {
+        Self::with_config(RedisConfig::new(url)).await
+    }
+
+    /// Connects with `config`.
+    ///
+    /// # Errors
+    ///
+    /// As [`RedisBroker::connect`].
+    pub async fn with_config(config: RedisConfig) -> Result<Self, BrokerError> {
+        let shown = redact_password(&config.url);
+        #[cfg(feature = "tls")]
+        if config.url.starts_with("rediss://") {
+            // rustls needs a process-wide crypto provider; ring is the one
+            // this crate builds with. An already installed one is kept.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        let client =
+            redis::Client::open(config.url.as_str()).map_err(|e| broker_error(e, &format!("opening {shown}")))?;
+        let manager_config = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(Duration::from_secs(10)))
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_max_delay(Duration::from_secs(2));
+        let conn = client
+            .get_connection_manager_with_config(manager_config)
+            .await
+            .map_err(|e| broker_error(e, &format!("connecting to {shown}")))?;
+        let worker_id = MessageId::new().to_string();
+        let registry = Arc::new(Registry::new(
+            conn.clone(),
+            RegistryKeys::new(&config.namespace),
+            config.namespace.clone(),
+            worker_id.clone(),
+            config.heartbeat_interval,
+            config.heartbeat_timeout,
+        ));
+        tracing::debug!(url = %shown, namespace = %config.namespace, worker = %worker_id, "connected to redis");
+        Ok(Self {
+            shared: Arc::new(Shared {
+                config,
+                client,
+                conn,
+                scripts: Scripts::new(),
+                worker_id,
+                consumers: AtomicU64::new(0),
+                registry,
+            }),
+        })
+    }
+
+    /// The settings in use.
+    pub fn config(&self) -> &RedisConfig {
+        &self.shared.config
+    }
+
+    /// This broker's worker id (as it appears in the registry).
+    pub fn worker_id(&self) -> &str {
+        &self.shared.worker_id
+    }
+
+    fn keys(&self, queue: &str) -> QueueKeys {
+        QueueKeys::new(&self.shared.config.namespace, queue)
+    }
+
+    /// Runs `send` until it succeeds, fails for a reason other than the
+    /// connection, or the configured retry time is spent.
+    async fn with_retries<F, Fut>(&self, mut send: F) -> Result<(), BrokerError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(), BrokerError>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.shared.config.retry_enqueue_for;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match send().await {
+                Err(error) if error.is_retryable() && tokio::time::Instant::now() + backoff < deadline => {
+                    tracing::warn!(%error, retry_in = ?backoff, "send failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn enqueue_now(&self, queue: &str, batch: &[(String, bytes::Bytes)]) -> Result<(), BrokerError> {
+        let keys = self.keys(queue);
+        let mut invocation = self.shared.scripts.enqueue.prepare_invoke();
+        invocation.key(&keys.msgs).key(&keys.ready);
+        for (id, body) in batch {
+            invocation.arg(id).arg(body.as_ref());
+        }
+        let mut conn = self.shared.conn.clone();
+        invocation.invoke_async::<()>(&mut conn).await.map_err(|e| broker_error(e, "enqueue"))
+    }
+
+    async fn enqueue_later(&self, message: &Outgoing, delay: Duration) -> Result<(), BrokerError> {
+        let keys = self.keys(&message.queue);
+        let due = now_ms() + u64::try_from(delay.as_millis()).unwrap_or(u64::MAX / 2);
+        let mut conn = self.shared.conn.clone();
+        self.shared
+            .scripts
+            .enqueue_delayed
+            .key(&keys.msgs)
+            .key(&keys.delayed)
+            .key(&keys.ready)
+            .key(&keys.woken)
+            .arg(MessageId::new().to_string())
+            .arg(message.body.as_ref())
+            .arg(due)
+            .invoke_async::<()>(&mut conn)
+            .await
+            .map_err(|e| broker_error(e, "delayed enqueue"))
+    }
+}
+
+impl fmt::Debug for RedisBroker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisBroker")
+            .field("config", &self.shared.config)
+            .field("worker_id", &self.shared.worker_id)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    async fn declare_queue(&self, _queue: &str) -> Result<(), BrokerError> {
+        // Redis keys come into being when used.
+        Ok(())
+    }
+
+    async fn enqueue(&self, message: Outgoing) -> Result<(), BrokerError> {
+        match message.delay {
+            Some(delay) => self.with_retries(|| self.enqueue_later(&message, delay)).await,
+            None => {
+                let batch = [(MessageId::new().to_string(), message.body.clone())];
+                self.with_retries(|| self.enqueue_now(&message.queue, &batch)).await
+            }
+        }
+    }
+
+    async fn enqueue_many(&self, messages: Vec<Outgoing>) -> Result<(), BrokerError> {
+        // Consecutive messages for one queue go in one script call; the
+        // calls share the multiplexed connection, which pipelines them in
+        // order.
+        let mut calls = Vec::new();
+        let mut run: Option<(String, Vec<(String, bytes::Bytes)>)> = None;
+        for message in &messages {
+            if let Some(delay) = message.delay {
+                calls.extend(run.take().map(Call::Now));
+                calls.push(Call::Later(message, delay));
+                continue;
+            }
+            match &mut run {
+                Some((queue, batch)) if *queue == message.queue && batch.len() < ENQUEUE_CHUNK => {
+                    batch.push((MessageId::new().to_string(), message.body.clone()));
+                }
+                _ => {
+                    calls.extend(run.take().map(Call::Now));
+                    run = Some((message.queue.clone(), vec![(MessageId::new().to_string(), message.body.clone())]));
+                }
+            }
+        }
+        calls.extend(run.map(Call::Now));
+        let sends = calls.iter().map(|call| {
+            self.with_retries(move || async move {
+                match call {
+                    Call::Now((queue, batch)) => self.enqueue_now(queue, batch).await,
+                    Call::Later(message, delay) => self.enqueue_later(message, *delay).await,
+                }
+            })
+        });
+        for result in futures_util::future::join_all(sends).await {
+            result?;
+        }
+        Ok(())
+    }
+
+    async fn consume(&self, queue: &str, prefetch: usize) -> Result<Box<dyn Consumer>, BrokerError> {
+        let number = self.shared.consumers.fetch_add(1, Ordering::Relaxed);
+        self.shared.registry.register(number, queue).await?;
+        Ok(Box::new(consumer::RedisConsumer::new(Arc::clone(&self.shared), self.keys(queue), number, prefetch)))
+    }
+
+    fn admin(&self) -> Option<&dyn QueueAdmin> {
+        Some(self)
+    }
+
+    fn dead_letters(&self) -> Option<&dyn DeadLetters> {
+        Some(self)
+    }
+}
+
+/// One script call of `enqueue_many`.
+enum Call<'a> {
+    Now((String, Vec<(String, bytes::Bytes)>)),
+    Later(&'a Outgoing, Duration),
+}

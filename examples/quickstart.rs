@@ -56,13 +56,13 @@ struct MakeThumbnail {
 impl MakeThumbnail {
     async fn perform(self, ctx: &Context) -> Result<(), Fail> {
         let first_attempt = ctx.retries() == 0;
-        if self.image_id % 13 == 0 {
+        if self.image_id.is_multiple_of(13) {
             return Err(Fail::permanent(CorruptImage(self.image_id)));
         }
-        if self.image_id % 7 == 0 && first_attempt {
+        if self.image_id.is_multiple_of(7) && first_attempt {
             return Err(StorageTimeout.into());
         }
-        if self.image_id % 11 == 0 && first_attempt {
+        if self.image_id.is_multiple_of(11) && first_attempt {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         // Follow-up work goes through the same app.

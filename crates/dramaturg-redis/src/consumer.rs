@@ -88,11 +88,14 @@ impl RedisConsumer {
         if wait < Duration::from_millis(1) {
             return Ok(());
         }
+        tracing::trace!(queue_key = %self.keys.ready, ?wait, "waiting for messages");
         let conn = match &mut self.blocking {
             Some(conn) => conn,
             None => {
+                // Replies to a wait come within `max_block`; a little more
+                // than that without one means the connection died unnoticed.
                 let config = redis::AsyncConnectionConfig::new()
-                    .set_response_timeout(None)
+                    .set_response_timeout(Some(self.shared.config.max_block + Duration::from_secs(2)))
                     .set_connection_timeout(Some(Duration::from_secs(5)));
                 let conn = self
                     .shared
@@ -103,14 +106,18 @@ impl RedisConsumer {
                 self.blocking.insert(conn)
             }
         };
-        let moved: Result<Option<String>, _> = redis::cmd("BLMOVE")
-            .arg(&self.keys.ready)
-            .arg(&*self.inflight)
-            .arg("LEFT")
-            .arg("RIGHT")
-            .arg(wait.as_secs_f64())
-            .query_async(conn)
-            .await;
+        let mut wait_cmd = redis::cmd("BLMOVE");
+        wait_cmd.arg(&self.keys.ready).arg(&*self.inflight).arg("LEFT").arg("RIGHT").arg(wait.as_secs_f64());
+        let trouble = self.shared.registry.connection_trouble.notified();
+        let moved: Result<Option<String>, _> = tokio::select! {
+            moved = wait_cmd.query_async(conn) => moved,
+            // A claim whose reply is lost here stays in the in-flight list,
+            // and goes back to the queue when this consumer closes.
+            () = trouble => Err(redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "the heartbeat lost the connection",
+            ))),
+        };
         let id = match moved {
             Ok(Some(id)) => id,
             Ok(None) => return Ok(()),
@@ -176,6 +183,7 @@ impl Consumer for RedisConsumer {
             // This delivery and every other free prefetch slot.
             let room = self.permits.available_permits() + 1;
             let next_due = self.fetch(room).await?;
+            tracing::trace!(claimed = self.buffer.len(), ?next_due, "fetched");
             if self.buffer.is_empty() {
                 self.block(next_due).await?;
             }

@@ -11,8 +11,9 @@
 //!   tick, deterministically, without `KEYS`.
 //! - **No idle polling.** An idle consumer blocks on its queue (`BLMOVE`),
 //!   waking for a new message at once, for the next delayed message when it
-//!   falls due, and otherwise every `max_block` (30 s). An idle worker sends
-//!   well under one command per second, mostly its heartbeat.
+//!   falls due, and otherwise every `max_block` (5 s). An idle worker sends
+//!   about one command per second: its heartbeat, its check for dead
+//!   workers, and one wait per queue every 5 s.
 //! - **Delayed messages live in Redis**, in a sorted set by due time, and are
 //!   moved to their queue atomically when due. A delay of hours costs nothing
 //!   and survives restarts of every worker.
@@ -96,7 +97,7 @@ impl RedisConfig {
     /// Settings for the server at `url` (`redis://[user][:password@]host[:port][/db]`,
     /// or `rediss://` with the `tls` feature), with the defaults: namespace
     /// `dramaturg`, a heartbeat every 3 s with a 15 s timeout, dead letters
-    /// kept 7 days, consumers blocking up to 30 s, no enqueue retries.
+    /// kept 7 days, consumers blocking up to 5 s, no enqueue retries.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
@@ -104,7 +105,7 @@ impl RedisConfig {
             heartbeat_interval: Duration::from_secs(3),
             heartbeat_timeout: Duration::from_secs(15),
             dead_letter_ttl: Duration::from_secs(7 * 24 * 3600),
-            max_block: Duration::from_secs(30),
+            max_block: Duration::from_secs(5),
             retry_enqueue_for: Duration::ZERO,
         }
     }
@@ -132,7 +133,9 @@ impl RedisConfig {
         self
     }
 
-    /// The longest an idle consumer blocks before it looks again (default 30 s).
+    /// The longest an idle consumer blocks before it looks again (default
+    /// 5 s: one command per 5 s per idle queue). It also bounds how long a
+    /// consumer can sit on a connection that died without notice.
     #[must_use]
     pub fn max_block(mut self, max_block: Duration) -> Self {
         self.max_block = max_block.max(Duration::from_millis(10));

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use dramaturg_core::BrokerError;
 use redis::aio::ConnectionManager;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::keys::{consumer_entry, parse_consumer_entry, QueueKeys, RegistryKeys};
@@ -27,6 +28,9 @@ pub(crate) struct Registry {
     timeout: Duration,
     entries: Mutex<Vec<String>>,
     task: Mutex<Option<JoinHandle<()>>>,
+    /// Woken when a heartbeat fails: the connection may be dead, and
+    /// consumers blocked on connections of their own should reconnect.
+    pub(crate) connection_trouble: Notify,
 }
 
 impl Registry {
@@ -38,7 +42,17 @@ impl Registry {
         interval: Duration,
         timeout: Duration,
     ) -> Self {
-        Self { conn, keys, namespace, worker_id, interval, timeout, entries: Mutex::default(), task: Mutex::default() }
+        Self {
+            conn,
+            keys,
+            namespace,
+            worker_id,
+            interval,
+            timeout,
+            entries: Mutex::default(),
+            task: Mutex::default(),
+            connection_trouble: Notify::new(),
+        }
     }
 
     /// Records a consumer's in-flight list, beats once, and starts beating
@@ -70,6 +84,7 @@ impl Registry {
             tick.tick().await;
             if let Err(error) = self.beat().await {
                 tracing::warn!(%error, "redis heartbeat failed; retrying on the next tick");
+                self.connection_trouble.notify_waiters();
                 continue;
             }
             if let Err(error) = self.recover_dead(&scripts).await {

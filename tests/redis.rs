@@ -1,0 +1,344 @@
+//! The Redis broker against the real server: a worker killed with SIGKILL,
+//! a Redis restart, garbage in the keys, a deep queue, delayed messages
+//! across restarts, and secrets kept out of errors.
+
+#![allow(clippy::unwrap_used)] // Tests may panic on the unexpected.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use dramaturg::prelude::*;
+use dramaturg::redis::{RedisBroker, RedisConfig};
+use dramaturg::{BoxError, Broker, DeadLetters, Outgoing, QueueAdmin};
+use serde::{Deserialize, Serialize};
+
+const URL: &str = "redis://127.0.0.1:6379";
+const CHILD: &str = "DRAMATURG_REDIS_CHILD";
+
+fn namespace() -> String {
+    format!("test-{}", dramaturg::MessageId::new())
+}
+
+async fn broker_in(url: &str, namespace: &str) -> RedisBroker {
+    let config = RedisConfig::new(url)
+        .namespace(namespace)
+        .heartbeat(Duration::from_millis(200), Duration::from_secs(1))
+        .retry_enqueue_for(Duration::from_secs(10));
+    RedisBroker::with_config(config).await.unwrap()
+}
+
+/// Numbered work; the worker records each number it finished.
+#[derive(Actor, Serialize, Deserialize)]
+struct Numbered {
+    seq: u64,
+}
+
+static RECORD: Mutex<Option<std::fs::File>> = Mutex::new(None);
+static SEEN: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+
+impl Numbered {
+    async fn perform(self, _ctx: &Context) -> Result<(), BoxError> {
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        if let Some(file) = RECORD.lock().unwrap().as_mut() {
+            file.write_all(format!("{}\n", self.seq).as_bytes())?;
+        }
+        SEEN.lock().unwrap().push(self.seq);
+        Ok(())
+    }
+}
+
+/// The child: a worker process recording to a file, until SIGTERM.
+#[test]
+fn redis_worker_child() {
+    let Ok(spec) = std::env::var(CHILD) else { return };
+    let (namespace, path) = spec.split_once('|').unwrap();
+    *RECORD.lock().unwrap() = Some(std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap());
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(async {
+        let app = dramaturg::app(broker_in(URL, namespace).await).actor::<Numbered>().build().unwrap();
+        Worker::new(app).concurrency(4).run_until_signal().await.unwrap();
+    });
+}
+
+fn spawn_worker(namespace: &str, dir: &std::path::Path, n: usize) -> Child {
+    let path = dir.join(format!("{n}.done"));
+    Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "redis_worker_child", "--nocapture", "--test-threads=1"])
+        .env(CHILD, format!("{namespace}|{}", path.display()))
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn recorded(dir: &std::path::Path) -> HashMap<u64, usize> {
+    let mut counts = HashMap::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            *counts.entry(line.parse().unwrap()).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_run_loses_nothing() {
+    if std::env::var(CHILD).is_ok() {
+        return;
+    }
+    let namespace = namespace();
+    let dir = std::env::temp_dir().join(format!("dramaturg-kill-{namespace}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let total = 2000;
+    let app = dramaturg::app(broker_in(URL, &namespace).await).actor::<Numbered>().build().unwrap();
+    let batch: Vec<Numbered> = (0..total).map(|seq| Numbered { seq }).collect();
+    app.send_many(&batch).await.unwrap();
+
+    let mut victim = spawn_worker(&namespace, &dir, 1);
+    let mut survivor = spawn_worker(&namespace, &dir, 2);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while recorded(&dir).len() < 300 {
+        assert!(Instant::now() < deadline, "the workers made no progress");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    victim.kill().unwrap(); // SIGKILL
+    victim.wait().unwrap();
+    let killed_at = Instant::now();
+    while recorded(&dir).len() < total as usize {
+        assert!(Instant::now() < deadline, "only {} of {total} processed", recorded(&dir).len());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let recovery = killed_at.elapsed();
+    Command::new("kill").args(["-TERM", &survivor.id().to_string()]).status().unwrap();
+    survivor.wait().unwrap();
+
+    let counts = recorded(&dir);
+    let duplicates: usize = counts.values().map(|n| n - 1).sum();
+    println!(
+        "processed {} of {total} at least once, {duplicates} duplicates, all done {recovery:?} after the kill",
+        counts.len()
+    );
+    assert_eq!(counts.len(), total as usize, "every message processed at least once");
+    let stats = app.admin().unwrap().stats(&app.queues()[0]).await.unwrap();
+    assert!(stats.is_drained(), "{stats:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A Redis server of the test's own, on its own port, to restart at will.
+struct OwnRedis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl OwnRedis {
+    fn start(port: u16) -> Self {
+        let mut server = Self { port, child: None };
+        server.restart();
+        server
+    }
+
+    fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/services installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[derive(Actor, Serialize, Deserialize)]
+struct Mark {
+    tag: String,
+}
+
+static MARKS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+fn marks(prefix: &str) -> usize {
+    MARKS.lock().unwrap().iter().filter(|m| m.starts_with(prefix)).count()
+}
+
+impl Mark {
+    async fn perform(self, _ctx: &Context) -> Result<(), BoxError> {
+        MARKS.lock().unwrap().push(self.tag);
+        Ok(())
+    }
+}
+
+async fn wait_for(what: &str, within: Duration, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_and_producers_carry_on_after_a_redis_restart() {
+    if std::env::var(CHILD).is_ok() {
+        return;
+    }
+    // Shown when the test fails.
+    let _ = tracing_subscriber::fmt().with_max_level(tracing::Level::INFO).with_test_writer().try_init();
+    let mut server = OwnRedis::start(16391);
+    let namespace = namespace();
+    let fail_fast = RedisConfig::new(server.url()).namespace(&namespace);
+    let producer = dramaturg::app(RedisBroker::with_config(fail_fast).await.unwrap()).actor::<Mark>().build().unwrap();
+    let worker_app = dramaturg::app(broker_in(&server.url(), &namespace).await).actor::<Mark>().build().unwrap();
+    let worker = Worker::new(worker_app).concurrency(4);
+    let shutdown = worker.shutdown_handle();
+    let running = tokio::spawn(worker.run());
+
+    let (before, after) = (format!("before-{namespace}-"), format!("after-{namespace}-"));
+    for i in 0..20 {
+        Mark { tag: format!("{before}{i}") }.send(&producer).await.unwrap();
+    }
+    wait_for("messages before the restart", Duration::from_secs(10), || marks(&before) == 20).await;
+
+    server.kill();
+    let err = Mark { tag: "during".into() }.send(&producer).await.unwrap_err();
+    let dramaturg::EnqueueError::Broker(broker_error) = &err else { panic!("{err}") };
+    assert!(broker_error.is_retryable(), "a clear, retryable error: {err}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server.restart();
+
+    // Producers reconnect on their next send; the worker on its own.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for i in 0..20 {
+        loop {
+            match (Mark { tag: format!("{after}{i}") }).send(&producer).await {
+                Ok(_) => break,
+                Err(error) => {
+                    assert!(Instant::now() < deadline, "producer did not reconnect: {error}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+    wait_for("messages after the restart", Duration::from_secs(20), || marks(&after) == 20).await;
+    shutdown.shutdown();
+    running.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_in_the_keys_is_dead_lettered_and_the_worker_goes_on() {
+    if std::env::var(CHILD).is_ok() {
+        return;
+    }
+    let namespace = namespace();
+    let broker = broker_in(URL, &namespace).await;
+    let app = dramaturg::app(broker.clone()).actor::<Mark>().build().unwrap();
+    let client = redis::Client::open(URL).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let prefix = format!("{namespace}:{{default}}");
+    redis::pipe()
+        .hset(format!("{prefix}:msgs"), "garbage-1", b"\xc1\x00\xffnot a message".as_slice())
+        .rpush(format!("{prefix}:ready"), "garbage-1")
+        .rpush(format!("{prefix}:ready"), "no-payload")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    let tag = format!("garbage-{namespace}");
+    Mark { tag: tag.clone() }.send(&app).await.unwrap();
+    let report = Worker::new(app.clone()).run_until_drained(Duration::from_secs(10)).await.unwrap();
+    assert_eq!((report.rejected, report.succeeded), (2, 1), "{report:?}");
+    assert_eq!(marks(&tag), 1);
+    let dead = broker.list("default", 10).await.unwrap();
+    assert_eq!(dead.len(), 2);
+    assert!(dead.iter().all(|d| d.reason.starts_with("undecodable message")), "{dead:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deep_queue_is_fetched_in_bounded_batches() {
+    if std::env::var(CHILD).is_ok() {
+        return;
+    }
+    let namespace = namespace();
+    let broker = broker_in(URL, &namespace).await;
+    let total = 100_000;
+    let mut batch = Vec::with_capacity(10_000);
+    for chunk in 0..10 {
+        batch.clear();
+        batch.extend((0..10_000).map(|i| Outgoing::new("deep", format!("m{}", chunk * 10_000 + i).into_bytes())));
+        broker.enqueue_many(batch.clone()).await.unwrap();
+    }
+    assert_eq!(broker.stats("deep").await.unwrap().ready, total);
+    let mut consumer = broker.consume("deep", 10).await.unwrap();
+    let started = Instant::now();
+    for i in 0..25 {
+        let delivery = consumer.next().await.unwrap();
+        assert_eq!(&delivery.body()[..], format!("m{i}").as_bytes());
+        delivery.settle(dramaturg::Settlement::Ack).await.unwrap();
+    }
+    assert!(started.elapsed() < Duration::from_secs(2), "fetching from a deep queue took {:?}", started.elapsed());
+    consumer.close().await.unwrap();
+    let stats = broker.stats("deep").await.unwrap();
+    assert_eq!((stats.ready, stats.in_flight), (total - 25, 0), "{stats:?}");
+    assert_eq!(broker.purge("deep").await.unwrap(), total - 25);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_messages_wait_in_redis_across_worker_restarts() {
+    if std::env::var(CHILD).is_ok() {
+        return;
+    }
+    let namespace = namespace();
+    {
+        let producer = dramaturg::app(broker_in(URL, &namespace).await).actor::<Mark>().build().unwrap();
+        let tag = format!("delayed-{namespace}");
+        Mark { tag }.send_with(&producer, SendOptions::default().delay(Duration::from_millis(1500))).await.unwrap();
+        // A worker that comes and goes before the message is due.
+        let worker = Worker::new(producer.clone());
+        let shutdown = worker.shutdown_handle();
+        let running = tokio::spawn(worker.run());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        shutdown.shutdown();
+        running.await.unwrap().unwrap();
+        let stats = producer.stats("default").await.unwrap();
+        assert_eq!((stats.delayed, stats.in_flight), (1, 0), "held by Redis, not by a worker: {stats:?}");
+    }
+    let app = dramaturg::app(broker_in(URL, &namespace).await).actor::<Mark>().build().unwrap();
+    let report = Worker::new(app).run_until_drained(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(report.succeeded, 1);
+    assert_eq!(marks(&format!("delayed-{namespace}")), 1);
+}
+
+#[tokio::test]
+async fn passwords_stay_out_of_errors_and_debug_output() {
+    if std::env::var(CHILD).is_ok() {
+        return;
+    }
+    let err = RedisBroker::connect("redis://:hunter2@127.0.0.1:1/0").await.unwrap_err();
+    assert!(err.is_connection_lost(), "{err}");
+    let text = format!("{err} {err:?}");
+    assert!(!text.contains("hunter2"), "{text}");
+    let config = RedisConfig::new("redis://user:hunter2@127.0.0.1:6379");
+    assert!(!format!("{config:?}").contains("hunter2"));
+    let broker = RedisBroker::connect(URL).await.unwrap();
+    assert!(!format!("{broker:?}").contains("hunter2"));
+}

@@ -11,6 +11,13 @@
 //! - `throughput` (default): enqueue N no-op messages, then run a worker
 //!   until the queue is drained. Last line: JSON with `broker`, `messages`,
 //!   `enqueue_per_s`, `process_per_s` and `peak_rss_mb`.
+//! - `latency`: N messages (default 1000) sent 10 ms apart to an idle
+//!   worker; enqueue-to-start latency. Last line: JSON with
+//!   `latency_ms_p50`, `latency_ms_p90`, `latency_ms_p99`, `latency_ms_max`.
+//! - `idle`: an idle worker for `--seconds S` (default 10); commands per
+//!   second it sends to Redis (`INFO commandstats` before and after; the
+//!   bench's own two `INFO` calls are not counted) and its RSS. Last line:
+//!   JSON with `idle_commands_per_s` and `rss_mb`. Redis only.
 //! - `fail-large-errors`: N messages whose actor fails every attempt with an
 //!   error holding a 10 MB buffer, `max_retries` 20, backoff 10–100 ms; RSS
 //!   is sampled every 100 ms until all are dead-lettered. Last line: JSON
@@ -50,6 +57,7 @@ struct Args {
     concurrency: usize,
     batch: usize,
     samples: Option<String>,
+    seconds: u64,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -60,6 +68,7 @@ fn parse_args() -> Result<Args, String> {
         concurrency: 64,
         batch: 1000,
         samples: None,
+        seconds: 10,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -67,6 +76,7 @@ fn parse_args() -> Result<Args, String> {
         match flag.as_str() {
             "--scenario" => args.scenario = value()?,
             "--samples" => args.samples = Some(value()?),
+            "--seconds" => args.seconds = value()?.parse().map_err(|e| format!("--seconds: {e}"))?,
             "--broker" => args.broker = value()?,
             "--messages" => args.messages = Some(value()?.parse().map_err(|e| format!("--messages: {e}"))?),
             "--concurrency" => args.concurrency = value()?.parse().map_err(|e| format!("--concurrency: {e}"))?,
@@ -106,7 +116,9 @@ async fn main() -> Result<(), BoxError> {
     match args.scenario.as_str() {
         "throughput" => throughput(&args).await,
         "fail-large-errors" => fail_large_errors(&args).await,
-        other => Err(format!("unknown scenario {other:?}: throughput or fail-large-errors").into()),
+        "latency" => latency(&args).await,
+        "idle" => idle(&args).await,
+        other => Err(format!("unknown scenario {other:?}: throughput, latency, idle or fail-large-errors").into()),
     }
 }
 
@@ -230,6 +242,98 @@ async fn fail_large_errors(args: &Args) -> Result<(), BoxError> {
     println!(
         "{{\"scenario\":\"fail-large-errors\",\"messages\":{messages},\"concurrency\":{},\"attempts\":{attempts},\"baseline_rss_mb\":{baseline:.1},\"peak_rss_mb\":{peak:.1},\"final_rss_mb\":{final_rss:.1}}}",
         args.concurrency
+    );
+    Ok(())
+}
+
+fn unix_micros() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+static LATENCIES_US: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+
+/// Records how long after its send it started.
+#[derive(Actor, Serialize, Deserialize)]
+#[actor(queue = "bench-latency")]
+struct Stamp {
+    sent_us: u64,
+}
+
+impl Stamp {
+    async fn perform(self, _ctx: &Context) -> Result<(), BoxError> {
+        let latency = unix_micros().saturating_sub(self.sent_us);
+        LATENCIES_US.lock().map_err(|_| "poisoned")?.push(latency);
+        Ok(())
+    }
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(index).copied().unwrap_or(0) as f64 / 1000.0
+}
+
+async fn latency(args: &Args) -> Result<(), BoxError> {
+    let messages = args.messages.unwrap_or(1000);
+    let broker = dramaturg::connect(&args.broker).await?;
+    let app = dramaturg::app_shared(broker).actor::<Stamp>().build()?;
+    let broker_name = args.broker.split("://").next().unwrap_or_default().to_owned();
+    let worker = Worker::new(app.clone()).concurrency(args.concurrency);
+    let shutdown = worker.shutdown_handle();
+    let running = tokio::spawn(worker.run());
+    // Let the worker settle into waiting.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    for _ in 0..messages {
+        tick.tick().await;
+        Stamp { sent_us: unix_micros() }.send(&app).await?;
+    }
+    app.join(Duration::from_secs(60)).await?;
+    shutdown.shutdown();
+    running.await??;
+    let mut latencies = LATENCIES_US.lock().map_err(|_| "poisoned")?.clone();
+    latencies.sort_unstable();
+    let (p50, p90, p99) = (percentile(&latencies, 0.5), percentile(&latencies, 0.9), percentile(&latencies, 0.99));
+    let max = percentile(&latencies, 1.0);
+    println!("scenario:    latency ({broker_name}, {} messages 10 ms apart)", latencies.len());
+    println!("enqueue to start: p50 {p50:.3} ms, p90 {p90:.3} ms, p99 {p99:.3} ms, max {max:.3} ms");
+    println!(
+        "{{\"scenario\":\"latency\",\"broker\":\"{broker_name}\",\"messages\":{},\"latency_ms_p50\":{p50:.3},\"latency_ms_p90\":{p90:.3},\"latency_ms_p99\":{p99:.3},\"latency_ms_max\":{max:.3}}}",
+        latencies.len()
+    );
+    Ok(())
+}
+
+/// Total calls of every command, from `INFO commandstats`.
+async fn redis_calls(conn: &mut redis::aio::MultiplexedConnection) -> Result<u64, BoxError> {
+    let info: String = redis::cmd("INFO").arg("commandstats").query_async(conn).await?;
+    Ok(info.lines().filter_map(|line| line.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok()).sum())
+}
+
+async fn idle(args: &Args) -> Result<(), BoxError> {
+    if !args.broker.starts_with("redis") {
+        return Err("the idle scenario reads Redis's INFO commandstats: use --broker redis://…".into());
+    }
+    let broker = dramaturg::connect(&args.broker).await?;
+    let app = dramaturg::app_shared(broker).actor::<Noop>().build()?;
+    let worker = Worker::new(app.clone()).concurrency(args.concurrency);
+    let shutdown = worker.shutdown_handle();
+    let running = tokio::spawn(worker.run());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let client = redis::Client::open(args.broker.as_str())?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let before = redis_calls(&mut conn).await?;
+    tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+    // The second INFO is counted in its own reply; take it off.
+    let after = redis_calls(&mut conn).await? - 1;
+    shutdown.shutdown();
+    running.await??;
+    let per_s = (after - before) as f64 / args.seconds as f64;
+    let rss = rss_mb();
+    println!("scenario:    idle worker for {} s (every client of this Redis counted)", args.seconds);
+    println!("commands:    {} ({per_s:.2}/s); RSS {rss:.1} MiB", after - before);
+    println!(
+        "{{\"scenario\":\"idle\",\"seconds\":{},\"idle_commands_per_s\":{per_s:.2},\"rss_mb\":{rss:.1}}}",
+        args.seconds
     );
     Ok(())
 }

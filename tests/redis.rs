@@ -342,3 +342,93 @@ async fn passwords_stay_out_of_errors_and_debug_output() {
     let broker = RedisBroker::connect(URL).await.unwrap();
     assert!(!format!("{broker:?}").contains("hunter2"));
 }
+
+#[cfg(feature = "redis-tls")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_urls_connect_over_tls() {
+    if std::env::var(CHILD).is_ok() {
+        return;
+    }
+    // A CA and a server certificate for 127.0.0.1, made for this test.
+    let dir = std::env::temp_dir().join(format!("dramaturg-tls-{}", dramaturg::MessageId::new()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |args: &[&str]| {
+        let status = Command::new("openssl").args(args).current_dir(&dir).stderr(Stdio::null()).status().unwrap();
+        assert!(status.success(), "openssl {args:?}");
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=test-ca",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "san.ext",
+    ]);
+    let port = 16392;
+    let mut server = Command::new("redis-server")
+        .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+        .args(["--tls-cert-file", "server.pem", "--tls-key-file", "server.key", "--tls-ca-cert-file", "ca.pem"])
+        .args(["--tls-auth-clients", "no"])
+        .current_dir(&dir)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the TLS redis-server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ca = std::fs::read(dir.join("ca.pem")).unwrap();
+    let config = RedisConfig::new(format!("rediss://127.0.0.1:{port}")).namespace(namespace()).tls_root_certificate(ca);
+    let round_trip = async {
+        let broker = RedisBroker::with_config(config).await?;
+        broker.enqueue(Outgoing::new("tls", &b"over tls"[..])).await?;
+        let mut consumer = broker.consume("tls", 1).await?;
+        let delivery = consumer.next().await?;
+        let body = delivery.body().clone();
+        delivery.settle(dramaturg::Settlement::Ack).await?;
+        Ok::<_, dramaturg::BrokerError>(body)
+    };
+    let body = tokio::time::timeout(Duration::from_secs(10), round_trip).await;
+    server.kill().unwrap();
+    server.wait().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(&body.unwrap().unwrap()[..], b"over tls");
+}

@@ -91,6 +91,8 @@ pub struct RedisConfig {
     dead_letter_ttl: Duration,
     max_block: Duration,
     retry_enqueue_for: Duration,
+    #[cfg(feature = "tls")]
+    tls_root_certificate: Option<Vec<u8>>,
 }
 
 impl RedisConfig {
@@ -107,7 +109,19 @@ impl RedisConfig {
             dead_letter_ttl: Duration::from_secs(7 * 24 * 3600),
             max_block: Duration::from_secs(5),
             retry_enqueue_for: Duration::ZERO,
+            #[cfg(feature = "tls")]
+            tls_root_certificate: None,
         }
+    }
+
+    /// Trusts the certificate authority in `pem` (instead of the system's
+    /// trust store) for `rediss://` connections: for servers with a
+    /// certificate from a private CA.
+    #[cfg(feature = "tls")]
+    #[must_use]
+    pub fn tls_root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_root_certificate = Some(pem.into());
+        self
     }
 
     /// Puts every key under `namespace` (default `dramaturg`).
@@ -189,6 +203,15 @@ impl Drop for Shared {
     }
 }
 
+fn open_client(config: &RedisConfig) -> redis::RedisResult<redis::Client> {
+    #[cfg(feature = "tls")]
+    if let Some(pem) = &config.tls_root_certificate {
+        let certificates = redis::TlsCertificates { client_tls: None, root_cert: Some(pem.clone()) };
+        return redis::Client::build_with_tls(config.url.as_str(), certificates);
+    }
+    redis::Client::open(config.url.as_str())
+}
+
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
@@ -229,8 +252,7 @@ impl RedisBroker {
             // this crate builds with. An already installed one is kept.
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
-        let client =
-            redis::Client::open(config.url.as_str()).map_err(|e| broker_error(e, &format!("opening {shown}")))?;
+        let client = open_client(&config).map_err(|e| broker_error(e, &format!("opening {shown}")))?;
         let manager_config = redis::aio::ConnectionManagerConfig::new()
             .set_response_timeout(Some(Duration::from_secs(10)))
             .set_connection_timeout(Some(Duration::from_secs(5)))

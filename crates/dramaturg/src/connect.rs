@@ -25,17 +25,13 @@ pub enum ConnectError {
     Broker(#[from] BrokerError),
 }
 
-/// Schemes this build understands, for error messages.
-const KNOWN: &str = if cfg!(feature = "redis-tls") {
-    "this build knows memory://, redis:// and rediss://"
-} else if cfg!(feature = "redis") {
-    "this build knows memory:// and redis:// (rediss:// needs the redis-tls feature)"
-} else {
-    "this build knows memory:// (redis:// needs the redis feature)"
-};
+/// What to say about a scheme this build does not understand.
+const KNOWN: &str = "this build knows memory://; redis:// and rediss:// need the redis and redis-tls features, \
+                     amqp:// and amqps:// the amqp and amqp-tls features";
 
 /// Connects to the broker a URL names: `memory://` (a new in-memory
 /// broker), `redis://` and `rediss://` (with the `redis` and `redis-tls`
+/// features), `amqp://` and `amqps://` (with the `amqp` and `amqp-tls`
 /// features).
 ///
 /// # Errors
@@ -67,6 +63,10 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Broker>, ConnectError> {
         "redis" => Ok(Arc::new(dramaturg_redis::RedisBroker::connect(url).await?)),
         #[cfg(feature = "redis-tls")]
         "rediss" => Ok(Arc::new(dramaturg_redis::RedisBroker::connect(url).await?)),
+        #[cfg(feature = "amqp")]
+        "amqp" => Ok(Arc::new(dramaturg_amqp::AmqpBroker::connect(url).await?)),
+        #[cfg(feature = "amqp-tls")]
+        "amqps" => Ok(Arc::new(dramaturg_amqp::AmqpBroker::connect(url).await?)),
         other => Err(ConnectError::UnknownScheme { scheme: other.to_owned(), hint: KNOWN }),
     }
 }

@@ -8,6 +8,10 @@ pub use connect::{connect, ConnectError};
 pub use stack::{app, app_shared};
 
 pub use dramaturg_age_limit as age_limit;
+/// The RabbitMQ broker.
+#[cfg(feature = "amqp")]
+#[cfg_attr(docsrs, doc(cfg(feature = "amqp")))]
+pub use dramaturg_amqp as amqp;
 pub use dramaturg_callbacks as callbacks;
 pub use dramaturg_core::{
     actor, async_trait, broker, encoder, middleware, outcome, worker, Actor, ActorInfo, App, AppBuilder, BoxError,

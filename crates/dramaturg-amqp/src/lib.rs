@@ -1,0 +1,308 @@
+//! The RabbitMQ broker of [dramaturg](https://docs.rs/dramaturg), on lapin
+//! (AMQP 0-9-1).
+//!
+//! - **Nothing lost**: durable queues, persistent messages, publisher
+//!   confirms on by default (a send returns once RabbitMQ has the message),
+//!   manual acknowledgements, `basic.qos` prefetch tied to the worker.
+//! - **Delays without holding deliveries**: a delayed message waits in
+//!   per-queue delay buckets on the server (durable queues whose messages all
+//!   live `10 ms × 2^k`, then dead-letter back into the queue). Workers never
+//!   keep it unacknowledged, so a delay of hours trips no `consumer_timeout`
+//!   and survives every worker restart.
+//! - **Dead letters** go to `<queue>.dq` with the reason in a header, kept
+//!   `dead_letter_ttl` (7 days) by the queue's own message TTL; listing and
+//!   replay through `DeadLetters`.
+//! - **`consumer_timeout`**: when RabbitMQ closes a channel because a job
+//!   ran longer than its consumer timeout, the worker logs an error naming
+//!   the setting and the fix, and dead-letters that message when it comes
+//!   back instead of running it into the same timeout again and again.
+//! - **Recovery**: a lost connection or channel is opened again with backoff
+//!   on next use; queues are declared again; unacknowledged deliveries come
+//!   back from the server. Sends during an outage fail with a `Connection`
+//!   error, or retry for [`AmqpConfig::retry_enqueue_for`].
+//!
+//! Topology of a queue `q` (all durable): `q` itself (dead-lettering to
+//! `q.dq`, with `x-max-priority` when configured), `q.dq`, and the delay
+//! buckets `q.delay.00` … `q.delay.22`.
+
+mod admin;
+mod consumer;
+mod delay;
+mod link;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use dramaturg_core::broker::redact_password;
+use dramaturg_core::{Broker, BrokerError, Consumer, DeadLetters, Outgoing, QueueAdmin};
+
+use crate::link::Linker;
+
+/// Settings of an [`AmqpBroker`].
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use dramaturg_amqp::AmqpConfig;
+///
+/// let config = AmqpConfig::new("amqp://guest:secret@127.0.0.1:5672/%2f")
+///     .max_priority(10)
+///     .retry_enqueue_for(Duration::from_secs(5));
+/// assert!(!format!("{config:?}").contains("secret"));
+/// ```
+#[derive(Clone)]
+pub struct AmqpConfig {
+    url: String,
+    confirms: bool,
+    max_priority: Option<u8>,
+    dead_letter_ttl: Duration,
+    retry_enqueue_for: Duration,
+}
+
+impl AmqpConfig {
+    /// Settings for the server at `url` (`amqp://user:password@host:port/vhost`,
+    /// or `amqps://` with the `tls` feature), with the defaults: publisher
+    /// confirms on, no priorities, dead letters kept 7 days, no enqueue
+    /// retries.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            confirms: true,
+            max_priority: None,
+            dead_letter_ttl: Duration::from_secs(7 * 24 * 3600),
+            retry_enqueue_for: Duration::ZERO,
+        }
+    }
+
+    /// Turns publisher confirms off: sends return once the message is
+    /// written to the socket, and a message can be lost if the connection
+    /// drops right then. Faster; not recommended.
+    #[must_use]
+    pub fn without_confirms(mut self) -> Self {
+        self.confirms = false;
+        self
+    }
+
+    /// Declares queues with `x-max-priority` so that message priorities
+    /// (0 to `max`) take effect. Queues declared before with other
+    /// arguments must be deleted first: RabbitMQ does not change them.
+    #[must_use]
+    pub fn max_priority(mut self, max: u8) -> Self {
+        self.max_priority = Some(max);
+        self
+    }
+
+    /// How long dead letters are kept (default 7 days).
+    #[must_use]
+    pub fn dead_letter_ttl(mut self, ttl: Duration) -> Self {
+        self.dead_letter_ttl = ttl;
+        self
+    }
+
+    /// Retries a send that fails for a connection reason, with backoff, for
+    /// up to `duration` (default zero: the error is returned at once).
+    #[must_use]
+    pub fn retry_enqueue_for(mut self, duration: Duration) -> Self {
+        self.retry_enqueue_for = duration;
+        self
+    }
+}
+
+impl fmt::Debug for AmqpConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AmqpConfig")
+            .field("url", &redact_password(&self.url))
+            .field("confirms", &self.confirms)
+            .field("max_priority", &self.max_priority)
+            .field("dead_letter_ttl", &self.dead_letter_ttl)
+            .field("retry_enqueue_for", &self.retry_enqueue_for)
+            .finish()
+    }
+}
+
+/// A [`Broker`] on RabbitMQ. Cheap to clone: clones share the connection.
+#[derive(Clone)]
+pub struct AmqpBroker {
+    shared: Arc<Shared>,
+}
+
+/// Unsettled deliveries of one consumer channel: delivery tag → (message
+/// fingerprint, when it was handed out).
+pub(crate) type Outstanding = Arc<Mutex<HashMap<u64, (u64, std::time::Instant)>>>;
+
+/// What the broker, its consumers and receipts share.
+pub(crate) struct Shared {
+    config: AmqpConfig,
+    linker: Linker,
+    /// The outstanding maps of every consumer channel, by queue, for
+    /// statistics.
+    outstanding: Mutex<Vec<(String, std::sync::Weak<Mutex<HashMap<u64, (u64, std::time::Instant)>>>)>>,
+    /// Fingerprints of messages whose channel RabbitMQ closed for
+    /// `consumer_timeout`, so that their redelivery is not run again.
+    overdue: Mutex<std::collections::VecDeque<u64>>,
+}
+
+/// How many overdue fingerprints are remembered.
+const OVERDUE_MEMORY: usize = 10_000;
+
+impl Shared {
+    pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        mutex.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn remember_overdue(&self, fingerprint: u64) {
+        let mut overdue = Self::lock(&self.overdue);
+        if !overdue.contains(&fingerprint) {
+            overdue.push_back(fingerprint);
+            while overdue.len() > OVERDUE_MEMORY {
+                overdue.pop_front();
+            }
+        }
+    }
+
+    pub(crate) fn is_overdue(&self, fingerprint: u64) -> bool {
+        Self::lock(&self.overdue).contains(&fingerprint)
+    }
+
+    pub(crate) fn track(&self, queue: &str, outstanding: &Outstanding) {
+        let mut all = Self::lock(&self.outstanding);
+        all.retain(|(_, weak)| weak.strong_count() > 0);
+        all.push((queue.to_owned(), Arc::downgrade(outstanding)));
+    }
+
+    pub(crate) fn in_flight(&self, queue: &str) -> u64 {
+        let all = Self::lock(&self.outstanding);
+        all.iter()
+            .filter(|(q, _)| q == queue)
+            .filter_map(|(_, weak)| weak.upgrade())
+            .map(|map| Self::lock(&map).len() as u64)
+            .sum()
+    }
+}
+
+impl AmqpBroker {
+    /// Connects to the server at `url` with the default settings.
+    ///
+    /// # Errors
+    ///
+    /// A [`BrokerError`] when the server cannot be reached or refuses the
+    /// credentials. It names the URL without its password.
+    pub async fn connect(url: &str) -> Result<Self, BrokerError> {
+        Self::with_config(AmqpConfig::new(url)).await
+    }
+
+    /// Connects with `config`.
+    ///
+    /// # Errors
+    ///
+    /// As [`AmqpBroker::connect`].
+    pub async fn with_config(config: AmqpConfig) -> Result<Self, BrokerError> {
+        let linker = Linker::new(config.clone());
+        linker.link().await?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                config,
+                linker,
+                outstanding: Mutex::default(),
+                overdue: Mutex::default(),
+            }),
+        })
+    }
+
+    /// The settings in use.
+    pub fn config(&self) -> &AmqpConfig {
+        &self.shared.config
+    }
+
+    /// Runs `send` until it succeeds, fails for a reason other than the
+    /// connection, or the configured retry time is spent.
+    async fn with_retries(&self, message: &Outgoing) -> Result<(), BrokerError> {
+        let deadline = tokio::time::Instant::now() + self.shared.config.retry_enqueue_for;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.publish_outgoing(message).await {
+                Err(error) if error.is_retryable() && tokio::time::Instant::now() + backoff < deadline => {
+                    tracing::warn!(%error, retry_in = ?backoff, "send failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn publish_outgoing(&self, message: &Outgoing) -> Result<(), BrokerError> {
+        let link = self.shared.linker.link().await?;
+        link.declare(&message.queue).await?;
+        let (routing_key, due) = match message.delay {
+            Some(delay) => {
+                let due = link::now_ms() + delay::millis(delay);
+                match delay::bucket_for(delay::millis(delay)) {
+                    Some(k) => (delay::bucket_queue(&message.queue, k), Some(due)),
+                    None => (message.queue.clone(), None),
+                }
+            }
+            None => (message.queue.clone(), None),
+        };
+        let result = link
+            .publish(&routing_key, &message.body, link::Extra { due, priority: message.priority, reason: None })
+            .await;
+        if let Err(error) = &result {
+            self.shared.linker.invalidate(&link, error);
+        }
+        result
+    }
+}
+
+impl fmt::Debug for AmqpBroker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AmqpBroker").field("config", &self.shared.config).finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl Broker for AmqpBroker {
+    async fn declare_queue(&self, queue: &str) -> Result<(), BrokerError> {
+        let link = self.shared.linker.link().await?;
+        link.declare(queue).await
+    }
+
+    async fn enqueue(&self, message: Outgoing) -> Result<(), BrokerError> {
+        self.with_retries(&message).await
+    }
+
+    async fn enqueue_many(&self, messages: Vec<Outgoing>) -> Result<(), BrokerError> {
+        // Publishes go out back to back on the publisher channel and their
+        // confirms are awaited together, so a batch costs about one round trip.
+        let sends = messages.iter().map(|message| self.with_retries(message));
+        for result in futures_util::future::join_all(sends).await {
+            result?;
+        }
+        Ok(())
+    }
+
+    async fn consume(&self, queue: &str, prefetch: usize) -> Result<Box<dyn Consumer>, BrokerError> {
+        Ok(Box::new(consumer::AmqpConsumer::open(Arc::clone(&self.shared), queue, prefetch).await?))
+    }
+
+    fn admin(&self) -> Option<&dyn QueueAdmin> {
+        Some(self)
+    }
+
+    fn dead_letters(&self) -> Option<&dyn DeadLetters> {
+        Some(self)
+    }
+}
+
+/// A fingerprint of a message body, to recognise it when it comes back.
+pub(crate) fn fingerprint(body: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    body.hash(&mut hasher);
+    hasher.finish()
+}
+

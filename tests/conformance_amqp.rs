@@ -1,10 +1,14 @@
 //! The broker conformance suite on the real RabbitMQ at 127.0.0.1:5672
 //! (each case declares queues of its own).
 
-use dramaturg::amqp::AmqpBroker;
+use std::time::Duration;
+
+use dramaturg::amqp::{AmqpBroker, AmqpConfig};
 
 async fn broker() -> AmqpBroker {
-    AmqpBroker::connect("amqp://guest:guest@127.0.0.1:5672/%2f")
+    // The test queues clean themselves up a minute after the test.
+    let config = AmqpConfig::new("amqp://guest:guest@127.0.0.1:5672/%2f").expire_unused_queues(Duration::from_secs(60));
+    AmqpBroker::with_config(config)
         .await
         .expect("RabbitMQ runs on 127.0.0.1:5672 (scripts/services starts it)")
 }

@@ -12,8 +12,9 @@ pub(crate) const BASE_MS: u64 = 10;
 /// Buckets `0..=MAX_BUCKET`: 10 ms to about 11.6 hours. Longer delays go
 /// through the largest bucket more than once.
 pub(crate) const MAX_BUCKET: u32 = 22;
-/// A message due within this many milliseconds is delivered now.
-pub(crate) const SLACK_MS: u64 = 5;
+/// A message due within this many milliseconds is delivered now (zero:
+/// never early; at most one base unit late).
+pub(crate) const SLACK_MS: u64 = 0;
 
 /// The header holding a delayed message's due time (ms since the epoch).
 pub(crate) const DUE_HEADER: &str = "x-dramaturg-due";
@@ -48,7 +49,8 @@ mod tests {
 
     #[test]
     fn buckets_fit_what_remains() {
-        assert_eq!(bucket_for(3), None);
+        assert_eq!(bucket_for(0), None);
+        assert_eq!(bucket_for(3), Some(0));
         assert_eq!(bucket_for(9), Some(0));
         assert_eq!(bucket_for(10), Some(0));
         assert_eq!(bucket_for(25), Some(1));

@@ -61,6 +61,7 @@ pub struct AmqpConfig {
     max_priority: Option<u8>,
     dead_letter_ttl: Duration,
     retry_enqueue_for: Duration,
+    expire_unused_queues: Option<Duration>,
 }
 
 impl AmqpConfig {
@@ -75,7 +76,18 @@ impl AmqpConfig {
             max_priority: None,
             dead_letter_ttl: Duration::from_secs(7 * 24 * 3600),
             retry_enqueue_for: Duration::ZERO,
+            expire_unused_queues: None,
         }
+    }
+
+    /// Lets RabbitMQ delete the queues this broker declares once they have
+    /// gone unused (no consumer, no declare) for `after` (`x-expires`) —
+    /// **with whatever messages they hold**. For tests and throw-away
+    /// environments; off by default.
+    #[must_use]
+    pub fn expire_unused_queues(mut self, after: Duration) -> Self {
+        self.expire_unused_queues = Some(after);
+        self
     }
 
     /// Turns publisher confirms off: sends return once the message is
@@ -120,6 +132,7 @@ impl fmt::Debug for AmqpConfig {
             .field("max_priority", &self.max_priority)
             .field("dead_letter_ttl", &self.dead_letter_ttl)
             .field("retry_enqueue_for", &self.retry_enqueue_for)
+            .field("expire_unused_queues", &self.expire_unused_queues)
             .finish()
     }
 }
@@ -240,7 +253,8 @@ impl AmqpBroker {
         link.declare(&message.queue).await?;
         let (routing_key, due) = match message.delay {
             Some(delay) => {
-                let due = link::now_ms() + delay::millis(delay);
+                // Rounded up, so that the message is never early.
+                let due = link::now_ms() + delay::millis(delay) + 1;
                 match delay::bucket_for(delay::millis(delay)) {
                     Some(k) => (delay::bucket_queue(&message.queue, k), Some(due)),
                     None => (message.queue.clone(), None),

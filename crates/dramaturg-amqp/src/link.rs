@@ -104,8 +104,11 @@ impl Link {
     }
 }
 
-fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
+fn table(config: &AmqpConfig, entries: &[(&str, AMQPValue)]) -> FieldTable {
     let mut table = FieldTable::default();
+    if let Some(after) = config.expire_unused_queues {
+        table.insert("x-expires".into(), long(crate::delay::millis(after)));
+    }
     for (key, value) in entries {
         table.insert(ShortString::from(*key), value.clone());
     }
@@ -125,17 +128,17 @@ pub(crate) fn main_queue_arguments(config: &AmqpConfig, queue: &str) -> FieldTab
     if let Some(max) = config.max_priority {
         entries.push(("x-max-priority", AMQPValue::ShortShortUInt(max)));
     }
-    table(&entries)
+    table(config, &entries)
 }
 
 /// The arguments of a queue's dead-letter queue.
 pub(crate) fn dead_queue_arguments(config: &AmqpConfig) -> FieldTable {
-    table(&[("x-message-ttl", long(crate::delay::millis(config.dead_letter_ttl)))])
+    table(config, &[("x-message-ttl", long(crate::delay::millis(config.dead_letter_ttl)))])
 }
 
 /// The arguments of delay bucket `k` of `queue`.
-pub(crate) fn bucket_arguments(queue: &str, k: u32) -> FieldTable {
-    table(&[
+pub(crate) fn bucket_arguments(config: &AmqpConfig, queue: &str, k: u32) -> FieldTable {
+    table(config, &[
         ("x-message-ttl", long(bucket_ttl_ms(k))),
         ("x-dead-letter-exchange", AMQPValue::LongString("".into())),
         ("x-dead-letter-routing-key", AMQPValue::LongString(queue.into())),
@@ -167,7 +170,7 @@ pub(crate) async fn declare_topology(
     let ready = declare_one(channel, queue, main_queue_arguments(config, queue)).await?;
     let mut delayed = 0u64;
     for k in 0..=MAX_BUCKET {
-        delayed += u64::from(declare_one(channel, &bucket_queue(queue, k), bucket_arguments(queue, k)).await?);
+        delayed += u64::from(declare_one(channel, &bucket_queue(queue, k), bucket_arguments(config, queue, k)).await?);
     }
     Ok((u64::from(ready), delayed, u64::from(dead)))
 }

@@ -8,9 +8,7 @@ use dramaturg::amqp::{AmqpBroker, AmqpConfig};
 async fn broker() -> AmqpBroker {
     // The test queues clean themselves up a minute after the test.
     let config = AmqpConfig::new("amqp://guest:guest@127.0.0.1:5672/%2f").expire_unused_queues(Duration::from_secs(60));
-    AmqpBroker::with_config(config)
-        .await
-        .expect("RabbitMQ runs on 127.0.0.1:5672 (scripts/services starts it)")
+    AmqpBroker::with_config(config).await.expect("RabbitMQ runs on 127.0.0.1:5672 (scripts/services starts it)")
 }
 
 dramaturg_core::broker_conformance!(broker());

@@ -4,8 +4,8 @@
 
 #![allow(clippy::unwrap_used)] // Tests may panic on the unexpected.
 
-use std::collections::HashMap;
-use std::io::Write;
+mod support;
+
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -15,8 +15,9 @@ use dramaturg::redis::{RedisBroker, RedisConfig};
 use dramaturg::{BoxError, Broker, DeadLetters, Outgoing, QueueAdmin};
 use serde::{Deserialize, Serialize};
 
+use support::Numbered;
+
 const URL: &str = "redis://127.0.0.1:6379";
-const CHILD: &str = "DRAMATURG_REDIS_CHILD";
 
 fn namespace() -> String {
     format!("test-{}", dramaturg::MessageId::new())
@@ -30,101 +31,28 @@ async fn broker_in(url: &str, namespace: &str) -> RedisBroker {
     RedisBroker::with_config(config).await.unwrap()
 }
 
-/// Numbered work; the worker records each number it finished.
-#[derive(Actor, Serialize, Deserialize)]
-struct Numbered {
-    seq: u64,
-}
-
-static RECORD: Mutex<Option<std::fs::File>> = Mutex::new(None);
-static SEEN: Mutex<Vec<u64>> = Mutex::new(Vec::new());
-
-impl Numbered {
-    async fn perform(self, _ctx: &Context) -> Result<(), BoxError> {
-        tokio::time::sleep(Duration::from_millis(3)).await;
-        if let Some(file) = RECORD.lock().unwrap().as_mut() {
-            file.write_all(format!("{}\n", self.seq).as_bytes())?;
-        }
-        SEEN.lock().unwrap().push(self.seq);
-        Ok(())
-    }
-}
-
 /// The child: a worker process recording to a file, until SIGTERM.
 #[test]
 fn redis_worker_child() {
-    let Ok(spec) = std::env::var(CHILD) else { return };
-    let (namespace, path) = spec.split_once('|').unwrap();
-    *RECORD.lock().unwrap() = Some(std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap());
+    let Some((_, namespace)) = support::child_spec() else { return };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(async {
-        let app = dramaturg::app(broker_in(URL, namespace).await).actor::<Numbered>().build().unwrap();
+        let app = dramaturg::app(broker_in(URL, &namespace).await).actor::<Numbered>().build().unwrap();
         Worker::new(app).concurrency(4).run_until_signal().await.unwrap();
     });
 }
 
-fn spawn_worker(namespace: &str, dir: &std::path::Path, n: usize) -> Child {
-    let path = dir.join(format!("{n}.done"));
-    Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "redis_worker_child", "--nocapture", "--test-threads=1"])
-        .env(CHILD, format!("{namespace}|{}", path.display()))
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-fn recorded(dir: &std::path::Path) -> HashMap<u64, usize> {
-    let mut counts = HashMap::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
-        for line in text.lines().filter(|l| !l.is_empty()) {
-            *counts.entry(line.parse().unwrap()).or_insert(0) += 1;
-        }
-    }
-    counts
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_run_loses_nothing() {
-    if std::env::var(CHILD).is_ok() {
+    if support::is_child() {
         return;
     }
     let namespace = namespace();
-    let dir = std::env::temp_dir().join(format!("dramaturg-kill-{namespace}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let total = 2000;
     let app = dramaturg::app(broker_in(URL, &namespace).await).actor::<Numbered>().build().unwrap();
-    let batch: Vec<Numbered> = (0..total).map(|seq| Numbered { seq }).collect();
-    app.send_many(&batch).await.unwrap();
-
-    let mut victim = spawn_worker(&namespace, &dir, 1);
-    let mut survivor = spawn_worker(&namespace, &dir, 2);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while recorded(&dir).len() < 300 {
-        assert!(Instant::now() < deadline, "the workers made no progress");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    victim.kill().unwrap(); // SIGKILL
-    victim.wait().unwrap();
-    let killed_at = Instant::now();
-    while recorded(&dir).len() < total as usize {
-        assert!(Instant::now() < deadline, "only {} of {total} processed", recorded(&dir).len());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let recovery = killed_at.elapsed();
-    Command::new("kill").args(["-TERM", &survivor.id().to_string()]).status().unwrap();
-    survivor.wait().unwrap();
-
-    let counts = recorded(&dir);
-    let duplicates: usize = counts.values().map(|n| n - 1).sum();
-    println!(
-        "processed {} of {total} at least once, {duplicates} duplicates, all done {recovery:?} after the kill",
-        counts.len()
-    );
-    assert_eq!(counts.len(), total as usize, "every message processed at least once");
+    let (duplicates, recovery) = support::kill_one_of_two_workers(&app, "redis_worker_child", &namespace, 2000).await;
+    println!("2000 of 2000 processed at least once, {duplicates} duplicates, all done {recovery:?} after the kill");
     let stats = app.admin().unwrap().stats(&app.queues()[0]).await.unwrap();
     assert!(stats.is_drained(), "{stats:?}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// A Redis server of the test's own, on its own port, to restart at will.
@@ -190,17 +118,11 @@ impl Mark {
     }
 }
 
-async fn wait_for(what: &str, within: Duration, done: impl Fn() -> bool) {
-    let deadline = Instant::now() + within;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+use support::wait_for;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_and_producers_carry_on_after_a_redis_restart() {
-    if std::env::var(CHILD).is_ok() {
+    if support::is_child() {
         return;
     }
     // Shown when the test fails.
@@ -247,7 +169,7 @@ async fn workers_and_producers_carry_on_after_a_redis_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_in_the_keys_is_dead_lettered_and_the_worker_goes_on() {
-    if std::env::var(CHILD).is_ok() {
+    if support::is_child() {
         return;
     }
     let namespace = namespace();
@@ -275,7 +197,7 @@ async fn garbage_in_the_keys_is_dead_lettered_and_the_worker_goes_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deep_queue_is_fetched_in_bounded_batches() {
-    if std::env::var(CHILD).is_ok() {
+    if support::is_child() {
         return;
     }
     let namespace = namespace();
@@ -304,7 +226,7 @@ async fn a_deep_queue_is_fetched_in_bounded_batches() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delayed_messages_wait_in_redis_across_worker_restarts() {
-    if std::env::var(CHILD).is_ok() {
+    if support::is_child() {
         return;
     }
     let namespace = namespace();
@@ -330,7 +252,7 @@ async fn delayed_messages_wait_in_redis_across_worker_restarts() {
 
 #[tokio::test]
 async fn passwords_stay_out_of_errors_and_debug_output() {
-    if std::env::var(CHILD).is_ok() {
+    if support::is_child() {
         return;
     }
     let err = RedisBroker::connect("redis://:hunter2@127.0.0.1:1/0").await.unwrap_err();
@@ -346,7 +268,7 @@ async fn passwords_stay_out_of_errors_and_debug_output() {
 #[cfg(feature = "redis-tls")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rediss_urls_connect_over_tls() {
-    if std::env::var(CHILD).is_ok() {
+    if support::is_child() {
         return;
     }
     // A CA and a server certificate for 127.0.0.1, made for this test.

@@ -70,6 +70,27 @@ impl QueueAdmin for AmqpBroker {
         Ok(QueueStats::new(ready, delayed, self.shared.in_flight(queue), dead))
     }
 
+    async fn join(&self, queue: &str, timeout: Duration) -> Result<(), BrokerError> {
+        // Watch the cheap figures (the queue and this broker's own
+        // deliveries) often, and the whole topology only when they are zero:
+        // declaring every delay bucket on each look would load the server.
+        let deadline = tokio::time::Instant::now() + timeout;
+        let channel = self.admin_channel().await?;
+        let main_arguments = crate::link::main_queue_arguments(&self.shared.config, queue);
+        loop {
+            let ready = crate::link::declare_one(&channel, queue, main_arguments.clone()).await?;
+            if ready == 0 && self.shared.in_flight(queue) == 0 && self.stats(queue).await?.is_drained() {
+                let _ = channel.close(200, "joined".into()).await;
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let _ = channel.close(200, "timed out".into()).await;
+                return Err(BrokerError::join_timeout(queue, timeout));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn purge(&self, queue: &str) -> Result<u64, BrokerError> {
         let channel = self.admin_channel().await?;
         declare_topology(&channel, &self.shared.config, queue).await?;
@@ -115,9 +136,8 @@ impl DeadLetters for AmqpBroker {
             Replay::One(key) => Some(key.clone()),
             _ => None,
         };
-        let fetched = self
-            .fetch_dead(&channel, queue, |letter| wanted.as_ref().is_none_or(|key| letter.key != *key))
-            .await?;
+        let fetched =
+            self.fetch_dead(&channel, queue, |letter| wanted.as_ref().is_none_or(|key| letter.key != *key)).await?;
         let link = self.shared.linker.link().await?;
         let mut replayed = 0;
         for (tag, letter) in fetched {

@@ -1,8 +1,7 @@
 //! Consuming a queue: prefetch through `basic.qos`, delay hops, settlement,
 //! recovery, and `consumer_timeout`.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -51,7 +50,12 @@ impl AmqpConsumer {
                 .map_err(|e| amqp_error(e, "setting the prefetch"))?;
             let tag = format!("dramaturg-{}", MessageId::new());
             let stream = channel
-                .basic_consume(self.queue.as_str().into(), tag.as_str().into(), BasicConsumeOptions::default(), FieldTable::default())
+                .basic_consume(
+                    self.queue.as_str().into(),
+                    tag.as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
                 .await
                 .map_err(|e| amqp_error(e, "consuming"))?;
             let outstanding = Outstanding::default();
@@ -125,7 +129,10 @@ impl Consumer for AmqpConsumer {
                 Some(Ok(delivery)) => delivery,
                 Some(Err(error)) => return Err(self.lost(amqp_error(error, "consuming"))),
                 None => {
-                    let closed = BrokerError::new(BrokerErrorKind::Connection, "amqp: the consumer was cancelled or its channel closed");
+                    let closed = BrokerError::new(
+                        BrokerErrorKind::Connection,
+                        "amqp: the consumer was cancelled or its channel closed",
+                    );
                     return Err(self.lost(closed));
                 }
             };
@@ -183,7 +190,7 @@ struct AmqpReceipt {
     queue: String,
     tag: u64,
     body: Bytes,
-    outstanding: Arc<Mutex<HashMap<u64, (u64, Instant)>>>,
+    outstanding: Outstanding,
 }
 
 impl std::fmt::Debug for AmqpReceipt {

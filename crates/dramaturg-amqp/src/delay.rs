@@ -12,9 +12,6 @@ pub(crate) const BASE_MS: u64 = 10;
 /// Buckets `0..=MAX_BUCKET`: 10 ms to about 11.6 hours. Longer delays go
 /// through the largest bucket more than once.
 pub(crate) const MAX_BUCKET: u32 = 22;
-/// A message due within this many milliseconds is delivered now (zero:
-/// never early; at most one base unit late).
-pub(crate) const SLACK_MS: u64 = 0;
 
 /// The header holding a delayed message's due time (ms since the epoch).
 pub(crate) const DUE_HEADER: &str = "x-dramaturg-due";
@@ -24,9 +21,10 @@ pub(crate) fn bucket_ttl_ms(k: u32) -> u64 {
     BASE_MS << k
 }
 
-/// The bucket for a message due in `remaining_ms`, or `None` to deliver it now.
+/// The bucket for a message due in `remaining_ms`, or `None` to deliver it
+/// now. Messages are never delivered early, and at most one base unit late.
 pub(crate) fn bucket_for(remaining_ms: u64) -> Option<u32> {
-    if remaining_ms <= SLACK_MS {
+    if remaining_ms == 0 {
         return None;
     }
     let units = (remaining_ms / BASE_MS).max(1);
@@ -68,7 +66,7 @@ mod tests {
                 hops += 1;
             }
             assert!(hops <= 40, "{delay} ms took {hops} hops");
-            assert!(remaining <= SLACK_MS, "{delay}");
+            assert_eq!(remaining, 0, "{delay}");
         }
     }
 }

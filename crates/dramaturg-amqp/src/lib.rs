@@ -145,7 +145,9 @@ pub struct AmqpBroker {
 
 /// Unsettled deliveries of one consumer channel: delivery tag → (message
 /// fingerprint, when it was handed out).
-pub(crate) type Outstanding = Arc<Mutex<HashMap<u64, (u64, std::time::Instant)>>>;
+pub(crate) type OutstandingMap = Mutex<HashMap<u64, (u64, std::time::Instant)>>;
+/// A shared [`OutstandingMap`].
+pub(crate) type Outstanding = Arc<OutstandingMap>;
 
 /// What the broker, its consumers and receipts share.
 pub(crate) struct Shared {
@@ -153,7 +155,7 @@ pub(crate) struct Shared {
     linker: Linker,
     /// The outstanding maps of every consumer channel, by queue, for
     /// statistics.
-    outstanding: Mutex<Vec<(String, std::sync::Weak<Mutex<HashMap<u64, (u64, std::time::Instant)>>>)>>,
+    outstanding: Mutex<Vec<(String, std::sync::Weak<OutstandingMap>)>>,
     /// Fingerprints of messages whose channel RabbitMQ closed for
     /// `consumer_timeout`, so that their redelivery is not run again.
     overdue: Mutex<std::collections::VecDeque<u64>>,
@@ -217,12 +219,7 @@ impl AmqpBroker {
         let linker = Linker::new(config.clone());
         linker.link().await?;
         Ok(Self {
-            shared: Arc::new(Shared {
-                config,
-                linker,
-                outstanding: Mutex::default(),
-                overdue: Mutex::default(),
-            }),
+            shared: Arc::new(Shared { config, linker, outstanding: Mutex::default(), overdue: Mutex::default() }),
         })
     }
 
@@ -319,4 +316,3 @@ pub(crate) fn fingerprint(body: &[u8]) -> u64 {
     body.hash(&mut hasher);
     hasher.finish()
 }
-

@@ -138,11 +138,14 @@ pub(crate) fn dead_queue_arguments(config: &AmqpConfig) -> FieldTable {
 
 /// The arguments of delay bucket `k` of `queue`.
 pub(crate) fn bucket_arguments(config: &AmqpConfig, queue: &str, k: u32) -> FieldTable {
-    table(config, &[
-        ("x-message-ttl", long(bucket_ttl_ms(k))),
-        ("x-dead-letter-exchange", AMQPValue::LongString("".into())),
-        ("x-dead-letter-routing-key", AMQPValue::LongString(queue.into())),
-    ])
+    table(
+        config,
+        &[
+            ("x-message-ttl", long(bucket_ttl_ms(k))),
+            ("x-dead-letter-exchange", AMQPValue::LongString("".into())),
+            ("x-dead-letter-routing-key", AMQPValue::LongString(queue.into())),
+        ],
+    )
 }
 
 /// The name of `queue`'s dead-letter queue.

@@ -1,0 +1,112 @@
+//! Helpers shared by the broker tests that run worker processes.
+
+#![allow(dead_code, clippy::unwrap_used)] // Each test binary uses part of this.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use dramaturg::prelude::*;
+use dramaturg::BoxError;
+use serde::{Deserialize, Serialize};
+
+/// The environment variable that turns a test binary into a worker child.
+pub(crate) const CHILD: &str = "DRAMATURG_TEST_CHILD";
+
+/// Whether this process is a worker child (the other tests then do nothing).
+pub(crate) fn is_child() -> bool {
+    std::env::var(CHILD).is_ok()
+}
+
+/// Numbered work; a worker records each number it finished.
+#[derive(Actor, Serialize, Deserialize)]
+pub(crate) struct Numbered {
+    pub(crate) seq: u64,
+}
+
+static RECORD: Mutex<Option<std::fs::File>> = Mutex::new(None);
+
+impl Numbered {
+    async fn perform(self, _ctx: &Context) -> Result<(), BoxError> {
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        if let Some(file) = RECORD.lock().unwrap().as_mut() {
+            file.write_all(format!("{}\n", self.seq).as_bytes())?;
+        }
+        Ok(())
+    }
+}
+
+/// In a worker child: records to the file the parent named and runs
+/// `worker` (which should run until SIGTERM). Returns the child's spec
+/// (what the parent passed after the file name), or `None` in the parent.
+pub(crate) fn child_spec() -> Option<(String, String)> {
+    let spec = std::env::var(CHILD).ok()?;
+    let (path, rest) = spec.split_once('|').unwrap();
+    *RECORD.lock().unwrap() = Some(std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap());
+    Some((path.to_owned(), rest.to_owned()))
+}
+
+/// Starts this test binary again as a worker child running `test`, recording
+/// to `dir/<n>.done`, with `spec` for the child.
+pub(crate) fn spawn_worker(test: &str, dir: &Path, n: usize, spec: &str) -> Child {
+    let path = dir.join(format!("{n}.done"));
+    Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(CHILD, format!("{}|{spec}", path.display()))
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// How often each number was recorded in `dir`.
+pub(crate) fn recorded(dir: &Path) -> HashMap<u64, usize> {
+    let mut counts = HashMap::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            *counts.entry(line.parse().unwrap()).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+/// Sends SIGTERM and waits for the child.
+pub(crate) fn terminate(child: &mut Child) {
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    child.wait().unwrap();
+}
+
+/// Waits until `done`, failing the test after `within`.
+pub(crate) async fn wait_for(what: &str, within: Duration, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Sends `total` numbered messages, runs two worker children, SIGKILLs one
+/// after 300 messages, and checks that the other processes every message.
+/// Returns (duplicates, time from the kill to the last message).
+pub(crate) async fn kill_one_of_two_workers(app: &App, test: &str, spec: &str, total: u64) -> (usize, Duration) {
+    let dir = std::env::temp_dir().join(format!("dramaturg-kill-{}", dramaturg::MessageId::new()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let batch: Vec<Numbered> = (0..total).map(|seq| Numbered { seq }).collect();
+    app.send_many(&batch).await.unwrap();
+    let mut victim = spawn_worker(test, &dir, 1, spec);
+    let mut survivor = spawn_worker(test, &dir, 2, spec);
+    wait_for("progress", Duration::from_secs(60), || recorded(&dir).len() >= 300).await;
+    victim.kill().unwrap(); // SIGKILL
+    victim.wait().unwrap();
+    let killed_at = Instant::now();
+    wait_for("every message", Duration::from_secs(60), || recorded(&dir).len() == total as usize).await;
+    let recovery = killed_at.elapsed();
+    terminate(&mut survivor);
+    let counts = recorded(&dir);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(counts.len(), total as usize, "every message processed at least once");
+    (counts.values().map(|n| n - 1).sum(), recovery)
+}

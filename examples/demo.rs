@@ -11,6 +11,9 @@
 //!     --queue demo --count 10000
 //! ```
 //!
+//! `demo purge --broker URL --queue Q` empties a queue (and its delayed
+//! messages) before a run.
+//!
 //! A worker appends each finished sequence number as a line to
 //! `DIR/<pid>.done`; SIGTERM or Ctrl-C stops it gracefully, a second signal
 //! at once.
@@ -65,7 +68,7 @@ struct Args {
 
 fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
-    let command = it.next().ok_or("usage: demo produce|work --broker URL --queue Q [...]")?;
+    let command = it.next().ok_or("usage: demo produce|work|purge --broker URL --queue Q [...]")?;
     let mut args = Args {
         command,
         broker: "memory://".into(),
@@ -99,7 +102,12 @@ async fn main() -> Result<(), BoxError> {
     match args.command.as_str() {
         "produce" => produce(&app, args.count).await,
         "work" => work(app, &args).await,
-        other => Err(format!("unknown command {other:?}: produce or work").into()),
+        "purge" => {
+            let purged = app.admin()?.purge(&args.queue).await?;
+            println!("purged {purged} messages from {:?}", args.queue);
+            Ok(())
+        }
+        other => Err(format!("unknown command {other:?}: produce, work or purge").into()),
     }
 }
 

@@ -17,7 +17,13 @@
 //! - `idle`: an idle worker for `--seconds S` (default 10); commands per
 //!   second it sends to Redis (`INFO commandstats` before and after; the
 //!   bench's own two `INFO` calls are not counted) and its RSS. Last line:
-//!   JSON with `idle_commands_per_s` and `rss_mb`. Redis only.
+//!   JSON with `idle_commands_per_s` and `rss_mb`. Redis only; with
+//!   `--events redis://…` the abort middleware watches Redis too.
+//! - `abort`: 20 running actors that loop on 1 ms sleeps, aborted one by
+//!   one; latency from the `abort()` call to the actor's interruption.
+//!   `--events URL` picks the abort event backend (`memory`, the default,
+//!   or `redis://…`). Last line: JSON with `abort_latency_ms_p50` and
+//!   `abort_latency_ms_p90`.
 //! - `fail-large-errors`: N messages whose actor fails every attempt with an
 //!   error holding a 10 MB buffer, `max_retries` 20, backoff 10–100 ms; RSS
 //!   is sampled every 100 ms until all are dead-lettered. Last line: JSON
@@ -58,6 +64,7 @@ struct Args {
     batch: usize,
     samples: Option<String>,
     seconds: u64,
+    events: String,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -69,6 +76,7 @@ fn parse_args() -> Result<Args, String> {
         batch: 1000,
         samples: None,
         seconds: 10,
+        events: "memory".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -76,6 +84,7 @@ fn parse_args() -> Result<Args, String> {
         match flag.as_str() {
             "--scenario" => args.scenario = value()?,
             "--samples" => args.samples = Some(value()?),
+            "--events" => args.events = value()?,
             "--seconds" => args.seconds = value()?.parse().map_err(|e| format!("--seconds: {e}"))?,
             "--broker" => args.broker = value()?,
             "--messages" => args.messages = Some(value()?.parse().map_err(|e| format!("--messages: {e}"))?),
@@ -118,6 +127,7 @@ async fn main() -> Result<(), BoxError> {
         "fail-large-errors" => fail_large_errors(&args).await,
         "latency" => latency(&args).await,
         "idle" => idle(&args).await,
+        "abort" => abort_latency(&args).await,
         other => Err(format!("unknown scenario {other:?}: throughput, latency, idle or fail-large-errors").into()),
     }
 }
@@ -314,7 +324,7 @@ async fn idle(args: &Args) -> Result<(), BoxError> {
         return Err("the idle scenario reads Redis's INFO commandstats: use --broker redis://…".into());
     }
     let broker = dramaturg::connect(&args.broker).await?;
-    let app = dramaturg::app_shared(broker).actor::<Noop>().build()?;
+    let app = with_events(dramaturg::app_shared(broker), &args.events).await?.actor::<Noop>().build()?;
     let worker = Worker::new(app.clone()).concurrency(args.concurrency);
     let shutdown = worker.shutdown_handle();
     let running = tokio::spawn(worker.run());
@@ -335,5 +345,93 @@ async fn idle(args: &Args) -> Result<(), BoxError> {
         "{{\"scenario\":\"idle\",\"seconds\":{},\"idle_commands_per_s\":{per_s:.2},\"rss_mb\":{rss:.1}}}",
         args.seconds
     );
+    Ok(())
+}
+
+/// The builder with the abort middleware's event backend named by `events`.
+async fn with_events(builder: dramaturg::AppBuilder, events: &str) -> Result<dramaturg::AppBuilder, BoxError> {
+    use dramaturg::abort::{Abortable, MemoryEvents};
+    Ok(match events {
+        "memory" => builder.replace("abort", Abortable::new(MemoryEvents::new())),
+        #[cfg(feature = "redis")]
+        url if url.starts_with("redis") => {
+            builder.replace("abort", Abortable::new(dramaturg::abort::RedisEvents::connect(url).await?))
+        }
+        other => return Err(format!("unknown --events {other:?}: memory or redis://…").into()),
+    })
+}
+
+/// When each looping actor was interrupted, by its number.
+static INTERRUPTED: Mutex<Vec<(u64, Instant)>> = Mutex::new(Vec::new());
+static LOOPING: AtomicU64 = AtomicU64::new(0);
+
+struct Interrupted(u64);
+
+impl Drop for Interrupted {
+    fn drop(&mut self) {
+        if let Ok(mut interrupted) = INTERRUPTED.lock() {
+            interrupted.push((self.0, Instant::now()));
+        }
+    }
+}
+
+/// Loops on short sleeps until aborted.
+#[derive(Actor, Serialize, Deserialize)]
+#[actor(queue = "bench-abort")]
+struct Spin {
+    n: u64,
+}
+
+impl Spin {
+    async fn perform(self, _ctx: &Context) -> Result<(), BoxError> {
+        let _probe = Interrupted(self.n);
+        LOOPING.fetch_add(1, Ordering::SeqCst);
+        for _ in 0..60_000 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        Ok(())
+    }
+}
+
+async fn abort_latency(args: &Args) -> Result<(), BoxError> {
+    use dramaturg::abort::{abort, AbortOptions};
+    let count = args.messages.unwrap_or(20);
+    let broker = dramaturg::connect(&args.broker).await?;
+    let app = with_events(dramaturg::app_shared(broker), &args.events).await?.actor::<Spin>().build()?;
+    let worker = Worker::new(app.clone()).concurrency(count as usize);
+    let shutdown = worker.shutdown_handle();
+    let running = tokio::spawn(worker.run());
+    let mut ids = Vec::new();
+    for n in 0..count {
+        ids.push((n, Spin { n }.send(&app).await?));
+    }
+    while LOOPING.load(Ordering::SeqCst) < count {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut latencies = Vec::new();
+    for (n, id) in ids {
+        let asked = Instant::now();
+        abort(&app, id, AbortOptions::abort()).await?;
+        let interrupted = loop {
+            let found = INTERRUPTED.lock().map_err(|_| "poisoned")?.iter().find(|(m, _)| *m == n).map(|(_, at)| *at);
+            if let Some(at) = found {
+                break at;
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        };
+        latencies.push((interrupted - asked).as_micros() as u64);
+    }
+    app.join(Duration::from_secs(30)).await?;
+    shutdown.shutdown();
+    let report = running.await??;
+    latencies.sort_unstable();
+    let (p50, p90) = (percentile(&latencies, 0.5), percentile(&latencies, 0.9));
+    println!(
+        "scenario:    abort ({count} running actors, events {})",
+        args.events.split("://").next().unwrap_or_default()
+    );
+    println!("abort to interruption: p50 {p50:.3} ms, p90 {p90:.3} ms ({} aborted)", report.aborted);
+    println!("{{\"scenario\":\"abort\",\"messages\":{count},\"abort_latency_ms_p50\":{p50:.3},\"abort_latency_ms_p90\":{p90:.3}}}");
     Ok(())
 }

@@ -120,6 +120,12 @@ impl App {
         self.inner.stack.iter().map(|m| m.name()).collect()
     }
 
+    /// The first middleware of type `M` in the stack, if it makes itself
+    /// findable (see [`Middleware::as_any`]).
+    pub fn middleware_of<M: Middleware>(&self) -> Option<&M> {
+        self.inner.stack.iter().find_map(|m| m.as_any()?.downcast_ref::<M>())
+    }
+
     /// The registered actor named `name`.
     pub fn actor(&self, name: &str) -> Option<&ActorInfo> {
         self.inner.actors.get(name)
@@ -202,9 +208,16 @@ impl App {
     ///
     /// If cancelled, the message may or may not have been enqueued.
     pub async fn enqueue(&self, message: Message, delay: Option<Duration>) -> Result<MessageId, EnqueueError> {
-        let (id, outgoing) = self.outgoing(message, delay)?;
+        let (message, outgoing) = self.outgoing(message, delay)?;
         self.inner.broker.enqueue(outgoing).await?;
-        Ok(id)
+        self.after_enqueue(&message, delay).await;
+        Ok(message.id)
+    }
+
+    async fn after_enqueue(&self, message: &Message, delay: Option<Duration>) {
+        for middleware in &self.inner.stack {
+            middleware.after_enqueue(self, message, delay).await;
+        }
     }
 
     /// Enqueues many messages built earlier in one broker call.
@@ -217,18 +230,21 @@ impl App {
         &self,
         messages: Vec<(Message, Option<Duration>)>,
     ) -> Result<Vec<MessageId>, EnqueueError> {
-        let mut ids = Vec::with_capacity(messages.len());
+        let mut sent = Vec::with_capacity(messages.len());
         let mut batch = Vec::with_capacity(messages.len());
         for (message, delay) in messages {
-            let (id, outgoing) = self.outgoing(message, delay)?;
-            ids.push(id);
+            let (message, outgoing) = self.outgoing(message, delay)?;
+            sent.push((message, delay));
             batch.push(outgoing);
         }
         self.inner.broker.enqueue_many(batch).await?;
-        Ok(ids)
+        for (message, delay) in &sent {
+            self.after_enqueue(message, *delay).await;
+        }
+        Ok(sent.into_iter().map(|(message, _)| message.id).collect())
     }
 
-    fn outgoing(&self, mut message: Message, delay: Option<Duration>) -> Result<(MessageId, Outgoing), EnqueueError> {
+    fn outgoing(&self, mut message: Message, delay: Option<Duration>) -> Result<(Message, Outgoing), EnqueueError> {
         for middleware in &self.inner.stack {
             middleware
                 .before_enqueue(&mut message)
@@ -242,8 +258,8 @@ impl App {
         if body.len() > self.inner.max_message_size {
             return Err(EnqueueError::TooLarge { size: body.len(), limit: self.inner.max_message_size });
         }
-        let outgoing = Outgoing::new(message.queue, body).with_delay(delay).with_priority(priority);
-        Ok((message.id, outgoing))
+        let outgoing = Outgoing::new(message.queue.as_str(), body).with_delay(delay).with_priority(priority);
+        Ok((message, outgoing))
     }
 
     /// Queue statistics, purging and draining, when the broker offers them.

@@ -36,6 +36,9 @@ struct Inner {
     extension_us: AtomicU64,
     /// Why the attempt is being stopped, if it is (0: it is not).
     interruption: AtomicU8,
+    /// Microseconds after `started` at which an abort interrupts the
+    /// attempt (`u64::MAX`: no abort requested).
+    abort_at_us: AtomicU64,
     metadata: Mutex<Metadata>,
 }
 
@@ -52,6 +55,7 @@ impl Context {
                 heartbeat_us: AtomicU64::new(0),
                 extension_us: AtomicU64::new(0),
                 interruption: AtomicU8::new(0),
+                abort_at_us: AtomicU64::new(u64::MAX),
                 metadata: Mutex::default(),
             }),
         }
@@ -119,6 +123,22 @@ impl Context {
     /// How much the actor has extended its time limit so far.
     pub fn deadline_extension(&self) -> Duration {
         Duration::from_micros(self.inner.extension_us.load(Ordering::Relaxed))
+    }
+
+    /// Records that this attempt has been asked to abort and will be
+    /// interrupted after `grace` (used by the abort middleware).
+    pub fn request_abort(&self, grace: Duration) {
+        let at = micros(self.inner.started.elapsed() + grace);
+        self.inner.abort_at_us.fetch_min(at, Ordering::AcqRel);
+    }
+
+    /// `None`, or — once an abort has been requested — the time left before
+    /// the attempt is interrupted (zero once it is due). Actors that can
+    /// stop cleanly check this between steps; blocking actors can only stop
+    /// this way.
+    pub fn abort_requested(&self) -> Option<Duration> {
+        let at = self.inner.abort_at_us.load(Ordering::Acquire);
+        (at != u64::MAX).then(|| Duration::from_micros(at).saturating_sub(self.inner.started.elapsed()))
     }
 
     /// Marks the attempt as being stopped (by a time limit, an abort, a

@@ -58,7 +58,9 @@
 //! Register it with `AppBuilder::middleware(Metrics::default())`; keep an
 //! `Arc` to read the counters (`Arc<M>` is a middleware when `M` is).
 
+use std::any::Any;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -87,6 +89,20 @@ pub trait Middleware: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Runs after a message has been enqueued (the broker has it), with the
+    /// delay it was given. For middleware that keep track of messages; most
+    /// need nothing here.
+    async fn after_enqueue(&self, app: &App, message: &Message, delay: Option<Duration>) {
+        let _ = (app, message, delay);
+    }
+
+    /// This middleware as `Any`, so that [`App::middleware_of`] can find it
+    /// by type. Return `Some(self)` from middleware that callers need to
+    /// reach (the abort middleware does).
+    fn as_any(&self) -> Option<&(dyn Any + Send + Sync)> {
+        None
+    }
+
     /// Runs around the processing of a message. Call `next.run(ctx)` to go
     /// on to the rest of the stack and the actor, or return an outcome of
     /// your own to short-circuit.
@@ -113,6 +129,14 @@ impl<M: Middleware + ?Sized> Middleware for Arc<M> {
 
     fn before_enqueue(&self, message: &mut Message) -> Result<(), BoxError> {
         (**self).before_enqueue(message)
+    }
+
+    async fn after_enqueue(&self, app: &App, message: &Message, delay: Option<Duration>) {
+        (**self).after_enqueue(app, message, delay).await;
+    }
+
+    fn as_any(&self) -> Option<&(dyn Any + Send + Sync)> {
+        (**self).as_any()
     }
 
     async fn handle(&self, ctx: &Context, next: Next<'_>) -> Outcome {

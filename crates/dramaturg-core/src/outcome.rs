@@ -30,6 +30,9 @@ pub enum Outcome {
     /// The message goes back to its queue unchanged, for another worker or a
     /// later run (worker shutdown, a retry that could not be enqueued, …).
     Requeue(Cow<'static, str>),
+    /// The message was cancelled before it started, or aborted while it ran.
+    /// It is acknowledged: not a failure, never retried, not dead-lettered.
+    Aborted(Cow<'static, str>),
 }
 
 /// What the worker does with a delivery once its outcome is known.
@@ -48,14 +51,14 @@ impl Outcome {
     /// How the delivery that produced this outcome is settled.
     pub fn settlement(&mut self) -> Settlement {
         match self {
-            Outcome::Succeeded(_) | Outcome::Skipped(_) | Outcome::Retried(_) => Settlement::Ack,
+            Outcome::Succeeded(_) | Outcome::Skipped(_) | Outcome::Retried(_) | Outcome::Aborted(_) => Settlement::Ack,
             Outcome::Failed(failure) => Settlement::DeadLetter(failure.record().summary()),
             Outcome::Requeue(_) => Settlement::Requeue,
         }
     }
 
     /// A short name for logs and metrics: `succeeded`, `failed`, `skipped`,
-    /// `retried` or `requeued`.
+    /// `retried`, `requeued` or `aborted`.
     pub fn label(&self) -> &'static str {
         match self {
             Outcome::Succeeded(_) => "succeeded",
@@ -63,6 +66,7 @@ impl Outcome {
             Outcome::Skipped(_) => "skipped",
             Outcome::Retried(_) => "retried",
             Outcome::Requeue(_) => "requeued",
+            Outcome::Aborted(_) => "aborted",
         }
     }
 }

@@ -102,6 +102,8 @@ pub struct WorkerReport {
     pub retried: u64,
     /// Messages returned to their queue unchanged (shutdown and the like).
     pub requeued: u64,
+    /// Messages cancelled before they started or aborted while running.
+    pub aborted: u64,
     /// Deliveries that were not valid messages for this app — undecodable
     /// bytes, unknown actors, arguments of the wrong shape (dead-lettered).
     pub rejected: u64,
@@ -121,6 +123,7 @@ struct Counters {
     skipped: AtomicU64,
     retried: AtomicU64,
     requeued: AtomicU64,
+    aborted: AtomicU64,
     rejected: AtomicU64,
 }
 
@@ -132,6 +135,7 @@ impl Counters {
             Outcome::Skipped(_) => &self.skipped,
             Outcome::Retried(_) => &self.retried,
             Outcome::Requeue(_) => &self.requeued,
+            Outcome::Aborted(_) => &self.aborted,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -144,6 +148,7 @@ impl Counters {
             skipped: get(&self.skipped),
             retried: get(&self.retried),
             requeued: get(&self.requeued),
+            aborted: get(&self.aborted),
             rejected: get(&self.rejected),
         }
     }
@@ -440,6 +445,7 @@ async fn run_message(shared: &Shared, message: Message, redelivered: bool) -> Se
             }
             Outcome::Skipped(reason) => tracing::info!(?elapsed, %reason, "message skipped"),
             Outcome::Requeue(reason) => tracing::info!(?elapsed, %reason, "message returned to its queue"),
+            Outcome::Aborted(reason) => tracing::info!(?elapsed, %reason, "message aborted"),
         }
         settlement
     }

@@ -6,7 +6,7 @@ use syn::{DeriveInput, Lit, LitBool, LitInt};
 
 /// The keys `#[actor(...)]` accepts, for error messages.
 const KEYS: &str = "name, queue, max_retries, min_backoff, max_backoff, time_limit, idle_timeout, max_age, \
-                    priority, blocking, handler, on_success, on_failure, on_retry_exhausted";
+                    priority, blocking, abortable, handler, on_success, on_failure, on_retry_exhausted";
 
 /// An attribute value together with where it was written.
 pub(crate) struct Spanned<T> {
@@ -28,6 +28,7 @@ pub(crate) struct Attrs {
     pub(crate) max_age: Option<Spanned<String>>,
     pub(crate) priority: Option<Spanned<u8>>,
     pub(crate) blocking: Option<Spanned<bool>>,
+    pub(crate) abortable: Option<Spanned<bool>>,
     pub(crate) on_success: Option<Spanned<String>>,
     pub(crate) on_failure: Option<Spanned<String>>,
     pub(crate) on_retry_exhausted: Option<Spanned<String>>,
@@ -54,7 +55,8 @@ pub(crate) fn parse(input: &DeriveInput) -> syn::Result<Attrs> {
                 "max_age" => set(&meta, &mut attrs.max_age, duration(&meta, &key)?),
                 "max_retries" => set(&meta, &mut attrs.max_retries, integer(&meta, &key, "0 to 4294967295")?),
                 "priority" => set(&meta, &mut attrs.priority, integer(&meta, &key, "0 to 255")?),
-                "blocking" => set(&meta, &mut attrs.blocking, flag(&meta)?),
+                "blocking" => set(&meta, &mut attrs.blocking, flag(&meta, &key)?),
+                "abortable" => set(&meta, &mut attrs.abortable, flag(&meta, &key)?),
                 other => Err(meta.error(format_args!("unknown actor attribute `{other}`; expected one of: {KEYS}"))),
             }
         })?;
@@ -113,13 +115,13 @@ where
         .map_err(|_| syn::Error::new(int.span(), format_args!("`{key}` must be an integer from {range}")))
 }
 
-fn flag(meta: &ParseNestedMeta<'_>) -> syn::Result<Spanned<bool>> {
+fn flag(meta: &ParseNestedMeta<'_>, key: &str) -> syn::Result<Spanned<bool>> {
     let span = meta.path.get_ident().map_or_else(Span::call_site, syn::Ident::span);
     if !meta.input.peek(syn::Token![=]) {
         return Ok(Spanned { value: true, span });
     }
     match meta.value()?.parse::<Lit>()? {
         Lit::Bool(LitBool { value, span }) => Ok(Spanned { value, span }),
-        other => Err(syn::Error::new(other.span(), "`blocking` expects `true` or `false`, or no value")),
+        other => Err(syn::Error::new(other.span(), format_args!("`{key}` expects `true` or `false`, or no value"))),
     }
 }

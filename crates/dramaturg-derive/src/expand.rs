@@ -25,6 +25,7 @@ pub(crate) fn actor_impl(input: &DeriveInput, actor: &Actor) -> TokenStream {
         duration(actor.idle_timeout_ms, "with_idle_timeout"),
         duration(actor.max_age_ms, "with_max_age"),
     ];
+    let abortable = actor.abortable.map(|abortable| quote!(let options = options.with_extra("abortable", #abortable);));
     let callbacks = actor.callbacks.iter().map(|(key, name)| quote!(let options = options.with_extra(#key, #name);));
     let setters = setters.iter().flatten();
     // Errors about the handler (missing, wrong signature) point at the type.
@@ -48,6 +49,7 @@ pub(crate) fn actor_impl(input: &DeriveInput, actor: &Actor) -> TokenStream {
                 let options = #private::Options::default();
                 #(#setters)*
                 #(#callbacks)*
+                #abortable
                 options
             }
 

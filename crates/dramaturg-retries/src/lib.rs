@@ -223,7 +223,9 @@ impl Middleware for Retries {
 
     async fn handle(&self, ctx: &Context, next: Next<'_>) -> Outcome {
         let mut failure = match next.run(ctx).await {
-            Outcome::Failed(failure) => failure,
+            // An attempt that was asked to abort is never retried, however
+            // it ended: the abort middleware reports it as aborted.
+            Outcome::Failed(failure) if ctx.abort_requested().is_none() => failure,
             other => return other,
         };
         let Some(delay) = self.decide(ctx, &mut failure) else {

@@ -7,6 +7,7 @@ mod stack;
 pub use connect::{connect, ConnectError};
 pub use stack::{app, app_shared};
 
+pub use dramaturg_abort as abort;
 pub use dramaturg_age_limit as age_limit;
 /// The RabbitMQ broker.
 #[cfg(feature = "amqp")]

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use dramaturg_abort::{Abortable, MemoryEvents};
 use dramaturg_age_limit::AgeLimit;
 use dramaturg_callbacks::Callbacks;
 use dramaturg_core::{App, AppBuilder, Broker};
@@ -17,12 +18,16 @@ use dramaturg_time_limit::TimeLimit;
 ///    tell a retried failure from a final one;
 /// 2. `age_limit` — skips messages older than their `max_age` before any
 ///    work is done;
-/// 3. `retries` — sees every failure below it, time-limit expiries
+/// 3. `abort` — skips messages cancelled before they start and interrupts
+///    running ones that are aborted; before the retries, so that an aborted
+///    message is never retried. Its event backend is in-memory (one
+///    process); replace it with a Redis one for several processes;
+/// 4. `retries` — sees every failure below it, time-limit expiries
 ///    included, and re-enqueues the message with a delay or lets it be
 ///    dead-lettered;
-/// 4. `time_limit` — turns an overrun into a typed `TimeLimitExceeded`
+/// 5. `time_limit` — turns an overrun into a typed `TimeLimitExceeded`
 ///    failure;
-/// 5. `error_capture` — innermost: catches panics and turns the actor's
+/// 6. `error_capture` — innermost: catches panics and turns the actor's
 ///    error into a bounded record at once, so nothing above it holds the
 ///    error value.
 ///
@@ -38,7 +43,7 @@ use dramaturg_time_limit::TimeLimit;
 ///     .replace("retries", Retries::new().max_retries(10))
 ///     .build()
 ///     .unwrap();
-/// assert_eq!(app.middleware_names(), ["callbacks", "age_limit", "retries", "time_limit", "error_capture"]);
+/// assert_eq!(app.middleware_names(), ["callbacks", "age_limit", "abort", "retries", "time_limit", "error_capture"]);
 /// ```
 pub fn app(broker: impl Broker) -> AppBuilder {
     app_shared(Arc::new(broker))
@@ -49,6 +54,7 @@ pub fn app_shared(broker: Arc<dyn Broker>) -> AppBuilder {
     App::builder_shared(broker)
         .middleware(Callbacks::new())
         .middleware(AgeLimit::new())
+        .middleware(Abortable::new(MemoryEvents::new()))
         .middleware(Retries::new())
         .middleware(TimeLimit::new())
         .middleware(ErrorCapture::new())

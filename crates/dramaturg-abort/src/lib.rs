@@ -1,0 +1,408 @@
+//! Abort events for [dramaturg](https://docs.rs/dramaturg): cancel messages
+//! that have not started, abort running ones — with a grace period the
+//! actor can observe — built into the middleware stack.
+//!
+//! ```ignore
+//! use dramaturg::abort::{abort, AbortOptions};
+//!
+//! // Cancel it if it has not started; interrupt it if it runs, after 5 s
+//! // in which the actor sees `ctx.abort_requested()`.
+//! abort(&app, message_id, AbortOptions::abort().grace(Duration::from_secs(5))).await?;
+//! // Only if it has not started:
+//! abort(&app, message_id, AbortOptions::cancel()).await?;
+//! ```
+//!
+//! # What happens
+//!
+//! - A message with a request (either mode) that has **not started** is
+//!   skipped: acknowledged, counted as aborted, never run.
+//! - A **running async** actor, in `abort` mode, sees
+//!   [`Context::abort_requested`] return the time left, and is interrupted
+//!   at its next `.await` once the grace period has passed (at once without
+//!   one): its future is dropped, so whatever it owns is released — spawn
+//!   subprocesses with `tokio::process::Command::kill_on_drop(true)` so that
+//!   they die with it. A **blocking** actor cannot be interrupted: it can
+//!   only stop by checking `abort_requested()` (or `ctx.check()`); after the
+//!   grace period its message is reported aborted and the thread runs on
+//!   until the handler returns.
+//! - An aborted message is **never retried**, is not a failure, and is not
+//!   dead-lettered: its outcome is `Outcome::Aborted`, which hooks and logs
+//!   tell apart. An actor that ends with an error after an abort request is
+//!   reported aborted too.
+//! - A request outlives the message's **delay**: when a delayed message (or
+//!   one waiting for a retry) is enqueued, the middleware records when it is
+//!   due, and `abort` keeps the request until then plus `abort_ttl`.
+//! - Aborting an unknown or finished message, or the same one twice, does
+//!   nothing harmful.
+//!
+//! # Backends
+//!
+//! [`MemoryEvents`] works within one process (the in-memory broker, tests);
+//! `RedisEvents` (feature `redis`) works across processes, with any broker.
+//! A worker with no running abortable message sends no command to the
+//! backend.
+
+mod backend;
+#[cfg(feature = "redis")]
+mod redis_backend;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dramaturg_core::{
+    async_trait, App, BrokerError, Context, Interruption, Message, MessageId, Middleware, Next, Outcome,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+
+pub use backend::{EventBackend, MemoryEvents};
+#[cfg(feature = "redis")]
+pub use redis_backend::RedisEvents;
+
+/// The option (per message or, through `#[actor(abortable = …)]`, per
+/// actor) that says whether a message can be aborted.
+pub const ABORTABLE: &str = "abortable";
+
+/// Whether a request also interrupts a running message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Mode {
+    /// Skip the message if it has not started; leave it alone if it runs.
+    Cancel,
+    /// Skip it if it has not started; interrupt it if it runs.
+    Abort,
+}
+
+/// What `abort` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct AbortRequest {
+    /// Cancel or abort.
+    pub mode: Mode,
+    /// The grace period before a running actor is interrupted, in milliseconds.
+    pub grace_ms: u64,
+}
+
+/// The options of [`abort`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AbortOptions {
+    /// Cancel or abort (default).
+    pub mode: Mode,
+    /// How long a running actor may take to stop cleanly before it is
+    /// interrupted (default zero: at once).
+    pub abort_timeout: Duration,
+    /// How long the request stays valid (default 90 s), counted from the
+    /// message's due time when it is delayed.
+    pub abort_ttl: Duration,
+}
+
+impl Default for AbortOptions {
+    fn default() -> Self {
+        Self::abort()
+    }
+}
+
+impl AbortOptions {
+    /// Abort mode, no grace period, a 90-second TTL.
+    pub fn abort() -> Self {
+        Self { mode: Mode::Abort, abort_timeout: Duration::ZERO, abort_ttl: Duration::from_secs(90) }
+    }
+
+    /// Cancel mode, a 90-second TTL.
+    pub fn cancel() -> Self {
+        Self { mode: Mode::Cancel, ..Self::abort() }
+    }
+
+    /// A grace period for running actors.
+    #[must_use]
+    pub fn grace(mut self, abort_timeout: Duration) -> Self {
+        self.abort_timeout = abort_timeout;
+        self
+    }
+
+    /// How long the request stays valid.
+    #[must_use]
+    pub fn ttl(mut self, abort_ttl: Duration) -> Self {
+        self.abort_ttl = abort_ttl;
+        self
+    }
+}
+
+/// `abort` could not send the request.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AbortError {
+    /// The app has no abort middleware.
+    #[error("the app has no abort middleware (`Abortable`) in its stack")]
+    NotConfigured,
+    /// The event backend failed.
+    #[error(transparent)]
+    Backend(#[from] BrokerError),
+}
+
+fn abort_key(id: MessageId) -> String {
+    format!("abort:{id}")
+}
+
+fn due_key(id: MessageId) -> String {
+    format!("due:{id}")
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Asks that message `id` be cancelled or aborted (see the crate docs).
+///
+/// # Errors
+///
+/// [`AbortError::NotConfigured`] when the app has no [`Abortable`]
+/// middleware, [`AbortError::Backend`] when the event backend fails.
+/// Unknown and finished messages are not errors.
+pub async fn abort(app: &App, id: MessageId, options: AbortOptions) -> Result<(), AbortError> {
+    let middleware = app.middleware_of::<Abortable>().ok_or(AbortError::NotConfigured)?;
+    let backend = &middleware.backend;
+    let mut ttl = options.abort_ttl;
+    if let Some(due) =
+        backend.poll(&due_key(id)).await?.and_then(|raw| String::from_utf8(raw).ok()?.parse::<u64>().ok())
+    {
+        ttl = ttl.max(Duration::from_millis(due.saturating_sub(now_ms())) + options.abort_ttl);
+    }
+    let request = AbortRequest {
+        mode: options.mode,
+        grace_ms: u64::try_from(options.abort_timeout.as_millis()).unwrap_or(u64::MAX),
+    };
+    let value = serde_json::to_vec(&request)
+        .map_err(|e| BrokerError::new(dramaturg_core::BrokerErrorKind::Other, e.to_string()))?;
+    backend.notify(&[(abort_key(id), value)], ttl).await?;
+    tracing::info!(message = %id, mode = ?options.mode, ?ttl, "abort requested");
+    Ok(())
+}
+
+/// Where to pass a running message's request, and whether one was passed.
+type Listener = (watch::Sender<Option<AbortRequest>>, bool);
+
+/// The running abortable messages of a worker, and the task that waits for
+/// requests concerning them.
+#[derive(Default)]
+struct Watcher {
+    /// Event key → its listener.
+    running: Mutex<HashMap<String, Listener>>,
+    changed: Notify,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Watcher {
+    fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        mutex.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn register(self: &Arc<Self>, key: &str, backend: &Arc<dyn EventBackend>) -> watch::Receiver<Option<AbortRequest>> {
+        let (sender, receiver) = watch::channel(None);
+        Self::lock(&self.running).insert(key.to_owned(), (sender, false));
+        let mut task = Self::lock(&self.task);
+        if task.as_ref().is_none_or(JoinHandle::is_finished) {
+            let (watcher, backend) = (Arc::clone(self), Arc::clone(backend));
+            *task = Some(tokio::spawn(async move { watcher.run(&*backend).await }));
+        }
+        drop(task);
+        self.changed.notify_one();
+        receiver
+    }
+
+    fn deregister(&self, key: &str) {
+        Self::lock(&self.running).remove(key);
+        self.changed.notify_one();
+    }
+
+    fn stop(&self) {
+        if let Some(task) = Self::lock(&self.task).take() {
+            task.abort();
+        }
+    }
+
+    /// Waits for requests on the keys of running messages; idle (no command
+    /// to the backend) while none runs.
+    async fn run(&self, backend: &dyn EventBackend) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let keys: Vec<String> =
+                Self::lock(&self.running).iter().filter(|(_, (_, passed))| !passed).map(|(k, _)| k.clone()).collect();
+            if keys.is_empty() {
+                changed.await;
+                continue;
+            }
+            tokio::select! {
+                event = backend.wait_many(&keys, Duration::from_secs(30)) => match event {
+                    Ok(Some((key, value))) => {
+                        if let Some((sender, passed)) = Self::lock(&self.running).get_mut(&key) {
+                            *passed = true;
+                            sender.send_replace(serde_json::from_slice(&value).ok());
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot watch for abort requests; retrying in 1 s");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                },
+                () = &mut changed => {}
+            }
+        }
+    }
+}
+
+/// Deregisters a running message however its handling ends.
+struct Running<'a> {
+    watcher: &'a Watcher,
+    key: String,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.watcher.deregister(&self.key);
+    }
+}
+
+/// The abort middleware. Named `"abort"` in the stack; in the default stack
+/// it sits after the age limit and before the retries, so that an aborted
+/// message is never retried.
+pub struct Abortable {
+    backend: Arc<dyn EventBackend>,
+    default_abortable: bool,
+    watcher: Arc<Watcher>,
+}
+
+impl Abortable {
+    /// Abort events through `backend`; messages are abortable unless their
+    /// actor or they themselves say otherwise.
+    pub fn new(backend: impl EventBackend) -> Self {
+        Self { backend: Arc::new(backend), default_abortable: true, watcher: Arc::default() }
+    }
+
+    /// Whether messages are abortable when neither they nor their actor say.
+    #[must_use]
+    pub fn abortable_by_default(mut self, abortable: bool) -> Self {
+        self.default_abortable = abortable;
+        self
+    }
+
+    /// The event backend.
+    pub fn backend(&self) -> &Arc<dyn EventBackend> {
+        &self.backend
+    }
+
+    fn abortable(&self, options: &dramaturg_core::Options) -> bool {
+        match options.extra::<bool>(ABORTABLE) {
+            Ok(Some(abortable)) => abortable,
+            Ok(None) => self.default_abortable,
+            Err(error) => {
+                tracing::warn!(%error, "ignoring an invalid abortable option");
+                self.default_abortable
+            }
+        }
+    }
+}
+
+impl Drop for Abortable {
+    fn drop(&mut self) {
+        self.watcher.stop();
+    }
+}
+
+impl fmt::Debug for Abortable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Abortable")
+            .field("backend", &self.backend)
+            .field("default_abortable", &self.default_abortable)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl Middleware for Abortable {
+    fn name(&self) -> &'static str {
+        "abort"
+    }
+
+    fn as_any(&self) -> Option<&(dyn std::any::Any + Send + Sync)> {
+        Some(self)
+    }
+
+    async fn after_enqueue(&self, app: &App, message: &Message, delay: Option<Duration>) {
+        let Some(delay) = delay else { return };
+        let options = match app.actor(&message.actor) {
+            Some(actor) => message.options.clone().or(actor.options()),
+            None => message.options.clone(),
+        };
+        if !self.abortable(&options) {
+            return;
+        }
+        // Remember when it is due, so that a request made while it waits
+        // stays valid until then.
+        let due = (now_ms() + u64::try_from(delay.as_millis()).unwrap_or(u64::MAX / 2)).to_string();
+        let ttl = delay + Duration::from_secs(24 * 3600);
+        if let Err(error) = self.backend.notify(&[(due_key(message.id), due.into_bytes())], ttl).await {
+            tracing::warn!(%error, "cannot record when a delayed message is due; an abort request for it may expire early");
+        }
+    }
+
+    async fn on_worker_stop(&self, _app: &App) {
+        self.watcher.stop();
+    }
+
+    async fn handle(&self, ctx: &Context, next: Next<'_>) -> Outcome {
+        if !self.abortable(ctx.options()) {
+            return next.run(ctx).await;
+        }
+        let key = abort_key(ctx.id());
+        let mut requests = self.watcher.register(&key, &self.backend);
+        let _running = Running { watcher: &self.watcher, key: key.clone() };
+        match self.backend.poll(&key).await {
+            Ok(Some(_)) => return Outcome::Aborted("cancelled before it started".into()),
+            Ok(None) => {}
+            Err(error) => tracing::warn!(%error, "cannot check for an abort request; running the message"),
+        }
+        let attempt = next.run(ctx);
+        tokio::pin!(attempt);
+        let mut deadline: Option<tokio::time::Instant> = None;
+        loop {
+            tokio::select! {
+                outcome = &mut attempt => {
+                    return match outcome {
+                        Outcome::Succeeded(_) | Outcome::Requeue(_) => outcome,
+                        _ if deadline.is_some() => Outcome::Aborted("stopped after an abort request".into()),
+                        other => other,
+                    };
+                }
+                changed = requests.changed(), if deadline.is_none() => {
+                    if changed.is_err() {
+                        continue;
+                    }
+                    let request = *requests.borrow_and_update();
+                    if let Some(AbortRequest { mode: Mode::Abort, grace_ms }) = request {
+                        let grace = Duration::from_millis(grace_ms);
+                        ctx.request_abort(grace);
+                        if grace.is_zero() {
+                            ctx.interrupt(Interruption::Abort);
+                            return Outcome::Aborted("aborted".into());
+                        }
+                        deadline = Some(tokio::time::Instant::now() + grace);
+                        tracing::info!(?grace, "abort requested; interrupting after the grace period");
+                    }
+                }
+                () = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() => {
+                    ctx.interrupt(Interruption::Abort);
+                    return Outcome::Aborted("aborted".into());
+                }
+            }
+        }
+    }
+}

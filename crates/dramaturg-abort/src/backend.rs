@@ -44,6 +44,13 @@ pub trait EventBackend: Send + Sync + fmt::Debug + 'static {
     ///
     /// Must be cancel-safe: callers restart it with new keys.
     async fn wait_many(&self, keys: &[String], timeout: Duration) -> Result<Option<(String, Vec<u8>)>, BrokerError>;
+
+    /// `false` when the backend knows it holds no event at all, so that
+    /// callers can skip [`poll`](EventBackend::poll). The default says
+    /// `true`: remote backends cannot know without asking.
+    fn may_have_events(&self) -> bool {
+        true
+    }
 }
 
 /// Events kept in this process: for the in-memory broker, for one-process
@@ -51,6 +58,8 @@ pub trait EventBackend: Send + Sync + fmt::Debug + 'static {
 #[derive(Default)]
 pub struct MemoryEvents {
     events: Mutex<HashMap<String, (Vec<u8>, Instant)>>,
+    /// Whether `events` may be non-empty (cleared only under the lock).
+    any: std::sync::atomic::AtomicBool,
     changed: Notify,
 }
 
@@ -91,6 +100,7 @@ impl EventBackend for MemoryEvents {
             for (key, value) in events {
                 stored.insert(key.clone(), (value.clone(), expires));
             }
+            self.any.store(!stored.is_empty(), std::sync::atomic::Ordering::Release);
         }
         self.changed.notify_waiters();
         Ok(())
@@ -98,6 +108,10 @@ impl EventBackend for MemoryEvents {
 
     async fn poll(&self, key: &str) -> Result<Option<Vec<u8>>, BrokerError> {
         Ok(self.get(key))
+    }
+
+    fn may_have_events(&self) -> bool {
+        self.any.load(std::sync::atomic::Ordering::Acquire)
     }
 
     async fn wait_many(&self, keys: &[String], timeout: Duration) -> Result<Option<(String, Vec<u8>)>, BrokerError> {

@@ -311,6 +311,23 @@ impl Abortable {
     }
 }
 
+impl Abortable {
+    /// The request for `key`, if there is one (a backend error is logged and
+    /// counts as none: the message runs).
+    async fn requested(&self, key: &str) -> Option<AbortRequest> {
+        if !self.backend.may_have_events() {
+            return None;
+        }
+        match self.backend.poll(key).await {
+            Ok(value) => value.and_then(|raw| serde_json::from_slice(&raw).ok()),
+            Err(error) => {
+                tracing::warn!(%error, "cannot check for an abort request; running the message");
+                None
+            }
+        }
+    }
+}
+
 impl Drop for Abortable {
     fn drop(&mut self) {
         self.watcher.stop();
@@ -336,8 +353,7 @@ impl Middleware for Abortable {
         Some(self)
     }
 
-    async fn after_enqueue(&self, app: &App, message: &Message, delay: Option<Duration>) {
-        let Some(delay) = delay else { return };
+    async fn after_delayed_enqueue(&self, app: &App, message: &Message, delay: Duration) {
         let options = match app.actor(&message.actor) {
             Some(actor) => message.options.clone().or(actor.options()),
             None => message.options.clone(),
@@ -363,15 +379,31 @@ impl Middleware for Abortable {
             return next.run(ctx).await;
         }
         let key = abort_key(ctx.id());
-        let mut requests = self.watcher.register(&key, &self.backend);
-        let _running = Running { watcher: &self.watcher, key: key.clone() };
-        match self.backend.poll(&key).await {
-            Ok(Some(_)) => return Outcome::Aborted("cancelled before it started".into()),
-            Ok(None) => {}
-            Err(error) => tracing::warn!(%error, "cannot check for an abort request; running the message"),
+        if self.requested(&key).await.is_some() {
+            return Outcome::Aborted("cancelled before it started".into());
         }
         let attempt = next.run(ctx);
         tokio::pin!(attempt);
+        // Most messages finish in their first poll, and cost the watcher
+        // nothing; only one that waits for something is watched.
+        let first = std::future::poll_fn(|cx| match std::future::Future::poll(attempt.as_mut(), cx) {
+            std::task::Poll::Ready(outcome) => std::task::Poll::Ready(Some(outcome)),
+            std::task::Poll::Pending => std::task::Poll::Ready(None),
+        })
+        .await;
+        if let Some(outcome) = first {
+            return outcome;
+        }
+        let mut requests = self.watcher.register(&key, &self.backend);
+        let _running = Running { watcher: &self.watcher, key: key.clone() };
+        if let Some(request) = self.requested(&key).await {
+            // Made while the message started: pass it on as the watcher would.
+            let _ = requests.borrow_and_update();
+            if let Some((sender, passed)) = Watcher::lock(&self.watcher.running).get_mut(&key) {
+                *passed = true;
+                sender.send_replace(Some(request));
+            }
+        }
         let mut deadline: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {

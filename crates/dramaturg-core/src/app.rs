@@ -208,15 +208,17 @@ impl App {
     ///
     /// If cancelled, the message may or may not have been enqueued.
     pub async fn enqueue(&self, message: Message, delay: Option<Duration>) -> Result<MessageId, EnqueueError> {
-        let (message, outgoing) = self.outgoing(message, delay)?;
+        let (id, outgoing, delayed) = self.outgoing(message, delay)?;
         self.inner.broker.enqueue(outgoing).await?;
-        self.after_enqueue(&message, delay).await;
-        Ok(message.id)
+        if let Some(delayed) = delayed {
+            self.after_delayed_enqueue(&delayed).await;
+        }
+        Ok(id)
     }
 
-    async fn after_enqueue(&self, message: &Message, delay: Option<Duration>) {
+    async fn after_delayed_enqueue(&self, (message, delay): &(Message, Duration)) {
         for middleware in &self.inner.stack {
-            middleware.after_enqueue(self, message, delay).await;
+            middleware.after_delayed_enqueue(self, message, *delay).await;
         }
     }
 
@@ -230,21 +232,30 @@ impl App {
         &self,
         messages: Vec<(Message, Option<Duration>)>,
     ) -> Result<Vec<MessageId>, EnqueueError> {
-        let mut sent = Vec::with_capacity(messages.len());
+        let mut ids = Vec::with_capacity(messages.len());
         let mut batch = Vec::with_capacity(messages.len());
+        let mut delayed = Vec::new();
         for (message, delay) in messages {
-            let (message, outgoing) = self.outgoing(message, delay)?;
-            sent.push((message, delay));
+            let (id, outgoing, waiting) = self.outgoing(message, delay)?;
+            ids.push(id);
             batch.push(outgoing);
+            delayed.extend(waiting);
         }
         self.inner.broker.enqueue_many(batch).await?;
-        for (message, delay) in &sent {
-            self.after_enqueue(message, *delay).await;
+        for waiting in &delayed {
+            self.after_delayed_enqueue(waiting).await;
         }
-        Ok(sent.into_iter().map(|(message, _)| message.id).collect())
+        Ok(ids)
     }
 
-    fn outgoing(&self, mut message: Message, delay: Option<Duration>) -> Result<(Message, Outgoing), EnqueueError> {
+    /// The message to hand to the broker, and the message itself when it is
+    /// delayed (for the middleware's `after_delayed_enqueue`).
+    #[allow(clippy::type_complexity)]
+    fn outgoing(
+        &self,
+        mut message: Message,
+        delay: Option<Duration>,
+    ) -> Result<(MessageId, Outgoing, Option<(Message, Duration)>), EnqueueError> {
         for middleware in &self.inner.stack {
             middleware
                 .before_enqueue(&mut message)
@@ -258,8 +269,15 @@ impl App {
         if body.len() > self.inner.max_message_size {
             return Err(EnqueueError::TooLarge { size: body.len(), limit: self.inner.max_message_size });
         }
-        let outgoing = Outgoing::new(message.queue.as_str(), body).with_delay(delay).with_priority(priority);
-        Ok((message, outgoing))
+        let id = message.id;
+        match delay.filter(|d| !d.is_zero()) {
+            Some(delay) => {
+                let outgoing =
+                    Outgoing::new(message.queue.as_str(), body).with_delay(Some(delay)).with_priority(priority);
+                Ok((id, outgoing, Some((message, delay))))
+            }
+            None => Ok((id, Outgoing::new(message.queue, body).with_priority(priority), None)),
+        }
     }
 
     /// Queue statistics, purging and draining, when the broker offers them.

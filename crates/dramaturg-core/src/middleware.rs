@@ -89,10 +89,12 @@ pub trait Middleware: Send + Sync + 'static {
         Ok(())
     }
 
-    /// Runs after a message has been enqueued (the broker has it), with the
-    /// delay it was given. For middleware that keep track of messages; most
-    /// need nothing here.
-    async fn after_enqueue(&self, app: &App, message: &Message, delay: Option<Duration>) {
+    /// Runs after a message has been enqueued with a delay (a scheduled
+    /// send, a retry): the broker has it, and it will come due after
+    /// `delay`. For middleware that keep track of waiting messages (the
+    /// abort middleware does); messages sent for now do not pass here, so
+    /// that sending stays cheap.
+    async fn after_delayed_enqueue(&self, app: &App, message: &Message, delay: Duration) {
         let _ = (app, message, delay);
     }
 
@@ -131,8 +133,8 @@ impl<M: Middleware + ?Sized> Middleware for Arc<M> {
         (**self).before_enqueue(message)
     }
 
-    async fn after_enqueue(&self, app: &App, message: &Message, delay: Option<Duration>) {
-        (**self).after_enqueue(app, message, delay).await;
+    async fn after_delayed_enqueue(&self, app: &App, message: &Message, delay: Duration) {
+        (**self).after_delayed_enqueue(app, message, delay).await;
     }
 
     fn as_any(&self) -> Option<&(dyn Any + Send + Sync)> {

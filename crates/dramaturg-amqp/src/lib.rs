@@ -245,9 +245,9 @@ impl AmqpBroker {
         }
     }
 
-    async fn publish_outgoing(&self, message: &Outgoing) -> Result<(), BrokerError> {
-        let link = self.shared.linker.link().await?;
-        link.declare(&message.queue).await?;
+    /// Where `message` is published (its queue, or the delay bucket that
+    /// fits its delay), and with which extra properties.
+    fn route(&self, message: &Outgoing) -> (String, link::Extra<'static>) {
         let (routing_key, due) = match message.delay {
             Some(delay) => {
                 // Rounded up, so that the message is never early.
@@ -259,9 +259,14 @@ impl AmqpBroker {
             }
             None => (message.queue.clone(), None),
         };
-        let result = link
-            .publish(&routing_key, &message.body, link::Extra { due, priority: message.priority, reason: None })
-            .await;
+        (routing_key, link::Extra { due, priority: message.priority, reason: None })
+    }
+
+    async fn publish_outgoing(&self, message: &Outgoing) -> Result<(), BrokerError> {
+        let link = self.shared.linker.link().await?;
+        link.declare(&message.queue).await?;
+        let (routing_key, extra) = self.route(message);
+        let result = link.publish(&routing_key, &message.body, extra).await;
         if let Err(error) = &result {
             self.shared.linker.invalidate(&link, error);
         }
@@ -287,11 +292,38 @@ impl Broker for AmqpBroker {
     }
 
     async fn enqueue_many(&self, messages: Vec<Outgoing>) -> Result<(), BrokerError> {
-        // Publishes go out back to back on the publisher channel and their
-        // confirms are awaited together, so a batch costs about one round trip.
-        let sends = messages.iter().map(|message| self.with_retries(message));
-        for result in futures_util::future::join_all(sends).await {
-            result?;
+        // One link and one declare per queue for the batch; the publishes go
+        // out back to back and their confirms are awaited together, so a
+        // batch costs about one round trip. Messages whose publish failed
+        // (and only those) are sent again one by one, with the retry policy.
+        let first_try = async {
+            let link = self.shared.linker.link().await?;
+            let mut queues: Vec<&str> = messages.iter().map(|m| m.queue.as_str()).collect();
+            queues.sort_unstable();
+            queues.dedup();
+            for queue in queues {
+                link.declare(queue).await?;
+            }
+            let sends = messages.iter().map(|message| {
+                let (routing_key, extra) = self.route(message);
+                let link = &link;
+                async move { link.publish(&routing_key, &message.body, extra).await }
+            });
+            Ok::<_, BrokerError>((futures_util::future::join_all(sends).await, link))
+        };
+        let results = match first_try.await {
+            Ok((results, link)) => {
+                if let Some(Err(error)) = results.iter().find(|r| r.is_err()) {
+                    self.shared.linker.invalidate(&link, error);
+                }
+                results
+            }
+            Err(error) => messages.iter().map(|_| Err(BrokerError::new(error.kind(), error.to_string()))).collect(),
+        };
+        for (message, result) in messages.iter().zip(results) {
+            if result.is_err() {
+                self.with_retries(message).await?;
+            }
         }
         Ok(())
     }

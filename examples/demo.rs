@@ -14,9 +14,11 @@
 //! `demo purge --broker URL --queue Q` empties a queue (and its delayed
 //! messages) before a run.
 //!
-//! A worker appends each finished sequence number as a line to
-//! `DIR/<pid>.done`; SIGTERM or Ctrl-C stops it gracefully, a second signal
-//! at once.
+//! A worker appends a line per finished message to `DIR/<pid>.done`: the
+//! sequence number, then when the actor started and finished and when the
+//! message was sent (microseconds since the Unix epoch). SIGTERM or Ctrl-C
+//! stops it gracefully, a second signal at once. `produce --interval-ms I`
+//! sends one message every I ms instead of all at once (for latency).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -27,11 +29,18 @@ use dramaturg::prelude::*;
 use dramaturg::BoxError;
 use serde::{Deserialize, Serialize};
 
-/// One numbered piece of work.
+/// One numbered piece of work, stamped with when it was sent.
 #[derive(Actor, Serialize, Deserialize)]
 #[actor(max_retries = 3, min_backoff = "100ms", max_backoff = "1s")]
 struct Step {
     seq: u64,
+    /// Microseconds since the Unix epoch at which it was sent.
+    #[serde(default)]
+    sent_us: u64,
+}
+
+fn unix_us() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
 
 /// The worker's settings, set once at start.
@@ -45,13 +54,14 @@ static SETUP: OnceLock<WorkerSetup> = OnceLock::new();
 impl Step {
     async fn perform(self, _ctx: &Context) -> Result<(), BoxError> {
         let setup = SETUP.get().ok_or("the worker is not set up")?;
+        let started_us = unix_us();
         if !setup.work.is_zero() {
             tokio::time::sleep(setup.work).await;
         }
         // One write per line, straight to the file: a line is on record as
         // soon as the work is done, even if the process is killed next.
         let mut record = setup.record.lock().map_err(|_| "record file lock poisoned")?;
-        record.write_all(format!("{}\n", self.seq).as_bytes())?;
+        record.write_all(format!("{} {started_us} {} {}\n", self.seq, unix_us(), self.sent_us).as_bytes())?;
         Ok(())
     }
 }
@@ -64,6 +74,7 @@ struct Args {
     concurrency: usize,
     record: Option<String>,
     work_ms: u64,
+    interval_ms: u64,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -77,6 +88,7 @@ fn parse_args() -> Result<Args, String> {
         concurrency: 8,
         record: None,
         work_ms: 0,
+        interval_ms: 0,
     };
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -87,6 +99,7 @@ fn parse_args() -> Result<Args, String> {
             "--concurrency" => args.concurrency = value()?.parse().map_err(|e| format!("--concurrency: {e}"))?,
             "--record" => args.record = Some(value()?),
             "--work-ms" => args.work_ms = value()?.parse().map_err(|e| format!("--work-ms: {e}"))?,
+            "--interval-ms" => args.interval_ms = value()?.parse().map_err(|e| format!("--interval-ms: {e}"))?,
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -100,7 +113,7 @@ async fn main() -> Result<(), BoxError> {
     let broker = dramaturg::connect(&args.broker).await?;
     let app = dramaturg::app_shared(broker).actor_in::<Step>(&args.queue).build()?;
     match args.command.as_str() {
-        "produce" => produce(&app, args.count).await,
+        "produce" => produce(&app, args.count, args.interval_ms).await,
         "work" => work(app, &args).await,
         "purge" => {
             let purged = app.admin()?.purge(&args.queue).await?;
@@ -111,15 +124,26 @@ async fn main() -> Result<(), BoxError> {
     }
 }
 
-async fn produce(app: &App, count: u64) -> Result<(), BoxError> {
+async fn produce(app: &App, count: u64, interval_ms: u64) -> Result<(), BoxError> {
     let started = Instant::now();
-    let mut seq = 0;
-    while seq < count {
-        let batch: Vec<Step> = (seq..(seq + 1000).min(count)).map(|seq| Step { seq }).collect();
-        seq += batch.len() as u64;
-        app.send_many(&batch).await?;
+    if interval_ms > 0 {
+        let mut tick = tokio::time::interval(Duration::from_millis(interval_ms));
+        for seq in 0..count {
+            tick.tick().await;
+            Step { seq, sent_us: unix_us() }.send(app).await?;
+        }
+    } else {
+        let mut seq = 0;
+        while seq < count {
+            let sent_us = unix_us();
+            let batch: Vec<Step> = (seq..(seq + 1000).min(count)).map(|seq| Step { seq, sent_us }).collect();
+            seq += batch.len() as u64;
+            app.send_many(&batch).await?;
+        }
     }
-    println!("sent {count} messages to {:?} in {:.2?}", app.queues(), started.elapsed());
+    let elapsed = started.elapsed();
+    println!("sent {count} messages to {:?} in {elapsed:.2?}", app.queues());
+    println!("{{\"sent\":{count},\"seconds\":{:.6}}}", elapsed.as_secs_f64());
     Ok(())
 }
 

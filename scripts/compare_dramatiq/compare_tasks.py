@@ -34,7 +34,7 @@ def now_us():
     return time.time_ns() // 1000
 
 
-@dramatiq.actor(queue_name="compare", max_retries=0)
+@dramatiq.actor(queue_name="dramatiq-compare", max_retries=0)
 def step(seq, sent_us, work_ms):
     started = now_us()
     if work_ms:
@@ -48,7 +48,7 @@ class LargeError(Exception):
         self.buffer = buffer
 
 
-@dramatiq.actor(queue_name="compare-fail", max_retries=20, min_backoff=10, max_backoff=100)
+@dramatiq.actor(queue_name="dramatiq-compare-fail", max_retries=20, min_backoff=10, max_backoff=100)
 def fail_large():
     _record(f"attempt {now_us()}\n")
     raise LargeError(bytearray(b"\xa5" * (10 * 1024 * 1024)))

@@ -32,14 +32,9 @@ struct Subscription {
 }
 
 fn error(error: redis::RedisError, what: &str) -> BrokerError {
-    let kind = if error.is_timeout() {
-        BrokerErrorKind::Timeout
-    } else if error.is_io_error() || error.is_connection_dropped() || error.is_connection_refusal() {
-        BrokerErrorKind::Connection
-    } else {
-        BrokerErrorKind::Protocol
-    };
-    BrokerError::new(kind, format!("redis events: {what} failed: {error}")).with_source(error)
+    let (timeout, lost) =
+        (error.is_timeout(), error.is_io_error() || error.is_connection_dropped() || error.is_connection_refusal());
+    BrokerError::classified(error, &format!("redis events: {what}"), timeout, lost)
 }
 
 impl RedisEvents {

@@ -228,21 +228,11 @@ impl AmqpBroker {
         &self.shared.config
     }
 
-    /// Runs `send` until it succeeds, fails for a reason other than the
-    /// connection, or the configured retry time is spent.
+    /// Publishes `message`, retrying connection failures for the
+    /// configured time.
     async fn with_retries(&self, message: &Outgoing) -> Result<(), BrokerError> {
-        let deadline = tokio::time::Instant::now() + self.shared.config.retry_enqueue_for;
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            match self.publish_outgoing(message).await {
-                Err(error) if error.is_retryable() && tokio::time::Instant::now() + backoff < deadline => {
-                    tracing::warn!(%error, retry_in = ?backoff, "send failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                }
-                other => return other,
-            }
-        }
+        dramaturg_core::broker::retry_sends(self.shared.config.retry_enqueue_for, || self.publish_outgoing(message))
+            .await
     }
 
     /// Where `message` is published (its queue, or the delay bucket that

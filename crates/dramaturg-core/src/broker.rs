@@ -344,3 +344,30 @@ pub fn redact_password(url: &str) -> String {
     let user_part = if password_given { format!("{user}:***") } else { user.to_owned() };
     format!("{scheme}://{user_part}@{}", &rest[at + 1..])
 }
+
+/// Runs `send` until it succeeds, fails for a reason that retrying cannot
+/// fix, or `retry_for` is spent; waits 50 ms after the first failure,
+/// doubling up to 1 s. For brokers' "retry sends while the server is away"
+/// settings (zero: no retry).
+///
+/// # Errors
+///
+/// The last [`BrokerError`] of `send`.
+pub async fn retry_sends<F, Fut>(retry_for: Duration, mut send: F) -> Result<(), BrokerError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), BrokerError>>,
+{
+    let deadline = tokio::time::Instant::now() + retry_for;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match send().await {
+            Err(error) if error.is_retryable() && tokio::time::Instant::now() + backoff < deadline => {
+                tracing::warn!(%error, retry_in = ?backoff, "send failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+            other => return other,
+        }
+    }
+}

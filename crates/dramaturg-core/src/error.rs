@@ -46,6 +46,24 @@ impl BrokerError {
         self
     }
 
+    /// An error of a client library, classified by what the library says
+    /// of it: `timeout`, or `connection_lost` (I/O errors, dropped or
+    /// refused connections), or else a protocol error. The message is
+    /// `"{context} failed: {error}"`; callers keep URLs out of `context`.
+    pub fn classified<E>(error: E, context: &str, timeout: bool, connection_lost: bool) -> Self
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let kind = if timeout {
+            BrokerErrorKind::Timeout
+        } else if connection_lost {
+            BrokerErrorKind::Connection
+        } else {
+            BrokerErrorKind::Protocol
+        };
+        Self::new(kind, format!("{context} failed: {error}")).with_source(error)
+    }
+
     /// A `join` that ran out of time.
     pub fn join_timeout(queue: &str, timeout: Duration) -> Self {
         Self::new(BrokerErrorKind::Timeout, format!("queue {queue:?} was not drained within {timeout:?}"))

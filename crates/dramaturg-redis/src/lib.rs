@@ -57,7 +57,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use dramaturg_core::broker::redact_password;
-use dramaturg_core::{Broker, BrokerError, BrokerErrorKind, Consumer, DeadLetters, MessageId, Outgoing, QueueAdmin};
+use dramaturg_core::{Broker, BrokerError, Consumer, DeadLetters, MessageId, Outgoing, QueueAdmin};
 use redis::aio::ConnectionManager;
 use redis::RedisError;
 
@@ -218,14 +218,9 @@ pub(crate) fn now_ms() -> u64 {
 
 /// A Redis error as a [`BrokerError`], classified, without any URL in it.
 pub(crate) fn broker_error(error: RedisError, what: &str) -> BrokerError {
-    let kind = if error.is_timeout() {
-        BrokerErrorKind::Timeout
-    } else if error.is_io_error() || error.is_connection_dropped() || error.is_connection_refusal() {
-        BrokerErrorKind::Connection
-    } else {
-        BrokerErrorKind::Protocol
-    };
-    BrokerError::new(kind, format!("redis: {what} failed: {error}")).with_source(error)
+    let (timeout, lost) =
+        (error.is_timeout(), error.is_io_error() || error.is_connection_dropped() || error.is_connection_refusal());
+    BrokerError::classified(error, &format!("redis: {what}"), timeout, lost)
 }
 
 impl RedisBroker {
@@ -298,25 +293,12 @@ impl RedisBroker {
         QueueKeys::new(&self.shared.config.namespace, queue)
     }
 
-    /// Runs `send` until it succeeds, fails for a reason other than the
-    /// connection, or the configured retry time is spent.
-    async fn with_retries<F, Fut>(&self, mut send: F) -> Result<(), BrokerError>
+    async fn with_retries<F, Fut>(&self, send: F) -> Result<(), BrokerError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<(), BrokerError>>,
     {
-        let deadline = tokio::time::Instant::now() + self.shared.config.retry_enqueue_for;
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            match send().await {
-                Err(error) if error.is_retryable() && tokio::time::Instant::now() + backoff < deadline => {
-                    tracing::warn!(%error, retry_in = ?backoff, "send failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                }
-                other => return other,
-            }
-        }
+        dramaturg_core::broker::retry_sends(self.shared.config.retry_enqueue_for, send).await
     }
 
     async fn enqueue_now(&self, queue: &str, batch: &[(String, bytes::Bytes)]) -> Result<(), BrokerError> {

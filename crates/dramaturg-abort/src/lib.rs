@@ -49,10 +49,10 @@ mod redis_backend;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use dramaturg_core::{
-    async_trait, App, BrokerError, Context, Interruption, Message, MessageId, Middleware, Next, Outcome,
+    async_trait, now_ms, App, BrokerError, Context, Interruption, Message, MessageId, Middleware, Next, Outcome,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Notify};
@@ -151,10 +151,6 @@ fn abort_key(id: MessageId) -> String {
 
 fn due_key(id: MessageId) -> String {
     format!("due:{id}")
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Asks that message `id` be cancelled or aborted (see the crate docs).

@@ -73,7 +73,7 @@ impl AmqpConsumer {
             if text.contains("acknowledgement") && text.contains("timed out") {
                 let mut outstanding = Shared::lock(&subscription.outstanding);
                 if let Some((_, (overdue, since))) = outstanding.iter().min_by_key(|(_, (_, since))| *since) {
-                    self.shared.remember_overdue(*overdue);
+                    self.shared.remember_overdue(fingerprint(overdue));
                     tracing::error!(
                         queue = %self.queue,
                         running_for = ?since.elapsed(),
@@ -139,7 +139,6 @@ impl Consumer for AmqpConsumer {
             if self.hop(&channel, &delivery).await? {
                 continue;
             }
-            let fingerprint = fingerprint(&delivery.data);
             let receipt = AmqpReceipt {
                 shared: Arc::clone(&self.shared),
                 channel,
@@ -148,8 +147,8 @@ impl Consumer for AmqpConsumer {
                 body: Bytes::from(delivery.data),
                 outstanding,
             };
-            Shared::lock(&receipt.outstanding).insert(receipt.tag, (fingerprint, Instant::now()));
-            if delivery.redelivered && self.shared.is_overdue(fingerprint) {
+            Shared::lock(&receipt.outstanding).insert(receipt.tag, (receipt.body.clone(), Instant::now()));
+            if delivery.redelivered && self.shared.is_overdue(&receipt.body) {
                 let reason = "the message ran longer than RabbitMQ's consumer_timeout and would again; raise \
                               consumer_timeout or set a shorter time_limit"
                     .to_owned();

@@ -144,8 +144,9 @@ pub struct AmqpBroker {
 }
 
 /// Unsettled deliveries of one consumer channel: delivery tag → (message
-/// fingerprint, when it was handed out).
-pub(crate) type OutstandingMap = Mutex<HashMap<u64, (u64, std::time::Instant)>>;
+/// body, when it was handed out). The body is a shared reference, hashed
+/// only if RabbitMQ's `consumer_timeout` closes the channel.
+pub(crate) type OutstandingMap = Mutex<HashMap<u64, (bytes::Bytes, std::time::Instant)>>;
 /// A shared [`OutstandingMap`].
 pub(crate) type Outstanding = Arc<OutstandingMap>;
 
@@ -179,8 +180,11 @@ impl Shared {
         }
     }
 
-    pub(crate) fn is_overdue(&self, fingerprint: u64) -> bool {
-        Self::lock(&self.overdue).contains(&fingerprint)
+    /// Whether a redelivered `body` is one that ran into `consumer_timeout`
+    /// (hashed only while some message did).
+    pub(crate) fn is_overdue(&self, body: &[u8]) -> bool {
+        let overdue = Self::lock(&self.overdue);
+        !overdue.is_empty() && overdue.contains(&fingerprint(body))
     }
 
     pub(crate) fn track(&self, queue: &str, outstanding: &Outstanding) {

@@ -3,9 +3,9 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use dramaturg_core::broker::redact_password;
+pub(crate) use dramaturg_core::now_ms;
 use dramaturg_core::{BrokerError, BrokerErrorKind};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
@@ -18,10 +18,6 @@ use crate::{AmqpConfig, Shared};
 pub(crate) const REASON_HEADER: &str = "x-dramaturg-reason";
 /// The header holding a dead letter's key (for replay).
 pub(crate) const DEAD_KEY_HEADER: &str = "x-dramaturg-dead-key";
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
 
 /// A lapin error as a [`BrokerError`], classified, without the URL.
 pub(crate) fn amqp_error(error: lapin::Error, what: &str) -> BrokerError {

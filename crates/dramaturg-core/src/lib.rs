@@ -46,7 +46,7 @@ pub use error::{BrokerError, BrokerErrorKind, ConfigError, EnqueueError};
 pub use fail::{Fail, Interrupted, Interruption, Retry};
 pub use id::{MessageId, ParseMessageIdError};
 pub use memory::MemoryBroker;
-pub use message::{Message, OptionError, Options};
+pub use message::{now_ms, Message, OptionError, Options};
 pub use middleware::{Middleware, Next};
 pub use outcome::{BoxError, ErrorRecord, Failure, FailureKind, Outcome, Output, RecordLimits, Settlement};
 pub use worker::{ShutdownHandle, Worker, WorkerReport};

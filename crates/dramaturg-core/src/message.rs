@@ -71,8 +71,10 @@ impl fmt::Debug for Message {
     }
 }
 
-/// Milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> u64 {
+/// The wall clock in milliseconds since the Unix epoch (zero if the clock is
+/// before it): the unit of `Message::enqueued_at_ms`, of due times and of
+/// retention in the brokers.
+pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 

@@ -51,6 +51,11 @@ impl RegistryKeys {
         Self { workers: format!("{namespace}:workers"), namespace: namespace.to_owned() }
     }
 
+    /// The keys of `queue` in the same namespace.
+    pub(crate) fn queue(&self, queue: &str) -> QueueKeys {
+        QueueKeys::new(&self.namespace, queue)
+    }
+
     /// Set of `consumer:queue` entries naming the worker's in-flight lists.
     pub(crate) fn consumers(&self, worker: &str) -> String {
         format!("{}:worker:{worker}:consumers", self.namespace)

@@ -53,10 +53,11 @@ mod scripts;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use dramaturg_core::broker::redact_password;
+pub(crate) use dramaturg_core::now_ms;
 use dramaturg_core::{Broker, BrokerError, Consumer, DeadLetters, MessageId, Outgoing, QueueAdmin};
 use redis::aio::ConnectionManager;
 use redis::RedisError;
@@ -191,7 +192,7 @@ struct Shared {
     config: RedisConfig,
     client: redis::Client,
     conn: ConnectionManager,
-    scripts: Scripts,
+    scripts: Arc<Scripts>,
     worker_id: String,
     consumers: AtomicU64,
     registry: Arc<Registry>,
@@ -210,10 +211,6 @@ fn open_client(config: &RedisConfig) -> redis::RedisResult<redis::Client> {
         return redis::Client::build_with_tls(config.url.as_str(), certificates);
     }
     redis::Client::open(config.url.as_str())
-}
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A Redis error as a [`BrokerError`], classified, without any URL in it.
@@ -257,10 +254,11 @@ impl RedisBroker {
             .await
             .map_err(|e| broker_error(e, &format!("connecting to {shown}")))?;
         let worker_id = MessageId::new().to_string();
+        let scripts = Arc::new(Scripts::new());
         let registry = Arc::new(Registry::new(
             conn.clone(),
             RegistryKeys::new(&config.namespace),
-            config.namespace.clone(),
+            Arc::clone(&scripts),
             worker_id.clone(),
             config.heartbeat_interval,
             config.heartbeat_timeout,
@@ -271,7 +269,7 @@ impl RedisBroker {
                 config,
                 client,
                 conn,
-                scripts: Scripts::new(),
+                scripts,
                 worker_id,
                 consumers: AtomicU64::new(0),
                 registry,

@@ -7,7 +7,7 @@
 //! their queues — deterministically on every tick, with no `KEYS` scan: the
 //! registry lists every consumer's in-flight list.
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use dramaturg_core::BrokerError;
@@ -15,14 +15,14 @@ use redis::aio::ConnectionManager;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::keys::{consumer_entry, parse_consumer_entry, QueueKeys, RegistryKeys};
+use crate::keys::{consumer_entry, parse_consumer_entry, RegistryKeys};
 use crate::scripts::Scripts;
 use crate::{broker_error, now_ms};
 
 pub(crate) struct Registry {
     conn: ConnectionManager,
     keys: RegistryKeys,
-    namespace: String,
+    scripts: Arc<Scripts>,
     worker_id: String,
     interval: Duration,
     timeout: Duration,
@@ -37,7 +37,7 @@ impl Registry {
     pub(crate) fn new(
         conn: ConnectionManager,
         keys: RegistryKeys,
-        namespace: String,
+        scripts: Arc<Scripts>,
         worker_id: String,
         interval: Duration,
         timeout: Duration,
@@ -45,7 +45,7 @@ impl Registry {
         Self {
             conn,
             keys,
-            namespace,
+            scripts,
             worker_id,
             interval,
             timeout,
@@ -77,7 +77,6 @@ impl Registry {
     }
 
     async fn run(&self) {
-        let scripts = Scripts::new();
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -87,7 +86,7 @@ impl Registry {
                 self.connection_trouble.notify_waiters();
                 continue;
             }
-            if let Err(error) = self.recover_dead(&scripts).await {
+            if let Err(error) = self.recover_dead().await {
                 tracing::warn!(%error, "could not check for dead workers; retrying on the next tick");
             }
         }
@@ -105,7 +104,7 @@ impl Registry {
     }
 
     /// Returns the claimed messages of every worker whose heartbeat lapsed.
-    async fn recover_dead(&self, scripts: &Scripts) -> Result<(), BrokerError> {
+    async fn recover_dead(&self) -> Result<(), BrokerError> {
         let mut conn = self.conn.clone();
         let cutoff = now_ms().saturating_sub(u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX));
         let dead: Vec<String> = redis::cmd("ZRANGEBYSCORE")
@@ -124,8 +123,9 @@ impl Registry {
                 .map_err(|e| broker_error(e, "listing a dead worker's consumers"))?;
             let mut recovered = 0u64;
             for (consumer, queue) in entries.iter().filter_map(|e| parse_consumer_entry(e)) {
-                let keys = QueueKeys::new(&self.namespace, queue);
-                let count: u64 = scripts
+                let keys = self.keys.queue(queue);
+                let count: u64 = self
+                    .scripts
                     .recover
                     .key(keys.inflight(worker, consumer))
                     .key(&keys.ready)
@@ -158,7 +158,7 @@ impl Registry {
             .query_async(&mut conn)
             .await
             .map_err(|e| broker_error(e, "listing workers"))?;
-        let keys = QueueKeys::new(&self.namespace, queue);
+        let keys = self.keys.queue(queue);
         let mut lists = Vec::new();
         for worker in workers {
             let entries: Vec<String> = redis::cmd("SMEMBERS")

@@ -308,6 +308,16 @@ impl Abortable {
 }
 
 impl Abortable {
+    /// Records when a waiting message is due, so that a request made while
+    /// it waits stays valid until then.
+    async fn remember_due(&self, id: MessageId, delay: Duration) {
+        let due = (now_ms() + u64::try_from(delay.as_millis()).unwrap_or(u64::MAX / 2)).to_string();
+        let ttl = delay + Duration::from_secs(24 * 3600);
+        if let Err(error) = self.backend.notify(&[(due_key(id), due.into_bytes())], ttl).await {
+            tracing::warn!(%error, "cannot record when a delayed message is due; an abort request for it may expire early");
+        }
+    }
+
     /// The request for `key`, if there is one (a backend error is logged and
     /// counts as none: the message runs).
     async fn requested(&self, key: &str) -> Option<AbortRequest> {
@@ -354,15 +364,8 @@ impl Middleware for Abortable {
             Some(actor) => message.options.clone().or(actor.options()),
             None => message.options.clone(),
         };
-        if !self.abortable(&options) {
-            return;
-        }
-        // Remember when it is due, so that a request made while it waits
-        // stays valid until then.
-        let due = (now_ms() + u64::try_from(delay.as_millis()).unwrap_or(u64::MAX / 2)).to_string();
-        let ttl = delay + Duration::from_secs(24 * 3600);
-        if let Err(error) = self.backend.notify(&[(due_key(message.id), due.into_bytes())], ttl).await {
-            tracing::warn!(%error, "cannot record when a delayed message is due; an abort request for it may expire early");
+        if self.abortable(&options) {
+            self.remember_due(message.id, delay).await;
         }
     }
 
@@ -378,6 +381,18 @@ impl Middleware for Abortable {
         if self.requested(&key).await.is_some() {
             return Outcome::Aborted("cancelled before it started".into());
         }
+        let outcome = self.watch(ctx, &key, next).await;
+        if let Outcome::Retried(_, attempt) = &outcome {
+            self.remember_due(ctx.id(), attempt.delay).await;
+        }
+        outcome
+    }
+}
+
+impl Abortable {
+    /// Runs the attempt, racing it against abort requests for `key`.
+    async fn watch(&self, ctx: &Context, key: &str, next: Next<'_>) -> Outcome {
+        let key = key.to_owned();
         let attempt = next.run(ctx);
         tokio::pin!(attempt);
         // Most messages finish in their first poll, and cost the watcher

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use dramaturg_core::{BrokerError, BrokerErrorKind, Consumer, Delivery, MessageId, Receipt, Settlement};
+use dramaturg_core::{BrokerError, BrokerErrorKind, Consumer, Delivery, MessageId, Outgoing, Receipt, Settled, Settlement};
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable};
@@ -153,7 +153,7 @@ impl Consumer for AmqpConsumer {
                               consumer_timeout or set a shorter time_limit"
                     .to_owned();
                 tracing::error!(queue = %self.queue, "dead-lettering a message that exceeded consumer_timeout");
-                Box::new(receipt).settle(Settlement::DeadLetter(reason)).await?;
+                receipt.settle(&Settlement::DeadLetter(reason.into())).await?;
                 continue;
             }
             let body = receipt.body.clone();
@@ -200,7 +200,14 @@ impl std::fmt::Debug for AmqpReceipt {
 
 #[async_trait]
 impl Receipt for AmqpReceipt {
-    async fn settle(self: Box<Self>, settlement: Settlement) -> Result<(), BrokerError> {
+    async fn settle(&self, settlement: &Settlement) -> Result<Settled, BrokerError> {
+        // A delivery tag belongs to its channel: once the channel is closed,
+        // RabbitMQ has returned the message to the queue for another
+        // consumer, and nothing done here may touch it.
+        if !self.channel.status().connected() {
+            Shared::lock(&self.outstanding).remove(&self.tag);
+            return Ok(Settled::Stale);
+        }
         let result = match settlement {
             Settlement::Ack => self
                 .channel
@@ -212,13 +219,9 @@ impl Receipt for AmqpReceipt {
                 // acknowledged: a crash in between duplicates, never loses.
                 let link = self.shared.linker.link().await?;
                 let key = MessageId::new().to_string();
-                let extra = Extra { due: None, priority: None, reason: Some((&reason, &key)) };
+                let extra = Extra { due: None, priority: None, reason: Some((reason, &key)) };
                 match link.publish(&dead_queue(&self.queue), &self.body, extra).await {
-                    Ok(()) => self
-                        .channel
-                        .basic_ack(self.tag, BasicAckOptions::default())
-                        .await
-                        .map_err(|e| amqp_error(e, "acknowledging a dead letter")),
+                    Ok(()) => self.ack_after_publish().await,
                     Err(error) => Err(error),
                 }
             }
@@ -226,9 +229,33 @@ impl Receipt for AmqpReceipt {
                 let requeue = BasicNackOptions { requeue: true, ..BasicNackOptions::default() };
                 self.channel.basic_nack(self.tag, requeue).await.map_err(|e| amqp_error(e, "requeueing"))
             }
+            Settlement::Reschedule { body, delay } => {
+                // The new attempt is confirmed before the original is
+                // acknowledged: a crash in between duplicates, never loses.
+                let next = Outgoing::new(self.queue.as_str(), body.clone()).with_delay(Some(*delay));
+                match self.shared.publish(&next).await {
+                    Ok(()) => self.ack_after_publish().await,
+                    Err(error) => Err(error),
+                }
+            }
             other => Err(BrokerError::new(BrokerErrorKind::Unsupported, format!("unknown settlement {other:?}"))),
         };
+        if result.is_ok() {
+            Shared::lock(&self.outstanding).remove(&self.tag);
+        }
+        result.map(|()| Settled::Applied)
+    }
+}
+
+impl AmqpReceipt {
+    /// Acknowledges the original after its replacement was published.
+    async fn ack_after_publish(&self) -> Result<(), BrokerError> {
+        self.channel.basic_ack(self.tag, BasicAckOptions::default()).await.map_err(|e| amqp_error(e, "acknowledging"))
+    }
+}
+
+impl Drop for AmqpReceipt {
+    fn drop(&mut self) {
         Shared::lock(&self.outstanding).remove(&self.tag);
-        result
     }
 }

@@ -235,34 +235,37 @@ impl AmqpBroker {
     /// Publishes `message`, retrying connection failures for the
     /// configured time.
     async fn with_retries(&self, message: &Outgoing) -> Result<(), BrokerError> {
-        dramaturg_core::broker::retry_sends(self.shared.config.retry_enqueue_for, || self.publish_outgoing(message))
-            .await
+        dramaturg_core::broker::retry_sends(self.shared.config.retry_enqueue_for, || self.shared.publish(message)).await
     }
+}
 
-    /// Where `message` is published (its queue, or the delay bucket that
-    /// fits its delay), and with which extra properties.
-    fn route(&self, message: &Outgoing) -> (String, link::Extra<'static>) {
-        let (routing_key, due) = match message.delay {
-            Some(delay) => {
-                // Rounded up, so that the message is never early.
-                let due = link::now_ms() + delay::millis(delay) + 1;
-                match delay::bucket_for(delay::millis(delay)) {
-                    Some(k) => (delay::bucket_queue(&message.queue, k), Some(due)),
-                    None => (message.queue.clone(), None),
-                }
+/// Where `message` is published (its queue, or the delay bucket that fits
+/// its delay), and with which extra properties.
+fn route(message: &Outgoing) -> (String, link::Extra<'static>) {
+    let (routing_key, due) = match message.delay {
+        Some(delay) => {
+            // Rounded up, so that the message is never early.
+            let due = link::now_ms() + delay::millis(delay) + 1;
+            match delay::bucket_for(delay::millis(delay)) {
+                Some(k) => (delay::bucket_queue(&message.queue, k), Some(due)),
+                None => (message.queue.clone(), None),
             }
-            None => (message.queue.clone(), None),
-        };
-        (routing_key, link::Extra { due, priority: message.priority, reason: None })
-    }
+        }
+        None => (message.queue.clone(), None),
+    };
+    (routing_key, link::Extra { due, priority: message.priority, reason: None })
+}
 
-    async fn publish_outgoing(&self, message: &Outgoing) -> Result<(), BrokerError> {
-        let link = self.shared.linker.link().await?;
+impl Shared {
+    /// Publishes `message` (to its queue or a delay bucket) and waits for
+    /// the confirm.
+    pub(crate) async fn publish(&self, message: &Outgoing) -> Result<(), BrokerError> {
+        let link = self.linker.link().await?;
         link.declare(&message.queue).await?;
-        let (routing_key, extra) = self.route(message);
+        let (routing_key, extra) = route(message);
         let result = link.publish(&routing_key, &message.body, extra).await;
         if let Err(error) = &result {
-            self.shared.linker.invalidate(&link, error);
+            self.linker.invalidate(&link, error);
         }
         result
     }
@@ -299,7 +302,7 @@ impl Broker for AmqpBroker {
                 link.declare(queue).await?;
             }
             let sends = messages.iter().map(|message| {
-                let (routing_key, extra) = self.route(message);
+                let (routing_key, extra) = route(message);
                 let link = &link;
                 async move { link.publish(&routing_key, &message.body, extra).await }
             });

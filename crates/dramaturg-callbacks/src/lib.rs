@@ -148,7 +148,7 @@ impl Middleware for Callbacks {
         let mut outcome = next.run(ctx).await;
         match &mut outcome {
             Outcome::Succeeded(output) => fire(ctx, ON_SUCCESS, Some(output), None).await,
-            Outcome::Retried(failure) => fire(ctx, ON_FAILURE, None, Some(failure.record())).await,
+            Outcome::Retried(failure, _) => fire(ctx, ON_FAILURE, None, Some(failure.record())).await,
             Outcome::Failed(failure) => {
                 let record = failure.record();
                 fire(ctx, ON_FAILURE, None, Some(record)).await;

@@ -12,8 +12,8 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use bytes::Bytes;
 
+use crate::bounded::Bounded;
 use crate::error::BrokerError;
-use crate::outcome::Settlement;
 
 /// A message on its way into a queue.
 #[derive(Clone, PartialEq, Eq)]
@@ -61,12 +61,53 @@ impl fmt::Debug for Outgoing {
     }
 }
 
+/// What the worker asks the broker to do with a delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Settlement {
+    /// Remove the message from the broker for good.
+    Ack,
+    /// Move the message to its queue's dead-letter queue, with the reason.
+    DeadLetter(Bounded),
+    /// Return the message to its queue, unchanged (at the front where the
+    /// broker can).
+    Requeue,
+    /// Replace the message with `body` (a new attempt: a retry, a
+    /// rate-limited requeue) and deliver it after `delay`, in one step: the
+    /// old message is gone exactly when the new one is stored.
+    Reschedule {
+        /// The encoded message to deliver instead.
+        body: Bytes,
+        /// How long to hold it (zero: at once).
+        delay: Duration,
+    },
+}
+
+/// What came of a settlement the broker carried out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Settled {
+    /// The broker did what was asked.
+    Applied,
+    /// The delivery was no longer this receipt's to settle — its lease
+    /// lapsed and the broker handed the message to another consumer (or
+    /// back to the queue) — so nothing was changed. The message is settled
+    /// by its current owner; the attempt that ran here may have been a
+    /// duplicate.
+    Stale,
+}
+
 /// A transport for messages. Object-safe: an app holds an `Arc<dyn Broker>`
 /// chosen at run time.
 ///
 /// Implementations promise at-least-once delivery: a message leaves its
 /// queue for good only when its delivery is settled with
-/// [`Settlement::Ack`] or [`Settlement::DeadLetter`].
+/// [`Settlement::Ack`], [`Settlement::DeadLetter`] or
+/// [`Settlement::Reschedule`] (which puts its replacement in its place).
+///
+/// Settlement is fenced: each delivery carries its claim (the broker's owner
+/// token), and a settlement applies only while that claim is the message's
+/// current one; otherwise it changes nothing and reports [`Settled::Stale`].
 #[async_trait]
 pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// Makes sure `queue` (and its delay and dead-letter companions) exists.
@@ -144,19 +185,26 @@ pub trait Consumer: Send {
     async fn close(self: Box<Self>) -> Result<(), BrokerError>;
 }
 
-/// How a broker settles one of its deliveries.
+/// How a broker settles one of its deliveries: a compare-and-settle on the
+/// claim the delivery was handed out under.
 #[async_trait]
 pub trait Receipt: Send + Sync + fmt::Debug {
-    /// Settles the delivery this receipt belongs to.
+    /// Settles the delivery this receipt belongs to, if its claim is still
+    /// the message's current one.
     ///
     /// # Errors
     ///
-    /// A [`BrokerError`] when the broker could not be told.
-    async fn settle(self: Box<Self>, settlement: Settlement) -> Result<(), BrokerError>;
+    /// A [`BrokerError`] when the broker could not be told; nothing was
+    /// changed, and the settlement may be tried again with a receipt of the
+    /// same claim (brokers whose receipts cannot be retried say so in the
+    /// error's kind, not retryable).
+    async fn settle(&self, settlement: &Settlement) -> Result<Settled, BrokerError>;
 }
 
-/// One message handed out by a [`Consumer`]. It must be settled exactly
-/// once; [`Delivery::settle`] takes it by value so it cannot be settled twice.
+/// One message handed out by a [`Consumer`]. It is settled once:
+/// [`Delivery::settle`] borrows it so that a settlement that failed for a
+/// transient reason can be tried again, and the worker drops it after the
+/// first settlement that reached the broker.
 #[derive(Debug)]
 pub struct Delivery {
     body: Bytes,
@@ -181,13 +229,26 @@ impl Delivery {
         self.redelivered
     }
 
-    /// Settles the delivery.
+    /// Settles the delivery: [`Settled::Applied`], or [`Settled::Stale`]
+    /// when its claim lapsed and the message now belongs to another
+    /// consumer (nothing was changed).
     ///
     /// # Errors
     ///
-    /// A [`BrokerError`] when the broker could not be told; the message is
-    /// then redelivered later (at-least-once).
-    pub async fn settle(self, settlement: Settlement) -> Result<(), BrokerError> {
+    /// A [`BrokerError`] when the broker could not be told. Nothing was
+    /// changed; a retryable error may be retried with the same delivery
+    /// (fencing makes that safe), and otherwise the message is redelivered
+    /// once its claim lapses (at-least-once).
+    pub async fn settle(&self, settlement: Settlement) -> Result<Settled, BrokerError> {
+        self.receipt.settle(&settlement).await
+    }
+
+    /// As [`Delivery::settle`], borrowing the settlement (for retries).
+    ///
+    /// # Errors
+    ///
+    /// As [`Delivery::settle`].
+    pub async fn settle_ref(&self, settlement: &Settlement) -> Result<Settled, BrokerError> {
         self.receipt.settle(settlement).await
     }
 }
@@ -234,6 +295,25 @@ pub trait QueueAdmin: Send + Sync {
     ///
     /// A [`BrokerError`] when the broker cannot be reached.
     async fn purge(&self, queue: &str) -> Result<u64, BrokerError>;
+
+    /// Returns every message of `queue` that is claimed and not settled to
+    /// the queue at once (marked redelivered), as the broker does when its
+    /// owner is presumed dead; the owners' later settlements come back as
+    /// [`Settled::Stale`] and change nothing. Returns how many.
+    ///
+    /// For operators (a worker known to be gone, whose heartbeat timeout is
+    /// long) and for tests that simulate a crash. The default reports
+    /// [`Unsupported`](crate::BrokerErrorKind::Unsupported).
+    ///
+    /// # Errors
+    ///
+    /// A [`BrokerError`] when the broker cannot be reached or cannot do it.
+    async fn requeue_in_flight(&self, queue: &str) -> Result<u64, BrokerError> {
+        Err(BrokerError::new(
+            crate::BrokerErrorKind::Unsupported,
+            format!("this broker cannot return the in-flight messages of {queue:?}"),
+        ))
+    }
 
     /// Waits until `queue` has no ready, delayed or in-flight message, for
     /// at most `timeout`. Meant for tests and scripts.

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::actor::into_job_result;
 use crate::broker::{Broker, Consumer, Delivery, Outgoing, Replay};
-use crate::{Actor, App, Context, Job, MessageId, Settlement, Worker};
+use crate::{Actor, App, Context, Fail, Job, MessageId, Settled, Settlement, Worker};
 
 /// How long a case waits for something that should happen at once.
 const SOON: Duration = Duration::from_secs(5);
@@ -47,6 +47,10 @@ macro_rules! broker_conformance {
             join_waits_until_drained,
             worker_requeues_on_shutdown,
             worker_dead_letters_garbage,
+            reschedule_replaces_the_message_after_its_delay,
+            stale_settlements_change_nothing,
+            stale_settlement_after_the_same_consumer_claims_again,
+            worker_retries_through_reschedule,
         );
     };
     (@cases $make:expr; $($case:ident,)*) => {
@@ -141,7 +145,9 @@ impl Suite {
         let mut consumer = self.consumer(&queue, 1).await;
         for text in ["a", "b", "c"] {
             self.put(&queue, text, None).await;
-            next(consumer.as_mut()).await.settle(Settlement::DeadLetter(format!("bad {text}"))).await.expect("nack");
+            let delivery = next(consumer.as_mut()).await;
+            let settled = delivery.settle(Settlement::DeadLetter(format!("bad {text}").into())).await;
+            assert_eq!(settled.expect("nack"), Settled::Applied);
         }
         let letters = dead.list(&queue, 10).await.expect("list");
         assert_eq!(letters.iter().map(|d| d.reason.as_str()).collect::<Vec<_>>(), ["bad a", "bad b", "bad c"]);
@@ -297,6 +303,115 @@ impl Suite {
         }
     }
 
+    /// A rescheduled message is replaced by its new body, which is not
+    /// delivered before its delay; the old body is gone.
+    pub async fn reschedule_replaces_the_message_after_its_delay(&self) {
+        let queue = self.queue("reschedule");
+        let mut consumer = self.consumer(&queue, 1).await;
+        self.put(&queue, "first try", None).await;
+        let delivery = next(consumer.as_mut()).await;
+        let started = tokio::time::Instant::now();
+        let reschedule = Settlement::Reschedule { body: body("second try"), delay: Duration::from_millis(600) };
+        assert_eq!(delivery.settle(reschedule).await.expect("reschedule"), Settled::Applied);
+        drop(delivery);
+        if let Some(admin) = self.broker.admin() {
+            let stats = admin.stats(&queue).await.expect("stats");
+            assert_eq!((stats.ready, stats.delayed, stats.dead), (0, 1, 0), "{stats:?}");
+        }
+        nothing_within(consumer.as_mut(), Duration::from_millis(300)).await;
+        let again = next(consumer.as_mut()).await;
+        assert_eq!(again.body(), &body("second try"));
+        assert!(started.elapsed() >= Duration::from_millis(600), "delivered after {:?}", started.elapsed());
+        assert_eq!(again.settle(Settlement::Ack).await.expect("ack"), Settled::Applied);
+        consumer.close().await.expect("close");
+        self.expect_drained(&queue).await;
+    }
+
+    /// Once a delivery's claim has lapsed (its message returned to the queue
+    /// as if its worker had died), its settlements — ack, dead letter,
+    /// requeue, reschedule — report `Stale` and change nothing: the message
+    /// is delivered again with its real body, and its dead letter (if its
+    /// new owner makes one) is the real message.
+    pub async fn stale_settlements_change_nothing(&self) {
+        let Some(admin) = self.broker.admin() else { return };
+        let queue = self.queue("stale");
+        let settlements = [
+            Settlement::Ack,
+            Settlement::DeadLetter("stale reason".into()),
+            Settlement::Requeue,
+            Settlement::Reschedule { body: body("stale retry"), delay: Duration::ZERO },
+        ];
+        for stale in settlements {
+            let mut first = self.consumer(&queue, 1).await;
+            self.put(&queue, "the real message", None).await;
+            let lapsed = next(first.as_mut()).await;
+            assert_eq!(admin.requeue_in_flight(&queue).await.expect("requeue in flight"), 1);
+            let mut second = self.consumer(&queue, 1).await;
+            let owner = next(second.as_mut()).await;
+            assert_eq!(owner.body(), &body("the real message"));
+            assert!(owner.redelivered());
+            assert_eq!(lapsed.settle(stale.clone()).await.expect("stale settle"), Settled::Stale, "{stale:?}");
+            drop(lapsed);
+            let stats = admin.stats(&queue).await.expect("stats");
+            assert_eq!((stats.ready, stats.delayed, stats.in_flight, stats.dead), (0, 0, 1, 0), "{stale:?}: {stats:?}");
+            let reason = Settlement::DeadLetter("failed for good".into());
+            assert_eq!(owner.settle(reason).await.expect("dead letter"), Settled::Applied);
+            drop(owner);
+            if let Some(dead) = self.broker.dead_letters() {
+                let letters = dead.list(&queue, 10).await.expect("list");
+                assert_eq!(letters.len(), 1, "{stale:?}");
+                assert_eq!(letters[0].body, body("the real message"));
+                assert_eq!(letters[0].reason, "failed for good");
+                dead.replay(&queue, Replay::All).await.expect("replay");
+                admin.purge(&queue).await.expect("purge");
+            }
+            first.close().await.expect("close");
+            second.close().await.expect("close");
+            self.expect_drained(&queue).await;
+        }
+    }
+
+    /// A consumer that claims a message again after its first claim lapsed
+    /// settles only through the new claim: the old delivery is stale.
+    pub async fn stale_settlement_after_the_same_consumer_claims_again(&self) {
+        let Some(admin) = self.broker.admin() else { return };
+        let queue = self.queue("reclaim");
+        let mut consumer = self.consumer(&queue, 2).await;
+        self.put(&queue, "once", None).await;
+        let old = next(consumer.as_mut()).await;
+        assert_eq!(admin.requeue_in_flight(&queue).await.expect("requeue in flight"), 1);
+        let new = next(consumer.as_mut()).await;
+        assert_eq!(new.body(), &body("once"));
+        assert_eq!(old.settle(Settlement::Ack).await.expect("old ack"), Settled::Stale);
+        assert_eq!(admin.stats(&queue).await.expect("stats").in_flight, 1);
+        assert_eq!(new.settle(Settlement::Ack).await.expect("new ack"), Settled::Applied);
+        drop((old, new));
+        consumer.close().await.expect("close");
+        self.expect_drained(&queue).await;
+    }
+
+    /// A failing message is retried by rescheduling: its retry carries the
+    /// retry count, and it is dead-lettered once retries are used up.
+    pub async fn worker_retries_through_reschedule(&self) {
+        let app = App::builder_shared(Arc::clone(&self.broker))
+            .queue_prefix(self.queue("retry-"))
+            .middleware(OneRetry)
+            .actor::<Flaky>()
+            .build()
+            .expect("app");
+        let queue = app.queues()[0].clone();
+        Flaky.send(&app).await.expect("send");
+        let report = Worker::new(app.clone()).run_until_drained(SOON).await.expect("drained");
+        assert_eq!((report.retried, report.failed, report.succeeded), (1, 1, 0), "{report:?}");
+        if let Some(dead) = self.broker.dead_letters() {
+            let letters = dead.list(&queue, 10).await.expect("list");
+            assert_eq!(letters.len(), 1);
+            let message = app.encoder().decode_message(&letters[0].body).expect("a message");
+            assert_eq!(message.retries, 1);
+            assert!(letters[0].reason.contains("flaky"), "{}", letters[0].reason);
+        }
+    }
+
     async fn expect_drained(&self, queue: &str) {
         if let Some(admin) = self.broker.admin() {
             admin.join(queue, SOON).await.expect("drained");
@@ -330,5 +445,40 @@ impl Actor for Nap {
             *NAPS_DONE.lock().unwrap_or_else(std::sync::PoisonError::into_inner).entry(self.tag).or_default() += 1;
             into_job_result(Ok::<(), crate::BoxError>(()))
         })
+    }
+}
+
+/// The suite's retry middleware: one retry after 50 ms.
+#[derive(Debug)]
+struct OneRetry;
+
+#[crate::async_trait]
+impl crate::Middleware for OneRetry {
+    fn name(&self) -> &'static str {
+        "one_retry"
+    }
+
+    async fn handle(&self, ctx: &Context, next: crate::Next<'_>) -> crate::Outcome {
+        match next.run(ctx).await {
+            crate::Outcome::Failed(failure) if ctx.retries() == 0 => {
+                let mut retry = ctx.message().clone();
+                retry.retries += 1;
+                crate::Outcome::Retried(failure, crate::NextAttempt::new(retry, Duration::from_millis(50)))
+            }
+            other => other,
+        }
+    }
+}
+
+/// The suite's failing actor.
+#[derive(Debug, Serialize, Deserialize)]
+struct Flaky;
+
+impl Actor for Flaky {
+    const NAME: &'static str = "conformance_flaky";
+    const QUEUE: &'static str = "flaky";
+
+    fn into_job(self, _ctx: Context) -> Job {
+        Box::pin(async move { into_job_result(Err::<(), Fail>(Fail::new(std::io::Error::other("flaky")))) })
     }
 }

@@ -18,6 +18,7 @@
 
 pub mod actor;
 mod app;
+mod bounded;
 pub mod broker;
 #[cfg(feature = "conformance")]
 #[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
@@ -37,8 +38,10 @@ pub mod worker;
 
 pub use actor::{Actor, ActorInfo, Job};
 pub use app::{App, AppBuilder, SendOptions, DEFAULT_MAX_MESSAGE_SIZE};
+pub use bounded::{Bounded, MAX_QUOTED_BYTES, MAX_REASON_BYTES};
 pub use broker::{
-    Broker, Consumer, DeadLetter, DeadLetters, Delivery, Outgoing, QueueAdmin, QueueStats, Receipt, Replay,
+    Broker, Consumer, DeadLetter, DeadLetters, Delivery, Outgoing, QueueAdmin, QueueStats, Receipt, Replay, Settled,
+    Settlement,
 };
 pub use context::{Context, Metadata};
 pub use encoder::{CodecError, Encoder, Json, MessagePack};
@@ -48,7 +51,7 @@ pub use id::{MessageId, ParseMessageIdError};
 pub use memory::MemoryBroker;
 pub use message::{now_ms, Message, OptionError, Options};
 pub use middleware::{Middleware, Next};
-pub use outcome::{BoxError, ErrorRecord, Failure, FailureKind, Outcome, Output, RecordLimits, Settlement};
+pub use outcome::{BoxError, ErrorRecord, Failure, FailureKind, NextAttempt, Outcome, Output, RecordLimits};
 pub use worker::{ShutdownHandle, Worker, WorkerReport};
 
 /// Re-exported so that middleware and brokers can be written without

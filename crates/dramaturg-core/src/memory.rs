@@ -12,10 +12,10 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::broker::{
-    Broker, Consumer, DeadLetter, DeadLetters, Delivery, Outgoing, QueueAdmin, QueueStats, Receipt, Replay,
+    Broker, Consumer, DeadLetter, DeadLetters, Delivery, Outgoing, QueueAdmin, QueueStats, Receipt, Replay, Settled,
+    Settlement,
 };
 use crate::error::BrokerError;
-use crate::outcome::Settlement;
 
 /// How many dead letters each queue keeps by default; older ones are dropped.
 const DEFAULT_DEAD_LETTER_LIMIT: usize = 10_000;
@@ -27,6 +27,11 @@ const DEFAULT_DEAD_LETTER_LIMIT: usize = 10_000;
 /// [`join`](QueueAdmin::join) — so the tests of your actors need no server.
 /// Messages do not survive the process, and priorities are ignored (queues
 /// are first in, first out).
+///
+/// Every delivery is a claim; [`QueueAdmin::requeue_in_flight`] returns all
+/// claimed messages of a queue as if their worker had died, so that tests
+/// can check what a second run of a job does (the first run's settlement
+/// then comes back [`Settled::Stale`]).
 ///
 /// Clones share the same queues.
 ///
@@ -71,7 +76,9 @@ struct Queue {
 struct QueueState {
     ready: VecDeque<Entry>,
     delayed: BinaryHeap<Reverse<Delayed>>,
-    in_flight: u64,
+    /// Claimed messages by claim number: a receipt settles only while its
+    /// claim is here.
+    in_flight: HashMap<u64, Bytes>,
     dead: VecDeque<DeadLetter>,
     sequence: u64,
 }
@@ -162,18 +169,22 @@ impl QueueState {
     }
 }
 
+impl QueueState {
+    fn push(&mut self, body: Bytes, delay: Option<Duration>) {
+        match delay.filter(|d| !d.is_zero()) {
+            Some(delay) => {
+                self.sequence += 1;
+                let sequence = self.sequence;
+                self.delayed.push(Reverse(Delayed { due: Instant::now() + delay, sequence, body }));
+            }
+            None => self.ready.push_back(Entry { body, redelivered: false }),
+        }
+    }
+}
+
 impl Queue {
     fn push(&self, body: Bytes, delay: Option<Duration>) {
-        let mut state = lock(&self.state);
-        match delay {
-            Some(delay) => {
-                state.sequence += 1;
-                let sequence = state.sequence;
-                state.delayed.push(Reverse(Delayed { due: Instant::now() + delay, sequence, body }));
-            }
-            None => state.ready.push_back(Entry { body, redelivered: false }),
-        }
-        drop(state);
+        lock(&self.state).push(body, delay);
         self.ready.notify_one();
     }
 }
@@ -221,14 +232,16 @@ impl Consumer for MemoryConsumer {
                 let mut state = lock(&self.queue.state);
                 let next_due = state.promote_due(Instant::now());
                 if let Some(entry) = state.ready.pop_front() {
-                    state.in_flight += 1;
+                    state.sequence += 1;
+                    let claim = state.sequence;
+                    state.in_flight.insert(claim, entry.body.clone());
                     let more = !state.ready.is_empty();
                     drop(state);
                     if more {
                         // Pass the wake-up on so other consumers see the rest.
                         self.queue.ready.notify_one();
                     }
-                    let receipt = MemoryReceipt { queue: Arc::clone(&self.queue), body: Some(entry.body.clone()) };
+                    let receipt = MemoryReceipt { queue: Arc::clone(&self.queue), claim };
                     return Ok(Delivery::new(entry.body, entry.redelivered, Box::new(receipt)));
                 }
                 next_due
@@ -250,25 +263,25 @@ impl Consumer for MemoryConsumer {
     }
 }
 
-/// Settles one in-memory delivery; an unsettled receipt that is dropped
-/// returns its message to the queue, as a lost connection would.
+/// Settles one in-memory delivery, while its claim holds; an unsettled
+/// receipt that is dropped returns its message to the queue, as a lost
+/// connection would.
 #[derive(Debug)]
 struct MemoryReceipt {
     queue: Arc<Queue>,
-    body: Option<Bytes>,
+    claim: u64,
 }
 
 impl MemoryReceipt {
-    fn finish(&mut self, settlement: Settlement) {
-        let Some(body) = self.body.take() else { return };
+    fn finish(&self, settlement: &Settlement) -> Settled {
         let mut state = lock(&self.queue.state);
-        state.in_flight = state.in_flight.saturating_sub(1);
+        let Some(body) = state.in_flight.remove(&self.claim) else { return Settled::Stale };
         match settlement {
             Settlement::Ack => {}
             Settlement::DeadLetter(reason) => {
                 state.sequence += 1;
                 let key = state.sequence.to_string();
-                state.dead.push_back(DeadLetter::new(key, body, reason, SystemTime::now()));
+                state.dead.push_back(DeadLetter::new(key, body, reason.to_string(), SystemTime::now()));
                 while state.dead.len() > self.queue.dead_letter_limit {
                     state.dead.pop_front();
                 }
@@ -276,25 +289,26 @@ impl MemoryReceipt {
             Settlement::Requeue => {
                 // Back to the front: it was next in line before.
                 state.ready.push_front(Entry { body, redelivered: true });
-                drop(state);
-                self.queue.ready.notify_one();
             }
+            Settlement::Reschedule { body, delay } => state.push(body.clone(), Some(*delay)),
         }
+        drop(state);
+        self.queue.ready.notify_one();
         self.queue.settled.notify_waiters();
+        Settled::Applied
     }
 }
 
 #[async_trait]
 impl Receipt for MemoryReceipt {
-    async fn settle(mut self: Box<Self>, settlement: Settlement) -> Result<(), BrokerError> {
-        self.finish(settlement);
-        Ok(())
+    async fn settle(&self, settlement: &Settlement) -> Result<Settled, BrokerError> {
+        Ok(self.finish(settlement))
     }
 }
 
 impl Drop for MemoryReceipt {
     fn drop(&mut self) {
-        self.finish(Settlement::Requeue);
+        self.finish(&Settlement::Requeue);
     }
 }
 
@@ -306,7 +320,7 @@ impl QueueAdmin for MemoryBroker {
         Ok(QueueStats::new(
             state.ready.len() as u64,
             state.delayed.len() as u64,
-            state.in_flight,
+            state.in_flight.len() as u64,
             state.dead.len() as u64,
         ))
     }
@@ -322,6 +336,21 @@ impl QueueAdmin for MemoryBroker {
         Ok(purged)
     }
 
+    async fn requeue_in_flight(&self, queue: &str) -> Result<u64, BrokerError> {
+        let queue = self.queue(queue);
+        let mut state = lock(&queue.state);
+        let mut claimed: Vec<(u64, Bytes)> = state.in_flight.drain().collect();
+        // Oldest claim first at the front, as they were taken.
+        claimed.sort_unstable_by_key(|(claim, _)| std::cmp::Reverse(*claim));
+        let count = claimed.len() as u64;
+        for (_, body) in claimed {
+            state.ready.push_front(Entry { body, redelivered: true });
+        }
+        drop(state);
+        queue.ready.notify_one();
+        Ok(count)
+    }
+
     async fn join(&self, queue: &str, timeout: Duration) -> Result<(), BrokerError> {
         let queue_name = queue;
         let queue = self.queue(queue);
@@ -332,7 +361,7 @@ impl QueueAdmin for MemoryBroker {
                 settled.as_mut().enable();
                 let next_due = {
                     let state = lock(&queue.state);
-                    if state.ready.is_empty() && state.delayed.is_empty() && state.in_flight == 0 {
+                    if state.ready.is_empty() && state.delayed.is_empty() && state.in_flight.is_empty() {
                         return;
                     }
                     state.delayed.peek().map(|Reverse(d)| d.due)

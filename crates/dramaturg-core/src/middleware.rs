@@ -63,10 +63,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
 
 use crate::actor::Job;
 use crate::outcome::{BoxError, Outcome};
-use crate::{App, Context, Message};
+use crate::{App, Context, Interruption, Message};
 
 /// A step in the ordered stack around every message. Every hook has a
 /// no-op default; implement the ones you need.
@@ -76,8 +77,9 @@ pub trait Middleware: Send + Sync + 'static {
     /// one and to list the stack.
     fn name(&self) -> &'static str;
 
-    /// Runs when a message is sent (and when it is re-enqueued for a retry),
-    /// before it is encoded: add or check options.
+    /// Runs when a message is sent, before it is encoded: add or check
+    /// options. (A retry is not a send: it replaces the delivery in the
+    /// broker, with the options it had.)
     ///
     /// # Errors
     ///
@@ -89,8 +91,8 @@ pub trait Middleware: Send + Sync + 'static {
         Ok(())
     }
 
-    /// Runs after a message has been enqueued with a delay (a scheduled
-    /// send, a retry): the broker has it, and it will come due after
+    /// Runs after a message has been sent with a delay: the broker has it,
+    /// and it will come due after
     /// `delay`. For middleware that keep track of waiting messages (the
     /// abort middleware does); messages sent for now do not pass here, so
     /// that sending stays cheap.
@@ -158,21 +160,48 @@ impl<M: Middleware + ?Sized> Middleware for Arc<M> {
 pub struct Next<'a> {
     rest: &'a [Arc<dyn Middleware>],
     job: Job,
+    shutdown: Option<&'a CancellationToken>,
 }
 
 impl<'a> Next<'a> {
     pub(crate) fn new(stack: &'a [Arc<dyn Middleware>], job: Job) -> Self {
-        Self { rest: stack, job }
+        Self { rest: stack, job, shutdown: None }
+    }
+
+    /// The same chain, whose actor is dropped when `shutdown` is cancelled
+    /// (the worker's grace period ran out): the attempt then comes back
+    /// through every middleware as [`Outcome::Requeue`].
+    pub(crate) fn interrupted_by(mut self, shutdown: &'a CancellationToken) -> Self {
+        self.shutdown = Some(shutdown);
+        self
     }
 
     /// Runs the rest of the stack and then the actor.
+    ///
+    /// Every attempt comes back here, even one interrupted at shutdown (as
+    /// [`Outcome::Requeue`]), so code after `next.run(ctx).await` sees every
+    /// end of a message — unless a middleware further in drops the chain
+    /// itself (as time limits and aborts do, returning their own outcome).
     pub async fn run(self, ctx: &Context) -> Outcome {
-        match self.rest.split_first() {
-            Some((first, rest)) => first.handle(ctx, Next { rest, job: self.job }).await,
-            None => match self.job.await {
-                Ok(output) => Outcome::Succeeded(output),
-                Err(failure) => Outcome::Failed(failure),
-            },
+        let Self { rest, job, shutdown } = self;
+        match rest.split_first() {
+            Some((first, rest)) => first.handle(ctx, Next { rest, job, shutdown }).await,
+            None => {
+                let result = match shutdown {
+                    Some(shutdown) => tokio::select! {
+                        result = job => result,
+                        () = shutdown.cancelled() => {
+                            ctx.interrupt(Interruption::Shutdown);
+                            return Outcome::Requeue("the worker shut down before the message finished".into());
+                        }
+                    },
+                    None => job.await,
+                };
+                match result {
+                    Ok(output) => Outcome::Succeeded(output),
+                    Err(failure) => Outcome::Failed(failure),
+                }
+            }
         }
     }
 }

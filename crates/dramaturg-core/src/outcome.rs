@@ -5,15 +5,19 @@ use std::any::Any;
 use std::borrow::Cow;
 use std::error::Error as StdError;
 use std::fmt;
+use std::time::Duration;
 
+use crate::bounded::cut as truncate;
 use crate::encoder::{CodecError, Encoder};
+use crate::message::Message;
 use crate::fail::{Boxed, Retry};
 
 /// A boxed error, the common currency of actor failures.
 pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 
 /// The result of processing one delivery. The worker settles the delivery
-/// from it exactly once: see [`Outcome::settlement`].
+/// from it once: success, skips, aborts → ack; failure → dead letter;
+/// retried → reschedule to the next attempt; requeue → requeue.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Outcome {
@@ -24,9 +28,10 @@ pub enum Outcome {
     /// The message was deliberately not run (too old, cancelled, …). It is
     /// acknowledged.
     Skipped(Cow<'static, str>),
-    /// A middleware enqueued a new attempt of the message (a retry); this
-    /// delivery is acknowledged. The failure that led to it is kept.
-    Retried(Failure),
+    /// A middleware planned a new attempt of the message (a retry): the
+    /// worker replaces the delivery with it, due after its delay, in one
+    /// broker step. The failure that led to it is kept.
+    Retried(Failure, NextAttempt),
     /// The message goes back to its queue unchanged, for another worker or a
     /// later run (worker shutdown, a retry that could not be enqueued, …).
     Requeue(Cow<'static, str>),
@@ -35,28 +40,7 @@ pub enum Outcome {
     Aborted(Cow<'static, str>),
 }
 
-/// What the worker does with a delivery once its outcome is known.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Settlement {
-    /// Remove the message from the broker for good.
-    Ack,
-    /// Move the message to its queue's dead-letter queue, with the reason.
-    DeadLetter(String),
-    /// Return the message to its queue, unchanged.
-    Requeue,
-}
-
 impl Outcome {
-    /// How the delivery that produced this outcome is settled.
-    pub fn settlement(&mut self) -> Settlement {
-        match self {
-            Outcome::Succeeded(_) | Outcome::Skipped(_) | Outcome::Retried(_) | Outcome::Aborted(_) => Settlement::Ack,
-            Outcome::Failed(failure) => Settlement::DeadLetter(failure.record().summary()),
-            Outcome::Requeue(_) => Settlement::Requeue,
-        }
-    }
-
     /// A short name for logs and metrics: `succeeded`, `failed`, `skipped`,
     /// `retried`, `requeued` or `aborted`.
     pub fn label(&self) -> &'static str {
@@ -64,10 +48,28 @@ impl Outcome {
             Outcome::Succeeded(_) => "succeeded",
             Outcome::Failed(_) => "failed",
             Outcome::Skipped(_) => "skipped",
-            Outcome::Retried(_) => "retried",
+            Outcome::Retried(..) => "retried",
             Outcome::Requeue(_) => "requeued",
             Outcome::Aborted(_) => "aborted",
         }
+    }
+}
+
+/// The next attempt of a message: the message to deliver instead (with its
+/// retry count and options as they should be) and how long to hold it.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct NextAttempt {
+    /// The message to deliver instead of this one.
+    pub message: Message,
+    /// How long to hold it before it may be delivered.
+    pub delay: Duration,
+}
+
+impl NextAttempt {
+    /// `message`, due after `delay`.
+    pub fn new(message: Message, delay: Duration) -> Self {
+        Self { message, delay }
     }
 }
 
@@ -341,20 +343,6 @@ impl ErrorRecord {
     }
 }
 
-/// `text` cut to at most `max` bytes on a character boundary, with `…`
-/// marking the cut.
-fn truncate(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_owned();
-    }
-    const MARK: &str = "…";
-    let mut end = max.saturating_sub(MARK.len());
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}{MARK}", &text[..end])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -376,13 +364,6 @@ mod tests {
         assert_eq!(record.sources.len(), 1);
         assert!(record.sources[0].len() <= 256);
         assert!(record.sources[0].ends_with('…'));
-    }
-
-    #[test]
-    fn truncation_respects_char_boundaries() {
-        let cut = truncate(&"é".repeat(100), 11);
-        assert!(cut.len() <= 11, "{cut}");
-        assert!(cut.ends_with('…'));
     }
 
     #[test]

@@ -29,16 +29,22 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::broker::{Consumer, Delivery};
+use crate::bounded::Bounded;
+use crate::broker::{Consumer, Delivery, Settled, Settlement};
 use crate::error::BrokerError;
 use crate::middleware::Next;
-use crate::outcome::{Failure, Outcome, RecordLimits, Settlement};
-use crate::{App, Context, Interruption, Message};
+use crate::outcome::{Failure, NextAttempt, Outcome, RecordLimits};
+use crate::{App, Context, Message};
 
 /// How long interrupted messages get to settle after the grace period.
 const SETTLE_AFTER_INTERRUPT: Duration = Duration::from_secs(2);
 /// Longest wait between attempts to consume from a broker that failed.
 const MAX_CONSUME_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a settlement that fails for a transient reason (connection
+/// lost, a read-only replica, a full server) is tried again. Fenced
+/// settlement makes late retries safe: once the claim lapsed, the broker
+/// answers `Stale` and changes nothing.
+const SETTLE_RETRY_FOR: Duration = Duration::from_secs(120);
 
 /// Runs the app's actors. Configure it, then call [`Worker::run`] or
 /// [`Worker::run_until_signal`].
@@ -105,8 +111,14 @@ pub struct WorkerReport {
     /// Messages cancelled before they started or aborted while running.
     pub aborted: u64,
     /// Deliveries that were not valid messages for this app — undecodable
-    /// bytes, unknown actors, arguments of the wrong shape (dead-lettered).
+    /// bytes, unknown actors, arguments of the wrong shape, oversized
+    /// messages (dead-lettered).
     pub rejected: u64,
+    /// Settlements the broker refused as stale: the delivery's claim had
+    /// lapsed (this worker stalled past its lease) and the message belonged
+    /// to another consumer by then, so nothing was changed. The attempt
+    /// that ran here may have duplicated another.
+    pub stale: u64,
 }
 
 impl WorkerReport {
@@ -125,6 +137,7 @@ struct Counters {
     requeued: AtomicU64,
     aborted: AtomicU64,
     rejected: AtomicU64,
+    stale: AtomicU64,
 }
 
 impl Counters {
@@ -133,7 +146,7 @@ impl Counters {
             Outcome::Succeeded(_) => &self.succeeded,
             Outcome::Failed(_) => &self.failed,
             Outcome::Skipped(_) => &self.skipped,
-            Outcome::Retried(_) => &self.retried,
+            Outcome::Retried(..) => &self.retried,
             Outcome::Requeue(_) => &self.requeued,
             Outcome::Aborted(_) => &self.aborted,
         };
@@ -150,6 +163,7 @@ impl Counters {
             requeued: get(&self.requeued),
             aborted: get(&self.aborted),
             rejected: get(&self.rejected),
+            stale: get(&self.stale),
         }
     }
 }
@@ -364,7 +378,7 @@ async fn pump(shared: Arc<Shared>, mut consumer: Box<dyn Consumer>, queue: Strin
         let permit = tokio::select! {
             biased;
             () = shared.stop.cancelled() => {
-                settle(delivery, Settlement::Requeue).await;
+                settle(&shared, &delivery, Settlement::Requeue).await;
                 break;
             }
             permit = Arc::clone(&shared.permits).acquire_owned() => permit,
@@ -377,26 +391,84 @@ async fn pump(shared: Arc<Shared>, mut consumer: Box<dyn Consumer>, queue: Strin
     }
 }
 
-async fn settle(delivery: Delivery, settlement: Settlement) {
-    if let Err(error) = delivery.settle(settlement).await {
-        tracing::error!(%error, "could not settle a delivery; the broker will redeliver it");
+/// Settles `delivery`, trying again while the broker fails for a transient
+/// reason; counts and logs a stale settlement.
+async fn settle(shared: &Shared, delivery: &Delivery, settlement: Settlement) {
+    let deadline = tokio::time::Instant::now() + SETTLE_RETRY_FOR;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match delivery.settle_ref(&settlement).await {
+            Ok(Settled::Applied) => return,
+            Ok(Settled::Stale) => {
+                shared.counters.stale.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    settlement = settlement_label(&settlement),
+                    "stale settlement: this delivery's claim lapsed (the worker stalled past its lease) and the \
+                     message was handed to another consumer; nothing was changed"
+                );
+                return;
+            }
+            Err(error) if error.is_retryable() && tokio::time::Instant::now() + backoff < deadline => {
+                tracing::warn!(%error, retry_in = ?backoff, "could not settle a delivery; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            Err(error) => {
+                tracing::error!(%error, "could not settle a delivery; the broker will redeliver it");
+                return;
+            }
+        }
+    }
+}
+
+fn settlement_label(settlement: &Settlement) -> &'static str {
+    match settlement {
+        Settlement::Ack => "ack",
+        Settlement::DeadLetter(_) => "dead letter",
+        Settlement::Requeue => "requeue",
+        Settlement::Reschedule { .. } => "reschedule",
     }
 }
 
 /// Processes one delivery and settles it.
 async fn process(shared: Arc<Shared>, delivery: Delivery, _permit: OwnedSemaphorePermit) {
-    let settlement = match shared.app.encoder().decode_message(delivery.body()) {
-        Ok(message) => run_message(&shared, message, delivery.redelivered()).await,
-        Err(error) => reject(&shared, format!("undecodable message ({} bytes): {error}", delivery.body().len())),
+    let size = delivery.body().len();
+    let limit = shared.app.max_message_size();
+    let settlement = if size > limit {
+        reject(&shared, format!("message of {size} bytes exceeds this app's max_message_size of {limit} bytes"))
+    } else {
+        match shared.app.encoder().decode_message(delivery.body()) {
+            Ok(message) => run_message(&shared, message, delivery.redelivered()).await,
+            Err(error) => reject(&shared, format!("undecodable message ({size} bytes): {error}")),
+        }
     };
-    settle(delivery, settlement).await;
+    settle(&shared, &delivery, settlement).await;
 }
 
 /// Dead-letters a delivery that is not a valid message for this app.
 fn reject(shared: &Shared, reason: String) -> Settlement {
+    let reason = Bounded::reason(&reason);
     tracing::error!(%reason, "dead-lettering an invalid message");
     shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
     Settlement::DeadLetter(reason)
+}
+
+/// How the delivery that produced `outcome` is settled.
+fn settlement_for(app: &App, outcome: &mut Outcome) -> Settlement {
+    match outcome {
+        Outcome::Succeeded(_) | Outcome::Skipped(_) | Outcome::Aborted(_) => Settlement::Ack,
+        Outcome::Failed(failure) => Settlement::DeadLetter(Bounded::reason(&failure.record().summary())),
+        Outcome::Requeue(_) => Settlement::Requeue,
+        Outcome::Retried(failure, NextAttempt { message, delay }) => {
+            match app.encoder().encode_message(message) {
+                Ok(body) => Settlement::Reschedule { body: body.into(), delay: *delay },
+                Err(error) => Settlement::DeadLetter(Bounded::reason(&format!(
+                    "its retry could not be encoded ({error}); last error: {}",
+                    failure.record().summary()
+                ))),
+            }
+        }
+    }
 }
 
 async fn run_message(shared: &Shared, message: Message, redelivered: bool) -> Settlement {
@@ -405,14 +477,17 @@ async fn run_message(shared: &Shared, message: Message, redelivered: bool) -> Se
     let span = tracing::error_span!(
         "message",
         id = %message.id,
-        actor = %message.actor,
-        queue = %message.queue,
+        actor = %Bounded::quoted(&message.actor),
+        queue = %Bounded::quoted(&message.queue),
         retries = message.retries,
     );
     async move {
         let app = &shared.app;
         let Some(actor) = app.actor(&message.actor) else {
-            return reject(shared, format!("no actor named {:?} is registered in this app", message.actor));
+            return reject(
+                shared,
+                format!("no actor named {:?} is registered in this app", Bounded::quoted(&message.actor).as_str()),
+            );
         };
         let options = message.options.clone().or(actor.options());
         let ctx = Context::new(message, options, app.clone(), redelivered);
@@ -422,25 +497,21 @@ async fn run_message(shared: &Shared, message: Message, redelivered: bool) -> Se
         };
         tracing::debug!("message started");
         let started = Instant::now();
-        let chain = AssertUnwindSafe(Next::new(app.middleware(), job).run(&ctx)).catch_unwind();
-        let mut outcome = tokio::select! {
-            result = chain => result.unwrap_or_else(|panic| {
-                Outcome::Failed(Failure::from_panic(panic.as_ref(), None, &RecordLimits::default()))
-            }),
-            () = shared.interrupt.cancelled() => {
-                ctx.interrupt(Interruption::Shutdown);
-                Outcome::Requeue("the worker shut down before the message finished".into())
-            }
-        };
+        // The interruption at shutdown ends the job innermost, so that every
+        // middleware sees it come back as a requeue.
+        let chain = Next::new(app.middleware(), job).interrupted_by(&shared.interrupt).run(&ctx);
+        let mut outcome = AssertUnwindSafe(chain).catch_unwind().await.unwrap_or_else(|panic| {
+            Outcome::Failed(Failure::from_panic(panic.as_ref(), None, &RecordLimits::default()))
+        });
         let elapsed = started.elapsed();
         shared.counters.count(&outcome);
-        let settlement = outcome.settlement();
+        let settlement = settlement_for(app, &mut outcome);
         match &mut outcome {
             Outcome::Succeeded(_) => tracing::debug!(?elapsed, "message succeeded"),
             Outcome::Failed(failure) => {
                 tracing::warn!(?elapsed, error = %failure.record().summary(), "message failed");
             }
-            Outcome::Retried(failure) => {
+            Outcome::Retried(failure, _) => {
                 tracing::info!(?elapsed, error = %failure.record().summary(), "message failed; retry scheduled");
             }
             Outcome::Skipped(reason) => tracing::info!(?elapsed, %reason, "message skipped"),

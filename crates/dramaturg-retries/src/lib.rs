@@ -1,7 +1,7 @@
 //! The retry middleware of [dramaturg](https://docs.rs/dramaturg): a failed
-//! attempt is re-enqueued through the broker with a delay — it holds no
-//! worker slot while it waits — until its retries are used up; then the
-//! message is dead-lettered with its last error record.
+//! attempt is put back in the broker with a delay — it holds no worker slot
+//! while it waits — until its retries are used up; then the message is
+//! dead-lettered with its last error record.
 //!
 //! # Defaults
 //!
@@ -45,16 +45,21 @@
 //!
 //! # Nothing lost
 //!
-//! The original delivery is acknowledged only after the broker has confirmed
-//! the retry's enqueue. If that enqueue fails, the original goes back to its
-//! queue unchanged (`Outcome::Requeue`), to be tried again.
+//! A retry is a settlement, not a send: the middleware returns
+//! [`Outcome::Retried`] with the next attempt (retry count + 1, the last
+//! error record in its options), and the worker has the broker replace the
+//! delivery with it in one step ([`Settlement::Reschedule`](dramaturg_core::Settlement::Reschedule):
+//! one script on Redis; a confirmed publish to the delay queue, then the
+//! ack, on RabbitMQ). Enqueue middleware does not run again for a retry. If
+//! the broker cannot be told, the worker tries again while the delivery's
+//! claim holds; after that the original message is redelivered.
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use dramaturg_core::random::random_fraction;
-use dramaturg_core::{async_trait, Context, ErrorRecord, Failure, Middleware, Next, Outcome, Retry};
+use dramaturg_core::{async_trait, Context, ErrorRecord, Failure, Middleware, Next, NextAttempt, Outcome, Retry};
 
 /// The key under which a retried message carries the record of the failure
 /// that caused its retry (read it with `ctx.options().extra::<ErrorRecord>(LAST_ERROR)`).
@@ -244,16 +249,11 @@ impl Middleware for Retries {
             }
             Err(error) => tracing::debug!(%error, "cannot attach the error record to the retry"),
         }
-        match ctx.app().enqueue(retry, Some(delay)).await {
-            Ok(_) => {
-                tracing::info!(retry = ctx.retries() + 1, delay_ms = delay.as_millis() as u64, "retry scheduled");
-                Outcome::Retried(failure)
-            }
-            Err(error) => {
-                tracing::error!(%error, "cannot enqueue the retry; returning the message to its queue");
-                Outcome::Requeue("its retry could not be enqueued".into())
-            }
-        }
+        tracing::info!(retry = ctx.retries() + 1, delay_ms = delay.as_millis() as u64, "retry scheduled");
+        // The worker has the broker replace this delivery with the retry in
+        // one step (a settlement), so a crash in between neither loses the
+        // message nor runs it twice.
+        Outcome::Retried(failure, NextAttempt::new(retry, delay))
     }
 }
 

@@ -6,7 +6,9 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use dramaturg_core::{BrokerError, BrokerErrorKind, Consumer, Delivery, MessageId, Outgoing, Receipt, Settled, Settlement};
+use dramaturg_core::{
+    BrokerError, BrokerErrorKind, Consumer, Delivery, MessageId, Outgoing, Receipt, Settled, Settlement,
+};
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable};

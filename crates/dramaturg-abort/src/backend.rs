@@ -51,6 +51,16 @@ pub trait EventBackend: Send + Sync + fmt::Debug + 'static {
     fn may_have_events(&self) -> bool {
         true
     }
+
+    /// `true` when only this process sees the events (an in-memory
+    /// backend). [`abort`](crate::abort) refuses such a backend when the
+    /// app's broker reaches other processes, unless the middleware was
+    /// told that workers run in this process only
+    /// ([`Abortable::process_local_events`](crate::Abortable::process_local_events)).
+    /// The default says `false`.
+    fn is_process_local(&self) -> bool {
+        false
+    }
 }
 
 /// Events kept in this process: for the in-memory broker, for one-process
@@ -112,6 +122,10 @@ impl EventBackend for MemoryEvents {
 
     fn may_have_events(&self) -> bool {
         self.any.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn is_process_local(&self) -> bool {
+        true
     }
 
     async fn wait_many(&self, keys: &[String], timeout: Duration) -> Result<Option<(String, Vec<u8>)>, BrokerError> {

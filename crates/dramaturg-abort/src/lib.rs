@@ -41,6 +41,20 @@
 //! `RedisEvents` (feature `redis`) works across processes, with any broker.
 //! A worker with no running abortable message sends no command to the
 //! backend.
+//!
+//! The default stack (`dramaturg::app`, through [`Abortable::for_broker`])
+//! picks the backend that reaches as far as the broker: in-memory events
+//! for the in-memory broker, Redis events on the same server for the Redis
+//! broker. **RabbitMQ users need a Redis for abort events**: with
+//! in-memory events and a broker that delivers to other processes,
+//! [`abort`] fails with [`AbortError::EventsNotShared`] rather than
+//! return `Ok` for a request no worker would see. Replace the middleware:
+//!
+//! ```ignore
+//! let app = dramaturg::app(amqp_broker)
+//!     .replace("abort", Abortable::new(RedisEvents::connect("redis://127.0.0.1:6379").await?))
+//!     .build()?;
+//! ```
 
 mod backend;
 #[cfg(feature = "redis")]
@@ -140,6 +154,20 @@ pub enum AbortError {
     /// The app has no abort middleware.
     #[error("the app has no abort middleware (`Abortable`) in its stack")]
     NotConfigured,
+    /// The abort middleware keeps requests in this process while the app's
+    /// broker delivers to other processes: workers there would never hear
+    /// of the request.
+    #[error(
+        "abort requests would stay in this process, but the broker ({broker:?}) delivers to other processes: \
+         give the abort middleware an event backend they share — with the `redis` feature, \
+         `.replace(\"abort\", Abortable::new(RedisEvents::connect(\"redis://…\").await?))` (RabbitMQ users keep \
+         a Redis for this) — or, if every worker runs in this process, opt in with \
+         `Abortable::new(MemoryEvents::new()).process_local_events()`"
+    )]
+    EventsNotShared {
+        /// Where the broker says its messages live (the URL without its password).
+        broker: dramaturg_core::broker::Locality,
+    },
     /// The event backend failed.
     #[error(transparent)]
     Backend(#[from] BrokerError),
@@ -158,11 +186,18 @@ fn due_key(id: MessageId) -> String {
 /// # Errors
 ///
 /// [`AbortError::NotConfigured`] when the app has no [`Abortable`]
-/// middleware, [`AbortError::Backend`] when the event backend fails.
-/// Unknown and finished messages are not errors.
+/// middleware; [`AbortError::EventsNotShared`] when its event backend is
+/// in-memory while the broker delivers to other processes (unless it was
+/// built with [`Abortable::process_local_events`]);
+/// [`AbortError::Backend`] when the event backend fails. Unknown and
+/// finished messages are not errors.
 pub async fn abort(app: &App, id: MessageId, options: AbortOptions) -> Result<(), AbortError> {
     let middleware = app.middleware_of::<Abortable>().ok_or(AbortError::NotConfigured)?;
     let backend = &middleware.backend;
+    let locality = app.broker().locality();
+    if backend.is_process_local() && !locality.is_process_local() && !middleware.process_local_ok {
+        return Err(AbortError::EventsNotShared { broker: locality });
+    }
     let mut ttl = options.abort_ttl;
     if let Some(due) =
         backend.poll(&due_key(id)).await?.and_then(|raw| String::from_utf8(raw).ok()?.parse::<u64>().ok())
@@ -273,14 +308,57 @@ impl Drop for Running<'_> {
 pub struct Abortable {
     backend: Arc<dyn EventBackend>,
     default_abortable: bool,
+    /// Whether a process-local backend is fine with a broker that is not.
+    process_local_ok: bool,
     watcher: Arc<Watcher>,
 }
 
 impl Abortable {
     /// Abort events through `backend`; messages are abortable unless their
     /// actor or they themselves say otherwise.
+    ///
+    /// With an in-memory backend ([`MemoryEvents`]) and a broker that
+    /// delivers to other processes, [`abort`] fails with
+    /// [`AbortError::EventsNotShared`] unless
+    /// [`process_local_events`](Abortable::process_local_events) says that
+    /// is intended.
     pub fn new(backend: impl EventBackend) -> Self {
-        Self { backend: Arc::new(backend), default_abortable: true, watcher: Arc::default() }
+        Self { backend: Arc::new(backend), default_abortable: true, process_local_ok: false, watcher: Arc::default() }
+    }
+
+    /// The abort middleware whose events reach as far as `broker`'s
+    /// messages — what `dramaturg::app` puts in its default stack:
+    ///
+    /// - the in-memory broker: [`MemoryEvents`];
+    /// - the Redis broker (`redis://`, `rediss://`; feature `redis`): Redis
+    ///   events on the broker's URL, connecting on first use (a private CA
+    ///   given with `RedisConfig::tls_root_certificate` is not carried
+    ///   over: give such apps their `RedisEvents` yourself);
+    /// - any other broker (RabbitMQ): [`MemoryEvents`], with which
+    ///   [`abort`] returns [`AbortError::EventsNotShared`] — replace the
+    ///   middleware with one on a backend the processes share (Redis).
+    pub fn for_broker(broker: &dyn dramaturg_core::Broker) -> Self {
+        let locality = broker.locality();
+        #[cfg(feature = "redis")]
+        if let (Some("redis" | "rediss"), dramaturg_core::broker::Locality::Server { url }) =
+            (locality.scheme(), &locality)
+        {
+            match RedisEvents::lazy(url) {
+                Ok(events) => return Self::new(events),
+                Err(error) => tracing::warn!(%error, "cannot use the broker's Redis for abort events"),
+            }
+        }
+        let _ = locality;
+        Self::new(MemoryEvents::new())
+    }
+
+    /// Says that a process-local backend ([`MemoryEvents`]) is intended
+    /// even though the broker delivers to other processes: every worker
+    /// that must hear of an abort runs in this process.
+    #[must_use]
+    pub fn process_local_events(mut self) -> Self {
+        self.process_local_ok = true;
+        self
     }
 
     /// Whether messages are abortable when neither they nor their actor say.
@@ -335,6 +413,7 @@ impl fmt::Debug for Abortable {
         f.debug_struct("Abortable")
             .field("backend", &self.backend)
             .field("default_abortable", &self.default_abortable)
+            .field("process_local_events", &self.process_local_ok)
             .finish_non_exhaustive()
     }
 }

@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::broker::{
-    Broker, Consumer, DeadLetter, DeadLetters, Delivery, Outgoing, QueueAdmin, QueueStats, Receipt, Replay,
+    Broker, Consumer, DeadLetter, DeadLetters, Delivery, Locality, Outgoing, QueueAdmin, QueueStats, Receipt, Replay,
 };
 use crate::error::BrokerError;
 use crate::outcome::Settlement;
@@ -202,6 +202,10 @@ impl Broker for MemoryBroker {
 
     fn dead_letters(&self) -> Option<&dyn DeadLetters> {
         Some(self)
+    }
+
+    fn locality(&self) -> Locality {
+        Locality::Process
     }
 }
 

@@ -406,6 +406,10 @@ impl Broker for RedisBroker {
     fn dead_letters(&self) -> Option<&dyn DeadLetters> {
         Some(self)
     }
+
+    fn locality(&self) -> dramaturg_core::broker::Locality {
+        dramaturg_core::broker::Locality::server(self.shared.config.url.clone())
+    }
 }
 
 /// One script call of `enqueue_many`.

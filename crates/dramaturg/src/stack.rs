@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use dramaturg_abort::{Abortable, MemoryEvents};
+use dramaturg_abort::Abortable;
 use dramaturg_age_limit::AgeLimit;
 use dramaturg_callbacks::Callbacks;
 use dramaturg_core::{App, AppBuilder, Broker};
@@ -20,8 +20,11 @@ use dramaturg_time_limit::TimeLimit;
 ///    work is done;
 /// 3. `abort` — skips messages cancelled before they start and interrupts
 ///    running ones that are aborted; before the retries, so that an aborted
-///    message is never retried. Its event backend is in-memory (one
-///    process); replace it with a Redis one for several processes;
+///    message is never retried. Its events reach as far as the broker's
+///    messages (see `Abortable::for_broker`): in memory for the in-memory
+///    broker, in the same Redis for the Redis broker. With RabbitMQ,
+///    `abort` returns `AbortError::EventsNotShared` until you replace the
+///    middleware with one on Redis events;
 /// 4. `retries` — sees every failure below it, time-limit expiries
 ///    included, and re-enqueues the message with a delay or lets it be
 ///    dead-lettered;
@@ -51,10 +54,11 @@ pub fn app(broker: impl Broker) -> AppBuilder {
 
 /// [`app`] for a shared broker (as [`connect`](crate::connect) returns).
 pub fn app_shared(broker: Arc<dyn Broker>) -> AppBuilder {
+    let abort = Abortable::for_broker(&*broker);
     App::builder_shared(broker)
         .middleware(Callbacks::new())
         .middleware(AgeLimit::new())
-        .middleware(Abortable::new(MemoryEvents::new()))
+        .middleware(abort)
         .middleware(Retries::new())
         .middleware(TimeLimit::new())
         .middleware(ErrorCapture::new())

@@ -234,3 +234,28 @@ async fn callbacks_carry_the_originals_options_through_enqueue_hooks() {
     // The tenant travels; the callback options do not (no callback loop).
     assert!(TENANTS.lock().unwrap().contains(&format!("tenant {key} acme None")));
 }
+
+/// Its callback's name has a typo.
+#[derive(Actor, Serialize, Deserialize)]
+#[actor(on_failure = "report_failuer")]
+struct Misspelled {}
+
+impl Misspelled {
+    async fn perform(self, _ctx: &Context) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+
+#[test]
+fn an_unknown_callback_actor_in_an_actors_options_fails_the_build() {
+    let error = dramaturg::app(MemoryBroker::new()).actor::<Misspelled>().build().unwrap_err();
+    assert_eq!(
+        error,
+        dramaturg::ConfigError::UnknownActor {
+            actor: "misspelled".into(),
+            option: "on_failure".into(),
+            name: "report_failuer".into(),
+        }
+    );
+    assert!(error.to_string().contains("\"report_failuer\""), "{error}");
+}

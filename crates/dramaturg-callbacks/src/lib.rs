@@ -33,6 +33,11 @@
 //! }
 //! ```
 //!
+//! The callback actors named in a registered actor's options
+//! (`#[actor(on_failure = "…")]`) must be registered too: `build()` fails
+//! with `ConfigError::UnknownActor` naming the one it does not know. Names
+//! set per message are checked when the callback fires.
+//!
 //! # Context travels with the callback
 //!
 //! A callback message carries the original message's **own options of the
@@ -72,8 +77,8 @@ use std::time::Duration;
 
 use dramaturg_core::encoder::{decode_value, encode_value};
 use dramaturg_core::{
-    async_trait, Context, EnqueueError, ErrorRecord, Failure, Message, MessageId, Middleware, Next, Options, Outcome,
-    Output,
+    async_trait, App, ConfigError, Context, EnqueueError, ErrorRecord, Failure, Message, MessageId, Middleware, Next,
+    Options, Outcome, Output,
 };
 use serde::Serialize;
 
@@ -334,6 +339,26 @@ impl Middleware for Callbacks {
 
     fn as_any(&self) -> Option<&(dyn std::any::Any + Send + Sync)> {
         Some(self)
+    }
+
+    /// Every callback named in a registered actor's options is a registered
+    /// actor (names set per message can only be checked when they fire).
+    fn check_app(&self, app: &App) -> Result<(), ConfigError> {
+        let mut actors: Vec<_> = app.actors().collect();
+        actors.sort_by_key(|actor| actor.name());
+        for actor in actors {
+            for option in [ON_SUCCESS, ON_FAILURE, ON_RETRY_EXHAUSTED] {
+                let name = actor.options().extra::<String>(option).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+                if let Some(name) = name.filter(|name| app.actor(name).is_none()) {
+                    return Err(ConfigError::UnknownActor {
+                        actor: actor.name().to_owned(),
+                        option: option.to_owned(),
+                        name,
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn handle(&self, ctx: &Context, next: Next<'_>) -> Outcome {

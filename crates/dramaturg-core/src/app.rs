@@ -484,7 +484,9 @@ impl AppBuilder {
     ///
     /// # Errors
     ///
-    /// The first [`ConfigError`] met while building.
+    /// The first [`ConfigError`] met while building, including those of
+    /// the middleware's [`check_app`](Middleware::check_app) (an unknown
+    /// callback actor named in a registered actor's options, for one).
     pub fn build(mut self) -> Result<App, ConfigError> {
         if let Some(error) = self.errors.drain(..).next() {
             return Err(error);
@@ -505,7 +507,7 @@ impl AppBuilder {
                 return Err(ConfigError::DuplicateActor(previous.name().to_owned()));
             }
         }
-        Ok(App {
+        let app = App {
             inner: Arc::new(Inner {
                 broker: self.broker,
                 encoder: self.encoder,
@@ -514,7 +516,11 @@ impl AppBuilder {
                 queues,
                 max_message_size: self.max_message_size,
             }),
-        })
+        };
+        for middleware in app.middleware() {
+            middleware.check_app(&app)?;
+        }
+        Ok(app)
     }
 }
 

@@ -150,4 +150,15 @@ pub enum ConfigError {
     /// A setting is out of range.
     #[error("invalid setting: {0}")]
     Invalid(String),
+    /// A registered actor's option names an actor the app does not know
+    /// (a callback, for instance).
+    #[error("actor {actor:?} names {name:?} in its `{option}` option, but no actor of that name is registered")]
+    UnknownActor {
+        /// The actor whose option it is.
+        actor: String,
+        /// The option.
+        option: String,
+        /// The unknown name.
+        name: String,
+    },
 }

@@ -66,7 +66,7 @@ use async_trait::async_trait;
 
 use crate::actor::Job;
 use crate::outcome::{BoxError, Outcome};
-use crate::{App, Context, Message};
+use crate::{App, ConfigError, Context, Message};
 
 /// A step in the ordered stack around every message. Every hook has a
 /// no-op default; implement the ones you need.
@@ -121,6 +121,19 @@ pub trait Middleware: Send + Sync + 'static {
     async fn on_worker_stop(&self, app: &App) {
         let _ = app;
     }
+
+    /// Runs once in [`AppBuilder::build`](crate::AppBuilder::build), with
+    /// the app as built: check what this middleware needs of it (the
+    /// callbacks middleware checks that the actors named in the registered
+    /// actors' options exist).
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] fails the build with it.
+    fn check_app(&self, app: &App) -> Result<(), ConfigError> {
+        let _ = app;
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -151,6 +164,10 @@ impl<M: Middleware + ?Sized> Middleware for Arc<M> {
 
     async fn on_worker_stop(&self, app: &App) {
         (**self).on_worker_stop(app).await;
+    }
+
+    fn check_app(&self, app: &App) -> Result<(), ConfigError> {
+        (**self).check_app(app)
     }
 }
 

@@ -428,6 +428,12 @@ impl Middleware for Abortable {
         Some(self)
     }
 
+    /// The `abortable` option must be a boolean.
+    fn before_enqueue(&self, message: &mut Message) -> Result<(), dramaturg_core::BoxError> {
+        message.options.extra::<bool>(ABORTABLE)?;
+        Ok(())
+    }
+
     async fn after_delayed_enqueue(&self, app: &App, message: &Message, delay: Duration) {
         let options = match app.actor(&message.actor) {
             Some(actor) => message.options.clone().or(actor.options()),

@@ -77,8 +77,8 @@ use std::time::Duration;
 
 use dramaturg_core::encoder::{decode_value, encode_value};
 use dramaturg_core::{
-    async_trait, App, ConfigError, Context, EnqueueError, ErrorRecord, Failure, Message, MessageId, Middleware, Next,
-    Options, Outcome, Output,
+    async_trait, App, BoxError, ConfigError, Context, EnqueueError, ErrorRecord, Failure, Message, MessageId,
+    Middleware, Next, Options, Outcome, Output,
 };
 use serde::Serialize;
 
@@ -339,6 +339,14 @@ impl Middleware for Callbacks {
 
     fn as_any(&self) -> Option<&(dyn std::any::Any + Send + Sync)> {
         Some(self)
+    }
+
+    /// Callback options must name an actor: a string.
+    fn before_enqueue(&self, message: &mut Message) -> Result<(), BoxError> {
+        for option in [ON_SUCCESS, ON_FAILURE, ON_RETRY_EXHAUSTED] {
+            message.options.extra::<String>(option)?;
+        }
+        Ok(())
     }
 
     /// Every callback named in a registered actor's options is a registered

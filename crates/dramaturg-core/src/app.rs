@@ -261,6 +261,7 @@ impl App {
                 .before_enqueue(&mut message)
                 .map_err(|source| EnqueueError::Rejected { middleware: middleware.name(), source })?;
         }
+        message.options.check_known()?;
         let priority = match self.inner.actors.get(message.actor.as_str()) {
             Some(actor) => message.options.priority.or(actor.options().priority),
             None => message.options.priority,

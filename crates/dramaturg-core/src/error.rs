@@ -121,6 +121,10 @@ pub enum EnqueueError {
     /// The arguments or the message could not be encoded.
     #[error(transparent)]
     Encode(#[from] CodecError),
+    /// An option the core knows has a value of the wrong type (set through
+    /// `Options::with_extra`); the worker would dead-letter the message.
+    #[error("invalid message option: {0}")]
+    InvalidOption(#[from] crate::OptionError),
     /// A middleware's enqueue hook refused the message.
     #[error("middleware {middleware:?} refused the message: {source}")]
     Rejected {

@@ -309,3 +309,36 @@ mod flaky {
         }
     }
 }
+
+/// Fails with a boxed `InvalidInput`, or a boxed `Flaky`.
+#[derive(Actor, Serialize, Deserialize)]
+#[actor(queue = "boxed")]
+struct Boxed {
+    key: String,
+    invalid: bool,
+}
+
+impl Boxed {
+    async fn perform(self, ctx: &Context) -> Result<(), dramaturg::BoxError> {
+        record_attempt(&self.key, ctx);
+        if self.invalid {
+            return Err(Box::new(InvalidInput));
+        }
+        Err(Box::new(Flaky("boxed".into())))
+    }
+}
+
+#[tokio::test]
+async fn never_retry_matches_the_error_inside_a_boxed_error() {
+    let retries = Retries::new()
+        .max_retries(1)
+        .backoff(Duration::from_millis(1), Duration::from_millis(1))
+        .never_retry::<InvalidInput>();
+    let app = dramaturg::app(MemoryBroker::new()).replace("retries", retries).actor::<Boxed>().build().unwrap();
+    Boxed { key: "boxed-invalid".into(), invalid: true }.send(&app).await.unwrap();
+    Boxed { key: "boxed-flaky".into(), invalid: false }.send(&app).await.unwrap();
+    let report = Worker::new(app).run_until_drained(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(attempts("boxed-invalid").len(), 1, "a boxed InvalidInput is never retried");
+    assert_eq!(attempts("boxed-flaky").len(), 2, "other boxed errors are");
+    assert_eq!((report.retried, report.failed), (1, 2), "{report:?}");
+}

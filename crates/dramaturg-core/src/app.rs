@@ -12,6 +12,7 @@ use crate::broker::{Broker, DeadLetters, Outgoing, QueueAdmin, QueueStats};
 use crate::encoder::{encode_value, Encoder, MessagePack};
 use crate::error::{BrokerError, BrokerErrorKind, ConfigError, EnqueueError};
 use crate::middleware::Middleware;
+use crate::outcome::ErrorType;
 use crate::{Actor, Message, MessageId, Options};
 
 /// The largest encoded message an app sends by default: 1 MiB.
@@ -40,6 +41,7 @@ struct Inner {
     actors: HashMap<&'static str, ActorInfo>,
     queues: Vec<String>,
     max_message_size: usize,
+    error_types: Vec<ErrorType>,
 }
 
 /// Per-message choices for [`Actor::send_with`]: a delay and option
@@ -139,6 +141,12 @@ impl App {
     /// The queues of the registered actors, each once, in registration order.
     pub fn queues(&self) -> &[String] {
         &self.inner.queues
+    }
+
+    /// The error types the middleware ask failures about (see
+    /// [`Middleware::error_types`]), each once.
+    pub fn error_types(&self) -> &[ErrorType] {
+        &self.inner.error_types
     }
 
     /// The largest encoded message this app sends, in bytes.
@@ -508,8 +516,15 @@ impl AppBuilder {
                 return Err(ConfigError::DuplicateActor(previous.name().to_owned()));
             }
         }
+        let mut error_types: Vec<ErrorType> = Vec::new();
+        for ty in self.stack.iter().flat_map(|m| m.error_types()) {
+            if !error_types.iter().any(|known| known.type_id() == ty.type_id()) {
+                error_types.push(ty);
+            }
+        }
         let app = App {
             inner: Arc::new(Inner {
+                error_types,
                 broker: self.broker,
                 encoder: self.encoder,
                 stack: self.stack,

@@ -48,7 +48,7 @@ pub use id::{MessageId, ParseMessageIdError};
 pub use memory::MemoryBroker;
 pub use message::{now_ms, Message, OptionError, Options};
 pub use middleware::{Middleware, Next};
-pub use outcome::{BoxError, ErrorRecord, Failure, FailureKind, Outcome, Output, RecordLimits, Settlement};
+pub use outcome::{BoxError, ErrorRecord, ErrorType, Failure, FailureKind, Outcome, Output, RecordLimits, Settlement};
 pub use worker::{ShutdownHandle, Worker, WorkerReport};
 
 /// Re-exported so that middleware and brokers can be written without

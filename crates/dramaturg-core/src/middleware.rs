@@ -65,7 +65,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::actor::Job;
-use crate::outcome::{BoxError, Outcome};
+use crate::outcome::{BoxError, ErrorType, Outcome};
 use crate::{App, ConfigError, Context, Message};
 
 /// A step in the ordered stack around every message. Every hook has a
@@ -134,6 +134,15 @@ pub trait Middleware: Send + Sync + 'static {
         let _ = app;
         Ok(())
     }
+
+    /// Error types this middleware asks failures about with
+    /// [`Failure::is`](crate::Failure::is) after error capture has dropped
+    /// the error value (the retry middleware's `never_retry::<E>()`). The
+    /// app collects them at build time; error capture notes which of them
+    /// each error is before it drops it.
+    fn error_types(&self) -> Vec<ErrorType> {
+        Vec::new()
+    }
 }
 
 #[async_trait]
@@ -168,6 +177,10 @@ impl<M: Middleware + ?Sized> Middleware for Arc<M> {
 
     fn check_app(&self, app: &App) -> Result<(), ConfigError> {
         (**self).check_app(app)
+    }
+
+    fn error_types(&self) -> Vec<ErrorType> {
+        (**self).error_types()
     }
 }
 

@@ -32,7 +32,8 @@
 //!
 //! 1. an actor that returned [`Fail::permanent`](dramaturg_core::Fail::permanent)
 //!    is never retried;
-//! 2. error types registered with [`Retries::never_retry`] are never retried;
+//! 2. errors of the types registered with [`Retries::never_retry`] (matched
+//!    by type on the error value, boxed or not) are never retried;
 //! 3. a [`Retries::retry_when`] policy, if set, decides alone (it gets the
 //!    error record and the retry count; `max_retries` is not consulted);
 //! 4. otherwise the message is retried while it has fewer than `max_retries`
@@ -54,7 +55,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dramaturg_core::random::random_fraction;
-use dramaturg_core::{async_trait, Context, ErrorRecord, Failure, Middleware, Next, Outcome, Retry};
+use dramaturg_core::{async_trait, Context, ErrorRecord, ErrorType, Failure, Middleware, Next, Outcome, Retry};
 
 /// The key under which a retried message carries the record of the failure
 /// that caused its retry (read it with `ctx.options().extra::<ErrorRecord>(LAST_ERROR)`).
@@ -125,7 +126,7 @@ type ExhaustedHook = dyn Fn(&Context, &ErrorRecord) + Send + Sync;
 pub struct Retries {
     max_retries: u32,
     backoff: Backoff,
-    never: Vec<&'static str>,
+    never: Vec<ErrorType>,
     policy: Option<Arc<Policy>>,
     on_exhausted: Option<Arc<ExhaustedHook>>,
 }
@@ -156,11 +157,14 @@ impl Retries {
         self
     }
 
-    /// Never retries failures whose error type is `E` (the error type a
-    /// handler returns, or the one wrapped in a `Fail`).
+    /// Never retries failures whose error is an `E`: the error a handler
+    /// returns, the one wrapped in a `Fail`, the one inside a boxed error
+    /// (`Result<_, BoxError>`), or one in the error's source chain. Matched
+    /// by type (`TypeId`) on the error value, which error capture does
+    /// before it drops the value.
     #[must_use]
-    pub fn never_retry<E: ?Sized>(mut self) -> Self {
-        self.never.push(std::any::type_name::<E>());
+    pub fn never_retry<E: std::error::Error + 'static>(mut self) -> Self {
+        self.never.push(ErrorType::of::<E>());
         self
     }
 
@@ -186,10 +190,10 @@ impl Retries {
         if wish == Retry::Never {
             return None;
         }
-        let record = failure.record();
-        if self.never.contains(&record.type_name.as_str()) {
+        if self.never.iter().any(|ty| failure.is(ty)) {
             return None;
         }
+        let record = failure.record();
         let retries = ctx.retries();
         let decision = match &self.policy {
             Some(policy) => policy(record, retries),
@@ -219,6 +223,10 @@ impl Retries {
 impl Middleware for Retries {
     fn name(&self) -> &'static str {
         "retries"
+    }
+
+    fn error_types(&self) -> Vec<ErrorType> {
+        self.never.clone()
     }
 
     async fn handle(&self, ctx: &Context, next: Next<'_>) -> Outcome {

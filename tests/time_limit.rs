@@ -193,3 +193,29 @@ async fn a_blocking_actor_is_failed_on_time_and_can_stop_cooperatively() {
     let dead = broker.list("default", 1).await.unwrap();
     assert!(dead[0].reason.contains("time limit exceeded"), "{}", dead[0].reason);
 }
+
+/// Holds its async worker thread for 4 s, with a 1-second limit.
+#[derive(Actor, Serialize, Deserialize)]
+#[actor(max_retries = 0, time_limit = "1s")]
+struct Hog {}
+
+impl Hog {
+    async fn perform(self, _ctx: &Context) -> Result<(), BoxError> {
+        std::thread::sleep(Duration::from_secs(4));
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_async_actor_that_blocks_past_its_limit_fails_whatever_it_returned() {
+    let seen = Seen::default();
+    let app = dramaturg::app(MemoryBroker::new())
+        .insert_before("time_limit", Observe(Arc::clone(&seen)))
+        .actor::<Hog>()
+        .build()
+        .unwrap();
+    Hog {}.send(&app).await.unwrap();
+    let report = Worker::new(app).run_until_drained(Duration::from_secs(10)).await.unwrap();
+    assert_eq!((report.succeeded, report.failed), (0, 1), "{report:?}");
+    assert_eq!(*seen.lock().unwrap(), [(FailureKind::TimeLimitExceeded, Some(Limit::Duration))]);
+}

@@ -84,12 +84,20 @@ impl SendOptions {
 }
 
 impl App {
-    /// Starts building an app on `broker`, with an empty middleware stack.
+    /// Starts building an app on `broker` with an **empty** middleware stack:
+    /// no retries, no time limits, no error capture — `dramaturg::app(broker)`
+    /// starts with the default stack.
+    ///
+    /// For apps that assemble their own stack (and for tests of single
+    /// middleware). A worker on an app without a middleware named
+    /// `error_capture` logs a warning when it starts.
     pub fn builder(broker: impl Broker) -> AppBuilder {
         Self::builder_shared(Arc::new(broker))
     }
 
-    /// Starts building an app on a shared broker.
+    /// Starts building an app on a shared broker with an **empty**
+    /// middleware stack: see [`App::builder`]; `dramaturg::app_shared`
+    /// starts with the default stack.
     pub fn builder_shared(broker: Arc<dyn Broker>) -> AppBuilder {
         AppBuilder {
             broker,

@@ -281,6 +281,14 @@ impl Worker {
         if queues.is_empty() && !self.stop.is_cancelled() {
             tracing::warn!("the worker has no queue to consume: register actors on the app");
         }
+        if !self.app.middleware_names().contains(&"error_capture") {
+            tracing::warn!(
+                middleware = ?self.app.middleware_names(),
+                "no middleware named error_capture: panics and errors are not captured inside the stack \
+                 (a panic skips every middleware, retries included; error values live until the worker records them). \
+                 App::builder starts with an empty stack; dramaturg::app has retries, time limits and error capture"
+            );
+        }
         let prefetch = self.prefetch.unwrap_or(self.concurrency);
         let shared = Arc::new(Shared {
             permits: Arc::new(Semaphore::new(self.concurrency)),

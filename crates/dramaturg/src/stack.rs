@@ -10,8 +10,11 @@ use dramaturg_error_capture::ErrorCapture;
 use dramaturg_retries::Retries;
 use dramaturg_time_limit::TimeLimit;
 
-/// Starts building an app on `broker` with the default middleware stack,
-/// outermost first:
+/// Starts building an app on `broker` with the **default middleware stack**
+/// (callbacks, age limit, abort, retries, time limit, error capture) —
+/// unlike [`App::builder`], which starts with an empty one.
+///
+/// The stack, outermost first:
 ///
 /// 1. `callbacks` — sends `on_success` / `on_failure` /
 ///    `on_retry_exhausted` callbacks; outside the retries so that it can
@@ -52,7 +55,10 @@ pub fn app(broker: impl Broker) -> AppBuilder {
     app_shared(Arc::new(broker))
 }
 
-/// [`app`] for a shared broker (as [`connect`](crate::connect) returns).
+/// Starts building an app on a shared broker (as
+/// [`connect`](crate::connect) returns) with the **default middleware
+/// stack**, as [`app`] does — unlike [`App::builder_shared`], which starts
+/// with an empty one.
 pub fn app_shared(broker: Arc<dyn Broker>) -> AppBuilder {
     let abort = Abortable::for_broker(&*broker);
     App::builder_shared(broker)

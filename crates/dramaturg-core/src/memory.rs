@@ -25,8 +25,14 @@ const DEFAULT_DEAD_LETTER_LIMIT: usize = 10_000;
 /// It has the semantics of the real brokers — delays, acknowledgements,
 /// dead-letter queues with replay, requeue, purge, statistics and
 /// [`join`](QueueAdmin::join) — so the tests of your actors need no server.
-/// Messages do not survive the process, and priorities are ignored (queues
-/// are first in, first out).
+/// Messages do not survive the process.
+///
+/// **Priorities** (`Options::priority`, `#[actor(priority = …)]`) are
+/// honoured among ready messages: a higher priority is delivered first,
+/// and messages of equal priority (no priority counts as 0) first in,
+/// first out. A delayed message takes its place by priority when it falls
+/// due; a delivery returned to the queue (requeue, shutdown) goes back to
+/// the front; a replayed dead letter comes back at priority 0.
 ///
 /// Clones share the same queues.
 ///
@@ -69,7 +75,7 @@ struct Queue {
 
 #[derive(Debug, Default)]
 struct QueueState {
-    ready: VecDeque<Entry>,
+    ready: Ready,
     delayed: BinaryHeap<Reverse<Delayed>>,
     in_flight: u64,
     dead: VecDeque<DeadLetter>,
@@ -82,10 +88,55 @@ struct Entry {
     redelivered: bool,
 }
 
+/// Ready messages, highest priority first, first in first out among equals.
+#[derive(Debug, Default)]
+struct Ready(VecDeque<(u8, Entry)>);
+
+impl Ready {
+    /// Queues `entry` behind every entry of the same or a higher priority.
+    fn push(&mut self, priority: u8, entry: Entry) {
+        let at = self.0.partition_point(|(queued, _)| *queued >= priority);
+        self.0.insert(at, (priority, entry));
+    }
+
+    /// Puts `entry` first in line (a requeued delivery was next in line
+    /// before), ranked with the entry it goes before.
+    fn push_front(&mut self, entry: Entry) {
+        let priority = self.0.front().map_or(0, |(queued, _)| *queued);
+        self.0.push_front((priority, entry));
+    }
+
+    fn pop_front(&mut self) -> Option<Entry> {
+        self.0.pop_front().map(|(_, entry)| entry)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
+impl Extend<Entry> for Ready {
+    /// Queues entries of no priority (replayed dead letters).
+    fn extend<I: IntoIterator<Item = Entry>>(&mut self, entries: I) {
+        for entry in entries {
+            self.push(0, entry);
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Delayed {
     due: Instant,
     sequence: u64,
+    priority: u8,
     body: Bytes,
 }
 
@@ -155,7 +206,7 @@ impl QueueState {
                 return Some(next.due);
             }
             if let Some(Reverse(due)) = self.delayed.pop() {
-                self.ready.push_back(Entry { body: due.body, redelivered: false });
+                self.ready.push(due.priority, Entry { body: due.body, redelivered: false });
             }
         }
         None
@@ -163,15 +214,15 @@ impl QueueState {
 }
 
 impl Queue {
-    fn push(&self, body: Bytes, delay: Option<Duration>) {
+    fn push(&self, body: Bytes, delay: Option<Duration>, priority: u8) {
         let mut state = lock(&self.state);
         match delay {
             Some(delay) => {
                 state.sequence += 1;
                 let sequence = state.sequence;
-                state.delayed.push(Reverse(Delayed { due: Instant::now() + delay, sequence, body }));
+                state.delayed.push(Reverse(Delayed { due: Instant::now() + delay, sequence, priority, body }));
             }
-            None => state.ready.push_back(Entry { body, redelivered: false }),
+            None => state.ready.push(priority, Entry { body, redelivered: false }),
         }
         drop(state);
         self.ready.notify_one();
@@ -186,7 +237,7 @@ impl Broker for MemoryBroker {
     }
 
     async fn enqueue(&self, message: Outgoing) -> Result<(), BrokerError> {
-        self.queue(&message.queue).push(message.body, message.delay);
+        self.queue(&message.queue).push(message.body, message.delay, message.priority.unwrap_or(0));
         Ok(())
     }
 
@@ -383,5 +434,46 @@ impl DeadLetters for MemoryBroker {
             queue.ready.notify_one();
         }
         Ok(count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn next_body(consumer: &mut Box<dyn Consumer>) -> String {
+        let delivery = consumer.next().await.expect("a delivery");
+        let body = String::from_utf8(delivery.body().to_vec()).expect("utf-8");
+        delivery.settle(Settlement::Ack).await.expect("settled");
+        body
+    }
+
+    #[tokio::test]
+    async fn higher_priorities_are_delivered_first_and_equals_in_order() {
+        let broker = MemoryBroker::new();
+        for (body, priority) in
+            [("low-1", None), ("high-1", Some(9)), ("mid", Some(5)), ("low-2", Some(0)), ("high-2", Some(9))]
+        {
+            broker.enqueue(Outgoing::new("q", body.as_bytes().to_vec()).with_priority(priority)).await.expect("sent");
+        }
+        let mut consumer = broker.consume("q", 1).await.expect("consumer");
+        let mut order = Vec::new();
+        for _ in 0..5 {
+            order.push(next_body(&mut consumer).await);
+        }
+        assert_eq!(order, ["high-1", "high-2", "mid", "low-1", "low-2"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_delayed_message_takes_its_place_by_priority_when_due() {
+        let broker = MemoryBroker::new();
+        let later =
+            Outgoing::new("q", &b"urgent-later"[..]).with_delay(Some(Duration::from_millis(10))).with_priority(Some(7));
+        broker.enqueue(later).await.expect("sent");
+        broker.enqueue(Outgoing::new("q", &b"plain"[..])).await.expect("sent");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut consumer = broker.consume("q", 1).await.expect("consumer");
+        assert_eq!(next_body(&mut consumer).await, "urgent-later");
+        assert_eq!(next_body(&mut consumer).await, "plain");
     }
 }

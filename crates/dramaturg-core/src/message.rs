@@ -114,7 +114,9 @@ pub struct Options {
     pub idle_timeout: Option<Duration>,
     /// The oldest a message may be (since its first enqueue) and still run.
     pub max_age: Option<Duration>,
-    /// Delivery priority, 0 (lowest) to 255, where the broker supports it.
+    /// Delivery priority, 0 (lowest) to 255, where the broker supports it:
+    /// the in-memory broker delivers higher priorities first, first in first
+    /// out among equals (none counts as 0); RabbitMQ with `max_priority`.
     pub priority: Option<u8>,
     /// Options of other middleware, by name.
     pub extra: BTreeMap<String, serde_json::Value>,

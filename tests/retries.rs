@@ -342,3 +342,41 @@ async fn never_retry_matches_the_error_inside_a_boxed_error() {
     assert_eq!(attempts("boxed-flaky").len(), 2, "other boxed errors are");
     assert_eq!((report.retried, report.failed), (1, 2), "{report:?}");
 }
+
+#[tokio::test]
+async fn dead_letters_decode_delete_and_replay_with_their_retries_reset() {
+    use dramaturg::{Outgoing, Replay, ReplayRetries};
+
+    let broker = MemoryBroker::new();
+    let retries = Retries::new().max_retries(1).backoff(Duration::from_millis(1), Duration::from_millis(1));
+    let app = dramaturg::app(broker.clone())
+        .queue_prefix("dead-")
+        .replace("retries", retries)
+        .actor::<Unreliable>()
+        .build()
+        .unwrap();
+    let id = unreliable("dead-reset", "down", 0).send(&app).await.unwrap();
+    dramaturg::Broker::enqueue(&broker, Outgoing::new("dead-default", &b"\xc1 not a message"[..])).await.unwrap();
+    Worker::new(app.clone()).run_until_drained(Duration::from_secs(5)).await.unwrap();
+
+    let mut views = app.dead_letter_views("dead-default", 10).await.unwrap();
+    views.sort_by_key(|view| view.message.is_err());
+    let decoded = views[0].message.as_ref().unwrap();
+    assert_eq!((decoded.id, decoded.actor.as_str(), decoded.retries), (id, "unreliable", 1));
+    assert_eq!(decoded.args["key"], "dead-reset");
+    assert!(views[0].reason.contains("flaky dependency: down"), "{}", views[0]);
+    assert!(views[1].message.as_ref().unwrap_err().contains("undecodable"), "{}", views[1]);
+
+    let report = app.replay_dead_letters("dead-default", Replay::All, ReplayRetries::Reset).await.unwrap();
+    assert_eq!(report.replayed, 1, "{report:?}");
+    assert_eq!(report.undecodable.len(), 1, "{report:?}");
+    let left = broker.list("dead-default", 10).await.unwrap();
+    assert_eq!(left.len(), 1, "the replayed letter is deleted, the garbage kept");
+    Worker::new(app.clone()).run_until_drained(Duration::from_secs(5)).await.unwrap();
+    let retries: Vec<u32> = attempts("dead-reset").into_iter().map(|(r, _)| r).collect();
+    assert_eq!(retries, [0, 1, 0, 1], "the replay starts again at retry 0");
+
+    assert_eq!(broker.delete("dead-default", Replay::One("no-such-key".into())).await.unwrap(), 0);
+    assert_eq!(broker.delete("dead-default", Replay::All).await.unwrap(), 2);
+    assert!(broker.list("dead-default", 10).await.unwrap().is_empty());
+}

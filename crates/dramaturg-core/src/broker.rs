@@ -303,7 +303,7 @@ impl fmt::Debug for DeadLetter {
     }
 }
 
-/// Which dead letters to replay.
+/// Which dead letters to replay (or delete).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Replay {
@@ -330,6 +330,23 @@ pub trait DeadLetters: Send + Sync {
     ///
     /// A [`BrokerError`] when the broker cannot be reached.
     async fn replay(&self, queue: &str, which: Replay) -> Result<u64, BrokerError>;
+
+    /// Deletes dead letters of `queue` for good; returns how many. An
+    /// unknown key (the empty key included: apps call `delete` with it to
+    /// learn whether the broker can delete before they rely on it) deletes
+    /// nothing and is not an error.
+    ///
+    /// The default deletes nothing and says so.
+    ///
+    /// # Errors
+    ///
+    /// [`BrokerErrorKind::Unsupported`](crate::BrokerErrorKind::Unsupported)
+    /// from brokers that cannot delete; a [`BrokerError`] when the broker
+    /// cannot be reached.
+    async fn delete(&self, queue: &str, which: Replay) -> Result<u64, BrokerError> {
+        let _ = (queue, which);
+        Err(BrokerError::new(crate::BrokerErrorKind::Unsupported, "this broker cannot delete dead letters"))
+    }
 }
 
 /// `url` with the password of its user part replaced by `***`, for logs,

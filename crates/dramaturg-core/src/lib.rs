@@ -23,6 +23,7 @@ pub mod broker;
 #[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
 pub mod conformance;
 mod context;
+mod dead_letter;
 pub mod encoder;
 mod error;
 mod fail;
@@ -41,6 +42,7 @@ pub use broker::{
     Broker, Consumer, DeadLetter, DeadLetters, Delivery, Outgoing, QueueAdmin, QueueStats, Receipt, Replay,
 };
 pub use context::{Context, Metadata};
+pub use dead_letter::{DeadLetterView, DecodedMessage, ReplayError, ReplayReport, ReplayRetries};
 pub use encoder::{CodecError, Encoder, Json, MessagePack};
 pub use error::{BrokerError, BrokerErrorKind, ConfigError, EnqueueError};
 pub use fail::{Fail, Interrupted, Interruption, Retry};

@@ -435,6 +435,17 @@ impl DeadLetters for MemoryBroker {
         }
         Ok(count)
     }
+
+    async fn delete(&self, queue: &str, which: Replay) -> Result<u64, BrokerError> {
+        let queue = self.queue(queue);
+        let mut state = lock(&queue.state);
+        let before = state.dead.len();
+        match which {
+            Replay::All => state.dead.clear(),
+            Replay::One(key) => state.dead.retain(|d| d.key != key),
+        }
+        Ok((before - state.dead.len()) as u64)
+    }
 }
 
 #[cfg(test)]

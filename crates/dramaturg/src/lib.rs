@@ -16,11 +16,12 @@ pub use dramaturg_amqp as amqp;
 pub use dramaturg_callbacks as callbacks;
 pub use dramaturg_core::{
     actor, async_trait, broker, encoder, middleware, outcome, worker, Actor, ActorInfo, App, AppBuilder, BoxError,
-    Broker, BrokerError, BrokerErrorKind, CodecError, ConfigError, Consumer, Context, DeadLetter, DeadLetters,
-    Delivery, Encoder, EnqueueError, ErrorRecord, ErrorType, Fail, Failure, FailureKind, Interrupted, Interruption,
-    Job, Json, MemoryBroker, Message, MessageId, MessagePack, Metadata, Middleware, Next, OptionError, Options,
-    Outcome, Outgoing, Output, ParseMessageIdError, QueueAdmin, QueueStats, Receipt, RecordLimits, Replay, Retry,
-    SendOptions, Settlement, ShutdownHandle, Worker, WorkerReport, DEFAULT_MAX_MESSAGE_SIZE,
+    Broker, BrokerError, BrokerErrorKind, CodecError, ConfigError, Consumer, Context, DeadLetter, DeadLetterView,
+    DeadLetters, DecodedMessage, Delivery, Encoder, EnqueueError, ErrorRecord, ErrorType, Fail, Failure, FailureKind,
+    Interrupted, Interruption, Job, Json, MemoryBroker, Message, MessageId, MessagePack, Metadata, Middleware, Next,
+    OptionError, Options, Outcome, Outgoing, Output, ParseMessageIdError, QueueAdmin, QueueStats, Receipt,
+    RecordLimits, Replay, ReplayError, ReplayReport, ReplayRetries, Retry, SendOptions, Settlement, ShutdownHandle,
+    Worker, WorkerReport, DEFAULT_MAX_MESSAGE_SIZE,
 };
 pub use dramaturg_error_capture as error_capture;
 /// The Redis broker.

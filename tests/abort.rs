@@ -55,7 +55,7 @@ impl Looper {
         }
         for _ in 0..self.ticks {
             if let Some(left) = ctx.abort_requested() {
-                event(&self.tag, format!("saw {}", left.as_millis() / 100 * 100));
+                event(&self.tag, format!("saw {}", dramaturg::time::millis(left) / 100 * 100));
                 if self.polite {
                     event(&self.tag, "end");
                     return Ok(());

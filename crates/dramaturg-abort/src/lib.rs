@@ -62,9 +62,10 @@ mod redis_backend;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use dramaturg_core::sync::lock;
 use dramaturg_core::{
     async_trait, now_ms, App, BrokerError, Context, Interruption, Message, MessageId, Middleware, Next, Outcome,
 };
@@ -204,10 +205,7 @@ pub async fn abort(app: &App, id: MessageId, options: AbortOptions) -> Result<()
     {
         ttl = ttl.max(Duration::from_millis(due.saturating_sub(now_ms())) + options.abort_ttl);
     }
-    let request = AbortRequest {
-        mode: options.mode,
-        grace_ms: u64::try_from(options.abort_timeout.as_millis()).unwrap_or(u64::MAX),
-    };
+    let request = AbortRequest { mode: options.mode, grace_ms: dramaturg_core::time::millis(options.abort_timeout) };
     let value = serde_json::to_vec(&request)
         .map_err(|e| BrokerError::new(dramaturg_core::BrokerErrorKind::Other, e.to_string()))?;
     backend.notify(&[(abort_key(id), value)], ttl).await?;
@@ -229,14 +227,10 @@ struct Watcher {
 }
 
 impl Watcher {
-    fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-        mutex.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     fn register(self: &Arc<Self>, key: &str, backend: &Arc<dyn EventBackend>) -> watch::Receiver<Option<AbortRequest>> {
         let (sender, receiver) = watch::channel(None);
-        Self::lock(&self.running).insert(key.to_owned(), (sender, false));
-        let mut task = Self::lock(&self.task);
+        lock(&self.running).insert(key.to_owned(), (sender, false));
+        let mut task = lock(&self.task);
         if task.as_ref().is_none_or(JoinHandle::is_finished) {
             let (watcher, backend) = (Arc::clone(self), Arc::clone(backend));
             *task = Some(tokio::spawn(async move { watcher.run(&*backend).await }));
@@ -247,12 +241,12 @@ impl Watcher {
     }
 
     fn deregister(&self, key: &str) {
-        Self::lock(&self.running).remove(key);
+        lock(&self.running).remove(key);
         self.changed.notify_one();
     }
 
     fn stop(&self) {
-        if let Some(task) = Self::lock(&self.task).take() {
+        if let Some(task) = lock(&self.task).take() {
             task.abort();
         }
     }
@@ -265,7 +259,7 @@ impl Watcher {
             tokio::pin!(changed);
             changed.as_mut().enable();
             let keys: Vec<String> =
-                Self::lock(&self.running).iter().filter(|(_, (_, passed))| !passed).map(|(k, _)| k.clone()).collect();
+                lock(&self.running).iter().filter(|(_, (_, passed))| !passed).map(|(k, _)| k.clone()).collect();
             if keys.is_empty() {
                 changed.await;
                 continue;
@@ -273,7 +267,7 @@ impl Watcher {
             tokio::select! {
                 event = backend.wait_many(&keys, Duration::from_secs(30)) => match event {
                     Ok(Some((key, value))) => {
-                        if let Some((sender, passed)) = Self::lock(&self.running).get_mut(&key) {
+                        if let Some((sender, passed)) = lock(&self.running).get_mut(&key) {
                             *passed = true;
                             sender.send_replace(serde_json::from_slice(&value).ok());
                         }
@@ -444,7 +438,7 @@ impl Middleware for Abortable {
         }
         // Remember when it is due, so that a request made while it waits
         // stays valid until then.
-        let due = (now_ms() + u64::try_from(delay.as_millis()).unwrap_or(u64::MAX / 2)).to_string();
+        let due = now_ms().saturating_add(dramaturg_core::time::millis(delay)).to_string();
         let ttl = delay + Duration::from_secs(24 * 3600);
         if let Err(error) = self.backend.notify(&[(due_key(message.id), due.into_bytes())], ttl).await {
             tracing::warn!(%error, "cannot record when a delayed message is due; an abort request for it may expire early");
@@ -480,7 +474,7 @@ impl Middleware for Abortable {
         if let Some(request) = self.requested(&key).await {
             // Made while the message started: pass it on as the watcher would.
             let _ = requests.borrow_and_update();
-            if let Some((sender, passed)) = Watcher::lock(&self.watcher.running).get_mut(&key) {
+            if let Some((sender, passed)) = lock(&self.watcher.running).get_mut(&key) {
                 *passed = true;
                 sender.send_replace(Some(request));
             }

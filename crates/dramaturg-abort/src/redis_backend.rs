@@ -109,7 +109,8 @@ impl fmt::Debug for RedisEvents {
 #[async_trait]
 impl EventBackend for RedisEvents {
     async fn notify(&self, events: &[(String, Vec<u8>)], ttl: Duration) -> Result<(), BrokerError> {
-        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX / 2).max(1);
+        // Redis takes a signed 64-bit PX.
+        let ttl_ms = dramaturg_core::time::millis(ttl).clamp(1, u64::MAX / 2);
         let mut pipe = redis::pipe();
         for (key, value) in events {
             let key = self.key(key);

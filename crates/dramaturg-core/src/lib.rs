@@ -34,6 +34,8 @@ pub mod middleware;
 pub mod outcome;
 pub mod random;
 mod signal;
+pub mod sync;
+pub mod time;
 pub mod worker;
 
 pub use actor::{Actor, ActorInfo, Job};

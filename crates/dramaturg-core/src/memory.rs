@@ -3,7 +3,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -157,11 +157,9 @@ impl Ord for Delayed {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding the lock cannot leave the queues half-changed
-    // (every change is a single push or pop), so a poisoned lock is usable.
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
+// A panic while holding a lock cannot leave the queues half-changed (every
+// change is a single push or pop), so a poisoned lock is usable.
+use crate::sync::lock;
 
 impl Default for MemoryBroker {
     fn default() -> Self {

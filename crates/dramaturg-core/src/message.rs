@@ -75,7 +75,7 @@ impl fmt::Debug for Message {
 /// before it): the unit of `Message::enqueued_at_ms`, of due times and of
 /// retention in the brokers.
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, crate::time::millis)
 }
 
 /// Per-message options: typed fields for the ones dramaturg knows, and an
@@ -309,10 +309,6 @@ const IDLE_TIMEOUT: &str = "idle_timeout_ms";
 const MAX_AGE: &str = "max_age_ms";
 const PRIORITY: &str = "priority";
 
-fn millis(d: &Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
 impl Serialize for Options {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(None)?;
@@ -327,7 +323,7 @@ impl Serialize for Options {
             (MAX_AGE, &self.max_age),
         ] {
             if let Some(d) = value {
-                map.serialize_entry(key, &millis(d))?;
+                map.serialize_entry(key, &crate::time::millis(*d))?;
             }
         }
         if let Some(v) = self.priority {

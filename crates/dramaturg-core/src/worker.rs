@@ -340,7 +340,7 @@ impl Worker {
             middleware.on_worker_stop(&shared.app).await;
         }
         let report = shared.counters.report();
-        tracing::info!(?report, shutdown_ms = stopping.elapsed().as_millis() as u64, "worker stopped");
+        tracing::info!(?report, shutdown_ms = crate::time::millis(stopping.elapsed()), "worker stopped");
         Ok(report)
     }
 }

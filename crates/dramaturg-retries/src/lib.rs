@@ -254,7 +254,11 @@ impl Middleware for Retries {
         }
         match ctx.app().enqueue(retry, Some(delay)).await {
             Ok(_) => {
-                tracing::info!(retry = ctx.retries() + 1, delay_ms = delay.as_millis() as u64, "retry scheduled");
+                tracing::info!(
+                    retry = ctx.retries() + 1,
+                    delay_ms = dramaturg_core::time::millis(delay),
+                    "retry scheduled"
+                );
                 Outcome::Retried(failure)
             }
             Err(error) => {
@@ -284,7 +288,7 @@ mod tests {
     #[test]
     fn backoff_doubles_between_bounds_and_jitter_halves_at_most() {
         let backoff = Backoff { min: Duration::from_secs(1), max: Duration::from_secs(10) };
-        let full: Vec<u64> = (0..6).map(|n| backoff.delay(n, 0.0).as_millis() as u64).collect();
+        let full: Vec<u64> = (0..6).map(|n| dramaturg_core::time::millis(backoff.delay(n, 0.0))).collect();
         assert_eq!(full, [1000, 2000, 4000, 8000, 10_000, 10_000]);
         for n in 0..40 {
             for jitter in [0.0, 0.3, 0.999] {

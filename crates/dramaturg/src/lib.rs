@@ -23,6 +23,7 @@ pub use dramaturg_core::{
     RecordLimits, Replay, ReplayError, ReplayReport, ReplayRetries, Retry, SendOptions, Settlement, ShutdownHandle,
     Worker, WorkerReport, DEFAULT_MAX_MESSAGE_SIZE,
 };
+pub use dramaturg_core::{sync, time};
 pub use dramaturg_error_capture as error_capture;
 /// The Redis broker.
 #[cfg(feature = "redis")]

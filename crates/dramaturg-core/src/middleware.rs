@@ -56,7 +56,9 @@
 //! ```
 //!
 //! Register it with `AppBuilder::middleware(Metrics::default())`; keep an
-//! `Arc` to read the counters (`Arc<M>` is a middleware when `M` is).
+//! `Arc` to read the counters (`Arc<M>` is a middleware when `M` is). With
+//! the `dramaturg` crate, the same names come from `dramaturg::prelude::*`
+//! (no dependency on `dramaturg_core` needed).
 
 use std::any::Any;
 use std::sync::Arc;

@@ -184,10 +184,9 @@ impl Middleware for TimeLimit {
                         Ok(_) => return outcome,
                         Err(exceeded) => {
                             tracing::warn!(
-                                limit = %exceeded.limit,
-                                after = ?exceeded.after,
+                                limit = ?exceeded.after,
                                 outcome = outcome.label(),
-                                "the attempt ended past its time limit; failing it"
+                                "{exceeded}; the attempt ended past it, failing it"
                             );
                             return Outcome::Failed(
                                 Failure::from_error(exceeded).with_kind(FailureKind::TimeLimitExceeded),
@@ -200,7 +199,9 @@ impl Middleware for TimeLimit {
             }
         };
         ctx.interrupt(Interruption::TimeLimit);
-        tracing::warn!(limit = ?exceeded.limit, after = ?exceeded.after, "time limit exceeded; stopping the attempt");
+        // `limit` is the value in force (`1m30s` prints as `90s`); which
+        // limit it is, is in the message.
+        tracing::warn!(limit = ?exceeded.after, "{exceeded}; stopping the attempt");
         Outcome::Failed(Failure::from_error(exceeded).with_kind(FailureKind::TimeLimitExceeded))
     }
 }

@@ -41,8 +41,8 @@ impl Middleware for AgeLimit {
             let age = ctx.message().age();
             if age > max_age {
                 tracing::warn!(
-                    age_ms = age.as_millis() as u64,
-                    max_age_ms = max_age.as_millis() as u64,
+                    age_ms = dramaturg_core::time::millis(age),
+                    max_age_ms = dramaturg_core::time::millis(max_age),
                     "message too old; skipped"
                 );
                 return Outcome::Skipped(format!("older than its max_age of {max_age:?} ({age:?})").into());

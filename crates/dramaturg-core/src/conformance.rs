@@ -421,7 +421,7 @@ static NAPS_DONE: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap
     std::sync::LazyLock::new(Default::default);
 
 fn naps_done(tag: &str) -> u64 {
-    NAPS_DONE.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(tag).copied().unwrap_or(0)
+    crate::sync::lock(&NAPS_DONE).get(tag).copied().unwrap_or(0)
 }
 
 /// The suite's actor: sleeps, then counts itself done under its tag.
@@ -438,7 +438,7 @@ impl Actor for Nap {
     fn into_job(self, _ctx: Context) -> Job {
         Box::pin(async move {
             tokio::time::sleep(Duration::from_millis(self.millis)).await;
-            *NAPS_DONE.lock().unwrap_or_else(std::sync::PoisonError::into_inner).entry(self.tag).or_default() += 1;
+            *crate::sync::lock(&NAPS_DONE).entry(self.tag).or_default() += 1;
             into_job_result(Ok::<(), crate::BoxError>(()))
         })
     }

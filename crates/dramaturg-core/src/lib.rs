@@ -55,9 +55,7 @@ pub use id::{MessageId, ParseMessageIdError};
 pub use memory::MemoryBroker;
 pub use message::{now_ms, Message, OptionError, Options};
 pub use middleware::{Middleware, Next};
-pub use outcome::{
-    BoxError, ErrorRecord, ErrorType, Failure, FailureKind, NextAttempt, Outcome, Output, RecordLimits,
-};
+pub use outcome::{BoxError, ErrorRecord, ErrorType, Failure, FailureKind, NextAttempt, Outcome, Output, RecordLimits};
 pub use worker::{ShutdownHandle, Worker, WorkerReport};
 
 /// Re-exported so that middleware and brokers can be written without

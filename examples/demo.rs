@@ -108,8 +108,7 @@ fn parse_args() -> Result<Args, String> {
             "--work-ms" => args.work_ms = value()?.parse().map_err(|e| format!("--work-ms: {e}"))?,
             "--interval-ms" => args.interval_ms = value()?.parse().map_err(|e| format!("--interval-ms: {e}"))?,
             "--heartbeat-timeout-ms" => {
-                args.heartbeat_timeout_ms =
-                    Some(value()?.parse().map_err(|e| format!("--heartbeat-timeout-ms: {e}"))?);
+                args.heartbeat_timeout_ms = Some(value()?.parse().map_err(|e| format!("--heartbeat-timeout-ms: {e}"))?);
             }
             other => return Err(format!("unknown flag {other}")),
         }

@@ -405,3 +405,46 @@ async fn a_delay_beyond_max_age_is_refused_or_dead_lettered_never_skipped() {
     assert_eq!(dead.len(), 1);
     assert!(dead[0].reason.contains("beyond its max_age"), "{}", dead[0].reason);
 }
+
+/// Issue input: an idle worker on 200 queues held 200 extra connections
+/// (one blocking connection per queue). Connections no longer grow with
+/// the number of queues, and a message on any of them is still taken at
+/// once (woken through the worker's one subscription).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_on_200_queues_holds_a_few_connections_and_wakes_on_each() {
+    if support::is_child() {
+        return;
+    }
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let server = OwnRedis::start(port);
+    let namespace = namespace();
+    let broker = broker_in(&server.url(), &namespace).await;
+    let queues: Vec<String> = (0..200).map(|i| format!("q{i}")).collect();
+    let app = dramaturg::app(broker).actor_in::<Mark>("q150").build().unwrap();
+    let worker = Worker::new(app.clone()).queues(queues.clone());
+    let shutdown = worker.shutdown_handle();
+    let running = tokio::spawn(worker.run());
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    // Let every consumer start and go idle.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let info: String = redis::cmd("INFO").arg("clients").query_async(&mut conn).await.unwrap();
+    let clients: u64 = info
+        .lines()
+        .find_map(|line| line.strip_prefix("connected_clients:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap();
+    // The test's own connection, and the worker's shared, heartbeat and
+    // wake-up connections.
+    assert!(clients <= 4, "{clients} connections for a worker on 200 queues");
+    let tag = format!("wide-{namespace}");
+    let sent = Instant::now();
+    Mark { tag: tag.clone() }.send(&app).await.unwrap();
+    support::wait_for("the message on the 151st queue", Duration::from_secs(2), || marks(&tag) == 1).await;
+    println!("{clients} connections on 200 queues; a message ran {:?} after its send", sent.elapsed());
+    shutdown.shutdown();
+    running.await.unwrap().unwrap();
+}

@@ -49,6 +49,7 @@ mod consumer;
 mod keys;
 mod registry;
 mod scripts;
+mod wake;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -57,6 +58,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use dramaturg_core::broker::redact_password;
+pub(crate) use dramaturg_core::sync::lock;
+pub(crate) use dramaturg_core::time::millis;
 use dramaturg_core::{Broker, BrokerError, Consumer, DeadLetters, MessageId, Outgoing, QueueAdmin};
 use redis::aio::ConnectionManager;
 use redis::RedisError;
@@ -207,7 +210,6 @@ pub struct RedisBroker {
 /// What the broker, its consumers and its receipts share.
 struct Shared {
     config: RedisConfig,
-    client: redis::Client,
     conn: ConnectionManager,
     scripts: Arc<Scripts>,
     worker_id: String,
@@ -228,11 +230,6 @@ fn open_client(config: &RedisConfig) -> redis::RedisResult<redis::Client> {
         return redis::Client::build_with_tls(config.url.as_str(), certificates);
     }
     redis::Client::open(config.url.as_str())
-}
-
-/// `duration` in whole milliseconds, saturating.
-pub(crate) fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// A Redis error as a [`BrokerError`], classified, without any URL in it.
@@ -286,15 +283,7 @@ impl RedisBroker {
         ));
         tracing::debug!(url = %shown, namespace = %config.namespace, worker = %worker_id, "connected to redis");
         Ok(Self {
-            shared: Arc::new(Shared {
-                config,
-                client,
-                conn,
-                scripts,
-                worker_id,
-                consumers: AtomicU64::new(0),
-                registry,
-            }),
+            shared: Arc::new(Shared { config, conn, scripts, worker_id, consumers: AtomicU64::new(0), registry }),
         })
     }
 
@@ -323,7 +312,7 @@ impl RedisBroker {
     async fn enqueue_now(&self, queue: &str, batch: &[(String, bytes::Bytes)]) -> Result<(), BrokerError> {
         let keys = self.keys(queue);
         let mut invocation = self.shared.scripts.enqueue.prepare_invoke();
-        invocation.key(&keys.msgs).key(&keys.ready);
+        invocation.key(&keys.msgs).key(&keys.ready).arg(&keys.wake);
         for (id, body) in batch {
             invocation.arg(id).arg(body.as_ref());
         }
@@ -340,10 +329,10 @@ impl RedisBroker {
             .key(&keys.msgs)
             .key(&keys.delayed)
             .key(&keys.ready)
-            .key(&keys.woken)
             .arg(MessageId::new().to_string())
             .arg(message.body.as_ref())
             .arg(millis(delay))
+            .arg(&keys.wake)
             .invoke_async::<()>(&mut conn)
             .await
             .map_err(|e| broker_error(e, "delayed enqueue"))
@@ -415,8 +404,9 @@ impl Broker for RedisBroker {
 
     async fn consume(&self, queue: &str, prefetch: usize) -> Result<Box<dyn Consumer>, BrokerError> {
         let number = self.shared.consumers.fetch_add(1, Ordering::Relaxed);
-        self.shared.registry.register(number, queue).await?;
-        Ok(Box::new(consumer::RedisConsumer::new(Arc::clone(&self.shared), self.keys(queue), number, prefetch)))
+        let keys = self.keys(queue);
+        let wake = self.shared.registry.register(number, queue, &keys.wake).await?;
+        Ok(Box::new(consumer::RedisConsumer::new(Arc::clone(&self.shared), keys, number, prefetch, wake)))
     }
 
     fn admin(&self) -> Option<&dyn QueueAdmin> {

@@ -31,7 +31,7 @@ pub enum Outcome {
     /// A middleware planned a new attempt of the message (a retry): the
     /// worker replaces the delivery with it, due after its delay, in one
     /// broker step. The failure that led to it is kept.
-    Retried(Failure, NextAttempt),
+    Retried(Failure, Box<NextAttempt>),
     /// The message goes back to its queue unchanged, for another worker or a
     /// later run (worker shutdown, a retry that could not be enqueued, …).
     Requeue(Cow<'static, str>),
@@ -67,9 +67,10 @@ pub struct NextAttempt {
 }
 
 impl NextAttempt {
-    /// `message`, due after `delay`.
-    pub fn new(message: Message, delay: Duration) -> Self {
-        Self { message, delay }
+    /// `message`, due after `delay` (boxed, as [`Outcome::Retried`] holds
+    /// it).
+    pub fn new(message: Message, delay: Duration) -> Box<Self> {
+        Box::new(Self { message, delay })
     }
 }
 

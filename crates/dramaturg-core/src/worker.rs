@@ -33,7 +33,7 @@ use crate::bounded::Bounded;
 use crate::broker::{Consumer, Delivery, Settled, Settlement};
 use crate::error::BrokerError;
 use crate::middleware::Next;
-use crate::outcome::{Failure, NextAttempt, Outcome, RecordLimits};
+use crate::outcome::{Failure, Outcome, RecordLimits};
 use crate::{App, Context, Message};
 
 /// How long interrupted messages get to settle after the grace period.
@@ -448,19 +448,19 @@ async fn process(shared: Arc<Shared>, delivery: Delivery, _permit: OwnedSemaphor
     let size = delivery.body().len();
     let limit = shared.app.max_message_size();
     let settlement = if size > limit {
-        reject(&shared, format!("message of {size} bytes exceeds this app's max_message_size of {limit} bytes"))
+        reject(&shared, &format!("message of {size} bytes exceeds this app's max_message_size of {limit} bytes"))
     } else {
         match shared.app.encoder().decode_message(delivery.body()) {
             Ok(message) => run_message(&shared, message, delivery.redelivered()).await,
-            Err(error) => reject(&shared, format!("undecodable message ({size} bytes): {error}")),
+            Err(error) => reject(&shared, &format!("undecodable message ({size} bytes): {error}")),
         }
     };
     settle(&shared, delivery, settlement).await;
 }
 
 /// Dead-letters a delivery that is not a valid message for this app.
-fn reject(shared: &Shared, reason: String) -> Settlement {
-    let reason = Bounded::reason(&reason);
+fn reject(shared: &Shared, reason: &str) -> Settlement {
+    let reason = Bounded::reason(reason);
     tracing::error!(%reason, "dead-lettering an invalid message");
     shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
     Settlement::DeadLetter(reason)
@@ -472,8 +472,8 @@ fn settlement_for(app: &App, outcome: &mut Outcome) -> Settlement {
         Outcome::Succeeded(_) | Outcome::Skipped(_) | Outcome::Aborted(_) => Settlement::Ack,
         Outcome::Failed(failure) => Settlement::DeadLetter(Bounded::reason(&failure.record().summary())),
         Outcome::Requeue(_) => Settlement::Requeue,
-        Outcome::Retried(failure, NextAttempt { message, delay }) => match app.encoder().encode_message(message) {
-            Ok(body) => Settlement::Reschedule { body: body.into(), delay: *delay },
+        Outcome::Retried(failure, next) => match app.encoder().encode_message(&next.message) {
+            Ok(body) => Settlement::Reschedule { body: body.into(), delay: next.delay },
             Err(error) => Settlement::DeadLetter(Bounded::reason(&format!(
                 "its retry could not be encoded ({error}); last error: {}",
                 failure.record().summary()
@@ -497,14 +497,14 @@ async fn run_message(shared: &Shared, message: Message, redelivered: bool) -> Se
         let Some(actor) = app.actor(&message.actor) else {
             return reject(
                 shared,
-                format!("no actor named {:?} is registered in this app", Bounded::quoted(&message.actor).as_str()),
+                &format!("no actor named {:?} is registered in this app", Bounded::quoted(&message.actor).as_str()),
             );
         };
         let options = message.options.clone().or(actor.options());
         let ctx = Context::new(message, options, app.clone(), redelivered);
         let job = match actor.job(app.encoder(), &ctx.message().args, ctx.clone()) {
             Ok(job) => job,
-            Err(error) => return reject(shared, format!("invalid arguments for actor {:?}: {error}", actor.name())),
+            Err(error) => return reject(shared, &format!("invalid arguments for actor {:?}: {error}", actor.name())),
         };
         tracing::debug!("message started");
         let started = Instant::now();

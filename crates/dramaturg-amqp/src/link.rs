@@ -1,17 +1,19 @@
 //! The connection: opened on demand, opened again after a loss, with a
 //! publisher channel (confirms on) and the queues declared on it.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use dramaturg_core::broker::redact_password;
 pub(crate) use dramaturg_core::now_ms;
-use dramaturg_core::{BrokerError, BrokerErrorKind};
+use dramaturg_core::{Bounded, BrokerError, BrokerErrorKind};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ErrorKind};
 
-use crate::delay::{bucket_queue, bucket_ttl_ms, DUE_HEADER, MAX_BUCKET};
+use crate::delay::{bucket_queue, bucket_ttl_ms, DUE_HEADER};
+use crate::names::{check_queue, short};
 use crate::{AmqpConfig, Shared};
 
 /// The header holding a dead letter's reason.
@@ -41,12 +43,86 @@ pub(crate) struct Extra<'a> {
     pub(crate) reason: Option<(&'a str, &'a str)>,
 }
 
+/// The largest header table this broker writes, in bytes. A message's
+/// properties travel in one frame, and RabbitMQ closes the connection on a
+/// frame larger than its `frame_max` (at least 4,096 bytes); staying well
+/// under the smallest possible `frame_max` keeps any one message from ever
+/// tearing down a connection.
+pub(crate) const MAX_HEADER_BYTES: usize = 3072;
+
+/// Where a message is published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Target<'a> {
+    /// A queue (declared with its dead-letter queue).
+    Queue(&'a str),
+    /// A queue's dead-letter queue.
+    Dead(&'a str),
+    /// Delay bucket `k` of a queue, declared lazily on first use.
+    Bucket(&'a str, u32),
+}
+
+impl<'a> Target<'a> {
+    fn owned(self) -> OwnedTarget {
+        match self {
+            Target::Queue(queue) => OwnedTarget::Queue(queue.to_owned()),
+            Target::Dead(queue) => OwnedTarget::Dead(queue.to_owned()),
+            Target::Bucket(queue, k) => OwnedTarget::Bucket(queue.to_owned(), k),
+        }
+    }
+
+    /// The queue this target is named after.
+    fn queue(self) -> &'a str {
+        match self {
+            Target::Queue(queue) | Target::Dead(queue) | Target::Bucket(queue, _) => queue,
+        }
+    }
+
+    /// The routing key (the name of the queue on the server).
+    pub(crate) fn name(self) -> String {
+        match self {
+            Target::Queue(queue) => queue.to_owned(),
+            Target::Dead(queue) => dead_queue(queue),
+            Target::Bucket(queue, k) => bucket_queue(queue, k),
+        }
+    }
+}
+
+/// A [`Target`] remembered by name, to declare it again when RabbitMQ
+/// returns a message published to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum OwnedTarget {
+    Queue(String),
+    Dead(String),
+    Bucket(String, u32),
+}
+
+impl OwnedTarget {
+    fn borrowed(&self) -> Target<'_> {
+        match self {
+            OwnedTarget::Queue(queue) => Target::Queue(queue),
+            OwnedTarget::Dead(queue) => Target::Dead(queue),
+            OwnedTarget::Bucket(queue, k) => Target::Bucket(queue, *k),
+        }
+    }
+}
+
+/// What RabbitMQ did with one publish.
+enum Published {
+    /// Confirmed and routed to a queue (or confirms are off).
+    Stored,
+    /// Returned as unroutable (the queue does not exist); lapin hands the
+    /// returned message to the confirm that completes after it.
+    Returned(Box<lapin::message::BasicReturnMessage>),
+}
+
 /// One open connection with its publisher channel.
 pub(crate) struct Link {
     pub(crate) connection: Connection,
     publisher: Channel,
     config: AmqpConfig,
-    declared: Mutex<HashSet<String>>,
+    /// Queues declared on this connection, by routing key: a queue's name
+    /// stands for it and its dead-letter queue; buckets have their own.
+    declared: Mutex<HashMap<String, OwnedTarget>>,
 }
 
 impl Link {
@@ -59,45 +135,206 @@ impl Link {
         self.connection.create_channel().await.map_err(|e| amqp_error(e, "opening a channel"))
     }
 
-    /// Declares `queue`, its dead-letter queue and its delay buckets, once
-    /// per connection.
+    /// Declares `queue` and its dead-letter queue, once per connection.
+    /// Delay buckets are declared when first published to.
     pub(crate) async fn declare(&self, queue: &str) -> Result<(), BrokerError> {
-        if Shared::lock(&self.declared).contains(queue) {
+        check_queue(queue)?;
+        self.ensure(Target::Queue(queue)).await
+    }
+
+    /// Declares what `target` needs, once per connection.
+    async fn ensure(&self, target: Target<'_>) -> Result<(), BrokerError> {
+        let name = match target {
+            Target::Queue(queue) | Target::Dead(queue) => queue.to_owned(),
+            Target::Bucket(..) => target.name(),
+        };
+        if Shared::lock(&self.declared).contains_key(&name) {
             return Ok(());
         }
-        declare_topology(&self.publisher, &self.config, queue).await?;
-        Shared::lock(&self.declared).insert(queue.to_owned());
+        match target {
+            Target::Queue(queue) | Target::Dead(queue) => {
+                declare_topology(&self.publisher, &self.config, queue).await?;
+                Shared::lock(&self.declared).insert(name, OwnedTarget::Queue(queue.to_owned()));
+            }
+            Target::Bucket(queue, k) => {
+                declare_one(&self.publisher, &name, bucket_arguments(&self.config, queue, k)).await?;
+                Shared::lock(&self.declared).insert(name, target.owned());
+            }
+        }
         Ok(())
     }
 
-    /// Publishes to the default exchange and waits for the confirm.
-    pub(crate) async fn publish(&self, routing_key: &str, body: &[u8], extra: Extra<'_>) -> Result<(), BrokerError> {
+    /// Forgets the declaration of the queue behind `routing_key`, so that
+    /// the next publish declares it again. Returns what it stood for.
+    fn forget(&self, routing_key: &str) -> Option<OwnedTarget> {
+        let mut declared = Shared::lock(&self.declared);
+        if let Some(target) = declared.remove(routing_key) {
+            return Some(target);
+        }
+        // A dead-letter queue is declared under its queue's name.
+        let queue = routing_key.strip_suffix(".dq")?;
+        declared.remove(queue).map(|_| OwnedTarget::Dead(queue.to_owned()))
+    }
+
+    /// Publishes to `target` (declaring it if needed) and waits for the
+    /// confirm. Publishes are mandatory: if RabbitMQ returns the message
+    /// because its queue is gone (deleted, expired), the queue is declared
+    /// again and the message sent once more; a second return is an error.
+    pub(crate) async fn publish(&self, target: Target<'_>, body: &[u8], extra: Extra<'_>) -> Result<(), BrokerError> {
+        check_queue(target.queue())?;
+        self.ensure(target).await?;
+        let properties = self.properties(&extra)?;
+        let name = target.name();
+        let mut attempt = 0;
+        loop {
+            match self.publish_once(&name, body, properties.clone()).await? {
+                Published::Stored => return Ok(()),
+                Published::Returned(returned) if is_ours(&returned, &name, body) => {
+                    attempt += 1;
+                    if attempt > 1 {
+                        return Err(BrokerError::new(
+                            BrokerErrorKind::Protocol,
+                            format!(
+                                "amqp: RabbitMQ returned the message as unroutable twice: queue {name:?} is missing \
+                                 even after declaring it again"
+                            ),
+                        ));
+                    }
+                    tracing::warn!(queue = %name, "RabbitMQ returned a message: its queue is gone; declaring it again and resending");
+                    self.forget(&name);
+                    self.ensure(target).await?;
+                }
+                Published::Returned(returned) => {
+                    // lapin hands a returned message to whichever confirm of
+                    // the same (multiple) acknowledgement completes first:
+                    // this one is another publish's. Ours was routed;
+                    // resend theirs rather than drop it.
+                    self.resend_returned(*returned).await;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Sends a message that RabbitMQ returned to another publish of this
+    /// connection once more, after declaring its queue again.
+    async fn resend_returned(&self, returned: lapin::message::BasicReturnMessage) {
+        let routing_key = returned.delivery.routing_key.as_str().to_owned();
+        let result = async {
+            if let Some(target) = self.forget(&routing_key) {
+                self.ensure(target.borrowed()).await?;
+            }
+            match self.publish_once(&routing_key, &returned.delivery.data, returned.delivery.properties.clone()).await?
+            {
+                Published::Stored => Ok(()),
+                Published::Returned(_) => Err(BrokerError::new(
+                    BrokerErrorKind::Protocol,
+                    format!("amqp: queue {routing_key:?} is missing even after declaring it again"),
+                )),
+            }
+        }
+        .await;
+        if let Err(error) = result {
+            tracing::error!(queue = %routing_key, %error, "a message RabbitMQ returned could not be sent again");
+        }
+    }
+
+    /// The properties of a message: persistent, with bounded headers.
+    fn properties(&self, extra: &Extra<'_>) -> Result<BasicProperties, BrokerError> {
         let mut headers = FieldTable::default();
         if let Some(due) = extra.due {
             headers.insert(DUE_HEADER.into(), AMQPValue::LongLongInt(i64::try_from(due).unwrap_or(i64::MAX)));
         }
         if let Some((reason, key)) = extra.reason {
-            headers.insert(REASON_HEADER.into(), AMQPValue::LongString(reason.into()));
-            headers.insert(DEAD_KEY_HEADER.into(), AMQPValue::LongString(key.into()));
+            // The reason may quote the message (an actor name, a decode
+            // error): bound it here again, whatever the caller did.
+            let reason = Bounded::reason(reason);
+            let key = Bounded::quoted(key);
+            headers.insert(REASON_HEADER.into(), AMQPValue::LongString(reason.as_str().into()));
+            headers.insert(DEAD_KEY_HEADER.into(), AMQPValue::LongString(key.as_str().into()));
+        }
+        let size = header_table_bytes(&headers);
+        if size > MAX_HEADER_BYTES {
+            return Err(BrokerError::new(
+                BrokerErrorKind::InvalidInput,
+                format!("amqp: the message's headers take {size} bytes, over the limit of {MAX_HEADER_BYTES}"),
+            ));
         }
         let mut properties = BasicProperties::default().with_delivery_mode(2).with_headers(headers);
         if extra.reason.is_some() {
             properties = properties.with_timestamp(now_ms() / 1000);
         }
-        if let (Some(priority), Some(max)) = (extra.priority, self.config.max_priority) {
-            properties = properties.with_priority(priority.min(max));
+        if let Some(priority) = extra.priority {
+            match self.config.max_priority {
+                // RabbitMQ treats a priority above the queue's maximum as
+                // the maximum; say so in the value we send.
+                Some(max) => properties = properties.with_priority(priority.min(max)),
+                None if priority > 0 => return Err(no_priorities(priority)),
+                None => {}
+            }
         }
+        Ok(properties)
+    }
+
+    /// One mandatory publish to the default exchange and its confirm.
+    async fn publish_once(
+        &self,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<Published, BrokerError> {
+        let options = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
         let confirm = self
             .publisher
-            .basic_publish("".into(), routing_key.into(), BasicPublishOptions::default(), body, properties)
+            .basic_publish("".into(), short(routing_key, "queue name")?, options, body, properties)
             .await
             .map_err(|e| amqp_error(e, "publish"))?;
         let confirmation = confirm.await.map_err(|e| amqp_error(e, "publisher confirm"))?;
         if confirmation.is_nack() {
             return Err(BrokerError::new(BrokerErrorKind::Protocol, "amqp: RabbitMQ refused the message (nack)"));
         }
-        Ok(())
+        Ok(match confirmation.take_message() {
+            Some(returned) => Published::Returned(Box::new(returned)),
+            None => Published::Stored,
+        })
     }
+}
+
+/// The error for a priority sent without `max_priority`.
+fn no_priorities(priority: u8) -> BrokerError {
+    BrokerError::new(
+        BrokerErrorKind::InvalidInput,
+        format!(
+            "amqp: the message has priority {priority}, but this broker declares its queues without \
+             x-max-priority, so RabbitMQ would ignore it; set max_priority (AmqpConfig::max_priority or \
+             `?max_priority=N` in the URL)"
+        ),
+    )
+}
+
+/// Whether `returned` is the message this publish sent.
+fn is_ours(returned: &lapin::message::BasicReturnMessage, routing_key: &str, body: &[u8]) -> bool {
+    returned.delivery.routing_key.as_str() == routing_key && returned.delivery.data == body
+}
+
+/// The encoded size of a header table, in bytes (AMQP 0-9-1 field-table
+/// encoding of the value types this broker writes; others count as their
+/// debug text, an overestimate).
+pub(crate) fn header_table_bytes(table: &FieldTable) -> usize {
+    table
+        .inner()
+        .iter()
+        .map(|(key, value)| {
+            let value = match value {
+                AMQPValue::LongLongInt(_) => 8,
+                AMQPValue::LongString(text) => 4 + text.as_bytes().len(),
+                AMQPValue::ShortString(text) => 1 + text.as_str().len(),
+                other => format!("{other:?}").len(),
+            };
+            1 + key.as_str().len() + 1 + value
+        })
+        .sum::<usize>()
+        + 4
 }
 
 fn table(config: &AmqpConfig, entries: &[(&str, AMQPValue)]) -> FieldTable {
@@ -153,25 +390,28 @@ pub(crate) fn dead_queue(queue: &str) -> String {
 pub(crate) async fn declare_one(channel: &Channel, name: &str, arguments: FieldTable) -> Result<u32, BrokerError> {
     let options = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
     let queue = channel
-        .queue_declare(name.into(), options, arguments)
+        .queue_declare(short(name, "queue name")?, options, arguments)
         .await
         .map_err(|e| amqp_error(e, &format!("declaring queue {name:?}")))?;
     Ok(queue.message_count())
 }
 
-/// Declares a queue's whole topology; returns (ready, delayed, dead) counts.
+/// Whether `error` is RabbitMQ's 404: the queue does not exist.
+pub(crate) fn is_not_found(error: &lapin::Error) -> bool {
+    matches!(error.kind(), ErrorKind::ProtocolError(e) if *e.kind() == AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND))
+}
+
+/// Declares a queue and its dead-letter queue (not its delay buckets,
+/// declared when first used); returns (ready, dead) counts.
 pub(crate) async fn declare_topology(
     channel: &Channel,
     config: &AmqpConfig,
     queue: &str,
-) -> Result<(u64, u64, u64), BrokerError> {
+) -> Result<(u64, u64), BrokerError> {
+    check_queue(queue)?;
     let dead = declare_one(channel, &dead_queue(queue), dead_queue_arguments(config)).await?;
     let ready = declare_one(channel, queue, main_queue_arguments(config, queue)).await?;
-    let mut delayed = 0u64;
-    for k in 0..=MAX_BUCKET {
-        delayed += u64::from(declare_one(channel, &bucket_queue(queue, k), bucket_arguments(config, queue, k)).await?);
-    }
-    Ok((u64::from(ready), delayed, u64::from(dead)))
+    Ok((u64::from(ready), u64::from(dead)))
 }
 
 /// Opens links on demand and again after a loss.

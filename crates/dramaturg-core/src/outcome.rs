@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use crate::bounded::cut as truncate;
 use crate::encoder::{CodecError, Encoder};
-use crate::message::Message;
 use crate::fail::{Boxed, Retry};
+use crate::message::Message;
 
 /// A boxed error, the common currency of actor failures.
 pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;

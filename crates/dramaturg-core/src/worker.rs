@@ -459,15 +459,13 @@ fn settlement_for(app: &App, outcome: &mut Outcome) -> Settlement {
         Outcome::Succeeded(_) | Outcome::Skipped(_) | Outcome::Aborted(_) => Settlement::Ack,
         Outcome::Failed(failure) => Settlement::DeadLetter(Bounded::reason(&failure.record().summary())),
         Outcome::Requeue(_) => Settlement::Requeue,
-        Outcome::Retried(failure, NextAttempt { message, delay }) => {
-            match app.encoder().encode_message(message) {
-                Ok(body) => Settlement::Reschedule { body: body.into(), delay: *delay },
-                Err(error) => Settlement::DeadLetter(Bounded::reason(&format!(
-                    "its retry could not be encoded ({error}); last error: {}",
-                    failure.record().summary()
-                ))),
-            }
-        }
+        Outcome::Retried(failure, NextAttempt { message, delay }) => match app.encoder().encode_message(message) {
+            Ok(body) => Settlement::Reschedule { body: body.into(), delay: *delay },
+            Err(error) => Settlement::DeadLetter(Bounded::reason(&format!(
+                "its retry could not be encoded ({error}); last error: {}",
+                failure.record().summary()
+            ))),
+        },
     }
 }
 

@@ -127,7 +127,8 @@ impl QueueAdmin for AmqpBroker {
         let main_arguments = crate::link::main_queue_arguments(&self.shared.config, queue);
         loop {
             let ready = crate::link::declare_one(&channel, queue, main_arguments.clone()).await?;
-            if ready == 0 && self.shared.in_flight(queue) == 0 && self.stats(queue).await?.is_drained() {
+            let looked_at_buckets = ready == 0 && self.shared.in_flight(queue) == 0;
+            if looked_at_buckets && self.stats(queue).await?.is_drained() {
                 let _ = channel.close(200, "joined".into()).await;
                 return Ok(());
             }
@@ -135,7 +136,10 @@ impl QueueAdmin for AmqpBroker {
                 let _ = channel.close(200, "timed out".into()).await;
                 return Err(BrokerError::join_timeout(queue, timeout));
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            // Counting the buckets opens a channel per bucket: while only
+            // delayed messages remain, look less often.
+            let pause = if looked_at_buckets { 100 } else { 20 };
+            tokio::time::sleep(Duration::from_millis(pause)).await;
         }
     }
 

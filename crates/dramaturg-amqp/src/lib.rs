@@ -21,9 +21,29 @@
 //!   back from the server. Sends during an outage fail with a `Connection`
 //!   error, or retry for [`AmqpConfig::retry_enqueue_for`].
 //!
+//! - **Fenced settlement**: a delivery is settled only on the channel it
+//!   came from while that channel is current; otherwise the settlement
+//!   reports `Stale` and sends nothing. `requeue_in_flight` returns this
+//!   process's unsettled deliveries by closing their channels.
+//! - **Nothing dropped**: publishes are mandatory; a message RabbitMQ
+//!   returns because its queue is gone is sent again after declaring the
+//!   queue, or the send fails.
+//! - **Bounded by construction**: header values are cut to bounds and
+//!   header tables checked against a size limit ([below](crate#bounded-headers));
+//!   queue names longer than [`MAX_QUEUE_NAME_BYTES`] are refused with a
+//!   typed error instead of a panic.
+//!
 //! Topology of a queue `q` (all durable): `q` itself (dead-lettering to
 //! `q.dq`, with `x-max-priority` when configured), `q.dq`, and the delay
-//! buckets `q.delay.00` … `q.delay.22`.
+//! buckets `q.delay.00` … `q.delay.22`, each declared when a message is
+//! first published to it.
+//!
+//! # Bounded headers
+//!
+//! A dead letter's reason is cut to 2 KiB and its key to 256 bytes at the
+//! header, whatever the caller passed, and a header table over 3 KiB is
+//! refused: RabbitMQ closes the whole connection on a frame over its
+//! `frame_max`, so no message may make one.
 
 mod admin;
 mod consumer;

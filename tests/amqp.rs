@@ -478,6 +478,14 @@ async fn publishes_to_a_deleted_queue_declare_it_again_instead_of_dropping() {
     broker.enqueue(Outgoing::new(queue.as_str(), &b"after delete"[..])).await.unwrap();
     let stats = dramaturg::QueueAdmin::stats(&broker, &queue).await.unwrap();
     assert_eq!(stats.ready, 1, "{stats:?}");
+
+    // Again, under a batch of concurrent publishes (RabbitMQ acknowledges
+    // them with `multiple` acks): every one arrives, exactly once.
+    rabbitmqctl(&["delete_queue", &queue]);
+    let batch = (0..300).map(|i| Outgoing::new(queue.as_str(), format!("m{i}").into_bytes())).collect();
+    broker.enqueue_many(batch).await.unwrap();
+    let stats = dramaturg::QueueAdmin::stats(&broker, &queue).await.unwrap();
+    assert_eq!(stats.ready, 300, "{stats:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

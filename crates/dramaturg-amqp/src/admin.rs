@@ -215,7 +215,8 @@ impl DeadLetters for AmqpBroker {
                     _ => true,
                 };
                 if wanted {
-                    link.publish(Target::Queue(queue), &delivery.data, Extra::default()).await?;
+                    let body = Bytes::from(delivery.data);
+                    link.publish(Target::Queue(queue), &body, Extra::default()).await?;
                     channel
                         .basic_ack(delivery.delivery_tag, BasicAckOptions::default())
                         .await

@@ -172,16 +172,30 @@ impl AmqpConsumer {
     }
 }
 
+/// A delivery taken off the stream, its body shared.
+struct Received {
+    tag: u64,
+    redelivered: bool,
+    properties: lapin::BasicProperties,
+    body: Bytes,
+}
+
+impl From<lapin::message::Delivery> for Received {
+    fn from(delivery: lapin::message::Delivery) -> Self {
+        Self {
+            tag: delivery.delivery_tag,
+            redelivered: delivery.redelivered,
+            properties: delivery.properties,
+            body: Bytes::from(delivery.data),
+        }
+    }
+}
+
 /// Moves a message that came back from a delay bucket before its due time
 /// on to the next bucket (one confirmed publish, then the ack). Returns
 /// false if it is due.
-async fn hop(
-    shared: &Shared,
-    queue: &str,
-    generation: &Generation,
-    delivery: &lapin::message::Delivery,
-) -> Result<bool, BrokerError> {
-    let Some(due) = due_time(&delivery.properties) else { return Ok(false) };
+async fn hop(shared: &Shared, queue: &str, generation: &Generation, received: &Received) -> Result<bool, BrokerError> {
+    let Some(due) = due_time(&received.properties) else { return Ok(false) };
     let Some(k) = bucket_for(due.saturating_sub(now_ms())) else { return Ok(false) };
     let _fence = generation.fence.read().await;
     if !generation.is_current() {
@@ -189,11 +203,11 @@ async fn hop(
         return Ok(true);
     }
     let link = shared.linker.link().await?;
-    let priority = delivery.properties.priority().as_ref().copied().filter(|_| shared.config.max_priority.is_some());
-    link.publish(Target::Bucket(queue, k), &delivery.data, Extra { due: Some(due), priority, reason: None }).await?;
+    let priority = received.properties.priority().as_ref().copied().filter(|_| shared.config.max_priority.is_some());
+    link.publish(Target::Bucket(queue, k), &received.body, Extra { due: Some(due), priority, reason: None }).await?;
     generation
         .channel
-        .basic_ack(delivery.delivery_tag, BasicAckOptions::default())
+        .basic_ack(received.tag, BasicAckOptions::default())
         .await
         .map_err(|e| amqp_error(e, "acknowledging a delay hop"))?;
     Ok(true)
@@ -209,13 +223,13 @@ fn due_time(properties: &lapin::BasicProperties) -> Option<u64> {
 
 /// Whether a delivery has to be moved or dead-lettered before it may be
 /// handed out.
-fn needs_triage(shared: &Shared, delivery: &lapin::message::Delivery) -> bool {
-    due_time(&delivery.properties).is_some_and(|due| due > now_ms())
-        || (delivery.redelivered && shared.is_overdue(&delivery.data))
+fn needs_triage(shared: &Shared, received: &Received) -> bool {
+    due_time(&received.properties).is_some_and(|due| due > now_ms())
+        || (received.redelivered && shared.is_overdue(&received.body))
 }
 
 /// A delivery that triage hands back because it is due after all.
-type Due = Option<(Arc<Generation>, lapin::message::Delivery)>;
+type Due = Option<(Arc<Generation>, Received)>;
 
 /// Hops a delivery that is not due, or dead-letters one that ran into
 /// `consumer_timeout` before; runs as a task of its own so that it finishes
@@ -225,15 +239,15 @@ async fn triage(
     shared: Arc<Shared>,
     queue: String,
     generation: Arc<Generation>,
-    delivery: lapin::message::Delivery,
+    received: Received,
 ) -> Result<Due, BrokerError> {
-    if hop(&shared, &queue, &generation, &delivery).await? {
+    if hop(&shared, &queue, &generation, &received).await? {
         return Ok(None);
     }
-    if !(delivery.redelivered && shared.is_overdue(&delivery.data)) {
-        return Ok(Some((generation, delivery)));
+    if !(received.redelivered && shared.is_overdue(&received.body)) {
+        return Ok(Some((generation, received)));
     }
-    let receipt = AmqpReceipt::new(shared, generation, queue, delivery.delivery_tag, Bytes::from(delivery.data));
+    let receipt = AmqpReceipt::new(shared, generation, queue, received.tag, received.body);
     tracing::error!(queue = %receipt.queue, "dead-lettering a message that exceeded consumer_timeout");
     let reason = "the message ran longer than RabbitMQ's consumer_timeout and would again; raise consumer_timeout \
                   or set a shorter time_limit";
@@ -243,17 +257,11 @@ async fn triage(
 
 impl AmqpConsumer {
     /// Hands out `delivery` with a receipt of its channel.
-    fn hand_out(&self, generation: Arc<Generation>, delivery: lapin::message::Delivery) -> Delivery {
-        let redelivered = delivery.redelivered;
-        let receipt = AmqpReceipt::new(
-            Arc::clone(&self.shared),
-            generation,
-            self.queue.clone(),
-            delivery.delivery_tag,
-            Bytes::from(delivery.data),
-        );
+    fn hand_out(&self, generation: Arc<Generation>, received: Received) -> Delivery {
+        let receipt =
+            AmqpReceipt::new(Arc::clone(&self.shared), generation, self.queue.clone(), received.tag, received.body);
         let body = receipt.body.clone();
-        Delivery::new(body, redelivered, Box::new(receipt))
+        Delivery::new(body, received.redelivered, Box::new(receipt))
     }
 }
 
@@ -266,7 +274,7 @@ impl Consumer for AmqpConsumer {
                 self.triage = None;
                 match result {
                     Ok(Ok(None)) => {}
-                    Ok(Ok(Some((generation, delivery)))) => return Ok(self.hand_out(generation, delivery)),
+                    Ok(Ok(Some((generation, received)))) => return Ok(self.hand_out(generation, received)),
                     Ok(Err(error)) => return Err(error),
                     Err(join) => {
                         return Err(BrokerError::new(
@@ -296,12 +304,13 @@ impl Consumer for AmqpConsumer {
                 // put it back, and the next channel receives it again.
                 continue;
             }
-            if needs_triage(&self.shared, &delivery) {
-                let task = triage(Arc::clone(&self.shared), self.queue.clone(), generation, delivery);
+            let received = Received::from(delivery);
+            if needs_triage(&self.shared, &received) {
+                let task = triage(Arc::clone(&self.shared), self.queue.clone(), generation, received);
                 self.triage = Some(tokio::spawn(task));
                 continue;
             }
-            return Ok(self.hand_out(generation, delivery));
+            return Ok(self.hand_out(generation, received));
         }
     }
 

@@ -46,6 +46,7 @@
 //! `frame_max`, so no message may make one.
 
 mod admin;
+mod confirms;
 mod consumer;
 mod delay;
 mod link;

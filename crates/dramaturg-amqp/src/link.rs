@@ -1,7 +1,7 @@
 //! The connection: opened on demand, opened again after a loss, with a
 //! publisher channel (confirms on) and the queues declared on it.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use dramaturg_core::broker::redact_password;
@@ -12,6 +12,9 @@ use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ErrorKind};
 
+use bytes::Bytes;
+
+use crate::confirms::{Confirms, Published};
 use crate::delay::{bucket_queue, bucket_ttl_ms, DUE_HEADER};
 use crate::names::{check_queue, short};
 use crate::{AmqpConfig, Shared};
@@ -62,14 +65,6 @@ pub(crate) enum Target<'a> {
 }
 
 impl<'a> Target<'a> {
-    fn owned(self) -> OwnedTarget {
-        match self {
-            Target::Queue(queue) => OwnedTarget::Queue(queue.to_owned()),
-            Target::Dead(queue) => OwnedTarget::Dead(queue.to_owned()),
-            Target::Bucket(queue, k) => OwnedTarget::Bucket(queue.to_owned(), k),
-        }
-    }
-
     /// The queue this target is named after.
     fn queue(self) -> &'a str {
         match self {
@@ -87,34 +82,6 @@ impl<'a> Target<'a> {
     }
 }
 
-/// A [`Target`] remembered by name, to declare it again when RabbitMQ
-/// returns a message published to it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum OwnedTarget {
-    Queue(String),
-    Dead(String),
-    Bucket(String, u32),
-}
-
-impl OwnedTarget {
-    fn borrowed(&self) -> Target<'_> {
-        match self {
-            OwnedTarget::Queue(queue) => Target::Queue(queue),
-            OwnedTarget::Dead(queue) => Target::Dead(queue),
-            OwnedTarget::Bucket(queue, k) => Target::Bucket(queue, *k),
-        }
-    }
-}
-
-/// What RabbitMQ did with one publish.
-enum Published {
-    /// Confirmed and routed to a queue (or confirms are off).
-    Stored,
-    /// Returned as unroutable (the queue does not exist); lapin hands the
-    /// returned message to the confirm that completes after it.
-    Returned(Box<lapin::message::BasicReturnMessage>),
-}
-
 /// One open connection with its publisher channel.
 pub(crate) struct Link {
     pub(crate) connection: Connection,
@@ -122,7 +89,8 @@ pub(crate) struct Link {
     config: AmqpConfig,
     /// Queues declared on this connection, by routing key: a queue's name
     /// stands for it and its dead-letter queue; buckets have their own.
-    declared: Mutex<HashMap<String, OwnedTarget>>,
+    declared: Mutex<HashSet<String>>,
+    confirms: Confirms,
 }
 
 impl Link {
@@ -148,94 +116,49 @@ impl Link {
             Target::Queue(queue) | Target::Dead(queue) => queue.to_owned(),
             Target::Bucket(..) => target.name(),
         };
-        if Shared::lock(&self.declared).contains_key(&name) {
+        if Shared::lock(&self.declared).contains(&name) {
             return Ok(());
         }
         match target {
             Target::Queue(queue) | Target::Dead(queue) => {
                 declare_topology(&self.publisher, &self.config, queue).await?;
-                Shared::lock(&self.declared).insert(name, OwnedTarget::Queue(queue.to_owned()));
+                Shared::lock(&self.declared).insert(name);
             }
             Target::Bucket(queue, k) => {
                 declare_one(&self.publisher, &name, bucket_arguments(&self.config, queue, k)).await?;
-                Shared::lock(&self.declared).insert(name, target.owned());
+                Shared::lock(&self.declared).insert(name);
             }
         }
         Ok(())
-    }
-
-    /// Forgets the declaration of the queue behind `routing_key`, so that
-    /// the next publish declares it again. Returns what it stood for.
-    fn forget(&self, routing_key: &str) -> Option<OwnedTarget> {
-        let mut declared = Shared::lock(&self.declared);
-        if let Some(target) = declared.remove(routing_key) {
-            return Some(target);
-        }
-        // A dead-letter queue is declared under its queue's name.
-        let queue = routing_key.strip_suffix(".dq")?;
-        declared.remove(queue).map(|_| OwnedTarget::Dead(queue.to_owned()))
     }
 
     /// Publishes to `target` (declaring it if needed) and waits for the
     /// confirm. Publishes are mandatory: if RabbitMQ returns the message
     /// because its queue is gone (deleted, expired), the queue is declared
     /// again and the message sent once more; a second return is an error.
-    pub(crate) async fn publish(&self, target: Target<'_>, body: &[u8], extra: Extra<'_>) -> Result<(), BrokerError> {
+    pub(crate) async fn publish(&self, target: Target<'_>, body: &Bytes, extra: Extra<'_>) -> Result<(), BrokerError> {
         check_queue(target.queue())?;
         self.ensure(target).await?;
         let properties = self.properties(&extra)?;
         let name = target.name();
-        let mut attempt = 0;
-        loop {
-            match self.publish_once(&name, body, properties.clone()).await? {
-                Published::Stored => return Ok(()),
-                Published::Returned(returned) if is_ours(&returned, &name, body) => {
-                    attempt += 1;
-                    if attempt > 1 {
-                        return Err(BrokerError::new(
-                            BrokerErrorKind::Protocol,
-                            format!(
-                                "amqp: RabbitMQ returned the message as unroutable twice: queue {name:?} is missing \
-                                 even after declaring it again"
-                            ),
-                        ));
-                    }
-                    tracing::warn!(queue = %name, "RabbitMQ returned a message: its queue is gone; declaring it again and resending");
-                    self.forget(&name);
-                    self.ensure(target).await?;
-                }
-                Published::Returned(returned) => {
-                    // lapin hands a returned message to whichever confirm of
-                    // the same (multiple) acknowledgement completes first:
-                    // this one is another publish's. Ours was routed;
-                    // resend theirs rather than drop it.
-                    self.resend_returned(*returned).await;
-                    return Ok(());
-                }
-            }
+        if let Published::Stored = self.publish_once(&name, body, properties.clone()).await? {
+            return Ok(());
         }
-    }
-
-    /// Sends a message that RabbitMQ returned to another publish of this
-    /// connection once more, after declaring its queue again.
-    async fn resend_returned(&self, returned: lapin::message::BasicReturnMessage) {
-        let routing_key = returned.delivery.routing_key.as_str().to_owned();
-        let result = async {
-            if let Some(target) = self.forget(&routing_key) {
-                self.ensure(target.borrowed()).await?;
-            }
-            match self.publish_once(&routing_key, &returned.delivery.data, returned.delivery.properties.clone()).await?
-            {
-                Published::Stored => Ok(()),
-                Published::Returned(_) => Err(BrokerError::new(
-                    BrokerErrorKind::Protocol,
-                    format!("amqp: queue {routing_key:?} is missing even after declaring it again"),
-                )),
-            }
-        }
-        .await;
-        if let Err(error) = result {
-            tracing::error!(queue = %routing_key, %error, "a message RabbitMQ returned could not be sent again");
+        tracing::warn!(queue = %name, "RabbitMQ returned a message: its queue is gone; declaring it again and resending");
+        Shared::lock(&self.declared).remove(match target {
+            Target::Bucket(..) => name.as_str(),
+            _ => target.queue(),
+        });
+        self.ensure(target).await?;
+        match self.publish_once(&name, body, properties).await? {
+            Published::Stored => Ok(()),
+            Published::Returned => Err(BrokerError::new(
+                BrokerErrorKind::Protocol,
+                format!(
+                    "amqp: RabbitMQ returned the message as unroutable twice: queue {name:?} is missing even after \
+                     declaring it again"
+                ),
+            )),
         }
     }
 
@@ -280,23 +203,18 @@ impl Link {
     async fn publish_once(
         &self,
         routing_key: &str,
-        body: &[u8],
+        body: &Bytes,
         properties: BasicProperties,
     ) -> Result<Published, BrokerError> {
         let options = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
+        let routing = short(routing_key, "queue name")?;
+        let ticket = self.confirms.issue();
         let confirm = self
             .publisher
-            .basic_publish("".into(), short(routing_key, "queue name")?, options, body, properties)
+            .basic_publish("".into(), routing, options, body, properties)
             .await
             .map_err(|e| amqp_error(e, "publish"))?;
-        let confirmation = confirm.await.map_err(|e| amqp_error(e, "publisher confirm"))?;
-        if confirmation.is_nack() {
-            return Err(BrokerError::new(BrokerErrorKind::Protocol, "amqp: RabbitMQ refused the message (nack)"));
-        }
-        Ok(match confirmation.take_message() {
-            Some(returned) => Published::Returned(Box::new(returned)),
-            None => Published::Stored,
-        })
+        self.confirms.wait(ticket, confirm, routing_key, body.clone()).await
     }
 }
 
@@ -310,11 +228,6 @@ fn no_priorities(priority: u8) -> BrokerError {
              `?max_priority=N` in the URL)"
         ),
     )
-}
-
-/// Whether `returned` is the message this publish sent.
-fn is_ours(returned: &lapin::message::BasicReturnMessage, routing_key: &str, body: &[u8]) -> bool {
-    returned.delivery.routing_key.as_str() == routing_key && returned.delivery.data == body
 }
 
 /// The encoded size of a header table, in bytes (AMQP 0-9-1 field-table
@@ -446,7 +359,13 @@ impl Linker {
         if current.is_some() {
             tracing::info!(url = %shown, "reconnected to RabbitMQ");
         }
-        let link = Arc::new(Link { connection, publisher, config: self.config.clone(), declared: Mutex::default() });
+        let link = Arc::new(Link {
+            connection,
+            publisher,
+            config: self.config.clone(),
+            declared: Mutex::default(),
+            confirms: Confirms::start(),
+        });
         *current = Some(Arc::clone(&link));
         Ok(link)
     }

@@ -159,8 +159,8 @@ async fn collect(mut receiver: mpsc::UnboundedReceiver<Item>, counts: Arc<Counts
 
 type Completed = (lapin::Result<Confirmation>, Waiting);
 
-fn completion(confirm: PublisherConfirm, waiting: Waiting) -> impl std::future::Future<Output = Completed> {
-    async move { (confirm.await, waiting) }
+async fn completion(confirm: PublisherConfirm, waiting: Waiting) -> Completed {
+    (confirm.await, waiting)
 }
 
 fn answer(batch: Vec<Completed>, orphans: &mut VecDeque<BasicReturnMessage>) {

@@ -300,36 +300,46 @@ async fn requeue_in_flight_returns_only_this_process_deliveries_and_stale_receip
     let queue = format!("{}fence", prefix());
     let (here, elsewhere) = (broker().await, broker().await);
     here.declare_queue(&queue).await.unwrap();
-    for body in ["mine", "theirs"] {
+    for body in ["a", "b", "c", "theirs"] {
         here.enqueue(Outgoing::new(queue.as_str(), body.as_bytes().to_vec())).await.unwrap();
     }
-    let mut mine = here.consume(&queue, 1).await.unwrap();
-    let held = next_delivery(mine.as_mut()).await;
-    assert_eq!(text(held.body()), "mine");
+    let mut mine = here.consume(&queue, 3).await.unwrap();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(next_delivery(mine.as_mut()).await);
+    }
     let mut theirs = elsewhere.consume(&queue, 1).await.unwrap();
     let other = next_delivery(theirs.as_mut()).await;
     assert_eq!(text(other.body()), "theirs");
 
-    // Only this broker value's delivery goes back; the other process keeps its own.
-    assert_eq!(dramaturg::QueueAdmin::requeue_in_flight(&here, &queue).await.unwrap(), 1);
-    let again = next_delivery(mine.as_mut()).await;
-    assert_eq!(text(again.body()), "mine");
-    assert!(again.redelivered());
+    // Only this broker value's deliveries go back; the other process keeps its own.
+    assert_eq!(dramaturg::QueueAdmin::requeue_in_flight(&here, &queue).await.unwrap(), 3);
+    let mut again = Vec::new();
+    for _ in 0..3 {
+        let delivery = next_delivery(mine.as_mut()).await;
+        assert!(delivery.redelivered());
+        again.push(delivery);
+    }
+    let mut bodies: Vec<String> = again.iter().map(|d| text(d.body())).collect();
+    bodies.sort();
+    assert_eq!(bodies, ["a", "b", "c"]);
 
-    // The stale receipt sends nothing: no dead letter, no rescheduled copy,
-    // no ack on the new channel (which would close it).
-    for stale in [
+    // The stale receipts send nothing: no dead letter, no rescheduled copy,
+    // no ack on the new channel (an unknown tag there would close it).
+    let stale = [
         dramaturg::Settlement::DeadLetter("stale".into()),
         dramaturg::Settlement::Reschedule { body: "copy".into(), delay: Duration::from_millis(10) },
         dramaturg::Settlement::Ack,
-    ] {
-        assert_eq!(held.settle(stale).await.unwrap(), dramaturg_core::Settled::Stale);
+    ];
+    for (delivery, settlement) in held.into_iter().zip(stale) {
+        assert_eq!(delivery.settle(settlement).await.unwrap(), dramaturg_core::Settled::Stale);
     }
     let stats = dramaturg::QueueAdmin::stats(&here, &queue).await.unwrap();
-    assert_eq!((stats.ready, stats.delayed, stats.dead), (0, 0, 0), "{stats:?}");
-    assert_eq!(again.settle(dramaturg::Settlement::Ack).await.unwrap(), dramaturg_core::Settled::Applied);
+    assert_eq!((stats.ready, stats.delayed, stats.in_flight, stats.dead), (0, 0, 3, 0), "{stats:?}");
+    for delivery in again {
+        assert_eq!(delivery.settle(dramaturg::Settlement::Ack).await.unwrap(), dramaturg_core::Settled::Applied);
+    }
     assert_eq!(other.settle(dramaturg::Settlement::Ack).await.unwrap(), dramaturg_core::Settled::Applied);
-    drop((held, again, other));
     mine.close().await.unwrap();
     theirs.close().await.unwrap();
     dramaturg::QueueAdmin::join(&here, &queue, Duration::from_secs(5)).await.unwrap();
@@ -359,7 +369,6 @@ async fn a_200_kb_reason_is_bounded_at_the_header_and_the_connection_stays_up() 
     let reason = dramaturg_core::Bounded::new(&format!("unknown actor {}", "x".repeat(200_000)), usize::MAX);
     let settled = delivery.settle(dramaturg::Settlement::DeadLetter(reason)).await.unwrap();
     assert_eq!(settled, dramaturg_core::Settled::Applied);
-    drop(delivery);
     let dead = broker.list(&queue, 10).await.unwrap();
     assert_eq!(dead.len(), 1);
     assert!(dead[0].reason.starts_with("unknown actor xxx"), "{}", &dead[0].reason[..40]);
@@ -450,7 +459,6 @@ async fn publishes_to_a_deleted_queue_declare_it_again_instead_of_dropping() {
     let delivery = next_delivery(consumer.as_mut()).await;
     rabbitmqctl(&["delete_queue", &format!("{queue}.dq")]);
     delivery.settle(dramaturg::Settlement::DeadLetter("failed".into())).await.unwrap();
-    drop(delivery);
     let dead = broker.list(&queue, 10).await.unwrap();
     assert_eq!(dead.iter().map(|d| text(&d.body)).collect::<Vec<_>>(), ["first"], "the dead letter was not lost");
 
@@ -462,7 +470,6 @@ async fn publishes_to_a_deleted_queue_declare_it_again_instead_of_dropping() {
     let once = next_delivery(consumer.as_mut()).await;
     assert_eq!(text(once.body()), "delayed once");
     once.settle(dramaturg::Settlement::Ack).await.unwrap();
-    drop(once);
     for bucket in server_queues(&format!("{queue}.delay.")) {
         rabbitmqctl(&["delete_queue", &bucket]);
     }
@@ -470,7 +477,6 @@ async fn publishes_to_a_deleted_queue_declare_it_again_instead_of_dropping() {
     let arrived = next_delivery(consumer.as_mut()).await;
     assert_eq!(text(arrived.body()), "delayed twice", "the delayed message was not lost");
     arrived.settle(dramaturg::Settlement::Ack).await.unwrap();
-    drop(arrived);
     consumer.close().await.unwrap();
 
     // The queue itself is deleted; a send declares it again.

@@ -211,31 +211,38 @@ async fn time_limit_failures_and_panics_are_retried_like_any_failure() {
 }
 
 #[tokio::test]
-async fn a_retry_that_cannot_be_enqueued_returns_the_message_to_its_queue() {
-    let fail_enqueue = Arc::new(AtomicBool::new(false));
-    let broker = FlakyBroker { inner: MemoryBroker::new(), fail: Arc::clone(&fail_enqueue) };
+async fn a_retry_the_broker_cannot_take_yet_is_settled_later_and_never_rerun() {
+    let fail_settle = Arc::new(AtomicBool::new(false));
+    let broker = FlakyBroker { inner: MemoryBroker::new(), fail: Arc::clone(&fail_settle) };
     let memory = broker.inner.clone();
     let app = app_with(broker, Retries::new().backoff(Duration::from_millis(5), Duration::from_millis(5)));
     unreliable("no-loss", "always", 2).send(&app).await.unwrap();
-    fail_enqueue.store(true, Ordering::SeqCst);
+    fail_settle.store(true, Ordering::SeqCst);
 
     let worker = Worker::new(app.clone()).concurrency(1);
     let shutdown = worker.shutdown_handle();
     let running = tokio::spawn(worker.run());
-    // While the broker refuses, the first attempt fails and comes back
-    // unchanged, again and again: never lost, never retried.
+    // While the broker refuses settlements, the first attempt's retry waits
+    // to be settled: the attempt is not run again, and nothing is lost.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while attempts("no-loss").len() < 3 {
-        assert!(Instant::now() < deadline, "the message was not returned to its queue");
+    while attempts("no-loss").is_empty() {
+        assert!(Instant::now() < deadline, "the message did not run");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert!(attempts("no-loss").iter().all(|(retries, _)| *retries == 0));
-    fail_enqueue.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(attempts("no-loss").len(), 1, "the failed attempt ran again before its retry was settled");
+    assert_eq!(memory.stats("default").await.unwrap().in_flight, 1);
+    fail_settle.store(false, Ordering::SeqCst);
     app.join(Duration::from_secs(5)).await.unwrap();
     shutdown.shutdown();
     let report = running.await.unwrap().unwrap();
-    assert_eq!(attempts("no-loss").last().unwrap().0, 1, "the retry ran and succeeded");
-    assert!(report.requeued >= 2 && report.retried == 1 && report.succeeded == 1, "{report:?}");
+    let seen = attempts("no-loss");
+    assert_eq!(
+        seen.iter().map(|(retries, _)| *retries).collect::<Vec<_>>(),
+        [0, 1],
+        "the retry ran once and succeeded"
+    );
+    assert!(report.retried == 1 && report.succeeded == 1 && report.requeued == 0, "{report:?}");
     assert!(memory.list("default", 10).await.unwrap().is_empty());
 }
 
@@ -270,12 +277,16 @@ async fn message_options_override_the_middleware_defaults() {
 }
 
 mod flaky {
-    //! A broker whose enqueue fails on demand.
+    //! A broker whose settlements fail on demand, as a broker that is away
+    //! for a while would.
 
     use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
+    use std::sync::{Arc, Mutex};
 
-    use dramaturg::{async_trait, Broker, BrokerError, BrokerErrorKind, Consumer, MemoryBroker, Outgoing};
+    use dramaturg::{
+        async_trait, Broker, BrokerError, BrokerErrorKind, Consumer, Delivery, MemoryBroker, Outgoing, Receipt,
+        Settled, Settlement,
+    };
 
     #[derive(Debug)]
     pub(crate) struct FlakyBroker {
@@ -290,14 +301,12 @@ mod flaky {
         }
 
         async fn enqueue(&self, message: Outgoing) -> Result<(), BrokerError> {
-            if self.fail.load(Ordering::SeqCst) {
-                return Err(BrokerError::new(BrokerErrorKind::Connection, "enqueue refused on purpose"));
-            }
             self.inner.enqueue(message).await
         }
 
         async fn consume(&self, queue: &str, prefetch: usize) -> Result<Box<dyn Consumer>, BrokerError> {
-            self.inner.consume(queue, prefetch).await
+            let inner = self.inner.consume(queue, prefetch).await?;
+            Ok(Box::new(FlakyConsumer { inner, fail: Arc::clone(&self.fail) }))
         }
 
         fn admin(&self) -> Option<&dyn dramaturg::QueueAdmin> {
@@ -306,6 +315,42 @@ mod flaky {
 
         fn dead_letters(&self) -> Option<&dyn dramaturg::DeadLetters> {
             Some(&self.inner)
+        }
+    }
+
+    struct FlakyConsumer {
+        inner: Box<dyn Consumer>,
+        fail: Arc<AtomicBool>,
+    }
+
+    #[async_trait]
+    impl Consumer for FlakyConsumer {
+        async fn next(&mut self) -> Result<Delivery, BrokerError> {
+            let delivery = self.inner.next().await?;
+            let (body, redelivered) = (delivery.body().clone(), delivery.redelivered());
+            let receipt = FlakyReceipt { inner: Mutex::new(Some(delivery)), fail: Arc::clone(&self.fail) };
+            Ok(Delivery::new(body, redelivered, Box::new(receipt)))
+        }
+
+        async fn close(self: Box<Self>) -> Result<(), BrokerError> {
+            self.inner.close().await
+        }
+    }
+
+    #[derive(Debug)]
+    struct FlakyReceipt {
+        inner: Mutex<Option<Delivery>>,
+        fail: Arc<AtomicBool>,
+    }
+
+    #[async_trait]
+    impl Receipt for FlakyReceipt {
+        async fn settle(&self, settlement: &Settlement) -> Result<Settled, BrokerError> {
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(BrokerError::new(BrokerErrorKind::Connection, "settlement refused on purpose"));
+            }
+            let delivery = self.inner.lock().unwrap().take().expect("settled once");
+            Ok(delivery.settle(settlement.clone()).await?)
         }
     }
 }

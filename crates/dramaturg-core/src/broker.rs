@@ -156,6 +156,20 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     fn dead_letters(&self) -> Option<&dyn DeadLetters> {
         None
     }
+
+    /// Called by a worker that has stopped and settled every delivery it
+    /// could: the broker gives up what it held for consuming (the Redis
+    /// broker stops its heartbeat and removes the worker from its registry,
+    /// so that no other worker "recovers" it later). Sending still works
+    /// afterwards. The default has nothing to give up.
+    ///
+    /// # Errors
+    ///
+    /// A [`BrokerError`] when the broker cannot be told; what it held then
+    /// lapses by its own means (heartbeat timeout, connection close).
+    async fn release(&self) -> Result<(), BrokerError> {
+        Ok(())
+    }
 }
 
 /// A stream of deliveries from one queue.
@@ -202,9 +216,9 @@ pub trait Receipt: Send + Sync + fmt::Debug {
 }
 
 /// One message handed out by a [`Consumer`]. It is settled once:
-/// [`Delivery::settle`] borrows it so that a settlement that failed for a
-/// transient reason can be tried again, and the worker drops it after the
-/// first settlement that reached the broker.
+/// [`Delivery::settle`] takes it by value, and hands it back inside the
+/// error when the broker could not be told, so that the settlement can be
+/// tried again.
 #[derive(Debug)]
 pub struct Delivery {
     body: Bytes,
@@ -235,21 +249,49 @@ impl Delivery {
     ///
     /// # Errors
     ///
-    /// A [`BrokerError`] when the broker could not be told. Nothing was
-    /// changed; a retryable error may be retried with the same delivery
-    /// (fencing makes that safe), and otherwise the message is redelivered
-    /// once its claim lapses (at-least-once).
-    pub async fn settle(&self, settlement: Settlement) -> Result<Settled, BrokerError> {
-        self.receipt.settle(&settlement).await
+    /// A [`SettleError`] when the broker could not be told. Nothing was
+    /// changed; [`SettleError::into_delivery`] gives the delivery back to try
+    /// again (fencing makes a late retry safe). A delivery that is dropped
+    /// instead is redelivered once its claim lapses (at-least-once).
+    pub async fn settle(self, settlement: Settlement) -> Result<Settled, SettleError> {
+        match self.receipt.settle(&settlement).await {
+            Ok(settled) => Ok(settled),
+            Err(error) => Err(SettleError { error, delivery: Box::new(self) }),
+        }
+    }
+}
+
+/// A settlement the broker could not be told of, with the delivery to try
+/// again.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct SettleError {
+    #[source]
+    error: BrokerError,
+    delivery: Box<Delivery>,
+}
+
+impl SettleError {
+    /// Why the broker could not be told.
+    pub fn error(&self) -> &BrokerError {
+        &self.error
     }
 
-    /// As [`Delivery::settle`], borrowing the settlement (for retries).
-    ///
-    /// # Errors
-    ///
-    /// As [`Delivery::settle`].
-    pub async fn settle_ref(&self, settlement: &Settlement) -> Result<Settled, BrokerError> {
-        self.receipt.settle(settlement).await
+    /// The delivery, unsettled, to settle again.
+    pub fn into_delivery(self) -> Delivery {
+        *self.delivery
+    }
+
+    /// The broker's error, dropping the delivery (it is redelivered once
+    /// its claim lapses).
+    pub fn into_error(self) -> BrokerError {
+        self.error
+    }
+}
+
+impl From<SettleError> for BrokerError {
+    fn from(error: SettleError) -> Self {
+        error.error
     }
 }
 

@@ -313,7 +313,6 @@ impl Suite {
         let started = tokio::time::Instant::now();
         let reschedule = Settlement::Reschedule { body: body("second try"), delay: Duration::from_millis(600) };
         assert_eq!(delivery.settle(reschedule).await.expect("reschedule"), Settled::Applied);
-        drop(delivery);
         if let Some(admin) = self.broker.admin() {
             let stats = admin.stats(&queue).await.expect("stats");
             assert_eq!((stats.ready, stats.delayed, stats.dead), (0, 1, 0), "{stats:?}");
@@ -351,12 +350,10 @@ impl Suite {
             assert_eq!(owner.body(), &body("the real message"));
             assert!(owner.redelivered());
             assert_eq!(lapsed.settle(stale.clone()).await.expect("stale settle"), Settled::Stale, "{stale:?}");
-            drop(lapsed);
             let stats = admin.stats(&queue).await.expect("stats");
             assert_eq!((stats.ready, stats.delayed, stats.in_flight, stats.dead), (0, 0, 1, 0), "{stale:?}: {stats:?}");
             let reason = Settlement::DeadLetter("failed for good".into());
             assert_eq!(owner.settle(reason).await.expect("dead letter"), Settled::Applied);
-            drop(owner);
             // Closed before the replay below: a push broker (AMQP) would
             // otherwise deliver the replayed message into a live consumer's
             // prefetch, and closing would return it after the purge.
@@ -388,7 +385,6 @@ impl Suite {
         assert_eq!(old.settle(Settlement::Ack).await.expect("old ack"), Settled::Stale);
         assert_eq!(admin.stats(&queue).await.expect("stats").in_flight, 1);
         assert_eq!(new.settle(Settlement::Ack).await.expect("new ack"), Settled::Applied);
-        drop((old, new));
         consumer.close().await.expect("close");
         self.expect_drained(&queue).await;
     }

@@ -40,8 +40,8 @@ pub use actor::{Actor, ActorInfo, Job};
 pub use app::{App, AppBuilder, SendOptions, DEFAULT_MAX_MESSAGE_SIZE};
 pub use bounded::{Bounded, MAX_QUOTED_BYTES, MAX_REASON_BYTES};
 pub use broker::{
-    Broker, Consumer, DeadLetter, DeadLetters, Delivery, Outgoing, QueueAdmin, QueueStats, Receipt, Replay, Settled,
-    Settlement,
+    Broker, Consumer, DeadLetter, DeadLetters, Delivery, Outgoing, QueueAdmin, QueueStats, Receipt, Replay,
+    SettleError, Settled, Settlement,
 };
 pub use context::{Context, Metadata};
 pub use encoder::{CodecError, Encoder, Json, MessagePack};

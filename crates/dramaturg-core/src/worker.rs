@@ -342,6 +342,9 @@ impl Worker {
                 );
             }
         }
+        if let Err(error) = broker.release().await {
+            tracing::warn!(%error, "could not release the broker; what this worker held lapses by itself");
+        }
         for middleware in shared.app.middleware().iter().rev() {
             middleware.on_worker_stop(&shared.app).await;
         }
@@ -378,7 +381,7 @@ async fn pump(shared: Arc<Shared>, mut consumer: Box<dyn Consumer>, queue: Strin
         let permit = tokio::select! {
             biased;
             () = shared.stop.cancelled() => {
-                settle(&shared, &delivery, Settlement::Requeue).await;
+                settle(&shared, delivery, Settlement::Requeue).await;
                 break;
             }
             permit = Arc::clone(&shared.permits).acquire_owned() => permit,
@@ -393,11 +396,12 @@ async fn pump(shared: Arc<Shared>, mut consumer: Box<dyn Consumer>, queue: Strin
 
 /// Settles `delivery`, trying again while the broker fails for a transient
 /// reason; counts and logs a stale settlement.
-async fn settle(shared: &Shared, delivery: &Delivery, settlement: Settlement) {
+async fn settle(shared: &Shared, delivery: Delivery, settlement: Settlement) {
     let deadline = tokio::time::Instant::now() + SETTLE_RETRY_FOR;
     let mut backoff = Duration::from_millis(50);
+    let mut delivery = delivery;
     loop {
-        match delivery.settle_ref(&settlement).await {
+        match delivery.settle(settlement.clone()).await {
             Ok(Settled::Applied) => return,
             Ok(Settled::Stale) => {
                 shared.counters.stale.fetch_add(1, Ordering::Relaxed);
@@ -408,13 +412,14 @@ async fn settle(shared: &Shared, delivery: &Delivery, settlement: Settlement) {
                 );
                 return;
             }
-            Err(error) if error.is_retryable() && tokio::time::Instant::now() + backoff < deadline => {
-                tracing::warn!(%error, retry_in = ?backoff, "could not settle a delivery; retrying");
+            Err(error) if error.error().is_retryable() && tokio::time::Instant::now() + backoff < deadline => {
+                tracing::warn!(error = %error.error(), retry_in = ?backoff, "could not settle a delivery; retrying");
+                delivery = error.into_delivery();
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
             Err(error) => {
-                tracing::error!(%error, "could not settle a delivery; the broker will redeliver it");
+                tracing::error!(error = %error.error(), "could not settle a delivery; the broker will redeliver it");
                 return;
             }
         }
@@ -442,7 +447,7 @@ async fn process(shared: Arc<Shared>, delivery: Delivery, _permit: OwnedSemaphor
             Err(error) => reject(&shared, format!("undecodable message ({size} bytes): {error}")),
         }
     };
-    settle(&shared, &delivery, settlement).await;
+    settle(&shared, delivery, settlement).await;
 }
 
 /// Dead-letters a delivery that is not a valid message for this app.

@@ -9,6 +9,9 @@ use redis::Value;
 
 use crate::{broker_error, RedisBroker};
 
+/// How many messages one purge script call removes at most.
+const PURGE_BATCH: u64 = 1000;
+
 #[async_trait]
 impl QueueAdmin for RedisBroker {
     async fn stats(&self, queue: &str) -> Result<QueueStats, BrokerError> {
@@ -28,18 +31,35 @@ impl QueueAdmin for RedisBroker {
     }
 
     async fn purge(&self, queue: &str) -> Result<u64, BrokerError> {
+        // Many short script calls, so that a purge of millions of messages
+        // never blocks Redis (and every heartbeat) for long.
         let keys = self.keys(queue);
         let mut conn = self.shared.conn.clone();
-        self.shared
-            .scripts
-            .purge
-            .key(&keys.ready)
-            .key(&keys.delayed)
-            .key(&keys.msgs)
-            .key(&keys.woken)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| broker_error(e, "purge"))
+        let mut purged = 0;
+        loop {
+            let (removed, looked_at): (u64, u64) = self
+                .shared
+                .scripts
+                .purge
+                .key(&keys.ready)
+                .key(&keys.delayed)
+                .key(&keys.msgs)
+                .key(&keys.woken)
+                .key(&keys.claims)
+                .key(&keys.redelivered)
+                .arg(PURGE_BATCH)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| broker_error(e, "purge"))?;
+            purged += removed;
+            if looked_at == 0 {
+                return Ok(purged);
+            }
+        }
+    }
+
+    async fn requeue_in_flight(&self, queue: &str) -> Result<u64, BrokerError> {
+        self.shared.registry.requeue_in_flight(queue).await
     }
 }
 
@@ -98,6 +118,7 @@ impl DeadLetters for RedisBroker {
                 .key(&keys.reasons)
                 .key(&keys.msgs)
                 .key(&keys.ready)
+                .key(&keys.dead_bytes)
                 .arg(&target)
                 .invoke_async(&mut conn)
                 .await

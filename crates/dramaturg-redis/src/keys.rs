@@ -13,6 +13,8 @@ pub(crate) struct QueueKeys {
     pub(crate) reasons: String,
     pub(crate) redelivered: String,
     pub(crate) woken: String,
+    pub(crate) claims: String,
+    pub(crate) dead_bytes: String,
 }
 
 impl QueueKeys {
@@ -28,6 +30,8 @@ impl QueueKeys {
             reasons: key("dead-reasons"),
             redelivered: key("redelivered"),
             woken: key("woken"),
+            claims: key("claims"),
+            dead_bytes: key("dead-bytes"),
             prefix,
         }
     }
@@ -38,7 +42,8 @@ impl QueueKeys {
     }
 }
 
-/// The keys of the worker registry.
+/// The keys of the worker registry; they share the hash tag `{registry}`,
+/// so that one script can beat into both.
 #[derive(Debug, Clone)]
 pub(crate) struct RegistryKeys {
     /// Sorted set: worker id → time of its last heartbeat (ms).
@@ -48,7 +53,7 @@ pub(crate) struct RegistryKeys {
 
 impl RegistryKeys {
     pub(crate) fn new(namespace: &str) -> Self {
-        Self { workers: format!("{namespace}:workers"), namespace: namespace.to_owned() }
+        Self { workers: format!("{namespace}:{{registry}}:workers"), namespace: namespace.to_owned() }
     }
 
     /// The keys of `queue` in the same namespace.
@@ -58,7 +63,7 @@ impl RegistryKeys {
 
     /// Set of `consumer:queue` entries naming the worker's in-flight lists.
     pub(crate) fn consumers(&self, worker: &str) -> String {
-        format!("{}:worker:{worker}:consumers", self.namespace)
+        format!("{}:{{registry}}:worker:{worker}:consumers", self.namespace)
     }
 }
 
@@ -80,7 +85,16 @@ mod tests {
     #[test]
     fn queue_keys_share_a_hash_tag() {
         let keys = QueueKeys::new("ns", "mail");
-        for key in [&keys.ready, &keys.msgs, &keys.delayed, &keys.dead, &keys.woken, &keys.inflight("w1", 3)] {
+        for key in [
+            &keys.ready,
+            &keys.msgs,
+            &keys.delayed,
+            &keys.dead,
+            &keys.woken,
+            &keys.claims,
+            &keys.dead_bytes,
+            &keys.inflight("w1", 3),
+        ] {
             assert!(key.starts_with("ns:{mail}:"), "{key}");
         }
         assert_eq!(keys.inflight("w1", 3), "ns:{mail}:inflight:w1:3");

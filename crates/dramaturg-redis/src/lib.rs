@@ -57,12 +57,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use dramaturg_core::broker::redact_password;
-pub(crate) use dramaturg_core::now_ms;
 use dramaturg_core::{Broker, BrokerError, Consumer, DeadLetters, MessageId, Outgoing, QueueAdmin};
 use redis::aio::ConnectionManager;
 use redis::RedisError;
 
-use crate::keys::{QueueKeys, RegistryKeys};
+use crate::keys::QueueKeys;
 use crate::registry::Registry;
 use crate::scripts::Scripts;
 
@@ -90,6 +89,8 @@ pub struct RedisConfig {
     heartbeat_interval: Duration,
     heartbeat_timeout: Duration,
     dead_letter_ttl: Duration,
+    dead_letter_max_count: u64,
+    dead_letter_max_bytes: u64,
     max_block: Duration,
     retry_enqueue_for: Duration,
     #[cfg(feature = "tls")]
@@ -100,7 +101,8 @@ impl RedisConfig {
     /// Settings for the server at `url` (`redis://[user][:password@]host[:port][/db]`,
     /// or `rediss://` with the `tls` feature), with the defaults: namespace
     /// `dramaturg`, a heartbeat every 3 s with a 15 s timeout, dead letters
-    /// kept 7 days, consumers blocking up to 5 s, no enqueue retries.
+    /// kept 7 days (at most 50,000 and 64 MiB of messages per queue),
+    /// consumers blocking up to 5 s, no enqueue retries.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
@@ -108,6 +110,8 @@ impl RedisConfig {
             heartbeat_interval: Duration::from_secs(3),
             heartbeat_timeout: Duration::from_secs(15),
             dead_letter_ttl: Duration::from_secs(7 * 24 * 3600),
+            dead_letter_max_count: 50_000,
+            dead_letter_max_bytes: 64 << 20,
             max_block: Duration::from_secs(5),
             retry_enqueue_for: Duration::ZERO,
             #[cfg(feature = "tls")]
@@ -148,6 +152,17 @@ impl RedisConfig {
         self
     }
 
+    /// The most dead letters each queue keeps, by count and by the bytes of
+    /// their messages (defaults 50,000 and 64 MiB); past either, the
+    /// oldest are dropped. Enforced when a message is dead-lettered and
+    /// every minute by each worker, up to 1,000 per queue per pass.
+    #[must_use]
+    pub fn dead_letter_caps(mut self, max_count: u64, max_bytes: u64) -> Self {
+        self.dead_letter_max_count = max_count.max(1);
+        self.dead_letter_max_bytes = max_bytes;
+        self
+    }
+
     /// The longest an idle consumer blocks before it looks again (default
     /// 5 s: one command per 5 s per idle queue). It also bounds how long a
     /// consumer can sit on a connection that died without notice.
@@ -174,6 +189,8 @@ impl fmt::Debug for RedisConfig {
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("heartbeat_timeout", &self.heartbeat_timeout)
             .field("dead_letter_ttl", &self.dead_letter_ttl)
+            .field("dead_letter_max_count", &self.dead_letter_max_count)
+            .field("dead_letter_max_bytes", &self.dead_letter_max_bytes)
             .field("max_block", &self.max_block)
             .field("retry_enqueue_for", &self.retry_enqueue_for)
             .finish()
@@ -211,6 +228,11 @@ fn open_client(config: &RedisConfig) -> redis::RedisResult<redis::Client> {
         return redis::Client::build_with_tls(config.url.as_str(), certificates);
     }
     redis::Client::open(config.url.as_str())
+}
+
+/// `duration` in whole milliseconds, saturating.
+pub(crate) fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// A Redis error as a [`BrokerError`], classified, without any URL in it.
@@ -256,12 +278,11 @@ impl RedisBroker {
         let worker_id = MessageId::new().to_string();
         let scripts = Arc::new(Scripts::new());
         let registry = Arc::new(Registry::new(
+            client.clone(),
             conn.clone(),
-            RegistryKeys::new(&config.namespace),
             Arc::clone(&scripts),
             worker_id.clone(),
-            config.heartbeat_interval,
-            config.heartbeat_timeout,
+            config.clone(),
         ));
         tracing::debug!(url = %shown, namespace = %config.namespace, worker = %worker_id, "connected to redis");
         Ok(Self {
@@ -312,7 +333,6 @@ impl RedisBroker {
 
     async fn enqueue_later(&self, message: &Outgoing, delay: Duration) -> Result<(), BrokerError> {
         let keys = self.keys(&message.queue);
-        let due = now_ms() + u64::try_from(delay.as_millis()).unwrap_or(u64::MAX / 2);
         let mut conn = self.shared.conn.clone();
         self.shared
             .scripts
@@ -323,7 +343,7 @@ impl RedisBroker {
             .key(&keys.woken)
             .arg(MessageId::new().to_string())
             .arg(message.body.as_ref())
-            .arg(due)
+            .arg(millis(delay))
             .invoke_async::<()>(&mut conn)
             .await
             .map_err(|e| broker_error(e, "delayed enqueue"))
@@ -405,6 +425,10 @@ impl Broker for RedisBroker {
 
     fn dead_letters(&self) -> Option<&dyn DeadLetters> {
         Some(self)
+    }
+
+    async fn release(&self) -> Result<(), BrokerError> {
+        self.shared.registry.deregister().await
     }
 }
 

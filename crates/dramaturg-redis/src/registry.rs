@@ -1,149 +1,275 @@
-//! The worker registry: heartbeats, and the return of a dead worker's
-//! claimed messages.
+//! The worker registry: heartbeats, the return of a dead worker's claimed
+//! messages, and the timer that trims dead letters.
 //!
-//! Each broker value (a worker) beats from a task of its own, so a busy
-//! worker still beats. On every tick it also looks for workers whose last
-//! beat is older than the timeout and returns their in-flight messages to
-//! their queues — deterministically on every tick, with no `KEYS` scan: the
-//! registry lists every consumer's in-flight list.
+//! Each broker value (a worker) beats from a thread of its own, with its own
+//! small runtime and connection, so no handler that blocks or computes on
+//! the worker's runtime can starve the heartbeat and make a live worker look
+//! dead. Beats carry the server's time (`TIME` inside the script), so
+//! clients' clocks do not matter.
+//!
+//! A worker returns the claimed messages of workers whose last beat is older
+//! than the timeout — but only once it has itself beaten without a failure
+//! for a whole timeout: after an outage, every worker's last beat is old,
+//! and the first one back must give the others the time to beat again
+//! before it judges them.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use dramaturg_core::BrokerError;
 use redis::aio::ConnectionManager;
-use tokio::sync::Notify;
-use tokio::task::JoinHandle;
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
 
 use crate::keys::{consumer_entry, parse_consumer_entry, RegistryKeys};
 use crate::scripts::Scripts;
-use crate::{broker_error, now_ms};
+use crate::{broker_error, millis, RedisConfig};
+
+/// How often the dead letters of this worker's queues are trimmed.
+const TRIM_EVERY: Duration = Duration::from_secs(60);
 
 pub(crate) struct Registry {
+    client: redis::Client,
     conn: ConnectionManager,
     keys: RegistryKeys,
     scripts: Arc<Scripts>,
     worker_id: String,
-    interval: Duration,
-    timeout: Duration,
+    config: RedisConfig,
     entries: Mutex<Vec<String>>,
-    task: Mutex<Option<JoinHandle<()>>>,
+    /// Stops the heartbeat thread when set (or dropped).
+    stop: Mutex<Option<watch::Sender<bool>>>,
     /// Woken when a heartbeat fails: the connection may be dead, and
     /// consumers blocked on connections of their own should reconnect.
     pub(crate) connection_trouble: Notify,
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl Registry {
     pub(crate) fn new(
+        client: redis::Client,
         conn: ConnectionManager,
-        keys: RegistryKeys,
         scripts: Arc<Scripts>,
         worker_id: String,
-        interval: Duration,
-        timeout: Duration,
+        config: RedisConfig,
     ) -> Self {
         Self {
+            client,
             conn,
-            keys,
+            keys: RegistryKeys::new(&config.namespace),
             scripts,
             worker_id,
-            interval,
-            timeout,
+            config,
             entries: Mutex::default(),
-            task: Mutex::default(),
+            stop: Mutex::default(),
             connection_trouble: Notify::new(),
         }
     }
 
-    /// Records a consumer's in-flight list, beats once, and starts beating
-    /// if this is the first consumer.
-    pub(crate) async fn register(self: &std::sync::Arc<Self>, consumer: u64, queue: &str) -> Result<(), BrokerError> {
-        self.entries.lock().unwrap_or_else(PoisonError::into_inner).push(consumer_entry(consumer, queue));
-        self.beat().await?;
-        let mut task = self.task.lock().unwrap_or_else(PoisonError::into_inner);
-        if task.is_none() {
-            let registry = std::sync::Arc::clone(self);
-            *task = Some(tokio::spawn(async move { registry.run().await }));
+    /// Records a consumer's in-flight list, beats once, and starts the
+    /// heartbeat thread if it is not running.
+    pub(crate) async fn register(self: &Arc<Self>, consumer: u64, queue: &str) -> Result<(), BrokerError> {
+        let entries = {
+            let mut entries = lock(&self.entries);
+            entries.push(consumer_entry(consumer, queue));
+            entries.clone()
+        };
+        let mut conn = self.conn.clone();
+        beat(&mut conn, &self.keys, &self.scripts, &self.worker_id, &entries).await?;
+        let mut stop = lock(&self.stop);
+        if stop.is_none() {
+            let (sender, receiver) = watch::channel(false);
+            let registry = Arc::clone(self);
+            std::thread::Builder::new()
+                .name("dramaturg-redis-heartbeat".into())
+                .spawn(move || registry.run_thread(receiver))
+                .map_err(|e| {
+                    BrokerError::new(dramaturg_core::BrokerErrorKind::Other, "cannot start the heartbeat thread")
+                        .with_source(e)
+                })?;
+            *stop = Some(sender);
         }
         Ok(())
     }
 
-    /// Stops beating (the broker is gone). What this worker still had
-    /// claimed is returned by other workers once the timeout passes.
+    /// Stops beating. What this worker still had claimed is returned by
+    /// other workers once the timeout passes.
     pub(crate) fn stop(&self) {
-        if let Some(task) = self.task.lock().unwrap_or_else(PoisonError::into_inner).take() {
-            task.abort();
+        if let Some(stop) = lock(&self.stop).take() {
+            let _ = stop.send(true);
         }
     }
 
-    async fn run(&self) {
-        let mut tick = tokio::time::interval(self.interval);
+    /// Stops beating and, if this worker holds no claimed message any
+    /// more, removes it from the registry, so that no one later "recovers"
+    /// a worker that stopped cleanly. Claims still held (a settlement that
+    /// never reached Redis) are left for the recovery after the timeout.
+    pub(crate) async fn deregister(&self) -> Result<(), BrokerError> {
+        self.stop();
+        let entries = lock(&self.entries).clone();
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        for (consumer, queue) in entries.iter().filter_map(|e| parse_consumer_entry(e)) {
+            pipe.llen(self.keys.queue(queue).inflight(&self.worker_id, consumer));
+        }
+        let held: Vec<u64> = pipe.query_async(&mut conn).await.map_err(|e| broker_error(e, "deregistering"))?;
+        let held: u64 = held.iter().sum();
+        if held > 0 {
+            tracing::warn!(held, "stopping with claimed messages not settled; they return after the heartbeat timeout");
+            return Ok(());
+        }
+        redis::pipe()
+            .zrem(&self.keys.workers, &self.worker_id)
+            .ignore()
+            .del(self.keys.consumers(&self.worker_id))
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| broker_error(e, "deregistering"))?;
+        lock(&self.entries).clear();
+        tracing::debug!(worker = %self.worker_id, "deregistered");
+        Ok(())
+    }
+
+    /// The heartbeat thread: a runtime and a connection of its own.
+    fn run_thread(self: Arc<Self>, stop: watch::Receiver<bool>) {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                tracing::error!(%error, "cannot start the heartbeat runtime; this worker will look dead");
+                return;
+            }
+        };
+        runtime.block_on(self.run(stop));
+    }
+
+    async fn run(&self, mut stop: watch::Receiver<bool>) {
+        let interval = self.config.heartbeat_interval;
+        let mut conn: Option<ConnectionManager> = None;
+        let mut healthy_since: Option<Instant> = None;
+        let mut last_trim = Instant::now();
+        let mut failures = 0u32;
+        let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
-            if let Err(error) = self.beat().await {
-                tracing::warn!(%error, "redis heartbeat failed; retrying on the next tick");
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            if *stop.borrow() {
+                return;
+            }
+            let beaten = match &mut conn {
+                Some(conn) => {
+                    let entries = lock(&self.entries).clone();
+                    beat(conn, &self.keys, &self.scripts, &self.worker_id, &entries).await
+                }
+                None => self.connect().await.map(|c| conn = Some(c)),
+            };
+            if let Err(error) = beaten {
+                failures += 1;
+                // Logged at the first failure, then every 10th, so that an
+                // outage does not flood the logs.
+                if failures == 1 || failures % 10 == 0 {
+                    tracing::warn!(%error, failures, "redis heartbeat failed; retrying on the next tick");
+                }
+                healthy_since = None;
                 self.connection_trouble.notify_waiters();
                 continue;
             }
-            if let Err(error) = self.recover_dead().await {
-                tracing::warn!(%error, "could not check for dead workers; retrying on the next tick");
+            if failures > 0 {
+                tracing::info!(failures, "redis heartbeat restored");
+                failures = 0;
+            }
+            let since = *healthy_since.get_or_insert_with(Instant::now);
+            let Some(conn) = conn.as_mut() else { continue };
+            if since.elapsed() >= self.config.heartbeat_timeout {
+                if let Err(error) = self.recover_dead(conn).await {
+                    tracing::warn!(%error, "could not check for dead workers; retrying on the next tick");
+                }
+            }
+            if last_trim.elapsed() >= TRIM_EVERY {
+                last_trim = Instant::now();
+                if let Err(error) = self.trim_dead_letters(conn).await {
+                    tracing::warn!(%error, "could not trim dead letters; retrying later");
+                }
             }
         }
     }
 
-    async fn beat(&self) -> Result<(), BrokerError> {
-        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        let mut pipe = redis::pipe();
-        pipe.zadd(&self.keys.workers, &self.worker_id, now_ms()).ignore();
-        if !entries.is_empty() {
-            pipe.sadd(self.keys.consumers(&self.worker_id), entries).ignore();
-        }
-        let mut conn = self.conn.clone();
-        pipe.query_async::<()>(&mut conn).await.map_err(|e| broker_error(e, "heartbeat"))
+    async fn connect(&self) -> Result<ConnectionManager, BrokerError> {
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(self.config.heartbeat_interval.max(Duration::from_secs(2))))
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_max_delay(Duration::from_secs(2));
+        self.client
+            .get_connection_manager_with_config(config)
+            .await
+            .map_err(|e| broker_error(e, "opening the heartbeat connection"))
     }
 
     /// Returns the claimed messages of every worker whose heartbeat lapsed.
-    async fn recover_dead(&self) -> Result<(), BrokerError> {
-        let mut conn = self.conn.clone();
-        let cutoff = now_ms().saturating_sub(u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX));
-        let dead: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-            .arg(&self.keys.workers)
-            .arg("-inf")
-            .arg(cutoff)
-            .query_async(&mut conn)
+    async fn recover_dead(&self, conn: &mut ConnectionManager) -> Result<(), BrokerError> {
+        let timeout = millis(self.config.heartbeat_timeout);
+        let dead: Vec<String> = self
+            .scripts
+            .lapsed
+            .key(&self.keys.workers)
+            .arg(timeout)
+            .invoke_async(conn)
             .await
             .map_err(|e| broker_error(e, "listing workers"))?;
         for worker in dead.iter().filter(|w| **w != self.worker_id) {
             let consumers_key = self.keys.consumers(worker);
             let entries: Vec<String> = redis::cmd("SMEMBERS")
                 .arg(&consumers_key)
-                .query_async(&mut conn)
+                .query_async(conn)
                 .await
                 .map_err(|e| broker_error(e, "listing a dead worker's consumers"))?;
             let mut recovered = 0u64;
             for (consumer, queue) in entries.iter().filter_map(|e| parse_consumer_entry(e)) {
                 let keys = self.keys.queue(queue);
-                let count: u64 = self
-                    .scripts
-                    .recover
-                    .key(keys.inflight(worker, consumer))
-                    .key(&keys.ready)
-                    .key(&keys.redelivered)
-                    .invoke_async(&mut conn)
-                    .await
-                    .map_err(|e| broker_error(e, "returning a dead worker's messages"))?;
-                recovered += count;
+                recovered += recover(conn, &self.scripts, &keys.inflight(worker, consumer), &keys).await?;
             }
             redis::pipe()
                 .del(&consumers_key)
                 .ignore()
                 .zrem(&self.keys.workers, worker)
                 .ignore()
-                .query_async::<()>(&mut conn)
+                .query_async::<()>(conn)
                 .await
                 .map_err(|e| broker_error(e, "removing a dead worker"))?;
             tracing::warn!(dead_worker = %worker, recovered, "returned a dead worker's claimed messages to their queues");
+        }
+        Ok(())
+    }
+
+    /// Trims the dead letters of this worker's queues by retention and caps.
+    async fn trim_dead_letters(&self, conn: &mut ConnectionManager) -> Result<(), BrokerError> {
+        let mut queues: Vec<String> =
+            lock(&self.entries).iter().filter_map(|e| parse_consumer_entry(e)).map(|(_, q)| q.to_owned()).collect();
+        queues.sort_unstable();
+        queues.dedup();
+        for queue in queues {
+            let keys = self.keys.queue(&queue);
+            let removed: u64 = self
+                .scripts
+                .trim
+                .key(&keys.dead)
+                .key(&keys.dead_msgs)
+                .key(&keys.reasons)
+                .key(&keys.dead_bytes)
+                .arg(millis(self.config.dead_letter_ttl))
+                .arg(self.config.dead_letter_max_count)
+                .arg(self.config.dead_letter_max_bytes)
+                .invoke_async(conn)
+                .await
+                .map_err(|e| broker_error(e, "trimming dead letters"))?;
+            if removed > 0 {
+                tracing::debug!(%queue, removed, "trimmed dead letters");
+            }
         }
         Ok(())
     }
@@ -174,4 +300,50 @@ impl Registry {
         }
         Ok(lists)
     }
+
+    /// Returns every claimed message of `queue`, of every worker, to the
+    /// queue, voiding the claims.
+    pub(crate) async fn requeue_in_flight(&self, queue: &str) -> Result<u64, BrokerError> {
+        let keys = self.keys.queue(queue);
+        let mut conn = self.conn.clone();
+        let mut returned = 0;
+        for list in self.inflight_lists(queue).await? {
+            returned += recover(&mut conn, &self.scripts, &list, &keys).await?;
+        }
+        Ok(returned)
+    }
+}
+
+/// Records a heartbeat at the server's time, and the worker's consumers.
+async fn beat(
+    conn: &mut ConnectionManager,
+    keys: &RegistryKeys,
+    scripts: &Scripts,
+    worker_id: &str,
+    entries: &[String],
+) -> Result<(), BrokerError> {
+    let mut invocation = scripts.beat.prepare_invoke();
+    invocation.key(&keys.workers).key(keys.consumers(worker_id)).arg(worker_id);
+    for entry in entries {
+        invocation.arg(entry);
+    }
+    invocation.invoke_async::<()>(conn).await.map_err(|e| broker_error(e, "heartbeat"))
+}
+
+/// Returns everything in the in-flight list `list` to its queue.
+async fn recover(
+    conn: &mut ConnectionManager,
+    scripts: &Scripts,
+    list: &str,
+    keys: &crate::keys::QueueKeys,
+) -> Result<u64, BrokerError> {
+    scripts
+        .recover
+        .key(list)
+        .key(&keys.ready)
+        .key(&keys.redelivered)
+        .key(&keys.claims)
+        .invoke_async(conn)
+        .await
+        .map_err(|e| broker_error(e, "returning claimed messages"))
 }

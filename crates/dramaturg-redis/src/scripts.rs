@@ -2,12 +2,85 @@
 //! touches the keys of one queue only (one hash tag, so one Cluster slot),
 //! and loops over a bounded number of items instead of unpacking whole
 //! lists onto the Lua stack.
+//!
+//! # Claims and fencing
+//!
+//! Claiming a message increments its counter in the queue's `claims` hash;
+//! the new value is the claim's token, carried by the receipt. Every
+//! settlement first checks that the counter still holds its token, and
+//! otherwise changes nothing and returns 0 (stale). Returning a message to
+//! the queue — a requeue, a close, the recovery of a dead worker's claims —
+//! increments the counter too, so a claim that lapsed can never settle the
+//! message, even after the same consumer claims it again.
+//!
+//! # Time
+//!
+//! Due times, dead-letter times and heartbeats are read from the server's
+//! clock (`TIME`) inside the scripts, never from a client's, so a producer
+//! or worker whose clock is off cannot make a delay early or a live worker
+//! look dead.
+//!
+//! # Full servers
+//!
+//! Scripts that drain or keep the queue going without adding messages
+//! (claims, settlements, heartbeats, recovery) declare `allow-oom`, so a
+//! Redis at `maxmemory` with `noeviction` can still be drained; sends are
+//! refused there, with a typed error.
 
 use redis::Script;
 
 /// The entry pushed into an empty ready list to wake a consumer blocked on
 /// it when a delayed message falls due earlier than it was told.
 pub(crate) const WAKE: &str = "~wake~";
+
+/// The server's clock in milliseconds since the epoch, as `now`.
+const NOW: &str = r"
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+";
+
+/// Adds entry `id` to the delayed set due at `due`, waking a blocked
+/// consumer if it is now the earliest and the ready list is empty.
+const ADD_DELAYED: &str = r"
+local function add_delayed(delayed, ready, woken, id, due)
+  local first = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')
+  redis.call('ZADD', delayed, due, id)
+  if (first[2] == nil or due < tonumber(first[2])) and redis.call('LLEN', ready) == 0 then
+    redis.call('LPUSH', ready, '~wake~')
+    redis.call('SET', woken, '1')
+  end
+end
+";
+
+/// Drops the oldest dead letters while they are past their retention or
+/// over the count or byte cap; at most `budget` per call.
+const TRIM_DEAD: &str = r"
+local function trim_dead(dead, msgs, reasons, bytes, now, retention, max_count, max_bytes, budget)
+  local removed = 0
+  while removed < budget do
+    local first = redis.call('ZRANGE', dead, 0, 0, 'WITHSCORES')
+    if first[1] == nil then break end
+    local size = tonumber(redis.call('GET', bytes) or '0')
+    local count = redis.call('ZCARD', dead)
+    if tonumber(first[2]) > now - retention and count <= max_count and size <= max_bytes then break end
+    local id = first[1]
+    redis.call('DECRBY', bytes, redis.call('HSTRLEN', msgs, id))
+    redis.call('ZREM', dead, id)
+    redis.call('HDEL', msgs, id)
+    redis.call('HDEL', reasons, id)
+    removed = removed + 1
+  end
+  if redis.call('ZCARD', dead) == 0 then redis.call('DEL', bytes) end
+  return removed
+end
+";
+
+/// The claim check every settlement starts with. KEYS[1]: inflight,
+/// KEYS[2]: claims. ARGV[1]: id, ARGV[2]: token.
+const OWNS: &str = r"
+if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('LREM', KEYS[1], -1, ARGV[1])
+";
 
 /// Enqueue messages now. KEYS: msgs, ready. ARGV: id, payload, id, payload, …
 const ENQUEUE: &str = r"
@@ -19,25 +92,19 @@ return #ARGV / 2
 ";
 
 /// Enqueue one message for later. KEYS: msgs, delayed, ready, woken.
-/// ARGV: id, payload, due (ms since the epoch).
+/// ARGV: id, payload, delay (ms).
 const ENQUEUE_DELAYED: &str = r"
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-local due = tonumber(ARGV[3])
-redis.call('ZADD', KEYS[2], due, ARGV[1])
-if (first[2] == nil or due < tonumber(first[2])) and redis.call('LLEN', KEYS[3]) == 0 then
-  redis.call('LPUSH', KEYS[3], '~wake~')
-  redis.call('SET', KEYS[4], '1')
-end
+add_delayed(KEYS[2], KEYS[3], KEYS[4], ARGV[1], now + tonumber(ARGV[3]))
 return 1
 ";
 
 /// Promote due delayed messages, then claim up to n ready ones into the
 /// consumer's in-flight list. KEYS: ready, inflight, msgs, delayed,
-/// redelivered, woken. ARGV: n, now (ms). Returns the next due time (or
-/// -1) followed by id, payload, redelivered triples.
+/// redelivered, woken, claims. ARGV: n. Returns the milliseconds until the
+/// next delayed message is due (-1: none), how many ids without a message
+/// were dropped, then id, payload, token, redelivered quadruples.
 const FETCH: &str = r"
-local now = tonumber(ARGV[2])
 local due = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, 1000)
 for _, id in ipairs(due) do
   redis.call('RPUSH', KEYS[1], id)
@@ -45,7 +112,7 @@ for _, id in ipairs(due) do
 end
 local out = {}
 local n = tonumber(ARGV[1])
-local taken = 0
+local taken, orphans = 0, 0
 while taken < n do
   local id = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
   if not id then break end
@@ -53,76 +120,125 @@ while taken < n do
     redis.call('LREM', KEYS[2], -1, id)
     redis.call('DEL', KEYS[6])
   else
-    taken = taken + 1
-    out[#out + 1] = id
-    out[#out + 1] = redis.call('HGET', KEYS[3], id) or ''
-    out[#out + 1] = redis.call('SREM', KEYS[5], id)
+    local payload = redis.call('HGET', KEYS[3], id)
+    if payload then
+      taken = taken + 1
+      out[#out + 1] = id
+      out[#out + 1] = payload
+      out[#out + 1] = redis.call('HINCRBY', KEYS[7], id, 1)
+      out[#out + 1] = redis.call('SREM', KEYS[5], id)
+    else
+      -- An id whose message is gone is never handed out: drop it.
+      redis.call('LREM', KEYS[2], -1, id)
+      redis.call('HDEL', KEYS[7], id)
+      redis.call('SREM', KEYS[5], id)
+      orphans = orphans + 1
+    end
   end
 end
 local first = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
-table.insert(out, 1, first[2] or '-1')
+local wait = -1
+if first[2] then wait = math.max(0, tonumber(first[2]) - now) end
+table.insert(out, 1, orphans)
+table.insert(out, 1, wait)
 return out
 ";
 
 /// Complete a claim made by a blocking move. KEYS: inflight, msgs,
-/// redelivered, woken. ARGV: id. Returns nil for a wake-up entry.
+/// redelivered, woken, claims. ARGV: id. Returns nil for a wake-up entry,
+/// an empty reply for an id whose message is gone (dropped), else
+/// {payload, token, redelivered}.
 const TAKE: &str = r"
 if ARGV[1] == '~wake~' then
   redis.call('LREM', KEYS[1], -1, ARGV[1])
   redis.call('DEL', KEYS[4])
   return false
 end
-return {redis.call('HGET', KEYS[2], ARGV[1]) or '', redis.call('SREM', KEYS[3], ARGV[1])}
+local payload = redis.call('HGET', KEYS[2], ARGV[1])
+if not payload then
+  redis.call('LREM', KEYS[1], -1, ARGV[1])
+  redis.call('HDEL', KEYS[5], ARGV[1])
+  redis.call('SREM', KEYS[3], ARGV[1])
+  return {}
+end
+return {payload, redis.call('HINCRBY', KEYS[5], ARGV[1], 1), redis.call('SREM', KEYS[3], ARGV[1])}
 ";
 
-/// Acknowledge. KEYS: inflight, msgs. ARGV: id.
+/// Acknowledge. KEYS: inflight, claims, msgs. ARGV: id, token.
 const ACK: &str = r"
-redis.call('LREM', KEYS[1], 1, ARGV[1])
-return redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+return 1
 ";
 
-/// Dead-letter, and drop dead letters past their retention (100 at most
-/// per call). KEYS: inflight, msgs, dead, dead_msgs, reasons.
-/// ARGV: id, reason, now (ms), retention (ms).
+/// Dead-letter, then trim the dead letters. KEYS: inflight, claims, msgs,
+/// dead, dead_msgs, reasons, dead_bytes. ARGV: id, token, reason,
+/// retention (ms), max count, max bytes.
 const DEAD: &str = r"
-redis.call('LREM', KEYS[1], 1, ARGV[1])
-local payload = redis.call('HGET', KEYS[2], ARGV[1]) or ''
 redis.call('HDEL', KEYS[2], ARGV[1])
-redis.call('HSET', KEYS[4], ARGV[1], payload)
-redis.call('HSET', KEYS[5], ARGV[1], ARGV[2])
-local now = tonumber(ARGV[3])
-redis.call('ZADD', KEYS[3], now, ARGV[1])
-local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[4]), 'LIMIT', 0, 100)
-for _, id in ipairs(expired) do
-  redis.call('ZREM', KEYS[3], id)
-  redis.call('HDEL', KEYS[4], id)
-  redis.call('HDEL', KEYS[5], id)
+local payload = redis.call('HGET', KEYS[3], ARGV[1])
+if not payload then return 0 end
+redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('HSET', KEYS[5], ARGV[1], payload)
+redis.call('HSET', KEYS[6], ARGV[1], ARGV[3])
+redis.call('ZADD', KEYS[4], now, ARGV[1])
+redis.call('INCRBY', KEYS[7], #payload)
+trim_dead(KEYS[4], KEYS[5], KEYS[6], KEYS[7], now, tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), 100)
+return 1
+";
+
+/// Replace the message by a new entry, now or after a delay. KEYS:
+/// inflight, claims, msgs, delayed, ready, woken, redelivered. ARGV: id,
+/// token, new id, payload, delay (ms).
+const RESCHEDULE: &str = r"
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('SREM', KEYS[7], ARGV[1])
+redis.call('HSET', KEYS[3], ARGV[3], ARGV[4])
+local delay = tonumber(ARGV[5])
+if delay <= 0 then
+  redis.call('RPUSH', KEYS[5], ARGV[3])
+else
+  add_delayed(KEYS[4], KEYS[5], KEYS[6], ARGV[3], now + delay)
 end
 return 1
 ";
 
-/// Return claimed messages to the front of the queue, in their order.
-/// KEYS: inflight, ready, redelivered. ARGV: ids.
+/// Return a claimed message to the front of the queue. KEYS: inflight,
+/// claims, ready, redelivered. ARGV: id, token.
 const REQUEUE: &str = r"
+redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+redis.call('LPUSH', KEYS[3], ARGV[1])
+redis.call('SADD', KEYS[4], ARGV[1])
+return 1
+";
+
+/// Return claimed messages that were never handed out to the front of the
+/// queue, in their order. KEYS: inflight, claims, ready, redelivered.
+/// ARGV: ids.
+const RETURN_UNHANDED: &str = r"
 local n = 0
 for i = #ARGV, 1, -1 do
   if redis.call('LREM', KEYS[1], 1, ARGV[i]) > 0 then
-    redis.call('LPUSH', KEYS[2], ARGV[i])
-    redis.call('SADD', KEYS[3], ARGV[i])
+    redis.call('HINCRBY', KEYS[2], ARGV[i], 1)
+    redis.call('LPUSH', KEYS[3], ARGV[i])
+    redis.call('SADD', KEYS[4], ARGV[i])
     n = n + 1
   end
 end
 return n
 ";
 
-/// Return everything a dead consumer had claimed. KEYS: inflight, ready,
-/// redelivered.
+/// Return everything a consumer had claimed (its worker is dead, or an
+/// operator asked), voiding the claims. KEYS: inflight, ready,
+/// redelivered, claims.
 const RECOVER: &str = r"
 local ids = redis.call('LRANGE', KEYS[1], 0, -1)
 for i = #ids, 1, -1 do
   redis.call('LPUSH', KEYS[2], ids[i])
   if ids[i] ~= '~wake~' then
     redis.call('SADD', KEYS[3], ids[i])
+    redis.call('HINCRBY', KEYS[4], ids[i], 1)
   end
 end
 redis.call('DEL', KEYS[1])
@@ -130,8 +246,8 @@ return #ids
 ";
 
 /// Move dead letters back to the queue: one (ARGV[1] = id) or the next 500
-/// (ARGV[1] = ''). KEYS: dead, dead_msgs, reasons, msgs, ready. Returns
-/// {replayed, looked at}.
+/// (ARGV[1] = ''). KEYS: dead, dead_msgs, reasons, msgs, ready, dead_bytes.
+/// Returns {replayed, looked at}.
 const REPLAY: &str = r"
 local ids
 if ARGV[1] == '' then
@@ -147,12 +263,14 @@ for _, id in ipairs(ids) do
   if payload then
     redis.call('HSET', KEYS[4], id, payload)
     redis.call('RPUSH', KEYS[5], id)
+    redis.call('DECRBY', KEYS[6], #payload)
     n = n + 1
   end
   redis.call('ZREM', KEYS[1], id)
   redis.call('HDEL', KEYS[2], id)
   redis.call('HDEL', KEYS[3], id)
 end
+if redis.call('ZCARD', KEYS[1]) == 0 then redis.call('DEL', KEYS[6]) end
 return {n, #ids}
 ";
 
@@ -171,31 +289,70 @@ end
 return out
 ";
 
-/// Remove every ready and delayed message, 1000 at a time. KEYS: ready,
-/// delayed, msgs, woken. Returns how many.
-const PURGE: &str = r"
-local n = 0
-while true do
-  local ids = redis.call('LPOP', KEYS[1], 1000)
-  if not ids then break end
-  for _, id in ipairs(ids) do
-    if id ~= '~wake~' then
-      redis.call('HDEL', KEYS[3], id)
-      n = n + 1
-    end
-  end
-end
-while true do
-  local entries = redis.call('ZPOPMIN', KEYS[2], 1000)
-  if #entries == 0 then break end
-  for i = 1, #entries, 2 do
-    redis.call('HDEL', KEYS[3], entries[i])
-    n = n + 1
-  end
-end
-redis.call('DEL', KEYS[4])
-return n
+/// Trim the dead letters by retention and caps (on a timer, so that they
+/// shrink even when no new one arrives). KEYS: dead, dead_msgs, reasons,
+/// dead_bytes. ARGV: retention (ms), max count, max bytes. Returns how many
+/// were dropped (at most 1000 per call).
+const TRIM: &str = r"
+return trim_dead(KEYS[1], KEYS[2], KEYS[3], KEYS[4], now, tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), 1000)
 ";
+
+/// Remove up to ARGV[1] ready or delayed messages (ready first), so that a
+/// purge of millions of messages is many short calls, never one long one.
+/// KEYS: ready, delayed, msgs, woken, claims, redelivered. Returns how many
+/// messages were removed and how many entries were looked at.
+const PURGE: &str = r"
+local batch = tonumber(ARGV[1])
+local n = 0
+local ids = redis.call('LPOP', KEYS[1], batch)
+if not ids then
+  ids = {}
+  local entries = redis.call('ZPOPMIN', KEYS[2], batch)
+  for i = 1, #entries, 2 do ids[#ids + 1] = entries[i] end
+end
+for _, id in ipairs(ids) do
+  if id ~= '~wake~' then
+    redis.call('HDEL', KEYS[3], id)
+    redis.call('HDEL', KEYS[5], id)
+    redis.call('SREM', KEYS[6], id)
+    n = n + 1
+  else
+    redis.call('DEL', KEYS[4])
+  end
+end
+return {n, #ids}
+";
+
+/// Record a heartbeat at the server's time, and the worker's consumers.
+/// KEYS: workers, the worker's consumers. ARGV: worker id, consumer entries.
+const BEAT: &str = r"
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+for i = 2, #ARGV do
+  redis.call('SADD', KEYS[2], ARGV[i])
+end
+return now
+";
+
+/// Workers whose last heartbeat is older than ARGV[1] ms by the server's
+/// clock. KEYS: workers.
+const LAPSED: &str = r"
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - tonumber(ARGV[1])), 'LIMIT', 0, 100)
+";
+
+/// A script from its parts: the flags line (if any), then the helpers and
+/// the body.
+fn script(flags: Option<&str>, parts: &[&str]) -> Script {
+    let mut text = String::new();
+    if let Some(flags) = flags {
+        text.push_str("#!lua flags=");
+        text.push_str(flags);
+        text.push('\n');
+    }
+    for part in parts {
+        text.push_str(part);
+    }
+    Script::new(&text)
+}
 
 /// The scripts, hashed once; `invoke_async` runs them with `EVALSHA` and
 /// loads them again on `NOSCRIPT`.
@@ -207,27 +364,40 @@ pub(crate) struct Scripts {
     pub(crate) take: Script,
     pub(crate) ack: Script,
     pub(crate) dead: Script,
+    pub(crate) reschedule: Script,
     pub(crate) requeue: Script,
+    pub(crate) return_unhanded: Script,
     pub(crate) recover: Script,
     pub(crate) replay: Script,
     pub(crate) list_dead: Script,
+    pub(crate) trim: Script,
     pub(crate) purge: Script,
+    pub(crate) beat: Script,
+    pub(crate) lapsed: Script,
 }
 
 impl Scripts {
     pub(crate) fn new() -> Self {
+        // Draining must work when Redis is full: whatever claims, settles,
+        // returns or beats may run at maxmemory. Sends may not.
+        let drain = Some("allow-oom");
         Self {
-            enqueue: Script::new(ENQUEUE),
-            enqueue_delayed: Script::new(ENQUEUE_DELAYED),
-            fetch: Script::new(FETCH),
-            take: Script::new(TAKE),
-            ack: Script::new(ACK),
-            dead: Script::new(DEAD),
-            requeue: Script::new(REQUEUE),
-            recover: Script::new(RECOVER),
-            replay: Script::new(REPLAY),
-            list_dead: Script::new(LIST_DEAD),
-            purge: Script::new(PURGE),
+            enqueue: script(None, &[ENQUEUE]),
+            enqueue_delayed: script(None, &[NOW, ADD_DELAYED, ENQUEUE_DELAYED]),
+            fetch: script(drain, &[NOW, FETCH]),
+            take: script(drain, &[TAKE]),
+            ack: script(drain, &[OWNS, ACK]),
+            dead: script(drain, &[NOW, TRIM_DEAD, OWNS, DEAD]),
+            reschedule: script(drain, &[NOW, ADD_DELAYED, OWNS, RESCHEDULE]),
+            requeue: script(drain, &[OWNS, REQUEUE]),
+            return_unhanded: script(drain, &[RETURN_UNHANDED]),
+            recover: script(drain, &[RECOVER]),
+            replay: script(None, &[REPLAY]),
+            list_dead: script(Some("no-writes,allow-oom"), &[LIST_DEAD]),
+            trim: script(drain, &[NOW, TRIM_DEAD, TRIM]),
+            purge: script(drain, &[PURGE]),
+            beat: script(drain, &[NOW, BEAT]),
+            lapsed: script(Some("no-writes,allow-oom"), &[NOW, LAPSED]),
         }
     }
 }

@@ -15,12 +15,13 @@ pub use dramaturg_age_limit as age_limit;
 pub use dramaturg_amqp as amqp;
 pub use dramaturg_callbacks as callbacks;
 pub use dramaturg_core::{
-    actor, async_trait, broker, encoder, middleware, outcome, worker, Actor, ActorInfo, App, AppBuilder, BoxError,
-    Broker, BrokerError, BrokerErrorKind, CodecError, ConfigError, Consumer, Context, DeadLetter, DeadLetters,
-    Delivery, Encoder, EnqueueError, ErrorRecord, Fail, Failure, FailureKind, Interrupted, Interruption, Job, Json,
-    MemoryBroker, Message, MessageId, MessagePack, Metadata, Middleware, Next, OptionError, Options, Outcome, Outgoing,
-    Output, ParseMessageIdError, QueueAdmin, QueueStats, Receipt, RecordLimits, Replay, Retry, SendOptions, Settlement,
-    ShutdownHandle, Worker, WorkerReport, DEFAULT_MAX_MESSAGE_SIZE,
+    actor, async_trait, broker, encoder, middleware, outcome, worker, Actor, ActorInfo, App, AppBuilder, Bounded,
+    BoxError, Broker, BrokerError, BrokerErrorKind, CodecError, ConfigError, Consumer, Context, DeadLetter,
+    DeadLetters, Delivery, Encoder, EnqueueError, ErrorRecord, Fail, Failure, FailureKind, Interrupted, Interruption,
+    Job, Json, MemoryBroker, Message, MessageId, MessagePack, Metadata, Middleware, Next, NextAttempt, OptionError,
+    Options, Outcome, Outgoing, Output, ParseMessageIdError, QueueAdmin, QueueStats, Receipt, RecordLimits, Replay,
+    Retry, SendOptions, SettleError, Settled, Settlement, ShutdownHandle, Worker, WorkerReport,
+    DEFAULT_MAX_MESSAGE_SIZE,
 };
 pub use dramaturg_error_capture as error_capture;
 /// The Redis broker.

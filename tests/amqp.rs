@@ -623,3 +623,23 @@ async fn max_priority_comes_from_the_url_and_priorities_without_it_are_refused()
     plain.enqueue(Outgoing::new(unordered.as_str(), &b"plain"[..]).with_priority(Some(0))).await.unwrap();
     assert_eq!(dramaturg::QueueAdmin::purge(&plain, &unordered).await.unwrap(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_dropped_unsettled_comes_back_instead_of_holding_its_prefetch_slot() {
+    if support::is_child() {
+        return;
+    }
+    let _shared = SERVER.read().await;
+    let queue = format!("{}dropped", prefix());
+    let broker = broker().await;
+    broker.declare_queue(&queue).await.unwrap();
+    broker.enqueue(Outgoing::new(queue.as_str(), &b"dropped"[..])).await.unwrap();
+    let mut consumer = broker.consume(&queue, 1).await.unwrap();
+    drop(next_delivery(consumer.as_mut()).await);
+    let again = next_delivery(consumer.as_mut()).await;
+    assert_eq!(text(again.body()), "dropped");
+    assert!(again.redelivered());
+    again.settle(dramaturg::Settlement::Ack).await.unwrap();
+    consumer.close().await.unwrap();
+    dramaturg::QueueAdmin::join(&broker, &queue, Duration::from_secs(5)).await.unwrap();
+}

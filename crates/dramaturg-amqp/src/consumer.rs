@@ -348,6 +348,11 @@ struct AmqpReceipt {
     queue: String,
     tag: u64,
     body: Bytes,
+    /// A settlement reached the broker (applied, or found stale).
+    settled: AtomicBool,
+    /// The dead letter or rescheduled copy was published; only the ack of
+    /// the original is left (a retried settlement must not publish again).
+    replaced: AtomicBool,
 }
 
 impl std::fmt::Debug for AmqpReceipt {
@@ -359,15 +364,26 @@ impl std::fmt::Debug for AmqpReceipt {
 impl AmqpReceipt {
     fn new(shared: Arc<Shared>, generation: Arc<Generation>, queue: String, tag: u64, body: Bytes) -> Self {
         Shared::lock(&generation.outstanding).insert(tag, (body.clone(), Instant::now()));
-        Self { shared, generation, queue, tag, body }
+        Self { shared, generation, queue, tag, body, settled: AtomicBool::new(false), replaced: AtomicBool::new(false) }
     }
 
     async fn ack(&self) -> Result<(), BrokerError> {
-        self.generation
-            .channel
-            .basic_ack(self.tag, BasicAckOptions::default())
-            .await
-            .map_err(|e| amqp_error(e, "acknowledging"))
+        ack(&self.generation, self.tag).await
+    }
+
+    /// Publishes the replacement of the original (once, however often the
+    /// settlement is tried), then acknowledges the original. The
+    /// replacement is confirmed first: a crash in between duplicates,
+    /// never loses.
+    async fn replace(
+        &self,
+        publish: impl std::future::Future<Output = Result<(), BrokerError>>,
+    ) -> Result<(), BrokerError> {
+        if !self.replaced.load(Ordering::Acquire) {
+            publish.await?;
+            self.replaced.store(true, Ordering::Release);
+        }
+        self.ack().await
     }
 
     /// Carries out `settlement`; the caller holds the fence and checked
@@ -376,28 +392,31 @@ impl AmqpReceipt {
         match settlement {
             Settlement::Ack => self.ack().await,
             Settlement::DeadLetter(reason) => {
-                // The dead letter is confirmed before the original is
-                // acknowledged: a crash in between duplicates, never loses.
-                let link = self.shared.linker.link().await?;
-                let key = MessageId::new().to_string();
-                let extra = Extra { due: None, priority: None, reason: Some((reason, &key)) };
-                link.publish(Target::Dead(&self.queue), &self.body, extra).await?;
-                self.ack().await
+                self.replace(async {
+                    let link = self.shared.linker.link().await?;
+                    let key = MessageId::new().to_string();
+                    let extra = Extra { due: None, priority: None, reason: Some((reason, &key)) };
+                    link.publish(Target::Dead(&self.queue), &self.body, extra).await
+                })
+                .await
             }
-            Settlement::Requeue => {
-                let requeue = BasicNackOptions { requeue: true, ..BasicNackOptions::default() };
-                self.generation.channel.basic_nack(self.tag, requeue).await.map_err(|e| amqp_error(e, "requeueing"))
-            }
+            Settlement::Requeue => requeue(&self.generation, self.tag).await,
             Settlement::Reschedule { body, delay } => {
-                // The new attempt is confirmed before the original is
-                // acknowledged: a crash in between duplicates, never loses.
                 let next = Outgoing::new(self.queue.as_str(), body.clone()).with_delay(Some(*delay));
-                self.shared.publish(&next).await?;
-                self.ack().await
+                self.replace(self.shared.publish(&next)).await
             }
             other => Err(BrokerError::new(BrokerErrorKind::Unsupported, format!("unknown settlement {other:?}"))),
         }
     }
+}
+
+async fn ack(generation: &Generation, tag: u64) -> Result<(), BrokerError> {
+    generation.channel.basic_ack(tag, BasicAckOptions::default()).await.map_err(|e| amqp_error(e, "acknowledging"))
+}
+
+async fn requeue(generation: &Generation, tag: u64) -> Result<(), BrokerError> {
+    let requeue = BasicNackOptions { requeue: true, ..BasicNackOptions::default() };
+    generation.channel.basic_nack(tag, requeue).await.map_err(|e| amqp_error(e, "requeueing"))
 }
 
 #[async_trait]
@@ -411,6 +430,7 @@ impl Receipt for AmqpReceipt {
         // dead letter, no rescheduled copy.
         if !self.generation.is_current() {
             Shared::lock(&self.generation.outstanding).remove(&self.tag);
+            self.settled.store(true, Ordering::Release);
             return Ok(Settled::Stale);
         }
         let result = self.apply(settlement).await;
@@ -419,6 +439,7 @@ impl Receipt for AmqpReceipt {
             && !self.generation.channel.status().connected();
         if result.is_ok() || first_step_lost {
             Shared::lock(&self.generation.outstanding).remove(&self.tag);
+            self.settled.store(true, Ordering::Release);
         }
         if first_step_lost {
             // The channel closed under the ack: the server returned the
@@ -430,7 +451,27 @@ impl Receipt for AmqpReceipt {
 }
 
 impl Drop for AmqpReceipt {
+    /// A delivery dropped unsettled (its settlement failed and was not
+    /// retried) would hold a prefetch slot of its channel until the
+    /// channel closes: return it to the queue now — or, if its replacement
+    /// was already published, finish the settlement with the ack.
     fn drop(&mut self) {
         Shared::lock(&self.generation.outstanding).remove(&self.tag);
+        if self.settled.load(Ordering::Acquire) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let (generation, tag, replaced) =
+            (Arc::clone(&self.generation), self.tag, self.replaced.load(Ordering::Acquire));
+        runtime.spawn(async move {
+            let _fence = generation.fence.read().await;
+            if !generation.is_current() {
+                return;
+            }
+            let result = if replaced { ack(&generation, tag).await } else { requeue(&generation, tag).await };
+            if let Err(error) = result {
+                tracing::warn!(%error, "a delivery dropped unsettled could not be returned; it comes back when its channel closes");
+            }
+        });
     }
 }

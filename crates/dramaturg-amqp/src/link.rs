@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use dramaturg_core::broker::redact_password;
 pub(crate) use dramaturg_core::now_ms;
 use dramaturg_core::{Bounded, BrokerError, BrokerErrorKind};
@@ -11,8 +12,6 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOpti
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ErrorKind};
-
-use bytes::Bytes;
 
 use crate::confirms::{Confirms, Published};
 use crate::delay::{bucket_queue, bucket_ttl_ms, DUE_HEADER};
@@ -138,8 +137,8 @@ impl Link {
     /// again and the message sent once more; a second return is an error.
     pub(crate) async fn publish(&self, target: Target<'_>, body: &Bytes, extra: Extra<'_>) -> Result<(), BrokerError> {
         check_queue(target.queue())?;
+        let properties = properties(&self.config, &extra)?;
         self.ensure(target).await?;
-        let properties = self.properties(&extra)?;
         let name = target.name();
         if let Published::Stored = self.publish_once(&name, body, properties.clone()).await? {
             return Ok(());
@@ -162,43 +161,6 @@ impl Link {
         }
     }
 
-    /// The properties of a message: persistent, with bounded headers.
-    fn properties(&self, extra: &Extra<'_>) -> Result<BasicProperties, BrokerError> {
-        let mut headers = FieldTable::default();
-        if let Some(due) = extra.due {
-            headers.insert(DUE_HEADER.into(), AMQPValue::LongLongInt(i64::try_from(due).unwrap_or(i64::MAX)));
-        }
-        if let Some((reason, key)) = extra.reason {
-            // The reason may quote the message (an actor name, a decode
-            // error): bound it here again, whatever the caller did.
-            let reason = Bounded::reason(reason);
-            let key = Bounded::quoted(key);
-            headers.insert(REASON_HEADER.into(), AMQPValue::LongString(reason.as_str().into()));
-            headers.insert(DEAD_KEY_HEADER.into(), AMQPValue::LongString(key.as_str().into()));
-        }
-        let size = header_table_bytes(&headers);
-        if size > MAX_HEADER_BYTES {
-            return Err(BrokerError::new(
-                BrokerErrorKind::InvalidInput,
-                format!("amqp: the message's headers take {size} bytes, over the limit of {MAX_HEADER_BYTES}"),
-            ));
-        }
-        let mut properties = BasicProperties::default().with_delivery_mode(2).with_headers(headers);
-        if extra.reason.is_some() {
-            properties = properties.with_timestamp(now_ms() / 1000);
-        }
-        if let Some(priority) = extra.priority {
-            match self.config.max_priority {
-                // RabbitMQ treats a priority above the queue's maximum as
-                // the maximum; say so in the value we send.
-                Some(max) => properties = properties.with_priority(priority.min(max)),
-                None if priority > 0 => return Err(no_priorities(priority)),
-                None => {}
-            }
-        }
-        Ok(properties)
-    }
-
     /// One mandatory publish to the default exchange and its confirm.
     async fn publish_once(
         &self,
@@ -216,6 +178,43 @@ impl Link {
             .map_err(|e| amqp_error(e, "publish"))?;
         self.confirms.wait(ticket, confirm, routing_key, body.clone()).await
     }
+}
+
+/// The properties of a message: persistent, with bounded headers.
+fn properties(config: &AmqpConfig, extra: &Extra<'_>) -> Result<BasicProperties, BrokerError> {
+    let mut headers = FieldTable::default();
+    if let Some(due) = extra.due {
+        headers.insert(DUE_HEADER.into(), AMQPValue::LongLongInt(i64::try_from(due).unwrap_or(i64::MAX)));
+    }
+    if let Some((reason, key)) = extra.reason {
+        // The reason may quote the message (an actor name, a decode
+        // error): bound it here again, whatever the caller did.
+        let reason = Bounded::reason(reason);
+        let key = Bounded::quoted(key);
+        headers.insert(REASON_HEADER.into(), AMQPValue::LongString(reason.as_str().into()));
+        headers.insert(DEAD_KEY_HEADER.into(), AMQPValue::LongString(key.as_str().into()));
+    }
+    let size = header_table_bytes(&headers);
+    if size > MAX_HEADER_BYTES {
+        return Err(BrokerError::new(
+            BrokerErrorKind::InvalidInput,
+            format!("amqp: the message's headers take {size} bytes, over the limit of {MAX_HEADER_BYTES}"),
+        ));
+    }
+    let mut properties = BasicProperties::default().with_delivery_mode(2).with_headers(headers);
+    if extra.reason.is_some() {
+        properties = properties.with_timestamp(now_ms() / 1000);
+    }
+    if let Some(priority) = extra.priority {
+        match config.max_priority {
+            // RabbitMQ treats a priority above the queue's maximum as
+            // the maximum; say so in the value we send.
+            Some(max) => properties = properties.with_priority(priority.min(max)),
+            None if priority > 0 => return Err(no_priorities(priority)),
+            None => {}
+        }
+    }
+    Ok(properties)
 }
 
 /// The error for a priority sent without `max_priority`.
@@ -381,6 +380,36 @@ impl Linker {
             if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, link)) {
                 *current = None;
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_stay_bounded_whatever_the_reason() {
+        let config = AmqpConfig::new("amqp://127.0.0.1/%2f");
+        let reason = "x".repeat(200_000);
+        let key = "k".repeat(10_000);
+        let extra = Extra { due: Some(1), priority: None, reason: Some((&reason, &key)) };
+        let bounded = properties(&config, &extra).expect("bounded");
+        let headers = bounded.headers().as_ref().expect("headers");
+        assert!(header_table_bytes(headers) <= MAX_HEADER_BYTES, "{}", header_table_bytes(headers));
+        let priority = Extra { priority: Some(3), ..Extra::default() };
+        let error = properties_error(&config, &priority);
+        assert_eq!(error.kind(), BrokerErrorKind::InvalidInput);
+        assert!(properties(&config, &Extra { priority: Some(0), ..Extra::default() }).is_ok());
+        let config = config.max_priority(2);
+        let clamped = properties(&config, &priority).expect("priorities on");
+        assert_eq!(*clamped.priority(), Some(2));
+    }
+
+    fn properties_error(config: &AmqpConfig, extra: &Extra<'_>) -> BrokerError {
+        match properties(config, extra) {
+            Ok(_) => panic!("expected an error"),
+            Err(error) => error,
         }
     }
 }

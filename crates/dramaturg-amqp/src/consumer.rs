@@ -241,8 +241,18 @@ async fn triage(
     generation: Arc<Generation>,
     received: Received,
 ) -> Result<Due, BrokerError> {
-    if hop(&shared, &queue, &generation, &received).await? {
-        return Ok(None);
+    match hop(&shared, &queue, &generation, &received).await {
+        Ok(true) => return Ok(None),
+        Ok(false) => {}
+        Err(error) => {
+            // Not moved on: give it back rather than let it hold a prefetch
+            // slot until the channel closes.
+            let _fence = generation.fence.read().await;
+            if generation.is_current() {
+                let _ = requeue(&generation, received.tag).await;
+            }
+            return Err(error);
+        }
     }
     if !(received.redelivered && shared.is_overdue(&received.body)) {
         return Ok(Some((generation, received)));

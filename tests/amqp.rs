@@ -643,3 +643,28 @@ async fn a_delivery_dropped_unsettled_comes_back_instead_of_holding_its_prefetch
     consumer.close().await.unwrap();
     dramaturg::QueueAdmin::join(&broker, &queue, Duration::from_secs(5)).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_publishes_keeps_its_order() {
+    if support::is_child() {
+        return;
+    }
+    let _shared = SERVER.read().await;
+    let queue = format!("{}order", prefix());
+    let broker = broker().await;
+    broker.declare_queue(&queue).await.unwrap();
+    let sent: Vec<String> = (0..500).map(|i| format!("m{i}")).collect();
+    broker
+        .enqueue_many(sent.iter().map(|t| Outgoing::new(queue.as_str(), t.clone().into_bytes())).collect())
+        .await
+        .unwrap();
+    let mut consumer = broker.consume(&queue, 50).await.unwrap();
+    let mut received = Vec::new();
+    for _ in 0..sent.len() {
+        let delivery = next_delivery(consumer.as_mut()).await;
+        received.push(text(delivery.body()));
+        delivery.settle(dramaturg::Settlement::Ack).await.unwrap();
+    }
+    assert_eq!(received, sent);
+    consumer.close().await.unwrap();
+}

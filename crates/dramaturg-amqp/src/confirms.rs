@@ -27,10 +27,12 @@ use dramaturg_core::{BrokerError, BrokerErrorKind};
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::BasicReturnMessage;
-use lapin::{Confirmation, PublisherConfirm};
+use lapin::options::BasicPublishOptions;
+use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::link::amqp_error;
+use crate::names::short;
 
 /// Returned messages kept for a publish not yet seen (its confirm can
 /// complete before the publish registers it); beyond this the oldest are
@@ -67,10 +69,10 @@ pub(crate) struct Confirms {
     counts: Arc<Counts>,
 }
 
-/// A publish about to be issued; counted as registered once its confirm
-/// reached the collecting task, or when dropped (a failed or cancelled
-/// publish), so that the task never waits for it in vain.
-pub(crate) struct Ticket {
+/// A publish issued; counted as registered once its confirm reached the
+/// collecting task, or its publish failed, so that the task never waits
+/// for it in vain.
+struct Ticket {
     counts: Arc<Counts>,
 }
 
@@ -91,29 +93,59 @@ impl Confirms {
         Self { sender, counts }
     }
 
-    /// Counts a publish as issued; take it right before `basic_publish`.
-    pub(crate) fn issue(&self) -> Ticket {
-        self.counts.issued.fetch_add(1, Ordering::AcqRel);
-        Ticket { counts: Arc::clone(&self.counts) }
-    }
-
-    /// Waits for the confirm of the message `body` published to
-    /// `routing_key`.
-    pub(crate) async fn wait(
+    /// Publishes `body` to `routing_key` (mandatory, on the default
+    /// exchange) on `channel` and waits for its confirm.
+    ///
+    /// The publish and the hand-over of its confirm run as a task of their
+    /// own, so that cancelling the caller cannot drop a confirm that
+    /// carries another publish's returned message.
+    pub(crate) async fn publish(
         &self,
-        ticket: Ticket,
-        confirm: PublisherConfirm,
+        channel: Channel,
         routing_key: &str,
         body: Bytes,
+        properties: BasicProperties,
     ) -> Result<Published, BrokerError> {
-        let stopped = || BrokerError::new(BrokerErrorKind::Connection, "amqp: the publisher confirms stopped");
+        let routing = short(routing_key, "queue name")?;
         let (reply, answer) = oneshot::channel();
-        let waiting = Waiting { routing_key: routing_key.to_owned(), body, reply };
-        let sent = self.sender.send((confirm, waiting));
-        drop(ticket);
-        sent.map_err(|_| stopped())?;
+        // Counted before the publish is issued: the collecting task then
+        // waits for its confirm when answering a batch.
+        self.counts.issued.fetch_add(1, Ordering::AcqRel);
+        let ticket = Ticket { counts: Arc::clone(&self.counts) };
+        let options = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
+        let mut publishing = Box::pin(async move {
+            let published = channel.basic_publish("".into(), routing, options, &body, properties).await;
+            (published, body)
+        });
+        // The first poll issues the publish (its sequence number, its
+        // frames) here, so that publishes keep the order of the calls.
+        let issued = (&mut publishing).now_or_never();
+        let routing_key = routing_key.to_owned();
+        let sender = self.sender.clone();
+        tokio::spawn(async move {
+            let (published, body) = match issued {
+                Some(done) => done,
+                None => publishing.await,
+            };
+            match published {
+                Ok(confirm) => {
+                    let waiting = Waiting { routing_key, body, reply };
+                    if let Err(mpsc::error::SendError((_, waiting))) = sender.send((confirm, waiting)) {
+                        let _ = waiting.reply.send(Err(stopped()));
+                    }
+                }
+                Err(error) => {
+                    let _ = reply.send(Err(amqp_error(error, "publish")));
+                }
+            }
+            drop(ticket);
+        });
         answer.await.map_err(|_| stopped())?
     }
+}
+
+fn stopped() -> BrokerError {
+    BrokerError::new(BrokerErrorKind::Connection, "amqp: the publisher confirms stopped")
 }
 
 type Item = (PublisherConfirm, Waiting);

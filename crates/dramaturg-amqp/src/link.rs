@@ -8,7 +8,7 @@ use bytes::Bytes;
 use dramaturg_core::broker::redact_password;
 pub(crate) use dramaturg_core::now_ms;
 use dramaturg_core::{Bounded, BrokerError, BrokerErrorKind};
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::options::{ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ErrorKind};
@@ -168,15 +168,7 @@ impl Link {
         body: &Bytes,
         properties: BasicProperties,
     ) -> Result<Published, BrokerError> {
-        let options = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
-        let routing = short(routing_key, "queue name")?;
-        let ticket = self.confirms.issue();
-        let confirm = self
-            .publisher
-            .basic_publish("".into(), routing, options, body, properties)
-            .await
-            .map_err(|e| amqp_error(e, "publish"))?;
-        self.confirms.wait(ticket, confirm, routing_key, body.clone()).await
+        self.confirms.publish(self.publisher.clone(), routing_key, body.clone(), properties).await
     }
 }
 

@@ -441,6 +441,10 @@ async fn queue_names_up_to_246_bytes_work_and_longer_ones_are_typed_errors() {
     }
     // The broker still works.
     broker.enqueue(Outgoing::new(fits.as_str(), &b"still"[..])).await.unwrap();
+    // A vhost too long for AMQP is refused, not a panic inside lapin.
+    let error =
+        AmqpBroker::connect(&format!("amqp://guest:guest@127.0.0.1:5672/{}", "v".repeat(300))).await.unwrap_err();
+    assert_eq!(error.kind(), dramaturg::BrokerErrorKind::InvalidInput, "{error}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

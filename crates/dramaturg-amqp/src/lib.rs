@@ -287,6 +287,16 @@ impl AmqpBroker {
         if let Some(error) = &config.url_error {
             return Err(BrokerError::new(dramaturg_core::BrokerErrorKind::InvalidInput, error.clone()));
         }
+        // lapin turns the vhost into an AMQP short string and panics if it
+        // is longer than 255 bytes.
+        if let Ok(uri) = config.url.parse::<lapin::uri::AMQPUri>() {
+            if uri.vhost.len() > 255 {
+                return Err(BrokerError::new(
+                    dramaturg_core::BrokerErrorKind::InvalidInput,
+                    format!("amqp: the URL's vhost is {} bytes; AMQP allows at most 255", uri.vhost.len()),
+                ));
+            }
+        }
         let linker = Linker::new(config.clone());
         linker.link().await?;
         Ok(Self {

@@ -199,30 +199,55 @@ impl DeadLetters for AmqpBroker {
     /// messages that fail again are not replayed twice), and at most
     /// 100,000 when looking for one key.
     async fn replay(&self, queue: &str, which: Replay) -> Result<u64, BrokerError> {
+        let only = match &which {
+            Replay::One(key) => Some(key.as_str()),
+            _ => None,
+        };
+        self.take_dead(queue, only, Take::Replay).await
+    }
+}
+
+/// What [`AmqpBroker::take_dead`] does with the dead letters it takes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Take {
+    /// Publish to the queue (confirmed), then acknowledge.
+    Replay,
+    /// Acknowledge only: the dead letter is gone.
+    #[allow(dead_code)] // For `DeadLetters::delete`, once the trait has it.
+    Delete,
+}
+
+impl AmqpBroker {
+    /// Streams `queue`'s dead letters one at a time and takes the one with
+    /// key `only` (or all of them): one message in memory at a time; the
+    /// others stay unacknowledged on the channel until it closes, which
+    /// returns them in order. Looks at no more messages than the
+    /// dead-letter queue held when it started, and at most
+    /// [`MAX_REPLAY_LOOKS`] when looking for one key. Returns how many it
+    /// took.
+    async fn take_dead(&self, queue: &str, only: Option<&str>, take: Take) -> Result<u64, BrokerError> {
         let channel = self.admin_channel().await?;
         let (_, dead) = declare_topology(&channel, &self.shared.config, queue).await?;
-        let looks = match &which {
-            Replay::One(_) => dead.min(MAX_REPLAY_LOOKS),
-            _ => dead,
-        };
+        let looks = if only.is_some() { dead.min(MAX_REPLAY_LOOKS) } else { dead };
         let link = self.shared.linker.link().await?;
-        let mut replayed = 0;
+        let mut taken = 0;
         let result = async {
             for _ in 0..looks {
                 let Some((delivery, remaining)) = Self::next_dead(&channel, queue).await? else { break };
-                let wanted = match &which {
-                    Replay::One(key) => header_text(&delivery.properties, DEAD_KEY_HEADER).as_ref() == Some(key),
-                    _ => true,
-                };
+                let wanted =
+                    only.is_none_or(|key| header_text(&delivery.properties, DEAD_KEY_HEADER).as_deref() == Some(key));
                 if wanted {
-                    let body = Bytes::from(delivery.data);
-                    link.publish(Target::Queue(queue), &body, Extra::default()).await?;
+                    let tag = delivery.delivery_tag;
+                    if take == Take::Replay {
+                        let body = Bytes::from(delivery.data);
+                        link.publish(Target::Queue(queue), &body, Extra::default()).await?;
+                    }
                     channel
-                        .basic_ack(delivery.delivery_tag, BasicAckOptions::default())
+                        .basic_ack(tag, BasicAckOptions::default())
                         .await
-                        .map_err(|e| amqp_error(e, "replay"))?;
-                    replayed += 1;
-                    if matches!(which, Replay::One(_)) {
+                        .map_err(|e| amqp_error(e, "taking a dead letter"))?;
+                    taken += 1;
+                    if only.is_some() {
                         break;
                     }
                 }
@@ -233,7 +258,7 @@ impl DeadLetters for AmqpBroker {
             Ok::<_, BrokerError>(())
         }
         .await;
-        let _ = channel.close(200, "replayed".into()).await;
-        result.map(|()| replayed)
+        let _ = channel.close(200, "done".into()).await;
+        result.map(|()| taken)
     }
 }

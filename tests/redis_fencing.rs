@@ -1,0 +1,398 @@
+//! Fenced settlement and recovery on the real Redis: a stalled worker
+//! cannot settle a message it lost, a claim whose reply is lost comes back,
+//! an outage longer than the heartbeat timeout recovers no live worker, and
+//! clients' clocks decide nothing.
+
+#![allow(clippy::unwrap_used)] // Tests may panic on the unexpected.
+
+mod support;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dramaturg::prelude::*;
+use dramaturg::redis::{RedisBroker, RedisConfig};
+use dramaturg::{DeadLetters, Fail, QueueAdmin};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const URL: &str = "redis://127.0.0.1:6379";
+const CHILD_TEST: &str = "fencing_child";
+
+fn namespace() -> String {
+    format!("test-{}", dramaturg::MessageId::new())
+}
+
+async fn broker_in(url: &str, namespace: &str) -> RedisBroker {
+    let config = RedisConfig::new(url)
+        .namespace(namespace)
+        .heartbeat(Duration::from_millis(200), Duration::from_secs(1))
+        .max_block(Duration::from_secs(1));
+    RedisBroker::with_config(config).await.unwrap()
+}
+
+/// Work that logs its start and end (with the process id) to `log`, then
+/// fails for good if `fail`.
+#[derive(Actor, Serialize, Deserialize)]
+struct Logged {
+    log: String,
+    millis: u64,
+    fail: bool,
+}
+
+impl Logged {
+    async fn perform(self, _ctx: &Context) -> Result<(), Fail> {
+        append(&self.log, "start");
+        tokio::time::sleep(Duration::from_millis(self.millis)).await;
+        append(&self.log, "end");
+        if self.fail {
+            return Err(Fail::permanent("the job failed for good"));
+        }
+        Ok(())
+    }
+}
+
+fn append(log: &str, what: &str) {
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    writeln!(file, "{what} {}", std::process::id()).unwrap();
+}
+
+/// The lines of `log` that begin with `what`.
+fn logged(log: &Path, what: &str) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|line| line.starts_with(what))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn temp_log() -> PathBuf {
+    std::env::temp_dir().join(format!("dramaturg-fencing-{}.log", dramaturg::MessageId::new()))
+}
+
+/// The child: `work|namespace|report` runs a worker until SIGTERM and
+/// writes its report; `produce|namespace|log|delay_ms` sends one delayed
+/// message.
+#[test]
+fn fencing_child() {
+    let Ok(spec) = std::env::var(support::CHILD) else { return };
+    let parts: Vec<&str> = spec.split('|').collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(async {
+        let app = dramaturg::app(broker_in(URL, parts[1]).await).actor::<Logged>().build().unwrap();
+        match parts[0] {
+            "work" => {
+                let report = Worker::new(app).concurrency(1).run_until_signal().await.unwrap();
+                let line = format!("stale={} failed={} succeeded={}", report.stale, report.failed, report.succeeded);
+                std::fs::write(parts[2], line).unwrap();
+            }
+            _ => {
+                let delay = Duration::from_millis(parts[3].parse().unwrap());
+                let job = Logged { log: parts[2].to_owned(), millis: 0, fail: false };
+                job.send_with(&app, dramaturg::SendOptions::default().delay(delay)).await.unwrap();
+            }
+        }
+    });
+}
+
+/// Runs this test binary as a child with `spec`, its clock skewed by
+/// `skew` (e.g. `"-30s"`) through libfaketime if given. The library is
+/// preloaded directly, rather than through the `faketime` wrapper, so that
+/// signals reach the child itself.
+fn spawn_child(spec: &str, skew: Option<&str>) -> Child {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    if let Some(skew) = skew {
+        let library = std::fs::read_dir("/usr/lib")
+            .unwrap()
+            .filter_map(|entry| Some(entry.ok()?.path().join("faketime/libfaketimeMT.so.1")))
+            .find(|path| path.exists())
+            .expect("libfaketime is installed (scripts/services installs faketime)");
+        command.env("LD_PRELOAD", library).env("FAKETIME", skew).env("FAKETIME_DONT_RESET", "1");
+    }
+    command
+        .args(["--exact", CHILD_TEST, "--nocapture", "--test-threads=1"])
+        .env(support::CHILD, spec)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("the test binary can be run")
+}
+
+fn signal(child: &Child, signal: &str) {
+    Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
+}
+
+/// Issue input: worker A claims a job and stalls (SIGSTOP) past its
+/// heartbeat timeout; worker B recovers and runs it; A resumes and
+/// dead-letters it. A's settlement is stale and changes nothing: the one
+/// dead letter is B's, with the real message — not an empty body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_worker_cannot_settle_a_message_that_was_recovered() {
+    if support::is_child() {
+        return;
+    }
+    let namespace = namespace();
+    let log = temp_log();
+    let report = temp_log();
+    let broker = broker_in(URL, &namespace).await;
+    let app = dramaturg::app(broker.clone()).actor::<Logged>().build().unwrap();
+    Logged { log: log.display().to_string(), millis: 2000, fail: true }.send(&app).await.unwrap();
+
+    let mut stalled = spawn_child(&format!("work|{namespace}|{}", report.display()), None);
+    support::wait_for("the job to start", Duration::from_secs(20), || !logged(&log, "start").is_empty()).await;
+    signal(&stalled, "-STOP");
+    let worker = Worker::new(app.clone()).concurrency(1);
+    let shutdown = worker.shutdown_handle();
+    let running = tokio::spawn(worker.run());
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    signal(&stalled, "-CONT");
+    support::wait_for("both runs to end", Duration::from_secs(15), || logged(&log, "end").len() == 2).await;
+    app.join(Duration::from_secs(10)).await.unwrap();
+    support::terminate(&mut stalled);
+    shutdown.shutdown();
+    let here = running.await.unwrap().unwrap();
+
+    let there = std::fs::read_to_string(&report).unwrap();
+    assert_eq!(there, "stale=1 failed=1 succeeded=0", "the stalled worker's report");
+    assert_eq!((here.failed, here.stale, here.rejected), (1, 0, 0), "{here:?}");
+    let dead = broker.list("default", 10).await.unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let message = app.encoder().decode_message(&dead[0].body).expect("the dead letter is the real message");
+    assert_eq!(message.actor, "logged");
+    assert!(dead[0].reason.contains("the job failed for good"), "{}", dead[0].reason);
+    assert!(broker.stats("default").await.unwrap().is_drained());
+    let _ = std::fs::remove_file(&log);
+    let _ = std::fs::remove_file(&report);
+}
+
+/// A TCP proxy in front of Redis that, once armed with a marker, closes the
+/// connection in place of the first reply that contains it.
+struct LosingProxy {
+    port: u16,
+    armed: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
+    cut: Arc<AtomicBool>,
+}
+
+impl LosingProxy {
+    async fn start(upstream: &'static str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let armed: Arc<std::sync::Mutex<Option<Vec<u8>>>> = Arc::default();
+        let cut = Arc::new(AtomicBool::new(false));
+        let (armed_in, cut_in) = (Arc::clone(&armed), Arc::clone(&cut));
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let server = TcpStream::connect(upstream).await.unwrap();
+                tokio::spawn(relay(client, server, Arc::clone(&armed_in), Arc::clone(&cut_in)));
+            }
+        });
+        Self { port, armed, cut }
+    }
+
+    fn arm(&self, marker: &str) {
+        *self.armed.lock().unwrap() = Some(marker.as_bytes().to_vec());
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+async fn relay(
+    client: TcpStream,
+    server: TcpStream,
+    armed: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
+    cut: Arc<AtomicBool>,
+) {
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let upstream = tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+    });
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let Ok(n) = server_read.read(&mut buffer).await else { break };
+        if n == 0 {
+            break;
+        }
+        let chunk = &buffer[..n];
+        let lose = {
+            let mut armed = armed.lock().unwrap();
+            let hit = armed.as_ref().is_some_and(|marker| chunk.windows(marker.len()).any(|w| w == marker));
+            if hit {
+                *armed = None;
+            }
+            hit
+        };
+        if lose {
+            cut.store(true, Ordering::SeqCst);
+            break; // the reply is lost with the connection
+        }
+        if client_write.write_all(chunk).await.is_err() {
+            break;
+        }
+    }
+    upstream.abort();
+}
+
+/// Issue input: the connection closes in place of the reply to the claim.
+/// The claimed message is found again and processed at once — not stranded
+/// until the worker stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_whose_reply_is_lost_is_processed_soon() {
+    let proxy = LosingProxy::start("127.0.0.1:6379").await;
+    let namespace = namespace();
+    let broker = broker_in(&proxy.url(), &namespace).await;
+    let app = dramaturg::app(broker.clone()).actor::<Logged>().build().unwrap();
+    let log = temp_log();
+    let marker = log.file_name().unwrap().to_str().unwrap().to_owned();
+    let worker = Worker::new(app.clone()).concurrency(1);
+    let shutdown = worker.shutdown_handle();
+    let running = tokio::spawn(worker.run());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.arm(&marker);
+    let sent = Instant::now();
+    Logged { log: log.display().to_string(), millis: 0, fail: false }.send(&app).await.unwrap();
+    support::wait_for("the job to run", Duration::from_secs(8), || !logged(&log, "end").is_empty()).await;
+    println!("processed {:?} after the send, its first claim's reply lost", sent.elapsed());
+    assert!(proxy.cut.load(Ordering::SeqCst), "the proxy lost a reply");
+    app.join(Duration::from_secs(5)).await.unwrap();
+    shutdown.shutdown();
+    let report = running.await.unwrap().unwrap();
+    assert_eq!(logged(&log, "start").len(), 1);
+    assert_eq!(report.succeeded, 1, "{report:?}");
+    let _ = std::fs::remove_file(&log);
+}
+
+/// A redis-server of the test's own, to pause (SIGSTOP) like an outage.
+struct OwnRedis {
+    port: u16,
+    child: Child,
+}
+
+impl OwnRedis {
+    fn start() -> Self {
+        let port = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            probe.local_addr().unwrap().port()
+        };
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/services installs it)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { port, child }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        signal(&self.child, "-CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Issue input: Redis is away for longer than the heartbeat timeout while
+/// two workers each run a job. When it comes back, neither "recovers" the
+/// other: each job runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_outage_longer_than_the_timeout_no_live_worker_is_recovered() {
+    let redis = OwnRedis::start();
+    let namespace = namespace();
+    let log = temp_log();
+    let mut handles = Vec::new();
+    let mut apps = Vec::new();
+    for _ in 0..2 {
+        let app = dramaturg::app(broker_in(&redis.url(), &namespace).await).actor::<Logged>().build().unwrap();
+        let worker = Worker::new(app.clone()).concurrency(1);
+        handles.push((worker.shutdown_handle(), tokio::spawn(worker.run())));
+        apps.push(app);
+    }
+    for _ in 0..2 {
+        Logged { log: log.display().to_string(), millis: 4000, fail: false }.send(&apps[0]).await.unwrap();
+    }
+    support::wait_for("both jobs to start", Duration::from_secs(10), || logged(&log, "start").len() == 2).await;
+    signal(&redis.child, "-STOP");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    signal(&redis.child, "-CONT");
+    support::wait_for("both jobs to end", Duration::from_secs(15), || logged(&log, "end").len() >= 2).await;
+    apps[0].join(Duration::from_secs(10)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(logged(&log, "start").len(), 2, "a job ran twice: {:?}", logged(&log, ""));
+    for (shutdown, running) in handles {
+        shutdown.shutdown();
+        let report = running.await.unwrap().unwrap();
+        assert_eq!((report.succeeded, report.stale), (1, 0), "{report:?}");
+    }
+    let _ = std::fs::remove_file(&log);
+}
+
+/// Issue input: a worker whose clock is 30 s behind runs a job while a
+/// worker with the right time watches for dead workers. Heartbeats carry
+/// the server's time, so the slow clock does not make it look dead: the
+/// job runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_with_a_slow_clock_is_not_taken_for_dead() {
+    if support::is_child() {
+        return;
+    }
+    let namespace = namespace();
+    let log = temp_log();
+    let report = temp_log();
+    let app = dramaturg::app(broker_in(URL, &namespace).await).actor::<Logged>().build().unwrap();
+    let mut skewed = spawn_child(&format!("work|{namespace}|{}", report.display()), Some("-30s"));
+    Logged { log: log.display().to_string(), millis: 3000, fail: false }.send(&app).await.unwrap();
+    support::wait_for("the job to start", Duration::from_secs(20), || !logged(&log, "start").is_empty()).await;
+    let worker = Worker::new(app.clone()).concurrency(1);
+    let shutdown = worker.shutdown_handle();
+    let running = tokio::spawn(worker.run());
+    support::wait_for("the job to end", Duration::from_secs(15), || !logged(&log, "end").is_empty()).await;
+    app.join(Duration::from_secs(10)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(logged(&log, "start").len(), 1, "the job ran twice");
+    support::terminate(&mut skewed);
+    shutdown.shutdown();
+    running.await.unwrap().unwrap();
+    assert_eq!(std::fs::read_to_string(&report).unwrap(), "stale=0 failed=0 succeeded=1");
+    let _ = std::fs::remove_file(&log);
+    let _ = std::fs::remove_file(&report);
+}
+
+/// Issue input: a producer whose clock is 30 s ahead sends a message
+/// delayed by one second. The server's clock decides when it is due: it
+/// runs about a second later, not 31.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_with_a_fast_clock_cannot_make_a_delay_late() {
+    if support::is_child() {
+        return;
+    }
+    let namespace = namespace();
+    let log = temp_log();
+    let app = dramaturg::app(broker_in(URL, &namespace).await).actor::<Logged>().build().unwrap();
+    let worker = Worker::new(app.clone()).concurrency(1);
+    let shutdown = worker.shutdown_handle();
+    let running = tokio::spawn(worker.run());
+    let mut producer = spawn_child(&format!("produce|{namespace}|{}|1000", log.display()), Some("+30s"));
+    producer.wait().unwrap();
+    let sent = Instant::now();
+    support::wait_for("the delayed job", Duration::from_secs(10), || !logged(&log, "end").is_empty()).await;
+    println!("a 1 s delay sent with a clock 30 s fast ran {:?} after the send", sent.elapsed());
+    shutdown.shutdown();
+    running.await.unwrap().unwrap();
+    let _ = std::fs::remove_file(&log);
+}

@@ -219,7 +219,7 @@ async fn fail_large_errors(args: &Args) -> Result<(), BoxError> {
             let mut tick = tokio::time::interval(Duration::from_millis(100));
             loop {
                 tick.tick().await;
-                let ms = started.elapsed().as_millis() as u64;
+                let ms = dramaturg::time::millis(started.elapsed());
                 samples.lock().map_err(|_| "poisoned")?.push((ms, rss_mb()));
             }
             #[allow(unreachable_code)]
@@ -243,7 +243,7 @@ async fn fail_large_errors(args: &Args) -> Result<(), BoxError> {
         for (ms, mb) in &samples {
             csv.push_str(&format!("{ms},{mb:.2}\n"));
         }
-        csv.push_str(&format!("{},{final_rss:.2}\n", started.elapsed().as_millis()));
+        csv.push_str(&format!("{},{final_rss:.2}\n", dramaturg::time::millis(started.elapsed())));
         std::fs::write(path, csv)?;
     }
     println!("scenario:    fail-large-errors ({messages} messages, concurrency {})", args.concurrency);

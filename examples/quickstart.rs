@@ -90,8 +90,8 @@ async fn main() -> Result<(), BoxError> {
     // its message's span (id, actor, queue, retries).
     tracing_subscriber::fmt().with_max_level(tracing::Level::WARN).with_target(false).compact().init();
     let broker = MemoryBroker::new();
-    // The default stack (callbacks, age limit, retries, time limit, error
-    // capture), with retries quick enough for a demo.
+    // The default stack (callbacks, age limit, abort, retries, time limit,
+    // error capture), with retries quick enough for a demo.
     let app = dramaturg::app(broker.clone())
         .replace("retries", Retries::new().backoff(Duration::from_millis(20), Duration::from_millis(200)))
         .actor::<SendWelcome>()

@@ -55,7 +55,7 @@ impl Looper {
         }
         for _ in 0..self.ticks {
             if let Some(left) = ctx.abort_requested() {
-                event(&self.tag, format!("saw {}", left.as_millis() / 100 * 100));
+                event(&self.tag, format!("saw {}", dramaturg::time::millis(left) / 100 * 100));
                 if self.polite {
                     event(&self.tag, "end");
                     return Ok(());
@@ -316,23 +316,26 @@ mod across_processes {
 
     use super::*;
 
-    /// A producer and a worker that share only the servers.
-    async fn abort_through_redis(worker_broker: impl Broker + Clone, producer_broker: impl Broker) {
-        let events = || async { RedisEvents::connect("redis://127.0.0.1:6379").await.unwrap() };
+    /// A producer and a worker that share only the servers; with
+    /// `explicit_events`, both are given Redis events, otherwise they keep
+    /// the default stack's.
+    async fn abort_through_redis(
+        worker_broker: impl Broker + Clone,
+        producer_broker: impl Broker,
+        explicit_events: bool,
+    ) {
+        let events = || async { Abortable::new(RedisEvents::connect("redis://127.0.0.1:6379").await.unwrap()) };
         let prefix = format!("abort-{}-", MessageId::new());
-        let worker_app = dramaturg::app(worker_broker.clone())
+        let mut worker_app = dramaturg::app(worker_broker.clone())
             .queue_prefix(&prefix)
-            .replace("abort", Abortable::new(events().await))
             .replace("retries", Retries::new().max_retries(0))
-            .actor::<Looper>()
-            .build()
-            .unwrap();
-        let producer = dramaturg::app(producer_broker)
-            .queue_prefix(&prefix)
-            .replace("abort", Abortable::new(events().await))
-            .actor::<Looper>()
-            .build()
-            .unwrap();
+            .actor::<Looper>();
+        let mut producer = dramaturg::app(producer_broker).queue_prefix(&prefix).actor::<Looper>();
+        if explicit_events {
+            worker_app = worker_app.replace("abort", events().await);
+            producer = producer.replace("abort", events().await);
+        }
+        let (worker_app, producer) = (worker_app.build().unwrap(), producer.build().unwrap());
         let running = start(&worker_app);
         let tag = tag();
         let id = looper(&tag).send(&producer).await.unwrap();
@@ -350,7 +353,16 @@ mod across_processes {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn with_the_redis_broker() {
         let broker = || async { dramaturg::redis::RedisBroker::connect("redis://127.0.0.1:6379").await.unwrap() };
-        abort_through_redis(broker().await, broker().await).await;
+        abort_through_redis(broker().await, broker().await, true).await;
+    }
+
+    /// `dramaturg::app` on a Redis broker keeps abort requests in that
+    /// Redis, so a producer's `abort` reaches a worker elsewhere (two apps
+    /// that share nothing but the server).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_default_stack_on_the_redis_broker_aborts_across_processes() {
+        let broker = || async { dramaturg::redis::RedisBroker::connect("redis://127.0.0.1:6379").await.unwrap() };
+        abort_through_redis(broker().await, broker().await, false).await;
     }
 
     #[cfg(feature = "amqp")]
@@ -361,6 +373,34 @@ mod across_processes {
                 .expire_unused_queues(Duration::from_secs(120))
         };
         let broker = || async { dramaturg::amqp::AmqpBroker::with_config(config()).await.unwrap() };
-        abort_through_redis(broker().await, broker().await).await;
+        abort_through_redis(broker().await, broker().await, true).await;
+    }
+
+    /// With RabbitMQ and no shared event backend, `abort` says what to
+    /// configure instead of returning `Ok` for a request no other process
+    /// would hear of; the explicit opt-in for one process still works.
+    #[cfg(feature = "amqp")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_default_stack_on_the_amqp_broker_refuses_aborts_it_cannot_deliver() {
+        use dramaturg::abort::{AbortError, MemoryEvents};
+
+        let config = dramaturg::amqp::AmqpConfig::new("amqp://guest:guest@127.0.0.1:5672/%2f")
+            .expire_unused_queues(Duration::from_secs(120));
+        let broker = dramaturg::amqp::AmqpBroker::with_config(config).await.unwrap();
+        let prefix = format!("abort-{}-", MessageId::new());
+        let app = dramaturg::app(broker.clone()).queue_prefix(&prefix).actor::<Looper>().build().unwrap();
+        let error = abort(&app, MessageId::new(), AbortOptions::abort()).await.unwrap_err();
+        assert!(matches!(error, AbortError::EventsNotShared { .. }), "{error:?}");
+        let text = error.to_string();
+        assert!(text.contains("RedisEvents") && text.contains("process_local_events"), "{text}");
+        assert!(!text.contains("guest:guest"), "no password in {text}");
+
+        let one_process = dramaturg::app(broker)
+            .queue_prefix(&prefix)
+            .replace("abort", Abortable::new(MemoryEvents::new()).process_local_events())
+            .actor::<Looper>()
+            .build()
+            .unwrap();
+        abort(&one_process, MessageId::new(), AbortOptions::abort()).await.unwrap();
     }
 }

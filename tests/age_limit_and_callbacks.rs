@@ -5,10 +5,10 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use dramaturg::callbacks::CallbackOptions;
+use dramaturg::callbacks::{CallbackOptions, Callbacks};
 use dramaturg::prelude::*;
 use dramaturg::retries::Retries;
-use dramaturg::{BoxError, ErrorRecord, MessageId};
+use dramaturg::{BoxError, DeadLetters, ErrorRecord, MessageId};
 use serde::{Deserialize, Serialize};
 
 static RAN: Mutex<Vec<String>> = Mutex::new(Vec::new());
@@ -137,11 +137,125 @@ async fn callbacks_fire_on_success_on_every_failure_and_once_on_exhaustion() {
     );
 }
 
+/// Fails when asked to, with no retries.
+#[derive(Actor, Serialize, Deserialize)]
+#[actor(max_retries = 0)]
+struct Brittle {
+    fail: bool,
+}
+
+impl Brittle {
+    async fn perform(self, _ctx: &Context) -> Result<(), BoxError> {
+        if self.fail {
+            return Err("brittle".into());
+        }
+        Ok(())
+    }
+}
+
 #[tokio::test]
-async fn callbacks_can_be_set_per_message_and_unknown_ones_do_not_break_anything() {
-    let app = dramaturg::app(MemoryBroker::new()).queue_prefix("percall-").actor::<Fresh>().build().unwrap();
-    let options = SendOptions::default().options(|o| o.on_success("no_such_actor"));
-    Fresh { key: "per-message".into() }.send_with(&app, options).await.unwrap();
+async fn a_callback_that_cannot_be_sent_fails_its_message_visibly() {
+    let broker = MemoryBroker::new();
+    let app = dramaturg::app(broker.clone()).queue_prefix("percall-").actor::<Brittle>().build().unwrap();
+    let success = SendOptions::default().options(|o| o.on_success("no_such_actor"));
+    Brittle { fail: false }.send_with(&app, success).await.unwrap();
+    let failure = SendOptions::default().options(|o| o.on_retry_exhausted("nobody_listens"));
+    Brittle { fail: true }.send_with(&app, failure).await.unwrap();
+    let report = Worker::new(app.clone()).run_until_drained(Duration::from_secs(5)).await.unwrap();
+    assert_eq!((report.succeeded, report.failed), (0, 2), "{report:?}");
+    assert_eq!(app.middleware_of::<Callbacks>().unwrap().not_sent(), 2);
+    let mut reasons: Vec<String> =
+        DeadLetters::list(&broker, "percall-default", 10).await.unwrap().into_iter().map(|d| d.reason).collect();
+    reasons.sort();
+    assert!(reasons[0].contains("on_retry_exhausted callback \"nobody_listens\" could not be sent"), "{reasons:?}");
+    assert!(reasons[0].contains("brittle"), "the original error stays first: {reasons:?}");
+    assert!(reasons[1].contains("on_success callback \"no_such_actor\" could not be sent"), "{reasons:?}");
+}
+
+/// Refuses every message that does not say which tenant it is for.
+struct TenantCheck;
+
+#[async_trait]
+impl Middleware for TenantCheck {
+    fn name(&self) -> &'static str {
+        "tenant_check"
+    }
+
+    fn before_enqueue(&self, message: &mut dramaturg::Message) -> Result<(), BoxError> {
+        match message.options.extra::<String>("tenant")? {
+            Some(_) => Ok(()),
+            None => Err(format!("{} has no tenant", message.actor).into()),
+        }
+    }
+}
+
+#[derive(Actor, Serialize, Deserialize)]
+#[actor(on_success = "tenant_seen")]
+struct Tenanted {
+    key: String,
+}
+
+impl Tenanted {
+    async fn perform(self, _ctx: &Context) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+
+static TENANTS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+#[derive(Actor, Serialize, Deserialize)]
+struct TenantSeen {
+    args: Tenanted,
+}
+
+impl TenantSeen {
+    async fn perform(self, ctx: &Context) -> Result<(), BoxError> {
+        let tenant = ctx.options().extra::<String>("tenant")?.unwrap_or_default();
+        let callbacks = ctx.options().extra::<String>("on_success")?;
+        TENANTS.lock().unwrap().push(format!("tenant {} {tenant} {callbacks:?}", self.args.key));
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn callbacks_carry_the_originals_options_through_enqueue_hooks() {
+    let app = dramaturg::app(MemoryBroker::new())
+        .queue_prefix("tenant-")
+        .middleware(TenantCheck)
+        .actor::<Tenanted>()
+        .actor::<TenantSeen>()
+        .build()
+        .unwrap();
+    let key = MessageId::new().to_string();
+    let options = SendOptions::default().options(|o| o.with_extra("tenant", "acme").with_max_retries(7));
+    Tenanted { key: key.clone() }.send_with(&app, options).await.unwrap();
     let report = Worker::new(app).run_until_drained(Duration::from_secs(5)).await.unwrap();
-    assert_eq!(report.succeeded, 1, "{report:?}");
+    assert_eq!((report.succeeded, report.failed), (2, 0), "{report:?}");
+    // The tenant travels; the callback options do not (no callback loop).
+    assert!(TENANTS.lock().unwrap().contains(&format!("tenant {key} acme None")));
+}
+
+/// Its callback's name has a typo.
+#[derive(Actor, Serialize, Deserialize)]
+#[actor(on_failure = "report_failuer")]
+struct Misspelled {}
+
+impl Misspelled {
+    async fn perform(self, _ctx: &Context) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+
+#[test]
+fn an_unknown_callback_actor_in_an_actors_options_fails_the_build() {
+    let error = dramaturg::app(MemoryBroker::new()).actor::<Misspelled>().build().unwrap_err();
+    assert_eq!(
+        error,
+        dramaturg::ConfigError::UnknownActor {
+            actor: "misspelled".into(),
+            option: "on_failure".into(),
+            name: "report_failuer".into(),
+        }
+    );
+    assert!(error.to_string().contains("\"report_failuer\""), "{error}");
 }

@@ -358,3 +358,50 @@ async fn rediss_urls_connect_over_tls() {
     std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(&body.unwrap().unwrap()[..], b"over tls");
 }
+
+#[derive(Actor, Serialize, Deserialize)]
+#[actor(max_age = "100ms")]
+struct ShortLived {
+    tag: String,
+}
+
+impl ShortLived {
+    async fn perform(self, _ctx: &Context) -> Result<(), BoxError> {
+        MARKS.lock().unwrap().push(self.tag);
+        Ok(())
+    }
+}
+
+/// Issue input: a delayed send whose delay exceeds `max_age` was acked and
+/// skipped with only a warning. It is refused at send when the message or
+/// its actor sets the max_age, and dead-lettered with the reason when only
+/// the age-limit middleware's default does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delay_beyond_max_age_is_refused_or_dead_lettered_never_skipped() {
+    if support::is_child() {
+        return;
+    }
+    let namespace = namespace();
+    let broker = broker_in(URL, &namespace).await;
+    let age_limit = dramaturg::age_limit::AgeLimit::new().max_age(Duration::from_millis(200));
+    let app = dramaturg::app(broker.clone())
+        .replace("age_limit", age_limit)
+        .actor::<ShortLived>()
+        .actor::<Mark>()
+        .build()
+        .unwrap();
+    let later = |millis| dramaturg::SendOptions::default().delay(Duration::from_millis(millis));
+    let refused = ShortLived { tag: format!("refused-{namespace}") }.send_with(&app, later(1000)).await;
+    assert!(
+        matches!(refused, Err(dramaturg::EnqueueError::DelayBeyondMaxAge { .. })),
+        "a delay beyond the actor's max_age is refused: {refused:?}"
+    );
+    let tag = format!("delayed-{namespace}");
+    Mark { tag: tag.clone() }.send_with(&app, later(500)).await.unwrap();
+    let report = Worker::new(app.clone()).run_until_drained(Duration::from_secs(10)).await.unwrap();
+    assert_eq!((report.failed, report.skipped, report.succeeded), (1, 0, 0), "{report:?}");
+    assert_eq!(marks(&tag), 0);
+    let dead = broker.list("default", 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].reason.contains("beyond its max_age"), "{}", dead[0].reason);
+}

@@ -354,3 +354,74 @@ mod flaky {
         }
     }
 }
+
+/// Fails with a boxed `InvalidInput`, or a boxed `Flaky`.
+#[derive(Actor, Serialize, Deserialize)]
+#[actor(queue = "boxed")]
+struct Boxed {
+    key: String,
+    invalid: bool,
+}
+
+impl Boxed {
+    async fn perform(self, ctx: &Context) -> Result<(), dramaturg::BoxError> {
+        record_attempt(&self.key, ctx);
+        if self.invalid {
+            return Err(Box::new(InvalidInput));
+        }
+        Err(Box::new(Flaky("boxed".into())))
+    }
+}
+
+#[tokio::test]
+async fn never_retry_matches_the_error_inside_a_boxed_error() {
+    let retries = Retries::new()
+        .max_retries(1)
+        .backoff(Duration::from_millis(1), Duration::from_millis(1))
+        .never_retry::<InvalidInput>();
+    let app = dramaturg::app(MemoryBroker::new()).replace("retries", retries).actor::<Boxed>().build().unwrap();
+    Boxed { key: "boxed-invalid".into(), invalid: true }.send(&app).await.unwrap();
+    Boxed { key: "boxed-flaky".into(), invalid: false }.send(&app).await.unwrap();
+    let report = Worker::new(app).run_until_drained(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(attempts("boxed-invalid").len(), 1, "a boxed InvalidInput is never retried");
+    assert_eq!(attempts("boxed-flaky").len(), 2, "other boxed errors are");
+    assert_eq!((report.retried, report.failed), (1, 2), "{report:?}");
+}
+
+#[tokio::test]
+async fn dead_letters_decode_delete_and_replay_with_their_retries_reset() {
+    use dramaturg::{Outgoing, Replay, ReplayRetries};
+
+    let broker = MemoryBroker::new();
+    let retries = Retries::new().max_retries(1).backoff(Duration::from_millis(1), Duration::from_millis(1));
+    let app = dramaturg::app(broker.clone())
+        .queue_prefix("dead-")
+        .replace("retries", retries)
+        .actor::<Unreliable>()
+        .build()
+        .unwrap();
+    let id = unreliable("dead-reset", "down", 0).send(&app).await.unwrap();
+    dramaturg::Broker::enqueue(&broker, Outgoing::new("dead-default", &b"\xc1 not a message"[..])).await.unwrap();
+    Worker::new(app.clone()).run_until_drained(Duration::from_secs(5)).await.unwrap();
+
+    let mut views = app.dead_letter_views("dead-default", 10).await.unwrap();
+    views.sort_by_key(|view| view.message.is_err());
+    let decoded = views[0].message.as_ref().unwrap();
+    assert_eq!((decoded.id, decoded.actor.as_str(), decoded.retries), (id, "unreliable", 1));
+    assert_eq!(decoded.args["key"], "dead-reset");
+    assert!(views[0].reason.contains("flaky dependency: down"), "{}", views[0]);
+    assert!(views[1].message.as_ref().unwrap_err().contains("undecodable"), "{}", views[1]);
+
+    let report = app.replay_dead_letters("dead-default", Replay::All, ReplayRetries::Reset).await.unwrap();
+    assert_eq!(report.replayed, 1, "{report:?}");
+    assert_eq!(report.undecodable.len(), 1, "{report:?}");
+    let left = broker.list("dead-default", 10).await.unwrap();
+    assert_eq!(left.len(), 1, "the replayed letter is deleted, the garbage kept");
+    Worker::new(app.clone()).run_until_drained(Duration::from_secs(5)).await.unwrap();
+    let retries: Vec<u32> = attempts("dead-reset").into_iter().map(|(r, _)| r).collect();
+    assert_eq!(retries, [0, 1, 0, 1], "the replay starts again at retry 0");
+
+    assert_eq!(broker.delete("dead-default", Replay::One("no-such-key".into())).await.unwrap(), 0);
+    assert_eq!(broker.delete("dead-default", Replay::All).await.unwrap(), 2);
+    assert!(broker.list("dead-default", 10).await.unwrap().is_empty());
+}

@@ -323,3 +323,27 @@ async fn options_resolve_message_then_actor() {
     assert_eq!(options.max_retries, Some(2), "the message's own option wins");
     assert_eq!(options.time_limit, Some(Duration::from_secs(90)), "the actor's attribute fills the gap");
 }
+
+#[tokio::test]
+async fn known_options_of_the_wrong_type_are_refused_at_send_time() {
+    let broker = MemoryBroker::new();
+    let app = dramaturg::app(broker.clone()).actor::<SendWelcome>().build().unwrap();
+    let lots = SendOptions::default().options(|o| o.with_extra("max_retries", "lots"));
+    let error = SendWelcome { user_id: 1 }.send_with(&app, lots).await.unwrap_err();
+    let EnqueueError::InvalidOption(option) = &error else { panic!("{error:?}") };
+    assert_eq!(option.key(), "max_retries");
+    // The options of the default middleware are checked by their middleware.
+    let abortable = SendOptions::default().options(|o| o.with_extra("abortable", "yes"));
+    let error = SendWelcome { user_id: 2 }.send_with(&app, abortable).await.unwrap_err();
+    assert!(matches!(error, EnqueueError::Rejected { middleware: "abort", .. }), "{error:?}");
+    let callback = SendOptions::default().options(|o| o.with_extra("on_success", 42));
+    let error = SendWelcome { user_id: 3 }.send_with(&app, callback).await.unwrap_err();
+    assert!(matches!(error, EnqueueError::Rejected { middleware: "callbacks", .. }), "{error:?}");
+    assert_eq!(broker.stats("mail").await.unwrap().ready, 0, "nothing was enqueued");
+    // The right type, set through the open map, is taken as the typed option.
+    let three = SendOptions::default().options(|o| o.with_extra("max_retries", 3));
+    SendWelcome { user_id: 4 }.send_with(&app, three).await.unwrap();
+    let mut consumer = dramaturg::Broker::consume(&broker, "mail", 1).await.unwrap();
+    let message = app.encoder().decode_message(consumer.next().await.unwrap().body()).unwrap();
+    assert_eq!(message.options.max_retries, Some(3));
+}

@@ -193,3 +193,66 @@ async fn a_blocking_actor_is_failed_on_time_and_can_stop_cooperatively() {
     let dead = broker.list("default", 1).await.unwrap();
     assert!(dead[0].reason.contains("time limit exceeded"), "{}", dead[0].reason);
 }
+
+/// Holds its async worker thread for 4 s, with a 1-second limit.
+#[derive(Actor, Serialize, Deserialize)]
+#[actor(max_retries = 0, time_limit = "1s")]
+struct Hog {}
+
+impl Hog {
+    async fn perform(self, _ctx: &Context) -> Result<(), BoxError> {
+        std::thread::sleep(Duration::from_secs(4));
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_async_actor_that_blocks_past_its_limit_fails_whatever_it_returned() {
+    let seen = Seen::default();
+    let app = dramaturg::app(MemoryBroker::new())
+        .insert_before("time_limit", Observe(Arc::clone(&seen)))
+        .actor::<Hog>()
+        .build()
+        .unwrap();
+    Hog {}.send(&app).await.unwrap();
+    let report = Worker::new(app).run_until_drained(Duration::from_secs(10)).await.unwrap();
+    assert_eq!((report.succeeded, report.failed), (0, 1), "{report:?}");
+    assert_eq!(*seen.lock().unwrap(), [(FailureKind::TimeLimitExceeded, Some(Limit::Duration))]);
+}
+
+/// A writer that keeps what tracing prints.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn the_expiry_warning_shows_the_limit_in_force() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let app = app(TimeLimit::new().time_limit(Duration::from_millis(150)), &Seen::default());
+        work("warning", 100, false, 0).send(&app).await.unwrap();
+        Worker::new(app).run_until_drained(Duration::from_secs(5)).await.unwrap();
+    });
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let line = text.lines().find(|l| l.contains("stopping the attempt")).unwrap_or_else(|| panic!("{text}"));
+    assert!(line.contains("limit=150ms"), "{line}");
+    assert!(line.contains("time limit exceeded: the attempt ran for more than 150ms"), "{line}");
+    assert!(!line.contains("Duration"), "{line}");
+}

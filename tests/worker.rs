@@ -338,3 +338,33 @@ fn every_message_has_a_span_with_id_actor_queue_and_retries() {
     assert!(text.contains("elapsed="), "{text}");
     assert!(text.contains("error=alloc::string::String: failure number 9"), "{text}");
 }
+
+/// What tracing printed while `run` ran on a current-thread runtime.
+fn logged<F: std::future::Future>(run: impl FnOnce() -> F) -> String {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(run());
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    text
+}
+
+#[test]
+fn a_worker_warns_once_when_its_app_has_no_error_capture() {
+    let bare = logged(|| async {
+        let app = App::builder(MemoryBroker::new()).queue_prefix("bare-").actor::<Echo>().build().unwrap();
+        Worker::new(app).run_until_drained(Duration::from_secs(5)).await.unwrap();
+    });
+    assert_eq!(bare.matches("no middleware named error_capture").count(), 1, "{bare}");
+    let defaults = logged(|| async {
+        let app = dramaturg::app(MemoryBroker::new()).queue_prefix("full-").actor::<Echo>().build().unwrap();
+        Worker::new(app).run_until_drained(Duration::from_secs(5)).await.unwrap();
+    });
+    assert!(!defaults.contains("error_capture"), "{defaults}");
+}

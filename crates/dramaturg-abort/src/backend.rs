@@ -2,10 +2,11 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use dramaturg_core::sync::lock;
 use dramaturg_core::BrokerError;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -51,6 +52,16 @@ pub trait EventBackend: Send + Sync + fmt::Debug + 'static {
     fn may_have_events(&self) -> bool {
         true
     }
+
+    /// `true` when only this process sees the events (an in-memory
+    /// backend). [`abort`](crate::abort) refuses such a backend when the
+    /// app's broker reaches other processes, unless the middleware was
+    /// told that workers run in this process only
+    /// ([`Abortable::process_local_events`](crate::Abortable::process_local_events)).
+    /// The default says `false`.
+    fn is_process_local(&self) -> bool {
+        false
+    }
 }
 
 /// Events kept in this process: for the in-memory broker, for one-process
@@ -70,7 +81,7 @@ impl MemoryEvents {
     }
 
     fn get(&self, key: &str) -> Option<Vec<u8>> {
-        let mut events = self.events.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut events = lock(&self.events);
         match events.get(key) {
             Some((value, expires)) if *expires > Instant::now() => Some(value.clone()),
             Some(_) => {
@@ -84,7 +95,7 @@ impl MemoryEvents {
 
 impl fmt::Debug for MemoryEvents {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let count = self.events.lock().unwrap_or_else(PoisonError::into_inner).len();
+        let count = lock(&self.events).len();
         f.debug_struct("MemoryEvents").field("events", &count).finish()
     }
 }
@@ -94,7 +105,7 @@ impl EventBackend for MemoryEvents {
     async fn notify(&self, events: &[(String, Vec<u8>)], ttl: Duration) -> Result<(), BrokerError> {
         let expires = Instant::now() + ttl;
         {
-            let mut stored = self.events.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut stored = lock(&self.events);
             let now = Instant::now();
             stored.retain(|_, (_, at)| *at > now);
             for (key, value) in events {
@@ -112,6 +123,10 @@ impl EventBackend for MemoryEvents {
 
     fn may_have_events(&self) -> bool {
         self.any.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn is_process_local(&self) -> bool {
+        true
     }
 
     async fn wait_many(&self, keys: &[String], timeout: Duration) -> Result<Option<(String, Vec<u8>)>, BrokerError> {

@@ -41,6 +41,20 @@
 //! `RedisEvents` (feature `redis`) works across processes, with any broker.
 //! A worker with no running abortable message sends no command to the
 //! backend.
+//!
+//! The default stack (`dramaturg::app`, through [`Abortable::for_broker`])
+//! picks the backend that reaches as far as the broker: in-memory events
+//! for the in-memory broker, Redis events on the same server for the Redis
+//! broker. **RabbitMQ users need a Redis for abort events**: with
+//! in-memory events and a broker that delivers to other processes,
+//! [`abort`] fails with [`AbortError::EventsNotShared`] rather than
+//! return `Ok` for a request no worker would see. Replace the middleware:
+//!
+//! ```ignore
+//! let app = dramaturg::app(amqp_broker)
+//!     .replace("abort", Abortable::new(RedisEvents::connect("redis://127.0.0.1:6379").await?))
+//!     .build()?;
+//! ```
 
 mod backend;
 #[cfg(feature = "redis")]
@@ -48,9 +62,10 @@ mod redis_backend;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use dramaturg_core::sync::lock;
 use dramaturg_core::{
     async_trait, now_ms, App, BrokerError, Context, Interruption, Message, MessageId, Middleware, Next, Outcome,
 };
@@ -140,6 +155,20 @@ pub enum AbortError {
     /// The app has no abort middleware.
     #[error("the app has no abort middleware (`Abortable`) in its stack")]
     NotConfigured,
+    /// The abort middleware keeps requests in this process while the app's
+    /// broker delivers to other processes: workers there would never hear
+    /// of the request.
+    #[error(
+        "abort requests would stay in this process, but the broker ({broker:?}) delivers to other processes: \
+         give the abort middleware an event backend they share — with the `redis` feature, \
+         `.replace(\"abort\", Abortable::new(RedisEvents::connect(\"redis://…\").await?))` (RabbitMQ users keep \
+         a Redis for this) — or, if every worker runs in this process, opt in with \
+         `Abortable::new(MemoryEvents::new()).process_local_events()`"
+    )]
+    EventsNotShared {
+        /// Where the broker says its messages live (the URL without its password).
+        broker: dramaturg_core::broker::Locality,
+    },
     /// The event backend failed.
     #[error(transparent)]
     Backend(#[from] BrokerError),
@@ -158,21 +187,25 @@ fn due_key(id: MessageId) -> String {
 /// # Errors
 ///
 /// [`AbortError::NotConfigured`] when the app has no [`Abortable`]
-/// middleware, [`AbortError::Backend`] when the event backend fails.
-/// Unknown and finished messages are not errors.
+/// middleware; [`AbortError::EventsNotShared`] when its event backend is
+/// in-memory while the broker delivers to other processes (unless it was
+/// built with [`Abortable::process_local_events`]);
+/// [`AbortError::Backend`] when the event backend fails. Unknown and
+/// finished messages are not errors.
 pub async fn abort(app: &App, id: MessageId, options: AbortOptions) -> Result<(), AbortError> {
     let middleware = app.middleware_of::<Abortable>().ok_or(AbortError::NotConfigured)?;
     let backend = &middleware.backend;
+    let locality = app.broker().locality();
+    if backend.is_process_local() && !locality.is_process_local() && !middleware.process_local_ok {
+        return Err(AbortError::EventsNotShared { broker: locality });
+    }
     let mut ttl = options.abort_ttl;
     if let Some(due) =
         backend.poll(&due_key(id)).await?.and_then(|raw| String::from_utf8(raw).ok()?.parse::<u64>().ok())
     {
         ttl = ttl.max(Duration::from_millis(due.saturating_sub(now_ms())) + options.abort_ttl);
     }
-    let request = AbortRequest {
-        mode: options.mode,
-        grace_ms: u64::try_from(options.abort_timeout.as_millis()).unwrap_or(u64::MAX),
-    };
+    let request = AbortRequest { mode: options.mode, grace_ms: dramaturg_core::time::millis(options.abort_timeout) };
     let value = serde_json::to_vec(&request)
         .map_err(|e| BrokerError::new(dramaturg_core::BrokerErrorKind::Other, e.to_string()))?;
     backend.notify(&[(abort_key(id), value)], ttl).await?;
@@ -194,14 +227,10 @@ struct Watcher {
 }
 
 impl Watcher {
-    fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-        mutex.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     fn register(self: &Arc<Self>, key: &str, backend: &Arc<dyn EventBackend>) -> watch::Receiver<Option<AbortRequest>> {
         let (sender, receiver) = watch::channel(None);
-        Self::lock(&self.running).insert(key.to_owned(), (sender, false));
-        let mut task = Self::lock(&self.task);
+        lock(&self.running).insert(key.to_owned(), (sender, false));
+        let mut task = lock(&self.task);
         if task.as_ref().is_none_or(JoinHandle::is_finished) {
             let (watcher, backend) = (Arc::clone(self), Arc::clone(backend));
             *task = Some(tokio::spawn(async move { watcher.run(&*backend).await }));
@@ -212,12 +241,12 @@ impl Watcher {
     }
 
     fn deregister(&self, key: &str) {
-        Self::lock(&self.running).remove(key);
+        lock(&self.running).remove(key);
         self.changed.notify_one();
     }
 
     fn stop(&self) {
-        if let Some(task) = Self::lock(&self.task).take() {
+        if let Some(task) = lock(&self.task).take() {
             task.abort();
         }
     }
@@ -230,7 +259,7 @@ impl Watcher {
             tokio::pin!(changed);
             changed.as_mut().enable();
             let keys: Vec<String> =
-                Self::lock(&self.running).iter().filter(|(_, (_, passed))| !passed).map(|(k, _)| k.clone()).collect();
+                lock(&self.running).iter().filter(|(_, (_, passed))| !passed).map(|(k, _)| k.clone()).collect();
             if keys.is_empty() {
                 changed.await;
                 continue;
@@ -238,7 +267,7 @@ impl Watcher {
             tokio::select! {
                 event = backend.wait_many(&keys, Duration::from_secs(30)) => match event {
                     Ok(Some((key, value))) => {
-                        if let Some((sender, passed)) = Self::lock(&self.running).get_mut(&key) {
+                        if let Some((sender, passed)) = lock(&self.running).get_mut(&key) {
                             *passed = true;
                             sender.send_replace(serde_json::from_slice(&value).ok());
                         }
@@ -273,14 +302,57 @@ impl Drop for Running<'_> {
 pub struct Abortable {
     backend: Arc<dyn EventBackend>,
     default_abortable: bool,
+    /// Whether a process-local backend is fine with a broker that is not.
+    process_local_ok: bool,
     watcher: Arc<Watcher>,
 }
 
 impl Abortable {
     /// Abort events through `backend`; messages are abortable unless their
     /// actor or they themselves say otherwise.
+    ///
+    /// With an in-memory backend ([`MemoryEvents`]) and a broker that
+    /// delivers to other processes, [`abort`] fails with
+    /// [`AbortError::EventsNotShared`] unless
+    /// [`process_local_events`](Abortable::process_local_events) says that
+    /// is intended.
     pub fn new(backend: impl EventBackend) -> Self {
-        Self { backend: Arc::new(backend), default_abortable: true, watcher: Arc::default() }
+        Self { backend: Arc::new(backend), default_abortable: true, process_local_ok: false, watcher: Arc::default() }
+    }
+
+    /// The abort middleware whose events reach as far as `broker`'s
+    /// messages — what `dramaturg::app` puts in its default stack:
+    ///
+    /// - the in-memory broker: [`MemoryEvents`];
+    /// - the Redis broker (`redis://`, `rediss://`; feature `redis`): Redis
+    ///   events on the broker's URL, connecting on first use (a private CA
+    ///   given with `RedisConfig::tls_root_certificate` is not carried
+    ///   over: give such apps their `RedisEvents` yourself);
+    /// - any other broker (RabbitMQ): [`MemoryEvents`], with which
+    ///   [`abort`] returns [`AbortError::EventsNotShared`] — replace the
+    ///   middleware with one on a backend the processes share (Redis).
+    pub fn for_broker(broker: &dyn dramaturg_core::Broker) -> Self {
+        let locality = broker.locality();
+        #[cfg(feature = "redis")]
+        if let (Some("redis" | "rediss"), dramaturg_core::broker::Locality::Server { url }) =
+            (locality.scheme(), &locality)
+        {
+            match RedisEvents::lazy(url) {
+                Ok(events) => return Self::new(events),
+                Err(error) => tracing::warn!(%error, "cannot use the broker's Redis for abort events"),
+            }
+        }
+        let _ = locality;
+        Self::new(MemoryEvents::new())
+    }
+
+    /// Says that a process-local backend ([`MemoryEvents`]) is intended
+    /// even though the broker delivers to other processes: every worker
+    /// that must hear of an abort runs in this process.
+    #[must_use]
+    pub fn process_local_events(mut self) -> Self {
+        self.process_local_ok = true;
+        self
     }
 
     /// Whether messages are abortable when neither they nor their actor say.
@@ -345,6 +417,7 @@ impl fmt::Debug for Abortable {
         f.debug_struct("Abortable")
             .field("backend", &self.backend)
             .field("default_abortable", &self.default_abortable)
+            .field("process_local_events", &self.process_local_ok)
             .finish_non_exhaustive()
     }
 }
@@ -357,6 +430,12 @@ impl Middleware for Abortable {
 
     fn as_any(&self) -> Option<&(dyn std::any::Any + Send + Sync)> {
         Some(self)
+    }
+
+    /// The `abortable` option must be a boolean.
+    fn before_enqueue(&self, message: &mut Message) -> Result<(), dramaturg_core::BoxError> {
+        message.options.extra::<bool>(ABORTABLE)?;
+        Ok(())
     }
 
     async fn after_delayed_enqueue(&self, app: &App, message: &Message, delay: Duration) {
@@ -410,7 +489,7 @@ impl Abortable {
         if let Some(request) = self.requested(&key).await {
             // Made while the message started: pass it on as the watcher would.
             let _ = requests.borrow_and_update();
-            if let Some((sender, passed)) = Watcher::lock(&self.watcher.running).get_mut(&key) {
+            if let Some((sender, passed)) = lock(&self.watcher.running).get_mut(&key) {
                 *passed = true;
                 sender.send_replace(Some(request));
             }

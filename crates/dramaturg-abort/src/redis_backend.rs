@@ -19,7 +19,8 @@ use crate::backend::EventBackend;
 /// Redis for this).
 pub struct RedisEvents {
     client: redis::Client,
-    conn: ConnectionManager,
+    /// Made by `connect`, or on first use after `lazy`.
+    conn: tokio::sync::OnceCell<ConnectionManager>,
     prefix: String,
     url: String,
     watch: tokio::sync::Mutex<Option<Subscription>>,
@@ -54,10 +55,44 @@ impl RedisEvents {
     ///
     /// As [`RedisEvents::connect`].
     pub async fn connect_with_prefix(url: &str, prefix: &str) -> Result<Self, BrokerError> {
+        let events = Self::lazy_with_prefix(url, prefix)?;
+        events.conn().await?;
+        Ok(events)
+    }
+
+    /// Events in the Redis at `url`, with keys under `dramaturg-abort:`,
+    /// connecting on first use: for code that cannot wait here (the
+    /// default stack of `dramaturg::app` on a Redis broker). Connection
+    /// errors come from the first request or watch instead.
+    ///
+    /// # Errors
+    ///
+    /// A [`BrokerError`] when `url` is not a valid Redis URL.
+    pub fn lazy(url: &str) -> Result<Self, BrokerError> {
+        Self::lazy_with_prefix(url, "dramaturg-abort")
+    }
+
+    fn lazy_with_prefix(url: &str, prefix: &str) -> Result<Self, BrokerError> {
         let shown = redact_password(url);
         let client = redis::Client::open(url).map_err(|e| error(e, &format!("opening {shown}")))?;
-        let conn = client.get_connection_manager().await.map_err(|e| error(e, &format!("connecting to {shown}")))?;
-        Ok(Self { client, conn, prefix: format!("{prefix}:"), url: shown, watch: tokio::sync::Mutex::new(None) })
+        Ok(Self {
+            client,
+            conn: tokio::sync::OnceCell::new(),
+            prefix: format!("{prefix}:"),
+            url: shown,
+            watch: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// The shared connection, made on first use.
+    async fn conn(&self) -> Result<ConnectionManager, BrokerError> {
+        let conn = self
+            .conn
+            .get_or_try_init(|| async {
+                self.client.get_connection_manager().await.map_err(|e| error(e, &format!("connecting to {}", self.url)))
+            })
+            .await?;
+        Ok(conn.clone())
     }
 
     fn key(&self, key: &str) -> String {
@@ -74,19 +109,20 @@ impl fmt::Debug for RedisEvents {
 #[async_trait]
 impl EventBackend for RedisEvents {
     async fn notify(&self, events: &[(String, Vec<u8>)], ttl: Duration) -> Result<(), BrokerError> {
-        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX / 2).max(1);
+        // Redis takes a signed 64-bit PX.
+        let ttl_ms = dramaturg_core::time::millis(ttl).clamp(1, u64::MAX / 2);
         let mut pipe = redis::pipe();
         for (key, value) in events {
             let key = self.key(key);
             pipe.cmd("SET").arg(&key).arg(value).arg("PX").arg(ttl_ms).ignore();
             pipe.publish(&key, value).ignore();
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         pipe.query_async::<()>(&mut conn).await.map_err(|e| error(e, "notify"))
     }
 
     async fn poll(&self, key: &str) -> Result<Option<Vec<u8>>, BrokerError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         redis::cmd("GET").arg(self.key(key)).query_async(&mut conn).await.map_err(|e| error(e, "poll"))
     }
 
@@ -125,7 +161,7 @@ async fn wait(
     }
     // An event set before the subscription would never be published to it.
     if !fresh.is_empty() {
-        let mut conn = events.conn.clone();
+        let mut conn = events.conn().await?;
         let values: Vec<Option<Vec<u8>>> =
             redis::cmd("MGET").arg(&fresh).query_async(&mut conn).await.map_err(|e| error(e, "poll"))?;
         if let Some((channel, value)) = fresh.iter().zip(values).find_map(|(c, v)| Some((c, v?))) {

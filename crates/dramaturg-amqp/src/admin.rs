@@ -205,6 +205,21 @@ impl DeadLetters for AmqpBroker {
         };
         self.take_dead(queue, only, Take::Replay).await
     }
+
+    /// Streams the dead-letter queue as `replay` does and acknowledges the
+    /// wanted dead letters without publishing them. An unknown key (the
+    /// empty one included) deletes nothing.
+    async fn delete(&self, queue: &str, which: Replay) -> Result<u64, BrokerError> {
+        let only = match &which {
+            Replay::One(key) if key.is_empty() => {
+                check_queue(queue)?;
+                return Ok(0);
+            }
+            Replay::One(key) => Some(key.as_str()),
+            _ => None,
+        };
+        self.take_dead(queue, only, Take::Delete).await
+    }
 }
 
 /// What [`AmqpBroker::take_dead`] does with the dead letters it takes.
@@ -213,7 +228,6 @@ enum Take {
     /// Publish to the queue (confirmed), then acknowledge.
     Replay,
     /// Acknowledge only: the dead letter is gone.
-    #[allow(dead_code)] // For `DeadLetters::delete`, once the trait has it.
     Delete,
 }
 

@@ -33,14 +33,52 @@
 //! }
 //! ```
 //!
+//! The callback actors named in a registered actor's options
+//! (`#[actor(on_failure = "…")]`) must be registered too: `build()` fails
+//! with `ConfigError::UnknownActor` naming the one it does not know. Names
+//! set per message are checked when the callback fires.
+//!
+//! # Context travels with the callback
+//!
+//! A callback message carries the original message's **own options of the
+//! open map** (`Options::extra`: a tenant, a trace id — whatever your
+//! enqueue middleware expects to find), so that the hooks that check them
+//! at send time accept the callback as they accepted the original. What
+//! belongs to the original's processing does not travel: its typed options
+//! (`max_retries`, `time_limit`, `priority`, …, which the callback actor
+//! takes from its own attributes), its callback options (a callback would
+//! otherwise fire callbacks of its own), the retry middleware's
+//! `last_error` and the abort middleware's `abortable`. Choose otherwise
+//! with [`Callbacks::propagate_only`] or [`Callbacks::propagate_nothing`].
+//!
+//! # A callback that cannot be sent
+//!
 //! A callback is sent after the outcome is known and before the original
-//! delivery is settled. If it cannot be sent (unknown actor, broker error),
-//! the error is logged and the original message is settled as usual: the
-//! callback is not retried.
+//! delivery is settled. A send that fails for a reason that may pass (the
+//! broker is away) is tried again for up to [`Callbacks::send_retry_for`]
+//! (5 s by default). If it still cannot be sent — no such actor, an enqueue
+//! hook refused it, the broker stayed away — it is logged at ERROR,
+//! counted ([`Callbacks::not_sent`]), and shows in the original's outcome:
+//!
+//! - `on_success`: the success becomes a failure ([`CallbackNotSent`]), so
+//!   the message is dead-lettered with a reason naming the callback — the
+//!   actor's side effects did happen; replaying the dead letter runs it
+//!   again (at-least-once);
+//! - `on_failure` / `on_retry_exhausted` of a message that failed for
+//!   good: the dead letter's reason gains a line naming the callback;
+//! - `on_failure` of an attempt whose retry is already enqueued: the
+//!   outcome stays a retry (failing this delivery too would dead-letter a
+//!   message that is still being retried); the log and the count say it.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use dramaturg_core::encoder::{decode_value, encode_value};
 use dramaturg_core::{
-    async_trait, Context, ErrorRecord, Message, MessageId, Middleware, Next, Options, Outcome, Output,
+    async_trait, App, BoxError, ConfigError, Context, EnqueueError, ErrorRecord, Failure, Message, MessageId,
+    Middleware, Next, Options, Outcome, Output,
 };
 use serde::Serialize;
 
@@ -99,43 +137,198 @@ struct Payload<'a> {
     error: Option<&'a ErrorRecord>,
 }
 
+/// Options of the open map that never travel with a callback: the
+/// callback options themselves, the retry middleware's `last_error`, the
+/// abort middleware's `abortable`.
+pub const NOT_PROPAGATED: [&str; 5] = [ON_SUCCESS, ON_FAILURE, ON_RETRY_EXHAUSTED, "last_error", "abortable"];
+
+/// Which of the original message's options a callback carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Propagation {
+    /// Every option of the open map except [`NOT_PROPAGATED`] (the default).
+    Extra,
+    /// Only these options of the open map.
+    Only(Vec<String>),
+    /// None: the callback starts with fresh options.
+    Nothing,
+}
+
+/// A callback could not be sent; the original message's outcome says so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CallbackNotSent {
+    /// The option that named it (`on_success`, …).
+    pub option: &'static str,
+    /// The callback actor's name.
+    pub callback: String,
+    /// Why it was not sent.
+    pub reason: String,
+}
+
+impl std::fmt::Display for CallbackNotSent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} callback {:?} could not be sent: {}", self.option, self.callback, self.reason)
+    }
+}
+
+impl std::error::Error for CallbackNotSent {}
+
 /// The callbacks middleware. Named `"callbacks"` in the stack; it must sit
 /// outside the retry middleware to tell a retried failure from a final one.
-#[derive(Debug, Clone, Default)]
-pub struct Callbacks;
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use dramaturg_callbacks::Callbacks;
+///
+/// let callbacks = Callbacks::new().propagate_only(["tenant", "trace_id"]).send_retry_for(Duration::from_secs(10));
+/// # let _ = callbacks;
+/// ```
+#[derive(Debug, Clone)]
+pub struct Callbacks {
+    propagation: Propagation,
+    retry_for: Duration,
+    not_sent: Arc<AtomicU64>,
+}
+
+impl Default for Callbacks {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 impl Callbacks {
-    /// The middleware.
+    /// The middleware: callbacks carry the original's options of the open
+    /// map (see the crate docs), and sends are tried again for up to 5 s.
     pub fn new() -> Self {
-        Self
+        Self { propagation: Propagation::Extra, retry_for: Duration::from_secs(5), not_sent: Arc::default() }
     }
-}
 
-/// Sends the callback named by option `key` of `ctx`'s message, if any.
-async fn fire(ctx: &Context, key: &str, result: Option<&Output>, error: Option<&ErrorRecord>) {
-    let name = match ctx.options().extra::<String>(key) {
-        Ok(Some(name)) => name,
-        Ok(None) => return,
-        Err(error) => {
-            tracing::error!(%error, "invalid callback option; no callback sent");
-            return;
+    /// Callbacks carry only these options of the original message's open map.
+    #[must_use]
+    pub fn propagate_only<I, S>(mut self, keys: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.propagation = Propagation::Only(keys.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Callbacks carry none of the original message's options.
+    #[must_use]
+    pub fn propagate_nothing(mut self) -> Self {
+        self.propagation = Propagation::Nothing;
+        self
+    }
+
+    /// How long a callback send that failed for a reason that may pass
+    /// (connection lost, timeout) is tried again (default 5 s; zero: once).
+    #[must_use]
+    pub fn send_retry_for(mut self, duration: Duration) -> Self {
+        self.retry_for = duration;
+        self
+    }
+
+    /// How many callbacks could not be sent since this middleware was made
+    /// (shared by its clones). Reach it through
+    /// `app.middleware_of::<Callbacks>()`.
+    pub fn not_sent(&self) -> u64 {
+        self.not_sent.load(Ordering::Relaxed)
+    }
+
+    /// The options a callback of `original` starts with.
+    fn propagated(&self, original: &Options) -> Options {
+        let extra: BTreeMap<String, serde_json::Value> = match &self.propagation {
+            Propagation::Nothing => BTreeMap::new(),
+            Propagation::Extra => {
+                original.extra.iter().filter(|(k, _)| !NOT_PROPAGATED.contains(&k.as_str())).map(clone_entry).collect()
+            }
+            Propagation::Only(keys) => {
+                original.extra.iter().filter(|(k, _)| keys.contains(k)).map(clone_entry).collect()
+            }
+        };
+        let mut options = Options::default();
+        options.extra = extra;
+        options
+    }
+
+    /// Sends the callback named by option `key` of `ctx`'s message, if any.
+    async fn fire(
+        &self,
+        ctx: &Context,
+        key: &'static str,
+        result: Option<&Output>,
+        error: Option<&ErrorRecord>,
+    ) -> Result<(), CallbackNotSent> {
+        let name = match ctx.options().extra::<String>(key) {
+            Ok(Some(name)) => name,
+            Ok(None) => return Ok(()),
+            Err(error) => {
+                return Err(self.count_not_sent(CallbackNotSent {
+                    option: key,
+                    callback: String::new(),
+                    reason: error.to_string(),
+                }));
+            }
+        };
+        self.send(ctx, &name, result, error)
+            .await
+            .map_err(|reason| self.count_not_sent(CallbackNotSent { option: key, callback: name, reason }))
+    }
+
+    fn count_not_sent(&self, error: CallbackNotSent) -> CallbackNotSent {
+        self.not_sent.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(callback = %error.callback, option = error.option, reason = %error.reason, "callback not sent");
+        error
+    }
+
+    async fn send(
+        &self,
+        ctx: &Context,
+        name: &str,
+        result: Option<&Output>,
+        error: Option<&ErrorRecord>,
+    ) -> Result<(), String> {
+        let app = ctx.app();
+        let callback = app.actor(name).ok_or_else(|| format!("no actor named {name:?} is registered"))?;
+        let original = ctx.message();
+        let args = decode_value::<serde_json::Value>(app.encoder(), &original.args).map_err(|e| e.to_string())?;
+        let payload =
+            Payload { message_id: original.id, actor: &original.actor, args, retries: original.retries, result, error };
+        let bytes = encode_value(app.encoder(), &payload).map_err(|e| e.to_string())?;
+        let deadline = tokio::time::Instant::now() + self.retry_for;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let mut message = Message::new(callback.queue(), name, bytes.clone().into());
+            message.options = self.propagated(&original.options);
+            match app.enqueue(message, None).await {
+                Ok(_) => return Ok(()),
+                Err(EnqueueError::Broker(error))
+                    if error.is_retryable() && tokio::time::Instant::now() + backoff < deadline =>
+                {
+                    tracing::warn!(%error, retry_in = ?backoff, callback = name, "callback send failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                Err(error) => return Err(error.to_string()),
+            }
         }
-    };
-    if let Err(reason) = send(ctx, &name, result, error).await {
-        tracing::error!(callback = %name, %reason, "{key} callback not sent");
     }
 }
 
-async fn send(ctx: &Context, name: &str, result: Option<&Output>, error: Option<&ErrorRecord>) -> Result<(), String> {
-    let app = ctx.app();
-    let callback = app.actor(name).ok_or_else(|| format!("no actor named {name:?} is registered"))?;
-    let original = ctx.message();
-    let args = decode_value::<serde_json::Value>(app.encoder(), &original.args).map_err(|e| e.to_string())?;
-    let payload =
-        Payload { message_id: original.id, actor: &original.actor, args, retries: original.retries, result, error };
-    let bytes = encode_value(app.encoder(), &payload).map_err(|e| e.to_string())?;
-    let message = Message::new(callback.queue(), name, bytes.into());
-    app.enqueue(message, None).await.map(drop).map_err(|e| e.to_string())
+fn clone_entry((key, value): (&String, &serde_json::Value)) -> (String, serde_json::Value) {
+    (key.clone(), value.clone())
+}
+
+/// `failure` with a line about `not_sent` added to its record, so that the
+/// dead letter's reason names the callback.
+fn note(failure: &mut Failure, not_sent: &CallbackNotSent) {
+    let mut record = failure.record().clone();
+    record.sources.push(not_sent.to_string());
+    *failure = Failure::from_record(record);
 }
 
 #[async_trait]
@@ -144,15 +337,57 @@ impl Middleware for Callbacks {
         "callbacks"
     }
 
+    fn as_any(&self) -> Option<&(dyn std::any::Any + Send + Sync)> {
+        Some(self)
+    }
+
+    /// Callback options must name an actor: a string.
+    fn before_enqueue(&self, message: &mut Message) -> Result<(), BoxError> {
+        for option in [ON_SUCCESS, ON_FAILURE, ON_RETRY_EXHAUSTED] {
+            message.options.extra::<String>(option)?;
+        }
+        Ok(())
+    }
+
+    /// Every callback named in a registered actor's options is a registered
+    /// actor (names set per message can only be checked when they fire).
+    fn check_app(&self, app: &App) -> Result<(), ConfigError> {
+        let mut actors: Vec<_> = app.actors().collect();
+        actors.sort_by_key(|actor| actor.name());
+        for actor in actors {
+            for option in [ON_SUCCESS, ON_FAILURE, ON_RETRY_EXHAUSTED] {
+                let name = actor.options().extra::<String>(option).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+                if let Some(name) = name.filter(|name| app.actor(name).is_none()) {
+                    return Err(ConfigError::UnknownActor {
+                        actor: actor.name().to_owned(),
+                        option: option.to_owned(),
+                        name,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn handle(&self, ctx: &Context, next: Next<'_>) -> Outcome {
         let mut outcome = next.run(ctx).await;
         match &mut outcome {
-            Outcome::Succeeded(output) => fire(ctx, ON_SUCCESS, Some(output), None).await,
-            Outcome::Retried(failure, _) => fire(ctx, ON_FAILURE, None, Some(failure.record())).await,
+            Outcome::Succeeded(output) => {
+                if let Err(not_sent) = self.fire(ctx, ON_SUCCESS, Some(output), None).await {
+                    return Outcome::Failed(Failure::from_error(not_sent));
+                }
+            }
+            Outcome::Retried(failure, _) => {
+                // The next attempt is enqueued already: logged and counted only.
+                let _ = self.fire(ctx, ON_FAILURE, None, Some(failure.record())).await;
+            }
             Outcome::Failed(failure) => {
-                let record = failure.record();
-                fire(ctx, ON_FAILURE, None, Some(record)).await;
-                fire(ctx, ON_RETRY_EXHAUSTED, None, Some(record)).await;
+                let record = failure.record().clone();
+                let on_failure = self.fire(ctx, ON_FAILURE, None, Some(&record)).await;
+                let exhausted = self.fire(ctx, ON_RETRY_EXHAUSTED, None, Some(&record)).await;
+                for not_sent in [on_failure.err(), exhausted.err()].into_iter().flatten() {
+                    note(failure, &not_sent);
+                }
             }
             _ => {}
         }

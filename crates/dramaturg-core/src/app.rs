@@ -11,7 +11,9 @@ use crate::actor::ActorInfo;
 use crate::broker::{Broker, DeadLetters, Outgoing, QueueAdmin, QueueStats};
 use crate::encoder::{encode_value, Encoder, MessagePack};
 use crate::error::{BrokerError, BrokerErrorKind, ConfigError, EnqueueError};
+use crate::message::ETA;
 use crate::middleware::Middleware;
+use crate::outcome::ErrorType;
 use crate::{Actor, Message, MessageId, Options};
 
 /// The largest encoded message an app sends by default: 1 MiB.
@@ -40,6 +42,7 @@ struct Inner {
     actors: HashMap<&'static str, ActorInfo>,
     queues: Vec<String>,
     max_message_size: usize,
+    error_types: Vec<ErrorType>,
 }
 
 /// Per-message choices for [`Actor::send_with`]: a delay and option
@@ -82,12 +85,20 @@ impl SendOptions {
 }
 
 impl App {
-    /// Starts building an app on `broker`, with an empty middleware stack.
+    /// Starts building an app on `broker` with an **empty** middleware stack:
+    /// no retries, no time limits, no error capture — `dramaturg::app(broker)`
+    /// starts with the default stack.
+    ///
+    /// For apps that assemble their own stack (and for tests of single
+    /// middleware). A worker on an app without a middleware named
+    /// `error_capture` logs a warning when it starts.
     pub fn builder(broker: impl Broker) -> AppBuilder {
         Self::builder_shared(Arc::new(broker))
     }
 
-    /// Starts building an app on a shared broker.
+    /// Starts building an app on a shared broker with an **empty**
+    /// middleware stack: see [`App::builder`]; `dramaturg::app_shared`
+    /// starts with the default stack.
     pub fn builder_shared(broker: Arc<dyn Broker>) -> AppBuilder {
         AppBuilder {
             broker,
@@ -139,6 +150,12 @@ impl App {
     /// The queues of the registered actors, each once, in registration order.
     pub fn queues(&self) -> &[String] {
         &self.inner.queues
+    }
+
+    /// The error types the middleware ask failures about (see
+    /// [`Middleware::error_types`]), each once.
+    pub fn error_types(&self) -> &[ErrorType] {
+        &self.inner.error_types
     }
 
     /// The largest encoded message this app sends, in bytes.
@@ -261,16 +278,27 @@ impl App {
                 .before_enqueue(&mut message)
                 .map_err(|source| EnqueueError::Rejected { middleware: middleware.name(), source })?;
         }
-        let priority = match self.inner.actors.get(message.actor.as_str()) {
-            Some(actor) => message.options.priority.or(actor.options().priority),
-            None => message.options.priority,
-        };
+        message.options.check_known()?;
+        let actor = self.inner.actors.get(message.actor.as_str()).map(ActorInfo::options);
+        let priority = message.options.priority.or(actor.and_then(|a| a.priority));
+        let delay = delay.filter(|d| !d.is_zero());
+        if let Some(delay) = delay {
+            let max_age = message.options.max_age.or(actor.and_then(|a| a.max_age));
+            if let Some(max_age) = max_age.filter(|max_age| delay > *max_age) {
+                return Err(EnqueueError::DelayBeyondMaxAge { delay, max_age });
+            }
+            // When it falls due (Dramatiq's `eta` option), so that the age
+            // limit can tell a message delayed past its max_age from one
+            // that waited too long.
+            let eta = message.enqueued_at_ms.saturating_add(crate::time::millis(delay));
+            message.options.extra.insert(ETA.to_owned(), eta.into());
+        }
         let body = self.encoder().encode_message(&message)?;
         if body.len() > self.inner.max_message_size {
             return Err(EnqueueError::TooLarge { size: body.len(), limit: self.inner.max_message_size });
         }
         let id = message.id;
-        match delay.filter(|d| !d.is_zero()) {
+        match delay {
             Some(delay) => {
                 let outgoing =
                     Outgoing::new(message.queue.as_str(), body).with_delay(Some(delay)).with_priority(priority);
@@ -484,7 +512,9 @@ impl AppBuilder {
     ///
     /// # Errors
     ///
-    /// The first [`ConfigError`] met while building.
+    /// The first [`ConfigError`] met while building, including those of
+    /// the middleware's [`check_app`](Middleware::check_app) (an unknown
+    /// callback actor named in a registered actor's options, for one).
     pub fn build(mut self) -> Result<App, ConfigError> {
         if let Some(error) = self.errors.drain(..).next() {
             return Err(error);
@@ -505,8 +535,15 @@ impl AppBuilder {
                 return Err(ConfigError::DuplicateActor(previous.name().to_owned()));
             }
         }
-        Ok(App {
+        let mut error_types: Vec<ErrorType> = Vec::new();
+        for ty in self.stack.iter().flat_map(|m| m.error_types()) {
+            if !error_types.iter().any(|known| known.type_id() == ty.type_id()) {
+                error_types.push(ty);
+            }
+        }
+        let app = App {
             inner: Arc::new(Inner {
+                error_types,
                 broker: self.broker,
                 encoder: self.encoder,
                 stack: self.stack,
@@ -514,7 +551,11 @@ impl AppBuilder {
                 queues,
                 max_message_size: self.max_message_size,
             }),
-        })
+        };
+        for middleware in app.middleware() {
+            middleware.check_app(&app)?;
+        }
+        Ok(app)
     }
 }
 

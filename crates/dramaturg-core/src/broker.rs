@@ -170,6 +170,15 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     async fn release(&self) -> Result<(), BrokerError> {
         Ok(())
     }
+
+    /// Where this broker's messages live, so that companions (the abort
+    /// middleware's event backend) can reach as far as the messages do.
+    /// The default, [`Locality::Remote`], says "other processes see them,
+    /// no more is known"; the in-memory broker says [`Locality::Process`],
+    /// the Redis broker [`Locality::Server`] with its URL.
+    fn locality(&self) -> Locality {
+        Locality::Remote
+    }
 }
 
 /// A stream of deliveries from one queue.
@@ -416,7 +425,7 @@ impl fmt::Debug for DeadLetter {
     }
 }
 
-/// Which dead letters to replay.
+/// Which dead letters to replay (or delete).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Replay {
@@ -443,6 +452,23 @@ pub trait DeadLetters: Send + Sync {
     ///
     /// A [`BrokerError`] when the broker cannot be reached.
     async fn replay(&self, queue: &str, which: Replay) -> Result<u64, BrokerError>;
+
+    /// Deletes dead letters of `queue` for good; returns how many. An
+    /// unknown key (the empty key included: apps call `delete` with it to
+    /// learn whether the broker can delete before they rely on it) deletes
+    /// nothing and is not an error.
+    ///
+    /// The default deletes nothing and says so.
+    ///
+    /// # Errors
+    ///
+    /// [`BrokerErrorKind::Unsupported`](crate::BrokerErrorKind::Unsupported)
+    /// from brokers that cannot delete; a [`BrokerError`] when the broker
+    /// cannot be reached.
+    async fn delete(&self, queue: &str, which: Replay) -> Result<u64, BrokerError> {
+        let _ = (queue, which);
+        Err(BrokerError::new(crate::BrokerErrorKind::Unsupported, "this broker cannot delete dead letters"))
+    }
 }
 
 /// `url` with the password of its user part replaced by `***`, for logs,
@@ -490,6 +516,53 @@ where
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
             other => return other,
+        }
+    }
+}
+
+/// Where a broker's messages live (see [`Broker::locality`]).
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Locality {
+    /// In this process's memory: no other process sees the messages.
+    Process,
+    /// On the server at `url`, which other processes reach too. The URL
+    /// may hold a password: its `Debug` output hides it, and so must
+    /// anything that shows it (see [`redact_password`]).
+    Server {
+        /// The URL the broker connected to (`redis://…`, `amqp://…`).
+        url: String,
+    },
+    /// Other processes see the messages; the broker does not say where.
+    Remote,
+}
+
+impl Locality {
+    /// [`Locality::Server`] at `url`.
+    pub fn server(url: impl Into<String>) -> Self {
+        Self::Server { url: url.into() }
+    }
+
+    /// Whether only this process sees the messages.
+    pub fn is_process_local(&self) -> bool {
+        matches!(self, Self::Process)
+    }
+
+    /// The URL's scheme (`"redis"`, `"amqp"`, …) for [`Locality::Server`].
+    pub fn scheme(&self) -> Option<&str> {
+        match self {
+            Self::Server { url } => url.split_once("://").map(|(scheme, _)| scheme),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Debug for Locality {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Process => f.write_str("Process"),
+            Self::Server { url } => f.debug_struct("Server").field("url", &redact_password(url)).finish(),
+            Self::Remote => f.write_str("Remote"),
         }
     }
 }

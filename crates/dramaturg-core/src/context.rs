@@ -4,7 +4,7 @@ use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::{App, Interrupted, Interruption, Message, MessageId, Options};
@@ -195,7 +195,7 @@ impl Context {
     /// The metadata of this delivery, locked. Do not hold the guard across
     /// an `.await`.
     pub fn metadata(&self) -> MutexGuard<'_, Metadata> {
-        self.inner.metadata.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::sync::lock(&self.inner.metadata)
     }
 }
 

@@ -124,6 +124,19 @@ pub enum EnqueueError {
     /// The arguments or the message could not be encoded.
     #[error(transparent)]
     Encode(#[from] CodecError),
+    /// An option the core knows has a value of the wrong type (set through
+    /// `Options::with_extra`); the worker would dead-letter the message.
+    #[error("invalid message option: {0}")]
+    InvalidOption(#[from] crate::OptionError),
+    /// The message was sent with a delay longer than its `max_age` (its
+    /// own or its actor's): it would be too old to run when it fell due.
+    #[error("a delay of {delay:?} exceeds the message's max_age of {max_age:?}: it could never run")]
+    DelayBeyondMaxAge {
+        /// The delay asked for.
+        delay: std::time::Duration,
+        /// The message's max_age.
+        max_age: std::time::Duration,
+    },
     /// A middleware's enqueue hook refused the message.
     #[error("middleware {middleware:?} refused the message: {source}")]
     Rejected {
@@ -153,4 +166,15 @@ pub enum ConfigError {
     /// A setting is out of range.
     #[error("invalid setting: {0}")]
     Invalid(String),
+    /// A registered actor's option names an actor the app does not know
+    /// (a callback, for instance).
+    #[error("actor {actor:?} names {name:?} in its `{option}` option, but no actor of that name is registered")]
+    UnknownActor {
+        /// The actor whose option it is.
+        actor: String,
+        /// The option.
+        option: String,
+        /// The unknown name.
+        name: String,
+    },
 }

@@ -32,8 +32,7 @@ pub struct MessageId(u128);
 impl MessageId {
     /// A new id for the current time.
     pub fn new() -> Self {
-        let millis =
-            SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64) & 0xFFFF_FFFF_FFFF;
+        let millis = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, crate::time::millis) & 0xFFFF_FFFF_FFFF;
         let random = (u128::from(random_u64()) << 16) | u128::from(random_u64() & 0xFFFF);
         Self((u128::from(millis) << 80) | random)
     }

@@ -24,6 +24,7 @@ pub mod broker;
 #[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
 pub mod conformance;
 mod context;
+mod dead_letter;
 pub mod encoder;
 mod error;
 mod fail;
@@ -34,6 +35,8 @@ pub mod middleware;
 pub mod outcome;
 pub mod random;
 mod signal;
+pub mod sync;
+pub mod time;
 pub mod worker;
 
 pub use actor::{Actor, ActorInfo, Job};
@@ -44,14 +47,15 @@ pub use broker::{
     SettleError, Settled, Settlement,
 };
 pub use context::{Context, Metadata};
+pub use dead_letter::{DeadLetterView, DecodedMessage, ReplayError, ReplayReport, ReplayRetries};
 pub use encoder::{CodecError, Encoder, Json, MessagePack};
 pub use error::{BrokerError, BrokerErrorKind, ConfigError, EnqueueError};
 pub use fail::{Fail, Interrupted, Interruption, Retry};
 pub use id::{MessageId, ParseMessageIdError};
 pub use memory::MemoryBroker;
-pub use message::{now_ms, Message, OptionError, Options};
+pub use message::{now_ms, Message, OptionError, Options, ETA};
 pub use middleware::{Middleware, Next};
-pub use outcome::{BoxError, ErrorRecord, Failure, FailureKind, NextAttempt, Outcome, Output, RecordLimits};
+pub use outcome::{BoxError, ErrorRecord, ErrorType, Failure, FailureKind, NextAttempt, Outcome, Output, RecordLimits};
 pub use worker::{ShutdownHandle, Worker, WorkerReport};
 
 /// Re-exported so that middleware and brokers can be written without

@@ -3,7 +3,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -12,8 +12,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::broker::{
-    Broker, Consumer, DeadLetter, DeadLetters, Delivery, Outgoing, QueueAdmin, QueueStats, Receipt, Replay, Settled,
-    Settlement,
+    Broker, Consumer, DeadLetter, DeadLetters, Delivery, Locality, Outgoing, QueueAdmin, QueueStats, Receipt, Replay,
+    Settled, Settlement,
 };
 use crate::error::BrokerError;
 
@@ -25,8 +25,14 @@ const DEFAULT_DEAD_LETTER_LIMIT: usize = 10_000;
 /// It has the semantics of the real brokers — delays, acknowledgements,
 /// dead-letter queues with replay, requeue, purge, statistics and
 /// [`join`](QueueAdmin::join) — so the tests of your actors need no server.
-/// Messages do not survive the process, and priorities are ignored (queues
-/// are first in, first out).
+/// Messages do not survive the process.
+///
+/// **Priorities** (`Options::priority`, `#[actor(priority = …)]`) are
+/// honoured among ready messages: a higher priority is delivered first,
+/// and messages of equal priority (no priority counts as 0) first in,
+/// first out. A delayed message takes its place by priority when it falls
+/// due; a delivery returned to the queue (requeue, shutdown) goes back to
+/// the front; a replayed dead letter comes back at priority 0.
 ///
 /// Every delivery is a claim; [`QueueAdmin::requeue_in_flight`] returns all
 /// claimed messages of a queue as if their worker had died, so that tests
@@ -74,7 +80,7 @@ struct Queue {
 
 #[derive(Debug, Default)]
 struct QueueState {
-    ready: VecDeque<Entry>,
+    ready: Ready,
     delayed: BinaryHeap<Reverse<Delayed>>,
     /// Claimed messages by claim number: a receipt settles only while its
     /// claim is here.
@@ -89,10 +95,55 @@ struct Entry {
     redelivered: bool,
 }
 
+/// Ready messages, highest priority first, first in first out among equals.
+#[derive(Debug, Default)]
+struct Ready(VecDeque<(u8, Entry)>);
+
+impl Ready {
+    /// Queues `entry` behind every entry of the same or a higher priority.
+    fn push(&mut self, priority: u8, entry: Entry) {
+        let at = self.0.partition_point(|(queued, _)| *queued >= priority);
+        self.0.insert(at, (priority, entry));
+    }
+
+    /// Puts `entry` first in line (a requeued delivery was next in line
+    /// before), ranked with the entry it goes before.
+    fn push_front(&mut self, entry: Entry) {
+        let priority = self.0.front().map_or(0, |(queued, _)| *queued);
+        self.0.push_front((priority, entry));
+    }
+
+    fn pop_front(&mut self) -> Option<Entry> {
+        self.0.pop_front().map(|(_, entry)| entry)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
+impl Extend<Entry> for Ready {
+    /// Queues entries of no priority (replayed dead letters).
+    fn extend<I: IntoIterator<Item = Entry>>(&mut self, entries: I) {
+        for entry in entries {
+            self.push(0, entry);
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Delayed {
     due: Instant,
     sequence: u64,
+    priority: u8,
     body: Bytes,
 }
 
@@ -113,11 +164,9 @@ impl Ord for Delayed {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding the lock cannot leave the queues half-changed
-    // (every change is a single push or pop), so a poisoned lock is usable.
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
+// A panic while holding a lock cannot leave the queues half-changed (every
+// change is a single push or pop), so a poisoned lock is usable.
+use crate::sync::lock;
 
 impl Default for MemoryBroker {
     fn default() -> Self {
@@ -162,7 +211,7 @@ impl QueueState {
                 return Some(next.due);
             }
             if let Some(Reverse(due)) = self.delayed.pop() {
-                self.ready.push_back(Entry { body: due.body, redelivered: false });
+                self.ready.push(due.priority, Entry { body: due.body, redelivered: false });
             }
         }
         None
@@ -170,21 +219,21 @@ impl QueueState {
 }
 
 impl QueueState {
-    fn push(&mut self, body: Bytes, delay: Option<Duration>) {
+    fn push(&mut self, body: Bytes, delay: Option<Duration>, priority: u8) {
         match delay.filter(|d| !d.is_zero()) {
             Some(delay) => {
                 self.sequence += 1;
                 let sequence = self.sequence;
-                self.delayed.push(Reverse(Delayed { due: Instant::now() + delay, sequence, body }));
+                self.delayed.push(Reverse(Delayed { due: Instant::now() + delay, sequence, priority, body }));
             }
-            None => self.ready.push_back(Entry { body, redelivered: false }),
+            None => self.ready.push(priority, Entry { body, redelivered: false }),
         }
     }
 }
 
 impl Queue {
-    fn push(&self, body: Bytes, delay: Option<Duration>) {
-        lock(&self.state).push(body, delay);
+    fn push(&self, body: Bytes, delay: Option<Duration>, priority: u8) {
+        lock(&self.state).push(body, delay, priority);
         self.ready.notify_one();
     }
 }
@@ -197,7 +246,7 @@ impl Broker for MemoryBroker {
     }
 
     async fn enqueue(&self, message: Outgoing) -> Result<(), BrokerError> {
-        self.queue(&message.queue).push(message.body, message.delay);
+        self.queue(&message.queue).push(message.body, message.delay, message.priority.unwrap_or(0));
         Ok(())
     }
 
@@ -213,6 +262,10 @@ impl Broker for MemoryBroker {
 
     fn dead_letters(&self) -> Option<&dyn DeadLetters> {
         Some(self)
+    }
+
+    fn locality(&self) -> Locality {
+        Locality::Process
     }
 }
 
@@ -290,7 +343,7 @@ impl MemoryReceipt {
                 // Back to the front: it was next in line before.
                 state.ready.push_front(Entry { body, redelivered: true });
             }
-            Settlement::Reschedule { body, delay } => state.push(body.clone(), Some(*delay)),
+            Settlement::Reschedule { body, delay } => state.push(body.clone(), Some(*delay), 0),
         }
         drop(state);
         self.queue.ready.notify_one();
@@ -408,5 +461,57 @@ impl DeadLetters for MemoryBroker {
             queue.ready.notify_one();
         }
         Ok(count)
+    }
+
+    async fn delete(&self, queue: &str, which: Replay) -> Result<u64, BrokerError> {
+        let queue = self.queue(queue);
+        let mut state = lock(&queue.state);
+        let before = state.dead.len();
+        match which {
+            Replay::All => state.dead.clear(),
+            Replay::One(key) => state.dead.retain(|d| d.key != key),
+        }
+        Ok((before - state.dead.len()) as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn next_body(consumer: &mut Box<dyn Consumer>) -> String {
+        let delivery = consumer.next().await.expect("a delivery");
+        let body = String::from_utf8(delivery.body().to_vec()).expect("utf-8");
+        delivery.settle(Settlement::Ack).await.expect("settled");
+        body
+    }
+
+    #[tokio::test]
+    async fn higher_priorities_are_delivered_first_and_equals_in_order() {
+        let broker = MemoryBroker::new();
+        for (body, priority) in
+            [("low-1", None), ("high-1", Some(9)), ("mid", Some(5)), ("low-2", Some(0)), ("high-2", Some(9))]
+        {
+            broker.enqueue(Outgoing::new("q", body.as_bytes().to_vec()).with_priority(priority)).await.expect("sent");
+        }
+        let mut consumer = broker.consume("q", 1).await.expect("consumer");
+        let mut order = Vec::new();
+        for _ in 0..5 {
+            order.push(next_body(&mut consumer).await);
+        }
+        assert_eq!(order, ["high-1", "high-2", "mid", "low-1", "low-2"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_delayed_message_takes_its_place_by_priority_when_due() {
+        let broker = MemoryBroker::new();
+        let later =
+            Outgoing::new("q", &b"urgent-later"[..]).with_delay(Some(Duration::from_millis(10))).with_priority(Some(7));
+        broker.enqueue(later).await.expect("sent");
+        broker.enqueue(Outgoing::new("q", &b"plain"[..])).await.expect("sent");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut consumer = broker.consume("q", 1).await.expect("consumer");
+        assert_eq!(next_body(&mut consumer).await, "urgent-later");
+        assert_eq!(next_body(&mut consumer).await, "plain");
     }
 }

@@ -54,7 +54,18 @@ impl Message {
     pub fn age(&self) -> Duration {
         Duration::from_millis(now_ms().saturating_sub(self.enqueued_at_ms))
     }
+
+    /// The delay it was sent with, from its [`ETA`] option (none for a
+    /// message sent for now).
+    pub fn send_delay(&self) -> Option<Duration> {
+        let eta: u64 = self.options.extra(ETA).ok().flatten()?;
+        Some(Duration::from_millis(eta.saturating_sub(self.enqueued_at_ms)))
+    }
 }
+
+/// The option a delayed message carries: when it falls due, in milliseconds
+/// since the Unix epoch (Dramatiq's name and meaning). Set when it is sent.
+pub const ETA: &str = "eta";
 
 impl fmt::Debug for Message {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -75,7 +86,7 @@ impl fmt::Debug for Message {
 /// before it): the unit of `Message::enqueued_at_ms`, of due times and of
 /// retention in the brokers.
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, crate::time::millis)
 }
 
 /// Per-message options: typed fields for the ones dramaturg knows, and an
@@ -114,7 +125,9 @@ pub struct Options {
     pub idle_timeout: Option<Duration>,
     /// The oldest a message may be (since its first enqueue) and still run.
     pub max_age: Option<Duration>,
-    /// Delivery priority, 0 (lowest) to 255, where the broker supports it.
+    /// Delivery priority, 0 (lowest) to 255, where the broker supports it:
+    /// the in-memory broker delivers higher priorities first, first in first
+    /// out among equals (none counts as 0); RabbitMQ with `max_priority`.
     pub priority: Option<u8>,
     /// Options of other middleware, by name.
     pub extra: BTreeMap<String, serde_json::Value>,
@@ -196,6 +209,94 @@ impl Options {
     }
 }
 
+impl Options {
+    /// Moves options the core knows that were set through the open map
+    /// (`with_extra("max_retries", 3)`) into their typed fields, checking
+    /// their type: what `App` does before it sends a message, so that a
+    /// wrong type is an error for the sender rather than a dead letter.
+    ///
+    /// # Errors
+    ///
+    /// [`OptionError`] naming the option when its value has the wrong type
+    /// (`with_extra("max_retries", "lots")`), when it is also set through
+    /// its typed field, or when it is a duration by the name of its field
+    /// (`"time_limit"`: set those with [`Options::with_time_limit`] and
+    /// the like; on the wire they are `time_limit_ms`).
+    pub fn check_known(&mut self) -> Result<(), OptionError> {
+        if !self.extra.keys().any(|key| is_known(key)) {
+            return Ok(());
+        }
+        for field in ["min_backoff", "max_backoff", "time_limit", "idle_timeout", "max_age"] {
+            if self.extra.contains_key(field) {
+                return Err(OptionError {
+                    key: field.to_owned(),
+                    reason: format!(
+                        "a duration the core knows: set it with Options::with_{field}, not as an extra option"
+                    ),
+                });
+            }
+        }
+        fn take<T: DeserializeOwned>(
+            extra: &mut BTreeMap<String, serde_json::Value>,
+            key: &str,
+            typed: bool,
+        ) -> Result<Option<T>, OptionError> {
+            let Some(value) = extra.remove(key) else { return Ok(None) };
+            if typed {
+                return Err(OptionError {
+                    key: key.to_owned(),
+                    reason: "it is set twice, through its typed field and as an extra option".to_owned(),
+                });
+            }
+            T::deserialize(value).map(Some).map_err(|e| OptionError { key: key.to_owned(), reason: e.to_string() })
+        }
+        let ms = |v: Option<u64>| v.map(Duration::from_millis);
+        let extra = &mut self.extra;
+        if let Some(v) = take(extra, MAX_RETRIES, self.max_retries.is_some())? {
+            self.max_retries = Some(v);
+        }
+        if let Some(v) = ms(take(extra, MIN_BACKOFF, self.min_backoff.is_some())?) {
+            self.min_backoff = Some(v);
+        }
+        if let Some(v) = ms(take(extra, MAX_BACKOFF, self.max_backoff.is_some())?) {
+            self.max_backoff = Some(v);
+        }
+        if let Some(v) = ms(take(extra, TIME_LIMIT, self.time_limit.is_some())?) {
+            self.time_limit = Some(v);
+        }
+        if let Some(v) = ms(take(extra, IDLE_TIMEOUT, self.idle_timeout.is_some())?) {
+            self.idle_timeout = Some(v);
+        }
+        if let Some(v) = ms(take(extra, MAX_AGE, self.max_age.is_some())?) {
+            self.max_age = Some(v);
+        }
+        if let Some(v) = take(extra, PRIORITY, self.priority.is_some())? {
+            self.priority = Some(v);
+        }
+        Ok(())
+    }
+}
+
+/// Whether `key` names an option the core knows (on the wire, or by the
+/// name of its field).
+fn is_known(key: &str) -> bool {
+    matches!(
+        key,
+        MAX_RETRIES
+            | MIN_BACKOFF
+            | MAX_BACKOFF
+            | TIME_LIMIT
+            | IDLE_TIMEOUT
+            | MAX_AGE
+            | PRIORITY
+            | "min_backoff"
+            | "max_backoff"
+            | "time_limit"
+            | "idle_timeout"
+            | "max_age"
+    )
+}
+
 /// An option holds a value of the wrong type.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("option `{key}` has a value of the wrong type: {reason}")]
@@ -219,10 +320,6 @@ const IDLE_TIMEOUT: &str = "idle_timeout_ms";
 const MAX_AGE: &str = "max_age_ms";
 const PRIORITY: &str = "priority";
 
-fn millis(d: &Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
 impl Serialize for Options {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(None)?;
@@ -237,7 +334,7 @@ impl Serialize for Options {
             (MAX_AGE, &self.max_age),
         ] {
             if let Some(d) = value {
-                map.serialize_entry(key, &millis(d))?;
+                map.serialize_entry(key, &crate::time::millis(*d))?;
             }
         }
         if let Some(v) = self.priority {
@@ -318,6 +415,25 @@ mod tests {
         assert_eq!(err.key(), "limit");
         assert!(err.to_string().contains("option `limit`"), "{err}");
         assert_eq!(options.extra::<u32>("missing").unwrap(), None);
+    }
+
+    #[test]
+    fn known_options_set_as_extra_are_checked_and_moved() {
+        let mut options = Options::default().with_extra("max_retries", 3).with_extra("time_limit_ms", 500);
+        options.check_known().unwrap();
+        assert_eq!(options.max_retries, Some(3));
+        assert_eq!(options.time_limit, Some(Duration::from_millis(500)));
+        assert!(options.extra.is_empty());
+        for bad in [
+            Options::default().with_extra("max_retries", "lots"),
+            Options::default().with_extra("priority", 300),
+            Options::default().with_extra("time_limit", "30s"),
+            Options::default().with_max_retries(1).with_extra("max_retries", 2),
+        ] {
+            let key = bad.extra.keys().next().unwrap().clone();
+            let err = bad.clone().check_known().unwrap_err();
+            assert_eq!(err.key(), key, "{err}");
+        }
     }
 
     #[test]

@@ -56,7 +56,9 @@
 //! ```
 //!
 //! Register it with `AppBuilder::middleware(Metrics::default())`; keep an
-//! `Arc` to read the counters (`Arc<M>` is a middleware when `M` is).
+//! `Arc` to read the counters (`Arc<M>` is a middleware when `M` is). With
+//! the `dramaturg` crate, the same names come from `dramaturg::prelude::*`
+//! (no dependency on `dramaturg_core` needed).
 
 use std::any::Any;
 use std::sync::Arc;
@@ -66,8 +68,8 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 use crate::actor::Job;
-use crate::outcome::{BoxError, Outcome};
-use crate::{App, Context, Interruption, Message};
+use crate::outcome::{BoxError, ErrorType, Outcome};
+use crate::{App, ConfigError, Context, Interruption, Message};
 
 /// A step in the ordered stack around every message. Every hook has a
 /// no-op default; implement the ones you need.
@@ -123,6 +125,28 @@ pub trait Middleware: Send + Sync + 'static {
     async fn on_worker_stop(&self, app: &App) {
         let _ = app;
     }
+
+    /// Runs once in [`AppBuilder::build`](crate::AppBuilder::build), with
+    /// the app as built: check what this middleware needs of it (the
+    /// callbacks middleware checks that the actors named in the registered
+    /// actors' options exist).
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] fails the build with it.
+    fn check_app(&self, app: &App) -> Result<(), ConfigError> {
+        let _ = app;
+        Ok(())
+    }
+
+    /// Error types this middleware asks failures about with
+    /// [`Failure::is`](crate::Failure::is) after error capture has dropped
+    /// the error value (the retry middleware's `never_retry::<E>()`). The
+    /// app collects them at build time; error capture notes which of them
+    /// each error is before it drops it.
+    fn error_types(&self) -> Vec<ErrorType> {
+        Vec::new()
+    }
 }
 
 #[async_trait]
@@ -153,6 +177,14 @@ impl<M: Middleware + ?Sized> Middleware for Arc<M> {
 
     async fn on_worker_stop(&self, app: &App) {
         (**self).on_worker_stop(app).await;
+    }
+
+    fn check_app(&self, app: &App) -> Result<(), ConfigError> {
+        (**self).check_app(app)
+    }
+
+    fn error_types(&self) -> Vec<ErrorType> {
+        (**self).error_types()
     }
 }
 

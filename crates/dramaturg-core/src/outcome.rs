@@ -1,7 +1,7 @@
 //! What came of processing a message: success, a bounded failure record, a
 //! skip, a retry or a return to the queue.
 
-use std::any::Any;
+use std::any::{Any, TypeId};
 use std::borrow::Cow;
 use std::error::Error as StdError;
 use std::fmt;
@@ -128,6 +128,58 @@ pub struct Failure {
     kind: FailureKind,
     retry: Retry,
     state: FailureState,
+    /// The error types of interest ([`Failure::note_types`]) that the
+    /// original error was, or had in its source chain, before capture.
+    matched: Vec<TypeId>,
+}
+
+/// An error type that middleware outside the capture point ask about (the
+/// retry middleware's `never_retry::<E>()`), matched by [`TypeId`] on the
+/// error value itself — not by name — before the value is dropped. See
+/// [`Middleware::error_types`](crate::Middleware::error_types).
+#[derive(Clone, Copy)]
+pub struct ErrorType {
+    id: TypeId,
+    name: &'static str,
+    matches: fn(&(dyn StdError + 'static)) -> bool,
+}
+
+impl ErrorType {
+    /// The error type `E`.
+    pub fn of<E: StdError + 'static>() -> Self {
+        Self { id: TypeId::of::<E>(), name: std::any::type_name::<E>(), matches: |error| error.is::<E>() }
+    }
+
+    /// Its `TypeId`.
+    pub fn type_id(&self) -> TypeId {
+        self.id
+    }
+
+    /// Its name, for humans (not unique: never compare it).
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Whether `error` is of this type, or has an error of this type in its
+    /// source chain. A boxed error (`Box<dyn Error + Send + Sync>`, what
+    /// handlers returning `BoxError` or `String` give) is looked into: the
+    /// value inside is what is matched.
+    pub fn matches(&self, error: &(dyn StdError + 'static)) -> bool {
+        let mut next = Some(error);
+        while let Some(error) = next {
+            if (self.matches)(error) {
+                return true;
+            }
+            next = error.source();
+        }
+        false
+    }
+}
+
+impl fmt::Debug for ErrorType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ErrorType").field(&self.name).finish()
+    }
 }
 
 enum FailureState {
@@ -148,11 +200,19 @@ impl Failure {
         match error.downcast::<Boxed>() {
             Ok(boxed) => {
                 let (error, type_name, retry) = boxed.0.into_parts();
-                Self { kind: FailureKind::Error, retry, state: FailureState::Raw { error, type_name } }
+                Self {
+                    kind: FailureKind::Error,
+                    retry,
+                    state: FailureState::Raw { error, type_name },
+                    matched: Vec::new(),
+                }
             }
-            Err(error) => {
-                Self { kind: FailureKind::Error, retry: Retry::Default, state: FailureState::Raw { error, type_name } }
-            }
+            Err(error) => Self {
+                kind: FailureKind::Error,
+                retry: Retry::Default,
+                state: FailureState::Raw { error, type_name },
+                matched: Vec::new(),
+            },
         }
     }
 
@@ -185,7 +245,12 @@ impl Failure {
 
     /// A failure from a record made earlier.
     pub fn from_record(record: ErrorRecord) -> Self {
-        Self { kind: record.kind, retry: Retry::Default, state: FailureState::Captured(Box::new(record)) }
+        Self {
+            kind: record.kind,
+            retry: Retry::Default,
+            state: FailureState::Captured(Box::new(record)),
+            matched: Vec::new(),
+        }
     }
 
     /// Why the attempt failed.
@@ -204,6 +269,30 @@ impl Failure {
     /// The original error as an `E`, if it is one and has not been captured.
     pub fn downcast_ref<E: StdError + 'static>(&self) -> Option<&E> {
         self.error().and_then(|e| e.downcast_ref::<E>())
+    }
+
+    /// Notes which of `types` the original error is (or has in its source
+    /// chain), so that [`Failure::is`] still answers after capture. Error
+    /// capture calls it with the app's [`error_types`](crate::App::error_types)
+    /// just before it drops the error. Does nothing once captured.
+    pub fn note_types(&mut self, types: &[ErrorType]) {
+        if let FailureState::Raw { error, .. } = &self.state {
+            for ty in types {
+                if !self.matched.contains(&ty.id) && ty.matches(error.as_ref()) {
+                    self.matched.push(ty.id);
+                }
+            }
+        }
+    }
+
+    /// Whether the original error is of type `ty` (or has one in its source
+    /// chain): asked of the error itself while it is there, and afterwards
+    /// of what [`Failure::note_types`] noted before capture.
+    pub fn is(&self, ty: &ErrorType) -> bool {
+        match &self.state {
+            FailureState::Raw { error, .. } => ty.matches(error.as_ref()),
+            FailureState::Captured(_) => self.matched.contains(&ty.id),
+        }
     }
 
     /// Turns the original error into a bounded record within `limits` and

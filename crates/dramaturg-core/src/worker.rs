@@ -295,6 +295,14 @@ impl Worker {
         if queues.is_empty() && !self.stop.is_cancelled() {
             tracing::warn!("the worker has no queue to consume: register actors on the app");
         }
+        if !self.app.middleware_names().contains(&"error_capture") {
+            tracing::warn!(
+                middleware = ?self.app.middleware_names(),
+                "no middleware named error_capture: panics and errors are not captured inside the stack \
+                 (a panic skips every middleware, retries included; error values live until the worker records them). \
+                 App::builder starts with an empty stack; dramaturg::app has retries, time limits and error capture"
+            );
+        }
         let prefetch = self.prefetch.unwrap_or(self.concurrency);
         let shared = Arc::new(Shared {
             permits: Arc::new(Semaphore::new(self.concurrency)),
@@ -349,7 +357,7 @@ impl Worker {
             middleware.on_worker_stop(&shared.app).await;
         }
         let report = shared.counters.report();
-        tracing::info!(?report, shutdown_ms = stopping.elapsed().as_millis() as u64, "worker stopped");
+        tracing::info!(?report, shutdown_ms = crate::time::millis(stopping.elapsed()), "worker stopped");
         Ok(report)
     }
 }

@@ -116,6 +116,9 @@ impl Middleware for ErrorCapture {
         let result = if self.backtraces { Capturing(attempt).await } else { attempt.await };
         match result {
             Ok(Outcome::Failed(mut failure)) => {
+                // What the middleware outside ask of the error, answered
+                // while it is still here (by type, not by name).
+                failure.note_types(ctx.app().error_types());
                 failure.capture(&self.limits);
                 Outcome::Failed(failure)
             }

@@ -101,13 +101,24 @@ impl DeadLetters for RedisBroker {
     }
 
     async fn replay(&self, queue: &str, which: Replay) -> Result<u64, BrokerError> {
+        self.move_dead(queue, &which, "replay").await
+    }
+
+    async fn delete(&self, queue: &str, which: Replay) -> Result<u64, BrokerError> {
+        self.move_dead(queue, &which, "delete").await
+    }
+}
+
+impl RedisBroker {
+    /// Replays or deletes dead letters, 500 per script call.
+    async fn move_dead(&self, queue: &str, which: &Replay, action: &str) -> Result<u64, BrokerError> {
         let keys = self.keys(queue);
         let mut conn = self.shared.conn.clone();
-        let target = match &which {
+        let target = match which {
             Replay::One(key) => key.clone(),
             _ => String::new(),
         };
-        let mut replayed = 0;
+        let mut moved = 0;
         loop {
             let (count, looked_at): (u64, u64) = self
                 .shared
@@ -120,12 +131,13 @@ impl DeadLetters for RedisBroker {
                 .key(&keys.ready)
                 .key(&keys.dead_bytes)
                 .arg(&target)
+                .arg(action)
                 .invoke_async(&mut conn)
                 .await
-                .map_err(|e| broker_error(e, "replaying dead letters"))?;
-            replayed += count;
+                .map_err(|e| broker_error(e, &format!("{action} of dead letters")))?;
+            moved += count;
             if !target.is_empty() || looked_at == 0 {
-                return Ok(replayed);
+                return Ok(moved);
             }
         }
     }

@@ -430,6 +430,10 @@ impl Broker for RedisBroker {
     async fn release(&self) -> Result<(), BrokerError> {
         self.shared.registry.deregister().await
     }
+
+    fn locality(&self) -> dramaturg_core::broker::Locality {
+        dramaturg_core::broker::Locality::server(self.shared.config.url.clone())
+    }
 }
 
 /// One script call of `enqueue_many`.

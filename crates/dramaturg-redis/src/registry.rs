@@ -200,10 +200,13 @@ impl Registry {
     }
 
     async fn connect(&self) -> Result<ConnectionManager, BrokerError> {
+        // Reconnect attempts at least once per beat, so that after an
+        // outage every live worker beats again within an interval of the
+        // server's return (well inside the timeout others wait).
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_response_timeout(Some(self.config.heartbeat_interval.max(Duration::from_secs(2))))
             .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_max_delay(Duration::from_secs(2));
+            .set_max_delay(self.config.heartbeat_interval.min(Duration::from_secs(2)));
         self.client
             .get_connection_manager_with_config(config)
             .await

@@ -245,9 +245,10 @@ redis.call('DEL', KEYS[1])
 return #ids
 ";
 
-/// Move dead letters back to the queue: one (ARGV[1] = id) or the next 500
-/// (ARGV[1] = ''). KEYS: dead, dead_msgs, reasons, msgs, ready, dead_bytes.
-/// Returns {replayed, looked at}.
+/// Move dead letters back to the queue (ARGV[2] = 'replay') or delete them
+/// (ARGV[2] = 'delete'): one (ARGV[1] = id) or the next 500 (ARGV[1] = '').
+/// KEYS: dead, dead_msgs, reasons, msgs, ready, dead_bytes. Returns {moved
+/// or deleted, looked at}.
 const REPLAY: &str = r"
 local ids
 if ARGV[1] == '' then
@@ -261,8 +262,10 @@ local n = 0
 for _, id in ipairs(ids) do
   local payload = redis.call('HGET', KEYS[2], id)
   if payload then
-    redis.call('HSET', KEYS[4], id, payload)
-    redis.call('RPUSH', KEYS[5], id)
+    if ARGV[2] == 'replay' then
+      redis.call('HSET', KEYS[4], id, payload)
+      redis.call('RPUSH', KEYS[5], id)
+    end
     redis.call('DECRBY', KEYS[6], #payload)
     n = n + 1
   end

@@ -32,7 +32,8 @@
 //!
 //! 1. an actor that returned [`Fail::permanent`](dramaturg_core::Fail::permanent)
 //!    is never retried;
-//! 2. error types registered with [`Retries::never_retry`] are never retried;
+//! 2. errors of the types registered with [`Retries::never_retry`] (matched
+//!    by type on the error value, boxed or not) are never retried;
 //! 3. a [`Retries::retry_when`] policy, if set, decides alone (it gets the
 //!    error record and the retry count; `max_retries` is not consulted);
 //! 4. otherwise the message is retried while it has fewer than `max_retries`
@@ -59,7 +60,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dramaturg_core::random::random_fraction;
-use dramaturg_core::{async_trait, Context, ErrorRecord, Failure, Middleware, Next, NextAttempt, Outcome, Retry};
+use dramaturg_core::{
+    async_trait, Context, ErrorRecord, ErrorType, Failure, Middleware, Next, NextAttempt, Outcome, Retry,
+};
 
 /// The key under which a retried message carries the record of the failure
 /// that caused its retry (read it with `ctx.options().extra::<ErrorRecord>(LAST_ERROR)`).
@@ -130,7 +133,7 @@ type ExhaustedHook = dyn Fn(&Context, &ErrorRecord) + Send + Sync;
 pub struct Retries {
     max_retries: u32,
     backoff: Backoff,
-    never: Vec<&'static str>,
+    never: Vec<ErrorType>,
     policy: Option<Arc<Policy>>,
     on_exhausted: Option<Arc<ExhaustedHook>>,
 }
@@ -161,11 +164,14 @@ impl Retries {
         self
     }
 
-    /// Never retries failures whose error type is `E` (the error type a
-    /// handler returns, or the one wrapped in a `Fail`).
+    /// Never retries failures whose error is an `E`: the error a handler
+    /// returns, the one wrapped in a `Fail`, the one inside a boxed error
+    /// (`Result<_, BoxError>`), or one in the error's source chain. Matched
+    /// by type (`TypeId`) on the error value, which error capture does
+    /// before it drops the value.
     #[must_use]
-    pub fn never_retry<E: ?Sized>(mut self) -> Self {
-        self.never.push(std::any::type_name::<E>());
+    pub fn never_retry<E: std::error::Error + 'static>(mut self) -> Self {
+        self.never.push(ErrorType::of::<E>());
         self
     }
 
@@ -191,10 +197,10 @@ impl Retries {
         if wish == Retry::Never {
             return None;
         }
-        let record = failure.record();
-        if self.never.contains(&record.type_name.as_str()) {
+        if self.never.iter().any(|ty| failure.is(ty)) {
             return None;
         }
+        let record = failure.record();
         let retries = ctx.retries();
         let decision = match &self.policy {
             Some(policy) => policy(record, retries),
@@ -226,6 +232,10 @@ impl Middleware for Retries {
         "retries"
     }
 
+    fn error_types(&self) -> Vec<ErrorType> {
+        self.never.clone()
+    }
+
     async fn handle(&self, ctx: &Context, next: Next<'_>) -> Outcome {
         let mut failure = match next.run(ctx).await {
             // An attempt that was asked to abort is never retried, however
@@ -249,7 +259,7 @@ impl Middleware for Retries {
             }
             Err(error) => tracing::debug!(%error, "cannot attach the error record to the retry"),
         }
-        tracing::info!(retry = ctx.retries() + 1, delay_ms = delay.as_millis() as u64, "retry scheduled");
+        tracing::info!(retry = ctx.retries() + 1, delay_ms = dramaturg_core::time::millis(delay), "retry scheduled");
         // The worker has the broker replace this delivery with the retry in
         // one step (a settlement), so a crash in between neither loses the
         // message nor runs it twice.
@@ -276,7 +286,7 @@ mod tests {
     #[test]
     fn backoff_doubles_between_bounds_and_jitter_halves_at_most() {
         let backoff = Backoff { min: Duration::from_secs(1), max: Duration::from_secs(10) };
-        let full: Vec<u64> = (0..6).map(|n| backoff.delay(n, 0.0).as_millis() as u64).collect();
+        let full: Vec<u64> = (0..6).map(|n| dramaturg_core::time::millis(backoff.delay(n, 0.0))).collect();
         assert_eq!(full, [1000, 2000, 4000, 8000, 10_000, 10_000]);
         for n in 0..40 {
             for jitter in [0.0, 0.3, 0.999] {

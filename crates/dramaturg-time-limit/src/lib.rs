@@ -21,6 +21,14 @@
 //! Code that runs for long without reaching an `.await` cannot be stopped
 //! this way.
 //!
+//! An async actor that **holds its thread** past the deadline (a
+//! `std::thread::sleep`, a long computation without `.await`) cannot be
+//! stopped either: the timer only fires once the thread is free. Its
+//! attempt is checked when it ends, and one that ran past its limit fails
+//! with `TimeLimitExceeded` whatever it returned. Its side effects did
+//! happen; the failure is retried like any other (at-least-once), so make
+//! such actors idempotent, or move the work to a `blocking` actor.
+//!
 //! A **blocking** actor runs on a thread that cannot be stopped from
 //! outside. The attempt is failed and reported on time all the same, and
 //! [`Context::check`] starts returning `Err`, so a loop that calls it stops
@@ -62,6 +70,16 @@ impl fmt::Display for TimeLimitExceeded {
 }
 
 impl std::error::Error for TimeLimitExceeded {}
+
+impl fmt::Display for Limit {
+    /// `time limit` or `idle timeout`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Limit::Duration => "time limit",
+            Limit::Inactivity => "idle timeout",
+        })
+    }
+}
 
 /// The time-limit middleware. Named `"time_limit"` in the stack.
 ///
@@ -158,12 +176,32 @@ impl Middleware for TimeLimit {
                 Err(exceeded) => break exceeded,
             };
             tokio::select! {
-                outcome = &mut attempt => return outcome,
+                outcome = &mut attempt => match outcome {
+                    // An attempt that held its thread past the deadline
+                    // (no `.await` for the timer to win at) ran over all
+                    // the same: it fails, whatever it returned.
+                    Outcome::Succeeded(_) | Outcome::Failed(_) => match deadlines.check(ctx, Instant::now()) {
+                        Ok(_) => return outcome,
+                        Err(exceeded) => {
+                            tracing::warn!(
+                                limit = ?exceeded.after,
+                                outcome = outcome.label(),
+                                "{exceeded}; the attempt ended past it, failing it"
+                            );
+                            return Outcome::Failed(
+                                Failure::from_error(exceeded).with_kind(FailureKind::TimeLimitExceeded),
+                            );
+                        }
+                    },
+                    other => return other,
+                },
                 () = tokio::time::sleep_until(wake.into()) => {}
             }
         };
         ctx.interrupt(Interruption::TimeLimit);
-        tracing::warn!(limit = ?exceeded.limit, after = ?exceeded.after, "time limit exceeded; stopping the attempt");
+        // `limit` is the value in force (`1m30s` prints as `90s`); which
+        // limit it is, is in the message.
+        tracing::warn!(limit = ?exceeded.after, "{exceeded}; stopping the attempt");
         Outcome::Failed(Failure::from_error(exceeded).with_kind(FailureKind::TimeLimitExceeded))
     }
 }

@@ -14,8 +14,9 @@ pub enum ConnectError {
     UnknownScheme {
         /// The scheme found in the URL.
         scheme: String,
-        /// What would work instead.
-        hint: &'static str,
+        /// What would work instead: the schemes this build knows, and the
+        /// features that bring the others.
+        hint: String,
     },
     /// The URL has no `scheme:` part.
     #[error("invalid broker URL: expected a URL such as memory://, got {0:?}")]
@@ -25,9 +26,32 @@ pub enum ConnectError {
     Broker(#[from] BrokerError),
 }
 
-/// What to say about a scheme this build does not understand.
-const KNOWN: &str = "this build knows memory://; redis:// and rediss:// need the redis and redis-tls features, \
-                     amqp:// and amqps:// the amqp and amqp-tls features";
+/// Every scheme `connect` can know, and whether this build does (with the
+/// feature that brings it).
+const SCHEMES: [(&str, bool, &str); 5] = [
+    ("memory", true, ""),
+    ("redis", cfg!(feature = "redis"), "redis"),
+    ("rediss", cfg!(feature = "redis-tls"), "redis-tls"),
+    ("amqp", cfg!(feature = "amqp"), "amqp"),
+    ("amqps", cfg!(feature = "amqp-tls"), "amqp-tls"),
+];
+
+/// What to say about a scheme this build does not understand, from the
+/// features it was compiled with.
+fn hint() -> String {
+    let known: Vec<String> = SCHEMES.iter().filter(|(_, on, _)| *on).map(|(s, ..)| format!("{s}://")).collect();
+    let missing: Vec<String> = SCHEMES
+        .iter()
+        .filter(|(_, on, _)| !*on)
+        .map(|(scheme, _, feature)| format!("{scheme}:// needs the `{feature}` feature"))
+        .collect();
+    let mut hint = format!("this build knows {}", known.join(", "));
+    if !missing.is_empty() {
+        hint.push_str("; ");
+        hint.push_str(&missing.join(", "));
+    }
+    hint
+}
 
 /// Connects to the broker a URL names: `memory://` (a new in-memory
 /// broker), `redis://` and `rediss://` (with the `redis` and `redis-tls`
@@ -67,6 +91,25 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Broker>, ConnectError> {
         "amqp" => Ok(Arc::new(dramaturg_amqp::AmqpBroker::connect(url).await?)),
         #[cfg(feature = "amqp-tls")]
         "amqps" => Ok(Arc::new(dramaturg_amqp::AmqpBroker::connect(url).await?)),
-        other => Err(ConnectError::UnknownScheme { scheme: other.to_owned(), hint: KNOWN }),
+        other => Err(ConnectError::UnknownScheme { scheme: other.to_owned(), hint: hint() }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_unknown_scheme_error_lists_the_features_compiled_in() {
+        let Err(ConnectError::UnknownScheme { hint, .. }) = connect("carrier-pigeon://coop").await else {
+            panic!("expected an unknown scheme");
+        };
+        for (scheme, on, feature) in SCHEMES {
+            let known = hint.split(';').next().unwrap_or_default();
+            assert_eq!(known.contains(&format!(" {scheme}://")), on, "{scheme}: {hint}");
+            if !feature.is_empty() {
+                assert_eq!(hint.contains(&format!("needs the `{feature}` feature")), !on, "{feature}: {hint}");
+            }
+        }
     }
 }

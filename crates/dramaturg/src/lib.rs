@@ -17,12 +17,13 @@ pub use dramaturg_callbacks as callbacks;
 pub use dramaturg_core::{
     actor, async_trait, broker, encoder, middleware, outcome, worker, Actor, ActorInfo, App, AppBuilder, Bounded,
     BoxError, Broker, BrokerError, BrokerErrorKind, CodecError, ConfigError, Consumer, Context, DeadLetter,
-    DeadLetters, Delivery, Encoder, EnqueueError, ErrorRecord, Fail, Failure, FailureKind, Interrupted, Interruption,
-    Job, Json, MemoryBroker, Message, MessageId, MessagePack, Metadata, Middleware, Next, NextAttempt, OptionError,
-    Options, Outcome, Outgoing, Output, ParseMessageIdError, QueueAdmin, QueueStats, Receipt, RecordLimits, Replay,
-    Retry, SendOptions, SettleError, Settled, Settlement, ShutdownHandle, Worker, WorkerReport,
-    DEFAULT_MAX_MESSAGE_SIZE,
+    DeadLetterView, DeadLetters, DecodedMessage, Delivery, Encoder, EnqueueError, ErrorRecord, ErrorType, Fail,
+    Failure, FailureKind, Interrupted, Interruption, Job, Json, MemoryBroker, Message, MessageId, MessagePack,
+    Metadata, Middleware, Next, NextAttempt, OptionError, Options, Outcome, Outgoing, Output, ParseMessageIdError,
+    QueueAdmin, QueueStats, Receipt, RecordLimits, Replay, ReplayError, ReplayReport, ReplayRetries, Retry,
+    SendOptions, SettleError, Settled, Settlement, ShutdownHandle, Worker, WorkerReport, DEFAULT_MAX_MESSAGE_SIZE,
 };
+pub use dramaturg_core::{sync, time};
 pub use dramaturg_error_capture as error_capture;
 /// The Redis broker.
 #[cfg(feature = "redis")]

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use dramaturg_abort::{Abortable, MemoryEvents};
+use dramaturg_abort::Abortable;
 use dramaturg_age_limit::AgeLimit;
 use dramaturg_callbacks::Callbacks;
 use dramaturg_core::{App, AppBuilder, Broker};
@@ -10,8 +10,11 @@ use dramaturg_error_capture::ErrorCapture;
 use dramaturg_retries::Retries;
 use dramaturg_time_limit::TimeLimit;
 
-/// Starts building an app on `broker` with the default middleware stack,
-/// outermost first:
+/// Starts building an app on `broker` with the **default middleware stack**
+/// (callbacks, age limit, abort, retries, time limit, error capture) —
+/// unlike [`App::builder`], which starts with an empty one.
+///
+/// The stack, outermost first:
 ///
 /// 1. `callbacks` — sends `on_success` / `on_failure` /
 ///    `on_retry_exhausted` callbacks; outside the retries so that it can
@@ -20,8 +23,11 @@ use dramaturg_time_limit::TimeLimit;
 ///    work is done;
 /// 3. `abort` — skips messages cancelled before they start and interrupts
 ///    running ones that are aborted; before the retries, so that an aborted
-///    message is never retried. Its event backend is in-memory (one
-///    process); replace it with a Redis one for several processes;
+///    message is never retried. Its events reach as far as the broker's
+///    messages (see `Abortable::for_broker`): in memory for the in-memory
+///    broker, in the same Redis for the Redis broker. With RabbitMQ,
+///    `abort` returns `AbortError::EventsNotShared` until you replace the
+///    middleware with one on Redis events;
 /// 4. `retries` — sees every failure below it, time-limit expiries
 ///    included, and re-enqueues the message with a delay or lets it be
 ///    dead-lettered;
@@ -49,12 +55,16 @@ pub fn app(broker: impl Broker) -> AppBuilder {
     app_shared(Arc::new(broker))
 }
 
-/// [`app`] for a shared broker (as [`connect`](crate::connect) returns).
+/// Starts building an app on a shared broker (as
+/// [`connect`](crate::connect) returns) with the **default middleware
+/// stack**, as [`app`] does — unlike [`App::builder_shared`], which starts
+/// with an empty one.
 pub fn app_shared(broker: Arc<dyn Broker>) -> AppBuilder {
+    let abort = Abortable::for_broker(&*broker);
     App::builder_shared(broker)
         .middleware(Callbacks::new())
         .middleware(AgeLimit::new())
-        .middleware(Abortable::new(MemoryEvents::new()))
+        .middleware(abort)
         .middleware(Retries::new())
         .middleware(TimeLimit::new())
         .middleware(ErrorCapture::new())

@@ -1,0 +1,236 @@
+//! Dead letters for people and tools: decoded views, and replay with the
+//! retry count reset.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::time::SystemTime;
+
+use crate::broker::{DeadLetter, DeadLetters, Replay};
+use crate::encoder::{decode_value, Encoder};
+use crate::error::{BrokerError, EnqueueError};
+use crate::{App, MessageId, Options};
+
+/// A [`DeadLetter`] decoded with an app's encoder (see
+/// [`DeadLetter::decode`]): what was sent to whom, how often it was
+/// retried, why it was dead-lettered and when.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct DeadLetterView {
+    /// The broker's key for this entry (for replay and delete).
+    pub key: String,
+    /// Why it was dead-lettered.
+    pub reason: String,
+    /// When it was dead-lettered.
+    pub at: SystemTime,
+    /// The message, or why its bytes do not decode (garbage, another
+    /// encoder, arguments that are not data).
+    pub message: Result<DecodedMessage, String>,
+}
+
+/// The decoded message of a [`DeadLetterView`].
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct DecodedMessage {
+    /// Its id.
+    pub id: MessageId,
+    /// The actor it was sent to.
+    pub actor: String,
+    /// Its queue.
+    pub queue: String,
+    /// Its arguments, as JSON-like data.
+    pub args: serde_json::Value,
+    /// How many times it had been retried.
+    pub retries: u32,
+    /// Its own options.
+    pub options: Options,
+    /// When it was first enqueued, in milliseconds since the Unix epoch.
+    pub enqueued_at_ms: u64,
+}
+
+impl DeadLetter {
+    /// This dead letter decoded with `encoder` (use the app's:
+    /// `letter.decode(app.encoder())`). Bytes that do not decode give a
+    /// view whose `message` says why; this never panics.
+    pub fn decode(&self, encoder: &dyn Encoder) -> DeadLetterView {
+        let message =
+            encoder.decode_message(&self.body).map_err(|e| format!("undecodable message: {e}")).and_then(|message| {
+                let args = decode_value::<serde_json::Value>(encoder, &message.args)
+                    .map_err(|e| format!("undecodable arguments for actor {:?}: {e}", message.actor))?;
+                Ok(DecodedMessage {
+                    id: message.id,
+                    actor: message.actor,
+                    queue: message.queue,
+                    args,
+                    retries: message.retries,
+                    options: message.options,
+                    enqueued_at_ms: message.enqueued_at_ms,
+                })
+            });
+        DeadLetterView { key: self.key.clone(), reason: self.reason.clone(), at: self.at, message }
+    }
+}
+
+impl fmt::Display for DeadLetterView {
+    /// One line: `key actor id retries=n args=… reason=…`, or `key
+    /// (undecodable: …) reason=…`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.message {
+            Ok(m) => write!(
+                f,
+                "{} {} {} retries={} args={} reason={}",
+                self.key, m.actor, m.id, m.retries, m.args, self.reason
+            ),
+            Err(why) => write!(f, "{} ({why}) reason={}", self.key, self.reason),
+        }
+    }
+}
+
+/// What [`App::replay_dead_letters`] does with the retry count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReplayRetries {
+    /// Replay the messages as they were, through the broker's
+    /// [`DeadLetters::replay`]: a message that used up its retries fails for
+    /// good at its next failure.
+    Keep,
+    /// Decode each message, set its retry count to 0, enqueue it through the
+    /// app (enqueue hooks included), then delete its dead letter: replayed
+    /// messages get their retries back. Needs a broker that can delete dead
+    /// letters ([`DeadLetters::delete`]).
+    Reset,
+}
+
+/// What [`App::replay_dead_letters`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReplayReport {
+    /// How many messages went back to their queue.
+    pub replayed: u64,
+    /// Dead letters left where they were because they do not decode (key,
+    /// why); only with [`ReplayRetries::Reset`], which must decode them.
+    pub undecodable: Vec<(String, String)>,
+}
+
+/// [`App::replay_dead_letters`] failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplayError {
+    /// The broker failed, or cannot do what was asked (`Unsupported`).
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    /// A message could not be enqueued again; its dead letter was kept.
+    /// Those before it were replayed.
+    #[error("dead letter {key:?} could not be enqueued again (it stays a dead letter; {replayed} replayed before it): {source}")]
+    Enqueue {
+        /// The dead letter's key.
+        key: String,
+        /// How many were replayed before it.
+        replayed: u64,
+        /// Why.
+        #[source]
+        source: EnqueueError,
+    },
+}
+
+/// How many dead letters a replay lists at a time.
+const PAGE: usize = 1000;
+
+impl App {
+    /// Up to `limit` dead letters of `queue`, oldest first, decoded with
+    /// this app's encoder.
+    ///
+    /// # Errors
+    ///
+    /// A [`BrokerError`], including `Unsupported` when the broker has no
+    /// dead-letter inspection.
+    pub async fn dead_letter_views(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetterView>, BrokerError> {
+        let letters = self.dead_letters()?.list(queue, limit).await?;
+        Ok(letters.iter().map(|letter| letter.decode(self.encoder())).collect())
+    }
+
+    /// Replays dead letters of `queue`: as they were, or with their retry
+    /// count reset to 0 (see [`ReplayRetries`]).
+    ///
+    /// A reset replay enqueues each message before it deletes its dead
+    /// letter, so a crash in between leaves a duplicate, never a loss; it
+    /// checks first that the broker can delete, and enqueues nothing if not.
+    ///
+    /// # Errors
+    ///
+    /// [`ReplayError::Broker`] (with kind `Unsupported` when the broker
+    /// cannot list or delete dead letters), [`ReplayError::Enqueue`] when a
+    /// message cannot be enqueued again.
+    ///
+    /// # Cancel safety
+    ///
+    /// If cancelled, some messages may have been replayed, and one may be
+    /// both enqueued and still a dead letter.
+    pub async fn replay_dead_letters(
+        &self,
+        queue: &str,
+        which: Replay,
+        retries: ReplayRetries,
+    ) -> Result<ReplayReport, ReplayError> {
+        let dead = self.dead_letters()?;
+        if retries == ReplayRetries::Keep {
+            let replayed = dead.replay(queue, which).await?;
+            return Ok(ReplayReport { replayed, undecodable: Vec::new() });
+        }
+        // Learn that the broker can delete before anything is enqueued.
+        dead.delete(queue, Replay::One(String::new())).await?;
+        let mut report = ReplayReport::default();
+        // Keys handled already: replayed (deleted) or left undecodable.
+        let mut handled: HashSet<String> = HashSet::new();
+        let mut page = PAGE;
+        loop {
+            let limit = page + handled.len();
+            let letters = dead.list(queue, limit).await?;
+            let more = letters.len() >= limit;
+            let fresh: Vec<&DeadLetter> = letters
+                .iter()
+                .filter(|l| !handled.contains(&l.key))
+                .filter(|l| match &which {
+                    Replay::All => true,
+                    Replay::One(key) => &l.key == key,
+                })
+                .collect();
+            for letter in &fresh {
+                self.replay_reset(dead, queue, letter, &mut report).await?;
+                handled.insert(letter.key.clone());
+            }
+            match which {
+                Replay::One(_) if fresh.is_empty() && more => page *= 2,
+                Replay::All if !fresh.is_empty() && more => {}
+                _ => return Ok(report),
+            }
+        }
+    }
+
+    async fn replay_reset(
+        &self,
+        dead: &dyn DeadLetters,
+        queue: &str,
+        letter: &DeadLetter,
+        report: &mut ReplayReport,
+    ) -> Result<(), ReplayError> {
+        let mut message = match self.encoder().decode_message(&letter.body) {
+            Ok(message) => message,
+            Err(error) => {
+                report.undecodable.push((letter.key.clone(), error.to_string()));
+                return Ok(());
+            }
+        };
+        message.retries = 0;
+        self.enqueue(message, None).await.map_err(|source| ReplayError::Enqueue {
+            key: letter.key.clone(),
+            replayed: report.replayed,
+            source,
+        })?;
+        report.replayed += 1;
+        if dead.delete(queue, Replay::One(letter.key.clone())).await? == 0 {
+            // Replayed or deleted by someone else meanwhile: a duplicate at worst.
+            tracing::warn!(key = %letter.key, "dead letter was gone after its replay; the message may run twice");
+        }
+        Ok(())
+    }
+}

@@ -269,3 +269,406 @@ async fn passwords_stay_out_of_errors_and_debug_output() {
     assert!(text.contains("guest:***@127.0.0.1:1"), "{text}");
     assert!(!format!("{:?}", AmqpConfig::new("amqp://guest:hunter2@host/%2f")).contains("hunter2"));
 }
+
+// ---------------------------------------------------------------------------
+// Nothing lost, nothing run twice: fencing, bounded headers, names, mandatory
+// publishes, lazy buckets, streaming replay, priorities from the URL.
+
+fn text(body: &[u8]) -> String {
+    String::from_utf8_lossy(body).into_owned()
+}
+
+/// The names of the server's queues that start with `prefix`.
+fn server_queues(prefix: &str) -> Vec<String> {
+    let listed = rabbitmqctl(&["list_queues", "-q", "--no-table-headers", "name"]);
+    let mut names: Vec<String> =
+        listed.lines().map(str::trim).filter(|name| name.starts_with(prefix)).map(str::to_owned).collect();
+    names.sort();
+    names
+}
+
+async fn next_delivery(consumer: &mut dyn dramaturg::Consumer) -> dramaturg::Delivery {
+    tokio::time::timeout(Duration::from_secs(5), consumer.next()).await.expect("a delivery within 5 s").unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requeue_in_flight_returns_only_this_process_deliveries_and_stale_receipts_send_nothing() {
+    if support::is_child() {
+        return;
+    }
+    let _shared = SERVER.read().await;
+    let queue = format!("{}fence", prefix());
+    let (here, elsewhere) = (broker().await, broker().await);
+    here.declare_queue(&queue).await.unwrap();
+    for body in ["a", "b", "c", "theirs"] {
+        here.enqueue(Outgoing::new(queue.as_str(), body.as_bytes().to_vec())).await.unwrap();
+    }
+    let mut mine = here.consume(&queue, 3).await.unwrap();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(next_delivery(mine.as_mut()).await);
+    }
+    let mut theirs = elsewhere.consume(&queue, 1).await.unwrap();
+    let other = next_delivery(theirs.as_mut()).await;
+    assert_eq!(text(other.body()), "theirs");
+
+    // Only this broker value's deliveries go back; the other process keeps its own.
+    assert_eq!(dramaturg::QueueAdmin::requeue_in_flight(&here, &queue).await.unwrap(), 3);
+    let mut again = Vec::new();
+    for _ in 0..3 {
+        let delivery = next_delivery(mine.as_mut()).await;
+        assert!(delivery.redelivered());
+        again.push(delivery);
+    }
+    let mut bodies: Vec<String> = again.iter().map(|d| text(d.body())).collect();
+    bodies.sort();
+    assert_eq!(bodies, ["a", "b", "c"]);
+
+    // The stale receipts send nothing: no dead letter, no rescheduled copy,
+    // no ack on the new channel (an unknown tag there would close it).
+    let stale = [
+        dramaturg::Settlement::DeadLetter("stale".into()),
+        dramaturg::Settlement::Reschedule { body: "copy".into(), delay: Duration::from_millis(10) },
+        dramaturg::Settlement::Ack,
+    ];
+    for (delivery, settlement) in held.into_iter().zip(stale) {
+        assert_eq!(delivery.settle(settlement).await.unwrap(), dramaturg_core::Settled::Stale);
+    }
+    let stats = dramaturg::QueueAdmin::stats(&here, &queue).await.unwrap();
+    assert_eq!((stats.ready, stats.delayed, stats.in_flight, stats.dead), (0, 0, 3, 0), "{stats:?}");
+    for delivery in again {
+        assert_eq!(delivery.settle(dramaturg::Settlement::Ack).await.unwrap(), dramaturg_core::Settled::Applied);
+    }
+    assert_eq!(other.settle(dramaturg::Settlement::Ack).await.unwrap(), dramaturg_core::Settled::Applied);
+    mine.close().await.unwrap();
+    theirs.close().await.unwrap();
+    dramaturg::QueueAdmin::join(&here, &queue, Duration::from_secs(5)).await.unwrap();
+}
+
+/// How many connections the server has open.
+fn connection_count() -> usize {
+    rabbitmqctl(&["list_connections", "-q", "--no-table-headers", "pid"])
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_200_kb_reason_is_bounded_at_the_header_and_the_connection_stays_up() {
+    if support::is_child() {
+        return;
+    }
+    let _shared = SERVER.read().await;
+    let queue = format!("{}huge-reason", prefix());
+    let broker = broker().await;
+    broker.declare_queue(&queue).await.unwrap();
+    broker.enqueue(Outgoing::new(queue.as_str(), &b"poison"[..])).await.unwrap();
+    let mut consumer = broker.consume(&queue, 1).await.unwrap();
+    let delivery = next_delivery(consumer.as_mut()).await;
+    // A reason bounded by nobody: the broker must bound it itself.
+    let reason = dramaturg_core::Bounded::new(&format!("unknown actor {}", "x".repeat(200_000)), usize::MAX);
+    let settled = delivery.settle(dramaturg::Settlement::DeadLetter(reason)).await.unwrap();
+    assert_eq!(settled, dramaturg_core::Settled::Applied);
+    let dead = broker.list(&queue, 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].reason.starts_with("unknown actor xxx"), "{}", &dead[0].reason[..40]);
+    assert!(dead[0].reason.len() <= dramaturg_core::MAX_REASON_BYTES, "{} bytes", dead[0].reason.len());
+    // The connection carries on.
+    broker.enqueue(Outgoing::new(queue.as_str(), &b"next"[..])).await.unwrap();
+    let next = next_delivery(consumer.as_mut()).await;
+    assert_eq!(text(next.body()), "next");
+    assert!(!next.redelivered(), "the poison message did not come back");
+    next.settle(dramaturg::Settlement::Ack).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_200_kb_actor_name_is_dead_lettered_once_and_the_connection_stays_up() {
+    if support::is_child() {
+        return;
+    }
+    let _shared = SERVER.read().await;
+    let prefix = prefix();
+    let broker = broker().await;
+    let app = dramaturg::app(broker.clone()).queue_prefix(&prefix).actor::<Mark>().build().unwrap();
+    let queue = app.queues()[0].clone();
+    // A foreign producer's message for an actor nobody has, named with 200,000 bytes.
+    let poison = dramaturg::Message::new(queue.as_str(), "x".repeat(200_000), Default::default());
+    let encoded = app.encoder().encode_message(&poison).unwrap();
+    broker.enqueue(Outgoing::new(queue.as_str(), encoded)).await.unwrap();
+    mark(format!("{prefix}after-poison")).send(&app).await.unwrap();
+    let connections = connection_count();
+    let report = Worker::new(app).run_until_drained(Duration::from_secs(10)).await.unwrap();
+    assert_eq!((report.rejected, report.succeeded), (1, 1), "{report:?}");
+    let dead = broker.list(&queue, 10).await.unwrap();
+    assert_eq!(dead.len(), 1, "dead-lettered once");
+    assert!(dead[0].reason.len() <= dramaturg_core::MAX_REASON_BYTES, "{} bytes", dead[0].reason.len());
+    assert!(connection_count() >= connections, "no connection was torn down");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_names_up_to_246_bytes_work_and_longer_ones_are_typed_errors() {
+    if support::is_child() {
+        return;
+    }
+    let _shared = SERVER.read().await;
+    let prefix = prefix();
+    let broker = broker().await;
+    let name = |len: usize| format!("{prefix}{}", "n".repeat(len - prefix.len()));
+    let fits = name(dramaturg::amqp::MAX_QUEUE_NAME_BYTES);
+    broker.enqueue(Outgoing::new(fits.as_str(), &b"now"[..])).await.unwrap();
+    broker
+        .enqueue(Outgoing::new(fits.as_str(), &b"later"[..]).with_delay(Some(Duration::from_secs(3600))))
+        .await
+        .unwrap();
+    assert_eq!(dramaturg::QueueAdmin::purge(&broker, &fits).await.unwrap(), 2);
+    for len in [247, 250, 255, 256, 300] {
+        let long = name(len);
+        let delayed = Outgoing::new(long.as_str(), &b"later"[..]).with_delay(Some(Duration::from_secs(1)));
+        let errors = [
+            broker.enqueue(Outgoing::new(long.as_str(), &b"now"[..])).await.unwrap_err(),
+            broker.enqueue(delayed).await.unwrap_err(),
+            broker.enqueue_many(vec![Outgoing::new(long.as_str(), &b"now"[..])]).await.unwrap_err(),
+            broker.declare_queue(&long).await.unwrap_err(),
+            broker.consume(&long, 1).await.map(|_| ()).unwrap_err(),
+            dramaturg::QueueAdmin::stats(&broker, &long).await.unwrap_err(),
+            broker.list(&long, 1).await.unwrap_err(),
+        ];
+        for error in errors {
+            assert_eq!(error.kind(), dramaturg::BrokerErrorKind::InvalidInput, "{len}: {error}");
+            assert!(error.to_string().contains("246 bytes"), "{error}");
+            assert!(!error.is_retryable());
+        }
+    }
+    // The broker still works.
+    broker.enqueue(Outgoing::new(fits.as_str(), &b"still"[..])).await.unwrap();
+    // A vhost too long for AMQP is refused, not a panic inside lapin.
+    let error =
+        AmqpBroker::connect(&format!("amqp://guest:guest@127.0.0.1:5672/{}", "v".repeat(300))).await.unwrap_err();
+    assert_eq!(error.kind(), dramaturg::BrokerErrorKind::InvalidInput, "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_to_a_deleted_queue_declare_it_again_instead_of_dropping() {
+    if support::is_child() {
+        return;
+    }
+    let _shared = SERVER.read().await;
+    let queue = format!("{}deleted", prefix());
+    let broker = broker().await;
+    broker.declare_queue(&queue).await.unwrap();
+    broker.enqueue(Outgoing::new(queue.as_str(), &b"first"[..])).await.unwrap();
+    let mut consumer = broker.consume(&queue, 1).await.unwrap();
+
+    // The dead-letter queue is deleted behind the broker's back.
+    let delivery = next_delivery(consumer.as_mut()).await;
+    rabbitmqctl(&["delete_queue", &format!("{queue}.dq")]);
+    delivery.settle(dramaturg::Settlement::DeadLetter("failed".into())).await.unwrap();
+    let dead = broker.list(&queue, 10).await.unwrap();
+    assert_eq!(dead.iter().map(|d| text(&d.body)).collect::<Vec<_>>(), ["first"], "the dead letter was not lost");
+
+    // A delay bucket used before is deleted; a delayed send still arrives.
+    let delayed = |body: &'static str| {
+        Outgoing::new(queue.as_str(), body.as_bytes()).with_delay(Some(Duration::from_millis(200)))
+    };
+    broker.enqueue(delayed("delayed once")).await.unwrap();
+    let once = next_delivery(consumer.as_mut()).await;
+    assert_eq!(text(once.body()), "delayed once");
+    once.settle(dramaturg::Settlement::Ack).await.unwrap();
+    for bucket in server_queues(&format!("{queue}.delay.")) {
+        rabbitmqctl(&["delete_queue", &bucket]);
+    }
+    broker.enqueue(delayed("delayed twice")).await.unwrap();
+    let arrived = next_delivery(consumer.as_mut()).await;
+    assert_eq!(text(arrived.body()), "delayed twice", "the delayed message was not lost");
+    arrived.settle(dramaturg::Settlement::Ack).await.unwrap();
+    consumer.close().await.unwrap();
+
+    // The queue itself is deleted; a send declares it again.
+    rabbitmqctl(&["delete_queue", &queue]);
+    broker.enqueue(Outgoing::new(queue.as_str(), &b"after delete"[..])).await.unwrap();
+    let stats = dramaturg::QueueAdmin::stats(&broker, &queue).await.unwrap();
+    assert_eq!(stats.ready, 1, "{stats:?}");
+
+    // Again, under a batch of concurrent publishes (RabbitMQ acknowledges
+    // them with `multiple` acks): every one arrives, exactly once.
+    rabbitmqctl(&["delete_queue", &queue]);
+    let batch = (0..300).map(|i| Outgoing::new(queue.as_str(), format!("m{i}").into_bytes())).collect();
+    broker.enqueue_many(batch).await.unwrap();
+    let stats = dramaturg::QueueAdmin::stats(&broker, &queue).await.unwrap();
+    assert_eq!(stats.ready, 300, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delay_buckets_are_declared_when_first_used() {
+    if support::is_child() {
+        return;
+    }
+    let _shared = SERVER.read().await;
+    let queue = format!("{}lazy", prefix());
+    let broker = broker().await;
+    broker.declare_queue(&queue).await.unwrap();
+    broker.enqueue(Outgoing::new(queue.as_str(), &b"now"[..])).await.unwrap();
+    assert_eq!(server_queues(&queue), [queue.clone(), format!("{queue}.dq")]);
+    // An hour goes to the 43.7 min bucket (10 ms × 2^18) first.
+    let later = Outgoing::new(queue.as_str(), &b"later"[..]).with_delay(Some(Duration::from_secs(3600)));
+    broker.enqueue(later).await.unwrap();
+    assert_eq!(server_queues(&queue), [queue.clone(), format!("{queue}.delay.18"), format!("{queue}.dq")]);
+    let stats = dramaturg::QueueAdmin::stats(&broker, &queue).await.unwrap();
+    assert_eq!((stats.ready, stats.delayed), (1, 1), "{stats:?}");
+    assert_eq!(dramaturg::QueueAdmin::purge(&broker, &queue).await.unwrap(), 2);
+}
+
+/// The largest resident set size of this process, in KiB, seen while `run` runs.
+async fn peak_rss_growth_kib<T>(run: impl std::future::Future<Output = T>) -> (T, u64) {
+    fn rss_kib() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+    let before = rss_kib();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss_kib());
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            peak
+        })
+    };
+    let result = run.await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.join().unwrap();
+    (result, peak.saturating_sub(before))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_streams_the_dead_letter_queue_in_bounded_memory() {
+    if support::is_child() {
+        return;
+    }
+    // Exclusive: the memory of the whole test process is measured.
+    let _exclusive = SERVER.write().await;
+    let queue = format!("{}replay-stream", prefix());
+    let broker = broker().await;
+    broker.declare_queue(&queue).await.unwrap();
+    let (count, size) = (48, 1 << 20);
+    let mut consumer = broker.consume(&queue, 1).await.unwrap();
+    for i in 0..count {
+        let mut body = vec![b'.'; size];
+        body[..8].copy_from_slice(format!("{i:08}").as_bytes());
+        broker.enqueue(Outgoing::new(queue.as_str(), body)).await.unwrap();
+        let delivery = next_delivery(consumer.as_mut()).await;
+        delivery.settle(dramaturg::Settlement::DeadLetter(format!("dead {i}").into())).await.unwrap();
+    }
+    consumer.close().await.unwrap();
+    let keys: Vec<String> = broker.list(&queue, 2).await.unwrap().into_iter().map(|d| d.key).collect();
+
+    // Looking for the last one reads every dead letter before it.
+    let last = broker.list(&queue, count).await.unwrap().pop().unwrap().key;
+    let (replayed, growth) = peak_rss_growth_kib(broker.replay(&queue, dramaturg::Replay::One(last))).await;
+    assert_eq!(replayed.unwrap(), 1);
+    println!("replaying the last of {count} dead letters of 1 MiB: peak RSS growth {growth} KiB");
+    assert!(growth < 16 * 1024, "replay held {growth} KiB");
+    // The others are back in order.
+    let left = broker.list(&queue, count).await.unwrap();
+    assert_eq!(left.len(), count - 1);
+    assert_eq!(left.iter().map(|d| d.key.clone()).take(2).collect::<Vec<_>>(), keys);
+
+    let (replayed, growth) = peak_rss_growth_kib(broker.replay(&queue, dramaturg::Replay::All)).await;
+    assert_eq!(replayed.unwrap(), count as u64 - 1);
+    println!("replaying {} dead letters of 1 MiB: peak RSS growth {growth} KiB", count - 1);
+    assert!(growth < 16 * 1024, "replay held {growth} KiB");
+    assert_eq!(dramaturg::QueueAdmin::purge(&broker, &queue).await.unwrap(), count as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_priority_comes_from_the_url_and_priorities_without_it_are_refused() {
+    if support::is_child() {
+        return;
+    }
+    let _shared = SERVER.read().await;
+    let queue = format!("{}url-prio", prefix());
+    let prioritised = AmqpBroker::connect(&format!("{URL}?max_priority=10")).await.unwrap();
+    assert_eq!(prioritised.config().priorities(), Some(10));
+    prioritised.declare_queue(&queue).await.unwrap();
+    for (body, priority) in [("low", 1), ("high", 9), ("middle", 5)] {
+        prioritised
+            .enqueue(Outgoing::new(queue.as_str(), body.as_bytes().to_vec()).with_priority(Some(priority)))
+            .await
+            .unwrap();
+    }
+    let mut consumer = prioritised.consume(&queue, 1).await.unwrap();
+    let mut order = Vec::new();
+    for _ in 0..3 {
+        let delivery = next_delivery(consumer.as_mut()).await;
+        order.push(text(delivery.body()));
+        delivery.settle(dramaturg::Settlement::Ack).await.unwrap();
+    }
+    assert_eq!(order, ["high", "middle", "low"]);
+    rabbitmqctl(&["delete_queue", &queue]);
+
+    // Through the facade's connect too.
+    let any = dramaturg::connect(&format!("{URL}?heartbeat=30&max_priority=3")).await.unwrap();
+    any.declare_queue(&format!("{queue}-facade")).await.unwrap();
+    rabbitmqctl(&["delete_queue", &format!("{queue}-facade")]);
+
+    let error = AmqpBroker::connect(&format!("{URL}?max_priority=300")).await.unwrap_err();
+    assert_eq!(error.kind(), dramaturg::BrokerErrorKind::InvalidInput, "{error}");
+
+    let plain = broker().await;
+    let unordered = format!("{queue}-plain");
+    let error =
+        plain.enqueue(Outgoing::new(unordered.as_str(), &b"urgent"[..]).with_priority(Some(5))).await.unwrap_err();
+    assert_eq!(error.kind(), dramaturg::BrokerErrorKind::InvalidInput, "{error}");
+    assert!(error.to_string().contains("max_priority"), "{error}");
+    plain.enqueue(Outgoing::new(unordered.as_str(), &b"plain"[..]).with_priority(Some(0))).await.unwrap();
+    assert_eq!(dramaturg::QueueAdmin::purge(&plain, &unordered).await.unwrap(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_dropped_unsettled_comes_back_instead_of_holding_its_prefetch_slot() {
+    if support::is_child() {
+        return;
+    }
+    let _shared = SERVER.read().await;
+    let queue = format!("{}dropped", prefix());
+    let broker = broker().await;
+    broker.declare_queue(&queue).await.unwrap();
+    broker.enqueue(Outgoing::new(queue.as_str(), &b"dropped"[..])).await.unwrap();
+    let mut consumer = broker.consume(&queue, 1).await.unwrap();
+    drop(next_delivery(consumer.as_mut()).await);
+    let again = next_delivery(consumer.as_mut()).await;
+    assert_eq!(text(again.body()), "dropped");
+    assert!(again.redelivered());
+    again.settle(dramaturg::Settlement::Ack).await.unwrap();
+    consumer.close().await.unwrap();
+    dramaturg::QueueAdmin::join(&broker, &queue, Duration::from_secs(5)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_publishes_keeps_its_order() {
+    if support::is_child() {
+        return;
+    }
+    let _shared = SERVER.read().await;
+    let queue = format!("{}order", prefix());
+    let broker = broker().await;
+    broker.declare_queue(&queue).await.unwrap();
+    let sent: Vec<String> = (0..500).map(|i| format!("m{i}")).collect();
+    broker
+        .enqueue_many(sent.iter().map(|t| Outgoing::new(queue.as_str(), t.clone().into_bytes())).collect())
+        .await
+        .unwrap();
+    let mut consumer = broker.consume(&queue, 50).await.unwrap();
+    let mut received = Vec::new();
+    for _ in 0..sent.len() {
+        let delivery = next_delivery(consumer.as_mut()).await;
+        received.push(text(delivery.body()));
+        delivery.settle(dramaturg::Settlement::Ack).await.unwrap();
+    }
+    assert_eq!(received, sent);
+    consumer.close().await.unwrap();
+}

@@ -1,23 +1,79 @@
-//! Queue statistics, purge, and dead-letter listing and replay.
+//! Queue statistics, purge, returning in-flight deliveries, and dead-letter
+//! listing and replay.
 
 use std::time::{Duration, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use dramaturg_core::{BrokerError, DeadLetter, DeadLetters, QueueAdmin, QueueStats, Replay};
-use lapin::options::{BasicAckOptions, BasicGetOptions, QueuePurgeOptions};
-use lapin::types::AMQPValue;
+use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions, QueuePurgeOptions};
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::Channel;
 
 use crate::delay::{bucket_queue, MAX_BUCKET};
-use crate::link::{amqp_error, dead_queue, declare_topology, Extra, DEAD_KEY_HEADER, REASON_HEADER};
+use crate::link::{
+    amqp_error, dead_queue, declare_topology, is_not_found, Extra, Link, Target, DEAD_KEY_HEADER, REASON_HEADER,
+};
+use crate::names::{check_queue, short};
 use crate::AmqpBroker;
+
+/// The most dead letters one `replay` looks at (and holds unacknowledged on
+/// the server) before it gives up on finding a key.
+pub(crate) const MAX_REPLAY_LOOKS: u64 = 100_000;
 
 fn header_text(properties: &lapin::BasicProperties, key: &str) -> Option<String> {
     match properties.headers().as_ref()?.inner().get(key)? {
         AMQPValue::LongString(text) => Some(String::from_utf8_lossy(text.as_bytes()).into_owned()),
         AMQPValue::ShortString(text) => Some(text.as_str().to_owned()),
         _ => None,
+    }
+}
+
+fn dead_letter(delivery: &lapin::message::Delivery) -> DeadLetter {
+    let properties = &delivery.properties;
+    DeadLetter::new(
+        header_text(properties, DEAD_KEY_HEADER).unwrap_or_default(),
+        Bytes::from(delivery.data.clone()),
+        header_text(properties, REASON_HEADER).unwrap_or_else(|| "dead-lettered by RabbitMQ".into()),
+        properties.timestamp().map_or(UNIX_EPOCH, |t| UNIX_EPOCH + Duration::from_secs(t)),
+    )
+}
+
+/// What to do with the delay buckets of a queue.
+#[derive(Clone, Copy)]
+enum BucketOp {
+    Count,
+    Purge,
+}
+
+/// Counts or purges one delay bucket on a channel of its own, without
+/// declaring it: buckets are declared lazily, and a missing one (RabbitMQ's
+/// 404 closes the channel) holds nothing.
+async fn bucket(link: &Link, queue: &str, k: u32, op: BucketOp) -> Result<u64, BrokerError> {
+    let name = bucket_queue(queue, k);
+    let channel = link.channel().await?;
+    let result = match op {
+        BucketOp::Count => {
+            let passive = QueueDeclareOptions { passive: true, durable: true, ..QueueDeclareOptions::default() };
+            channel
+                .queue_declare(short(&name, "queue name")?, passive, FieldTable::default())
+                .await
+                .map(|q| u64::from(q.message_count()))
+        }
+        BucketOp::Purge => {
+            channel.queue_purge(short(&name, "queue name")?, QueuePurgeOptions::default()).await.map(u64::from)
+        }
+    };
+    match result {
+        Ok(count) => {
+            let _ = channel.close(200, "done".into()).await;
+            Ok(count)
+        }
+        Err(error) if is_not_found(&error) => Ok(0),
+        Err(error) => {
+            let _ = channel.close(200, "done".into()).await;
+            Err(amqp_error(error, &format!("reading delay bucket {name:?}")))
+        }
     }
 }
 
@@ -28,34 +84,25 @@ impl AmqpBroker {
         self.shared.linker.link().await?.channel().await
     }
 
-    /// Fetches dead letters of `queue` until `stop` says so or none is left.
-    async fn fetch_dead(
-        &self,
-        channel: &Channel,
-        queue: &str,
-        mut keep: impl FnMut(&DeadLetter) -> bool,
-    ) -> Result<Vec<(u64, DeadLetter)>, BrokerError> {
-        let mut fetched = Vec::new();
-        loop {
-            let got = channel
-                .basic_get(dead_queue(queue).into(), BasicGetOptions::default())
-                .await
-                .map_err(|e| amqp_error(e, "reading dead letters"))?;
-            let Some(message) = got else { return Ok(fetched) };
-            let delivery = message.delivery;
-            let properties = &delivery.properties;
-            let letter = DeadLetter::new(
-                header_text(properties, DEAD_KEY_HEADER).unwrap_or_default(),
-                Bytes::from(delivery.data.clone()),
-                header_text(properties, REASON_HEADER).unwrap_or_else(|| "dead-lettered by RabbitMQ".into()),
-                properties.timestamp().map_or(UNIX_EPOCH, |t| UNIX_EPOCH + Duration::from_secs(t)),
-            );
-            let go_on = keep(&letter);
-            fetched.push((delivery.delivery_tag, letter));
-            if !go_on || message.message_count == 0 {
-                return Ok(fetched);
-            }
-        }
+    /// Counts or purges every delay bucket of `queue`, all at once.
+    async fn buckets(&self, queue: &str, op: BucketOp) -> Result<u64, BrokerError> {
+        let link = self.shared.linker.link().await?;
+        let all = (0..=MAX_BUCKET).map(|k| bucket(&link, queue, k, op));
+        let counts = futures_util::future::try_join_all(all).await?;
+        Ok(counts.into_iter().sum())
+    }
+
+    /// Takes the next dead letter of `queue` (unacknowledged, on `channel`)
+    /// with how many remain after it.
+    async fn next_dead(channel: &Channel, queue: &str) -> Result<Option<(lapin::message::Delivery, u32)>, BrokerError> {
+        let got = channel
+            .basic_get(short(&dead_queue(queue), "queue name")?, BasicGetOptions::default())
+            .await
+            .map_err(|e| amqp_error(e, "reading dead letters"))?;
+        Ok(got.map(|message| {
+            let remaining = message.message_count;
+            (message.delivery, remaining)
+        }))
     }
 }
 
@@ -63,8 +110,9 @@ impl AmqpBroker {
 impl QueueAdmin for AmqpBroker {
     async fn stats(&self, queue: &str) -> Result<QueueStats, BrokerError> {
         let channel = self.admin_channel().await?;
-        let (ready, delayed, dead) = declare_topology(&channel, &self.shared.config, queue).await?;
+        let (ready, dead) = declare_topology(&channel, &self.shared.config, queue).await?;
         let _ = channel.close(200, "done".into()).await;
+        let delayed = self.buckets(queue, BucketOp::Count).await?;
         // RabbitMQ does not tell unacknowledged counts over AMQP; these are
         // the deliveries of this broker's own consumers.
         Ok(QueueStats::new(ready, delayed, self.shared.in_flight(queue), dead))
@@ -72,14 +120,15 @@ impl QueueAdmin for AmqpBroker {
 
     async fn join(&self, queue: &str, timeout: Duration) -> Result<(), BrokerError> {
         // Watch the cheap figures (the queue and this broker's own
-        // deliveries) often, and the whole topology only when they are zero:
-        // declaring every delay bucket on each look would load the server.
+        // deliveries) often, and the delay buckets only when they are zero.
+        check_queue(queue)?;
         let deadline = tokio::time::Instant::now() + timeout;
         let channel = self.admin_channel().await?;
         let main_arguments = crate::link::main_queue_arguments(&self.shared.config, queue);
         loop {
             let ready = crate::link::declare_one(&channel, queue, main_arguments.clone()).await?;
-            if ready == 0 && self.shared.in_flight(queue) == 0 && self.stats(queue).await?.is_drained() {
+            let looked_at_buckets = ready == 0 && self.shared.in_flight(queue) == 0;
+            if looked_at_buckets && self.stats(queue).await?.is_drained() {
                 let _ = channel.close(200, "joined".into()).await;
                 return Ok(());
             }
@@ -87,25 +136,37 @@ impl QueueAdmin for AmqpBroker {
                 let _ = channel.close(200, "timed out".into()).await;
                 return Err(BrokerError::join_timeout(queue, timeout));
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            // Counting the buckets opens a channel per bucket: while only
+            // delayed messages remain, look less often.
+            let pause = if looked_at_buckets { 100 } else { 20 };
+            tokio::time::sleep(Duration::from_millis(pause)).await;
         }
     }
 
     async fn purge(&self, queue: &str) -> Result<u64, BrokerError> {
         let channel = self.admin_channel().await?;
         declare_topology(&channel, &self.shared.config, queue).await?;
-        let mut purged = 0u64;
-        let names = std::iter::once(queue.to_owned()).chain((0..=MAX_BUCKET).map(|k| bucket_queue(queue, k)));
-        for name in names {
-            purged += u64::from(
-                channel
-                    .queue_purge(name.as_str().into(), QueuePurgeOptions::default())
-                    .await
-                    .map_err(|e| amqp_error(e, "purge"))?,
-            );
-        }
+        let ready = channel
+            .queue_purge(short(queue, "queue name")?, QueuePurgeOptions::default())
+            .await
+            .map_err(|e| amqp_error(e, "purge"))?;
         let _ = channel.close(200, "done".into()).await;
-        Ok(purged)
+        Ok(u64::from(ready) + self.buckets(queue, BucketOp::Purge).await?)
+    }
+
+    /// Returns the unsettled deliveries of **this broker value's own**
+    /// consumers of `queue` by closing their channels (RabbitMQ then
+    /// redelivers them, marked redelivered, and the consumers subscribe
+    /// again on new channels). Deliveries held by other processes are the
+    /// server's to return: RabbitMQ does so when their connection or channel
+    /// closes, and offers no way to take them from a live consumer.
+    async fn requeue_in_flight(&self, queue: &str) -> Result<u64, BrokerError> {
+        check_queue(queue)?;
+        let mut returned = 0;
+        for generation in self.shared.generations(queue) {
+            returned += generation.lapse().await?;
+        }
+        Ok(returned)
     }
 }
 
@@ -117,38 +178,101 @@ impl DeadLetters for AmqpBroker {
         }
         let channel = self.admin_channel().await?;
         declare_topology(&channel, &self.shared.config, queue).await?;
-        let mut seen = 0;
-        let fetched = self
-            .fetch_dead(&channel, queue, |_| {
-                seen += 1;
-                seen < limit
-            })
-            .await?;
+        let mut letters = Vec::new();
+        while letters.len() < limit {
+            let Some((delivery, remaining)) = Self::next_dead(&channel, queue).await? else { break };
+            letters.push(dead_letter(&delivery));
+            if remaining == 0 {
+                break;
+            }
+        }
         // Closing the channel returns them all, in order.
         let _ = channel.close(200, "listed".into()).await;
-        Ok(fetched.into_iter().map(|(_, letter)| letter).collect())
+        Ok(letters)
     }
 
+    /// Streams the dead-letter queue: one message in memory at a time. A
+    /// replayed message is published to `queue` (confirmed) and then
+    /// acknowledged; the others stay unacknowledged on the channel until it
+    /// closes, which returns them in order. It looks at no more messages
+    /// than the dead-letter queue held when it started (so replayed
+    /// messages that fail again are not replayed twice), and at most
+    /// 100,000 when looking for one key.
     async fn replay(&self, queue: &str, which: Replay) -> Result<u64, BrokerError> {
-        let channel = self.admin_channel().await?;
-        declare_topology(&channel, &self.shared.config, queue).await?;
-        let wanted = match &which {
-            Replay::One(key) => Some(key.clone()),
+        let only = match &which {
+            Replay::One(key) => Some(key.as_str()),
             _ => None,
         };
-        let fetched =
-            self.fetch_dead(&channel, queue, |letter| wanted.as_ref().is_none_or(|key| letter.key != *key)).await?;
-        let link = self.shared.linker.link().await?;
-        let mut replayed = 0;
-        for (tag, letter) in fetched {
-            if wanted.as_ref().is_some_and(|key| letter.key != *key) {
-                continue;
+        self.take_dead(queue, only, Take::Replay).await
+    }
+
+    /// Streams the dead-letter queue as `replay` does and acknowledges the
+    /// wanted dead letters without publishing them. An unknown key (the
+    /// empty one included) deletes nothing.
+    async fn delete(&self, queue: &str, which: Replay) -> Result<u64, BrokerError> {
+        let only = match &which {
+            Replay::One(key) if key.is_empty() => {
+                check_queue(queue)?;
+                return Ok(0);
             }
-            link.publish(queue, &letter.body, Extra::default()).await?;
-            channel.basic_ack(tag, BasicAckOptions::default()).await.map_err(|e| amqp_error(e, "replay"))?;
-            replayed += 1;
+            Replay::One(key) => Some(key.as_str()),
+            _ => None,
+        };
+        self.take_dead(queue, only, Take::Delete).await
+    }
+}
+
+/// What [`AmqpBroker::take_dead`] does with the dead letters it takes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Take {
+    /// Publish to the queue (confirmed), then acknowledge.
+    Replay,
+    /// Acknowledge only: the dead letter is gone.
+    Delete,
+}
+
+impl AmqpBroker {
+    /// Streams `queue`'s dead letters one at a time and takes the one with
+    /// key `only` (or all of them): one message in memory at a time; the
+    /// others stay unacknowledged on the channel until it closes, which
+    /// returns them in order. Looks at no more messages than the
+    /// dead-letter queue held when it started, and at most
+    /// [`MAX_REPLAY_LOOKS`] when looking for one key. Returns how many it
+    /// took.
+    async fn take_dead(&self, queue: &str, only: Option<&str>, take: Take) -> Result<u64, BrokerError> {
+        let channel = self.admin_channel().await?;
+        let (_, dead) = declare_topology(&channel, &self.shared.config, queue).await?;
+        let looks = if only.is_some() { dead.min(MAX_REPLAY_LOOKS) } else { dead };
+        let link = self.shared.linker.link().await?;
+        let mut taken = 0;
+        let result = async {
+            for _ in 0..looks {
+                let Some((delivery, remaining)) = Self::next_dead(&channel, queue).await? else { break };
+                let wanted =
+                    only.is_none_or(|key| header_text(&delivery.properties, DEAD_KEY_HEADER).as_deref() == Some(key));
+                if wanted {
+                    let tag = delivery.delivery_tag;
+                    if take == Take::Replay {
+                        let body = Bytes::from(delivery.data);
+                        link.publish(Target::Queue(queue), &body, Extra::default()).await?;
+                    }
+                    channel
+                        .basic_ack(tag, BasicAckOptions::default())
+                        .await
+                        .map_err(|e| amqp_error(e, "taking a dead letter"))?;
+                    taken += 1;
+                    if only.is_some() {
+                        break;
+                    }
+                }
+                if remaining == 0 {
+                    break;
+                }
+            }
+            Ok::<_, BrokerError>(())
         }
-        let _ = channel.close(200, "replayed".into()).await;
-        Ok(replayed)
+        .await;
+        let _ = channel.close(200, "done".into()).await;
+        result.map(|()| taken)
     }
 }

@@ -1,6 +1,15 @@
 //! Consuming a queue: prefetch through `basic.qos`, delay hops, settlement,
 //! recovery, and `consumer_timeout`.
+//!
+//! Each subscription runs on a channel of its own, and that channel is the
+//! claim of its deliveries: a delivery tag means something only on the
+//! channel it came from, and when that channel closes RabbitMQ returns
+//! every unacknowledged delivery of it to the queue. A [`Generation`] is one
+//! such channel; its receipts settle only while it is current, behind a
+//! fence that `requeue_in_flight` takes exclusively to close it.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,16 +23,78 @@ use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, B
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::Channel;
 
-use crate::delay::{bucket_for, bucket_queue, DUE_HEADER};
-use crate::link::{amqp_error, dead_queue, declare_topology, now_ms, Extra};
-use crate::{fingerprint, Outstanding, Shared};
+use crate::delay::{bucket_for, DUE_HEADER};
+use crate::link::{amqp_error, declare_topology, now_ms, Extra, Target};
+use crate::{fingerprint, OutstandingMap, Shared};
 
-/// An open subscription: its channel, its stream, its unsettled deliveries.
-struct Subscription {
+/// One consumer channel: the claim of every delivery it received.
+pub(crate) struct Generation {
     channel: Channel,
+    /// Deliveries handed out and not settled.
+    outstanding: OutstandingMap,
+    /// Set once the channel's deliveries went back to the queue (closed by
+    /// `requeue_in_flight` or lost); from then on its receipts are stale.
+    lapsed: AtomicBool,
+    /// Settlements hold it shared for their whole duration; lapsing takes
+    /// it exclusively, so no settlement is half done when the channel
+    /// closes, and none starts on a lapsed channel.
+    fence: tokio::sync::RwLock<()>,
+}
+
+impl Generation {
+    fn new(channel: Channel) -> Self {
+        Self {
+            channel,
+            outstanding: OutstandingMap::default(),
+            lapsed: AtomicBool::new(false),
+            fence: tokio::sync::RwLock::new(()),
+        }
+    }
+
+    /// Whether settlements through this channel still apply.
+    fn is_current(&self) -> bool {
+        !self.lapsed.load(Ordering::Acquire) && self.channel.status().connected()
+    }
+
+    fn is_lapsed(&self) -> bool {
+        self.lapsed.load(Ordering::Acquire)
+    }
+
+    /// Deliveries handed out and not settled (none once lapsed).
+    pub(crate) fn in_flight(&self) -> u64 {
+        Shared::lock(&self.outstanding).len() as u64
+    }
+
+    /// Returns every delivery of this channel to the queue by closing it,
+    /// as if its process had died; its receipts become stale. Returns how
+    /// many handed-out deliveries went back (0 if it had lapsed already).
+    pub(crate) async fn lapse(&self) -> Result<u64, BrokerError> {
+        let _fence = self.fence.write().await;
+        if self.lapsed.swap(true, Ordering::AcqRel) {
+            return Ok(0);
+        }
+        let returned = std::mem::take(&mut *Shared::lock(&self.outstanding)).len() as u64;
+        if self.channel.status().connected() {
+            self.channel
+                .close(200, "dramaturg: requeue_in_flight".into())
+                .await
+                .map_err(|e| amqp_error(e, "closing a consumer channel"))?;
+        }
+        Ok(returned)
+    }
+
+    /// Marks the channel lost (closed by the server or the connection).
+    fn lost(&self) -> HashMap<u64, (Bytes, Instant)> {
+        self.lapsed.store(true, Ordering::Release);
+        std::mem::take(&mut *Shared::lock(&self.outstanding))
+    }
+}
+
+/// An open subscription: its channel generation and its stream.
+struct Subscription {
+    generation: Arc<Generation>,
     stream: lapin::Consumer,
     tag: String,
-    outstanding: Outstanding,
 }
 
 pub(crate) struct AmqpConsumer {
@@ -31,17 +102,26 @@ pub(crate) struct AmqpConsumer {
     queue: String,
     prefetch: u16,
     subscription: Option<Subscription>,
+    /// A delay hop or dead-lettering of a delivery that a cancelled `next`
+    /// left running; the next call waits for it (cancel safety).
+    triage: Option<tokio::task::JoinHandle<Result<Due, BrokerError>>>,
 }
 
 impl AmqpConsumer {
     pub(crate) async fn open(shared: Arc<Shared>, queue: &str, prefetch: usize) -> Result<Self, BrokerError> {
+        crate::names::check_queue(queue)?;
         let prefetch = u16::try_from(prefetch.max(1)).unwrap_or(u16::MAX);
-        let mut consumer = Self { shared, queue: queue.to_owned(), prefetch, subscription: None };
+        let mut consumer = Self { shared, queue: queue.to_owned(), prefetch, subscription: None, triage: None };
         consumer.subscribe().await?;
         Ok(consumer)
     }
 
     async fn subscribe(&mut self) -> Result<&mut Subscription, BrokerError> {
+        if self.subscription.as_ref().is_some_and(|s| s.generation.is_lapsed()) {
+            // `requeue_in_flight` closed the channel: the server has put its
+            // deliveries back, and a new channel receives them again.
+            self.subscription = None;
+        }
         if self.subscription.is_none() {
             let link = self.shared.linker.link().await?;
             let channel = link.channel().await?;
@@ -53,16 +133,16 @@ impl AmqpConsumer {
             let tag = format!("dramaturg-{}", MessageId::new());
             let stream = channel
                 .basic_consume(
-                    self.queue.as_str().into(),
+                    crate::names::short(&self.queue, "queue name")?,
                     tag.as_str().into(),
                     BasicConsumeOptions::default(),
                     FieldTable::default(),
                 )
                 .await
                 .map_err(|e| amqp_error(e, "consuming"))?;
-            let outstanding = Outstanding::default();
-            self.shared.track(&self.queue, &outstanding);
-            self.subscription = Some(Subscription { channel, stream, tag, outstanding });
+            let generation = Arc::new(Generation::new(channel));
+            self.shared.track(&self.queue, &generation);
+            self.subscription = Some(Subscription { generation, stream, tag });
         }
         Ok(self.subscription.as_mut().expect("subscribed just above"))
     }
@@ -71,9 +151,9 @@ impl AmqpConsumer {
     /// that ran into `consumer_timeout`, and lets the next call subscribe again.
     fn lost(&mut self, error: BrokerError) -> BrokerError {
         if let Some(subscription) = self.subscription.take() {
+            let outstanding = subscription.generation.lost();
             let text = error.to_string();
             if text.contains("acknowledgement") && text.contains("timed out") {
-                let mut outstanding = Shared::lock(&subscription.outstanding);
                 if let Some((_, (overdue, since))) = outstanding.iter().min_by_key(|(_, (_, since))| *since) {
                     self.shared.remember_overdue(fingerprint(overdue));
                     tracing::error!(
@@ -86,29 +166,51 @@ impl AmqpConsumer {
                          time_limit below it."
                     );
                 }
-                outstanding.clear();
-            } else {
-                Shared::lock(&subscription.outstanding).clear();
             }
         }
         error
     }
+}
 
-    /// Moves a message that came back from a delay bucket before its due
-    /// time on to the next bucket. Returns false if it is due.
-    async fn hop(&self, channel: &Channel, delivery: &lapin::message::Delivery) -> Result<bool, BrokerError> {
-        let Some(due) = due_time(&delivery.properties) else { return Ok(false) };
-        let Some(k) = bucket_for(due.saturating_sub(now_ms())) else { return Ok(false) };
-        let link = self.shared.linker.link().await?;
-        let priority = delivery.properties.priority().as_ref().copied();
-        link.publish(&bucket_queue(&self.queue, k), &delivery.data, Extra { due: Some(due), priority, reason: None })
-            .await?;
-        channel
-            .basic_ack(delivery.delivery_tag, BasicAckOptions::default())
-            .await
-            .map_err(|e| amqp_error(e, "acknowledging a delay hop"))?;
-        Ok(true)
+/// A delivery taken off the stream, its body shared.
+struct Received {
+    tag: u64,
+    redelivered: bool,
+    properties: lapin::BasicProperties,
+    body: Bytes,
+}
+
+impl From<lapin::message::Delivery> for Received {
+    fn from(delivery: lapin::message::Delivery) -> Self {
+        Self {
+            tag: delivery.delivery_tag,
+            redelivered: delivery.redelivered,
+            properties: delivery.properties,
+            body: Bytes::from(delivery.data),
+        }
     }
+}
+
+/// Moves a message that came back from a delay bucket before its due time
+/// on to the next bucket (one confirmed publish, then the ack). Returns
+/// false if it is due.
+async fn hop(shared: &Shared, queue: &str, generation: &Generation, received: &Received) -> Result<bool, BrokerError> {
+    let Some(due) = due_time(&received.properties) else { return Ok(false) };
+    let Some(k) = bucket_for(due.saturating_sub(now_ms())) else { return Ok(false) };
+    let _fence = generation.fence.read().await;
+    if !generation.is_current() {
+        // The server has put it back already; whoever gets it hops it.
+        return Ok(true);
+    }
+    let link = shared.linker.link().await?;
+    let priority = received.properties.priority().as_ref().copied().filter(|_| shared.config.max_priority.is_some());
+    link.publish(Target::Bucket(queue, k), &received.body, Extra { due: Some(due), priority, reason: None }).await?;
+    generation
+        .channel
+        .basic_ack(received.tag, BasicAckOptions::default())
+        .await
+        .map_err(|e| amqp_error(e, "acknowledging a delay hop"))?;
+    Ok(true)
 }
 
 fn due_time(properties: &lapin::BasicProperties) -> Option<u64> {
@@ -119,16 +221,85 @@ fn due_time(properties: &lapin::BasicProperties) -> Option<u64> {
     }
 }
 
+/// Whether a delivery has to be moved or dead-lettered before it may be
+/// handed out.
+fn needs_triage(shared: &Shared, received: &Received) -> bool {
+    due_time(&received.properties).is_some_and(|due| due > now_ms())
+        || (received.redelivered && shared.is_overdue(&received.body))
+}
+
+/// A delivery that triage hands back because it is due after all.
+type Due = Option<(Arc<Generation>, Received)>;
+
+/// Hops a delivery that is not due, or dead-letters one that ran into
+/// `consumer_timeout` before; runs as a task of its own so that it finishes
+/// even if the `next` that started it is cancelled. Returns the delivery if
+/// it turned out to be due and may be handed out.
+async fn triage(
+    shared: Arc<Shared>,
+    queue: String,
+    generation: Arc<Generation>,
+    received: Received,
+) -> Result<Due, BrokerError> {
+    match hop(&shared, &queue, &generation, &received).await {
+        Ok(true) => return Ok(None),
+        Ok(false) => {}
+        Err(error) => {
+            // Not moved on: give it back rather than let it hold a prefetch
+            // slot until the channel closes.
+            let _fence = generation.fence.read().await;
+            if generation.is_current() {
+                let _ = requeue(&generation, received.tag).await;
+            }
+            return Err(error);
+        }
+    }
+    if !(received.redelivered && shared.is_overdue(&received.body)) {
+        return Ok(Some((generation, received)));
+    }
+    let receipt = AmqpReceipt::new(shared, generation, queue, received.tag, received.body);
+    tracing::error!(queue = %receipt.queue, "dead-lettering a message that exceeded consumer_timeout");
+    let reason = "the message ran longer than RabbitMQ's consumer_timeout and would again; raise consumer_timeout \
+                  or set a shorter time_limit";
+    receipt.settle(&Settlement::DeadLetter(reason.into())).await?;
+    Ok(None)
+}
+
+impl AmqpConsumer {
+    /// Hands out `delivery` with a receipt of its channel.
+    fn hand_out(&self, generation: Arc<Generation>, received: Received) -> Delivery {
+        let receipt =
+            AmqpReceipt::new(Arc::clone(&self.shared), generation, self.queue.clone(), received.tag, received.body);
+        let body = receipt.body.clone();
+        Delivery::new(body, received.redelivered, Box::new(receipt))
+    }
+}
+
 #[async_trait]
 impl Consumer for AmqpConsumer {
     async fn next(&mut self) -> Result<Delivery, BrokerError> {
         loop {
+            if let Some(running) = self.triage.as_mut() {
+                let result = running.await;
+                self.triage = None;
+                match result {
+                    Ok(Ok(None)) => {}
+                    Ok(Ok(Some((generation, received)))) => return Ok(self.hand_out(generation, received)),
+                    Ok(Err(error)) => return Err(error),
+                    Err(join) => {
+                        return Err(BrokerError::new(
+                            BrokerErrorKind::Other,
+                            format!("amqp: a delay hop failed: {join}"),
+                        ))
+                    }
+                }
+            }
             let subscription = self.subscribe().await?;
             let next = subscription.stream.next().await;
-            let channel = subscription.channel.clone();
-            let outstanding = Arc::clone(&subscription.outstanding);
+            let generation = Arc::clone(&subscription.generation);
             let delivery = match next {
                 Some(Ok(delivery)) => delivery,
+                _ if generation.is_lapsed() => continue,
                 Some(Err(error)) => return Err(self.lost(amqp_error(error, "consuming"))),
                 None => {
                     let closed = BrokerError::new(
@@ -138,34 +309,29 @@ impl Consumer for AmqpConsumer {
                     return Err(self.lost(closed));
                 }
             };
-            if self.hop(&channel, &delivery).await? {
+            if generation.is_lapsed() {
+                // Received before its channel was closed: the server has
+                // put it back, and the next channel receives it again.
                 continue;
             }
-            let receipt = AmqpReceipt {
-                shared: Arc::clone(&self.shared),
-                channel,
-                queue: self.queue.clone(),
-                tag: delivery.delivery_tag,
-                body: Bytes::from(delivery.data),
-                outstanding,
-            };
-            Shared::lock(&receipt.outstanding).insert(receipt.tag, (receipt.body.clone(), Instant::now()));
-            if delivery.redelivered && self.shared.is_overdue(&receipt.body) {
-                let reason = "the message ran longer than RabbitMQ's consumer_timeout and would again; raise \
-                              consumer_timeout or set a shorter time_limit"
-                    .to_owned();
-                tracing::error!(queue = %self.queue, "dead-lettering a message that exceeded consumer_timeout");
-                receipt.settle(&Settlement::DeadLetter(reason.into())).await?;
+            let received = Received::from(delivery);
+            if needs_triage(&self.shared, &received) {
+                let task = triage(Arc::clone(&self.shared), self.queue.clone(), generation, received);
+                self.triage = Some(tokio::spawn(task));
                 continue;
             }
-            let body = receipt.body.clone();
-            return Ok(Delivery::new(body, delivery.redelivered, Box::new(receipt)));
+            return Ok(self.hand_out(generation, received));
         }
     }
 
     async fn close(mut self: Box<Self>) -> Result<(), BrokerError> {
         let Some(mut subscription) = self.subscription.take() else { return Ok(()) };
+        if !subscription.generation.is_current() {
+            // Closed already: the server returned its deliveries.
+            return Ok(());
+        }
         subscription
+            .generation
             .channel
             .basic_cancel(subscription.tag.as_str().into(), BasicCancelOptions::default())
             .await
@@ -175,6 +341,7 @@ impl Consumer for AmqpConsumer {
         while let Some(Some(Ok(delivery))) = futures_util::FutureExt::now_or_never(subscription.stream.next()) {
             let requeue = BasicNackOptions { requeue: true, ..BasicNackOptions::default() };
             subscription
+                .generation
                 .channel
                 .basic_nack(delivery.delivery_tag, requeue)
                 .await
@@ -187,11 +354,15 @@ impl Consumer for AmqpConsumer {
 /// Settles one delivery on the channel it came from.
 struct AmqpReceipt {
     shared: Arc<Shared>,
-    channel: Channel,
+    generation: Arc<Generation>,
     queue: String,
     tag: u64,
     body: Bytes,
-    outstanding: Outstanding,
+    /// A settlement reached the broker (applied, or found stale).
+    settled: AtomicBool,
+    /// The dead letter or rescheduled copy was published; only the ack of
+    /// the original is left (a retried settlement must not publish again).
+    replaced: AtomicBool,
 }
 
 impl std::fmt::Debug for AmqpReceipt {
@@ -200,64 +371,117 @@ impl std::fmt::Debug for AmqpReceipt {
     }
 }
 
+impl AmqpReceipt {
+    fn new(shared: Arc<Shared>, generation: Arc<Generation>, queue: String, tag: u64, body: Bytes) -> Self {
+        Shared::lock(&generation.outstanding).insert(tag, (body.clone(), Instant::now()));
+        Self { shared, generation, queue, tag, body, settled: AtomicBool::new(false), replaced: AtomicBool::new(false) }
+    }
+
+    async fn ack(&self) -> Result<(), BrokerError> {
+        ack(&self.generation, self.tag).await
+    }
+
+    /// Publishes the replacement of the original (once, however often the
+    /// settlement is tried), then acknowledges the original. The
+    /// replacement is confirmed first: a crash in between duplicates,
+    /// never loses.
+    async fn replace(
+        &self,
+        publish: impl std::future::Future<Output = Result<(), BrokerError>>,
+    ) -> Result<(), BrokerError> {
+        if !self.replaced.load(Ordering::Acquire) {
+            publish.await?;
+            self.replaced.store(true, Ordering::Release);
+        }
+        self.ack().await
+    }
+
+    /// Carries out `settlement`; the caller holds the fence and checked
+    /// that the channel is current.
+    async fn apply(&self, settlement: &Settlement) -> Result<(), BrokerError> {
+        match settlement {
+            Settlement::Ack => self.ack().await,
+            Settlement::DeadLetter(reason) => {
+                self.replace(async {
+                    let link = self.shared.linker.link().await?;
+                    let key = MessageId::new().to_string();
+                    let extra = Extra { due: None, priority: None, reason: Some((reason, &key)) };
+                    link.publish(Target::Dead(&self.queue), &self.body, extra).await
+                })
+                .await
+            }
+            Settlement::Requeue => requeue(&self.generation, self.tag).await,
+            Settlement::Reschedule { body, delay } => {
+                let next = Outgoing::new(self.queue.as_str(), body.clone()).with_delay(Some(*delay));
+                self.replace(self.shared.publish(&next)).await
+            }
+            other => Err(BrokerError::new(BrokerErrorKind::Unsupported, format!("unknown settlement {other:?}"))),
+        }
+    }
+}
+
+async fn ack(generation: &Generation, tag: u64) -> Result<(), BrokerError> {
+    generation.channel.basic_ack(tag, BasicAckOptions::default()).await.map_err(|e| amqp_error(e, "acknowledging"))
+}
+
+async fn requeue(generation: &Generation, tag: u64) -> Result<(), BrokerError> {
+    let requeue = BasicNackOptions { requeue: true, ..BasicNackOptions::default() };
+    generation.channel.basic_nack(tag, requeue).await.map_err(|e| amqp_error(e, "requeueing"))
+}
+
 #[async_trait]
 impl Receipt for AmqpReceipt {
     async fn settle(&self, settlement: &Settlement) -> Result<Settled, BrokerError> {
+        let _fence = self.generation.fence.read().await;
         // A delivery tag belongs to its channel: once the channel is closed,
         // RabbitMQ has returned the message to the queue for another
-        // consumer, and nothing done here may touch it.
-        if !self.channel.status().connected() {
-            Shared::lock(&self.outstanding).remove(&self.tag);
+        // consumer, and nothing done here may touch it — no ack (on a new
+        // channel an old tag is unknown, and RabbitMQ would close it), no
+        // dead letter, no rescheduled copy.
+        if !self.generation.is_current() {
+            Shared::lock(&self.generation.outstanding).remove(&self.tag);
+            self.settled.store(true, Ordering::Release);
             return Ok(Settled::Stale);
         }
-        let result = match settlement {
-            Settlement::Ack => self
-                .channel
-                .basic_ack(self.tag, BasicAckOptions::default())
-                .await
-                .map_err(|e| amqp_error(e, "acknowledging")),
-            Settlement::DeadLetter(reason) => {
-                // The dead letter is confirmed before the original is
-                // acknowledged: a crash in between duplicates, never loses.
-                let link = self.shared.linker.link().await?;
-                let key = MessageId::new().to_string();
-                let extra = Extra { due: None, priority: None, reason: Some((reason, &key)) };
-                match link.publish(&dead_queue(&self.queue), &self.body, extra).await {
-                    Ok(()) => self.ack_after_publish().await,
-                    Err(error) => Err(error),
-                }
-            }
-            Settlement::Requeue => {
-                let requeue = BasicNackOptions { requeue: true, ..BasicNackOptions::default() };
-                self.channel.basic_nack(self.tag, requeue).await.map_err(|e| amqp_error(e, "requeueing"))
-            }
-            Settlement::Reschedule { body, delay } => {
-                // The new attempt is confirmed before the original is
-                // acknowledged: a crash in between duplicates, never loses.
-                let next = Outgoing::new(self.queue.as_str(), body.clone()).with_delay(Some(*delay));
-                match self.shared.publish(&next).await {
-                    Ok(()) => self.ack_after_publish().await,
-                    Err(error) => Err(error),
-                }
-            }
-            other => Err(BrokerError::new(BrokerErrorKind::Unsupported, format!("unknown settlement {other:?}"))),
-        };
-        if result.is_ok() {
-            Shared::lock(&self.outstanding).remove(&self.tag);
+        let result = self.apply(settlement).await;
+        let first_step_lost = matches!(settlement, Settlement::Ack | Settlement::Requeue)
+            && result.is_err()
+            && !self.generation.channel.status().connected();
+        if result.is_ok() || first_step_lost {
+            Shared::lock(&self.generation.outstanding).remove(&self.tag);
+            self.settled.store(true, Ordering::Release);
+        }
+        if first_step_lost {
+            // The channel closed under the ack: the server returned the
+            // message, and the ack changed nothing.
+            return Ok(Settled::Stale);
         }
         result.map(|()| Settled::Applied)
     }
 }
 
-impl AmqpReceipt {
-    /// Acknowledges the original after its replacement was published.
-    async fn ack_after_publish(&self) -> Result<(), BrokerError> {
-        self.channel.basic_ack(self.tag, BasicAckOptions::default()).await.map_err(|e| amqp_error(e, "acknowledging"))
-    }
-}
-
 impl Drop for AmqpReceipt {
+    /// A delivery dropped unsettled (its settlement failed and was not
+    /// retried) would hold a prefetch slot of its channel until the
+    /// channel closes: return it to the queue now — or, if its replacement
+    /// was already published, finish the settlement with the ack.
     fn drop(&mut self) {
-        Shared::lock(&self.outstanding).remove(&self.tag);
+        Shared::lock(&self.generation.outstanding).remove(&self.tag);
+        if self.settled.load(Ordering::Acquire) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let (generation, tag, replaced) =
+            (Arc::clone(&self.generation), self.tag, self.replaced.load(Ordering::Acquire));
+        runtime.spawn(async move {
+            let _fence = generation.fence.read().await;
+            if !generation.is_current() {
+                return;
+            }
+            let result = if replaced { ack(&generation, tag).await } else { requeue(&generation, tag).await };
+            if let Err(error) = result {
+                tracing::warn!(%error, "a delivery dropped unsettled could not be returned; it comes back when its channel closes");
+            }
+        });
     }
 }

@@ -21,14 +21,36 @@
 //!   back from the server. Sends during an outage fail with a `Connection`
 //!   error, or retry for [`AmqpConfig::retry_enqueue_for`].
 //!
+//! - **Fenced settlement**: a delivery is settled only on the channel it
+//!   came from while that channel is current; otherwise the settlement
+//!   reports `Stale` and sends nothing. `requeue_in_flight` returns this
+//!   process's unsettled deliveries by closing their channels.
+//! - **Nothing dropped**: publishes are mandatory; a message RabbitMQ
+//!   returns because its queue is gone is sent again after declaring the
+//!   queue, or the send fails.
+//! - **Bounded by construction**: header values are cut to bounds and
+//!   header tables checked against a size limit ([below](crate#bounded-headers));
+//!   queue names longer than [`MAX_QUEUE_NAME_BYTES`] are refused with a
+//!   typed error instead of a panic.
+//!
 //! Topology of a queue `q` (all durable): `q` itself (dead-lettering to
 //! `q.dq`, with `x-max-priority` when configured), `q.dq`, and the delay
-//! buckets `q.delay.00` … `q.delay.22`.
+//! buckets `q.delay.00` … `q.delay.22`, each declared when a message is
+//! first published to it.
+//!
+//! # Bounded headers
+//!
+//! A dead letter's reason is cut to 2 KiB and its key to 256 bytes at the
+//! header, whatever the caller passed, and a header table over 3 KiB is
+//! refused: RabbitMQ closes the whole connection on a frame over its
+//! `frame_max`, so no message may make one.
 
 mod admin;
+mod confirms;
 mod consumer;
 mod delay;
 mod link;
+mod names;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -39,7 +61,9 @@ use async_trait::async_trait;
 use dramaturg_core::broker::redact_password;
 use dramaturg_core::{Broker, BrokerError, Consumer, DeadLetters, Outgoing, QueueAdmin};
 
-use crate::link::Linker;
+use crate::consumer::Generation;
+use crate::link::{Linker, Target};
+pub use crate::names::MAX_QUEUE_NAME_BYTES;
 
 /// Settings of an [`AmqpBroker`].
 ///
@@ -62,6 +86,8 @@ pub struct AmqpConfig {
     dead_letter_ttl: Duration,
     retry_enqueue_for: Duration,
     expire_unused_queues: Option<Duration>,
+    /// A query parameter of the URL this broker reads that was invalid.
+    url_error: Option<String>,
 }
 
 impl AmqpConfig {
@@ -69,15 +95,51 @@ impl AmqpConfig {
     /// or `amqps://` with the `tls` feature), with the defaults: publisher
     /// confirms on, no priorities, dead letters kept 7 days, no enqueue
     /// retries.
+    ///
+    /// The query parameter `max_priority=N` (0 to 255) sets
+    /// [`AmqpConfig::max_priority`], so that a URL alone
+    /// (`dramaturg::connect`) can turn priorities on:
+    /// `amqp://guest:guest@127.0.0.1:5672/%2f?max_priority=10`. An invalid
+    /// value is reported when connecting. lapin's own parameters
+    /// (`heartbeat`, `frame_max`, …) work as usual.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use dramaturg_amqp::AmqpConfig;
+    ///
+    /// let config = AmqpConfig::new("amqp://127.0.0.1:5672/%2f?heartbeat=10&max_priority=10");
+    /// assert_eq!(config.priorities(), Some(10));
+    /// ```
     pub fn new(url: impl Into<String>) -> Self {
+        let url = url.into();
+        let (max_priority, url_error) = match query_parameter(&url, "max_priority") {
+            None => (None, None),
+            Some(value) => match value.parse::<u8>() {
+                Ok(max) => (Some(max), None),
+                Err(_) => (
+                    None,
+                    Some(format!(
+                        "amqp: the URL's max_priority must be a number from 0 to 255, not {:?}",
+                        dramaturg_core::Bounded::quoted(value)
+                    )),
+                ),
+            },
+        };
         Self {
-            url: url.into(),
+            url,
             confirms: true,
-            max_priority: None,
+            max_priority,
             dead_letter_ttl: Duration::from_secs(7 * 24 * 3600),
             retry_enqueue_for: Duration::ZERO,
             expire_unused_queues: None,
+            url_error,
         }
+    }
+
+    /// The `x-max-priority` queues are declared with, if any.
+    pub fn priorities(&self) -> Option<u8> {
+        self.max_priority
     }
 
     /// Lets RabbitMQ delete the queues this broker declares once they have
@@ -102,6 +164,9 @@ impl AmqpConfig {
     /// Declares queues with `x-max-priority` so that message priorities
     /// (0 to `max`) take effect. Queues declared before with other
     /// arguments must be deleted first: RabbitMQ does not change them.
+    /// Without it, sending a message with a priority above 0 is an error of
+    /// kind [`InvalidInput`](dramaturg_core::BrokerErrorKind::InvalidInput).
+    /// Also settable in the URL (`?max_priority=10`).
     #[must_use]
     pub fn max_priority(mut self, max: u8) -> Self {
         self.max_priority = Some(max);
@@ -147,16 +212,14 @@ pub struct AmqpBroker {
 /// body, when it was handed out). The body is a shared reference, hashed
 /// only if RabbitMQ's `consumer_timeout` closes the channel.
 pub(crate) type OutstandingMap = Mutex<HashMap<u64, (bytes::Bytes, std::time::Instant)>>;
-/// A shared [`OutstandingMap`].
-pub(crate) type Outstanding = Arc<OutstandingMap>;
 
 /// What the broker, its consumers and receipts share.
 pub(crate) struct Shared {
     config: AmqpConfig,
     linker: Linker,
-    /// The outstanding maps of every consumer channel, by queue, for
-    /// statistics.
-    outstanding: Mutex<Vec<(String, std::sync::Weak<OutstandingMap>)>>,
+    /// Every consumer channel of this broker value, by queue: for
+    /// statistics and `requeue_in_flight`.
+    generations: Mutex<Vec<(String, std::sync::Weak<Generation>)>>,
     /// Fingerprints of messages whose channel RabbitMQ closed for
     /// `consumer_timeout`, so that their redelivery is not run again.
     overdue: Mutex<std::collections::VecDeque<u64>>,
@@ -187,19 +250,20 @@ impl Shared {
         !overdue.is_empty() && overdue.contains(&fingerprint(body))
     }
 
-    pub(crate) fn track(&self, queue: &str, outstanding: &Outstanding) {
-        let mut all = Self::lock(&self.outstanding);
+    pub(crate) fn track(&self, queue: &str, generation: &Arc<Generation>) {
+        let mut all = Self::lock(&self.generations);
         all.retain(|(_, weak)| weak.strong_count() > 0);
-        all.push((queue.to_owned(), Arc::downgrade(outstanding)));
+        all.push((queue.to_owned(), Arc::downgrade(generation)));
+    }
+
+    /// The live consumer channels of `queue`.
+    pub(crate) fn generations(&self, queue: &str) -> Vec<Arc<Generation>> {
+        let all = Self::lock(&self.generations);
+        all.iter().filter(|(q, _)| q == queue).filter_map(|(_, weak)| weak.upgrade()).collect()
     }
 
     pub(crate) fn in_flight(&self, queue: &str) -> u64 {
-        let all = Self::lock(&self.outstanding);
-        all.iter()
-            .filter(|(q, _)| q == queue)
-            .filter_map(|(_, weak)| weak.upgrade())
-            .map(|map| Self::lock(&map).len() as u64)
-            .sum()
+        self.generations(queue).iter().map(|generation| generation.in_flight()).sum()
     }
 }
 
@@ -220,10 +284,23 @@ impl AmqpBroker {
     ///
     /// As [`AmqpBroker::connect`].
     pub async fn with_config(config: AmqpConfig) -> Result<Self, BrokerError> {
+        if let Some(error) = &config.url_error {
+            return Err(BrokerError::new(dramaturg_core::BrokerErrorKind::InvalidInput, error.clone()));
+        }
+        // lapin turns the vhost into an AMQP short string and panics if it
+        // is longer than 255 bytes.
+        if let Ok(uri) = config.url.parse::<lapin::uri::AMQPUri>() {
+            if uri.vhost.len() > 255 {
+                return Err(BrokerError::new(
+                    dramaturg_core::BrokerErrorKind::InvalidInput,
+                    format!("amqp: the URL's vhost is {} bytes; AMQP allows at most 255", uri.vhost.len()),
+                ));
+            }
+        }
         let linker = Linker::new(config.clone());
         linker.link().await?;
         Ok(Self {
-            shared: Arc::new(Shared { config, linker, outstanding: Mutex::default(), overdue: Mutex::default() }),
+            shared: Arc::new(Shared { config, linker, generations: Mutex::default(), overdue: Mutex::default() }),
         })
     }
 
@@ -241,29 +318,37 @@ impl AmqpBroker {
 
 /// Where `message` is published (its queue, or the delay bucket that fits
 /// its delay), and with which extra properties.
-fn route(message: &Outgoing) -> (String, link::Extra<'static>) {
-    let (routing_key, due) = match message.delay {
+fn route(message: &Outgoing) -> (Target<'_>, link::Extra<'static>) {
+    let (target, due) = match message.delay {
         Some(delay) => {
             // Rounded up, so that the message is never early.
             let due = link::now_ms() + delay::millis(delay) + 1;
             match delay::bucket_for(delay::millis(delay)) {
-                Some(k) => (delay::bucket_queue(&message.queue, k), Some(due)),
-                None => (message.queue.clone(), None),
+                Some(k) => (Target::Bucket(&message.queue, k), Some(due)),
+                None => (Target::Queue(&message.queue), None),
             }
         }
-        None => (message.queue.clone(), None),
+        None => (Target::Queue(&message.queue), None),
     };
-    (routing_key, link::Extra { due, priority: message.priority, reason: None })
+    (target, link::Extra { due, priority: message.priority, reason: None })
+}
+
+/// The value of query parameter `name` in `url`, if present.
+fn query_parameter<'a>(url: &'a str, name: &str) -> Option<&'a str> {
+    let query = url.split_once('?')?.1;
+    let query = query.split_once('#').map_or(query, |(query, _)| query);
+    query.split('&').find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
 }
 
 impl Shared {
     /// Publishes `message` (to its queue or a delay bucket) and waits for
     /// the confirm.
     pub(crate) async fn publish(&self, message: &Outgoing) -> Result<(), BrokerError> {
+        names::check_queue(&message.queue)?;
         let link = self.linker.link().await?;
         link.declare(&message.queue).await?;
-        let (routing_key, extra) = route(message);
-        let result = link.publish(&routing_key, &message.body, extra).await;
+        let (target, extra) = route(message);
+        let result = link.publish(target, &message.body, extra).await;
         if let Err(error) = &result {
             self.linker.invalidate(&link, error);
         }
@@ -302,9 +387,9 @@ impl Broker for AmqpBroker {
                 link.declare(queue).await?;
             }
             let sends = messages.iter().map(|message| {
-                let (routing_key, extra) = route(message);
+                let (target, extra) = route(message);
                 let link = &link;
-                async move { link.publish(&routing_key, &message.body, extra).await }
+                async move { link.publish(target, &message.body, extra).await }
             });
             Ok::<_, BrokerError>((futures_util::future::join_all(sends).await, link))
         };

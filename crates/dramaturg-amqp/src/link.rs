@@ -4,14 +4,18 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use dramaturg_core::broker::redact_password;
 pub(crate) use dramaturg_core::now_ms;
-use dramaturg_core::{BrokerError, BrokerErrorKind};
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use dramaturg_core::{Bounded, BrokerError, BrokerErrorKind};
+use lapin::options::{ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ErrorKind};
 
-use crate::delay::{bucket_queue, bucket_ttl_ms, DUE_HEADER, MAX_BUCKET};
+use crate::confirms::{Confirms, Published};
+use crate::delay::{bucket_queue, bucket_ttl_ms, DUE_HEADER};
+use crate::names::{check_queue, short};
 use crate::{AmqpConfig, Shared};
 
 /// The header holding a dead letter's reason.
@@ -41,12 +45,51 @@ pub(crate) struct Extra<'a> {
     pub(crate) reason: Option<(&'a str, &'a str)>,
 }
 
+/// The largest header table this broker writes, in bytes. A message's
+/// properties travel in one frame, and RabbitMQ closes the connection on a
+/// frame larger than its `frame_max` (at least 4,096 bytes); staying well
+/// under the smallest possible `frame_max` keeps any one message from ever
+/// tearing down a connection.
+pub(crate) const MAX_HEADER_BYTES: usize = 3072;
+
+/// Where a message is published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Target<'a> {
+    /// A queue (declared with its dead-letter queue).
+    Queue(&'a str),
+    /// A queue's dead-letter queue.
+    Dead(&'a str),
+    /// Delay bucket `k` of a queue, declared lazily on first use.
+    Bucket(&'a str, u32),
+}
+
+impl<'a> Target<'a> {
+    /// The queue this target is named after.
+    fn queue(self) -> &'a str {
+        match self {
+            Target::Queue(queue) | Target::Dead(queue) | Target::Bucket(queue, _) => queue,
+        }
+    }
+
+    /// The routing key (the name of the queue on the server).
+    pub(crate) fn name(self) -> String {
+        match self {
+            Target::Queue(queue) => queue.to_owned(),
+            Target::Dead(queue) => dead_queue(queue),
+            Target::Bucket(queue, k) => bucket_queue(queue, k),
+        }
+    }
+}
+
 /// One open connection with its publisher channel.
 pub(crate) struct Link {
     pub(crate) connection: Connection,
     publisher: Channel,
     config: AmqpConfig,
+    /// Queues declared on this connection, by routing key: a queue's name
+    /// stands for it and its dead-letter queue; buckets have their own.
     declared: Mutex<HashSet<String>>,
+    confirms: Confirms,
 }
 
 impl Link {
@@ -59,45 +102,143 @@ impl Link {
         self.connection.create_channel().await.map_err(|e| amqp_error(e, "opening a channel"))
     }
 
-    /// Declares `queue`, its dead-letter queue and its delay buckets, once
-    /// per connection.
+    /// Declares `queue` and its dead-letter queue, once per connection.
+    /// Delay buckets are declared when first published to.
     pub(crate) async fn declare(&self, queue: &str) -> Result<(), BrokerError> {
-        if Shared::lock(&self.declared).contains(queue) {
+        check_queue(queue)?;
+        self.ensure(Target::Queue(queue)).await
+    }
+
+    /// Declares what `target` needs, once per connection.
+    async fn ensure(&self, target: Target<'_>) -> Result<(), BrokerError> {
+        let name = match target {
+            Target::Queue(queue) | Target::Dead(queue) => queue.to_owned(),
+            Target::Bucket(..) => target.name(),
+        };
+        if Shared::lock(&self.declared).contains(&name) {
             return Ok(());
         }
-        declare_topology(&self.publisher, &self.config, queue).await?;
-        Shared::lock(&self.declared).insert(queue.to_owned());
+        match target {
+            Target::Queue(queue) | Target::Dead(queue) => {
+                declare_topology(&self.publisher, &self.config, queue).await?;
+                Shared::lock(&self.declared).insert(name);
+            }
+            Target::Bucket(queue, k) => {
+                declare_one(&self.publisher, &name, bucket_arguments(&self.config, queue, k)).await?;
+                Shared::lock(&self.declared).insert(name);
+            }
+        }
         Ok(())
     }
 
-    /// Publishes to the default exchange and waits for the confirm.
-    pub(crate) async fn publish(&self, routing_key: &str, body: &[u8], extra: Extra<'_>) -> Result<(), BrokerError> {
-        let mut headers = FieldTable::default();
-        if let Some(due) = extra.due {
-            headers.insert(DUE_HEADER.into(), AMQPValue::LongLongInt(i64::try_from(due).unwrap_or(i64::MAX)));
+    /// Publishes to `target` (declaring it if needed) and waits for the
+    /// confirm. Publishes are mandatory: if RabbitMQ returns the message
+    /// because its queue is gone (deleted, expired), the queue is declared
+    /// again and the message sent once more; a second return is an error.
+    pub(crate) async fn publish(&self, target: Target<'_>, body: &Bytes, extra: Extra<'_>) -> Result<(), BrokerError> {
+        check_queue(target.queue())?;
+        let properties = properties(&self.config, &extra)?;
+        self.ensure(target).await?;
+        let name = target.name();
+        if let Published::Stored = self.publish_once(&name, body, properties.clone()).await? {
+            return Ok(());
         }
-        if let Some((reason, key)) = extra.reason {
-            headers.insert(REASON_HEADER.into(), AMQPValue::LongString(reason.into()));
-            headers.insert(DEAD_KEY_HEADER.into(), AMQPValue::LongString(key.into()));
+        tracing::warn!(queue = %name, "RabbitMQ returned a message: its queue is gone; declaring it again and resending");
+        Shared::lock(&self.declared).remove(match target {
+            Target::Bucket(..) => name.as_str(),
+            _ => target.queue(),
+        });
+        self.ensure(target).await?;
+        match self.publish_once(&name, body, properties).await? {
+            Published::Stored => Ok(()),
+            Published::Returned => Err(BrokerError::new(
+                BrokerErrorKind::Protocol,
+                format!(
+                    "amqp: RabbitMQ returned the message as unroutable twice: queue {name:?} is missing even after \
+                     declaring it again"
+                ),
+            )),
         }
-        let mut properties = BasicProperties::default().with_delivery_mode(2).with_headers(headers);
-        if extra.reason.is_some() {
-            properties = properties.with_timestamp(now_ms() / 1000);
-        }
-        if let (Some(priority), Some(max)) = (extra.priority, self.config.max_priority) {
-            properties = properties.with_priority(priority.min(max));
-        }
-        let confirm = self
-            .publisher
-            .basic_publish("".into(), routing_key.into(), BasicPublishOptions::default(), body, properties)
-            .await
-            .map_err(|e| amqp_error(e, "publish"))?;
-        let confirmation = confirm.await.map_err(|e| amqp_error(e, "publisher confirm"))?;
-        if confirmation.is_nack() {
-            return Err(BrokerError::new(BrokerErrorKind::Protocol, "amqp: RabbitMQ refused the message (nack)"));
-        }
-        Ok(())
     }
+
+    /// One mandatory publish to the default exchange and its confirm.
+    async fn publish_once(
+        &self,
+        routing_key: &str,
+        body: &Bytes,
+        properties: BasicProperties,
+    ) -> Result<Published, BrokerError> {
+        self.confirms.publish(self.publisher.clone(), routing_key, body.clone(), properties).await
+    }
+}
+
+/// The properties of a message: persistent, with bounded headers.
+fn properties(config: &AmqpConfig, extra: &Extra<'_>) -> Result<BasicProperties, BrokerError> {
+    let mut headers = FieldTable::default();
+    if let Some(due) = extra.due {
+        headers.insert(DUE_HEADER.into(), AMQPValue::LongLongInt(i64::try_from(due).unwrap_or(i64::MAX)));
+    }
+    if let Some((reason, key)) = extra.reason {
+        // The reason may quote the message (an actor name, a decode
+        // error): bound it here again, whatever the caller did.
+        let reason = Bounded::reason(reason);
+        let key = Bounded::quoted(key);
+        headers.insert(REASON_HEADER.into(), AMQPValue::LongString(reason.as_str().into()));
+        headers.insert(DEAD_KEY_HEADER.into(), AMQPValue::LongString(key.as_str().into()));
+    }
+    let size = header_table_bytes(&headers);
+    if size > MAX_HEADER_BYTES {
+        return Err(BrokerError::new(
+            BrokerErrorKind::InvalidInput,
+            format!("amqp: the message's headers take {size} bytes, over the limit of {MAX_HEADER_BYTES}"),
+        ));
+    }
+    let mut properties = BasicProperties::default().with_delivery_mode(2).with_headers(headers);
+    if extra.reason.is_some() {
+        properties = properties.with_timestamp(now_ms() / 1000);
+    }
+    if let Some(priority) = extra.priority {
+        match config.max_priority {
+            // RabbitMQ treats a priority above the queue's maximum as
+            // the maximum; say so in the value we send.
+            Some(max) => properties = properties.with_priority(priority.min(max)),
+            None if priority > 0 => return Err(no_priorities(priority)),
+            None => {}
+        }
+    }
+    Ok(properties)
+}
+
+/// The error for a priority sent without `max_priority`.
+fn no_priorities(priority: u8) -> BrokerError {
+    BrokerError::new(
+        BrokerErrorKind::InvalidInput,
+        format!(
+            "amqp: the message has priority {priority}, but this broker declares its queues without \
+             x-max-priority, so RabbitMQ would ignore it; set max_priority (AmqpConfig::max_priority or \
+             `?max_priority=N` in the URL)"
+        ),
+    )
+}
+
+/// The encoded size of a header table, in bytes (AMQP 0-9-1 field-table
+/// encoding of the value types this broker writes; others count as their
+/// debug text, an overestimate).
+pub(crate) fn header_table_bytes(table: &FieldTable) -> usize {
+    table
+        .inner()
+        .iter()
+        .map(|(key, value)| {
+            let value = match value {
+                AMQPValue::LongLongInt(_) => 8,
+                AMQPValue::LongString(text) => 4 + text.as_bytes().len(),
+                AMQPValue::ShortString(text) => 1 + text.as_str().len(),
+                other => format!("{other:?}").len(),
+            };
+            1 + key.as_str().len() + 1 + value
+        })
+        .sum::<usize>()
+        + 4
 }
 
 fn table(config: &AmqpConfig, entries: &[(&str, AMQPValue)]) -> FieldTable {
@@ -153,25 +294,28 @@ pub(crate) fn dead_queue(queue: &str) -> String {
 pub(crate) async fn declare_one(channel: &Channel, name: &str, arguments: FieldTable) -> Result<u32, BrokerError> {
     let options = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
     let queue = channel
-        .queue_declare(name.into(), options, arguments)
+        .queue_declare(short(name, "queue name")?, options, arguments)
         .await
         .map_err(|e| amqp_error(e, &format!("declaring queue {name:?}")))?;
     Ok(queue.message_count())
 }
 
-/// Declares a queue's whole topology; returns (ready, delayed, dead) counts.
+/// Whether `error` is RabbitMQ's 404: the queue does not exist.
+pub(crate) fn is_not_found(error: &lapin::Error) -> bool {
+    matches!(error.kind(), ErrorKind::ProtocolError(e) if *e.kind() == AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND))
+}
+
+/// Declares a queue and its dead-letter queue (not its delay buckets,
+/// declared when first used); returns (ready, dead) counts.
 pub(crate) async fn declare_topology(
     channel: &Channel,
     config: &AmqpConfig,
     queue: &str,
-) -> Result<(u64, u64, u64), BrokerError> {
+) -> Result<(u64, u64), BrokerError> {
+    check_queue(queue)?;
     let dead = declare_one(channel, &dead_queue(queue), dead_queue_arguments(config)).await?;
     let ready = declare_one(channel, queue, main_queue_arguments(config, queue)).await?;
-    let mut delayed = 0u64;
-    for k in 0..=MAX_BUCKET {
-        delayed += u64::from(declare_one(channel, &bucket_queue(queue, k), bucket_arguments(config, queue, k)).await?);
-    }
-    Ok((u64::from(ready), delayed, u64::from(dead)))
+    Ok((u64::from(ready), u64::from(dead)))
 }
 
 /// Opens links on demand and again after a loss.
@@ -206,7 +350,13 @@ impl Linker {
         if current.is_some() {
             tracing::info!(url = %shown, "reconnected to RabbitMQ");
         }
-        let link = Arc::new(Link { connection, publisher, config: self.config.clone(), declared: Mutex::default() });
+        let link = Arc::new(Link {
+            connection,
+            publisher,
+            config: self.config.clone(),
+            declared: Mutex::default(),
+            confirms: Confirms::start(),
+        });
         *current = Some(Arc::clone(&link));
         Ok(link)
     }
@@ -222,6 +372,36 @@ impl Linker {
             if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, link)) {
                 *current = None;
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_stay_bounded_whatever_the_reason() {
+        let config = AmqpConfig::new("amqp://127.0.0.1/%2f");
+        let reason = "x".repeat(200_000);
+        let key = "k".repeat(10_000);
+        let extra = Extra { due: Some(1), priority: None, reason: Some((&reason, &key)) };
+        let bounded = properties(&config, &extra).expect("bounded");
+        let headers = bounded.headers().as_ref().expect("headers");
+        assert!(header_table_bytes(headers) <= MAX_HEADER_BYTES, "{}", header_table_bytes(headers));
+        let priority = Extra { priority: Some(3), ..Extra::default() };
+        let error = properties_error(&config, &priority);
+        assert_eq!(error.kind(), BrokerErrorKind::InvalidInput);
+        assert!(properties(&config, &Extra { priority: Some(0), ..Extra::default() }).is_ok());
+        let config = config.max_priority(2);
+        let clamped = properties(&config, &priority).expect("priorities on");
+        assert_eq!(*clamped.priority(), Some(2));
+    }
+
+    fn properties_error(config: &AmqpConfig, extra: &Extra<'_>) -> BrokerError {
+        match properties(config, extra) {
+            Ok(_) => panic!("expected an error"),
+            Err(error) => error,
         }
     }
 }

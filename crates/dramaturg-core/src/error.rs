@@ -20,6 +20,9 @@ pub enum BrokerErrorKind {
     Unsupported,
     /// The consumer or broker was closed.
     Closed,
+    /// The request cannot be carried out as given (a name too long for the
+    /// broker, an option its queue cannot honour); retrying cannot help.
+    InvalidInput,
     /// Anything else.
     Other,
 }

@@ -169,6 +169,7 @@ async fn delayed_messages_wait_on_the_server_across_worker_restarts() {
     let tag = format!("{prefix}delayed");
     let sent = Instant::now();
     mark(tag.clone()).send_with(&app, SendOptions::default().delay(Duration::from_millis(2500))).await.unwrap();
+    let mut succeeded = 0;
     for _ in 0..2 {
         // Workers come and go before the message is due.
         let worker = Worker::new(app.clone());
@@ -176,12 +177,16 @@ async fn delayed_messages_wait_on_the_server_across_worker_restarts() {
         let running = tokio::spawn(worker.run());
         tokio::time::sleep(Duration::from_millis(400)).await;
         shutdown.shutdown();
-        running.await.unwrap().unwrap();
-        let stats = app.stats(&app.queues()[0]).await.unwrap();
-        assert_eq!((stats.ready, stats.in_flight), (0, 0), "held by the server, not a worker: {stats:?}");
+        succeeded += running.await.unwrap().unwrap().succeeded;
+        if sent.elapsed() < Duration::from_millis(2000) {
+            let stats = app.stats(&app.queues()[0]).await.unwrap();
+            assert_eq!((stats.ready, stats.in_flight), (0, 0), "held by the server, not a worker: {stats:?}");
+        }
     }
-    let report = Worker::new(app).run_until_drained(Duration::from_secs(20)).await.unwrap();
-    assert_eq!(report.succeeded, 1);
+    // On a loaded machine the restarts may outlast the delay; the message
+    // runs once all the same.
+    succeeded += Worker::new(app).run_until_drained(Duration::from_secs(20)).await.unwrap().succeeded;
+    assert_eq!(succeeded, 1);
     assert_eq!(marks(&tag), 2);
     assert!(sent.elapsed() >= Duration::from_millis(2500));
 }

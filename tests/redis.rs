@@ -448,3 +448,36 @@ async fn a_worker_on_200_queues_holds_a_few_connections_and_wakes_on_each() {
     shutdown.shutdown();
     running.await.unwrap().unwrap();
 }
+
+/// Issue input: a clean shutdown left the worker registered, so the next
+/// start "recovered" it. A worker that stops cleanly leaves the registry,
+/// and consumers that close holding nothing leave it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_stop_leaves_the_registry() {
+    if support::is_child() {
+        return;
+    }
+    let namespace = namespace();
+    let broker = broker_in(URL, &namespace).await;
+    let app = dramaturg::app(broker.clone()).actor::<Mark>().build().unwrap();
+    let tag = format!("registry-{namespace}");
+    Mark { tag: tag.clone() }.send(&app).await.unwrap();
+    let client = redis::Client::open(URL).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let workers_key = format!("{namespace}:{{registry}}:workers");
+    let consumers_key = format!("{namespace}:{{registry}}:worker:{}:consumers", broker.worker_id());
+    let worker = Worker::new(app.clone());
+    let shutdown = worker.shutdown_handle();
+    let running = tokio::spawn(worker.run());
+    support::wait_for("the message", Duration::from_secs(5), || marks(&tag) == 1).await;
+    let registered: Vec<String> =
+        redis::cmd("ZRANGE").arg(&workers_key).arg(0).arg(-1).query_async(&mut conn).await.unwrap();
+    assert_eq!(registered, [broker.worker_id()], "registered while it runs");
+    shutdown.shutdown();
+    running.await.unwrap().unwrap();
+    let registered: Vec<String> =
+        redis::cmd("ZRANGE").arg(&workers_key).arg(0).arg(-1).query_async(&mut conn).await.unwrap();
+    assert!(registered.is_empty(), "still registered after a clean stop: {registered:?}");
+    let consumers: bool = redis::cmd("EXISTS").arg(&consumers_key).query_async(&mut conn).await.unwrap();
+    assert!(!consumers, "its consumers are still listed");
+}

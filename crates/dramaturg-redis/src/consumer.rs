@@ -37,10 +37,14 @@ pub(crate) struct RedisConsumer {
     /// Whether to look for claims whose reply was lost (after a failed
     /// claim).
     rescan: bool,
+    /// This consumer's number and queue, as registered.
+    number: u64,
+    queue: String,
 }
 
 impl RedisConsumer {
-    pub(crate) fn new(shared: Arc<Shared>, keys: QueueKeys, number: u64, prefetch: usize, wake: Arc<Notify>) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>, queue: &str, number: u64, prefetch: usize, wake: Arc<Notify>) -> Self {
+        let keys = QueueKeys::new(&shared.config.namespace, queue);
         let inflight = keys.inflight(&shared.worker_id, number).into();
         Self {
             shared,
@@ -51,6 +55,8 @@ impl RedisConsumer {
             permits: Arc::new(Semaphore::new(prefetch.max(1))),
             outstanding: Outstanding::default(),
             rescan: false,
+            number,
+            queue: queue.to_owned(),
         }
     }
 
@@ -208,6 +214,11 @@ impl Consumer for RedisConsumer {
         self.buffer.clear();
         let returned = self.return_unhanded().await?;
         tracing::debug!(returned, "returned prefetched messages to the queue");
+        // A consumer whose deliveries are all settled leaves the registry;
+        // one with deliveries still running stays until the worker stops.
+        if lock(&self.outstanding).is_empty() {
+            self.shared.registry.unregister(self.number, &self.queue).await?;
+        }
         Ok(())
     }
 }

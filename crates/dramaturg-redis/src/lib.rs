@@ -219,7 +219,7 @@ struct Shared {
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        self.registry.stop();
+        let _ = self.registry.stop();
     }
 }
 
@@ -404,9 +404,8 @@ impl Broker for RedisBroker {
 
     async fn consume(&self, queue: &str, prefetch: usize) -> Result<Box<dyn Consumer>, BrokerError> {
         let number = self.shared.consumers.fetch_add(1, Ordering::Relaxed);
-        let keys = self.keys(queue);
-        let wake = self.shared.registry.register(number, queue, &keys.wake).await?;
-        Ok(Box::new(consumer::RedisConsumer::new(Arc::clone(&self.shared), keys, number, prefetch, wake)))
+        let wake = self.shared.registry.register(number, queue, &self.keys(queue).wake).await?;
+        Ok(Box::new(consumer::RedisConsumer::new(Arc::clone(&self.shared), queue, number, prefetch, wake)))
     }
 
     fn admin(&self) -> Option<&dyn QueueAdmin> {

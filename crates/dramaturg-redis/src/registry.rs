@@ -39,7 +39,7 @@ pub(crate) struct Registry {
     config: RedisConfig,
     entries: Mutex<Vec<String>>,
     /// Stops the heartbeat thread when set (or dropped).
-    stop: Mutex<Option<watch::Sender<bool>>>,
+    stop: Mutex<Option<(watch::Sender<bool>, std::thread::JoinHandle<()>)>>,
     /// The wake-ups of idle consumers, kept up by the heartbeat thread.
     wakeups: Wakeups,
 }
@@ -91,24 +91,38 @@ impl Registry {
         if stop.is_none() {
             let (sender, receiver) = watch::channel(false);
             let registry = Arc::clone(self);
-            std::thread::Builder::new()
+            let thread = std::thread::Builder::new()
                 .name("dramaturg-redis-heartbeat".into())
                 .spawn(move || registry.run_thread(receiver))
                 .map_err(|e| {
                     BrokerError::new(dramaturg_core::BrokerErrorKind::Other, "cannot start the heartbeat thread")
                         .with_source(e)
                 })?;
-            *stop = Some(sender);
+            *stop = Some((sender, thread));
         }
         Ok(())
     }
 
+    /// Forgets a consumer that closed holding nothing, so that the registry
+    /// does not grow with every consumer a long-lived broker ever opened.
+    pub(crate) async fn unregister(&self, consumer: u64, queue: &str) -> Result<(), BrokerError> {
+        let entry = consumer_entry(consumer, queue);
+        lock(&self.entries).retain(|e| *e != entry);
+        let mut conn = self.conn.clone();
+        redis::cmd("SREM")
+            .arg(self.keys.consumers(&self.worker_id))
+            .arg(&entry)
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| broker_error(e, "unregistering a consumer"))
+    }
+
     /// Stops beating. What this worker still had claimed is returned by
     /// other workers once the timeout passes.
-    pub(crate) fn stop(&self) {
-        if let Some(stop) = lock(&self.stop).take() {
-            let _ = stop.send(true);
-        }
+    pub(crate) fn stop(&self) -> Option<std::thread::JoinHandle<()>> {
+        let (stop, thread) = lock(&self.stop).take()?;
+        let _ = stop.send(true);
+        Some(thread)
     }
 
     /// Stops beating and, if this worker holds no claimed message any
@@ -116,15 +130,22 @@ impl Registry {
     /// a worker that stopped cleanly. Claims still held (a settlement that
     /// never reached Redis) are left for the recovery after the timeout.
     pub(crate) async fn deregister(&self) -> Result<(), BrokerError> {
-        self.stop();
+        // The thread's last beat must not land after the removal.
+        if let Some(thread) = self.stop() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
         let entries = lock(&self.entries).clone();
         let mut conn = self.conn.clone();
-        let mut pipe = redis::pipe();
+        let mut held = 0u64;
         for (consumer, queue) in entries.iter().filter_map(|e| parse_consumer_entry(e)) {
-            pipe.llen(self.keys.queue(queue).inflight(&self.worker_id, consumer));
+            let list = self.keys.queue(queue).inflight(&self.worker_id, consumer);
+            let length: u64 = redis::cmd("LLEN")
+                .arg(list)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| broker_error(e, "deregistering"))?;
+            held += length;
         }
-        let held: Vec<u64> = pipe.query_async(&mut conn).await.map_err(|e| broker_error(e, "deregistering"))?;
-        let held: u64 = held.iter().sum();
         if held > 0 {
             tracing::warn!(held, "stopping with claimed messages not settled; they return after the heartbeat timeout");
             return Ok(());

@@ -7,7 +7,7 @@
 mod support;
 
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dramaturg::prelude::*;
@@ -480,4 +480,80 @@ async fn a_clean_stop_leaves_the_registry() {
     assert!(registered.is_empty(), "still registered after a clean stop: {registered:?}");
     let consumers: bool = redis::cmd("EXISTS").arg(&consumers_key).query_async(&mut conn).await.unwrap();
     assert!(!consumers, "its consumers are still listed");
+}
+
+/// Records every outcome that comes back through it.
+#[derive(Debug, Default)]
+struct SeesEveryEnd(Arc<Mutex<Vec<&'static str>>>);
+
+#[dramaturg::async_trait]
+impl dramaturg::Middleware for SeesEveryEnd {
+    fn name(&self) -> &'static str {
+        "sees_every_end"
+    }
+
+    async fn handle(&self, ctx: &Context, next: dramaturg::Next<'_>) -> dramaturg::Outcome {
+        let outcome = next.run(ctx).await;
+        self.0.lock().unwrap().push(outcome.label());
+        outcome
+    }
+}
+
+#[derive(Actor, Serialize, Deserialize)]
+struct Sleepy {
+    millis: u64,
+}
+
+impl Sleepy {
+    async fn perform(self, _ctx: &Context) -> Result<(), BoxError> {
+        tokio::time::sleep(Duration::from_millis(self.millis)).await;
+        Ok(())
+    }
+}
+
+/// Issue input: code after `next.run()` in a middleware never ran when
+/// shutdown interrupted a message (a timing middleware never saw the
+/// requeued message). The interruption now comes back through the stack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_interrupted_at_shutdown_comes_back_through_every_middleware() {
+    if support::is_child() {
+        return;
+    }
+    let namespace = namespace();
+    let ends = Arc::new(Mutex::new(Vec::new()));
+    let app = dramaturg::app(broker_in(URL, &namespace).await)
+        .middleware(SeesEveryEnd(Arc::clone(&ends)))
+        .actor::<Sleepy>()
+        .build()
+        .unwrap();
+    Sleepy { millis: 10_000 }.send(&app).await.unwrap();
+    let worker = Worker::new(app.clone()).grace_period(Duration::from_millis(200));
+    let shutdown = worker.shutdown_handle();
+    let running = tokio::spawn(worker.run());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    shutdown.shutdown();
+    let report = running.await.unwrap().unwrap();
+    assert_eq!(report.requeued, 1, "{report:?}");
+    assert_eq!(*ends.lock().unwrap(), ["requeued"], "the middleware saw the interrupted message end");
+    assert_eq!(app.stats("default").await.unwrap().ready, 1, "the message is back in its queue");
+}
+
+/// Issue input: `priority` was accepted and ignored on Redis. The Redis
+/// broker delivers first in, first out, so a message with a priority is
+/// refused with an error that says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_priority_the_redis_broker_cannot_honour_is_refused() {
+    if support::is_child() {
+        return;
+    }
+    let namespace = namespace();
+    let app = dramaturg::app(broker_in(URL, &namespace).await).actor::<Sleepy>().build().unwrap();
+    let urgent = dramaturg::SendOptions::default().options(|mut o| {
+        o.priority = Some(5);
+        o
+    });
+    let error = Sleepy { millis: 0 }.send_with(&app, urgent).await.unwrap_err();
+    assert!(error.to_string().contains("first in, first out"), "{error}");
+    assert!(app.stats("default").await.unwrap().is_drained(), "nothing was enqueued");
+    Sleepy { millis: 0 }.send(&app).await.unwrap();
 }

@@ -383,7 +383,7 @@ impl Abortable {
     /// Records when a waiting message is due, so that a request made while
     /// it waits stays valid until then.
     async fn remember_due(&self, id: MessageId, delay: Duration) {
-        let due = (now_ms() + u64::try_from(delay.as_millis()).unwrap_or(u64::MAX / 2)).to_string();
+        let due = now_ms().saturating_add(dramaturg_core::time::millis(delay)).to_string();
         let ttl = delay + Duration::from_secs(24 * 3600);
         if let Err(error) = self.backend.notify(&[(due_key(id), due.into_bytes())], ttl).await {
             tracing::warn!(%error, "cannot record when a delayed message is due; an abort request for it may expire early");

@@ -5,8 +5,6 @@
 //! ack) instead of holding it. Every bucket has a single TTL, so no message
 //! waits behind a longer one.
 
-use std::time::Duration;
-
 /// The shortest bucket, in milliseconds.
 pub(crate) const BASE_MS: u64 = 10;
 /// Buckets `0..=MAX_BUCKET`: 10 ms to about 11.6 hours. Longer delays go
@@ -36,10 +34,7 @@ pub(crate) fn bucket_queue(queue: &str, k: u32) -> String {
     format!("{queue}.delay.{k:02}")
 }
 
-/// Milliseconds in `delay`, saturating.
-pub(crate) fn millis(delay: Duration) -> u64 {
-    u64::try_from(delay.as_millis()).unwrap_or(u64::MAX / 2)
-}
+pub(crate) use dramaturg_core::time::millis;
 
 #[cfg(test)]
 mod tests {

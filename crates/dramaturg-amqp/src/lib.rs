@@ -54,7 +54,7 @@ mod names;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -230,7 +230,7 @@ const OVERDUE_MEMORY: usize = 10_000;
 
 impl Shared {
     pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-        mutex.lock().unwrap_or_else(PoisonError::into_inner)
+        dramaturg_core::sync::lock(mutex)
     }
 
     pub(crate) fn remember_overdue(&self, fingerprint: u64) {
@@ -322,7 +322,7 @@ fn route(message: &Outgoing) -> (Target<'_>, link::Extra<'static>) {
     let (target, due) = match message.delay {
         Some(delay) => {
             // Rounded up, so that the message is never early.
-            let due = link::now_ms() + delay::millis(delay) + 1;
+            let due = link::now_ms().saturating_add(delay::millis(delay)).saturating_add(1);
             match delay::bucket_for(delay::millis(delay)) {
                 Some(k) => (Target::Bucket(&message.queue, k), Some(due)),
                 None => (Target::Queue(&message.queue), None),

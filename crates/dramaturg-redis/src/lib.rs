@@ -60,7 +60,7 @@ use async_trait::async_trait;
 use dramaturg_core::broker::redact_password;
 pub(crate) use dramaturg_core::sync::lock;
 pub(crate) use dramaturg_core::time::millis;
-use dramaturg_core::{Broker, BrokerError, Consumer, DeadLetters, MessageId, Outgoing, QueueAdmin};
+use dramaturg_core::{Broker, BrokerError, BrokerErrorKind, Consumer, DeadLetters, MessageId, Outgoing, QueueAdmin};
 use redis::aio::ConnectionManager;
 use redis::RedisError;
 
@@ -356,6 +356,7 @@ impl Broker for RedisBroker {
     }
 
     async fn enqueue(&self, message: Outgoing) -> Result<(), BrokerError> {
+        refuse_priority(&message)?;
         match message.delay {
             Some(delay) => self.with_retries(|| self.enqueue_later(&message, delay)).await,
             None => {
@@ -369,6 +370,9 @@ impl Broker for RedisBroker {
         // Consecutive messages for one queue go in one script call; the
         // calls share the multiplexed connection, which pipelines them in
         // order.
+        for message in &messages {
+            refuse_priority(message)?;
+        }
         let mut calls = Vec::new();
         let mut run: Option<(String, Vec<(String, bytes::Bytes)>)> = None;
         for message in &messages {
@@ -422,6 +426,23 @@ impl Broker for RedisBroker {
 
     fn locality(&self) -> dramaturg_core::broker::Locality {
         dramaturg_core::broker::Locality::server(self.shared.config.url.clone())
+    }
+}
+
+/// Refuses a message with a priority: the Redis broker delivers first in,
+/// first out, and a priority it would ignore must not look honoured.
+fn refuse_priority(message: &Outgoing) -> Result<(), BrokerError> {
+    match message.priority {
+        Some(priority) if priority > 0 => Err(BrokerError::new(
+            BrokerErrorKind::InvalidInput,
+            format!(
+                "redis: a priority ({priority}) was set for a message to {:?}, but the Redis broker delivers first \
+                 in, first out; use a queue per priority (and a worker per queue, or more concurrency for the \
+                 urgent one), or RabbitMQ with max_priority",
+                dramaturg_core::Bounded::quoted(&message.queue).as_str()
+            ),
+        )),
+        _ => Ok(()),
     }
 }
 

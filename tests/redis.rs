@@ -55,6 +55,12 @@ async fn a_worker_killed_mid_run_loses_nothing() {
     assert!(stats.is_drained(), "{stats:?}");
 }
 
+/// A loopback port nobody listens on now.
+fn free_port() -> u16 {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    probe.local_addr().unwrap().port()
+}
+
 /// A Redis server of the test's own, on its own port, to restart at will.
 struct OwnRedis {
     port: u16,
@@ -127,7 +133,7 @@ async fn workers_and_producers_carry_on_after_a_redis_restart() {
     }
     // Shown when the test fails.
     let _ = tracing_subscriber::fmt().with_max_level(tracing::Level::INFO).with_test_writer().try_init();
-    let mut server = OwnRedis::start(16391);
+    let mut server = OwnRedis::start(free_port());
     let namespace = namespace();
     let fail_fast = RedisConfig::new(server.url()).namespace(&namespace);
     let producer = dramaturg::app(RedisBroker::with_config(fail_fast).await.unwrap()).actor::<Mark>().build().unwrap();
@@ -415,11 +421,7 @@ async fn a_worker_on_200_queues_holds_a_few_connections_and_wakes_on_each() {
     if support::is_child() {
         return;
     }
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
-    let server = OwnRedis::start(port);
+    let server = OwnRedis::start(free_port());
     let namespace = namespace();
     let broker = broker_in(&server.url(), &namespace).await;
     let queues: Vec<String> = (0..200).map(|i| format!("q{i}")).collect();

@@ -52,10 +52,13 @@ pub(crate) struct RedisConsumer {
     /// or wait, at once and again once any wait still pending on the old
     /// connection must have ended.
     rescans: Vec<Instant>,
+    /// Whether this consumer's in-flight list is recorded in Redis (so
+    /// that recovery finds what it claims). It claims nothing before.
+    registered: bool,
 }
 
 impl RedisConsumer {
-    pub(crate) fn new(shared: Arc<Shared>, keys: QueueKeys, number: u64, prefetch: usize) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>, keys: QueueKeys, number: u64, prefetch: usize, registered: bool) -> Self {
         let inflight = keys.inflight(&shared.worker_id, number).into();
         Self {
             shared,
@@ -66,6 +69,7 @@ impl RedisConsumer {
             permits: Arc::new(Semaphore::new(prefetch.max(1))),
             outstanding: Outstanding::default(),
             rescans: Vec::new(),
+            registered,
         }
     }
 
@@ -290,6 +294,11 @@ impl Consumer for RedisConsumer {
             .acquire_owned()
             .await
             .map_err(|_| BrokerError::new(BrokerErrorKind::Closed, "the consumer is closed"))?;
+        if !self.registered {
+            self.shared.registry.beat_once().await?;
+            self.registered = true;
+            tracing::info!(queue_key = %self.keys.ready, "consumer registered");
+        }
         loop {
             if let Some(claimed) = self.buffer.pop_front() {
                 return Ok(self.deliver(claimed, permit));

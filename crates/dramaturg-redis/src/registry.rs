@@ -68,30 +68,37 @@ impl Registry {
         }
     }
 
-    /// Records a consumer's in-flight list, beats once, and starts the
-    /// heartbeat thread if it is not running.
+    /// Records a consumer's in-flight list, starts the heartbeat thread if
+    /// it is not running, and beats once. A failed beat is returned (the
+    /// entry stays recorded, and the heartbeat thread keeps beating it);
+    /// the consumer must not claim before [`Registry::beat_once`] passes.
     pub(crate) async fn register(self: &Arc<Self>, consumer: u64, queue: &str) -> Result<(), BrokerError> {
-        let entries = {
-            let mut entries = lock(&self.entries);
-            entries.push(consumer_entry(consumer, queue));
-            entries.clone()
-        };
-        let mut conn = self.conn.clone();
-        beat(&mut conn, &self.keys, &self.scripts, &self.worker_id, &entries).await?;
-        let mut stop = lock(&self.stop);
-        if stop.is_none() {
-            let (sender, receiver) = watch::channel(false);
-            let registry = Arc::clone(self);
-            std::thread::Builder::new()
-                .name("dramaturg-redis-heartbeat".into())
-                .spawn(move || registry.run_thread(receiver))
-                .map_err(|e| {
-                    BrokerError::new(dramaturg_core::BrokerErrorKind::Other, "cannot start the heartbeat thread")
-                        .with_source(e)
-                })?;
-            *stop = Some(sender);
+        lock(&self.entries).push(consumer_entry(consumer, queue));
+        {
+            let mut stop = lock(&self.stop);
+            if stop.is_none() {
+                let (sender, receiver) = watch::channel(false);
+                let registry = Arc::clone(self);
+                std::thread::Builder::new()
+                    .name("dramaturg-redis-heartbeat".into())
+                    .spawn(move || registry.run_thread(receiver))
+                    .map_err(|e| {
+                        BrokerError::new(dramaturg_core::BrokerErrorKind::Other, "cannot start the heartbeat thread")
+                            .with_source(e)
+                    })?;
+                *stop = Some(sender);
+            }
         }
-        Ok(())
+        self.beat_once().await
+    }
+
+    /// Beats once on the shared connection, recording every consumer: a
+    /// consumer's claims are found by recovery only once its entry is in
+    /// Redis, so it claims nothing before this passed.
+    pub(crate) async fn beat_once(&self) -> Result<(), BrokerError> {
+        let entries = lock(&self.entries).clone();
+        let mut conn = self.conn.clone();
+        beat(&mut conn, &self.keys, &self.scripts, &self.worker_id, &entries).await
     }
 
     /// Stops beating. What this worker still had claimed is returned by

@@ -420,8 +420,9 @@ impl RedisReceipt {
     }
 }
 
-impl Drop for RedisReceipt {
-    fn drop(&mut self) {
-        lock(&self.outstanding).remove(&self.id);
-    }
-}
+// A receipt dropped unsettled keeps its id among the outstanding ones: the
+// worker drops a receipt only when it gave up settling it (the broker was
+// away for too long), so the attempt's outcome is known but not recorded.
+// Returning it to the queue (a rescan, `close`) would run finished work
+// again at once; it stays claimed instead, and only the recovery after
+// this worker stops beating returns it.

@@ -12,12 +12,17 @@
 //! ```
 //!
 //! `demo purge --broker URL --queue Q` empties a queue (and its delayed
-//! messages) before a run.
+//! messages) before a run; `demo stats --broker URL --queue Q` prints its
+//! counts as JSON.
+//!
+//! `--heartbeat-timeout-ms T` (Redis) declares a worker dead after T ms
+//! without a heartbeat (beats every T/5 ms), for runs that stall workers.
 //!
 //! A worker appends a line per finished message to `DIR/<pid>.done`: the
 //! sequence number, then when the actor started and finished and when the
 //! message was sent (microseconds since the Unix epoch). SIGTERM or Ctrl-C
-//! stops it gracefully, a second signal at once. `produce --interval-ms I`
+//! stops it gracefully, a second signal at once; it then writes its report
+//! to `DIR/<pid>.report` as JSON. `produce --interval-ms I`
 //! sends one message every I ms instead of all at once (for latency).
 
 use std::fs::{File, OpenOptions};
@@ -75,6 +80,7 @@ struct Args {
     record: Option<String>,
     work_ms: u64,
     interval_ms: u64,
+    heartbeat_timeout_ms: Option<u64>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -89,6 +95,7 @@ fn parse_args() -> Result<Args, String> {
         record: None,
         work_ms: 0,
         interval_ms: 0,
+        heartbeat_timeout_ms: None,
     };
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -100,6 +107,9 @@ fn parse_args() -> Result<Args, String> {
             "--record" => args.record = Some(value()?),
             "--work-ms" => args.work_ms = value()?.parse().map_err(|e| format!("--work-ms: {e}"))?,
             "--interval-ms" => args.interval_ms = value()?.parse().map_err(|e| format!("--interval-ms: {e}"))?,
+            "--heartbeat-timeout-ms" => {
+                args.heartbeat_timeout_ms = Some(value()?.parse().map_err(|e| format!("--heartbeat-timeout-ms: {e}"))?);
+            }
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -110,7 +120,7 @@ fn parse_args() -> Result<Args, String> {
 async fn main() -> Result<(), BoxError> {
     tracing_subscriber::fmt().with_max_level(tracing::Level::INFO).with_target(false).compact().init();
     let args = parse_args()?;
-    let broker = dramaturg::connect(&args.broker).await?;
+    let broker = connect(&args).await?;
     let app = dramaturg::app_shared(broker).actor_in::<Step>(&args.queue).build()?;
     match args.command.as_str() {
         "produce" => produce(&app, args.count, args.interval_ms).await,
@@ -120,8 +130,28 @@ async fn main() -> Result<(), BoxError> {
             println!("purged {purged} messages from {:?}", args.queue);
             Ok(())
         }
-        other => Err(format!("unknown command {other:?}: produce, work or purge").into()),
+        "stats" => {
+            let stats = app.admin()?.stats(&args.queue).await?;
+            println!(
+                "{{\"ready\":{},\"delayed\":{},\"in_flight\":{},\"dead\":{}}}",
+                stats.ready, stats.delayed, stats.in_flight, stats.dead
+            );
+            Ok(())
+        }
+        other => Err(format!("unknown command {other:?}: produce, work, purge or stats").into()),
     }
+}
+
+/// The broker at `--broker`, with the heartbeat timeout asked for.
+async fn connect(args: &Args) -> Result<std::sync::Arc<dyn dramaturg::Broker>, BoxError> {
+    #[cfg(feature = "redis")]
+    if let (Some(timeout), true) = (args.heartbeat_timeout_ms, args.broker.starts_with("redis://")) {
+        use dramaturg::redis::{RedisBroker, RedisConfig};
+        let timeout = Duration::from_millis(timeout);
+        let config = RedisConfig::new(args.broker.as_str()).heartbeat(timeout / 5, timeout);
+        return Ok(std::sync::Arc::new(RedisBroker::with_config(config).await?));
+    }
+    Ok(dramaturg::connect(&args.broker).await?)
 }
 
 async fn produce(app: &App, count: u64, interval_ms: u64) -> Result<(), BoxError> {
@@ -157,5 +187,10 @@ async fn work(app: App, args: &Args) -> Result<(), BoxError> {
     println!("worker {} recording to {path}", std::process::id());
     let report = Worker::new(app).concurrency(args.concurrency).run_until_signal().await?;
     println!("worker {} stopped: {report:?}", std::process::id());
+    let json = format!(
+        "{{\"succeeded\":{},\"failed\":{},\"rejected\":{},\"requeued\":{},\"stale\":{}}}\n",
+        report.succeeded, report.failed, report.rejected, report.requeued, report.stale
+    );
+    std::fs::write(format!("{dir}/{}.report", std::process::id()), json)?;
     Ok(())
 }

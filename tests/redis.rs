@@ -358,3 +358,93 @@ async fn rediss_urls_connect_over_tls() {
     std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(&body.unwrap().unwrap()[..], b"over tls");
 }
+
+#[derive(Actor, Serialize, Deserialize)]
+#[actor(max_age = "100ms")]
+struct ShortLived {
+    tag: String,
+}
+
+impl ShortLived {
+    async fn perform(self, _ctx: &Context) -> Result<(), BoxError> {
+        MARKS.lock().unwrap().push(self.tag);
+        Ok(())
+    }
+}
+
+/// Issue input: a delayed send whose delay exceeds `max_age` was acked and
+/// skipped with only a warning. It is refused at send when the message or
+/// its actor sets the max_age, and dead-lettered with the reason when only
+/// the age-limit middleware's default does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delay_beyond_max_age_is_refused_or_dead_lettered_never_skipped() {
+    if support::is_child() {
+        return;
+    }
+    let namespace = namespace();
+    let broker = broker_in(URL, &namespace).await;
+    let age_limit = dramaturg::age_limit::AgeLimit::new().max_age(Duration::from_millis(200));
+    let app = dramaturg::app(broker.clone())
+        .replace("age_limit", age_limit)
+        .actor::<ShortLived>()
+        .actor::<Mark>()
+        .build()
+        .unwrap();
+    let later = |millis| dramaturg::SendOptions::default().delay(Duration::from_millis(millis));
+    let refused = ShortLived { tag: format!("refused-{namespace}") }.send_with(&app, later(1000)).await;
+    assert!(
+        matches!(refused, Err(dramaturg::EnqueueError::DelayBeyondMaxAge { .. })),
+        "a delay beyond the actor's max_age is refused: {refused:?}"
+    );
+    let tag = format!("delayed-{namespace}");
+    Mark { tag: tag.clone() }.send_with(&app, later(500)).await.unwrap();
+    let report = Worker::new(app.clone()).run_until_drained(Duration::from_secs(10)).await.unwrap();
+    assert_eq!((report.failed, report.skipped, report.succeeded), (1, 0, 0), "{report:?}");
+    assert_eq!(marks(&tag), 0);
+    let dead = broker.list("default", 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].reason.contains("beyond its max_age"), "{}", dead[0].reason);
+}
+
+/// Issue input: an idle worker on 200 queues held 200 extra connections
+/// (one blocking connection per queue). Connections no longer grow with
+/// the number of queues, and a message on any of them is still taken at
+/// once (woken through the worker's one subscription).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_on_200_queues_holds_a_few_connections_and_wakes_on_each() {
+    if support::is_child() {
+        return;
+    }
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let server = OwnRedis::start(port);
+    let namespace = namespace();
+    let broker = broker_in(&server.url(), &namespace).await;
+    let queues: Vec<String> = (0..200).map(|i| format!("q{i}")).collect();
+    let app = dramaturg::app(broker).actor_in::<Mark>("q150").build().unwrap();
+    let worker = Worker::new(app.clone()).queues(queues.clone());
+    let shutdown = worker.shutdown_handle();
+    let running = tokio::spawn(worker.run());
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    // Let every consumer start and go idle.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let info: String = redis::cmd("INFO").arg("clients").query_async(&mut conn).await.unwrap();
+    let clients: u64 = info
+        .lines()
+        .find_map(|line| line.strip_prefix("connected_clients:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap();
+    // The test's own connection, and the worker's shared, heartbeat and
+    // wake-up connections.
+    assert!(clients <= 4, "{clients} connections for a worker on 200 queues");
+    let tag = format!("wide-{namespace}");
+    let sent = Instant::now();
+    Mark { tag: tag.clone() }.send(&app).await.unwrap();
+    support::wait_for("the message on the 151st queue", Duration::from_secs(2), || marks(&tag) == 1).await;
+    println!("{clients} connections on 200 queues; a message ran {:?} after its send", sent.elapsed());
+    shutdown.shutdown();
+    running.await.unwrap().unwrap();
+}

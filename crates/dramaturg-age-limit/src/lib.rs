@@ -2,13 +2,19 @@
 //! message older than its `max_age` — counted from its first enqueue, so
 //! retries do not reset it — is skipped: acknowledged and logged, not run.
 //!
+//! A message sent with a delay longer than its max_age could never run.
+//! Sending one is refused when the message or its actor sets the max_age
+//! ([`EnqueueError::DelayBeyondMaxAge`](dramaturg_core::EnqueueError::DelayBeyondMaxAge));
+//! when only this middleware's default does, the message is dead-lettered
+//! with that reason when it falls due, never skipped without a trace.
+//!
 //! `max_age` comes from the message, then its actor
 //! (`#[actor(max_age = "1h")]`), then [`AgeLimit::max_age`]; with none of
 //! them set, messages never expire.
 
 use std::time::Duration;
 
-use dramaturg_core::{async_trait, Context, Middleware, Next, Outcome};
+use dramaturg_core::{async_trait, Context, Fail, Failure, Middleware, Next, Outcome};
 
 /// The age-limit middleware. Named `"age_limit"` in the stack.
 #[derive(Debug, Clone, Default)]
@@ -39,6 +45,12 @@ impl Middleware for AgeLimit {
     async fn handle(&self, ctx: &Context, next: Next<'_>) -> Outcome {
         if let Some(max_age) = ctx.options().max_age.or(self.max_age) {
             let age = ctx.message().age();
+            if let Some(delay) = ctx.message().send_delay().filter(|delay| *delay > max_age) {
+                let reason =
+                    format!("sent with a delay of {delay:?}, beyond its max_age of {max_age:?}: it could never run");
+                tracing::error!(%reason, "dead-lettering a message delayed past its max_age");
+                return Outcome::Failed(Failure::from_error(Fail::permanent(reason)));
+            }
             if age > max_age {
                 tracing::warn!(
                     age_ms = dramaturg_core::time::millis(age),

@@ -11,6 +11,7 @@ use crate::actor::ActorInfo;
 use crate::broker::{Broker, DeadLetters, Outgoing, QueueAdmin, QueueStats};
 use crate::encoder::{encode_value, Encoder, MessagePack};
 use crate::error::{BrokerError, BrokerErrorKind, ConfigError, EnqueueError};
+use crate::message::ETA;
 use crate::middleware::Middleware;
 use crate::outcome::ErrorType;
 use crate::{Actor, Message, MessageId, Options};
@@ -278,16 +279,26 @@ impl App {
                 .map_err(|source| EnqueueError::Rejected { middleware: middleware.name(), source })?;
         }
         message.options.check_known()?;
-        let priority = match self.inner.actors.get(message.actor.as_str()) {
-            Some(actor) => message.options.priority.or(actor.options().priority),
-            None => message.options.priority,
-        };
+        let actor = self.inner.actors.get(message.actor.as_str()).map(ActorInfo::options);
+        let priority = message.options.priority.or(actor.and_then(|a| a.priority));
+        let delay = delay.filter(|d| !d.is_zero());
+        if let Some(delay) = delay {
+            let max_age = message.options.max_age.or(actor.and_then(|a| a.max_age));
+            if let Some(max_age) = max_age.filter(|max_age| delay > *max_age) {
+                return Err(EnqueueError::DelayBeyondMaxAge { delay, max_age });
+            }
+            // When it falls due (Dramatiq's `eta` option), so that the age
+            // limit can tell a message delayed past its max_age from one
+            // that waited too long.
+            let eta = message.enqueued_at_ms.saturating_add(crate::time::millis(delay));
+            message.options.extra.insert(ETA.to_owned(), eta.into());
+        }
         let body = self.encoder().encode_message(&message)?;
         if body.len() > self.inner.max_message_size {
             return Err(EnqueueError::TooLarge { size: body.len(), limit: self.inner.max_message_size });
         }
         let id = message.id;
-        match delay.filter(|d| !d.is_zero()) {
+        match delay {
             Some(delay) => {
                 let outgoing =
                     Outgoing::new(message.queue.as_str(), body).with_delay(Some(delay)).with_priority(priority);

@@ -48,6 +48,7 @@ macro_rules! broker_conformance {
             worker_requeues_on_shutdown,
             worker_dead_letters_garbage,
             reschedule_replaces_the_message_after_its_delay,
+            dead_letters_can_be_deleted,
             stale_settlements_change_nothing,
             stale_settlement_after_the_same_consumer_claims_again,
             worker_retries_through_reschedule,
@@ -171,6 +172,29 @@ impl Suite {
         assert_eq!(rest, [body("a"), body("c")]);
         assert!(dead.list(&queue, 10).await.expect("list").is_empty());
         consumer.close().await.expect("close");
+    }
+
+    /// Dead letters can be deleted, one or all; an unknown key deletes
+    /// nothing.
+    pub async fn dead_letters_can_be_deleted(&self) {
+        let queue = self.queue("delete-dead");
+        let Some(dead) = self.broker.dead_letters() else { return };
+        let mut consumer = self.consumer(&queue, 1).await;
+        for text in ["a", "b", "c"] {
+            self.put(&queue, text, None).await;
+            let delivery = next(consumer.as_mut()).await;
+            delivery.settle(Settlement::DeadLetter(format!("bad {text}").into())).await.expect("nack");
+        }
+        let letters = dead.list(&queue, 10).await.expect("list");
+        assert_eq!(dead.delete(&queue, Replay::One("no-such-key".into())).await.expect("delete none"), 0);
+        assert_eq!(dead.delete(&queue, Replay::One(letters[1].key.clone())).await.expect("delete one"), 1);
+        let left: Vec<Bytes> = dead.list(&queue, 10).await.expect("list").into_iter().map(|d| d.body).collect();
+        assert_eq!(left, [body("a"), body("c")]);
+        assert_eq!(dead.delete(&queue, Replay::All).await.expect("delete all"), 2);
+        assert!(dead.list(&queue, 10).await.expect("list").is_empty());
+        nothing_within(consumer.as_mut(), Duration::from_millis(200)).await;
+        consumer.close().await.expect("close");
+        self.expect_drained(&queue).await;
     }
 
     /// A requeued message is delivered again, marked as redelivered.

@@ -157,6 +157,15 @@ pub enum EnqueueError {
     /// `Options::with_extra`); the worker would dead-letter the message.
     #[error("invalid message option: {0}")]
     InvalidOption(#[from] crate::OptionError),
+    /// The message was sent with a delay longer than its `max_age` (its
+    /// own or its actor's): it would be too old to run when it fell due.
+    #[error("a delay of {delay:?} exceeds the message's max_age of {max_age:?}: it could never run")]
+    DelayBeyondMaxAge {
+        /// The delay asked for.
+        delay: std::time::Duration,
+        /// The message's max_age.
+        max_age: std::time::Duration,
+    },
     /// A middleware's enqueue hook refused the message.
     #[error("middleware {middleware:?} refused the message: {source}")]
     Rejected {

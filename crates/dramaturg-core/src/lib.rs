@@ -53,7 +53,7 @@ pub use error::{BrokerError, BrokerErrorKind, ConfigError, EnqueueError};
 pub use fail::{Fail, Interrupted, Interruption, Retry};
 pub use id::{MessageId, ParseMessageIdError};
 pub use memory::MemoryBroker;
-pub use message::{now_ms, Message, OptionError, Options};
+pub use message::{now_ms, Message, OptionError, Options, ETA};
 pub use middleware::{Middleware, Next};
 pub use outcome::{BoxError, ErrorRecord, ErrorType, Failure, FailureKind, NextAttempt, Outcome, Output, RecordLimits};
 pub use worker::{ShutdownHandle, Worker, WorkerReport};

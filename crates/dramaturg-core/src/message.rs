@@ -54,7 +54,18 @@ impl Message {
     pub fn age(&self) -> Duration {
         Duration::from_millis(now_ms().saturating_sub(self.enqueued_at_ms))
     }
+
+    /// The delay it was sent with, from its [`ETA`] option (none for a
+    /// message sent for now).
+    pub fn send_delay(&self) -> Option<Duration> {
+        let eta: u64 = self.options.extra(ETA).ok().flatten()?;
+        Some(Duration::from_millis(eta.saturating_sub(self.enqueued_at_ms)))
+    }
 }
+
+/// The option a delayed message carries: when it falls due, in milliseconds
+/// since the Unix epoch (Dramatiq's name and meaning). Set when it is sent.
+pub const ETA: &str = "eta";
 
 impl fmt::Debug for Message {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -18,16 +18,15 @@ impl QueueAdmin for RedisBroker {
         let keys = self.keys(queue);
         let inflight_lists = self.shared.registry.inflight_lists(queue).await?;
         let mut pipe = redis::pipe();
-        pipe.llen(&keys.ready).exists(&keys.woken).zcard(&keys.delayed).zcard(&keys.dead);
+        pipe.llen(&keys.ready).zcard(&keys.delayed).zcard(&keys.dead);
         for list in &inflight_lists {
             pipe.llen(list);
         }
         let mut conn = self.shared.conn.clone();
         let counts: Vec<u64> = pipe.query_async(&mut conn).await.map_err(|e| broker_error(e, "stats"))?;
-        let (ready, woken, delayed, dead) = (counts[0], counts[1], counts[2], counts[3]);
-        let in_flight = counts[4..].iter().sum();
-        // The wake-up entry sits in the ready list but is not a message.
-        Ok(QueueStats::new(ready.saturating_sub(woken), delayed, in_flight, dead))
+        let (ready, delayed, dead) = (counts[0], counts[1], counts[2]);
+        let in_flight = counts[3..].iter().sum();
+        Ok(QueueStats::new(ready, delayed, in_flight, dead))
     }
 
     async fn purge(&self, queue: &str) -> Result<u64, BrokerError> {
@@ -44,7 +43,6 @@ impl QueueAdmin for RedisBroker {
                 .key(&keys.ready)
                 .key(&keys.delayed)
                 .key(&keys.msgs)
-                .key(&keys.woken)
                 .key(&keys.claims)
                 .key(&keys.redelivered)
                 .arg(PURGE_BATCH)
@@ -101,13 +99,24 @@ impl DeadLetters for RedisBroker {
     }
 
     async fn replay(&self, queue: &str, which: Replay) -> Result<u64, BrokerError> {
+        self.move_dead(queue, &which, "replay").await
+    }
+
+    async fn delete(&self, queue: &str, which: Replay) -> Result<u64, BrokerError> {
+        self.move_dead(queue, &which, "delete").await
+    }
+}
+
+impl RedisBroker {
+    /// Replays or deletes dead letters, 500 per script call.
+    async fn move_dead(&self, queue: &str, which: &Replay, action: &str) -> Result<u64, BrokerError> {
         let keys = self.keys(queue);
         let mut conn = self.shared.conn.clone();
-        let target = match &which {
+        let target = match which {
             Replay::One(key) => key.clone(),
             _ => String::new(),
         };
-        let mut replayed = 0;
+        let mut moved = 0;
         loop {
             let (count, looked_at): (u64, u64) = self
                 .shared
@@ -120,12 +129,14 @@ impl DeadLetters for RedisBroker {
                 .key(&keys.ready)
                 .key(&keys.dead_bytes)
                 .arg(&target)
+                .arg(action)
+                .arg(&keys.wake)
                 .invoke_async(&mut conn)
                 .await
-                .map_err(|e| broker_error(e, "replaying dead letters"))?;
-            replayed += count;
+                .map_err(|e| broker_error(e, &format!("{action} of dead letters")))?;
+            moved += count;
             if !target.is_empty() || looked_at == 0 {
-                return Ok(replayed);
+                return Ok(moved);
             }
         }
     }

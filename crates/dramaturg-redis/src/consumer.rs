@@ -1,20 +1,18 @@
-//! Consuming a queue: batched claims, blocking waits, fenced settlement.
+//! Consuming a queue: batched claims, waits for a wake-up, fenced
+//! settlement.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use dramaturg_core::{BrokerError, BrokerErrorKind, Consumer, Delivery, MessageId, Receipt, Settled, Settlement};
-use redis::aio::MultiplexedConnection;
 use redis::Value;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::time::Instant;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::keys::QueueKeys;
-use crate::scripts::WAKE;
-use crate::{broker_error, Shared};
+use crate::{broker_error, lock, Shared};
 
 /// A claimed message not yet handed out.
 struct Claimed {
@@ -27,56 +25,44 @@ struct Claimed {
 /// Entry ids handed out and not settled yet.
 type Outstanding = Arc<Mutex<HashSet<String>>>;
 
-fn lock(outstanding: &Outstanding) -> std::sync::MutexGuard<'_, HashSet<String>> {
-    outstanding.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// The connection a consumer blocks on, with its server-side client id so
-/// that a wait can be ended from another connection (`CLIENT UNBLOCK`).
-struct Blocking {
-    conn: MultiplexedConnection,
-    client_id: i64,
-}
-
 pub(crate) struct RedisConsumer {
     shared: Arc<Shared>,
     keys: Arc<QueueKeys>,
     inflight: Arc<str>,
-    /// A connection of this consumer's own for blocking waits, so that they
-    /// never hold up the shared connection.
-    blocking: Option<Blocking>,
+    /// Woken when a message arrives in an empty queue (see `wake.rs`).
+    wake: Arc<Notify>,
     buffer: VecDeque<Claimed>,
     permits: Arc<Semaphore>,
     outstanding: Outstanding,
-    /// When to look for claims whose reply was lost: after a failed claim
-    /// or wait, at once and again once any wait still pending on the old
-    /// connection must have ended.
-    rescans: Vec<Instant>,
+    /// Whether to look for claims whose reply was lost (after a failed
+    /// claim).
+    rescan: bool,
     /// Whether this consumer's in-flight list is recorded in Redis (so
     /// that recovery finds what it claims). It claims nothing before.
     registered: bool,
 }
 
 impl RedisConsumer {
-    pub(crate) fn new(shared: Arc<Shared>, keys: QueueKeys, number: u64, prefetch: usize, registered: bool) -> Self {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        keys: QueueKeys,
+        number: u64,
+        prefetch: usize,
+        wake: Arc<Notify>,
+        registered: bool,
+    ) -> Self {
         let inflight = keys.inflight(&shared.worker_id, number).into();
         Self {
             shared,
             keys: Arc::new(keys),
             inflight,
-            blocking: None,
+            wake,
             buffer: VecDeque::new(),
             permits: Arc::new(Semaphore::new(prefetch.max(1))),
             outstanding: Outstanding::default(),
-            rescans: Vec::new(),
+            rescan: false,
             registered,
         }
-    }
-
-    /// Remembers that a claim's reply may have been lost.
-    fn lost_reply(&mut self) {
-        let now = Instant::now();
-        self.rescans = vec![now, now + self.shared.config.max_block + Duration::from_secs(3)];
     }
 
     /// Claims up to `n` ready messages (promoting due delayed ones first);
@@ -92,7 +78,6 @@ impl RedisConsumer {
             .key(&self.keys.msgs)
             .key(&self.keys.delayed)
             .key(&self.keys.redelivered)
-            .key(&self.keys.woken)
             .key(&self.keys.claims)
             .arg(n)
             .invoke_async(&mut conn)
@@ -113,108 +98,17 @@ impl RedisConsumer {
         Ok(next_due)
     }
 
-    /// Waits on the queue until a message arrives, the next delayed message
-    /// is due, or the longest block passes.
-    async fn block(&mut self, next_due: Option<Duration>) -> Result<(), BrokerError> {
+    /// Waits until a message arrives in the empty queue, the next delayed
+    /// message is due, or the longest wait passes.
+    async fn wait(&self, next_due: Option<Duration>) {
         let mut wait = self.shared.config.max_block;
         if let Some(due) = next_due {
             wait = wait.min(due);
         }
-        if wait < Duration::from_millis(1) {
-            return Ok(());
-        }
         tracing::trace!(queue_key = %self.keys.ready, ?wait, "waiting for messages");
-        let blocking = match &mut self.blocking {
-            Some(blocking) => blocking,
-            None => {
-                let blocking = self.open_blocking().await?;
-                self.blocking.insert(blocking)
-            }
-        };
-        let mut wait_cmd = redis::cmd("BLMOVE");
-        wait_cmd.arg(&self.keys.ready).arg(&*self.inflight).arg("LEFT").arg("RIGHT").arg(wait.as_secs_f64());
-        let trouble = self.shared.registry.connection_trouble.notified();
-        let moved: Result<Option<String>, _> = tokio::select! {
-            moved = wait_cmd.query_async(&mut blocking.conn) => moved,
-            () = trouble => Err(redis::RedisError::from(std::io::Error::new(
-                std::io::ErrorKind::ConnectionReset,
-                "the heartbeat lost the connection",
-            ))),
-        };
-        let id = match moved {
-            Ok(Some(id)) => id,
-            Ok(None) => return Ok(()),
-            Err(error) => {
-                // A claim whose reply is lost stays in the in-flight list
-                // until the rescan returns it; open a fresh connection next
-                // time.
-                self.blocking = None;
-                self.lost_reply();
-                return Err(broker_error(error, "waiting for messages"));
-            }
-        };
-        let mut conn = self.shared.conn.clone();
-        let taken: Option<Vec<Value>> = match self
-            .shared
-            .scripts
-            .take
-            .key(&*self.inflight)
-            .key(&self.keys.msgs)
-            .key(&self.keys.redelivered)
-            .key(&self.keys.woken)
-            .key(&self.keys.claims)
-            .arg(&id)
-            .invoke_async(&mut conn)
-            .await
-        {
-            Ok(taken) => taken,
-            Err(error) => {
-                self.lost_reply();
-                return Err(broker_error(error, "claiming a message"));
-            }
-        };
-        match taken.map(Vec::into_iter).as_mut().map(|v| (v.next(), v.next(), v.next())) {
-            Some((Some(body), Some(token), Some(again))) => {
-                self.buffer.push_back(claimed(Value::BulkString(id.into_bytes()), body, token, again)?);
-            }
-            Some(_) => {
-                tracing::warn!(queue_key = %self.keys.ready, "dropped an id whose message is gone from the queue")
-            }
-            None => {}
-        }
-        Ok(())
-    }
-
-    async fn open_blocking(&self) -> Result<Blocking, BrokerError> {
-        // Replies to a wait come within `max_block`; a little more than
-        // that without one means the connection died unnoticed.
-        let config = redis::AsyncConnectionConfig::new()
-            .set_response_timeout(Some(self.shared.config.max_block + Duration::from_secs(2)))
-            .set_connection_timeout(Some(Duration::from_secs(5)));
-        let mut conn = self
-            .shared
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .map_err(|e| broker_error(e, "opening a consumer connection"))?;
-        let client_id: i64 = redis::cmd("CLIENT")
-            .arg("ID")
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| broker_error(e, "opening a consumer connection"))?;
-        Ok(Blocking { conn, client_id })
-    }
-
-    /// Ends a wait still pending on the blocking connection (so that it
-    /// cannot claim anything after this), and drops the connection.
-    async fn unblock(&mut self) {
-        if let Some(blocking) = self.blocking.take() {
-            let mut conn = self.shared.conn.clone();
-            let unblocked: Result<i64, _> =
-                redis::cmd("CLIENT").arg("UNBLOCK").arg(blocking.client_id).query_async(&mut conn).await;
-            if let Err(error) = unblocked {
-                tracing::debug!(%error, "could not end a pending wait; the server ends it with the connection");
-            }
+        tokio::select! {
+            () = self.wake.notified() => {}
+            () = tokio::time::sleep(wait) => {}
         }
     }
 
@@ -234,28 +128,32 @@ impl RedisConsumer {
             let outstanding = lock(&self.outstanding);
             claimed
                 .into_iter()
-                .filter(|id| id != WAKE && !outstanding.contains(id) && !self.buffer.iter().any(|c| c.id == *id))
+                .filter(|id| !outstanding.contains(id) && !self.buffer.iter().any(|c| c.id == *id))
                 .collect()
         };
         if unhanded.is_empty() {
             return Ok(0);
         }
         let mut invocation = self.shared.scripts.return_unhanded.prepare_invoke();
-        invocation.key(&*self.inflight).key(&self.keys.claims).key(&self.keys.ready).key(&self.keys.redelivered);
+        invocation
+            .key(&*self.inflight)
+            .key(&self.keys.claims)
+            .key(&self.keys.ready)
+            .key(&self.keys.redelivered)
+            .arg(&self.keys.wake);
         for id in &unhanded {
             invocation.arg(id);
         }
         invocation.invoke_async(&mut conn).await.map_err(|e| broker_error(e, "returning messages"))
     }
 
-    /// Runs the rescans that are due.
+    /// Returns claims whose reply was lost, if a claim failed.
     async fn rescan(&mut self) -> Result<(), BrokerError> {
-        let now = Instant::now();
-        if !self.rescans.iter().any(|at| *at <= now) {
+        if !self.rescan {
             return Ok(());
         }
         let returned = self.return_unhanded().await?;
-        self.rescans.retain(|at| *at > now);
+        self.rescan = false;
         if returned > 0 {
             tracing::warn!(queue_key = %self.keys.ready, returned, "returned claims whose reply was lost to the queue");
         }
@@ -309,22 +207,20 @@ impl Consumer for RedisConsumer {
             let next_due = match self.fetch(room).await {
                 Ok(next_due) => next_due,
                 Err(error) => {
-                    self.lost_reply();
+                    // Its claims may have been made: look for them next time.
+                    self.rescan = true;
                     return Err(error);
                 }
             };
             tracing::trace!(claimed = self.buffer.len(), ?next_due, "fetched");
             if self.buffer.is_empty() {
-                self.block(next_due).await?;
+                self.wait(next_due).await;
             }
         }
     }
 
     async fn close(mut self: Box<Self>) -> Result<(), BrokerError> {
-        // End a wait left pending by a cancelled `next` first, so that it
-        // cannot claim a message after the in-flight list was looked at;
-        // then everything claimed and not handed out goes back.
-        self.unblock().await;
+        // Everything claimed and not handed out goes back.
         self.buffer.clear();
         let returned = self.return_unhanded().await?;
         tracing::debug!(returned, "returned prefetched messages to the queue");
@@ -381,7 +277,7 @@ impl Receipt for RedisReceipt {
             }
             Settlement::Requeue => {
                 let mut invocation = self.fenced(&scripts.requeue);
-                invocation.key(&keys.ready).key(&keys.redelivered);
+                invocation.key(&keys.ready).key(&keys.redelivered).arg(&keys.wake);
                 invocation
             }
             Settlement::Reschedule { body, delay } => {
@@ -390,11 +286,11 @@ impl Receipt for RedisReceipt {
                     .key(&keys.msgs)
                     .key(&keys.delayed)
                     .key(&keys.ready)
-                    .key(&keys.woken)
                     .key(&keys.redelivered)
                     .arg(MessageId::new().to_string())
                     .arg(body.as_ref())
-                    .arg(crate::millis(*delay));
+                    .arg(crate::millis(*delay))
+                    .arg(&keys.wake);
                 invocation
             }
             other => {

@@ -12,8 +12,9 @@ pub(crate) struct QueueKeys {
     pub(crate) dead_msgs: String,
     pub(crate) reasons: String,
     pub(crate) redelivered: String,
-    pub(crate) woken: String,
     pub(crate) claims: String,
+    /// The pub/sub channel that wakes idle consumers.
+    pub(crate) wake: String,
     pub(crate) dead_bytes: String,
 }
 
@@ -29,8 +30,8 @@ impl QueueKeys {
             dead_msgs: key("dead-msgs"),
             reasons: key("dead-reasons"),
             redelivered: key("redelivered"),
-            woken: key("woken"),
             claims: key("claims"),
+            wake: key("wake"),
             dead_bytes: key("dead-bytes"),
             prefix,
         }
@@ -90,7 +91,7 @@ mod tests {
             &keys.msgs,
             &keys.delayed,
             &keys.dead,
-            &keys.woken,
+            &keys.wake,
             &keys.claims,
             &keys.dead_bytes,
             &keys.inflight("w1", 3),

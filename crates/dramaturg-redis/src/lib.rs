@@ -50,6 +50,7 @@ mod keys;
 mod registry;
 mod scripts;
 mod server;
+mod wake;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,6 +59,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use dramaturg_core::broker::redact_password;
+pub(crate) use dramaturg_core::sync::lock;
+pub(crate) use dramaturg_core::time::millis;
 use dramaturg_core::{Broker, BrokerError, BrokerErrorKind, Consumer, DeadLetters, MessageId, Outgoing, QueueAdmin};
 use redis::aio::ConnectionManager;
 use redis::RedisError;
@@ -225,7 +228,6 @@ pub struct RedisBroker {
 /// What the broker, its consumers and its receipts share.
 struct Shared {
     config: RedisConfig,
-    client: redis::Client,
     conn: ConnectionManager,
     scripts: Arc<Scripts>,
     worker_id: String,
@@ -246,11 +248,6 @@ fn open_client(config: &RedisConfig) -> redis::RedisResult<redis::Client> {
         return redis::Client::build_with_tls(config.url.as_str(), certificates);
     }
     redis::Client::open(config.url.as_str())
-}
-
-/// `duration` in whole milliseconds, saturating.
-pub(crate) fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// A Redis error as a [`BrokerError`], classified, without any URL in it.
@@ -339,15 +336,7 @@ impl RedisBroker {
             "connected to redis"
         );
         Ok(Self {
-            shared: Arc::new(Shared {
-                config,
-                client,
-                conn,
-                scripts,
-                worker_id,
-                consumers: AtomicU64::new(0),
-                registry,
-            }),
+            shared: Arc::new(Shared { config, conn, scripts, worker_id, consumers: AtomicU64::new(0), registry }),
         })
     }
 
@@ -376,7 +365,7 @@ impl RedisBroker {
     async fn enqueue_now(&self, queue: &str, batch: &[(String, bytes::Bytes)]) -> Result<(), BrokerError> {
         let keys = self.keys(queue);
         let mut invocation = self.shared.scripts.enqueue.prepare_invoke();
-        invocation.key(&keys.msgs).key(&keys.ready);
+        invocation.key(&keys.msgs).key(&keys.ready).arg(&keys.wake);
         for (id, body) in batch {
             invocation.arg(id).arg(body.as_ref());
         }
@@ -393,10 +382,10 @@ impl RedisBroker {
             .key(&keys.msgs)
             .key(&keys.delayed)
             .key(&keys.ready)
-            .key(&keys.woken)
             .arg(MessageId::new().to_string())
             .arg(message.body.as_ref())
             .arg(millis(delay))
+            .arg(&keys.wake)
             .invoke_async::<()>(&mut conn)
             .await
             .map_err(|e| broker_error(e, "delayed enqueue"))
@@ -473,7 +462,9 @@ impl Broker for RedisBroker {
         // consumer registers before its first claim, and until then its
         // `next` fails with the reason, which the worker logs and retries
         // with backoff.
-        let registered = match self.shared.registry.register(number, queue).await {
+        let keys = self.keys(queue);
+        let (wake, beaten) = self.shared.registry.register(number, queue, &keys.wake).await?;
+        let registered = match beaten {
             Ok(()) => true,
             Err(error) if error.is_retryable() => {
                 tracing::warn!(%queue, %error, "cannot register this consumer yet; it retries before it claims");
@@ -481,13 +472,7 @@ impl Broker for RedisBroker {
             }
             Err(error) => return Err(error),
         };
-        Ok(Box::new(consumer::RedisConsumer::new(
-            Arc::clone(&self.shared),
-            self.keys(queue),
-            number,
-            prefetch,
-            registered,
-        )))
+        Ok(Box::new(consumer::RedisConsumer::new(Arc::clone(&self.shared), keys, number, prefetch, wake, registered)))
     }
 
     fn admin(&self) -> Option<&dyn QueueAdmin> {

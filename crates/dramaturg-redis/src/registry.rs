@@ -4,7 +4,8 @@
 //! Each broker value (a worker) beats from a thread of its own, with its own
 //! small runtime and connection, so no handler that blocks or computes on
 //! the worker's runtime can starve the heartbeat and make a live worker look
-//! dead. Beats carry the server's time (`TIME` inside the script), so
+//! dead. The same thread keeps the wake-up subscription of idle consumers
+//! (`wake.rs`). Beats carry the server's time (`TIME` inside the script), so
 //! clients' clocks do not matter.
 //!
 //! A worker returns the claimed messages of workers whose last beat is older
@@ -13,7 +14,7 @@
 //! and the first one back must give the others the time to beat again
 //! before it judges them.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dramaturg_core::BrokerError;
@@ -23,7 +24,8 @@ use tokio::time::Instant;
 
 use crate::keys::{consumer_entry, parse_consumer_entry, RegistryKeys};
 use crate::scripts::Scripts;
-use crate::{broker_error, millis, RedisConfig};
+use crate::wake::Wakeups;
+use crate::{broker_error, lock, millis, RedisConfig};
 
 /// How often the dead letters of this worker's queues are trimmed.
 const TRIM_EVERY: Duration = Duration::from_secs(60);
@@ -38,13 +40,8 @@ pub(crate) struct Registry {
     entries: Mutex<Vec<String>>,
     /// Stops the heartbeat thread when set (or dropped).
     stop: Mutex<Option<watch::Sender<bool>>>,
-    /// Woken when a heartbeat fails: the connection may be dead, and
-    /// consumers blocked on connections of their own should reconnect.
-    pub(crate) connection_trouble: Notify,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+    /// The wake-ups of idle consumers, kept up by the heartbeat thread.
+    wakeups: Wakeups,
 }
 
 impl Registry {
@@ -64,32 +61,25 @@ impl Registry {
             config,
             entries: Mutex::default(),
             stop: Mutex::default(),
-            connection_trouble: Notify::new(),
+            wakeups: Wakeups::new(),
         }
     }
 
     /// Records a consumer's in-flight list, starts the heartbeat thread if
-    /// it is not running, and beats once. A failed beat is returned (the
-    /// entry stays recorded, and the heartbeat thread keeps beating it);
-    /// the consumer must not claim before [`Registry::beat_once`] passes.
-    pub(crate) async fn register(self: &Arc<Self>, consumer: u64, queue: &str) -> Result<(), BrokerError> {
+    /// it is not running, and returns the consumer's wake-up on `channel`
+    /// with the result of a first beat. A failed beat leaves the entry
+    /// recorded (the heartbeat thread keeps beating it); the consumer must
+    /// not claim before [`Registry::beat_once`] passes.
+    pub(crate) async fn register(
+        self: &Arc<Self>,
+        consumer: u64,
+        queue: &str,
+        channel: &str,
+    ) -> Result<(Arc<Notify>, Result<(), BrokerError>), BrokerError> {
         lock(&self.entries).push(consumer_entry(consumer, queue));
-        {
-            let mut stop = lock(&self.stop);
-            if stop.is_none() {
-                let (sender, receiver) = watch::channel(false);
-                let registry = Arc::clone(self);
-                std::thread::Builder::new()
-                    .name("dramaturg-redis-heartbeat".into())
-                    .spawn(move || registry.run_thread(receiver))
-                    .map_err(|e| {
-                        BrokerError::new(dramaturg_core::BrokerErrorKind::Other, "cannot start the heartbeat thread")
-                            .with_source(e)
-                    })?;
-                *stop = Some(sender);
-            }
-        }
-        self.beat_once().await
+        self.start_thread()?;
+        let wake = self.wakeups.register(channel).await;
+        Ok((wake, self.beat_once().await))
     }
 
     /// Beats once on the shared connection, recording every consumer: a
@@ -99,6 +89,24 @@ impl Registry {
         let entries = lock(&self.entries).clone();
         let mut conn = self.conn.clone();
         beat(&mut conn, &self.keys, &self.scripts, &self.worker_id, &entries).await
+    }
+
+    /// Starts the heartbeat thread if it is not running.
+    fn start_thread(self: &Arc<Self>) -> Result<(), BrokerError> {
+        let mut stop = lock(&self.stop);
+        if stop.is_none() {
+            let (sender, receiver) = watch::channel(false);
+            let registry = Arc::clone(self);
+            std::thread::Builder::new()
+                .name("dramaturg-redis-heartbeat".into())
+                .spawn(move || registry.run_thread(receiver))
+                .map_err(|e| {
+                    BrokerError::new(dramaturg_core::BrokerErrorKind::Other, "cannot start the heartbeat thread")
+                        .with_source(e)
+                })?;
+            *stop = Some(sender);
+        }
+        Ok(())
     }
 
     /// Stops beating. What this worker still had claimed is returned by
@@ -149,7 +157,8 @@ impl Registry {
                 return;
             }
         };
-        runtime.block_on(self.run(stop));
+        let wakeups = self.wakeups.run(self.client.clone(), self.config.heartbeat_interval, stop.clone());
+        runtime.block_on(async { tokio::join!(self.run(stop), wakeups) });
     }
 
     async fn run(&self, mut stop: watch::Receiver<bool>) {
@@ -183,7 +192,6 @@ impl Registry {
                     tracing::warn!(%error, failures, "redis heartbeat failed; retrying on the next tick");
                 }
                 healthy_since = None;
-                self.connection_trouble.notify_waiters();
                 continue;
             }
             if failures > 0 {
@@ -353,6 +361,7 @@ async fn recover(
         .key(&keys.ready)
         .key(&keys.redelivered)
         .key(&keys.claims)
+        .arg(&keys.wake)
         .invoke_async(conn)
         .await
         .map_err(|e| broker_error(e, "returning claimed messages"))

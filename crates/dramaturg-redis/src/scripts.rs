@@ -29,26 +29,28 @@
 
 use redis::Script;
 
-/// The entry pushed into an empty ready list to wake a consumer blocked on
-/// it when a delayed message falls due earlier than it was told.
-pub(crate) const WAKE: &str = "~wake~";
-
 /// The server's clock in milliseconds since the epoch, as `now`.
 const NOW: &str = r"
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 ";
 
-/// Adds entry `id` to the delayed set due at `due`, waking a blocked
-/// consumer if it is now the earliest and the ready list is empty.
+/// Wakes the queue's idle consumers (see `wake.rs`) when the ready list is
+/// empty: call it before putting a message there.
+const WAKE_IF_EMPTY: &str = r"
+local function wake_if_empty(ready, channel)
+  if redis.call('LLEN', ready) == 0 then redis.call('PUBLISH', channel, '') end
+end
+";
+
+/// Adds entry `id` to the delayed set due at `due`, waking idle consumers
+/// if it is now the earliest and the ready list is empty (they wait no
+/// longer than until the earliest due time they saw).
 const ADD_DELAYED: &str = r"
-local function add_delayed(delayed, ready, woken, id, due)
+local function add_delayed(delayed, ready, channel, id, due)
   local first = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')
   redis.call('ZADD', delayed, due, id)
-  if (first[2] == nil or due < tonumber(first[2])) and redis.call('LLEN', ready) == 0 then
-    redis.call('LPUSH', ready, '~wake~')
-    redis.call('SET', woken, '1')
-  end
+  if first[2] == nil or due < tonumber(first[2]) then wake_if_empty(ready, channel) end
 end
 ";
 
@@ -82,26 +84,28 @@ if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
 redis.call('LREM', KEYS[1], -1, ARGV[1])
 ";
 
-/// Enqueue messages now. KEYS: msgs, ready. ARGV: id, payload, id, payload, …
+/// Enqueue messages now. KEYS: msgs, ready. ARGV: wake channel, then id,
+/// payload, id, payload, …
 const ENQUEUE: &str = r"
-for i = 1, #ARGV, 2 do
+wake_if_empty(KEYS[2], ARGV[1])
+for i = 2, #ARGV, 2 do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
   redis.call('RPUSH', KEYS[2], ARGV[i])
 end
-return #ARGV / 2
+return (#ARGV - 1) / 2
 ";
 
-/// Enqueue one message for later. KEYS: msgs, delayed, ready, woken.
-/// ARGV: id, payload, delay (ms).
+/// Enqueue one message for later. KEYS: msgs, delayed, ready.
+/// ARGV: id, payload, delay (ms), wake channel.
 const ENQUEUE_DELAYED: &str = r"
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-add_delayed(KEYS[2], KEYS[3], KEYS[4], ARGV[1], now + tonumber(ARGV[3]))
+add_delayed(KEYS[2], KEYS[3], ARGV[4], ARGV[1], now + tonumber(ARGV[3]))
 return 1
 ";
 
 /// Promote due delayed messages, then claim up to n ready ones into the
 /// consumer's in-flight list. KEYS: ready, inflight, msgs, delayed,
-/// redelivered, woken, claims. ARGV: n. Returns the milliseconds until the
+/// redelivered, claims. ARGV: n. Returns the milliseconds until the
 /// next delayed message is due (-1: none), how many ids without a message
 /// were dropped, then id, payload, token, redelivered quadruples.
 const FETCH: &str = r"
@@ -116,24 +120,19 @@ local taken, orphans = 0, 0
 while taken < n do
   local id = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
   if not id then break end
-  if id == '~wake~' then
-    redis.call('LREM', KEYS[2], -1, id)
-    redis.call('DEL', KEYS[6])
+  local payload = redis.call('HGET', KEYS[3], id)
+  if payload then
+    taken = taken + 1
+    out[#out + 1] = id
+    out[#out + 1] = payload
+    out[#out + 1] = redis.call('HINCRBY', KEYS[6], id, 1)
+    out[#out + 1] = redis.call('SREM', KEYS[5], id)
   else
-    local payload = redis.call('HGET', KEYS[3], id)
-    if payload then
-      taken = taken + 1
-      out[#out + 1] = id
-      out[#out + 1] = payload
-      out[#out + 1] = redis.call('HINCRBY', KEYS[7], id, 1)
-      out[#out + 1] = redis.call('SREM', KEYS[5], id)
-    else
-      -- An id whose message is gone is never handed out: drop it.
-      redis.call('LREM', KEYS[2], -1, id)
-      redis.call('HDEL', KEYS[7], id)
-      redis.call('SREM', KEYS[5], id)
-      orphans = orphans + 1
-    end
+    -- An id whose message is gone is never handed out: drop it.
+    redis.call('LREM', KEYS[2], -1, id)
+    redis.call('HDEL', KEYS[6], id)
+    redis.call('SREM', KEYS[5], id)
+    orphans = orphans + 1
   end
 end
 local first = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
@@ -142,26 +141,6 @@ if first[2] then wait = math.max(0, tonumber(first[2]) - now) end
 table.insert(out, 1, orphans)
 table.insert(out, 1, wait)
 return out
-";
-
-/// Complete a claim made by a blocking move. KEYS: inflight, msgs,
-/// redelivered, woken, claims. ARGV: id. Returns nil for a wake-up entry,
-/// an empty reply for an id whose message is gone (dropped), else
-/// {payload, token, redelivered}.
-const TAKE: &str = r"
-if ARGV[1] == '~wake~' then
-  redis.call('LREM', KEYS[1], -1, ARGV[1])
-  redis.call('DEL', KEYS[4])
-  return false
-end
-local payload = redis.call('HGET', KEYS[2], ARGV[1])
-if not payload then
-  redis.call('LREM', KEYS[1], -1, ARGV[1])
-  redis.call('HDEL', KEYS[5], ARGV[1])
-  redis.call('SREM', KEYS[3], ARGV[1])
-  return {}
-end
-return {payload, redis.call('HINCRBY', KEYS[5], ARGV[1], 1), redis.call('SREM', KEYS[3], ARGV[1])}
 ";
 
 /// Acknowledge. KEYS: inflight, claims, msgs. ARGV: id, token.
@@ -188,26 +167,28 @@ return 1
 ";
 
 /// Replace the message by a new entry, now or after a delay. KEYS:
-/// inflight, claims, msgs, delayed, ready, woken, redelivered. ARGV: id,
-/// token, new id, payload, delay (ms).
+/// inflight, claims, msgs, delayed, ready, redelivered. ARGV: id, token,
+/// new id, payload, delay (ms), wake channel.
 const RESCHEDULE: &str = r"
 redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
-redis.call('SREM', KEYS[7], ARGV[1])
+redis.call('SREM', KEYS[6], ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[3], ARGV[4])
 local delay = tonumber(ARGV[5])
 if delay <= 0 then
+  wake_if_empty(KEYS[5], ARGV[6])
   redis.call('RPUSH', KEYS[5], ARGV[3])
 else
-  add_delayed(KEYS[4], KEYS[5], KEYS[6], ARGV[3], now + delay)
+  add_delayed(KEYS[4], KEYS[5], ARGV[6], ARGV[3], now + delay)
 end
 return 1
 ";
 
 /// Return a claimed message to the front of the queue. KEYS: inflight,
-/// claims, ready, redelivered. ARGV: id, token.
+/// claims, ready, redelivered. ARGV: id, token, wake channel.
 const REQUEUE: &str = r"
 redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+wake_if_empty(KEYS[3], ARGV[3])
 redis.call('LPUSH', KEYS[3], ARGV[1])
 redis.call('SADD', KEYS[4], ARGV[1])
 return 1
@@ -215,10 +196,11 @@ return 1
 
 /// Return claimed messages that were never handed out to the front of the
 /// queue, in their order. KEYS: inflight, claims, ready, redelivered.
-/// ARGV: ids.
+/// ARGV: wake channel, then ids.
 const RETURN_UNHANDED: &str = r"
+wake_if_empty(KEYS[3], ARGV[1])
 local n = 0
-for i = #ARGV, 1, -1 do
+for i = #ARGV, 2, -1 do
   if redis.call('LREM', KEYS[1], 1, ARGV[i]) > 0 then
     redis.call('HINCRBY', KEYS[2], ARGV[i], 1)
     redis.call('LPUSH', KEYS[3], ARGV[i])
@@ -231,24 +213,25 @@ return n
 
 /// Return everything a consumer had claimed (its worker is dead, or an
 /// operator asked), voiding the claims. KEYS: inflight, ready,
-/// redelivered, claims.
+/// redelivered, claims. ARGV: wake channel.
 const RECOVER: &str = r"
 local ids = redis.call('LRANGE', KEYS[1], 0, -1)
+if #ids > 0 then wake_if_empty(KEYS[2], ARGV[1]) end
 for i = #ids, 1, -1 do
   redis.call('LPUSH', KEYS[2], ids[i])
-  if ids[i] ~= '~wake~' then
-    redis.call('SADD', KEYS[3], ids[i])
-    redis.call('HINCRBY', KEYS[4], ids[i], 1)
-  end
+  redis.call('SADD', KEYS[3], ids[i])
+  redis.call('HINCRBY', KEYS[4], ids[i], 1)
 end
 redis.call('DEL', KEYS[1])
 return #ids
 ";
 
-/// Move dead letters back to the queue: one (ARGV[1] = id) or the next 500
-/// (ARGV[1] = ''). KEYS: dead, dead_msgs, reasons, msgs, ready, dead_bytes.
-/// Returns {replayed, looked at}.
+/// Move dead letters back to the queue (ARGV[2] = 'replay') or delete them
+/// (ARGV[2] = 'delete'): one (ARGV[1] = id) or the next 500 (ARGV[1] = '').
+/// KEYS: dead, dead_msgs, reasons, msgs, ready, dead_bytes. ARGV[3]: wake
+/// channel. Returns {moved or deleted, looked at}.
 const REPLAY: &str = r"
+if ARGV[2] == 'replay' then wake_if_empty(KEYS[5], ARGV[3]) end
 local ids
 if ARGV[1] == '' then
   ids = redis.call('ZRANGE', KEYS[1], 0, 499)
@@ -261,8 +244,10 @@ local n = 0
 for _, id in ipairs(ids) do
   local payload = redis.call('HGET', KEYS[2], id)
   if payload then
-    redis.call('HSET', KEYS[4], id, payload)
-    redis.call('RPUSH', KEYS[5], id)
+    if ARGV[2] == 'replay' then
+      redis.call('HSET', KEYS[4], id, payload)
+      redis.call('RPUSH', KEYS[5], id)
+    end
     redis.call('DECRBY', KEYS[6], #payload)
     n = n + 1
   end
@@ -299,7 +284,7 @@ return trim_dead(KEYS[1], KEYS[2], KEYS[3], KEYS[4], now, tonumber(ARGV[1]), ton
 
 /// Remove up to ARGV[1] ready or delayed messages (ready first), so that a
 /// purge of millions of messages is many short calls, never one long one.
-/// KEYS: ready, delayed, msgs, woken, claims, redelivered. Returns how many
+/// KEYS: ready, delayed, msgs, claims, redelivered. Returns how many
 /// messages were removed and how many entries were looked at.
 const PURGE: &str = r"
 local batch = tonumber(ARGV[1])
@@ -311,14 +296,9 @@ if not ids then
   for i = 1, #entries, 2 do ids[#ids + 1] = entries[i] end
 end
 for _, id in ipairs(ids) do
-  if id ~= '~wake~' then
-    redis.call('HDEL', KEYS[3], id)
-    redis.call('HDEL', KEYS[5], id)
-    redis.call('SREM', KEYS[6], id)
-    n = n + 1
-  else
-    redis.call('DEL', KEYS[4])
-  end
+  if redis.call('HDEL', KEYS[3], id) == 1 then n = n + 1 end
+  redis.call('HDEL', KEYS[4], id)
+  redis.call('SREM', KEYS[5], id)
 end
 return {n, #ids}
 ";
@@ -361,7 +341,6 @@ pub(crate) struct Scripts {
     pub(crate) enqueue: Script,
     pub(crate) enqueue_delayed: Script,
     pub(crate) fetch: Script,
-    pub(crate) take: Script,
     pub(crate) ack: Script,
     pub(crate) dead: Script,
     pub(crate) reschedule: Script,
@@ -382,17 +361,16 @@ impl Scripts {
         // returns or beats may run at maxmemory. Sends may not.
         let drain = Some("allow-oom");
         Self {
-            enqueue: script(None, &[ENQUEUE]),
-            enqueue_delayed: script(None, &[NOW, ADD_DELAYED, ENQUEUE_DELAYED]),
+            enqueue: script(None, &[WAKE_IF_EMPTY, ENQUEUE]),
+            enqueue_delayed: script(None, &[NOW, WAKE_IF_EMPTY, ADD_DELAYED, ENQUEUE_DELAYED]),
             fetch: script(drain, &[NOW, FETCH]),
-            take: script(drain, &[TAKE]),
             ack: script(drain, &[OWNS, ACK]),
             dead: script(drain, &[NOW, TRIM_DEAD, OWNS, DEAD]),
-            reschedule: script(drain, &[NOW, ADD_DELAYED, OWNS, RESCHEDULE]),
-            requeue: script(drain, &[OWNS, REQUEUE]),
-            return_unhanded: script(drain, &[RETURN_UNHANDED]),
-            recover: script(drain, &[RECOVER]),
-            replay: script(None, &[REPLAY]),
+            reschedule: script(drain, &[NOW, WAKE_IF_EMPTY, ADD_DELAYED, OWNS, RESCHEDULE]),
+            requeue: script(drain, &[WAKE_IF_EMPTY, OWNS, REQUEUE]),
+            return_unhanded: script(drain, &[WAKE_IF_EMPTY, RETURN_UNHANDED]),
+            recover: script(drain, &[WAKE_IF_EMPTY, RECOVER]),
+            replay: script(None, &[WAKE_IF_EMPTY, REPLAY]),
             list_dead: script(Some("no-writes,allow-oom"), &[LIST_DEAD]),
             trim: script(drain, &[NOW, TRIM_DEAD, TRIM]),
             purge: script(drain, &[PURGE]),

@@ -25,8 +25,14 @@ struct Server {
 impl Server {
     fn start(args: &[&str]) -> Self {
         let port = free_port();
+        // Replication writes an RDB file even without `save`: keep it out
+        // of the source tree.
+        let dir = std::env::temp_dir().join(format!("dramaturg-redis-hostile-{port}"));
+        std::fs::create_dir_all(&dir).unwrap();
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&dir)
             .args(args)
             .stdout(Stdio::null())
             .spawn()

@@ -3,7 +3,7 @@
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -39,6 +39,10 @@ struct Inner {
     /// Microseconds after `started` at which an abort interrupts the
     /// attempt (`u64::MAX`: no abort requested).
     abort_at_us: AtomicU64,
+    /// Whether the actor returned `Ok` in this attempt.
+    actor_succeeded: AtomicBool,
+    /// Middleware failures after the actor succeeded (panics on the way out).
+    middleware_failures: AtomicU32,
     metadata: Mutex<Metadata>,
 }
 
@@ -56,6 +60,8 @@ impl Context {
                 extension_us: AtomicU64::new(0),
                 interruption: AtomicU8::new(0),
                 abort_at_us: AtomicU64::new(u64::MAX),
+                actor_succeeded: AtomicBool::new(false),
+                middleware_failures: AtomicU32::new(0),
                 metadata: Mutex::default(),
             }),
         }
@@ -184,6 +190,31 @@ impl Context {
     /// [`Interrupted`] with the reason.
     pub fn check(&self) -> Result<(), Interrupted> {
         self.interruption().map_or(Ok(()), |reason| Err(Interrupted(reason)))
+    }
+
+    /// Whether the actor returned `Ok` in this attempt. Set by the innermost
+    /// step of the stack as the actor returns, so a middleware that fails on
+    /// the way out (a panic after `next.run(ctx)`) cannot make finished work
+    /// look unfinished: error capture and the worker settle such a message as
+    /// done, and report the middleware's failure on its own.
+    pub fn actor_succeeded(&self) -> bool {
+        self.inner.actor_succeeded.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_actor_succeeded(&self) {
+        self.inner.actor_succeeded.store(true, Ordering::Release);
+    }
+
+    /// Records that a middleware failed after the actor had succeeded (error
+    /// capture calls this when it catches such a panic); the worker counts
+    /// it in [`WorkerReport::middleware_failures`](crate::WorkerReport::middleware_failures).
+    pub fn note_middleware_failure(&self) {
+        self.inner.middleware_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many middleware failures after the actor's success were noted.
+    pub fn middleware_failures(&self) -> u32 {
+        self.inner.middleware_failures.load(Ordering::Relaxed)
     }
 
     /// When the actor last called [`Context::heartbeat`] (the start of the

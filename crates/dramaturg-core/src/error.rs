@@ -23,6 +23,18 @@ pub enum BrokerErrorKind {
     /// The request cannot be carried out as given (a name too long for the
     /// broker, an option its queue cannot honour); retrying cannot help.
     InvalidInput,
+    /// The broker is out of room for new messages (Redis at `maxmemory`
+    /// with `noeviction`). Sends are refused; consuming and settling go on,
+    /// and free room. Retryable: room comes back as consumers drain.
+    Full,
+    /// The broker takes no writes for now: a read-only replica (a failover
+    /// under way), a server loading its data set, a cluster moving slots.
+    /// Retryable: the same operation usually passes within seconds.
+    Unavailable,
+    /// The broker server is unfit for this client and will stay so until an
+    /// operator changes it: a version too old, a setting under which it
+    /// would lose messages (an evicting memory policy). Not retryable.
+    Unsuitable,
     /// Anything else.
     Other,
 }
@@ -88,9 +100,29 @@ impl BrokerError {
         self.kind == BrokerErrorKind::Timeout
     }
 
-    /// Whether trying the same operation again later may succeed.
+    /// Whether the broker refused the operation for want of room
+    /// ([`BrokerErrorKind::Full`]).
+    pub fn is_full(&self) -> bool {
+        self.kind == BrokerErrorKind::Full
+    }
+
+    /// Whether the broker server is unfit for this client until an operator
+    /// changes it ([`BrokerErrorKind::Unsuitable`]).
+    pub fn is_unsuitable(&self) -> bool {
+        self.kind == BrokerErrorKind::Unsuitable
+    }
+
+    /// Whether trying the same operation again later may succeed: the
+    /// connection was lost, an operation timed out, the broker is full or
+    /// takes no writes for now.
     pub fn is_retryable(&self) -> bool {
-        matches!(self.kind, BrokerErrorKind::Connection | BrokerErrorKind::Timeout)
+        matches!(
+            self.kind,
+            BrokerErrorKind::Connection
+                | BrokerErrorKind::Timeout
+                | BrokerErrorKind::Full
+                | BrokerErrorKind::Unavailable
+        )
     }
 }
 

@@ -230,7 +230,10 @@ impl<'a> Next<'a> {
                     None => job.await,
                 };
                 match result {
-                    Ok(output) => Outcome::Succeeded(output),
+                    Ok(output) => {
+                        ctx.set_actor_succeeded();
+                        Outcome::Succeeded(output)
+                    }
                     Err(failure) => Outcome::Failed(failure),
                 }
             }

@@ -20,6 +20,9 @@ pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 /// retried → reschedule to the next attempt; requeue → requeue.
 #[derive(Debug)]
 #[non_exhaustive]
+// `Retried` carries the next attempt's message; an outcome is moved a few
+// times per message, and boxing it would cost an allocation per retry.
+#[allow(clippy::large_enum_variant)]
 pub enum Outcome {
     /// The actor returned `Ok`.
     Succeeded(Output),

@@ -33,7 +33,7 @@ use crate::bounded::Bounded;
 use crate::broker::{Consumer, Delivery, Settled, Settlement};
 use crate::error::BrokerError;
 use crate::middleware::Next;
-use crate::outcome::{Failure, Outcome, RecordLimits};
+use crate::outcome::{Failure, Outcome, Output, RecordLimits};
 use crate::{App, Context, Message};
 
 /// How long interrupted messages get to settle after the grace period.
@@ -45,6 +45,9 @@ const MAX_CONSUME_BACKOFF: Duration = Duration::from_secs(5);
 /// settlement makes late retries safe: once the claim lapsed, the broker
 /// answers `Stale` and changes nothing.
 const SETTLE_RETRY_FOR: Duration = Duration::from_secs(120);
+/// The least a retry that the broker could not schedule is held before it
+/// goes back to its queue unchanged.
+const MIN_UNSCHEDULED_RETRY_HOLD: Duration = Duration::from_secs(1);
 
 /// Runs the app's actors. Configure it, then call [`Worker::run`] or
 /// [`Worker::run_until_signal`].
@@ -119,6 +122,10 @@ pub struct WorkerReport {
     /// to another consumer by then, so nothing was changed. The attempt
     /// that ran here may have duplicated another.
     pub stale: u64,
+    /// Middleware that failed (panicked) after the actor had succeeded.
+    /// The message was settled as done all the same; each failure is also
+    /// logged at error level.
+    pub middleware_failures: u64,
 }
 
 impl WorkerReport {
@@ -138,6 +145,7 @@ struct Counters {
     aborted: AtomicU64,
     rejected: AtomicU64,
     stale: AtomicU64,
+    middleware_failures: AtomicU64,
 }
 
 impl Counters {
@@ -164,6 +172,7 @@ impl Counters {
             aborted: get(&self.aborted),
             rejected: get(&self.rejected),
             stale: get(&self.stale),
+            middleware_failures: get(&self.middleware_failures),
         }
     }
 }
@@ -403,11 +412,15 @@ async fn pump(shared: Arc<Shared>, mut consumer: Box<dyn Consumer>, queue: Strin
 }
 
 /// Settles `delivery`, trying again while the broker fails for a transient
-/// reason; counts and logs a stale settlement.
+/// reason; counts and logs a stale settlement. A retry that cannot be
+/// scheduled is not dropped (which would return it to its queue at once, to
+/// fail and come back in a tight loop): the delivery is held for the
+/// retry's delay, at least [`MIN_UNSCHEDULED_RETRY_HOLD`], then requeued.
 async fn settle(shared: &Shared, delivery: Delivery, settlement: Settlement) {
-    let deadline = tokio::time::Instant::now() + SETTLE_RETRY_FOR;
+    let mut deadline = tokio::time::Instant::now() + SETTLE_RETRY_FOR;
     let mut backoff = Duration::from_millis(50);
     let mut delivery = delivery;
+    let mut settlement = settlement;
     loop {
         match delivery.settle(settlement.clone()).await {
             Ok(Settled::Applied) => return,
@@ -427,8 +440,24 @@ async fn settle(shared: &Shared, delivery: Delivery, settlement: Settlement) {
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
             Err(error) => {
-                tracing::error!(error = %error.error(), "could not settle a delivery; the broker will redeliver it");
-                return;
+                let Settlement::Reschedule { delay, .. } = &settlement else {
+                    tracing::error!(error = %error.error(), "could not settle a delivery; the broker will redeliver it");
+                    return;
+                };
+                let hold = (*delay).max(MIN_UNSCHEDULED_RETRY_HOLD);
+                tracing::error!(
+                    error = %error.error(),
+                    ?hold,
+                    "could not schedule a retry; holding the message for its retry delay, then returning it to its queue"
+                );
+                delivery = error.into_delivery();
+                tokio::select! {
+                    () = tokio::time::sleep(hold) => {}
+                    () = shared.stop.cancelled() => {}
+                }
+                settlement = Settlement::Requeue;
+                deadline = tokio::time::Instant::now() + SETTLE_RETRY_FOR;
+                backoff = Duration::from_millis(50);
             }
         }
     }
@@ -512,8 +541,23 @@ async fn run_message(shared: &Shared, message: Message, redelivered: bool) -> Se
         // middleware sees it come back as a requeue.
         let chain = Next::new(app.middleware(), job).interrupted_by(&shared.interrupt).run(&ctx);
         let mut outcome = AssertUnwindSafe(chain).catch_unwind().await.unwrap_or_else(|panic| {
-            Outcome::Failed(Failure::from_panic(panic.as_ref(), None, &RecordLimits::default()))
+            let mut failure = Failure::from_panic(panic.as_ref(), None, &RecordLimits::default());
+            if !ctx.actor_succeeded() {
+                return Outcome::Failed(failure);
+            }
+            // The work is done; running it again would not undo the
+            // middleware's bug. Settle it as done, report the panic alone.
+            ctx.note_middleware_failure();
+            tracing::error!(
+                error = %failure.record().summary(),
+                "a middleware panicked after the actor succeeded; the message is settled as done"
+            );
+            Outcome::Succeeded(Output::new(()))
         });
+        let middleware_failures = ctx.middleware_failures();
+        if middleware_failures > 0 {
+            shared.counters.middleware_failures.fetch_add(u64::from(middleware_failures), Ordering::Relaxed);
+        }
         let elapsed = started.elapsed();
         shared.counters.count(&outcome);
         let settlement = settlement_for(app, &mut outcome);

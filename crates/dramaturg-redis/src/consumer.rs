@@ -37,13 +37,23 @@ pub(crate) struct RedisConsumer {
     /// Whether to look for claims whose reply was lost (after a failed
     /// claim).
     rescan: bool,
+    /// Whether this consumer's in-flight list is recorded in Redis (so
+    /// that recovery finds what it claims). It claims nothing before.
+    registered: bool,
     /// This consumer's number and queue, as registered.
     number: u64,
     queue: String,
 }
 
 impl RedisConsumer {
-    pub(crate) fn new(shared: Arc<Shared>, queue: &str, number: u64, prefetch: usize, wake: Arc<Notify>) -> Self {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        queue: &str,
+        number: u64,
+        prefetch: usize,
+        wake: Arc<Notify>,
+        registered: bool,
+    ) -> Self {
         let keys = QueueKeys::new(&shared.config.namespace, queue);
         let inflight = keys.inflight(&shared.worker_id, number).into();
         Self {
@@ -55,6 +65,7 @@ impl RedisConsumer {
             permits: Arc::new(Semaphore::new(prefetch.max(1))),
             outstanding: Outstanding::default(),
             rescan: false,
+            registered,
             number,
             queue: queue.to_owned(),
         }
@@ -187,6 +198,11 @@ impl Consumer for RedisConsumer {
             .acquire_owned()
             .await
             .map_err(|_| BrokerError::new(BrokerErrorKind::Closed, "the consumer is closed"))?;
+        if !self.registered {
+            self.shared.registry.beat_once().await?;
+            self.registered = true;
+            tracing::info!(queue_key = %self.keys.ready, "consumer registered");
+        }
         loop {
             if let Some(claimed) = self.buffer.pop_front() {
                 return Ok(self.deliver(claimed, permit));
@@ -311,8 +327,9 @@ impl RedisReceipt {
     }
 }
 
-impl Drop for RedisReceipt {
-    fn drop(&mut self) {
-        lock(&self.outstanding).remove(&self.id);
-    }
-}
+// A receipt dropped unsettled keeps its id among the outstanding ones: the
+// worker drops a receipt only when it gave up settling it (the broker was
+// away for too long), so the attempt's outcome is known but not recorded.
+// Returning it to the queue (a rescan, `close`) would run finished work
+// again at once; it stays claimed instead, and only the recovery after
+// this worker stops beating returns it.

@@ -49,6 +49,7 @@ mod consumer;
 mod keys;
 mod registry;
 mod scripts;
+mod server;
 mod wake;
 
 use std::fmt;
@@ -96,6 +97,7 @@ pub struct RedisConfig {
     dead_letter_max_bytes: u64,
     max_block: Duration,
     retry_enqueue_for: Duration,
+    allow_eviction: bool,
     #[cfg(feature = "tls")]
     tls_root_certificate: Option<Vec<u8>>,
 }
@@ -105,7 +107,8 @@ impl RedisConfig {
     /// or `rediss://` with the `tls` feature), with the defaults: namespace
     /// `dramaturg`, a heartbeat every 3 s with a 15 s timeout, dead letters
     /// kept 7 days (at most 50,000 and 64 MiB of messages per queue),
-    /// consumers blocking up to 5 s, no enqueue retries.
+    /// consumers blocking up to 5 s, no enqueue retries, no server with an
+    /// evicting memory policy.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
@@ -117,6 +120,7 @@ impl RedisConfig {
             dead_letter_max_bytes: 64 << 20,
             max_block: Duration::from_secs(5),
             retry_enqueue_for: Duration::ZERO,
+            allow_eviction: false,
             #[cfg(feature = "tls")]
             tls_root_certificate: None,
         }
@@ -182,6 +186,19 @@ impl RedisConfig {
         self.retry_enqueue_for = duration;
         self
     }
+
+    /// Connects even to a server whose `maxmemory-policy` evicts keys
+    /// (default `false`: such a server is refused with a
+    /// [`BrokerErrorKind::Unsuitable`] error). An evicting Redis that
+    /// fills up deletes queued messages, claims and dead letters without a
+    /// trace; with this set, the broker logs a warning at every connect and
+    /// goes on. For caches shared with throwaway jobs, never for work that
+    /// must run.
+    #[must_use]
+    pub fn allow_eviction(mut self, allow: bool) -> Self {
+        self.allow_eviction = allow;
+        self
+    }
 }
 
 impl fmt::Debug for RedisConfig {
@@ -196,6 +213,7 @@ impl fmt::Debug for RedisConfig {
             .field("dead_letter_max_bytes", &self.dead_letter_max_bytes)
             .field("max_block", &self.max_block)
             .field("retry_enqueue_for", &self.retry_enqueue_for)
+            .field("allow_eviction", &self.allow_eviction)
             .finish()
     }
 }
@@ -233,10 +251,32 @@ fn open_client(config: &RedisConfig) -> redis::RedisResult<redis::Client> {
 }
 
 /// A Redis error as a [`BrokerError`], classified, without any URL in it.
+///
+/// Besides lost connections and timeouts, the server's transient refusals
+/// are retryable: `OOM` (full: [`BrokerErrorKind::Full`]), and `READONLY`,
+/// `LOADING`, `TRYAGAIN`, `MASTERDOWN`, `CLUSTERDOWN`, `BUSY`, `UNBLOCKED`,
+/// `MISCONF`, `NOREPLICAS` (unavailable for now, as during a failover:
+/// [`BrokerErrorKind::Unavailable`]). Everything else is a protocol error.
 pub(crate) fn broker_error(error: RedisError, what: &str) -> BrokerError {
-    let (timeout, lost) =
-        (error.is_timeout(), error.is_io_error() || error.is_connection_dropped() || error.is_connection_refusal());
-    BrokerError::classified(error, &format!("redis: {what}"), timeout, lost)
+    let kind = error_kind(&error);
+    BrokerError::new(kind, format!("redis: {what} failed: {error}")).with_source(error)
+}
+
+fn error_kind(error: &RedisError) -> BrokerErrorKind {
+    if error.is_timeout() {
+        return BrokerErrorKind::Timeout;
+    }
+    if error.is_io_error() || error.is_connection_dropped() || error.is_connection_refusal() {
+        return BrokerErrorKind::Connection;
+    }
+    match error.code() {
+        Some("OOM") => BrokerErrorKind::Full,
+        Some(
+            "READONLY" | "LOADING" | "TRYAGAIN" | "MASTERDOWN" | "CLUSTERDOWN" | "BUSY" | "UNBLOCKED" | "MISCONF"
+            | "NOREPLICAS",
+        ) => BrokerErrorKind::Unavailable,
+        _ => BrokerErrorKind::Protocol,
+    }
 }
 
 impl RedisBroker {
@@ -245,7 +285,11 @@ impl RedisBroker {
     /// # Errors
     ///
     /// A [`BrokerError`] when the URL is invalid or the server cannot be
-    /// reached. It names the URL without its password.
+    /// reached. It names the URL without its password. An error of kind
+    /// [`BrokerErrorKind::Unsuitable`] when the server runs a Redis older
+    /// than 7.0, or has a `maxmemory-policy` other than `noeviction` (see
+    /// [`RedisConfig::allow_eviction`]). A read-only replica is accepted,
+    /// with a warning: writes wait until it is a primary again.
     pub async fn connect(url: &str) -> Result<Self, BrokerError> {
         Self::with_config(RedisConfig::new(url)).await
     }
@@ -268,10 +312,11 @@ impl RedisBroker {
             .set_response_timeout(Some(Duration::from_secs(10)))
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_max_delay(Duration::from_secs(2));
-        let conn = client
+        let mut conn = client
             .get_connection_manager_with_config(manager_config)
             .await
             .map_err(|e| broker_error(e, &format!("connecting to {shown}")))?;
+        let server = server::check(&mut conn, &shown, config.allow_eviction).await?;
         let worker_id = MessageId::new().to_string();
         let scripts = Arc::new(Scripts::new());
         let registry = Arc::new(Registry::new(
@@ -281,7 +326,15 @@ impl RedisBroker {
             worker_id.clone(),
             config.clone(),
         ));
-        tracing::debug!(url = %shown, namespace = %config.namespace, worker = %worker_id, "connected to redis");
+        tracing::debug!(
+            url = %shown,
+            namespace = %config.namespace,
+            worker = %worker_id,
+            version = server.version.as_deref().unwrap_or("unknown"),
+            maxmemory_policy = server.policy.as_deref().unwrap_or("unknown"),
+            replica = server.replica,
+            "connected to redis"
+        );
         Ok(Self {
             shared: Arc::new(Shared { config, conn, scripts, worker_id, consumers: AtomicU64::new(0), registry }),
         })
@@ -408,8 +461,21 @@ impl Broker for RedisBroker {
 
     async fn consume(&self, queue: &str, prefetch: usize) -> Result<Box<dyn Consumer>, BrokerError> {
         let number = self.shared.consumers.fetch_add(1, Ordering::Relaxed);
-        let wake = self.shared.registry.register(number, queue, &self.keys(queue).wake).await?;
-        Ok(Box::new(consumer::RedisConsumer::new(Arc::clone(&self.shared), queue, number, prefetch, wake)))
+        // A server that refuses the registration for now (a replica during
+        // a failover, a lost connection) does not stop the worker: the
+        // consumer registers before its first claim, and until then its
+        // `next` fails with the reason, which the worker logs and retries
+        // with backoff.
+        let (wake, beaten) = self.shared.registry.register(number, queue, &self.keys(queue).wake).await?;
+        let registered = match beaten {
+            Ok(()) => true,
+            Err(error) if error.is_retryable() => {
+                tracing::warn!(%queue, %error, "cannot register this consumer yet; it retries before it claims");
+                false
+            }
+            Err(error) => return Err(error),
+        };
+        Ok(Box::new(consumer::RedisConsumer::new(Arc::clone(&self.shared), queue, number, prefetch, wake, registered)))
     }
 
     fn admin(&self) -> Option<&dyn QueueAdmin> {

@@ -65,24 +65,30 @@ impl Registry {
         }
     }
 
-    /// Records a consumer's in-flight list, beats once, starts the heartbeat
-    /// thread if it is not running, and returns the consumer's wake-up on
-    /// `channel`.
+    /// Records a consumer's in-flight list, starts the heartbeat thread if
+    /// it is not running, and returns the consumer's wake-up on `channel`
+    /// with the result of a first beat. A failed beat leaves the entry
+    /// recorded (the heartbeat thread keeps beating it); the consumer must
+    /// not claim before [`Registry::beat_once`] passes.
     pub(crate) async fn register(
         self: &Arc<Self>,
         consumer: u64,
         queue: &str,
         channel: &str,
-    ) -> Result<Arc<Notify>, BrokerError> {
-        let entries = {
-            let mut entries = lock(&self.entries);
-            entries.push(consumer_entry(consumer, queue));
-            entries.clone()
-        };
-        let mut conn = self.conn.clone();
-        beat(&mut conn, &self.keys, &self.scripts, &self.worker_id, &entries).await?;
+    ) -> Result<(Arc<Notify>, Result<(), BrokerError>), BrokerError> {
+        lock(&self.entries).push(consumer_entry(consumer, queue));
         self.start_thread()?;
-        Ok(self.wakeups.register(channel).await)
+        let wake = self.wakeups.register(channel).await;
+        Ok((wake, self.beat_once().await))
+    }
+
+    /// Beats once on the shared connection, recording every consumer: a
+    /// consumer's claims are found by recovery only once its entry is in
+    /// Redis, so it claims nothing before this passed.
+    pub(crate) async fn beat_once(&self) -> Result<(), BrokerError> {
+        let entries = lock(&self.entries).clone();
+        let mut conn = self.conn.clone();
+        beat(&mut conn, &self.keys, &self.scripts, &self.worker_id, &entries).await
     }
 
     /// Starts the heartbeat thread if it is not running.

@@ -559,3 +559,67 @@ async fn a_priority_the_redis_broker_cannot_honour_is_refused() {
     assert!(app.stats("default").await.unwrap().is_drained(), "nothing was enqueued");
     Sleepy { millis: 0 }.send(&app).await.unwrap();
 }
+
+/// A second worker on the same broker value (after the first stopped) is
+/// woken at once by a message in its empty queue, as the first was — not
+/// after the longest wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_worker_on_the_same_broker_wakes_at_once() {
+    if support::is_child() {
+        return;
+    }
+    let namespace = namespace();
+    let app = dramaturg::app(broker_in(URL, &namespace).await).actor::<Mark>().build().unwrap();
+    for round in 0..3 {
+        let worker = Worker::new(app.clone());
+        let shutdown = worker.shutdown_handle();
+        let running = tokio::spawn(worker.run());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let tag = format!("round-{round}-{namespace}");
+        let sent = Instant::now();
+        Mark { tag: tag.clone() }.send(&app).await.unwrap();
+        support::wait_for("the message", Duration::from_secs(10), || marks(&tag) == 1).await;
+        assert!(sent.elapsed() < Duration::from_secs(1), "round {round}: woken after {:?}", sent.elapsed());
+        shutdown.shutdown();
+        running.await.unwrap().unwrap();
+    }
+}
+
+#[derive(Actor, Serialize, Deserialize)]
+#[actor(max_age = "2s", max_retries = 5, min_backoff = "3s")]
+struct Doomed {
+    tag: String,
+}
+
+impl Doomed {
+    async fn perform(self, _ctx: &Context) -> Result<(), BoxError> {
+        MARKS.lock().unwrap().push(self.tag);
+        Err("always fails".into())
+    }
+}
+
+/// Reviewer's inputs: a failure whose retry would fall due past the
+/// message's max_age vanished (skipped as too old, never dead-lettered), and
+/// delays near `Duration::MAX` panicked. The first now fails for good with
+/// its error; the second is refused at send, and a retry that long is not
+/// scheduled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_past_max_age_and_endless_delays_fail_visibly() {
+    if support::is_child() {
+        return;
+    }
+    let namespace = namespace();
+    let broker = broker_in(URL, &namespace).await;
+    let app = dramaturg::app(broker.clone()).actor::<Doomed>().actor::<Mark>().build().unwrap();
+    let tag = format!("doomed-{namespace}");
+    Doomed { tag: tag.clone() }.send(&app).await.unwrap();
+    let forever = dramaturg::SendOptions::default().delay(Duration::MAX);
+    let refused = Mark { tag: "never".into() }.send_with(&app, forever).await;
+    assert!(matches!(refused, Err(dramaturg::EnqueueError::DelayTooLong { .. })), "{refused:?}");
+    let report = Worker::new(app.clone()).run_until_drained(Duration::from_secs(10)).await.unwrap();
+    assert_eq!((report.failed, report.retried, report.skipped), (1, 0, 0), "{report:?}");
+    assert_eq!(marks(&tag), 1);
+    let dead = broker.list("default", 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].reason.contains("always fails"), "{}", dead[0].reason);
+}

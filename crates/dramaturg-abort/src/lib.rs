@@ -384,7 +384,7 @@ impl Abortable {
     /// it waits stays valid until then.
     async fn remember_due(&self, id: MessageId, delay: Duration) {
         let due = now_ms().saturating_add(dramaturg_core::time::millis(delay)).to_string();
-        let ttl = delay + Duration::from_secs(24 * 3600);
+        let ttl = delay.saturating_add(Duration::from_secs(24 * 3600));
         if let Err(error) = self.backend.notify(&[(due_key(id), due.into_bytes())], ttl).await {
             tracing::warn!(%error, "cannot record when a delayed message is due; an abort request for it may expire early");
         }

@@ -16,6 +16,17 @@ use std::time::Duration;
 
 use dramaturg_core::{async_trait, Context, Fail, Failure, Middleware, Next, Outcome};
 
+/// Why a message sent with a delay at least as long as its max_age is
+/// dead-lettered when it falls due.
+#[derive(Debug, thiserror::Error)]
+#[error("sent with a delay of {delay:?}, at or beyond its max_age of {max_age:?}: it could never run")]
+pub struct DelayBeyondMaxAge {
+    /// The delay it was sent with.
+    pub delay: Duration,
+    /// Its max_age.
+    pub max_age: Duration,
+}
+
 /// The age-limit middleware. Named `"age_limit"` in the stack.
 #[derive(Debug, Clone, Default)]
 pub struct AgeLimit {

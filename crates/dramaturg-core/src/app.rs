@@ -19,6 +19,11 @@ use crate::{Actor, Message, MessageId, Options};
 /// The largest encoded message an app sends by default: 1 MiB.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 1024 * 1024;
 
+/// The longest delay a message can be sent or retried with: 365 days.
+/// Longer ones are refused ([`EnqueueError::DelayTooLong`]); a job that is
+/// due in more than a year belongs in a scheduler.
+pub const MAX_DELAY: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Everything needed to send and process messages. Cheap to clone: clones
 /// share one app.
 ///
@@ -283,8 +288,12 @@ impl App {
         let priority = message.options.priority.or(actor.and_then(|a| a.priority));
         let delay = delay.filter(|d| !d.is_zero());
         if let Some(delay) = delay {
+            if delay > MAX_DELAY {
+                return Err(EnqueueError::DelayTooLong { delay, max: MAX_DELAY });
+            }
+            // Due at exactly its max_age, it is already too old when it runs.
             let max_age = message.options.max_age.or(actor.and_then(|a| a.max_age));
-            if let Some(max_age) = max_age.filter(|max_age| delay > *max_age) {
+            if let Some(max_age) = max_age.filter(|max_age| delay >= *max_age) {
                 return Err(EnqueueError::DelayBeyondMaxAge { delay, max_age });
             }
             // When it falls due (Dramatiq's `eta` option), so that the age

@@ -160,14 +160,23 @@ pub enum EnqueueError {
     /// `Options::with_extra`); the worker would dead-letter the message.
     #[error("invalid message option: {0}")]
     InvalidOption(#[from] crate::OptionError),
-    /// The message was sent with a delay longer than its `max_age` (its
-    /// own or its actor's): it would be too old to run when it fell due.
+    /// The message was sent with a delay as long as its `max_age` or longer
+    /// (its own or its actor's): it would be too old to run when it fell
+    /// due.
     #[error("a delay of {delay:?} exceeds the message's max_age of {max_age:?}: it could never run")]
     DelayBeyondMaxAge {
         /// The delay asked for.
         delay: std::time::Duration,
         /// The message's max_age.
         max_age: std::time::Duration,
+    },
+    /// The message was sent with a delay over [`MAX_DELAY`](crate::MAX_DELAY).
+    #[error("a delay of {delay:?} exceeds the longest allowed, {max:?}")]
+    DelayTooLong {
+        /// The delay asked for.
+        delay: std::time::Duration,
+        /// The longest allowed.
+        max: std::time::Duration,
     },
     /// A middleware's enqueue hook refused the message.
     #[error("middleware {middleware:?} refused the message: {source}")]

@@ -40,7 +40,7 @@ pub mod time;
 pub mod worker;
 
 pub use actor::{Actor, ActorInfo, Job};
-pub use app::{App, AppBuilder, SendOptions, DEFAULT_MAX_MESSAGE_SIZE};
+pub use app::{App, AppBuilder, SendOptions, DEFAULT_MAX_MESSAGE_SIZE, MAX_DELAY};
 pub use bounded::{Bounded, MAX_QUOTED_BYTES, MAX_REASON_BYTES};
 pub use broker::{
     Broker, Consumer, DeadLetter, DeadLetters, Delivery, Outgoing, QueueAdmin, QueueStats, Receipt, Replay,

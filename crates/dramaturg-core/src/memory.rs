@@ -224,7 +224,8 @@ impl QueueState {
             Some(delay) => {
                 self.sequence += 1;
                 let sequence = self.sequence;
-                self.delayed.push(Reverse(Delayed { due: Instant::now() + delay, sequence, priority, body }));
+                let due = Instant::now().checked_add(delay).unwrap_or_else(|| Instant::now() + crate::MAX_DELAY);
+                self.delayed.push(Reverse(Delayed { due, sequence, priority, body }));
             }
             None => self.ready.push(priority, Entry { body, redelivered: false }),
         }

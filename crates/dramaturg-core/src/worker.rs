@@ -120,7 +120,10 @@ pub struct WorkerReport {
     /// Settlements the broker refused as stale: the delivery's claim had
     /// lapsed (this worker stalled past its lease) and the message belonged
     /// to another consumer by then, so nothing was changed. The attempt
-    /// that ran here may have duplicated another.
+    /// that ran here may have duplicated another. Such a delivery is
+    /// counted here only, not under its outcome: the other counts are of
+    /// settlements that took effect, so summed over a fleet they count each
+    /// message once.
     pub stale: u64,
     /// Middleware that failed (panicked) after the actor had succeeded.
     /// The message was settled as done all the same; each failure is also
@@ -148,15 +151,41 @@ struct Counters {
     middleware_failures: AtomicU64,
 }
 
+/// What a settled delivery is counted as, once its settlement applied.
+#[derive(Debug, Clone, Copy)]
+enum Count {
+    Succeeded,
+    Failed,
+    Skipped,
+    Retried,
+    Requeued,
+    Aborted,
+    Rejected,
+}
+
+impl Count {
+    fn of(outcome: &Outcome) -> Self {
+        match outcome {
+            Outcome::Succeeded(_) => Count::Succeeded,
+            Outcome::Failed(_) => Count::Failed,
+            Outcome::Skipped(_) => Count::Skipped,
+            Outcome::Retried(..) => Count::Retried,
+            Outcome::Requeue(_) => Count::Requeued,
+            Outcome::Aborted(_) => Count::Aborted,
+        }
+    }
+}
+
 impl Counters {
-    fn count(&self, outcome: &Outcome) {
-        let counter = match outcome {
-            Outcome::Succeeded(_) => &self.succeeded,
-            Outcome::Failed(_) => &self.failed,
-            Outcome::Skipped(_) => &self.skipped,
-            Outcome::Retried(..) => &self.retried,
-            Outcome::Requeue(_) => &self.requeued,
-            Outcome::Aborted(_) => &self.aborted,
+    fn count(&self, count: Count) {
+        let counter = match count {
+            Count::Succeeded => &self.succeeded,
+            Count::Failed => &self.failed,
+            Count::Skipped => &self.skipped,
+            Count::Retried => &self.retried,
+            Count::Requeued => &self.requeued,
+            Count::Aborted => &self.aborted,
+            Count::Rejected => &self.rejected,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -398,7 +427,8 @@ async fn pump(shared: Arc<Shared>, mut consumer: Box<dyn Consumer>, queue: Strin
         let permit = tokio::select! {
             biased;
             () = shared.stop.cancelled() => {
-                settle(&shared, delivery, Settlement::Requeue).await;
+                // Fetched but never started: returned, not counted.
+                settle(&shared, delivery, Settlement::Requeue, Count::Requeued).await;
                 break;
             }
             permit = Arc::clone(&shared.permits).acquire_owned() => permit,
@@ -416,22 +446,27 @@ async fn pump(shared: Arc<Shared>, mut consumer: Box<dyn Consumer>, queue: Strin
 /// scheduled is not dropped (which would return it to its queue at once, to
 /// fail and come back in a tight loop): the delivery is held for the
 /// retry's delay, at least [`MIN_UNSCHEDULED_RETRY_HOLD`], then requeued.
-async fn settle(shared: &Shared, delivery: Delivery, settlement: Settlement) {
+/// Settles `delivery`, trying again while the broker fails for a transient
+/// reason; returns how the delivery was counted (`None`: stale, or the
+/// broker could not be told).
+async fn settle(shared: &Shared, delivery: Delivery, settlement: Settlement, count: Count) -> Option<Count> {
+    let mut count = count;
     let mut deadline = tokio::time::Instant::now() + SETTLE_RETRY_FOR;
     let mut backoff = Duration::from_millis(50);
     let mut delivery = delivery;
     let mut settlement = settlement;
     loop {
         match delivery.settle(settlement.clone()).await {
-            Ok(Settled::Applied) => return,
+            Ok(Settled::Applied) => return Some(count),
             Ok(Settled::Stale) => {
                 shared.counters.stale.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     settlement = settlement_label(&settlement),
-                    "stale settlement: this delivery's claim lapsed (the worker stalled past its lease) and the \
-                     message was handed to another consumer; nothing was changed"
+                    "stale settlement: this delivery's claim lapsed (its worker stalled past its lease, or its \
+                     in-flight messages were returned to the queue) and the message belongs to another consumer \
+                     now; nothing was changed, and this attempt may have run twice"
                 );
-                return;
+                return None;
             }
             Err(error) if error.error().is_retryable() && tokio::time::Instant::now() + backoff < deadline => {
                 tracing::warn!(error = %error.error(), retry_in = ?backoff, "could not settle a delivery; retrying");
@@ -442,7 +477,7 @@ async fn settle(shared: &Shared, delivery: Delivery, settlement: Settlement) {
             Err(error) => {
                 let Settlement::Reschedule { delay, .. } = &settlement else {
                     tracing::error!(error = %error.error(), "could not settle a delivery; the broker will redeliver it");
-                    return;
+                    return None;
                 };
                 let hold = (*delay).max(MIN_UNSCHEDULED_RETRY_HOLD);
                 tracing::error!(
@@ -456,6 +491,7 @@ async fn settle(shared: &Shared, delivery: Delivery, settlement: Settlement) {
                     () = shared.stop.cancelled() => {}
                 }
                 settlement = Settlement::Requeue;
+                count = Count::Requeued;
                 deadline = tokio::time::Instant::now() + SETTLE_RETRY_FOR;
                 backoff = Duration::from_millis(50);
             }
@@ -476,22 +512,44 @@ fn settlement_label(settlement: &Settlement) -> &'static str {
 async fn process(shared: Arc<Shared>, delivery: Delivery, _permit: OwnedSemaphorePermit) {
     let size = delivery.body().len();
     let limit = shared.app.max_message_size();
-    let settlement = if size > limit {
-        reject(&shared, &format!("message of {size} bytes exceeds this app's max_message_size of {limit} bytes"))
+    let message = if size > limit {
+        Err(format!("message of {size} bytes exceeds this app's max_message_size of {limit} bytes"))
     } else {
-        match shared.app.encoder().decode_message(delivery.body()) {
-            Ok(message) => run_message(&shared, message, delivery.redelivered()).await,
-            Err(error) => reject(&shared, &format!("undecodable message ({size} bytes): {error}")),
-        }
+        shared
+            .app
+            .encoder()
+            .decode_message(delivery.body())
+            .map_err(|e| format!("undecodable message ({size} bytes): {e}"))
     };
-    settle(&shared, delivery, settlement).await;
+    let counted = match message {
+        Ok(message) => {
+            // At error level so that the span is there whenever any event of
+            // the message is: a warning must say which message it is about.
+            let span = tracing::error_span!(
+                "message",
+                id = %message.id,
+                actor = %Bounded::quoted(&message.actor),
+                queue = %Bounded::quoted(&message.queue),
+                retries = message.retries,
+            );
+            async {
+                let (settlement, count) = run_message(&shared, message, delivery.redelivered()).await;
+                settle(&shared, delivery, settlement, count).await
+            }
+            .instrument(span)
+            .await
+        }
+        Err(reason) => settle(&shared, delivery, reject(&reason), Count::Rejected).await,
+    };
+    if let Some(count) = counted {
+        shared.counters.count(count);
+    }
 }
 
 /// Dead-letters a delivery that is not a valid message for this app.
-fn reject(shared: &Shared, reason: &str) -> Settlement {
+fn reject(reason: &str) -> Settlement {
     let reason = Bounded::reason(reason);
     tracing::error!(%reason, "dead-lettering an invalid message");
-    shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
     Settlement::DeadLetter(reason)
 }
 
@@ -511,70 +569,57 @@ fn settlement_for(app: &App, outcome: &mut Outcome) -> Settlement {
     }
 }
 
-async fn run_message(shared: &Shared, message: Message, redelivered: bool) -> Settlement {
-    // At error level so that the span is there whenever any event of the
-    // message is: a warning must say which message it is about.
-    let span = tracing::error_span!(
-        "message",
-        id = %message.id,
-        actor = %Bounded::quoted(&message.actor),
-        queue = %Bounded::quoted(&message.queue),
-        retries = message.retries,
-    );
-    async move {
-        let app = &shared.app;
-        let Some(actor) = app.actor(&message.actor) else {
-            return reject(
-                shared,
-                &format!("no actor named {:?} is registered in this app", Bounded::quoted(&message.actor).as_str()),
-            );
-        };
-        let options = message.options.clone().or(actor.options());
-        let ctx = Context::new(message, options, app.clone(), redelivered);
-        let job = match actor.job(app.encoder(), &ctx.message().args, ctx.clone()) {
-            Ok(job) => job,
-            Err(error) => return reject(shared, &format!("invalid arguments for actor {:?}: {error}", actor.name())),
-        };
-        tracing::debug!("message started");
-        let started = Instant::now();
-        // The interruption at shutdown ends the job innermost, so that every
-        // middleware sees it come back as a requeue.
-        let chain = Next::new(app.middleware(), job).interrupted_by(&shared.interrupt).run(&ctx);
-        let mut outcome = AssertUnwindSafe(chain).catch_unwind().await.unwrap_or_else(|panic| {
-            let mut failure = Failure::from_panic(panic.as_ref(), None, &RecordLimits::default());
-            if !ctx.actor_succeeded() {
-                return Outcome::Failed(failure);
-            }
-            // The work is done; running it again would not undo the
-            // middleware's bug. Settle it as done, report the panic alone.
-            ctx.note_middleware_failure();
-            tracing::error!(
-                error = %failure.record().summary(),
-                "a middleware panicked after the actor succeeded; the message is settled as done"
-            );
-            Outcome::Succeeded(Output::new(()))
-        });
-        let middleware_failures = ctx.middleware_failures();
-        if middleware_failures > 0 {
-            shared.counters.middleware_failures.fetch_add(u64::from(middleware_failures), Ordering::Relaxed);
+async fn run_message(shared: &Shared, message: Message, redelivered: bool) -> (Settlement, Count) {
+    let app = &shared.app;
+    let Some(actor) = app.actor(&message.actor) else {
+        let name = Bounded::quoted(&message.actor);
+        return (reject(&format!("no actor named {:?} is registered in this app", name.as_str())), Count::Rejected);
+    };
+    let options = message.options.clone().or(actor.options());
+    let ctx = Context::new(message, options, app.clone(), redelivered);
+    let job = match actor.job(app.encoder(), &ctx.message().args, ctx.clone()) {
+        Ok(job) => job,
+        Err(error) => {
+            return (reject(&format!("invalid arguments for actor {:?}: {error}", actor.name())), Count::Rejected);
         }
-        let elapsed = started.elapsed();
-        shared.counters.count(&outcome);
-        let settlement = settlement_for(app, &mut outcome);
-        match &mut outcome {
-            Outcome::Succeeded(_) => tracing::debug!(?elapsed, "message succeeded"),
-            Outcome::Failed(failure) => {
-                tracing::warn!(?elapsed, error = %failure.record().summary(), "message failed");
-            }
-            Outcome::Retried(failure, _) => {
-                tracing::info!(?elapsed, error = %failure.record().summary(), "message failed; retry scheduled");
-            }
-            Outcome::Skipped(reason) => tracing::info!(?elapsed, %reason, "message skipped"),
-            Outcome::Requeue(reason) => tracing::info!(?elapsed, %reason, "message returned to its queue"),
-            Outcome::Aborted(reason) => tracing::info!(?elapsed, %reason, "message aborted"),
+    };
+    tracing::debug!("message started");
+    let started = Instant::now();
+    // The interruption at shutdown ends the job innermost, so that every
+    // middleware sees it come back as a requeue.
+    let chain = Next::new(app.middleware(), job).interrupted_by(&shared.interrupt).run(&ctx);
+    let mut outcome = AssertUnwindSafe(chain).catch_unwind().await.unwrap_or_else(|panic| {
+        let mut failure = Failure::from_panic(panic.as_ref(), None, &RecordLimits::default());
+        if !ctx.actor_succeeded() {
+            return Outcome::Failed(failure);
         }
-        settlement
+        // The work is done; running it again would not undo the
+        // middleware's bug. Settle it as done, report the panic alone.
+        ctx.note_middleware_failure();
+        tracing::error!(
+            error = %failure.record().summary(),
+            "a middleware panicked after the actor succeeded; the message is settled as done"
+        );
+        Outcome::Succeeded(Output::new(()))
+    });
+    let middleware_failures = ctx.middleware_failures();
+    if middleware_failures > 0 {
+        shared.counters.middleware_failures.fetch_add(u64::from(middleware_failures), Ordering::Relaxed);
     }
-    .instrument(span)
-    .await
+    let elapsed = started.elapsed();
+    let count = Count::of(&outcome);
+    let settlement = settlement_for(app, &mut outcome);
+    match &mut outcome {
+        Outcome::Succeeded(_) => tracing::debug!(?elapsed, "message succeeded"),
+        Outcome::Failed(failure) => {
+            tracing::warn!(?elapsed, error = %failure.record().summary(), "message failed");
+        }
+        Outcome::Retried(failure, _) => {
+            tracing::info!(?elapsed, error = %failure.record().summary(), "message failed; retry scheduled");
+        }
+        Outcome::Skipped(reason) => tracing::info!(?elapsed, %reason, "message skipped"),
+        Outcome::Requeue(reason) => tracing::info!(?elapsed, %reason, "message returned to its queue"),
+        Outcome::Aborted(reason) => tracing::info!(?elapsed, %reason, "message aborted"),
+    }
+    (settlement, count)
 }

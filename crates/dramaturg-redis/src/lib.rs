@@ -4,16 +4,23 @@
 //!
 //! - **Reliable fetch.** A consumer claims messages atomically (a Lua
 //!   script moves their ids from the queue's ready list into the consumer's
-//!   own in-flight list); they leave Redis only when settled. Each worker
-//!   keeps a heartbeat from a task of its own. When a worker dies, the next
+//!   own in-flight list); they leave Redis only when settled.
+//! - **Fenced settlement.** Each claim carries a token (a per-message claim
+//!   counter); a settlement applies only while its claim is current, so a
+//!   worker that stalled past its lease cannot touch a message another
+//!   worker took over (it gets `Settled::Stale`).
+//! - **Heartbeats apart from user code.** Each worker beats from a thread
+//!   of its own, with the server's clock. When a worker dies, the next
 //!   heartbeat tick of any live worker after `heartbeat_timeout` returns the
-//!   dead worker's claimed messages to the front of their queues — every
-//!   tick, deterministically, without `KEYS`.
-//! - **No idle polling.** An idle consumer blocks on its queue (`BLMOVE`),
-//!   waking for a new message at once, for the next delayed message when it
-//!   falls due, and otherwise every `max_block` (5 s). An idle worker sends
-//!   about one command per second: its heartbeat, its check for dead
-//!   workers, and one wait per queue every 5 s.
+//!   dead worker's claimed messages to the front of their queues — without
+//!   `KEYS`, and only from a worker that has itself beaten for a whole
+//!   timeout (so an outage recovers no live worker).
+//! - **No idle polling, few connections.** An idle consumer waits for a
+//!   wake-up that the scripts publish when a message lands in its empty
+//!   queue (or a delayed one falls due sooner), through one pub/sub
+//!   subscription per worker, and looks again every `max_block` (5 s) at
+//!   the latest. A worker holds three connections however many queues it
+//!   consumes.
 //! - **Delayed messages live in Redis**, in a sorted set by due time, and are
 //!   moved to their queue atomically when due. A delay of hours costs nothing
 //!   and survives restarts of every worker.
@@ -41,8 +48,11 @@
 //! | `ns:{q}:inflight:<worker>:<n>` | list | entry ids claimed by a consumer |
 //! | `ns:{q}:redelivered` | set | entry ids returned to the queue after a claim |
 //! | `ns:{q}:dead`, `dead-msgs`, `dead-reasons` | sorted set, hashes | dead letters by time, their messages, their reasons |
-//! | `ns:workers` | sorted set | worker id → last heartbeat (ms) |
-//! | `ns:worker:<id>:consumers` | set | the worker's in-flight lists |
+//! | `ns:{q}:claims` | hash | entry id → claim counter (the owner token of fenced settlement) |
+//! | `ns:{q}:dead-bytes` | string | bytes of the dead letters' messages |
+//! | `ns:{q}:wake` | pub/sub channel | wakes idle consumers |
+//! | `ns:{registry}:workers` | sorted set | worker id → last heartbeat (ms, server time) |
+//! | `ns:{registry}:worker:<id>:consumers` | set | the worker's in-flight lists |
 
 mod admin;
 mod consumer;
@@ -107,7 +117,7 @@ impl RedisConfig {
     /// or `rediss://` with the `tls` feature), with the defaults: namespace
     /// `dramaturg`, a heartbeat every 3 s with a 15 s timeout, dead letters
     /// kept 7 days (at most 50,000 and 64 MiB of messages per queue),
-    /// consumers blocking up to 5 s, no enqueue retries, no server with an
+    /// idle consumers looking again every 5 s, no enqueue retries, no server with an
     /// evicting memory policy.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
@@ -170,9 +180,9 @@ impl RedisConfig {
         self
     }
 
-    /// The longest an idle consumer blocks before it looks again (default
-    /// 5 s: one command per 5 s per idle queue). It also bounds how long a
-    /// consumer can sit on a connection that died without notice.
+    /// The longest an idle consumer waits before it looks again (default
+    /// 5 s: one claim script per 5 s per idle queue). It also bounds the
+    /// latency of a wake-up lost while the subscription reconnects.
     #[must_use]
     pub fn max_block(mut self, max_block: Duration) -> Self {
         self.max_block = max_block.max(Duration::from_millis(10));

@@ -79,16 +79,19 @@ impl Wakeups {
                         tracing::debug!(%error, "the wake-up subscription was lost; subscribing again");
                     }
                 }
-                _ = stop.changed() => return,
+                _ = stop.changed() => break,
             }
             if *stop.borrow() {
-                return;
+                break;
             }
             tokio::select! {
                 () = tokio::time::sleep(retry_every) => {}
-                _ = stop.changed() => return,
+                _ = stop.changed() => break,
             }
         }
+        // A later worker on the same broker starts the thread again and
+        // takes the requests from here.
+        *lock(&self.requests) = Some(requests);
     }
 
     /// One connection's life: subscribe to every known channel, then relay.

@@ -61,7 +61,7 @@ use std::time::Duration;
 
 use dramaturg_core::random::random_fraction;
 use dramaturg_core::{
-    async_trait, Context, ErrorRecord, ErrorType, Failure, Middleware, Next, NextAttempt, Outcome, Retry,
+    async_trait, Context, ErrorRecord, ErrorType, Failure, Middleware, Next, NextAttempt, Outcome, Retry, MAX_DELAY,
 };
 
 /// The key under which a retried message carries the record of the failure
@@ -218,11 +218,22 @@ impl Retries {
             min: options.min_backoff.unwrap_or(self.backoff.min),
             max: options.max_backoff.unwrap_or(self.backoff.max),
         };
-        match (decision, wish) {
-            (Decision::GiveUp, _) => None,
-            (_, Retry::After(delay)) | (Decision::RetryAfter(delay), _) => Some(delay),
-            (Decision::Retry, _) => Some(backoff.delay(retries, random_fraction())),
+        let delay = match (decision, wish) {
+            (Decision::GiveUp, _) => return None,
+            (_, Retry::After(delay)) | (Decision::RetryAfter(delay), _) => delay,
+            (Decision::Retry, _) => backoff.delay(retries, random_fraction()),
+        };
+        if delay > MAX_DELAY {
+            tracing::warn!(?delay, "no retry: its delay exceeds the longest allowed ({MAX_DELAY:?})");
+            return None;
         }
+        // A retry that falls due past the message's max_age would only be
+        // skipped as too old: the message fails for good now instead.
+        if let Some(max_age) = options.max_age.filter(|max_age| ctx.message().age() + delay >= *max_age) {
+            tracing::warn!(?delay, ?max_age, "no retry: it would fall due past the message's max_age");
+            return None;
+        }
+        Some(delay)
     }
 }
 

@@ -19,17 +19,7 @@ use support::Numbered;
 
 const URL: &str = "redis://127.0.0.1:6379";
 
-fn namespace() -> String {
-    format!("test-{}", dramaturg::MessageId::new())
-}
-
-async fn broker_in(url: &str, namespace: &str) -> RedisBroker {
-    let config = RedisConfig::new(url)
-        .namespace(namespace)
-        .heartbeat(Duration::from_millis(200), Duration::from_secs(1))
-        .retry_enqueue_for(Duration::from_secs(10));
-    RedisBroker::with_config(config).await.unwrap()
-}
+use support::{namespace, redis_broker as broker_in};
 
 /// The child: a worker process recording to a file, until SIGTERM.
 #[test]

@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dramaturg::prelude::*;
-use dramaturg::redis::{RedisBroker, RedisConfig};
 use dramaturg::{DeadLetters, Fail, QueueAdmin};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -24,17 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 const URL: &str = "redis://127.0.0.1:6379";
 const CHILD_TEST: &str = "fencing_child";
 
-fn namespace() -> String {
-    format!("test-{}", dramaturg::MessageId::new())
-}
-
-async fn broker_in(url: &str, namespace: &str) -> RedisBroker {
-    let config = RedisConfig::new(url)
-        .namespace(namespace)
-        .heartbeat(Duration::from_millis(200), Duration::from_secs(1))
-        .max_block(Duration::from_secs(1));
-    RedisBroker::with_config(config).await.unwrap()
-}
+use support::{namespace, redis_broker as broker_in};
 
 /// Work that logs its start and end (with the process id) to `log`, then
 /// fails for good if `fail`.

@@ -21,6 +21,24 @@ pub(crate) fn is_child() -> bool {
     std::env::var(CHILD).is_ok()
 }
 
+/// A Redis namespace of the test's own.
+pub(crate) fn namespace() -> String {
+    format!("test-{}", dramaturg::MessageId::new())
+}
+
+/// The Redis broker at `url` under `namespace`, with the tests' short
+/// heartbeat (200 ms, dead after 1 s), idle consumers looking again every
+/// second, and sends retried for 10 s while the server is away.
+#[cfg(feature = "redis")]
+pub(crate) async fn redis_broker(url: &str, namespace: &str) -> dramaturg::redis::RedisBroker {
+    let config = dramaturg::redis::RedisConfig::new(url)
+        .namespace(namespace)
+        .heartbeat(Duration::from_millis(200), Duration::from_secs(1))
+        .max_block(Duration::from_secs(1))
+        .retry_enqueue_for(Duration::from_secs(10));
+    dramaturg::redis::RedisBroker::with_config(config).await.unwrap()
+}
+
 /// Numbered work; a worker records each number it finished.
 #[derive(Actor, Serialize, Deserialize)]
 pub(crate) struct Numbered {

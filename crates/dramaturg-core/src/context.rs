@@ -212,6 +212,24 @@ impl Context {
         self.inner.middleware_failures.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The outcome of an attempt whose middleware chain panicked with
+    /// `failure`: that failure, unless the actor had already succeeded —
+    /// then the work stands ([`Outcome::Succeeded`](crate::Outcome::Succeeded)),
+    /// and the panic is logged at ERROR and noted as a middleware failure,
+    /// because running the finished work again would not undo the
+    /// middleware's bug. Error capture and the worker both end panics here.
+    pub fn outcome_of_panic(&self, mut failure: crate::Failure) -> crate::Outcome {
+        if !self.actor_succeeded() {
+            return crate::Outcome::Failed(failure);
+        }
+        self.note_middleware_failure();
+        tracing::error!(
+            error = %failure.record().summary(),
+            "a middleware panicked after the actor succeeded; the message is settled as done"
+        );
+        crate::Outcome::Succeeded(crate::Output::new(()))
+    }
+
     /// How many middleware failures after the actor's success were noted.
     pub fn middleware_failures(&self) -> u32 {
         self.inner.middleware_failures.load(Ordering::Relaxed)

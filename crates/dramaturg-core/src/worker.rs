@@ -33,7 +33,7 @@ use crate::bounded::Bounded;
 use crate::broker::{Consumer, Delivery, Settled, Settlement};
 use crate::error::BrokerError;
 use crate::middleware::Next;
-use crate::outcome::{Failure, Outcome, Output, RecordLimits};
+use crate::outcome::{Failure, Outcome, RecordLimits};
 use crate::{App, Context, Message};
 
 /// How long interrupted messages get to settle after the grace period.
@@ -589,18 +589,7 @@ async fn run_message(shared: &Shared, message: Message, redelivered: bool) -> (S
     // middleware sees it come back as a requeue.
     let chain = Next::new(app.middleware(), job).interrupted_by(&shared.interrupt).run(&ctx);
     let mut outcome = AssertUnwindSafe(chain).catch_unwind().await.unwrap_or_else(|panic| {
-        let mut failure = Failure::from_panic(panic.as_ref(), None, &RecordLimits::default());
-        if !ctx.actor_succeeded() {
-            return Outcome::Failed(failure);
-        }
-        // The work is done; running it again would not undo the
-        // middleware's bug. Settle it as done, report the panic alone.
-        ctx.note_middleware_failure();
-        tracing::error!(
-            error = %failure.record().summary(),
-            "a middleware panicked after the actor succeeded; the message is settled as done"
-        );
-        Outcome::Succeeded(Output::new(()))
+        ctx.outcome_of_panic(Failure::from_panic(panic.as_ref(), None, &RecordLimits::default()))
     });
     let middleware_failures = ctx.middleware_failures();
     if middleware_failures > 0 {

@@ -21,7 +21,7 @@ use std::pin::Pin;
 use std::sync::OnceLock;
 use std::task::{Context as TaskContext, Poll};
 
-use dramaturg_core::{async_trait, Context, Failure, Middleware, Next, Outcome, Output, RecordLimits};
+use dramaturg_core::{async_trait, Context, Failure, Middleware, Next, Outcome, RecordLimits};
 use futures_util::FutureExt;
 
 pub use dramaturg_core::RecordLimits as Limits;
@@ -126,19 +126,9 @@ impl Middleware for ErrorCapture {
             Err(panic) => {
                 let backtrace =
                     if self.backtraces { LAST_BACKTRACE.with(|last| last.borrow_mut().take()) } else { None };
-                let mut failure = Failure::from_panic(panic.as_ref(), backtrace.as_deref(), &self.limits);
-                if !ctx.actor_succeeded() {
-                    return Outcome::Failed(failure);
-                }
-                // A middleware inside this one panicked after the actor had
-                // succeeded: the work is done, and a retry would only run it
-                // again. It stands; the panic is reported on its own.
-                ctx.note_middleware_failure();
-                tracing::error!(
-                    error = %failure.record().summary(),
-                    "a middleware panicked after the actor succeeded; the message is settled as done"
-                );
-                Outcome::Succeeded(Output::new(()))
+                // A middleware inside this one may have panicked after the
+                // actor had succeeded: then the work stands.
+                ctx.outcome_of_panic(Failure::from_panic(panic.as_ref(), backtrace.as_deref(), &self.limits))
             }
         }
     }

@@ -1,1 +1,51 @@
-//! placeholder
+//! Long and CPU-bound jobs on the in-memory broker: blocking attempts hold
+//! their slot until their thread ends, and a runtime thread held by an
+//! async actor is noticed and named.
+
+#![allow(clippy::unwrap_used)] // Tests may panic on the unexpected.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use std::time::Duration;
+
+use dramaturg::prelude::*;
+use dramaturg::BoxError;
+use serde::{Deserialize, Serialize};
+
+static RUNNING: AtomicUsize = AtomicUsize::new(0);
+static MOST_AT_ONCE: AtomicUsize = AtomicUsize::new(0);
+static ENDED: AtomicUsize = AtomicUsize::new(0);
+
+/// Sleeps 3 s, never looking at its context, with a 200 ms limit.
+#[derive(Actor, Serialize, Deserialize)]
+#[actor(blocking, time_limit = "200ms", max_retries = 3, min_backoff = "10ms", max_backoff = "20ms")]
+struct Sleeper {}
+
+impl Sleeper {
+    fn perform(self, _ctx: &Context) -> Result<(), BoxError> {
+        let now = RUNNING.fetch_add(1, Ordering::SeqCst) + 1;
+        MOST_AT_ONCE.fetch_max(now, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_secs(3));
+        RUNNING.fetch_sub(1, Ordering::SeqCst);
+        ENDED.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// Issue input 3: `concurrency(1)`, a blocking actor with a 200 ms limit
+/// and 3 retries whose body sleeps 3 s. The attempts never overlap, every
+/// thread has ended when the worker returns, and the overruns are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_attempt_past_its_limit_holds_its_slot_until_its_thread_ends() {
+    let broker = MemoryBroker::new();
+    let app = dramaturg::app(broker.clone()).actor::<Sleeper>().build().unwrap();
+    Sleeper {}.send(&app).await.unwrap();
+    let report = Worker::new(app).concurrency(1).run_until_drained(Duration::from_secs(30)).await.unwrap();
+    assert_eq!(MOST_AT_ONCE.load(Ordering::SeqCst), 1, "attempts overlapped");
+    assert_eq!(RUNNING.load(Ordering::SeqCst), 0, "a thread still runs after the worker returned");
+    assert_eq!(ENDED.load(Ordering::SeqCst), 4);
+    assert_eq!((report.retried, report.failed), (3, 1), "{report:?}");
+    assert_eq!(report.overran_threads, 4, "{report:?}");
+    let dead = dramaturg::DeadLetters::list(&broker, "default", 1).await.unwrap();
+    assert!(dead[0].reason.contains("time limit exceeded"), "{}", dead[0].reason);
+}

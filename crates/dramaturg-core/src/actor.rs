@@ -110,16 +110,23 @@ where
 
 /// Runs a blocking handler on tokio's blocking thread pool.
 ///
-/// If the job is dropped (a time limit, an abort, a shutdown), the thread
-/// cannot be stopped from outside: it runs on until the handler returns, and
-/// its result is discarded. Blocking handlers that run long should check for
-/// such requests themselves.
+/// If the job is dropped (a time limit, an abort), the thread cannot be
+/// stopped from outside: it runs on until the handler returns, and its result
+/// is discarded. The worker keeps the message's concurrency slot and its
+/// delivery until the thread has returned, so that the attempt's retry never
+/// runs beside it; blocking handlers that run long should still check
+/// [`Context::check`] to give their slot back early.
 pub fn run_blocking<F>(ctx: Context, handler: F) -> Job
 where
     F: FnOnce(&Context) -> Result<Output, Failure> + Send + 'static,
 {
     Box::pin(async move {
-        match tokio::task::spawn_blocking(move || handler(&ctx)).await {
+        let ended = ctx.thread_started();
+        let run = move || {
+            let _ended = ended;
+            handler(&ctx)
+        };
+        match tokio::task::spawn_blocking(run).await {
             Ok(result) => result,
             Err(error) if error.is_panic() => {
                 Err(Failure::from_panic(error.into_panic().as_ref(), None, &RecordLimits::default()))

@@ -4,8 +4,10 @@ use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
+
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::{App, Interrupted, Interruption, Message, MessageId, Options};
 
@@ -39,6 +41,9 @@ struct Inner {
     /// Microseconds after `started` at which an abort interrupts the
     /// attempt (`u64::MAX`: no abort requested).
     abort_at_us: AtomicU64,
+    /// Cancelled when the blocking thread of this attempt has returned;
+    /// unset while no thread was started (async actors).
+    thread: OnceLock<CancellationToken>,
     metadata: Mutex<Metadata>,
 }
 
@@ -56,6 +61,7 @@ impl Context {
                 extension_us: AtomicU64::new(0),
                 interruption: AtomicU8::new(0),
                 abort_at_us: AtomicU64::new(u64::MAX),
+                thread: OnceLock::new(),
                 metadata: Mutex::default(),
             }),
         }
@@ -184,6 +190,20 @@ impl Context {
     /// [`Interrupted`] with the reason.
     pub fn check(&self) -> Result<(), Interrupted> {
         self.interruption().map_or(Ok(()), |reason| Err(Interrupted(reason)))
+    }
+
+    /// Records that this attempt's blocking thread starts; the guard, moved
+    /// into the thread, marks it ended when it is dropped — when the handler
+    /// returns or unwinds, or when the thread never ran.
+    pub(crate) fn thread_started(&self) -> DropGuard {
+        let ended = self.inner.thread.get_or_init(CancellationToken::new);
+        ended.clone().drop_guard()
+    }
+
+    /// The blocking thread of this attempt, if one was started and has not
+    /// returned yet: cancelled when it returns.
+    pub(crate) fn running_thread(&self) -> Option<CancellationToken> {
+        self.inner.thread.get().filter(|ended| !ended.is_cancelled()).cloned()
     }
 
     /// When the actor last called [`Context::heartbeat`] (the start of the

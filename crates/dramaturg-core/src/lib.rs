@@ -56,7 +56,7 @@ pub use memory::MemoryBroker;
 pub use message::{now_ms, Message, OptionError, Options};
 pub use middleware::{Middleware, Next};
 pub use outcome::{BoxError, ErrorRecord, ErrorType, Failure, FailureKind, NextAttempt, Outcome, Output, RecordLimits};
-pub use worker::{ShutdownHandle, Worker, WorkerReport};
+pub use worker::{ShutdownHandle, Worker, WorkerGauges, WorkerReport};
 
 /// Re-exported so that middleware and brokers can be written without
 /// depending on `async-trait` themselves.

@@ -10,9 +10,24 @@
 //! 1. stops consuming, and returns messages it fetched but did not start to
 //!    the broker;
 //! 2. lets running messages finish, for at most the grace period;
-//! 3. then interrupts what still runs (async actors are dropped at their next
-//!    `.await`) and returns those messages to their queues unchanged;
-//! 4. runs the middleware's stop hooks and returns a [`WorkerReport`].
+//! 3. then interrupts what still runs: async actors are dropped at their next
+//!    `.await` and their messages return to their queues unchanged; blocking
+//!    actors, whose threads cannot be stopped, are told through
+//!    [`Context::check`] and waited for, for at most the blocking grace
+//!    ([`Worker::blocking_grace`], default 8 s): what finishes is settled as
+//!    it finished (a success is acknowledged, not repeated), what stops
+//!    because it was told to is returned unchanged;
+//! 4. returns the messages of blocking threads still running after that to
+//!    their queues, counts them in [`WorkerReport::abandoned_threads`], and
+//!    runs the middleware's stop hooks and returns a [`WorkerReport`].
+//!
+//! A thread that was abandoned runs on until its handler returns — and a
+//! tokio runtime waits for it when it is dropped. Its message is already
+//! back in its queue, so the process should end now rather than let it
+//! finish work another worker will repeat: `run_until_signal` exits the
+//! process itself in that case (status 0, after the report is logged);
+//! callers of `run` should do the same when `abandoned_threads` is not
+//! zero.
 //!
 //! Under `run_until_signal`, a second signal exits the process at once;
 //! messages in flight then come back through the broker's own redelivery
@@ -38,6 +53,10 @@ use crate::{App, Context, Message};
 
 /// How long interrupted messages get to settle after the grace period.
 const SETTLE_AFTER_INTERRUPT: Duration = Duration::from_secs(2);
+/// How long blocking handlers still running after the grace period are
+/// waited for by default: with the default 20 s grace, inside the 30 s that
+/// orchestrators usually allow.
+const BLOCKING_GRACE: Duration = Duration::from_secs(8);
 /// Longest wait between attempts to consume from a broker that failed.
 const MAX_CONSUME_BACKOFF: Duration = Duration::from_secs(5);
 /// How long a settlement that fails for a transient reason (connection
@@ -72,8 +91,10 @@ pub struct Worker {
     concurrency: usize,
     prefetch: Option<usize>,
     grace_period: Duration,
+    blocking_grace: Duration,
     queues: Option<Vec<String>>,
     stop: CancellationToken,
+    gauges: WorkerGauges,
 }
 
 /// Stops a running [`Worker`] gracefully. Clone it freely.
@@ -91,6 +112,22 @@ impl ShutdownHandle {
     /// Whether shutdown has been asked for.
     pub fn is_shutting_down(&self) -> bool {
         self.stop.is_cancelled()
+    }
+}
+
+/// What a running [`Worker`] is doing now. Clone it freely; read it from
+/// anywhere.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerGauges {
+    overrunning_threads: Arc<AtomicU64>,
+}
+
+impl WorkerGauges {
+    /// Blocking threads running past the end of their attempt (a time
+    /// limit, an abort) at this moment. Each holds a concurrency slot and
+    /// its delivery until it returns.
+    pub fn overrunning_threads(&self) -> u64 {
+        self.overrunning_threads.load(Ordering::Relaxed)
     }
 }
 
@@ -119,6 +156,16 @@ pub struct WorkerReport {
     /// to another consumer by then, so nothing was changed. The attempt
     /// that ran here may have duplicated another.
     pub stale: u64,
+    /// Blocking attempts whose thread ran on after the attempt had ended
+    /// (past its time limit, or aborted). The worker held the message's
+    /// concurrency slot and delivery until the thread returned, so that no
+    /// retry ran beside it.
+    pub overran_threads: u64,
+    /// Blocking threads still running when the worker stopped waiting for
+    /// them at shutdown (after the grace period and the blocking grace):
+    /// their messages went back to their queues. End the process so that
+    /// they do not finish work another worker will repeat.
+    pub abandoned_threads: u64,
 }
 
 impl WorkerReport {
@@ -138,6 +185,8 @@ struct Counters {
     aborted: AtomicU64,
     rejected: AtomicU64,
     stale: AtomicU64,
+    overran_threads: AtomicU64,
+    abandoned_threads: AtomicU64,
 }
 
 impl Counters {
@@ -164,6 +213,8 @@ impl Counters {
             aborted: get(&self.aborted),
             rejected: get(&self.rejected),
             stale: get(&self.stale),
+            overran_threads: get(&self.overran_threads),
+            abandoned_threads: get(&self.abandoned_threads),
         }
     }
 }
@@ -175,7 +226,12 @@ struct Shared {
     tasks: TaskTracker,
     stop: CancellationToken,
     interrupt: CancellationToken,
+    /// Cancelled when shutdown stops waiting for blocking threads.
+    abandon: CancellationToken,
+    /// Messages of blocking actors being processed, their threads included.
+    blocking_running: AtomicU64,
     counters: Counters,
+    gauges: WorkerGauges,
 }
 
 impl Worker {
@@ -186,8 +242,10 @@ impl Worker {
             concurrency: 32,
             prefetch: None,
             grace_period: Duration::from_secs(20),
+            blocking_grace: BLOCKING_GRACE,
             queues: None,
             stop: CancellationToken::new(),
+            gauges: WorkerGauges::default(),
         }
     }
 
@@ -213,6 +271,23 @@ impl Worker {
     pub fn grace_period(mut self, grace: Duration) -> Self {
         self.grace_period = grace;
         self
+    }
+
+    /// How long blocking handlers that still run when the grace period is
+    /// over are waited for (default 8 s). Their threads cannot be stopped;
+    /// they are told to stop through [`Context::check`], and what finishes
+    /// in this time is settled as it finished. The messages of threads still
+    /// running after it go back to their queues, and the process should end
+    /// (see [the module docs](self#shutdown)).
+    #[must_use]
+    pub fn blocking_grace(mut self, grace: Duration) -> Self {
+        self.blocking_grace = grace;
+        self
+    }
+
+    /// Gauges of this worker, to read while it runs.
+    pub fn gauges(&self) -> WorkerGauges {
+        self.gauges.clone()
     }
 
     /// Consumes only these queues (default: every queue of the app's actors).
@@ -254,6 +329,17 @@ impl Worker {
         });
         let result = self.run().await;
         listener.abort();
+        if let Ok(report) = &result {
+            if report.abandoned_threads > 0 {
+                // The runtime would wait for these threads when dropped, and
+                // they would finish messages already back in their queues.
+                tracing::warn!(
+                    threads = report.abandoned_threads,
+                    "exiting the process: blocking threads still run for messages returned to their queues"
+                );
+                std::process::exit(0);
+            }
+        }
         result
     }
 
@@ -309,7 +395,10 @@ impl Worker {
             tasks: TaskTracker::new(),
             stop: self.stop.clone(),
             interrupt: CancellationToken::new(),
+            abandon: CancellationToken::new(),
+            blocking_running: AtomicU64::new(0),
             counters: Counters::default(),
+            gauges: self.gauges.clone(),
             app: self.app,
         });
         let broker = Arc::clone(shared.app.broker());
@@ -343,6 +432,21 @@ impl Worker {
                 "grace period over: interrupting running messages and returning them to their queues"
             );
             shared.interrupt.cancel();
+            let blocking = shared.blocking_running.load(Ordering::Relaxed);
+            if blocking > 0 {
+                tracing::info!(
+                    blocking,
+                    blocking_grace = ?self.blocking_grace,
+                    "waiting for blocking handlers, whose threads cannot be interrupted; what finishes is settled as it finished"
+                );
+                if tokio::time::timeout(self.blocking_grace, shared.tasks.wait()).await.is_err() {
+                    tracing::warn!(
+                        blocking = shared.blocking_running.load(Ordering::Relaxed),
+                        "blocking grace over: returning the messages of blocking threads that still run to their queues"
+                    );
+                    shared.abandon.cancel();
+                }
+            }
             if tokio::time::timeout(SETTLE_AFTER_INTERRUPT, shared.tasks.wait()).await.is_err() {
                 tracing::error!(
                     running = shared.tasks.len(),
@@ -508,9 +612,14 @@ async fn run_message(shared: &Shared, message: Message, redelivered: bool) -> Se
         };
         tracing::debug!("message started");
         let started = Instant::now();
+        let _blocking = actor.blocking().then(|| BlockingInFlight::new(&shared.blocking_running));
         // The interruption at shutdown ends the job innermost, so that every
         // middleware sees it come back as a requeue.
-        let chain = Next::new(app.middleware(), job).interrupted_by(&shared.interrupt).run(&ctx);
+        let mut chain = Next::new(app.middleware(), job).interrupted_by(&shared.interrupt);
+        if actor.blocking() {
+            chain = chain.blocking_until(&shared.abandon);
+        }
+        let chain = chain.run(&ctx);
         let mut outcome = AssertUnwindSafe(chain).catch_unwind().await.unwrap_or_else(|panic| {
             Outcome::Failed(Failure::from_panic(panic.as_ref(), None, &RecordLimits::default()))
         });
@@ -529,8 +638,57 @@ async fn run_message(shared: &Shared, message: Message, redelivered: bool) -> Se
             Outcome::Requeue(reason) => tracing::info!(?elapsed, %reason, "message returned to its queue"),
             Outcome::Aborted(reason) => tracing::info!(?elapsed, %reason, "message aborted"),
         }
+        if let Some(thread) = ctx.running_thread() {
+            wait_for_thread(shared, &thread).await;
+        }
         settlement
     }
     .instrument(span)
     .await
+}
+
+/// Counts a message of a blocking actor as in flight while it lives.
+struct BlockingInFlight<'a>(&'a AtomicU64);
+
+impl<'a> BlockingInFlight<'a> {
+    fn new(count: &'a AtomicU64) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for BlockingInFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Holds the message's concurrency slot and delivery while the blocking
+/// thread of an attempt that has ended (a time limit, an abort) runs on, so
+/// that its retry cannot run beside it; until shutdown gives up on it.
+async fn wait_for_thread(shared: &Shared, thread: &CancellationToken) {
+    if shared.abandon.is_cancelled() {
+        // Shutdown gave up on it while the attempt still ran.
+        shared.counters.abandoned_threads.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    shared.counters.overran_threads.fetch_add(1, Ordering::Relaxed);
+    let gauge = &shared.gauges.overrunning_threads;
+    let overrunning = gauge.fetch_add(1, Ordering::Relaxed) + 1;
+    tracing::warn!(
+        overrunning,
+        "the attempt has ended but its blocking thread runs on; holding its slot and delivery until it returns \
+         (call ctx.check() in long blocking handlers)"
+    );
+    let waited = Instant::now();
+    tokio::select! {
+        () = thread.cancelled() => {
+            tracing::info!(waited = ?waited.elapsed(), "the blocking thread returned; settling the message");
+        }
+        () = shared.abandon.cancelled() => {
+            shared.counters.abandoned_threads.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("shutdown stopped waiting for the blocking thread; settling the message as its attempt ended");
+        }
+    }
+    gauge.fetch_sub(1, Ordering::Relaxed);
 }

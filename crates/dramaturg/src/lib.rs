@@ -21,7 +21,8 @@ pub use dramaturg_core::{
     Failure, FailureKind, Interrupted, Interruption, Job, Json, MemoryBroker, Message, MessageId, MessagePack,
     Metadata, Middleware, Next, NextAttempt, OptionError, Options, Outcome, Outgoing, Output, ParseMessageIdError,
     QueueAdmin, QueueStats, Receipt, RecordLimits, Replay, ReplayError, ReplayReport, ReplayRetries, Retry,
-    SendOptions, SettleError, Settled, Settlement, ShutdownHandle, Worker, WorkerReport, DEFAULT_MAX_MESSAGE_SIZE,
+    SendOptions, SettleError, Settled, Settlement, ShutdownHandle, Worker, WorkerGauges, WorkerReport,
+    DEFAULT_MAX_MESSAGE_SIZE,
 };
 pub use dramaturg_core::{sync, time};
 pub use dramaturg_error_capture as error_capture;

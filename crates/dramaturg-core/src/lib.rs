@@ -37,6 +37,7 @@ pub mod random;
 mod signal;
 pub mod sync;
 pub mod time;
+mod watchdog;
 pub mod worker;
 
 pub use actor::{Actor, ActorInfo, Job};

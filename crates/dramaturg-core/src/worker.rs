@@ -49,6 +49,7 @@ use crate::broker::{Consumer, Delivery, Settled, Settlement};
 use crate::error::BrokerError;
 use crate::middleware::Next;
 use crate::outcome::{Failure, NextAttempt, Outcome, RecordLimits};
+use crate::watchdog::{Lease, Watchdog};
 use crate::{App, Context, Message};
 
 /// How long interrupted messages get to settle after the grace period.
@@ -92,6 +93,7 @@ pub struct Worker {
     prefetch: Option<usize>,
     grace_period: Duration,
     blocking_grace: Duration,
+    blocked_threshold: Duration,
     queues: Option<Vec<String>>,
     stop: CancellationToken,
     gauges: WorkerGauges,
@@ -166,6 +168,10 @@ pub struct WorkerReport {
     /// their messages went back to their queues. End the process so that
     /// they do not finish work another worker will repeat.
     pub abandoned_threads: u64,
+    /// Times a message's task held its runtime thread without yielding for
+    /// longer than the threshold ([`Worker::blocked_runtime_threshold`]):
+    /// an async actor that computes or calls blocking code.
+    pub blocked_runtime: u64,
 }
 
 impl WorkerReport {
@@ -215,6 +221,7 @@ impl Counters {
             stale: get(&self.stale),
             overran_threads: get(&self.overran_threads),
             abandoned_threads: get(&self.abandoned_threads),
+            blocked_runtime: 0,
         }
     }
 }
@@ -232,6 +239,7 @@ struct Shared {
     blocking_running: AtomicU64,
     counters: Counters,
     gauges: WorkerGauges,
+    watchdog: Option<Watchdog>,
 }
 
 impl Worker {
@@ -243,6 +251,7 @@ impl Worker {
             prefetch: None,
             grace_period: Duration::from_secs(20),
             blocking_grace: BLOCKING_GRACE,
+            blocked_threshold: Duration::from_secs(1),
             queues: None,
             stop: CancellationToken::new(),
             gauges: WorkerGauges::default(),
@@ -282,6 +291,22 @@ impl Worker {
     #[must_use]
     pub fn blocking_grace(mut self, grace: Duration) -> Self {
         self.blocking_grace = grace;
+        self
+    }
+
+    /// After how long without yielding a message's task counts as blocking
+    /// its runtime thread (default 1 s; zero turns the watchdog off).
+    ///
+    /// A watchdog on a thread of its own looks at the running messages a
+    /// few times per threshold. The first time an actor holds a runtime
+    /// thread that long, it logs at WARN: ``actor "x" blocked a runtime
+    /// thread for N s; mark it `blocking` ``…; every such poll is counted in
+    /// [`WorkerReport::blocked_runtime`]. While an async actor holds its
+    /// thread, the other messages scheduled on that thread wait, and its
+    /// time limit cannot stop it.
+    #[must_use]
+    pub fn blocked_runtime_threshold(mut self, threshold: Duration) -> Self {
+        self.blocked_threshold = threshold;
         self
     }
 
@@ -399,6 +424,7 @@ impl Worker {
             blocking_running: AtomicU64::new(0),
             counters: Counters::default(),
             gauges: self.gauges.clone(),
+            watchdog: Watchdog::start(&self.app, self.concurrency, self.blocked_threshold),
             app: self.app,
         });
         let broker = Arc::clone(shared.app.broker());
@@ -460,7 +486,11 @@ impl Worker {
         for middleware in shared.app.middleware().iter().rev() {
             middleware.on_worker_stop(&shared.app).await;
         }
-        let report = shared.counters.report();
+        let mut report = shared.counters.report();
+        if let Some(watchdog) = &shared.watchdog {
+            watchdog.stop();
+            report.blocked_runtime = watchdog.blocked();
+        }
         tracing::info!(?report, shutdown_ms = crate::time::millis(stopping.elapsed()), "worker stopped");
         Ok(report)
     }
@@ -555,7 +585,13 @@ async fn process(shared: Arc<Shared>, delivery: Delivery, _permit: OwnedSemaphor
         reject(&shared, format!("message of {size} bytes exceeds this app's max_message_size of {limit} bytes"))
     } else {
         match shared.app.encoder().decode_message(delivery.body()) {
-            Ok(message) => run_message(&shared, message, delivery.redelivered()).await,
+            Ok(message) => {
+                let redelivered = delivery.redelivered();
+                match shared.watchdog.as_ref().and_then(Watchdog::lease) {
+                    Some(lease) => lease.watch(run_message(&shared, message, redelivered, Some(&lease))).await,
+                    None => run_message(&shared, message, redelivered, None).await,
+                }
+            }
             Err(error) => reject(&shared, format!("undecodable message ({size} bytes): {error}")),
         }
     };
@@ -586,7 +622,7 @@ fn settlement_for(app: &App, outcome: &mut Outcome) -> Settlement {
     }
 }
 
-async fn run_message(shared: &Shared, message: Message, redelivered: bool) -> Settlement {
+async fn run_message(shared: &Shared, message: Message, redelivered: bool, lease: Option<&Lease>) -> Settlement {
     // At error level so that the span is there whenever any event of the
     // message is: a warning must say which message it is about.
     let span = tracing::error_span!(
@@ -604,6 +640,9 @@ async fn run_message(shared: &Shared, message: Message, redelivered: bool) -> Se
                 format!("no actor named {:?} is registered in this app", Bounded::quoted(&message.actor).as_str()),
             );
         };
+        if let Some(lease) = lease {
+            lease.set_actor(actor.name());
+        }
         let options = message.options.clone().or(actor.options());
         let ctx = Context::new(message, options, app.clone(), redelivered);
         let job = match actor.job(app.encoder(), &ctx.message().args, ctx.clone()) {

@@ -20,6 +20,9 @@ pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 /// retried → reschedule to the next attempt; requeue → requeue.
 #[derive(Debug)]
 #[non_exhaustive]
+// `Retried` carries the next attempt's message; boxing it would cost an
+// allocation per retry and change a public variant for no gain.
+#[allow(clippy::large_enum_variant)]
 pub enum Outcome {
     /// The actor returned `Ok`.
     Succeeded(Output),

@@ -582,7 +582,7 @@ async fn process(shared: Arc<Shared>, delivery: Delivery, _permit: OwnedSemaphor
     let size = delivery.body().len();
     let limit = shared.app.max_message_size();
     let settlement = if size > limit {
-        reject(&shared, format!("message of {size} bytes exceeds this app's max_message_size of {limit} bytes"))
+        reject(&shared, &format!("message of {size} bytes exceeds this app's max_message_size of {limit} bytes"))
     } else {
         match shared.app.encoder().decode_message(delivery.body()) {
             Ok(message) => {
@@ -592,15 +592,15 @@ async fn process(shared: Arc<Shared>, delivery: Delivery, _permit: OwnedSemaphor
                     None => run_message(&shared, message, redelivered, None).await,
                 }
             }
-            Err(error) => reject(&shared, format!("undecodable message ({size} bytes): {error}")),
+            Err(error) => reject(&shared, &format!("undecodable message ({size} bytes): {error}")),
         }
     };
     settle(&shared, delivery, settlement).await;
 }
 
 /// Dead-letters a delivery that is not a valid message for this app.
-fn reject(shared: &Shared, reason: String) -> Settlement {
-    let reason = Bounded::reason(&reason);
+fn reject(shared: &Shared, reason: &str) -> Settlement {
+    let reason = Bounded::reason(reason);
     tracing::error!(%reason, "dead-lettering an invalid message");
     shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
     Settlement::DeadLetter(reason)
@@ -637,7 +637,7 @@ async fn run_message(shared: &Shared, message: Message, redelivered: bool, lease
         let Some(actor) = app.actor(&message.actor) else {
             return reject(
                 shared,
-                format!("no actor named {:?} is registered in this app", Bounded::quoted(&message.actor).as_str()),
+                &format!("no actor named {:?} is registered in this app", Bounded::quoted(&message.actor).as_str()),
             );
         };
         if let Some(lease) = lease {
@@ -647,7 +647,7 @@ async fn run_message(shared: &Shared, message: Message, redelivered: bool, lease
         let ctx = Context::new(message, options, app.clone(), redelivered);
         let job = match actor.job(app.encoder(), &ctx.message().args, ctx.clone()) {
             Ok(job) => job,
-            Err(error) => return reject(shared, format!("invalid arguments for actor {:?}: {error}", actor.name())),
+            Err(error) => return reject(shared, &format!("invalid arguments for actor {:?}: {error}", actor.name())),
         };
         tracing::debug!("message started");
         let started = Instant::now();

@@ -174,7 +174,7 @@ impl RedisConsumer {
                 self.buffer.push_back(claimed(Value::BulkString(id.into_bytes()), body, token, again)?);
             }
             Some(_) => {
-                tracing::warn!(queue_key = %self.keys.ready, "dropped an id whose message is gone from the queue")
+                tracing::warn!(queue_key = %self.keys.ready, "dropped an id whose message is gone from the queue");
             }
             None => {}
         }

@@ -172,7 +172,7 @@ impl Registry {
                 failures += 1;
                 // Logged at the first failure, then every 10th, so that an
                 // outage does not flood the logs.
-                if failures == 1 || failures % 10 == 0 {
+                if failures == 1 || failures.is_multiple_of(10) {
                     tracing::warn!(%error, failures, "redis heartbeat failed; retrying on the next tick");
                 }
                 healthy_since = None;

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::encoder::{decode_value, CodecError, Encoder};
+use crate::encoder::{decode_value, encode_value, CodecError, Encoder};
 use crate::outcome::{BoxError, Failure, Output, RecordLimits};
 use crate::{App, Context, EnqueueError, MessageId, Options, SendOptions};
 
@@ -62,6 +62,10 @@ pub trait Actor: Serialize + DeserializeOwned + Send + 'static {
     /// Whether the handler is blocking (CPU-bound) and runs on the blocking
     /// thread pool rather than on the async worker threads.
     const BLOCKING: bool = false;
+
+    /// Whether the handler runs in a child process that the worker can kill
+    /// (see [`isolation`](crate::isolation)).
+    const ISOLATED: bool = false;
 
     /// The actor's default options (its attributes).
     fn options() -> Options {
@@ -142,11 +146,19 @@ pub struct ActorInfo {
     name: &'static str,
     queue: String,
     blocking: bool,
+    isolated: bool,
     options: Options,
     make_job: fn(&dyn Encoder, &[u8], Context) -> Result<Job, CodecError>,
+    child_args: fn(&dyn Encoder, &[u8]) -> Result<Vec<u8>, CodecError>,
 }
 
-fn make_job<A: Actor>(encoder: &dyn Encoder, args: &[u8], ctx: Context) -> Result<Job, CodecError> {
+/// The arguments checked and re-encoded with MessagePack, for a child.
+fn child_args<A: Actor>(encoder: &dyn Encoder, args: &[u8]) -> Result<Vec<u8>, CodecError> {
+    let actor: A = decode_value(encoder, args)?;
+    encode_value(&crate::MessagePack, &actor)
+}
+
+pub(crate) fn make_job<A: Actor>(encoder: &dyn Encoder, args: &[u8], ctx: Context) -> Result<Job, CodecError> {
     let actor: A = decode_value(encoder, args)?;
     Ok(actor.into_job(ctx))
 }
@@ -157,8 +169,10 @@ impl ActorInfo {
             name: A::NAME,
             queue: A::QUEUE.to_owned(),
             blocking: A::BLOCKING,
+            isolated: A::ISOLATED,
             options: A::options(),
             make_job: make_job::<A>,
+            child_args: child_args::<A>,
         }
     }
 
@@ -185,6 +199,11 @@ impl ActorInfo {
         self.blocking
     }
 
+    /// Whether its handler runs in a child process.
+    pub fn isolated(&self) -> bool {
+        self.isolated
+    }
+
     /// Its default options.
     pub fn options(&self) -> &Options {
         &self.options
@@ -193,5 +212,10 @@ impl ActorInfo {
     /// Decodes `args` into the actor's type and makes the job.
     pub(crate) fn job(&self, encoder: &dyn Encoder, args: &[u8], ctx: Context) -> Result<Job, CodecError> {
         (self.make_job)(encoder, args, ctx)
+    }
+
+    /// Decodes `args` into the actor's type and encodes them for a child.
+    pub(crate) fn child_args(&self, encoder: &dyn Encoder, args: &[u8]) -> Result<Vec<u8>, CodecError> {
+        (self.child_args)(encoder, args)
     }
 }

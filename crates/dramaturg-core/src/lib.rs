@@ -29,6 +29,10 @@ pub mod encoder;
 mod error;
 mod fail;
 mod id;
+pub mod isolation;
+/// For `#[derive(Actor)]`'s registration of isolated actors; not a public API.
+#[doc(hidden)]
+pub use inventory;
 mod memory;
 mod message;
 pub mod middleware;

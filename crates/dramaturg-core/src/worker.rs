@@ -47,6 +47,7 @@ use tracing::Instrument;
 use crate::bounded::Bounded;
 use crate::broker::{Consumer, Delivery, Settled, Settlement};
 use crate::error::BrokerError;
+use crate::isolation::{Isolation, Pool};
 use crate::middleware::Next;
 use crate::outcome::{Failure, NextAttempt, Outcome, RecordLimits};
 use crate::watchdog::{Lease, Watchdog};
@@ -94,6 +95,7 @@ pub struct Worker {
     grace_period: Duration,
     blocking_grace: Duration,
     blocked_threshold: Duration,
+    isolation: Isolation,
     queues: Option<Vec<String>>,
     stop: CancellationToken,
     gauges: WorkerGauges,
@@ -240,6 +242,8 @@ struct Shared {
     counters: Counters,
     gauges: WorkerGauges,
     watchdog: Option<Watchdog>,
+    /// Child processes of isolated actors.
+    children: Arc<Pool>,
 }
 
 impl Worker {
@@ -252,6 +256,7 @@ impl Worker {
             grace_period: Duration::from_secs(20),
             blocking_grace: BLOCKING_GRACE,
             blocked_threshold: Duration::from_secs(1),
+            isolation: Isolation::new(),
             queues: None,
             stop: CancellationToken::new(),
             gauges: WorkerGauges::default(),
@@ -307,6 +312,14 @@ impl Worker {
     #[must_use]
     pub fn blocked_runtime_threshold(mut self, threshold: Duration) -> Self {
         self.blocked_threshold = threshold;
+        self
+    }
+
+    /// How `isolated` actors' child processes are run (memory limit, jobs
+    /// per child, kill grace); see [`isolation`](crate::isolation).
+    #[must_use]
+    pub fn isolation(mut self, isolation: Isolation) -> Self {
+        self.isolation = isolation;
         self
     }
 
@@ -425,6 +438,7 @@ impl Worker {
             counters: Counters::default(),
             gauges: self.gauges.clone(),
             watchdog: Watchdog::start(&self.app, self.concurrency, self.blocked_threshold),
+            children: Pool::new(self.isolation),
             app: self.app,
         });
         let broker = Arc::clone(shared.app.broker());
@@ -480,6 +494,7 @@ impl Worker {
                 );
             }
         }
+        shared.children.close();
         if let Err(error) = broker.release().await {
             tracing::warn!(%error, "could not release the broker; what this worker held lapses by itself");
         }
@@ -645,7 +660,12 @@ async fn run_message(shared: &Shared, message: Message, redelivered: bool, lease
         }
         let options = message.options.clone().or(actor.options());
         let ctx = Context::new(message, options, app.clone(), redelivered);
-        let job = match actor.job(app.encoder(), &ctx.message().args, ctx.clone()) {
+        let job = if actor.isolated() {
+            actor.child_args(app.encoder(), &ctx.message().args).map(|args| shared.children.job(ctx.clone(), args))
+        } else {
+            actor.job(app.encoder(), &ctx.message().args, ctx.clone())
+        };
+        let job = match job {
             Ok(job) => job,
             Err(error) => return reject(shared, &format!("invalid arguments for actor {:?}: {error}", actor.name())),
         };

@@ -149,8 +149,11 @@ pub struct ActorInfo {
     isolated: bool,
     options: Options,
     make_job: fn(&dyn Encoder, &[u8], Context) -> Result<Job, CodecError>,
-    child_args: fn(&dyn Encoder, &[u8]) -> Result<Vec<u8>, CodecError>,
+    child_args: ChildArgs,
 }
+
+/// Checks arguments and re-encodes them for an isolated child.
+type ChildArgs = fn(&dyn Encoder, &[u8]) -> Result<Vec<u8>, CodecError>;
 
 /// The arguments checked and re-encoded with MessagePack, for a child.
 fn child_args<A: Actor>(encoder: &dyn Encoder, args: &[u8]) -> Result<Vec<u8>, CodecError> {

@@ -77,7 +77,8 @@ const OUTPUT_DRAIN: Duration = Duration::from_secs(1);
 
 /// Runs this process as an isolated child if the worker started it so, and
 /// exits when the worker is done with it; returns at once otherwise. Call
-/// it first thing in `main` when any actor is `isolated`.
+/// it first thing in `main` when any actor is `isolated` (inside
+/// `#[tokio::main]` works too).
 pub fn enter() {
     static ENTERED: AtomicBool = AtomicBool::new(false);
     let Some(path) = std::env::var_os(CHILD_ENV) else { return };
@@ -87,7 +88,13 @@ pub fn enter() {
             std::thread::park();
         }
     }
-    let code = match serve(&path) {
+    // A thread of its own, so that `enter` works inside `#[tokio::main]`
+    // too: the child's runtime cannot be started on a runtime thread.
+    let served = std::thread::Builder::new()
+        .name("dramaturg-isolated-child".into())
+        .spawn(move || serve(&path))
+        .and_then(|thread| thread.join().unwrap_or_else(|_| Err(std::io::Error::other("the child panicked"))));
+    let code = match served {
         Ok(()) => 0,
         Err(error) => {
             eprintln!("dramaturg isolated child: {error}");

@@ -33,7 +33,8 @@
 //!   that never returns (it loops on 10 ms sleeps), `time_limit` 1 s, no
 //!   retries, `--concurrency` (default here 50) at once: each child is
 //!   killed at its limit. The worker's RSS is sampled after every 100
-//!   messages. Last line: JSON with `killed`, `elapsed_s`,
+//!   messages, and the dead letters (kept in the worker's memory by the
+//!   in-memory broker) are deleted then. Last line: JSON with `killed`, `elapsed_s`,
 //!   `rss_mb_after_100`, `rss_mb_final`, `peak_rss_mb`.
 //! - `isolated-overhead`: N no-op messages (default 2000) through an
 //!   `isolated` actor, then N through an in-process `blocking` one, at
@@ -518,9 +519,13 @@ async fn isolated_runaway(args: &Args) -> Result<(), BoxError> {
     let mut after_100 = 0.0;
     let mut next = 100;
     let mut samples = Vec::new();
+    let mut deleted = 0;
     loop {
-        let dead = dramaturg::QueueAdmin::stats(&broker, "bench-isolated").await?.dead;
+        let dead = deleted + dramaturg::QueueAdmin::stats(&broker, "bench-isolated").await?.dead;
         if dead >= next.min(messages) {
+            // The in-memory broker keeps dead letters in the worker's memory:
+            // drop them, so that RSS shows the worker's own.
+            deleted += dramaturg::DeadLetters::delete(&broker, "bench-isolated", dramaturg::Replay::All).await?;
             let rss = rss_mb();
             samples.push((dead, rss));
             println!("{dead:>5} killed: worker RSS {rss:.1} MiB");

@@ -33,6 +33,20 @@ impl Runaway {
     }
 }
 
+/// Never returns, with a long limit: only an abort stops it.
+#[derive(Actor, Serialize, Deserialize)]
+#[actor(isolated, blocking, queue = "iso", time_limit = "1m")]
+struct Endless {}
+
+impl Endless {
+    fn perform(self, _ctx: &Context) -> Result<(), BoxError> {
+        println!("endless started in {}", std::process::id());
+        loop {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
 /// Prints, then succeeds; blocking code in a child.
 #[derive(Actor, Serialize, Deserialize)]
 #[actor(isolated, blocking, queue = "iso")]
@@ -87,6 +101,7 @@ fn isolation_child() {
             .actor::<Hello>()
             .actor::<Crash>()
             .actor::<Hungry>()
+            .actor::<Endless>()
             .build()
             .unwrap();
         match scenario.as_str() {
@@ -103,6 +118,14 @@ fn isolation_child() {
                 Crash {}.send(&app).await.unwrap();
                 Hello { n: 7 }.send(&app).await.unwrap();
             }
+            "abort" => {
+                let id = Endless {}.send(&app).await.unwrap();
+                let app = app.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(800)).await;
+                    dramaturg::abort::abort(&app, id, dramaturg::abort::AbortOptions::abort()).await.unwrap();
+                });
+            }
             _ => {
                 Hungry {}.send(&app).await.unwrap();
             }
@@ -116,10 +139,11 @@ fn isolation_child() {
             .await
             .unwrap();
         println!(
-            "REPORT succeeded={} failed={} retried={} elapsed_ms={}",
+            "REPORT succeeded={} failed={} retried={} aborted={} elapsed_ms={}",
             report.succeeded,
             report.failed,
             report.retried,
+            report.aborted,
             started.elapsed().as_millis()
         );
         for letter in broker.list("iso", 10).await.unwrap() {
@@ -229,4 +253,17 @@ fn a_child_over_its_memory_limit_is_killed() {
     assert_eq!(field(&out, "failed"), 1, "{out}");
     assert!(out.contains("more than max_child_rss"), "{out}");
     assert!(field(&out, "elapsed_ms") < 5000, "{out}");
+}
+
+/// An abort kills the child of a running isolated actor.
+#[test]
+fn an_abort_kills_the_child() {
+    if std::env::var(CHILD).is_ok() {
+        return;
+    }
+    let (out, _) = run("abort");
+    assert_eq!((field(&out, "aborted"), field(&out, "failed")), (1, 0), "{out}");
+    assert!(field(&out, "elapsed_ms") < 4000, "{out}");
+    let pid = out.lines().find_map(|l| l.split("endless started in ").nth(1)).unwrap();
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "child {pid} still runs");
 }

@@ -406,7 +406,12 @@ impl Running {
                 let child = self.child.as_mut().expect("a running child until it is given back");
                 let status = tokio::time::timeout(Duration::from_secs(1), child.process.wait()).await;
                 let status = match status {
-                    Ok(Ok(status)) => status.to_string(),
+                    Ok(Ok(status)) => {
+                        // Reaped: its pid may be reused, so it must not be
+                        // signalled when this is dropped.
+                        self.child = None;
+                        status.to_string()
+                    }
                     _ => "it closed its connection".to_owned(),
                 };
                 Err(IsolationError::ChildExited { status })

@@ -161,9 +161,10 @@ pub struct WorkerReport {
     /// that ran here may have duplicated another.
     pub stale: u64,
     /// Blocking attempts whose thread ran on after the attempt had ended
-    /// (past its time limit, or aborted). The worker held the message's
-    /// concurrency slot and delivery until the thread returned, so that no
-    /// retry ran beside it.
+    /// (past its time limit, or aborted), and isolated attempts whose child
+    /// process had to be killed. The worker held the message's concurrency
+    /// slot and delivery until the thread returned (the child exited), so
+    /// that no retry ran beside it.
     pub overran_threads: u64,
     /// Blocking threads still running when the worker stopped waiting for
     /// them at shutdown (after the grace period and the blocking grace):

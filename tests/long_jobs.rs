@@ -123,5 +123,5 @@ fn a_blocked_runtime_thread_is_noticed_and_the_actor_named_once() {
     assert_eq!(lines.len(), 1, "{text}");
     assert!(lines[0].contains(" WARN "), "{}", lines[0]);
     assert!(lines[0].contains("actor \"hog\" blocked a runtime thread for 0."), "{}", lines[0]);
-    assert!(lines[0].contains("mark it `blocking`"), "{}", lines[0]);
+    assert!(lines[0].contains("mark it `blocking` or `isolated`"), "{}", lines[0]);
 }

@@ -195,8 +195,8 @@ fn watch(shared: &Shared) {
                 let seconds = Duration::from_micros(now - started).as_secs_f64();
                 tracing::warn!(
                     actor,
-                    "actor {actor:?} blocked a runtime thread for {seconds:.1} s; mark it `blocking` (or make it \
-                     reach an `.await` more often): while it holds the thread, other messages on it wait and its \
+                    "actor {actor:?} blocked a runtime thread for {seconds:.1} s; mark it `blocking` or \
+                     `isolated` (or make it reach an `.await` more often): while it holds the thread, other messages on it wait and its \
                      time limit cannot stop it"
                 );
             }

@@ -306,7 +306,7 @@ impl Worker {
     /// A watchdog on a thread of its own looks at the running messages a
     /// few times per threshold. The first time an actor holds a runtime
     /// thread that long, it logs at WARN: ``actor "x" blocked a runtime
-    /// thread for N s; mark it `blocking` ``…; every such poll is counted in
+    /// thread for N s; mark it `blocking` or `isolated` ``…; every such poll is counted in
     /// [`WorkerReport::blocked_runtime`]. While an async actor holds its
     /// thread, the other messages scheduled on that thread wait, and its
     /// time limit cannot stop it.

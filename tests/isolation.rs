@@ -118,6 +118,9 @@ fn isolation_child() {
                 Crash {}.send(&app).await.unwrap();
                 Hello { n: 7 }.send(&app).await.unwrap();
             }
+            "shutdown" => {
+                Endless {}.send(&app).await.unwrap();
+            }
             "abort" => {
                 let id = Endless {}.send(&app).await.unwrap();
                 let app = app.clone();
@@ -132,18 +135,24 @@ fn isolation_child() {
         }
         let isolation = Isolation::new().max_jobs_per_child(2).max_child_rss(200 * 1024 * 1024);
         let started = Instant::now();
-        let report = Worker::new(app)
-            .concurrency(1)
-            .isolation(isolation)
-            .run_until_drained(Duration::from_secs(30))
-            .await
-            .unwrap();
+        let worker = Worker::new(app).concurrency(1).isolation(isolation);
+        let report = if scenario == "shutdown" {
+            let shutdown = worker.shutdown_handle();
+            let running = tokio::spawn(worker.grace_period(Duration::from_millis(300)).run());
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            shutdown.shutdown();
+            running.await.unwrap().unwrap()
+        } else {
+            worker.run_until_drained(Duration::from_secs(30)).await.unwrap()
+        };
         println!(
-            "REPORT succeeded={} failed={} retried={} aborted={} elapsed_ms={}",
+            "REPORT succeeded={} failed={} retried={} aborted={} requeued={} abandoned={} elapsed_ms={}",
             report.succeeded,
             report.failed,
             report.retried,
             report.aborted,
+            report.requeued,
+            report.abandoned_threads,
             started.elapsed().as_millis()
         );
         for letter in broker.list("iso", 10).await.unwrap() {
@@ -264,6 +273,21 @@ fn an_abort_kills_the_child() {
     let (out, _) = run("abort");
     assert_eq!((field(&out, "aborted"), field(&out, "failed")), (1, 0), "{out}");
     assert!(field(&out, "elapsed_ms") < 4000, "{out}");
+    let pid = out.lines().find_map(|l| l.split("endless started in ").nth(1)).unwrap();
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "child {pid} still runs");
+}
+
+/// The child of an isolated (and blocking) actor still running when the
+/// grace period ends is killed, and its message requeued, at once: unlike
+/// a blocking thread, it need not be waited for.
+#[test]
+fn shutdown_kills_isolated_children_after_the_grace_period() {
+    if std::env::var(CHILD).is_ok() {
+        return;
+    }
+    let (out, _) = run("shutdown");
+    assert_eq!((field(&out, "requeued"), field(&out, "abandoned")), (1, 0), "{out}");
+    assert!(field(&out, "elapsed_ms") < 3000, "{out}");
     let pid = out.lines().find_map(|l| l.split("endless started in ").nth(1)).unwrap();
     assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "child {pid} still runs");
 }

@@ -672,11 +672,14 @@ async fn run_message(shared: &Shared, message: Message, redelivered: bool, lease
         };
         tracing::debug!("message started");
         let started = Instant::now();
-        let _blocking = actor.blocking().then(|| BlockingInFlight::new(&shared.blocking_running));
+        // A thread in this process that cannot be stopped; an isolated
+        // handler's child can be killed, so it is stopped like an async one.
+        let unstoppable = actor.blocking() && !actor.isolated();
+        let _blocking = unstoppable.then(|| BlockingInFlight::new(&shared.blocking_running));
         // The interruption at shutdown ends the job innermost, so that every
         // middleware sees it come back as a requeue.
         let mut chain = Next::new(app.middleware(), job).interrupted_by(&shared.interrupt);
-        if actor.blocking() {
+        if unstoppable {
             chain = chain.blocking_until(&shared.abandon);
         }
         let chain = chain.run(&ctx);

@@ -29,6 +29,19 @@
 //!   is sampled every 100 ms until all are dead-lettered. Last line: JSON
 //!   with `baseline_rss_mb`, `peak_rss_mb`, `final_rss_mb` and `attempts`.
 //!   `--samples FILE` writes the samples as CSV (`ms,rss_mb`).
+//! - `isolated-runaway`: N messages (default 1000) of an `isolated` actor
+//!   that never returns (it loops on 10 ms sleeps), `time_limit` 1 s, no
+//!   retries, `--concurrency` (default here 50) at once: each child is
+//!   killed at its limit. The worker's RSS is sampled after every 100
+//!   messages, and the dead letters (kept in the worker's memory by the
+//!   in-memory broker) are deleted then. Last line: JSON with `killed`, `elapsed_s`,
+//!   `rss_mb_after_100`, `rss_mb_final`, `peak_rss_mb`.
+//! - `isolated-overhead`: N no-op messages (default 2000) through an
+//!   `isolated` actor, then N through an in-process `blocking` one, at
+//!   `--concurrency` (default here 8). Last line: JSON with both rates and
+//!   the per-message overhead of isolation in microseconds (one worker
+//!   thread's worth: the difference of the mean times per message times
+//!   the concurrency).
 //!
 //! Flags: `--broker URL` (default `memory://`; `memory` is short for it),
 //! `--messages N`, `--concurrency C` (64), `--batch B` (messages per
@@ -41,6 +54,47 @@ use std::time::{Duration, Instant};
 use dramaturg::prelude::*;
 use dramaturg::BoxError;
 use serde::{Deserialize, Serialize};
+
+/// Never returns; killed at its limit.
+#[derive(Actor, Serialize, Deserialize)]
+#[actor(queue = "bench-isolated", isolated, time_limit = "1s", max_retries = 0)]
+struct IsolatedRunaway {}
+
+impl IsolatedRunaway {
+    async fn perform(self, _ctx: &Context) -> Result<(), BoxError> {
+        loop {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// A no-op in a child process.
+#[derive(Actor, Serialize, Deserialize)]
+#[actor(queue = "bench-isolated", isolated, blocking)]
+struct IsolatedNoop {
+    n: u64,
+}
+
+impl IsolatedNoop {
+    fn perform(self, _ctx: &Context) -> Result<(), BoxError> {
+        std::hint::black_box(self.n);
+        Ok(())
+    }
+}
+
+/// A no-op on the blocking thread pool.
+#[derive(Actor, Serialize, Deserialize)]
+#[actor(queue = "bench-blocking", blocking)]
+struct BlockingNoop {
+    n: u64,
+}
+
+impl BlockingNoop {
+    fn perform(self, _ctx: &Context) -> Result<(), BoxError> {
+        std::hint::black_box(self.n);
+        Ok(())
+    }
+}
 
 /// The no-op actor.
 #[derive(Actor, Serialize, Deserialize)]
@@ -121,6 +175,8 @@ fn rss_mb() -> f64 {
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
+    // The isolated scenarios' children are this binary again.
+    dramaturg::isolation::enter();
     let args = parse_args()?;
     match args.scenario.as_str() {
         "throughput" => throughput(&args).await,
@@ -128,6 +184,8 @@ async fn main() -> Result<(), BoxError> {
         "latency" => latency(&args).await,
         "idle" => idle(&args).await,
         "abort" => abort_latency(&args).await,
+        "isolated-runaway" => isolated_runaway(&args).await,
+        "isolated-overhead" => isolated_overhead(&args).await,
         other => Err(format!("unknown scenario {other:?}: throughput, latency, idle or fail-large-errors").into()),
     }
 }
@@ -433,5 +491,93 @@ async fn abort_latency(args: &Args) -> Result<(), BoxError> {
     );
     println!("abort to interruption: p50 {p50:.3} ms, p90 {p90:.3} ms ({} aborted)", report.aborted);
     println!("{{\"scenario\":\"abort\",\"messages\":{count},\"abort_latency_ms_p50\":{p50:.3},\"abort_latency_ms_p90\":{p90:.3}}}");
+    Ok(())
+}
+
+/// The concurrency flag, unless it was left at its default of 64.
+fn concurrency_or(args: &Args, default: usize) -> usize {
+    if args.concurrency == 64 {
+        default
+    } else {
+        args.concurrency
+    }
+}
+
+async fn isolated_runaway(args: &Args) -> Result<(), BoxError> {
+    let messages = args.messages.unwrap_or(1000);
+    let concurrency = concurrency_or(args, 50);
+    let broker = MemoryBroker::new();
+    let app = dramaturg::app(broker.clone()).actor::<IsolatedRunaway>().build()?;
+    for _ in 0..messages {
+        IsolatedRunaway {}.send(&app).await?;
+    }
+    let baseline = rss_mb();
+    let worker = Worker::new(app.clone()).concurrency(concurrency);
+    let shutdown = worker.shutdown_handle();
+    let started = Instant::now();
+    let running = tokio::spawn(worker.run());
+    let mut after_100 = 0.0;
+    let mut next = 100;
+    let mut samples = Vec::new();
+    let mut deleted = 0;
+    loop {
+        let dead = deleted + dramaturg::QueueAdmin::stats(&broker, "bench-isolated").await?.dead;
+        if dead >= next.min(messages) {
+            // The in-memory broker keeps dead letters in the worker's memory:
+            // drop them, so that RSS shows the worker's own.
+            deleted += dramaturg::DeadLetters::delete(&broker, "bench-isolated", dramaturg::Replay::All).await?;
+            let rss = rss_mb();
+            samples.push((dead, rss));
+            println!("{dead:>5} killed: worker RSS {rss:.1} MiB");
+            if next == 100 {
+                after_100 = rss;
+            }
+            next += 100;
+        }
+        if dead >= messages {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    shutdown.shutdown();
+    let report = running.await??;
+    let last = rss_mb();
+    let peak = peak_rss_mb();
+    println!(
+        "{{\"messages\":{messages},\"concurrency\":{concurrency},\"killed\":{},\"elapsed_s\":{elapsed:.1},\"baseline_rss_mb\":{baseline:.1},\"rss_mb_after_100\":{after_100:.1},\"rss_mb_final\":{last:.1},\"peak_rss_mb\":{peak:.1}}}",
+        report.failed
+    );
+    Ok(())
+}
+
+async fn isolated_overhead(args: &Args) -> Result<(), BoxError> {
+    let messages = args.messages.unwrap_or(2000);
+    let concurrency = concurrency_or(args, 8);
+    let mut rates = Vec::new();
+    for isolated in [true, false] {
+        let broker = MemoryBroker::new();
+        let app = dramaturg::app(broker).actor::<IsolatedNoop>().actor::<BlockingNoop>().build()?;
+        if isolated {
+            let batch: Vec<IsolatedNoop> = (0..messages).map(|n| IsolatedNoop { n }).collect();
+            app.send_many(&batch).await?;
+        } else {
+            let batch: Vec<BlockingNoop> = (0..messages).map(|n| BlockingNoop { n }).collect();
+            app.send_many(&batch).await?;
+        }
+        let started = Instant::now();
+        let report = Worker::new(app).concurrency(concurrency).run_until_drained(Duration::from_secs(3600)).await?;
+        let secs = started.elapsed().as_secs_f64();
+        if report.succeeded != messages {
+            return Err(format!("expected {messages} successes, got {report:?}").into());
+        }
+        rates.push(messages as f64 / secs);
+    }
+    let overhead_us = (1.0 / rates[0] - 1.0 / rates[1]) * 1e6 * concurrency as f64;
+    println!("isolated: {:>8.0} msgs/s; blocking in-process: {:>8.0} msgs/s", rates[0], rates[1]);
+    println!(
+        "{{\"messages\":{messages},\"concurrency\":{concurrency},\"isolated_per_s\":{:.0},\"blocking_per_s\":{:.0},\"isolation_overhead_us\":{overhead_us:.0}}}",
+        rates[0], rates[1]
+    );
     Ok(())
 }

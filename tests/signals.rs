@@ -109,3 +109,108 @@ fn a_second_sigint_exits_at_once() {
     assert_eq!(status.code(), Some(130));
     assert!(sent.elapsed() < Duration::from_secs(1), "took {:?}", sent.elapsed());
 }
+
+const BLOCKING_CHILD: &str = "DRAMATURG_BLOCKING_CHILD";
+
+/// A blocking handler that sleeps, never looking at its context.
+#[derive(Actor, Serialize, Deserialize)]
+#[actor(blocking, queue = "blocking")]
+struct Long {
+    millis: u64,
+}
+
+impl Long {
+    fn perform(self, _ctx: &Context) -> Result<(), BoxError> {
+        println!("START");
+        std::thread::sleep(Duration::from_millis(self.millis));
+        println!("END");
+        Ok(())
+    }
+}
+
+/// The child: `grace_ms|blocking_grace_ms|job_ms`: two blocking jobs, a
+/// worker until signalled, then its report and what is left in the queue.
+#[test]
+fn blocking_child() {
+    let Ok(spec) = std::env::var(BLOCKING_CHILD) else { return };
+    let ms: Vec<u64> = spec.split('|').map(|part| part.parse().unwrap()).collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(async {
+        let broker = MemoryBroker::new();
+        let app = dramaturg::app(broker.clone()).actor::<Long>().build().unwrap();
+        for _ in 0..2 {
+            Long { millis: ms[2] }.send(&app).await.unwrap();
+        }
+        let report = Worker::new(app)
+            .concurrency(2)
+            .grace_period(Duration::from_millis(ms[0]))
+            .blocking_grace(Duration::from_millis(ms[1]))
+            .run_until_signal()
+            .await
+            .unwrap();
+        let stats = dramaturg::QueueAdmin::stats(&broker, "blocking").await.unwrap();
+        println!(
+            "REPORT succeeded={} requeued={} abandoned={} ready={}",
+            report.succeeded, report.requeued, report.abandoned_threads, stats.ready
+        );
+    });
+}
+
+/// Runs the blocking child and returns it once both jobs have started.
+fn spawn_blocking_child(spec: &str) -> (Child, BufReader<std::process::ChildStdout>) {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "blocking_child", "--nocapture", "--test-threads=1"])
+        .env(BLOCKING_CHILD, spec)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut started = 0;
+    while started < 2 {
+        let mut line = String::new();
+        assert!(stdout.read_line(&mut line).unwrap() > 0, "the child ended before both jobs started");
+        started += usize::from(line.contains("START"));
+    }
+    (child, stdout)
+}
+
+/// Issue input 4: two blocking jobs of 6 s, SIGTERM with a 1 s grace. The
+/// worker waits for them and settles them as finished: they are not
+/// requeued to run again.
+#[test]
+fn sigterm_waits_for_blocking_jobs_and_settles_them_as_finished() {
+    if std::env::var(CHILD).is_ok() || std::env::var(BLOCKING_CHILD).is_ok() {
+        return;
+    }
+    let (mut child, mut stdout) = spawn_blocking_child("1000|8000|6000");
+    let sent = Instant::now();
+    signal(&child, "TERM");
+    let status = wait(&mut child, Duration::from_secs(15));
+    let took = sent.elapsed();
+    assert!(status.success(), "{status:?}");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    assert_eq!(rest.matches("END").count(), 2, "{rest}");
+    assert!(rest.contains("REPORT succeeded=2 requeued=0 abandoned=0 ready=0"), "{rest}");
+    assert!(took > Duration::from_secs(4) && took < Duration::from_secs(8), "took {took:?}");
+}
+
+/// Past the blocking grace, the messages go back to their queue and the
+/// process exits at once: the abandoned threads do not finish work that
+/// will be repeated.
+#[test]
+fn past_the_blocking_grace_the_process_exits_without_finishing_the_jobs() {
+    if std::env::var(CHILD).is_ok() || std::env::var(BLOCKING_CHILD).is_ok() {
+        return;
+    }
+    let (mut child, mut stdout) = spawn_blocking_child("300|500|6000");
+    let sent = Instant::now();
+    signal(&child, "TERM");
+    let status = wait(&mut child, Duration::from_secs(15));
+    let took = sent.elapsed();
+    assert!(status.success(), "{status:?}");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    assert!(!rest.contains("END"), "{rest}");
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+}

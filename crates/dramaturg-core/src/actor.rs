@@ -6,7 +6,7 @@ use std::pin::Pin;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::encoder::{decode_value, CodecError, Encoder};
+use crate::encoder::{decode_value, encode_value, CodecError, Encoder};
 use crate::outcome::{BoxError, Failure, Output, RecordLimits};
 use crate::{App, Context, EnqueueError, MessageId, Options, SendOptions};
 
@@ -63,6 +63,10 @@ pub trait Actor: Serialize + DeserializeOwned + Send + 'static {
     /// thread pool rather than on the async worker threads.
     const BLOCKING: bool = false;
 
+    /// Whether the handler runs in a child process that the worker can kill
+    /// (see [`isolation`](crate::isolation)).
+    const ISOLATED: bool = false;
+
     /// The actor's default options (its attributes).
     fn options() -> Options {
         Options::default()
@@ -110,16 +114,23 @@ where
 
 /// Runs a blocking handler on tokio's blocking thread pool.
 ///
-/// If the job is dropped (a time limit, an abort, a shutdown), the thread
-/// cannot be stopped from outside: it runs on until the handler returns, and
-/// its result is discarded. Blocking handlers that run long should check for
-/// such requests themselves.
+/// If the job is dropped (a time limit, an abort), the thread cannot be
+/// stopped from outside: it runs on until the handler returns, and its result
+/// is discarded. The worker keeps the message's concurrency slot and its
+/// delivery until the thread has returned, so that the attempt's retry never
+/// runs beside it; blocking handlers that run long should still check
+/// [`Context::check`] to give their slot back early.
 pub fn run_blocking<F>(ctx: Context, handler: F) -> Job
 where
     F: FnOnce(&Context) -> Result<Output, Failure> + Send + 'static,
 {
     Box::pin(async move {
-        match tokio::task::spawn_blocking(move || handler(&ctx)).await {
+        let ended = ctx.thread_started();
+        let run = move || {
+            let _ended = ended;
+            handler(&ctx)
+        };
+        match tokio::task::spawn_blocking(run).await {
             Ok(result) => result,
             Err(error) if error.is_panic() => {
                 Err(Failure::from_panic(error.into_panic().as_ref(), None, &RecordLimits::default()))
@@ -135,11 +146,22 @@ pub struct ActorInfo {
     name: &'static str,
     queue: String,
     blocking: bool,
+    isolated: bool,
     options: Options,
     make_job: fn(&dyn Encoder, &[u8], Context) -> Result<Job, CodecError>,
+    child_args: ChildArgs,
 }
 
-fn make_job<A: Actor>(encoder: &dyn Encoder, args: &[u8], ctx: Context) -> Result<Job, CodecError> {
+/// Checks arguments and re-encodes them for an isolated child.
+type ChildArgs = fn(&dyn Encoder, &[u8]) -> Result<Vec<u8>, CodecError>;
+
+/// The arguments checked and re-encoded with MessagePack, for a child.
+fn child_args<A: Actor>(encoder: &dyn Encoder, args: &[u8]) -> Result<Vec<u8>, CodecError> {
+    let actor: A = decode_value(encoder, args)?;
+    encode_value(&crate::MessagePack, &actor)
+}
+
+pub(crate) fn make_job<A: Actor>(encoder: &dyn Encoder, args: &[u8], ctx: Context) -> Result<Job, CodecError> {
     let actor: A = decode_value(encoder, args)?;
     Ok(actor.into_job(ctx))
 }
@@ -150,8 +172,10 @@ impl ActorInfo {
             name: A::NAME,
             queue: A::QUEUE.to_owned(),
             blocking: A::BLOCKING,
+            isolated: A::ISOLATED,
             options: A::options(),
             make_job: make_job::<A>,
+            child_args: child_args::<A>,
         }
     }
 
@@ -178,6 +202,11 @@ impl ActorInfo {
         self.blocking
     }
 
+    /// Whether its handler runs in a child process.
+    pub fn isolated(&self) -> bool {
+        self.isolated
+    }
+
     /// Its default options.
     pub fn options(&self) -> &Options {
         &self.options
@@ -186,5 +215,10 @@ impl ActorInfo {
     /// Decodes `args` into the actor's type and makes the job.
     pub(crate) fn job(&self, encoder: &dyn Encoder, args: &[u8], ctx: Context) -> Result<Job, CodecError> {
         (self.make_job)(encoder, args, ctx)
+    }
+
+    /// Decodes `args` into the actor's type and encodes them for a child.
+    pub(crate) fn child_args(&self, encoder: &dyn Encoder, args: &[u8]) -> Result<Vec<u8>, CodecError> {
+        (self.child_args)(encoder, args)
     }
 }

@@ -187,6 +187,9 @@ impl Suite {
         }
         let letters = dead.list(&queue, 10).await.expect("list");
         assert_eq!(dead.delete(&queue, Replay::One("no-such-key".into())).await.expect("delete none"), 0);
+        assert_eq!(dead.delete(&queue, Replay::One(String::new())).await.expect("delete none"), 0);
+        assert_eq!(dead.replay(&queue, Replay::One(String::new())).await.expect("replay none"), 0);
+        assert_eq!(dead.list(&queue, 10).await.expect("list").len(), 3, "the empty key names no dead letter");
         assert_eq!(dead.delete(&queue, Replay::One(letters[1].key.clone())).await.expect("delete one"), 1);
         let left: Vec<Bytes> = dead.list(&queue, 10).await.expect("list").into_iter().map(|d| d.body).collect();
         assert_eq!(left, [body("a"), body("c")]);

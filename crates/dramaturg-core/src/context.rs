@@ -4,8 +4,10 @@ use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
+
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::{App, Interrupted, Interruption, Message, MessageId, Options};
 
@@ -43,6 +45,9 @@ struct Inner {
     actor_succeeded: AtomicBool,
     /// Middleware failures after the actor succeeded (panics on the way out).
     middleware_failures: AtomicU32,
+    /// Cancelled when the blocking thread of this attempt has returned;
+    /// unset while no thread was started (async actors).
+    thread: OnceLock<CancellationToken>,
     metadata: Mutex<Metadata>,
 }
 
@@ -62,6 +67,7 @@ impl Context {
                 abort_at_us: AtomicU64::new(u64::MAX),
                 actor_succeeded: AtomicBool::new(false),
                 middleware_failures: AtomicU32::new(0),
+                thread: OnceLock::new(),
                 metadata: Mutex::default(),
             }),
         }
@@ -233,6 +239,20 @@ impl Context {
     /// How many middleware failures after the actor's success were noted.
     pub fn middleware_failures(&self) -> u32 {
         self.inner.middleware_failures.load(Ordering::Relaxed)
+    }
+
+    /// Records that this attempt's blocking thread starts; the guard, moved
+    /// into the thread, marks it ended when it is dropped — when the handler
+    /// returns or unwinds, or when the thread never ran.
+    pub(crate) fn thread_started(&self) -> DropGuard {
+        let ended = self.inner.thread.get_or_init(CancellationToken::new);
+        ended.clone().drop_guard()
+    }
+
+    /// The blocking thread of this attempt, if one was started and has not
+    /// returned yet: cancelled when it returns.
+    pub(crate) fn running_thread(&self) -> Option<CancellationToken> {
+        self.inner.thread.get().filter(|ended| !ended.is_cancelled()).cloned()
     }
 
     /// When the actor last called [`Context::heartbeat`] (the start of the

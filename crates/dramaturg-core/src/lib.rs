@@ -29,6 +29,10 @@ pub mod encoder;
 mod error;
 mod fail;
 mod id;
+pub mod isolation;
+/// For `#[derive(Actor)]`'s registration of isolated actors; not a public API.
+#[doc(hidden)]
+pub use inventory;
 mod memory;
 mod message;
 pub mod middleware;
@@ -37,6 +41,7 @@ pub mod random;
 mod signal;
 pub mod sync;
 pub mod time;
+mod watchdog;
 pub mod worker;
 
 pub use actor::{Actor, ActorInfo, Job};
@@ -56,7 +61,7 @@ pub use memory::MemoryBroker;
 pub use message::{now_ms, Message, OptionError, Options, ETA};
 pub use middleware::{Middleware, Next};
 pub use outcome::{BoxError, ErrorRecord, ErrorType, Failure, FailureKind, NextAttempt, Outcome, Output, RecordLimits};
-pub use worker::{ShutdownHandle, Worker, WorkerReport};
+pub use worker::{ShutdownHandle, Worker, WorkerGauges, WorkerReport};
 
 /// Re-exported so that middleware and brokers can be written without
 /// depending on `async-trait` themselves.

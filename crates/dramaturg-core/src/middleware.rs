@@ -193,11 +193,13 @@ pub struct Next<'a> {
     rest: &'a [Arc<dyn Middleware>],
     job: Job,
     shutdown: Option<&'a CancellationToken>,
+    /// For a blocking job: when to give up on its thread at shutdown.
+    abandon: Option<&'a CancellationToken>,
 }
 
 impl<'a> Next<'a> {
     pub(crate) fn new(stack: &'a [Arc<dyn Middleware>], job: Job) -> Self {
-        Self { rest: stack, job, shutdown: None }
+        Self { rest: stack, job, shutdown: None, abandon: None }
     }
 
     /// The same chain, whose actor is dropped when `shutdown` is cancelled
@@ -208,6 +210,16 @@ impl<'a> Next<'a> {
         self
     }
 
+    /// The chain of a blocking job, whose thread cannot be stopped: when
+    /// `shutdown` is cancelled, the attempt is only told so (through
+    /// [`Context::check`]) and awaited on; it is dropped, and comes back as
+    /// [`Outcome::Requeue`], only when `abandon` is cancelled. What finishes
+    /// in between is settled as it finished.
+    pub(crate) fn blocking_until(mut self, abandon: &'a CancellationToken) -> Self {
+        self.abandon = Some(abandon);
+        self
+    }
+
     /// Runs the rest of the stack and then the actor.
     ///
     /// Every attempt comes back here, even one interrupted at shutdown (as
@@ -215,19 +227,42 @@ impl<'a> Next<'a> {
     /// end of a message — unless a middleware further in drops the chain
     /// itself (as time limits and aborts do, returning their own outcome).
     pub async fn run(self, ctx: &Context) -> Outcome {
-        let Self { rest, job, shutdown } = self;
+        let Self { rest, job, shutdown, abandon } = self;
         match rest.split_first() {
-            Some((first, rest)) => first.handle(ctx, Next { rest, job, shutdown }).await,
+            Some((first, rest)) => first.handle(ctx, Next { rest, job, shutdown, abandon }).await,
             None => {
-                let result = match shutdown {
-                    Some(shutdown) => tokio::select! {
+                let result = match (shutdown, abandon) {
+                    (Some(shutdown), None) => tokio::select! {
                         result = job => result,
                         () = shutdown.cancelled() => {
                             ctx.interrupt(Interruption::Shutdown);
                             return Outcome::Requeue("the worker shut down before the message finished".into());
                         }
                     },
-                    None => job.await,
+                    (Some(shutdown), Some(abandon)) => {
+                        let mut job = job;
+                        tokio::select! {
+                            result = &mut job => result,
+                            () = shutdown.cancelled() => {
+                                ctx.interrupt(Interruption::Shutdown);
+                                let result = tokio::select! {
+                                    result = job => result,
+                                    () = abandon.cancelled() => return Outcome::Requeue(
+                                        "the worker shut down and stopped waiting for the blocking thread".into(),
+                                    ),
+                                };
+                                // A handler that stopped because it was told
+                                // to did not fail: its message goes back
+                                // unchanged. One that finished is settled as
+                                // it finished.
+                                if result.is_err() && ctx.interruption() == Some(Interruption::Shutdown) {
+                                    return Outcome::Requeue("the blocking handler stopped at shutdown".into());
+                                }
+                                result
+                            }
+                        }
+                    }
+                    _ => job.await,
                 };
                 match result {
                     Ok(output) => {

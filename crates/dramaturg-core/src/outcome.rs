@@ -230,6 +230,14 @@ impl Failure {
         self
     }
 
+    /// The same failure, with the retry wish it had elsewhere (an isolated
+    /// child).
+    #[must_use]
+    pub(crate) fn with_retry(mut self, retry: Retry) -> Self {
+        self.retry = retry;
+        self
+    }
+
     /// What the actor asked of the retry middleware (see [`Fail`](crate::Fail)).
     pub fn retry(&self) -> Retry {
         self.retry

@@ -10,9 +10,24 @@
 //! 1. stops consuming, and returns messages it fetched but did not start to
 //!    the broker;
 //! 2. lets running messages finish, for at most the grace period;
-//! 3. then interrupts what still runs (async actors are dropped at their next
-//!    `.await`) and returns those messages to their queues unchanged;
-//! 4. runs the middleware's stop hooks and returns a [`WorkerReport`].
+//! 3. then interrupts what still runs: async actors are dropped at their next
+//!    `.await` and their messages return to their queues unchanged; blocking
+//!    actors, whose threads cannot be stopped, are told through
+//!    [`Context::check`] and waited for, for at most the blocking grace
+//!    ([`Worker::blocking_grace`], default 8 s): what finishes is settled as
+//!    it finished (a success is acknowledged, not repeated), what stops
+//!    because it was told to is returned unchanged;
+//! 4. returns the messages of blocking threads still running after that to
+//!    their queues, counts them in [`WorkerReport::abandoned_threads`], and
+//!    runs the middleware's stop hooks and returns a [`WorkerReport`].
+//!
+//! A thread that was abandoned runs on until its handler returns — and a
+//! tokio runtime waits for it when it is dropped. Its message is already
+//! back in its queue, so the process should end now rather than let it
+//! finish work another worker will repeat: `run_until_signal` exits the
+//! process itself in that case (status 0, after the report is logged);
+//! callers of `run` should do the same when `abandoned_threads` is not
+//! zero.
 //!
 //! Under `run_until_signal`, a second signal exits the process at once;
 //! messages in flight then come back through the broker's own redelivery
@@ -32,12 +47,18 @@ use tracing::Instrument;
 use crate::bounded::Bounded;
 use crate::broker::{Consumer, Delivery, Settled, Settlement};
 use crate::error::BrokerError;
+use crate::isolation::{Isolation, Pool};
 use crate::middleware::Next;
 use crate::outcome::{Failure, Outcome, RecordLimits};
+use crate::watchdog::{Lease, Watchdog};
 use crate::{App, Context, Message};
 
 /// How long interrupted messages get to settle after the grace period.
 const SETTLE_AFTER_INTERRUPT: Duration = Duration::from_secs(2);
+/// How long blocking handlers still running after the grace period are
+/// waited for by default: with the default 20 s grace, inside the 30 s that
+/// orchestrators usually allow.
+const BLOCKING_GRACE: Duration = Duration::from_secs(8);
 /// Longest wait between attempts to consume from a broker that failed.
 const MAX_CONSUME_BACKOFF: Duration = Duration::from_secs(5);
 /// How long a settlement that fails for a transient reason (connection
@@ -75,8 +96,12 @@ pub struct Worker {
     concurrency: usize,
     prefetch: Option<usize>,
     grace_period: Duration,
+    blocking_grace: Duration,
+    blocked_threshold: Duration,
+    isolation: Isolation,
     queues: Option<Vec<String>>,
     stop: CancellationToken,
+    gauges: WorkerGauges,
 }
 
 /// Stops a running [`Worker`] gracefully. Clone it freely.
@@ -94,6 +119,22 @@ impl ShutdownHandle {
     /// Whether shutdown has been asked for.
     pub fn is_shutting_down(&self) -> bool {
         self.stop.is_cancelled()
+    }
+}
+
+/// What a running [`Worker`] is doing now. Clone it freely; read it from
+/// anywhere.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerGauges {
+    overrunning_threads: Arc<AtomicU64>,
+}
+
+impl WorkerGauges {
+    /// Blocking threads running past the end of their attempt (a time
+    /// limit, an abort) at this moment. Each holds a concurrency slot and
+    /// its delivery until it returns.
+    pub fn overrunning_threads(&self) -> u64 {
+        self.overrunning_threads.load(Ordering::Relaxed)
     }
 }
 
@@ -129,6 +170,21 @@ pub struct WorkerReport {
     /// The message was settled as done all the same; each failure is also
     /// logged at error level.
     pub middleware_failures: u64,
+    /// Blocking attempts whose thread ran on after the attempt had ended
+    /// (past its time limit, or aborted), and isolated attempts whose child
+    /// process had to be killed. The worker held the message's concurrency
+    /// slot and delivery until the thread returned (the child exited), so
+    /// that no retry ran beside it.
+    pub overran_threads: u64,
+    /// Blocking threads still running when the worker stopped waiting for
+    /// them at shutdown (after the grace period and the blocking grace):
+    /// their messages went back to their queues. End the process so that
+    /// they do not finish work another worker will repeat.
+    pub abandoned_threads: u64,
+    /// Times a message's task held its runtime thread without yielding for
+    /// longer than the threshold ([`Worker::blocked_runtime_threshold`]):
+    /// an async actor that computes or calls blocking code.
+    pub blocked_runtime: u64,
 }
 
 impl WorkerReport {
@@ -149,6 +205,8 @@ struct Counters {
     rejected: AtomicU64,
     stale: AtomicU64,
     middleware_failures: AtomicU64,
+    overran_threads: AtomicU64,
+    abandoned_threads: AtomicU64,
 }
 
 /// What a settled delivery is counted as, once its settlement applied.
@@ -202,6 +260,9 @@ impl Counters {
             rejected: get(&self.rejected),
             stale: get(&self.stale),
             middleware_failures: get(&self.middleware_failures),
+            overran_threads: get(&self.overran_threads),
+            abandoned_threads: get(&self.abandoned_threads),
+            blocked_runtime: 0,
         }
     }
 }
@@ -213,7 +274,15 @@ struct Shared {
     tasks: TaskTracker,
     stop: CancellationToken,
     interrupt: CancellationToken,
+    /// Cancelled when shutdown stops waiting for blocking threads.
+    abandon: CancellationToken,
+    /// Messages of blocking actors being processed, their threads included.
+    blocking_running: AtomicU64,
     counters: Counters,
+    gauges: WorkerGauges,
+    watchdog: Option<Watchdog>,
+    /// Child processes of isolated actors.
+    children: Arc<Pool>,
 }
 
 impl Worker {
@@ -224,8 +293,12 @@ impl Worker {
             concurrency: 32,
             prefetch: None,
             grace_period: Duration::from_secs(20),
+            blocking_grace: BLOCKING_GRACE,
+            blocked_threshold: Duration::from_secs(1),
+            isolation: Isolation::new(),
             queues: None,
             stop: CancellationToken::new(),
+            gauges: WorkerGauges::default(),
         }
     }
 
@@ -251,6 +324,47 @@ impl Worker {
     pub fn grace_period(mut self, grace: Duration) -> Self {
         self.grace_period = grace;
         self
+    }
+
+    /// How long blocking handlers that still run when the grace period is
+    /// over are waited for (default 8 s). Their threads cannot be stopped;
+    /// they are told to stop through [`Context::check`], and what finishes
+    /// in this time is settled as it finished. The messages of threads still
+    /// running after it go back to their queues, and the process should end
+    /// (see [the module docs](self#shutdown)).
+    #[must_use]
+    pub fn blocking_grace(mut self, grace: Duration) -> Self {
+        self.blocking_grace = grace;
+        self
+    }
+
+    /// After how long without yielding a message's task counts as blocking
+    /// its runtime thread (default 1 s; zero turns the watchdog off).
+    ///
+    /// A watchdog on a thread of its own looks at the running messages a
+    /// few times per threshold. The first time an actor holds a runtime
+    /// thread that long, it logs at WARN: ``actor "x" blocked a runtime
+    /// thread for N s; mark it `blocking` or `isolated` ``…; every such poll is counted in
+    /// [`WorkerReport::blocked_runtime`]. While an async actor holds its
+    /// thread, the other messages scheduled on that thread wait, and its
+    /// time limit cannot stop it.
+    #[must_use]
+    pub fn blocked_runtime_threshold(mut self, threshold: Duration) -> Self {
+        self.blocked_threshold = threshold;
+        self
+    }
+
+    /// How `isolated` actors' child processes are run (memory limit, jobs
+    /// per child, kill grace); see [`isolation`](crate::isolation).
+    #[must_use]
+    pub fn isolation(mut self, isolation: Isolation) -> Self {
+        self.isolation = isolation;
+        self
+    }
+
+    /// Gauges of this worker, to read while it runs.
+    pub fn gauges(&self) -> WorkerGauges {
+        self.gauges.clone()
     }
 
     /// Consumes only these queues (default: every queue of the app's actors).
@@ -292,6 +406,17 @@ impl Worker {
         });
         let result = self.run().await;
         listener.abort();
+        if let Ok(report) = &result {
+            if report.abandoned_threads > 0 {
+                // The runtime would wait for these threads when dropped, and
+                // they would finish messages already back in their queues.
+                tracing::warn!(
+                    threads = report.abandoned_threads,
+                    "exiting the process: blocking threads still run for messages returned to their queues"
+                );
+                std::process::exit(0);
+            }
+        }
         result
     }
 
@@ -347,7 +472,12 @@ impl Worker {
             tasks: TaskTracker::new(),
             stop: self.stop.clone(),
             interrupt: CancellationToken::new(),
+            abandon: CancellationToken::new(),
+            blocking_running: AtomicU64::new(0),
             counters: Counters::default(),
+            gauges: self.gauges.clone(),
+            watchdog: Watchdog::start(&self.app, self.concurrency, self.blocked_threshold),
+            children: Pool::new(self.isolation),
             app: self.app,
         });
         let broker = Arc::clone(shared.app.broker());
@@ -381,6 +511,21 @@ impl Worker {
                 "grace period over: interrupting running messages and returning them to their queues"
             );
             shared.interrupt.cancel();
+            let blocking = shared.blocking_running.load(Ordering::Relaxed);
+            if blocking > 0 {
+                tracing::info!(
+                    blocking,
+                    blocking_grace = ?self.blocking_grace,
+                    "waiting for blocking handlers, whose threads cannot be interrupted; what finishes is settled as it finished"
+                );
+                if tokio::time::timeout(self.blocking_grace, shared.tasks.wait()).await.is_err() {
+                    tracing::warn!(
+                        blocking = shared.blocking_running.load(Ordering::Relaxed),
+                        "blocking grace over: returning the messages of blocking threads that still run to their queues"
+                    );
+                    shared.abandon.cancel();
+                }
+            }
             if tokio::time::timeout(SETTLE_AFTER_INTERRUPT, shared.tasks.wait()).await.is_err() {
                 tracing::error!(
                     running = shared.tasks.len(),
@@ -388,13 +533,18 @@ impl Worker {
                 );
             }
         }
+        shared.children.close();
         if let Err(error) = broker.release().await {
             tracing::warn!(%error, "could not release the broker; what this worker held lapses by itself");
         }
         for middleware in shared.app.middleware().iter().rev() {
             middleware.on_worker_stop(&shared.app).await;
         }
-        let report = shared.counters.report();
+        let mut report = shared.counters.report();
+        if let Some(watchdog) = &shared.watchdog {
+            watchdog.stop();
+            report.blocked_runtime = watchdog.blocked();
+        }
         tracing::info!(?report, shutdown_ms = crate::time::millis(stopping.elapsed()), "worker stopped");
         Ok(report)
     }
@@ -533,7 +683,11 @@ async fn process(shared: Arc<Shared>, delivery: Delivery, _permit: OwnedSemaphor
                 retries = message.retries,
             );
             async {
-                let (settlement, count) = run_message(&shared, message, delivery.redelivered()).await;
+                let redelivered = delivery.redelivered();
+                let (settlement, count) = match shared.watchdog.as_ref().and_then(Watchdog::lease) {
+                    Some(lease) => lease.watch(run_message(&shared, message, redelivered, Some(&lease))).await,
+                    None => run_message(&shared, message, redelivered, None).await,
+                };
                 settle(&shared, delivery, settlement, count).await
             }
             .instrument(span)
@@ -569,15 +723,30 @@ fn settlement_for(app: &App, outcome: &mut Outcome) -> Settlement {
     }
 }
 
-async fn run_message(shared: &Shared, message: Message, redelivered: bool) -> (Settlement, Count) {
+/// Runs one decoded message through the stack; returns how to settle it and
+/// how to count it once settled.
+async fn run_message(
+    shared: &Shared,
+    message: Message,
+    redelivered: bool,
+    lease: Option<&Lease>,
+) -> (Settlement, Count) {
     let app = &shared.app;
     let Some(actor) = app.actor(&message.actor) else {
         let name = Bounded::quoted(&message.actor);
         return (reject(&format!("no actor named {:?} is registered in this app", name.as_str())), Count::Rejected);
     };
+    if let Some(lease) = lease {
+        lease.set_actor(actor.name());
+    }
     let options = message.options.clone().or(actor.options());
     let ctx = Context::new(message, options, app.clone(), redelivered);
-    let job = match actor.job(app.encoder(), &ctx.message().args, ctx.clone()) {
+    let job = if actor.isolated() {
+        actor.child_args(app.encoder(), &ctx.message().args).map(|args| shared.children.job(ctx.clone(), args))
+    } else {
+        actor.job(app.encoder(), &ctx.message().args, ctx.clone())
+    };
+    let job = match job {
         Ok(job) => job,
         Err(error) => {
             return (reject(&format!("invalid arguments for actor {:?}: {error}", actor.name())), Count::Rejected);
@@ -585,9 +754,17 @@ async fn run_message(shared: &Shared, message: Message, redelivered: bool) -> (S
     };
     tracing::debug!("message started");
     let started = Instant::now();
+    // A thread in this process that cannot be stopped; an isolated
+    // handler's child can be killed, so it is stopped like an async one.
+    let unstoppable = actor.blocking() && !actor.isolated();
+    let _blocking = unstoppable.then(|| BlockingInFlight::new(&shared.blocking_running));
     // The interruption at shutdown ends the job innermost, so that every
     // middleware sees it come back as a requeue.
-    let chain = Next::new(app.middleware(), job).interrupted_by(&shared.interrupt).run(&ctx);
+    let mut chain = Next::new(app.middleware(), job).interrupted_by(&shared.interrupt);
+    if unstoppable {
+        chain = chain.blocking_until(&shared.abandon);
+    }
+    let chain = chain.run(&ctx);
     let mut outcome = AssertUnwindSafe(chain).catch_unwind().await.unwrap_or_else(|panic| {
         ctx.outcome_of_panic(Failure::from_panic(panic.as_ref(), None, &RecordLimits::default()))
     });
@@ -610,5 +787,54 @@ async fn run_message(shared: &Shared, message: Message, redelivered: bool) -> (S
         Outcome::Requeue(reason) => tracing::info!(?elapsed, %reason, "message returned to its queue"),
         Outcome::Aborted(reason) => tracing::info!(?elapsed, %reason, "message aborted"),
     }
+    if let Some(thread) = ctx.running_thread() {
+        wait_for_thread(shared, &thread).await;
+    }
     (settlement, count)
+}
+
+/// Counts a message of a blocking actor as in flight while it lives.
+struct BlockingInFlight<'a>(&'a AtomicU64);
+
+impl<'a> BlockingInFlight<'a> {
+    fn new(count: &'a AtomicU64) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for BlockingInFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Holds the message's concurrency slot and delivery while the blocking
+/// thread of an attempt that has ended (a time limit, an abort) runs on, so
+/// that its retry cannot run beside it; until shutdown gives up on it.
+async fn wait_for_thread(shared: &Shared, thread: &CancellationToken) {
+    if shared.abandon.is_cancelled() {
+        // Shutdown gave up on it while the attempt still ran.
+        shared.counters.abandoned_threads.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    shared.counters.overran_threads.fetch_add(1, Ordering::Relaxed);
+    let gauge = &shared.gauges.overrunning_threads;
+    let overrunning = gauge.fetch_add(1, Ordering::Relaxed) + 1;
+    tracing::warn!(
+        overrunning,
+        "the attempt has ended but its blocking thread runs on; holding its slot and delivery until it returns \
+         (call ctx.check() in long blocking handlers)"
+    );
+    let waited = Instant::now();
+    tokio::select! {
+        () = thread.cancelled() => {
+            tracing::info!(waited = ?waited.elapsed(), "the blocking thread returned; settling the message");
+        }
+        () = shared.abandon.cancelled() => {
+            shared.counters.abandoned_threads.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("shutdown stopped waiting for the blocking thread; settling the message as its attempt ended");
+        }
+    }
+    gauge.fetch_sub(1, Ordering::Relaxed);
 }

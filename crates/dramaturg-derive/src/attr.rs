@@ -6,7 +6,7 @@ use syn::{DeriveInput, Lit, LitBool, LitInt};
 
 /// The keys `#[actor(...)]` accepts, for error messages.
 const KEYS: &str = "name, queue, max_retries, min_backoff, max_backoff, time_limit, idle_timeout, max_age, \
-                    priority, blocking, abortable, handler, on_success, on_failure, on_retry_exhausted";
+                    priority, blocking, isolated, abortable, handler, on_success, on_failure, on_retry_exhausted";
 
 /// An attribute value together with where it was written.
 pub(crate) struct Spanned<T> {
@@ -28,6 +28,7 @@ pub(crate) struct Attrs {
     pub(crate) max_age: Option<Spanned<String>>,
     pub(crate) priority: Option<Spanned<u8>>,
     pub(crate) blocking: Option<Spanned<bool>>,
+    pub(crate) isolated: Option<Spanned<bool>>,
     pub(crate) abortable: Option<Spanned<bool>>,
     pub(crate) on_success: Option<Spanned<String>>,
     pub(crate) on_failure: Option<Spanned<String>>,
@@ -56,6 +57,7 @@ pub(crate) fn parse(input: &DeriveInput) -> syn::Result<Attrs> {
                 "max_retries" => set(&meta, &mut attrs.max_retries, integer(&meta, &key, "0 to 4294967295")?),
                 "priority" => set(&meta, &mut attrs.priority, integer(&meta, &key, "0 to 255")?),
                 "blocking" => set(&meta, &mut attrs.blocking, flag(&meta, &key)?),
+                "isolated" => set(&meta, &mut attrs.isolated, flag(&meta, &key)?),
                 "abortable" => set(&meta, &mut attrs.abortable, flag(&meta, &key)?),
                 other => Err(meta.error(format_args!("unknown actor attribute `{other}`; expected one of: {KEYS}"))),
             }

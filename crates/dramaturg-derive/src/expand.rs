@@ -8,7 +8,7 @@ use crate::valid::Actor;
 
 pub(crate) fn actor_impl(input: &DeriveInput, actor: &Actor) -> TokenStream {
     let ident = &input.ident;
-    let Actor { name, queue, handler, blocking, .. } = actor;
+    let Actor { name, queue, handler, blocking, isolated, .. } = actor;
     let private = quote!(::dramaturg::__private);
     let duration = |ms: Option<u64>, setter: &str| {
         ms.map(|ms| {
@@ -38,12 +38,21 @@ pub(crate) fn actor_impl(input: &DeriveInput, actor: &Actor) -> TokenStream {
             ::std::boxed::Box::pin(async move { #private::into_job_result(#ident::#handler(self, &ctx).await) })
         }
     };
+    // The child process of an isolated actor finds it by name here.
+    let register = isolated.then(|| {
+        quote! {
+            #private::inventory::submit! { #private::IsolatedActor::of::<#ident>() }
+        }
+    });
     quote! {
+        #register
+
         #[automatically_derived]
         impl #private::Actor for #ident {
             const NAME: &'static str = #name;
             const QUEUE: &'static str = #queue;
             const BLOCKING: bool = #blocking;
+            const ISOLATED: bool = #isolated;
 
             fn options() -> #private::Options {
                 let options = #private::Options::default();

@@ -12,6 +12,8 @@ pub(crate) struct Actor {
     pub(crate) queue: String,
     pub(crate) handler: Ident,
     pub(crate) blocking: bool,
+    /// Runs in a child process the worker can kill.
+    pub(crate) isolated: bool,
     /// `Some` when the actor says whether its messages can be aborted.
     pub(crate) abortable: Option<bool>,
     pub(crate) max_retries: Option<u32>,
@@ -66,6 +68,7 @@ pub(crate) fn check(input: &DeriveInput, attrs: Attrs) -> syn::Result<Actor> {
         queue,
         handler,
         blocking: attrs.blocking.is_some_and(|b| b.value),
+        isolated: attrs.isolated.is_some_and(|b| b.value),
         abortable: attrs.abortable.map(|a| a.value),
         max_retries: attrs.max_retries.map(|r| r.value),
         priority: attrs.priority.map(|p| p.value),

@@ -113,6 +113,9 @@ impl RedisBroker {
         let keys = self.keys(queue);
         let mut conn = self.shared.conn.clone();
         let target = match which {
+            // No dead letter has the empty key (the script reads an empty
+            // target as "all").
+            Replay::One(key) if key.is_empty() => return Ok(0),
             Replay::One(key) => key.clone(),
             _ => String::new(),
         };

@@ -30,10 +30,12 @@
 //! such actors idempotent, or move the work to a `blocking` actor.
 //!
 //! A **blocking** actor runs on a thread that cannot be stopped from
-//! outside. The attempt is failed and reported on time all the same, and
+//! outside. The attempt is failed on time all the same, and
 //! [`Context::check`] starts returning `Err`, so a loop that calls it stops
 //! early; a thread that never checks runs on until its handler returns,
-//! and what it returns is discarded.
+//! and what it returns is discarded. The worker holds the message — its
+//! concurrency slot, its delivery, its retry — until that thread has
+//! returned, so attempts of one message never overlap.
 
 use std::fmt;
 use std::time::{Duration, Instant};

@@ -21,9 +21,10 @@ pub use dramaturg_core::{
     Failure, FailureKind, Interrupted, Interruption, Job, Json, MemoryBroker, Message, MessageId, MessagePack,
     Metadata, Middleware, Next, NextAttempt, OptionError, Options, Outcome, Outgoing, Output, ParseMessageIdError,
     QueueAdmin, QueueStats, Receipt, RecordLimits, Replay, ReplayError, ReplayReport, ReplayRetries, Retry,
-    SendOptions, SettleError, Settled, Settlement, ShutdownHandle, Worker, WorkerReport, DEFAULT_MAX_MESSAGE_SIZE,
+    SendOptions, SettleError, Settled, Settlement, ShutdownHandle, Worker, WorkerGauges, WorkerReport,
+    DEFAULT_MAX_MESSAGE_SIZE,
 };
-pub use dramaturg_core::{sync, time};
+pub use dramaturg_core::{isolation, sync, time};
 pub use dramaturg_error_capture as error_capture;
 /// The Redis broker.
 #[cfg(feature = "redis")]
@@ -57,5 +58,7 @@ pub mod prelude {
 #[doc(hidden)]
 pub mod __private {
     pub use dramaturg_core::actor::{into_job_result, run_blocking};
+    pub use dramaturg_core::inventory;
+    pub use dramaturg_core::isolation::IsolatedActor;
     pub use dramaturg_core::{Actor, Context, Job, Options};
 }

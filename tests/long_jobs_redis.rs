@@ -1,0 +1,122 @@
+//! Long and CPU-bound jobs against the real Redis: a worker whose every
+//! runtime thread computes keeps its heartbeat, so a second worker never
+//! takes its messages for those of a dead worker.
+
+#![allow(clippy::unwrap_used)] // Tests may panic on the unexpected.
+
+mod support;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dramaturg::prelude::*;
+use dramaturg::redis::{RedisBroker, RedisConfig};
+use dramaturg::BoxError;
+use serde::{Deserialize, Serialize};
+
+const URL: &str = "redis://127.0.0.1:6379";
+const CHILD_TEST: &str = "long_jobs_child";
+
+async fn broker_in(namespace: &str) -> RedisBroker {
+    let config = RedisConfig::new(URL)
+        .namespace(namespace)
+        .heartbeat(Duration::from_millis(500), Duration::from_secs(2))
+        .max_block(Duration::from_secs(1));
+    RedisBroker::with_config(config).await.unwrap()
+}
+
+/// An async actor that computes for `millis` without ever reaching an
+/// `.await`: it holds its runtime thread the whole time.
+#[derive(Actor, Serialize, Deserialize)]
+#[actor(max_retries = 0, time_limit = "1m")]
+struct Compute {
+    log: String,
+    millis: u64,
+}
+
+impl Compute {
+    async fn perform(self, _ctx: &Context) -> Result<(), BoxError> {
+        append(&self.log, "start");
+        let until = Instant::now() + Duration::from_millis(self.millis);
+        let mut x = 0u64;
+        while Instant::now() < until {
+            for i in 0..10_000u64 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+            }
+        }
+        append(&self.log, "end");
+        Ok(())
+    }
+}
+
+fn append(log: &str, what: &str) {
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    writeln!(file, "{what} {}", std::process::id()).unwrap();
+}
+
+fn logged(log: &Path, what: &str) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|line| line.starts_with(what))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn temp_log() -> PathBuf {
+    std::env::temp_dir().join(format!("dramaturg-long-{}.log", dramaturg::MessageId::new()))
+}
+
+/// The child: `namespace`: a worker with two runtime threads until SIGTERM.
+#[test]
+fn long_jobs_child() {
+    let Ok(namespace) = std::env::var(support::CHILD) else { return };
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(async {
+        let app = dramaturg::app(broker_in(&namespace).await).actor::<Compute>().build().unwrap();
+        Worker::new(app).concurrency(2).grace_period(Duration::from_secs(10)).run_until_signal().await.unwrap();
+    });
+}
+
+fn spawn_child(namespace: &str) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", CHILD_TEST, "--nocapture", "--test-threads=1"])
+        .env(support::CHILD, namespace)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Issue input 1: as many CPU-bound async jobs as the worker's runtime has
+/// threads (2), 6 s each, a heartbeat timeout of 2 s, and a second worker
+/// process watching: each job starts exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpu_bound_async_jobs_on_every_runtime_thread_are_not_run_twice() {
+    if support::is_child() {
+        return;
+    }
+    let namespace = format!("test-{}", dramaturg::MessageId::new());
+    let log = temp_log();
+    let app = dramaturg::app(broker_in(&namespace).await).actor::<Compute>().build().unwrap();
+    let mut busy = spawn_child(&namespace);
+    for _ in 0..2 {
+        Compute { log: log.display().to_string(), millis: 6000 }.send(&app).await.unwrap();
+    }
+    // Both jobs run in the first worker, whose two runtime threads are then
+    // busy; only then does the second worker come.
+    support::wait_for("both jobs to start", Duration::from_secs(20), || logged(&log, "start").len() == 2).await;
+    let pid = busy.id().to_string();
+    assert!(logged(&log, "start").iter().all(|line| line.ends_with(&pid)), "{:?}", logged(&log, ""));
+    let mut watcher = spawn_child(&namespace);
+    support::wait_for("both jobs to end", Duration::from_secs(30), || logged(&log, "end").len() == 2).await;
+    app.join(Duration::from_secs(10)).await.unwrap();
+    // Longer than a heartbeat timeout more, for a late recovery to show.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    support::terminate(&mut busy);
+    support::terminate(&mut watcher);
+    let starts = logged(&log, "start");
+    assert_eq!(starts.len(), 2, "a job ran twice: {:?}", logged(&log, ""));
+    let _ = std::fs::remove_file(&log);
+}

@@ -14,7 +14,7 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ErrorKind};
 
 use crate::confirms::{Confirms, Published};
-use crate::delay::{bucket_queue, bucket_ttl_ms, DUE_HEADER};
+use crate::delay::{bucket_queue, bucket_ttl_ms, DUE_HEADER, REMAINING_HEADER};
 use crate::names::{check_queue, short};
 use crate::{AmqpConfig, Shared};
 
@@ -40,6 +40,11 @@ pub(crate) fn amqp_error(error: lapin::Error, what: &str) -> BrokerError {
 /// Extra properties of a published message.
 #[derive(Debug, Default)]
 pub(crate) struct Extra<'a> {
+    /// For a delay bucket: what the message must still wait after it (ms).
+    pub(crate) remaining: Option<u64>,
+    /// For a delay bucket: the due time of earlier versions' header, for
+    /// their workers during a rolling upgrade (never read when `remaining`
+    /// is there).
     pub(crate) due: Option<u64>,
     pub(crate) priority: Option<u8>,
     pub(crate) reason: Option<(&'a str, &'a str)>,
@@ -175,6 +180,9 @@ impl Link {
 /// The properties of a message: persistent, with bounded headers.
 fn properties(config: &AmqpConfig, extra: &Extra<'_>) -> Result<BasicProperties, BrokerError> {
     let mut headers = FieldTable::default();
+    if let Some(remaining) = extra.remaining {
+        headers.insert(REMAINING_HEADER.into(), long(remaining));
+    }
     if let Some(due) = extra.due {
         headers.insert(DUE_HEADER.into(), AMQPValue::LongLongInt(i64::try_from(due).unwrap_or(i64::MAX)));
     }
@@ -385,7 +393,7 @@ mod tests {
         let config = AmqpConfig::new("amqp://127.0.0.1/%2f");
         let reason = "x".repeat(200_000);
         let key = "k".repeat(10_000);
-        let extra = Extra { due: Some(1), priority: None, reason: Some((&reason, &key)) };
+        let extra = Extra { remaining: Some(1), due: Some(1), priority: None, reason: Some((&reason, &key)) };
         let bounded = properties(&config, &extra).expect("bounded");
         let headers = bounded.headers().as_ref().expect("headers");
         assert!(header_table_bytes(headers) <= MAX_HEADER_BYTES, "{}", header_table_bytes(headers));

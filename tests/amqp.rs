@@ -272,6 +272,75 @@ async fn a_producer_30_s_slow_does_not_run_a_10_s_delay_early() {
     a_delay_does_not_follow_the_producer_clock("-30s", Duration::from_secs(10)).await;
 }
 
+/// Every ERROR event of this process, formatted, from any thread (lapin
+/// logs from its own I/O thread, so the subscriber is the global one).
+static ERROR_LOG: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+struct ErrorLog;
+
+impl std::io::Write for ErrorLog {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        ERROR_LOG.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The ERROR lines logged so far that mention `text`.
+fn errors_mentioning(text: &str) -> Vec<String> {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::ERROR)
+            .with_ansi(false)
+            .with_writer(|| ErrorLog)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).unwrap();
+    });
+    let log = ERROR_LOG.lock().unwrap();
+    String::from_utf8_lossy(&log).lines().filter(|line| line.contains(text)).map(str::to_owned).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statistics_and_join_log_no_errors_for_delay_buckets_not_declared_yet() {
+    if support::is_child() {
+        return;
+    }
+    let _shared = SERVER.read().await;
+    let prefix = prefix();
+    assert!(errors_mentioning(&prefix).is_empty(), "the subscriber is installed");
+    let here = broker().await;
+    let app = dramaturg::app(here.clone()).queue_prefix(&prefix).actor::<Mark>().build().unwrap();
+    let queue = app.queues()[0].clone();
+    let stats = app.stats(&queue).await.unwrap();
+    assert_eq!((stats.ready, stats.delayed, stats.in_flight, stats.dead), (0, 0, 0, 0), "{stats:?}");
+    app.join(Duration::from_secs(1)).await.unwrap();
+
+    // Another process declares a bucket and puts a message in it: this
+    // one still counts it.
+    let producer = dramaturg::app(broker().await).queue_prefix(&prefix).actor::<Mark>().build().unwrap();
+    let tag = format!("{prefix}delayed");
+    mark(tag.clone()).send_with(&producer, SendOptions::default().delay(Duration::from_secs(2))).await.unwrap();
+    let stats = app.stats(&queue).await.unwrap();
+    assert_eq!((stats.ready, stats.delayed), (0, 1), "{stats:?}");
+    let worker = Worker::new(app.clone());
+    let shutdown = worker.shutdown_handle();
+    let running = tokio::spawn(worker.run());
+    app.join(Duration::from_secs(10)).await.unwrap();
+    shutdown.shutdown();
+    assert_eq!(running.await.unwrap().unwrap().succeeded, 1);
+    assert_eq!(marks(&format!("{tag}:start")), 1);
+    let stats = app.stats(&queue).await.unwrap();
+    assert!(stats.is_drained(), "{stats:?}");
+    assert_eq!(dramaturg::QueueAdmin::purge(&here, &queue).await.unwrap(), 0);
+
+    let errors = errors_mentioning(&prefix);
+    assert!(errors.is_empty(), "{} ERROR lines, the first: {:?}", errors.len(), errors.first());
+}
+
 /// Sets a RabbitMQ application setting for the test and restores it after.
 struct Setting {
     key: &'static str,

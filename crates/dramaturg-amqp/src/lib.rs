@@ -36,7 +36,9 @@
 //! Topology of a queue `q` (all durable): `q` itself (dead-lettering to
 //! `q.dq`, with `x-max-priority` when configured), `q.dq`, and the delay
 //! buckets `q.delay.00` … `q.delay.22`, each declared when a message is
-//! first published to it.
+//! first published to it and recorded as a binding of the exchange
+//! `dramaturg.delay-buckets`, so that statistics look up only buckets that
+//! exist (no errors for the others).
 //!
 //! # Bounded headers
 //!

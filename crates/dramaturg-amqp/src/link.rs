@@ -8,10 +8,12 @@ use bytes::Bytes;
 use dramaturg_core::broker::redact_password;
 pub(crate) use dramaturg_core::now_ms;
 use dramaturg_core::{Bounded, BrokerError, BrokerErrorKind};
-use lapin::options::{ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::options::{
+    ConfirmSelectOptions, ExchangeBindOptions, ExchangeDeclareOptions, ExchangeUnbindOptions, QueueDeclareOptions,
+};
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ErrorKind};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ErrorKind, ExchangeKind};
 
 use crate::confirms::{Confirms, Published};
 use crate::delay::{bucket_queue, bucket_ttl_ms, DUE_HEADER, REMAINING_HEADER};
@@ -130,6 +132,7 @@ impl Link {
             }
             Target::Bucket(queue, k) => {
                 declare_one(&self.publisher, &name, bucket_arguments(&self.config, queue, k)).await?;
+                record_bucket(&self.publisher, &name).await?;
                 Shared::lock(&self.declared).insert(name);
             }
         }
@@ -164,6 +167,11 @@ impl Link {
                 ),
             )),
         }
+    }
+
+    /// Whether delay bucket `name` was declared on this connection.
+    pub(crate) fn has_declared(&self, name: &str) -> bool {
+        Shared::lock(&self.declared).contains(name)
     }
 
     /// One mandatory publish to the default exchange and its confirm.
@@ -324,6 +332,60 @@ pub(crate) async fn declare_topology(
     let dead = declare_one(channel, &dead_queue(queue), dead_queue_arguments(config)).await?;
     let ready = declare_one(channel, queue, main_queue_arguments(config, queue)).await?;
     Ok((u64::from(ready), u64::from(dead)))
+}
+
+/// The exchange whose bindings record which delay buckets exist: a binding
+/// to [`PROBE_EXCHANGE`] with a bucket's name as its routing key means the
+/// bucket was declared (by any process). Bindings, unlike queues, can be
+/// looked up without an error for a missing one (see
+/// `admin::recorded_buckets`); a passive declare of a missing queue makes
+/// RabbitMQ close the channel, which lapin logs as an ERROR.
+pub(crate) const RECORD_EXCHANGE: &str = "dramaturg.delay-buckets";
+/// The fanout exchange the recorded bucket names route to; a lookup binds
+/// a private queue to it.
+pub(crate) const PROBE_EXCHANGE: &str = "dramaturg.delay-buckets.probes";
+
+/// Declares the two record exchanges (durable, idempotent).
+pub(crate) async fn declare_record(channel: &Channel) -> Result<(), BrokerError> {
+    let durable = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
+    channel
+        .exchange_declare(RECORD_EXCHANGE.into(), ExchangeKind::Direct, durable, FieldTable::default())
+        .await
+        .map_err(|e| amqp_error(e, "declaring the delay bucket record"))?;
+    channel
+        .exchange_declare(PROBE_EXCHANGE.into(), ExchangeKind::Fanout, durable, FieldTable::default())
+        .await
+        .map_err(|e| amqp_error(e, "declaring the delay bucket record"))?;
+    Ok(())
+}
+
+/// Records that delay bucket `name` exists (idempotent).
+async fn record_bucket(channel: &Channel, name: &str) -> Result<(), BrokerError> {
+    declare_record(channel).await?;
+    channel
+        .exchange_bind(
+            PROBE_EXCHANGE.into(),
+            RECORD_EXCHANGE.into(),
+            short(name, "queue name")?,
+            ExchangeBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| amqp_error(e, "recording a delay bucket"))
+}
+
+/// Forgets delay bucket `name` (found missing: deleted or expired).
+pub(crate) async fn forget_bucket(channel: &Channel, name: &str) -> Result<(), BrokerError> {
+    channel
+        .exchange_unbind(
+            PROBE_EXCHANGE.into(),
+            RECORD_EXCHANGE.into(),
+            short(name, "queue name")?,
+            ExchangeUnbindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| amqp_error(e, "forgetting a delay bucket"))
 }
 
 /// Opens links on demand and again after a loss.

@@ -132,7 +132,21 @@ impl Link {
             }
             Target::Bucket(queue, k) => {
                 declare_one(&self.publisher, &name, bucket_arguments(&self.config, queue, k)).await?;
-                record_bucket(&self.publisher, &name).await?;
+                // On a channel of its own: a refusal (a user without
+                // configure permission on the record exchanges) closes that
+                // channel, not the publisher's, and costs only statistics.
+                let recorded = async {
+                    let channel = self.channel().await?;
+                    let result = record_bucket(&channel, &name).await;
+                    let _ = channel.close(200, "recorded".into()).await;
+                    result
+                };
+                if let Err(error) = recorded.await {
+                    tracing::warn!(
+                        bucket = %name, %error,
+                        "could not record a delay bucket; statistics of other processes may not count its messages"
+                    );
+                }
                 Shared::lock(&self.declared).insert(name);
             }
         }

@@ -191,6 +191,156 @@ async fn delayed_messages_wait_on_the_server_across_worker_restarts() {
     assert!(sent.elapsed() >= Duration::from_millis(2500));
 }
 
+/// The child that sends one delayed message, `prefix|tag|delay_ms`, its
+/// clock skewed by libfaketime, and exits.
+#[test]
+fn amqp_skewed_producer_child() {
+    let Ok(spec) = std::env::var(support::CHILD) else { return };
+    let parts: Vec<&str> = spec.split('|').collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(async {
+        let app = dramaturg::app(broker().await).queue_prefix(parts[0]).actor::<Mark>().build().unwrap();
+        let delay = Duration::from_millis(parts[2].parse().unwrap());
+        mark(parts[1].to_owned()).send_with(&app, SendOptions::default().delay(delay)).await.unwrap();
+    });
+}
+
+/// Runs this test binary as [`amqp_skewed_producer_child`] with its clock
+/// `skew` off (e.g. `"+30s"`) through libfaketime, preloaded directly.
+fn spawn_skewed_producer(skew: &str, spec: &str) -> std::process::Child {
+    let library = std::fs::read_dir("/usr/lib")
+        .unwrap()
+        .filter_map(|entry| Some(entry.ok()?.path().join("faketime/libfaketimeMT.so.1")))
+        .find(|path| path.exists())
+        .expect("libfaketime is installed (scripts/services installs faketime)");
+    Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "amqp_skewed_producer_child", "--nocapture", "--test-threads=1"])
+        .env("LD_PRELOAD", library)
+        .env("FAKETIME", skew)
+        .env("FAKETIME_DONT_RESET", "1")
+        .env(support::CHILD, spec)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("the test binary can be run")
+}
+
+/// A producer whose clock is `skew` off sends a message delayed by
+/// `delay`; a worker here runs it after about `delay`, whatever the skew.
+async fn a_delay_does_not_follow_the_producer_clock(skew: &str, delay: Duration) {
+    let _shared = SERVER.read().await;
+    let prefix = prefix();
+    let app = dramaturg::app(broker().await).queue_prefix(&prefix).actor::<Mark>().build().unwrap();
+    let worker = Worker::new(app.clone());
+    let shutdown = worker.shutdown_handle();
+    let running = tokio::spawn(worker.run());
+    let tag = format!("{prefix}skewed");
+    let mut child = spawn_skewed_producer(skew, &format!("{prefix}|{tag}|{}", delay.as_millis()));
+    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    // The send returned (confirmed) just before the child exited.
+    let sent = Instant::now();
+    assert!(status.success(), "the producer failed: {status}");
+    let tolerance = Duration::from_millis(1500);
+    let started = format!("{tag}:start");
+    let within = delay + tolerance + Duration::from_secs(3);
+    let ran = tokio::time::timeout(within, async {
+        while marks(&started) == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        sent.elapsed()
+    })
+    .await;
+    shutdown.shutdown();
+    running.await.unwrap().unwrap();
+    let ran = ran.unwrap_or_else(|_| panic!("a {delay:?} delay sent {skew} off had not run after {within:?}"));
+    println!("a {delay:?} delay sent by a producer {skew} off ran after {ran:?}");
+    assert!(ran + tolerance >= delay && ran <= delay + tolerance, "{skew}: a {delay:?} delay ran after {ran:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_30_s_fast_does_not_hold_a_1_s_delay_for_31_s() {
+    if support::is_child() {
+        return;
+    }
+    a_delay_does_not_follow_the_producer_clock("+30s", Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_30_s_slow_does_not_run_a_10_s_delay_early() {
+    if support::is_child() {
+        return;
+    }
+    a_delay_does_not_follow_the_producer_clock("-30s", Duration::from_secs(10)).await;
+}
+
+/// Every ERROR event of this process, formatted, from any thread (lapin
+/// logs from its own I/O thread, so the subscriber is the global one).
+static ERROR_LOG: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+struct ErrorLog;
+
+impl std::io::Write for ErrorLog {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        ERROR_LOG.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The ERROR lines logged so far that mention `text`.
+fn errors_mentioning(text: &str) -> Vec<String> {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::ERROR)
+            .with_ansi(false)
+            .with_writer(|| ErrorLog)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).unwrap();
+    });
+    let log = ERROR_LOG.lock().unwrap();
+    String::from_utf8_lossy(&log).lines().filter(|line| line.contains(text)).map(str::to_owned).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statistics_and_join_log_no_errors_for_delay_buckets_not_declared_yet() {
+    if support::is_child() {
+        return;
+    }
+    let _shared = SERVER.read().await;
+    let prefix = prefix();
+    assert!(errors_mentioning(&prefix).is_empty(), "the subscriber is installed");
+    let here = broker().await;
+    let app = dramaturg::app(here.clone()).queue_prefix(&prefix).actor::<Mark>().build().unwrap();
+    let queue = app.queues()[0].clone();
+    let stats = app.stats(&queue).await.unwrap();
+    assert_eq!((stats.ready, stats.delayed, stats.in_flight, stats.dead), (0, 0, 0, 0), "{stats:?}");
+    app.join(Duration::from_secs(1)).await.unwrap();
+
+    // Another process declares a bucket and puts a message in it: this
+    // one still counts it.
+    let producer = dramaturg::app(broker().await).queue_prefix(&prefix).actor::<Mark>().build().unwrap();
+    let tag = format!("{prefix}delayed");
+    mark(tag.clone()).send_with(&producer, SendOptions::default().delay(Duration::from_secs(2))).await.unwrap();
+    let stats = app.stats(&queue).await.unwrap();
+    assert_eq!((stats.ready, stats.delayed), (0, 1), "{stats:?}");
+    let worker = Worker::new(app.clone());
+    let shutdown = worker.shutdown_handle();
+    let running = tokio::spawn(worker.run());
+    app.join(Duration::from_secs(10)).await.unwrap();
+    shutdown.shutdown();
+    assert_eq!(running.await.unwrap().unwrap().succeeded, 1);
+    assert_eq!(marks(&format!("{tag}:start")), 1);
+    let stats = app.stats(&queue).await.unwrap();
+    assert!(stats.is_drained(), "{stats:?}");
+    assert_eq!(dramaturg::QueueAdmin::purge(&here, &queue).await.unwrap(), 0);
+
+    let errors = errors_mentioning(&prefix);
+    assert!(errors.is_empty(), "{} ERROR lines, the first: {:?}", errors.len(), errors.first());
+}
+
 /// Sets a RabbitMQ application setting for the test and restores it after.
 struct Setting {
     key: &'static str,

@@ -6,13 +6,17 @@ use std::time::{Duration, UNIX_EPOCH};
 use async_trait::async_trait;
 use bytes::Bytes;
 use dramaturg_core::{BrokerError, DeadLetter, DeadLetters, QueueAdmin, QueueStats, Replay};
-use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions, QueuePurgeOptions};
+use lapin::options::{
+    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
+    QueuePurgeOptions,
+};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::Channel;
 
 use crate::delay::{bucket_queue, MAX_BUCKET};
 use crate::link::{
-    amqp_error, dead_queue, declare_topology, is_not_found, Extra, Link, Target, DEAD_KEY_HEADER, REASON_HEADER,
+    amqp_error, dead_queue, declare_record, declare_topology, forget_bucket, is_not_found, Extra, Link, Target,
+    DEAD_KEY_HEADER, PROBE_EXCHANGE, REASON_HEADER, RECORD_EXCHANGE,
 };
 use crate::names::{check_queue, short};
 use crate::AmqpBroker;
@@ -46,9 +50,80 @@ enum BucketOp {
     Purge,
 }
 
-/// Counts or purges one delay bucket on a channel of its own, without
-/// declaring it: buckets are declared lazily, and a missing one (RabbitMQ's
-/// 404 closes the channel) holds nothing.
+/// The delay buckets of `queue` that exist, as far as anyone recorded:
+/// those declared on this connection and those recorded (by any process)
+/// as bindings of [`RECORD_EXCHANGE`]. Looked up without touching a missing
+/// bucket: RabbitMQ answers a passive declare of a missing queue by closing
+/// the channel, which lapin logs as an ERROR (23 of them per `stats` of a
+/// queue without buckets, hundreds per `join`).
+///
+/// The lookup binds a private queue to [`PROBE_EXCHANGE`] and publishes one
+/// probe per bucket name to the record exchange (confirmed): the probes of
+/// recorded buckets reach the private queue, the others are dropped.
+async fn recorded_buckets(link: &Link, queue: &str) -> Result<Vec<u32>, BrokerError> {
+    let channel = link.channel().await?;
+    let result = async {
+        declare_record(&channel).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| amqp_error(e, "enabling publisher confirms"))?;
+        let private = QueueDeclareOptions { exclusive: true, auto_delete: true, ..QueueDeclareOptions::default() };
+        let inbox = channel
+            .queue_declare("".into(), private, FieldTable::default())
+            .await
+            .map_err(|e| amqp_error(e, "declaring a private queue"))?;
+        let inbox = inbox.name().clone();
+        channel
+            .queue_bind(
+                inbox.clone(),
+                PROBE_EXCHANGE.into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| amqp_error(e, "binding a private queue"))?;
+        // Other lookups' probes reach this queue too: ours carry a token.
+        let token = dramaturg_core::MessageId::new().to_string();
+        let mut confirms = Vec::new();
+        for k in 0..=MAX_BUCKET {
+            let body = format!("{token} {k}");
+            let confirm = channel
+                .basic_publish(
+                    RECORD_EXCHANGE.into(),
+                    short(&bucket_queue(queue, k), "queue name")?,
+                    BasicPublishOptions::default(),
+                    body.as_bytes(),
+                    lapin::BasicProperties::default(),
+                )
+                .await
+                .map_err(|e| amqp_error(e, "looking up delay buckets"))?;
+            confirms.push(confirm);
+        }
+        for confirm in confirms {
+            confirm.await.map_err(|e| amqp_error(e, "looking up delay buckets"))?;
+        }
+        let mut recorded = Vec::new();
+        let no_ack = BasicGetOptions { no_ack: true };
+        while let Some(probe) =
+            channel.basic_get(inbox.clone(), no_ack).await.map_err(|e| amqp_error(e, "looking up delay buckets"))?
+        {
+            let text = String::from_utf8_lossy(&probe.delivery.data).into_owned();
+            if let Some(k) = text.strip_prefix(&token).and_then(|k| k.trim().parse::<u32>().ok()) {
+                recorded.push(k);
+            }
+        }
+        Ok::<_, BrokerError>(recorded)
+    }
+    .await;
+    let _ = channel.close(200, "done".into()).await;
+    result
+}
+
+/// Counts or purges one delay bucket on a channel of its own. Only buckets
+/// known to exist are looked at; one that is gone after all (deleted,
+/// expired) counts as empty and is forgotten.
 async fn bucket(link: &Link, queue: &str, k: u32, op: BucketOp) -> Result<u64, BrokerError> {
     let name = bucket_queue(queue, k);
     let channel = link.channel().await?;
@@ -69,7 +144,10 @@ async fn bucket(link: &Link, queue: &str, k: u32, op: BucketOp) -> Result<u64, B
             let _ = channel.close(200, "done".into()).await;
             Ok(count)
         }
-        Err(error) if is_not_found(&error) => Ok(0),
+        Err(error) if is_not_found(&error) => {
+            forget_bucket(&link.channel().await?, &name).await?;
+            Ok(0)
+        }
         Err(error) => {
             let _ = channel.close(200, "done".into()).await;
             Err(amqp_error(error, &format!("reading delay bucket {name:?}")))
@@ -84,10 +162,14 @@ impl AmqpBroker {
         self.shared.linker.link().await?.channel().await
     }
 
-    /// Counts or purges every delay bucket of `queue`, all at once.
+    /// Counts or purges every existing delay bucket of `queue`, all at once.
     async fn buckets(&self, queue: &str, op: BucketOp) -> Result<u64, BrokerError> {
         let link = self.shared.linker.link().await?;
-        let all = (0..=MAX_BUCKET).map(|k| bucket(&link, queue, k, op));
+        let mut existing = recorded_buckets(&link, queue).await?;
+        existing.extend((0..=MAX_BUCKET).filter(|&k| link.has_declared(&bucket_queue(queue, k))));
+        existing.sort_unstable();
+        existing.dedup();
+        let all = existing.into_iter().map(|k| bucket(&link, queue, k, op));
         let counts = futures_util::future::try_join_all(all).await?;
         Ok(counts.into_iter().sum())
     }

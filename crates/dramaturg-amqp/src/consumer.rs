@@ -23,7 +23,7 @@ use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, B
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::Channel;
 
-use crate::delay::{bucket_for, DUE_HEADER};
+use crate::delay::{next_hop, DUE_HEADER, REMAINING_HEADER};
 use crate::link::{amqp_error, declare_topology, now_ms, Extra, Target};
 use crate::{fingerprint, OutstandingMap, Shared};
 
@@ -191,12 +191,11 @@ impl From<lapin::message::Delivery> for Received {
     }
 }
 
-/// Moves a message that came back from a delay bucket before its due time
-/// on to the next bucket (one confirmed publish, then the ack). Returns
-/// false if it is due.
+/// Moves a message that came back from a delay bucket with time still to
+/// wait on to the next bucket (one confirmed publish, then the ack).
+/// Returns false if it is due.
 async fn hop(shared: &Shared, queue: &str, generation: &Generation, received: &Received) -> Result<bool, BrokerError> {
-    let Some(due) = due_time(&received.properties) else { return Ok(false) };
-    let Some(k) = bucket_for(due.saturating_sub(now_ms())) else { return Ok(false) };
+    let Some((k, remaining)) = next_hop(still_to_wait(&received.properties)) else { return Ok(false) };
     let _fence = generation.fence.read().await;
     if !generation.is_current() {
         // The server has put it back already; whoever gets it hops it.
@@ -204,7 +203,10 @@ async fn hop(shared: &Shared, queue: &str, generation: &Generation, received: &R
     }
     let link = shared.linker.link().await?;
     let priority = received.properties.priority().as_ref().copied().filter(|_| shared.config.max_priority.is_some());
-    link.publish(Target::Bucket(queue, k), &received.body, Extra { due: Some(due), priority, reason: None }).await?;
+    // An earlier version's due time travels on unchanged, for its workers.
+    let due = header_u64(&received.properties, DUE_HEADER);
+    let extra = Extra { remaining: Some(remaining), due, priority, reason: None };
+    link.publish(Target::Bucket(queue, k), &received.body, extra).await?;
     generation
         .channel
         .basic_ack(received.tag, BasicAckOptions::default())
@@ -213,19 +215,31 @@ async fn hop(shared: &Shared, queue: &str, generation: &Generation, received: &R
     Ok(true)
 }
 
-fn due_time(properties: &lapin::BasicProperties) -> Option<u64> {
+fn header_u64(properties: &lapin::BasicProperties, key: &str) -> Option<u64> {
     let headers = properties.headers().as_ref()?;
-    match headers.inner().get(DUE_HEADER)? {
-        AMQPValue::LongLongInt(due) => u64::try_from(*due).ok(),
+    match headers.inner().get(key)? {
+        AMQPValue::LongLongInt(value) => u64::try_from(*value).ok(),
         _ => None,
+    }
+}
+
+/// How long a delivery must still wait before it may run, in ms (0: due).
+///
+/// A message from a delay bucket says so itself ([`REMAINING_HEADER`]): it
+/// has waited out its bucket's TTL on the server, and the header holds the
+/// rest. Only a message sent by an earlier version, with nothing but an
+/// absolute due time, is compared with this process's clock.
+fn still_to_wait(properties: &lapin::BasicProperties) -> u64 {
+    match header_u64(properties, REMAINING_HEADER) {
+        Some(remaining) => remaining,
+        None => header_u64(properties, DUE_HEADER).map_or(0, |due| due.saturating_sub(now_ms())),
     }
 }
 
 /// Whether a delivery has to be moved or dead-lettered before it may be
 /// handed out.
 fn needs_triage(shared: &Shared, received: &Received) -> bool {
-    due_time(&received.properties).is_some_and(|due| due > now_ms())
-        || (received.redelivered && shared.is_overdue(&received.body))
+    still_to_wait(&received.properties) > 0 || (received.redelivered && shared.is_overdue(&received.body))
 }
 
 /// A delivery that triage hands back because it is due after all.
@@ -405,7 +419,7 @@ impl AmqpReceipt {
                 self.replace(async {
                     let link = self.shared.linker.link().await?;
                     let key = MessageId::new().to_string();
-                    let extra = Extra { due: None, priority: None, reason: Some((reason, &key)) };
+                    let extra = Extra { reason: Some((reason, &key)), ..Extra::default() };
                     link.publish(Target::Dead(&self.queue), &self.body, extra).await
                 })
                 .await
@@ -483,5 +497,31 @@ impl Drop for AmqpReceipt {
                 tracing::warn!(%error, "a delivery dropped unsettled could not be returned; it comes back when its channel closes");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_headers(entries: &[(&str, i64)]) -> lapin::BasicProperties {
+        let mut headers = FieldTable::default();
+        for (key, value) in entries {
+            headers.insert((*key).into(), AMQPValue::LongLongInt(*value));
+        }
+        lapin::BasicProperties::default().with_headers(headers)
+    }
+
+    #[test]
+    fn the_remaining_wait_decides_and_a_due_time_only_for_earlier_versions() {
+        let now = i64::try_from(now_ms()).expect("fits");
+        // Carried by the message: no clock involved, whatever due time is there too.
+        assert_eq!(still_to_wait(&with_headers(&[(REMAINING_HEADER, 0), (DUE_HEADER, now + 60_000)])), 0);
+        assert_eq!(still_to_wait(&with_headers(&[(REMAINING_HEADER, 500), (DUE_HEADER, now - 60_000)])), 500);
+        // An earlier version's message: its due time against this clock.
+        let legacy = still_to_wait(&with_headers(&[(DUE_HEADER, now + 5_000)]));
+        assert!((4_000..=5_000).contains(&legacy), "{legacy}");
+        assert_eq!(still_to_wait(&with_headers(&[(DUE_HEADER, now - 1)])), 0);
+        assert_eq!(still_to_wait(&lapin::BasicProperties::default()), 0);
     }
 }

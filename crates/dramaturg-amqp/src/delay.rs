@@ -4,6 +4,15 @@
 //! early, the consumer moves it on to the next bucket (one publish, one
 //! ack) instead of holding it. Every bucket has a single TTL, so no message
 //! waits behind a longer one.
+//!
+//! No client's clock decides anything. A message published into bucket `k`
+//! carries what it must still wait *after* that bucket
+//! ([`REMAINING_HEADER`]): RabbitMQ dead-letters it back only when the
+//! bucket's TTL has run out on the server, so the consumer that receives it
+//! knows it has waited at least `10 ms × 2^k` and only needs the recorded
+//! remainder, without reading a clock.
+
+use std::time::Duration;
 
 /// The shortest bucket, in milliseconds.
 pub(crate) const BASE_MS: u64 = 10;
@@ -11,7 +20,15 @@ pub(crate) const BASE_MS: u64 = 10;
 /// through the largest bucket more than once.
 pub(crate) const MAX_BUCKET: u32 = 22;
 
-/// The header holding a delayed message's due time (ms since the epoch).
+/// The header holding what a message in a delay bucket must still wait
+/// once the bucket lets it go, in milliseconds (0: it is due then).
+pub(crate) const REMAINING_HEADER: &str = "x-dramaturg-remaining";
+
+/// The header of earlier versions: a delayed message's due time in
+/// milliseconds since the epoch, by the clock of whoever sent it. Read only
+/// for messages that do not carry [`REMAINING_HEADER`] (sent by an earlier
+/// version), and written so that workers of an earlier version, during a
+/// rolling upgrade, do not run a message early.
 pub(crate) const DUE_HEADER: &str = "x-dramaturg-due";
 
 /// How long messages live in bucket `k`.
@@ -27,6 +44,18 @@ pub(crate) fn bucket_for(remaining_ms: u64) -> Option<u32> {
     }
     let units = (remaining_ms / BASE_MS).max(1);
     Some((63 - units.leading_zeros()).min(MAX_BUCKET))
+}
+
+/// Where a message that must still wait `remaining_ms` goes: the bucket
+/// that fits, and what it must wait after that bucket; `None` if it is due.
+pub(crate) fn next_hop(remaining_ms: u64) -> Option<(u32, u64)> {
+    bucket_for(remaining_ms).map(|k| (k, remaining_ms.saturating_sub(bucket_ttl_ms(k))))
+}
+
+/// `delay` in whole milliseconds, rounded up, so that a delay is never cut
+/// short.
+pub(crate) fn millis_rounded_up(delay: Duration) -> u64 {
+    u64::try_from(delay.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
 }
 
 /// The name of bucket `k` of `queue`.
@@ -63,5 +92,21 @@ mod tests {
             assert!(hops <= 40, "{delay} ms took {hops} hops");
             assert_eq!(remaining, 0, "{delay}");
         }
+    }
+
+    #[test]
+    fn the_buckets_of_a_delay_add_up_to_it_and_never_to_less() {
+        for delay in [1u64, 7, 10, 15, 999, 1_000, 10_000, 61_234, 3_600_000, 7 * 24 * 3_600_000] {
+            let (mut remaining, mut waited) = (delay, 0);
+            while let Some((k, after)) = next_hop(remaining) {
+                waited += bucket_ttl_ms(k);
+                assert!(after < remaining, "{delay}: no progress");
+                remaining = after;
+            }
+            assert!(waited >= delay && waited < delay + BASE_MS, "{delay} ms waited {waited} ms");
+        }
+        assert_eq!(millis_rounded_up(Duration::from_micros(1_001)), 2);
+        assert_eq!(millis_rounded_up(Duration::from_millis(5)), 5);
+        assert_eq!(millis_rounded_up(Duration::MAX), u64::MAX);
     }
 }

@@ -36,7 +36,9 @@
 //! Topology of a queue `q` (all durable): `q` itself (dead-lettering to
 //! `q.dq`, with `x-max-priority` when configured), `q.dq`, and the delay
 //! buckets `q.delay.00` … `q.delay.22`, each declared when a message is
-//! first published to it.
+//! first published to it and recorded as a binding of the exchange
+//! `dramaturg.delay-buckets`, so that statistics look up only buckets that
+//! exist (no errors for the others).
 //!
 //! # Bounded headers
 //!
@@ -318,19 +320,20 @@ impl AmqpBroker {
 
 /// Where `message` is published (its queue, or the delay bucket that fits
 /// its delay), and with which extra properties.
+///
+/// A delayed message carries what it must still wait after its bucket, not
+/// a due time: no clock of the sender (or of any worker) decides when it
+/// runs, only the buckets' TTLs on the server.
 fn route(message: &Outgoing) -> (Target<'_>, link::Extra<'static>) {
-    let (target, due) = match message.delay {
-        Some(delay) => {
-            // Rounded up, so that the message is never early.
-            let due = link::now_ms().saturating_add(delay::millis(delay)).saturating_add(1);
-            match delay::bucket_for(delay::millis(delay)) {
-                Some(k) => (Target::Bucket(&message.queue, k), Some(due)),
-                None => (Target::Queue(&message.queue), None),
-            }
-        }
-        None => (Target::Queue(&message.queue), None),
-    };
-    (target, link::Extra { due, priority: message.priority, reason: None })
+    let plain = (Target::Queue(&message.queue), link::Extra { priority: message.priority, ..link::Extra::default() });
+    let Some(delay) = message.delay else { return plain };
+    // Rounded up, so that the message is never early.
+    let wait = delay::millis_rounded_up(delay);
+    let Some((k, remaining)) = delay::next_hop(wait) else { return plain };
+    // Only for workers of earlier versions, which read a due time.
+    let due = link::now_ms().saturating_add(wait);
+    let extra = link::Extra { remaining: Some(remaining), due: Some(due), priority: message.priority, reason: None };
+    (Target::Bucket(&message.queue, k), extra)
 }
 
 /// The value of query parameter `name` in `url`, if present.

@@ -8,13 +8,15 @@ use bytes::Bytes;
 use dramaturg_core::broker::redact_password;
 pub(crate) use dramaturg_core::now_ms;
 use dramaturg_core::{Bounded, BrokerError, BrokerErrorKind};
-use lapin::options::{ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::options::{
+    ConfirmSelectOptions, ExchangeBindOptions, ExchangeDeclareOptions, ExchangeUnbindOptions, QueueDeclareOptions,
+};
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ErrorKind};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ErrorKind, ExchangeKind};
 
 use crate::confirms::{Confirms, Published};
-use crate::delay::{bucket_queue, bucket_ttl_ms, DUE_HEADER};
+use crate::delay::{bucket_queue, bucket_ttl_ms, DUE_HEADER, REMAINING_HEADER};
 use crate::names::{check_queue, short};
 use crate::{AmqpConfig, Shared};
 
@@ -40,6 +42,11 @@ pub(crate) fn amqp_error(error: lapin::Error, what: &str) -> BrokerError {
 /// Extra properties of a published message.
 #[derive(Debug, Default)]
 pub(crate) struct Extra<'a> {
+    /// For a delay bucket: what the message must still wait after it (ms).
+    pub(crate) remaining: Option<u64>,
+    /// For a delay bucket: the due time of earlier versions' header, for
+    /// their workers during a rolling upgrade (never read when `remaining`
+    /// is there).
     pub(crate) due: Option<u64>,
     pub(crate) priority: Option<u8>,
     pub(crate) reason: Option<(&'a str, &'a str)>,
@@ -125,6 +132,21 @@ impl Link {
             }
             Target::Bucket(queue, k) => {
                 declare_one(&self.publisher, &name, bucket_arguments(&self.config, queue, k)).await?;
+                // On a channel of its own: a refusal (a user without
+                // configure permission on the record exchanges) closes that
+                // channel, not the publisher's, and costs only statistics.
+                let recorded = async {
+                    let channel = self.channel().await?;
+                    let result = record_bucket(&channel, &name).await;
+                    let _ = channel.close(200, "recorded".into()).await;
+                    result
+                };
+                if let Err(error) = recorded.await {
+                    tracing::warn!(
+                        bucket = %name, %error,
+                        "could not record a delay bucket; statistics of other processes may not count its messages"
+                    );
+                }
                 Shared::lock(&self.declared).insert(name);
             }
         }
@@ -161,6 +183,11 @@ impl Link {
         }
     }
 
+    /// Whether delay bucket `name` was declared on this connection.
+    pub(crate) fn has_declared(&self, name: &str) -> bool {
+        Shared::lock(&self.declared).contains(name)
+    }
+
     /// One mandatory publish to the default exchange and its confirm.
     async fn publish_once(
         &self,
@@ -175,6 +202,9 @@ impl Link {
 /// The properties of a message: persistent, with bounded headers.
 fn properties(config: &AmqpConfig, extra: &Extra<'_>) -> Result<BasicProperties, BrokerError> {
     let mut headers = FieldTable::default();
+    if let Some(remaining) = extra.remaining {
+        headers.insert(REMAINING_HEADER.into(), long(remaining));
+    }
     if let Some(due) = extra.due {
         headers.insert(DUE_HEADER.into(), AMQPValue::LongLongInt(i64::try_from(due).unwrap_or(i64::MAX)));
     }
@@ -318,6 +348,60 @@ pub(crate) async fn declare_topology(
     Ok((u64::from(ready), u64::from(dead)))
 }
 
+/// The exchange whose bindings record which delay buckets exist: a binding
+/// to [`PROBE_EXCHANGE`] with a bucket's name as its routing key means the
+/// bucket was declared (by any process). Bindings, unlike queues, can be
+/// looked up without an error for a missing one (see
+/// `admin::recorded_buckets`); a passive declare of a missing queue makes
+/// RabbitMQ close the channel, which lapin logs as an ERROR.
+pub(crate) const RECORD_EXCHANGE: &str = "dramaturg.delay-buckets";
+/// The fanout exchange the recorded bucket names route to; a lookup binds
+/// a private queue to it.
+pub(crate) const PROBE_EXCHANGE: &str = "dramaturg.delay-buckets.probes";
+
+/// Declares the two record exchanges (durable, idempotent).
+pub(crate) async fn declare_record(channel: &Channel) -> Result<(), BrokerError> {
+    let durable = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
+    channel
+        .exchange_declare(RECORD_EXCHANGE.into(), ExchangeKind::Direct, durable, FieldTable::default())
+        .await
+        .map_err(|e| amqp_error(e, "declaring the delay bucket record"))?;
+    channel
+        .exchange_declare(PROBE_EXCHANGE.into(), ExchangeKind::Fanout, durable, FieldTable::default())
+        .await
+        .map_err(|e| amqp_error(e, "declaring the delay bucket record"))?;
+    Ok(())
+}
+
+/// Records that delay bucket `name` exists (idempotent).
+async fn record_bucket(channel: &Channel, name: &str) -> Result<(), BrokerError> {
+    declare_record(channel).await?;
+    channel
+        .exchange_bind(
+            PROBE_EXCHANGE.into(),
+            RECORD_EXCHANGE.into(),
+            short(name, "queue name")?,
+            ExchangeBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| amqp_error(e, "recording a delay bucket"))
+}
+
+/// Forgets delay bucket `name` (found missing: deleted or expired).
+pub(crate) async fn forget_bucket(channel: &Channel, name: &str) -> Result<(), BrokerError> {
+    channel
+        .exchange_unbind(
+            PROBE_EXCHANGE.into(),
+            RECORD_EXCHANGE.into(),
+            short(name, "queue name")?,
+            ExchangeUnbindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| amqp_error(e, "forgetting a delay bucket"))
+}
+
 /// Opens links on demand and again after a loss.
 pub(crate) struct Linker {
     config: AmqpConfig,
@@ -385,7 +469,7 @@ mod tests {
         let config = AmqpConfig::new("amqp://127.0.0.1/%2f");
         let reason = "x".repeat(200_000);
         let key = "k".repeat(10_000);
-        let extra = Extra { due: Some(1), priority: None, reason: Some((&reason, &key)) };
+        let extra = Extra { remaining: Some(1), due: Some(1), priority: None, reason: Some((&reason, &key)) };
         let bounded = properties(&config, &extra).expect("bounded");
         let headers = bounded.headers().as_ref().expect("headers");
         assert!(header_table_bytes(headers) <= MAX_HEADER_BYTES, "{}", header_table_bytes(headers));

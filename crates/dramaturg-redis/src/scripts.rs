@@ -81,7 +81,8 @@ end
 /// KEYS[2]: claims. ARGV[1]: id, ARGV[2]: token.
 const OWNS: &str = r"
 if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
-redis.call('LREM', KEYS[1], -1, ARGV[1])
+-- From the head: messages are mostly settled in the order they were claimed.
+redis.call('LREM', KEYS[1], 1, ARGV[1])
 ";
 
 /// Enqueue messages now. KEYS: msgs, ready. ARGV: wake channel, then id,

@@ -6,8 +6,6 @@
 
 mod support;
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -15,6 +13,7 @@ use dramaturg::prelude::*;
 use dramaturg::redis::{RedisBroker, RedisConfig};
 use dramaturg::BoxError;
 use serde::{Deserialize, Serialize};
+use support::{append, logged, temp_log};
 
 const URL: &str = "redis://127.0.0.1:6379";
 const CHILD_TEST: &str = "long_jobs_child";
@@ -51,24 +50,6 @@ impl Compute {
     }
 }
 
-fn append(log: &str, what: &str) {
-    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-    writeln!(file, "{what} {}", std::process::id()).unwrap();
-}
-
-fn logged(log: &Path, what: &str) -> Vec<String> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .filter(|line| line.starts_with(what))
-        .map(str::to_owned)
-        .collect()
-}
-
-fn temp_log() -> PathBuf {
-    std::env::temp_dir().join(format!("dramaturg-long-{}.log", dramaturg::MessageId::new()))
-}
-
 /// The child: `namespace`: a worker with two runtime threads until SIGTERM.
 #[test]
 fn long_jobs_child() {
@@ -98,7 +79,7 @@ async fn cpu_bound_async_jobs_on_every_runtime_thread_are_not_run_twice() {
         return;
     }
     let namespace = format!("test-{}", dramaturg::MessageId::new());
-    let log = temp_log();
+    let log = temp_log("long");
     let app = dramaturg::app(broker_in(&namespace).await).actor::<Compute>().build().unwrap();
     let mut busy = spawn_child(&namespace);
     for _ in 0..2 {

@@ -7,8 +7,6 @@
 
 mod support;
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -17,6 +15,7 @@ use std::time::{Duration, Instant};
 use dramaturg::prelude::*;
 use dramaturg::{DeadLetters, Fail, QueueAdmin};
 use serde::{Deserialize, Serialize};
+use support::{append, logged, temp_log};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -44,25 +43,6 @@ impl Logged {
         }
         Ok(())
     }
-}
-
-fn append(log: &str, what: &str) {
-    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-    writeln!(file, "{what} {}", std::process::id()).unwrap();
-}
-
-/// The lines of `log` that begin with `what`.
-fn logged(log: &Path, what: &str) -> Vec<String> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .filter(|line| line.starts_with(what))
-        .map(str::to_owned)
-        .collect()
-}
-
-fn temp_log() -> PathBuf {
-    std::env::temp_dir().join(format!("dramaturg-fencing-{}.log", dramaturg::MessageId::new()))
 }
 
 /// The child: `work|namespace|report` runs a worker until SIGTERM and
@@ -126,8 +106,8 @@ async fn a_stalled_worker_cannot_settle_a_message_that_was_recovered() {
         return;
     }
     let namespace = namespace();
-    let log = temp_log();
-    let report = temp_log();
+    let log = temp_log("fencing");
+    let report = temp_log("fencing");
     let broker = broker_in(URL, &namespace).await;
     let app = dramaturg::app(broker.clone()).actor::<Logged>().build().unwrap();
     Logged { log: log.display().to_string(), millis: 2000, fail: true }.send(&app).await.unwrap();
@@ -262,7 +242,7 @@ async fn a_claim_whose_reply_is_lost_is_processed_soon() {
     let namespace = namespace();
     let broker = broker_in(&proxy.url(), &namespace).await;
     let app = dramaturg::app(broker.clone()).actor::<Logged>().build().unwrap();
-    let log = temp_log();
+    let log = temp_log("fencing");
     let marker = log.file_name().unwrap().to_str().unwrap().to_owned();
     let worker = Worker::new(app.clone()).concurrency(1);
     let shutdown = worker.shutdown_handle();
@@ -289,7 +269,7 @@ async fn a_claim_whose_reply_is_lost_is_processed_soon() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_an_outage_longer_than_the_timeout_no_live_worker_is_recovered() {
     let namespace = namespace();
-    let log = temp_log();
+    let log = temp_log("fencing");
     let mut proxies = Vec::new();
     let mut handles = Vec::new();
     let mut apps = Vec::new();
@@ -328,8 +308,8 @@ async fn a_worker_with_a_slow_clock_is_not_taken_for_dead() {
         return;
     }
     let namespace = namespace();
-    let log = temp_log();
-    let report = temp_log();
+    let log = temp_log("fencing");
+    let report = temp_log("fencing");
     let app = dramaturg::app(broker_in(URL, &namespace).await).actor::<Logged>().build().unwrap();
     let mut skewed = spawn_child(&format!("work|{namespace}|{}", report.display()), Some("-30s"));
     Logged { log: log.display().to_string(), millis: 3000, fail: false }.send(&app).await.unwrap();
@@ -358,7 +338,7 @@ async fn a_producer_with_a_fast_clock_cannot_make_a_delay_late() {
         return;
     }
     let namespace = namespace();
-    let log = temp_log();
+    let log = temp_log("fencing");
     let app = dramaturg::app(broker_in(URL, &namespace).await).actor::<Logged>().build().unwrap();
     let worker = Worker::new(app.clone()).concurrency(1);
     let shutdown = worker.shutdown_handle();

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -127,4 +127,26 @@ pub(crate) async fn kill_one_of_two_workers(app: &App, test: &str, spec: &str, t
     std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(counts.len(), total as usize, "every message processed at least once");
     (counts.values().map(|n| n - 1).sum(), recovery)
+}
+
+/// Appends `what` and this process's id as a line to the log at `log`
+/// (jobs record their start and end this way, across processes).
+pub(crate) fn append(log: &str, what: &str) {
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    writeln!(file, "{what} {}", std::process::id()).unwrap();
+}
+
+/// The lines of `log` that begin with `what`.
+pub(crate) fn logged(log: &Path, what: &str) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|line| line.starts_with(what))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A fresh log file path under the temporary directory.
+pub(crate) fn temp_log(prefix: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("dramaturg-{prefix}-{}.log", dramaturg::MessageId::new()))
 }

@@ -292,8 +292,13 @@ async fn jobs_finished_while_the_primary_is_demoted_run_exactly_once() {
     let _ = tracing_subscriber::fmt().with_max_level(tracing::Level::WARN).with_test_writer().try_init();
     let primary = Server::start(&[]);
     let replica = Server::start(&["--replicaof", "127.0.0.1", &primary.port.to_string()]);
+    // `FAILOVER TO` needs the primary to see the replica online, which it
+    // may do a moment after the replica sees its link up: wait for both.
+    let online = format!("port={},state=online", replica.port);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while replica.info_field("replication", "master_link_status").await != "up" {
+    while replica.info_field("replication", "master_link_status").await != "up"
+        || !primary.cmd::<String>(&["INFO", "replication"]).await.contains(&online)
+    {
         assert!(Instant::now() < deadline, "the replica did not sync");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -4,6 +4,7 @@
 //! and secrets kept out of errors. Tests that disrupt the server take the
 //! lock exclusively; the others share it.
 
+#![cfg(feature = "amqp")]
 #![allow(clippy::unwrap_used)] // Tests may panic on the unexpected.
 
 mod support;

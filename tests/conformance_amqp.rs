@@ -1,6 +1,8 @@
 //! The broker conformance suite on the real RabbitMQ at 127.0.0.1:5672
 //! (each case declares queues of its own).
 
+#![cfg(feature = "amqp")]
+
 use std::time::Duration;
 
 use dramaturg::amqp::{AmqpBroker, AmqpConfig};

@@ -1,6 +1,8 @@
 //! The broker conformance suite on the real Redis at 127.0.0.1:6379, each
 //! case in a namespace of its own.
 
+#![cfg(feature = "redis")]
+
 use dramaturg::redis::{RedisBroker, RedisConfig};
 
 async fn broker() -> RedisBroker {

@@ -4,6 +4,6 @@
 #[test]
 fn derive_ui() {
     let cases = trybuild::TestCases::new();
-    cases.pass("../../tests/ui/pass/*.rs");
-    cases.compile_fail("../../tests/ui/fail/*.rs");
+    cases.pass("tests/ui/pass/*.rs");
+    cases.compile_fail("tests/ui/fail/*.rs");
 }

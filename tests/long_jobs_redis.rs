@@ -2,6 +2,7 @@
 //! runtime thread computes keeps its heartbeat, so a second worker never
 //! takes its messages for those of a dead worker.
 
+#![cfg(feature = "redis")]
 #![allow(clippy::unwrap_used)] // Tests may panic on the unexpected.
 
 mod support;

@@ -2,6 +2,7 @@
 //! a Redis restart, garbage in the keys, a deep queue, delayed messages
 //! across restarts, and secrets kept out of errors.
 
+#![cfg(feature = "redis")]
 #![allow(clippy::unwrap_used)] // Tests may panic on the unexpected.
 
 mod support;

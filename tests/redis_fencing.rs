@@ -3,6 +3,7 @@
 //! an outage longer than the heartbeat timeout recovers no live worker, and
 //! clients' clocks decide nothing.
 
+#![cfg(feature = "redis")]
 #![allow(clippy::unwrap_used)] // Tests may panic on the unexpected.
 
 mod support;

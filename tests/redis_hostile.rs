@@ -3,6 +3,7 @@
 //! `maxmemory`, a server that evicts keys, a server too old, and a primary
 //! demoted to a replica under a running worker.
 
+#![cfg(feature = "redis")]
 #![allow(clippy::unwrap_used)] // Tests may panic on the unexpected.
 
 use std::collections::HashMap;

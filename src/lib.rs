@@ -1,4 +1,4 @@
-#![doc = include_str!("../../../docs/crate.md")]
+#![doc = include_str!("../docs/crate.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod connect;
@@ -41,7 +41,7 @@ pub use dramaturg_derive::Actor;
 
 /// The README's examples, compiled as doctests so that they stay true.
 #[cfg(doctest)]
-#[doc = include_str!("../../../README.md")]
+#[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
 /// The names most programs need: `use dramaturg::prelude::*;`.

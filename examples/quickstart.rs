@@ -73,7 +73,7 @@ impl MakeThumbnail {
 
 /// CPU-bound work: runs on the blocking thread pool, off the async threads.
 #[derive(Actor, Serialize, Deserialize)]
-#[actor(queue = "media", blocking)]
+#[actor(queue = "media", blocking, output = u64)]
 struct Checksum {
     bytes: u64,
 }

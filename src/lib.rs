@@ -17,12 +17,12 @@ pub use dramaturg_callbacks as callbacks;
 pub use dramaturg_core::{
     actor, async_trait, broker, encoder, middleware, outcome, worker, Actor, ActorInfo, App, AppBuilder, Bounded,
     BoxError, Broker, BrokerError, BrokerErrorKind, CodecError, ConfigError, Consumer, Context, DeadLetter,
-    DeadLetterView, DeadLetters, DecodedMessage, Delivery, Encoder, EnqueueError, ErrorRecord, ErrorType, Fail,
-    Failure, FailureKind, Interrupted, Interruption, Job, Json, MemoryBroker, Message, MessageId, MessagePack,
-    Metadata, Middleware, Next, NextAttempt, OptionError, Options, Outcome, Outgoing, Output, ParseMessageIdError,
-    QueueAdmin, QueueStats, Receipt, RecordLimits, Replay, ReplayError, ReplayReport, ReplayRetries, Retry,
-    SendOptions, SettleError, Settled, Settlement, ShutdownHandle, Worker, WorkerGauges, WorkerReport,
-    DEFAULT_MAX_MESSAGE_SIZE,
+    DeadLetterView, DeadLetters, DeclaredOption, DecodedMessage, Delivery, Encoder, EnqueueError, ErrorRecord,
+    ErrorType, Fail, Failure, FailureKind, Interrupted, Interruption, Job, Json, MemoryBroker, Message, MessageId,
+    MessagePack, Metadata, Middleware, Next, NextAttempt, OptionError, OptionKey, Options, Outcome, Outgoing, Output,
+    ParseMessageIdError, QueueAdmin, QueueStats, Receipt, RecordLimits, Replay, ReplayError, ReplayReport,
+    ReplayRetries, Retry, SendOptions, Sent, SettleError, Settled, Settlement, ShutdownHandle, Worker, WorkerGauges,
+    WorkerReport, DEFAULT_MAX_MESSAGE_SIZE,
 };
 pub use dramaturg_core::{isolation, sync, time};
 pub use dramaturg_error_capture as error_capture;
@@ -57,8 +57,9 @@ pub mod prelude {
 /// need no dependency besides `dramaturg`. Not a public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use dramaturg_core::actor::{into_job_result, run_blocking};
+    pub use dramaturg_core::actor::{async_handler, into_job_result, run_blocking};
     pub use dramaturg_core::inventory;
     pub use dramaturg_core::isolation::IsolatedActor;
     pub use dramaturg_core::{Actor, Context, Job, Options};
+    pub use {dramaturg_abort as abort, dramaturg_callbacks as callbacks};
 }

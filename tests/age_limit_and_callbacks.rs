@@ -43,7 +43,7 @@ async fn messages_older_than_their_max_age_are_skipped_not_run() {
 
 /// Succeeds with a value, or fails (then the attempt count matters).
 #[derive(Actor, Serialize, Deserialize)]
-#[actor(on_success = "done", on_failure = "failed_once", on_retry_exhausted = "gave_up")]
+#[actor(output = u64, on_success = Done, on_failure = FailedOnce, on_retry_exhausted = "gave_up")]
 struct Job {
     n: u64,
     fail: bool,

@@ -49,7 +49,7 @@ impl Endless {
 
 /// Prints, then succeeds; blocking code in a child.
 #[derive(Actor, Serialize, Deserialize)]
-#[actor(isolated, blocking, queue = "iso")]
+#[actor(isolated, blocking, queue = "iso", output = u32)]
 struct Hello {
     n: u32,
 }

@@ -125,7 +125,7 @@ async fn the_retry_carries_the_last_error_and_the_original_id() {
     static SEEN: Mutex<Vec<(dramaturg::MessageId, Option<String>)>> = Mutex::new(Vec::new());
     impl Inspect {
         async fn perform(self, ctx: &Context) -> Result<(), String> {
-            let last = ctx.options().extra::<ErrorRecord>(LAST_ERROR).unwrap().map(|r| r.message);
+            let last = ctx.options().option(LAST_ERROR).unwrap().map(|r| r.message);
             SEEN.lock().unwrap().push((ctx.id(), last));
             if ctx.retries() == 0 {
                 return Err("first attempt fails".into());
@@ -135,7 +135,7 @@ async fn the_retry_carries_the_last_error_and_the_original_id() {
     }
     let retries = Retries::new().backoff(Duration::from_millis(10), Duration::from_millis(10));
     let app = dramaturg::app(MemoryBroker::new()).replace("retries", retries).actor::<Inspect>().build().unwrap();
-    let id = Inspect.send(&app).await.unwrap();
+    let id = Inspect.send(&app).await.unwrap().id();
     Worker::new(app).run_until_drained(Duration::from_secs(5)).await.unwrap();
     assert_eq!(*SEEN.lock().unwrap(), [(id, None), (id, Some("first attempt fails".into()))]);
 }
@@ -400,7 +400,7 @@ async fn dead_letters_decode_delete_and_replay_with_their_retries_reset() {
         .actor::<Unreliable>()
         .build()
         .unwrap();
-    let id = unreliable("dead-reset", "down", 0).send(&app).await.unwrap();
+    let id = unreliable("dead-reset", "down", 0).send(&app).await.unwrap().id();
     dramaturg::Broker::enqueue(&broker, Outgoing::new("dead-default", &b"\xc1 not a message"[..])).await.unwrap();
     Worker::new(app.clone()).run_until_drained(Duration::from_secs(5)).await.unwrap();
 

@@ -50,7 +50,7 @@ fn app(broker: &MemoryBroker) -> App {
 async fn send_enqueues_an_encoded_message_and_returns_its_id() {
     let broker = MemoryBroker::new();
     let app = app(&broker);
-    let id = SendWelcome { user_id: 42 }.send(&app).await.unwrap();
+    let id = SendWelcome { user_id: 42 }.send(&app).await.unwrap().id();
     assert_eq!(app.queues(), ["mail", "default"]);
     assert_eq!(broker.stats("mail").await.unwrap().ready, 1);
 
@@ -332,13 +332,20 @@ async fn known_options_of_the_wrong_type_are_refused_at_send_time() {
     let error = SendWelcome { user_id: 1 }.send_with(&app, lots).await.unwrap_err();
     let EnqueueError::InvalidOption(option) = &error else { panic!("{error:?}") };
     assert_eq!(option.key(), "max_retries");
-    // The options of the default middleware are checked by their middleware.
+    // The options the default middleware declared are checked by the app.
     let abortable = SendOptions::default().options(|o| o.with_extra("abortable", "yes"));
     let error = SendWelcome { user_id: 2 }.send_with(&app, abortable).await.unwrap_err();
-    assert!(matches!(error, EnqueueError::Rejected { middleware: "abort", .. }), "{error:?}");
+    let EnqueueError::InvalidOption(option) = &error else { panic!("{error:?}") };
+    assert_eq!(option.key(), "abortable");
     let callback = SendOptions::default().options(|o| o.with_extra("on_success", 42));
     let error = SendWelcome { user_id: 3 }.send_with(&app, callback).await.unwrap_err();
-    assert!(matches!(error, EnqueueError::Rejected { middleware: "callbacks", .. }), "{error:?}");
+    let EnqueueError::InvalidOption(option) = &error else { panic!("{error:?}") };
+    assert_eq!(option.key(), "on_success");
+    // A per-message option no middleware declared travels as it is (a
+    // foreign producer's, or data for a hook that reads it unannounced).
+    let unknown = SendOptions::default().options(|o| o.with_extra("pipe_target", "elsewhere"));
+    SendWelcome { user_id: 5 }.send_with(&app, unknown).await.unwrap();
+    QueueAdmin::purge(&broker, "mail").await.unwrap();
     assert_eq!(broker.stats("mail").await.unwrap().ready, 0, "nothing was enqueued");
     // The right type, set through the open map, is taken as the typed option.
     let three = SendOptions::default().options(|o| o.with_extra("max_retries", 3));
@@ -346,4 +353,90 @@ async fn known_options_of_the_wrong_type_are_refused_at_send_time() {
     let mut consumer = dramaturg::Broker::consume(&broker, "mail", 1).await.unwrap();
     let message = app.encoder().decode_message(consumer.next().await.unwrap().body()).unwrap();
     assert_eq!(message.options.max_retries, Some(3));
+}
+
+/// The tenant a message belongs to: an option a middleware of the user's
+/// declares.
+const TENANT: dramaturg::OptionKey<String> = dramaturg::OptionKey::new("tenant");
+
+/// Reads [`TENANT`]; declares it so that actors may set it.
+struct Tenancy;
+
+#[async_trait]
+impl Middleware for Tenancy {
+    fn name(&self) -> &'static str {
+        "tenancy"
+    }
+
+    fn declared_options(&self) -> Vec<dramaturg::DeclaredOption> {
+        vec![TENANT.declare()]
+    }
+}
+
+#[derive(Actor, Serialize, Deserialize)]
+#[actor(option(tenant = "acme"))]
+struct TenantReport;
+
+impl TenantReport {
+    async fn perform(self, ctx: &Context) -> Result<(), BoxError> {
+        assert_eq!(ctx.options().option(TENANT)?.as_deref(), Some("acme"));
+        Ok(())
+    }
+}
+
+#[derive(Actor, Serialize, Deserialize)]
+#[actor(option(tennant = "acme"))]
+struct MisspeltTenant;
+
+impl MisspeltTenant {
+    async fn perform(self, _ctx: &Context) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+
+#[derive(Actor, Serialize, Deserialize)]
+#[actor(option(tenant = 42))]
+struct NumericTenant;
+
+impl NumericTenant {
+    async fn perform(self, _ctx: &Context) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn actor_options_must_be_declared_by_a_middleware_of_the_app() {
+    // Declared: built, sent, read back typed by the actor.
+    let app = dramaturg::app(MemoryBroker::new()).middleware(Tenancy).actor::<TenantReport>().build().unwrap();
+    assert!(app.declared_options().iter().any(|d| d.name() == "tenant" && d.propagates()));
+    TenantReport.send(&app).await.unwrap();
+    let report = Worker::new(app).run_until_drained(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(report.succeeded, 1, "{report:?}");
+
+    // A typo, or the middleware left out: refused when the app is built,
+    // naming the actor, the option and what the app's middleware read.
+    let error = dramaturg::app(MemoryBroker::new()).middleware(Tenancy).actor::<MisspeltTenant>().build().unwrap_err();
+    let ConfigError::UnknownOption { actor, option, known } = &error else { panic!("{error:?}") };
+    assert_eq!((actor.as_str(), option.as_str()), ("misspelt_tenant", "tennant"));
+    assert!(known.contains(&"tenant") && known.contains(&"on_failure"), "{known:?}");
+    assert!(error.to_string().contains("no middleware of the app reads"), "{error}");
+    let error = dramaturg::app(MemoryBroker::new()).actor::<TenantReport>().build().unwrap_err();
+    assert!(matches!(&error, ConfigError::UnknownOption { option, .. } if option == "tenant"), "{error:?}");
+
+    // Declared, of the wrong type.
+    let error = dramaturg::app(MemoryBroker::new()).middleware(Tenancy).actor::<NumericTenant>().build().unwrap_err();
+    let ConfigError::InvalidOption { actor, source } = &error else { panic!("{error:?}") };
+    assert_eq!((actor.as_str(), source.key()), ("numeric_tenant", "tenant"));
+}
+
+#[tokio::test]
+async fn send_returns_a_handle_typed_by_the_actor() {
+    let app = app(&MemoryBroker::new());
+    let sent: dramaturg::Sent<SendWelcome> = SendWelcome { user_id: 7 }.send(&app).await.unwrap();
+    assert_eq!(sent.actor_name(), "send_welcome");
+    assert_eq!(dramaturg::Sent::<SendWelcome>::from_id(sent.id()), sent);
+    assert_eq!(sent.to_string(), sent.id().to_string());
+    let many = app.send_many(&[SendWelcome { user_id: 8 }, SendWelcome { user_id: 9 }]).await.unwrap();
+    assert_eq!(many.len(), 2);
+    assert_ne!(many[0], many[1]);
 }

@@ -243,7 +243,7 @@ async fn nothing_is_lost_across_a_shutdown() {
 }
 
 #[derive(Actor, Serialize, Deserialize)]
-#[actor(blocking)]
+#[actor(blocking, output = u64)]
 struct Checksum {
     rounds: u64,
 }

@@ -67,7 +67,8 @@ use std::time::Duration;
 
 use dramaturg_core::sync::lock;
 use dramaturg_core::{
-    async_trait, now_ms, App, BrokerError, Context, Interruption, Message, MessageId, Middleware, Next, Outcome,
+    async_trait, now_ms, App, BrokerError, Context, Interruption, Message, MessageId, Middleware, Next, OptionKey,
+    Outcome,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Notify};
@@ -79,7 +80,7 @@ pub use redis_backend::RedisEvents;
 
 /// The option (per message or, through `#[actor(abortable = …)]`, per
 /// actor) that says whether a message can be aborted.
-pub const ABORTABLE: &str = "abortable";
+pub const ABORTABLE: OptionKey<bool> = OptionKey::new("abortable");
 
 /// Whether a request also interrupts a running message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -182,7 +183,8 @@ fn due_key(id: MessageId) -> String {
     format!("due:{id}")
 }
 
-/// Asks that message `id` be cancelled or aborted (see the crate docs).
+/// Asks that message `id` be cancelled or aborted (see the crate docs):
+/// a [`MessageId`], or the [`Sent`](dramaturg_core::Sent) handle a send returned.
 ///
 /// # Errors
 ///
@@ -192,7 +194,8 @@ fn due_key(id: MessageId) -> String {
 /// built with [`Abortable::process_local_events`]);
 /// [`AbortError::Backend`] when the event backend fails. Unknown and
 /// finished messages are not errors.
-pub async fn abort(app: &App, id: MessageId, options: AbortOptions) -> Result<(), AbortError> {
+pub async fn abort(app: &App, id: impl Into<MessageId>, options: AbortOptions) -> Result<(), AbortError> {
+    let id = id.into();
     let middleware = app.middleware_of::<Abortable>().ok_or(AbortError::NotConfigured)?;
     let backend = &middleware.backend;
     let locality = app.broker().locality();
@@ -368,7 +371,7 @@ impl Abortable {
     }
 
     fn abortable(&self, options: &dramaturg_core::Options) -> bool {
-        match options.extra::<bool>(ABORTABLE) {
+        match options.option(ABORTABLE) {
             Ok(Some(abortable)) => abortable,
             Ok(None) => self.default_abortable,
             Err(error) => {
@@ -433,16 +436,12 @@ impl Middleware for Abortable {
     }
 
     /// The `abortable` option must be a boolean.
-    fn before_enqueue(&self, message: &mut Message) -> Result<(), dramaturg_core::BoxError> {
-        message.options.extra::<bool>(ABORTABLE)?;
-        Ok(())
+    fn declared_options(&self) -> Vec<dramaturg_core::DeclaredOption> {
+        vec![ABORTABLE.declare_local()]
     }
 
     async fn after_delayed_enqueue(&self, app: &App, message: &Message, delay: Duration) {
-        let options = match app.actor(&message.actor) {
-            Some(actor) => message.options.clone().or(actor.options()),
-            None => message.options.clone(),
-        };
+        let options = app.options_for(message);
         if self.abortable(&options) {
             self.remember_due(message.id, delay).await;
         }

@@ -77,17 +77,20 @@ use std::time::Duration;
 
 use dramaturg_core::encoder::{decode_value, encode_value};
 use dramaturg_core::{
-    async_trait, App, BoxError, ConfigError, Context, EnqueueError, ErrorRecord, Failure, Message, MessageId,
-    Middleware, Next, Options, Outcome, Output,
+    async_trait, App, ConfigError, Context, DeclaredOption, EnqueueError, ErrorRecord, Failure, Message, MessageId,
+    Middleware, Next, OptionKey, Options, Outcome, Output,
 };
 use serde::Serialize;
 
 /// The option naming the actor to send when a message succeeds.
-pub const ON_SUCCESS: &str = "on_success";
+pub const ON_SUCCESS: OptionKey<String> = OptionKey::new("on_success");
 /// The option naming the actor to send after every failed attempt.
-pub const ON_FAILURE: &str = "on_failure";
+pub const ON_FAILURE: OptionKey<String> = OptionKey::new("on_failure");
 /// The option naming the actor to send once when a message fails for good.
-pub const ON_RETRY_EXHAUSTED: &str = "on_retry_exhausted";
+pub const ON_RETRY_EXHAUSTED: OptionKey<String> = OptionKey::new("on_retry_exhausted");
+
+/// The three callback options.
+const CALLBACKS: [OptionKey<String>; 3] = [ON_SUCCESS, ON_FAILURE, ON_RETRY_EXHAUSTED];
 
 /// Sets callback options on a message's [`Options`].
 ///
@@ -96,7 +99,7 @@ pub const ON_RETRY_EXHAUSTED: &str = "on_retry_exhausted";
 /// use dramaturg_core::Options;
 ///
 /// let options = Options::default().on_retry_exhausted("page_someone");
-/// assert_eq!(options.extra::<String>("on_retry_exhausted").unwrap().as_deref(), Some("page_someone"));
+/// assert_eq!(options.option(dramaturg_callbacks::ON_RETRY_EXHAUSTED).unwrap().as_deref(), Some("page_someone"));
 /// ```
 pub trait CallbackOptions {
     /// Sends `actor` when the message succeeds.
@@ -112,15 +115,15 @@ pub trait CallbackOptions {
 
 impl CallbackOptions for Options {
     fn on_success(self, actor: &str) -> Self {
-        self.with_extra(ON_SUCCESS, actor)
+        self.with_option(ON_SUCCESS, actor.to_owned())
     }
 
     fn on_failure(self, actor: &str) -> Self {
-        self.with_extra(ON_FAILURE, actor)
+        self.with_option(ON_FAILURE, actor.to_owned())
     }
 
     fn on_retry_exhausted(self, actor: &str) -> Self {
-        self.with_extra(ON_RETRY_EXHAUSTED, actor)
+        self.with_option(ON_RETRY_EXHAUSTED, actor.to_owned())
     }
 }
 
@@ -137,16 +140,15 @@ struct Payload<'a> {
     error: Option<&'a ErrorRecord>,
 }
 
-/// Options of the open map that never travel with a callback: the
-/// callback options themselves, the retry middleware's `last_error`, the
-/// abort middleware's `abortable`.
-pub const NOT_PROPAGATED: [&str; 5] = [ON_SUCCESS, ON_FAILURE, ON_RETRY_EXHAUSTED, "last_error", "abortable"];
-
 /// Which of the original message's options a callback carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Propagation {
-    /// Every option of the open map except [`NOT_PROPAGATED`] (the default).
+    /// Every option of the open map except those a middleware declared
+    /// local to the message's own processing
+    /// ([`OptionKey::declare_local`](dramaturg_core::OptionKey::declare_local):
+    /// the callback options themselves, the retry middleware's
+    /// `last_error`, the abort middleware's `abortable`). The default.
     Extra,
     /// Only these options of the open map.
     Only(Vec<String>),
@@ -240,12 +242,11 @@ impl Callbacks {
     }
 
     /// The options a callback of `original` starts with.
-    fn propagated(&self, original: &Options) -> Options {
+    fn propagated(&self, app: &App, original: &Options) -> Options {
+        let local = |key: &str| app.declared_options().iter().any(|d| d.name() == key && !d.propagates());
         let extra: BTreeMap<String, serde_json::Value> = match &self.propagation {
             Propagation::Nothing => BTreeMap::new(),
-            Propagation::Extra => {
-                original.extra.iter().filter(|(k, _)| !NOT_PROPAGATED.contains(&k.as_str())).map(clone_entry).collect()
-            }
+            Propagation::Extra => original.extra.iter().filter(|(k, _)| !local(k)).map(clone_entry).collect(),
             Propagation::Only(keys) => {
                 original.extra.iter().filter(|(k, _)| keys.contains(k)).map(clone_entry).collect()
             }
@@ -259,16 +260,16 @@ impl Callbacks {
     async fn fire(
         &self,
         ctx: &Context,
-        key: &'static str,
+        key: OptionKey<String>,
         result: Option<&Output>,
         error: Option<&ErrorRecord>,
     ) -> Result<(), CallbackNotSent> {
-        let name = match ctx.options().extra::<String>(key) {
+        let name = match ctx.options().option(key) {
             Ok(Some(name)) => name,
             Ok(None) => return Ok(()),
             Err(error) => {
                 return Err(self.count_not_sent(CallbackNotSent {
-                    option: key,
+                    option: key.name(),
                     callback: String::new(),
                     reason: error.to_string(),
                 }));
@@ -276,7 +277,7 @@ impl Callbacks {
         };
         self.send(ctx, &name, result, error)
             .await
-            .map_err(|reason| self.count_not_sent(CallbackNotSent { option: key, callback: name, reason }))
+            .map_err(|reason| self.count_not_sent(CallbackNotSent { option: key.name(), callback: name, reason }))
     }
 
     fn count_not_sent(&self, error: CallbackNotSent) -> CallbackNotSent {
@@ -303,7 +304,7 @@ impl Callbacks {
         let mut backoff = Duration::from_millis(50);
         loop {
             let mut message = Message::new(callback.queue(), name, bytes.clone().into());
-            message.options = self.propagated(&original.options);
+            message.options = self.propagated(app, &original.options);
             match app.enqueue(message, None).await {
                 Ok(_) => return Ok(()),
                 Err(EnqueueError::Broker(error))
@@ -341,12 +342,10 @@ impl Middleware for Callbacks {
         Some(self)
     }
 
-    /// Callback options must name an actor: a string.
-    fn before_enqueue(&self, message: &mut Message) -> Result<(), BoxError> {
-        for option in [ON_SUCCESS, ON_FAILURE, ON_RETRY_EXHAUSTED] {
-            message.options.extra::<String>(option)?;
-        }
-        Ok(())
+    /// Callback options name an actor: a string (the app checks their type
+    /// at build and at every send).
+    fn declared_options(&self) -> Vec<DeclaredOption> {
+        CALLBACKS.iter().map(|key| key.declare_local()).collect()
     }
 
     /// Every callback named in a registered actor's options is a registered
@@ -355,12 +354,12 @@ impl Middleware for Callbacks {
         let mut actors: Vec<_> = app.actors().collect();
         actors.sort_by_key(|actor| actor.name());
         for actor in actors {
-            for option in [ON_SUCCESS, ON_FAILURE, ON_RETRY_EXHAUSTED] {
-                let name = actor.options().extra::<String>(option).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            for option in CALLBACKS {
+                let name = actor.options().option(option).map_err(|e| ConfigError::Invalid(e.to_string()))?;
                 if let Some(name) = name.filter(|name| app.actor(name).is_none()) {
                     return Err(ConfigError::UnknownActor {
                         actor: actor.name().to_owned(),
-                        option: option.to_owned(),
+                        option: option.name().to_owned(),
                         name,
                     });
                 }

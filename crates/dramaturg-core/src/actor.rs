@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::encoder::{decode_value, encode_value, CodecError, Encoder};
 use crate::outcome::{BoxError, Failure, Output, RecordLimits};
-use crate::{App, Context, EnqueueError, MessageId, Options, SendOptions};
+use crate::{App, Context, EnqueueError, Options, SendOptions, Sent};
 
 /// One attempt of an actor, not yet started: futures do nothing until
 /// polled, so a middleware that skips a message simply drops it.
@@ -32,17 +32,18 @@ pub type Job = Pin<Box<dyn Future<Output = Result<Output, Failure>> + Send + 'st
 /// struct Resize { image_id: u64 }
 ///
 /// impl Resize {
-///     async fn perform(self, _ctx: &Context) -> Result<(), std::io::Error> {
-///         Ok(())
+///     async fn perform(self, _ctx: &Context) -> Result<u64, std::io::Error> {
+///         Ok(1024) // the size of the new image
 ///     }
 /// }
 ///
 /// impl Actor for Resize {
 ///     const NAME: &'static str = "resize";
 ///     const QUEUE: &'static str = "media";
+///     type Output = u64;
 ///
 ///     fn into_job(self, ctx: Context) -> Job {
-///         Box::pin(async move { into_job_result(self.perform(&ctx).await) })
+///         Box::pin(async move { into_job_result::<Self, _>(self.perform(&ctx).await) })
 ///     }
 /// }
 /// ```
@@ -58,6 +59,12 @@ pub trait Actor: Serialize + DeserializeOwned + Send + 'static {
 
     /// The queue its messages go to (the derive's default is `"default"`).
     const QUEUE: &'static str;
+
+    /// What the handler returns when it succeeds: the `T` of its
+    /// `Result<T, E>`. The derive's default is `()`; say another with
+    /// `#[actor(output = T)]`. It reaches `on_success` callbacks as their
+    /// `result`, and the [`Sent`] handle of a message is typed by it.
+    type Output: Serialize + DeserializeOwned + Send + Sync + 'static;
 
     /// Whether the handler is blocking (CPU-bound) and runs on the blocking
     /// thread pool rather than on the async worker threads.
@@ -75,15 +82,16 @@ pub trait Actor: Serialize + DeserializeOwned + Send + 'static {
     /// Turns the arguments into one attempt of the job, run with `ctx`.
     fn into_job(self, ctx: Context) -> Job;
 
-    /// Sends a message to this actor with its default options; returns the
-    /// message id once the broker has the message.
+    /// Sends a message to this actor with its default options; returns its
+    /// [`Sent`] handle (the message id, typed by the actor) once the broker
+    /// has the message.
     ///
     /// # Errors
     ///
     /// [`EnqueueError`]: the app does not know this actor, the message is too
     /// large, a middleware refused it, or the broker did not take it. Nothing
     /// was enqueued.
-    fn send(&self, app: &App) -> impl Future<Output = Result<MessageId, EnqueueError>> + Send + 'static {
+    fn send(&self, app: &App) -> impl Future<Output = Result<Sent<Self>, EnqueueError>> + Send + 'static {
         app.send(self, SendOptions::default())
     }
 
@@ -96,20 +104,60 @@ pub trait Actor: Serialize + DeserializeOwned + Send + 'static {
         &self,
         app: &App,
         options: SendOptions,
-    ) -> impl Future<Output = Result<MessageId, EnqueueError>> + Send + 'static {
+    ) -> impl Future<Output = Result<Sent<Self>, EnqueueError>> + Send + 'static {
         app.send(self, options)
     }
 }
 
-/// Converts what a handler returned into the result of a [`Job`]. The error
-/// can be any type that converts into a boxed error: a typed error, a
-/// `Box<dyn Error + Send + Sync>`, a `String`.
-pub fn into_job_result<T, E>(result: Result<T, E>) -> Result<Output, Failure>
+/// Converts what the handler of `A` returned into the result of a [`Job`]:
+/// what `#[derive(Actor)]` calls. The handler returns `Result<A::Output, E>`
+/// where `E` is any type that converts into a boxed error: a typed error,
+/// a `Box<dyn Error + Send + Sync>`, a `String`.
+pub fn into_job_result<A: Actor, R: HandlerResult<A::Output>>(result: R) -> Result<Output, Failure> {
+    result.into_job_result()
+}
+
+/// What an actor's handler returns: `Result<T, E>`, where `T` is the
+/// actor's [`Output`](Actor::Output) and `E` converts into a [`BoxError`].
+#[diagnostic::on_unimplemented(
+    message = "an actor's handler must return `Result<{T}, E>`, and this one returns `{Self}`",
+    label = "the handler's return type does not fit the actor",
+    note = "`{T}` is the actor's output: `()` unless the actor says `#[actor(output = YourType)]`",
+    note = "`E` is any error that converts into `BoxError` (`std::io::Error`, `Box<dyn Error + Send + Sync>`, `String`, `Fail`)",
+    note = "a handler that is an `async fn` needs no `blocking`; a plain `fn` needs `#[actor(blocking)]`"
+)]
+pub trait HandlerResult<T> {
+    /// The job's result: the output kept as [`Output`], or the error as a
+    /// [`Failure`].
+    fn into_job_result(self) -> Result<Output, Failure>;
+}
+
+impl<T, E> HandlerResult<T> for Result<T, E>
 where
     T: Serialize + Send + Sync + 'static,
     E: Into<BoxError>,
 {
-    result.map(Output::new).map_err(Failure::from_error)
+    fn into_job_result(self) -> Result<Output, Failure> {
+        self.map(Output::new).map_err(Failure::from_error)
+    }
+}
+
+/// What the handler of an actor that is not `blocking` returns: a future,
+/// since the worker awaits it. Checked by `#[derive(Actor)]` so that a plain
+/// `fn` handler gets an error that says what to write.
+#[diagnostic::on_unimplemented(
+    message = "the handler of this actor is not `async`: it returns `{Self}`, not a future",
+    label = "a handler that is not async",
+    note = "write `async fn perform(self, ctx: &Context)`, or mark the actor `#[actor(blocking)]` to run a plain `fn` on the blocking thread pool"
+)]
+pub trait AsyncHandler: Future {}
+
+impl<F: Future> AsyncHandler for F {}
+
+/// Passes the future of an async handler through unchanged: the check
+/// behind [`AsyncHandler`]'s error message.
+pub fn async_handler<F: AsyncHandler>(future: F) -> F {
+    future
 }
 
 /// Runs a blocking handler on tokio's blocking thread pool.

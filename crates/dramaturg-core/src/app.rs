@@ -14,7 +14,7 @@ use crate::error::{BrokerError, BrokerErrorKind, ConfigError, EnqueueError};
 use crate::message::ETA;
 use crate::middleware::Middleware;
 use crate::outcome::ErrorType;
-use crate::{Actor, Message, MessageId, Options};
+use crate::{Actor, DeclaredOption, Message, MessageId, Options, Sent};
 
 /// The largest encoded message an app sends by default: 1 MiB.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 1024 * 1024;
@@ -48,6 +48,7 @@ struct Inner {
     queues: Vec<String>,
     max_message_size: usize,
     error_types: Vec<ErrorType>,
+    declared_options: Vec<DeclaredOption>,
 }
 
 /// Per-message choices for [`Actor::send_with`]: a delay and option
@@ -163,6 +164,24 @@ impl App {
         &self.inner.error_types
     }
 
+    /// The options of the open map that the app's middleware read (see
+    /// [`Middleware::declared_options`]), the core's [`ETA`] among them.
+    pub fn declared_options(&self) -> &[DeclaredOption] {
+        &self.inner.declared_options
+    }
+
+    /// The options `message` runs with: its own, and for each option it
+    /// does not set, its actor's (when the app knows the actor). A
+    /// middleware's own default comes last, in the middleware. The one
+    /// place this order is decided: the worker gives these to the
+    /// [`Context`](crate::Context).
+    pub fn options_for(&self, message: &Message) -> Options {
+        match self.inner.actors.get(message.actor.as_str()) {
+            Some(actor) => message.options.clone().or(actor.options()),
+            None => message.options.clone(),
+        }
+    }
+
     /// The largest encoded message this app sends, in bytes.
     pub fn max_message_size(&self) -> usize {
         self.inner.max_message_size
@@ -180,14 +199,14 @@ impl App {
         &self,
         actor: &A,
         options: SendOptions,
-    ) -> impl Future<Output = Result<MessageId, EnqueueError>> + Send + 'static {
+    ) -> impl Future<Output = Result<Sent<A>, EnqueueError>> + Send + 'static {
         let message = self.message(actor, options.options);
         let app = self.clone();
-        async move { app.enqueue(message?, options.delay).await }
+        async move { app.enqueue(message?, options.delay).await.map(Sent::from_id) }
     }
 
     /// Sends many messages to one actor in one broker call (one round trip
-    /// on brokers that support it). Returns their ids in order.
+    /// on brokers that support it). Returns their handles in order.
     ///
     /// # Errors
     ///
@@ -196,11 +215,11 @@ impl App {
     pub fn send_many<'a, A: Actor>(
         &self,
         actors: impl IntoIterator<Item = &'a A>,
-    ) -> impl Future<Output = Result<Vec<MessageId>, EnqueueError>> + Send + 'static {
+    ) -> impl Future<Output = Result<Vec<Sent<A>>, EnqueueError>> + Send + 'static {
         let messages: Result<Vec<_>, _> =
             actors.into_iter().map(|actor| self.message(actor, Options::default()).map(|m| (m, None))).collect();
         let app = self.clone();
-        async move { app.enqueue_many(messages?).await }
+        async move { Ok(app.enqueue_many(messages?).await?.into_iter().map(Sent::from_id).collect()) }
     }
 
     /// Builds the message for `actor` without sending it.
@@ -284,6 +303,11 @@ impl App {
                 .map_err(|source| EnqueueError::Rejected { middleware: middleware.name(), source })?;
         }
         message.options.check_known()?;
+        for declared in &self.inner.declared_options {
+            if let Some(value) = message.options.extra.get(declared.name()) {
+                declared.check(value)?;
+            }
+        }
         let actor = self.inner.actors.get(message.actor.as_str()).map(ActorInfo::options);
         let priority = message.options.priority.or(actor.and_then(|a| a.priority));
         let delay = delay.filter(|d| !d.is_zero());
@@ -300,7 +324,7 @@ impl App {
             // limit can tell a message delayed past its max_age from one
             // that waited too long.
             let eta = message.enqueued_at_ms.saturating_add(crate::time::millis(delay));
-            message.options.extra.insert(ETA.to_owned(), eta.into());
+            message.options.extra.insert(ETA.name().to_owned(), eta.into());
         }
         let body = self.encoder().encode_message(&message)?;
         if body.len() > self.inner.max_message_size {
@@ -544,6 +568,15 @@ impl AppBuilder {
                 return Err(ConfigError::DuplicateActor(previous.name().to_owned()));
             }
         }
+        let mut declared_options = vec![ETA.declare_local()];
+        for option in self.stack.iter().flat_map(|m| m.declared_options()) {
+            if !declared_options.iter().any(|known| known.name() == option.name()) {
+                declared_options.push(option);
+            }
+        }
+        for actor in actors.values() {
+            check_actor_options(actor, &declared_options)?;
+        }
         let mut error_types: Vec<ErrorType> = Vec::new();
         for ty in self.stack.iter().flat_map(|m| m.error_types()) {
             if !error_types.iter().any(|known| known.type_id() == ty.type_id()) {
@@ -553,6 +586,7 @@ impl AppBuilder {
         let app = App {
             inner: Arc::new(Inner {
                 error_types,
+                declared_options,
                 broker: self.broker,
                 encoder: self.encoder,
                 stack: self.stack,
@@ -566,6 +600,23 @@ impl AppBuilder {
         }
         Ok(app)
     }
+}
+
+/// Refuses an actor option that no middleware declared, or of the wrong type.
+fn check_actor_options(actor: &ActorInfo, declared: &[DeclaredOption]) -> Result<(), ConfigError> {
+    let invalid = |source| ConfigError::InvalidOption { actor: actor.name().to_owned(), source };
+    // Options the core knows may be given through the open map too.
+    let mut options = actor.options().clone();
+    options.check_known().map_err(invalid)?;
+    for (key, value) in &options.extra {
+        let Some(option) = declared.iter().find(|d| d.name() == key) else {
+            let mut known: Vec<_> = declared.iter().map(DeclaredOption::name).collect();
+            known.sort_unstable();
+            return Err(ConfigError::UnknownOption { actor: actor.name().to_owned(), option: key.clone(), known });
+        };
+        option.check(value).map_err(invalid)?;
+    }
+    Ok(())
 }
 
 impl fmt::Debug for AppBuilder {

@@ -463,13 +463,14 @@ struct Nap {
 
 impl Actor for Nap {
     const NAME: &'static str = "conformance_nap";
+    type Output = ();
     const QUEUE: &'static str = "naps";
 
     fn into_job(self, _ctx: Context) -> Job {
         Box::pin(async move {
             tokio::time::sleep(Duration::from_millis(self.millis)).await;
             *crate::sync::lock(&NAPS_DONE).entry(self.tag).or_default() += 1;
-            into_job_result(Ok::<(), crate::BoxError>(()))
+            into_job_result::<Self, _>(Ok::<(), crate::BoxError>(()))
         })
     }
 }
@@ -502,9 +503,10 @@ struct Flaky;
 
 impl Actor for Flaky {
     const NAME: &'static str = "conformance_flaky";
+    type Output = ();
     const QUEUE: &'static str = "flaky";
 
     fn into_job(self, _ctx: Context) -> Job {
-        Box::pin(async move { into_job_result(Err::<(), Fail>(Fail::new(std::io::Error::other("flaky")))) })
+        Box::pin(async move { into_job_result::<Self, _>(Err::<(), Fail>(Fail::new(std::io::Error::other("flaky")))) })
     }
 }

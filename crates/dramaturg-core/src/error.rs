@@ -218,4 +218,34 @@ pub enum ConfigError {
         /// The unknown name.
         name: String,
     },
+    /// A registered actor's options hold a key that no middleware of the
+    /// app declared (see
+    /// [`Middleware::declared_options`](crate::Middleware::declared_options)):
+    /// a typo, or the middleware that reads it is not in the stack.
+    #[error("actor {actor:?} has the option {option:?}, which no middleware of the app reads{}", known_list(known))]
+    UnknownOption {
+        /// The actor whose option it is.
+        actor: String,
+        /// The option.
+        option: String,
+        /// The options the app's middleware declared, sorted.
+        known: Vec<&'static str>,
+    },
+    /// A registered actor's option has a value of the wrong type.
+    #[error("actor {actor:?}: {source}")]
+    InvalidOption {
+        /// The actor whose option it is.
+        actor: String,
+        /// What is wrong with it.
+        source: crate::OptionError,
+    },
+}
+
+/// `"; the app's middleware read: a, b"`, or nothing when they read none.
+fn known_list(known: &[&'static str]) -> String {
+    if known.is_empty() {
+        "; the app's middleware read no options of the open map".to_owned()
+    } else {
+        format!("; the app's middleware read: {}", known.join(", "))
+    }
 }

@@ -8,7 +8,7 @@
 //! - [`Encoder`] ([`MessagePack`], [`Json`]): messages to bytes and back.
 //! - [`Broker`], [`Consumer`], [`Delivery`]: the transport; [`QueueAdmin`]
 //!   and [`DeadLetters`] are optional abilities.
-//! - [`Actor`]: typed job handlers.
+//! - [`Actor`]: typed job handlers; [`Sent`]: the typed handle a send returns.
 //! - [`Middleware`] and [`Next`]: the ordered stack around every message.
 //! - [`Context`]: one per delivery, shared by the stack and the actor.
 //! - [`Outcome`], [`Failure`], [`ErrorRecord`]: what came of a message.
@@ -36,8 +36,10 @@ pub use inventory;
 mod memory;
 mod message;
 pub mod middleware;
+mod options;
 pub mod outcome;
 pub mod random;
+mod sent;
 mod signal;
 pub mod sync;
 pub mod time;
@@ -58,9 +60,11 @@ pub use error::{BrokerError, BrokerErrorKind, ConfigError, EnqueueError};
 pub use fail::{Fail, Interrupted, Interruption, Retry};
 pub use id::{MessageId, ParseMessageIdError};
 pub use memory::MemoryBroker;
-pub use message::{now_ms, Message, OptionError, Options, ETA};
+pub use message::{now_ms, Message, ETA};
 pub use middleware::{Middleware, Next};
+pub use options::{DeclaredOption, OptionError, OptionKey, Options};
 pub use outcome::{BoxError, ErrorRecord, ErrorType, Failure, FailureKind, NextAttempt, Outcome, Output, RecordLimits};
+pub use sent::Sent;
 pub use worker::{ShutdownHandle, Worker, WorkerGauges, WorkerReport};
 
 /// Re-exported so that middleware and brokers can be written without

@@ -147,6 +147,17 @@ pub trait Middleware: Send + Sync + 'static {
     fn error_types(&self) -> Vec<ErrorType> {
         Vec::new()
     }
+
+    /// The options of the open map this middleware reads, each an
+    /// [`OptionKey`](crate::OptionKey) it owns, declared with
+    /// [`OptionKey::declare`](crate::OptionKey::declare).
+    /// [`AppBuilder::build`](crate::AppBuilder::build) refuses an actor
+    /// whose options hold a key that no middleware of the app declared
+    /// (a typo, or a middleware left out of the stack) or a declared key of
+    /// the wrong type; sends refuse declared keys of the wrong type.
+    fn declared_options(&self) -> Vec<crate::DeclaredOption> {
+        Vec::new()
+    }
 }
 
 #[async_trait]
@@ -185,6 +196,10 @@ impl<M: Middleware + ?Sized> Middleware for Arc<M> {
 
     fn error_types(&self) -> Vec<ErrorType> {
         (**self).error_types()
+    }
+
+    fn declared_options(&self) -> Vec<crate::DeclaredOption> {
+        (**self).declared_options()
     }
 }
 

@@ -739,7 +739,7 @@ async fn run_message(
     if let Some(lease) = lease {
         lease.set_actor(actor.name());
     }
-    let options = message.options.clone().or(actor.options());
+    let options = app.options_for(&message);
     let ctx = Context::new(message, options, app.clone(), redelivered);
     let job = if actor.isolated() {
         actor.child_args(app.encoder(), &ctx.message().args).map(|args| shared.children.job(ctx.clone(), args))

@@ -2,11 +2,12 @@
 
 use proc_macro2::Span;
 use syn::meta::ParseNestedMeta;
-use syn::{DeriveInput, Lit, LitBool, LitInt};
+use syn::{DeriveInput, Expr, Lit, LitBool, LitInt, Path, Type};
 
 /// The keys `#[actor(...)]` accepts, for error messages.
-const KEYS: &str = "name, queue, max_retries, min_backoff, max_backoff, time_limit, idle_timeout, max_age, \
-                    priority, blocking, isolated, abortable, handler, on_success, on_failure, on_retry_exhausted";
+const KEYS: &str = "name, queue, output, max_retries, min_backoff, max_backoff, time_limit, idle_timeout, \
+                    max_age, priority, blocking, isolated, abortable, handler, on_success, on_failure, \
+                    on_retry_exhausted, option(...)";
 
 /// An attribute value together with where it was written.
 pub(crate) struct Spanned<T> {
@@ -30,9 +31,22 @@ pub(crate) struct Attrs {
     pub(crate) blocking: Option<Spanned<bool>>,
     pub(crate) isolated: Option<Spanned<bool>>,
     pub(crate) abortable: Option<Spanned<bool>>,
-    pub(crate) on_success: Option<Spanned<String>>,
-    pub(crate) on_failure: Option<Spanned<String>>,
-    pub(crate) on_retry_exhausted: Option<Spanned<String>>,
+    pub(crate) on_success: Option<Spanned<Callback>>,
+    pub(crate) on_failure: Option<Spanned<Callback>>,
+    pub(crate) on_retry_exhausted: Option<Spanned<Callback>>,
+    /// `output = Type`: the handler's success type.
+    pub(crate) output: Option<Spanned<Type>>,
+    /// `option(key = value, ...)`: options of other middleware, in order.
+    pub(crate) options: Vec<(syn::Ident, Expr)>,
+}
+
+/// The actor a callback option names.
+pub(crate) enum Callback {
+    /// An actor type, `on_failure = ReportFailure`: checked by the compiler.
+    Type(Path),
+    /// An actor name, `on_failure = "report_failure"`: for an actor that is
+    /// not a type in this program; checked when the app is built.
+    Name(String),
 }
 
 pub(crate) fn parse(input: &DeriveInput) -> syn::Result<Attrs> {
@@ -50,16 +64,21 @@ pub(crate) fn parse(input: &DeriveInput) -> syn::Result<Attrs> {
                 "max_backoff" => set(&meta, &mut attrs.max_backoff, duration(&meta, &key)?),
                 "time_limit" => set(&meta, &mut attrs.time_limit, duration(&meta, &key)?),
                 "idle_timeout" => set(&meta, &mut attrs.idle_timeout, duration(&meta, &key)?),
-                "on_success" => set(&meta, &mut attrs.on_success, string(&meta, &key)?),
-                "on_failure" => set(&meta, &mut attrs.on_failure, string(&meta, &key)?),
-                "on_retry_exhausted" => set(&meta, &mut attrs.on_retry_exhausted, string(&meta, &key)?),
+                "on_success" => set(&meta, &mut attrs.on_success, callback(&meta, &key)?),
+                "on_failure" => set(&meta, &mut attrs.on_failure, callback(&meta, &key)?),
+                "on_retry_exhausted" => set(&meta, &mut attrs.on_retry_exhausted, callback(&meta, &key)?),
+                "output" => set(&meta, &mut attrs.output, output(&meta)?),
+                "option" => options(&meta, &mut attrs.options),
                 "max_age" => set(&meta, &mut attrs.max_age, duration(&meta, &key)?),
                 "max_retries" => set(&meta, &mut attrs.max_retries, integer(&meta, &key, "0 to 4294967295")?),
                 "priority" => set(&meta, &mut attrs.priority, integer(&meta, &key, "0 to 255")?),
                 "blocking" => set(&meta, &mut attrs.blocking, flag(&meta, &key)?),
                 "isolated" => set(&meta, &mut attrs.isolated, flag(&meta, &key)?),
                 "abortable" => set(&meta, &mut attrs.abortable, flag(&meta, &key)?),
-                other => Err(meta.error(format_args!("unknown actor attribute `{other}`; expected one of: {KEYS}"))),
+                other => Err(meta.error(format_args!(
+                    "unknown actor attribute `{other}`; expected one of: {KEYS} \
+                     (an option of another middleware goes in option({other} = ...))"
+                ))),
             }
         })?;
     }
@@ -84,6 +103,49 @@ fn string(meta: &ParseNestedMeta<'_>, key: &str) -> syn::Result<Spanned<String>>
         Lit::Str(s) => Ok(Spanned { value: s.value(), span: s.span() }),
         other => Err(syn::Error::new(other.span(), format_args!("`{key}` expects a string, like {key} = \"...\""))),
     }
+}
+
+fn callback(meta: &ParseNestedMeta<'_>, key: &str) -> syn::Result<Spanned<Callback>> {
+    let value =
+        meta.value().map_err(|_| meta.error(format_args!("`{key}` needs a value, like {key} = ReportFailure")))?;
+    if value.peek(Lit) {
+        return match value.parse::<Lit>()? {
+            Lit::Str(s) => Ok(Spanned { value: Callback::Name(s.value()), span: s.span() }),
+            other => Err(syn::Error::new(
+                other.span(),
+                format_args!("`{key}` names an actor: its type, like {key} = ReportFailure, or its name in a string"),
+            )),
+        };
+    }
+    let path: Path = value.parse()?;
+    let span = syn::spanned::Spanned::span(&path);
+    Ok(Spanned { value: Callback::Type(path), span })
+}
+
+fn output(meta: &ParseNestedMeta<'_>) -> syn::Result<Spanned<Type>> {
+    let value = meta.value().map_err(|_| meta.error("`output` needs a type, like output = u64"))?;
+    let ty: Type = value.parse()?;
+    let span = syn::spanned::Spanned::span(&ty);
+    Ok(Spanned { value: ty, span })
+}
+
+/// `option(key = value, ...)`: any option, for the middleware that reads it
+/// (the app refuses keys no middleware declared when it is built).
+fn options(meta: &ParseNestedMeta<'_>, options: &mut Vec<(syn::Ident, Expr)>) -> syn::Result<()> {
+    if !meta.input.peek(syn::token::Paren) {
+        return Err(meta.error("`option` takes a list, like option(tenant = \"acme\", limit = 10)"));
+    }
+    meta.parse_nested_meta(|inner| {
+        let Some(key) = inner.path.get_ident().cloned() else {
+            return Err(inner.error("an option's key is a plain name, like option(limit = 10)"));
+        };
+        if options.iter().any(|(known, _)| *known == key) {
+            return Err(inner.error(format_args!("option `{key}` is given twice")));
+        }
+        let value = inner.value().map_err(|_| inner.error(format_args!("option `{key}` needs a value")))?;
+        options.push((key, value.parse()?));
+        Ok(())
+    })
 }
 
 fn duration(meta: &ParseNestedMeta<'_>, key: &str) -> syn::Result<Spanned<String>> {

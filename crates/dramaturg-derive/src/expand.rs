@@ -4,6 +4,9 @@ use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
 use syn::DeriveInput;
 
+use syn::spanned::Spanned;
+
+use crate::attr::Callback;
 use crate::valid::Actor;
 
 pub(crate) fn actor_impl(input: &DeriveInput, actor: &Actor) -> TokenStream {
@@ -25,17 +28,33 @@ pub(crate) fn actor_impl(input: &DeriveInput, actor: &Actor) -> TokenStream {
         duration(actor.idle_timeout_ms, "with_idle_timeout"),
         duration(actor.max_age_ms, "with_max_age"),
     ];
-    let abortable = actor.abortable.map(|abortable| quote!(let options = options.with_extra("abortable", #abortable);));
-    let callbacks = actor.callbacks.iter().map(|(key, name)| quote!(let options = options.with_extra(#key, #name);));
+    let abortable = actor
+        .abortable
+        .map(|abortable| quote!(let options = options.with_option(#private::abort::ABORTABLE, #abortable);));
+    let callbacks = actor.callbacks.iter().map(|(key, callback)| {
+        let key = syn::Ident::new(key, proc_macro2::Span::call_site());
+        let name = match callback {
+            Callback::Type(path) => quote_spanned!(path.span()=> <#path as #private::Actor>::NAME),
+            Callback::Name(name) => quote!(#name),
+        };
+        quote!(let options = options.with_option(#private::callbacks::#key, #name.to_owned());)
+    });
+    let passed = actor.options.iter().map(|(key, value)| {
+        let key = key.to_string();
+        quote!(let options = options.with_extra(#key, #value);)
+    });
+    let output = actor.output.as_ref().map_or_else(|| quote!(()), |ty| quote!(#ty));
     let setters = setters.iter().flatten();
     // Errors about the handler (missing, wrong signature) point at the type.
     let job = if *blocking {
         quote_spanned! {ident.span()=>
-            #private::run_blocking(ctx, move |ctx| #private::into_job_result(#ident::#handler(self, ctx)))
+            #private::run_blocking(ctx, move |ctx| #private::into_job_result::<Self, _>(#ident::#handler(self, ctx)))
         }
     } else {
         quote_spanned! {ident.span()=>
-            ::std::boxed::Box::pin(async move { #private::into_job_result(#ident::#handler(self, &ctx).await) })
+            ::std::boxed::Box::pin(async move {
+                #private::into_job_result::<Self, _>(#private::async_handler(#ident::#handler(self, &ctx)).await)
+            })
         }
     };
     // The child process of an isolated actor finds it by name here.
@@ -53,12 +72,14 @@ pub(crate) fn actor_impl(input: &DeriveInput, actor: &Actor) -> TokenStream {
             const QUEUE: &'static str = #queue;
             const BLOCKING: bool = #blocking;
             const ISOLATED: bool = #isolated;
+            type Output = #output;
 
             fn options() -> #private::Options {
                 let options = #private::Options::default();
                 #(#setters)*
                 #(#callbacks)*
                 #abortable
+                #(#passed)*
                 options
             }
 

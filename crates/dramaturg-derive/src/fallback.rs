@@ -12,6 +12,7 @@ pub(crate) fn actor_impl(input: &DeriveInput) -> TokenStream {
         impl ::dramaturg::__private::Actor for #ident {
             const NAME: &'static str = "";
             const QUEUE: &'static str = "";
+            type Output = ();
 
             fn into_job(self, _: ::dramaturg::__private::Context) -> ::dramaturg::__private::Job {
                 ::core::unreachable!("this actor did not compile")

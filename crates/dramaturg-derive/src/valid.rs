@@ -3,7 +3,7 @@
 use proc_macro2::Span;
 use syn::{Data, DeriveInput, Ident};
 
-use crate::attr::{Attrs, Spanned};
+use crate::attr::{Attrs, Callback, Spanned};
 use crate::duration::parse_millis;
 
 /// Everything the expansion needs, checked.
@@ -23,8 +23,12 @@ pub(crate) struct Actor {
     pub(crate) time_limit_ms: Option<u64>,
     pub(crate) idle_timeout_ms: Option<u64>,
     pub(crate) max_age_ms: Option<u64>,
-    /// Callback options: (option key, actor name).
-    pub(crate) callbacks: Vec<(&'static str, String)>,
+    /// Callback options: (the callbacks crate's key constant, the actor).
+    pub(crate) callbacks: Vec<(&'static str, Callback)>,
+    /// The handler's success type (`()` unless given).
+    pub(crate) output: Option<syn::Type>,
+    /// Options of other middleware, passed through.
+    pub(crate) options: Vec<(Ident, syn::Expr)>,
 }
 
 pub(crate) fn check(input: &DeriveInput, attrs: Attrs) -> syn::Result<Actor> {
@@ -55,12 +59,16 @@ pub(crate) fn check(input: &DeriveInput, attrs: Attrs) -> syn::Result<Actor> {
     let idle_timeout_ms = positive(millis(attrs.idle_timeout)?, "idle_timeout")?;
     let mut callbacks = Vec::new();
     for (key, value) in [
-        ("on_success", attrs.on_success),
-        ("on_failure", attrs.on_failure),
-        ("on_retry_exhausted", attrs.on_retry_exhausted),
+        ("ON_SUCCESS", attrs.on_success),
+        ("ON_FAILURE", attrs.on_failure),
+        ("ON_RETRY_EXHAUSTED", attrs.on_retry_exhausted),
     ] {
-        if let Some(actor) = non_empty(value, key)? {
-            callbacks.push((key, actor));
+        match value {
+            Some(Spanned { value: Callback::Name(name), span }) if name.trim().is_empty() => {
+                return Err(syn::Error::new(span, "a callback actor's name must not be empty"));
+            }
+            Some(callback) => callbacks.push((key, callback.value)),
+            None => {}
         }
     }
     Ok(Actor {
@@ -77,6 +85,8 @@ pub(crate) fn check(input: &DeriveInput, attrs: Attrs) -> syn::Result<Actor> {
         time_limit_ms,
         idle_timeout_ms,
         callbacks,
+        output: attrs.output.map(|o| o.value),
+        options: attrs.options,
         max_age_ms: millis(attrs.max_age)?.map(|d| d.value),
     })
 }

@@ -61,12 +61,13 @@ use std::time::Duration;
 
 use dramaturg_core::random::random_fraction;
 use dramaturg_core::{
-    async_trait, Context, ErrorRecord, ErrorType, Failure, Middleware, Next, NextAttempt, Outcome, Retry, MAX_DELAY,
+    async_trait, Context, DeclaredOption, ErrorRecord, ErrorType, Failure, Middleware, Next, NextAttempt, OptionKey,
+    Outcome, Retry, MAX_DELAY,
 };
 
 /// The key under which a retried message carries the record of the failure
-/// that caused its retry (read it with `ctx.options().extra::<ErrorRecord>(LAST_ERROR)`).
-pub const LAST_ERROR: &str = "last_error";
+/// that caused its retry (read it with `ctx.options().option(LAST_ERROR)`).
+pub const LAST_ERROR: OptionKey<ErrorRecord> = OptionKey::new("last_error");
 
 /// Exponential backoff with jitter; see the crate docs for the formula.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -243,6 +244,10 @@ impl Middleware for Retries {
         "retries"
     }
 
+    fn declared_options(&self) -> Vec<DeclaredOption> {
+        vec![LAST_ERROR.declare_local()]
+    }
+
     fn error_types(&self) -> Vec<ErrorType> {
         self.never.clone()
     }
@@ -266,7 +271,7 @@ impl Middleware for Retries {
         retry.retries += 1;
         match serde_json::to_value(failure.record()) {
             Ok(record) => {
-                retry.options.extra.insert(LAST_ERROR.to_owned(), record);
+                retry.options.extra.insert(LAST_ERROR.name().to_owned(), record);
             }
             Err(error) => tracing::debug!(%error, "cannot attach the error record to the retry"),
         }

@@ -1,6 +1,7 @@
 //! The callbacks middleware of [dramaturg](https://docs.rs/dramaturg): when
 //! a message succeeds or fails, send a message to another actor, named per
-//! actor (`#[actor(on_failure = "report_failure")]`) or per message.
+//! actor (`#[actor(on_failure = ReportFailure)]`, by its type, or
+//! `on_failure = "report_failure"`, by its name) or per message.
 //!
 //! | option | fires | the callback receives |
 //! |---|---|---|
@@ -34,7 +35,7 @@
 //! ```
 //!
 //! The callback actors named in a registered actor's options
-//! (`#[actor(on_failure = "…")]`) must be registered too: `build()` fails
+//! (`#[actor(on_failure = …)]`) must be registered too: `build()` fails
 //! with `ConfigError::UnknownActor` naming the one it does not know. Names
 //! set per message are checked when the callback fires.
 //!
@@ -48,7 +49,9 @@
 //! (`max_retries`, `time_limit`, `priority`, …, which the callback actor
 //! takes from its own attributes), its callback options (a callback would
 //! otherwise fire callbacks of its own), the retry middleware's
-//! `last_error` and the abort middleware's `abortable`. Choose otherwise
+//! `last_error` and the abort middleware's `abortable` — every option a
+//! middleware declared with
+//! [`OptionKey::declare_local`](dramaturg_core::OptionKey::declare_local). Choose otherwise
 //! with [`Callbacks::propagate_only`] or [`Callbacks::propagate_nothing`].
 //!
 //! # A callback that cannot be sent

@@ -24,6 +24,7 @@ impl HTTPPing {
 
 /// Boxed error and a returned value.
 #[derive(Actor, Serialize, Deserialize)]
+#[actor(output = i64)]
 struct Add {
     a: i64,
     b: i64,
@@ -54,7 +55,7 @@ impl Command {
 
 /// A blocking handler is a plain fn.
 #[derive(Actor, Serialize, Deserialize)]
-#[actor(blocking = true, queue = "cpu")]
+#[actor(blocking = true, queue = "cpu", output = u64)]
 struct Crunch {
     n: u64,
 }

@@ -21,8 +21,8 @@ pub use dramaturg_core::{
     ErrorType, Fail, Failure, FailureKind, Interrupted, Interruption, Job, Json, MemoryBroker, Message, MessageId,
     MessagePack, Metadata, Middleware, Next, NextAttempt, OptionError, OptionKey, Options, Outcome, Outgoing, Output,
     ParseMessageIdError, QueueAdmin, QueueStats, Receipt, RecordLimits, Replay, ReplayError, ReplayReport,
-    ReplayRetries, Retry, SendOptions, Sent, SettleError, Settled, Settlement, ShutdownHandle, Worker, WorkerGauges,
-    WorkerReport, DEFAULT_MAX_MESSAGE_SIZE,
+    ReplayRetries, Retry, SendOptions, Sent, SettleError, Settled, Settlement, ShutdownHandle, Worker, WorkerError,
+    WorkerGauges, WorkerReport, DEFAULT_MAX_MESSAGE_SIZE,
 };
 pub use dramaturg_core::{isolation, sync, time};
 pub use dramaturg_error_capture as error_capture;

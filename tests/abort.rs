@@ -89,7 +89,7 @@ fn memory_app(broker: &MemoryBroker) -> App {
 }
 
 /// A worker running in the background.
-type Running = (ShutdownHandle, tokio::task::JoinHandle<Result<WorkerReport, dramaturg::BrokerError>>);
+type Running = (ShutdownHandle, tokio::task::JoinHandle<Result<WorkerReport, dramaturg::WorkerError>>);
 
 /// Runs a worker on `app` in the background.
 fn start(app: &App) -> Running {

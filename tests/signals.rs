@@ -36,7 +36,12 @@ fn signal_child() {
         let app = App::builder(broker.clone()).actor::<Stuck>().build().unwrap();
         Stuck.send(&app).await.unwrap();
         let grace = Duration::from_millis(grace_ms.parse().unwrap());
-        let report = Worker::new(app).grace_period(grace).run_until_signal().await.unwrap();
+        // The caller decides how the process ends: at once, with 130, on
+        // a second signal.
+        let report = match Worker::new(app).grace_period(grace).run_until_signal().await {
+            Ok(report) => report,
+            Err(error) => std::process::exit(error.exit_code()),
+        };
         let stats = dramaturg::QueueAdmin::stats(&broker, "default").await.unwrap();
         println!("REPORT requeued={} ready={}", report.requeued, stats.ready);
     });
@@ -153,6 +158,11 @@ fn blocking_child() {
             "REPORT succeeded={} requeued={} abandoned={} ready={}",
             report.succeeded, report.requeued, report.abandoned_threads, stats.ready
         );
+        // Abandoned threads would hold the runtime's drop, and finish work
+        // that is back in its queue: the caller ends the process.
+        if report.must_exit() {
+            std::process::exit(0);
+        }
     });
 }
 

@@ -65,7 +65,7 @@ pub use middleware::{Middleware, Next};
 pub use options::{DeclaredOption, OptionError, OptionKey, Options};
 pub use outcome::{BoxError, ErrorRecord, ErrorType, Failure, FailureKind, NextAttempt, Outcome, Output, RecordLimits};
 pub use sent::Sent;
-pub use worker::{ShutdownHandle, Worker, WorkerGauges, WorkerReport};
+pub use worker::{ShutdownHandle, Worker, WorkerError, WorkerGauges, WorkerReport};
 
 /// Re-exported so that middleware and brokers can be written without
 /// depending on `async-trait` themselves.

@@ -192,6 +192,49 @@ impl WorkerReport {
     pub fn dead_lettered(&self) -> u64 {
         self.failed + self.rejected
     }
+
+    /// Whether the process should end now rather than return from `main`:
+    /// blocking threads still run ([`WorkerReport::abandoned_threads`]),
+    /// and a tokio runtime waits for them when it is dropped, letting them
+    /// finish work that is back in its queue. End it with
+    /// `std::process::exit(0)`.
+    pub fn must_exit(&self) -> bool {
+        self.abandoned_threads > 0
+    }
+}
+
+/// Why a worker did not run, or stopped short of a graceful shutdown.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WorkerError {
+    /// The broker failed at start (declaring or consuming the queues), or
+    /// the queues were not drained in time
+    /// ([`Worker::run_until_drained`]).
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    /// The handlers for SIGTERM and SIGINT could not be installed.
+    #[error("cannot listen for shutdown signals: {0}")]
+    Signals(#[source] std::io::Error),
+    /// A second SIGTERM or SIGINT arrived during the graceful shutdown: the
+    /// worker stopped at once, leaving the messages it was processing to
+    /// the broker's redelivery. End the process with
+    /// [`WorkerError::exit_code`] (130).
+    #[error("a second shutdown signal: stopped at once")]
+    Forced,
+    /// The worker's own task failed (it panicked).
+    #[error("the worker task failed: {0}")]
+    Task(String),
+}
+
+impl WorkerError {
+    /// The exit status for a process that ends on this error: 130 (as a
+    /// shell reports SIGINT) for [`WorkerError::Forced`], 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::Forced => 130,
+            _ => 1,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -384,40 +427,41 @@ impl Worker {
     }
 
     /// Runs until SIGTERM or SIGINT (Ctrl-C), then shuts down gracefully. A
-    /// second signal exits the process at once with status 130.
+    /// second signal during the shutdown stops the worker at once
+    /// ([`WorkerError::Forced`]).
+    ///
+    /// The library never ends the process; the caller decides. End it at
+    /// once — `std::process::exit` — on `Forced` (with
+    /// [`WorkerError::exit_code`]) and when the report
+    /// [`must_exit`](WorkerReport::must_exit): in both cases threads may
+    /// still run that a tokio runtime would wait for when `main` returns.
     ///
     /// # Errors
     ///
-    /// As [`Worker::run`], and an error of kind `Other` if the signal
-    /// handlers cannot be installed.
-    pub async fn run_until_signal(self) -> Result<WorkerReport, BrokerError> {
+    /// As [`Worker::run`]; [`WorkerError::Signals`] if the signal handlers
+    /// cannot be installed; [`WorkerError::Forced`] after a second signal.
+    pub async fn run_until_signal(self) -> Result<WorkerReport, WorkerError> {
         let handle = self.shutdown_handle();
         // Listen before consuming, so that no signal can slip past.
-        let mut signals = crate::signal::Signals::new().map_err(|e| {
-            BrokerError::new(crate::BrokerErrorKind::Other, "cannot listen for shutdown signals").with_source(e)
-        })?;
-        let listener = tokio::spawn(async move {
+        let mut signals = crate::signal::Signals::new().map_err(WorkerError::Signals)?;
+        let second = async move {
             signals.recv().await;
-            tracing::info!("shutting down gracefully; send the signal again to exit at once");
+            tracing::info!("shutting down gracefully; send the signal again to stop at once");
             handle.shutdown();
             signals.recv().await;
-            tracing::warn!("second signal: exiting at once");
-            std::process::exit(130);
-        });
-        let result = self.run().await;
-        listener.abort();
-        if let Ok(report) = &result {
-            if report.abandoned_threads > 0 {
-                // The runtime would wait for these threads when dropped, and
-                // they would finish messages already back in their queues.
-                tracing::warn!(
-                    threads = report.abandoned_threads,
-                    "exiting the process: blocking threads still run for messages returned to their queues"
-                );
-                std::process::exit(0);
-            }
+            tracing::warn!("second signal: stopping at once");
+        };
+        let report = tokio::select! {
+            result = self.run() => result?,
+            () = second => return Err(WorkerError::Forced),
+        };
+        if report.must_exit() {
+            tracing::warn!(
+                threads = report.abandoned_threads,
+                "blocking threads still run for messages returned to their queues: end the process now"
+            );
         }
-        result
+        Ok(report)
     }
 
     /// Runs until every queue of the app is drained (see [`App::join`]),
@@ -428,14 +472,15 @@ impl Worker {
     ///
     /// As [`Worker::run`]; and a `Timeout` [`BrokerError`] if the queues are
     /// not drained within `timeout` (the worker is shut down all the same).
-    pub async fn run_until_drained(self, timeout: Duration) -> Result<WorkerReport, BrokerError> {
+    pub async fn run_until_drained(self, timeout: Duration) -> Result<WorkerReport, WorkerError> {
         let app = self.app.clone();
         let handle = self.shutdown_handle();
         let running = tokio::spawn(self.run());
         let drained = app.join(timeout).await;
         handle.shutdown();
-        let report = running.await.map_err(|e| BrokerError::new(crate::BrokerErrorKind::Other, e.to_string()))??;
-        drained.map(|()| report)
+        let report = running.await.map_err(|e| WorkerError::Task(e.to_string()))??;
+        drained?;
+        Ok(report)
     }
 
     /// Runs until [`ShutdownHandle::shutdown`] is called, then shuts down
@@ -443,14 +488,14 @@ impl Worker {
     ///
     /// # Errors
     ///
-    /// A [`BrokerError`] if the queues cannot be declared or consumed at
-    /// start. Errors after that are logged and retried with backoff.
+    /// [`WorkerError::Broker`] if the queues cannot be declared or consumed
+    /// at start. Errors after that are logged and retried with backoff.
     ///
     /// # Cancel safety
     ///
     /// Not cancel-safe: dropping the future abandons running messages, which
     /// then return through the broker's redelivery. Use the shutdown handle.
-    pub async fn run(self) -> Result<WorkerReport, BrokerError> {
+    pub async fn run(self) -> Result<WorkerReport, WorkerError> {
         let queues: Vec<String> = match self.queues {
             Some(queues) => queues,
             None => self.app.queues().to_vec(),

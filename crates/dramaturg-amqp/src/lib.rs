@@ -20,6 +20,13 @@
 //!   on next use; queues are declared again; unacknowledged deliveries come
 //!   back from the server. Sends during an outage fail with a `Connection`
 //!   error, or retry for [`AmqpConfig::retry_enqueue_for`].
+//! - **Flow control**: two connections per broker value, one that publishes
+//!   and one that consumes, so that a memory or disk alarm, which makes
+//!   RabbitMQ block publishing connections, stops neither deliveries nor
+//!   acknowledgements. Every publish ends within
+//!   [`AmqpConfig::send_timeout`] (error kind `Timeout`; the message may or
+//!   may not have been taken), and a send on a blocked connection fails at
+//!   once with kind `Blocked` or waits for the unblock ([`OnBlocked`]).
 //!
 //! - **Fenced settlement**: a delivery is settled only on the channel it
 //!   came from while that channel is current; otherwise the settlement
@@ -129,22 +136,28 @@ impl AmqpConfig {
     /// Settings for the server at `url` (`amqp://user:password@host:port/vhost`,
     /// or `amqps://` with the `tls` feature), with the defaults: publisher
     /// confirms on, no priorities, dead letters kept 7 days, no enqueue
-    /// retries.
+    /// retries, a send timeout of 10 s, sends failing at once while
+    /// RabbitMQ blocks publishing.
     ///
     /// The query parameter `max_priority=N` (0 to 255) sets
     /// [`AmqpConfig::max_priority`], so that a URL alone
     /// (`dramaturg::connect`) can turn priorities on:
-    /// `amqp://guest:guest@127.0.0.1:5672/%2f?max_priority=10`. An invalid
-    /// value is reported when connecting. lapin's own parameters
-    /// (`heartbeat`, `frame_max`, …) work as usual.
+    /// `amqp://guest:guest@127.0.0.1:5672/%2f?max_priority=10`; and
+    /// `send_timeout_ms=N` (milliseconds, above 0) sets
+    /// [`AmqpConfig::send_timeout`]. An invalid value is reported when
+    /// connecting, as an error of kind
+    /// [`InvalidInput`](dramaturg_core::BrokerErrorKind::InvalidInput).
+    /// lapin's own parameters (`heartbeat`, `frame_max`, …) work as usual.
     ///
     /// # Examples
     ///
     /// ```
+    /// use std::time::Duration;
     /// use dramaturg_amqp::AmqpConfig;
     ///
-    /// let config = AmqpConfig::new("amqp://127.0.0.1:5672/%2f?heartbeat=10&max_priority=10");
+    /// let config = AmqpConfig::new("amqp://127.0.0.1:5672/%2f?heartbeat=10&max_priority=10&send_timeout_ms=2500");
     /// assert_eq!(config.priorities(), Some(10));
+    /// assert_eq!(config.sends_time_out_after(), Duration::from_millis(2500));
     /// ```
     pub fn new(url: impl Into<String>) -> Self {
         let url = url.into();

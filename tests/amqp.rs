@@ -13,7 +13,7 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use dramaturg::amqp::{AmqpBroker, AmqpConfig};
+use dramaturg::amqp::{AmqpBroker, AmqpConfig, OnBlocked};
 use dramaturg::prelude::*;
 use dramaturg::{BoxError, Broker, DeadLetters, Outgoing};
 use serde::{Deserialize, Serialize};
@@ -1006,10 +1006,25 @@ async fn a_memory_alarm_fails_sends_by_their_deadline_and_the_worker_goes_on() {
     wait_for("the acknowledgements", Duration::from_secs(5), || node.queue_counts(&queue) == (0, 0)).await;
     assert!(node.memory_alarm(), "the alarm lasted through the processing");
 
+    // With `OnBlocked::Wait`, a send waits through the block and succeeds
+    // when the alarm clears within its deadline.
+    let waiting = AmqpConfig::new(node.url()).send_timeout(Duration::from_secs(20)).on_blocked(OnBlocked::Wait);
+    let waiting_app = dramaturg::app(AmqpBroker::with_config(waiting).await.unwrap())
+        .queue_prefix(&prefix)
+        .actor::<Mark>()
+        .build()
+        .unwrap();
+    let waited = format!("{prefix}waited");
+    let pending = tokio::spawn(mark(waited.clone()).send(&waiting_app));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!pending.is_finished(), "a send with OnBlocked::Wait returned while publishing was blocked");
+
     // (c) After the alarm, sends succeed; the caller sends the refused
     // messages again.
     node.ctl(&["set_vm_memory_high_watermark", "0.4"]);
     let cleared = Instant::now();
+    pending.await.unwrap().unwrap();
+    println!("the waiting send succeeded {:?} after the alarm was cleared", cleared.elapsed());
     let after = format!("{prefix}after");
     loop {
         match mark(after.clone()).send(&app).await {
@@ -1025,7 +1040,7 @@ async fn a_memory_alarm_fails_sends_by_their_deadline_and_the_worker_goes_on() {
         mark(tag.clone()).send(&app).await.unwrap();
     }
     wait_for("the messages sent after the alarm", Duration::from_secs(20), || {
-        runs(&after) == 1 && refused.iter().all(|tag| runs(tag) >= 1)
+        runs(&after) == 1 && runs(&waited) == 1 && refused.iter().all(|tag| runs(tag) >= 1)
     })
     .await;
     // Anything still buffered would arrive by now.
@@ -1035,7 +1050,7 @@ async fn a_memory_alarm_fails_sends_by_their_deadline_and_the_worker_goes_on() {
     for i in 0..queued {
         assert_eq!(runs(&format!("{prefix}queued-{i}")), 1, "queued-{i}");
     }
-    assert_eq!(runs(&after), 1);
+    assert_eq!((runs(&after), runs(&waited)), (1, 1));
     let counts: Vec<usize> = refused.iter().map(|tag| runs(tag)).collect();
     println!("runs of the sends refused during the alarm (each sent again after it): {counts:?}; {report:?}");
     // The first may have been taken before the block (then it ran twice);

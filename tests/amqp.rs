@@ -1006,6 +1006,27 @@ async fn a_memory_alarm_fails_sends_by_their_deadline_and_the_worker_goes_on() {
     wait_for("the acknowledgements", Duration::from_secs(5), || node.queue_counts(&queue) == (0, 0)).await;
     assert!(node.memory_alarm(), "the alarm lasted through the processing");
 
+    // With `OnBlocked::Wait`, a send caught by the block waits for its
+    // confirm until its deadline, then times out (its message may have
+    // been taken: it is counted below, sent again after the alarm).
+    let short = AmqpConfig::new(node.url()).send_timeout(Duration::from_secs(1)).on_blocked(OnBlocked::Wait);
+    let short_app = dramaturg::app(AmqpBroker::with_config(short).await.unwrap())
+        .queue_prefix(&prefix)
+        .actor::<Mark>()
+        .build()
+        .unwrap();
+    let timed_out = format!("{prefix}timed-out");
+    let started = Instant::now();
+    let error = match mark(timed_out.clone()).send(&short_app).await {
+        Err(dramaturg::EnqueueError::Broker(error)) => error,
+        other => panic!("expected a broker error, got {other:?}"),
+    };
+    let took = started.elapsed();
+    println!("a waiting send with a 1 s deadline failed after {took:?}: {error}");
+    assert!(error.is_timeout() && error.is_retryable(), "{error}");
+    assert!(took >= Duration::from_secs(1) && took < Duration::from_millis(1500), "{took:?}");
+    refused.push(timed_out);
+
     // With `OnBlocked::Wait`, a send waits through the block and succeeds
     // when the alarm clears within its deadline.
     let waiting = AmqpConfig::new(node.url()).send_timeout(Duration::from_secs(20)).on_blocked(OnBlocked::Wait);
@@ -1053,8 +1074,10 @@ async fn a_memory_alarm_fails_sends_by_their_deadline_and_the_worker_goes_on() {
     assert_eq!((runs(&after), runs(&waited)), (1, 1));
     let counts: Vec<usize> = refused.iter().map(|tag| runs(tag)).collect();
     println!("runs of the sends refused during the alarm (each sent again after it): {counts:?}; {report:?}");
-    // The first may have been taken before the block (then it ran twice);
-    // the ones refused on the blocked connection had sent nothing.
+    // The first may have been taken before the block (then it ran twice),
+    // and so may the one that timed out; the ones refused on the blocked
+    // connection had sent nothing.
     assert!((1..=2).contains(&counts[0]), "{counts:?}");
-    assert!(counts[1..].iter().all(|&count| count == 1), "{counts:?}");
+    assert!(counts[1..3].iter().all(|&count| count == 1), "{counts:?}");
+    assert!((1..=2).contains(&counts[3]), "{counts:?}");
 }

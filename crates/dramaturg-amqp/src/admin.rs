@@ -15,8 +15,8 @@ use lapin::Channel;
 
 use crate::delay::{bucket_queue, MAX_BUCKET};
 use crate::link::{
-    amqp_error, dead_queue, declare_record, declare_topology, forget_bucket, is_not_found, Extra, Link, Target,
-    DEAD_KEY_HEADER, PROBE_EXCHANGE, REASON_HEADER, RECORD_EXCHANGE,
+    amqp_error, dead_queue, declare_record, declare_topology, forget_bucket, is_not_found, Consuming, Extra, Link,
+    Target, DEAD_KEY_HEADER, PROBE_EXCHANGE, REASON_HEADER, RECORD_EXCHANGE,
 };
 use crate::names::{check_queue, short};
 use crate::AmqpBroker;
@@ -124,7 +124,7 @@ async fn recorded_buckets(link: &Link, queue: &str) -> Result<Vec<u32>, BrokerEr
 /// Counts or purges one delay bucket on a channel of its own. Only buckets
 /// known to exist are looked at; one that is gone after all (deleted,
 /// expired) counts as empty and is forgotten.
-async fn bucket(link: &Link, queue: &str, k: u32, op: BucketOp) -> Result<u64, BrokerError> {
+async fn bucket(link: &Consuming, queue: &str, k: u32, op: BucketOp) -> Result<u64, BrokerError> {
     let name = bucket_queue(queue, k);
     let channel = link.channel().await?;
     let result = match op {
@@ -158,18 +158,24 @@ async fn bucket(link: &Link, queue: &str, k: u32, op: BucketOp) -> Result<u64, B
 impl AmqpBroker {
     /// A channel of its own for an administrative operation: closing it
     /// returns whatever it fetched and did not acknowledge.
+    /// It is on the consuming connection, which RabbitMQ does not block.
     async fn admin_channel(&self) -> Result<Channel, BrokerError> {
-        self.shared.linker.link().await?.channel().await
+        self.shared.consuming_channel().await
     }
 
     /// Counts or purges every existing delay bucket of `queue`, all at once.
+    /// The lookup of recorded buckets publishes probes, on the publishing
+    /// connection and within the send timeout: while RabbitMQ blocks
+    /// publishing it fails (kind `Blocked` or `Timeout`).
     async fn buckets(&self, queue: &str, op: BucketOp) -> Result<u64, BrokerError> {
-        let link = self.shared.linker.link().await?;
-        let mut existing = recorded_buckets(&link, queue).await?;
+        let deadline = tokio::time::Instant::now() + self.shared.config.send_timeout;
+        let link = self.shared.publishing_link(deadline).await?;
+        let mut existing = link.bounded(deadline, recorded_buckets(&link, queue)).await?;
         existing.extend((0..=MAX_BUCKET).filter(|&k| link.has_declared(&bucket_queue(queue, k))));
         existing.sort_unstable();
         existing.dedup();
-        let all = existing.into_iter().map(|k| bucket(&link, queue, k, op));
+        let consuming = self.shared.consuming.link().await?;
+        let all = existing.into_iter().map(|k| bucket(&consuming, queue, k, op));
         let counts = futures_util::future::try_join_all(all).await?;
         Ok(counts.into_iter().sum())
     }
@@ -325,7 +331,6 @@ impl AmqpBroker {
         let channel = self.admin_channel().await?;
         let (_, dead) = declare_topology(&channel, &self.shared.config, queue).await?;
         let looks = if only.is_some() { dead.min(MAX_REPLAY_LOOKS) } else { dead };
-        let link = self.shared.linker.link().await?;
         let mut taken = 0;
         let result = async {
             for _ in 0..looks {
@@ -336,7 +341,7 @@ impl AmqpBroker {
                     let tag = delivery.delivery_tag;
                     if take == Take::Replay {
                         let body = Bytes::from(delivery.data);
-                        link.publish(Target::Queue(queue), &body, Extra::default()).await?;
+                        self.shared.publish_to(Target::Queue(queue), &body, Extra::default()).await?;
                     }
                     channel
                         .basic_ack(tag, BasicAckOptions::default())

@@ -24,7 +24,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::Channel;
 
 use crate::delay::{next_hop, DUE_HEADER, REMAINING_HEADER};
-use crate::link::{amqp_error, declare_topology, now_ms, Extra, Target};
+use crate::link::{amqp_error, declare_topology, now_ms, Extra, Link, Target};
 use crate::{fingerprint, OutstandingMap, Shared};
 
 /// One consumer channel: the claim of every delivery it received.
@@ -123,8 +123,7 @@ impl AmqpConsumer {
             self.subscription = None;
         }
         if self.subscription.is_none() {
-            let link = self.shared.linker.link().await?;
-            let channel = link.channel().await?;
+            let channel = self.shared.consuming_channel().await?;
             declare_topology(&channel, &self.shared.config, &self.queue).await?;
             channel
                 .basic_qos(self.prefetch, BasicQosOptions::default())
@@ -191,28 +190,84 @@ impl From<lapin::message::Delivery> for Received {
     }
 }
 
+/// What [`hop`] did with a delivery.
+enum Hopped {
+    /// Nothing: it is due.
+    Due,
+    /// Moved on to the next delay bucket (or it went back to the queue
+    /// with its channel, for whoever receives it to hop).
+    Moved,
+    /// Nothing: RabbitMQ blocks the publishing connection (`link`), so the
+    /// hop cannot be published now.
+    Blocked(Arc<Link>),
+}
+
 /// Moves a message that came back from a delay bucket with time still to
 /// wait on to the next bucket (one confirmed publish, then the ack).
-/// Returns false if it is due.
-async fn hop(shared: &Shared, queue: &str, generation: &Generation, received: &Received) -> Result<bool, BrokerError> {
-    let Some((k, remaining)) = next_hop(still_to_wait(&received.properties)) else { return Ok(false) };
+async fn hop(
+    shared: &Shared,
+    queue: &str,
+    generation: &Generation,
+    received: &Received,
+) -> Result<Hopped, BrokerError> {
+    let Some((k, remaining)) = next_hop(still_to_wait(&received.properties)) else { return Ok(Hopped::Due) };
+    let link = shared.publishing_link(tokio::time::Instant::now() + shared.config.send_timeout).await?;
+    if link.is_blocked() {
+        return Ok(Hopped::Blocked(link));
+    }
     let _fence = generation.fence.read().await;
     if !generation.is_current() {
         // The server has put it back already; whoever gets it hops it.
-        return Ok(true);
+        return Ok(Hopped::Moved);
     }
-    let link = shared.linker.link().await?;
     let priority = received.properties.priority().as_ref().copied().filter(|_| shared.config.max_priority.is_some());
     // An earlier version's due time travels on unchanged, for its workers.
     let due = header_u64(&received.properties, DUE_HEADER);
     let extra = Extra { remaining: Some(remaining), due, priority, reason: None };
-    link.publish(Target::Bucket(queue, k), &received.body, extra).await?;
+    shared.publish_to(Target::Bucket(queue, k), &received.body, extra).await?;
     generation
         .channel
         .basic_ack(received.tag, BasicAckOptions::default())
         .await
         .map_err(|e| amqp_error(e, "acknowledging a delay hop"))?;
-    Ok(true)
+    Ok(Hopped::Moved)
+}
+
+/// Gives a delivery that could not be hopped back to its queue rather than
+/// let it hold a prefetch slot until its channel closes.
+async fn give_back(generation: &Generation, tag: u64) {
+    let _fence = generation.fence.read().await;
+    if generation.is_current() {
+        if let Err(error) = requeue(generation, tag).await {
+            tracing::warn!(%error, "could not return a delayed message to its queue; it comes back when its channel closes");
+        }
+    }
+}
+
+/// A delay hop that found the publishing connection blocked, set aside so
+/// that the consumer goes on handing out other deliveries: it waits for the
+/// unblock, up to the send timeout, and hops then; otherwise the delivery
+/// goes back to its queue (and is set aside again when it returns, once
+/// per send timeout while the alarm lasts). It holds a prefetch slot
+/// meanwhile.
+async fn park(shared: Arc<Shared>, queue: String, generation: Arc<Generation>, received: Received, link: Arc<Link>) {
+    tracing::debug!(%queue, "publishing is blocked; a delay hop waits for the unblock");
+    let deadline = tokio::time::Instant::now() + shared.config.send_timeout;
+    let mut link = link;
+    while link.unblocked_by(deadline).await {
+        match hop(&shared, &queue, &generation, &received).await {
+            Ok(Hopped::Moved) => return,
+            Ok(Hopped::Blocked(again)) => link = again,
+            // An earlier version's message whose due time passed meanwhile:
+            // handed out when it comes back.
+            Ok(Hopped::Due) => break,
+            Err(error) => {
+                tracing::warn!(%queue, %error, "a delay hop failed after the unblock; returning the message to its queue");
+                break;
+            }
+        }
+    }
+    give_back(&generation, received.tag).await;
 }
 
 fn header_u64(properties: &lapin::BasicProperties, key: &str) -> Option<u64> {
@@ -256,15 +311,14 @@ async fn triage(
     received: Received,
 ) -> Result<Due, BrokerError> {
     match hop(&shared, &queue, &generation, &received).await {
-        Ok(true) => return Ok(None),
-        Ok(false) => {}
+        Ok(Hopped::Moved) => return Ok(None),
+        Ok(Hopped::Blocked(link)) => {
+            tokio::spawn(park(shared, queue, generation, received, link));
+            return Ok(None);
+        }
+        Ok(Hopped::Due) => {}
         Err(error) => {
-            // Not moved on: give it back rather than let it hold a prefetch
-            // slot until the channel closes.
-            let _fence = generation.fence.read().await;
-            if generation.is_current() {
-                let _ = requeue(&generation, received.tag).await;
-            }
+            give_back(&generation, received.tag).await;
             return Err(error);
         }
     }
@@ -417,10 +471,9 @@ impl AmqpReceipt {
             Settlement::Ack => self.ack().await,
             Settlement::DeadLetter(reason) => {
                 self.replace(async {
-                    let link = self.shared.linker.link().await?;
                     let key = MessageId::new().to_string();
                     let extra = Extra { reason: Some((reason, &key)), ..Extra::default() };
-                    link.publish(Target::Dead(&self.queue), &self.body, extra).await
+                    self.shared.publish_to(Target::Dead(&self.queue), &self.body, extra).await
                 })
                 .await
             }

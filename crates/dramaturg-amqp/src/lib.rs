@@ -20,6 +20,13 @@
 //!   on next use; queues are declared again; unacknowledged deliveries come
 //!   back from the server. Sends during an outage fail with a `Connection`
 //!   error, or retry for [`AmqpConfig::retry_enqueue_for`].
+//! - **Flow control**: two connections per broker value, one that publishes
+//!   and one that consumes, so that a memory or disk alarm, which makes
+//!   RabbitMQ block publishing connections, stops neither deliveries nor
+//!   acknowledgements. Every publish ends within
+//!   [`AmqpConfig::send_timeout`] (error kind `Timeout`; the message may or
+//!   may not have been taken), and a send on a blocked connection fails at
+//!   once with kind `Blocked` or waits for the unblock ([`OnBlocked`]).
 //!
 //! - **Fenced settlement**: a delivery is settled only on the channel it
 //!   came from while that channel is current; otherwise the settlement
@@ -51,6 +58,7 @@ mod admin;
 mod confirms;
 mod consumer;
 mod delay;
+mod flow;
 mod link;
 mod names;
 
@@ -63,8 +71,10 @@ use async_trait::async_trait;
 use dramaturg_core::broker::redact_password;
 use dramaturg_core::{Broker, BrokerError, Consumer, DeadLetters, Outgoing, QueueAdmin};
 
+use bytes::Bytes;
+
 use crate::consumer::Generation;
-use crate::link::{Linker, Target};
+use crate::link::{Consuming, Extra, Link, Linker, Target};
 pub use crate::names::MAX_QUEUE_NAME_BYTES;
 
 /// Settings of an [`AmqpBroker`].
@@ -87,56 +97,127 @@ pub struct AmqpConfig {
     max_priority: Option<u8>,
     dead_letter_ttl: Duration,
     retry_enqueue_for: Duration,
+    send_timeout: Duration,
+    on_blocked: OnBlocked,
     expire_unused_queues: Option<Duration>,
     /// A query parameter of the URL this broker reads that was invalid.
     url_error: Option<String>,
+}
+
+/// The default [`AmqpConfig::send_timeout`]: 10 seconds.
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a send does while RabbitMQ blocks the publishing connection
+/// (`connection.blocked`: a memory or disk alarm), set with
+/// [`AmqpConfig::on_blocked`].
+///
+/// Either way a send ends by its [`send_timeout`](AmqpConfig::send_timeout),
+/// and a send refused before its message was published has sent nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OnBlocked {
+    /// Fail at once with an error of kind
+    /// [`Blocked`](dramaturg_core::BrokerErrorKind::Blocked): a send that
+    /// starts on a blocked connection publishes nothing; a send waiting
+    /// for its confirm when the block comes fails then (its message may
+    /// still be delivered). The default: a caller (a web request) learns at
+    /// once, and [`AmqpConfig::retry_enqueue_for`] can retry it with backoff.
+    #[default]
+    Fail,
+    /// Wait for the connection to be unblocked, up to the send timeout,
+    /// before publishing; then fail with
+    /// [`Blocked`](dramaturg_core::BrokerErrorKind::Blocked) (nothing
+    /// sent). A send already waiting for its confirm keeps waiting until
+    /// the send timeout.
+    Wait,
 }
 
 impl AmqpConfig {
     /// Settings for the server at `url` (`amqp://user:password@host:port/vhost`,
     /// or `amqps://` with the `tls` feature), with the defaults: publisher
     /// confirms on, no priorities, dead letters kept 7 days, no enqueue
-    /// retries.
+    /// retries, a send timeout of 10 s, sends failing at once while
+    /// RabbitMQ blocks publishing.
     ///
     /// The query parameter `max_priority=N` (0 to 255) sets
     /// [`AmqpConfig::max_priority`], so that a URL alone
     /// (`dramaturg::connect`) can turn priorities on:
-    /// `amqp://guest:guest@127.0.0.1:5672/%2f?max_priority=10`. An invalid
-    /// value is reported when connecting. lapin's own parameters
-    /// (`heartbeat`, `frame_max`, …) work as usual.
+    /// `amqp://guest:guest@127.0.0.1:5672/%2f?max_priority=10`; and
+    /// `send_timeout_ms=N` (milliseconds, above 0) sets
+    /// [`AmqpConfig::send_timeout`]. An invalid value is reported when
+    /// connecting, as an error of kind
+    /// [`InvalidInput`](dramaturg_core::BrokerErrorKind::InvalidInput).
+    /// lapin's own parameters (`heartbeat`, `frame_max`, …) work as usual.
     ///
     /// # Examples
     ///
     /// ```
+    /// use std::time::Duration;
     /// use dramaturg_amqp::AmqpConfig;
     ///
-    /// let config = AmqpConfig::new("amqp://127.0.0.1:5672/%2f?heartbeat=10&max_priority=10");
+    /// let config = AmqpConfig::new("amqp://127.0.0.1:5672/%2f?heartbeat=10&max_priority=10&send_timeout_ms=2500");
     /// assert_eq!(config.priorities(), Some(10));
+    /// assert_eq!(config.sends_time_out_after(), Duration::from_millis(2500));
     /// ```
     pub fn new(url: impl Into<String>) -> Self {
         let url = url.into();
-        let (max_priority, url_error) = match query_parameter(&url, "max_priority") {
-            None => (None, None),
-            Some(value) => match value.parse::<u8>() {
-                Ok(max) => (Some(max), None),
-                Err(_) => (
-                    None,
-                    Some(format!(
-                        "amqp: the URL's max_priority must be a number from 0 to 255, not {:?}",
-                        dramaturg_core::Bounded::quoted(value)
-                    )),
-                ),
-            },
-        };
+        let mut url_error = None;
+        let max_priority = parsed_parameter(&url, "max_priority", "a number from 0 to 255", &mut url_error, |value| {
+            value.parse::<u8>().ok()
+        });
+        let send_timeout =
+            parsed_parameter(&url, "send_timeout_ms", "a number of milliseconds above 0", &mut url_error, |value| {
+                value.parse::<u64>().ok().filter(|&ms| ms > 0).map(Duration::from_millis)
+            });
         Self {
             url,
             confirms: true,
             max_priority,
             dead_letter_ttl: Duration::from_secs(7 * 24 * 3600),
             retry_enqueue_for: Duration::ZERO,
+            send_timeout: send_timeout.unwrap_or(DEFAULT_SEND_TIMEOUT),
+            on_blocked: OnBlocked::default(),
             expire_unused_queues: None,
             url_error,
         }
+    }
+
+    /// The longest one attempt of a send may take (see
+    /// [`AmqpConfig::send_timeout`]).
+    pub fn sends_time_out_after(&self) -> Duration {
+        self.send_timeout
+    }
+
+    /// Bounds every publish — a send, a retry, a delay hop, a dead letter,
+    /// a replay — by `timeout` (default [`DEFAULT_SEND_TIMEOUT`], 10 s;
+    /// also `?send_timeout_ms=N` in the URL), counted from the start of
+    /// the attempt: connecting if needed, declaring the queue, publishing
+    /// and waiting for the publisher confirm. On expiry the send fails
+    /// with an error of kind [`Timeout`](dramaturg_core::BrokerErrorKind::Timeout)
+    /// (retryable); its message **may or may not have been taken** by
+    /// RabbitMQ. Delivery stays at least once: a caller that sends again
+    /// may cause a duplicate, never a loss. With
+    /// [`retry_enqueue_for`](AmqpConfig::retry_enqueue_for) a send makes
+    /// further attempts, so it returns within `retry_enqueue_for +
+    /// send_timeout`. A zero timeout is refused when connecting.
+    #[must_use]
+    pub fn send_timeout(mut self, timeout: Duration) -> Self {
+        self.send_timeout = timeout;
+        self
+    }
+
+    /// What a send does while RabbitMQ blocks publishing (a memory or disk
+    /// alarm): fail at once ([`OnBlocked::Fail`], the default) or wait for
+    /// the unblock up to the send timeout ([`OnBlocked::Wait`]).
+    #[must_use]
+    pub fn on_blocked(mut self, policy: OnBlocked) -> Self {
+        self.on_blocked = policy;
+        self
+    }
+
+    /// The policy for sends while publishing is blocked.
+    pub fn blocked_policy(&self) -> OnBlocked {
+        self.on_blocked
     }
 
     /// The `x-max-priority` queues are declared with, if any.
@@ -182,8 +263,11 @@ impl AmqpConfig {
         self
     }
 
-    /// Retries a send that fails for a connection reason, with backoff, for
-    /// up to `duration` (default zero: the error is returned at once).
+    /// Retries a send that fails for a transient reason (a lost
+    /// connection, a send timeout, publishing blocked by RabbitMQ), with
+    /// backoff, starting new attempts for up to `duration` (default zero:
+    /// the error is returned at once). A retried send that had timed out
+    /// may be delivered twice.
     #[must_use]
     pub fn retry_enqueue_for(mut self, duration: Duration) -> Self {
         self.retry_enqueue_for = duration;
@@ -199,6 +283,8 @@ impl fmt::Debug for AmqpConfig {
             .field("max_priority", &self.max_priority)
             .field("dead_letter_ttl", &self.dead_letter_ttl)
             .field("retry_enqueue_for", &self.retry_enqueue_for)
+            .field("send_timeout", &self.send_timeout)
+            .field("on_blocked", &self.on_blocked)
             .field("expire_unused_queues", &self.expire_unused_queues)
             .finish()
     }
@@ -213,12 +299,17 @@ pub struct AmqpBroker {
 /// Unsettled deliveries of one consumer channel: delivery tag → (message
 /// body, when it was handed out). The body is a shared reference, hashed
 /// only if RabbitMQ's `consumer_timeout` closes the channel.
-pub(crate) type OutstandingMap = Mutex<HashMap<u64, (bytes::Bytes, std::time::Instant)>>;
+pub(crate) type OutstandingMap = Mutex<HashMap<u64, (Bytes, std::time::Instant)>>;
 
 /// What the broker, its consumers and receipts share.
 pub(crate) struct Shared {
     config: AmqpConfig,
-    linker: Linker,
+    /// The publishing connection: every publish goes through it.
+    publishing: Linker<Link>,
+    /// The consuming connection: deliveries, acknowledgements and
+    /// everything else that does not publish, so that a block of the
+    /// publishing connection (a resource alarm) does not stop it.
+    consuming: Linker<Consuming>,
     /// Every consumer channel of this broker value, by queue: for
     /// statistics and `requeue_in_flight`.
     generations: Mutex<Vec<(String, std::sync::Weak<Generation>)>>,
@@ -299,10 +390,25 @@ impl AmqpBroker {
                 ));
             }
         }
-        let linker = Linker::new(config.clone());
-        linker.link().await?;
+        if config.send_timeout.is_zero() {
+            return Err(BrokerError::new(
+                dramaturg_core::BrokerErrorKind::InvalidInput,
+                "amqp: the send timeout must be above zero",
+            ));
+        }
+        // The publishing connection is opened now, so that a wrong URL or
+        // credentials fail here; the consuming one on first use.
+        let publishing = Linker::new(config.clone());
+        publishing.link().await?;
+        let consuming = Linker::new(config.clone());
         Ok(Self {
-            shared: Arc::new(Shared { config, linker, generations: Mutex::default(), overdue: Mutex::default() }),
+            shared: Arc::new(Shared {
+                config,
+                publishing,
+                consuming,
+                generations: Mutex::default(),
+                overdue: Mutex::default(),
+            }),
         })
     }
 
@@ -324,16 +430,37 @@ impl AmqpBroker {
 /// A delayed message carries what it must still wait after its bucket, not
 /// a due time: no clock of the sender (or of any worker) decides when it
 /// runs, only the buckets' TTLs on the server.
-fn route(message: &Outgoing) -> (Target<'_>, link::Extra<'static>) {
-    let plain = (Target::Queue(&message.queue), link::Extra { priority: message.priority, ..link::Extra::default() });
+fn route(message: &Outgoing) -> (Target<'_>, Extra<'static>) {
+    let plain = (Target::Queue(&message.queue), Extra { priority: message.priority, ..link::Extra::default() });
     let Some(delay) = message.delay else { return plain };
     // Rounded up, so that the message is never early.
     let wait = delay::millis_rounded_up(delay);
     let Some((k, remaining)) = delay::next_hop(wait) else { return plain };
     // Only for workers of earlier versions, which read a due time.
     let due = link::now_ms().saturating_add(wait);
-    let extra = link::Extra { remaining: Some(remaining), due: Some(due), priority: message.priority, reason: None };
+    let extra = Extra { remaining: Some(remaining), due: Some(due), priority: message.priority, reason: None };
     (Target::Bucket(&message.queue, k), extra)
+}
+
+/// Query parameter `name` of `url` read by `parse`, if present; an
+/// invalid value (`parse` gives `None`) is recorded in `error` (the first
+/// one found) as not being `expected`.
+fn parsed_parameter<T>(
+    url: &str,
+    name: &str,
+    expected: &str,
+    error: &mut Option<String>,
+    parse: impl FnOnce(&str) -> Option<T>,
+) -> Option<T> {
+    let value = query_parameter(url, name)?;
+    let parsed = parse(value);
+    if parsed.is_none() && error.is_none() {
+        *error = Some(format!(
+            "amqp: the URL's {name} must be {expected}, not {:?}",
+            dramaturg_core::Bounded::quoted(value)
+        ));
+    }
+    parsed
 }
 
 /// The value of query parameter `name` in `url`, if present.
@@ -345,17 +472,42 @@ fn query_parameter<'a>(url: &'a str, name: &str) -> Option<&'a str> {
 
 impl Shared {
     /// Publishes `message` (to its queue or a delay bucket) and waits for
-    /// the confirm.
+    /// the confirm, within the send timeout.
     pub(crate) async fn publish(&self, message: &Outgoing) -> Result<(), BrokerError> {
         names::check_queue(&message.queue)?;
-        let link = self.linker.link().await?;
-        link.declare(&message.queue).await?;
         let (target, extra) = route(message);
-        let result = link.publish(target, &message.body, extra).await;
+        self.publish_to(target, &message.body, extra).await
+    }
+
+    /// Publishes `body` to `target` (declaring it if needed) on the
+    /// publishing connection and waits for the confirm; the whole attempt,
+    /// connecting included, ends within the send timeout.
+    pub(crate) async fn publish_to(
+        &self,
+        target: Target<'_>,
+        body: &Bytes,
+        extra: Extra<'_>,
+    ) -> Result<(), BrokerError> {
+        let deadline = tokio::time::Instant::now() + self.config.send_timeout;
+        let link = self.publishing_link(deadline).await?;
+        let result = link.bounded(deadline, link.publish(target, body, extra)).await;
         if let Err(error) = &result {
-            self.linker.invalidate(&link, error);
+            self.publishing.invalidate(&link, error);
         }
         result
+    }
+
+    /// The publishing connection, opened by `deadline`.
+    pub(crate) async fn publishing_link(&self, deadline: tokio::time::Instant) -> Result<Arc<Link>, BrokerError> {
+        match tokio::time::timeout_at(deadline, self.publishing.link()).await {
+            Ok(link) => link,
+            Err(_) => Err(flow::timed_out(self.config.send_timeout, None)),
+        }
+    }
+
+    /// A new channel on the consuming connection.
+    pub(crate) async fn consuming_channel(&self) -> Result<lapin::Channel, BrokerError> {
+        self.consuming.link().await?.channel().await
     }
 }
 
@@ -368,8 +520,13 @@ impl fmt::Debug for AmqpBroker {
 #[async_trait]
 impl Broker for AmqpBroker {
     async fn declare_queue(&self, queue: &str) -> Result<(), BrokerError> {
-        let link = self.shared.linker.link().await?;
-        link.declare(queue).await
+        // On the consuming connection: a worker starting during a resource
+        // alarm declares its queues and consumes. The publishing connection
+        // declares again (once) before its first publish to the queue.
+        let channel = self.shared.consuming_channel().await?;
+        let declared = link::declare_topology(&channel, &self.shared.config, queue).await;
+        let _ = channel.close(200, "declared".into()).await;
+        declared.map(|_| ())
     }
 
     async fn enqueue(&self, message: Outgoing) -> Result<(), BrokerError> {
@@ -381,25 +538,31 @@ impl Broker for AmqpBroker {
         // out back to back and their confirms are awaited together, so a
         // batch costs about one round trip. Messages whose publish failed
         // (and only those) are sent again one by one, with the retry policy.
+        // Each publish is bounded by the batch's deadline on its own, so
+        // that the confirmed ones count as sent whatever happens to others.
+        let deadline = tokio::time::Instant::now() + self.shared.config.send_timeout;
         let first_try = async {
-            let link = self.shared.linker.link().await?;
+            let link = self.shared.publishing_link(deadline).await?;
             let mut queues: Vec<&str> = messages.iter().map(|m| m.queue.as_str()).collect();
             queues.sort_unstable();
             queues.dedup();
             for queue in queues {
-                link.declare(queue).await?;
+                if let Err(error) = link.bounded(deadline, link.declare(queue)).await {
+                    self.shared.publishing.invalidate(&link, &error);
+                    return Err(error);
+                }
             }
             let sends = messages.iter().map(|message| {
                 let (target, extra) = route(message);
                 let link = &link;
-                async move { link.publish(target, &message.body, extra).await }
+                async move { link.bounded(deadline, link.publish(target, &message.body, extra)).await }
             });
             Ok::<_, BrokerError>((futures_util::future::join_all(sends).await, link))
         };
         let results = match first_try.await {
             Ok((results, link)) => {
                 if let Some(Err(error)) = results.iter().find(|r| r.is_err()) {
-                    self.shared.linker.invalidate(&link, error);
+                    self.shared.publishing.invalidate(&link, error);
                 }
                 results
             }

@@ -1,7 +1,11 @@
-//! The connection: opened on demand, opened again after a loss, with a
-//! publisher channel (confirms on) and the queues declared on it.
+//! The two connections of a broker value, each opened on demand and again
+//! after a loss: the publishing one (a publisher channel with confirms on,
+//! the queues declared on it, its blocked state) and the consuming one
+//! (consumer and administrative channels; it never publishes, so RabbitMQ
+//! never blocks it).
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -17,6 +21,7 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ErrorKin
 
 use crate::confirms::{Confirms, Published};
 use crate::delay::{bucket_queue, bucket_ttl_ms, DUE_HEADER, REMAINING_HEADER};
+use crate::flow::{watch_blocked, BlockState};
 use crate::names::{check_queue, short};
 use crate::{AmqpConfig, Shared};
 
@@ -88,25 +93,53 @@ impl<'a> Target<'a> {
     }
 }
 
-/// One open connection with its publisher channel.
+/// A new channel on `connection`.
+async fn open_channel(connection: &Connection) -> Result<Channel, BrokerError> {
+    connection.create_channel().await.map_err(|e| amqp_error(e, "opening a channel"))
+}
+
+/// The publishing connection with its publisher channel. Everything that
+/// publishes — sends, retries, delay hops, dead letters, replays, the
+/// probes of bucket lookups — goes through it, bounded by the send timeout
+/// ([`Link::bounded`]).
 pub(crate) struct Link {
-    pub(crate) connection: Connection,
+    connection: Connection,
     publisher: Channel,
     config: AmqpConfig,
     /// Queues declared on this connection, by routing key: a queue's name
     /// stands for it and its dead-letter queue; buckets have their own.
     declared: Mutex<HashSet<String>>,
     confirms: Confirms,
+    blocked: BlockState,
 }
 
 impl Link {
-    fn usable(&self) -> bool {
-        self.connection.status().connected() && self.publisher.status().connected()
-    }
-
     /// A new channel on this connection.
     pub(crate) async fn channel(&self) -> Result<Channel, BrokerError> {
-        self.connection.create_channel().await.map_err(|e| amqp_error(e, "opening a channel"))
+        open_channel(&self.connection).await
+    }
+
+    /// Whether RabbitMQ has blocked this connection (a resource alarm).
+    pub(crate) fn is_blocked(&self) -> bool {
+        self.blocked.borrow().is_some()
+    }
+
+    /// Waits until RabbitMQ unblocks this connection, or `deadline`;
+    /// returns whether it is unblocked.
+    pub(crate) async fn unblocked_by(&self, deadline: tokio::time::Instant) -> bool {
+        let mut blocked = self.blocked.clone();
+        matches!(tokio::time::timeout_at(deadline, crate::flow::changed_to(&mut blocked, false)).await, Ok(Some(_)))
+    }
+
+    /// Runs `work`, which publishes on this connection, by `deadline`,
+    /// failing fast or waiting while the connection is blocked (see
+    /// [`crate::flow::bounded`]).
+    pub(crate) async fn bounded<T>(
+        &self,
+        deadline: tokio::time::Instant,
+        work: impl std::future::Future<Output = Result<T, BrokerError>>,
+    ) -> Result<T, BrokerError> {
+        crate::flow::bounded(&self.config, &self.blocked, deadline, work).await
     }
 
     /// Declares `queue` and its dead-letter queue, once per connection.
@@ -402,56 +435,109 @@ pub(crate) async fn forget_bucket(channel: &Channel, name: &str) -> Result<(), B
         .map_err(|e| amqp_error(e, "forgetting a delay bucket"))
 }
 
-/// Opens links on demand and again after a loss.
-pub(crate) struct Linker {
-    config: AmqpConfig,
-    current: tokio::sync::Mutex<Option<Arc<Link>>>,
+/// What a [`Linker`] opens: one of the two connections of a broker value.
+pub(crate) trait Opened: Sized + Send + Sync + 'static {
+    /// The connection's name, shown by `rabbitmqctl list_connections
+    /// client_properties` and the management UI.
+    const NAME: &'static str;
+
+    /// Sets up what this connection carries on a new `connection`.
+    fn open(connection: Connection, config: &AmqpConfig) -> impl Future<Output = Result<Self, BrokerError>> + Send;
+
+    /// Whether it still works.
+    fn usable(&self) -> bool;
 }
 
-impl Linker {
-    pub(crate) fn new(config: AmqpConfig) -> Self {
-        Self { config, current: tokio::sync::Mutex::new(None) }
-    }
+impl Opened for Link {
+    const NAME: &'static str = "dramaturg (publishing)";
 
-    /// The open link, opening one if there is none or it broke.
-    pub(crate) async fn link(&self) -> Result<Arc<Link>, BrokerError> {
-        let mut current = self.current.lock().await;
-        if let Some(link) = current.as_ref().filter(|link| link.usable()) {
-            return Ok(Arc::clone(link));
-        }
-        let shown = redact_password(&self.config.url);
-        let properties = ConnectionProperties::default().with_connection_name("dramaturg".into());
-        let connection = Connection::connect(&self.config.url, properties)
-            .await
-            .map_err(|e| amqp_error(e, &format!("connecting to {shown}")))?;
-        let publisher = connection.create_channel().await.map_err(|e| amqp_error(e, "opening a channel"))?;
-        if self.config.confirms {
+    async fn open(connection: Connection, config: &AmqpConfig) -> Result<Self, BrokerError> {
+        let blocked = watch_blocked(&connection);
+        let publisher = open_channel(&connection).await?;
+        if config.confirms {
             publisher
                 .confirm_select(ConfirmSelectOptions::default())
                 .await
                 .map_err(|e| amqp_error(e, "enabling publisher confirms"))?;
         }
-        if current.is_some() {
-            tracing::info!(url = %shown, "reconnected to RabbitMQ");
-        }
-        let link = Arc::new(Link {
+        Ok(Link {
             connection,
             publisher,
-            config: self.config.clone(),
+            config: config.clone(),
             declared: Mutex::default(),
             confirms: Confirms::start(),
-        });
+            blocked,
+        })
+    }
+
+    fn usable(&self) -> bool {
+        self.connection.status().connected() && self.publisher.status().connected()
+    }
+}
+
+/// The consuming connection: consumer channels (prefetch, deliveries,
+/// acknowledgements), declarations, statistics, purges and dead-letter
+/// reads. It never publishes, so a resource alarm does not block it.
+pub(crate) struct Consuming {
+    connection: Connection,
+}
+
+impl Consuming {
+    /// A new channel on this connection.
+    pub(crate) async fn channel(&self) -> Result<Channel, BrokerError> {
+        open_channel(&self.connection).await
+    }
+}
+
+impl Opened for Consuming {
+    const NAME: &'static str = "dramaturg (consuming)";
+
+    async fn open(connection: Connection, _config: &AmqpConfig) -> Result<Self, BrokerError> {
+        Ok(Consuming { connection })
+    }
+
+    fn usable(&self) -> bool {
+        self.connection.status().connected()
+    }
+}
+
+/// Opens a connection of kind `T` on demand and again after a loss.
+pub(crate) struct Linker<T> {
+    config: AmqpConfig,
+    current: tokio::sync::Mutex<Option<Arc<T>>>,
+}
+
+impl<T: Opened> Linker<T> {
+    pub(crate) fn new(config: AmqpConfig) -> Self {
+        Self { config, current: tokio::sync::Mutex::new(None) }
+    }
+
+    /// The open connection, opening one if there is none or it broke.
+    pub(crate) async fn link(&self) -> Result<Arc<T>, BrokerError> {
+        let mut current = self.current.lock().await;
+        if let Some(link) = current.as_ref().filter(|link| link.usable()) {
+            return Ok(Arc::clone(link));
+        }
+        let shown = redact_password(&self.config.url);
+        let properties = ConnectionProperties::default().with_connection_name(T::NAME.into());
+        let connection = Connection::connect(&self.config.url, properties)
+            .await
+            .map_err(|e| amqp_error(e, &format!("connecting to {shown}")))?;
+        let link = Arc::new(T::open(connection, &self.config).await?);
+        if current.is_some() {
+            tracing::info!(url = %shown, connection = T::NAME, "reconnected to RabbitMQ");
+        }
         *current = Some(Arc::clone(&link));
         Ok(link)
     }
 
     /// Forgets `link` after `error` if it no longer works, so that the next
     /// use opens a new one.
-    pub(crate) fn invalidate(&self, link: &Arc<Link>, error: &BrokerError) {
+    pub(crate) fn invalidate(&self, link: &Arc<T>, error: &BrokerError) {
         if link.usable() {
             return;
         }
-        tracing::warn!(%error, "the RabbitMQ connection or channel was lost; opening a new one on next use");
+        tracing::warn!(%error, connection = T::NAME, "the RabbitMQ connection or channel was lost; opening a new one on next use");
         if let Ok(mut current) = self.current.try_lock() {
             if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, link)) {
                 *current = None;

@@ -31,6 +31,13 @@ pub enum BrokerErrorKind {
     /// under way), a server loading its data set, a cluster moving slots.
     /// Retryable: the same operation usually passes within seconds.
     Unavailable,
+    /// The broker has paused publishing on the connection: RabbitMQ under
+    /// a memory or disk alarm (`connection.blocked`), until it has room
+    /// again. Consuming and acknowledging go on, and free room. Retryable:
+    /// the alarm clears as consumers drain queues or an operator frees
+    /// disk. The error's message says whether the message was sent before
+    /// the block (then it may still be delivered).
+    Blocked,
     /// The broker server is unfit for this client and will stay so until an
     /// operator changes it: a version too old, a setting under which it
     /// would lose messages (an evicting memory policy). Not retryable.
@@ -106,6 +113,12 @@ impl BrokerError {
         self.kind == BrokerErrorKind::Full
     }
 
+    /// Whether the broker has paused publishing on the connection
+    /// ([`BrokerErrorKind::Blocked`]).
+    pub fn is_blocked(&self) -> bool {
+        self.kind == BrokerErrorKind::Blocked
+    }
+
     /// Whether the broker server is unfit for this client until an operator
     /// changes it ([`BrokerErrorKind::Unsuitable`]).
     pub fn is_unsuitable(&self) -> bool {
@@ -113,8 +126,8 @@ impl BrokerError {
     }
 
     /// Whether trying the same operation again later may succeed: the
-    /// connection was lost, an operation timed out, the broker is full or
-    /// takes no writes for now.
+    /// connection was lost, an operation timed out, the broker is full,
+    /// takes no writes for now or has blocked publishing.
     pub fn is_retryable(&self) -> bool {
         matches!(
             self.kind,
@@ -122,6 +135,7 @@ impl BrokerError {
                 | BrokerErrorKind::Timeout
                 | BrokerErrorKind::Full
                 | BrokerErrorKind::Unavailable
+                | BrokerErrorKind::Blocked
         )
     }
 }

@@ -19,12 +19,12 @@ pub use dramaturg_core::{
     BoxError, Broker, BrokerError, BrokerErrorKind, CodecError, ConfigError, Consumer, Context, DeadLetter,
     DeadLetterView, DeadLetters, DecodedMessage, Delivery, Encoder, EnqueueError, ErrorRecord, ErrorType, Fail,
     Failure, FailureKind, Interrupted, Interruption, Job, Json, MemoryBroker, Message, MessageId, MessagePack,
-    Metadata, Middleware, Next, NextAttempt, OptionError, Options, Outcome, Outgoing, Output, ParseMessageIdError,
+    MemoryStore, Metadata, Middleware, MissingState, Next, NextAttempt, OptionError, Options, Outcome, Outgoing, Output, ParseMessageIdError,
     QueueAdmin, QueueStats, Receipt, RecordLimits, Replay, ReplayError, ReplayReport, ReplayRetries, Retry,
-    SendOptions, SettleError, Settled, Settlement, ShutdownHandle, Worker, WorkerGauges, WorkerReport,
+    SendOptions, SettleError, Settled, Settlement, ShutdownHandle, State, Store, StoreError, StoreErrorKind, Worker, WorkerGauges, WorkerReport,
     DEFAULT_MAX_MESSAGE_SIZE,
 };
-pub use dramaturg_core::{isolation, sync, time};
+pub use dramaturg_core::{isolation, store, sync, time};
 pub use dramaturg_error_capture as error_capture;
 /// The Redis broker.
 #[cfg(feature = "redis")]

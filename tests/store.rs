@@ -40,15 +40,15 @@ mod redis {
         assert_eq!(standalone.get("shared").await.unwrap().as_deref(), Some(&b"yes"[..]));
     }
 
-    /// The password of the URL is in no error or debug output.
+    /// The password of the URL is in no error or debug output (this Redis
+    /// has no password, so connecting with one fails).
     #[tokio::test]
     async fn no_password_is_shown() {
-        let store = RedisStore::connect("redis://:hunter2@127.0.0.1:1/0").await.unwrap_err();
-        assert!(!store.to_string().contains("hunter2"), "{store}");
-        let config = RedisConfig::new("redis://:hunter2@127.0.0.1:6379/0");
-        if let Ok(store) = RedisStore::with_config(&config).await {
-            assert!(!format!("{store:?}").contains("hunter2"));
-        }
+        let shown = match RedisStore::connect("redis://:hunter2@127.0.0.1:6379/0").await {
+            Ok(store) => format!("{store:?}"),
+            Err(error) => format!("{error} {error:?}"),
+        };
+        assert!(shown.contains("127.0.0.1") && !shown.contains("hunter2"), "{shown}");
     }
 }
 

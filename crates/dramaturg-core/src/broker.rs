@@ -174,7 +174,7 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     }
 
     /// Where this broker's messages live, so that companions (the abort
-    /// middleware's event backend) can reach as far as the messages do.
+    /// middleware's store) can reach as far as the messages do.
     /// The default, [`Locality::Remote`], says "other processes see them,
     /// no more is known"; the in-memory broker says [`Locality::Process`],
     /// the Redis broker [`Locality::Server`] with its URL.

@@ -102,7 +102,10 @@ async fn missing_state_is_a_typed_error_that_names_the_type() {
     assert_eq!(report.failed, 1, "{report:?}");
     let seen = seen(&tag);
     assert_eq!(seen.len(), 1);
-    assert!(seen[0].contains("no state of type `state::Greeting`") && seen[0].contains("AppBuilder::state"), "{seen:?}");
+    assert!(
+        seen[0].contains("no state of type `state::Greeting`") && seen[0].contains("AppBuilder::state"),
+        "{seen:?}"
+    );
     let dead = dramaturg::DeadLetters::list(&broker, "default", 10).await.unwrap();
     assert!(dead[0].reason.contains("state::Greeting"), "{:?}", dead[0].reason);
 }

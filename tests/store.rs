@@ -29,7 +29,10 @@ mod redis {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_brokers_store_reaches_other_processes_in_its_namespace() {
         let config = config();
-        let (one, two) = (RedisBroker::with_config(config.clone()).await.unwrap(), RedisBroker::with_config(config.clone()).await.unwrap());
+        let (one, two) = (
+            RedisBroker::with_config(config.clone()).await.unwrap(),
+            RedisBroker::with_config(config.clone()).await.unwrap(),
+        );
         let (one, two) = (one.store().unwrap(), two.store().unwrap());
         assert!(!one.is_process_local());
         let ttl = std::time::Duration::from_secs(60);

@@ -205,9 +205,7 @@ pub async fn abort(app: &App, id: MessageId, options: AbortOptions) -> Result<()
         return Err(AbortError::EventsNotShared { broker: locality });
     }
     let mut ttl = options.abort_ttl;
-    if let Some(due) =
-        store.get(&due_key(id)).await?.and_then(|raw| String::from_utf8(raw).ok()?.parse::<u64>().ok())
-    {
+    if let Some(due) = store.get(&due_key(id)).await?.and_then(|raw| String::from_utf8(raw).ok()?.parse::<u64>().ok()) {
         ttl = ttl.max(Duration::from_millis(due.saturating_sub(now_ms())) + options.abort_ttl);
     }
     let request = AbortRequest { mode: options.mode, grace_ms: dramaturg_core::time::millis(options.abort_timeout) };

@@ -66,9 +66,9 @@ pub use id::{MessageId, ParseMessageIdError};
 pub use memory::MemoryBroker;
 pub use message::{now_ms, Message, OptionError, Options, ETA};
 pub use middleware::{Middleware, Next};
+pub use outcome::{BoxError, ErrorRecord, ErrorType, Failure, FailureKind, NextAttempt, Outcome, Output, RecordLimits};
 pub use state::{MissingState, State};
 pub use store::{MemoryStore, Store, StoreError, StoreErrorKind};
-pub use outcome::{BoxError, ErrorRecord, ErrorType, Failure, FailureKind, NextAttempt, Outcome, Output, RecordLimits};
 pub use worker::{ShutdownHandle, Worker, WorkerGauges, WorkerReport};
 
 /// Re-exported so that middleware and brokers can be written without

@@ -82,7 +82,9 @@ use async_trait::async_trait;
 use dramaturg_core::broker::redact_password;
 pub(crate) use dramaturg_core::sync::lock;
 pub(crate) use dramaturg_core::time::millis;
-use dramaturg_core::{Broker, BrokerError, Store, BrokerErrorKind, Consumer, DeadLetters, MessageId, Outgoing, QueueAdmin};
+use dramaturg_core::{
+    Broker, BrokerError, BrokerErrorKind, Consumer, DeadLetters, MessageId, Outgoing, QueueAdmin, Store,
+};
 use redis::aio::ConnectionManager;
 use redis::RedisError;
 

@@ -264,7 +264,8 @@ impl Store for RedisStore {
     async fn delete(&self, key: &str) -> Result<bool, StoreError> {
         let key = self.key(key)?;
         let mut conn = self.conn.clone();
-        let removed: u64 = redis::cmd("DEL").arg(&key).query_async(&mut conn).await.map_err(|e| store_error(e, "delete"))?;
+        let removed: u64 =
+            redis::cmd("DEL").arg(&key).query_async(&mut conn).await.map_err(|e| store_error(e, "delete"))?;
         Ok(removed > 0)
     }
 

@@ -131,7 +131,7 @@ impl Context {
     ///
     /// # Errors
     ///
-    /// [`MissingState`], naming `T`, when the app has none — also in the
+    /// [`MissingState`](crate::MissingState), naming `T`, when the app has none — also in the
     /// child process of an isolated actor, which runs without the app.
     pub fn state<T: Send + Sync + 'static>(&self) -> Result<&T, crate::MissingState> {
         self.inner.app.state::<T>()

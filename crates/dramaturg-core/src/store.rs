@@ -33,9 +33,12 @@
 //!
 //! # Examples
 //!
+//! On a concrete store, import both traits (on a `dyn Store`, the
+//! methods of `Counters` come with it):
+//!
 //! ```
 //! use std::time::Duration;
-//! use dramaturg_core::store::{MemoryStore, SetMode, Store};
+//! use dramaturg_core::store::{Counters, MemoryStore, SetMode, Store};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), dramaturg_core::store::StoreError> {

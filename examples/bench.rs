@@ -21,7 +21,7 @@
 //!   `--events redis://…` the abort middleware watches Redis too.
 //! - `abort`: 20 running actors that loop on 1 ms sleeps, aborted one by
 //!   one; latency from the `abort()` call to the actor's interruption.
-//!   `--events URL` picks the abort event backend (`memory`, the default,
+//!   `--events URL` picks the abort middleware's store (`memory`, the default,
 //!   or `redis://…`). Last line: JSON with `abort_latency_ms_p50` and
 //!   `abort_latency_ms_p90`.
 //! - `fail-large-errors`: N messages whose actor fails every attempt with an
@@ -406,14 +406,14 @@ async fn idle(args: &Args) -> Result<(), BoxError> {
     Ok(())
 }
 
-/// The builder with the abort middleware's event backend named by `events`.
+/// The builder with the abort middleware's store named by `events`.
 async fn with_events(builder: dramaturg::AppBuilder, events: &str) -> Result<dramaturg::AppBuilder, BoxError> {
-    use dramaturg::abort::{Abortable, MemoryEvents};
+    use dramaturg::abort::Abortable;
     Ok(match events {
-        "memory" => builder.replace("abort", Abortable::new(MemoryEvents::new())),
+        "memory" => builder.replace("abort", Abortable::new(dramaturg::MemoryStore::new())),
         #[cfg(feature = "redis")]
         url if url.starts_with("redis") => {
-            builder.replace("abort", Abortable::new(dramaturg::abort::RedisEvents::connect(url).await?))
+            builder.replace("abort", Abortable::new(dramaturg::redis::RedisStore::connect(url).await?))
         }
         other => return Err(format!("unknown --events {other:?}: memory or redis://…").into()),
     })

@@ -27,7 +27,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use dramaturg::prelude::*;
@@ -48,17 +48,15 @@ fn unix_us() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
 
-/// The worker's settings, set once at start.
+/// The worker's settings: app state, registered when a worker starts.
 struct WorkerSetup {
     work: Duration,
     record: Mutex<File>,
 }
 
-static SETUP: OnceLock<WorkerSetup> = OnceLock::new();
-
 impl Step {
-    async fn perform(self, _ctx: &Context) -> Result<(), BoxError> {
-        let setup = SETUP.get().ok_or("the worker is not set up")?;
+    async fn perform(self, ctx: &Context) -> Result<(), BoxError> {
+        let setup = ctx.state::<WorkerSetup>()?;
         let started_us = unix_us();
         if !setup.work.is_zero() {
             tokio::time::sleep(setup.work).await;
@@ -121,7 +119,11 @@ async fn main() -> Result<(), BoxError> {
     tracing_subscriber::fmt().with_max_level(tracing::Level::INFO).with_target(false).compact().init();
     let args = parse_args()?;
     let broker = connect(&args).await?;
-    let app = dramaturg::app_shared(broker).actor_in::<Step>(&args.queue).build()?;
+    let mut app = dramaturg::app_shared(broker).actor_in::<Step>(&args.queue);
+    if args.command == "work" {
+        app = app.state(worker_setup(&args)?);
+    }
+    let app = app.build()?;
     match args.command.as_str() {
         "produce" => produce(&app, args.count, args.interval_ms).await,
         "work" => work(app, &args).await,
@@ -177,14 +179,18 @@ async fn produce(app: &App, count: u64, interval_ms: u64) -> Result<(), BoxError
     Ok(())
 }
 
-async fn work(app: App, args: &Args) -> Result<(), BoxError> {
+/// Opens `DIR/<pid>.done` for the worker's record.
+fn worker_setup(args: &Args) -> Result<WorkerSetup, BoxError> {
     let dir = args.record.as_deref().ok_or("work needs --record DIR")?;
     std::fs::create_dir_all(dir)?;
     let path = format!("{dir}/{}.done", std::process::id());
     let record = OpenOptions::new().create(true).append(true).open(&path)?;
-    let setup = WorkerSetup { work: Duration::from_millis(args.work_ms), record: Mutex::new(record) };
-    SETUP.set(setup).map_err(|_| "set up twice")?;
     println!("worker {} recording to {path}", std::process::id());
+    Ok(WorkerSetup { work: Duration::from_millis(args.work_ms), record: Mutex::new(record) })
+}
+
+async fn work(app: App, args: &Args) -> Result<(), BoxError> {
+    let dir = args.record.as_deref().ok_or("work needs --record DIR")?;
     let report = Worker::new(app).concurrency(args.concurrency).run_until_signal().await?;
     println!("worker {} stopped: {report:?}", std::process::id());
     let json = format!(

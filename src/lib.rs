@@ -18,13 +18,13 @@ pub use dramaturg_core::{
     actor, async_trait, broker, encoder, middleware, outcome, worker, Actor, ActorInfo, App, AppBuilder, Bounded,
     BoxError, Broker, BrokerError, BrokerErrorKind, CodecError, ConfigError, Consumer, Context, DeadLetter,
     DeadLetterView, DeadLetters, DeclaredOption, DecodedMessage, Delivery, Encoder, EnqueueError, ErrorRecord,
-    ErrorType, Fail, Failure, FailureKind, Interrupted, Interruption, Job, Json, MemoryBroker, Message, MessageId,
-    MessagePack, Metadata, Middleware, Next, NextAttempt, OptionError, OptionKey, Options, Outcome, Outgoing, Output,
-    ParseMessageIdError, QueueAdmin, QueueStats, Receipt, RecordLimits, Replay, ReplayError, ReplayReport,
-    ReplayRetries, Retry, SendOptions, Sent, SettleError, Settled, Settlement, ShutdownHandle, Worker, WorkerError,
-    WorkerGauges, WorkerReport, DEFAULT_MAX_MESSAGE_SIZE,
+    ErrorType, Fail, Failure, FailureKind, Interrupted, Interruption, Job, Json, MemoryBroker, MemoryStore, Message,
+    MessageId, MessagePack, Metadata, Middleware, MissingState, Next, NextAttempt, OptionError, OptionKey, Options,
+    Outcome, Outgoing, Output, ParseMessageIdError, QueueAdmin, QueueStats, Receipt, RecordLimits, Replay, ReplayError,
+    ReplayReport, ReplayRetries, Retry, SendOptions, Sent, SettleError, Settled, Settlement, ShutdownHandle, State,
+    Store, StoreError, StoreErrorKind, Worker, WorkerError, WorkerGauges, WorkerReport, DEFAULT_MAX_MESSAGE_SIZE,
 };
-pub use dramaturg_core::{isolation, sync, time};
+pub use dramaturg_core::{isolation, store, sync, time};
 pub use dramaturg_error_capture as error_capture;
 /// The Redis broker.
 #[cfg(feature = "redis")]
@@ -43,6 +43,11 @@ pub use dramaturg_derive::Actor;
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
+
+/// The guide's examples marked `rust`, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/guide.md")]
+struct GuideDoctests;
 
 /// The names most programs need: `use dramaturg::prelude::*;`.
 pub mod prelude {

@@ -23,11 +23,12 @@ use dramaturg_time_limit::TimeLimit;
 ///    work is done;
 /// 3. `abort` — skips messages cancelled before they start and interrupts
 ///    running ones that are aborted; before the retries, so that an aborted
-///    message is never retried. Its events reach as far as the broker's
-///    messages (see `Abortable::for_broker`): in memory for the in-memory
+///    message is never retried. Its requests reach as far as the broker's
+///    messages (see `Abortable::for_broker`): they are kept in the
+///    broker's store (`Broker::store`) — in memory for the in-memory
 ///    broker, in the same Redis for the Redis broker. With RabbitMQ,
 ///    `abort` returns `AbortError::EventsNotShared` until you replace the
-///    middleware with one on Redis events;
+///    middleware with one on a `RedisStore`;
 /// 4. `retries` — sees every failure below it, time-limit expiries
 ///    included, and re-enqueues the message with a delay or lets it be
 ///    dead-lettered;

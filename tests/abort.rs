@@ -1,5 +1,5 @@
-//! Cancelling and aborting messages, on the in-memory broker and event
-//! backend, and on Redis and RabbitMQ with the Redis event backend.
+//! Cancelling and aborting messages, on the in-memory broker and store,
+//! and on Redis and RabbitMQ with the Redis store.
 
 #![allow(clippy::unwrap_used)] // Tests may panic on the unexpected.
 
@@ -311,20 +311,21 @@ async fn actors_and_messages_can_opt_out() {
 
 #[cfg(feature = "redis")]
 mod across_processes {
-    use dramaturg::abort::{Abortable, RedisEvents};
+    use dramaturg::abort::Abortable;
+    use dramaturg::redis::RedisStore;
     use dramaturg::Broker;
 
     use super::*;
 
     /// A producer and a worker that share only the servers; with
-    /// `explicit_events`, both are given Redis events, otherwise they keep
-    /// the default stack's.
+    /// `explicit_events`, both are given a Redis store of their own,
+    /// otherwise they keep the default stack's.
     async fn abort_through_redis(
         worker_broker: impl Broker + Clone,
         producer_broker: impl Broker,
         explicit_events: bool,
     ) {
-        let events = || async { Abortable::new(RedisEvents::connect("redis://127.0.0.1:6379").await.unwrap()) };
+        let events = || async { Abortable::new(RedisStore::connect("redis://127.0.0.1:6379").await.unwrap()) };
         let prefix = format!("abort-{}-", MessageId::new());
         let mut worker_app = dramaturg::app(worker_broker.clone())
             .queue_prefix(&prefix)
@@ -376,13 +377,13 @@ mod across_processes {
         abort_through_redis(broker().await, broker().await, true).await;
     }
 
-    /// With RabbitMQ and no shared event backend, `abort` says what to
+    /// With RabbitMQ and no shared store, `abort` says what to
     /// configure instead of returning `Ok` for a request no other process
     /// would hear of; the explicit opt-in for one process still works.
     #[cfg(feature = "amqp")]
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_default_stack_on_the_amqp_broker_refuses_aborts_it_cannot_deliver() {
-        use dramaturg::abort::{AbortError, MemoryEvents};
+        use dramaturg::abort::AbortError;
 
         let config = dramaturg::amqp::AmqpConfig::new("amqp://guest:guest@127.0.0.1:5672/%2f")
             .expire_unused_queues(Duration::from_secs(120));
@@ -392,12 +393,12 @@ mod across_processes {
         let error = abort(&app, MessageId::new(), AbortOptions::abort()).await.unwrap_err();
         assert!(matches!(error, AbortError::EventsNotShared { .. }), "{error:?}");
         let text = error.to_string();
-        assert!(text.contains("RedisEvents") && text.contains("process_local_events"), "{text}");
+        assert!(text.contains("RedisStore") && text.contains("process_local_events"), "{text}");
         assert!(!text.contains("guest:guest"), "no password in {text}");
 
         let one_process = dramaturg::app(broker)
             .queue_prefix(&prefix)
-            .replace("abort", Abortable::new(MemoryEvents::new()).process_local_events())
+            .replace("abort", Abortable::new(dramaturg::MemoryStore::new()).process_local_events())
             .actor::<Looper>()
             .build()
             .unwrap();

@@ -35,48 +35,45 @@
 //! - Aborting an unknown or finished message, or the same one twice, does
 //!   nothing harmful.
 //!
-//! # Backends
+//! # Where requests are kept
 //!
-//! [`MemoryEvents`] works within one process (the in-memory broker, tests);
-//! `RedisEvents` (feature `redis`) works across processes, with any broker.
-//! A worker with no running abortable message sends no command to the
-//! backend.
+//! Requests are keys of a [`Store`] (`abort:<id>`, and `abort-due:<id>`
+//! for when a waiting message is due): [`MemoryStore`] works within one
+//! process (the in-memory broker, tests); the Redis store (`RedisStore`,
+//! feature `redis`) works across processes, with any broker. A worker with
+//! no running abortable message sends no command to the store. The
+//! middleware puts its store into the app's state when the app is built;
+//! [`abort`] finds it there.
 //!
 //! The default stack (`dramaturg::app`, through [`Abortable::for_broker`])
-//! picks the backend that reaches as far as the broker: in-memory events
-//! for the in-memory broker, Redis events on the same server for the Redis
-//! broker. **RabbitMQ users need a Redis for abort events**: with
-//! in-memory events and a broker that delivers to other processes,
-//! [`abort`] fails with [`AbortError::EventsNotShared`] rather than
-//! return `Ok` for a request no worker would see. Replace the middleware:
+//! takes the store that reaches as far as the broker
+//! ([`Broker::store`](dramaturg_core::Broker::store)): the in-memory
+//! broker's own store, a store on the Redis broker's server. **RabbitMQ
+//! users need a Redis for abort requests**: with a process-local store and
+//! a broker that delivers to other processes, [`abort`] fails with
+//! [`AbortError::EventsNotShared`] rather than return `Ok` for a request
+//! no worker would see. Replace the middleware:
 //!
 //! ```ignore
 //! let app = dramaturg::app(amqp_broker)
-//!     .replace("abort", Abortable::new(RedisEvents::connect("redis://127.0.0.1:6379").await?))
+//!     .replace("abort", Abortable::new(RedisStore::connect("redis://127.0.0.1:6379").await?))
 //!     .build()?;
 //! ```
-
-mod backend;
-#[cfg(feature = "redis")]
-mod redis_backend;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use dramaturg_core::store::{MemoryStore, SetMode, Store, StoreError};
 use dramaturg_core::sync::lock;
 use dramaturg_core::{
-    async_trait, now_ms, App, BrokerError, Context, Interruption, Message, MessageId, Middleware, Next, OptionKey,
-    Outcome,
+    async_trait, now_ms, App, ConfigError, Context, Interruption, Message, MessageId, Middleware, Next, OptionKey,
+    Outcome, State,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
-
-pub use backend::{EventBackend, MemoryEvents};
-#[cfg(feature = "redis")]
-pub use redis_backend::RedisEvents;
 
 /// The option (per message or, through `#[actor(abortable = …)]`, per
 /// actor) that says whether a message can be aborted.
@@ -161,18 +158,18 @@ pub enum AbortError {
     /// of the request.
     #[error(
         "abort requests would stay in this process, but the broker ({broker:?}) delivers to other processes: \
-         give the abort middleware an event backend they share — with the `redis` feature, \
-         `.replace(\"abort\", Abortable::new(RedisEvents::connect(\"redis://…\").await?))` (RabbitMQ users keep \
+         give the abort middleware a store they share — with the `redis` feature, \
+         `.replace(\"abort\", Abortable::new(RedisStore::connect(\"redis://…\").await?))` (RabbitMQ users keep \
          a Redis for this) — or, if every worker runs in this process, opt in with \
-         `Abortable::new(MemoryEvents::new()).process_local_events()`"
+         `Abortable::new(MemoryStore::new()).process_local_events()`"
     )]
     EventsNotShared {
         /// Where the broker says its messages live (the URL without its password).
         broker: dramaturg_core::broker::Locality,
     },
-    /// The event backend failed.
-    #[error(transparent)]
-    Backend(#[from] BrokerError),
+    /// The store failed.
+    #[error("cannot keep the abort request: {0}")]
+    Store(#[from] StoreError),
 }
 
 fn abort_key(id: MessageId) -> String {
@@ -180,7 +177,15 @@ fn abort_key(id: MessageId) -> String {
 }
 
 fn due_key(id: MessageId) -> String {
-    format!("due:{id}")
+    format!("abort-due:{id}")
+}
+
+/// What [`abort`] needs of the app's abort middleware, put into the app's
+/// state as it is built (private: only this crate reads it).
+struct Requests {
+    store: Arc<dyn Store>,
+    /// Whether a process-local store is fine with a broker that is not.
+    process_local_ok: bool,
 }
 
 /// Asks that message `id` be cancelled or aborted (see the crate docs):
@@ -189,29 +194,26 @@ fn due_key(id: MessageId) -> String {
 /// # Errors
 ///
 /// [`AbortError::NotConfigured`] when the app has no [`Abortable`]
-/// middleware; [`AbortError::EventsNotShared`] when its event backend is
-/// in-memory while the broker delivers to other processes (unless it was
-/// built with [`Abortable::process_local_events`]);
-/// [`AbortError::Backend`] when the event backend fails. Unknown and
-/// finished messages are not errors.
+/// middleware; [`AbortError::EventsNotShared`] when its store is
+/// process-local while the broker delivers to other processes (unless it
+/// was built with [`Abortable::process_local_events`]);
+/// [`AbortError::Store`] when the store fails. Unknown and finished
+/// messages are not errors.
 pub async fn abort(app: &App, id: impl Into<MessageId>, options: AbortOptions) -> Result<(), AbortError> {
     let id = id.into();
-    let middleware = app.middleware_of::<Abortable>().ok_or(AbortError::NotConfigured)?;
-    let backend = &middleware.backend;
+    let requests = app.state::<Requests>().map_err(|_| AbortError::NotConfigured)?;
+    let store = &requests.store;
     let locality = app.broker().locality();
-    if backend.is_process_local() && !locality.is_process_local() && !middleware.process_local_ok {
+    if store.is_process_local() && !locality.is_process_local() && !requests.process_local_ok {
         return Err(AbortError::EventsNotShared { broker: locality });
     }
     let mut ttl = options.abort_ttl;
-    if let Some(due) =
-        backend.poll(&due_key(id)).await?.and_then(|raw| String::from_utf8(raw).ok()?.parse::<u64>().ok())
-    {
+    if let Some(due) = store.get(&due_key(id)).await?.and_then(|raw| String::from_utf8(raw).ok()?.parse::<u64>().ok()) {
         ttl = ttl.max(Duration::from_millis(due.saturating_sub(now_ms())) + options.abort_ttl);
     }
     let request = AbortRequest { mode: options.mode, grace_ms: dramaturg_core::time::millis(options.abort_timeout) };
-    let value = serde_json::to_vec(&request)
-        .map_err(|e| BrokerError::new(dramaturg_core::BrokerErrorKind::Other, e.to_string()))?;
-    backend.notify(&[(abort_key(id), value)], ttl).await?;
+    let value = serde_json::to_vec(&request).expect("a request is two plain fields");
+    store.set(&abort_key(id), &value, ttl, SetMode::Always).await?;
     tracing::info!(message = %id, mode = ?options.mode, ?ttl, "abort requested");
     Ok(())
 }
@@ -230,13 +232,13 @@ struct Watcher {
 }
 
 impl Watcher {
-    fn register(self: &Arc<Self>, key: &str, backend: &Arc<dyn EventBackend>) -> watch::Receiver<Option<AbortRequest>> {
+    fn register(self: &Arc<Self>, key: &str, store: &Arc<dyn Store>) -> watch::Receiver<Option<AbortRequest>> {
         let (sender, receiver) = watch::channel(None);
         lock(&self.running).insert(key.to_owned(), (sender, false));
         let mut task = lock(&self.task);
         if task.as_ref().is_none_or(JoinHandle::is_finished) {
-            let (watcher, backend) = (Arc::clone(self), Arc::clone(backend));
-            *task = Some(tokio::spawn(async move { watcher.run(&*backend).await }));
+            let (watcher, store) = (Arc::clone(self), Arc::clone(store));
+            *task = Some(tokio::spawn(async move { watcher.run(&*store).await }));
         }
         drop(task);
         self.changed.notify_one();
@@ -255,8 +257,8 @@ impl Watcher {
     }
 
     /// Waits for requests on the keys of running messages; idle (no command
-    /// to the backend) while none runs.
-    async fn run(&self, backend: &dyn EventBackend) {
+    /// to the store) while none runs.
+    async fn run(&self, store: &dyn Store) {
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);
@@ -268,7 +270,7 @@ impl Watcher {
                 continue;
             }
             tokio::select! {
-                event = backend.wait_many(&keys, Duration::from_secs(30)) => match event {
+                event = store.wait_any(&keys, Duration::from_secs(30)) => match event {
                     Ok(Some((key, value))) => {
                         if let Some((sender, passed)) = lock(&self.running).get_mut(&key) {
                             *passed = true;
@@ -303,53 +305,48 @@ impl Drop for Running<'_> {
 /// it sits after the age limit and before the retries, so that an aborted
 /// message is never retried.
 pub struct Abortable {
-    backend: Arc<dyn EventBackend>,
+    store: Arc<dyn Store>,
     default_abortable: bool,
-    /// Whether a process-local backend is fine with a broker that is not.
+    /// Whether a process-local store is fine with a broker that is not.
     process_local_ok: bool,
     watcher: Arc<Watcher>,
 }
 
 impl Abortable {
-    /// Abort events through `backend`; messages are abortable unless their
+    /// Abort requests kept in `store`; messages are abortable unless their
     /// actor or they themselves say otherwise.
     ///
-    /// With an in-memory backend ([`MemoryEvents`]) and a broker that
+    /// With a process-local store ([`MemoryStore`]) and a broker that
     /// delivers to other processes, [`abort`] fails with
     /// [`AbortError::EventsNotShared`] unless
     /// [`process_local_events`](Abortable::process_local_events) says that
     /// is intended.
-    pub fn new(backend: impl EventBackend) -> Self {
-        Self { backend: Arc::new(backend), default_abortable: true, process_local_ok: false, watcher: Arc::default() }
+    pub fn new(store: impl Store) -> Self {
+        Self::with_shared_store(Arc::new(store))
     }
 
-    /// The abort middleware whose events reach as far as `broker`'s
-    /// messages — what `dramaturg::app` puts in its default stack:
-    ///
-    /// - the in-memory broker: [`MemoryEvents`];
-    /// - the Redis broker (`redis://`, `rediss://`; feature `redis`): Redis
-    ///   events on the broker's URL, connecting on first use (a private CA
-    ///   given with `RedisConfig::tls_root_certificate` is not carried
-    ///   over: give such apps their `RedisEvents` yourself);
-    /// - any other broker (RabbitMQ): [`MemoryEvents`], with which
-    ///   [`abort`] returns [`AbortError::EventsNotShared`] — replace the
-    ///   middleware with one on a backend the processes share (Redis).
+    /// As [`Abortable::new`], with a store shared with other parts of the
+    /// app.
+    pub fn with_shared_store(store: Arc<dyn Store>) -> Self {
+        Self { store, default_abortable: true, process_local_ok: false, watcher: Arc::default() }
+    }
+
+    /// The abort middleware whose requests reach as far as `broker`'s
+    /// messages — what `dramaturg::app` puts in its default stack: it
+    /// keeps them in [`Broker::store`](dramaturg_core::Broker::store) (the
+    /// in-memory broker's store; a store on the Redis broker's server,
+    /// with its namespace and TLS settings), or, for a broker without a
+    /// store (RabbitMQ), in a [`MemoryStore`], with which [`abort`]
+    /// returns [`AbortError::EventsNotShared`] — replace the middleware
+    /// with one on a store the processes share (Redis).
     pub fn for_broker(broker: &dyn dramaturg_core::Broker) -> Self {
-        let locality = broker.locality();
-        #[cfg(feature = "redis")]
-        if let (Some("redis" | "rediss"), dramaturg_core::broker::Locality::Server { url }) =
-            (locality.scheme(), &locality)
-        {
-            match RedisEvents::lazy(url) {
-                Ok(events) => return Self::new(events),
-                Err(error) => tracing::warn!(%error, "cannot use the broker's Redis for abort events"),
-            }
+        match broker.store() {
+            Some(store) => Self::with_shared_store(store),
+            None => Self::new(MemoryStore::new()),
         }
-        let _ = locality;
-        Self::new(MemoryEvents::new())
     }
 
-    /// Says that a process-local backend ([`MemoryEvents`]) is intended
+    /// Says that a process-local store ([`MemoryStore`]) is intended
     /// even though the broker delivers to other processes: every worker
     /// that must hear of an abort runs in this process.
     #[must_use]
@@ -365,9 +362,9 @@ impl Abortable {
         self
     }
 
-    /// The event backend.
-    pub fn backend(&self) -> &Arc<dyn EventBackend> {
-        &self.backend
+    /// The store of abort requests.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
     }
 
     fn abortable(&self, options: &dramaturg_core::Options) -> bool {
@@ -388,18 +385,15 @@ impl Abortable {
     async fn remember_due(&self, id: MessageId, delay: Duration) {
         let due = now_ms().saturating_add(dramaturg_core::time::millis(delay)).to_string();
         let ttl = delay.saturating_add(Duration::from_secs(24 * 3600));
-        if let Err(error) = self.backend.notify(&[(due_key(id), due.into_bytes())], ttl).await {
+        if let Err(error) = self.store.set(&due_key(id), due.as_bytes(), ttl, SetMode::Always).await {
             tracing::warn!(%error, "cannot record when a delayed message is due; an abort request for it may expire early");
         }
     }
 
-    /// The request for `key`, if there is one (a backend error is logged and
+    /// The request for `key`, if there is one (a store error is logged and
     /// counts as none: the message runs).
     async fn requested(&self, key: &str) -> Option<AbortRequest> {
-        if !self.backend.may_have_events() {
-            return None;
-        }
-        match self.backend.poll(key).await {
+        match self.store.get(key).await {
             Ok(value) => value.and_then(|raw| serde_json::from_slice(&raw).ok()),
             Err(error) => {
                 tracing::warn!(%error, "cannot check for an abort request; running the message");
@@ -418,7 +412,7 @@ impl Drop for Abortable {
 impl fmt::Debug for Abortable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Abortable")
-            .field("backend", &self.backend)
+            .field("store", &self.store)
             .field("default_abortable", &self.default_abortable)
             .field("process_local_events", &self.process_local_ok)
             .finish_non_exhaustive()
@@ -431,8 +425,9 @@ impl Middleware for Abortable {
         "abort"
     }
 
-    fn as_any(&self) -> Option<&(dyn std::any::Any + Send + Sync)> {
-        Some(self)
+    /// Puts the store where [`abort`] finds it.
+    fn register_state(&self, state: &mut State) -> Result<(), ConfigError> {
+        state.insert(Requests { store: Arc::clone(&self.store), process_local_ok: self.process_local_ok })
     }
 
     /// The `abortable` option must be a boolean.
@@ -483,7 +478,7 @@ impl Abortable {
         if let Some(outcome) = first {
             return outcome;
         }
-        let mut requests = self.watcher.register(&key, &self.backend);
+        let mut requests = self.watcher.register(&key, &self.store);
         let _running = Running { watcher: &self.watcher, key: key.clone() };
         if let Some(request) = self.requested(&key).await {
             // Made while the message started: pass it on as the watcher would.

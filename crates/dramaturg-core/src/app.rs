@@ -14,6 +14,7 @@ use crate::error::{BrokerError, BrokerErrorKind, ConfigError, EnqueueError};
 use crate::message::ETA;
 use crate::middleware::Middleware;
 use crate::outcome::ErrorType;
+use crate::state::{MissingState, State};
 use crate::{Actor, DeclaredOption, Message, MessageId, Options, Sent};
 
 /// The largest encoded message an app sends by default: 1 MiB.
@@ -49,6 +50,7 @@ struct Inner {
     max_message_size: usize,
     error_types: Vec<ErrorType>,
     declared_options: Vec<DeclaredOption>,
+    state: State,
 }
 
 /// Per-message choices for [`Actor::send_with`]: a delay and option
@@ -114,6 +116,7 @@ impl App {
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             queue_prefix: String::new(),
             errors: Vec::new(),
+            state: State::default(),
         }
     }
 
@@ -141,6 +144,15 @@ impl App {
     /// findable (see [`Middleware::as_any`]).
     pub fn middleware_of<M: Middleware>(&self) -> Option<&M> {
         self.inner.stack.iter().find_map(|m| m.as_any()?.downcast_ref::<M>())
+    }
+
+    /// The app's state of type `T` (see [`AppBuilder::state`]).
+    ///
+    /// # Errors
+    ///
+    /// [`MissingState`], naming `T`, when there is none.
+    pub fn state<T: Send + Sync + 'static>(&self) -> Result<&T, MissingState> {
+        self.inner.state.get::<T>()
     }
 
     /// The registered actor named `name`.
@@ -411,6 +423,7 @@ impl fmt::Debug for App {
             .field("middleware", &self.middleware_names())
             .field("actors", &self.inner.actors.keys().collect::<Vec<_>>())
             .field("max_message_size", &self.inner.max_message_size)
+            .field("state", &self.inner.state)
             .finish()
     }
 }
@@ -449,6 +462,7 @@ pub struct AppBuilder {
     max_message_size: usize,
     queue_prefix: String,
     errors: Vec<ConfigError>,
+    state: State,
 }
 
 impl AppBuilder {
@@ -521,6 +535,37 @@ impl AppBuilder {
         self
     }
 
+    /// Registers `value` as app state, found by its type: actors read it
+    /// with [`Context::state`](crate::Context::state), anyone holding the
+    /// app with [`App::state`]. One value per type (wrap two pools of one
+    /// type in types of their own); it is kept in an `Arc`, so clones of
+    /// the app share it. For a value that must change, register a
+    /// `Mutex`, an atomic or a channel.
+    ///
+    /// ```
+    /// use dramaturg_core::{App, MemoryBroker};
+    ///
+    /// struct ApiClient {
+    ///     base_url: String,
+    /// }
+    ///
+    /// let app = App::builder(MemoryBroker::new())
+    ///     .state(ApiClient { base_url: "https://api.example.com".into() })
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(app.state::<ApiClient>().unwrap().base_url, "https://api.example.com");
+    /// assert!(app.state::<String>().is_err());
+    /// ```
+    ///
+    /// A second value of one type fails [`build`](AppBuilder::build) with
+    /// [`ConfigError::DuplicateState`].
+    pub fn state<T: Send + Sync + 'static>(mut self, value: T) -> Self {
+        if let Err(error) = self.state.insert(value) {
+            self.errors.push(error);
+        }
+        self
+    }
+
     /// Uses `encoder` instead of [`MessagePack`].
     pub fn encoder(mut self, encoder: impl Encoder) -> Self {
         self.encoder = Arc::new(encoder);
@@ -546,8 +591,9 @@ impl AppBuilder {
     /// # Errors
     ///
     /// The first [`ConfigError`] met while building, including those of
-    /// the middleware's [`check_app`](Middleware::check_app) (an unknown
-    /// callback actor named in a registered actor's options, for one).
+    /// the middleware's [`register_state`](Middleware::register_state) and
+    /// [`check_app`](Middleware::check_app) (an unknown callback actor
+    /// named in a registered actor's options, for one).
     pub fn build(mut self) -> Result<App, ConfigError> {
         if let Some(error) = self.errors.drain(..).next() {
             return Err(error);
@@ -583,8 +629,12 @@ impl AppBuilder {
                 error_types.push(ty);
             }
         }
+        for middleware in &self.stack {
+            middleware.register_state(&mut self.state)?;
+        }
         let app = App {
             inner: Arc::new(Inner {
+                state: self.state,
                 error_types,
                 declared_options,
                 broker: self.broker,
@@ -625,6 +675,7 @@ impl fmt::Debug for AppBuilder {
             .field("broker", &self.broker)
             .field("middleware", &self.middleware_names())
             .field("actors", &self.actors.iter().map(ActorInfo::name).collect::<Vec<_>>())
+            .field("state", &self.state)
             .finish_non_exhaustive()
     }
 }

@@ -7,6 +7,7 @@
 //! inspection ([`DeadLetters`]) — are separate traits a broker may offer.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -14,6 +15,7 @@ use bytes::Bytes;
 
 use crate::bounded::Bounded;
 use crate::error::BrokerError;
+use crate::store::Store;
 
 /// A message on its way into a queue.
 #[derive(Clone, PartialEq, Eq)]
@@ -172,12 +174,23 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     }
 
     /// Where this broker's messages live, so that companions (the abort
-    /// middleware's event backend) can reach as far as the messages do.
+    /// middleware's store) can reach as far as the messages do.
     /// The default, [`Locality::Remote`], says "other processes see them,
     /// no more is known"; the in-memory broker says [`Locality::Process`],
     /// the Redis broker [`Locality::Server`] with its URL.
     fn locality(&self) -> Locality {
         Locality::Remote
+    }
+
+    /// A [`Store`] that reaches every process this broker's messages reach
+    /// — on the broker's own server where it has one — for the features
+    /// that share keys between workers (abort requests). Clones of a
+    /// broker give the same store. The in-memory broker gives its
+    /// [`MemoryStore`](crate::MemoryStore), the Redis broker a store in its
+    /// Redis; the default, `None`, says the broker has none (RabbitMQ):
+    /// such apps configure a store themselves.
+    fn store(&self) -> Option<Arc<dyn Store>> {
+        None
     }
 }
 

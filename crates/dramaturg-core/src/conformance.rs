@@ -11,6 +11,11 @@
 //! ```ignore
 //! dramaturg_core::broker_conformance!(async { MyBroker::connect("…").await.unwrap() });
 //! ```
+//!
+//! Stores have a suite of their own, [`StoreSuite`], with
+//! [`store_conformance!`](crate::store_conformance).
+
+mod store;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +26,8 @@ use serde::{Deserialize, Serialize};
 use crate::actor::into_job_result;
 use crate::broker::{Broker, Consumer, Delivery, Outgoing, Replay};
 use crate::{Actor, App, Context, Fail, Job, MessageId, Settled, Settlement, Worker};
+
+pub use store::StoreSuite;
 
 /// How long a case waits for something that should happen at once.
 const SOON: Duration = Duration::from_secs(5);

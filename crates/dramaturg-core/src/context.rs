@@ -115,6 +115,28 @@ impl Context {
         &self.inner.app
     }
 
+    /// The app's state of type `T` (see
+    /// [`AppBuilder::state`](crate::AppBuilder::state)): a pool, a client.
+    ///
+    /// ```
+    /// # use dramaturg_core::{Context, MissingState};
+    /// struct Mailer {
+    ///     from: String,
+    /// }
+    ///
+    /// fn sender(ctx: &Context) -> Result<&str, MissingState> {
+    ///     Ok(&ctx.state::<Mailer>()?.from)
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`MissingState`](crate::MissingState), naming `T`, when the app has none — also in the
+    /// child process of an isolated actor, which runs without the app.
+    pub fn state<T: Send + Sync + 'static>(&self) -> Result<&T, crate::MissingState> {
+        self.inner.app.state::<T>()
+    }
+
     /// When this attempt started.
     pub fn started_at(&self) -> Instant {
         self.inner.started

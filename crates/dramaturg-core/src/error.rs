@@ -218,6 +218,11 @@ pub enum ConfigError {
     /// Two actors have the same name.
     #[error("two actors are named {0:?}")]
     DuplicateActor(String),
+    /// Two values of one type were registered as app state (see
+    /// [`AppBuilder::state`](crate::AppBuilder::state)); wrap them in
+    /// types of their own.
+    #[error("two values of type `{0}` were registered as app state; give each a type of its own")]
+    DuplicateState(String),
     /// A setting is out of range.
     #[error("invalid setting: {0}")]
     Invalid(String),

@@ -13,6 +13,10 @@
 //! - [`Context`]: one per delivery, shared by the stack and the actor.
 //! - [`Outcome`], [`Failure`], [`ErrorRecord`]: what came of a message.
 //! - [`App`]: broker, encoder, stack and actors; [`Worker`] runs them.
+//! - [`State`]: values (pools, clients) registered on the app by type.
+//! - [`store`]: short-lived keys with TTLs, counters, sets and waits
+//!   ([`Store`], [`MemoryStore`]), for the features that share state
+//!   between workers.
 //! - [`MemoryBroker`]: the in-process broker.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -41,6 +45,8 @@ pub mod outcome;
 pub mod random;
 mod sent;
 mod signal;
+mod state;
+pub mod store;
 pub mod sync;
 pub mod time;
 mod watchdog;
@@ -65,6 +71,8 @@ pub use middleware::{Middleware, Next};
 pub use options::{DeclaredOption, OptionError, OptionKey, Options};
 pub use outcome::{BoxError, ErrorRecord, ErrorType, Failure, FailureKind, NextAttempt, Outcome, Output, RecordLimits};
 pub use sent::Sent;
+pub use state::{MissingState, State};
+pub use store::{MemoryStore, Store, StoreError, StoreErrorKind};
 pub use worker::{ShutdownHandle, Worker, WorkerError, WorkerGauges, WorkerReport};
 
 /// Re-exported so that middleware and brokers can be written without

@@ -16,6 +16,7 @@ use crate::broker::{
     Settled, Settlement,
 };
 use crate::error::BrokerError;
+use crate::store::{MemoryStore, Store};
 
 /// How many dead letters each queue keeps by default; older ones are dropped.
 const DEFAULT_DEAD_LETTER_LIMIT: usize = 10_000;
@@ -66,6 +67,8 @@ pub struct MemoryBroker {
 struct Inner {
     queues: Mutex<HashMap<String, Arc<Queue>>>,
     dead_letter_limit: usize,
+    /// What [`Broker::store`] gives: one per broker and its clones.
+    store: MemoryStore,
 }
 
 #[derive(Debug)]
@@ -183,7 +186,13 @@ impl MemoryBroker {
     /// An empty broker whose dead-letter queues keep at most `limit` messages
     /// each (the oldest are dropped first). The default is 10,000.
     pub fn with_dead_letter_limit(limit: usize) -> Self {
-        Self { inner: Arc::new(Inner { queues: Mutex::default(), dead_letter_limit: limit.max(1) }) }
+        Self {
+            inner: Arc::new(Inner {
+                queues: Mutex::default(),
+                dead_letter_limit: limit.max(1),
+                store: MemoryStore::new(),
+            }),
+        }
     }
 
     fn queue(&self, name: &str) -> Arc<Queue> {
@@ -267,6 +276,10 @@ impl Broker for MemoryBroker {
 
     fn locality(&self) -> Locality {
         Locality::Process
+    }
+
+    fn store(&self) -> Option<Arc<dyn Store>> {
+        Some(Arc::new(self.inner.store.clone()))
     }
 }
 

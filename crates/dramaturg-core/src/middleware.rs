@@ -69,7 +69,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::actor::Job;
 use crate::outcome::{BoxError, ErrorType, Outcome};
-use crate::{App, ConfigError, Context, Interruption, Message};
+use crate::{App, ConfigError, Context, Interruption, Message, State};
 
 /// A step in the ordered stack around every message. Every hook has a
 /// no-op default; implement the ones you need.
@@ -139,6 +139,22 @@ pub trait Middleware: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Runs once in [`AppBuilder::build`](crate::AppBuilder::build), before
+    /// the app exists: put into the app's state what callers need to reach
+    /// this middleware's workings (the abort middleware puts its store
+    /// there, where `abort(&app, …)` finds it). Values are found by type,
+    /// so a private type keeps them to this crate.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] fails the build with it
+    /// ([`State::insert`](crate::State::insert) refuses a second value of
+    /// one type).
+    fn register_state(&self, state: &mut State) -> Result<(), ConfigError> {
+        let _ = state;
+        Ok(())
+    }
+
     /// Error types this middleware asks failures about with
     /// [`Failure::is`](crate::Failure::is) after error capture has dropped
     /// the error value (the retry middleware's `never_retry::<E>()`). The
@@ -192,6 +208,10 @@ impl<M: Middleware + ?Sized> Middleware for Arc<M> {
 
     fn check_app(&self, app: &App) -> Result<(), ConfigError> {
         (**self).check_app(app)
+    }
+
+    fn register_state(&self, state: &mut State) -> Result<(), ConfigError> {
+        (**self).register_state(state)
     }
 
     fn error_types(&self) -> Vec<ErrorType> {

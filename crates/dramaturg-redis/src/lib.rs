@@ -53,6 +53,14 @@
 //! | `ns:{q}:wake` | pub/sub channel | wakes idle consumers |
 //! | `ns:{registry}:workers` | sorted set | worker id → last heartbeat (ms, server time) |
 //! | `ns:{registry}:worker:<id>:consumers` | set | the worker's in-flight lists |
+//! | `ns:store:<key>` | string or set, with a TTL | [`RedisStore`] keys (abort requests: `ns:store:abort:<id>`) |
+//!
+//! # The store
+//!
+//! [`RedisStore`] is the [`Store`] on the broker's server that
+//! [`Broker::store`] gives, so that features which share keys between
+//! workers (abort requests, by default) reach every worker of the broker.
+//! It can also be connected on its own, beside another broker.
 
 mod admin;
 mod consumer;
@@ -60,7 +68,10 @@ mod keys;
 mod registry;
 mod scripts;
 mod server;
+mod store;
 mod wake;
+
+pub use store::RedisStore;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -71,7 +82,9 @@ use async_trait::async_trait;
 use dramaturg_core::broker::redact_password;
 pub(crate) use dramaturg_core::sync::lock;
 pub(crate) use dramaturg_core::time::millis;
-use dramaturg_core::{Broker, BrokerError, BrokerErrorKind, Consumer, DeadLetters, MessageId, Outgoing, QueueAdmin};
+use dramaturg_core::{
+    Broker, BrokerError, BrokerErrorKind, Consumer, DeadLetters, MessageId, Outgoing, QueueAdmin, Store,
+};
 use redis::aio::ConnectionManager;
 use redis::RedisError;
 
@@ -238,7 +251,10 @@ pub struct RedisBroker {
 /// What the broker, its consumers and its receipts share.
 struct Shared {
     config: RedisConfig,
+    client: redis::Client,
     conn: ConnectionManager,
+    /// What [`Broker::store`] gives, made on first use.
+    store: std::sync::OnceLock<Arc<dyn Store>>,
     scripts: Arc<Scripts>,
     worker_id: String,
     consumers: AtomicU64,
@@ -258,6 +274,27 @@ fn open_client(config: &RedisConfig) -> redis::RedisResult<redis::Client> {
         return redis::Client::build_with_tls(config.url.as_str(), certificates);
     }
     redis::Client::open(config.url.as_str())
+}
+
+/// A client for `config` and its multiplexed, reconnecting connection.
+async fn connect_manager(config: &RedisConfig) -> Result<(redis::Client, ConnectionManager), BrokerError> {
+    let shown = redact_password(&config.url);
+    #[cfg(feature = "tls")]
+    if config.url.starts_with("rediss://") {
+        // rustls needs a process-wide crypto provider; ring is the one
+        // this crate builds with. An already installed one is kept.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    let client = open_client(config).map_err(|e| broker_error(e, &format!("opening {shown}")))?;
+    let manager_config = redis::aio::ConnectionManagerConfig::new()
+        .set_response_timeout(Some(Duration::from_secs(10)))
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_max_delay(Duration::from_secs(2));
+    let conn = client
+        .get_connection_manager_with_config(manager_config)
+        .await
+        .map_err(|e| broker_error(e, &format!("connecting to {shown}")))?;
+    Ok((client, conn))
 }
 
 /// A Redis error as a [`BrokerError`], classified, without any URL in it.
@@ -311,21 +348,7 @@ impl RedisBroker {
     /// As [`RedisBroker::connect`].
     pub async fn with_config(config: RedisConfig) -> Result<Self, BrokerError> {
         let shown = redact_password(&config.url);
-        #[cfg(feature = "tls")]
-        if config.url.starts_with("rediss://") {
-            // rustls needs a process-wide crypto provider; ring is the one
-            // this crate builds with. An already installed one is kept.
-            let _ = rustls::crypto::ring::default_provider().install_default();
-        }
-        let client = open_client(&config).map_err(|e| broker_error(e, &format!("opening {shown}")))?;
-        let manager_config = redis::aio::ConnectionManagerConfig::new()
-            .set_response_timeout(Some(Duration::from_secs(10)))
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_max_delay(Duration::from_secs(2));
-        let mut conn = client
-            .get_connection_manager_with_config(manager_config)
-            .await
-            .map_err(|e| broker_error(e, &format!("connecting to {shown}")))?;
+        let (client, mut conn) = connect_manager(&config).await?;
         let server = server::check(&mut conn, &shown, config.allow_eviction).await?;
         let worker_id = MessageId::new().to_string();
         let scripts = Arc::new(Scripts::new());
@@ -346,7 +369,16 @@ impl RedisBroker {
             "connected to redis"
         );
         Ok(Self {
-            shared: Arc::new(Shared { config, conn, scripts, worker_id, consumers: AtomicU64::new(0), registry }),
+            shared: Arc::new(Shared {
+                config,
+                client,
+                conn,
+                store: std::sync::OnceLock::new(),
+                scripts,
+                worker_id,
+                consumers: AtomicU64::new(0),
+                registry,
+            }),
         })
     }
 
@@ -502,6 +534,12 @@ impl Broker for RedisBroker {
 
     fn locality(&self) -> dramaturg_core::broker::Locality {
         dramaturg_core::broker::Locality::server(self.shared.config.url.clone())
+    }
+
+    /// A [`RedisStore`] on this broker's server and connection
+    /// ([`RedisStore::for_broker`]), one for the broker and its clones.
+    fn store(&self) -> Option<Arc<dyn Store>> {
+        Some(Arc::clone(self.shared.store.get_or_init(|| Arc::new(RedisStore::for_broker(self)))))
     }
 }
 

@@ -1,0 +1,290 @@
+//! One behavioural test suite for every [`Store`].
+
+// Test cases: an unexpected error is a failed case.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::store::{SetMode, Store, StoreErrorKind, MAX_KEY_BYTES, MAX_VALUE_BYTES};
+use crate::MessageId;
+
+/// Long enough that nothing expires by accident during a case.
+const LONG: Duration = Duration::from_secs(60);
+
+/// The store suite, bound to one store. Each case works under keys of its
+/// own (the case's name and a fresh id), so cases run in parallel and
+/// again against one server.
+#[derive(Debug, Clone)]
+pub struct StoreSuite {
+    store: Arc<dyn Store>,
+    prefix: String,
+}
+
+/// Generates one `#[tokio::test]` per store conformance case for the store
+/// that `$make` (an `async` expression) produces.
+///
+/// ```ignore
+/// dramaturg_core::store_conformance!(async { dramaturg_core::MemoryStore::new() });
+/// ```
+#[macro_export]
+macro_rules! store_conformance {
+    ($make:expr) => {
+        $crate::store_conformance!(@cases $make;
+            values_are_set_read_and_deleted,
+            set_if_absent_writes_once,
+            set_if_absent_is_atomic,
+            values_expire,
+            counters_add_up_atomically,
+            counters_refuse_what_is_not_a_counter,
+            sets_count_their_members,
+            sets_and_values_do_not_mix,
+            wait_returns_a_value_set_before,
+            wait_wakes_on_a_later_set,
+            wait_times_out,
+            wait_survives_cancellation,
+            sizes_are_checked,
+        );
+    };
+    (@cases $make:expr; $($case:ident,)*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let store = $make.await;
+                $crate::conformance::StoreSuite::new(::std::sync::Arc::new(store), stringify!($case)).$case().await;
+            }
+        )*
+    };
+}
+
+impl StoreSuite {
+    /// The suite on `store`, with keys under `prefix` and a fresh id.
+    pub fn new(store: Arc<dyn Store>, prefix: &str) -> Self {
+        Self { store, prefix: format!("{prefix}-{}:", MessageId::new()) }
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    /// `set` writes and replaces, `get` reads, `delete` removes and says
+    /// whether there was anything.
+    pub async fn values_are_set_read_and_deleted(&self) {
+        let (s, key) = (&self.store, self.key("value"));
+        assert_eq!(s.get(&key).await.unwrap(), None);
+        assert!(s.set(&key, b"one", LONG, SetMode::Always).await.unwrap());
+        assert_eq!(s.get(&key).await.unwrap().as_deref(), Some(&b"one"[..]));
+        assert!(s.set(&key, b"", LONG, SetMode::Always).await.unwrap());
+        assert_eq!(s.get(&key).await.unwrap().as_deref(), Some(&b""[..]), "an empty value is a value");
+        assert!(s.delete(&key).await.unwrap());
+        assert!(!s.delete(&key).await.unwrap());
+        assert_eq!(s.get(&key).await.unwrap(), None);
+    }
+
+    /// `SetMode::IfAbsent` writes only to an empty key.
+    pub async fn set_if_absent_writes_once(&self) {
+        let (s, key) = (&self.store, self.key("lease"));
+        assert!(s.set(&key, b"first", LONG, SetMode::IfAbsent).await.unwrap());
+        assert!(!s.set(&key, b"second", LONG, SetMode::IfAbsent).await.unwrap());
+        assert_eq!(s.get(&key).await.unwrap().as_deref(), Some(&b"first"[..]));
+        s.delete(&key).await.unwrap();
+        assert!(s.set(&key, b"third", LONG, SetMode::IfAbsent).await.unwrap());
+    }
+
+    /// Of many concurrent `IfAbsent` writes to one key, one succeeds.
+    pub async fn set_if_absent_is_atomic(&self) {
+        let key = self.key("race");
+        let writes = (0..32u8).map(|i| {
+            let (store, key) = (Arc::clone(&self.store), key.clone());
+            tokio::spawn(async move { store.set(&key, &[i], LONG, SetMode::IfAbsent).await.unwrap() })
+        });
+        let mut won = 0;
+        for write in writes {
+            won += u32::from(write.await.unwrap());
+        }
+        assert_eq!(won, 1);
+    }
+
+    /// Values, counters and sets are gone after their TTL, and set-if-absent
+    /// then succeeds.
+    pub async fn values_expire(&self) {
+        let s = &self.store;
+        let (value, counter, set) = (self.key("value"), self.key("counter"), self.key("set"));
+        let ttl = Duration::from_millis(150);
+        s.set(&value, b"soon gone", ttl, SetMode::Always).await.unwrap();
+        s.incr_by(&counter, 3, ttl).await.unwrap();
+        s.set_add(&set, "member", ttl).await.unwrap();
+        assert!(s.get(&value).await.unwrap().is_some());
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(s.get(&value).await.unwrap(), None);
+        assert_eq!(s.incr_by(&counter, 1, LONG).await.unwrap(), 1, "the counter started again");
+        assert_eq!(s.set_len(&set).await.unwrap(), 0);
+        assert!(s.set(&value, b"again", LONG, SetMode::IfAbsent).await.unwrap());
+        // A later write gives a key its own TTL again.
+        s.set(&value, b"short", ttl, SetMode::Always).await.unwrap();
+        s.set(&value, b"long", LONG, SetMode::Always).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(s.get(&value).await.unwrap().as_deref(), Some(&b"long"[..]));
+    }
+
+    /// `incr_by` starts at zero, adds (negative deltas too) under concurrency,
+    /// and the counter reads as its decimal text.
+    pub async fn counters_add_up_atomically(&self) {
+        let key = self.key("counter");
+        assert_eq!(self.store.incr_by(&key, 5, LONG).await.unwrap(), 5);
+        assert_eq!(self.store.incr_by(&key, -7, LONG).await.unwrap(), -2);
+        let adds = (0..40).map(|_| {
+            let (store, key) = (Arc::clone(&self.store), key.clone());
+            tokio::spawn(async move { store.incr_by(&key, 1, LONG).await.unwrap() })
+        });
+        let mut seen = Vec::new();
+        for add in adds {
+            seen.push(add.await.unwrap());
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, (-1..39).collect::<Vec<_>>(), "each increment saw its own value");
+        assert_eq!(self.store.get(&key).await.unwrap().as_deref(), Some(&b"38"[..]));
+    }
+
+    /// A value that is not a decimal `i64` is not a counter, and a counter
+    /// cannot leave `i64`.
+    pub async fn counters_refuse_what_is_not_a_counter(&self) {
+        let (s, text, counter) = (&self.store, self.key("text"), self.key("counter"));
+        s.set(&text, b"seven", LONG, SetMode::Always).await.unwrap();
+        let error = s.incr_by(&text, 1, LONG).await.unwrap_err();
+        assert_eq!(error.kind(), StoreErrorKind::WrongType, "{error}");
+        assert_eq!(s.get(&text).await.unwrap().as_deref(), Some(&b"seven"[..]), "unchanged");
+        s.incr_by(&counter, i64::MAX, LONG).await.unwrap();
+        let error = s.incr_by(&counter, 1, LONG).await.unwrap_err();
+        assert_eq!(error.kind(), StoreErrorKind::InvalidInput, "{error}");
+        assert_eq!(s.incr_by(&counter, 0, LONG).await.unwrap(), i64::MAX, "unchanged");
+    }
+
+    /// `set_add` and `set_remove` return the count after the change; a set
+    /// emptied is gone.
+    pub async fn sets_count_their_members(&self) {
+        let (s, key) = (&self.store, self.key("set"));
+        assert_eq!(s.set_len(&key).await.unwrap(), 0);
+        assert_eq!(s.set_remove(&key, "nobody").await.unwrap(), 0);
+        assert_eq!(s.set_add(&key, "a", LONG).await.unwrap(), 1);
+        assert_eq!(s.set_add(&key, "b", LONG).await.unwrap(), 2);
+        assert_eq!(s.set_add(&key, "a", LONG).await.unwrap(), 2, "members are counted once");
+        assert_eq!(s.set_len(&key).await.unwrap(), 2);
+        assert_eq!(s.set_remove(&key, "nobody").await.unwrap(), 2);
+        assert_eq!(s.set_remove(&key, "a").await.unwrap(), 1);
+        assert_eq!(s.set_remove(&key, "b").await.unwrap(), 0);
+        assert!(!s.delete(&key).await.unwrap(), "an empty set is gone");
+        let adds = (0..40).map(|i| {
+            let (store, key) = (Arc::clone(&self.store), key.clone());
+            tokio::spawn(async move { store.set_add(&key, &format!("m{i}"), LONG).await.unwrap() })
+        });
+        let mut seen = Vec::new();
+        for add in adds {
+            seen.push(add.await.unwrap());
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, (1..=40).collect::<Vec<_>>(), "each add saw its own count");
+    }
+
+    /// A key holds a value or a set: using it as the other is a `WrongType`
+    /// error, except `set`, which replaces a set.
+    pub async fn sets_and_values_do_not_mix(&self) {
+        let (s, value, set) = (&self.store, self.key("value"), self.key("set"));
+        s.set(&value, b"v", LONG, SetMode::Always).await.unwrap();
+        s.set_add(&set, "m", LONG).await.unwrap();
+        for error in [
+            s.set_add(&value, "m", LONG).await.unwrap_err(),
+            s.set_remove(&value, "m").await.unwrap_err(),
+            s.set_len(&value).await.unwrap_err(),
+            s.get(&set).await.unwrap_err(),
+            s.incr_by(&set, 1, LONG).await.unwrap_err(),
+        ] {
+            assert!(error.is_wrong_type(), "{error}");
+        }
+        assert!(!s.set(&set, b"v", LONG, SetMode::IfAbsent).await.unwrap());
+        assert!(s.set(&set, b"v", LONG, SetMode::Always).await.unwrap());
+        assert_eq!(s.get(&set).await.unwrap().as_deref(), Some(&b"v"[..]));
+    }
+
+    /// A key set before the wait is returned at once.
+    pub async fn wait_returns_a_value_set_before(&self) {
+        let (a, b) = (self.key("a"), self.key("b"));
+        self.store.set(&b, b"early", LONG, SetMode::Always).await.unwrap();
+        let started = Instant::now();
+        let found = self.store.wait_any(&[a, b.clone()], LONG).await.unwrap();
+        assert_eq!(found, Some((b, b"early".to_vec())));
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    /// A wait is woken by a `set` of one of its keys, not of others,
+    /// without waiting out its timeout.
+    pub async fn wait_wakes_on_a_later_set(&self) {
+        let (a, b, other) = (self.key("a"), self.key("b"), self.key("other"));
+        let store = Arc::clone(&self.store);
+        let keys = [a.clone(), b.clone()];
+        let waiting = tokio::spawn(async move { store.wait_any(&keys, LONG).await.unwrap() });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        self.store.set(&other, b"not this", LONG, SetMode::Always).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!waiting.is_finished(), "woken by a key it does not wait on");
+        let set_at = Instant::now();
+        self.store.set(&b, b"now", LONG, SetMode::Always).await.unwrap();
+        let found = tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("woken").unwrap();
+        assert_eq!(found, Some((b, b"now".to_vec())));
+        assert!(set_at.elapsed() < Duration::from_secs(1), "{:?}", set_at.elapsed());
+    }
+
+    /// A wait with nothing set returns `None` after its timeout, not before.
+    pub async fn wait_times_out(&self) {
+        let started = Instant::now();
+        let timeout = Duration::from_millis(300);
+        assert_eq!(self.store.wait_any(&[self.key("never")], timeout).await.unwrap(), None);
+        let waited = started.elapsed();
+        assert!(waited >= timeout && waited < timeout * 5, "{waited:?}");
+        assert_eq!(self.store.wait_any(&[], Duration::from_millis(10)).await.unwrap(), None);
+    }
+
+    /// A wait dropped before it finished leaves the store usable: later
+    /// waits, on the same keys or others, see every value set since.
+    pub async fn wait_survives_cancellation(&self) {
+        let (a, b) = (self.key("a"), self.key("b"));
+        for _ in 0..3 {
+            let keys = [a.clone()];
+            let cancelled = tokio::time::timeout(Duration::from_millis(50), self.store.wait_any(&keys, LONG));
+            assert!(cancelled.await.is_err(), "nothing was set yet");
+        }
+        self.store.set(&a, b"set between waits", LONG, SetMode::Always).await.unwrap();
+        let found = self.store.wait_any(&[b.clone(), a.clone()], LONG).await.unwrap();
+        assert_eq!(found, Some((a, b"set between waits".to_vec())));
+        let store = Arc::clone(&self.store);
+        let keys = [b.clone()];
+        let waiting = tokio::spawn(async move { store.wait_any(&keys, LONG).await.unwrap() });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        self.store.set(&b, b"later", LONG, SetMode::Always).await.unwrap();
+        let found = tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("woken").unwrap();
+        assert_eq!(found, Some((b, b"later".to_vec())));
+    }
+
+    /// Empty or oversized keys, members and values are refused as invalid
+    /// input, and change nothing.
+    pub async fn sizes_are_checked(&self) {
+        let s = &self.store;
+        let long = format!("{}{}", self.prefix, "k".repeat(MAX_KEY_BYTES));
+        let key = self.key("value");
+        for error in [
+            s.get("").await.unwrap_err(),
+            s.get(&long).await.unwrap_err(),
+            s.set(&long, b"v", LONG, SetMode::Always).await.unwrap_err(),
+            s.set(&key, &vec![0; MAX_VALUE_BYTES + 1], LONG, SetMode::Always).await.unwrap_err(),
+            s.set_add(&key, "", LONG).await.unwrap_err(),
+            s.incr_by("", 1, LONG).await.unwrap_err(),
+            s.wait_any(&[key.clone(), String::new()], LONG).await.unwrap_err(),
+        ] {
+            assert!(error.is_invalid_input(), "{error}");
+        }
+        assert_eq!(s.get(&key).await.unwrap(), None);
+        let at_limit = format!("{}{}", self.prefix, "k".repeat(MAX_KEY_BYTES - self.prefix.len()));
+        assert!(s.set(&at_limit, b"v", LONG, SetMode::Always).await.unwrap());
+        s.delete(&at_limit).await.unwrap();
+    }
+}

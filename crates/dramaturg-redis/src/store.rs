@@ -1,0 +1,345 @@
+//! The store in Redis: values are strings with a `PX` TTL, counters are
+//! `INCRBY` strings, sets are Redis sets; a `set` also publishes the value
+//! on a channel named after its key, so waiters hear of it at once.
+//!
+//! # Keys and Cluster
+//!
+//! A store key `k` lives at `<namespace>:store:k`, and every operation
+//! touches that one key — each write is one script on one key — so every call is served by the key's own Cluster slot; the
+//! slot is chosen by hashing the whole name, or only the part in braces
+//! when `k` holds a hash tag (`"group:{g42}:done"`), which puts keys that
+//! share the tag into one slot. Waits read the keys they subscribe to with
+//! one `GET` each, pipelined, not a multi-key `MGET`.
+//!
+//! # Waits
+//!
+//! One pub/sub connection per store, opened on the first
+//! [`wait_any`](Store::wait_any). A wait subscribes to the channels of its
+//! keys (keeping those already subscribed, dropping those no longer
+//! asked for), *then* reads the keys it has not read since it subscribed:
+//! a value set before the subscription is found by the read, one set after
+//! it arrives as a message, and none slips between the two.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use dramaturg_core::broker::redact_password;
+use dramaturg_core::store::{check_key, check_value, ttl_millis, Counters, SetMode, Store, StoreError, StoreErrorKind};
+use futures_util::StreamExt;
+use redis::aio::{ConnectionManager, PubSubSink, PubSubStream};
+use redis::{RedisError, Script};
+
+use crate::{broker_error, RedisBroker, RedisConfig};
+
+/// Sets the value (only when absent if `ARGV[3]` is `1`) and publishes it.
+const SET: &str = r"
+if ARGV[3] == '1' then
+  if not redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') then
+    return 0
+  end
+else
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
+redis.call('PUBLISH', KEYS[1], ARGV[1])
+return 1
+";
+
+/// Returns the counter as its text: a Lua number is a double, which would
+/// round counters past 2^53. An error of `INCRBY` (a set, a value that is
+/// not a counter, an overflow) stops the script before the TTL changes.
+const INCR_BY: &str = r"
+redis.call('INCRBY', KEYS[1], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return redis.call('GET', KEYS[1])
+";
+
+const SET_ADD: &str = r"
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return redis.call('SCARD', KEYS[1])
+";
+
+const SET_REMOVE: &str = r"
+redis.call('SREM', KEYS[1], ARGV[1])
+return redis.call('SCARD', KEYS[1])
+";
+
+/// A [`Store`] in Redis, for any broker: the Redis broker's own server
+/// ([`RedisStore::for_broker`], which is what
+/// [`Broker::store`](dramaturg_core::Broker::store) gives), or a Redis of
+/// its own beside RabbitMQ ([`RedisStore::connect`]). See the module docs
+/// for keys, Cluster and waits.
+pub struct RedisStore {
+    client: redis::Client,
+    conn: ConnectionManager,
+    /// `<namespace>:store:`.
+    prefix: String,
+    /// The URL without its password, for errors and logs.
+    url: String,
+    scripts: Scripts,
+    watch: tokio::sync::Mutex<Option<Subscription>>,
+}
+
+struct Scripts {
+    set: Script,
+    incr_by: Script,
+    set_add: Script,
+    set_remove: Script,
+}
+
+struct Subscription {
+    sink: PubSubSink,
+    stream: PubSubStream,
+    /// Channels subscribed to.
+    subscribed: HashSet<String>,
+    /// Subscribed channels whose key has been read since: the others must
+    /// be read before a wait relies on messages alone.
+    read: HashSet<String>,
+}
+
+/// A Redis error as a store error: Redis's refusals of a key's type, and
+/// of a counter that is not one, are [`StoreErrorKind::WrongType`]; an
+/// overflowing counter is invalid input; the rest is classified as the
+/// broker classifies it.
+fn store_error(error: RedisError, what: &str) -> StoreError {
+    let text = error.to_string();
+    let kind = if text.contains("WRONGTYPE") || text.contains("not an integer") {
+        Some(StoreErrorKind::WrongType)
+    } else if text.contains("overflow") {
+        Some(StoreErrorKind::InvalidInput)
+    } else {
+        None
+    };
+    match kind {
+        Some(kind) => StoreError::new(kind, format!("redis store: {what} failed: {text}")).with_source(error),
+        None => broker_error(error, &format!("store {what}")).into(),
+    }
+}
+
+impl RedisStore {
+    /// The store on `broker`'s server, sharing its connection and its
+    /// settings (namespace, TLS); keys go under `<namespace>:store:`. The
+    /// pub/sub connection for waits is opened on the first wait.
+    pub fn for_broker(broker: &RedisBroker) -> Self {
+        let shared = &broker.shared;
+        Self::new(shared.client.clone(), shared.conn.clone(), &shared.config)
+    }
+
+    /// Connects to the Redis at `url` with the default settings: keys go
+    /// under `dramaturg:store:`.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] when the URL is invalid or the server cannot be
+    /// reached; it shows the URL without its password.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::with_config(&RedisConfig::new(url)).await
+    }
+
+    /// Connects with the URL, namespace and TLS settings of `config` (its
+    /// heartbeat and dead-letter settings do not concern a store).
+    ///
+    /// # Errors
+    ///
+    /// As [`RedisStore::connect`].
+    pub async fn with_config(config: &RedisConfig) -> Result<Self, StoreError> {
+        let (client, conn) = crate::connect_manager(config).await?;
+        tracing::debug!(url = %redact_password(&config.url), namespace = %config.namespace, "redis store connected");
+        Ok(Self::new(client, conn, config))
+    }
+
+    fn new(client: redis::Client, conn: ConnectionManager, config: &RedisConfig) -> Self {
+        Self {
+            client,
+            conn,
+            prefix: format!("{}:store:", config.namespace),
+            url: redact_password(&config.url),
+            scripts: Scripts {
+                set: Script::new(SET),
+                incr_by: Script::new(INCR_BY),
+                set_add: Script::new(SET_ADD),
+                set_remove: Script::new(SET_REMOVE),
+            },
+            watch: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The Redis key of store key `key`, after checking its size.
+    fn key(&self, key: &str) -> Result<String, StoreError> {
+        check_key(key)?;
+        Ok(format!("{}{key}", self.prefix))
+    }
+
+    /// The store key of Redis key (or channel) `key`.
+    fn store_key<'k>(&self, key: &'k str) -> &'k str {
+        key.strip_prefix(self.prefix.as_str()).unwrap_or(key)
+    }
+
+    async fn wait(
+        &self,
+        subscription: &mut Subscription,
+        keys: &[String],
+        timeout: Duration,
+    ) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let wanted = keys.iter().map(|key| self.key(key)).collect::<Result<HashSet<_>, _>>()?;
+        let stale: Vec<String> = subscription.subscribed.difference(&wanted).cloned().collect();
+        for channel in stale {
+            subscription.sink.unsubscribe(&channel).await.map_err(|e| store_error(e, "unsubscribe"))?;
+            subscription.subscribed.remove(&channel);
+            subscription.read.remove(&channel);
+        }
+        for channel in &wanted {
+            if !subscription.subscribed.contains(channel) {
+                subscription.sink.subscribe(channel).await.map_err(|e| store_error(e, "subscribe"))?;
+                subscription.subscribed.insert(channel.clone());
+            }
+        }
+        // A value set before its subscription was never published to it.
+        let unread: Vec<&String> = wanted.iter().filter(|channel| !subscription.read.contains(*channel)).collect();
+        if !unread.is_empty() {
+            let mut pipe = redis::pipe();
+            for key in &unread {
+                pipe.cmd("GET").arg(key.as_str());
+            }
+            let mut conn = self.conn.clone();
+            let values: Vec<Option<Vec<u8>>> =
+                pipe.query_async(&mut conn).await.map_err(|e| store_error(e, "read for a wait"))?;
+            subscription.read.extend(unread.iter().map(|key| (*key).clone()));
+            if let Some((key, value)) = unread.into_iter().zip(values).find_map(|(key, value)| Some((key, value?))) {
+                return Ok(Some((self.store_key(key).to_owned(), value)));
+            }
+        }
+        loop {
+            let message = match tokio::time::timeout_at(deadline, subscription.stream.next()).await {
+                Err(_) => return Ok(None),
+                Ok(None) => {
+                    return Err(StoreError::new(StoreErrorKind::Connection, "redis store: the subscription closed"))
+                }
+                Ok(Some(message)) => message,
+            };
+            let channel = message.get_channel_name();
+            if wanted.contains(channel) {
+                let value: Vec<u8> = message.get_payload().map_err(|e| store_error(e, "read a published value"))?;
+                return Ok(Some((self.store_key(channel).to_owned(), value)));
+            }
+        }
+    }
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore").field("url", &self.url).field("prefix", &self.prefix).finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = self.key(key)?;
+        let mut conn = self.conn.clone();
+        redis::cmd("GET").arg(&key).query_async(&mut conn).await.map_err(|e| store_error(e, "get"))
+    }
+
+    async fn set(&self, key: &str, value: &[u8], ttl: Duration, mode: SetMode) -> Result<bool, StoreError> {
+        let key = self.key(key)?;
+        check_value(value)?;
+        let if_absent = if mode == SetMode::IfAbsent { "1" } else { "0" };
+        let mut conn = self.conn.clone();
+        let written: u8 = self
+            .scripts
+            .set
+            .key(&key)
+            .arg(value)
+            .arg(ttl_millis(ttl))
+            .arg(if_absent)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| store_error(e, "set"))?;
+        Ok(written == 1)
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool, StoreError> {
+        let key = self.key(key)?;
+        let mut conn = self.conn.clone();
+        let removed: u64 =
+            redis::cmd("DEL").arg(&key).query_async(&mut conn).await.map_err(|e| store_error(e, "delete"))?;
+        Ok(removed > 0)
+    }
+
+    async fn wait_any(&self, keys: &[String], timeout: Duration) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+        if keys.is_empty() {
+            tokio::time::sleep(timeout).await;
+            return Ok(None);
+        }
+        let mut guard = self.watch.lock().await;
+        if guard.is_none() {
+            let pubsub = self.client.get_async_pubsub().await.map_err(|e| store_error(e, "open a subscription"))?;
+            let (sink, stream) = pubsub.split();
+            tracing::debug!(url = %self.url, "redis store: subscription opened for waits");
+            *guard = Some(Subscription { sink, stream, subscribed: HashSet::new(), read: HashSet::new() });
+        }
+        let result = self.wait(guard.as_mut().expect("set just above"), keys, timeout).await;
+        if let Err(error) = &result {
+            if !error.is_invalid_input() && !error.is_wrong_type() {
+                // The subscription may be broken: open a new one next time.
+                tracing::debug!(url = %self.url, %error, "redis store: dropping the subscription");
+                *guard = None;
+            }
+        }
+        result
+    }
+}
+
+#[async_trait]
+impl Counters for RedisStore {
+    async fn incr_by(&self, key: &str, delta: i64, ttl: Duration) -> Result<i64, StoreError> {
+        let key = self.key(key)?;
+        let mut conn = self.conn.clone();
+        let text: String = self
+            .scripts
+            .incr_by
+            .key(&key)
+            .arg(delta)
+            .arg(ttl_millis(ttl))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| store_error(e, "incr_by"))?;
+        text.parse().map_err(|_| StoreError::new(StoreErrorKind::Other, format!("redis store: incr_by read {text:?}")))
+    }
+
+    async fn set_add(&self, key: &str, member: &str, ttl: Duration) -> Result<u64, StoreError> {
+        let key = self.key(key)?;
+        check_key(member)?;
+        let mut conn = self.conn.clone();
+        self.scripts
+            .set_add
+            .key(&key)
+            .arg(member)
+            .arg(ttl_millis(ttl))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| store_error(e, "set_add"))
+    }
+
+    async fn set_remove(&self, key: &str, member: &str) -> Result<u64, StoreError> {
+        let key = self.key(key)?;
+        check_key(member)?;
+        let mut conn = self.conn.clone();
+        self.scripts
+            .set_remove
+            .key(&key)
+            .arg(member)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| store_error(e, "set_remove"))
+    }
+
+    async fn set_len(&self, key: &str) -> Result<u64, StoreError> {
+        let key = self.key(key)?;
+        let mut conn = self.conn.clone();
+        redis::cmd("SCARD").arg(&key).query_async(&mut conn).await.map_err(|e| store_error(e, "set_len"))
+    }
+}

@@ -5,7 +5,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use dramaturg::callbacks::{CallbackOptions, Callbacks};
+use dramaturg::callbacks::{CallbackCounts, CallbackOptions};
 use dramaturg::prelude::*;
 use dramaturg::retries::Retries;
 use dramaturg::{BoxError, DeadLetters, ErrorRecord, MessageId};
@@ -163,7 +163,7 @@ async fn a_callback_that_cannot_be_sent_fails_its_message_visibly() {
     Brittle { fail: true }.send_with(&app, failure).await.unwrap();
     let report = Worker::new(app.clone()).run_until_drained(Duration::from_secs(5)).await.unwrap();
     assert_eq!((report.succeeded, report.failed), (0, 2), "{report:?}");
-    assert_eq!(app.middleware_of::<Callbacks>().unwrap().not_sent(), 2);
+    assert_eq!(app.state::<CallbackCounts>().unwrap().not_sent(), 2);
     let mut reasons: Vec<String> =
         DeadLetters::list(&broker, "percall-default", 10).await.unwrap().into_iter().map(|d| d.reason).collect();
     reasons.sort();

@@ -422,7 +422,7 @@ impl fmt::Debug for Abortable {
 #[async_trait]
 impl Middleware for Abortable {
     fn name(&self) -> &'static str {
-        "abort"
+        dramaturg_core::middleware::names::ABORT
     }
 
     /// Puts the store where [`abort`] finds it.

@@ -50,7 +50,7 @@ impl AgeLimit {
 #[async_trait]
 impl Middleware for AgeLimit {
     fn name(&self) -> &'static str {
-        "age_limit"
+        dramaturg_core::middleware::names::AGE_LIMIT
     }
 
     async fn handle(&self, ctx: &Context, next: Next<'_>) -> Outcome {

@@ -81,7 +81,7 @@ use std::time::Duration;
 use dramaturg_core::encoder::{decode_value, encode_value};
 use dramaturg_core::{
     async_trait, App, ConfigError, Context, DeclaredOption, EnqueueError, ErrorRecord, Failure, Message, MessageId,
-    Middleware, Next, OptionKey, Options, Outcome, Output,
+    Middleware, Next, OptionKey, Options, Outcome, Output, State,
 };
 use serde::Serialize;
 
@@ -157,6 +157,21 @@ pub enum Propagation {
     Only(Vec<String>),
     /// None: the callback starts with fresh options.
     Nothing,
+}
+
+/// The callbacks middleware's counts, in the app's state (the middleware
+/// puts them there when the app is built):
+/// `app.state::<CallbackCounts>()?.not_sent()`.
+#[derive(Debug, Clone)]
+pub struct CallbackCounts {
+    not_sent: Arc<AtomicU64>,
+}
+
+impl CallbackCounts {
+    /// How many callbacks could not be sent since the app was built.
+    pub fn not_sent(&self) -> u64 {
+        self.not_sent.load(Ordering::Relaxed)
+    }
 }
 
 /// A callback could not be sent; the original message's outcome says so.
@@ -238,8 +253,8 @@ impl Callbacks {
     }
 
     /// How many callbacks could not be sent since this middleware was made
-    /// (shared by its clones). Reach it through
-    /// `app.middleware_of::<Callbacks>()`.
+    /// (shared by its clones). From an app, read it through its state:
+    /// `app.state::<CallbackCounts>()?.not_sent()`.
     pub fn not_sent(&self) -> u64 {
         self.not_sent.load(Ordering::Relaxed)
     }
@@ -338,11 +353,11 @@ fn note(failure: &mut Failure, not_sent: &CallbackNotSent) {
 #[async_trait]
 impl Middleware for Callbacks {
     fn name(&self) -> &'static str {
-        "callbacks"
+        dramaturg_core::middleware::names::CALLBACKS
     }
 
-    fn as_any(&self) -> Option<&(dyn std::any::Any + Send + Sync)> {
-        Some(self)
+    fn register_state(&self, state: &mut State) -> Result<(), ConfigError> {
+        state.insert(CallbackCounts { not_sent: Arc::clone(&self.not_sent) })
     }
 
     /// Callback options name an actor: a string (the app checks their type

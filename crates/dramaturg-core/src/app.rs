@@ -140,12 +140,6 @@ impl App {
         self.inner.stack.iter().map(|m| m.name()).collect()
     }
 
-    /// The first middleware of type `M` in the stack, if it makes itself
-    /// findable (see [`Middleware::as_any`]).
-    pub fn middleware_of<M: Middleware>(&self) -> Option<&M> {
-        self.inner.stack.iter().find_map(|m| m.as_any()?.downcast_ref::<M>())
-    }
-
     /// The app's state of type `T` (see [`AppBuilder::state`]).
     ///
     /// # Errors

@@ -60,7 +60,6 @@
 //! the `dramaturg` crate, the same names come from `dramaturg::prelude::*`
 //! (no dependency on `dramaturg_core` needed).
 
-use std::any::Any;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,6 +69,25 @@ use tokio_util::sync::CancellationToken;
 use crate::actor::Job;
 use crate::outcome::{BoxError, ErrorType, Outcome};
 use crate::{App, ConfigError, Context, Interruption, Message, State};
+
+/// The names of the default middleware, as [`Middleware::name`] gives
+/// them: for [`AppBuilder::insert_before`](crate::AppBuilder::insert_before),
+/// [`replace`](crate::AppBuilder::replace) and the like. Each crate's
+/// middleware uses its constant.
+pub mod names {
+    /// `dramaturg-callbacks`.
+    pub const CALLBACKS: &str = "callbacks";
+    /// `dramaturg-age-limit`.
+    pub const AGE_LIMIT: &str = "age_limit";
+    /// `dramaturg-abort`.
+    pub const ABORT: &str = "abort";
+    /// `dramaturg-retries`.
+    pub const RETRIES: &str = "retries";
+    /// `dramaturg-time-limit`.
+    pub const TIME_LIMIT: &str = "time_limit";
+    /// `dramaturg-error-capture`.
+    pub const ERROR_CAPTURE: &str = "error_capture";
+}
 
 /// A step in the ordered stack around every message. Every hook has a
 /// no-op default; implement the ones you need.
@@ -100,13 +118,6 @@ pub trait Middleware: Send + Sync + 'static {
     /// that sending stays cheap.
     async fn after_delayed_enqueue(&self, app: &App, message: &Message, delay: Duration) {
         let _ = (app, message, delay);
-    }
-
-    /// This middleware as `Any`, so that [`App::middleware_of`] can find it
-    /// by type. Return `Some(self)` from middleware that callers need to
-    /// reach (the abort middleware does).
-    fn as_any(&self) -> Option<&(dyn Any + Send + Sync)> {
-        None
     }
 
     /// Runs around the processing of a message. Call `next.run(ctx)` to go
@@ -188,10 +199,6 @@ impl<M: Middleware + ?Sized> Middleware for Arc<M> {
 
     async fn after_delayed_enqueue(&self, app: &App, message: &Message, delay: Duration) {
         (**self).after_delayed_enqueue(app, message, delay).await;
-    }
-
-    fn as_any(&self) -> Option<&(dyn Any + Send + Sync)> {
-        (**self).as_any()
     }
 
     async fn handle(&self, ctx: &Context, next: Next<'_>) -> Outcome {

@@ -503,7 +503,7 @@ impl Worker {
         if queues.is_empty() && !self.stop.is_cancelled() {
             tracing::warn!("the worker has no queue to consume: register actors on the app");
         }
-        if !self.app.middleware_names().contains(&"error_capture") {
+        if !self.app.middleware_names().contains(&crate::middleware::names::ERROR_CAPTURE) {
             tracing::warn!(
                 middleware = ?self.app.middleware_names(),
                 "no middleware named error_capture: panics and errors are not captured inside the stack \

@@ -108,7 +108,7 @@ impl<F: Future + Unpin> Future for Capturing<F> {
 #[async_trait]
 impl Middleware for ErrorCapture {
     fn name(&self) -> &'static str {
-        "error_capture"
+        dramaturg_core::middleware::names::ERROR_CAPTURE
     }
 
     async fn handle(&self, ctx: &Context, next: Next<'_>) -> Outcome {

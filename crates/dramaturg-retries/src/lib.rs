@@ -241,7 +241,7 @@ impl Retries {
 #[async_trait]
 impl Middleware for Retries {
     fn name(&self) -> &'static str {
-        "retries"
+        dramaturg_core::middleware::names::RETRIES
     }
 
     fn declared_options(&self) -> Vec<DeclaredOption> {

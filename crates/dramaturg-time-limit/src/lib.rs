@@ -159,7 +159,7 @@ impl Deadlines {
 #[async_trait]
 impl Middleware for TimeLimit {
     fn name(&self) -> &'static str {
-        "time_limit"
+        dramaturg_core::middleware::names::TIME_LIMIT
     }
 
     async fn handle(&self, ctx: &Context, next: Next<'_>) -> Outcome {

@@ -16,7 +16,7 @@ pub use dramaturg_amqp as amqp;
 pub use dramaturg_callbacks as callbacks;
 pub use dramaturg_core::{
     actor, async_trait, broker, encoder, middleware, outcome, worker, Actor, ActorInfo, App, AppBuilder, Bounded,
-    BoxError, Broker, BrokerError, BrokerErrorKind, CodecError, ConfigError, Consumer, Context, DeadLetter,
+    BoxError, Broker, BrokerError, BrokerErrorKind, CodecError, ConfigError, Consumer, Context, Controls, DeadLetter,
     DeadLetterView, DeadLetters, DeclaredOption, DecodedMessage, Delivery, Encoder, EnqueueError, ErrorRecord,
     ErrorType, Fail, Failure, FailureKind, Interrupted, Interruption, Job, Json, MemoryBroker, MemoryStore, Message,
     MessageId, MessagePack, Metadata, Middleware, MissingState, Next, NextAttempt, OptionError, OptionKey, Options,

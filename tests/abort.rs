@@ -109,7 +109,7 @@ async fn a_cancelled_message_that_has_not_started_is_skipped_and_acknowledged() 
     let broker = MemoryBroker::new();
     let app = memory_app(&broker);
     let tag = tag();
-    let id = looper(&tag).send_with(&app, SendOptions::default().delay(Duration::from_millis(300))).await.unwrap();
+    let id = looper(&tag).send_with(&app, SendOptions::default().with_delay(Duration::from_millis(300))).await.unwrap();
     abort(&app, id, AbortOptions::cancel()).await.unwrap();
     let report = Worker::new(app).run_until_drained(Duration::from_secs(5)).await.unwrap();
     assert_eq!((report.aborted, report.succeeded, report.failed), (1, 0, 0), "{report:?}");
@@ -147,7 +147,7 @@ async fn the_grace_period_is_visible_to_the_actor_before_it_is_interrupted() {
     wait_for_event(&polite, "start").await;
     wait_for_event(&stubborn, "start").await;
     let asked = Instant::now();
-    let grace = AbortOptions::abort().grace(Duration::from_millis(400));
+    let grace = AbortOptions::abort().with_grace(Duration::from_millis(400));
     abort(&app, polite_id, grace).await.unwrap();
     abort(&app, stubborn_id, grace).await.unwrap();
     let report = finish(&app, running).await;
@@ -248,8 +248,9 @@ async fn requests_outlive_their_ttl_until_a_delayed_or_retrying_message_is_due()
     let broker = MemoryBroker::new();
     let app = memory_app(&broker);
     let (delayed, retrying) = (tag(), tag());
-    let short = AbortOptions::cancel().ttl(Duration::from_millis(100));
-    let id = looper(&delayed).send_with(&app, SendOptions::default().delay(Duration::from_millis(700))).await.unwrap();
+    let short = AbortOptions::cancel().with_ttl(Duration::from_millis(100));
+    let id =
+        looper(&delayed).send_with(&app, SendOptions::default().with_delay(Duration::from_millis(700))).await.unwrap();
     abort(&app, id, short).await.unwrap();
 
     let running = start(&app);
@@ -299,7 +300,7 @@ async fn actors_and_messages_can_opt_out() {
     let running = start(&app);
     let (vital, opted_out) = (tag(), tag());
     let vital_id = Vital { tag: vital.clone() }.send(&app).await.unwrap();
-    let options = SendOptions::default().options(|o| o.with_extra("abortable", false));
+    let options = SendOptions::default().with_options(|o| o.with_extra("abortable", false));
     let opted_out_id = Looper { ticks: 40, ..looper(&opted_out) }.send_with(&app, options).await.unwrap();
     wait_for_event(&vital, "start").await;
     wait_for_event(&opted_out, "start").await;

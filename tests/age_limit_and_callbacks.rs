@@ -157,9 +157,9 @@ impl Brittle {
 async fn a_callback_that_cannot_be_sent_fails_its_message_visibly() {
     let broker = MemoryBroker::new();
     let app = dramaturg::app(broker.clone()).queue_prefix("percall-").actor::<Brittle>().build().unwrap();
-    let success = SendOptions::default().options(|o| o.on_success("no_such_actor"));
+    let success = SendOptions::default().with_options(|o| o.on_success("no_such_actor"));
     Brittle { fail: false }.send_with(&app, success).await.unwrap();
-    let failure = SendOptions::default().options(|o| o.on_retry_exhausted("nobody_listens"));
+    let failure = SendOptions::default().with_options(|o| o.on_retry_exhausted("nobody_listens"));
     Brittle { fail: true }.send_with(&app, failure).await.unwrap();
     let report = Worker::new(app.clone()).run_until_drained(Duration::from_secs(5)).await.unwrap();
     assert_eq!((report.succeeded, report.failed), (0, 2), "{report:?}");
@@ -227,7 +227,7 @@ async fn callbacks_carry_the_originals_options_through_enqueue_hooks() {
         .build()
         .unwrap();
     let key = MessageId::new().to_string();
-    let options = SendOptions::default().options(|o| o.with_extra("tenant", "acme").with_max_retries(7));
+    let options = SendOptions::default().with_options(|o| o.with_extra("tenant", "acme").with_max_retries(7));
     Tenanted { key: key.clone() }.send_with(&app, options).await.unwrap();
     let report = Worker::new(app).run_until_drained(Duration::from_secs(5)).await.unwrap();
     assert_eq!((report.succeeded, report.failed), (2, 0), "{report:?}");

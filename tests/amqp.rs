@@ -169,7 +169,7 @@ async fn delayed_messages_wait_on_the_server_across_worker_restarts() {
     let app = dramaturg::app(broker().await).queue_prefix(&prefix).actor::<Mark>().build().unwrap();
     let tag = format!("{prefix}delayed");
     let sent = Instant::now();
-    mark(tag.clone()).send_with(&app, SendOptions::default().delay(Duration::from_millis(2500))).await.unwrap();
+    mark(tag.clone()).send_with(&app, SendOptions::default().with_delay(Duration::from_millis(2500))).await.unwrap();
     let mut succeeded = 0;
     for _ in 0..2 {
         // Workers come and go before the message is due.
@@ -202,7 +202,7 @@ fn amqp_skewed_producer_child() {
     runtime.block_on(async {
         let app = dramaturg::app(broker().await).queue_prefix(parts[0]).actor::<Mark>().build().unwrap();
         let delay = Duration::from_millis(parts[2].parse().unwrap());
-        mark(parts[1].to_owned()).send_with(&app, SendOptions::default().delay(delay)).await.unwrap();
+        mark(parts[1].to_owned()).send_with(&app, SendOptions::default().with_delay(delay)).await.unwrap();
     });
 }
 
@@ -324,7 +324,7 @@ async fn statistics_and_join_log_no_errors_for_delay_buckets_not_declared_yet() 
     // one still counts it.
     let producer = dramaturg::app(broker().await).queue_prefix(&prefix).actor::<Mark>().build().unwrap();
     let tag = format!("{prefix}delayed");
-    mark(tag.clone()).send_with(&producer, SendOptions::default().delay(Duration::from_secs(2))).await.unwrap();
+    mark(tag.clone()).send_with(&producer, SendOptions::default().with_delay(Duration::from_secs(2))).await.unwrap();
     let stats = app.stats(&queue).await.unwrap();
     assert_eq!((stats.ready, stats.delayed), (0, 1), "{stats:?}");
     let worker = Worker::new(app.clone());

@@ -128,7 +128,7 @@ async fn panics_are_seen_by_retries() {
         .actor::<Fails>()
         .build()
         .unwrap();
-    let options = SendOptions::default().options(|o| o.with_max_retries(2));
+    let options = SendOptions::default().with_options(|o| o.with_max_retries(2));
     Fails { mode: "panic".into() }.send_with(&app, options).await.unwrap();
     let report = Worker::new(app).run_until_drained(Duration::from_secs(5)).await.unwrap();
     assert_eq!((report.retried, report.failed), (2, 1), "{report:?}");

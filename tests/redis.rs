@@ -234,7 +234,10 @@ async fn delayed_messages_wait_in_redis_across_worker_restarts() {
     {
         let producer = dramaturg::app(broker_in(URL, &namespace).await).actor::<Mark>().build().unwrap();
         let tag = format!("delayed-{namespace}");
-        Mark { tag }.send_with(&producer, SendOptions::default().delay(Duration::from_millis(1500))).await.unwrap();
+        Mark { tag }
+            .send_with(&producer, SendOptions::default().with_delay(Duration::from_millis(1500)))
+            .await
+            .unwrap();
         // A worker that comes and goes before the message is due.
         let worker = Worker::new(producer.clone());
         let shutdown = worker.shutdown_handle();
@@ -387,7 +390,7 @@ async fn a_delay_beyond_max_age_is_refused_or_dead_lettered_never_skipped() {
         .actor::<Mark>()
         .build()
         .unwrap();
-    let later = |millis| dramaturg::SendOptions::default().delay(Duration::from_millis(millis));
+    let later = |millis| dramaturg::SendOptions::default().with_delay(Duration::from_millis(millis));
     let refused = ShortLived { tag: format!("refused-{namespace}") }.send_with(&app, later(1000)).await;
     assert!(
         matches!(refused, Err(dramaturg::EnqueueError::DelayBeyondMaxAge { .. })),
@@ -541,7 +544,7 @@ async fn a_priority_the_redis_broker_cannot_honour_is_refused() {
     }
     let namespace = namespace();
     let app = dramaturg::app(broker_in(URL, &namespace).await).actor::<Sleepy>().build().unwrap();
-    let urgent = dramaturg::SendOptions::default().options(|mut o| {
+    let urgent = dramaturg::SendOptions::default().with_options(|mut o| {
         o.priority = Some(5);
         o
     });
@@ -604,7 +607,7 @@ async fn retries_past_max_age_and_endless_delays_fail_visibly() {
     let app = dramaturg::app(broker.clone()).actor::<Doomed>().actor::<Mark>().build().unwrap();
     let tag = format!("doomed-{namespace}");
     Doomed { tag: tag.clone() }.send(&app).await.unwrap();
-    let forever = dramaturg::SendOptions::default().delay(Duration::MAX);
+    let forever = dramaturg::SendOptions::default().with_delay(Duration::MAX);
     let refused = Mark { tag: "never".into() }.send_with(&app, forever).await;
     assert!(matches!(refused, Err(dramaturg::EnqueueError::DelayTooLong { .. })), "{refused:?}");
     let report = Worker::new(app.clone()).run_until_drained(Duration::from_secs(10)).await.unwrap();

@@ -65,7 +65,7 @@ fn fencing_child() {
             _ => {
                 let delay = Duration::from_millis(parts[3].parse().unwrap());
                 let job = Logged { log: parts[2].to_owned(), millis: 0, fail: false };
-                job.send_with(&app, dramaturg::SendOptions::default().delay(delay)).await.unwrap();
+                job.send_with(&app, dramaturg::SendOptions::default().with_delay(delay)).await.unwrap();
             }
         }
     });

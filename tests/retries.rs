@@ -268,7 +268,7 @@ async fn shutdown_interruptions_are_neither_retried_nor_counted() {
 #[tokio::test]
 async fn message_options_override_the_middleware_defaults() {
     let app = app_with(MemoryBroker::new(), Retries::new().max_retries(0));
-    let options = SendOptions::default().options(|o| {
+    let options = SendOptions::default().with_options(|o| {
         o.with_max_retries(2).with_min_backoff(Duration::from_millis(1)).with_max_backoff(Duration::from_millis(2))
     });
     unreliable("per-message", "always", 0).send_with(&app, options).await.unwrap();

@@ -68,8 +68,8 @@ async fn send_with_delays_and_overrides_options() {
     let broker = MemoryBroker::new();
     let app = app(&broker);
     let options = SendOptions::default()
-        .delay(Duration::from_secs(60))
-        .options(|o| o.with_max_retries(1).with_extra("tenant", "acme"));
+        .with_delay(Duration::from_secs(60))
+        .with_options(|o| o.with_max_retries(1).with_extra("tenant", "acme"));
     SendWelcome { user_id: 1 }.send_with(&app, options).await.unwrap();
     let stats = broker.stats("mail").await.unwrap();
     assert_eq!((stats.ready, stats.delayed), (0, 1));
@@ -177,11 +177,11 @@ async fn enqueue_hooks_can_refuse_a_message() {
         .actor::<SendWelcome>()
         .build()
         .unwrap();
-    let refuse = SendOptions::default().options(|o| o.with_extra("refuse", true));
+    let refuse = SendOptions::default().with_options(|o| o.with_extra("refuse", true));
     let err = SendWelcome { user_id: 1 }.send_with(&app, refuse).await.unwrap_err();
     assert!(matches!(err, EnqueueError::Rejected { middleware: "gate", .. }), "{err}");
     // An option of the wrong type is refused too, with the option named.
-    let wrong = SendOptions::default().options(|o| o.with_extra("refuse", "yes"));
+    let wrong = SendOptions::default().with_options(|o| o.with_extra("refuse", "yes"));
     let err = SendWelcome { user_id: 1 }.send_with(&app, wrong).await.unwrap_err();
     assert!(err.to_string().contains("option `refuse`"), "{err}");
     assert!(broker.stats("mail").await.unwrap().is_drained());
@@ -221,7 +221,7 @@ struct ExportFailed;
 
 impl Export {
     async fn perform(self, ctx: &Context) -> Result<(), ExportFailed> {
-        ctx.metadata().insert(Progress(50));
+        ctx.metadata(|m| m.insert(Progress(50)));
         if self.fail {
             return Err(ExportFailed);
         }
@@ -246,7 +246,7 @@ impl Middleware for FailureHandler {
     async fn handle(&self, ctx: &Context, next: Next<'_>) -> Outcome {
         let mut outcome = next.run(ctx).await;
         if let Outcome::Failed(failure) = &mut outcome {
-            let progress = ctx.metadata().get::<Progress>().cloned();
+            let progress = ctx.metadata(|m| m.get::<Progress>().cloned());
             self.seen.lock().unwrap().push((failure.record().message.clone(), progress));
         }
         outcome
@@ -315,7 +315,7 @@ async fn options_resolve_message_then_actor() {
         .build()
         .unwrap();
     SendWelcome { user_id: 1 }
-        .send_with(&app, SendOptions::default().options(|o| o.with_max_retries(2)))
+        .send_with(&app, SendOptions::default().with_options(|o| o.with_max_retries(2)))
         .await
         .unwrap();
     Worker::new(app).run_until_drained(Duration::from_secs(5)).await.unwrap();
@@ -328,27 +328,27 @@ async fn options_resolve_message_then_actor() {
 async fn known_options_of_the_wrong_type_are_refused_at_send_time() {
     let broker = MemoryBroker::new();
     let app = dramaturg::app(broker.clone()).actor::<SendWelcome>().build().unwrap();
-    let lots = SendOptions::default().options(|o| o.with_extra("max_retries", "lots"));
+    let lots = SendOptions::default().with_options(|o| o.with_extra("max_retries", "lots"));
     let error = SendWelcome { user_id: 1 }.send_with(&app, lots).await.unwrap_err();
     let EnqueueError::InvalidOption(option) = &error else { panic!("{error:?}") };
     assert_eq!(option.key(), "max_retries");
     // The options the default middleware declared are checked by the app.
-    let abortable = SendOptions::default().options(|o| o.with_extra("abortable", "yes"));
+    let abortable = SendOptions::default().with_options(|o| o.with_extra("abortable", "yes"));
     let error = SendWelcome { user_id: 2 }.send_with(&app, abortable).await.unwrap_err();
     let EnqueueError::InvalidOption(option) = &error else { panic!("{error:?}") };
     assert_eq!(option.key(), "abortable");
-    let callback = SendOptions::default().options(|o| o.with_extra("on_success", 42));
+    let callback = SendOptions::default().with_options(|o| o.with_extra("on_success", 42));
     let error = SendWelcome { user_id: 3 }.send_with(&app, callback).await.unwrap_err();
     let EnqueueError::InvalidOption(option) = &error else { panic!("{error:?}") };
     assert_eq!(option.key(), "on_success");
     // A per-message option no middleware declared travels as it is (a
     // foreign producer's, or data for a hook that reads it unannounced).
-    let unknown = SendOptions::default().options(|o| o.with_extra("pipe_target", "elsewhere"));
+    let unknown = SendOptions::default().with_options(|o| o.with_extra("pipe_target", "elsewhere"));
     SendWelcome { user_id: 5 }.send_with(&app, unknown).await.unwrap();
     QueueAdmin::purge(&broker, "mail").await.unwrap();
     assert_eq!(broker.stats("mail").await.unwrap().ready, 0, "nothing was enqueued");
     // The right type, set through the open map, is taken as the typed option.
-    let three = SendOptions::default().options(|o| o.with_extra("max_retries", 3));
+    let three = SendOptions::default().with_options(|o| o.with_extra("max_retries", 3));
     SendWelcome { user_id: 4 }.send_with(&app, three).await.unwrap();
     let mut consumer = dramaturg::Broker::consume(&broker, "mail", 1).await.unwrap();
     let message = app.encoder().decode_message(consumer.next().await.unwrap().body()).unwrap();

@@ -136,7 +136,7 @@ async fn an_actor_can_extend_its_deadline() {
 async fn message_options_and_actor_attributes_set_the_limit() {
     let seen = Seen::default();
     let app = app(TimeLimit::new().time_limit(Duration::from_millis(50)), &seen);
-    let longer = SendOptions::default().options(|o| o.with_time_limit(Duration::from_secs(5)));
+    let longer = SendOptions::default().with_options(|o| o.with_time_limit(Duration::from_secs(5)));
     work("per-message", 10, false, 0).send_with(&app, longer).await.unwrap();
     let report = Worker::new(app).run_until_drained(Duration::from_secs(5)).await.unwrap();
     assert_eq!(report.succeeded, 1, "{report:?}");

@@ -290,7 +290,7 @@ async fn delayed_messages_run_after_their_delay() {
     let app = app(&broker, "delay-");
     let sent = Instant::now();
     Echo { key: "delayed".into() }
-        .send_with(&app, SendOptions::default().delay(Duration::from_millis(300)))
+        .send_with(&app, SendOptions::default().with_delay(Duration::from_millis(300)))
         .await
         .unwrap();
     Worker::new(app).run_until_drained(Duration::from_secs(5)).await.unwrap();

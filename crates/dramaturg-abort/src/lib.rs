@@ -7,7 +7,7 @@
 //!
 //! // Cancel it if it has not started; interrupt it if it runs, after 5 s
 //! // in which the actor sees `ctx.abort_requested()`.
-//! abort(&app, message_id, AbortOptions::abort().grace(Duration::from_secs(5))).await?;
+//! abort(&app, message_id, AbortOptions::abort().with_grace(Duration::from_secs(5))).await?;
 //! // Only if it has not started:
 //! abort(&app, message_id, AbortOptions::cancel()).await?;
 //! ```
@@ -133,14 +133,14 @@ impl AbortOptions {
 
     /// A grace period for running actors.
     #[must_use]
-    pub fn grace(mut self, abort_timeout: Duration) -> Self {
+    pub fn with_grace(mut self, abort_timeout: Duration) -> Self {
         self.abort_timeout = abort_timeout;
         self
     }
 
     /// How long the request stays valid.
     #[must_use]
-    pub fn ttl(mut self, abort_ttl: Duration) -> Self {
+    pub fn with_ttl(mut self, abort_ttl: Duration) -> Self {
         self.abort_ttl = abort_ttl;
         self
     }
@@ -505,9 +505,9 @@ impl Abortable {
                     let request = *requests.borrow_and_update();
                     if let Some(AbortRequest { mode: Mode::Abort, grace_ms }) = request {
                         let grace = Duration::from_millis(grace_ms);
-                        ctx.request_abort(grace);
+                        ctx.controls().request_abort(grace);
                         if grace.is_zero() {
-                            ctx.interrupt(Interruption::Abort);
+                            ctx.controls().interrupt(Interruption::Abort);
                             return Outcome::Aborted("aborted".into());
                         }
                         deadline = Some(tokio::time::Instant::now() + grace);
@@ -515,7 +515,7 @@ impl Abortable {
                     }
                 }
                 () = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() => {
-                    ctx.interrupt(Interruption::Abort);
+                    ctx.controls().interrupt(Interruption::Abort);
                     return Outcome::Aborted("aborted".into());
                 }
             }

@@ -14,9 +14,10 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::Channel;
 
 use crate::delay::{bucket_queue, MAX_BUCKET};
+use crate::error::amqp_error;
 use crate::link::{
-    amqp_error, dead_queue, declare_record, declare_topology, forget_bucket, is_not_found, Consuming, Extra, Link,
-    Target, DEAD_KEY_HEADER, PROBE_EXCHANGE, REASON_HEADER, RECORD_EXCHANGE,
+    dead_queue, declare_record, declare_topology, forget_bucket, is_not_found, Consuming, Extra, Link, Target,
+    DEAD_KEY_HEADER, PROBE_EXCHANGE, REASON_HEADER, RECORD_EXCHANGE,
 };
 use crate::names::{check_queue, short};
 use crate::AmqpBroker;

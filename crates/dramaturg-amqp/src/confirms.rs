@@ -31,7 +31,7 @@ use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use crate::link::amqp_error;
+use crate::error::amqp_error;
 use crate::names::short;
 
 /// Returned messages kept for a publish not yet seen (its confirm can

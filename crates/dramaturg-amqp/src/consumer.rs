@@ -24,7 +24,8 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::Channel;
 
 use crate::delay::{next_hop, DUE_HEADER, REMAINING_HEADER};
-use crate::link::{amqp_error, declare_topology, now_ms, Extra, Link, Target};
+use crate::error::amqp_error;
+use crate::link::{declare_topology, now_ms, Extra, Link, Target};
 use crate::{fingerprint, OutstandingMap, Shared};
 
 /// One consumer channel: the claim of every delivery it received.

@@ -58,6 +58,7 @@ mod admin;
 mod confirms;
 mod consumer;
 mod delay;
+mod error;
 mod flow;
 mod link;
 mod names;

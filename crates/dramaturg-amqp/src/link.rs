@@ -21,6 +21,7 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ErrorKin
 
 use crate::confirms::{Confirms, Published};
 use crate::delay::{bucket_queue, bucket_ttl_ms, DUE_HEADER, REMAINING_HEADER};
+use crate::error::amqp_error;
 use crate::flow::{watch_blocked, BlockState};
 use crate::names::{check_queue, short};
 use crate::{AmqpConfig, Shared};
@@ -29,20 +30,6 @@ use crate::{AmqpConfig, Shared};
 pub(crate) const REASON_HEADER: &str = "x-dramaturg-reason";
 /// The header holding a dead letter's key (for replay).
 pub(crate) const DEAD_KEY_HEADER: &str = "x-dramaturg-dead-key";
-
-/// A lapin error as a [`BrokerError`], classified, without the URL.
-pub(crate) fn amqp_error(error: lapin::Error, what: &str) -> BrokerError {
-    let kind = match error.kind() {
-        ErrorKind::IOError(_)
-        | ErrorKind::InvalidConnectionState(_)
-        | ErrorKind::InvalidChannelState(..)
-        | ErrorKind::MissingHeartbeatError
-        | ErrorKind::InvalidChannel(_) => BrokerErrorKind::Connection,
-        ErrorKind::ProtocolError(_) => BrokerErrorKind::Protocol,
-        _ => BrokerErrorKind::Other,
-    };
-    BrokerError::new(kind, format!("amqp: {what} failed: {error}")).with_source(error)
-}
 
 /// Extra properties of a published message.
 #[derive(Debug, Default)]

@@ -7,7 +7,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::encoder::{decode_value, encode_value, CodecError, Encoder};
-use crate::outcome::{BoxError, Failure, Output, RecordLimits};
+use crate::error::BoxError;
+use crate::error_record::RecordLimits;
+use crate::failure::Failure;
+use crate::output::Output;
 use crate::{App, Context, EnqueueError, Options, SendOptions, Sent};
 
 /// One attempt of an actor, not yet started: futures do nothing until

@@ -11,9 +11,9 @@ use crate::actor::ActorInfo;
 use crate::broker::{Broker, DeadLetters, Outgoing, QueueAdmin, QueueStats};
 use crate::encoder::{encode_value, Encoder, MessagePack};
 use crate::error::{BrokerError, BrokerErrorKind, ConfigError, EnqueueError};
+use crate::failure::ErrorType;
 use crate::message::ETA;
 use crate::middleware::Middleware;
-use crate::outcome::ErrorType;
 use crate::state::{MissingState, State};
 use crate::{Actor, DeclaredOption, Message, MessageId, Options, Sent};
 
@@ -63,8 +63,8 @@ struct Inner {
 /// use dramaturg_core::SendOptions;
 ///
 /// let send = SendOptions::default()
-///     .delay(Duration::from_secs(60))
-///     .options(|o| o.with_max_retries(0).with_extra("tenant", "acme"));
+///     .with_delay(Duration::from_secs(60))
+///     .with_options(|o| o.with_max_retries(0).with_extra("tenant", "acme"));
 /// assert_eq!(send.options.max_retries, Some(0));
 /// ```
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -79,14 +79,14 @@ pub struct SendOptions {
 impl SendOptions {
     /// Holds the message back for `delay`.
     #[must_use]
-    pub fn delay(mut self, delay: Duration) -> Self {
+    pub fn with_delay(mut self, delay: Duration) -> Self {
         self.delay = Some(delay);
         self
     }
 
     /// Changes the per-message options.
     #[must_use]
-    pub fn options(mut self, change: impl FnOnce(Options) -> Options) -> Self {
+    pub fn with_options(mut self, change: impl FnOnce(Options) -> Options) -> Self {
         self.options = change(self.options);
         self
     }

@@ -4,7 +4,7 @@ use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -159,13 +159,6 @@ impl Context {
         Duration::from_micros(self.inner.extension_us.load(Ordering::Relaxed))
     }
 
-    /// Records that this attempt has been asked to abort and will be
-    /// interrupted after `grace` (used by the abort middleware).
-    pub fn request_abort(&self, grace: Duration) {
-        let at = micros(self.inner.started.elapsed() + grace);
-        self.inner.abort_at_us.fetch_min(at, Ordering::AcqRel);
-    }
-
     /// `None`, or — once an abort has been requested — the time left before
     /// the attempt is interrupted (zero once it is due). Actors that can
     /// stop cleanly check this between steps; blocking actors can only stop
@@ -173,18 +166,6 @@ impl Context {
     pub fn abort_requested(&self) -> Option<Duration> {
         let at = self.inner.abort_at_us.load(Ordering::Acquire);
         (at != u64::MAX).then(|| Duration::from_micros(at).saturating_sub(self.inner.started.elapsed()))
-    }
-
-    /// Marks the attempt as being stopped (by a time limit, an abort, a
-    /// shutdown): [`Context::check`] fails from now on. The first reason
-    /// given is kept.
-    pub fn interrupt(&self, reason: Interruption) {
-        let code = match reason {
-            Interruption::TimeLimit => 1,
-            Interruption::Abort => 2,
-            Interruption::Shutdown => 3,
-        };
-        let _ = self.inner.interruption.compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
     }
 
     /// Why the attempt is being stopped, if it is.
@@ -220,47 +201,14 @@ impl Context {
         self.interruption().map_or(Ok(()), |reason| Err(Interrupted(reason)))
     }
 
-    /// Whether the actor returned `Ok` in this attempt. Set by the innermost
-    /// step of the stack as the actor returns, so a middleware that fails on
-    /// the way out (a panic after `next.run(ctx)`) cannot make finished work
-    /// look unfinished: error capture and the worker settle such a message as
-    /// done, and report the middleware's failure on its own.
-    pub fn actor_succeeded(&self) -> bool {
-        self.inner.actor_succeeded.load(Ordering::Acquire)
-    }
-
     pub(crate) fn set_actor_succeeded(&self) {
         self.inner.actor_succeeded.store(true, Ordering::Release);
     }
 
-    /// Records that a middleware failed after the actor had succeeded (error
-    /// capture calls this when it catches such a panic); the worker counts
-    /// it in [`WorkerReport::middleware_failures`](crate::WorkerReport::middleware_failures).
-    pub fn note_middleware_failure(&self) {
-        self.inner.middleware_failures.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// The outcome of an attempt whose middleware chain panicked with
-    /// `failure`: that failure, unless the actor had already succeeded —
-    /// then the work stands ([`Outcome::Succeeded`](crate::Outcome::Succeeded)),
-    /// and the panic is logged at ERROR and noted as a middleware failure,
-    /// because running the finished work again would not undo the
-    /// middleware's bug. Error capture and the worker both end panics here.
-    pub fn outcome_of_panic(&self, mut failure: crate::Failure) -> crate::Outcome {
-        if !self.actor_succeeded() {
-            return crate::Outcome::Failed(failure);
-        }
-        self.note_middleware_failure();
-        tracing::error!(
-            error = %failure.record().summary(),
-            "a middleware panicked after the actor succeeded; the message is settled as done"
-        );
-        crate::Outcome::Succeeded(crate::Output::new(()))
-    }
-
-    /// How many middleware failures after the actor's success were noted.
-    pub fn middleware_failures(&self) -> u32 {
-        self.inner.middleware_failures.load(Ordering::Relaxed)
+    /// What middleware do to this attempt beyond what the actor sees: stop
+    /// it, ask it to abort, end a panicked chain. Not for actors.
+    pub fn controls(&self) -> Controls<'_> {
+        Controls { ctx: self }
     }
 
     /// Records that this attempt's blocking thread starts; the guard, moved
@@ -283,10 +231,93 @@ impl Context {
         self.inner.started + Duration::from_micros(self.inner.heartbeat_us.load(Ordering::Relaxed))
     }
 
-    /// The metadata of this delivery, locked. Do not hold the guard across
-    /// an `.await`.
-    pub fn metadata(&self) -> MutexGuard<'_, Metadata> {
-        crate::sync::lock(&self.inner.metadata)
+    /// Runs `f` with the metadata of this delivery, locked for the call:
+    /// read a value, insert one, change one. The lock cannot be held across
+    /// an `.await` (which would make the job's future `!Send`), since it
+    /// ends with `f`.
+    ///
+    /// ```
+    /// # use dramaturg_core::Context;
+    /// #[derive(Clone, Debug, Default)]
+    /// struct Progress(u32);
+    ///
+    /// fn step(ctx: &Context) -> u32 {
+    ///     ctx.metadata(|m| {
+    ///         let progress = m.get_or_default::<Progress>();
+    ///         progress.0 += 10;
+    ///         progress.0
+    ///     })
+    /// }
+    /// ```
+    pub fn metadata<R>(&self, f: impl FnOnce(&mut Metadata) -> R) -> R {
+        f(&mut crate::sync::lock(&self.inner.metadata))
+    }
+}
+
+/// What middleware do to an attempt beyond what its actor sees:
+/// [`Context::controls`].
+#[derive(Debug, Clone, Copy)]
+pub struct Controls<'a> {
+    ctx: &'a Context,
+}
+
+impl Controls<'_> {
+    /// Records that this attempt has been asked to abort and will be
+    /// interrupted after `grace` (used by the abort middleware).
+    pub fn request_abort(&self, grace: Duration) {
+        let at = micros(self.ctx.inner.started.elapsed() + grace);
+        self.ctx.inner.abort_at_us.fetch_min(at, Ordering::AcqRel);
+    }
+
+    /// Marks the attempt as being stopped (by a time limit, an abort, a
+    /// shutdown): [`Context::check`] fails from now on. The first reason
+    /// given is kept.
+    pub fn interrupt(&self, reason: Interruption) {
+        let code = match reason {
+            Interruption::TimeLimit => 1,
+            Interruption::Abort => 2,
+            Interruption::Shutdown => 3,
+        };
+        let _ = self.ctx.inner.interruption.compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// Whether the actor returned `Ok` in this attempt. Set by the innermost
+    /// step of the stack as the actor returns, so a middleware that fails on
+    /// the way out (a panic after `next.run(ctx)`) cannot make finished work
+    /// look unfinished: error capture and the worker settle such a message as
+    /// done, and report the middleware's failure on its own.
+    pub fn actor_succeeded(&self) -> bool {
+        self.ctx.inner.actor_succeeded.load(Ordering::Acquire)
+    }
+
+    /// Records that a middleware failed after the actor had succeeded (error
+    /// capture calls this when it catches such a panic); the worker counts
+    /// it in [`WorkerReport::middleware_failures`](crate::WorkerReport::middleware_failures).
+    pub fn note_middleware_failure(&self) {
+        self.ctx.inner.middleware_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The outcome of an attempt whose middleware chain panicked with
+    /// `failure`: that failure, unless the actor had already succeeded —
+    /// then the work stands ([`Outcome::Succeeded`](crate::Outcome::Succeeded)),
+    /// and the panic is logged at ERROR and noted as a middleware failure,
+    /// because running the finished work again would not undo the
+    /// middleware's bug. Error capture and the worker both end panics here.
+    pub fn outcome_of_panic(&self, mut failure: crate::Failure) -> crate::Outcome {
+        if !self.actor_succeeded() {
+            return crate::Outcome::Failed(failure);
+        }
+        self.note_middleware_failure();
+        tracing::error!(
+            error = %failure.record().summary(),
+            "a middleware panicked after the actor succeeded; the message is settled as done"
+        );
+        crate::Outcome::Succeeded(crate::Output::new(()))
+    }
+
+    /// How many middleware failures after the actor's success were noted.
+    pub fn middleware_failures(&self) -> u32 {
+        self.ctx.inner.middleware_failures.load(Ordering::Relaxed)
     }
 }
 

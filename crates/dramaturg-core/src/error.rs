@@ -4,7 +4,9 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::encoder::CodecError;
-use crate::outcome::BoxError;
+
+/// A boxed error, the common currency of actor failures.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// What kind of [`BrokerError`] this is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -59,7 +59,9 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::DropGuard;
 
 use crate::encoder::{CodecError, Encoder};
-use crate::outcome::{ErrorRecord, Failure, FailureKind, Output, RecordLimits};
+use crate::error_record::{ErrorRecord, FailureKind, RecordLimits};
+use crate::failure::Failure;
+use crate::output::Output;
 use crate::{Actor, App, Context, Job, Json, MemoryBroker, MessageId, MessagePack, Options, Retry};
 
 /// The environment variable that makes a process an isolated child: the

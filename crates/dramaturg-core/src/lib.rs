@@ -31,7 +31,9 @@ mod context;
 mod dead_letter;
 pub mod encoder;
 mod error;
+mod error_record;
 mod fail;
+mod failure;
 mod id;
 pub mod isolation;
 /// For `#[derive(Actor)]`'s registration of isolated actors; not a public API.
@@ -42,6 +44,7 @@ mod message;
 pub mod middleware;
 mod options;
 pub mod outcome;
+mod output;
 pub mod random;
 mod sent;
 mod signal;
@@ -59,17 +62,20 @@ pub use broker::{
     Broker, Consumer, DeadLetter, DeadLetters, Delivery, Outgoing, QueueAdmin, QueueStats, Receipt, Replay,
     SettleError, Settled, Settlement,
 };
-pub use context::{Context, Metadata};
+pub use context::{Context, Controls, Metadata};
 pub use dead_letter::{DeadLetterView, DecodedMessage, ReplayError, ReplayReport, ReplayRetries};
 pub use encoder::{CodecError, Encoder, Json, MessagePack};
-pub use error::{BrokerError, BrokerErrorKind, ConfigError, EnqueueError};
+pub use error::{BoxError, BrokerError, BrokerErrorKind, ConfigError, EnqueueError};
+pub use error_record::{ErrorRecord, FailureKind, RecordLimits};
 pub use fail::{Fail, Interrupted, Interruption, Retry};
+pub use failure::{ErrorType, Failure};
 pub use id::{MessageId, ParseMessageIdError};
 pub use memory::MemoryBroker;
 pub use message::{now_ms, Message, ETA};
 pub use middleware::{Middleware, Next};
 pub use options::{DeclaredOption, OptionError, OptionKey, Options};
-pub use outcome::{BoxError, ErrorRecord, ErrorType, Failure, FailureKind, NextAttempt, Outcome, Output, RecordLimits};
+pub use outcome::{NextAttempt, Outcome};
+pub use output::Output;
 pub use sent::Sent;
 pub use state::{MissingState, State};
 pub use store::{MemoryStore, Store, StoreError, StoreErrorKind};

@@ -67,7 +67,9 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 use crate::actor::Job;
-use crate::outcome::{BoxError, ErrorType, Outcome};
+use crate::error::BoxError;
+use crate::failure::ErrorType;
+use crate::outcome::Outcome;
 use crate::{App, ConfigError, Context, Interruption, Message, State};
 
 /// The names of the default middleware, as [`Middleware::name`] gives
@@ -277,7 +279,7 @@ impl<'a> Next<'a> {
                     (Some(shutdown), None) => tokio::select! {
                         result = job => result,
                         () = shutdown.cancelled() => {
-                            ctx.interrupt(Interruption::Shutdown);
+                            ctx.controls().interrupt(Interruption::Shutdown);
                             return Outcome::Requeue("the worker shut down before the message finished".into());
                         }
                     },
@@ -286,7 +288,7 @@ impl<'a> Next<'a> {
                         tokio::select! {
                             result = &mut job => result,
                             () = shutdown.cancelled() => {
-                                ctx.interrupt(Interruption::Shutdown);
+                                ctx.controls().interrupt(Interruption::Shutdown);
                                 let result = tokio::select! {
                                     result = job => result,
                                     () = abandon.cancelled() => return Outcome::Requeue(

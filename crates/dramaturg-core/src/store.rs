@@ -60,8 +60,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::error::BoxError;
 use crate::error::{BrokerError, BrokerErrorKind};
-use crate::outcome::BoxError;
 
 pub use memory::MemoryStore;
 

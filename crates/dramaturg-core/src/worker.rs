@@ -47,9 +47,11 @@ use tracing::Instrument;
 use crate::bounded::Bounded;
 use crate::broker::{Consumer, Delivery, Settled, Settlement};
 use crate::error::BrokerError;
+use crate::error_record::RecordLimits;
+use crate::failure::Failure;
 use crate::isolation::{Isolation, Pool};
 use crate::middleware::Next;
-use crate::outcome::{Failure, Outcome, RecordLimits};
+use crate::outcome::Outcome;
 use crate::watchdog::{Lease, Watchdog};
 use crate::{App, Context, Message};
 
@@ -811,9 +813,9 @@ async fn run_message(
     }
     let chain = chain.run(&ctx);
     let mut outcome = AssertUnwindSafe(chain).catch_unwind().await.unwrap_or_else(|panic| {
-        ctx.outcome_of_panic(Failure::from_panic(panic.as_ref(), None, &RecordLimits::default()))
+        ctx.controls().outcome_of_panic(Failure::from_panic(panic.as_ref(), None, &RecordLimits::default()))
     });
-    let middleware_failures = ctx.middleware_failures();
+    let middleware_failures = ctx.controls().middleware_failures();
     if middleware_failures > 0 {
         shared.counters.middleware_failures.fetch_add(u64::from(middleware_failures), Ordering::Relaxed);
     }

@@ -128,7 +128,7 @@ impl Middleware for ErrorCapture {
                     if self.backtraces { LAST_BACKTRACE.with(|last| last.borrow_mut().take()) } else { None };
                 // A middleware inside this one may have panicked after the
                 // actor had succeeded: then the work stands.
-                ctx.outcome_of_panic(Failure::from_panic(panic.as_ref(), backtrace.as_deref(), &self.limits))
+                ctx.controls().outcome_of_panic(Failure::from_panic(panic.as_ref(), backtrace.as_deref(), &self.limits))
             }
         }
     }

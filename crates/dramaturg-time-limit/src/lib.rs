@@ -200,7 +200,7 @@ impl Middleware for TimeLimit {
                 () = tokio::time::sleep_until(wake.into()) => {}
             }
         };
-        ctx.interrupt(Interruption::TimeLimit);
+        ctx.controls().interrupt(Interruption::TimeLimit);
         // `limit` is the value in force (`1m30s` prints as `90s`); which
         // limit it is, is in the message.
         tracing::warn!(limit = ?exceeded.after, "{exceeded}; stopping the attempt");

@@ -1,0 +1,18 @@
+//! lapin's errors as dramaturg's [`BrokerError`]s.
+
+use dramaturg_core::{BrokerError, BrokerErrorKind};
+use lapin::ErrorKind;
+
+/// A lapin error as a [`BrokerError`], classified, without the URL.
+pub(crate) fn amqp_error(error: lapin::Error, what: &str) -> BrokerError {
+    let kind = match error.kind() {
+        ErrorKind::IOError(_)
+        | ErrorKind::InvalidConnectionState(_)
+        | ErrorKind::InvalidChannelState(..)
+        | ErrorKind::MissingHeartbeatError
+        | ErrorKind::InvalidChannel(_) => BrokerErrorKind::Connection,
+        ErrorKind::ProtocolError(_) => BrokerErrorKind::Protocol,
+        _ => BrokerErrorKind::Other,
+    };
+    BrokerError::new(kind, format!("amqp: {what} failed: {error}")).with_source(error)
+}

@@ -1,0 +1,213 @@
+//! Sending: per-message choices, the enqueue hooks, the checks every
+//! message passes, and the hand-over to the broker.
+
+use std::future::Future;
+use std::time::Duration;
+
+use super::App;
+use crate::actor::ActorInfo;
+use crate::broker::Outgoing;
+use crate::encoder::encode_value;
+use crate::error::EnqueueError;
+use crate::message::ETA;
+use crate::{Actor, Message, MessageId, Options, Sent};
+
+/// The longest delay a message can be sent or retried with: 365 days.
+/// Longer ones are refused ([`EnqueueError::DelayTooLong`]); a job that is
+/// due in more than a year belongs in a scheduler.
+pub const MAX_DELAY: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Per-message choices for [`Actor::send_with`]: a delay and option
+/// overrides.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use dramaturg_core::SendOptions;
+///
+/// let send = SendOptions::default()
+///     .with_delay(Duration::from_secs(60))
+///     .with_options(|o| o.with_max_retries(0).with_extra("tenant", "acme"));
+/// assert_eq!(send.options.max_retries, Some(0));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct SendOptions {
+    /// Hold the message back this long before it may run.
+    pub delay: Option<Duration>,
+    /// Options that override the actor's.
+    pub options: Options,
+}
+
+impl SendOptions {
+    /// Holds the message back for `delay`.
+    #[must_use]
+    pub fn with_delay(mut self, delay: Duration) -> Self {
+        self.delay = Some(delay);
+        self
+    }
+
+    /// Changes the per-message options.
+    #[must_use]
+    pub fn with_options(mut self, change: impl FnOnce(Options) -> Options) -> Self {
+        self.options = change(self.options);
+        self
+    }
+}
+
+impl App {
+    /// Sends `actor` with `options`: the future behind [`Actor::send`].
+    ///
+    /// The arguments are encoded before this returns, so the future owns
+    /// everything it needs.
+    ///
+    /// # Errors
+    ///
+    /// See [`Actor::send`].
+    pub fn send<A: Actor>(
+        &self,
+        actor: &A,
+        options: SendOptions,
+    ) -> impl Future<Output = Result<Sent<A>, EnqueueError>> + Send + 'static {
+        let message = self.message(actor, options.options);
+        let app = self.clone();
+        async move { app.enqueue(message?, options.delay).await.map(Sent::from_id) }
+    }
+
+    /// Sends many messages to one actor in one broker call (one round trip
+    /// on brokers that support it). Returns their handles in order.
+    ///
+    /// # Errors
+    ///
+    /// See [`Actor::send`]. If the broker fails part-way, some messages may
+    /// have been enqueued.
+    pub fn send_many<'a, A: Actor>(
+        &self,
+        actors: impl IntoIterator<Item = &'a A>,
+    ) -> impl Future<Output = Result<Vec<Sent<A>>, EnqueueError>> + Send + 'static {
+        let messages: Result<Vec<_>, _> =
+            actors.into_iter().map(|actor| self.message(actor, Options::default()).map(|m| (m, None))).collect();
+        let app = self.clone();
+        async move { Ok(app.enqueue_many(messages?).await?.into_iter().map(Sent::from_id).collect()) }
+    }
+
+    /// Builds the message for `actor` without sending it.
+    ///
+    /// # Errors
+    ///
+    /// [`EnqueueError::UnknownActor`] if the app does not know the actor,
+    /// [`EnqueueError::Encode`] if its arguments cannot be encoded.
+    pub fn message<A: Actor>(&self, actor: &A, options: Options) -> Result<Message, EnqueueError> {
+        let Some(info) = self.inner.actors.get(A::NAME) else {
+            return Err(EnqueueError::UnknownActor(A::NAME.to_owned()));
+        };
+        let args = encode_value(self.encoder(), actor)?;
+        let mut message = Message::new(info.queue(), A::NAME, args.into());
+        message.options = options;
+        Ok(message)
+    }
+
+    /// Enqueues a message built earlier (retries re-enqueue this way): runs
+    /// the enqueue hooks, encodes, checks the size and hands it to the broker.
+    ///
+    /// # Errors
+    ///
+    /// [`EnqueueError`]; nothing was enqueued.
+    ///
+    /// # Cancel safety
+    ///
+    /// If cancelled, the message may or may not have been enqueued.
+    pub async fn enqueue(&self, message: Message, delay: Option<Duration>) -> Result<MessageId, EnqueueError> {
+        let (id, outgoing, delayed) = self.outgoing(message, delay)?;
+        self.inner.broker.enqueue(outgoing).await?;
+        if let Some(delayed) = delayed {
+            self.after_delayed_enqueue(&delayed).await;
+        }
+        Ok(id)
+    }
+
+    async fn after_delayed_enqueue(&self, (message, delay): &(Message, Duration)) {
+        for middleware in &self.inner.stack {
+            middleware.after_delayed_enqueue(self, message, *delay).await;
+        }
+    }
+
+    /// Enqueues many messages built earlier in one broker call.
+    ///
+    /// # Errors
+    ///
+    /// [`EnqueueError`]; if it comes from the broker, some messages may have
+    /// been enqueued.
+    pub async fn enqueue_many(
+        &self,
+        messages: Vec<(Message, Option<Duration>)>,
+    ) -> Result<Vec<MessageId>, EnqueueError> {
+        let mut ids = Vec::with_capacity(messages.len());
+        let mut batch = Vec::with_capacity(messages.len());
+        let mut delayed = Vec::new();
+        for (message, delay) in messages {
+            let (id, outgoing, waiting) = self.outgoing(message, delay)?;
+            ids.push(id);
+            batch.push(outgoing);
+            delayed.extend(waiting);
+        }
+        self.inner.broker.enqueue_many(batch).await?;
+        for waiting in &delayed {
+            self.after_delayed_enqueue(waiting).await;
+        }
+        Ok(ids)
+    }
+
+    /// The message to hand to the broker, and the message itself when it is
+    /// delayed (for the middleware's `after_delayed_enqueue`).
+    #[allow(clippy::type_complexity)]
+    fn outgoing(
+        &self,
+        mut message: Message,
+        delay: Option<Duration>,
+    ) -> Result<(MessageId, Outgoing, Option<(Message, Duration)>), EnqueueError> {
+        for middleware in &self.inner.stack {
+            middleware
+                .before_enqueue(&mut message)
+                .map_err(|source| EnqueueError::Rejected { middleware: middleware.name(), source })?;
+        }
+        message.options.check_known()?;
+        for declared in &self.inner.declared_options {
+            if let Some(value) = message.options.extra.get(declared.name()) {
+                declared.check(value)?;
+            }
+        }
+        let actor = self.inner.actors.get(message.actor.as_str()).map(ActorInfo::options);
+        let priority = message.options.priority.or(actor.and_then(|a| a.priority));
+        let delay = delay.filter(|d| !d.is_zero());
+        if let Some(delay) = delay {
+            if delay > MAX_DELAY {
+                return Err(EnqueueError::DelayTooLong { delay, max: MAX_DELAY });
+            }
+            // Due at exactly its max_age, it is already too old when it runs.
+            let max_age = message.options.max_age.or(actor.and_then(|a| a.max_age));
+            if let Some(max_age) = max_age.filter(|max_age| delay >= *max_age) {
+                return Err(EnqueueError::DelayBeyondMaxAge { delay, max_age });
+            }
+            // When it falls due (Dramatiq's `eta` option), so that the age
+            // limit can tell a message delayed past its max_age from one
+            // that waited too long.
+            let eta = message.enqueued_at_ms.saturating_add(crate::time::millis(delay));
+            message.options.extra.insert(ETA.name().to_owned(), eta.into());
+        }
+        let body = self.encoder().encode_message(&message)?;
+        if body.len() > self.inner.max_message_size {
+            return Err(EnqueueError::TooLarge { size: body.len(), limit: self.inner.max_message_size });
+        }
+        let id = message.id;
+        match delay {
+            Some(delay) => {
+                let outgoing =
+                    Outgoing::new(message.queue.as_str(), body).with_delay(Some(delay)).with_priority(priority);
+                Ok((id, outgoing, Some((message, delay))))
+            }
+            None => Ok((id, Outgoing::new(message.queue, body).with_priority(priority), None)),
+        }
+    }
+}

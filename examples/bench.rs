@@ -22,7 +22,9 @@
 //! - `abort`: 20 running actors that loop on 1 ms sleeps, aborted one by
 //!   one; latency from the `abort()` call to the actor's interruption.
 //!   `--events URL` picks the abort middleware's store (`memory`, the default,
-//!   or `redis://…`). Last line: JSON with `abort_latency_ms_p50` and
+//!   or `redis://…`; in the throughput scenario the default follows the
+//!   broker, as `dramaturg::app` does, and `--events memory` keeps abort
+//!   requests in process memory to measure what the shared store costs). Last line: JSON with `abort_latency_ms_p50` and
 //!   `abort_latency_ms_p90`.
 //! - `fail-large-errors`: N messages whose actor fails every attempt with an
 //!   error holding a 10 MB buffer, `max_retries` 20, backoff 10–100 ms; RSS
@@ -118,7 +120,9 @@ struct Args {
     batch: usize,
     samples: Option<String>,
     seconds: u64,
-    events: String,
+    /// `--events`: the abort middleware's store; `None` follows the broker
+    /// (the default stack) in the throughput scenario, memory elsewhere.
+    events: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -130,7 +134,7 @@ fn parse_args() -> Result<Args, String> {
         batch: 1000,
         samples: None,
         seconds: 10,
-        events: "memory".into(),
+        events: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -138,7 +142,7 @@ fn parse_args() -> Result<Args, String> {
         match flag.as_str() {
             "--scenario" => args.scenario = value()?,
             "--samples" => args.samples = Some(value()?),
-            "--events" => args.events = value()?,
+            "--events" => args.events = Some(value()?),
             "--seconds" => args.seconds = value()?.parse().map_err(|e| format!("--seconds: {e}"))?,
             "--broker" => args.broker = value()?,
             "--messages" => args.messages = Some(value()?.parse().map_err(|e| format!("--messages: {e}"))?),
@@ -193,7 +197,12 @@ async fn main() -> Result<(), BoxError> {
 async fn throughput(args: &Args) -> Result<(), BoxError> {
     let messages = args.messages.unwrap_or(100_000);
     let broker = dramaturg::connect(&args.broker).await?;
-    let app = dramaturg::app_shared(broker).actor::<Noop>().build()?;
+    let builder = dramaturg::app_shared(broker);
+    let builder = match &args.events {
+        Some(events) => with_events(builder, events).await?,
+        None => builder,
+    };
+    let app = builder.actor::<Noop>().build()?;
     let broker_name = args.broker.split("://").next().unwrap_or_default().to_owned();
 
     let started = Instant::now();
@@ -382,7 +391,10 @@ async fn idle(args: &Args) -> Result<(), BoxError> {
         return Err("the idle scenario reads Redis's INFO commandstats: use --broker redis://…".into());
     }
     let broker = dramaturg::connect(&args.broker).await?;
-    let app = with_events(dramaturg::app_shared(broker), &args.events).await?.actor::<Noop>().build()?;
+    let app = with_events(dramaturg::app_shared(broker), args.events.as_deref().unwrap_or("memory"))
+        .await?
+        .actor::<Noop>()
+        .build()?;
     let worker = Worker::new(app.clone()).concurrency(args.concurrency);
     let shutdown = worker.shutdown_handle();
     let running = tokio::spawn(worker.run());
@@ -455,7 +467,10 @@ async fn abort_latency(args: &Args) -> Result<(), BoxError> {
     use dramaturg::abort::{abort, AbortOptions};
     let count = args.messages.unwrap_or(20);
     let broker = dramaturg::connect(&args.broker).await?;
-    let app = with_events(dramaturg::app_shared(broker), &args.events).await?.actor::<Spin>().build()?;
+    let app = with_events(dramaturg::app_shared(broker), args.events.as_deref().unwrap_or("memory"))
+        .await?
+        .actor::<Spin>()
+        .build()?;
     let worker = Worker::new(app.clone()).concurrency(count as usize);
     let shutdown = worker.shutdown_handle();
     let running = tokio::spawn(worker.run());
@@ -487,7 +502,7 @@ async fn abort_latency(args: &Args) -> Result<(), BoxError> {
     let (p50, p90) = (percentile(&latencies, 0.5), percentile(&latencies, 0.9));
     println!(
         "scenario:    abort ({count} running actors, events {})",
-        args.events.split("://").next().unwrap_or_default()
+        args.events.as_deref().unwrap_or("memory").split("://").next().unwrap_or_default()
     );
     println!("abort to interruption: p50 {p50:.3} ms, p90 {p90:.3} ms ({} aborted)", report.aborted);
     println!("{{\"scenario\":\"abort\",\"messages\":{count},\"abort_latency_ms_p50\":{p50:.3},\"abort_latency_ms_p90\":{p90:.3}}}");

@@ -7,14 +7,14 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dramaturg::prelude::*;
 use dramaturg::redis::{RedisBroker, RedisConfig};
 use dramaturg::BoxError;
 use serde::{Deserialize, Serialize};
-use support::{append, logged, temp_log};
+use support::{append, logged, temp_log, KillOnDrop};
 
 const URL: &str = "redis://127.0.0.1:6379";
 const CHILD_TEST: &str = "long_jobs_child";
@@ -62,13 +62,15 @@ fn long_jobs_child() {
     });
 }
 
-fn spawn_child(namespace: &str) -> Child {
-    Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", CHILD_TEST, "--nocapture", "--test-threads=1"])
-        .env(support::CHILD, namespace)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap()
+fn spawn_child(namespace: &str) -> KillOnDrop {
+    KillOnDrop(
+        Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", CHILD_TEST, "--nocapture", "--test-threads=1"])
+            .env(support::CHILD, namespace)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 /// Issue input 1: as many CPU-bound async jobs as the worker's runtime has
@@ -91,16 +93,16 @@ async fn cpu_bound_async_jobs_on_every_runtime_thread_are_not_run_twice() {
     // Generous: the child process connects, registers and claims on a
     // machine that may be busy with other builds; the assertions below are
     // about how often the jobs run, not how soon they start.
-    support::wait_for("both jobs to start", Duration::from_secs(60), || logged(&log, "start").len() == 2).await;
-    let pid = busy.id().to_string();
+    support::wait_for("both jobs to start", Duration::from_secs(30), || logged(&log, "start").len() == 2).await;
+    let pid = busy.0.id().to_string();
     assert!(logged(&log, "start").iter().all(|line| line.ends_with(&pid)), "{:?}", logged(&log, ""));
     let mut watcher = spawn_child(&namespace);
     support::wait_for("both jobs to end", Duration::from_secs(30), || logged(&log, "end").len() == 2).await;
     app.join(Duration::from_secs(10)).await.unwrap();
     // Longer than a heartbeat timeout more, for a late recovery to show.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    support::terminate(&mut busy);
-    support::terminate(&mut watcher);
+    support::terminate(&mut busy.0);
+    support::terminate(&mut watcher.0);
     let starts = logged(&log, "start");
     assert_eq!(starts.len(), 2, "a job ran twice: {:?}", logged(&log, ""));
     let _ = std::fs::remove_file(&log);

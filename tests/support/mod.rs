@@ -91,6 +91,19 @@ pub(crate) fn recorded(dir: &Path) -> HashMap<u64, usize> {
     counts
 }
 
+/// A worker child that is killed if the test ends without stopping it (a
+/// failed assertion), so that it does not outlive the test binary.
+pub(crate) struct KillOnDrop(pub(crate) Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Sends SIGTERM and waits for the child.
 pub(crate) fn terminate(child: &mut Child) {
     Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
@@ -130,10 +143,14 @@ pub(crate) async fn kill_one_of_two_workers(app: &App, test: &str, spec: &str, t
 }
 
 /// Appends `what` and this process's id as a line to the log at `log`
-/// (jobs record their start and end this way, across processes).
+/// (jobs record their start and end this way, across processes and
+/// threads). The line goes out in one `write` on a file opened for
+/// appending, so that lines written at once do not interleave (`writeln!`
+/// on a `File` writes each formatted piece separately).
 pub(crate) fn append(log: &str, what: &str) {
     let mut file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-    writeln!(file, "{what} {}", std::process::id()).unwrap();
+    let line = format!("{what} {}\n", std::process::id());
+    file.write_all(line.as_bytes()).unwrap();
 }
 
 /// The lines of `log` that begin with `what`.

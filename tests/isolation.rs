@@ -87,11 +87,30 @@ impl Hungry {
     }
 }
 
+/// Built by the isolated children's setup, read by [`Stateful`].
+#[derive(Debug)]
+struct ChildSetup(String);
+
+/// Reads the state its child process set up.
+#[derive(Actor, Serialize, Deserialize)]
+#[actor(isolated, queue = "iso", max_retries = 0)]
+struct Stateful {}
+
+impl Stateful {
+    async fn perform(self, ctx: &Context) -> Result<(), BoxError> {
+        println!("state: {}", ctx.state::<ChildSetup>()?.0);
+        Ok(())
+    }
+}
+
 /// The worker child: `scenario`, runs until the queue is drained, prints
-/// its report and the dead letters' reasons.
+/// its report and the dead letters' reasons. Its isolated children set up
+/// a [`ChildSetup`].
 #[test]
 fn isolation_child() {
-    dramaturg::isolation::enter();
+    dramaturg::isolation::enter_with(|builder| async move {
+        Ok(builder.state(ChildSetup(format!("set up in {}", std::process::id()))))
+    });
     let Ok(scenario) = std::env::var(CHILD) else { return };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(async {
@@ -102,6 +121,7 @@ fn isolation_child() {
             .actor::<Crash>()
             .actor::<Hungry>()
             .actor::<Endless>()
+            .actor::<Stateful>()
             .build()
             .unwrap();
         match scenario.as_str() {
@@ -117,6 +137,9 @@ fn isolation_child() {
             "crash" => {
                 Crash {}.send(&app).await.unwrap();
                 Hello { n: 7 }.send(&app).await.unwrap();
+            }
+            "state" => {
+                Stateful {}.send(&app).await.unwrap();
             }
             "shutdown" => {
                 Endless {}.send(&app).await.unwrap();
@@ -290,4 +313,19 @@ fn shutdown_kills_isolated_children_after_the_grace_period() {
     assert!(field(&out, "elapsed_ms") < 3000, "{out}");
     let pid = out.lines().find_map(|l| l.split("endless started in ").nth(1)).unwrap();
     assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "child {pid} still runs");
+}
+
+/// An isolated handler reads the state that `enter_with` set up in its
+/// child process (and the worker's own app has none of it).
+#[test]
+fn isolated_handlers_read_the_state_their_child_set_up() {
+    if std::env::var(CHILD).is_ok() {
+        return;
+    }
+    let (out, err) = run("state");
+    assert_eq!((field(&out, "succeeded"), field(&out, "failed")), (1, 0), "{out}\n{err}");
+    let worker = out.lines().find_map(|l| l.strip_prefix("WORKER ")).unwrap();
+    let line = out.lines().find(|l| l.contains("state: set up in ")).unwrap_or_else(|| panic!("{out}\n{err}"));
+    let child = line.rsplit(' ').next().unwrap();
+    assert_ne!(child, worker, "the state was set up in the child, not the worker: {line}");
 }

@@ -46,6 +46,7 @@
 
 use std::ffi::OsString;
 use std::fmt;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -62,7 +63,7 @@ use crate::encoder::{CodecError, Encoder};
 use crate::error_record::{ErrorRecord, FailureKind, RecordLimits};
 use crate::failure::Failure;
 use crate::output::Output;
-use crate::{Actor, App, Context, Job, Json, MemoryBroker, MessageId, MessagePack, Options, Retry};
+use crate::{Actor, App, AppBuilder, BoxError, Context, Job, Json, MemoryBroker, MessageId, MessagePack, Retry};
 
 /// The environment variable that makes a process an isolated child: the
 /// path of the socket to its worker.
@@ -80,8 +81,39 @@ const OUTPUT_DRAIN: Duration = Duration::from_secs(1);
 /// Runs this process as an isolated child if the worker started it so, and
 /// exits when the worker is done with it; returns at once otherwise. Call
 /// it first thing in `main` when any actor is `isolated` (inside
-/// `#[tokio::main]` works too).
+/// `#[tokio::main]` works too). Isolated handlers then find no app state
+/// (`ctx.state` is `Err(MissingState)`); [`enter_with`] builds some.
 pub fn enter() {
+    enter_with(|builder| async move { Ok(builder) });
+}
+
+/// As [`enter`], with `setup` to build the child's app: it receives the
+/// builder of the child's app (an in-memory broker, no actors, no
+/// middleware) and returns it with the state the isolated handlers read
+/// through `ctx.state::<T>()` — a database pool, an HTTP client. It runs
+/// once per child, on the child's runtime, before the first message; it
+/// does not run in the worker, so register the same values on the
+/// worker's app too if its other actors need them.
+///
+/// ```no_run
+/// # use dramaturg_core::isolation;
+/// # #[derive(Debug)] struct Settings { bucket: String }
+/// fn main() {
+///     isolation::enter_with(|builder| async move {
+///         Ok(builder.state(Settings { bucket: std::env::var("BUCKET")? }))
+///     });
+///     // … build the runtime, the app, and run the worker.
+/// }
+/// ```
+///
+/// A `setup` that fails ends the child with the error on its stderr; the
+/// worker's attempt then fails with [`IsolationError::ChildExited`] and is
+/// retried like any failure.
+pub fn enter_with<F, Fut>(setup: F)
+where
+    F: FnOnce(AppBuilder) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<AppBuilder, BoxError>>,
+{
     static ENTERED: AtomicBool = AtomicBool::new(false);
     let Some(path) = std::env::var_os(CHILD_ENV) else { return };
     if ENTERED.swap(true, Ordering::SeqCst) {
@@ -94,7 +126,7 @@ pub fn enter() {
     // too: the child's runtime cannot be started on a runtime thread.
     let served = std::thread::Builder::new()
         .name("dramaturg-isolated-child".into())
-        .spawn(move || serve(&path))
+        .spawn(move || serve(&path, setup))
         .and_then(|thread| thread.join().unwrap_or_else(|_| Err(std::io::Error::other("the child panicked"))));
     let code = match served {
         Ok(()) => 0,
@@ -103,6 +135,9 @@ pub fn enter() {
             1
         }
     };
+    // The child process is ours: it exists only to serve its worker, and
+    // ends when the worker is done with it (the one place the library
+    // ends a process).
     std::process::exit(code);
 }
 
@@ -112,14 +147,13 @@ pub fn enter() {
 #[derive(Debug)]
 pub struct IsolatedActor {
     name: &'static str,
-    options: fn() -> Options,
     make_job: fn(&dyn Encoder, &[u8], Context) -> Result<Job, CodecError>,
 }
 
 impl IsolatedActor {
     /// The entry of actor `A`.
     pub const fn of<A: Actor>() -> Self {
-        Self { name: A::NAME, options: A::options, make_job: crate::actor::make_job::<A> }
+        Self { name: A::NAME, make_job: crate::actor::make_job::<A> }
     }
 }
 
@@ -229,14 +263,19 @@ struct Response {
 
 // ---------------------------------------------------------------- child --
 
-fn serve(path: &std::ffi::OsStr) -> std::io::Result<()> {
+fn serve<F, Fut>(path: &std::ffi::OsStr, setup: F) -> std::io::Result<()>
+where
+    F: FnOnce(AppBuilder) -> Fut,
+    Fut: Future<Output = Result<AppBuilder, BoxError>>,
+{
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let stream = UnixStream::connect(Path::new(path)).await?;
         let (mut reader, mut writer) = stream.into_split();
-        let app = App::builder(MemoryBroker::new())
-            .build()
-            .map_err(|e| std::io::Error::other(format!("cannot build the child's app: {e}")))?;
+        let builder = setup(App::builder(MemoryBroker::new()))
+            .await
+            .map_err(|e| std::io::Error::other(format!("the setup of the child's app failed: {e}")))?;
+        let app = builder.build().map_err(|e| std::io::Error::other(format!("cannot build the child's app: {e}")))?;
         while let Some(frame) = read_frame(&mut reader).await? {
             let request: Request = rmp_serde::from_slice(&frame).map_err(std::io::Error::other)?;
             let response = run_request(&app, request).await;
@@ -267,7 +306,8 @@ async fn run_request(app: &App, request: Request) -> Response {
     let Some(actor) = inventory::iter::<IsolatedActor>.into_iter().find(|a| a.name == message.actor) else {
         return failed(Failure::from_error(IsolationError::UnknownActor(message.actor.clone())));
     };
-    let options = message.options.clone().or(&(actor.options)());
+    // The worker resolved them (message over actor) before sending.
+    let options = message.options.clone();
     let ctx = Context::new(message, options, app.clone(), request.redelivered);
     let job = match (actor.make_job)(&MessagePack, &ctx.message().args, ctx.clone()) {
         Ok(job) => job,
@@ -358,6 +398,7 @@ impl Pool {
             let ended = ctx.thread_started();
             let mut message = ctx.message().clone();
             message.args = args.into();
+            message.options = ctx.options().clone();
             let request = Request {
                 message: MessagePack.encode_message(&message).map_err(Failure::from_error)?,
                 redelivered: ctx.redelivered(),

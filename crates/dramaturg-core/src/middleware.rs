@@ -125,6 +125,23 @@ pub trait Middleware: Send + Sync + 'static {
     /// Runs around the processing of a message. Call `next.run(ctx)` to go
     /// on to the rest of the stack and the actor, or return an outcome of
     /// your own to short-circuit.
+    ///
+    /// # Which ends you see
+    ///
+    /// Code after `next.run(ctx).await` runs for every end of the attempt
+    /// that comes back through this middleware: success, failure, a panic
+    /// (caught by error capture), a retry, an interruption at shutdown
+    /// ([`Outcome::Requeue`]). It does **not** run when a middleware
+    /// *outside* this one stops waiting for the chain: the time limit at
+    /// its deadline and the abort middleware after an abort drop the
+    /// future of everything inside them (that is how they stop an async
+    /// actor) and return their own outcome. A middleware that must see
+    /// those ends too — timing, metrics, auditing — belongs outside them:
+    /// `insert_before(middleware::names::ABORT, …)` in the default stack
+    /// (or before `names::TIME_LIMIT` for time limits only), rather than
+    /// [`AppBuilder::middleware`](crate::AppBuilder::middleware), which
+    /// adds it innermost. Code that must run however the future ends (even
+    /// dropped) goes in a guard's `Drop`.
     async fn handle(&self, ctx: &Context, next: Next<'_>) -> Outcome {
         next.run(ctx).await
     }

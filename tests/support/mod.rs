@@ -167,3 +167,28 @@ pub(crate) fn logged(log: &Path, what: &str) -> Vec<String> {
 pub(crate) fn temp_log(prefix: &str) -> PathBuf {
     std::env::temp_dir().join(format!("dramaturg-{prefix}-{}.log", dramaturg::MessageId::new()))
 }
+
+/// libfaketime's library, to preload into a child whose clock a test skews
+/// (preloaded directly, rather than through the `faketime` wrapper, so
+/// that signals reach the child itself).
+pub(crate) fn faketime_library() -> PathBuf {
+    std::fs::read_dir("/usr/lib")
+        .unwrap()
+        .filter_map(|entry| Some(entry.ok()?.path().join("faketime/libfaketimeMT.so.1")))
+        .find(|path| path.exists())
+        .expect("libfaketime is installed (scripts/services installs faketime)")
+}
+
+/// Runs this test binary as the child test `test` with `spec`, its clock
+/// `skew` off (e.g. `"-30s"`) through libfaketime.
+pub(crate) fn spawn_skewed(test: &str, spec: &str, skew: &str) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env("LD_PRELOAD", faketime_library())
+        .env("FAKETIME", skew)
+        .env("FAKETIME_DONT_RESET", "1")
+        .env(CHILD, spec)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("the test binary can be run")
+}

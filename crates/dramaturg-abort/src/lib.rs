@@ -68,8 +68,8 @@ use std::time::Duration;
 use dramaturg_core::store::{MemoryStore, SetMode, Store, StoreError};
 use dramaturg_core::sync::lock;
 use dramaturg_core::{
-    async_trait, now_ms, App, ConfigError, Context, Interruption, Message, MessageId, Middleware, Next, OptionKey,
-    Outcome, State,
+    async_trait, App, ConfigError, Context, Interruption, Message, MessageId, Middleware, Next, OptionKey, Outcome,
+    State,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Notify};
@@ -209,7 +209,7 @@ pub async fn abort(app: &App, id: impl Into<MessageId>, options: AbortOptions) -
     }
     let mut ttl = options.abort_ttl;
     if let Some(due) = store.get(&due_key(id)).await?.and_then(|raw| String::from_utf8(raw).ok()?.parse::<u64>().ok()) {
-        ttl = ttl.max(Duration::from_millis(due.saturating_sub(now_ms())) + options.abort_ttl);
+        ttl = ttl.max(Duration::from_millis(due.saturating_sub(app.broker().now_ms())) + options.abort_ttl);
     }
     let request = AbortRequest { mode: options.mode, grace_ms: dramaturg_core::time::millis(options.abort_timeout) };
     let value = serde_json::to_vec(&request).expect("a request is two plain fields");
@@ -380,10 +380,11 @@ impl Abortable {
 }
 
 impl Abortable {
-    /// Records when a waiting message is due, so that a request made while
-    /// it waits stays valid until then.
-    async fn remember_due(&self, id: MessageId, delay: Duration) {
-        let due = now_ms().saturating_add(dramaturg_core::time::millis(delay)).to_string();
+    /// Records when a waiting message is due (by the broker's clock, as
+    /// [`abort`] reads it), so that a request made while it waits stays
+    /// valid until then.
+    async fn remember_due(&self, app: &App, id: MessageId, delay: Duration) {
+        let due = app.broker().now_ms().saturating_add(dramaturg_core::time::millis(delay)).to_string();
         let ttl = delay.saturating_add(Duration::from_secs(24 * 3600));
         if let Err(error) = self.store.set(&due_key(id), due.as_bytes(), ttl, SetMode::Always).await {
             tracing::warn!(%error, "cannot record when a delayed message is due; an abort request for it may expire early");
@@ -438,7 +439,7 @@ impl Middleware for Abortable {
     async fn after_delayed_enqueue(&self, app: &App, message: &Message, delay: Duration) {
         let options = app.options_for(message);
         if self.abortable(&options) {
-            self.remember_due(message.id, delay).await;
+            self.remember_due(app, message.id, delay).await;
         }
     }
 
@@ -456,7 +457,7 @@ impl Middleware for Abortable {
         }
         let outcome = self.watch(ctx, &key, next).await;
         if let Outcome::Retried(_, attempt) = &outcome {
-            self.remember_due(ctx.id(), attempt.delay).await;
+            self.remember_due(ctx.app(), ctx.id(), attempt.delay).await;
         }
         outcome
     }

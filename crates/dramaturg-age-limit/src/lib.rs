@@ -55,7 +55,7 @@ impl Middleware for AgeLimit {
 
     async fn handle(&self, ctx: &Context, next: Next<'_>) -> Outcome {
         if let Some(max_age) = ctx.options().max_age.or(self.max_age) {
-            let age = ctx.message().age();
+            let age = ctx.message_age();
             if let Some(delay) = ctx.message().send_delay().filter(|delay| *delay > max_age) {
                 let reason =
                     format!("sent with a delay of {delay:?}, beyond its max_age of {max_age:?}: it could never run");

@@ -322,6 +322,7 @@ impl Callbacks {
         let mut backoff = Duration::from_millis(50);
         loop {
             let mut message = Message::new(callback.queue(), name, bytes.clone().into());
+            message.enqueued_at_ms = app.broker().now_ms();
             message.options = self.propagated(app, &original.options);
             match app.enqueue(message, None).await {
                 Ok(_) => return Ok(()),

@@ -192,6 +192,20 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     fn store(&self) -> Option<Arc<dyn Store>> {
         None
     }
+
+    /// The time by this broker's clock, in milliseconds since the Unix
+    /// epoch, as well as this client knows it: the server's clock where
+    /// the broker has one (the Redis broker reads `TIME` when it connects
+    /// and at every heartbeat, and adds the difference to the local
+    /// clock), else this process's wall clock (the default, for the
+    /// in-memory broker and RabbitMQ, which tells clients no time).
+    /// Messages are stamped with it when they are sent and their age is
+    /// measured by it ([`Context::message_age`](crate::Context::message_age)),
+    /// so that a producer's or worker's clock that is off does not make
+    /// messages look older or younger than they are.
+    fn now_ms(&self) -> u64 {
+        crate::message::now_ms()
+    }
 }
 
 /// A stream of deliveries from one queue.

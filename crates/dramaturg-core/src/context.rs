@@ -99,6 +99,14 @@ impl Context {
         &self.inner.options
     }
 
+    /// How long ago the message was first sent, by the broker's clock
+    /// ([`Broker::now_ms`](crate::Broker::now_ms)), which also stamped it:
+    /// on Redis a producer's or worker's clock that is off changes
+    /// nothing. Retries keep the first send's time.
+    pub fn message_age(&self) -> Duration {
+        self.inner.message.age_at(self.inner.app.broker().now_ms())
+    }
+
     /// How many times the message has been retried before this attempt.
     pub fn retries(&self) -> u32 {
         self.inner.message.retries

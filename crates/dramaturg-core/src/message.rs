@@ -34,7 +34,9 @@ pub struct Message {
 }
 
 impl Message {
-    /// A new message, stamped with a fresh id and the current time.
+    /// A new message, stamped with a fresh id and the current time of this
+    /// process (the app's send path stamps it again by the broker's clock,
+    /// [`Broker::now_ms`](crate::Broker::now_ms)).
     pub fn new(queue: impl Into<String>, actor: impl Into<String>, args: Bytes) -> Self {
         Self {
             id: MessageId::new(),
@@ -47,9 +49,12 @@ impl Message {
         }
     }
 
-    /// How long ago the message was first enqueued (zero if the clock went back).
-    pub fn age(&self) -> Duration {
-        Duration::from_millis(now_ms().saturating_sub(self.enqueued_at_ms))
+    /// How long before `now_ms` (milliseconds since the Unix epoch) the
+    /// message was first enqueued; zero if `now_ms` is earlier. In a
+    /// handler or middleware, [`Context::message_age`](crate::Context::message_age)
+    /// measures it by the broker's clock.
+    pub fn age_at(&self, now_ms: u64) -> Duration {
+        Duration::from_millis(now_ms.saturating_sub(self.enqueued_at_ms))
     }
 
     /// The delay it was sent with, from its [`ETA`] option (none for a

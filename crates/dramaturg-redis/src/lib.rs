@@ -63,6 +63,7 @@
 //! It can also be connected on its own, beside another broker.
 
 mod admin;
+mod clock;
 mod consumer;
 mod keys;
 mod registry;
@@ -88,6 +89,7 @@ use dramaturg_core::{
 use redis::aio::ConnectionManager;
 use redis::RedisError;
 
+use crate::clock::ServerClock;
 use crate::keys::QueueKeys;
 use crate::registry::Registry;
 use crate::scripts::Scripts;
@@ -259,6 +261,8 @@ struct Shared {
     worker_id: String,
     consumers: AtomicU64,
     registry: Arc<Registry>,
+    /// The server's clock, for message timestamps and ages.
+    clock: Arc<ServerClock>,
 }
 
 impl Drop for Shared {
@@ -352,12 +356,17 @@ impl RedisBroker {
         let server = server::check(&mut conn, &shown, config.allow_eviction).await?;
         let worker_id = MessageId::new().to_string();
         let scripts = Arc::new(Scripts::new());
+        let clock = Arc::new(ServerClock::default());
+        if let Err(error) = clock.measure(&mut conn).await {
+            tracing::warn!(%error, "cannot read the server's clock; message ages follow this process's clock until a heartbeat reads it");
+        }
         let registry = Arc::new(Registry::new(
             client.clone(),
             conn.clone(),
             Arc::clone(&scripts),
             worker_id.clone(),
             config.clone(),
+            Arc::clone(&clock),
         ));
         tracing::debug!(
             url = %shown,
@@ -378,6 +387,7 @@ impl RedisBroker {
                 worker_id,
                 consumers: AtomicU64::new(0),
                 registry,
+                clock,
             }),
         })
     }
@@ -540,6 +550,12 @@ impl Broker for RedisBroker {
     /// ([`RedisStore::for_broker`]), one for the broker and its clones.
     fn store(&self) -> Option<Arc<dyn Store>> {
         Some(Arc::clone(self.shared.store.get_or_init(|| Arc::new(RedisStore::for_broker(self)))))
+    }
+
+    /// The server's time (`TIME`, read at connect and at every heartbeat,
+    /// applied to the local clock).
+    fn now_ms(&self) -> u64 {
+        self.shared.clock.now_ms()
     }
 }
 

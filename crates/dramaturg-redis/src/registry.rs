@@ -22,6 +22,7 @@ use redis::aio::ConnectionManager;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
+use crate::clock::ServerClock;
 use crate::keys::{consumer_entry, parse_consumer_entry, RegistryKeys};
 use crate::scripts::Scripts;
 use crate::wake::Wakeups;
@@ -42,6 +43,8 @@ pub(crate) struct Registry {
     stop: Mutex<Option<(watch::Sender<bool>, std::thread::JoinHandle<()>)>>,
     /// The wake-ups of idle consumers, kept up by the heartbeat thread.
     wakeups: Wakeups,
+    /// The server's clock, read again after every beat.
+    clock: Arc<ServerClock>,
 }
 
 impl Registry {
@@ -51,6 +54,7 @@ impl Registry {
         scripts: Arc<Scripts>,
         worker_id: String,
         config: RedisConfig,
+        clock: Arc<ServerClock>,
     ) -> Self {
         Self {
             client,
@@ -62,6 +66,7 @@ impl Registry {
             entries: Mutex::default(),
             stop: Mutex::default(),
             wakeups: Wakeups::new(),
+            clock,
         }
     }
 
@@ -221,6 +226,9 @@ impl Registry {
             }
             let since = *healthy_since.get_or_insert_with(Instant::now);
             let Some(conn) = conn.as_mut() else { continue };
+            if let Err(error) = self.clock.measure(conn).await {
+                tracing::debug!(%error, "cannot read the server's clock; keeping the last reading");
+            }
             if since.elapsed() >= self.config.heartbeat_timeout {
                 if let Err(error) = self.recover_dead(conn).await {
                     tracing::warn!(%error, "could not check for dead workers; retrying on the next tick");

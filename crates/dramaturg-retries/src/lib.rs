@@ -230,7 +230,7 @@ impl Retries {
         }
         // A retry that falls due past the message's max_age would only be
         // skipped as too old: the message fails for good now instead.
-        if let Some(max_age) = options.max_age.filter(|max_age| ctx.message().age() + delay >= *max_age) {
+        if let Some(max_age) = options.max_age.filter(|max_age| ctx.message_age() + delay >= *max_age) {
             tracing::warn!(?delay, ?max_age, "no retry: it would fall due past the message's max_age");
             return None;
         }

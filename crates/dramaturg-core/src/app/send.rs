@@ -104,6 +104,7 @@ impl App {
         };
         let args = encode_value(self.encoder(), actor)?;
         let mut message = Message::new(info.queue(), A::NAME, args.into());
+        message.enqueued_at_ms = self.broker().now_ms();
         message.options = options;
         Ok(message)
     }

@@ -231,9 +231,7 @@ impl Registry {
                 last_trim = Instant::now();
                 trimmed.clear();
             }
-            if let Err(error) = self.trim_dead_letters(conn, &mut trimmed).await {
-                tracing::warn!(%error, "could not trim dead letters; retrying on the next tick");
-            }
+            self.trim_dead_letters(conn, &mut trimmed).await;
         }
     }
 
@@ -288,18 +286,17 @@ impl Registry {
     }
 
     /// Trims the dead letters of this worker's queues by retention and
-    /// caps, those not in `trimmed` yet (which records each one trimmed).
+    /// caps, those not in `trimmed` yet (which records each one done). A
+    /// trim that failed for a transient reason is tried again at the next
+    /// tick; one that failed otherwise (a key of the wrong type) in the
+    /// next period, so that it does not log a warning at every beat.
     ///
     /// Only the queues with a consumer in this worker: every queue that has
     /// dead letters had a consumer (only a consumer's settlement writes
     /// one), and any other queue could only be found by scanning the
     /// keyspace. A queue nobody consumes keeps its dead letters, within the
     /// caps, until a worker consumes it again.
-    async fn trim_dead_letters(
-        &self,
-        conn: &mut ConnectionManager,
-        trimmed: &mut HashSet<String>,
-    ) -> Result<(), BrokerError> {
+    async fn trim_dead_letters(&self, conn: &mut ConnectionManager, trimmed: &mut HashSet<String>) {
         let mut queues: Vec<String> = lock(&self.entries)
             .iter()
             .filter_map(|e| parse_consumer_entry(e))
@@ -310,7 +307,7 @@ impl Registry {
         queues.dedup();
         for queue in queues {
             let keys = self.keys.queue(&queue);
-            let removed: u64 = self
+            let result: Result<u64, BrokerError> = self
                 .scripts
                 .trim
                 .key(&keys.dead)
@@ -322,13 +319,23 @@ impl Registry {
                 .arg(self.config.dead_letter_max_bytes)
                 .invoke_async(conn)
                 .await
-                .map_err(|e| broker_error(e, "trimming dead letters"))?;
-            if removed > 0 {
-                tracing::debug!(%queue, removed, "trimmed dead letters");
+                .map_err(|e| broker_error(e, "trimming dead letters"));
+            match result {
+                Ok(removed) => {
+                    if removed > 0 {
+                        tracing::debug!(%queue, removed, "trimmed dead letters");
+                    }
+                }
+                Err(error) if error.is_retryable() => {
+                    tracing::warn!(%error, "could not trim dead letters; retrying on the next tick");
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(%queue, %error, "could not trim the dead letters of a queue; retrying in a period");
+                }
             }
             trimmed.insert(queue);
         }
-        Ok(())
     }
 
     /// The in-flight lists of every registered consumer of `queue`.

@@ -617,3 +617,276 @@ async fn retries_past_max_age_and_endless_delays_fail_visibly() {
     assert_eq!(dead.len(), 1);
     assert!(dead[0].reason.contains("always fails"), "{}", dead[0].reason);
 }
+
+/// Takes the next delivery of `consumer` and dead-letters it with
+/// `reason`; returns its body.
+async fn dead_letter_next(consumer: &mut Box<dyn dramaturg::Consumer>, reason: &str) -> Vec<u8> {
+    let delivery = consumer.next().await.unwrap();
+    let body = delivery.body().to_vec();
+    let settled = delivery.settle(dramaturg::Settlement::DeadLetter(reason.to_owned().into())).await.unwrap();
+    assert_eq!(settled, dramaturg::Settled::Applied);
+    body
+}
+
+/// The dead letters of `queue`, oldest first, as (body, reason).
+async fn dead_letters(broker: &RedisBroker, queue: &str) -> Vec<(String, String)> {
+    let letters = broker.list(queue, 1000).await.unwrap().into_iter();
+    letters.map(|d| (String::from_utf8(d.body.to_vec()).unwrap(), d.reason)).collect()
+}
+
+/// The byte count the broker keeps for the dead letters of `queue`.
+async fn dead_bytes(namespace: &str, queue: &str) -> Option<u64> {
+    let client = redis::Client::open(URL).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("GET").arg(format!("{namespace}:{{{queue}}}:dead-bytes")).query_async(&mut conn).await.unwrap()
+}
+
+/// A broker under `namespace` with the tests' heartbeat and dead letters
+/// capped at `max_count` and `max_bytes`.
+async fn capped_broker(namespace: &str, max_count: u64, max_bytes: u64) -> RedisBroker {
+    let config = RedisConfig::new(URL)
+        .namespace(namespace)
+        .heartbeat(Duration::from_millis(200), Duration::from_secs(1))
+        .max_block(Duration::from_secs(1))
+        .dead_letter_caps(max_count, max_bytes);
+    RedisBroker::with_config(config).await.unwrap()
+}
+
+/// Dead letters past the count cap: the oldest go, the newest stay, and the
+/// cap holds right after each write (the timer trims a minute later).
+/// Dead letters written within one millisecond keep their order too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_dead_letter_count_cap_the_oldest_go_at_write_time() {
+    if support::is_child() {
+        return;
+    }
+    let namespace = namespace();
+    let broker = capped_broker(&namespace, 5, u64::MAX).await;
+    let bodies: Vec<String> = (0..200).map(|i| format!("dead-{i:03}")).collect();
+    broker
+        .enqueue_many(bodies.iter().map(|b| Outgoing::new("capped", b.clone().into_bytes())).collect())
+        .await
+        .unwrap();
+    let mut consumer = broker.consume("capped", 1).await.unwrap();
+    let expected = |last: usize| -> Vec<(String, String)> {
+        let first = (last + 1).saturating_sub(5);
+        (first..=last).map(|j| (bodies[j].clone(), format!("reason {j}"))).collect()
+    };
+    for (i, body) in bodies.iter().enumerate().take(8) {
+        assert_eq!(dead_letter_next(&mut consumer, &format!("reason {i}")).await, body.as_bytes(), "in order");
+        let kept = dead_letters(&broker, "capped").await;
+        assert_eq!(kept, expected(i), "after dead letter {i}: the newest 5, oldest first");
+        let bytes: u64 = kept.iter().map(|(body, _)| body.len() as u64).sum();
+        assert_eq!(dead_bytes(&namespace, "capped").await, Some(bytes));
+    }
+    // The rest back to back: several land in one millisecond.
+    for (i, body) in bodies.iter().enumerate().skip(8) {
+        assert_eq!(dead_letter_next(&mut consumer, &format!("reason {i}")).await, body.as_bytes(), "in order");
+    }
+    assert_eq!(dead_letters(&broker, "capped").await, expected(bodies.len() - 1), "the newest 5, oldest first");
+    consumer.close().await.unwrap();
+    assert_eq!(broker.stats("capped").await.unwrap().dead, 5);
+}
+
+/// Dead letters past the byte cap: the oldest go until the bodies fit; a
+/// dead letter larger than the cap on its own is kept alone (never taking
+/// itself with the older ones), and goes when a newer one arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_dead_letter_byte_cap_the_oldest_go_at_write_time() {
+    if support::is_child() {
+        return;
+    }
+    let namespace = namespace();
+    let broker = capped_broker(&namespace, 1000, 100).await;
+    let mut bodies: Vec<String> = (0..6).map(|i| format!("{i:0>30}")).collect();
+    bodies.push("L".repeat(150));
+    bodies.push(format!("{:0>30}", "after"));
+    broker
+        .enqueue_many(bodies.iter().map(|b| Outgoing::new("capped", b.clone().into_bytes())).collect())
+        .await
+        .unwrap();
+    let mut consumer = broker.consume("capped", 1).await.unwrap();
+    let mut kept_after = Vec::new();
+    for (i, body) in bodies.iter().enumerate() {
+        assert_eq!(dead_letter_next(&mut consumer, &format!("reason {i}")).await, body.as_bytes(), "in order");
+        let kept: Vec<String> = dead_letters(&broker, "capped").await.into_iter().map(|(body, _)| body).collect();
+        let bytes: u64 = kept.iter().map(|body| body.len() as u64).sum();
+        assert_eq!(dead_bytes(&namespace, "capped").await, Some(bytes), "after dead letter {i}");
+        kept_after.push(kept);
+    }
+    consumer.close().await.unwrap();
+    for (i, kept) in kept_after.iter().enumerate().take(6) {
+        // Three of 30 bytes fit in 100.
+        let first = (i + 1).saturating_sub(3);
+        assert_eq!(kept, &bodies[first..=i], "after dead letter {i}: the newest that fit, oldest first");
+    }
+    assert_eq!(kept_after[6], &bodies[6..7], "a 150-byte dead letter stays alone");
+    assert_eq!(kept_after[7], &bodies[7..8], "and goes when a newer one arrives");
+}
+
+/// Sends `n` messages to `queue` and dead-letters them through a consumer,
+/// which it returns (still open).
+async fn dead_letter_n(broker: &RedisBroker, queue: &str, n: usize) -> Box<dyn dramaturg::Consumer> {
+    let messages = (0..n).map(|i| Outgoing::new(queue, format!("{queue}-{i}").into_bytes())).collect();
+    broker.enqueue_many(messages).await.unwrap();
+    let mut consumer = broker.consume(queue, 1).await.unwrap();
+    for _ in 0..n {
+        dead_letter_next(&mut consumer, "doomed").await;
+    }
+    consumer
+}
+
+/// Waits until `queue` has no dead letter, failing after `within`; returns
+/// how long it took.
+async fn wait_for_no_dead_letters(broker: &RedisBroker, queue: &str, within: Duration) -> Duration {
+    let started = Instant::now();
+    while !dead_letters(broker, queue).await.is_empty() {
+        assert!(started.elapsed() < within, "the dead letters of {queue} are still there after {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    started.elapsed()
+}
+
+/// Dead letters past their retention go on the worker's timer even when no
+/// new dead letter arrives — for the queues the worker consumes. Those of a
+/// queue no consumer of the worker holds stay, until a worker consumes it:
+/// its first heartbeat then trims them, not a period later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_past_their_retention_are_trimmed_on_a_timer_for_the_queues_consumed() {
+    if support::is_child() {
+        return;
+    }
+    let namespace = namespace();
+    let config = |trim_every| {
+        RedisConfig::new(URL)
+            .namespace(&namespace)
+            .heartbeat(Duration::from_millis(200), Duration::from_secs(1))
+            .max_block(Duration::from_secs(1))
+            .dead_letter_ttl(Duration::from_secs(2))
+            .dead_letter_trim_every(trim_every)
+    };
+    let broker = RedisBroker::with_config(config(Duration::from_millis(300))).await.unwrap();
+    // "left": its consumer closes; "kept": its consumer stays.
+    dead_letter_n(&broker, "left", 3).await.close().await.unwrap();
+    let kept = dead_letter_n(&broker, "kept", 3).await;
+    let written = Instant::now();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(dead_letters(&broker, "kept").await.len(), 3, "trimmed within their retention");
+    let trimmed = written.elapsed() + wait_for_no_dead_letters(&broker, "kept", Duration::from_secs(10)).await;
+    println!("dead letters kept 2 s were trimmed {trimmed:?} after they were written, with no new one");
+    assert_eq!(dead_bytes(&namespace, "kept").await, None, "the byte count went with them");
+    // Well past their retention, with the timer running every 300 ms.
+    assert_eq!(dead_letters(&broker, "left").await.len(), 3, "a queue this worker does not consume is trimmed");
+
+    // A worker that starts consuming "left" trims it at its first beat,
+    // although its timer would run only in an hour.
+    let late = RedisBroker::with_config(config(Duration::from_secs(3600))).await.unwrap();
+    let consumer = late.consume("left", 1).await.unwrap();
+    let took = wait_for_no_dead_letters(&late, "left", Duration::from_secs(5)).await;
+    println!("the dead letters of a queue were trimmed {took:?} after a worker started consuming it");
+    consumer.close().await.unwrap();
+    kept.close().await.unwrap();
+}
+
+/// A purge larger than one batch (1,000 per script call) removes every
+/// ready and delayed message, with their claims and redelivery marks, in
+/// one short script call per batch; a claimed message stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_of_thousands_removes_every_ready_and_delayed_message_in_batches() {
+    if support::is_child() {
+        return;
+    }
+    // A server of the test's own, so that its command statistics count
+    // only this test's calls.
+    let server = OwnRedis::start(free_port());
+    let namespace = namespace();
+    // Beats a minute apart: the heartbeat thread runs no script while the
+    // purge is counted (its first tick only connects, and trims once).
+    let config = RedisConfig::new(server.url())
+        .namespace(&namespace)
+        .heartbeat(Duration::from_secs(60), Duration::from_secs(120));
+    let broker = RedisBroker::with_config(config).await.unwrap();
+    let ready = (0..2500).map(|i| Outgoing::new("purged", format!("r{i}").into_bytes()));
+    broker.enqueue_many(ready.collect()).await.unwrap();
+    let later = |i| Outgoing::new("purged", format!("d{i}").into_bytes()).with_delay(Some(Duration::from_secs(3600)));
+    broker.enqueue_many((0..1500).map(later).collect()).await.unwrap();
+    // Four claimed: three come back (claims counted, marked redelivered),
+    // one stays claimed.
+    let mut consumer = broker.consume("purged", 4).await.unwrap();
+    let mut deliveries = Vec::new();
+    for _ in 0..4 {
+        deliveries.push(consumer.next().await.unwrap());
+    }
+    let held = deliveries.pop().unwrap();
+    for delivery in deliveries {
+        delivery.settle(dramaturg::Settlement::Requeue).await.unwrap();
+    }
+    assert_eq!(broker.stats("purged").await.unwrap(), dramaturg::QueueStats::new(2499, 1500, 1, 0));
+
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    // Loads the purge script (a purge of an empty queue), lets the
+    // heartbeat thread's first tick pass, then counts.
+    assert_eq!(broker.purge("empty").await.unwrap(), 0);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    redis::cmd("CONFIG").arg("RESETSTAT").query_async::<()>(&mut conn).await.unwrap();
+    assert_eq!(broker.purge("purged").await.unwrap(), 2499 + 1500);
+    let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut conn).await.unwrap();
+    let calls: u64 = info
+        .lines()
+        .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert_eq!(calls, 6, "3 batches of ready messages, 2 of delayed, 1 call that finds nothing");
+
+    let prefix = format!("{namespace}:{{purged}}");
+    let (msgs, claims, ready_len, delayed_len, redelivered): (u64, u64, u64, u64, u64) = redis::pipe()
+        .hlen(format!("{prefix}:msgs"))
+        .hlen(format!("{prefix}:claims"))
+        .llen(format!("{prefix}:ready"))
+        .zcard(format!("{prefix}:delayed"))
+        .scard(format!("{prefix}:redelivered"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        (msgs, claims, ready_len, delayed_len, redelivered),
+        (1, 1, 0, 0, 0),
+        "only the claimed message is left"
+    );
+    assert_eq!(held.settle(dramaturg::Settlement::Ack).await.unwrap(), dramaturg::Settled::Applied);
+    consumer.close().await.unwrap();
+    assert!(broker.stats("purged").await.unwrap().is_drained());
+}
+
+/// A message larger than the app's `max_message_size` that another
+/// producer put in the queue (the broker does not check sizes) is
+/// dead-lettered as it was, with the reason, and the worker goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_over_the_size_limit_from_another_producer_is_dead_lettered_and_the_worker_goes_on() {
+    if support::is_child() {
+        return;
+    }
+    let namespace = namespace();
+    let broker = broker_in(URL, &namespace).await;
+    let app = dramaturg::app(broker.clone()).actor::<Mark>().max_message_size(1024).build().unwrap();
+    // A valid message for this app, but of over 2,000 bytes, sent through
+    // the broker directly.
+    let args = app.encoder().encode_args(&Mark { tag: "x".repeat(2000) }).unwrap();
+    let large = dramaturg::Message::new("default", "mark", args.into());
+    let body = app.encoder().encode_message(&large).unwrap();
+    assert!(body.len() > 2000);
+    broker.enqueue(Outgoing::new("default", body.clone())).await.unwrap();
+    let tag = format!("after-large-{namespace}");
+    Mark { tag: tag.clone() }.send(&app).await.unwrap();
+    let report = Worker::new(app.clone()).run_until_drained(Duration::from_secs(10)).await.unwrap();
+    assert_eq!((report.rejected, report.succeeded, report.failed), (1, 1, 0), "{report:?}");
+    assert_eq!(marks(&tag), 1, "the message after it ran");
+    let dead = broker.list("default", 10).await.unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].body, body, "dead-lettered as it was");
+    let expected = format!("message of {} bytes exceeds this app's max_message_size of 1024 bytes", body.len());
+    assert_eq!(dead[0].reason, expected);
+    assert!(broker.stats("default").await.unwrap().is_drained());
+}

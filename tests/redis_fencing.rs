@@ -353,3 +353,33 @@ async fn a_producer_with_a_fast_clock_cannot_make_a_delay_late() {
     running.await.unwrap().unwrap();
     let _ = std::fs::remove_file(&log);
 }
+
+/// A producer whose clock is 30 s behind sends a message delayed by 3 s.
+/// Due by its own clock, the message would be 27 s overdue the moment it
+/// landed and run at once; the server's clock decides, so it runs about 3 s
+/// after the send — never before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_with_a_slow_clock_cannot_make_a_delay_early() {
+    if support::is_child() {
+        return;
+    }
+    let namespace = namespace();
+    let log = temp_log("fencing");
+    let app = dramaturg::app(broker_in(URL, &namespace).await).actor::<Logged>().build().unwrap();
+    let worker = Worker::new(app.clone()).concurrency(1);
+    let shutdown = worker.shutdown_handle();
+    let running = tokio::spawn(worker.run());
+    let mut producer = spawn_child(&format!("produce|{namespace}|{}|3000", log.display()), Some("-30s"));
+    assert!(producer.wait().unwrap().success(), "the skewed producer sent its message");
+    // The send happened before the producer exited: the delay measured
+    // from here is at most the real one.
+    let sent = Instant::now();
+    assert!(logged(&log, "start").is_empty(), "the delayed job ran before its producer even exited");
+    support::wait_for("the delayed job", Duration::from_secs(15), || !logged(&log, "start").is_empty()).await;
+    let ran = sent.elapsed();
+    println!("a 3 s delay sent with a clock 30 s slow ran {ran:?} after the send");
+    assert!(ran >= Duration::from_millis(2500), "a 3 s delay ran after {ran:?}: early");
+    shutdown.shutdown();
+    running.await.unwrap().unwrap();
+    let _ = std::fs::remove_file(&log);
+}

@@ -25,7 +25,10 @@
 //!   moved to their queue atomically when due. A delay of hours costs nothing
 //!   and survives restarts of every worker.
 //! - **Dead letters** are kept per queue with their reason for
-//!   `dead_letter_ttl` (7 days), and can be listed and replayed.
+//!   `dead_letter_ttl` (7 days), at most 50,000 and 64 MiB per queue (the
+//!   oldest go first), and can be listed and replayed. Each worker trims
+//!   the dead letters of the queues it consumes when one is written and on
+//!   a timer (every minute).
 //! - **Keys** live under a namespace (`dramaturg` by default), and every key
 //!   of a queue carries the hash tag `{queue}` so that a queue lives in one
 //!   Redis Cluster slot. Scripts are sent once and run by hash (`EVALSHA`),
@@ -120,6 +123,7 @@ pub struct RedisConfig {
     dead_letter_ttl: Duration,
     dead_letter_max_count: u64,
     dead_letter_max_bytes: u64,
+    dead_letter_trim_every: Duration,
     max_block: Duration,
     retry_enqueue_for: Duration,
     allow_eviction: bool,
@@ -131,9 +135,9 @@ impl RedisConfig {
     /// Settings for the server at `url` (`redis://[user][:password@]host[:port][/db]`,
     /// or `rediss://` with the `tls` feature), with the defaults: namespace
     /// `dramaturg`, a heartbeat every 3 s with a 15 s timeout, dead letters
-    /// kept 7 days (at most 50,000 and 64 MiB of messages per queue),
-    /// idle consumers looking again every 5 s, no enqueue retries, no server with an
-    /// evicting memory policy.
+    /// kept 7 days (at most 50,000 and 64 MiB of messages per queue,
+    /// trimmed every minute), idle consumers looking again every 5 s, no
+    /// enqueue retries, no server with an evicting memory policy.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
@@ -143,6 +147,7 @@ impl RedisConfig {
             dead_letter_ttl: Duration::from_secs(7 * 24 * 3600),
             dead_letter_max_count: 50_000,
             dead_letter_max_bytes: 64 << 20,
+            dead_letter_trim_every: Duration::from_secs(60),
             max_block: Duration::from_secs(5),
             retry_enqueue_for: Duration::ZERO,
             allow_eviction: false,
@@ -186,12 +191,34 @@ impl RedisConfig {
 
     /// The most dead letters each queue keeps, by count and by the bytes of
     /// their messages (defaults 50,000 and 64 MiB); past either, the
-    /// oldest are dropped. Enforced when a message is dead-lettered and
-    /// every minute by each worker, up to 1,000 per queue per pass.
+    /// oldest are dropped. The newest dead letter is always kept, even when
+    /// its message alone is larger than `max_bytes` (messages are bounded
+    /// by the app's `max_message_size`). Enforced when a message is dead-lettered (up to 100
+    /// per dead letter), and on the timer of
+    /// [`RedisConfig::dead_letter_trim_every`] (up to 1,000 per queue per
+    /// pass).
     #[must_use]
     pub fn dead_letter_caps(mut self, max_count: u64, max_bytes: u64) -> Self {
         self.dead_letter_max_count = max_count.max(1);
         self.dead_letter_max_bytes = max_bytes;
+        self
+    }
+
+    /// How often each worker trims the dead letters of the queues it
+    /// consumes by retention and caps (default 60 s), so that they shrink
+    /// even when no new dead letter arrives. A queue is also trimmed at the
+    /// first heartbeat after this worker starts consuming it. The timer
+    /// runs on the heartbeat, so the period is at least one heartbeat
+    /// interval.
+    ///
+    /// Only queues this worker consumes are trimmed: finding every queue
+    /// with dead letters would take a scan of the keyspace. The dead letters
+    /// of a queue that no worker consumes any more stay (within the caps)
+    /// until a worker consumes it again, or they are deleted through
+    /// [`DeadLetters::delete`].
+    #[must_use]
+    pub fn dead_letter_trim_every(mut self, period: Duration) -> Self {
+        self.dead_letter_trim_every = period;
         self
     }
 
@@ -236,6 +263,7 @@ impl fmt::Debug for RedisConfig {
             .field("dead_letter_ttl", &self.dead_letter_ttl)
             .field("dead_letter_max_count", &self.dead_letter_max_count)
             .field("dead_letter_max_bytes", &self.dead_letter_max_bytes)
+            .field("dead_letter_trim_every", &self.dead_letter_trim_every)
             .field("max_block", &self.max_block)
             .field("retry_enqueue_for", &self.retry_enqueue_for)
             .field("allow_eviction", &self.allow_eviction)

@@ -14,6 +14,7 @@
 //! and the first one back must give the others the time to beat again
 //! before it judges them.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,9 +28,6 @@ use crate::keys::{consumer_entry, parse_consumer_entry, RegistryKeys};
 use crate::scripts::Scripts;
 use crate::wake::Wakeups;
 use crate::{broker_error, lock, millis, RedisConfig};
-
-/// How often the dead letters of this worker's queues are trimmed.
-const TRIM_EVERY: Duration = Duration::from_secs(60);
 
 pub(crate) struct Registry {
     client: redis::Client,
@@ -192,6 +190,9 @@ impl Registry {
         let mut conn: Option<ConnectionManager> = None;
         let mut healthy_since: Option<Instant> = None;
         let mut last_trim = Instant::now();
+        // The queues trimmed since `last_trim`: a queue this worker starts
+        // consuming is trimmed at its first healthy beat, not a period later.
+        let mut trimmed: HashSet<String> = HashSet::new();
         let mut failures = 0u32;
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -234,12 +235,11 @@ impl Registry {
                     tracing::warn!(%error, "could not check for dead workers; retrying on the next tick");
                 }
             }
-            if last_trim.elapsed() >= TRIM_EVERY {
+            if last_trim.elapsed() >= self.config.dead_letter_trim_every {
                 last_trim = Instant::now();
-                if let Err(error) = self.trim_dead_letters(conn).await {
-                    tracing::warn!(%error, "could not trim dead letters; retrying later");
-                }
+                trimmed.clear();
             }
+            self.trim_dead_letters(conn, &mut trimmed).await;
         }
     }
 
@@ -293,15 +293,29 @@ impl Registry {
         Ok(())
     }
 
-    /// Trims the dead letters of this worker's queues by retention and caps.
-    async fn trim_dead_letters(&self, conn: &mut ConnectionManager) -> Result<(), BrokerError> {
-        let mut queues: Vec<String> =
-            lock(&self.entries).iter().filter_map(|e| parse_consumer_entry(e)).map(|(_, q)| q.to_owned()).collect();
+    /// Trims the dead letters of this worker's queues by retention and
+    /// caps, those not in `trimmed` yet (which records each one done). A
+    /// trim that failed for a transient reason is tried again at the next
+    /// tick; one that failed otherwise (a key of the wrong type) in the
+    /// next period, so that it does not log a warning at every beat.
+    ///
+    /// Only the queues with a consumer in this worker: every queue that has
+    /// dead letters had a consumer (only a consumer's settlement writes
+    /// one), and any other queue could only be found by scanning the
+    /// keyspace. A queue nobody consumes keeps its dead letters, within the
+    /// caps, until a worker consumes it again.
+    async fn trim_dead_letters(&self, conn: &mut ConnectionManager, trimmed: &mut HashSet<String>) {
+        let mut queues: Vec<String> = lock(&self.entries)
+            .iter()
+            .filter_map(|e| parse_consumer_entry(e))
+            .filter(|(_, q)| !trimmed.contains(*q))
+            .map(|(_, q)| q.to_owned())
+            .collect();
         queues.sort_unstable();
         queues.dedup();
         for queue in queues {
             let keys = self.keys.queue(&queue);
-            let removed: u64 = self
+            let result: Result<u64, BrokerError> = self
                 .scripts
                 .trim
                 .key(&keys.dead)
@@ -313,12 +327,23 @@ impl Registry {
                 .arg(self.config.dead_letter_max_bytes)
                 .invoke_async(conn)
                 .await
-                .map_err(|e| broker_error(e, "trimming dead letters"))?;
-            if removed > 0 {
-                tracing::debug!(%queue, removed, "trimmed dead letters");
+                .map_err(|e| broker_error(e, "trimming dead letters"));
+            match result {
+                Ok(removed) => {
+                    if removed > 0 {
+                        tracing::debug!(%queue, removed, "trimmed dead letters");
+                    }
+                }
+                Err(error) if error.is_retryable() => {
+                    tracing::warn!(%error, "could not trim dead letters; retrying on the next tick");
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(%queue, %error, "could not trim the dead letters of a queue; retrying in a period");
+                }
             }
+            trimmed.insert(queue);
         }
-        Ok(())
     }
 
     /// The in-flight lists of every registered consumer of `queue`.

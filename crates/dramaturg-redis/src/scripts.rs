@@ -55,7 +55,10 @@ end
 ";
 
 /// Drops the oldest dead letters while they are past their retention or
-/// over the count or byte cap; at most `budget` per call.
+/// over the count or byte cap; at most `budget` per call. The byte cap
+/// never drops the last one: a dead letter larger than the cap on its own
+/// stays (until its retention ends or a newer one arrives) rather than
+/// taking every older one with it.
 const TRIM_DEAD: &str = r"
 local function trim_dead(dead, msgs, reasons, bytes, now, retention, max_count, max_bytes, budget)
   local removed = 0
@@ -64,7 +67,8 @@ local function trim_dead(dead, msgs, reasons, bytes, now, retention, max_count, 
     if first[1] == nil then break end
     local size = tonumber(redis.call('GET', bytes) or '0')
     local count = redis.call('ZCARD', dead)
-    if tonumber(first[2]) > now - retention and count <= max_count and size <= max_bytes then break end
+    local over = count > max_count or (size > max_bytes and count > 1)
+    if tonumber(first[2]) > now - retention and not over then break end
     local id = first[1]
     redis.call('DECRBY', bytes, redis.call('HSTRLEN', msgs, id))
     redis.call('ZREM', dead, id)
@@ -161,7 +165,14 @@ if not payload then return 0 end
 redis.call('HDEL', KEYS[3], ARGV[1])
 redis.call('HSET', KEYS[5], ARGV[1], payload)
 redis.call('HSET', KEYS[6], ARGV[1], ARGV[3])
-redis.call('ZADD', KEYS[4], now, ARGV[1])
+-- Dead letters of one millisecond keep their order (the oldest is dropped
+-- first, and listed first): a score is never below the newest one's, but
+-- a microsecond above it. Formatted, because Lua writes numbers with only
+-- 14 digits.
+local at = now
+local newest = redis.call('ZRANGE', KEYS[4], -1, -1, 'WITHSCORES')
+if newest[2] and tonumber(newest[2]) >= at then at = tonumber(newest[2]) + 0.001 end
+redis.call('ZADD', KEYS[4], string.format('%.3f', at), ARGV[1])
 redis.call('INCRBY', KEYS[7], #payload)
 trim_dead(KEYS[4], KEYS[5], KEYS[6], KEYS[7], now, tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), 100)
 return 1

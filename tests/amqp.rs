@@ -207,22 +207,9 @@ fn amqp_skewed_producer_child() {
 }
 
 /// Runs this test binary as [`amqp_skewed_producer_child`] with its clock
-/// `skew` off (e.g. `"+30s"`) through libfaketime, preloaded directly.
+/// `skew` off (e.g. `"+30s"`) through libfaketime.
 fn spawn_skewed_producer(skew: &str, spec: &str) -> std::process::Child {
-    let library = std::fs::read_dir("/usr/lib")
-        .unwrap()
-        .filter_map(|entry| Some(entry.ok()?.path().join("faketime/libfaketimeMT.so.1")))
-        .find(|path| path.exists())
-        .expect("libfaketime is installed (scripts/services installs faketime)");
-    Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "amqp_skewed_producer_child", "--nocapture", "--test-threads=1"])
-        .env("LD_PRELOAD", library)
-        .env("FAKETIME", skew)
-        .env("FAKETIME_DONT_RESET", "1")
-        .env(support::CHILD, spec)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("the test binary can be run")
+    support::spawn_skewed("amqp_skewed_producer_child", spec, skew)
 }
 
 /// A producer whose clock is `skew` off sends a message delayed by

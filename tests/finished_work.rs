@@ -51,7 +51,7 @@ fn retries() -> Retries {
     Retries::new().max_retries(2).backoff(Duration::from_millis(10), Duration::from_millis(10))
 }
 
-/// Issue input 5: a middleware inside error capture (so inside the
+/// A middleware inside error capture (so inside the
 /// retries) panics after the actor succeeded. Before, the panic was a
 /// failure, retried twice: three runs of the body for one message. Now the
 /// work stands (acknowledged once) and the panic is reported on its own.
@@ -105,7 +105,7 @@ async fn a_panic_after_a_failure_is_still_a_failure() {
     assert_eq!(broker.list(&app.queues()[0], 10).await.unwrap().len(), 1);
 }
 
-/// Issue input 5, second part: a retry the broker refuses to schedule (a
+/// A retry the broker refuses to schedule (a
 /// non-retryable error on `Reschedule`) is held for its retry delay and
 /// then requeued — not dropped back into the queue to fail again at once.
 #[tokio::test]

@@ -214,7 +214,7 @@ fn field(text: &str, key: &str) -> u64 {
     value.parse().unwrap()
 }
 
-/// Issue input 5: an isolated actor that loops forever with a 1 s limit is
+/// An isolated actor that loops forever with a 1 s limit is
 /// killed at about 1 s, retried once, then dead-lettered; the worker goes
 /// on and runs the next message.
 #[test]

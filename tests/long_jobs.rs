@@ -33,7 +33,7 @@ impl Sleeper {
     }
 }
 
-/// Issue input 3: `concurrency(1)`, a blocking actor with a 200 ms limit
+/// With `concurrency(1)`, a blocking actor with a 200 ms limit
 /// and 3 retries whose body sleeps 3 s. The attempts never overlap, every
 /// thread has ended when the worker returns, and the overruns are counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,7 +91,7 @@ impl Polite {
     }
 }
 
-/// Issue input 2: an async actor that holds a runtime thread past the
+/// An async actor that holds a runtime thread past the
 /// threshold is named once, at WARN, and every such message is counted.
 #[test]
 fn a_blocked_runtime_thread_is_noticed_and_the_actor_named_once() {

@@ -73,7 +73,7 @@ fn spawn_child(namespace: &str) -> KillOnDrop {
     )
 }
 
-/// Issue input 1: as many CPU-bound async jobs as the worker's runtime has
+/// As many CPU-bound async jobs as the worker's runtime has
 /// threads (2), 6 s each, a heartbeat timeout of 2 s, and a second worker
 /// process watching: each job starts exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -372,7 +372,7 @@ impl ShortLived {
     }
 }
 
-/// Issue input: a delayed send whose delay exceeds `max_age` was acked and
+/// A delayed send whose delay exceeds `max_age` was acked and
 /// skipped with only a warning. It is refused at send when the message or
 /// its actor sets the max_age, and dead-lettered with the reason when only
 /// the age-limit middleware's default does.
@@ -406,7 +406,7 @@ async fn a_delay_beyond_max_age_is_refused_or_dead_lettered_never_skipped() {
     assert!(dead[0].reason.contains("beyond its max_age"), "{}", dead[0].reason);
 }
 
-/// Issue input: an idle worker on 200 queues held 200 extra connections
+/// An idle worker on 200 queues held 200 extra connections
 /// (one blocking connection per queue). Connections no longer grow with
 /// the number of queues, and a message on any of them is still taken at
 /// once (woken through the worker's one subscription).
@@ -445,7 +445,7 @@ async fn a_worker_on_200_queues_holds_a_few_connections_and_wakes_on_each() {
     running.await.unwrap().unwrap();
 }
 
-/// Issue input: a clean shutdown left the worker registered, so the next
+/// A clean shutdown left the worker registered, so the next
 /// start "recovered" it. A worker that stops cleanly leaves the registry,
 /// and consumers that close holding nothing leave it at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -507,7 +507,7 @@ impl Sleepy {
     }
 }
 
-/// Issue input: code after `next.run()` in a middleware never ran when
+/// Code after `next.run()` in a middleware never ran when
 /// shutdown interrupted a message (a timing middleware never saw the
 /// requeued message). The interruption now comes back through the stack.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -534,7 +534,7 @@ async fn a_message_interrupted_at_shutdown_comes_back_through_every_middleware()
     assert_eq!(app.stats("default").await.unwrap().ready, 1, "the message is back in its queue");
 }
 
-/// Issue input: `priority` was accepted and ignored on Redis. The Redis
+/// `priority` was accepted and ignored on Redis. The Redis
 /// broker delivers first in, first out, so a message with a priority is
 /// refused with an error that says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -592,7 +592,7 @@ impl Doomed {
     }
 }
 
-/// Reviewer's inputs: a failure whose retry would fall due past the
+/// A failure whose retry would fall due past the
 /// message's max_age vanished (skipped as too old, never dead-lettered), and
 /// delays near `Duration::MAX` panicked. The first now fails for good with
 /// its error; the second is refused at send, and a retry that long is not

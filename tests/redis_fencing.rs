@@ -78,12 +78,7 @@ fn fencing_child() {
 fn spawn_child(spec: &str, skew: Option<&str>) -> Child {
     let mut command = Command::new(std::env::current_exe().unwrap());
     if let Some(skew) = skew {
-        let library = std::fs::read_dir("/usr/lib")
-            .unwrap()
-            .filter_map(|entry| Some(entry.ok()?.path().join("faketime/libfaketimeMT.so.1")))
-            .find(|path| path.exists())
-            .expect("libfaketime is installed (scripts/services installs faketime)");
-        command.env("LD_PRELOAD", library).env("FAKETIME", skew).env("FAKETIME_DONT_RESET", "1");
+        command.env("LD_PRELOAD", support::faketime_library()).env("FAKETIME", skew).env("FAKETIME_DONT_RESET", "1");
     }
     command
         .args(["--exact", CHILD_TEST, "--nocapture", "--test-threads=1"])
@@ -97,7 +92,7 @@ fn signal(child: &Child, signal: &str) {
     Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
 }
 
-/// Issue input: worker A claims a job and stalls (SIGSTOP) past its
+/// Worker A claims a job and stalls (SIGSTOP) past its
 /// heartbeat timeout; worker B recovers and runs it; A resumes and
 /// dead-letters it. A's settlement is stale and changes nothing: the one
 /// dead letter is B's, with the real message — not an empty body.
@@ -234,7 +229,7 @@ async fn relay(
     upstream.abort();
 }
 
-/// Issue input: the connection closes in place of the reply to the claim.
+/// The connection closes in place of the reply to the claim.
 /// The claimed message is found again and processed at once — not stranded
 /// until the worker stops.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -263,7 +258,7 @@ async fn a_claim_whose_reply_is_lost_is_processed_soon() {
     let _ = std::fs::remove_file(&log);
 }
 
-/// Issue input: Redis is away for longer than the heartbeat timeout while
+/// Redis is away for longer than the heartbeat timeout while
 /// two workers each run a job; it comes back for one worker 600 ms before
 /// the other. The first back does not "recover" the other, which is alive:
 /// each job runs once.
@@ -299,7 +294,7 @@ async fn after_an_outage_longer_than_the_timeout_no_live_worker_is_recovered() {
     let _ = std::fs::remove_file(&log);
 }
 
-/// Issue input: a worker whose clock is 30 s behind runs a job while a
+/// A worker whose clock is 30 s behind runs a job while a
 /// worker with the right time watches for dead workers. Heartbeats carry
 /// the server's time, so the slow clock does not make it look dead: the
 /// job runs once.
@@ -330,7 +325,7 @@ async fn a_worker_with_a_slow_clock_is_not_taken_for_dead() {
     let _ = std::fs::remove_file(&report);
 }
 
-/// Issue input: a producer whose clock is 30 s ahead sends a message
+/// A producer whose clock is 30 s ahead sends a message
 /// delayed by one second. The server's clock decides when it is due: it
 /// runs about a second later, not 31.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -132,7 +132,7 @@ fn broker_error(error: EnqueueError) -> BrokerError {
     }
 }
 
-/// Issue input 2: an evicting Redis (3 MB, `allkeys-lru`) takes 20,000
+/// An evicting Redis (3 MB, `allkeys-lru`) takes 20,000
 /// sends without an error and loses many of them. The broker refuses such
 /// a server at connect with a typed error; with the explicit opt-out it
 /// connects (and the loss is shown).
@@ -165,7 +165,7 @@ async fn an_evicting_redis_is_refused_at_connect_unless_allowed() {
     assert!(kept < 20_000, "the evicting server kept every message ({kept})");
 }
 
-/// Issue input 2, CONFIG renamed away: the policy is read from INFO.
+/// With CONFIG renamed away, the policy is read from INFO.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_policy_is_read_from_info_when_config_is_disabled() {
     let server =
@@ -176,7 +176,7 @@ async fn the_policy_is_read_from_info_when_config_is_disabled() {
     RedisBroker::with_config(config(&ok.url())).await.unwrap();
 }
 
-/// Issue input 2, versions: a server that says it is Redis 6.2.6 (a fake
+/// A server that says it is Redis 6.2.6 (a fake
 /// speaking just enough RESP) is refused with a typed error naming it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_older_than_7_is_refused_naming_its_version() {
@@ -213,7 +213,7 @@ async fn a_redis_older_than_7_is_refused_naming_its_version() {
     assert!(error.to_string().contains("6.2.6") && error.to_string().contains("7.0"), "{error}");
 }
 
-/// Issue input 1: a 4 MB `noeviction` Redis filled by a backlog until it
+/// A 4 MB `noeviction` Redis filled by a backlog until it
 /// refuses sends (`OOM`, a typed, fast error); a worker started then drains
 /// every accepted job.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -252,7 +252,7 @@ async fn a_full_redis_refuses_sends_with_a_typed_error_and_is_drained() {
     job(format!("{prefix}after"), 0).send(&app).await.unwrap();
 }
 
-/// Issue input 3, at start: a worker started against a read-only replica
+/// A worker started against a read-only replica
 /// does not exit; it logs why and waits, and consumes once the server is a
 /// primary again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -283,7 +283,7 @@ async fn a_worker_started_against_a_replica_waits_for_a_primary() {
     assert_eq!((report.succeeded, runs(&tag)), (1, (1, 1)), "{report:?}");
 }
 
-/// Issue input 3: the primary is demoted to a replica (`FAILOVER` to a
+/// The primary is demoted to a replica (`FAILOVER` to a
 /// replica of its own) for 3 s under a running worker, while its jobs
 /// finish. Their acks are refused (`READONLY`) and retried until the
 /// server is a primary again: each job runs exactly once, also after a

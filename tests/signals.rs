@@ -184,7 +184,7 @@ fn spawn_blocking_child(spec: &str) -> (Child, BufReader<std::process::ChildStdo
     (child, stdout)
 }
 
-/// Issue input 4: two blocking jobs of 6 s, SIGTERM with a 1 s grace. The
+/// Two blocking jobs of 6 s, SIGTERM with a 1 s grace. The
 /// worker waits for them and settles them as finished: they are not
 /// requeued to run again.
 #[test]

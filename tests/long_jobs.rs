@@ -41,7 +41,19 @@ async fn a_blocking_attempt_past_its_limit_holds_its_slot_until_its_thread_ends(
     let broker = MemoryBroker::new();
     let app = dramaturg::app(broker.clone()).actor::<Sleeper>().build().unwrap();
     Sleeper {}.send(&app).await.unwrap();
-    let report = Worker::new(app).concurrency(1).run_until_drained(Duration::from_secs(30)).await.unwrap();
+    let worker = Worker::new(app).concurrency(1);
+    let gauges = worker.gauges();
+    let running = tokio::spawn(worker.run_until_drained(Duration::from_secs(30)));
+    // The first attempt times out at 200 ms and its thread sleeps on: the
+    // gauge shows it while it runs past its attempt.
+    let mut most_overrunning = 0;
+    while !running.is_finished() {
+        most_overrunning = most_overrunning.max(gauges.overrunning_threads());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let report = running.await.unwrap().unwrap();
+    assert_eq!(most_overrunning, 1, "one thread at a time overran its attempt");
+    assert_eq!(gauges.overrunning_threads(), 0);
     assert_eq!(MOST_AT_ONCE.load(Ordering::SeqCst), 1, "attempts overlapped");
     assert_eq!(RUNNING.load(Ordering::SeqCst), 0, "a thread still runs after the worker returned");
     assert_eq!(ENDED.load(Ordering::SeqCst), 4);

@@ -222,5 +222,6 @@ fn past_the_blocking_grace_the_process_exits_without_finishing_the_jobs() {
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
     assert!(!rest.contains("END"), "{rest}");
+    assert!(rest.contains("REPORT succeeded=0 requeued=2 abandoned=2 ready=2"), "{rest}");
     assert!(took < Duration::from_secs(3), "took {took:?}");
 }

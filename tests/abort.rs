@@ -367,6 +367,32 @@ mod across_processes {
         abort_through_redis(broker().await, broker().await, false).await;
     }
 
+    /// A worker looks for a message's request only while the namespace
+    /// may hold one (see the crate docs): a cancel made by another process
+    /// while the worker idles in a namespace that never held a request
+    /// still reaches it, and the message due a moment later is skipped.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancel_made_while_the_worker_idles_reaches_it() {
+        use dramaturg::redis::{RedisBroker, RedisConfig};
+
+        let namespace = format!("test-{}", MessageId::new());
+        let config = RedisConfig::new("redis://127.0.0.1:6379").namespace(&namespace);
+        let worker_app =
+            dramaturg::app(RedisBroker::with_config(config.clone()).await.unwrap()).actor::<Looper>().build().unwrap();
+        let producer =
+            dramaturg::app(RedisBroker::with_config(config).await.unwrap()).actor::<Looper>().build().unwrap();
+        let running = start(&worker_app);
+        // The worker finds no request in its namespace and waits for one.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let tag = tag();
+        let delayed = SendOptions::default().with_delay(Duration::from_millis(300));
+        let id = looper(&tag).send_with(&producer, delayed).await.unwrap();
+        abort(&producer, id, AbortOptions::cancel()).await.unwrap();
+        let report = finish(&worker_app, running).await;
+        assert_eq!((report.aborted, report.succeeded), (1, 0), "{report:?}");
+        assert!(events(&tag).is_empty(), "it never ran");
+    }
+
     #[cfg(feature = "amqp")]
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn with_the_amqp_broker() {

@@ -40,10 +40,20 @@
 //! Requests are keys of a [`Store`] (`abort:<id>`, and `abort-due:<id>`
 //! for when a waiting message is due): [`MemoryStore`] works within one
 //! process (the in-memory broker, tests); the Redis store (`RedisStore`,
-//! feature `redis`) works across processes, with any broker. A worker with
-//! no running abortable message sends no command to the store. The
+//! feature `redis`) works across processes, with any broker. The
 //! middleware puts its store into the app's state when the app is built;
 //! [`abort`] finds it there.
+//!
+//! Messages look for their request only while one may exist: [`abort`]
+//! also writes a marker key (`abort:any`) that outlives the longest
+//! request, and each worker watches it with one task — a wait while it is
+//! absent (on Redis, woken by the write's pub/sub message), a read every
+//! second while it is present. So while nothing was asked, a message costs
+//! no store command; while requests exist in the namespace, each message
+//! reads its own key once before it starts. A request written in the
+//! instant before a message starts may miss it (as a request written just
+//! after it would); in `abort` mode that message is then interrupted like
+//! any running one.
 //!
 //! The default stack (`dramaturg::app`, through [`Abortable::for_broker`])
 //! takes the store that reaches as far as the broker
@@ -74,6 +84,10 @@ use dramaturg_core::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
+
+mod view;
+
+use view::View;
 
 /// The option (per message or, through `#[actor(abortable = …)]`, per
 /// actor) that says whether a message can be aborted.
@@ -214,6 +228,8 @@ pub async fn abort(app: &App, id: impl Into<MessageId>, options: AbortOptions) -
     let request = AbortRequest { mode: options.mode, grace_ms: dramaturg_core::time::millis(options.abort_timeout) };
     let value = serde_json::to_vec(&request).expect("a request is two plain fields");
     store.set(&abort_key(id), &value, ttl, SetMode::Always).await?;
+    // After the request, so that a worker that sees the marker finds it.
+    view::mark(&**store, ttl).await?;
     tracing::info!(message = %id, mode = ?options.mode, ?ttl, "abort requested");
     Ok(())
 }
@@ -310,6 +326,8 @@ pub struct Abortable {
     /// Whether a process-local store is fine with a broker that is not.
     process_local_ok: bool,
     watcher: Arc<Watcher>,
+    /// Whether requests may exist (see `view.rs`).
+    view: View,
 }
 
 impl Abortable {
@@ -328,7 +346,7 @@ impl Abortable {
     /// As [`Abortable::new`], with a store shared with other parts of the
     /// app.
     pub fn with_shared_store(store: Arc<dyn Store>) -> Self {
-        Self { store, default_abortable: true, process_local_ok: false, watcher: Arc::default() }
+        Self { store, default_abortable: true, process_local_ok: false, watcher: Arc::default(), view: View::default() }
     }
 
     /// The abort middleware whose requests reach as far as `broker`'s
@@ -407,6 +425,7 @@ impl Abortable {
 impl Drop for Abortable {
     fn drop(&mut self) {
         self.watcher.stop();
+        self.view.stop();
     }
 }
 
@@ -443,8 +462,15 @@ impl Middleware for Abortable {
         }
     }
 
+    /// Starts watching whether any request exists, so that messages
+    /// look for theirs only while one may.
+    async fn on_worker_start(&self, _app: &App) {
+        self.view.start(&self.store);
+    }
+
     async fn on_worker_stop(&self, _app: &App) {
         self.watcher.stop();
+        self.view.stop();
     }
 
     async fn handle(&self, ctx: &Context, next: Next<'_>) -> Outcome {
@@ -452,7 +478,7 @@ impl Middleware for Abortable {
             return next.run(ctx).await;
         }
         let key = abort_key(ctx.id());
-        if self.requested(&key).await.is_some() {
+        if self.view.may_exist() && self.requested(&key).await.is_some() {
             return Outcome::Aborted("cancelled before it started".into());
         }
         let outcome = self.watch(ctx, &key, next).await;
@@ -481,7 +507,7 @@ impl Abortable {
         }
         let mut requests = self.watcher.register(&key, &self.store);
         let _running = Running { watcher: &self.watcher, key: key.clone() };
-        if let Some(request) = self.requested(&key).await {
+        if let Some(request) = if self.view.may_exist() { self.requested(&key).await } else { None } {
             // Made while the message started: pass it on as the watcher would.
             let _ = requests.borrow_and_update();
             if let Some((sender, passed)) = lock(&self.watcher.running).get_mut(&key) {

@@ -84,6 +84,12 @@ pub enum SetMode {
     /// Only if the key holds nothing (or only something expired): a lock,
     /// a lease, a unique-job key.
     IfAbsent,
+    /// Only if the key holds nothing, or something that expires sooner
+    /// than `ttl` from now: of many such writes the key keeps the one that
+    /// lives longest, whatever their order — a marker that must outlive
+    /// everything it stands for (the abort middleware's "requests exist"
+    /// key). A key of the other kind (a set) is replaced.
+    Extend,
 }
 
 /// Keys with values and TTLs, and waiting for keys. Every store also has

@@ -33,12 +33,20 @@ use redis::{RedisError, Script};
 
 use crate::{broker_error, RedisBroker, RedisConfig};
 
-/// Sets the value (only when absent if `ARGV[3]` is `1`) and publishes it.
+/// Sets the value and publishes it: always (`ARGV[3]` `0`), only when
+/// absent (`1`), or only when absent or expiring sooner than the new TTL
+/// (`2`; `PTTL` is -2 for an absent key, -1 for one without a TTL).
 const SET: &str = r"
 if ARGV[3] == '1' then
   if not redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') then
     return 0
   end
+elseif ARGV[3] == '2' then
+  local left = redis.call('PTTL', KEYS[1])
+  if left == -1 or left >= tonumber(ARGV[2]) then
+    return 0
+  end
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 else
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 end
@@ -246,7 +254,11 @@ impl Store for RedisStore {
     async fn set(&self, key: &str, value: &[u8], ttl: Duration, mode: SetMode) -> Result<bool, StoreError> {
         let key = self.key(key)?;
         check_value(value)?;
-        let if_absent = if mode == SetMode::IfAbsent { "1" } else { "0" };
+        let mode = match mode {
+            SetMode::IfAbsent => "1",
+            SetMode::Extend => "2",
+            _ => "0",
+        };
         let mut conn = self.conn.clone();
         let written: u8 = self
             .scripts
@@ -254,7 +266,7 @@ impl Store for RedisStore {
             .key(&key)
             .arg(value)
             .arg(ttl_millis(ttl))
-            .arg(if_absent)
+            .arg(mode)
             .invoke_async(&mut conn)
             .await
             .map_err(|e| store_error(e, "set"))?;

@@ -34,6 +34,7 @@ macro_rules! store_conformance {
             values_are_set_read_and_deleted,
             set_if_absent_writes_once,
             set_if_absent_is_atomic,
+            set_extend_keeps_the_longest,
             values_expire,
             counters_add_up_atomically,
             counters_refuse_what_is_not_a_counter,
@@ -89,6 +90,18 @@ impl StoreSuite {
         assert_eq!(s.get(&key).await.unwrap().as_deref(), Some(&b"first"[..]));
         s.delete(&key).await.unwrap();
         assert!(s.set(&key, b"third", LONG, SetMode::IfAbsent).await.unwrap());
+    }
+
+    /// `SetMode::Extend` writes to an empty key or one that expires
+    /// sooner, so the key lives as long as the longest write asked.
+    pub async fn set_extend_keeps_the_longest(&self) {
+        let (s, key) = (&self.store, self.key("marker"));
+        let short = Duration::from_millis(150);
+        assert!(s.set(&key, b"short", short, SetMode::Extend).await.unwrap(), "an empty key is written");
+        assert!(s.set(&key, b"long", LONG, SetMode::Extend).await.unwrap(), "a longer TTL is written");
+        assert!(!s.set(&key, b"shorter", short, SetMode::Extend).await.unwrap(), "a shorter one is not");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(s.get(&key).await.unwrap().as_deref(), Some(&b"long"[..]));
     }
 
     /// Of many concurrent `IfAbsent` writes to one key, one succeeds.

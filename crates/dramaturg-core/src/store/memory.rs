@@ -127,10 +127,16 @@ impl Store for MemoryStore {
             let mut entries = self.entries();
             let now = Instant::now();
             entries.sweep(now);
-            if mode == SetMode::IfAbsent && entries.live(key, now).is_some() {
+            let expires = expiry(now, ttl);
+            let keep = match (mode, entries.live(key, now)) {
+                (SetMode::IfAbsent, Some(_)) => true,
+                (SetMode::Extend, Some((_, held))) => *held >= expires,
+                _ => false,
+            };
+            if keep {
                 return Ok(false);
             }
-            entries.map.insert(key.to_owned(), (Entry::Value(value.to_vec()), expiry(now, ttl)));
+            entries.map.insert(key.to_owned(), (Entry::Value(value.to_vec()), expires));
         }
         self.inner.written.notify_waiters();
         Ok(true)

@@ -17,6 +17,9 @@
 //! publish's, and belongs to a publish issued before that ack arrived: the
 //! task waits until every publish issued so far has handed it its confirm
 //! (a counter of issued and registered publishes) before answering.
+//!
+//! That task, and the hand-over of each publish's confirm to it, run on the
+//! connection's own runtime ([`crate::runtime`]).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +32,7 @@ use futures_util::{FutureExt, StreamExt};
 use lapin::message::BasicReturnMessage;
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
+use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::error::amqp_error;
@@ -67,6 +71,8 @@ struct Counts {
 pub(crate) struct Confirms {
     sender: mpsc::UnboundedSender<(PublisherConfirm, Waiting)>,
     counts: Arc<Counts>,
+    /// The connection's runtime, where the tasks run.
+    runtime: Handle,
 }
 
 /// A publish issued; counted as registered once its confirm reached the
@@ -84,13 +90,13 @@ impl Drop for Ticket {
 }
 
 impl Confirms {
-    /// Starts the task that awaits the confirms; it ends when this value is
-    /// dropped and every confirm has come in.
-    pub(crate) fn start() -> Self {
+    /// Starts the task that awaits the confirms, on `runtime`; it ends
+    /// when this value is dropped and every confirm has come in.
+    pub(crate) fn start(runtime: &Handle) -> Self {
         let (sender, receiver) = mpsc::unbounded_channel();
         let counts = Arc::new(Counts::default());
-        tokio::spawn(collect(receiver, Arc::clone(&counts)));
-        Self { sender, counts }
+        runtime.spawn(collect(receiver, Arc::clone(&counts)));
+        Self { sender, counts, runtime: runtime.clone() }
     }
 
     /// Publishes `body` to `routing_key` (mandatory, on the default
@@ -122,7 +128,7 @@ impl Confirms {
         let issued = (&mut publishing).now_or_never();
         let routing_key = routing_key.to_owned();
         let sender = self.sender.clone();
-        tokio::spawn(async move {
+        self.runtime.spawn(async move {
             let (published, body) = match issued {
                 Some(done) => done,
                 None => publishing.await,

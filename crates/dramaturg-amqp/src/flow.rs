@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use dramaturg_core::{Bounded, BrokerError, BrokerErrorKind};
 use futures_util::StreamExt;
 use lapin::{Connection, Event};
+use tokio::runtime::Handle;
 use tokio::sync::watch;
 
 use crate::{AmqpConfig, OnBlocked};
@@ -25,12 +26,14 @@ use crate::{AmqpConfig, OnBlocked};
 pub(crate) type BlockState = watch::Receiver<Option<Arc<str>>>;
 
 /// Watches `connection` for `connection.blocked` / `connection.unblocked`,
-/// logs each change once, and publishes the state. The task ends when the
+/// logs each change once, and publishes the state, from a task on
+/// `runtime` (the connection's own, so that the state is kept up even
+/// while the caller's runtime is busy). The task ends when the
 /// connection's events end or every receiver is gone.
-pub(crate) fn watch_blocked(connection: &Connection) -> BlockState {
+pub(crate) fn watch_blocked(connection: &Connection, runtime: &Handle) -> BlockState {
     let (state, receiver) = watch::channel(None);
     let mut events = connection.events_listener();
-    tokio::spawn(async move {
+    runtime.spawn(async move {
         let mut since = None;
         loop {
             let event = tokio::select! {

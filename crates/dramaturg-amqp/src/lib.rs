@@ -27,6 +27,12 @@
 //!   [`AmqpConfig::send_timeout`] (error kind `Timeout`; the message may or
 //!   may not have been taken), and a send on a blocked connection fails at
 //!   once with kind `Blocked` or waits for the unblock ([`OnBlocked`]).
+//! - **Heartbeats that jobs cannot starve**: both connections, with
+//!   lapin's heartbeat and I/O, live on a small runtime on a thread of
+//!   their own, so async jobs that compute without an `.await` on every
+//!   thread of the worker's runtime do not make RabbitMQ close the
+//!   connection (and hand their messages out again). The thread ends when
+//!   the broker value, its clones and its consumers are dropped.
 //!
 //! - **Fenced settlement**: a delivery is settled only on the channel it
 //!   came from while that channel is current; otherwise the settlement
@@ -62,6 +68,7 @@ mod error;
 mod flow;
 mod link;
 mod names;
+mod runtime;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -399,9 +406,10 @@ impl AmqpBroker {
         }
         // The publishing connection is opened now, so that a wrong URL or
         // credentials fail here; the consuming one on first use.
-        let publishing = Linker::new(config.clone());
+        let runtime = Arc::new(runtime::ConnectionRuntime::start()?);
+        let publishing = Linker::new(config.clone(), Arc::clone(&runtime));
         publishing.link().await?;
-        let consuming = Linker::new(config.clone());
+        let consuming = Linker::new(config.clone(), runtime);
         Ok(Self {
             shared: Arc::new(Shared {
                 config,

@@ -2,7 +2,8 @@
 //! after a loss: the publishing one (a publisher channel with confirms on,
 //! the queues declared on it, its blocked state) and the consuming one
 //! (consumer and administrative channels; it never publishes, so RabbitMQ
-//! never blocks it).
+//! never blocks it). Both live on the broker value's
+//! [`ConnectionRuntime`].
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -24,6 +25,7 @@ use crate::delay::{bucket_queue, bucket_ttl_ms, DUE_HEADER, REMAINING_HEADER};
 use crate::error::amqp_error;
 use crate::flow::{watch_blocked, BlockState};
 use crate::names::{check_queue, short};
+use crate::runtime::ConnectionRuntime;
 use crate::{AmqpConfig, Shared};
 
 /// The header holding a dead letter's reason.
@@ -428,8 +430,13 @@ pub(crate) trait Opened: Sized + Send + Sync + 'static {
     /// client_properties` and the management UI.
     const NAME: &'static str;
 
-    /// Sets up what this connection carries on a new `connection`.
-    fn open(connection: Connection, config: &AmqpConfig) -> impl Future<Output = Result<Self, BrokerError>> + Send;
+    /// Sets up what this connection carries on a new `connection`, with
+    /// the tasks that serve it on `runtime` (the connection's own).
+    fn open(
+        connection: Connection,
+        config: &AmqpConfig,
+        runtime: &ConnectionRuntime,
+    ) -> impl Future<Output = Result<Self, BrokerError>> + Send;
 
     /// Whether it still works.
     fn usable(&self) -> bool;
@@ -438,8 +445,12 @@ pub(crate) trait Opened: Sized + Send + Sync + 'static {
 impl Opened for Link {
     const NAME: &'static str = "dramaturg (publishing)";
 
-    async fn open(connection: Connection, config: &AmqpConfig) -> Result<Self, BrokerError> {
-        let blocked = watch_blocked(&connection);
+    async fn open(
+        connection: Connection,
+        config: &AmqpConfig,
+        runtime: &ConnectionRuntime,
+    ) -> Result<Self, BrokerError> {
+        let blocked = watch_blocked(&connection, runtime.handle());
         let publisher = open_channel(&connection).await?;
         if config.confirms {
             publisher
@@ -452,7 +463,7 @@ impl Opened for Link {
             publisher,
             config: config.clone(),
             declared: Mutex::default(),
-            confirms: Confirms::start(),
+            confirms: Confirms::start(runtime.handle()),
             blocked,
         })
     }
@@ -479,7 +490,11 @@ impl Consuming {
 impl Opened for Consuming {
     const NAME: &'static str = "dramaturg (consuming)";
 
-    async fn open(connection: Connection, _config: &AmqpConfig) -> Result<Self, BrokerError> {
+    async fn open(
+        connection: Connection,
+        _config: &AmqpConfig,
+        _runtime: &ConnectionRuntime,
+    ) -> Result<Self, BrokerError> {
         Ok(Consuming { connection })
     }
 
@@ -488,15 +503,17 @@ impl Opened for Consuming {
     }
 }
 
-/// Opens a connection of kind `T` on demand and again after a loss.
+/// Opens a connection of kind `T` on demand and again after a loss, on the
+/// broker value's connection runtime.
 pub(crate) struct Linker<T> {
     config: AmqpConfig,
     current: tokio::sync::Mutex<Option<Arc<T>>>,
+    runtime: Arc<ConnectionRuntime>,
 }
 
 impl<T: Opened> Linker<T> {
-    pub(crate) fn new(config: AmqpConfig) -> Self {
-        Self { config, current: tokio::sync::Mutex::new(None) }
+    pub(crate) fn new(config: AmqpConfig, runtime: Arc<ConnectionRuntime>) -> Self {
+        Self { config, current: tokio::sync::Mutex::new(None), runtime }
     }
 
     /// The open connection, opening one if there is none or it broke.
@@ -507,10 +524,12 @@ impl<T: Opened> Linker<T> {
         }
         let shown = redact_password(&self.config.url);
         let properties = ConnectionProperties::default().with_connection_name(T::NAME.into());
-        let connection = Connection::connect(&self.config.url, properties)
+        let connection = self
+            .runtime
+            .connect(&self.config.url, properties)
             .await
             .map_err(|e| amqp_error(e, &format!("connecting to {shown}")))?;
-        let link = Arc::new(T::open(connection, &self.config).await?);
+        let link = Arc::new(T::open(connection, &self.config, &self.runtime).await?);
         if current.is_some() {
             tracing::info!(url = %shown, connection = T::NAME, "reconnected to RabbitMQ");
         }

@@ -9,13 +9,11 @@ mod support;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dramaturg::amqp::{AmqpBroker, AmqpConfig};
 use dramaturg::prelude::*;
-use dramaturg::BoxError;
-use serde::{Deserialize, Serialize};
-use support::{append, logged, temp_log, KillOnDrop};
+use support::{logged, temp_log, Compute, KillOnDrop};
 
 /// A heartbeat timeout of 1 s: RabbitMQ closes a connection it has heard
 /// nothing from for about two of them.
@@ -26,30 +24,6 @@ async fn app_in(prefix: &str) -> App {
     let config = AmqpConfig::new(URL).expire_unused_queues(Duration::from_secs(120));
     let broker = AmqpBroker::with_config(config).await.unwrap();
     dramaturg::app(broker).queue_prefix(prefix).actor::<Compute>().build().unwrap()
-}
-
-/// An async actor that computes for `millis` without ever reaching an
-/// `.await`: it holds its runtime thread the whole time.
-#[derive(Actor, Serialize, Deserialize)]
-#[actor(max_retries = 0, time_limit = "1m")]
-struct Compute {
-    log: String,
-    millis: u64,
-}
-
-impl Compute {
-    async fn perform(self, _ctx: &Context) -> Result<(), BoxError> {
-        append(&self.log, "start");
-        let until = Instant::now() + Duration::from_millis(self.millis);
-        let mut x = 0u64;
-        while Instant::now() < until {
-            for i in 0..10_000u64 {
-                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
-            }
-        }
-        append(&self.log, "end");
-        Ok(())
-    }
 }
 
 /// The child: a worker with two runtime threads and a concurrency of two,

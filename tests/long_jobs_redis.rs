@@ -8,13 +8,11 @@
 mod support;
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dramaturg::prelude::*;
 use dramaturg::redis::{RedisBroker, RedisConfig};
-use dramaturg::BoxError;
-use serde::{Deserialize, Serialize};
-use support::{append, logged, temp_log, KillOnDrop};
+use support::{logged, temp_log, Compute, KillOnDrop};
 
 const URL: &str = "redis://127.0.0.1:6379";
 const CHILD_TEST: &str = "long_jobs_child";
@@ -25,30 +23,6 @@ async fn broker_in(namespace: &str) -> RedisBroker {
         .heartbeat(Duration::from_millis(500), Duration::from_secs(2))
         .max_block(Duration::from_secs(1));
     RedisBroker::with_config(config).await.unwrap()
-}
-
-/// An async actor that computes for `millis` without ever reaching an
-/// `.await`: it holds its runtime thread the whole time.
-#[derive(Actor, Serialize, Deserialize)]
-#[actor(max_retries = 0, time_limit = "1m")]
-struct Compute {
-    log: String,
-    millis: u64,
-}
-
-impl Compute {
-    async fn perform(self, _ctx: &Context) -> Result<(), BoxError> {
-        append(&self.log, "start");
-        let until = Instant::now() + Duration::from_millis(self.millis);
-        let mut x = 0u64;
-        while Instant::now() < until {
-            for i in 0..10_000u64 {
-                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
-            }
-        }
-        append(&self.log, "end");
-        Ok(())
-    }
 }
 
 /// The child: `namespace`: a worker with two runtime threads until SIGTERM.

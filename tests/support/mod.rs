@@ -192,3 +192,28 @@ pub(crate) fn spawn_skewed(test: &str, spec: &str, skew: &str) -> Child {
         .spawn()
         .expect("the test binary can be run")
 }
+
+/// An async actor that computes for `millis` without ever reaching an
+/// `.await`: it holds its runtime thread the whole time, and logs its
+/// start and end to `log`.
+#[derive(Actor, Serialize, Deserialize)]
+#[actor(max_retries = 0, time_limit = "1m")]
+pub(crate) struct Compute {
+    pub(crate) log: String,
+    pub(crate) millis: u64,
+}
+
+impl Compute {
+    async fn perform(self, _ctx: &Context) -> Result<(), BoxError> {
+        append(&self.log, "start");
+        let until = Instant::now() + Duration::from_millis(self.millis);
+        let mut x = 0u64;
+        while Instant::now() < until {
+            for i in 0..10_000u64 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+            }
+        }
+        append(&self.log, "end");
+        Ok(())
+    }
+}

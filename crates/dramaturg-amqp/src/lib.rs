@@ -97,6 +97,8 @@ pub struct AmqpConfig {
     confirms: bool,
     max_priority: Option<u8>,
     dead_letter_ttl: Duration,
+    dead_letter_max_count: u64,
+    dead_letter_max_bytes: u64,
     retry_enqueue_for: Duration,
     send_timeout: Duration,
     on_blocked: OnBlocked,
@@ -104,6 +106,14 @@ pub struct AmqpConfig {
     /// A query parameter of the URL this broker reads that was invalid.
     url_error: Option<String>,
 }
+
+/// The default cap on the number of dead letters kept per queue (see
+/// [`AmqpConfig::dead_letter_caps`]): 50,000, as on the Redis broker.
+pub const DEFAULT_DEAD_LETTER_MAX_COUNT: u64 = 50_000;
+
+/// The default cap on the bytes of the dead letters kept per queue (see
+/// [`AmqpConfig::dead_letter_caps`]): 64 MiB, as on the Redis broker.
+pub const DEFAULT_DEAD_LETTER_MAX_BYTES: u64 = 64 << 20;
 
 /// The default [`AmqpConfig::send_timeout`]: 10 seconds.
 pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -136,8 +146,8 @@ pub enum OnBlocked {
 impl AmqpConfig {
     /// Settings for the server at `url` (`amqp://user:password@host:port/vhost`,
     /// or `amqps://` with the `tls` feature), with the defaults: publisher
-    /// confirms on, no priorities, dead letters kept 7 days, no enqueue
-    /// retries, a send timeout of 10 s, sends failing at once while
+    /// confirms on, no priorities, dead letters kept 7 days (at most 50,000
+    /// and 64 MiB of messages per queue), no enqueue retries, a send timeout of 10 s, sends failing at once while
     /// RabbitMQ blocks publishing.
     ///
     /// The query parameter `max_priority=N` (0 to 255) sets
@@ -175,6 +185,8 @@ impl AmqpConfig {
             confirms: true,
             max_priority,
             dead_letter_ttl: Duration::from_secs(7 * 24 * 3600),
+            dead_letter_max_count: DEFAULT_DEAD_LETTER_MAX_COUNT,
+            dead_letter_max_bytes: DEFAULT_DEAD_LETTER_MAX_BYTES,
             retry_enqueue_for: Duration::ZERO,
             send_timeout: send_timeout.unwrap_or(DEFAULT_SEND_TIMEOUT),
             on_blocked: OnBlocked::default(),
@@ -257,11 +269,43 @@ impl AmqpConfig {
         self
     }
 
-    /// How long dead letters are kept (default 7 days).
+    /// How long dead letters are kept (default 7 days): the `x-message-ttl`
+    /// of each `<queue>.dq`.
     #[must_use]
     pub fn dead_letter_ttl(mut self, ttl: Duration) -> Self {
         self.dead_letter_ttl = ttl;
         self
+    }
+
+    /// The most dead letters each queue keeps, by count and by the bytes of
+    /// their messages (defaults [`DEFAULT_DEAD_LETTER_MAX_COUNT`], 50,000,
+    /// and [`DEFAULT_DEAD_LETTER_MAX_BYTES`], 64 MiB); past either, the
+    /// oldest are dropped. A count below 1 counts as 1.
+    ///
+    /// RabbitMQ enforces them itself: each `<queue>.dq` is declared with
+    /// `x-max-length`, `x-max-length-bytes` (the bytes of message bodies,
+    /// without headers) and `x-overflow` = `drop-head`, so a new dead letter
+    /// over a cap pushes out the oldest at once. Only dead letters that are
+    /// not being listed or replayed at that moment count (RabbitMQ counts
+    /// ready messages). A RabbitMQ policy with a lower `max-length` or
+    /// `max-length-bytes` wins over these.
+    ///
+    /// RabbitMQ does not change the arguments of an existing queue: a
+    /// `.dq` declared with other caps (or by an earlier version, without
+    /// them) makes the declaration fail with an error of kind
+    /// [`Unsuitable`](dramaturg_core::BrokerErrorKind::Unsuitable) until it
+    /// is deleted (see the crate's guide, `docs/amqp.md`).
+    #[must_use]
+    pub fn dead_letter_caps(mut self, max_count: u64, max_bytes: u64) -> Self {
+        self.dead_letter_max_count = max_count.max(1);
+        self.dead_letter_max_bytes = max_bytes;
+        self
+    }
+
+    /// The caps on each queue's dead letters: (count, bytes); see
+    /// [`AmqpConfig::dead_letter_caps`].
+    pub fn dead_letter_limits(&self) -> (u64, u64) {
+        (self.dead_letter_max_count, self.dead_letter_max_bytes)
     }
 
     /// Retries a send that fails for a transient reason (a lost
@@ -283,6 +327,8 @@ impl fmt::Debug for AmqpConfig {
             .field("confirms", &self.confirms)
             .field("max_priority", &self.max_priority)
             .field("dead_letter_ttl", &self.dead_letter_ttl)
+            .field("dead_letter_max_count", &self.dead_letter_max_count)
+            .field("dead_letter_max_bytes", &self.dead_letter_max_bytes)
             .field("retry_enqueue_for", &self.retry_enqueue_for)
             .field("send_timeout", &self.send_timeout)
             .field("on_blocked", &self.on_blocked)
@@ -579,6 +625,13 @@ impl Broker for AmqpBroker {
 
     async fn consume(&self, queue: &str, prefetch: usize) -> Result<Box<dyn Consumer>, BrokerError> {
         Ok(Box::new(consumer::AmqpConsumer::open(Arc::clone(&self.shared), queue, prefetch).await?))
+    }
+
+    /// Refuses an empty queue name and one longer than
+    /// [`MAX_QUEUE_NAME_BYTES`] (246), as every operation that takes a
+    /// queue name does.
+    fn check_queue_name(&self, name: &str) -> Result<(), BrokerError> {
+        names::check_queue(name)
     }
 
     fn admin(&self) -> Option<&dyn QueueAdmin> {

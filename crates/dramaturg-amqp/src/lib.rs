@@ -10,8 +10,10 @@
 //!   keep it unacknowledged, so a delay of hours trips no `consumer_timeout`
 //!   and survives every worker restart.
 //! - **Dead letters** go to `<queue>.dq` with the reason in a header, kept
-//!   `dead_letter_ttl` (7 days) by the queue's own message TTL; listing and
-//!   replay through `DeadLetters`.
+//!   `dead_letter_ttl` (7 days) by the queue's own message TTL and capped
+//!   per queue at 50,000 messages and 64 MiB of bodies
+//!   ([`AmqpConfig::dead_letter_caps`]; RabbitMQ drops the oldest first);
+//!   listing and replay through `DeadLetters`.
 //! - **`consumer_timeout`**: when RabbitMQ closes a channel because a job
 //!   ran longer than its consumer timeout, the worker logs an error naming
 //!   the setting and the fix, and dead-letters that message when it comes
@@ -38,7 +40,27 @@
 //! - **Bounded by construction**: header values are cut to bounds and
 //!   header tables checked against a size limit ([below](crate#bounded-headers));
 //!   queue names longer than [`MAX_QUEUE_NAME_BYTES`] are refused with a
-//!   typed error instead of a panic.
+//!   typed error instead of a panic, and by `AppBuilder::build` already
+//!   for the queues of an app's actors.
+//!
+//! # Aborts need a shared store
+//!
+//! RabbitMQ has no key/value store, so this broker offers none
+//! (`Broker::store` is `None`) and the default stack keeps abort requests
+//! in process memory. **Aborts across processes need a store the processes
+//! share: a Redis, through `RedisStore`** (feature `redis` of
+//! `dramaturg`). On an app whose broker is RabbitMQ and whose abort store
+//! is process-local, `abort` fails with `AbortError::EventsNotShared`
+//! instead of returning `Ok` for a request no other worker would hear of:
+//!
+//! ```ignore
+//! let app = dramaturg::app(amqp_broker)
+//!     .replace("abort", Abortable::new(RedisStore::connect("redis://127.0.0.1:6379").await?))
+//!     .build()?;
+//! ```
+//!
+//! See [aborting messages](https://github.com/dramaturg/dramaturg/blob/main/docs/guide.md#aborting-messages)
+//! in the guide.
 //!
 //! Topology of a queue `q` (all durable): `q` itself (dead-lettering to
 //! `q.dq`, with `x-max-priority` when configured), `q.dq`, and the delay
@@ -294,7 +316,7 @@ impl AmqpConfig {
     /// `.dq` declared with other caps (or by an earlier version, without
     /// them) makes the declaration fail with an error of kind
     /// [`Unsuitable`](dramaturg_core::BrokerErrorKind::Unsuitable) until it
-    /// is deleted (see the crate's guide, `docs/amqp.md`).
+    /// is deleted (see [queues declared with other arguments](https://github.com/dramaturg/dramaturg/blob/main/docs/amqp.md#queues-declared-with-other-arguments)).
     #[must_use]
     pub fn dead_letter_caps(mut self, max_count: u64, max_bytes: u64) -> Self {
         self.dead_letter_max_count = max_count.max(1);

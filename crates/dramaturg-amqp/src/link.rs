@@ -373,8 +373,9 @@ fn declare_error(error: lapin::Error, name: &str) -> BrokerError {
         format!(
             "amqp: queue {name:?} exists with other arguments than this broker declares it with ({error}); \
              RabbitMQ does not change the arguments of an existing queue: configure the broker as the queue \
-             was declared (max_priority, dead_letter_ttl, dead_letter_caps), or delete the queue so that it is \
-             declared again (deleting drops its messages: replay or list the dead letters of a `.dq` first)"
+             was declared (max_priority, dead_letter_ttl, dead_letter_caps, expire_unused_queues), or delete \
+             the queue so that it is declared again (deleting drops its messages: replay or list the dead \
+             letters of a `.dq` first)"
         ),
     )
     .with_source(error)

@@ -1070,3 +1070,93 @@ async fn a_memory_alarm_fails_sends_by_their_deadline_and_the_worker_goes_on() {
     assert!(counts[1..3].iter().all(|&count| count == 1), "{counts:?}");
     assert!((1..=2).contains(&counts[3]), "{counts:?}");
 }
+
+/// Dead-letters `bodies` on `queue`, one at a time and in order, with the
+/// body as the reason.
+async fn dead_letter_all(broker: &AmqpBroker, queue: &str, bodies: &[Vec<u8>]) {
+    broker.declare_queue(queue).await.unwrap();
+    let mut consumer = broker.consume(queue, 1).await.unwrap();
+    for body in bodies {
+        broker.enqueue(Outgoing::new(queue, body.clone())).await.unwrap();
+        let delivery = next_delivery(consumer.as_mut()).await;
+        assert_eq!(delivery.body().as_ref(), body.as_slice());
+        let reason = text(body).into();
+        assert_eq!(
+            delivery.settle(dramaturg::Settlement::DeadLetter(reason)).await.unwrap(),
+            dramaturg_core::Settled::Applied
+        );
+    }
+    consumer.close().await.unwrap();
+}
+
+/// The reasons of `queue`'s dead letters, oldest first.
+async fn dead_reasons(broker: &AmqpBroker, queue: &str) -> Vec<String> {
+    broker.list(queue, 100).await.unwrap().into_iter().map(|d| d.reason).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_caps_keep_only_the_newest_dead_letters() {
+    if support::is_child() {
+        return;
+    }
+    let _shared = SERVER.read().await;
+    let defaults = config();
+    assert_eq!(defaults.dead_letter_limits(), (50_000, 64 << 20), "the Redis broker's defaults");
+
+    // By count: at most 3.
+    let queue = format!("{}dq-count-cap", prefix());
+    let broker = AmqpBroker::with_config(config().dead_letter_caps(3, 1 << 20)).await.unwrap();
+    let bodies: Vec<Vec<u8>> = (0..5).map(|i| format!("dead-{i}").into_bytes()).collect();
+    dead_letter_all(&broker, &queue, &bodies).await;
+    assert_eq!(dead_reasons(&broker, &queue).await, ["dead-2", "dead-3", "dead-4"]);
+    assert_eq!(dramaturg::QueueAdmin::stats(&broker, &queue).await.unwrap().dead, 3);
+
+    // By bytes: 350 bytes of bodies hold 3 of 100 bytes (headers do not count).
+    let queue = format!("{}dq-bytes-cap", prefix());
+    let broker = AmqpBroker::with_config(config().dead_letter_caps(1_000, 350)).await.unwrap();
+    let bodies: Vec<Vec<u8>> = (0..5).map(|i| format!("{:.<100}", format!("big-{i}")).into_bytes()).collect();
+    dead_letter_all(&broker, &queue, &bodies).await;
+    let reasons = dead_reasons(&broker, &queue).await;
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert!(reasons.iter().zip(2..).all(|(reason, i)| reason.starts_with(&format!("big-{i}."))), "{reasons:?}");
+
+    // A `.dq` declared with other caps is not changed: the declaration fails
+    // with a typed error that says what to do, and nothing is dropped.
+    let other = AmqpBroker::with_config(config().dead_letter_caps(10, 1 << 20)).await.unwrap();
+    let error = other.declare_queue(&queue).await.unwrap_err();
+    assert_eq!(error.kind(), dramaturg::BrokerErrorKind::Unsuitable, "{error}");
+    let text = error.to_string();
+    assert!(text.contains(".dq") && text.contains("x-max-length") && text.contains("dead_letter_caps"), "{text}");
+    assert!(text.contains("delete the queue"), "{text}");
+    assert_eq!(dead_reasons(&broker, &queue).await.len(), 3);
+    // The broker with other caps still works for its own queues.
+    let fresh = format!("{}dq-fresh", prefix());
+    other.declare_queue(&fresh).await.unwrap();
+    other.enqueue(Outgoing::new(fresh.as_str(), &b"fine"[..])).await.unwrap();
+    assert_eq!(dramaturg::QueueAdmin::purge(&other, &fresh).await.unwrap(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn build_refuses_an_actor_queue_too_long_for_rabbitmq() {
+    if support::is_child() {
+        return;
+    }
+    let _shared = SERVER.read().await;
+    let broker = broker().await;
+    let queue = dramaturg::app(broker.clone()).actor::<Mark>().build().unwrap().queues()[0].clone();
+    // 246 bytes with the prefix: the longest RabbitMQ can take with `.delay.22`.
+    let fits = "p".repeat(dramaturg::amqp::MAX_QUEUE_NAME_BYTES - queue.len());
+    let app = dramaturg::app(broker.clone()).queue_prefix(&fits).actor::<Mark>().build().unwrap();
+    assert_eq!(app.queues()[0].len(), 246);
+
+    let too_long = format!("{fits}p");
+    let error = dramaturg::app(broker).queue_prefix(&too_long).actor::<Mark>().build().unwrap_err();
+    let dramaturg::ConfigError::QueueName { actor, queue: refused, source } = &error else { panic!("{error:?}") };
+    assert_eq!(actor, Mark::NAME);
+    assert_eq!(refused, &format!("{too_long}{queue}"));
+    assert_eq!(refused.len(), 247);
+    assert_eq!(source.kind(), dramaturg::BrokerErrorKind::InvalidInput);
+    let text = error.to_string();
+    assert!(text.contains("246 bytes") && text.contains(Mark::NAME), "{text}");
+    assert!(text.len() < 600, "{} bytes: {text}", text.len());
+}

@@ -440,3 +440,51 @@ async fn send_returns_a_handle_typed_by_the_actor() {
     assert_eq!(many.len(), 2);
     assert_ne!(many[0], many[1]);
 }
+
+/// A memory broker that takes queue names of at most 8 bytes.
+#[derive(Debug)]
+struct ShortNames(MemoryBroker);
+
+#[dramaturg::async_trait]
+impl dramaturg::Broker for ShortNames {
+    async fn declare_queue(&self, queue: &str) -> Result<(), dramaturg::BrokerError> {
+        self.0.declare_queue(queue).await
+    }
+
+    async fn enqueue(&self, message: dramaturg::Outgoing) -> Result<(), dramaturg::BrokerError> {
+        self.0.enqueue(message).await
+    }
+
+    async fn consume(
+        &self,
+        queue: &str,
+        prefetch: usize,
+    ) -> Result<Box<dyn dramaturg::Consumer>, dramaturg::BrokerError> {
+        self.0.consume(queue, prefetch).await
+    }
+
+    fn check_queue_name(&self, name: &str) -> Result<(), dramaturg::BrokerError> {
+        if name.len() > 8 {
+            return Err(dramaturg::BrokerError::new(dramaturg::BrokerErrorKind::InvalidInput, "over 8 bytes"));
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn build_asks_the_broker_about_every_queue_name_with_the_prefix() {
+    // "mail" with a 4-byte prefix fits; with a 5-byte one it does not.
+    let app = App::builder(ShortNames(MemoryBroker::new())).queue_prefix("dev-").actor::<SendWelcome>().build();
+    assert_eq!(app.unwrap().queues(), ["dev-mail"]);
+    let error =
+        App::builder(ShortNames(MemoryBroker::new())).queue_prefix("test-").actor::<SendWelcome>().build().unwrap_err();
+    let expected = dramaturg::BrokerError::new(dramaturg::BrokerErrorKind::InvalidInput, "over 8 bytes");
+    assert_eq!(
+        error,
+        ConfigError::QueueName { actor: "send_welcome".into(), queue: "test-mail".into(), source: Arc::new(expected) }
+    );
+    assert_eq!(error.to_string(), r#"actor "send_welcome": the broker cannot use its queue "test-mail": over 8 bytes"#);
+    // The memory broker has no limit of its own.
+    let long = "q".repeat(10_000);
+    assert!(App::builder(MemoryBroker::new()).queue_prefix(long).actor::<SendWelcome>().build().is_ok());
+}

@@ -10,8 +10,10 @@
 //!   keep it unacknowledged, so a delay of hours trips no `consumer_timeout`
 //!   and survives every worker restart.
 //! - **Dead letters** go to `<queue>.dq` with the reason in a header, kept
-//!   `dead_letter_ttl` (7 days) by the queue's own message TTL; listing and
-//!   replay through `DeadLetters`.
+//!   `dead_letter_ttl` (7 days) by the queue's own message TTL and capped
+//!   per queue at 50,000 messages and 64 MiB of bodies
+//!   ([`AmqpConfig::dead_letter_caps`]; RabbitMQ drops the oldest first);
+//!   listing and replay through `DeadLetters`.
 //! - **`consumer_timeout`**: when RabbitMQ closes a channel because a job
 //!   ran longer than its consumer timeout, the worker logs an error naming
 //!   the setting and the fix, and dead-letters that message when it comes
@@ -44,7 +46,27 @@
 //! - **Bounded by construction**: header values are cut to bounds and
 //!   header tables checked against a size limit ([below](crate#bounded-headers));
 //!   queue names longer than [`MAX_QUEUE_NAME_BYTES`] are refused with a
-//!   typed error instead of a panic.
+//!   typed error instead of a panic, and by `AppBuilder::build` already
+//!   for the queues of an app's actors.
+//!
+//! # Aborts need a shared store
+//!
+//! RabbitMQ has no key/value store, so this broker offers none
+//! (`Broker::store` is `None`) and the default stack keeps abort requests
+//! in process memory. **Aborts across processes need a store the processes
+//! share: a Redis, through `RedisStore`** (feature `redis` of
+//! `dramaturg`). On an app whose broker is RabbitMQ and whose abort store
+//! is process-local, `abort` fails with `AbortError::EventsNotShared`
+//! instead of returning `Ok` for a request no other worker would hear of:
+//!
+//! ```ignore
+//! let app = dramaturg::app(amqp_broker)
+//!     .replace("abort", Abortable::new(RedisStore::connect("redis://127.0.0.1:6379").await?))
+//!     .build()?;
+//! ```
+//!
+//! See [aborting messages](https://github.com/dramaturg/dramaturg/blob/main/docs/guide.md#aborting-messages)
+//! in the guide.
 //!
 //! Topology of a queue `q` (all durable): `q` itself (dead-lettering to
 //! `q.dq`, with `x-max-priority` when configured), `q.dq`, and the delay
@@ -104,6 +126,8 @@ pub struct AmqpConfig {
     confirms: bool,
     max_priority: Option<u8>,
     dead_letter_ttl: Duration,
+    dead_letter_max_count: u64,
+    dead_letter_max_bytes: u64,
     retry_enqueue_for: Duration,
     send_timeout: Duration,
     on_blocked: OnBlocked,
@@ -111,6 +135,14 @@ pub struct AmqpConfig {
     /// A query parameter of the URL this broker reads that was invalid.
     url_error: Option<String>,
 }
+
+/// The default cap on the number of dead letters kept per queue (see
+/// [`AmqpConfig::dead_letter_caps`]): 50,000, as on the Redis broker.
+pub const DEFAULT_DEAD_LETTER_MAX_COUNT: u64 = 50_000;
+
+/// The default cap on the bytes of the dead letters kept per queue (see
+/// [`AmqpConfig::dead_letter_caps`]): 64 MiB, as on the Redis broker.
+pub const DEFAULT_DEAD_LETTER_MAX_BYTES: u64 = 64 << 20;
 
 /// The default [`AmqpConfig::send_timeout`]: 10 seconds.
 pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -143,8 +175,8 @@ pub enum OnBlocked {
 impl AmqpConfig {
     /// Settings for the server at `url` (`amqp://user:password@host:port/vhost`,
     /// or `amqps://` with the `tls` feature), with the defaults: publisher
-    /// confirms on, no priorities, dead letters kept 7 days, no enqueue
-    /// retries, a send timeout of 10 s, sends failing at once while
+    /// confirms on, no priorities, dead letters kept 7 days (at most 50,000
+    /// and 64 MiB of messages per queue), no enqueue retries, a send timeout of 10 s, sends failing at once while
     /// RabbitMQ blocks publishing.
     ///
     /// The query parameter `max_priority=N` (0 to 255) sets
@@ -182,6 +214,8 @@ impl AmqpConfig {
             confirms: true,
             max_priority,
             dead_letter_ttl: Duration::from_secs(7 * 24 * 3600),
+            dead_letter_max_count: DEFAULT_DEAD_LETTER_MAX_COUNT,
+            dead_letter_max_bytes: DEFAULT_DEAD_LETTER_MAX_BYTES,
             retry_enqueue_for: Duration::ZERO,
             send_timeout: send_timeout.unwrap_or(DEFAULT_SEND_TIMEOUT),
             on_blocked: OnBlocked::default(),
@@ -264,11 +298,43 @@ impl AmqpConfig {
         self
     }
 
-    /// How long dead letters are kept (default 7 days).
+    /// How long dead letters are kept (default 7 days): the `x-message-ttl`
+    /// of each `<queue>.dq`.
     #[must_use]
     pub fn dead_letter_ttl(mut self, ttl: Duration) -> Self {
         self.dead_letter_ttl = ttl;
         self
+    }
+
+    /// The most dead letters each queue keeps, by count and by the bytes of
+    /// their messages (defaults [`DEFAULT_DEAD_LETTER_MAX_COUNT`], 50,000,
+    /// and [`DEFAULT_DEAD_LETTER_MAX_BYTES`], 64 MiB); past either, the
+    /// oldest are dropped. A count below 1 counts as 1.
+    ///
+    /// RabbitMQ enforces them itself: each `<queue>.dq` is declared with
+    /// `x-max-length`, `x-max-length-bytes` (the bytes of message bodies,
+    /// without headers) and `x-overflow` = `drop-head`, so a new dead letter
+    /// over a cap pushes out the oldest at once. Only dead letters that are
+    /// not being listed or replayed at that moment count (RabbitMQ counts
+    /// ready messages). A RabbitMQ policy with a lower `max-length` or
+    /// `max-length-bytes` wins over these.
+    ///
+    /// RabbitMQ does not change the arguments of an existing queue: a
+    /// `.dq` declared with other caps (or by an earlier version, without
+    /// them) makes the declaration fail with an error of kind
+    /// [`Unsuitable`](dramaturg_core::BrokerErrorKind::Unsuitable) until it
+    /// is deleted (see [queues declared with other arguments](https://github.com/dramaturg/dramaturg/blob/main/docs/amqp.md#queues-declared-with-other-arguments)).
+    #[must_use]
+    pub fn dead_letter_caps(mut self, max_count: u64, max_bytes: u64) -> Self {
+        self.dead_letter_max_count = max_count.max(1);
+        self.dead_letter_max_bytes = max_bytes;
+        self
+    }
+
+    /// The caps on each queue's dead letters: (count, bytes); see
+    /// [`AmqpConfig::dead_letter_caps`].
+    pub fn dead_letter_limits(&self) -> (u64, u64) {
+        (self.dead_letter_max_count, self.dead_letter_max_bytes)
     }
 
     /// Retries a send that fails for a transient reason (a lost
@@ -290,6 +356,8 @@ impl fmt::Debug for AmqpConfig {
             .field("confirms", &self.confirms)
             .field("max_priority", &self.max_priority)
             .field("dead_letter_ttl", &self.dead_letter_ttl)
+            .field("dead_letter_max_count", &self.dead_letter_max_count)
+            .field("dead_letter_max_bytes", &self.dead_letter_max_bytes)
             .field("retry_enqueue_for", &self.retry_enqueue_for)
             .field("send_timeout", &self.send_timeout)
             .field("on_blocked", &self.on_blocked)
@@ -587,6 +655,13 @@ impl Broker for AmqpBroker {
 
     async fn consume(&self, queue: &str, prefetch: usize) -> Result<Box<dyn Consumer>, BrokerError> {
         Ok(Box::new(consumer::AmqpConsumer::open(Arc::clone(&self.shared), queue, prefetch).await?))
+    }
+
+    /// Refuses an empty queue name and one longer than
+    /// [`MAX_QUEUE_NAME_BYTES`] (246), as every operation that takes a
+    /// queue name does.
+    fn check_queue_name(&self, name: &str) -> Result<(), BrokerError> {
+        names::check_queue(name)
     }
 
     fn admin(&self) -> Option<&dyn QueueAdmin> {

@@ -320,9 +320,20 @@ pub(crate) fn main_queue_arguments(config: &AmqpConfig, queue: &str) -> FieldTab
     table(config, &entries)
 }
 
-/// The arguments of a queue's dead-letter queue.
+/// The arguments of a queue's dead-letter queue: its retention and its
+/// caps, enforced by RabbitMQ by dropping the oldest dead letters.
 pub(crate) fn dead_queue_arguments(config: &AmqpConfig) -> FieldTable {
-    table(config, &[("x-message-ttl", long(crate::delay::millis(config.dead_letter_ttl)))])
+    table(
+        config,
+        &[
+            ("x-message-ttl", long(crate::delay::millis(config.dead_letter_ttl))),
+            ("x-max-length", long(config.dead_letter_max_count)),
+            ("x-max-length-bytes", long(config.dead_letter_max_bytes)),
+            // RabbitMQ's default, said here so that a policy cannot turn it
+            // into `reject-publish`, which would refuse new dead letters.
+            ("x-overflow", AMQPValue::LongString("drop-head".into())),
+        ],
+    )
 }
 
 /// The arguments of delay bucket `k` of `queue`.
@@ -348,13 +359,42 @@ pub(crate) async fn declare_one(channel: &Channel, name: &str, arguments: FieldT
     let queue = channel
         .queue_declare(short(name, "queue name")?, options, arguments)
         .await
-        .map_err(|e| amqp_error(e, &format!("declaring queue {name:?}")))?;
+        .map_err(|e| declare_error(e, name))?;
     Ok(queue.message_count())
+}
+
+/// The error for a failed declaration of queue `name`. RabbitMQ refuses
+/// (`PRECONDITION_FAILED`) to declare an existing queue with other
+/// arguments and never changes them: that error says what to do.
+fn declare_error(error: lapin::Error, name: &str) -> BrokerError {
+    if !is_precondition_failed(&error) {
+        return amqp_error(error, &format!("declaring queue {name:?}"));
+    }
+    BrokerError::new(
+        BrokerErrorKind::Unsuitable,
+        format!(
+            "amqp: queue {name:?} exists with other arguments than this broker declares it with ({error}); \
+             RabbitMQ does not change the arguments of an existing queue: configure the broker as the queue \
+             was declared (max_priority, dead_letter_ttl, dead_letter_caps, expire_unused_queues), or delete \
+             the queue so that it is declared again (deleting drops its messages: replay or list the dead \
+             letters of a `.dq` first)"
+        ),
+    )
+    .with_source(error)
 }
 
 /// Whether `error` is RabbitMQ's 404: the queue does not exist.
 pub(crate) fn is_not_found(error: &lapin::Error) -> bool {
     matches!(error.kind(), ErrorKind::ProtocolError(e) if *e.kind() == AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND))
+}
+
+/// Whether `error` is RabbitMQ's 406: a declaration that does not match
+/// the existing queue.
+fn is_precondition_failed(error: &lapin::Error) -> bool {
+    matches!(
+        error.kind(),
+        ErrorKind::ProtocolError(e) if *e.kind() == AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)
+    )
 }
 
 /// Declares a queue and its dead-letter queue (not its delay buckets,
@@ -572,6 +612,21 @@ mod tests {
         let config = config.max_priority(2);
         let clamped = properties(&config, &priority).expect("priorities on");
         assert_eq!(*clamped.priority(), Some(2));
+    }
+
+    #[test]
+    fn dead_letter_queues_are_capped_dropping_the_oldest() {
+        let arguments = |config: &AmqpConfig| {
+            let table = dead_queue_arguments(config);
+            ["x-max-length", "x-max-length-bytes", "x-overflow"].map(|key| table.inner().get(key).cloned())
+        };
+        let defaults = arguments(&AmqpConfig::new("amqp://127.0.0.1/%2f"));
+        assert_eq!(defaults[0], Some(AMQPValue::LongLongInt(50_000)));
+        assert_eq!(defaults[1], Some(AMQPValue::LongLongInt(64 << 20)));
+        assert_eq!(defaults[2], Some(AMQPValue::LongString("drop-head".into())));
+        let capped = arguments(&AmqpConfig::new("amqp://127.0.0.1/%2f").dead_letter_caps(0, u64::MAX));
+        assert_eq!(capped[0], Some(AMQPValue::LongLongInt(1)), "at least one");
+        assert_eq!(capped[1], Some(AMQPValue::LongLongInt(i64::MAX)));
     }
 
     fn properties_error(config: &AmqpConfig, extra: &Extra<'_>) -> BrokerError {

@@ -149,6 +149,29 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
         Ok(())
     }
 
+    /// Checks that `name` can be a queue of this broker, without reaching
+    /// the server. [`AppBuilder::build`](crate::AppBuilder::build) calls it
+    /// for the queue of every actor (with the app's queue prefix), so that a
+    /// name the broker can never use is refused when the app is put
+    /// together rather than at the first send or consume.
+    ///
+    /// The default accepts every name: the in-memory and Redis brokers have
+    /// no limit of their own. The RabbitMQ broker refuses an empty name and
+    /// one longer than 246 bytes (RabbitMQ allows 255, and the broker
+    /// derives `<queue>.delay.NN` and `<queue>.dq` from it). A broker that
+    /// overrides this refuses the same names in every operation that takes
+    /// one.
+    ///
+    /// # Errors
+    ///
+    /// A [`BrokerError`] of kind
+    /// [`InvalidInput`](crate::BrokerErrorKind::InvalidInput) that says what is
+    /// wrong with `name` and what the limit is.
+    fn check_queue_name(&self, name: &str) -> Result<(), BrokerError> {
+        let _ = name;
+        Ok(())
+    }
+
     /// Queue statistics, purging and draining, if this broker offers them.
     fn admin(&self) -> Option<&dyn QueueAdmin> {
         None

@@ -148,6 +148,17 @@ impl fmt::Display for BrokerError {
     }
 }
 
+/// Two broker errors are equal when their kinds and messages are: their
+/// sources are not compared (a boxed error cannot be), so that errors that
+/// hold one can be compared in tests (as in [`ConfigError`]).
+impl PartialEq for BrokerError {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind && self.message == other.message
+    }
+}
+
+impl Eq for BrokerError {}
+
 impl std::error::Error for BrokerError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
@@ -260,6 +271,24 @@ pub enum ConfigError {
         /// What is wrong with it.
         source: crate::OptionError,
     },
+    /// The app's broker cannot use an actor's queue (see
+    /// [`Broker::check_queue_name`](crate::Broker::check_queue_name)): a
+    /// name too long for RabbitMQ, for instance, once the app's queue
+    /// prefix is in front of it.
+    #[error("actor {actor:?}: the broker cannot use its queue {}: {source}", queue_shown(queue))]
+    QueueName {
+        /// The actor.
+        actor: String,
+        /// Its queue, with the app's queue prefix.
+        queue: String,
+        /// The broker's reason.
+        source: std::sync::Arc<BrokerError>,
+    },
+}
+
+/// A queue name in an error: quoted, cut to 64 bytes.
+fn queue_shown(queue: &str) -> crate::Bounded {
+    crate::Bounded::new(&format!("{queue:?}"), 64)
 }
 
 /// `"; the app's middleware read: a, b"`, or nothing when they read none.

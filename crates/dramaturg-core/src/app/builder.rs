@@ -195,7 +195,10 @@ impl AppBuilder {
     /// The first [`ConfigError`] met while building, including those of
     /// the middleware's [`register_state`](Middleware::register_state) and
     /// [`check_app`](Middleware::check_app) (an unknown callback actor
-    /// named in a registered actor's options, for one).
+    /// named in a registered actor's options, for one), and
+    /// [`ConfigError::QueueName`] for an actor whose queue, with the
+    /// queue prefix, the broker cannot use
+    /// ([`Broker::check_queue_name`]).
     pub fn build(mut self) -> Result<App, ConfigError> {
         if let Some(error) = self.errors.drain(..).next() {
             return Err(error);
@@ -210,6 +213,11 @@ impl AppBuilder {
         for mut actor in self.actors {
             actor.prefix_queue(&self.queue_prefix);
             if !queues.iter().any(|q| q == actor.queue()) {
+                self.broker.check_queue_name(actor.queue()).map_err(|error| ConfigError::QueueName {
+                    actor: actor.name().to_owned(),
+                    queue: actor.queue().to_owned(),
+                    source: Arc::new(error),
+                })?;
                 queues.push(actor.queue().to_owned());
             }
             if let Some(previous) = actors.insert(actor.name(), actor) {

@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::time::SystemTime;
 
+use crate::bounded::Bounded;
 use crate::broker::{DeadLetter, DeadLetters, Replay};
 use crate::encoder::{decode_value, Encoder};
 use crate::error::{BrokerError, EnqueueError};
@@ -55,7 +56,7 @@ impl DeadLetter {
         let message =
             encoder.decode_message(&self.body).map_err(|e| format!("undecodable message: {e}")).and_then(|message| {
                 let args = decode_value::<serde_json::Value>(encoder, &message.args)
-                    .map_err(|e| format!("undecodable arguments for actor {:?}: {e}", message.actor))?;
+                    .map_err(|e| format!("undecodable arguments for actor {:?}: {e}", Bounded::quoted(&message.actor)))?;
                 Ok(DecodedMessage {
                     id: message.id,
                     actor: message.actor,
@@ -72,15 +73,23 @@ impl DeadLetter {
 
 impl fmt::Display for DeadLetterView {
     /// One line: `key actor id retries=n args=… reason=…`, or `key
-    /// (undecodable: …) reason=…`.
+    /// (undecodable: …) reason=…`. Bounded whatever the message holds:
+    /// the actor's name is cut to [`MAX_QUOTED_BYTES`](crate::MAX_QUOTED_BYTES),
+    /// the arguments, the reason and why it did not decode to
+    /// [`MAX_REASON_BYTES`](crate::MAX_REASON_BYTES) each (see [`Bounded`]).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let reason = Bounded::reason(&self.reason);
         match &self.message {
             Ok(m) => write!(
                 f,
-                "{} {} {} retries={} args={} reason={}",
-                self.key, m.actor, m.id, m.retries, m.args, self.reason
+                "{} {} {} retries={} args={} reason={reason}",
+                self.key,
+                Bounded::quoted(&m.actor),
+                m.id,
+                m.retries,
+                Bounded::reason(&m.args.to_string()),
             ),
-            Err(why) => write!(f, "{} ({why}) reason={}", self.key, self.reason),
+            Err(why) => write!(f, "{} ({}) reason={reason}", self.key, Bounded::reason(why)),
         }
     }
 }
@@ -232,5 +241,27 @@ impl App {
             tracing::warn!(key = %letter.key, "dead letter was gone after its replay; the message may run twice");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::{Message, MessagePack, MAX_REASON_BYTES};
+
+    /// A foreign message with a 200 kB actor name and 200 kB of arguments
+    /// prints as one bounded line.
+    #[test]
+    fn a_view_prints_bounded_whatever_the_message_holds() {
+        let args = crate::encoder::encode_value(&MessagePack, &"a".repeat(200_000)).expect("a string encodes");
+        let message = Message::new("q", "x".repeat(200_000), args.into());
+        let body = MessagePack.encode_message(&message).expect("a message encodes");
+        let letter = DeadLetter::new("k".into(), Bytes::from(body), "r".repeat(200_000), SystemTime::now());
+        let line = letter.decode(&MessagePack).to_string();
+        assert!(line.len() < 3 * MAX_REASON_BYTES, "{} bytes", line.len());
+        let garbage = DeadLetter::new("k".into(), Bytes::from(vec![0xc1; 10]), String::new(), SystemTime::now());
+        assert!(garbage.decode(&MessagePack).to_string().contains("undecodable"));
     }
 }

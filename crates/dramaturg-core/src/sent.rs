@@ -9,10 +9,11 @@ use crate::{Actor, MessageId};
 /// A message the broker has taken, typed by the actor `A` that will run it:
 /// what [`Actor::send`] returns.
 ///
-/// It is a [`MessageId`] that remembers whose message it is, so that what
-/// comes of the message can be read back as `A`'s
-/// [`Output`](Actor::Output) (results, pipelines) and so that it cannot be
-/// mixed up with another actor's message. It is `Copy`, and
+/// It is a [`MessageId`] that remembers whose message it is, so that it
+/// cannot be mixed up with another actor's message, and so that what comes
+/// of it is typed by `A`'s [`Output`](Actor::Output). There is no API to
+/// read that output back through the handle yet: today the output reaches
+/// `on_success` callbacks as their `result`. It is `Copy`, and
 /// [`Sent::id`] gives the plain id (for [`abort`] and the broker's
 /// administration), which converts back with [`Sent::from_id`].
 ///

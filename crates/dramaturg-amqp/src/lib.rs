@@ -144,6 +144,13 @@ pub const DEFAULT_DEAD_LETTER_MAX_COUNT: u64 = 50_000;
 /// [`AmqpConfig::dead_letter_caps`]): 64 MiB, as on the Redis broker.
 pub const DEFAULT_DEAD_LETTER_MAX_BYTES: u64 = 64 << 20;
 
+/// The smallest byte cap on each queue's dead letters that
+/// [`AmqpConfig::dead_letter_caps`] sets: 1 MiB, the default largest message
+/// ([`DEFAULT_MAX_MESSAGE_SIZE`](dramaturg_core::DEFAULT_MAX_MESSAGE_SIZE)),
+/// so that RabbitMQ, which drops a dead letter larger than the cap, keeps at
+/// least the newest one.
+pub const MIN_DEAD_LETTER_MAX_BYTES: u64 = dramaturg_core::DEFAULT_MAX_MESSAGE_SIZE as u64;
+
 /// The default [`AmqpConfig::send_timeout`]: 10 seconds.
 pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -309,7 +316,12 @@ impl AmqpConfig {
     /// The most dead letters each queue keeps, by count and by the bytes of
     /// their messages (defaults [`DEFAULT_DEAD_LETTER_MAX_COUNT`], 50,000,
     /// and [`DEFAULT_DEAD_LETTER_MAX_BYTES`], 64 MiB); past either, the
-    /// oldest are dropped. A count below 1 counts as 1.
+    /// oldest are dropped. A count below 1 counts as 1, and a byte cap
+    /// below [`MIN_DEAD_LETTER_MAX_BYTES`] (1 MiB, the default largest
+    /// message an app sends) counts as that: RabbitMQ drops a dead letter
+    /// larger than the byte cap on its own as soon as it arrives (the
+    /// Redis broker keeps the newest one), so a cap smaller than one
+    /// message would keep no dead letter at all.
     ///
     /// RabbitMQ enforces them itself: each `<queue>.dq` is declared with
     /// `x-max-length`, `x-max-length-bytes` (the bytes of message bodies,
@@ -327,7 +339,7 @@ impl AmqpConfig {
     #[must_use]
     pub fn dead_letter_caps(mut self, max_count: u64, max_bytes: u64) -> Self {
         self.dead_letter_max_count = max_count.max(1);
-        self.dead_letter_max_bytes = max_bytes;
+        self.dead_letter_max_bytes = max_bytes.max(MIN_DEAD_LETTER_MAX_BYTES);
         self
     }
 
@@ -670,6 +682,11 @@ impl Broker for AmqpBroker {
 
     fn dead_letters(&self) -> Option<&dyn DeadLetters> {
         Some(self)
+    }
+
+    /// The RabbitMQ server at the broker's URL (shown without its password).
+    fn locality(&self) -> dramaturg_core::broker::Locality {
+        dramaturg_core::broker::Locality::server(self.shared.config.url.clone())
     }
 }
 

@@ -45,9 +45,10 @@ struct Inner {
     actor_succeeded: AtomicBool,
     /// Middleware failures after the actor succeeded (panics on the way out).
     middleware_failures: AtomicU32,
-    /// Cancelled when the blocking thread of this attempt has returned;
-    /// unset while no thread was started (async actors).
-    thread: OnceLock<CancellationToken>,
+    /// Cancelled when the blocking thread (or isolated child process) of
+    /// this attempt has returned; unset while none was started (async
+    /// actors). The flag says whether it is a child process.
+    thread: OnceLock<(CancellationToken, bool)>,
     metadata: Mutex<Metadata>,
 }
 
@@ -223,14 +224,25 @@ impl Context {
     /// into the thread, marks it ended when it is dropped — when the handler
     /// returns or unwinds, or when the thread never ran.
     pub(crate) fn thread_started(&self) -> DropGuard {
-        let ended = self.inner.thread.get_or_init(CancellationToken::new);
+        self.started_outside(false)
+    }
+
+    /// As [`Context::thread_started`], for the child process of an
+    /// isolated actor: the guard marks it ended once the child is gone.
+    pub(crate) fn child_started(&self) -> DropGuard {
+        self.started_outside(true)
+    }
+
+    fn started_outside(&self, child: bool) -> DropGuard {
+        let (ended, _) = self.inner.thread.get_or_init(|| (CancellationToken::new(), child));
         ended.clone().drop_guard()
     }
 
-    /// The blocking thread of this attempt, if one was started and has not
-    /// returned yet: cancelled when it returns.
-    pub(crate) fn running_thread(&self) -> Option<CancellationToken> {
-        self.inner.thread.get().filter(|ended| !ended.is_cancelled()).cloned()
+    /// The blocking thread (or isolated child) of this attempt, if one was
+    /// started and has not returned yet: cancelled when it returns; and
+    /// whether it is a child process.
+    pub(crate) fn running_thread(&self) -> Option<(CancellationToken, bool)> {
+        self.inner.thread.get().filter(|(ended, _)| !ended.is_cancelled()).cloned()
     }
 
     /// When the actor last called [`Context::heartbeat`] (the start of the

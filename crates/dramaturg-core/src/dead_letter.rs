@@ -55,8 +55,9 @@ impl DeadLetter {
     pub fn decode(&self, encoder: &dyn Encoder) -> DeadLetterView {
         let message =
             encoder.decode_message(&self.body).map_err(|e| format!("undecodable message: {e}")).and_then(|message| {
-                let args = decode_value::<serde_json::Value>(encoder, &message.args)
-                    .map_err(|e| format!("undecodable arguments for actor {:?}: {e}", Bounded::quoted(&message.actor)))?;
+                let args = decode_value::<serde_json::Value>(encoder, &message.args).map_err(|e| {
+                    format!("undecodable arguments for actor {:?}: {e}", Bounded::quoted(&message.actor))
+                })?;
                 Ok(DecodedMessage {
                     id: message.id,
                     actor: message.actor,

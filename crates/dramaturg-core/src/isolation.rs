@@ -395,7 +395,7 @@ impl Pool {
         let pool = Arc::clone(self);
         Box::pin(async move {
             // The worker holds the message until the child is gone.
-            let ended = ctx.thread_started();
+            let ended = ctx.child_started();
             let mut message = ctx.message().clone();
             message.args = args.into();
             message.options = ctx.options().clone();

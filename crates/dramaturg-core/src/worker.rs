@@ -834,8 +834,8 @@ async fn run_message(
         Outcome::Requeue(reason) => tracing::info!(?elapsed, %reason, "message returned to its queue"),
         Outcome::Aborted(reason) => tracing::info!(?elapsed, %reason, "message aborted"),
     }
-    if let Some(thread) = ctx.running_thread() {
-        wait_for_thread(shared, &thread).await;
+    if let Some((thread, child)) = ctx.running_thread() {
+        wait_for_thread(shared, &thread, child).await;
     }
     (settlement, count)
 }
@@ -857,9 +857,10 @@ impl Drop for BlockingInFlight<'_> {
 }
 
 /// Holds the message's concurrency slot and delivery while the blocking
-/// thread of an attempt that has ended (a time limit, an abort) runs on, so
-/// that its retry cannot run beside it; until shutdown gives up on it.
-async fn wait_for_thread(shared: &Shared, thread: &CancellationToken) {
+/// thread of an attempt that has ended (a time limit, an abort) runs on, or
+/// its isolated `child` process is being killed, so that its retry cannot
+/// run beside it; until shutdown gives up on it.
+async fn wait_for_thread(shared: &Shared, thread: &CancellationToken, child: bool) {
     if shared.abandon.is_cancelled() {
         // Shutdown gave up on it while the attempt still ran.
         shared.counters.abandoned_threads.fetch_add(1, Ordering::Relaxed);
@@ -868,11 +869,18 @@ async fn wait_for_thread(shared: &Shared, thread: &CancellationToken) {
     shared.counters.overran_threads.fetch_add(1, Ordering::Relaxed);
     let gauge = &shared.gauges.overrunning_threads;
     let overrunning = gauge.fetch_add(1, Ordering::Relaxed) + 1;
-    tracing::warn!(
-        overrunning,
-        "the attempt has ended but its blocking thread runs on; holding its slot and delivery until it returns \
-         (call ctx.check() in long blocking handlers)"
-    );
+    if child {
+        tracing::info!(
+            overrunning,
+            "the attempt has ended; holding its slot and delivery until its child process is gone"
+        );
+    } else {
+        tracing::warn!(
+            overrunning,
+            "the attempt has ended but its blocking thread runs on; holding its slot and delivery until it returns \
+             (call ctx.check() in long blocking handlers)"
+        );
+    }
     let waited = Instant::now();
     tokio::select! {
         () = thread.cancelled() => {

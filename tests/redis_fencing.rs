@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dramaturg::prelude::*;
-use dramaturg::{DeadLetters, Fail, QueueAdmin};
+use dramaturg::{Broker, DeadLetters, Fail, Outgoing, QueueAdmin, Settled, Settlement};
 use serde::{Deserialize, Serialize};
 use support::{append, logged, temp_log};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -377,4 +377,85 @@ async fn a_producer_with_a_slow_clock_cannot_make_a_delay_early() {
     shutdown.shutdown();
     running.await.unwrap().unwrap();
     let _ = std::fs::remove_file(&log);
+}
+
+/// Acks are settled many to a script call; each still gets its own answer.
+/// Here 500 deliveries of one consumer are acked at once from 64 tasks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_acks_each_get_their_answer() {
+    if support::is_child() {
+        return;
+    }
+    let broker = broker_in(URL, &namespace()).await;
+    let bodies: Vec<Outgoing> = (0..500).map(|i| Outgoing::new("many", format!("m{i}").into_bytes())).collect();
+    broker.enqueue_many(bodies).await.unwrap();
+    let mut consumer = broker.consume("many", 500).await.unwrap();
+    let mut shares: Vec<Vec<dramaturg::Delivery>> = (0..64).map(|_| Vec::new()).collect();
+    for i in 0..500 {
+        shares[i % 64].push(consumer.next().await.unwrap());
+    }
+    let tasks: Vec<_> = shares
+        .into_iter()
+        .map(|share| {
+            tokio::spawn(async move {
+                let mut acks = tokio::task::JoinSet::new();
+                for delivery in share {
+                    acks.spawn(delivery.settle(Settlement::Ack));
+                }
+                acks.join_all().await
+            })
+        })
+        .collect();
+    let mut applied = 0;
+    for task in tasks {
+        for settled in task.await.unwrap() {
+            assert_eq!(settled.unwrap(), Settled::Applied);
+            applied += 1;
+        }
+    }
+    assert_eq!(applied, 500);
+    let stats = broker.stats("many").await.unwrap();
+    assert!(stats.is_drained(), "{stats:?}");
+    consumer.close().await.unwrap();
+}
+
+/// A batch of acks that mixes current and lapsed claims applies the
+/// current ones and reports only the lapsed ones stale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_acks_reports_only_its_lapsed_claims_stale() {
+    if support::is_child() {
+        return;
+    }
+    let broker = broker_in(URL, &namespace()).await;
+    let bodies: Vec<Outgoing> = (0..200).map(|i| Outgoing::new("mixed", format!("m{i}").into_bytes())).collect();
+    broker.enqueue_many(bodies).await.unwrap();
+    let mut consumer = broker.consume("mixed", 400).await.unwrap();
+    let mut lapsed = Vec::new();
+    for _ in 0..200 {
+        lapsed.push(consumer.next().await.unwrap());
+    }
+    // Every claim lapses; the same consumer claims the messages again.
+    assert_eq!(broker.requeue_in_flight("mixed").await.unwrap(), 200);
+    let mut current = std::collections::HashMap::new();
+    for _ in 0..200 {
+        let delivery = consumer.next().await.unwrap();
+        assert!(delivery.redelivered());
+        current.insert(delivery.body().clone(), delivery);
+    }
+    // Old and new receipts of the same messages, interleaved, all at once.
+    let ack = |delivery: dramaturg::Delivery, expected: Settled| async move {
+        (delivery.settle(Settlement::Ack).await.unwrap(), expected)
+    };
+    let mut acks = tokio::task::JoinSet::new();
+    for old in lapsed {
+        let new = current.remove(old.body()).unwrap();
+        acks.spawn(ack(old, Settled::Stale));
+        acks.spawn(ack(new, Settled::Applied));
+    }
+    for (settled, expected) in acks.join_all().await {
+        assert_eq!(settled, expected);
+    }
+    let stats = broker.stats("mixed").await.unwrap();
+    assert!(stats.is_drained(), "{stats:?}");
+    consumer.close().await.unwrap();
 }

@@ -652,9 +652,22 @@ async fn settle(shared: &Shared, delivery: Delivery, settlement: Settlement, cou
     let mut backoff = Duration::from_millis(50);
     let mut delivery = delivery;
     let mut settlement = settlement;
+    // Whether a try failed: its answer may have been lost after the broker
+    // applied it, and then this retry finds the claim settled (stale).
+    let mut retried = false;
     loop {
         match delivery.settle(settlement.clone()).await {
             Ok(Settled::Applied) => return Some(count),
+            Ok(Settled::Stale) if retried => {
+                shared.counters.stale.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    settlement = settlement_label(&settlement),
+                    "stale settlement after a failed try: either that try was applied and its answer lost, or this \
+                     delivery's claim lapsed meanwhile and the message belongs to another consumer now; this try \
+                     changed nothing"
+                );
+                return None;
+            }
             Ok(Settled::Stale) => {
                 shared.counters.stale.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
@@ -668,6 +681,7 @@ async fn settle(shared: &Shared, delivery: Delivery, settlement: Settlement, cou
             Err(error) if error.error().is_retryable() && tokio::time::Instant::now() + backoff < deadline => {
                 tracing::warn!(error = %error.error(), retry_in = ?backoff, "could not settle a delivery; retrying");
                 delivery = error.into_delivery();
+                retried = true;
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }

@@ -1,5 +1,5 @@
 //! Consuming a queue: batched claims, waits for a wake-up, fenced
-//! settlement.
+//! settlement (acks coalesced per consumer: see `acks.rs`).
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -11,6 +11,7 @@ use dramaturg_core::{BrokerError, BrokerErrorKind, Consumer, Delivery, MessageId
 use redis::Value;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
+use crate::acks::Acks;
 use crate::keys::QueueKeys;
 use crate::{broker_error, lock, Shared};
 
@@ -23,7 +24,7 @@ struct Claimed {
 }
 
 /// Entry ids handed out and not settled yet.
-type Outstanding = Arc<Mutex<HashSet<String>>>;
+pub(crate) type Outstanding = Arc<Mutex<HashSet<String>>>;
 
 pub(crate) struct RedisConsumer {
     shared: Arc<Shared>,
@@ -34,6 +35,8 @@ pub(crate) struct RedisConsumer {
     buffer: VecDeque<Claimed>,
     permits: Arc<Semaphore>,
     outstanding: Outstanding,
+    /// Where this consumer's receipts send their acks.
+    acks: Acks,
     /// Whether to look for claims whose reply was lost (after a failed
     /// claim).
     rescan: bool,
@@ -54,16 +57,25 @@ impl RedisConsumer {
         wake: Arc<Notify>,
         registered: bool,
     ) -> Self {
-        let keys = QueueKeys::new(&shared.config.namespace, queue);
-        let inflight = keys.inflight(&shared.worker_id, number).into();
+        let keys = Arc::new(QueueKeys::new(&shared.config.namespace, queue));
+        let inflight: Arc<str> = keys.inflight(&shared.worker_id, number).into();
+        let outstanding = Outstanding::default();
+        let acks = Acks::start(
+            shared.conn.clone(),
+            Arc::clone(&shared.scripts),
+            Arc::clone(&keys),
+            Arc::clone(&inflight),
+            Arc::clone(&outstanding),
+        );
         Self {
             shared,
-            keys: Arc::new(keys),
+            keys,
             inflight,
             wake,
             buffer: VecDeque::new(),
             permits: Arc::new(Semaphore::new(prefetch.max(1))),
-            outstanding: Outstanding::default(),
+            outstanding,
+            acks,
             rescan: false,
             registered,
             number,
@@ -175,6 +187,7 @@ impl RedisConsumer {
             id: claimed.id,
             token: claimed.token,
             outstanding: Arc::clone(&self.outstanding),
+            acks: self.acks.clone(),
             _permit: permit,
         };
         Delivery::new(claimed.body, claimed.redelivered, Box::new(receipt))
@@ -247,6 +260,7 @@ struct RedisReceipt {
     id: String,
     token: String,
     outstanding: Outstanding,
+    acks: Acks,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -267,11 +281,9 @@ impl Receipt for RedisReceipt {
         let config = &self.shared.config;
         let keys = &self.keys;
         let invocation = match settlement {
-            Settlement::Ack => {
-                let mut invocation = self.fenced(&scripts.ack);
-                invocation.key(&keys.msgs);
-                invocation
-            }
+            // Coalesced with this consumer's other acks; the ack is no
+            // longer outstanding once its batch is settled.
+            Settlement::Ack => return self.acks.ack(&self.id, &self.token).await,
             Settlement::DeadLetter(reason) => {
                 let mut invocation = self.fenced(&scripts.dead);
                 invocation

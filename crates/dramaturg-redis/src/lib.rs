@@ -33,9 +33,12 @@
 //!   of a queue carries the hash tag `{queue}` so that a queue lives in one
 //!   Redis Cluster slot. Scripts are sent once and run by hash (`EVALSHA`),
 //!   and sent again after `NOSCRIPT`.
-//! - **Throughput**: consumers claim a batch per round trip; settlements and
-//!   sends from many tasks share one multiplexed connection, which pipelines
-//!   them; `send_many` enqueues a batch in one script call per queue.
+//! - **Throughput**: consumers claim a batch per round trip; a consumer's
+//!   acks are settled in batches, up to 256 per script call, without
+//!   waiting to fill one (each claim still checked on its own); settlements
+//!   and sends from many tasks share one multiplexed connection, which
+//!   pipelines them; `send_many` enqueues a batch in one script call per
+//!   queue.
 //! - **Connection loss**: commands fail with a `Connection` error while
 //!   Redis is away (producers may retry for a while:
 //!   [`RedisConfig::retry_enqueue_for`]); the connection reconnects with
@@ -65,6 +68,7 @@
 //! workers (abort requests, by default) reach every worker of the broker.
 //! It can also be connected on its own, beside another broker.
 
+mod acks;
 mod admin;
 mod clock;
 mod consumer;

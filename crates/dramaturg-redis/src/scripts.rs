@@ -81,7 +81,8 @@ local function trim_dead(dead, msgs, reasons, bytes, now, retention, max_count, 
 end
 ";
 
-/// The claim check every settlement starts with. KEYS[1]: inflight,
+/// The claim check every settlement of one message starts with (acks, in
+/// batches, repeat it per message in `ACK_MANY`). KEYS[1]: inflight,
 /// KEYS[2]: claims. ARGV[1]: id, ARGV[2]: token.
 const OWNS: &str = r"
 if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
@@ -148,11 +149,35 @@ table.insert(out, 1, wait)
 return out
 ";
 
-/// Acknowledge. KEYS: inflight, claims, msgs. ARGV: id, token.
-const ACK: &str = r"
-redis.call('HDEL', KEYS[2], ARGV[1])
-redis.call('HDEL', KEYS[3], ARGV[1])
-return 1
+/// Acknowledge many messages (see `acks.rs`), each under its own claim:
+/// the check of `OWNS`, then the message is gone. KEYS: inflight, claims,
+/// msgs. ARGV: id, token, id, token, … (at most 256 pairs, so that the
+/// ids fit the Lua stack). Returns 1 (applied) or 0 (stale) per pair, in
+/// order. The claims are read and the hashes written with one variadic
+/// command each (each command a script calls costs more than the work
+/// itself); a pair whose id an earlier pair of the call acked is stale,
+/// as it would be in a call of its own.
+const ACK_MANY: &str = r"
+local ids = {}
+for i = 1, #ARGV, 2 do ids[#ids + 1] = ARGV[i] end
+local claims = redis.call('HMGET', KEYS[2], unpack(ids))
+local out, acked, done = {}, {}, {}
+for k, id in ipairs(ids) do
+  if claims[k] == ARGV[2 * k] and not done[id] then
+    done[id] = true
+    acked[#acked + 1] = id
+    -- From the head: messages are mostly settled in the order they were claimed.
+    redis.call('LREM', KEYS[1], 1, id)
+    out[k] = 1
+  else
+    out[k] = 0
+  end
+end
+if #acked > 0 then
+  redis.call('HDEL', KEYS[2], unpack(acked))
+  redis.call('HDEL', KEYS[3], unpack(acked))
+end
+return out
 ";
 
 /// Dead-letter, then trim the dead letters. KEYS: inflight, claims, msgs,
@@ -353,7 +378,7 @@ pub(crate) struct Scripts {
     pub(crate) enqueue: Script,
     pub(crate) enqueue_delayed: Script,
     pub(crate) fetch: Script,
-    pub(crate) ack: Script,
+    pub(crate) ack_many: Script,
     pub(crate) dead: Script,
     pub(crate) reschedule: Script,
     pub(crate) requeue: Script,
@@ -376,7 +401,7 @@ impl Scripts {
             enqueue: script(None, &[WAKE_IF_EMPTY, ENQUEUE]),
             enqueue_delayed: script(None, &[NOW, WAKE_IF_EMPTY, ADD_DELAYED, ENQUEUE_DELAYED]),
             fetch: script(drain, &[NOW, FETCH]),
-            ack: script(drain, &[OWNS, ACK]),
+            ack_many: script(drain, &[ACK_MANY]),
             dead: script(drain, &[NOW, TRIM_DEAD, OWNS, DEAD]),
             reschedule: script(drain, &[NOW, WAKE_IF_EMPTY, ADD_DELAYED, OWNS, RESCHEDULE]),
             requeue: script(drain, &[WAKE_IF_EMPTY, OWNS, REQUEUE]),

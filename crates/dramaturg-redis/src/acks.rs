@@ -1,0 +1,154 @@
+//! Coalesced acknowledgements: the acks of one consumer's deliveries are
+//! settled many to one script call.
+//!
+//! Every settlement is fenced (see `scripts.rs`), and a fenced ack is one
+//! `EVALSHA` whose fixed cost in Redis — looking the script up, setting up
+//! and tearing down the Lua call — is larger than its few commands. At
+//! full speed acks are by far the most frequent settlement, so they share
+//! calls: each consumer has one task that takes every ack queued since its
+//! last call (at most [`MAX_BATCH`]) and settles them with one `ACK_MANY`,
+//! which checks each claim on its own, exactly as a single ack would.
+//!
+//! Nothing waits to fill a batch: while one call is in flight, the acks
+//! that arrive meanwhile queue up and go together in the next. An ack
+//! alone goes at once, in a call of its own.
+//!
+//! A settle future dropped after its ack was queued loses nothing: the
+//! task settles the ack anyway and drops the answer. The task ends when the
+//! consumer and all its receipts are gone; an ack that finds it gone (the
+//! runtime is shutting down) settles with a call of its own.
+
+use std::sync::Arc;
+
+use dramaturg_core::{BrokerError, BrokerErrorKind, Settled};
+use redis::aio::ConnectionManager;
+use redis::Value;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::consumer::Outstanding;
+use crate::keys::QueueKeys;
+use crate::scripts::Scripts;
+use crate::{broker_error, lock};
+
+/// The most acks one script call settles: bounds the call's time in Redis
+/// (each ack is a few O(1) commands and an `LREM` from the head of a short
+/// list).
+const MAX_BATCH: usize = 256;
+
+/// What an ack is answered with.
+type Answer = Result<Settled, BrokerError>;
+
+/// One queued ack.
+struct Pending {
+    id: String,
+    token: String,
+    answer: oneshot::Sender<Answer>,
+}
+
+/// Where one consumer's acks are settled: its receipts hold clones.
+#[derive(Clone)]
+pub(crate) struct Acks {
+    queue: mpsc::UnboundedSender<Pending>,
+    settler: Arc<Settler>,
+}
+
+/// What settling acks takes: the keys of one consumer's claims.
+struct Settler {
+    conn: ConnectionManager,
+    scripts: Arc<Scripts>,
+    keys: Arc<QueueKeys>,
+    inflight: Arc<str>,
+    outstanding: Outstanding,
+}
+
+impl Acks {
+    /// Starts the task that settles the acks of the consumer whose
+    /// in-flight list is `inflight`. Must be called within a Tokio runtime.
+    pub(crate) fn start(
+        conn: ConnectionManager,
+        scripts: Arc<Scripts>,
+        keys: Arc<QueueKeys>,
+        inflight: Arc<str>,
+        outstanding: Outstanding,
+    ) -> Self {
+        let settler = Arc::new(Settler { conn, scripts, keys, inflight, outstanding });
+        let (queue, pending) = mpsc::unbounded_channel();
+        tokio::spawn(run(Arc::clone(&settler), pending));
+        Self { queue, settler }
+    }
+
+    /// Acknowledges entry `id` under the claim `token`: `Applied`, or
+    /// `Stale` when the claim is not current (then nothing changed; a
+    /// second ack of an applied claim is stale too).
+    pub(crate) async fn ack(&self, id: &str, token: &str) -> Answer {
+        let (answer, answered) = oneshot::channel();
+        let pending = Pending { id: id.to_owned(), token: token.to_owned(), answer };
+        if let Err(mpsc::error::SendError(pending)) = self.queue.send(pending) {
+            // The task is gone: settle alone.
+            let mut settled = self.settler.settle(std::slice::from_ref(&pending)).await?;
+            return Ok(settled.pop().unwrap_or(Settled::Stale));
+        }
+        answered.await.unwrap_or_else(|_| {
+            // The task was dropped mid-call (its runtime is shutting down):
+            // the ack may or may not have been applied. A retry is safe.
+            Err(BrokerError::new(BrokerErrorKind::Connection, "redis: the ack was cut off before its answer came"))
+        })
+    }
+}
+
+/// Settles queued acks, a batch per call, until every sender is gone.
+async fn run(settler: Arc<Settler>, mut pending: mpsc::UnboundedReceiver<Pending>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while pending.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        match settler.settle(&batch).await {
+            Ok(settled) => {
+                for (ack, settled) in batch.drain(..).zip(settled) {
+                    // A settle future dropped meanwhile no longer listens.
+                    let _ = ack.answer.send(Ok(settled));
+                }
+            }
+            Err(error) => {
+                for ack in batch.drain(..) {
+                    let _ = ack.answer.send(Err(BrokerError::new(error.kind(), error.to_string())));
+                }
+            }
+        }
+    }
+}
+
+impl Settler {
+    /// Settles `batch` with one `ACK_MANY` call; one answer per ack, in
+    /// order. A settled ack (applied or stale) is no longer outstanding.
+    async fn settle(&self, batch: &[Pending]) -> Result<Vec<Settled>, BrokerError> {
+        let mut invocation = self.scripts.ack_many.prepare_invoke();
+        invocation.key(&*self.inflight).key(&self.keys.claims).key(&self.keys.msgs);
+        for ack in batch {
+            invocation.arg(&ack.id).arg(&ack.token);
+        }
+        let mut conn = self.conn.clone();
+        let reply: Vec<Value> = invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| broker_error(e, if batch.len() == 1 { "settling a message" } else { "settling messages" }))?;
+        if reply.len() != batch.len() {
+            return Err(BrokerError::new(
+                BrokerErrorKind::Protocol,
+                format!("redis: {} answers to {} acks", reply.len(), batch.len()),
+            ));
+        }
+        let mut outstanding = lock(&self.outstanding);
+        let settled = batch
+            .iter()
+            .zip(reply)
+            .map(|(ack, applied)| {
+                outstanding.remove(&ack.id);
+                if matches!(applied, Value::Int(1)) {
+                    Settled::Applied
+                } else {
+                    Settled::Stale
+                }
+            })
+            .collect();
+        Ok(settled)
+    }
+}

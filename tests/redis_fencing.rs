@@ -325,28 +325,40 @@ async fn a_worker_with_a_slow_clock_is_not_taken_for_dead() {
     let _ = std::fs::remove_file(&report);
 }
 
-/// A producer whose clock is 30 s ahead sends a message
-/// delayed by one second. The server's clock decides when it is due: it
-/// runs about a second later, not 31.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_producer_with_a_fast_clock_cannot_make_a_delay_late() {
-    if support::is_child() {
-        return;
-    }
+/// Runs a worker here, and a producer whose clock is `skew` off that sends
+/// one message delayed by `delay_ms`; returns how long after the send it
+/// started (measured from the producer's exit, which comes after the send,
+/// so it is at most the real delay).
+async fn delay_sent_with_skew(skew: &str, delay_ms: u64) -> Duration {
     let namespace = namespace();
     let log = temp_log("fencing");
     let app = dramaturg::app(broker_in(URL, &namespace).await).actor::<Logged>().build().unwrap();
     let worker = Worker::new(app.clone()).concurrency(1);
     let shutdown = worker.shutdown_handle();
     let running = tokio::spawn(worker.run());
-    let mut producer = spawn_child(&format!("produce|{namespace}|{}|1000", log.display()), Some("+30s"));
-    producer.wait().unwrap();
+    let mut producer = spawn_child(&format!("produce|{namespace}|{}|{delay_ms}", log.display()), Some(skew));
+    assert!(producer.wait().unwrap().success(), "the skewed producer sent its message");
     let sent = Instant::now();
-    support::wait_for("the delayed job", Duration::from_secs(10), || !logged(&log, "end").is_empty()).await;
-    println!("a 1 s delay sent with a clock 30 s fast ran {:?} after the send", sent.elapsed());
+    assert!(logged(&log, "start").is_empty(), "the delayed job ran before its producer even exited");
+    support::wait_for("the delayed job", Duration::from_secs(15), || !logged(&log, "start").is_empty()).await;
+    let ran = sent.elapsed();
+    println!("a {delay_ms} ms delay sent with a clock {skew} off ran {ran:?} after the send");
     shutdown.shutdown();
     running.await.unwrap().unwrap();
     let _ = std::fs::remove_file(&log);
+    ran
+}
+
+/// A producer whose clock is 30 s ahead sends a message delayed by one
+/// second. The server's clock decides when it is due: it runs about a
+/// second later, not 31.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_with_a_fast_clock_cannot_make_a_delay_late() {
+    if support::is_child() {
+        return;
+    }
+    let ran = delay_sent_with_skew("+30s", 1000).await;
+    assert!(ran < Duration::from_secs(10), "a 1 s delay ran after {ran:?}: late");
 }
 
 /// A producer whose clock is 30 s behind sends a message delayed by 3 s.
@@ -358,25 +370,8 @@ async fn a_producer_with_a_slow_clock_cannot_make_a_delay_early() {
     if support::is_child() {
         return;
     }
-    let namespace = namespace();
-    let log = temp_log("fencing");
-    let app = dramaturg::app(broker_in(URL, &namespace).await).actor::<Logged>().build().unwrap();
-    let worker = Worker::new(app.clone()).concurrency(1);
-    let shutdown = worker.shutdown_handle();
-    let running = tokio::spawn(worker.run());
-    let mut producer = spawn_child(&format!("produce|{namespace}|{}|3000", log.display()), Some("-30s"));
-    assert!(producer.wait().unwrap().success(), "the skewed producer sent its message");
-    // The send happened before the producer exited: the delay measured
-    // from here is at most the real one.
-    let sent = Instant::now();
-    assert!(logged(&log, "start").is_empty(), "the delayed job ran before its producer even exited");
-    support::wait_for("the delayed job", Duration::from_secs(15), || !logged(&log, "start").is_empty()).await;
-    let ran = sent.elapsed();
-    println!("a 3 s delay sent with a clock 30 s slow ran {ran:?} after the send");
+    let ran = delay_sent_with_skew("-30s", 3000).await;
     assert!(ran >= Duration::from_millis(2500), "a 3 s delay ran after {ran:?}: early");
-    shutdown.shutdown();
-    running.await.unwrap().unwrap();
-    let _ = std::fs::remove_file(&log);
 }
 
 /// Acks are settled many to a script call; each still gets its own answer.

@@ -18,14 +18,14 @@
 //! consumer and all its receipts are gone; an ack that finds it gone (the
 //! runtime is shutting down) settles with a call of its own.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 use dramaturg_core::{BrokerError, BrokerErrorKind, Settled};
 use redis::aio::ConnectionManager;
 use redis::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::consumer::Outstanding;
 use crate::keys::QueueKeys;
 use crate::scripts::Scripts;
 use crate::{broker_error, lock};
@@ -34,6 +34,10 @@ use crate::{broker_error, lock};
 /// (each ack is a few O(1) commands and an `LREM` from the head of a short
 /// list).
 const MAX_BATCH: usize = 256;
+
+/// A consumer's entry ids handed out and not settled yet (its receipts and
+/// this module take them out as they are settled).
+pub(crate) type Outstanding = Arc<Mutex<HashSet<String>>>;
 
 /// What an ack is answered with.
 type Answer = Result<Settled, BrokerError>;

@@ -1,8 +1,8 @@
 //! Consuming a queue: batched claims, waits for a wake-up, fenced
 //! settlement (acks coalesced per consumer: see `acks.rs`).
 
-use std::collections::{HashSet, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -11,7 +11,7 @@ use dramaturg_core::{BrokerError, BrokerErrorKind, Consumer, Delivery, MessageId
 use redis::Value;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
-use crate::acks::Acks;
+use crate::acks::{Acks, Outstanding};
 use crate::keys::QueueKeys;
 use crate::{broker_error, lock, Shared};
 
@@ -22,9 +22,6 @@ struct Claimed {
     token: String,
     redelivered: bool,
 }
-
-/// Entry ids handed out and not settled yet.
-pub(crate) type Outstanding = Arc<Mutex<HashSet<String>>>;
 
 pub(crate) struct RedisConsumer {
     shared: Arc<Shared>,

@@ -214,12 +214,22 @@ impl QueueAdmin for AmqpBroker {
         let deadline = tokio::time::Instant::now() + timeout;
         let channel = self.admin_channel().await?;
         let main_arguments = crate::link::main_queue_arguments(&self.shared.config, queue);
+        // A message that a bucket's TTL dead-letters back into the queue is
+        // in neither for a moment, and the queue and the buckets are read
+        // one after the other: drained only when two looks 100 ms apart
+        // both find nothing.
+        let mut empty_looks = 0;
         loop {
             let ready = crate::link::declare_one(&channel, queue, main_arguments.clone()).await?;
             let looked_at_buckets = ready == 0 && self.shared.in_flight(queue) == 0;
             if looked_at_buckets && self.stats(queue).await?.is_drained() {
-                let _ = channel.close(200, "joined".into()).await;
-                return Ok(());
+                empty_looks += 1;
+                if empty_looks == 2 {
+                    let _ = channel.close(200, "joined".into()).await;
+                    return Ok(());
+                }
+            } else {
+                empty_looks = 0;
             }
             if tokio::time::Instant::now() >= deadline {
                 let _ = channel.close(200, "timed out".into()).await;

@@ -9,7 +9,7 @@
 //! fence that `requeue_in_flight` takes exclusively to close it.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -33,6 +33,9 @@ pub(crate) struct Generation {
     channel: Channel,
     /// Deliveries handed out and not settled.
     outstanding: OutstandingMap,
+    /// Deliveries received and not handed out yet: delay hops in progress
+    /// (see [`Triaging`]).
+    triaging: AtomicU64,
     /// Set once the channel's deliveries went back to the queue (closed by
     /// `requeue_in_flight` or lost); from then on its receipts are stale.
     lapsed: AtomicBool,
@@ -47,6 +50,7 @@ impl Generation {
         Self {
             channel,
             outstanding: OutstandingMap::default(),
+            triaging: AtomicU64::new(0),
             lapsed: AtomicBool::new(false),
             fence: tokio::sync::RwLock::new(()),
         }
@@ -61,9 +65,10 @@ impl Generation {
         self.lapsed.load(Ordering::Acquire)
     }
 
-    /// Deliveries handed out and not settled (none once lapsed).
+    /// Deliveries handed out and not settled (none once lapsed), and those
+    /// on their way to a delay bucket.
     pub(crate) fn in_flight(&self) -> u64 {
-        Shared::lock(&self.outstanding).len() as u64
+        Shared::lock(&self.outstanding).len() as u64 + self.triaging.load(Ordering::Acquire)
     }
 
     /// Returns every delivery of this channel to the queue by closing it,
@@ -251,7 +256,14 @@ async fn give_back(generation: &Generation, tag: u64) {
 /// goes back to its queue (and is set aside again when it returns, once
 /// per send timeout while the alarm lasts). It holds a prefetch slot
 /// meanwhile.
-async fn park(shared: Arc<Shared>, queue: String, generation: Arc<Generation>, received: Received, link: Arc<Link>) {
+async fn park(
+    shared: Arc<Shared>,
+    queue: String,
+    generation: Arc<Generation>,
+    received: Received,
+    link: Arc<Link>,
+    _counted: Triaging,
+) {
     tracing::debug!(%queue, "publishing is blocked; a delay hop waits for the unblock");
     let deadline = tokio::time::Instant::now() + shared.config.send_timeout;
     let mut link = link;
@@ -298,8 +310,30 @@ fn needs_triage(shared: &Shared, received: &Received) -> bool {
     still_to_wait(&received.properties) > 0 || (received.redelivered && shared.is_overdue(&received.body))
 }
 
-/// A delivery that triage hands back because it is due after all.
-type Due = Option<(Arc<Generation>, Received)>;
+/// A delivery received and not yet handed out, hopped to a delay bucket or
+/// given back: counted among the channel's in-flight deliveries while it
+/// lives, so that statistics (and `join`) never find a message that is
+/// being moved to its next bucket in no queue at all. It is dropped once
+/// the hop is confirmed and acknowledged, or after the delivery was handed
+/// out (and so counted as outstanding).
+struct Triaging(Arc<Generation>);
+
+impl Triaging {
+    fn new(generation: &Arc<Generation>) -> Self {
+        generation.triaging.fetch_add(1, Ordering::AcqRel);
+        Self(Arc::clone(generation))
+    }
+}
+
+impl Drop for Triaging {
+    fn drop(&mut self) {
+        self.0.triaging.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A delivery that triage hands back because it is due after all, with
+/// what keeps it counted until it is handed out.
+type Due = Option<(Arc<Generation>, Received, Triaging)>;
 
 /// Hops a delivery that is not due, or dead-letters one that ran into
 /// `consumer_timeout` before; runs as a task of its own so that it finishes
@@ -310,11 +344,12 @@ async fn triage(
     queue: String,
     generation: Arc<Generation>,
     received: Received,
+    counted: Triaging,
 ) -> Result<Due, BrokerError> {
     match hop(&shared, &queue, &generation, &received).await {
         Ok(Hopped::Moved) => return Ok(None),
         Ok(Hopped::Blocked(link)) => {
-            tokio::spawn(park(shared, queue, generation, received, link));
+            tokio::spawn(park(shared, queue, generation, received, link, counted));
             return Ok(None);
         }
         Ok(Hopped::Due) => {}
@@ -324,7 +359,7 @@ async fn triage(
         }
     }
     if !(received.redelivered && shared.is_overdue(&received.body)) {
-        return Ok(Some((generation, received)));
+        return Ok(Some((generation, received, counted)));
     }
     let receipt = AmqpReceipt::new(shared, generation, queue, received.tag, received.body);
     tracing::error!(queue = %receipt.queue, "dead-lettering a message that exceeded consumer_timeout");
@@ -353,7 +388,8 @@ impl Consumer for AmqpConsumer {
                 self.triage = None;
                 match result {
                     Ok(Ok(None)) => {}
-                    Ok(Ok(Some((generation, received)))) => return Ok(self.hand_out(generation, received)),
+                    // Counted until it is handed out (and so outstanding).
+                    Ok(Ok(Some((generation, received, _counted)))) => return Ok(self.hand_out(generation, received)),
                     Ok(Err(error)) => return Err(error),
                     Err(join) => {
                         return Err(BrokerError::new(
@@ -385,7 +421,8 @@ impl Consumer for AmqpConsumer {
             }
             let received = Received::from(delivery);
             if needs_triage(&self.shared, &received) {
-                let task = triage(Arc::clone(&self.shared), self.queue.clone(), generation, received);
+                let counted = Triaging::new(&generation);
+                let task = triage(Arc::clone(&self.shared), self.queue.clone(), generation, received, counted);
                 self.triage = Some(tokio::spawn(task));
                 continue;
             }

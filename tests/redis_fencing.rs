@@ -374,6 +374,24 @@ async fn a_producer_with_a_slow_clock_cannot_make_a_delay_early() {
     assert!(ran >= Duration::from_millis(2500), "a 3 s delay ran after {ran:?}: early");
 }
 
+/// Sends `n` messages to `queue` and claims them all with one consumer of
+/// `prefetch`; returns the consumer and the deliveries.
+async fn claim_all(
+    broker: &dramaturg::redis::RedisBroker,
+    queue: &str,
+    n: usize,
+    prefetch: usize,
+) -> (Box<dyn dramaturg::Consumer>, Vec<dramaturg::Delivery>) {
+    let bodies: Vec<Outgoing> = (0..n).map(|i| Outgoing::new(queue, format!("m{i}").into_bytes())).collect();
+    broker.enqueue_many(bodies).await.unwrap();
+    let mut consumer = broker.consume(queue, prefetch).await.unwrap();
+    let mut deliveries = Vec::with_capacity(n);
+    for _ in 0..n {
+        deliveries.push(consumer.next().await.unwrap());
+    }
+    (consumer, deliveries)
+}
+
 /// Acks are settled many to a script call; each still gets its own answer.
 /// Here 500 deliveries of one consumer are acked at once from 64 tasks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -382,12 +400,10 @@ async fn many_concurrent_acks_each_get_their_answer() {
         return;
     }
     let broker = broker_in(URL, &namespace()).await;
-    let bodies: Vec<Outgoing> = (0..500).map(|i| Outgoing::new("many", format!("m{i}").into_bytes())).collect();
-    broker.enqueue_many(bodies).await.unwrap();
-    let mut consumer = broker.consume("many", 500).await.unwrap();
+    let (consumer, deliveries) = claim_all(&broker, "many", 500, 500).await;
     let mut shares: Vec<Vec<dramaturg::Delivery>> = (0..64).map(|_| Vec::new()).collect();
-    for i in 0..500 {
-        shares[i % 64].push(consumer.next().await.unwrap());
+    for (i, delivery) in deliveries.into_iter().enumerate() {
+        shares[i % 64].push(delivery);
     }
     let tasks: Vec<_> = shares
         .into_iter()
@@ -422,13 +438,7 @@ async fn a_batch_of_acks_reports_only_its_lapsed_claims_stale() {
         return;
     }
     let broker = broker_in(URL, &namespace()).await;
-    let bodies: Vec<Outgoing> = (0..200).map(|i| Outgoing::new("mixed", format!("m{i}").into_bytes())).collect();
-    broker.enqueue_many(bodies).await.unwrap();
-    let mut consumer = broker.consume("mixed", 400).await.unwrap();
-    let mut lapsed = Vec::new();
-    for _ in 0..200 {
-        lapsed.push(consumer.next().await.unwrap());
-    }
+    let (mut consumer, lapsed) = claim_all(&broker, "mixed", 200, 400).await;
     // Every claim lapses; the same consumer claims the messages again.
     assert_eq!(broker.requeue_in_flight("mixed").await.unwrap(), 200);
     let mut current = std::collections::HashMap::new();

@@ -63,6 +63,37 @@ impl fmt::Debug for Outgoing {
     }
 }
 
+/// How a broker lays its queues out on the server, chosen per broker
+/// (`?protocol=dramatiq` in a Redis or RabbitMQ URL).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Protocol {
+    /// dramaturg's own layout: the default, with server-side delays, no
+    /// polling and fenced settlement.
+    #[default]
+    Native,
+    /// Python Dramatiq's layout and JSON messages, so that Rust and Python
+    /// workers and producers share queues (see
+    /// [`dramatiq`](crate::dramatiq)).
+    Dramatiq,
+}
+
+impl std::str::FromStr for Protocol {
+    type Err = BrokerError;
+
+    /// `"native"` or `"dramatiq"`.
+    fn from_str(s: &str) -> Result<Self, BrokerError> {
+        match s {
+            "native" => Ok(Self::Native),
+            "dramatiq" => Ok(Self::Dramatiq),
+            other => Err(BrokerError::new(
+                crate::BrokerErrorKind::InvalidInput,
+                format!("unknown protocol {:?}: expected \"native\" or \"dramatiq\"", crate::Bounded::quoted(other)),
+            )),
+        }
+    }
+}
+
 /// What the worker asks the broker to do with a delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -228,6 +259,18 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// messages look older or younger than they are.
     fn now_ms(&self) -> u64 {
         crate::message::now_ms()
+    }
+
+    /// The encoder this broker's messages must be written with, if its
+    /// layout needs one: a broker speaking Python Dramatiq's layout
+    /// (`?protocol=dramatiq`) needs the
+    /// [`Dramatiq`](crate::dramatiq::Dramatiq) encoder, so that Python
+    /// reads what Rust sends. An app built on it uses that encoder unless
+    /// told otherwise, and refuses another
+    /// ([`ConfigError::Encoder`](crate::ConfigError::Encoder)). The
+    /// default, `None`, leaves the choice to the app.
+    fn encoder(&self) -> Option<Arc<dyn crate::Encoder>> {
+        None
     }
 }
 

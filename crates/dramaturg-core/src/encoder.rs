@@ -23,6 +23,11 @@ pub type DecodeFn<'f> =
 /// app can hold it as `Arc<dyn Encoder>`; use [`encode_value`] and
 /// [`decode_value`] for typed access.
 pub trait Encoder: Send + Sync + fmt::Debug + 'static {
+    /// The format's name (`"messagepack"`, `"json"`, `"dramatiq"`), by
+    /// which an app checks that its encoder is the one its broker needs
+    /// ([`Broker::encoder`](crate::Broker::encoder)).
+    fn name(&self) -> &'static str;
+
     /// Encodes a value (the arguments of an actor, or its result).
     ///
     /// # Errors
@@ -89,11 +94,21 @@ pub fn encode_value<T: Serialize>(encoder: &dyn Encoder, value: &T) -> Result<Ve
 ///
 /// # Errors
 ///
-/// [`CodecError::Decode`] when the bytes do not hold a `T`.
+/// [`CodecError::Decode`] when the bytes do not hold a `T`; it names the
+/// field that did not fit (`field `seq`: invalid type: …`).
 pub fn decode_value<T: DeserializeOwned>(encoder: &dyn Encoder, bytes: &[u8]) -> Result<T, CodecError> {
     let mut out = None;
     encoder.decode_args(bytes, &mut |de| {
-        out = Some(erased_serde::deserialize::<T>(de)?);
+        let value = serde_path_to_error::deserialize::<_, T>(de).map_err(|error| {
+            let path = error.path().to_string();
+            let inner = error.into_inner();
+            if path == "." {
+                inner
+            } else {
+                <erased_serde::Error as serde::de::Error>::custom(format_args!("field `{path}`: {inner}"))
+            }
+        })?;
+        out = Some(value);
         Ok(())
     })?;
     out.ok_or_else(|| CodecError::Decode("the decoder produced no value".into()))
@@ -180,6 +195,10 @@ impl<'de> Deserialize<'de> for ByteBuf {
 }
 
 impl Encoder for MessagePack {
+    fn name(&self) -> &'static str {
+        "messagepack"
+    }
+
     fn encode_args(&self, value: &dyn erased_serde::Serialize) -> Result<Vec<u8>, CodecError> {
         let mut out = Vec::with_capacity(64);
         let mut serializer = rmp_serde::Serializer::new(&mut out).with_struct_map();
@@ -212,6 +231,10 @@ impl Encoder for MessagePack {
 pub struct Json;
 
 impl Encoder for Json {
+    fn name(&self) -> &'static str {
+        "json"
+    }
+
     fn encode_args(&self, value: &dyn erased_serde::Serialize) -> Result<Vec<u8>, CodecError> {
         serde_json::to_vec(value).map_err(CodecError::encode)
     }

@@ -271,6 +271,16 @@ pub enum ConfigError {
         /// What is wrong with it.
         source: crate::OptionError,
     },
+    /// The app's encoder is not the one its broker needs (see
+    /// [`Broker::encoder`](crate::Broker::encoder)): a broker speaking
+    /// Python Dramatiq's layout carries Dramatiq's JSON messages only.
+    #[error("the app's encoder is {chosen:?}, but its broker needs the {needed:?} encoder; leave the encoder unset to get it")]
+    Encoder {
+        /// The encoder given to the builder.
+        chosen: &'static str,
+        /// The encoder the broker needs.
+        needed: &'static str,
+    },
     /// The app's broker cannot use an actor's queue (see
     /// [`Broker::check_queue_name`](crate::Broker::check_queue_name)): a
     /// name too long for RabbitMQ, for instance, once the app's queue

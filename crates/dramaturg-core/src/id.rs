@@ -2,19 +2,17 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use crate::random::random_u64;
-
-/// Crockford's base32 alphabet, as used by ULIDs.
-const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
 /// The id of a message: 48 bits of milliseconds since the Unix epoch followed
-/// by 80 random bits, written as a 26-character ULID.
+/// by 80 random bits, written as a 26-character ULID (the `ulid` crate).
 ///
 /// Ids sort by creation time (to the millisecond) and are unique across
 /// processes without coordination. The same id follows a message through all
 /// of its retries.
+///
+/// An id is 128 bits, as a UUID is: Python Dramatiq's ids are UUIDs, and
+/// the [Dramatiq encoder](crate::dramatiq) writes ids as UUIDs
+/// ([`MessageId::to_uuid_string`]). Parsing accepts either form.
 ///
 /// # Examples
 ///
@@ -25,6 +23,7 @@ const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 /// let text = id.to_string();
 /// assert_eq!(text.len(), 26);
 /// assert_eq!(text.parse::<MessageId>().unwrap(), id);
+/// assert_eq!(id.to_uuid_string().parse::<MessageId>().unwrap(), id);
 /// ```
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct MessageId(u128);
@@ -32,9 +31,7 @@ pub struct MessageId(u128);
 impl MessageId {
     /// A new id for the current time.
     pub fn new() -> Self {
-        let millis = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, crate::time::millis) & 0xFFFF_FFFF_FFFF;
-        let random = (u128::from(random_u64()) << 16) | u128::from(random_u64() & 0xFFFF);
-        Self((u128::from(millis) << 80) | random)
+        Self(ulid::Ulid::generate().0)
     }
 
     /// The id as a 128-bit number.
@@ -47,9 +44,16 @@ impl MessageId {
         Self(value)
     }
 
-    /// Milliseconds since the Unix epoch at which the id was made.
+    /// Milliseconds since the Unix epoch at which the id was made (for an
+    /// id made by this type; a UUID from elsewhere holds no time).
     pub fn timestamp_ms(self) -> u64 {
-        (self.0 >> 80) as u64
+        ulid::Ulid(self.0).timestamp_ms()
+    }
+
+    /// The id as a hyphenated lower-case UUID
+    /// (`0f8f3bc2-62f4-4b5d-a3d1-9e2c4c7f1a10`), the form of Dramatiq's ids.
+    pub fn to_uuid_string(self) -> String {
+        uuid::Uuid::from_u128(self.0).hyphenated().to_string()
     }
 }
 
@@ -61,13 +65,7 @@ impl Default for MessageId {
 
 impl fmt::Display for MessageId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut out = [0u8; 26];
-        for (i, slot) in out.iter_mut().enumerate() {
-            let shift = 125 - 5 * i as u32;
-            *slot = ALPHABET[((self.0 >> shift) & 0x1F) as usize];
-        }
-        // Every byte comes from ALPHABET, so this is ASCII.
-        f.write_str(std::str::from_utf8(&out).map_err(|_| fmt::Error)?)
+        fmt::Display::fmt(&ulid::Ulid(self.0), f)
     }
 }
 
@@ -77,29 +75,27 @@ impl fmt::Debug for MessageId {
     }
 }
 
-/// The text given to [`MessageId::from_str`] is not a 26-character ULID.
+/// The text given to [`MessageId::from_str`] is neither a ULID nor a UUID.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid message id {0:?}: expected 26 characters of Crockford base32")]
+#[error("invalid message id {0:?}: expected a ULID (26 characters of Crockford base32) or a UUID")]
 pub struct ParseMessageIdError(String);
 
 impl FromStr for MessageId {
     type Err = ParseMessageIdError;
 
+    /// Parses a ULID (26 characters, either case) or a UUID (any of the
+    /// `uuid` crate's forms: hyphenated, simple, braced, URN).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || ParseMessageIdError(s.chars().take(40).collect());
-        if s.len() != 26 {
-            return Err(err());
-        }
-        let mut value: u128 = 0;
-        for (i, byte) in s.bytes().enumerate() {
-            let digit = ALPHABET.iter().position(|&c| c == byte.to_ascii_uppercase()).ok_or_else(err)? as u128;
-            // The first character carries only the top 3 bits.
-            if i == 0 && digit > 7 {
-                return Err(err());
+        // 26 base32 characters hold 130 bits: a first character above 7
+        // would not fit in 128.
+        if s.len() == 26 && s.as_bytes()[0] <= b'7' {
+            if let Ok(ulid) = ulid::Ulid::from_string(s) {
+                return Ok(Self(ulid.0));
             }
-            value = (value << 5) | digit;
+        } else if let Ok(uuid) = uuid::Uuid::parse_str(s) {
+            return Ok(Self(uuid.as_u128()));
         }
-        Ok(Self(value))
+        Err(ParseMessageIdError(s.chars().take(40).collect()))
     }
 }
 
@@ -142,5 +138,15 @@ mod tests {
         assert!("short".parse::<MessageId>().is_err());
         assert!("8ZZZZZZZZZZZZZZZZZZZZZZZZZ".parse::<MessageId>().is_err());
         assert!("0000000000000000000000000U".parse::<MessageId>().is_err());
+        assert!("0f8f3bc2-62f4-4b5d-a3d1-9e2c4c7f1a1".parse::<MessageId>().is_err());
+    }
+
+    #[test]
+    fn uuids_parse_and_print() {
+        let text = "0f8f3bc2-62f4-4b5d-a3d1-9e2c4c7f1a10";
+        let id: MessageId = text.parse().unwrap();
+        assert_eq!(id.to_uuid_string(), text);
+        assert_eq!("0F8F3BC262F44B5DA3D19E2C4C7F1A10".parse::<MessageId>().unwrap(), id);
+        assert_eq!(id.to_string().parse::<MessageId>().unwrap(), id);
     }
 }

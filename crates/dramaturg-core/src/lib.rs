@@ -29,6 +29,7 @@ pub mod broker;
 pub mod conformance;
 mod context;
 mod dead_letter;
+pub mod dramatiq;
 pub mod encoder;
 mod error;
 mod error_record;
@@ -45,7 +46,6 @@ pub mod middleware;
 mod options;
 pub mod outcome;
 mod output;
-pub mod random;
 mod sent;
 mod signal;
 mod state;
@@ -59,7 +59,7 @@ pub use actor::{Actor, ActorInfo, Job};
 pub use app::{App, AppBuilder, SendOptions, DEFAULT_MAX_MESSAGE_SIZE, MAX_DELAY};
 pub use bounded::{Bounded, MAX_QUOTED_BYTES, MAX_REASON_BYTES};
 pub use broker::{
-    Broker, Consumer, DeadLetter, DeadLetters, Delivery, Outgoing, QueueAdmin, QueueStats, Receipt, Replay,
+    Broker, Consumer, DeadLetter, DeadLetters, Delivery, Outgoing, Protocol, QueueAdmin, QueueStats, Receipt, Replay,
     SettleError, Settled, Settlement,
 };
 pub use context::{Context, Controls, Metadata};

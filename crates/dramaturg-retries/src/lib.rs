@@ -59,7 +59,6 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dramaturg_core::random::random_fraction;
 use dramaturg_core::{
     async_trait, Context, DeclaredOption, ErrorRecord, ErrorType, Failure, Middleware, Next, NextAttempt, OptionKey,
     Outcome, Retry, MAX_DELAY,
@@ -222,7 +221,7 @@ impl Retries {
         let delay = match (decision, wish) {
             (Decision::GiveUp, _) => return None,
             (_, Retry::After(delay)) | (Decision::RetryAfter(delay), _) => delay,
-            (Decision::Retry, _) => backoff.delay(retries, random_fraction()),
+            (Decision::Retry, _) => backoff.delay(retries, rand::random::<f64>()),
         };
         if delay > MAX_DELAY {
             tracing::warn!(?delay, "no retry: its delay exceeds the longest allowed ({MAX_DELAY:?})");

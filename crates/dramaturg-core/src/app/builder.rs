@@ -44,7 +44,7 @@ use crate::{Actor, DeclaredOption};
 #[must_use]
 pub struct AppBuilder {
     broker: Arc<dyn Broker>,
-    encoder: Arc<dyn Encoder>,
+    encoder: Option<Arc<dyn Encoder>>,
     stack: Vec<Arc<dyn Middleware>>,
     actors: Vec<ActorInfo>,
     max_message_size: usize,
@@ -58,7 +58,7 @@ impl AppBuilder {
     pub(super) fn new(broker: Arc<dyn Broker>) -> Self {
         Self {
             broker,
-            encoder: Arc::new(MessagePack),
+            encoder: None,
             stack: Vec::new(),
             actors: Vec::new(),
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
@@ -168,9 +168,12 @@ impl AppBuilder {
         self
     }
 
-    /// Uses `encoder` instead of [`MessagePack`].
+    /// Uses `encoder` instead of the broker's (see [`Broker::encoder`]:
+    /// a broker speaking Python Dramatiq's layout needs
+    /// [`Dramatiq`](crate::dramatiq::Dramatiq)) or, if the broker needs
+    /// none, [`MessagePack`].
     pub fn encoder(mut self, encoder: impl Encoder) -> Self {
-        self.encoder = Arc::new(encoder);
+        self.encoder = Some(Arc::new(encoder));
         self
     }
 
@@ -198,11 +201,20 @@ impl AppBuilder {
     /// named in a registered actor's options, for one), and
     /// [`ConfigError::QueueName`] for an actor whose queue, with the
     /// queue prefix, the broker cannot use
-    /// ([`Broker::check_queue_name`]).
+    /// ([`Broker::check_queue_name`]), and [`ConfigError::Encoder`] for an
+    /// encoder other than the one the broker needs ([`Broker::encoder`]).
     pub fn build(mut self) -> Result<App, ConfigError> {
         if let Some(error) = self.errors.drain(..).next() {
             return Err(error);
         }
+        let encoder = match (self.encoder.take(), self.broker.encoder()) {
+            (Some(chosen), Some(needed)) if chosen.name() != needed.name() => {
+                return Err(ConfigError::Encoder { chosen: chosen.name(), needed: needed.name() });
+            }
+            (Some(chosen), _) => chosen,
+            (None, Some(needed)) => needed,
+            (None, None) => Arc::new(MessagePack),
+        };
         for (i, middleware) in self.stack.iter().enumerate() {
             if self.stack[..i].iter().any(|m| m.name() == middleware.name()) {
                 return Err(ConfigError::DuplicateMiddleware(middleware.name().to_owned()));
@@ -248,7 +260,7 @@ impl AppBuilder {
                 error_types,
                 declared_options,
                 broker: self.broker,
-                encoder: self.encoder,
+                encoder,
                 stack: self.stack,
                 actors,
                 queues,

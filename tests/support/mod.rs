@@ -13,6 +13,8 @@ use dramaturg::prelude::*;
 use dramaturg::BoxError;
 use serde::{Deserialize, Serialize};
 
+pub(crate) mod python;
+
 /// The environment variable that turns a test binary into a worker child.
 pub(crate) const CHILD: &str = "DRAMATURG_TEST_CHILD";
 

@@ -15,14 +15,15 @@ pub use dramaturg_age_limit as age_limit;
 pub use dramaturg_amqp as amqp;
 pub use dramaturg_callbacks as callbacks;
 pub use dramaturg_core::{
-    actor, async_trait, broker, encoder, middleware, outcome, worker, Actor, ActorInfo, App, AppBuilder, Bounded,
-    BoxError, Broker, BrokerError, BrokerErrorKind, CodecError, ConfigError, Consumer, Context, Controls, DeadLetter,
-    DeadLetterView, DeadLetters, DeclaredOption, DecodedMessage, Delivery, Encoder, EnqueueError, ErrorRecord,
-    ErrorType, Fail, Failure, FailureKind, Interrupted, Interruption, Job, Json, MemoryBroker, MemoryStore, Message,
-    MessageId, MessagePack, Metadata, Middleware, MissingState, Next, NextAttempt, OptionError, OptionKey, Options,
-    Outcome, Outgoing, Output, ParseMessageIdError, QueueAdmin, QueueStats, Receipt, RecordLimits, Replay, ReplayError,
-    ReplayReport, ReplayRetries, Retry, SendOptions, Sent, SettleError, Settled, Settlement, ShutdownHandle, State,
-    Store, StoreError, StoreErrorKind, Worker, WorkerError, WorkerGauges, WorkerReport, DEFAULT_MAX_MESSAGE_SIZE,
+    actor, async_trait, broker, dramatiq, encoder, middleware, outcome, worker, Actor, ActorInfo, App, AppBuilder,
+    Bounded, BoxError, Broker, BrokerError, BrokerErrorKind, Call, CodecError, ConfigError, Consumer, Context,
+    Controls, DeadLetter, DeadLetterView, DeadLetters, DeclaredOption, DecodedMessage, Delivery, Encoder, EnqueueError,
+    ErrorRecord, ErrorType, Fail, Failure, FailureKind, Interrupted, Interruption, Job, Json, MemoryBroker,
+    MemoryStore, Message, MessageId, MessagePack, Metadata, Middleware, MissingState, Next, NextAttempt, OptionError,
+    OptionKey, Options, Outcome, Outgoing, Output, ParseMessageIdError, Protocol, QueueAdmin, QueueStats, Receipt,
+    RecordLimits, Remote, Replay, ReplayError, ReplayReport, ReplayRetries, Retry, SendOptions, Sent, SettleError,
+    Settled, Settlement, ShutdownHandle, State, Store, StoreError, StoreErrorKind, Worker, WorkerError, WorkerGauges,
+    WorkerReport, DEFAULT_MAX_MESSAGE_SIZE,
 };
 pub use dramaturg_core::{isolation, store, sync, time};
 pub use dramaturg_error_capture as error_capture;

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::{Message, MessageId, Options};
+use crate::{Call, Message, MessageId, Options};
 
 /// A function handed to [`Encoder::decode_args`] that reads a value from the
 /// deserializer it is given.
@@ -34,6 +34,27 @@ pub trait Encoder: Send + Sync + fmt::Debug + 'static {
     ///
     /// [`CodecError::Encode`] when the value cannot be represented.
     fn encode_args(&self, value: &dyn erased_serde::Serialize) -> Result<Vec<u8>, CodecError>;
+
+    /// Encodes the arguments of a call to an actor known only by its name
+    /// ([`App::send_call`](crate::App::send_call)). The default writes
+    /// keyword arguments as a map (what a struct with named fields reads)
+    /// and positional ones as a sequence (what a tuple struct reads); the
+    /// [`Dramatiq`](crate::dramatiq::Dramatiq) encoder writes both.
+    ///
+    /// # Errors
+    ///
+    /// [`CodecError::Encode`] when the call has both positional and keyword
+    /// arguments and this encoder cannot carry them at once.
+    fn encode_call(&self, call: &Call) -> Result<Vec<u8>, CodecError> {
+        match (call.args.is_empty(), call.kwargs.is_empty()) {
+            (true, false) => self.encode_args(&call.kwargs),
+            (_, true) => self.encode_args(&call.args),
+            (false, false) => Err(CodecError::Encode(format!(
+                "the {} encoder cannot carry positional and keyword arguments at once (the dramatiq encoder can)",
+                self.name()
+            ))),
+        }
+    }
 
     /// Decodes a value written by [`Encoder::encode_args`] by handing a
     /// deserializer over `bytes` to `visit`.
@@ -293,6 +314,18 @@ mod tests {
         let message = Message::new("q", "a", Bytes::from_static(br#"{"x":1}"#));
         let text = String::from_utf8(Json.encode_message(&message).unwrap()).unwrap();
         assert!(text.contains(r#""args":{"x":1}"#), "{text}");
+    }
+
+    #[test]
+    fn calls_with_one_kind_of_arguments_fit_every_encoder() {
+        let kwargs =
+            Call::keywords([("user".to_owned(), 7.into()), ("name".to_owned(), "ada".into())].into_iter().collect());
+        for encoder in [&MessagePack as &dyn Encoder, &Json, &crate::dramatiq::Dramatiq] {
+            let bytes = encoder.encode_call(&kwargs).unwrap();
+            assert_eq!(decode_value::<Args>(encoder, &bytes).unwrap(), Args { user: 7, name: "ada".into() });
+            let both = Call { args: vec![1.into()], ..kwargs.clone() };
+            assert_eq!(encoder.encode_call(&both).is_ok(), encoder.name() == "dramatiq", "{}", encoder.name());
+        }
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub mod actor;
 mod app;
 mod bounded;
 pub mod broker;
+mod call;
 #[cfg(feature = "conformance")]
 #[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
 pub mod conformance;
@@ -56,12 +57,13 @@ mod watchdog;
 pub mod worker;
 
 pub use actor::{Actor, ActorInfo, Job};
-pub use app::{App, AppBuilder, SendOptions, DEFAULT_MAX_MESSAGE_SIZE, MAX_DELAY};
+pub use app::{App, AppBuilder, Remote, SendOptions, DEFAULT_MAX_MESSAGE_SIZE, MAX_DELAY};
 pub use bounded::{Bounded, MAX_QUOTED_BYTES, MAX_REASON_BYTES};
 pub use broker::{
     Broker, Consumer, DeadLetter, DeadLetters, Delivery, Outgoing, Protocol, QueueAdmin, QueueStats, Receipt, Replay,
     SettleError, Settled, Settlement,
 };
+pub use call::Call;
 pub use context::{Context, Controls, Metadata};
 pub use dead_letter::{DeadLetterView, DecodedMessage, ReplayError, ReplayReport, ReplayRetries};
 pub use encoder::{CodecError, Encoder, Json, MessagePack};

@@ -264,6 +264,7 @@ impl AppBuilder {
                 stack: self.stack,
                 actors,
                 queues,
+                queue_prefix: self.queue_prefix,
                 max_message_size: self.max_message_size,
             }),
         };

@@ -3,6 +3,7 @@
 //!
 //! - this module: [`App`] and what it knows (broker, encoder, stack,
 //!   actors, state, options);
+//! - `remote`: sending to actors that run elsewhere ([`Remote`]);
 //! - `send`: the send pipeline ([`SendOptions`], enqueue hooks, checks,
 //!   encoding);
 //! - `admin`: queue statistics, dead letters, draining;
@@ -10,6 +11,7 @@
 
 mod admin;
 mod builder;
+mod remote;
 mod send;
 
 use std::collections::HashMap;
@@ -17,6 +19,7 @@ use std::fmt;
 use std::sync::Arc;
 
 pub use builder::AppBuilder;
+pub use remote::Remote;
 pub use send::{SendOptions, MAX_DELAY};
 
 use crate::actor::ActorInfo;
@@ -52,6 +55,7 @@ struct Inner {
     stack: Vec<Arc<dyn Middleware>>,
     actors: HashMap<&'static str, ActorInfo>,
     queues: Vec<String>,
+    queue_prefix: String,
     max_message_size: usize,
     error_types: Vec<ErrorType>,
     declared_options: Vec<DeclaredOption>,

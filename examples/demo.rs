@@ -24,6 +24,12 @@
 //! stops it gracefully, a second signal at once; it then writes its report
 //! to `DIR/<pid>.report` as JSON. `produce --interval-ms I`
 //! sends one message every I ms instead of all at once (for latency).
+//!
+//! `--protocol dramatiq` (or `?protocol=dramatiq` in the broker URL) speaks
+//! Python Dramatiq's layout and JSON messages, so that a Python producer
+//! feeds `demo work` (`step.send(seq)` or `step.send(seq=seq)`, actor
+//! `step` on the queue given by `--queue`) and `demo produce` feeds a
+//! Python worker (`def step(seq, sent_us=0)`). See docs/dramatiq.md.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -95,11 +101,13 @@ fn parse_args() -> Result<Args, String> {
         interval_ms: 0,
         heartbeat_timeout_ms: None,
     };
+    let mut protocol = None;
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
         match flag.as_str() {
             "--broker" => args.broker = value()?,
             "--queue" => args.queue = value()?,
+            "--protocol" => protocol = Some(value()?),
             "--count" => args.count = value()?.parse().map_err(|e| format!("--count: {e}"))?,
             "--concurrency" => args.concurrency = value()?.parse().map_err(|e| format!("--concurrency: {e}"))?,
             "--record" => args.record = Some(value()?),
@@ -110,6 +118,10 @@ fn parse_args() -> Result<Args, String> {
             }
             other => return Err(format!("unknown flag {other}")),
         }
+    }
+    if let Some(protocol) = protocol {
+        let separator = if args.broker.contains('?') { '&' } else { '?' };
+        args.broker = format!("{}{separator}protocol={protocol}", args.broker);
     }
     Ok(args)
 }

@@ -34,6 +34,19 @@
 //! }
 //! ```
 //!
+//! # With Python Dramatiq
+//!
+//! On an app with the [Dramatiq encoder](dramaturg_core::dramatiq) (a
+//! broker speaking Dramatiq's layout), a callback gets what Python
+//! Dramatiq's callbacks get, positionally: the original message as a dict,
+//! then the result (`on_success`), `{"type": …, "message": …}` of the
+//! error (`on_failure`), or `{"retries": …, "max_retries": …}`
+//! (`on_retry_exhausted`). A callback may name an actor that runs in Python,
+//! made known to the app with
+//! [`AppBuilder::remote`](dramaturg_core::AppBuilder::remote), so that a
+//! message sent from Python with `on_success="report"` reaches Python's
+//! `report` after a Rust actor ran it.
+//!
 //! The callback actors named in a registered actor's options
 //! (`#[actor(on_failure = …)]`) must be registered too: `build()` fails
 //! with `ConfigError::UnknownActor` naming the one it does not know. Names
@@ -78,10 +91,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dramaturg_core::encoder::{decode_value, encode_value};
+use dramaturg_core::dramatiq::Dramatiq;
+use dramaturg_core::encoder::{decode_value, encode_value, Encoder as _};
 use dramaturg_core::{
-    async_trait, App, ConfigError, Context, DeclaredOption, EnqueueError, ErrorRecord, Failure, Message, MessageId,
-    Middleware, Next, OptionKey, Options, Outcome, Output, State,
+    async_trait, App, Call, ConfigError, Context, DeclaredOption, EnqueueError, ErrorRecord, Failure, Message,
+    MessageId, Middleware, Next, OptionKey, Options, Outcome, Output, State,
 };
 use serde::Serialize;
 
@@ -293,7 +307,7 @@ impl Callbacks {
                 }));
             }
         };
-        self.send(ctx, &name, result, error)
+        self.send(ctx, key, &name, result, error)
             .await
             .map_err(|reason| self.count_not_sent(CallbackNotSent { option: key.name(), callback: name, reason }))
     }
@@ -307,21 +321,35 @@ impl Callbacks {
     async fn send(
         &self,
         ctx: &Context,
+        key: OptionKey<String>,
         name: &str,
         result: Option<&Output>,
         error: Option<&ErrorRecord>,
     ) -> Result<(), String> {
         let app = ctx.app();
-        let callback = app.actor(name).ok_or_else(|| format!("no actor named {name:?} is registered"))?;
+        let queue =
+            app.actor(name).map(|callback| callback.queue()).or_else(|| app.remote_queue(name)).ok_or_else(|| {
+                format!("no actor named {name:?} is registered or made known with AppBuilder::remote")
+            })?;
         let original = ctx.message();
-        let args = decode_value::<serde_json::Value>(app.encoder(), &original.args).map_err(|e| e.to_string())?;
-        let payload =
-            Payload { message_id: original.id, actor: &original.actor, args, retries: original.retries, result, error };
-        let bytes = encode_value(app.encoder(), &payload).map_err(|e| e.to_string())?;
+        let bytes = if app.encoder().name() == Dramatiq.name() {
+            dramatiq_payload(ctx, key, result, error)
+        } else {
+            let args = decode_value::<serde_json::Value>(app.encoder(), &original.args).map_err(|e| e.to_string())?;
+            let payload = Payload {
+                message_id: original.id,
+                actor: &original.actor,
+                args,
+                retries: original.retries,
+                result,
+                error,
+            };
+            encode_value(app.encoder(), &payload).map_err(|e| e.to_string())
+        }?;
         let deadline = tokio::time::Instant::now() + self.retry_for;
         let mut backoff = Duration::from_millis(50);
         loop {
-            let mut message = Message::new(callback.queue(), name, bytes.clone().into());
+            let mut message = Message::new(queue, name, bytes.clone().into());
             message.enqueued_at_ms = app.broker().now_ms();
             message.options = self.propagated(app, &original.options);
             match app.enqueue(message, None).await {
@@ -337,6 +365,33 @@ impl Callbacks {
             }
         }
     }
+}
+
+/// The arguments Python Dramatiq gives a callback, for apps on the Dramatiq
+/// encoder: the original message as a dict, then the result (`on_success`),
+/// `{"type", "message"}` of the error (`on_failure`), or `{"retries",
+/// "max_retries"}` (`on_retry_exhausted`), positionally.
+fn dramatiq_payload(
+    ctx: &Context,
+    key: OptionKey<String>,
+    result: Option<&Output>,
+    error: Option<&ErrorRecord>,
+) -> Result<Vec<u8>, String> {
+    let encoder = ctx.app().encoder();
+    let original = ctx.message();
+    let message: serde_json::Value =
+        serde_json::from_slice(&encoder.encode_message(original).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    let second = if key.name() == ON_SUCCESS.name() {
+        serde_json::to_value(result).map_err(|e| e.to_string())?
+    } else if key.name() == ON_FAILURE.name() {
+        let (type_name, text) = error.map_or(("", ""), |e| (e.type_name.as_str(), e.message.as_str()));
+        serde_json::json!({ "type": type_name, "message": text })
+    } else {
+        let max_retries = ctx.options().max_retries.filter(|max| *max != u32::MAX);
+        serde_json::json!({ "retries": original.retries, "max_retries": max_retries })
+    };
+    encoder.encode_call(&Call::positional([message, second])).map_err(|e| e.to_string())
 }
 
 fn clone_entry((key, value): (&String, &serde_json::Value)) -> (String, serde_json::Value) {
@@ -375,7 +430,7 @@ impl Middleware for Callbacks {
         for actor in actors {
             for option in CALLBACKS {
                 let name = actor.options().option(option).map_err(|e| ConfigError::Invalid(e.to_string()))?;
-                if let Some(name) = name.filter(|name| app.actor(name).is_none()) {
+                if let Some(name) = name.filter(|name| app.actor(name).is_none() && app.remote_queue(name).is_none()) {
                     return Err(ConfigError::UnknownActor {
                         actor: actor.name().to_owned(),
                         option: option.name().to_owned(),

@@ -47,6 +47,7 @@ pub struct AppBuilder {
     encoder: Option<Arc<dyn Encoder>>,
     stack: Vec<Arc<dyn Middleware>>,
     actors: Vec<ActorInfo>,
+    remotes: Vec<(&'static str, String)>,
     max_message_size: usize,
     queue_prefix: String,
     errors: Vec<ConfigError>,
@@ -61,6 +62,7 @@ impl AppBuilder {
             encoder: None,
             stack: Vec::new(),
             actors: Vec::new(),
+            remotes: Vec::new(),
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             queue_prefix: String::new(),
             errors: Vec::new(),
@@ -134,6 +136,16 @@ impl AppBuilder {
         let mut info = ActorInfo::of::<A>();
         info.set_queue(queue);
         self.actors.push(info);
+        self
+    }
+
+    /// Makes an actor that runs elsewhere (a Python Dramatiq actor) known
+    /// by name, so that the app can route messages to it that it does
+    /// not send itself: callbacks (`on_success = "report"` naming a Python
+    /// actor). Workers do not consume its queue. Its name must not be a
+    /// registered actor's ([`ConfigError::DuplicateActor`]).
+    pub fn remote<A>(mut self, remote: crate::Remote<A>) -> Self {
+        self.remotes.push((remote.name(), remote.queue().to_owned()));
         self
     }
 
@@ -236,6 +248,12 @@ impl AppBuilder {
                 return Err(ConfigError::DuplicateActor(previous.name().to_owned()));
             }
         }
+        let mut remotes = HashMap::with_capacity(self.remotes.len());
+        for (name, queue) in self.remotes {
+            if actors.contains_key(name) || remotes.insert(name, format!("{}{queue}", self.queue_prefix)).is_some() {
+                return Err(ConfigError::DuplicateActor(name.to_owned()));
+            }
+        }
         let mut declared_options = vec![ETA.declare_local()];
         for option in self.stack.iter().flat_map(|m| m.declared_options()) {
             if !declared_options.iter().any(|known| known.name() == option.name()) {
@@ -265,6 +283,7 @@ impl AppBuilder {
                 actors,
                 queues,
                 queue_prefix: self.queue_prefix,
+                remotes,
                 max_message_size: self.max_message_size,
             }),
         };

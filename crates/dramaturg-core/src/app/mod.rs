@@ -56,6 +56,7 @@ struct Inner {
     actors: HashMap<&'static str, ActorInfo>,
     queues: Vec<String>,
     queue_prefix: String,
+    remotes: HashMap<&'static str, String>,
     max_message_size: usize,
     error_types: Vec<ErrorType>,
     declared_options: Vec<DeclaredOption>,
@@ -113,6 +114,13 @@ impl App {
     /// The registered actor named `name`.
     pub fn actor(&self, name: &str) -> Option<&ActorInfo> {
         self.inner.actors.get(name)
+    }
+
+    /// The queue (with the app's queue prefix) of the actor `name` that
+    /// runs elsewhere, if it was made known with
+    /// [`AppBuilder::remote`].
+    pub fn remote_queue(&self, name: &str) -> Option<&str> {
+        self.inner.remotes.get(name).map(String::as_str)
     }
 
     /// The registered actors, in no particular order.

@@ -259,3 +259,67 @@ fn an_unknown_callback_actor_in_an_actors_options_fails_the_build() {
     );
     assert!(error.to_string().contains("\"report_failuer\""), "{error}");
 }
+
+/// A Rust callback as Python Dramatiq calls one: `(message, result)`.
+#[derive(Actor, Serialize, Deserialize)]
+struct DramatiqDone(serde_json::Value, u64);
+
+static DRAMATIQ_DONE: Mutex<Vec<(serde_json::Value, u64)>> = Mutex::new(Vec::new());
+
+impl DramatiqDone {
+    async fn perform(self, _ctx: &Context) -> Result<(), BoxError> {
+        DRAMATIQ_DONE.lock().unwrap().push((self.0, self.1));
+        Ok(())
+    }
+}
+
+#[derive(Actor, Serialize, Deserialize)]
+#[actor(output = u64, on_success = DramatiqDone, on_failure = "py_report")]
+struct Doubler {
+    n: u64,
+}
+
+impl Doubler {
+    async fn perform(self, _ctx: &Context) -> Result<u64, String> {
+        if self.n == 0 {
+            return Err("zero".into());
+        }
+        Ok(self.n * 2)
+    }
+}
+
+#[tokio::test]
+async fn under_the_dramatiq_encoder_callbacks_get_pythons_arguments_and_reach_remote_actors() {
+    use dramaturg::dramatiq::Dramatiq;
+    use dramaturg::{Broker, Encoder, Remote};
+    const PY_REPORT: Remote<serde_json::Value> = Remote::new("py_report", "python");
+    let broker = MemoryBroker::new();
+    let app = dramaturg::app(broker.clone())
+        .encoder(Dramatiq)
+        .queue_prefix("cb-dramatiq-")
+        .actor::<Doubler>()
+        .actor::<DramatiqDone>()
+        .remote(PY_REPORT)
+        .build()
+        .unwrap();
+    let ok = Doubler { n: 21 }.send(&app).await.unwrap();
+    Doubler { n: 0 }.send_with(&app, SendOptions::default().with_options(|o| o.with_max_retries(0))).await.unwrap();
+    Worker::new(app.clone()).run_until_drained(Duration::from_secs(5)).await.unwrap();
+
+    let done = DRAMATIQ_DONE.lock().unwrap().clone();
+    assert_eq!(done.len(), 1, "{done:?}");
+    assert_eq!(done[0].1, 42);
+    assert_eq!(done[0].0["actor_name"], "doubler");
+    assert_eq!(done[0].0["kwargs"]["n"], 21);
+    assert_eq!(done[0].0["message_id"], ok.id().to_uuid_string());
+
+    // The failure's callback waits on the Python actor's queue, shaped as
+    // Python's Callbacks middleware sends it.
+    let mut consumer = broker.consume("cb-dramatiq-python", 1).await.unwrap();
+    let delivery = tokio::time::timeout(Duration::from_secs(2), consumer.next()).await.unwrap().unwrap();
+    let message = Dramatiq.decode_message(delivery.body()).unwrap();
+    assert_eq!(message.actor, "py_report");
+    let call: dramaturg::Call = serde_json::from_slice(&message.args).unwrap();
+    assert_eq!(call.args[0]["kwargs"]["n"], 0);
+    assert_eq!(call.args[1], serde_json::json!({"type": "String", "message": "zero"}));
+}

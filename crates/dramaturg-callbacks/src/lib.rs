@@ -385,7 +385,9 @@ fn dramatiq_payload(
     let second = if key.name() == ON_SUCCESS.name() {
         serde_json::to_value(result).map_err(|e| e.to_string())?
     } else if key.name() == ON_FAILURE.name() {
-        let (type_name, text) = error.map_or(("", ""), |e| (e.type_name.as_str(), e.message.as_str()));
+        // Python gives the class's bare name: `io::Error` → `Error`.
+        let bare = |name: &'_ str| name.split('<').next().and_then(|n| n.rsplit("::").next()).unwrap_or("").to_owned();
+        let (type_name, text) = error.map_or((String::new(), ""), |e| (bare(&e.type_name), e.message.as_str()));
         serde_json::json!({ "type": type_name, "message": text })
     } else {
         let max_retries = ctx.options().max_retries.filter(|max| *max != u32::MAX);

@@ -50,6 +50,11 @@ struct ReadmeDoctests;
 #[doc = include_str!("../docs/guide.md")]
 struct GuideDoctests;
 
+/// The Dramatiq guide's examples marked `rust`, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/dramatiq.md")]
+struct DramatiqGuideDoctests;
+
 /// The names most programs need: `use dramaturg::prelude::*;`.
 pub mod prelude {
     pub use dramaturg_core::{

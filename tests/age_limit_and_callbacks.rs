@@ -303,23 +303,40 @@ async fn under_the_dramatiq_encoder_callbacks_get_pythons_arguments_and_reach_re
         .build()
         .unwrap();
     let ok = Doubler { n: 21 }.send(&app).await.unwrap();
+    // A step of a Python pipeline: its result goes on to the next step.
+    let next = serde_json::json!({"queue_name": "cb-dramatiq-python", "actor_name": "py_next", "args": ["first"],
+        "kwargs": {}, "options": {"delay": 10}, "message_id": "0f8f3bc2-62f4-4b5d-a3d1-9e2c4c7f1a10",
+        "message_timestamp": 1_717_000_000_000_u64});
+    let piped = SendOptions::default().with_options(|o| o.with_extra("pipe_target", next));
+    Doubler { n: 4 }.send_with(&app, piped).await.unwrap();
     Doubler { n: 0 }.send_with(&app, SendOptions::default().with_options(|o| o.with_max_retries(0))).await.unwrap();
     Worker::new(app.clone()).run_until_drained(Duration::from_secs(5)).await.unwrap();
 
     let done = DRAMATIQ_DONE.lock().unwrap().clone();
-    assert_eq!(done.len(), 1, "{done:?}");
+    assert_eq!(done.len(), 2, "{done:?}");
+    let done: Vec<_> = done.into_iter().filter(|(m, _)| m["kwargs"]["n"] == 21).collect();
     assert_eq!(done[0].1, 42);
     assert_eq!(done[0].0["actor_name"], "doubler");
     assert_eq!(done[0].0["kwargs"]["n"], 21);
     assert_eq!(done[0].0["message_id"], ok.id().to_uuid_string());
 
-    // The failure's callback waits on the Python actor's queue, shaped as
-    // Python's Callbacks middleware sends it.
-    let mut consumer = broker.consume("cb-dramatiq-python", 1).await.unwrap();
-    let delivery = tokio::time::timeout(Duration::from_secs(2), consumer.next()).await.unwrap().unwrap();
-    let message = Dramatiq.decode_message(delivery.body()).unwrap();
-    assert_eq!(message.actor, "py_report");
-    let call: dramaturg::Call = serde_json::from_slice(&message.args).unwrap();
-    assert_eq!(call.args[0]["kwargs"]["n"], 0);
-    assert_eq!(call.args[1], serde_json::json!({"type": "String", "message": "zero"}));
+    // The failure's callback and the pipeline's next step wait on the
+    // Python actors' queue, shaped as Python's middleware send them.
+    let mut consumer = broker.consume("cb-dramatiq-python", 2).await.unwrap();
+    let mut calls = std::collections::HashMap::new();
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let delivery = tokio::time::timeout(Duration::from_secs(2), consumer.next()).await.unwrap().unwrap();
+        let message = Dramatiq.decode_message(delivery.body()).unwrap();
+        let call: dramaturg::Call = serde_json::from_slice(&message.args).unwrap();
+        calls.insert(message.actor.clone(), (message, call));
+        held.push(delivery); // settled by no one: dropped, it would come back
+    }
+    let (_, report) = &calls["py_report"];
+    assert_eq!(report.args[0]["kwargs"]["n"], 0);
+    assert_eq!(report.args[1], serde_json::json!({"type": "String", "message": "zero"}));
+    let (step, call) = calls.get("py_next").unwrap_or_else(|| panic!("{:?}", calls.keys().collect::<Vec<_>>()));
+    assert_eq!(call.args, [serde_json::json!("first"), serde_json::json!(8)]);
+    assert_eq!(step.id.to_uuid_string(), "0f8f3bc2-62f4-4b5d-a3d1-9e2c4c7f1a10");
+    assert!(!step.options.extra.contains_key("pipe_target"));
 }

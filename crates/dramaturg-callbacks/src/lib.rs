@@ -45,7 +45,11 @@
 //! made known to the app with
 //! [`AppBuilder::remote`](dramaturg_core::AppBuilder::remote), so that a
 //! message sent from Python with `on_success="report"` reaches Python's
-//! `report` after a Rust actor ran it.
+//! `report` after a Rust actor ran it. And a Rust actor that is a step of a
+//! Python `pipeline` sends the next step (`pipe_target`, with the result
+//! appended to its positional arguments unless `pipe_ignore`, after its
+//! `delay`), as Dramatiq's `Pipelines` middleware does; a next step that
+//! cannot be sent fails the message, as an `on_success` callback would.
 //!
 //! The callback actors named in a registered actor's options
 //! (`#[actor(on_failure = …)]`) must be registered too: `build()` fails
@@ -86,6 +90,8 @@
 //!   outcome stays a retry (failing this delivery too would dead-letter a
 //!   message that is still being retried); the log and the count say it.
 
+mod dramatiq;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -94,8 +100,8 @@ use std::time::Duration;
 use dramaturg_core::dramatiq::Dramatiq;
 use dramaturg_core::encoder::{decode_value, encode_value, Encoder as _};
 use dramaturg_core::{
-    async_trait, App, Call, ConfigError, Context, DeclaredOption, EnqueueError, ErrorRecord, Failure, Message,
-    MessageId, Middleware, Next, OptionKey, Options, Outcome, Output, State,
+    async_trait, App, ConfigError, Context, DeclaredOption, EnqueueError, ErrorRecord, Failure, Message, MessageId,
+    Middleware, Next, OptionKey, Options, Outcome, Output, State,
 };
 use serde::Serialize;
 
@@ -275,7 +281,10 @@ impl Callbacks {
 
     /// The options a callback of `original` starts with.
     fn propagated(&self, app: &App, original: &Options) -> Options {
-        let local = |key: &str| app.declared_options().iter().any(|d| d.name() == key && !d.propagates());
+        let local = |key: &str| {
+            dramatiq::COMPOSITION.contains(&key)
+                || app.declared_options().iter().any(|d| d.name() == key && !d.propagates())
+        };
         let extra: BTreeMap<String, serde_json::Value> = match &self.propagation {
             Propagation::Nothing => BTreeMap::new(),
             Propagation::Extra => original.extra.iter().filter(|(k, _)| !local(k)).map(clone_entry).collect(),
@@ -312,6 +321,25 @@ impl Callbacks {
             .map_err(|reason| self.count_not_sent(CallbackNotSent { option: key.name(), callback: name, reason }))
     }
 
+    /// Sends the next step of a Python Dramatiq pipeline (`pipe_target`)
+    /// that a message on the Dramatiq encoder carries.
+    async fn pipe(&self, ctx: &Context, output: &Output) -> Result<(), CallbackNotSent> {
+        if ctx.app().encoder().name() != Dramatiq.name() {
+            return Ok(());
+        }
+        let not_sent = |callback: String, reason: String| CallbackNotSent { option: "pipe_target", callback, reason };
+        match dramatiq::pipe_next(ctx, output) {
+            Ok(None) => Ok(()),
+            Ok(Some((message, delay))) => {
+                let actor = message.actor.clone();
+                self.enqueue_retrying(ctx.app(), message, delay)
+                    .await
+                    .map_err(|reason| self.count_not_sent(not_sent(actor, reason)))
+            }
+            Err(reason) => Err(self.count_not_sent(not_sent(String::new(), reason))),
+        }
+    }
+
     fn count_not_sent(&self, error: CallbackNotSent) -> CallbackNotSent {
         self.not_sent.fetch_add(1, Ordering::Relaxed);
         tracing::error!(callback = %error.callback, option = error.option, reason = %error.reason, "callback not sent");
@@ -333,7 +361,7 @@ impl Callbacks {
             })?;
         let original = ctx.message();
         let bytes = if app.encoder().name() == Dramatiq.name() {
-            dramatiq_payload(ctx, key, result, error)
+            dramatiq::payload(ctx, key, result, error)
         } else {
             let args = decode_value::<serde_json::Value>(app.encoder(), &original.args).map_err(|e| e.to_string())?;
             let payload = Payload {
@@ -346,18 +374,24 @@ impl Callbacks {
             };
             encode_value(app.encoder(), &payload).map_err(|e| e.to_string())
         }?;
+        let mut message = Message::new(queue, name, bytes.into());
+        message.enqueued_at_ms = app.broker().now_ms();
+        message.options = self.propagated(app, &original.options);
+        self.enqueue_retrying(app, message, None).await
+    }
+
+    /// Enqueues `message`, trying again for up to `retry_for` while the
+    /// broker fails for a reason that may pass.
+    async fn enqueue_retrying(&self, app: &App, message: Message, delay: Option<Duration>) -> Result<(), String> {
         let deadline = tokio::time::Instant::now() + self.retry_for;
         let mut backoff = Duration::from_millis(50);
         loop {
-            let mut message = Message::new(queue, name, bytes.clone().into());
-            message.enqueued_at_ms = app.broker().now_ms();
-            message.options = self.propagated(app, &original.options);
-            match app.enqueue(message, None).await {
+            match app.enqueue(message.clone(), delay).await {
                 Ok(_) => return Ok(()),
                 Err(EnqueueError::Broker(error))
                     if error.is_retryable() && tokio::time::Instant::now() + backoff < deadline =>
                 {
-                    tracing::warn!(%error, retry_in = ?backoff, callback = name, "callback send failed; retrying");
+                    tracing::warn!(%error, retry_in = ?backoff, callback = %message.actor, "callback send failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
@@ -365,35 +399,6 @@ impl Callbacks {
             }
         }
     }
-}
-
-/// The arguments Python Dramatiq gives a callback, for apps on the Dramatiq
-/// encoder: the original message as a dict, then the result (`on_success`),
-/// `{"type", "message"}` of the error (`on_failure`), or `{"retries",
-/// "max_retries"}` (`on_retry_exhausted`), positionally.
-fn dramatiq_payload(
-    ctx: &Context,
-    key: OptionKey<String>,
-    result: Option<&Output>,
-    error: Option<&ErrorRecord>,
-) -> Result<Vec<u8>, String> {
-    let encoder = ctx.app().encoder();
-    let original = ctx.message();
-    let message: serde_json::Value =
-        serde_json::from_slice(&encoder.encode_message(original).map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
-    let second = if key.name() == ON_SUCCESS.name() {
-        serde_json::to_value(result).map_err(|e| e.to_string())?
-    } else if key.name() == ON_FAILURE.name() {
-        // Python gives the class's bare name: `io::Error` → `Error`.
-        let bare = |name: &'_ str| name.split('<').next().and_then(|n| n.rsplit("::").next()).unwrap_or("").to_owned();
-        let (type_name, text) = error.map_or((String::new(), ""), |e| (bare(&e.type_name), e.message.as_str()));
-        serde_json::json!({ "type": type_name, "message": text })
-    } else {
-        let max_retries = ctx.options().max_retries.filter(|max| *max != u32::MAX);
-        serde_json::json!({ "retries": original.retries, "max_retries": max_retries })
-    };
-    encoder.encode_call(&Call::positional([message, second])).map_err(|e| e.to_string())
 }
 
 fn clone_entry((key, value): (&String, &serde_json::Value)) -> (String, serde_json::Value) {
@@ -449,6 +454,9 @@ impl Middleware for Callbacks {
         match &mut outcome {
             Outcome::Succeeded(output) => {
                 if let Err(not_sent) = self.fire(ctx, ON_SUCCESS, Some(output), None).await {
+                    return Outcome::Failed(Failure::from_error(not_sent));
+                }
+                if let Err(not_sent) = self.pipe(ctx, output).await {
                     return Outcome::Failed(Failure::from_error(not_sent));
                 }
             }

@@ -92,6 +92,7 @@ impl de::Error for CallError {
     }
 }
 
+#[allow(clippy::needless_pass_by_value)] // map_err hands the error over
 fn value_error(e: serde_json::Error) -> CallError {
     CallError(e.to_string())
 }

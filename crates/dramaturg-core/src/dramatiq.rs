@@ -238,54 +238,40 @@ fn options_to_wire(options: &Options, retries: u32) -> Map<String, Value> {
     wire
 }
 
-fn options_from_wire(mut wire: Map<String, Value>) -> Result<(Options, u32), CodecError> {
-    fn bad(key: &str, value: &Value, expected: &str) -> CodecError {
-        let shown = crate::Bounded::quoted(&value.to_string());
-        CodecError::Decode(format!("option `{key}` has a value of the wrong type: {shown}, expected {expected}"))
+/// Removes the option `key` from `wire` and converts it; `null` reads as
+/// `if_null`.
+fn take<T>(
+    wire: &mut Map<String, Value>,
+    key: &str,
+    expected: &str,
+    if_null: Option<T>,
+    convert: impl Fn(&Value) -> Option<T>,
+) -> Result<Option<T>, CodecError> {
+    match wire.remove(key) {
+        None => Ok(None),
+        Some(Value::Null) => Ok(if_null),
+        Some(value) => convert(&value).map(Some).ok_or_else(|| {
+            let shown = crate::Bounded::quoted(&value.to_string());
+            CodecError::Decode(format!("option `{key}` has a value of the wrong type: {shown}, expected {expected}"))
+        }),
     }
-    let mut take_u32 = |key: &str| -> Result<Option<u32>, CodecError> {
-        match wire.remove(key) {
-            None => Ok(None),
-            Some(value) => value
-                .as_u64()
-                .and_then(|n| u32::try_from(n).ok())
-                .map(Some)
-                .ok_or_else(|| bad(key, &value, "a whole number")),
-        }
-    };
-    let retries = take_u32(key::RETRIES)?.unwrap_or(0);
-    let mut options = Options::default();
-    options.max_retries = match wire.remove(key::MAX_RETRIES) {
-        None => None,
-        Some(Value::Null) => Some(u32::MAX),
-        Some(value) => Some(
-            value
-                .as_u64()
-                .and_then(|n| u32::try_from(n).ok())
-                .ok_or_else(|| bad(key::MAX_RETRIES, &value, "a whole number or null"))?,
-        ),
-    };
-    let mut duration = |key: &str| -> Result<Option<std::time::Duration>, CodecError> {
-        match wire.remove(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(value) => millis(&value)
-                .map(|ms| Some(std::time::Duration::from_millis(ms)))
-                .ok_or_else(|| bad(key, &value, "milliseconds")),
-        }
-    };
-    options.min_backoff = duration(key::MIN_BACKOFF)?;
-    options.max_backoff = duration(key::MAX_BACKOFF)?;
-    options.time_limit = duration(key::TIME_LIMIT)?;
-    options.idle_timeout = duration(key::IDLE_TIMEOUT)?;
-    options.max_age = duration(key::MAX_AGE)?;
-    options.priority = match wire.remove(key::BROKER_PRIORITY) {
-        None | Some(Value::Null) => None,
-        Some(value) => Some(
-            value
-                .as_u64()
-                .and_then(|n| u8::try_from(n).ok())
-                .ok_or_else(|| bad(key::BROKER_PRIORITY, &value, "0 to 255"))?,
-        ),
+}
+
+fn options_from_wire(mut wire: Map<String, Value>) -> Result<(Options, u32), CodecError> {
+    let whole = |v: &Value| v.as_u64().and_then(|n| u32::try_from(n).ok());
+    let duration = |v: &Value| millis(v).map(std::time::Duration::from_millis);
+    let w = &mut wire;
+    let retries = take(w, key::RETRIES, "a whole number", None, whole)?.unwrap_or(0);
+    let options = Options {
+        // `null`: retry forever.
+        max_retries: take(w, key::MAX_RETRIES, "a whole number or null", Some(u32::MAX), whole)?,
+        min_backoff: take(w, key::MIN_BACKOFF, "milliseconds", None, duration)?,
+        max_backoff: take(w, key::MAX_BACKOFF, "milliseconds", None, duration)?,
+        time_limit: take(w, key::TIME_LIMIT, "milliseconds", None, duration)?,
+        idle_timeout: take(w, key::IDLE_TIMEOUT, "milliseconds", None, duration)?,
+        max_age: take(w, key::MAX_AGE, "milliseconds", None, duration)?,
+        priority: take(w, key::BROKER_PRIORITY, "0 to 255", None, |v| v.as_u64().and_then(|n| u8::try_from(n).ok()))?,
+        extra: BTreeMap::new(),
     };
     // Dramatiq treats an eta that is not a number as "now".
     match wire.get(ETA.name()).map(millis) {
@@ -301,8 +287,7 @@ fn options_from_wire(mut wire: Map<String, Value>) -> Result<(Options, u32), Cod
     if wire.contains_key(key::LAST_ERROR) {
         wire.remove(key::TRACEBACK);
     }
-    options.extra = wire.into_iter().collect::<BTreeMap<_, _>>();
-    Ok((options, retries))
+    Ok((Options { extra: wire.into_iter().collect(), ..options }, retries))
 }
 
 /// A Dramatiq message body opened by a broker that speaks Dramatiq's

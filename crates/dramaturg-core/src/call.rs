@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 
 /// The arguments of a call: positional and keyword, as Python passes them.
 /// This is how the [`Dramatiq`](crate::dramatiq::Dramatiq) encoder holds a message's arguments
-/// ([`Message::args`] is this record as JSON), and what
+/// ([`Message::args`](crate::Message::args) is this record as JSON), and what
 /// [`App::send_call`](crate::App::send_call) sends to an actor known only
 /// by its name.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

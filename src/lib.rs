@@ -31,6 +31,7 @@ pub use dramaturg_error_capture as error_capture;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use dramaturg_redis as redis;
+pub use dramaturg_results as results;
 pub use dramaturg_retries as retries;
 pub use dramaturg_time_limit as time_limit;
 
@@ -72,5 +73,5 @@ pub mod __private {
     pub use dramaturg_core::inventory;
     pub use dramaturg_core::isolation::IsolatedActor;
     pub use dramaturg_core::{Actor, Context, Job, Options};
-    pub use {dramaturg_abort as abort, dramaturg_callbacks as callbacks};
+    pub use {dramaturg_abort as abort, dramaturg_callbacks as callbacks, dramaturg_results as results};
 }

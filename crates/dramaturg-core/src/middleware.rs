@@ -70,7 +70,7 @@ use crate::actor::Job;
 use crate::error::BoxError;
 use crate::failure::ErrorType;
 use crate::outcome::Outcome;
-use crate::{App, ConfigError, Context, Interruption, Message, State};
+use crate::{App, Bounded, ConfigError, Context, Interruption, Message, State};
 
 /// The names of the default middleware, as [`Middleware::name`] gives
 /// them: for [`AppBuilder::insert_before`](crate::AppBuilder::insert_before),
@@ -144,6 +144,16 @@ pub trait Middleware: Send + Sync + 'static {
     /// dropped) goes in a guard's `Drop`.
     async fn handle(&self, ctx: &Context, next: Next<'_>) -> Outcome {
         next.run(ctx).await
+    }
+
+    /// Runs when a worker dead-letters a message it decoded but cannot
+    /// run — no actor of its name is registered, or its arguments do not
+    /// fit the actor — with the reason; the stack's `handle` never sees
+    /// such a message. (Bytes that are not a message at all have no id to
+    /// report and do not pass here.) The results middleware keeps a
+    /// failure for it, so that a waiter does not wait in vain.
+    async fn on_rejected(&self, app: &App, message: &Message, reason: &Bounded) {
+        let _ = (app, message, reason);
     }
 
     /// Runs when a worker starts, before it consumes.

@@ -768,6 +768,18 @@ fn reject(reason: &str) -> Settlement {
     Settlement::DeadLetter(reason)
 }
 
+/// Dead-letters a decoded message that cannot run, telling the middleware
+/// ([`Middleware::on_rejected`](crate::Middleware::on_rejected)).
+async fn reject_message(app: &App, message: &Message, reason: &str) -> Settlement {
+    let settlement = reject(reason);
+    if let Settlement::DeadLetter(reason) = &settlement {
+        for middleware in app.middleware() {
+            middleware.on_rejected(app, message, reason).await;
+        }
+    }
+    settlement
+}
+
 /// How the delivery that produced `outcome` is settled.
 fn settlement_for(app: &App, outcome: &mut Outcome) -> Settlement {
     match outcome {
@@ -795,7 +807,8 @@ async fn run_message(
     let app = &shared.app;
     let Some(actor) = app.actor(&message.actor) else {
         let name = Bounded::quoted(&message.actor);
-        return (reject(&format!("no actor named {:?} is registered in this app", name.as_str())), Count::Rejected);
+        let reason = format!("no actor named {:?} is registered in this app", name.as_str());
+        return (reject_message(app, &message, &reason).await, Count::Rejected);
     };
     if let Some(lease) = lease {
         lease.set_actor(actor.name());
@@ -810,7 +823,8 @@ async fn run_message(
     let job = match job {
         Ok(job) => job,
         Err(error) => {
-            return (reject(&format!("invalid arguments for actor {:?}: {error}", actor.name())), Count::Rejected);
+            let reason = format!("invalid arguments for actor {:?}: {error}", actor.name());
+            return (reject_message(app, ctx.message(), &reason).await, Count::Rejected);
         }
     };
     tracing::debug!("message started");

@@ -6,8 +6,8 @@ use syn::{DeriveInput, Expr, Lit, LitBool, LitInt, Path, Type};
 
 /// The keys `#[actor(...)]` accepts, for error messages.
 const KEYS: &str = "name, queue, output, max_retries, min_backoff, max_backoff, time_limit, idle_timeout, \
-                    max_age, priority, blocking, isolated, abortable, handler, on_success, on_failure, \
-                    on_retry_exhausted, option(...)";
+                    max_age, priority, blocking, isolated, abortable, store_results, result_ttl, handler, \
+                    on_success, on_failure, on_retry_exhausted, option(...)";
 
 /// An attribute value together with where it was written.
 pub(crate) struct Spanned<T> {
@@ -31,6 +31,8 @@ pub(crate) struct Attrs {
     pub(crate) blocking: Option<Spanned<bool>>,
     pub(crate) isolated: Option<Spanned<bool>>,
     pub(crate) abortable: Option<Spanned<bool>>,
+    pub(crate) store_results: Option<Spanned<bool>>,
+    pub(crate) result_ttl: Option<Spanned<String>>,
     pub(crate) on_success: Option<Spanned<Callback>>,
     pub(crate) on_failure: Option<Spanned<Callback>>,
     pub(crate) on_retry_exhausted: Option<Spanned<Callback>>,
@@ -75,6 +77,8 @@ pub(crate) fn parse(input: &DeriveInput) -> syn::Result<Attrs> {
                 "blocking" => set(&meta, &mut attrs.blocking, flag(&meta, &key)?),
                 "isolated" => set(&meta, &mut attrs.isolated, flag(&meta, &key)?),
                 "abortable" => set(&meta, &mut attrs.abortable, flag(&meta, &key)?),
+                "store_results" => set(&meta, &mut attrs.store_results, flag(&meta, &key)?),
+                "result_ttl" => set(&meta, &mut attrs.result_ttl, duration(&meta, &key)?),
                 other => Err(meta.error(format_args!(
                     "unknown actor attribute `{other}`; expected one of: {KEYS} \
                      (an option of another middleware goes in option({other} = ...))"

@@ -31,6 +31,11 @@ pub(crate) fn actor_impl(input: &DeriveInput, actor: &Actor) -> TokenStream {
     let abortable = actor
         .abortable
         .map(|abortable| quote!(let options = options.with_option(#private::abort::ABORTABLE, #abortable);));
+    let store_results = actor
+        .store_results
+        .map(|store| quote!(let options = options.with_option(#private::results::STORE_RESULTS, #store);));
+    let result_ttl =
+        actor.result_ttl_ms.map(|ms| quote!(let options = options.with_option(#private::results::RESULT_TTL, #ms);));
     let callbacks = actor.callbacks.iter().map(|(key, callback)| {
         let key = syn::Ident::new(key, proc_macro2::Span::call_site());
         let name = match callback {
@@ -79,6 +84,8 @@ pub(crate) fn actor_impl(input: &DeriveInput, actor: &Actor) -> TokenStream {
                 #(#setters)*
                 #(#callbacks)*
                 #abortable
+                #store_results
+                #result_ttl
                 #(#passed)*
                 options
             }

@@ -16,6 +16,9 @@ pub(crate) struct Actor {
     pub(crate) isolated: bool,
     /// `Some` when the actor says whether its messages can be aborted.
     pub(crate) abortable: Option<bool>,
+    /// `Some` when the actor says whether its results are kept.
+    pub(crate) store_results: Option<bool>,
+    pub(crate) result_ttl_ms: Option<u64>,
     pub(crate) max_retries: Option<u32>,
     pub(crate) priority: Option<u8>,
     pub(crate) min_backoff_ms: Option<u64>,
@@ -78,6 +81,8 @@ pub(crate) fn check(input: &DeriveInput, attrs: Attrs) -> syn::Result<Actor> {
         blocking: attrs.blocking.is_some_and(|b| b.value),
         isolated: attrs.isolated.is_some_and(|b| b.value),
         abortable: attrs.abortable.map(|a| a.value),
+        store_results: attrs.store_results.map(|a| a.value),
+        result_ttl_ms: millis(attrs.result_ttl)?.map(|d| d.value),
         max_retries: attrs.max_retries.map(|r| r.value),
         priority: attrs.priority.map(|p| p.value),
         min_backoff_ms: min_backoff_ms.map(|d| d.value),

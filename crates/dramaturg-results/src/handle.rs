@@ -1,0 +1,178 @@
+//! Reading a message's result back, typed: [`ResultHandle`].
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dramaturg_core::encoder::decode_value;
+use dramaturg_core::store::{Store, StoreError};
+use dramaturg_core::{Actor, App, CodecError, ErrorRecord, MessageId, Sent};
+use serde::de::DeserializeOwned;
+
+use crate::stored::Stored;
+use crate::{result_key, ResultStore};
+
+/// Why a result could not be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ResultError {
+    /// No result is kept for the message: it has not finished yet, it does
+    /// not keep its result (`store_results`), or its result expired
+    /// (`result_ttl`).
+    #[error("no result yet for message {0}")]
+    NotYet(MessageId),
+    /// [`ResultHandle::wait`] gave up after this long.
+    #[error("no result for message {id} within {waited:?}")]
+    TimedOut {
+        /// The message.
+        id: MessageId,
+        /// How long it waited.
+        waited: Duration,
+    },
+    /// The message failed for good (its last attempt's error), or could not
+    /// run (no such actor, arguments that do not fit), or its result was
+    /// too large to keep (`type_name` `ResultTooLarge`).
+    #[error("message {id} failed: {}", record.summary())]
+    Failed {
+        /// The message.
+        id: MessageId,
+        /// Its final failure.
+        record: ErrorRecord,
+    },
+    /// The message was cancelled before it started or aborted while it ran.
+    #[error("message {id} was aborted: {reason}")]
+    Aborted {
+        /// The message.
+        id: MessageId,
+        /// Why.
+        reason: String,
+    },
+    /// The message was deliberately not run (too old, …).
+    #[error("message {id} was skipped: {reason}")]
+    Skipped {
+        /// The message.
+        id: MessageId,
+        /// Why.
+        reason: String,
+    },
+    /// The result is not a `T` (the handle's type is not the actor's
+    /// output), or the stored bytes are not a result.
+    #[error("the result of message {id} cannot be read: {source}")]
+    Decode {
+        /// The message.
+        id: MessageId,
+        /// What did not fit.
+        source: CodecError,
+    },
+    /// The store could not be read.
+    #[error("cannot read the result of message {id}: {source}")]
+    Store {
+        /// The message.
+        id: MessageId,
+        /// The store's error.
+        source: StoreError,
+    },
+    /// The app has no results middleware (`Results`), so no result is
+    /// ever kept.
+    #[error("this app keeps no results: add the `Results` middleware")]
+    NotEnabled,
+}
+
+/// The result of one message, typed by the actor's output `T`: what
+/// [`SentExt::result`] gives.
+///
+/// Reading does not poll: [`wait`](ResultHandle::wait) blocks on the store
+/// (Redis: one pub/sub notification), and any number of handles may wait
+/// on one result and each sees it.
+pub struct ResultHandle<T> {
+    id: MessageId,
+    store: Result<Arc<dyn Store>, ()>,
+    app: App,
+    output: PhantomData<fn() -> T>,
+}
+
+impl<T: DeserializeOwned> ResultHandle<T> {
+    /// The result of message `id` in `app`, read as a `T` (prefer
+    /// [`SentExt::result`], which knows the type).
+    pub fn new(app: &App, id: MessageId) -> Self {
+        let store = app.state::<ResultStore>().map(|s| Arc::clone(&s.0)).map_err(drop);
+        Self { id, store, app: app.clone(), output: PhantomData }
+    }
+
+    /// The message's id.
+    pub fn id(&self) -> MessageId {
+        self.id
+    }
+
+    /// The result if it is kept now, without waiting.
+    ///
+    /// # Errors
+    ///
+    /// [`ResultError::NotYet`] when there is none (yet), and the message's
+    /// end when it did not succeed ([`ResultError::Failed`], `Aborted`,
+    /// `Skipped`); `Decode`, `Store`, `NotEnabled`.
+    pub async fn get(&self) -> Result<T, ResultError> {
+        let store = self.store()?;
+        match store.get(&result_key(self.id)).await {
+            Ok(Some(bytes)) => self.read(&bytes),
+            Ok(None) => Err(ResultError::NotYet(self.id)),
+            Err(source) => Err(ResultError::Store { id: self.id, source }),
+        }
+    }
+
+    /// The result, waiting up to `timeout` for it to be kept.
+    ///
+    /// # Errors
+    ///
+    /// [`ResultError::TimedOut`] when none came, and those of
+    /// [`ResultHandle::get`] but `NotYet`.
+    pub async fn wait(&self, timeout: Duration) -> Result<T, ResultError> {
+        let store = self.store()?;
+        let keys = [result_key(self.id)];
+        match store.wait_any(&keys, timeout).await {
+            Ok(Some((_, bytes))) => self.read(&bytes),
+            Ok(None) => Err(ResultError::TimedOut { id: self.id, waited: timeout }),
+            Err(source) => Err(ResultError::Store { id: self.id, source }),
+        }
+    }
+
+    fn store(&self) -> Result<&Arc<dyn Store>, ResultError> {
+        self.store.as_ref().map_err(|()| ResultError::NotEnabled)
+    }
+
+    fn read(&self, bytes: &[u8]) -> Result<T, ResultError> {
+        let id = self.id;
+        match Stored::from_bytes(bytes).map_err(|source| ResultError::Decode { id, source })? {
+            Stored::Succeeded(output) => {
+                decode_value(self.app.encoder(), &output).map_err(|source| ResultError::Decode { id, source })
+            }
+            Stored::Failed(record) => Err(ResultError::Failed { id, record }),
+            Stored::Aborted(reason) => Err(ResultError::Aborted { id, reason }),
+            Stored::Skipped(reason) => Err(ResultError::Skipped { id, reason }),
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for ResultHandle<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResultHandle").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+/// Reads the result of a sent message: `sent.result(&app)`, typed by the
+/// actor's output.
+pub trait SentExt {
+    /// The output type.
+    type Output;
+
+    /// The handle of the message's result.
+    fn result(&self, app: &App) -> ResultHandle<Self::Output>;
+}
+
+impl<A: Actor> SentExt for Sent<A> {
+    type Output = A::Output;
+
+    fn result(&self, app: &App) -> ResultHandle<A::Output> {
+        ResultHandle::new(app, self.id())
+    }
+}

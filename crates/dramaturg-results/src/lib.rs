@@ -1,0 +1,205 @@
+//! Results for [dramaturg](https://docs.rs/dramaturg): the [`Results`]
+//! middleware keeps the **final outcome** of the messages of actors that
+//! ask for it (`#[actor(store_results)]`, or the `store_results` option of
+//! one message) in the app's [store](dramaturg_core::store), and
+//! [`SentExt::result`] reads it back, typed by the actor's output:
+//!
+//! ```
+//! use std::time::Duration;
+//! use dramaturg_core::{actor::into_job_result, Actor, App, Context, Job, MemoryBroker, Worker};
+//! use dramaturg_results::{Results, SentExt};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct Double { n: u64 }
+//!
+//! impl Actor for Double {
+//!     const NAME: &'static str = "double";
+//!     const QUEUE: &'static str = "default";
+//!     type Output = u64;
+//!     fn options() -> dramaturg_core::Options {
+//!         dramaturg_core::Options::default().with_option(dramaturg_results::STORE_RESULTS, true)
+//!     }
+//!     fn into_job(self, _ctx: Context) -> Job {
+//!         Box::pin(async move { into_job_result::<Self, _>(Ok::<u64, std::io::Error>(self.n * 2)) })
+//!     }
+//! }
+//!
+//! # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
+//! let broker = MemoryBroker::new();
+//! let app = App::builder(broker.clone()).middleware(Results::for_broker(&broker)).actor::<Double>().build().unwrap();
+//! let sent = Double { n: 21 }.send(&app).await.unwrap();
+//! let worker = tokio::spawn(Worker::new(app.clone()).run_until_drained(Duration::from_secs(5)));
+//! let out: u64 = sent.result(&app).wait(Duration::from_secs(5)).await.unwrap();
+//! assert_eq!(out, 42);
+//! # worker.await.unwrap().unwrap();
+//! # });
+//! ```
+//!
+//! # What is kept
+//!
+//! Once per message, its final outcome: the actor's `Ok` value (encoded by
+//! the app's encoder), or its final failure as the bounded
+//! [`ErrorRecord`] — never an attempt that will be retried — or that it was
+//! aborted or skipped. A message that cannot run (no such actor, arguments
+//! that do not fit) keeps a failure too, so that a waiter never hangs on
+//! it. An output larger than [`Results::max_size`] once encoded is kept as
+//! a failure saying so (`ResultTooLarge`), not a crash. Every result
+//! expires: after `result_ttl` (per actor or message, in milliseconds, as
+//! Dramatiq names it) or the middleware's default, 10 minutes.
+//!
+//! # Where
+//!
+//! In the store given to [`Results::new`]; [`Results::for_broker`] takes
+//! the broker's ([`Broker::store`](dramaturg_core::Broker::store): the
+//! in-memory broker's, or one in the Redis broker's server), or a
+//! process-local [`MemoryStore`] for a broker without one (RabbitMQ): then
+//! only handles in the worker's own process see results — give such apps a
+//! `RedisStore`. Keys are `result:{<message id>}` (one hash slot per
+//! result); waiting uses the store's `wait_any` (Redis: pub/sub, no
+//! polling), so a waiter wakes as soon as the result is kept.
+
+mod handle;
+mod stored;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dramaturg_core::store::{MemoryStore, SetMode, Store};
+use dramaturg_core::{
+    async_trait, App, Bounded, ConfigError, Context, DeclaredOption, Message, MessageId, Middleware, Next, OptionKey,
+    Options, Outcome, State,
+};
+
+pub use handle::{ResultError, ResultHandle, SentExt};
+use stored::Stored;
+
+/// The option that says a message's result is kept (`true`), per actor
+/// (`#[actor(store_results)]`) or per message. Dramatiq's name.
+pub const STORE_RESULTS: OptionKey<bool> = OptionKey::new("store_results");
+
+/// How long a message's result is kept, in milliseconds, per actor or
+/// message (default: the middleware's, 10 minutes). Dramatiq's name.
+pub const RESULT_TTL: OptionKey<u64> = OptionKey::new("result_ttl");
+
+/// The name of the results middleware in the stack.
+pub const NAME: &str = "results";
+
+/// The store of results, in the app's state (found by [`ResultHandle`]).
+pub(crate) struct ResultStore(pub(crate) Arc<dyn Store>);
+
+/// The key of the result of message `id`.
+pub(crate) fn result_key(id: MessageId) -> String {
+    format!("result:{{{id}}}")
+}
+
+/// The results middleware (named `"results"`). It belongs outermost in
+/// the stack, so that it sees every end of a message: callbacks that
+/// could not be sent, age limits, aborts, time limits and the retry
+/// middleware's decision.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use dramaturg_core::{App, MemoryStore};
+/// use dramaturg_results::Results;
+///
+/// let results = Results::new(MemoryStore::new()).ttl(Duration::from_secs(3600)).max_size(256 * 1024);
+/// # let _ = results;
+/// ```
+#[derive(Debug, Clone)]
+pub struct Results {
+    store: Arc<dyn Store>,
+    ttl: Duration,
+    max_size: usize,
+}
+
+impl Results {
+    /// Results kept in `store`, for 10 minutes, up to 1 MiB each.
+    pub fn new(store: impl Store) -> Self {
+        Self::with_shared_store(Arc::new(store))
+    }
+
+    /// As [`Results::new`], with a store shared with other parts of the app.
+    pub fn with_shared_store(store: Arc<dyn Store>) -> Self {
+        Self { store, ttl: Duration::from_secs(600), max_size: 1024 * 1024 }
+    }
+
+    /// Results kept where `broker`'s messages reach: its store, or a
+    /// process-local [`MemoryStore`] for a broker without one (see the
+    /// crate docs).
+    pub fn for_broker(broker: &dyn dramaturg_core::Broker) -> Self {
+        match broker.store() {
+            Some(store) => Self::with_shared_store(store),
+            None => Self::new(MemoryStore::new()),
+        }
+    }
+
+    /// How long results are kept when neither the actor nor the message
+    /// says (`result_ttl`); default 10 minutes.
+    #[must_use]
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// The largest output kept, in bytes once encoded (default 1 MiB);
+    /// a larger one is kept as a `ResultTooLarge` failure.
+    #[must_use]
+    pub fn max_size(mut self, bytes: usize) -> Self {
+        self.max_size = bytes;
+        self
+    }
+
+    /// Whether `options` ask for the result to be kept, and for how long.
+    fn kept_for(&self, options: &Options) -> Option<Duration> {
+        match options.option(STORE_RESULTS) {
+            Ok(Some(true)) => {}
+            Ok(_) => return None,
+            Err(error) => {
+                tracing::warn!(%error, "ignoring an invalid store_results option");
+                return None;
+            }
+        }
+        Some(options.option(RESULT_TTL).ok().flatten().map_or(self.ttl, Duration::from_millis))
+    }
+
+    async fn keep(&self, id: MessageId, stored: &Stored, ttl: Duration) {
+        if let Err(error) = self.store.set(&result_key(id), &stored.to_bytes(), ttl, SetMode::Always).await {
+            tracing::error!(%error, "cannot keep the message's result; a waiter will time out");
+        }
+    }
+}
+
+#[async_trait]
+impl Middleware for Results {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    /// Puts the store where [`ResultHandle`] finds it.
+    fn register_state(&self, state: &mut State) -> Result<(), ConfigError> {
+        state.insert(ResultStore(Arc::clone(&self.store)))
+    }
+
+    fn declared_options(&self) -> Vec<DeclaredOption> {
+        vec![STORE_RESULTS.declare_local(), RESULT_TTL.declare_local()]
+    }
+
+    async fn handle(&self, ctx: &Context, next: Next<'_>) -> Outcome {
+        let mut outcome = next.run(ctx).await;
+        if let Some(ttl) = self.kept_for(ctx.options()) {
+            if let Some(stored) = Stored::of(&mut outcome, ctx.app().encoder(), self.max_size) {
+                self.keep(ctx.message().id, &stored, ttl).await;
+            }
+        }
+        outcome
+    }
+
+    async fn on_rejected(&self, app: &App, message: &Message, reason: &Bounded) {
+        if let Some(ttl) = self.kept_for(&app.options_for(message)) {
+            self.keep(message.id, &Stored::failure("Rejected", reason.as_str()), ttl).await;
+        }
+    }
+}

@@ -75,6 +75,20 @@
 //! `dramaturg.delay-buckets`, so that statistics look up only buckets that
 //! exist (no errors for the others).
 //!
+//! # Dramatiq's layout
+//!
+//! With `?protocol=dramatiq` in the URL (or [`AmqpConfig::protocol`]) the
+//! broker speaks Python Dramatiq's RabbitMQ layout, so that Rust and Python
+//! workers and producers share queues: queues `q`, `q.DQ` (delayed
+//! messages, with `options.eta`) and `q.XQ` (dead letters, with
+//! `options.traceback`), declared passively first so that queues Python
+//! created are used whatever their arguments; JSON messages (the broker
+//! chooses the Dramatiq encoder). Delayed messages are held by the
+//! consumers of `q` until due, but never longer than
+//! [`AmqpConfig::delay_hold_horizon`], well below RabbitMQ's
+//! `consumer_timeout`. See [Dramatiq's layout](https://github.com/dramaturg/dramaturg/blob/main/docs/amqp.md#dramatiqs-layout)
+//! in the AMQP guide.
+//!
 //! # Bounded headers
 //!
 //! A dead letter's reason is cut to 2 KiB and its key to 256 bytes at the

@@ -5,7 +5,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use dramaturg_core::{BrokerError, DeadLetter, DeadLetters, QueueAdmin, QueueStats, Replay};
+use dramaturg_core::{BrokerError, DeadLetter, DeadLetters, Protocol, QueueAdmin, QueueStats, Replay};
 use lapin::options::{
     BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
     QueuePurgeOptions,
@@ -16,8 +16,8 @@ use lapin::Channel;
 use crate::delay::{bucket_queue, MAX_BUCKET};
 use crate::error::amqp_error;
 use crate::link::{
-    dead_queue, declare_record, declare_topology, forget_bucket, is_not_found, Consuming, Extra, Link, Target,
-    DEAD_KEY_HEADER, PROBE_EXCHANGE, REASON_HEADER, RECORD_EXCHANGE,
+    declare_record, declare_topology, forget_bucket, is_not_found, Consuming, Extra, Link, Target, DEAD_KEY_HEADER,
+    PROBE_EXCHANGE, REASON_HEADER, RECORD_EXCHANGE,
 };
 use crate::names::{check_queue, short};
 use crate::AmqpBroker;
@@ -34,12 +34,19 @@ fn header_text(properties: &lapin::BasicProperties, key: &str) -> Option<String>
     }
 }
 
+/// A dead letter as read: its key and reason from this broker's headers,
+/// or — dead-lettered by Python Dramatiq or by RabbitMQ itself, in
+/// Dramatiq's layout — its `message_id` and `options.traceback`.
 fn dead_letter(delivery: &lapin::message::Delivery) -> DeadLetter {
     let properties = &delivery.properties;
     DeadLetter::new(
-        header_text(properties, DEAD_KEY_HEADER).unwrap_or_default(),
+        header_text(properties, DEAD_KEY_HEADER)
+            .or_else(|| crate::dramatiq::route::message_id(&delivery.data))
+            .unwrap_or_default(),
         Bytes::from(delivery.data.clone()),
-        header_text(properties, REASON_HEADER).unwrap_or_else(|| "dead-lettered by RabbitMQ".into()),
+        header_text(properties, REASON_HEADER)
+            .or_else(|| crate::dramatiq::route::traceback(&delivery.data))
+            .unwrap_or_else(|| "dead-lettered by RabbitMQ".into()),
         properties.timestamp().map_or(UNIX_EPOCH, |t| UNIX_EPOCH + Duration::from_secs(t)),
     )
 }
@@ -181,11 +188,30 @@ impl AmqpBroker {
         Ok(counts.into_iter().sum())
     }
 
+    /// Declares `queue`'s queues in the configured layout; returns its
+    /// (ready, dead) counts. `channel` is used in the native layout only
+    /// (Dramatiq's declares on channels of their own).
+    async fn declare_for_admin(&self, channel: &Channel, queue: &str) -> Result<(u64, u64), BrokerError> {
+        match self.shared.config.layout() {
+            Protocol::Dramatiq => self.shared.declare_dramatiq(queue).await.map(|counts| (counts.ready, counts.dead)),
+            _ => declare_topology(channel, &self.shared.config, queue).await,
+        }
+    }
+
+    /// The name of `queue`'s dead-letter queue in the configured layout.
+    fn dead_queue_name(&self, queue: &str) -> String {
+        self.shared.dead_target(queue).name()
+    }
+
     /// Takes the next dead letter of `queue` (unacknowledged, on `channel`)
     /// with how many remain after it.
-    async fn next_dead(channel: &Channel, queue: &str) -> Result<Option<(lapin::message::Delivery, u32)>, BrokerError> {
+    async fn next_dead(
+        &self,
+        channel: &Channel,
+        queue: &str,
+    ) -> Result<Option<(lapin::message::Delivery, u32)>, BrokerError> {
         let got = channel
-            .basic_get(short(&dead_queue(queue), "queue name")?, BasicGetOptions::default())
+            .basic_get(short(&self.dead_queue_name(queue), "queue name")?, BasicGetOptions::default())
             .await
             .map_err(|e| amqp_error(e, "reading dead letters"))?;
         Ok(got.map(|message| {
@@ -198,6 +224,9 @@ impl AmqpBroker {
 #[async_trait]
 impl QueueAdmin for AmqpBroker {
     async fn stats(&self, queue: &str) -> Result<QueueStats, BrokerError> {
+        if self.shared.config.layout() == Protocol::Dramatiq {
+            return crate::dramatiq::admin::stats(&self.shared, queue).await;
+        }
         let channel = self.admin_channel().await?;
         let (ready, dead) = declare_topology(&channel, &self.shared.config, queue).await?;
         let _ = channel.close(200, "done".into()).await;
@@ -210,6 +239,9 @@ impl QueueAdmin for AmqpBroker {
     async fn join(&self, queue: &str, timeout: Duration) -> Result<(), BrokerError> {
         // Watch the cheap figures (the queue and this broker's own
         // deliveries) often, and the delay buckets only when they are zero.
+        if self.shared.config.layout() == Protocol::Dramatiq {
+            return crate::dramatiq::admin::join(&self.shared, queue, timeout).await;
+        }
         check_queue(queue)?;
         let deadline = tokio::time::Instant::now() + timeout;
         let channel = self.admin_channel().await?;
@@ -243,6 +275,9 @@ impl QueueAdmin for AmqpBroker {
     }
 
     async fn purge(&self, queue: &str) -> Result<u64, BrokerError> {
+        if self.shared.config.layout() == Protocol::Dramatiq {
+            return crate::dramatiq::admin::purge(&self.shared, queue).await;
+        }
         let channel = self.admin_channel().await?;
         declare_topology(&channel, &self.shared.config, queue).await?;
         let ready = channel
@@ -276,10 +311,10 @@ impl DeadLetters for AmqpBroker {
             return Ok(Vec::new());
         }
         let channel = self.admin_channel().await?;
-        declare_topology(&channel, &self.shared.config, queue).await?;
+        self.declare_for_admin(&channel, queue).await?;
         let mut letters = Vec::new();
         while letters.len() < limit {
-            let Some((delivery, remaining)) = Self::next_dead(&channel, queue).await? else { break };
+            let Some((delivery, remaining)) = self.next_dead(&channel, queue).await? else { break };
             letters.push(dead_letter(&delivery));
             if remaining == 0 {
                 break;
@@ -340,14 +375,13 @@ impl AmqpBroker {
     /// took.
     async fn take_dead(&self, queue: &str, only: Option<&str>, take: Take) -> Result<u64, BrokerError> {
         let channel = self.admin_channel().await?;
-        let (_, dead) = declare_topology(&channel, &self.shared.config, queue).await?;
+        let (_, dead) = self.declare_for_admin(&channel, queue).await?;
         let looks = if only.is_some() { dead.min(MAX_REPLAY_LOOKS) } else { dead };
         let mut taken = 0;
         let result = async {
             for _ in 0..looks {
-                let Some((delivery, remaining)) = Self::next_dead(&channel, queue).await? else { break };
-                let wanted =
-                    only.is_none_or(|key| header_text(&delivery.properties, DEAD_KEY_HEADER).as_deref() == Some(key));
+                let Some((delivery, remaining)) = self.next_dead(&channel, queue).await? else { break };
+                let wanted = only.is_none_or(|key| dead_letter(&delivery).key == key);
                 if wanted {
                     let tag = delivery.delivery_tag;
                     if take == Take::Replay {

@@ -16,7 +16,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 use bytes::Bytes;
 use dramaturg_core::{
-    BrokerError, BrokerErrorKind, Consumer, Delivery, MessageId, Outgoing, Receipt, Settled, Settlement,
+    BrokerError, BrokerErrorKind, Consumer, Delivery, MessageId, Outgoing, Protocol, Receipt, Settled, Settlement,
 };
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
@@ -30,7 +30,7 @@ use crate::{fingerprint, OutstandingMap, Shared};
 
 /// One consumer channel: the claim of every delivery it received.
 pub(crate) struct Generation {
-    channel: Channel,
+    pub(crate) channel: Channel,
     /// Deliveries handed out and not settled.
     outstanding: OutstandingMap,
     /// Deliveries received and not handed out yet: delay hops in progress
@@ -42,11 +42,11 @@ pub(crate) struct Generation {
     /// Settlements hold it shared for their whole duration; lapsing takes
     /// it exclusively, so no settlement is half done when the channel
     /// closes, and none starts on a lapsed channel.
-    fence: tokio::sync::RwLock<()>,
+    pub(crate) fence: tokio::sync::RwLock<()>,
 }
 
 impl Generation {
-    fn new(channel: Channel) -> Self {
+    pub(crate) fn new(channel: Channel) -> Self {
         Self {
             channel,
             outstanding: OutstandingMap::default(),
@@ -57,7 +57,7 @@ impl Generation {
     }
 
     /// Whether settlements through this channel still apply.
-    fn is_current(&self) -> bool {
+    pub(crate) fn is_current(&self) -> bool {
         !self.lapsed.load(Ordering::Acquire) && self.channel.status().connected()
     }
 
@@ -90,7 +90,7 @@ impl Generation {
     }
 
     /// Marks the channel lost (closed by the server or the connection).
-    fn lost(&self) -> HashMap<u64, (Bytes, Instant)> {
+    pub(crate) fn lost(&self) -> HashMap<u64, (Bytes, Instant)> {
         self.lapsed.store(true, Ordering::Release);
         std::mem::take(&mut *Shared::lock(&self.outstanding))
     }
@@ -108,6 +108,9 @@ pub(crate) struct AmqpConsumer {
     queue: String,
     prefetch: u16,
     subscription: Option<Subscription>,
+    /// In Dramatiq's layout: the consumer of `q.DQ` that moves delayed
+    /// messages to this queue when they fall due.
+    mover: Option<crate::dramatiq::mover::Mover>,
     /// A delay hop or dead-lettering of a delivery that a cancelled `next`
     /// left running; the next call waits for it (cancel safety).
     triage: Option<tokio::task::JoinHandle<Result<Due, BrokerError>>>,
@@ -117,8 +120,12 @@ impl AmqpConsumer {
     pub(crate) async fn open(shared: Arc<Shared>, queue: &str, prefetch: usize) -> Result<Self, BrokerError> {
         crate::names::check_queue(queue)?;
         let prefetch = u16::try_from(prefetch.max(1)).unwrap_or(u16::MAX);
-        let mut consumer = Self { shared, queue: queue.to_owned(), prefetch, subscription: None, triage: None };
+        let mut consumer =
+            Self { shared, queue: queue.to_owned(), prefetch, subscription: None, mover: None, triage: None };
         consumer.subscribe().await?;
+        if consumer.shared.config.layout() == Protocol::Dramatiq {
+            consumer.mover = Some(crate::dramatiq::mover::Mover::start(Arc::clone(&consumer.shared), queue));
+        }
         Ok(consumer)
     }
 
@@ -130,7 +137,13 @@ impl AmqpConsumer {
         }
         if self.subscription.is_none() {
             let channel = self.shared.consuming_channel().await?;
-            declare_topology(&channel, &self.shared.config, &self.queue).await?;
+            if self.shared.config.layout() == Protocol::Dramatiq {
+                // On channels of their own (a passive declare's 404 closes
+                // its channel).
+                self.shared.declare_dramatiq(&self.queue).await?;
+            } else {
+                declare_topology(&channel, &self.shared.config, &self.queue).await?;
+            }
             channel
                 .basic_qos(self.prefetch, BasicQosOptions::default())
                 .await
@@ -178,11 +191,11 @@ impl AmqpConsumer {
 }
 
 /// A delivery taken off the stream, its body shared.
-struct Received {
-    tag: u64,
-    redelivered: bool,
-    properties: lapin::BasicProperties,
-    body: Bytes,
+pub(crate) struct Received {
+    pub(crate) tag: u64,
+    pub(crate) redelivered: bool,
+    pub(crate) properties: lapin::BasicProperties,
+    pub(crate) body: Bytes,
 }
 
 impl From<lapin::message::Delivery> for Received {
@@ -283,7 +296,7 @@ async fn park(
     give_back(&generation, received.tag).await;
 }
 
-fn header_u64(properties: &lapin::BasicProperties, key: &str) -> Option<u64> {
+pub(crate) fn header_u64(properties: &lapin::BasicProperties, key: &str) -> Option<u64> {
     let headers = properties.headers().as_ref()?;
     match headers.inner().get(key)? {
         AMQPValue::LongLongInt(value) => u64::try_from(*value).ok(),
@@ -307,7 +320,10 @@ fn still_to_wait(properties: &lapin::BasicProperties) -> u64 {
 /// Whether a delivery has to be moved or dead-lettered before it may be
 /// handed out.
 fn needs_triage(shared: &Shared, received: &Received) -> bool {
-    still_to_wait(&received.properties) > 0 || (received.redelivered && shared.is_overdue(&received.body))
+    // Dramatiq's layout has no delay buckets: its delayed messages come
+    // through `q.DQ` (see `dramatiq::mover`).
+    let hops = shared.config.layout() == Protocol::Native;
+    (hops && still_to_wait(&received.properties) > 0) || (received.redelivered && shared.is_overdue(&received.body))
 }
 
 /// A delivery received and not yet handed out, hopped to a delay bucket or
@@ -316,10 +332,10 @@ fn needs_triage(shared: &Shared, received: &Received) -> bool {
 /// being moved to its next bucket in no queue at all. It is dropped once
 /// the hop is confirmed and acknowledged, or after the delivery was handed
 /// out (and so counted as outstanding).
-struct Triaging(Arc<Generation>);
+pub(crate) struct Triaging(Arc<Generation>);
 
 impl Triaging {
-    fn new(generation: &Arc<Generation>) -> Self {
+    pub(crate) fn new(generation: &Arc<Generation>) -> Self {
         generation.triaging.fetch_add(1, Ordering::AcqRel);
         Self(Arc::clone(generation))
     }
@@ -431,6 +447,10 @@ impl Consumer for AmqpConsumer {
     }
 
     async fn close(mut self: Box<Self>) -> Result<(), BrokerError> {
+        if let Some(mover) = self.mover.take() {
+            // Its held messages go back to `q.DQ` with its channel.
+            mover.stop().await;
+        }
         let Some(mut subscription) = self.subscription.take() else { return Ok(()) };
         if !subscription.generation.is_current() {
             // Closed already: the server returned its deliveries.
@@ -511,7 +531,13 @@ impl AmqpReceipt {
                 self.replace(async {
                     let key = MessageId::new().to_string();
                     let extra = Extra { reason: Some((reason, &key)), ..Extra::default() };
-                    self.shared.publish_to(Target::Dead(&self.queue), &self.body, extra).await
+                    let target = self.shared.dead_target(&self.queue);
+                    if let Target::DeadLetterQueue(_) = target {
+                        // Where Dramatiq's tools look for the error.
+                        let body = crate::dramatiq::route::dead_letter_body(&self.body, reason.as_str());
+                        return self.shared.publish_to(target, &body, extra).await;
+                    }
+                    self.shared.publish_to(target, &self.body, extra).await
                 })
                 .await
             }
@@ -525,11 +551,11 @@ impl AmqpReceipt {
     }
 }
 
-async fn ack(generation: &Generation, tag: u64) -> Result<(), BrokerError> {
+pub(crate) async fn ack(generation: &Generation, tag: u64) -> Result<(), BrokerError> {
     generation.channel.basic_ack(tag, BasicAckOptions::default()).await.map_err(|e| amqp_error(e, "acknowledging"))
 }
 
-async fn requeue(generation: &Generation, tag: u64) -> Result<(), BrokerError> {
+pub(crate) async fn requeue(generation: &Generation, tag: u64) -> Result<(), BrokerError> {
     let requeue = BasicNackOptions { requeue: true, ..BasicNackOptions::default() };
     generation.channel.basic_nack(tag, requeue).await.map_err(|e| amqp_error(e, "requeueing"))
 }

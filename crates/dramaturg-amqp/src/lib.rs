@@ -75,6 +75,20 @@
 //! `dramaturg.delay-buckets`, so that statistics look up only buckets that
 //! exist (no errors for the others).
 //!
+//! # Dramatiq's layout
+//!
+//! With `?protocol=dramatiq` in the URL (or [`AmqpConfig::protocol`]) the
+//! broker speaks Python Dramatiq's RabbitMQ layout, so that Rust and Python
+//! workers and producers share queues: queues `q`, `q.DQ` (delayed
+//! messages, with `options.eta`) and `q.XQ` (dead letters, with
+//! `options.traceback`), declared passively first so that queues Python
+//! created are used whatever their arguments; JSON messages (the broker
+//! chooses the Dramatiq encoder). Delayed messages are held by the
+//! consumers of `q` until due, but never longer than
+//! [`AmqpConfig::delay_hold_horizon`], well below RabbitMQ's
+//! `consumer_timeout`. See [Dramatiq's layout](https://github.com/dramaturg/dramaturg/blob/main/docs/amqp.md#dramatiqs-layout)
+//! in the AMQP guide.
+//!
 //! # Bounded headers
 //!
 //! A dead letter's reason is cut to 2 KiB and its key to 256 bytes at the
@@ -86,6 +100,7 @@ mod admin;
 mod confirms;
 mod consumer;
 mod delay;
+mod dramatiq;
 mod error;
 mod flow;
 mod link;
@@ -106,6 +121,7 @@ use bytes::Bytes;
 use crate::consumer::Generation;
 use crate::link::{Consuming, Extra, Link, Linker, Target};
 pub use crate::names::MAX_QUEUE_NAME_BYTES;
+pub use dramaturg_core::Protocol;
 
 /// Settings of an [`AmqpBroker`].
 ///
@@ -132,9 +148,20 @@ pub struct AmqpConfig {
     send_timeout: Duration,
     on_blocked: OnBlocked,
     expire_unused_queues: Option<Duration>,
+    protocol: Protocol,
+    delay_hold_horizon: Duration,
+    delay_prefetch: u16,
     /// A query parameter of the URL this broker reads that was invalid.
     url_error: Option<String>,
 }
+
+/// The default [`AmqpConfig::delay_hold_horizon`]: 10 minutes, well below
+/// RabbitMQ's default `consumer_timeout` of 30 minutes.
+pub const DEFAULT_DELAY_HOLD_HORIZON: Duration = Duration::from_secs(10 * 60);
+
+/// The default [`AmqpConfig::delay_prefetch`]: at most 1,000 delayed
+/// messages held per consumed queue.
+pub const DEFAULT_DELAY_PREFETCH: u16 = 1000;
 
 /// The default cap on the number of dead letters kept per queue (see
 /// [`AmqpConfig::dead_letter_caps`]): 50,000, as on the Redis broker.
@@ -216,6 +243,9 @@ impl AmqpConfig {
             parsed_parameter(&url, "send_timeout_ms", "a number of milliseconds above 0", &mut url_error, |value| {
                 value.parse::<u64>().ok().filter(|&ms| ms > 0).map(Duration::from_millis)
             });
+        let protocol = parsed_parameter(&url, "protocol", "\"native\" or \"dramatiq\"", &mut url_error, |value| {
+            value.parse::<Protocol>().ok()
+        });
         Self {
             url,
             confirms: true,
@@ -227,8 +257,64 @@ impl AmqpConfig {
             send_timeout: send_timeout.unwrap_or(DEFAULT_SEND_TIMEOUT),
             on_blocked: OnBlocked::default(),
             expire_unused_queues: None,
+            protocol: protocol.unwrap_or_default(),
+            delay_hold_horizon: DEFAULT_DELAY_HOLD_HORIZON,
+            delay_prefetch: DEFAULT_DELAY_PREFETCH,
             url_error,
         }
+    }
+
+    /// Lays the queues out as `protocol` says: dramaturg's own layout
+    /// ([`Protocol::Native`], the default) or Python Dramatiq's
+    /// ([`Protocol::Dramatiq`]: queues `q`, `q.DQ` and `q.XQ`, JSON
+    /// messages), so that Rust and Python workers and producers share
+    /// queues. Also `?protocol=dramatiq` in the URL. See
+    /// [Dramatiq's layout](crate#dramatiqs-layout).
+    #[must_use]
+    pub fn protocol(mut self, protocol: Protocol) -> Self {
+        self.protocol = protocol;
+        self
+    }
+
+    /// The layout in use (see [`AmqpConfig::protocol`]).
+    pub fn layout(&self) -> Protocol {
+        self.protocol
+    }
+
+    /// In Dramatiq's layout: the longest a worker holds a delayed message
+    /// of a `q.DQ` unacknowledged (default [`DEFAULT_DELAY_HOLD_HORIZON`],
+    /// 10 minutes). A message not due by then is published to `q.DQ` again,
+    /// unchanged, and the held delivery acknowledged, so that no delivery
+    /// is held anywhere near RabbitMQ's `consumer_timeout` (30 minutes by
+    /// default), which would close the channel. Keep it well below your
+    /// server's `consumer_timeout`. Zero is taken as 1 ms.
+    #[must_use]
+    pub fn delay_hold_horizon(mut self, horizon: Duration) -> Self {
+        self.delay_hold_horizon = horizon.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The hold horizon of delayed messages (see
+    /// [`AmqpConfig::delay_hold_horizon`]).
+    pub fn holds_delayed_for(&self) -> Duration {
+        self.delay_hold_horizon
+    }
+
+    /// In Dramatiq's layout: how many delayed messages of a `q.DQ` a
+    /// consumer of `q` holds at most at once, waiting for them to fall due
+    /// (default [`DEFAULT_DELAY_PREFETCH`], 1,000; at least 1). Further ones
+    /// wait on the server, in `q.DQ`, and are taken as held ones are moved
+    /// on: a message due while the holder is full may run late.
+    #[must_use]
+    pub fn delay_prefetch(mut self, count: u16) -> Self {
+        self.delay_prefetch = count.max(1);
+        self
+    }
+
+    /// The URL lapin connects to: this broker's own query parameters
+    /// (`protocol`) removed, which lapin would not know.
+    pub(crate) fn connection_url(&self) -> String {
+        without_parameter(&self.url, "protocol")
     }
 
     /// The longest one attempt of a send may take (see
@@ -306,7 +392,8 @@ impl AmqpConfig {
     }
 
     /// How long dead letters are kept (default 7 days): the `x-message-ttl`
-    /// of each `<queue>.dq`.
+    /// of each `<queue>.dq` — in Dramatiq's layout of each `<queue>.XQ`,
+    /// Dramatiq's `dead_message_ttl` (the same default, 604,800,000 ms).
     #[must_use]
     pub fn dead_letter_ttl(mut self, ttl: Duration) -> Self {
         self.dead_letter_ttl = ttl;
@@ -374,6 +461,9 @@ impl fmt::Debug for AmqpConfig {
             .field("send_timeout", &self.send_timeout)
             .field("on_blocked", &self.on_blocked)
             .field("expire_unused_queues", &self.expire_unused_queues)
+            .field("protocol", &self.protocol)
+            .field("delay_hold_horizon", &self.delay_hold_horizon)
+            .field("delay_prefetch", &self.delay_prefetch)
             .finish()
     }
 }
@@ -470,7 +560,7 @@ impl AmqpBroker {
         }
         // lapin turns the vhost into an AMQP short string and panics if it
         // is longer than 255 bytes.
-        if let Ok(uri) = config.url.parse::<lapin::uri::AMQPUri>() {
+        if let Ok(uri) = config.connection_url().parse::<lapin::uri::AMQPUri>() {
             if uri.vhost.len() > 255 {
                 return Err(BrokerError::new(
                     dramaturg_core::BrokerErrorKind::InvalidInput,
@@ -531,6 +621,18 @@ fn route(message: &Outgoing) -> (Target<'_>, Extra<'static>) {
     (Target::Bucket(&message.queue, k), extra)
 }
 
+/// Where `message` is published in the configured layout, its body as it
+/// goes out, and its extra properties.
+fn routed<'a>(config: &AmqpConfig, message: &'a Outgoing) -> (Target<'a>, Bytes, Extra<'static>) {
+    match config.protocol {
+        Protocol::Dramatiq => dramatiq::route::route(message),
+        _ => {
+            let (target, extra) = route(message);
+            (target, message.body.clone(), extra)
+        }
+    }
+}
+
 /// Query parameter `name` of `url` read by `parse`, if present; an
 /// invalid value (`parse` gives `None`) is recorded in `error` (the first
 /// one found) as not being `expected`.
@@ -552,6 +654,27 @@ fn parsed_parameter<T>(
     parsed
 }
 
+/// `url` without query parameter `name` (every occurrence).
+fn without_parameter(url: &str, name: &str) -> String {
+    let Some((base, rest)) = url.split_once('?') else { return url.to_owned() };
+    let (query, fragment) = match rest.split_once('#') {
+        Some((query, fragment)) => (query, Some(fragment)),
+        None => (rest, None),
+    };
+    let kept: Vec<&str> =
+        query.split('&').filter(|pair| pair.split('=').next() != Some(name) && !pair.is_empty()).collect();
+    let mut stripped = base.to_owned();
+    if !kept.is_empty() {
+        stripped.push('?');
+        stripped.push_str(&kept.join("&"));
+    }
+    if let Some(fragment) = fragment {
+        stripped.push('#');
+        stripped.push_str(fragment);
+    }
+    stripped
+}
+
 /// The value of query parameter `name` in `url`, if present.
 fn query_parameter<'a>(url: &'a str, name: &str) -> Option<&'a str> {
     let query = url.split_once('?')?.1;
@@ -564,8 +687,8 @@ impl Shared {
     /// the confirm, within the send timeout.
     pub(crate) async fn publish(&self, message: &Outgoing) -> Result<(), BrokerError> {
         names::check_queue(&message.queue)?;
-        let (target, extra) = route(message);
-        self.publish_to(target, &message.body, extra).await
+        let (target, body, extra) = routed(&self.config, message);
+        self.publish_to(target, &body, extra).await
     }
 
     /// Publishes `body` to `target` (declaring it if needed) on the
@@ -598,6 +721,22 @@ impl Shared {
     pub(crate) async fn consuming_channel(&self) -> Result<lapin::Channel, BrokerError> {
         self.consuming.link().await?.channel().await
     }
+
+    /// Declares `queue`'s three queues of Dramatiq's layout on the
+    /// consuming connection (see [`dramatiq::layout::declare`]); returns
+    /// their counts of ready messages.
+    pub(crate) async fn declare_dramatiq(&self, queue: &str) -> Result<dramatiq::layout::Counts, BrokerError> {
+        let consuming = self.consuming.link().await?;
+        dramatiq::layout::declare(consuming.connection(), &self.config, queue).await
+    }
+
+    /// Where `queue`'s dead letters go in the configured layout.
+    pub(crate) fn dead_target<'a>(&self, queue: &'a str) -> Target<'a> {
+        match self.config.protocol {
+            Protocol::Dramatiq => Target::DeadLetterQueue(queue),
+            _ => Target::Dead(queue),
+        }
+    }
 }
 
 impl fmt::Debug for AmqpBroker {
@@ -612,6 +751,9 @@ impl Broker for AmqpBroker {
         // On the consuming connection: a worker starting during a resource
         // alarm declares its queues and consumes. The publishing connection
         // declares again (once) before its first publish to the queue.
+        if self.shared.config.protocol == Protocol::Dramatiq {
+            return self.shared.declare_dramatiq(queue).await.map(|_| ());
+        }
         let channel = self.shared.consuming_channel().await?;
         let declared = link::declare_topology(&channel, &self.shared.config, queue).await;
         let _ = channel.close(200, "declared".into()).await;
@@ -642,9 +784,9 @@ impl Broker for AmqpBroker {
                 }
             }
             let sends = messages.iter().map(|message| {
-                let (target, extra) = route(message);
+                let (target, body, extra) = routed(&self.shared.config, message);
                 let link = &link;
-                async move { link.bounded(deadline, link.publish(target, &message.body, extra)).await }
+                async move { link.bounded(deadline, link.publish(target, &body, extra)).await }
             });
             Ok::<_, BrokerError>((futures_util::future::join_all(sends).await, link))
         };
@@ -682,6 +824,16 @@ impl Broker for AmqpBroker {
 
     fn dead_letters(&self) -> Option<&dyn DeadLetters> {
         Some(self)
+    }
+
+    /// In Dramatiq's layout the [`Dramatiq`](dramaturg_core::dramatiq::Dramatiq)
+    /// encoder, so that Python reads what Rust sends; otherwise none (the
+    /// app chooses).
+    fn encoder(&self) -> Option<Arc<dyn dramaturg_core::Encoder>> {
+        match self.shared.config.protocol {
+            Protocol::Dramatiq => Some(Arc::new(dramaturg_core::dramatiq::Dramatiq)),
+            _ => None,
+        }
     }
 
     /// The RabbitMQ server at the broker's URL (shown without its password).

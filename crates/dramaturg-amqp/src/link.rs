@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use dramaturg_core::broker::redact_password;
 pub(crate) use dramaturg_core::now_ms;
-use dramaturg_core::{Bounded, BrokerError, BrokerErrorKind};
+use dramaturg_core::{Bounded, BrokerError, BrokerErrorKind, Protocol};
 use lapin::options::{
     ConfirmSelectOptions, ExchangeBindOptions, ExchangeDeclareOptions, ExchangeUnbindOptions, QueueDeclareOptions,
 };
@@ -62,13 +62,21 @@ pub(crate) enum Target<'a> {
     Dead(&'a str),
     /// Delay bucket `k` of a queue, declared lazily on first use.
     Bucket(&'a str, u32),
+    /// In Dramatiq's layout: a queue's delay queue, `q.DQ`.
+    DelayQueue(&'a str),
+    /// In Dramatiq's layout: a queue's dead-letter queue, `q.XQ`.
+    DeadLetterQueue(&'a str),
 }
 
 impl<'a> Target<'a> {
     /// The queue this target is named after.
     fn queue(self) -> &'a str {
         match self {
-            Target::Queue(queue) | Target::Dead(queue) | Target::Bucket(queue, _) => queue,
+            Target::Queue(queue)
+            | Target::Dead(queue)
+            | Target::Bucket(queue, _)
+            | Target::DelayQueue(queue)
+            | Target::DeadLetterQueue(queue) => queue,
         }
     }
 
@@ -78,6 +86,8 @@ impl<'a> Target<'a> {
             Target::Queue(queue) => queue.to_owned(),
             Target::Dead(queue) => dead_queue(queue),
             Target::Bucket(queue, k) => bucket_queue(queue, k),
+            Target::DelayQueue(queue) => dramaturg_core::dramatiq::delay_queue(queue),
+            Target::DeadLetterQueue(queue) => dramaturg_core::dramatiq::dead_letter_queue(queue),
         }
     }
 }
@@ -141,14 +151,20 @@ impl Link {
     /// Declares what `target` needs, once per connection.
     async fn ensure(&self, target: Target<'_>) -> Result<(), BrokerError> {
         let name = match target {
-            Target::Queue(queue) | Target::Dead(queue) => queue.to_owned(),
             Target::Bucket(..) => target.name(),
+            _ => target.queue().to_owned(),
         };
         if Shared::lock(&self.declared).contains(&name) {
             return Ok(());
         }
         match target {
-            Target::Queue(queue) | Target::Dead(queue) => {
+            _ if self.config.layout() == Protocol::Dramatiq => {
+                // Passive declares on channels of their own: a 404 closes
+                // the channel it happens on, never the publisher's.
+                crate::dramatiq::layout::declare(&self.connection, &self.config, target.queue()).await?;
+                Shared::lock(&self.declared).insert(name);
+            }
+            Target::Queue(queue) | Target::Dead(queue) | Target::DelayQueue(queue) | Target::DeadLetterQueue(queue) => {
                 declare_topology(&self.publisher, &self.config, queue).await?;
                 Shared::lock(&self.declared).insert(name);
             }
@@ -245,12 +261,21 @@ fn properties(config: &AmqpConfig, extra: &Extra<'_>) -> Result<BasicProperties,
             format!("amqp: the message's headers take {size} bytes, over the limit of {MAX_HEADER_BYTES}"),
         ));
     }
-    let mut properties = BasicProperties::default().with_delivery_mode(2).with_headers(headers);
+    let dramatiq = config.layout() == Protocol::Dramatiq;
+    let mut properties = BasicProperties::default().with_delivery_mode(2);
+    // Dramatiq sets no headers: nor does this broker in its layout, where
+    // it has none to set.
+    if !(dramatiq && headers.inner().is_empty()) {
+        properties = properties.with_headers(headers);
+    }
     if extra.reason.is_some() {
         properties = properties.with_timestamp(now_ms() / 1000);
     }
     if let Some(priority) = extra.priority {
         match config.max_priority {
+            // As Dramatiq does: the priority goes out as it is; RabbitMQ
+            // ignores it on a queue without priorities.
+            _ if dramatiq => properties = properties.with_priority(priority),
             // RabbitMQ treats a priority above the queue's maximum as
             // the maximum; say so in the value we send.
             Some(max) => properties = properties.with_priority(priority.min(max)),
@@ -525,6 +550,11 @@ impl Consuming {
     pub(crate) async fn channel(&self) -> Result<Channel, BrokerError> {
         open_channel(&self.connection).await
     }
+
+    /// The connection itself.
+    pub(crate) fn connection(&self) -> &Connection {
+        &self.connection
+    }
 }
 
 impl Opened for Consuming {
@@ -566,7 +596,7 @@ impl<T: Opened> Linker<T> {
         let properties = ConnectionProperties::default().with_connection_name(T::NAME.into());
         let connection = self
             .runtime
-            .connect(&self.config.url, properties)
+            .connect(&self.config.connection_url(), properties)
             .await
             .map_err(|e| amqp_error(e, &format!("connecting to {shown}")))?;
         let link = Arc::new(T::open(connection, &self.config, &self.runtime).await?);

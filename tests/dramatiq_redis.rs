@@ -164,12 +164,9 @@ async fn rust_sends_and_python_processes_each_message() {
     let path_text = path.display().to_string();
     let batch: Vec<PyRecord> = (0..n).map(|seq| PyRecord { seq, path: path_text.clone() }).collect();
     app.send_many(&batch).await.unwrap();
-    let _worker =
-        python::spawn_worker(&python_worker_module(&namespace), &["--processes", "1", "--threads", "4"]);
-    support::wait_for("Python to process every message", Duration::from_secs(60), || {
-        lines(&path).len() as u64 == n
-    })
-    .await;
+    let _worker = python::spawn_worker(&python_worker_module(&namespace), &["--processes", "1", "--threads", "4"]);
+    support::wait_for("Python to process every message", Duration::from_secs(60), || lines(&path).len() as u64 == n)
+        .await;
     let counts = lines(&path);
     assert!(counts.values().all(|&c| c == 1), "each once");
     let _ = std::fs::remove_file(&path);
@@ -187,7 +184,10 @@ static LATER: Mutex<Vec<(u64, u64)>> = Mutex::new(Vec::new());
 
 impl Later {
     async fn perform(self, _ctx: &Context) -> Result<(), BoxError> {
-        LATER.lock().unwrap().push((self.tag, std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64));
+        LATER.lock().unwrap().push((
+            self.tag,
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64,
+        ));
         Ok(())
     }
 }
@@ -302,8 +302,11 @@ async fn a_rust_worker_killed_with_sigkill_loses_nothing() {
     let app = dramaturg::app(broker(&namespace).await).actor::<Numbered>().build().unwrap();
     // The helper kills one of two workers after 300 messages.
     let total = messages().max(1000);
-    let (duplicates, recovery) = support::kill_one_of_two_workers(&app, "dramatiq_worker_child", &namespace, total).await;
-    println!("{total} of {total} processed at least once, {duplicates} duplicates, all done {recovery:?} after the kill");
+    let (duplicates, recovery) =
+        support::kill_one_of_two_workers(&app, "dramatiq_worker_child", &namespace, total).await;
+    println!(
+        "{total} of {total} processed at least once, {duplicates} duplicates, all done {recovery:?} after the kill"
+    );
     let stats = app.admin().unwrap().stats(&app.queues()[0]).await.unwrap();
     assert!(stats.is_drained(), "{stats:?}");
 }
@@ -421,8 +424,13 @@ async fn garbage_pushed_dramatiqs_way_is_dead_lettered_with_a_reason() {
     Ok1 { n: 1 }.send(&app).await.unwrap();
     let report = Worker::new(app.clone()).run_until_drained(Duration::from_secs(10)).await.unwrap();
     assert_eq!((report.rejected, report.succeeded), (3, 1), "{report:?}");
-    let dead: Vec<String> =
-        redis::cmd("ZRANGE").arg(format!("{namespace}:garbage.XQ")).arg(0).arg(-1).query_async(&mut conn).await.unwrap();
+    let dead: Vec<String> = redis::cmd("ZRANGE")
+        .arg(format!("{namespace}:garbage.XQ"))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(dead.len(), 3, "{dead:?}");
     let letters = app.broker().dead_letters().unwrap().list("garbage", 10).await.unwrap();
     assert_eq!(letters.len(), 3);
@@ -506,7 +514,9 @@ async fn an_idle_worker_costs_a_few_commands_a_second() {
     let seconds = window.as_secs_f64();
     let commands = (commands_after - commands_before - 1) as f64 / seconds;
     let scripts = (scripts_after - scripts_before) as f64 / seconds;
-    println!("an idle worker on one queue: {scripts:.1} script calls/s, {commands:.1} commands/s (script bodies included)");
+    println!(
+        "an idle worker on one queue: {scripts:.1} script calls/s, {commands:.1} commands/s (script bodies included)"
+    );
     assert!(scripts <= 3.0, "{scripts} script calls/s");
     assert!(commands <= 12.0, "{commands} commands/s");
 }

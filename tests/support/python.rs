@@ -18,13 +18,8 @@ pub(crate) fn python() -> PathBuf {
 /// Runs `script` with the venv's Python, `args` as `sys.argv[1:]`; panics
 /// with its stderr if it fails. Returns its stdout.
 pub(crate) fn run(script: &str, args: &[&str]) -> String {
-    let output = Command::new(python())
-        .arg("-c")
-        .arg(script)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("python runs");
+    let output =
+        Command::new(python()).arg("-c").arg(script).args(args).stdin(Stdio::null()).output().expect("python runs");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "python failed ({}):\n{stderr}", output.status);
     String::from_utf8(output.stdout).expect("python prints UTF-8")

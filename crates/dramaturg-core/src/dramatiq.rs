@@ -196,6 +196,7 @@ impl de::Error for CallError {
     }
 }
 
+#[allow(clippy::needless_pass_by_value)] // `map_err` hands the error over by value.
 fn value_error(e: serde_json::Error) -> CallError {
     CallError(e.to_string())
 }
@@ -398,6 +399,7 @@ fn options_to_wire(options: &Options, retries: u32) -> Map<String, Value> {
     wire
 }
 
+#[allow(clippy::field_reassign_with_default)] // Each field is read from the wire in turn.
 fn options_from_wire(mut wire: Map<String, Value>) -> Result<(Options, u32), CodecError> {
     fn bad(key: &str, value: &Value, expected: &str) -> CodecError {
         let shown = crate::Bounded::quoted(&value.to_string());

@@ -74,7 +74,11 @@ impl RedisBroker {
         maintenance::requeue_in_flight(&mut conn, &state.scripts, &state.claims, &self.dramatiq_keys(queue)).await
     }
 
-    pub(crate) async fn dramatiq_dead_letters(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>, BrokerError> {
+    pub(crate) async fn dramatiq_dead_letters(
+        &self,
+        queue: &str,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, BrokerError> {
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -117,7 +121,12 @@ impl RedisBroker {
     }
 
     /// Replays or deletes dead letters, 500 per script call.
-    pub(crate) async fn dramatiq_move_dead(&self, queue: &str, which: &Replay, action: &str) -> Result<u64, BrokerError> {
+    pub(crate) async fn dramatiq_move_dead(
+        &self,
+        queue: &str,
+        which: &Replay,
+        action: &str,
+    ) -> Result<u64, BrokerError> {
         let keys = self.dramatiq_keys(queue);
         let mut conn = self.shared.conn.clone();
         let target = match which {

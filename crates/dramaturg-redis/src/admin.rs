@@ -15,6 +15,9 @@ const PURGE_BATCH: u64 = 1000;
 #[async_trait]
 impl QueueAdmin for RedisBroker {
     async fn stats(&self, queue: &str) -> Result<QueueStats, BrokerError> {
+        if self.is_dramatiq() {
+            return self.dramatiq_stats(queue).await;
+        }
         let keys = self.keys(queue);
         let inflight_lists = self.shared.registry.inflight_lists(queue).await?;
         let mut pipe = redis::pipe();
@@ -30,6 +33,9 @@ impl QueueAdmin for RedisBroker {
     }
 
     async fn purge(&self, queue: &str) -> Result<u64, BrokerError> {
+        if self.is_dramatiq() {
+            return self.dramatiq_purge(queue).await;
+        }
         // Many short script calls, so that a purge of millions of messages
         // never blocks Redis (and every heartbeat) for long.
         let keys = self.keys(queue);
@@ -57,6 +63,9 @@ impl QueueAdmin for RedisBroker {
     }
 
     async fn requeue_in_flight(&self, queue: &str) -> Result<u64, BrokerError> {
+        if self.is_dramatiq() {
+            return self.dramatiq_requeue_in_flight(queue).await;
+        }
         self.shared.registry.requeue_in_flight(queue).await
     }
 }
@@ -64,6 +73,9 @@ impl QueueAdmin for RedisBroker {
 #[async_trait]
 impl DeadLetters for RedisBroker {
     async fn list(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>, BrokerError> {
+        if self.is_dramatiq() {
+            return self.dramatiq_dead_letters(queue, limit).await;
+        }
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -110,6 +122,9 @@ impl DeadLetters for RedisBroker {
 impl RedisBroker {
     /// Replays or deletes dead letters, 500 per script call.
     async fn move_dead(&self, queue: &str, which: &Replay, action: &str) -> Result<u64, BrokerError> {
+        if self.is_dramatiq() {
+            return self.dramatiq_move_dead(queue, which, action).await;
+        }
         let keys = self.keys(queue);
         let mut conn = self.shared.conn.clone();
         let target = match which {

@@ -72,6 +72,7 @@ mod acks;
 mod admin;
 mod clock;
 mod consumer;
+mod dramatiq;
 mod keys;
 mod registry;
 mod scripts;
@@ -79,6 +80,7 @@ mod server;
 mod store;
 mod wake;
 
+pub use dramaturg_core::Protocol;
 pub use store::RedisStore;
 
 use std::fmt;
@@ -131,6 +133,20 @@ pub struct RedisConfig {
     max_block: Duration,
     retry_enqueue_for: Duration,
     allow_eviction: bool,
+    /// The layout of the queues on the server.
+    protocol: Protocol,
+    /// A `?protocol=` value in the URL that names no protocol: refused at
+    /// connect.
+    unknown_protocol: Option<String>,
+    /// Whether `namespace` / `heartbeat` were set, so that choosing
+    /// Dramatiq's layout does not override them with its defaults.
+    namespace_set: bool,
+    heartbeat_set: bool,
+    /// Dramatiq layout: the longest an idle consumer waits before it polls
+    /// again.
+    max_poll: Duration,
+    /// Dramatiq layout: how many delayed messages one consumer holds.
+    max_held_delays: usize,
     #[cfg(feature = "tls")]
     tls_root_certificate: Option<Vec<u8>>,
 }
@@ -142,9 +158,17 @@ impl RedisConfig {
     /// kept 7 days (at most 50,000 and 64 MiB of messages per queue,
     /// trimmed every minute), idle consumers looking again every 5 s, no
     /// enqueue retries, no server with an evicting memory policy.
+    ///
+    /// `?protocol=dramatiq` in the URL chooses Python Dramatiq's layout
+    /// (see [`RedisConfig::protocol`]), `?protocol=native` this crate's own;
+    /// the parameter is taken out of the URL before it reaches the Redis
+    /// client (whose own `protocol=resp2` / `resp3` pass through). Any other
+    /// value is refused when the broker connects.
     pub fn new(url: impl Into<String>) -> Self {
-        Self {
-            url: url.into(),
+        let url = url.into();
+        let (url, chosen) = dramatiq::url::take_protocol(&url);
+        let mut config = Self {
+            url,
             namespace: "dramaturg".into(),
             heartbeat_interval: Duration::from_secs(3),
             heartbeat_timeout: Duration::from_secs(15),
@@ -155,9 +179,65 @@ impl RedisConfig {
             max_block: Duration::from_secs(5),
             retry_enqueue_for: Duration::ZERO,
             allow_eviction: false,
+            protocol: Protocol::Native,
+            unknown_protocol: None,
+            namespace_set: false,
+            heartbeat_set: false,
+            max_poll: Duration::from_secs(1),
+            max_held_delays: 1000,
             #[cfg(feature = "tls")]
             tls_root_certificate: None,
+        };
+        match chosen {
+            Some(Ok(protocol)) => config = config.protocol(protocol),
+            Some(Err(value)) => config.unknown_protocol = Some(value),
+            None => {}
         }
+        config
+    }
+
+    /// Lays the queues out as `protocol` says: [`Protocol::Native`] (the
+    /// default), or [`Protocol::Dramatiq`], Python Dramatiq's keys and JSON
+    /// messages, so that Python and Rust workers and producers share
+    /// queues (see `docs/redis.md`, "Dramatiq's layout"). Dramatiq's layout
+    /// brings Dramatiq's defaults for what was not set: namespace
+    /// `dramatiq`, a worker counted dead after 60 s without a heartbeat
+    /// (heartbeats every 5 s).
+    #[must_use]
+    pub fn protocol(mut self, protocol: Protocol) -> Self {
+        self.protocol = protocol;
+        let dramatiq = protocol == Protocol::Dramatiq;
+        if !self.namespace_set {
+            self.namespace = if dramatiq { "dramatiq" } else { "dramaturg" }.into();
+        }
+        if !self.heartbeat_set {
+            (self.heartbeat_interval, self.heartbeat_timeout) = if dramatiq {
+                (Duration::from_secs(5), Duration::from_secs(60))
+            } else {
+                (Duration::from_secs(3), Duration::from_secs(15))
+            };
+        }
+        self
+    }
+
+    /// Dramatiq layout: the longest an idle consumer waits before it looks
+    /// at its queue again (default 1 s, as Dramatiq's `worker_timeout`).
+    /// Python's producers publish no wake-up, so idle consumers poll: from
+    /// 5 ms after the last message, doubling up to this. Messages sent from
+    /// Rust wake idle Rust consumers at once.
+    #[must_use]
+    pub fn max_poll(mut self, max_poll: Duration) -> Self {
+        self.max_poll = max_poll.max(Duration::from_millis(5));
+        self
+    }
+
+    /// Dramatiq layout: how many delayed messages each consumer takes from
+    /// its queue's delay queue and holds until they fall due (default
+    /// 1000; it keeps their ids and due times, not their bodies).
+    #[must_use]
+    pub fn max_held_delays(mut self, limit: usize) -> Self {
+        self.max_held_delays = limit.max(1);
+        self
     }
 
     /// Trusts the certificate authority in `pem` (instead of the system's
@@ -170,10 +250,12 @@ impl RedisConfig {
         self
     }
 
-    /// Puts every key under `namespace` (default `dramaturg`).
+    /// Puts every key under `namespace` (default `dramaturg`; `dramatiq` in
+    /// Dramatiq's layout, as Python's).
     #[must_use]
     pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
         self.namespace = namespace.into();
+        self.namespace_set = true;
         self
     }
 
@@ -183,6 +265,7 @@ impl RedisConfig {
     pub fn heartbeat(mut self, interval: Duration, timeout: Duration) -> Self {
         self.heartbeat_interval = interval.max(Duration::from_millis(10));
         self.heartbeat_timeout = timeout.max(self.heartbeat_interval);
+        self.heartbeat_set = true;
         self
     }
 
@@ -271,6 +354,9 @@ impl fmt::Debug for RedisConfig {
             .field("max_block", &self.max_block)
             .field("retry_enqueue_for", &self.retry_enqueue_for)
             .field("allow_eviction", &self.allow_eviction)
+            .field("protocol", &self.protocol)
+            .field("max_poll", &self.max_poll)
+            .field("max_held_delays", &self.max_held_delays)
             .finish()
     }
 }
@@ -295,6 +381,8 @@ struct Shared {
     registry: Arc<Registry>,
     /// The server's clock, for message timestamps and ages.
     clock: Arc<ServerClock>,
+    /// The scripts and claims of Dramatiq's layout.
+    dramatiq: Arc<dramatiq::DramatiqState>,
 }
 
 impl Drop for Shared {
@@ -383,11 +471,27 @@ impl RedisBroker {
     ///
     /// As [`RedisBroker::connect`].
     pub async fn with_config(config: RedisConfig) -> Result<Self, BrokerError> {
+        if let Some(value) = &config.unknown_protocol {
+            return Err(BrokerError::new(
+                BrokerErrorKind::InvalidInput,
+                format!(
+                    "redis: unknown protocol {:?} in the URL: expected \"native\" or \"dramatiq\" (or the Redis \
+                     client's \"resp2\", \"resp3\")",
+                    dramaturg_core::Bounded::quoted(value).as_str()
+                ),
+            ));
+        }
         let shown = redact_password(&config.url);
         let (client, mut conn) = connect_manager(&config).await?;
         let server = server::check(&mut conn, &shown, config.allow_eviction).await?;
-        let worker_id = MessageId::new().to_string();
+        // Dramatiq's broker ids are UUID4s (and hold no dot, which its ack
+        // set names rely on).
+        let worker_id = match config.protocol {
+            Protocol::Dramatiq => uuid::Uuid::new_v4().to_string(),
+            _ => MessageId::new().to_string(),
+        };
         let scripts = Arc::new(Scripts::new());
+        let dramatiq = Arc::new(dramatiq::DramatiqState::new());
         let clock = Arc::new(ServerClock::default());
         if let Err(error) = clock.measure(&mut conn).await {
             tracing::warn!(%error, "cannot read the server's clock; message ages follow this process's clock until a heartbeat reads it");
@@ -399,10 +503,12 @@ impl RedisBroker {
             worker_id.clone(),
             config.clone(),
             Arc::clone(&clock),
+            Arc::clone(&dramatiq),
         ));
         tracing::debug!(
             url = %shown,
             namespace = %config.namespace,
+            protocol = ?config.protocol,
             worker = %worker_id,
             version = server.version.as_deref().unwrap_or("unknown"),
             maxmemory_policy = server.policy.as_deref().unwrap_or("unknown"),
@@ -420,6 +526,7 @@ impl RedisBroker {
                 consumers: AtomicU64::new(0),
                 registry,
                 clock,
+                dramatiq,
             }),
         })
     }
@@ -432,6 +539,38 @@ impl RedisBroker {
     /// This broker's worker id (as it appears in the registry).
     pub fn worker_id(&self) -> &str {
         &self.shared.worker_id
+    }
+
+    /// The layout of this broker's queues.
+    pub fn protocol(&self) -> Protocol {
+        self.shared.config.protocol
+    }
+
+    fn is_dramatiq(&self) -> bool {
+        self.shared.config.protocol == Protocol::Dramatiq
+    }
+
+    /// A consumer of `queue` in Dramatiq's layout, with its delay queue.
+    async fn consume_dramatiq(
+        &self,
+        queue: &str,
+        number: u64,
+        prefetch: usize,
+    ) -> Result<Box<dyn Consumer>, BrokerError> {
+        let keys = dramatiq::keys::DramatiqKeys::new(&self.shared.config.namespace, queue);
+        let registry = &self.shared.registry;
+        let (wake, beaten) = registry.register(number, &keys.queue, &keys.ready.wake).await?;
+        let delayed_wake = registry.wakeup(&keys.delayed.wake).await;
+        let registered = match beaten {
+            Ok(()) => true,
+            Err(error) if error.is_retryable() => {
+                tracing::warn!(%queue, %error, "cannot beat yet; the consumer beats again before it fetches");
+                false
+            }
+            Err(error) => return Err(error),
+        };
+        let shared = Arc::clone(&self.shared);
+        Ok(Box::new(dramatiq::DramatiqConsumer::new(shared, keys, number, prefetch, (wake, delayed_wake), registered)))
     }
 
     fn keys(&self, queue: &str) -> QueueKeys {
@@ -494,6 +633,10 @@ impl Broker for RedisBroker {
 
     async fn enqueue(&self, message: Outgoing) -> Result<(), BrokerError> {
         refuse_priority(&message)?;
+        if self.is_dramatiq() {
+            let batch = [message];
+            return self.with_retries(|| dramatiq::enqueue(&self.shared, &batch)).await;
+        }
         match message.delay {
             Some(delay) => self.with_retries(|| self.enqueue_later(&message, delay)).await,
             None => {
@@ -509,6 +652,9 @@ impl Broker for RedisBroker {
         // order.
         for message in &messages {
             refuse_priority(message)?;
+        }
+        if self.is_dramatiq() {
+            return self.with_retries(|| dramatiq::enqueue(&self.shared, &messages)).await;
         }
         let mut calls = Vec::new();
         let mut run: Option<(String, Vec<(String, bytes::Bytes)>)> = None;
@@ -545,6 +691,9 @@ impl Broker for RedisBroker {
 
     async fn consume(&self, queue: &str, prefetch: usize) -> Result<Box<dyn Consumer>, BrokerError> {
         let number = self.shared.consumers.fetch_add(1, Ordering::Relaxed);
+        if self.is_dramatiq() {
+            return self.consume_dramatiq(queue, number, prefetch).await;
+        }
         // A server that refuses the registration for now (a replica during
         // a failover, a lost connection) does not stop the worker: the
         // consumer registers before its first claim, and until then its
@@ -588,6 +737,15 @@ impl Broker for RedisBroker {
     /// applied to the local clock).
     fn now_ms(&self) -> u64 {
         self.shared.clock.now_ms()
+    }
+
+    /// Dramatiq's JSON encoder in Dramatiq's layout; `None` (the app
+    /// chooses) in the native one.
+    fn encoder(&self) -> Option<Arc<dyn dramaturg_core::Encoder>> {
+        match self.shared.config.protocol {
+            Protocol::Dramatiq => Some(Arc::new(dramaturg_core::dramatiq::Dramatiq)),
+            _ => None,
+        }
     }
 }
 

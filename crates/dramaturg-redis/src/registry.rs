@@ -14,7 +14,7 @@
 //! and the first one back must give the others the time to beat again
 //! before it judges them.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,6 +24,7 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use crate::clock::ServerClock;
+use crate::dramatiq::{maintenance, DramatiqState};
 use crate::keys::{consumer_entry, parse_consumer_entry, RegistryKeys};
 use crate::scripts::Scripts;
 use crate::wake::Wakeups;
@@ -43,6 +44,9 @@ pub(crate) struct Registry {
     wakeups: Wakeups,
     /// The server's clock, read again after every beat.
     clock: Arc<ServerClock>,
+    /// Set in Dramatiq's layout: beats, recovery and trims are Dramatiq's
+    /// (see `dramatiq/maintenance.rs`).
+    dramatiq: Option<Arc<DramatiqState>>,
 }
 
 impl Registry {
@@ -53,8 +57,11 @@ impl Registry {
         worker_id: String,
         config: RedisConfig,
         clock: Arc<ServerClock>,
+        dramatiq: Arc<DramatiqState>,
     ) -> Self {
+        let dramatiq = (config.protocol == dramaturg_core::Protocol::Dramatiq).then_some(dramatiq);
         Self {
+            dramatiq,
             client,
             conn,
             keys: RegistryKeys::new(&config.namespace),
@@ -89,9 +96,29 @@ impl Registry {
     /// consumer's claims are found by recovery only once its entry is in
     /// Redis, so it claims nothing before this passed.
     pub(crate) async fn beat_once(&self) -> Result<(), BrokerError> {
-        let entries = lock(&self.entries).clone();
         let mut conn = self.conn.clone();
-        beat(&mut conn, &self.keys, &self.scripts, &self.worker_id, &entries).await
+        self.beat_on(&mut conn).await
+    }
+
+    /// One heartbeat on `conn`, in the broker's layout.
+    async fn beat_on(&self, conn: &mut ConnectionManager) -> Result<(), BrokerError> {
+        match &self.dramatiq {
+            Some(state) => maintenance::beat(conn, &state.scripts, &self.config.namespace, &self.worker_id).await,
+            None => {
+                let entries = lock(&self.entries).clone();
+                beat(conn, &self.keys, &self.scripts, &self.worker_id, &entries).await
+            }
+        }
+    }
+
+    /// The wake-up of another `channel` (a consumer's delay queue).
+    pub(crate) async fn wakeup(&self, channel: &str) -> Arc<Notify> {
+        self.wakeups.register(channel).await
+    }
+
+    /// The queues this worker's consumers serve.
+    fn served_queues(&self) -> BTreeSet<String> {
+        lock(&self.entries).iter().filter_map(|e| parse_consumer_entry(e)).map(|(_, q)| q.to_owned()).collect()
     }
 
     /// Starts the heartbeat thread if it is not running.
@@ -117,6 +144,10 @@ impl Registry {
     pub(crate) async fn unregister(&self, consumer: u64, queue: &str) -> Result<(), BrokerError> {
         let entry = consumer_entry(consumer, queue);
         lock(&self.entries).retain(|e| *e != entry);
+        if self.dramatiq.is_some() {
+            // Dramatiq's layout keeps no list of a worker's consumers.
+            return Ok(());
+        }
         let mut conn = self.conn.clone();
         redis::cmd("SREM")
             .arg(self.keys.consumers(&self.worker_id))
@@ -142,6 +173,15 @@ impl Registry {
         // The thread's last beat must not land after the removal.
         if let Some(thread) = self.stop() {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        if self.dramatiq.is_some() {
+            let mut conn = self.conn.clone();
+            let queues = self.served_queues();
+            if maintenance::deregister(&mut conn, &self.config, &self.worker_id, &queues).await? {
+                lock(&self.entries).clear();
+                tracing::debug!(worker = %self.worker_id, "left the heartbeats");
+            }
+            return Ok(());
         }
         let entries = lock(&self.entries).clone();
         let mut conn = self.conn.clone();
@@ -205,10 +245,7 @@ impl Registry {
                 return;
             }
             let beaten = match &mut conn {
-                Some(conn) => {
-                    let entries = lock(&self.entries).clone();
-                    beat(conn, &self.keys, &self.scripts, &self.worker_id, &entries).await
-                }
+                Some(conn) => self.beat_on(conn).await,
                 None => self.connect().await.map(|c| conn = Some(c)),
             };
             if let Err(error) = beaten {
@@ -259,6 +296,10 @@ impl Registry {
 
     /// Returns the claimed messages of every worker whose heartbeat lapsed.
     async fn recover_dead(&self, conn: &mut ConnectionManager) -> Result<(), BrokerError> {
+        if let Some(state) = &self.dramatiq {
+            let queues = self.served_queues();
+            return maintenance::recover_dead(conn, &state.scripts, &self.config, &self.worker_id, &queues).await;
+        }
         let timeout = millis(self.config.heartbeat_timeout);
         let dead: Vec<String> = self
             .scripts
@@ -305,6 +346,14 @@ impl Registry {
     /// keyspace. A queue nobody consumes keeps its dead letters, within the
     /// caps, until a worker consumes it again.
     async fn trim_dead_letters(&self, conn: &mut ConnectionManager, trimmed: &mut HashSet<String>) {
+        if let Some(state) = &self.dramatiq {
+            let queues: BTreeSet<String> = self.served_queues().into_iter().filter(|q| !trimmed.contains(q)).collect();
+            match maintenance::expire_dead_letters(conn, &state.scripts, &self.config, &queues).await {
+                Ok(()) => trimmed.extend(queues),
+                Err(error) => tracing::warn!(%error, "could not expire dead letters; retrying on the next tick"),
+            }
+            return;
+        }
         let mut queues: Vec<String> = lock(&self.entries)
             .iter()
             .filter_map(|e| parse_consumer_entry(e))

@@ -30,7 +30,7 @@
 use redis::Script;
 
 /// The server's clock in milliseconds since the epoch, as `now`.
-const NOW: &str = r"
+pub(crate) const NOW: &str = r"
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 ";
@@ -358,7 +358,7 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - tonumber(ARGV[
 
 /// A script from its parts: the flags line (if any), then the helpers and
 /// the body.
-fn script(flags: Option<&str>, parts: &[&str]) -> Script {
+pub(crate) fn script(flags: Option<&str>, parts: &[&str]) -> Script {
     let mut text = String::new();
     if let Some(flags) = flags {
         text.push_str("#!lua flags=");

@@ -102,9 +102,6 @@ struct Subscription {
     stream: PubSubStream,
     /// Channels subscribed to.
     subscribed: HashSet<String>,
-    /// Subscribed channels whose key has been read since: the others must
-    /// be read before a wait relies on messages alone.
-    read: HashSet<String>,
 }
 
 /// A Redis error as a store error: Redis's refusals of a key's type, and
@@ -197,7 +194,6 @@ impl RedisStore {
         for channel in stale {
             subscription.sink.unsubscribe(&channel).await.map_err(|e| store_error(e, "unsubscribe"))?;
             subscription.subscribed.remove(&channel);
-            subscription.read.remove(&channel);
         }
         for channel in &wanted {
             if !subscription.subscribed.contains(channel) {
@@ -205,20 +201,20 @@ impl RedisStore {
                 subscription.subscribed.insert(channel.clone());
             }
         }
-        // A value set before its subscription was never published to it.
-        let unread: Vec<&String> = wanted.iter().filter(|channel| !subscription.read.contains(*channel)).collect();
-        if !unread.is_empty() {
-            let mut pipe = redis::pipe();
-            for key in &unread {
-                pipe.cmd("GET").arg(key.as_str());
-            }
-            let mut conn = self.conn.clone();
-            let values: Vec<Option<Vec<u8>>> =
-                pipe.query_async(&mut conn).await.map_err(|e| store_error(e, "read for a wait"))?;
-            subscription.read.extend(unread.iter().map(|key| (*key).clone()));
-            if let Some((key, value)) = unread.into_iter().zip(values).find_map(|(key, value)| Some((key, value?))) {
-                return Ok(Some((self.store_key(key).to_owned(), value)));
-            }
+        // Read once subscribed: a key that holds a value is returned at
+        // once, and one set before the subscription (never published to
+        // it) is not missed. Every wait reads, since another wait on the
+        // same subscription may have taken the value's message.
+        let mut pipe = redis::pipe();
+        let wanted_keys: Vec<&String> = wanted.iter().collect();
+        for key in &wanted_keys {
+            pipe.cmd("GET").arg(key.as_str());
+        }
+        let mut conn = self.conn.clone();
+        let values: Vec<Option<Vec<u8>>> =
+            pipe.query_async(&mut conn).await.map_err(|e| store_error(e, "read for a wait"))?;
+        if let Some((key, value)) = wanted_keys.into_iter().zip(values).find_map(|(key, value)| Some((key, value?))) {
+            return Ok(Some((self.store_key(key).to_owned(), value)));
         }
         loop {
             let message = match tokio::time::timeout_at(deadline, subscription.stream.next()).await {
@@ -291,7 +287,7 @@ impl Store for RedisStore {
             let pubsub = self.client.get_async_pubsub().await.map_err(|e| store_error(e, "open a subscription"))?;
             let (sink, stream) = pubsub.split();
             tracing::debug!(url = %self.url, "redis store: subscription opened for waits");
-            *guard = Some(Subscription { sink, stream, subscribed: HashSet::new(), read: HashSet::new() });
+            *guard = Some(Subscription { sink, stream, subscribed: HashSet::new() });
         }
         let result = self.wait(guard.as_mut().expect("set just above"), keys, timeout).await;
         if let Err(error) = &result {

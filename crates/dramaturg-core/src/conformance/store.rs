@@ -42,6 +42,7 @@ macro_rules! store_conformance {
             sets_and_values_do_not_mix,
             wait_returns_a_value_set_before,
             wait_wakes_on_a_later_set,
+            every_waiter_sees_the_value,
             wait_times_out,
             wait_survives_cancellation,
             sizes_are_checked,
@@ -245,6 +246,32 @@ impl StoreSuite {
         let found = tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("woken").unwrap();
         assert_eq!(found, Some((b, b"now".to_vec())));
         assert!(set_at.elapsed() < Duration::from_secs(1), "{:?}", set_at.elapsed());
+    }
+
+    /// Several waits on one key, concurrent and one after the other, all
+    /// see its value: one `set` wakes every waiter, and a key that holds a
+    /// value is returned at once however many waits read it before.
+    pub async fn every_waiter_sees_the_value(&self) {
+        let key = self.key("shared");
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let store = Arc::clone(&self.store);
+                let keys = [key.clone()];
+                tokio::spawn(async move { store.wait_any(&keys, LONG).await.unwrap() })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        self.store.set(&key, b"all", LONG, SetMode::Always).await.unwrap();
+        for waiter in waiters {
+            let found = tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("woken").unwrap();
+            assert_eq!(found, Some((key.clone(), b"all".to_vec())));
+        }
+        for _ in 0..2 {
+            let started = Instant::now();
+            let found = self.store.wait_any(std::slice::from_ref(&key), LONG).await.unwrap();
+            assert_eq!(found, Some((key.clone(), b"all".to_vec())));
+            assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+        }
     }
 
     /// A wait with nothing set returns `None` after its timeout, not before.

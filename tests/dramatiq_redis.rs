@@ -532,3 +532,124 @@ mod conformance {
 
     dramaturg_core::broker_conformance!(conformance_broker());
 }
+
+// --- Liveness across languages ---------------------------------------------
+
+static HOGS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Holds its thread for 3 s, as CPU-bound work does.
+#[derive(Actor, Serialize, Deserialize)]
+#[actor(name = "hog", queue = "hogs", blocking)]
+struct Hog;
+
+impl Hog {
+    fn perform(self, _ctx: &Context) -> Result<(), BoxError> {
+        HOGS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        std::thread::sleep(Duration::from_secs(3));
+        Ok(())
+    }
+}
+
+/// Python's maintenance on every command, taking a worker for dead after
+/// 1 s without a heartbeat, runs beside a Rust worker whose handler holds
+/// its thread: it never takes the Rust worker for dead, so the message is
+/// not given to anyone else while it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pythons_maintenance_never_takes_a_busy_rust_worker_for_dead() {
+    if support::is_child() {
+        return;
+    }
+    let namespace = namespace();
+    let app = dramaturg::app(broker(&namespace).await).actor::<Hog>().build().unwrap();
+    Hog.send(&app).await.unwrap();
+    let worker = tokio::spawn(Worker::new(app.clone()).run_until_drained(Duration::from_secs(30)));
+    support::wait_for("the hog to start", Duration::from_secs(10), || {
+        HOGS.load(std::sync::atomic::Ordering::SeqCst) == 1
+    })
+    .await;
+    // For 2.5 s, 20 maintenance passes a second on the hog's queue.
+    let maintenance = r#"
+broker = RedisBroker(url="redis://127.0.0.1:6379", namespace=sys.argv[1], heartbeat_timeout=1000,
+                     maintenance_chance=1000000)
+for _ in range(50):
+    broker.do_qsize("hogs")
+    time.sleep(0.05)
+print(broker.do_qsize("hogs"))
+"#;
+    let out = python::run(&format!("{PY_BROKER}{maintenance}"), &[&namespace]);
+    assert_eq!(out.trim(), "0", "Python's maintenance put the running message back in the queue");
+    worker.await.unwrap().unwrap();
+    assert_eq!(HOGS.load(std::sync::atomic::Ordering::SeqCst), 1, "the message ran twice");
+}
+
+#[derive(Actor, Serialize, Deserialize)]
+#[actor(name = "orphan", queue = "orphans")]
+struct Orphan {
+    seq: u64,
+}
+
+static ORPHANS: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+
+impl Orphan {
+    async fn perform(self, _ctx: &Context) -> Result<(), BoxError> {
+        ORPHANS.lock().unwrap().push(self.seq);
+        Ok(())
+    }
+}
+
+/// A Python worker killed with SIGKILL while it holds messages: a Rust
+/// worker gives them back once the Python worker's heartbeat lapses, and
+/// runs each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_python_workers_messages_come_back_to_rust() {
+    if support::is_child() {
+        return;
+    }
+    let namespace = namespace();
+    let module = format!(
+        r#"
+import time, dramatiq
+from dramatiq.brokers.redis import RedisBroker
+dramatiq.set_broker(RedisBroker(url="redis://127.0.0.1:6379", namespace="{namespace}"))
+
+@dramatiq.actor(actor_name="orphan", queue_name="orphans")
+def orphan(seq):
+    time.sleep(60)
+"#
+    );
+    let mut python_worker = python::spawn_worker(&module, &["--processes", "1", "--threads", "2"]);
+    let send = r#"
+@dramatiq.actor(actor_name="orphan", queue_name="orphans")
+def orphan(seq):
+    pass
+for seq in range(3):
+    orphan.send(seq)
+"#;
+    python::run(&format!("{PY_BROKER}{send}"), &[&namespace]);
+    // The Python worker takes all three (two run, one is prefetched: its
+    // prefetch is twice its threads).
+    let mut conn = redis_conn().await;
+    let list = format!("{namespace}:orphans");
+    let started = Instant::now();
+    loop {
+        let len: u64 = redis::cmd("LLEN").arg(&list).query_async(&mut conn).await.unwrap();
+        if len == 0 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "the Python worker never took the messages");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    python_worker.kill();
+    let app = dramaturg::app(broker(&namespace).await).actor::<Orphan>().build().unwrap();
+    let worker = Worker::new(app);
+    let stop = worker.shutdown_handle();
+    let running = tokio::spawn(worker.run());
+    support::wait_for("the orphans to run in Rust", Duration::from_secs(20), || ORPHANS.lock().unwrap().len() >= 3)
+        .await;
+    stop.shutdown();
+    running.await.unwrap().unwrap();
+    let mut seen = ORPHANS.lock().unwrap().clone();
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen, [0, 1, 2]);
+}

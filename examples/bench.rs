@@ -45,6 +45,14 @@
 //!   thread's worth: the difference of the mean times per message times
 //!   the concurrency).
 //!
+//! - `results`: N messages (default 1000) one at a time to an idle worker
+//!   of an actor that keeps its results and returns when it finished; a
+//!   waiter on each (`sent.result(&app).wait(..)`) measures from the
+//!   actor's end to its wake-up. Then N no-op messages twice, with results
+//!   kept and without, through a worker each, interleaved. Last line: JSON
+//!   with `wake_ms_p50`, `wake_ms_p99`, `with_results_per_s`,
+//!   `without_results_per_s` and `results_cost_pct`.
+//!
 //! Flags: `--broker URL` (default `memory://`; `memory` is short for it),
 //! `--messages N`, `--concurrency C` (64), `--batch B` (messages per
 //! `send_many` call; 1 sends them one by one; default 1000).
@@ -190,6 +198,7 @@ async fn main() -> Result<(), BoxError> {
         "abort" => abort_latency(&args).await,
         "isolated-runaway" => isolated_runaway(&args).await,
         "isolated-overhead" => isolated_overhead(&args).await,
+        "results" => results(&args).await,
         other => Err(format!("unknown scenario {other:?}: throughput, latency, idle or fail-large-errors").into()),
     }
 }
@@ -593,6 +602,93 @@ async fn isolated_overhead(args: &Args) -> Result<(), BoxError> {
     println!(
         "{{\"messages\":{messages},\"concurrency\":{concurrency},\"isolated_per_s\":{:.0},\"blocking_per_s\":{:.0},\"isolation_overhead_us\":{overhead_us:.0}}}",
         rates[0], rates[1]
+    );
+    Ok(())
+}
+
+/// Returns when it finished (microseconds since the Unix epoch); keeps its
+/// result.
+#[derive(Actor, Serialize, Deserialize)]
+#[actor(queue = "bench-results", output = u64, store_results)]
+struct Finish {
+    n: u64,
+}
+
+impl Finish {
+    async fn perform(self, _ctx: &Context) -> Result<u64, BoxError> {
+        Ok(unix_micros())
+    }
+}
+
+/// A no-op whose result is kept when the message asks.
+#[derive(Actor, Serialize, Deserialize)]
+#[actor(queue = "bench-results-noop", output = u64)]
+struct Kept {
+    n: u64,
+}
+
+impl Kept {
+    async fn perform(self, _ctx: &Context) -> Result<u64, BoxError> {
+        Ok(self.n)
+    }
+}
+
+/// Processing rate of `messages` `Kept` messages, their results kept or not.
+async fn kept_rate(app: &App, messages: u64, keep: bool, concurrency: usize) -> Result<f64, BoxError> {
+    let options = if keep {
+        SendOptions::default().with_options(|o| o.with_option(dramaturg::results::STORE_RESULTS, true))
+    } else {
+        SendOptions::default()
+    };
+    for n in 0..messages {
+        Kept { n }.send_with(app, options.clone()).await?;
+    }
+    let started = Instant::now();
+    let report = Worker::new(app.clone()).concurrency(concurrency).run_until_drained(Duration::from_secs(3600)).await?;
+    if report.succeeded != messages {
+        return Err(format!("expected {messages} processed, got {report:?}").into());
+    }
+    Ok(messages as f64 / started.elapsed().as_secs_f64())
+}
+
+async fn results(args: &Args) -> Result<(), BoxError> {
+    use dramaturg::results::SentExt;
+    let messages = args.messages.unwrap_or(1000);
+    let broker = dramaturg::connect(&args.broker).await?;
+    let app = dramaturg::app_shared(broker).actor::<Finish>().actor::<Kept>().build()?;
+    let broker_name = args.broker.split("://").next().unwrap_or_default().to_owned();
+    let worker = Worker::new(app.clone()).queues(["bench-results"]).concurrency(args.concurrency);
+    let shutdown = worker.shutdown_handle();
+    let running = tokio::spawn(worker.run());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut wakes = Vec::with_capacity(messages as usize);
+    for n in 0..messages {
+        let sent = Finish { n }.send(&app).await?;
+        let finished_us = sent.result(&app).wait(Duration::from_secs(30)).await?;
+        wakes.push(unix_micros().saturating_sub(finished_us));
+    }
+    shutdown.shutdown();
+    running.await??;
+    wakes.sort_unstable();
+    let (p50, p99) = (percentile(&wakes, 0.5), percentile(&wakes, 0.99));
+
+    let throughput = (messages * 10).max(2000);
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        without.push(kept_rate(&app, throughput, false, args.concurrency).await?);
+        with.push(kept_rate(&app, throughput, true, args.concurrency).await?);
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (with, without) = (median(with), median(without));
+    let cost = (1.0 - with / without) * 100.0;
+    println!("scenario:    results ({broker_name}, {messages} waits; {throughput} messages x3 each way)");
+    println!("wake-up after the actor's end: p50 {p50:.3} ms, p99 {p99:.3} ms");
+    println!("processing: {with:.0} msgs/s keeping results, {without:.0} without ({cost:.1}% cost)");
+    println!(
+        "{{\"scenario\":\"results\",\"broker\":\"{broker_name}\",\"messages\":{messages},\"wake_ms_p50\":{p50:.3},\"wake_ms_p99\":{p99:.3},\"with_results_per_s\":{with:.0},\"without_results_per_s\":{without:.0},\"results_cost_pct\":{cost:.1}}}"
     );
     Ok(())
 }

@@ -463,6 +463,37 @@ async fn the_protocol_comes_from_the_url_or_the_config() {
     assert_eq!(RedisBroker::connect(URL).await.unwrap().protocol(), Protocol::Native);
 }
 
+/// `?namespace=` in the URL puts the keys where Python's broker of that
+/// namespace has them, and a worker that stops cleanly leaves Dramatiq's
+/// heartbeats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_namespace_comes_from_the_url_and_a_clean_stop_leaves_the_heartbeats() {
+    if support::is_child() {
+        return;
+    }
+    let namespace = namespace();
+    let send = r#"
+@dramatiq.actor(actor_name="orphan", queue_name="orphans")
+def orphan(seq):
+    pass
+orphan.send(41)
+"#;
+    python::run(&format!("{PY_BROKER}{send}"), &[&namespace]);
+    let mut conn = redis_conn().await;
+    let heartbeats = format!("{namespace}:__heartbeats__");
+    // Python's producer beats too (every command of Dramatiq's is a beat).
+    let python: Vec<String> =
+        redis::cmd("ZRANGE").arg(&heartbeats).arg(0).arg(-1).query_async(&mut conn).await.unwrap();
+    let broker = dramaturg::connect(&format!("{URL}?protocol=dramatiq&namespace={namespace}")).await.unwrap();
+    let app = dramaturg::app_shared(broker).actor::<Orphan>().build().unwrap();
+    let report = Worker::new(app).run_until_drained(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(report.succeeded, 1, "{report:?}");
+    assert!(ORPHANS.lock().unwrap().contains(&41));
+    let beating: Vec<String> =
+        redis::cmd("ZRANGE").arg(&heartbeats).arg(0).arg(-1).query_async(&mut conn).await.unwrap();
+    assert_eq!(beating, python, "a worker that stopped cleanly is still in the heartbeats");
+}
+
 // --- The idle cost -----------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -163,10 +163,11 @@ impl RedisConfig {
     /// (see [`RedisConfig::protocol`]), `?protocol=native` this crate's own;
     /// the parameter is taken out of the URL before it reaches the Redis
     /// client (whose own `protocol=resp2` / `resp3` pass through). Any other
-    /// value is refused when the broker connects.
+    /// value is refused when the broker connects. `?namespace=billing` sets
+    /// the namespace as [`RedisConfig::namespace`] does.
     pub fn new(url: impl Into<String>) -> Self {
         let url = url.into();
-        let (url, chosen) = dramatiq::url::take_protocol(&url);
+        let (url, params) = dramatiq::url::take_params(&url);
         let mut config = Self {
             url,
             namespace: "dramaturg".into(),
@@ -188,7 +189,10 @@ impl RedisConfig {
             #[cfg(feature = "tls")]
             tls_root_certificate: None,
         };
-        match chosen {
+        if let Some(namespace) = params.namespace {
+            config = config.namespace(namespace);
+        }
+        match params.protocol {
             Some(Ok(protocol)) => config = config.protocol(protocol),
             Some(Err(value)) => config.unknown_protocol = Some(value),
             None => {}

@@ -184,8 +184,14 @@ pub(crate) async fn deregister(
         let keys = DramatiqKeys::new(&config.namespace, queue);
         pipe.scard(keys.acks(worker, &keys.ready)).scard(keys.acks(worker, &keys.delayed));
     }
-    let held: Vec<u64> = pipe.query_async(conn).await.map_err(|e| broker_error(e, "deregistering"))?;
-    let held: u64 = held.iter().sum();
+    // No queue served (any more): nothing to count, and Redis refuses an
+    // empty pipeline.
+    let held: u64 = if queues.is_empty() {
+        0
+    } else {
+        let held: Vec<u64> = pipe.query_async(conn).await.map_err(|e| broker_error(e, "deregistering"))?;
+        held.iter().sum()
+    };
     if held > 0 {
         tracing::warn!(held, "stopping with messages not settled; they return after the heartbeat timeout");
         return Ok(false);

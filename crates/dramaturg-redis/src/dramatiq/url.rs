@@ -1,4 +1,5 @@
-//! The `?protocol=` parameter of a broker URL.
+//! This crate's parameters of a broker URL: `?protocol=` and
+//! `?namespace=`.
 //!
 //! The Redis client reads a `protocol` parameter of its own (`resp2`,
 //! `resp3`), so only this crate's values are taken out; the client's pass
@@ -6,23 +7,33 @@
 
 use dramaturg_core::Protocol;
 
-/// `url` without its `protocol=native|dramatiq` parameter, and what that
-/// parameter chose: `Some(Ok(_))` for one of ours, `Some(Err(value))` for a
-/// value that is neither ours nor the Redis client's, `None` when absent.
-pub(crate) fn take_protocol(url: &str) -> (String, Option<Result<Protocol, String>>) {
-    let Some((base, query)) = url.split_once('?') else { return (url.to_owned(), None) };
-    let mut chosen = None;
+/// What this crate's URL parameters chose.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct Params {
+    /// `Some(Ok(_))` for `protocol=native|dramatiq`, `Some(Err(value))` for
+    /// a value that is neither ours nor the Redis client's, `None` when
+    /// absent.
+    pub(crate) protocol: Option<Result<Protocol, String>>,
+    /// `namespace=…`, when given.
+    pub(crate) namespace: Option<String>,
+}
+
+/// `url` without this crate's parameters, and what they chose.
+pub(crate) fn take_params(url: &str) -> (String, Params) {
+    let Some((base, query)) = url.split_once('?') else { return (url.to_owned(), Params::default()) };
+    let mut params = Params::default();
     let mut kept = Vec::new();
     for pair in query.split('&') {
         match pair.split_once('=') {
             Some(("protocol", value)) if !matches!(value, "resp2" | "resp3") => {
-                chosen = Some(value.parse::<Protocol>().map_err(|_| value.to_owned()));
+                params.protocol = Some(value.parse::<Protocol>().map_err(|_| value.to_owned()));
             }
+            Some(("namespace", value)) => params.namespace = Some(value.to_owned()),
             _ => kept.push(pair),
         }
     }
     let url = if kept.is_empty() { base.to_owned() } else { format!("{base}?{}", kept.join("&")) };
-    (url, chosen)
+    (url, params)
 }
 
 #[cfg(test)]
@@ -30,16 +41,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn our_protocol_is_taken_out_and_the_clients_kept() {
-        assert_eq!(take_protocol("redis://h:6379/0"), ("redis://h:6379/0".into(), None));
+    fn our_parameters_are_taken_out_and_the_clients_kept() {
+        let protocol = |url: &str| {
+            let (url, params) = take_params(url);
+            (url, params.protocol)
+        };
+        assert_eq!(protocol("redis://h:6379/0"), ("redis://h:6379/0".into(), None));
+        assert_eq!(protocol("redis://h/0?protocol=dramatiq"), ("redis://h/0".into(), Some(Ok(Protocol::Dramatiq))));
         assert_eq!(
-            take_protocol("redis://h/0?protocol=dramatiq"),
-            ("redis://h/0".into(), Some(Ok(Protocol::Dramatiq)))
-        );
-        assert_eq!(
-            take_protocol("redis://h/0?protocol=native&protocol=resp3"),
+            protocol("redis://h/0?protocol=native&protocol=resp3"),
             ("redis://h/0?protocol=resp3".into(), Some(Ok(Protocol::Native)))
         );
-        assert_eq!(take_protocol("redis://h/0?protocol=celery"), ("redis://h/0".into(), Some(Err("celery".into()))));
+        assert_eq!(protocol("redis://h/0?protocol=celery"), ("redis://h/0".into(), Some(Err("celery".into()))));
+        let (url, params) = take_params("redis://h/0?protocol=dramatiq&namespace=billing");
+        assert_eq!(url, "redis://h/0");
+        assert_eq!(params.namespace.as_deref(), Some("billing"));
     }
 }

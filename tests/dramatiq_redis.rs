@@ -598,17 +598,29 @@ async fn pythons_maintenance_never_takes_a_busy_rust_worker_for_dead() {
         HOGS.load(std::sync::atomic::Ordering::SeqCst) == 1
     })
     .await;
-    // For 2.5 s, 20 maintenance passes a second on the hog's queue.
+    // For 2.5 s, 20 maintenance passes a second on the hog's queue, looking
+    // whether the running message was put back. (`qsize` counts messages
+    // in flight too.)
     let maintenance = r#"
 broker = RedisBroker(url="redis://127.0.0.1:6379", namespace=sys.argv[1], heartbeat_timeout=1000,
                      maintenance_chance=1000000)
+client = redis.Redis.from_url("redis://127.0.0.1:6379")
+longest, stalest, others = 0, 0, 0
 for _ in range(50):
     broker.do_qsize("hogs")
+    longest = max(longest, client.llen(f"{sys.argv[1]}:hogs"))
+    beats = client.zrange(f"{sys.argv[1]}:__heartbeats__", 0, -1, withscores=True)
+    ages = [time.time() * 1000 - score for member, score in beats if member.decode() != broker.broker_id]
+    others = max(others, len(ages))
+    stalest = max([stalest] + ages)
     time.sleep(0.05)
-print(broker.do_qsize("hogs"))
+print(longest, others, int(stalest))
 "#;
     let out = python::run(&format!("{PY_BROKER}{maintenance}"), &[&namespace]);
-    assert_eq!(out.trim(), "0", "Python's maintenance put the running message back in the queue");
+    let seen: Vec<u64> = out.split_whitespace().map(|n| n.parse().unwrap()).collect();
+    assert_eq!(seen[0], 0, "Python's maintenance put the running message back in the queue");
+    assert_eq!(seen[1], 1, "the Rust worker is not in Dramatiq's heartbeats: {out}");
+    assert!(seen[2] < 1000, "the Rust worker's heartbeat went stale while its handler ran: {out}");
     worker.await.unwrap().unwrap();
     assert_eq!(HOGS.load(std::sync::atomic::Ordering::SeqCst), 1, "the message ran twice");
 }

@@ -11,8 +11,7 @@
 //! reason, so its raw bytes land in `q.XQ`.
 
 use bytes::Bytes;
-use dramaturg_core::dramatiq::{delay_queue, Body, Dramatiq};
-use dramaturg_core::Encoder;
+use dramaturg_core::dramatiq::{delay_queue, Body};
 use dramaturg_core::Outgoing;
 
 use crate::delay::{millis_rounded_up, DUE_HEADER};
@@ -75,13 +74,12 @@ pub(crate) fn due_copy(body: Option<Body>, raw: &Bytes, queue: &str) -> Bytes {
     }
 }
 
-/// A dead letter's body: the message with `options.traceback` = `reason`
-/// (bytes that are not a Dramatiq message — not JSON, or JSON of another
-/// shape — go unchanged; the reason travels in a header too).
+/// A dead letter's body: the message with `options.traceback` = `reason`,
+/// for every JSON object (one that Python reads but this worker refused —
+/// an id that is no UUID, an option of the wrong type — shows its reason
+/// to Python's tools too); other bytes go unchanged. The reason travels in
+/// a header as well.
 pub(crate) fn dead_letter_body(raw: &Bytes, reason: &str) -> Bytes {
-    if Dramatiq.decode_message(raw).is_err() {
-        return raw.clone();
-    }
     match Body::parse(raw) {
         Ok(mut body) => {
             body.set_option(TRACEBACK, reason);
@@ -134,8 +132,11 @@ mod tests {
         assert_eq!((target, &body[..]), (Target::DelayQueue("q"), &b"\x01garbage"[..]));
         assert!(extra.due.is_some());
         assert_eq!(&dead_letter_body(&body, "why")[..], &b"\x01garbage"[..]);
+        let array = Bytes::from_static(b"[1,2,3]");
+        assert_eq!(dead_letter_body(&array, "why"), array);
+        // A JSON object Python reads but this worker refused shows why too.
         let other_json = Bytes::from_static(br#"{"hello":"world"}"#);
-        assert_eq!(dead_letter_body(&other_json, "why"), other_json);
+        assert_eq!(traceback(&dead_letter_body(&other_json, "why")).as_deref(), Some("why"));
         let dead = dead_letter_body(&Bytes::from_static(MESSAGE.as_bytes()), "why");
         assert_eq!(traceback(&dead).as_deref(), Some("why"));
     }

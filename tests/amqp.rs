@@ -70,11 +70,8 @@ fn mark(tag: String) -> Mark {
 /// The child: a worker process recording to a file, until SIGTERM.
 #[test]
 fn amqp_worker_child() {
-    let Some((_, prefix)) = support::child_spec() else { return };
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    runtime.block_on(async {
-        let app = dramaturg::app(broker().await).queue_prefix(prefix).actor::<Numbered>().build().unwrap();
-        Worker::new(app).concurrency(4).run_until_signal().await.unwrap();
+    support::run_worker_child(|prefix| async move {
+        dramaturg::app(broker().await).queue_prefix(prefix).actor::<Numbered>().build().unwrap()
     });
 }
 

@@ -35,10 +35,6 @@ broker = RabbitmqBroker(url="amqp://guest:guest@127.0.0.1:5672/%2f")
 dramatiq.set_broker(broker)
 "#;
 
-fn messages() -> u64 {
-    std::env::var("DRAMATURG_INTEROP_MESSAGES").ok().and_then(|n| n.parse().ok()).unwrap_or(200)
-}
-
 fn prefix() -> String {
     format!("dq-{}-", dramaturg::MessageId::new())
 }
@@ -111,7 +107,7 @@ async fn python_sends_and_rust_runs_each_message_once_with_its_values() {
     let prefix = prefix();
     let app = record_app(broker().await, &prefix);
     let queue = app.queues()[0].clone();
-    let n = messages();
+    let n = python::messages();
     let script = format!(
         "{PY_BROKER}\n{}",
         r#"
@@ -171,20 +167,12 @@ def append(seq):
     )
 }
 
-fn lines(path: &std::path::Path) -> HashMap<u64, usize> {
-    let mut counts = HashMap::new();
-    for line in std::fs::read_to_string(path).unwrap_or_default().lines().filter(|l| !l.is_empty()) {
-        *counts.entry(line.parse().unwrap()).or_insert(0) += 1;
-    }
-    counts
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rust_sends_and_python_runs_them_all() {
     let prefix = prefix();
     let app = dramaturg::app(broker().await).queue_prefix(&prefix).actor::<Append>().build().unwrap();
     let queue = app.queues()[0].clone();
-    let n = messages();
+    let n = python::messages();
     let batch: Vec<Append> = (0..n).map(|seq| Append { seq }).collect();
     app.send_many(&batch).await.unwrap();
     let path = std::env::temp_dir().join(format!("{prefix}append.txt"));
@@ -192,9 +180,9 @@ async fn rust_sends_and_python_runs_them_all() {
         &append_module(&queue, &path),
         &["--processes", "1", "--threads", "4", "--queues", &queue],
     );
-    wait_for("Python to run every message", Duration::from_secs(60), || lines(&path).len() as u64 == n).await;
+    wait_for("Python to run every message", Duration::from_secs(60), || python::lines(&path).len() as u64 == n).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let counts = lines(&path);
+    let counts = python::lines(&path);
     assert_eq!(counts.len() as u64, n);
     assert!(counts.values().all(|&times| times == 1), "each once: {counts:?}");
     let _ = std::fs::remove_file(&path);
@@ -299,11 +287,8 @@ connection.close()
 /// until SIGTERM.
 #[test]
 fn dramatiq_amqp_worker_child() {
-    let Some((_, prefix)) = support::child_spec() else { return };
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    runtime.block_on(async {
-        let app = dramaturg::app(broker().await).queue_prefix(prefix).actor::<Numbered>().build().unwrap();
-        Worker::new(app).concurrency(4).run_until_signal().await.unwrap();
+    support::run_worker_child(|prefix| async move {
+        dramaturg::app(broker().await).queue_prefix(prefix).actor::<Numbered>().build().unwrap()
     });
 }
 
@@ -312,7 +297,7 @@ async fn a_worker_killed_with_sigkill_loses_nothing() {
     let prefix = prefix();
     let app = dramaturg::app(broker().await).queue_prefix(&prefix).actor::<Numbered>().build().unwrap();
     let queue = app.queues()[0].clone();
-    let total = messages().max(1000);
+    let total = python::messages().max(1000);
     let batch: Vec<Numbered> = (0..total).map(|seq| Numbered { seq }).collect();
     app.send_many(&batch).await.unwrap();
     let dir = std::env::temp_dir().join(format!("{prefix}kill"));
@@ -375,7 +360,7 @@ async fn python_and_rust_workers_run_together_on_their_queues() {
     }
     let rust_done = || RUST_SIDE.lock().unwrap().iter().filter(|(tag, _)| *tag == prefix).count() as u64;
     wait_for("the Rust worker", Duration::from_secs(60), || rust_done() == sent).await;
-    wait_for("the Python worker", Duration::from_secs(60), || lines(&path).len() as u64 == sent).await;
+    wait_for("the Python worker", Duration::from_secs(60), || python::lines(&path).len() as u64 == sent).await;
     shutdown.shutdown();
     let report = running.await.unwrap();
     assert_eq!(report.failed, 0, "{report:?}");

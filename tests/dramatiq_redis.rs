@@ -41,10 +41,6 @@ async fn broker(namespace: &str) -> RedisBroker {
     RedisBroker::with_config(config(namespace)).await.expect("Redis runs on 127.0.0.1:6379")
 }
 
-fn messages() -> u64 {
-    std::env::var("DRAMATURG_INTEROP_MESSAGES").ok().and_then(|n| n.parse().ok()).unwrap_or(200)
-}
-
 async fn redis_conn() -> redis::aio::MultiplexedConnection {
     redis::Client::open(URL).unwrap().get_multiplexed_async_connection().await.unwrap()
 }
@@ -84,7 +80,7 @@ async fn python_sends_and_rust_processes_each_message_once() {
         return;
     }
     let namespace = namespace();
-    let n = messages();
+    let n = python::messages();
     let script = format!(
         r#"{PY_BROKER}
 @dramatiq.actor(actor_name="interop_step", queue_name="interop")
@@ -144,30 +140,24 @@ def py_record(seq, path):
     )
 }
 
-fn lines(path: &std::path::Path) -> HashMap<u64, usize> {
-    let mut counts = HashMap::new();
-    for line in std::fs::read_to_string(path).unwrap_or_default().lines().filter(|l| !l.is_empty()) {
-        *counts.entry(line.parse().unwrap()).or_insert(0) += 1;
-    }
-    counts
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rust_sends_and_python_processes_each_message() {
     if support::is_child() {
         return;
     }
     let namespace = namespace();
-    let n = messages();
+    let n = python::messages();
     let path = support::temp_log("to-python");
     let app = dramaturg::app(broker(&namespace).await).actor::<PyRecord>().build().unwrap();
     let path_text = path.display().to_string();
     let batch: Vec<PyRecord> = (0..n).map(|seq| PyRecord { seq, path: path_text.clone() }).collect();
     app.send_many(&batch).await.unwrap();
     let _worker = python::spawn_worker(&python_worker_module(&namespace), &["--processes", "1", "--threads", "4"]);
-    support::wait_for("Python to process every message", Duration::from_secs(60), || lines(&path).len() as u64 == n)
-        .await;
-    let counts = lines(&path);
+    support::wait_for("Python to process every message", Duration::from_secs(60), || {
+        python::lines(&path).len() as u64 == n
+    })
+    .await;
+    let counts = python::lines(&path);
     assert!(counts.values().all(|&c| c == 1), "each once");
     let _ = std::fs::remove_file(&path);
 }
@@ -285,11 +275,8 @@ print(json.dumps({{"count": len(ids), "actor": message.actor_name, "queue": mess
 /// The child: a Rust worker in Dramatiq's layout, until SIGTERM.
 #[test]
 fn dramatiq_worker_child() {
-    let Some((_, namespace)) = support::child_spec() else { return };
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    runtime.block_on(async {
-        let app = dramaturg::app(broker(&namespace).await).actor::<Numbered>().build().unwrap();
-        Worker::new(app).concurrency(4).run_until_signal().await.unwrap();
+    support::run_worker_child(|namespace| async move {
+        dramaturg::app(broker(&namespace).await).actor::<Numbered>().build().unwrap()
     });
 }
 
@@ -301,7 +288,7 @@ async fn a_rust_worker_killed_with_sigkill_loses_nothing() {
     let namespace = namespace();
     let app = dramaturg::app(broker(&namespace).await).actor::<Numbered>().build().unwrap();
     // The helper kills one of two workers after 300 messages.
-    let total = messages().max(1000);
+    let total = python::messages().max(1000);
     let (duplicates, recovery) =
         support::kill_one_of_two_workers(&app, "dramatiq_worker_child", &namespace, total).await;
     println!(
@@ -357,7 +344,7 @@ for i in range(1_000_000, 1_000_000 + int(sys.argv[2])):
     rust_side.send(i)
 "#
     );
-    let from_python = messages();
+    let from_python = python::messages();
     let ns = namespace.clone();
     let python_sends =
         tokio::task::spawn_blocking(move || python::run(&python_sender, &[&ns, &from_python.to_string()]));
@@ -371,7 +358,7 @@ for i in range(1_000_000, 1_000_000 + int(sys.argv[2])):
     }
     python_sends.await.unwrap();
     support::wait_for("both sides to finish", Duration::from_secs(60), || {
-        RUST_SIDE.lock().unwrap().len() as u64 == sent + from_python && lines(&path).len() as u64 == sent
+        RUST_SIDE.lock().unwrap().len() as u64 == sent + from_python && python::lines(&path).len() as u64 == sent
     })
     .await;
     shutdown.shutdown();
@@ -381,7 +368,7 @@ for i in range(1_000_000, 1_000_000 + int(sys.argv[2])):
     unique.sort_unstable();
     unique.dedup();
     assert_eq!(unique.len(), rust_side.len(), "each Rust-side message once");
-    assert!(lines(&path).values().all(|&c| c == 1), "each Python-side message once");
+    assert!(python::lines(&path).values().all(|&c| c == 1), "each Python-side message once");
     println!("{sent} messages each way from Rust, {from_python} from Python, in {secs} s, none lost");
     let _ = std::fs::remove_file(&path);
 }

@@ -25,11 +25,8 @@ use support::{namespace, redis_broker as broker_in};
 /// The child: a worker process recording to a file, until SIGTERM.
 #[test]
 fn redis_worker_child() {
-    let Some((_, namespace)) = support::child_spec() else { return };
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    runtime.block_on(async {
-        let app = dramaturg::app(broker_in(URL, &namespace).await).actor::<Numbered>().build().unwrap();
-        Worker::new(app).concurrency(4).run_until_signal().await.unwrap();
+    support::run_worker_child(|namespace| async move {
+        dramaturg::app(broker_in(URL, &namespace).await).actor::<Numbered>().build().unwrap()
     });
 }
 

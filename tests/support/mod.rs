@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used)] // Each test binary uses part of this.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -91,6 +92,17 @@ pub(crate) fn recorded(dir: &Path) -> HashMap<u64, usize> {
         }
     }
     counts
+}
+
+/// A worker child's body: a worker of 4 runs the app that `app` builds
+/// from the child's spec (its namespace or queue prefix) until SIGTERM;
+/// nothing in a process that is not a worker child.
+pub(crate) fn run_worker_child<F: Future<Output = App>>(app: impl FnOnce(String) -> F) {
+    let Some((_, spec)) = child_spec() else { return };
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(async {
+        Worker::new(app(spec).await).concurrency(4).run_until_signal().await.unwrap();
+    });
 }
 
 /// A worker child that is killed if the test ends without stopping it (a

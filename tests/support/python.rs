@@ -1,11 +1,28 @@
 //! Python Dramatiq as a foreign client: the venv `scripts/services` makes
 //! (`.venv`, with `dramatiq[redis,rabbitmq]==2.*` from PyPI).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use std::os::unix::process::CommandExt;
 use std::process::Child;
+
+/// How many messages the interoperability tests send
+/// (`DRAMATURG_INTEROP_MESSAGES`, 200 by default).
+pub(crate) fn messages() -> u64 {
+    std::env::var("DRAMATURG_INTEROP_MESSAGES").ok().and_then(|n| n.parse().ok()).unwrap_or(200)
+}
+
+/// How often each number stands on a line of the file at `path` (which a
+/// Python actor appends to); empty while there is no file.
+pub(crate) fn lines(path: &Path) -> HashMap<u64, usize> {
+    let mut counts = HashMap::new();
+    for line in std::fs::read_to_string(path).unwrap_or_default().lines().filter(|l| !l.is_empty()) {
+        *counts.entry(line.parse().unwrap()).or_insert(0) += 1;
+    }
+    counts
+}
 
 /// The venv's Python; panics with what to run when it is missing, so that
 /// an interoperability test never passes without Python.

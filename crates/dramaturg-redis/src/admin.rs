@@ -5,7 +5,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use async_trait::async_trait;
 use bytes::Bytes;
 use dramaturg_core::{BrokerError, DeadLetter, DeadLetters, QueueAdmin, QueueStats, Replay};
-use redis::Value;
+use redis::{ScriptInvocation, Value};
 
 use crate::{broker_error, RedisBroker};
 
@@ -36,30 +36,16 @@ impl QueueAdmin for RedisBroker {
         if self.is_dramatiq() {
             return self.dramatiq_purge(queue).await;
         }
-        // Many short script calls, so that a purge of millions of messages
-        // never blocks Redis (and every heartbeat) for long.
         let keys = self.keys(queue);
-        let mut conn = self.shared.conn.clone();
-        let mut purged = 0;
-        loop {
-            let (removed, looked_at): (u64, u64) = self
-                .shared
-                .scripts
-                .purge
-                .key(&keys.ready)
-                .key(&keys.delayed)
-                .key(&keys.msgs)
-                .key(&keys.claims)
-                .key(&keys.redelivered)
-                .arg(PURGE_BATCH)
-                .invoke_async(&mut conn)
-                .await
-                .map_err(|e| broker_error(e, "purge"))?;
-            purged += removed;
-            if looked_at == 0 {
-                return Ok(purged);
-            }
-        }
+        let mut invocation = self.shared.scripts.purge.prepare_invoke();
+        invocation
+            .key(&keys.ready)
+            .key(&keys.delayed)
+            .key(&keys.msgs)
+            .key(&keys.claims)
+            .key(&keys.redelivered)
+            .arg(PURGE_BATCH);
+        self.in_batches(&invocation, false, "purge").await
     }
 
     async fn requeue_in_flight(&self, queue: &str) -> Result<u64, BrokerError> {
@@ -126,7 +112,33 @@ impl RedisBroker {
             return self.dramatiq_move_dead(queue, which, action).await;
         }
         let keys = self.keys(queue);
-        let mut conn = self.shared.conn.clone();
+        self.move_dead_with(which, action, |target| {
+            let mut invocation = self.shared.scripts.replay.prepare_invoke();
+            invocation
+                .key(&keys.dead)
+                .key(&keys.dead_msgs)
+                .key(&keys.reasons)
+                .key(&keys.msgs)
+                .key(&keys.ready)
+                .key(&keys.dead_bytes)
+                .arg(target)
+                .arg(action)
+                .arg(&keys.wake);
+            invocation
+        })
+        .await
+    }
+
+    /// Replays or deletes the dead letters `which` by calls of the
+    /// invocation that `prepare` makes for a target (the one dead letter's
+    /// id, or '' for the next 500): either layout's replay script, which
+    /// returns {done, looked at}.
+    pub(crate) async fn move_dead_with<'a>(
+        &self,
+        which: &Replay,
+        action: &str,
+        prepare: impl FnOnce(&str) -> ScriptInvocation<'a>,
+    ) -> Result<u64, BrokerError> {
         let target = match which {
             // No dead letter has the empty key (the script reads an empty
             // target as "all").
@@ -134,27 +146,29 @@ impl RedisBroker {
             Replay::One(key) => key.clone(),
             _ => String::new(),
         };
-        let mut moved = 0;
+        let invocation = prepare(&target);
+        self.in_batches(&invocation, !target.is_empty(), &format!("{action} of dead letters")).await
+    }
+
+    /// Calls `invocation`, a script that returns how many it did and how
+    /// many it looked at, until it looks at nothing (or once, when `once`);
+    /// returns how many it did in all. Many short calls, so that a purge or
+    /// a replay of millions never blocks Redis (and every heartbeat) for
+    /// long.
+    pub(crate) async fn in_batches(
+        &self,
+        invocation: &ScriptInvocation<'_>,
+        once: bool,
+        what: &str,
+    ) -> Result<u64, BrokerError> {
+        let mut conn = self.shared.conn.clone();
+        let mut done = 0;
         loop {
-            let (count, looked_at): (u64, u64) = self
-                .shared
-                .scripts
-                .replay
-                .key(&keys.dead)
-                .key(&keys.dead_msgs)
-                .key(&keys.reasons)
-                .key(&keys.msgs)
-                .key(&keys.ready)
-                .key(&keys.dead_bytes)
-                .arg(&target)
-                .arg(action)
-                .arg(&keys.wake)
-                .invoke_async(&mut conn)
-                .await
-                .map_err(|e| broker_error(e, &format!("{action} of dead letters")))?;
-            moved += count;
-            if !target.is_empty() || looked_at == 0 {
-                return Ok(moved);
+            let (count, looked_at): (u64, u64) =
+                invocation.invoke_async(&mut conn).await.map_err(|e| broker_error(e, what))?;
+            done += count;
+            if once || looked_at == 0 {
+                return Ok(done);
             }
         }
     }

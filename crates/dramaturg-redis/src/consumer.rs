@@ -201,16 +201,20 @@ fn claimed(id: Value, body: Value, token: Value, again: Value) -> Result<Claimed
     Ok(Claimed { id, body: Bytes::from(body), token: token.to_string(), redelivered: again == 1 })
 }
 
+/// A free prefetch slot for the next delivery; an error once the consumer
+/// is closed.
+pub(crate) async fn prefetch_slot(permits: &Arc<Semaphore>) -> Result<OwnedSemaphorePermit, BrokerError> {
+    Arc::clone(permits)
+        .acquire_owned()
+        .await
+        .map_err(|_| BrokerError::new(BrokerErrorKind::Closed, "the consumer is closed"))
+}
+
 #[async_trait]
 impl Consumer for RedisConsumer {
     async fn next(&mut self) -> Result<Delivery, BrokerError> {
-        let permit = Arc::clone(&self.permits)
-            .acquire_owned()
-            .await
-            .map_err(|_| BrokerError::new(BrokerErrorKind::Closed, "the consumer is closed"))?;
-        if !self.registered {
-            self.shared.registry.beat_once().await?;
-            self.registered = true;
+        let permit = prefetch_slot(&self.permits).await?;
+        if self.shared.registry.register_once(&mut self.registered).await? {
             tracing::info!(queue_key = %self.keys.ready, "consumer registered");
         }
         loop {

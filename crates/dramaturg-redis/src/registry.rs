@@ -100,6 +100,17 @@ impl Registry {
         self.beat_on(&mut conn).await
     }
 
+    /// Beats once (see `beat_once`) for a consumer not yet `registered`,
+    /// and marks it so; whether it did now.
+    pub(crate) async fn register_once(&self, registered: &mut bool) -> Result<bool, BrokerError> {
+        if *registered {
+            return Ok(false);
+        }
+        self.beat_once().await?;
+        *registered = true;
+        Ok(true)
+    }
+
     /// One heartbeat on `conn`, in the broker's layout.
     async fn beat_on(&self, conn: &mut ConnectionManager) -> Result<(), BrokerError> {
         match &self.dramatiq {

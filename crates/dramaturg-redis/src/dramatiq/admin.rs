@@ -40,23 +40,10 @@ impl RedisBroker {
     /// a holder finds its held ones gone and lets go of them).
     pub(crate) async fn dramatiq_purge(&self, queue: &str) -> Result<u64, BrokerError> {
         let keys = self.dramatiq_keys(queue);
-        let scripts = &self.shared.dramatiq.scripts;
+        let mut invocation = self.shared.dramatiq.scripts.purge.prepare_invoke();
+        invocation.key(&keys.ready.list).key(&keys.ready.msgs).arg(PURGE_BATCH);
+        let purged = self.in_batches(&invocation, false, "purge").await?;
         let mut conn = self.shared.conn.clone();
-        let mut purged = 0;
-        loop {
-            let (removed, looked_at): (u64, u64) = scripts
-                .purge
-                .key(&keys.ready.list)
-                .key(&keys.ready.msgs)
-                .arg(PURGE_BATCH)
-                .invoke_async(&mut conn)
-                .await
-                .map_err(|e| broker_error(e, "purge"))?;
-            purged += removed;
-            if looked_at == 0 {
-                break;
-            }
-        }
         let (delayed, ..): (u64, u64, u64, u64) = redis::pipe()
             .hlen(&keys.delayed.msgs)
             .del(&keys.delayed.list)
@@ -128,35 +115,19 @@ impl RedisBroker {
         action: &str,
     ) -> Result<u64, BrokerError> {
         let keys = self.dramatiq_keys(queue);
-        let mut conn = self.shared.conn.clone();
-        let target = match which {
-            // No dead letter has the empty key ('' means "all" to the script).
-            Replay::One(key) if key.is_empty() => return Ok(0),
-            Replay::One(key) => key.clone(),
-            _ => String::new(),
-        };
-        let mut moved = 0;
-        loop {
-            let (count, looked_at): (u64, u64) = self
-                .shared
-                .dramatiq
-                .scripts
-                .replay
+        self.move_dead_with(which, action, |target| {
+            let mut invocation = self.shared.dramatiq.scripts.replay.prepare_invoke();
+            invocation
                 .key(&keys.dead)
                 .key(&keys.dead_msgs)
                 .key(&keys.dead_reasons)
                 .key(&keys.ready.msgs)
                 .key(&keys.ready.list)
-                .arg(&target)
+                .arg(target)
                 .arg(action)
-                .arg(&keys.ready.wake)
-                .invoke_async(&mut conn)
-                .await
-                .map_err(|e| broker_error(e, &format!("{action} of dead letters")))?;
-            moved += count;
-            if !target.is_empty() || looked_at == 0 {
-                return Ok(moved);
-            }
-        }
+                .arg(&keys.ready.wake);
+            invocation
+        })
+        .await
     }
 }

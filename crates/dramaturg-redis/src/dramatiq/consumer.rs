@@ -17,6 +17,7 @@ use super::delays::Holder;
 use super::keys::{DramatiqKeys, Side};
 use super::message;
 use super::poll::Backoff;
+use crate::consumer::prefetch_slot;
 use crate::{broker_error, Shared};
 
 pub(crate) struct DramatiqConsumer {
@@ -126,14 +127,8 @@ pub(crate) async fn give_back(shared: &Shared, acks: &str, side: &Side, ids: &[S
 #[async_trait]
 impl Consumer for DramatiqConsumer {
     async fn next(&mut self) -> Result<Delivery, BrokerError> {
-        let permit = Arc::clone(&self.permits)
-            .acquire_owned()
-            .await
-            .map_err(|_| BrokerError::new(BrokerErrorKind::Closed, "the consumer is closed"))?;
-        if !self.registered {
-            self.shared.registry.beat_once().await?;
-            self.registered = true;
-        }
+        let permit = prefetch_slot(&self.permits).await?;
+        self.shared.registry.register_once(&mut self.registered).await?;
         loop {
             if let Some((id, body)) = self.buffer.pop_front() {
                 return Ok(self.deliver(id, body, permit));

@@ -14,12 +14,13 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::Channel;
 
 use crate::delay::{bucket_queue, MAX_BUCKET};
-use crate::error::amqp_error;
+use crate::error::{amqp_error, is_not_found};
 use crate::link::{
-    declare_record, declare_topology, forget_bucket, is_not_found, Consuming, Extra, Link, Target, DEAD_KEY_HEADER,
-    PROBE_EXCHANGE, REASON_HEADER, RECORD_EXCHANGE,
+    declare_record, declare_topology, forget_bucket, Consuming, Link, DEAD_KEY_HEADER, PROBE_EXCHANGE, REASON_HEADER,
+    RECORD_EXCHANGE,
 };
 use crate::names::{check_queue, short};
+use crate::target::{Extra, Target};
 use crate::AmqpBroker;
 
 /// The most dead letters one `replay` looks at (and holds unacknowledged on

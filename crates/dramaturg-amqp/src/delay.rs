@@ -14,6 +14,8 @@
 
 use std::time::Duration;
 
+use lapin::types::AMQPValue;
+
 /// The shortest bucket, in milliseconds.
 pub(crate) const BASE_MS: u64 = 10;
 /// Buckets `0..=MAX_BUCKET`: 10 ms to about 11.6 hours. Longer delays go
@@ -64,6 +66,15 @@ pub(crate) fn bucket_queue(queue: &str, k: u32) -> String {
 }
 
 pub(crate) use dramaturg_core::time::millis;
+
+/// The whole-number header `key` of a delivery, if it has one.
+pub(crate) fn header_u64(properties: &lapin::BasicProperties, key: &str) -> Option<u64> {
+    let headers = properties.headers().as_ref()?;
+    match headers.inner().get(key)? {
+        AMQPValue::LongLongInt(value) => u64::try_from(*value).ok(),
+        _ => None,
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -106,6 +106,7 @@ mod flow;
 mod link;
 mod names;
 mod runtime;
+mod target;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -119,8 +120,9 @@ use dramaturg_core::{Broker, BrokerError, Consumer, DeadLetters, Outgoing, Queue
 use bytes::Bytes;
 
 use crate::consumer::Generation;
-use crate::link::{Consuming, Extra, Link, Linker, Target};
+use crate::link::{Consuming, Link, Linker};
 pub use crate::names::MAX_QUEUE_NAME_BYTES;
+use crate::target::{Extra, Target};
 pub use dramaturg_core::Protocol;
 
 /// Settings of an [`AmqpBroker`].
@@ -610,13 +612,13 @@ impl AmqpBroker {
 /// a due time: no clock of the sender (or of any worker) decides when it
 /// runs, only the buckets' TTLs on the server.
 fn route(message: &Outgoing) -> (Target<'_>, Extra<'static>) {
-    let plain = (Target::Queue(&message.queue), Extra { priority: message.priority, ..link::Extra::default() });
+    let plain = (Target::Queue(&message.queue), Extra { priority: message.priority, ..Extra::default() });
     let Some(delay) = message.delay else { return plain };
     // Rounded up, so that the message is never early.
     let wait = delay::millis_rounded_up(delay);
     let Some((k, remaining)) = delay::next_hop(wait) else { return plain };
     // Only for workers of earlier versions, which read a due time.
-    let due = link::now_ms().saturating_add(wait);
+    let due = dramaturg_core::now_ms().saturating_add(wait);
     let extra = Extra { remaining: Some(remaining), due: Some(due), priority: message.priority, reason: None };
     (Target::Bucket(&message.queue, k), extra)
 }

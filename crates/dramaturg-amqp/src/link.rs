@@ -21,11 +21,12 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ErrorKind, ExchangeKind};
 
 use crate::confirms::{Confirms, Published};
-use crate::delay::{bucket_queue, bucket_ttl_ms, DUE_HEADER, REMAINING_HEADER};
+use crate::delay::{bucket_ttl_ms, DUE_HEADER, REMAINING_HEADER};
 use crate::error::amqp_error;
 use crate::flow::{watch_blocked, BlockState};
-use crate::names::{check_queue, short};
+use crate::names::{check_queue, dead_queue, short};
 use crate::runtime::ConnectionRuntime;
+use crate::target::{Extra, Target};
 use crate::{AmqpConfig, Shared};
 
 /// The header holding a dead letter's reason.
@@ -33,64 +34,12 @@ pub(crate) const REASON_HEADER: &str = "x-dramaturg-reason";
 /// The header holding a dead letter's key (for replay).
 pub(crate) const DEAD_KEY_HEADER: &str = "x-dramaturg-dead-key";
 
-/// Extra properties of a published message.
-#[derive(Debug, Default)]
-pub(crate) struct Extra<'a> {
-    /// For a delay bucket: what the message must still wait after it (ms).
-    pub(crate) remaining: Option<u64>,
-    /// For a delay bucket: the due time of earlier versions' header, for
-    /// their workers during a rolling upgrade (never read when `remaining`
-    /// is there).
-    pub(crate) due: Option<u64>,
-    pub(crate) priority: Option<u8>,
-    pub(crate) reason: Option<(&'a str, &'a str)>,
-}
-
 /// The largest header table this broker writes, in bytes. A message's
 /// properties travel in one frame, and RabbitMQ closes the connection on a
 /// frame larger than its `frame_max` (at least 4,096 bytes); staying well
 /// under the smallest possible `frame_max` keeps any one message from ever
 /// tearing down a connection.
 pub(crate) const MAX_HEADER_BYTES: usize = 3072;
-
-/// Where a message is published.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Target<'a> {
-    /// A queue (declared with its dead-letter queue).
-    Queue(&'a str),
-    /// A queue's dead-letter queue.
-    Dead(&'a str),
-    /// Delay bucket `k` of a queue, declared lazily on first use.
-    Bucket(&'a str, u32),
-    /// In Dramatiq's layout: a queue's delay queue, `q.DQ`.
-    DelayQueue(&'a str),
-    /// In Dramatiq's layout: a queue's dead-letter queue, `q.XQ`.
-    DeadLetterQueue(&'a str),
-}
-
-impl<'a> Target<'a> {
-    /// The queue this target is named after.
-    fn queue(self) -> &'a str {
-        match self {
-            Target::Queue(queue)
-            | Target::Dead(queue)
-            | Target::Bucket(queue, _)
-            | Target::DelayQueue(queue)
-            | Target::DeadLetterQueue(queue) => queue,
-        }
-    }
-
-    /// The routing key (the name of the queue on the server).
-    pub(crate) fn name(self) -> String {
-        match self {
-            Target::Queue(queue) => queue.to_owned(),
-            Target::Dead(queue) => dead_queue(queue),
-            Target::Bucket(queue, k) => bucket_queue(queue, k),
-            Target::DelayQueue(queue) => dramaturg_core::dramatiq::delay_queue(queue),
-            Target::DeadLetterQueue(queue) => dramaturg_core::dramatiq::dead_letter_queue(queue),
-        }
-    }
-}
 
 /// A new channel on `connection`.
 async fn open_channel(connection: &Connection) -> Result<Channel, BrokerError> {
@@ -373,11 +322,6 @@ pub(crate) fn bucket_arguments(config: &AmqpConfig, queue: &str, k: u32) -> Fiel
     )
 }
 
-/// The name of `queue`'s dead-letter queue.
-pub(crate) fn dead_queue(queue: &str) -> String {
-    format!("{queue}.dq")
-}
-
 /// Declares (or re-declares, returning message counts) one durable queue.
 pub(crate) async fn declare_one(channel: &Channel, name: &str, arguments: FieldTable) -> Result<u32, BrokerError> {
     let options = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
@@ -406,11 +350,6 @@ fn declare_error(error: lapin::Error, name: &str) -> BrokerError {
         ),
     )
     .with_source(error)
-}
-
-/// Whether `error` is RabbitMQ's 404: the queue does not exist.
-pub(crate) fn is_not_found(error: &lapin::Error) -> bool {
-    matches!(error.kind(), ErrorKind::ProtocolError(e) if *e.kind() == AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND))
 }
 
 /// Whether `error` is RabbitMQ's 406: a declaration that does not match

@@ -60,3 +60,8 @@ mod tests {
         assert!(short(&"k".repeat(256), "header key").is_err());
     }
 }
+
+/// The name of `queue`'s dead-letter queue.
+pub(crate) fn dead_queue(queue: &str) -> String {
+    format!("{queue}.dq")
+}

@@ -501,6 +501,24 @@ mod tests {
         assert!(err.unwrap_err().to_string().contains("option `retries`"));
     }
 
+    #[derive(Debug, PartialEq, Deserialize)]
+    struct User {
+        user: u64,
+        name: String,
+    }
+
+    #[test]
+    fn calls_with_one_kind_of_arguments_fit_every_encoder() {
+        let kwargs =
+            Call::keywords([("user".to_owned(), 7.into()), ("name".to_owned(), "ada".into())].into_iter().collect());
+        for encoder in [&crate::MessagePack as &dyn Encoder, &crate::Json, &Dramatiq] {
+            let bytes = encoder.encode_call(&kwargs).unwrap();
+            assert_eq!(decode_value::<User>(encoder, &bytes).unwrap(), User { user: 7, name: "ada".into() });
+            let both = Call { args: vec![1.into()], ..kwargs.clone() };
+            assert_eq!(encoder.encode_call(&both).is_ok(), encoder.name() == "dramatiq", "{}", encoder.name());
+        }
+    }
+
     #[test]
     fn bodies_are_edited_in_place() {
         let mut body = Body::parse(PYTHON.as_bytes()).unwrap();

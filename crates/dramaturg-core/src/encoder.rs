@@ -317,18 +317,6 @@ mod tests {
     }
 
     #[test]
-    fn calls_with_one_kind_of_arguments_fit_every_encoder() {
-        let kwargs =
-            Call::keywords([("user".to_owned(), 7.into()), ("name".to_owned(), "ada".into())].into_iter().collect());
-        for encoder in [&MessagePack as &dyn Encoder, &Json, &crate::dramatiq::Dramatiq] {
-            let bytes = encoder.encode_call(&kwargs).unwrap();
-            assert_eq!(decode_value::<Args>(encoder, &bytes).unwrap(), Args { user: 7, name: "ada".into() });
-            let both = Call { args: vec![1.into()], ..kwargs.clone() };
-            assert_eq!(encoder.encode_call(&both).is_ok(), encoder.name() == "dramatiq", "{}", encoder.name());
-        }
-    }
-
-    #[test]
     fn garbage_is_a_decode_error() {
         for encoder in [&MessagePack as &dyn Encoder, &Json] {
             let err = encoder.decode_message(b"\xff\x00 not a message").unwrap_err();

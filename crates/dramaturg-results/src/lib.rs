@@ -40,7 +40,7 @@
 //!
 //! Once per message, its final outcome: the actor's `Ok` value (encoded by
 //! the app's encoder), or its final failure as the bounded
-//! [`ErrorRecord`] — never an attempt that will be retried — or that it was
+//! [`ErrorRecord`](dramaturg_core::ErrorRecord) — never an attempt that will be retried — or that it was
 //! aborted or skipped. A message that cannot run (no such actor, arguments
 //! that do not fit) keeps a failure too, so that a waiter never hangs on
 //! it. An output larger than [`Results::max_size`] once encoded is kept as

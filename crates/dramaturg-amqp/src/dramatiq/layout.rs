@@ -19,7 +19,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection};
 
 use crate::error::amqp_error;
-use crate::link::is_not_found;
+use crate::error::is_not_found;
 use crate::names::{check_queue, short};
 use crate::AmqpConfig;
 

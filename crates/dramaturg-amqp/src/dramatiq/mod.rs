@@ -6,11 +6,12 @@
 //!   used as they are;
 //! - [`route`]: where a message goes and what Dramatiq's broker writes
 //!   into it on the way (`queue_name`, `options.eta`, `options.traceback`);
-//! - [`mover`]: the consumer of `q.DQ` that moves each delayed message to
-//!   `q` when it falls due, holding none longer than the hold horizon;
 //! - [`admin`]: statistics, purge and join over the three queues.
+//!
+//! The consumer of `q.DQ` that moves each delayed message to `q` when it
+//! falls due is part of the consumer (`consumer::mover`), whose
+//! settlement it shares.
 
 pub(crate) mod admin;
 pub(crate) mod layout;
-pub(crate) mod mover;
 pub(crate) mod route;

@@ -15,7 +15,8 @@ use dramaturg_core::dramatiq::{delay_queue, Body};
 use dramaturg_core::Outgoing;
 
 use crate::delay::{millis_rounded_up, DUE_HEADER};
-use crate::link::{now_ms, Extra, Target};
+use crate::target::{Extra, Target};
+use dramaturg_core::now_ms;
 
 /// Dramatiq's option holding a dead letter's reason (its traceback).
 pub(crate) const TRACEBACK: &str = "traceback";
@@ -56,7 +57,7 @@ pub(crate) fn priority_of(body: &Body) -> Option<u8> {
 pub(crate) fn eta(body: Option<&Body>, properties: &lapin::BasicProperties) -> Option<u64> {
     match body {
         Some(body) => body.eta(),
-        None => crate::consumer::header_u64(properties, DUE_HEADER),
+        None => crate::delay::header_u64(properties, DUE_HEADER),
     }
 }
 

@@ -7,6 +7,9 @@
 //! every unacknowledged delivery of it to the queue. A [`Generation`] is one
 //! such channel; its receipts settle only while it is current, behind a
 //! fence that `requeue_in_flight` takes exclusively to close it.
+//!
+//! In Dramatiq's layout, [`mover`] consumes `q.DQ` beside `q` and moves
+//! each delayed message to `q` when it falls due.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,13 +23,17 @@ use dramaturg_core::{
 };
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::FieldTable;
 use lapin::Channel;
 
-use crate::delay::{next_hop, DUE_HEADER, REMAINING_HEADER};
+use crate::delay::{header_u64, next_hop, DUE_HEADER, REMAINING_HEADER};
 use crate::error::amqp_error;
-use crate::link::{declare_topology, now_ms, Extra, Link, Target};
+use crate::link::{declare_topology, Link};
+use crate::target::{Extra, Target};
 use crate::{fingerprint, OutstandingMap, Shared};
+use dramaturg_core::now_ms;
+
+mod mover;
 
 /// One consumer channel: the claim of every delivery it received.
 pub(crate) struct Generation {
@@ -110,7 +117,7 @@ pub(crate) struct AmqpConsumer {
     subscription: Option<Subscription>,
     /// In Dramatiq's layout: the consumer of `q.DQ` that moves delayed
     /// messages to this queue when they fall due.
-    mover: Option<crate::dramatiq::mover::Mover>,
+    mover: Option<mover::Mover>,
     /// A delay hop or dead-lettering of a delivery that a cancelled `next`
     /// left running; the next call waits for it (cancel safety).
     triage: Option<tokio::task::JoinHandle<Result<Due, BrokerError>>>,
@@ -124,7 +131,7 @@ impl AmqpConsumer {
             Self { shared, queue: queue.to_owned(), prefetch, subscription: None, mover: None, triage: None };
         consumer.subscribe().await?;
         if consumer.shared.config.layout() == Protocol::Dramatiq {
-            consumer.mover = Some(crate::dramatiq::mover::Mover::start(Arc::clone(&consumer.shared), queue));
+            consumer.mover = Some(mover::Mover::start(Arc::clone(&consumer.shared), queue));
         }
         Ok(consumer)
     }
@@ -296,14 +303,6 @@ async fn park(
     give_back(&generation, received.tag).await;
 }
 
-pub(crate) fn header_u64(properties: &lapin::BasicProperties, key: &str) -> Option<u64> {
-    let headers = properties.headers().as_ref()?;
-    match headers.inner().get(key)? {
-        AMQPValue::LongLongInt(value) => u64::try_from(*value).ok(),
-        _ => None,
-    }
-}
-
 /// How long a delivery must still wait before it may run, in ms (0: due).
 ///
 /// A message from a delay bucket says so itself ([`REMAINING_HEADER`]): it
@@ -321,7 +320,7 @@ fn still_to_wait(properties: &lapin::BasicProperties) -> u64 {
 /// handed out.
 fn needs_triage(shared: &Shared, received: &Received) -> bool {
     // Dramatiq's layout has no delay buckets: its delayed messages come
-    // through `q.DQ` (see `dramatiq::mover`).
+    // through `q.DQ` (see `mover`).
     let hops = shared.config.layout() == Protocol::Native;
     (hops && still_to_wait(&received.properties) > 0) || (received.redelivered && shared.is_overdue(&received.body))
 }

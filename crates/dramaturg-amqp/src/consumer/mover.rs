@@ -30,13 +30,14 @@ use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::consumer::{ack, header_u64, requeue, Generation, Received, Triaging};
-use crate::delay::{millis, DUE_HEADER};
+use super::{ack, requeue, Generation, Received, Triaging};
+use crate::delay::{header_u64, millis, DUE_HEADER};
 use crate::dramatiq::route;
 use crate::error::amqp_error;
-use crate::link::{now_ms, Extra, Target};
 use crate::names::short;
+use crate::target::{Extra, Target};
 use crate::Shared;
+use dramaturg_core::now_ms;
 
 /// The first pause before subscribing again after a failure; it doubles
 /// up to [`MAX_BACKOFF`].

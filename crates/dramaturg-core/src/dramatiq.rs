@@ -3,8 +3,10 @@
 //! speaking Dramatiq's queue layouts edits the fields Dramatiq's brokers set
 //! (`queue_name`, `options.eta`, `options.redis_message_id`).
 //!
-//! A Dramatiq message is one compact JSON object with exactly seven fields
-//! (Dramatiq's `Message.decode` refuses any other):
+//! A Dramatiq message is one compact JSON object with these seven fields,
+//! which this encoder always writes and nothing else (Python's
+//! `Message.decode` refuses other fields; this encoder ignores them, and
+//! fills in a missing `message_id` or `message_timestamp` as Python does):
 //!
 //! ```json
 //! {"queue_name":"default","actor_name":"add","args":[1,2],"kwargs":{},"options":{},
@@ -133,8 +135,11 @@ struct Wire {
     args: Vec<Value>,
     kwargs: Map<String, Value>,
     options: Map<String, Value>,
-    message_id: String,
-    message_timestamp: Value,
+    /// Filled in when missing, as Python's `Message` does.
+    #[serde(default)]
+    message_id: Option<String>,
+    #[serde(default)]
+    message_timestamp: Option<Value>,
 }
 
 impl Encoder for Dramatiq {
@@ -166,17 +171,24 @@ impl Encoder for Dramatiq {
             args: call.args,
             kwargs: call.kwargs,
             options: options_to_wire(&message.options, message.retries),
-            message_id: message.id.to_uuid_string(),
-            message_timestamp: message.enqueued_at_ms.into(),
+            message_id: Some(message.id.to_uuid_string()),
+            message_timestamp: Some(message.enqueued_at_ms.into()),
         };
         serde_json::to_vec(&wire).map_err(|e| CodecError::Encode(e.to_string()))
     }
 
     fn decode_message(&self, bytes: &[u8]) -> Result<Message, CodecError> {
         let wire: Wire = serde_json::from_slice(bytes).map_err(|e| CodecError::Decode(e.to_string()))?;
-        let id = wire.message_id.parse::<MessageId>().map_err(|e| CodecError::Decode(e.to_string()))?;
-        let enqueued_at_ms = millis(&wire.message_timestamp)
-            .ok_or_else(|| CodecError::Decode(format!("message_timestamp {} is not a time", wire.message_timestamp)))?;
+        let id = match wire.message_id {
+            Some(text) => text.parse::<MessageId>().map_err(|e| CodecError::Decode(e.to_string()))?,
+            None => MessageId::new(),
+        };
+        let enqueued_at_ms = match wire.message_timestamp {
+            Some(stamp) => {
+                millis(&stamp).ok_or_else(|| CodecError::Decode(format!("message_timestamp {stamp} is not a time")))?
+            }
+            None => crate::now_ms(),
+        };
         let args = serde_json::to_vec(&Call { args: wire.args, kwargs: wire.kwargs })
             .map_err(|e| CodecError::Decode(e.to_string()))?;
         let (options, retries) = options_from_wire(wire.options)?;
@@ -517,6 +529,15 @@ mod tests {
             let both = Call { args: vec![1.into()], ..kwargs.clone() };
             assert_eq!(encoder.encode_call(&both).is_ok(), encoder.name() == "dramatiq", "{}", encoder.name());
         }
+    }
+
+    #[test]
+    fn a_missing_id_or_timestamp_is_filled_in_as_python_does() {
+        let bare = r#"{"queue_name":"q","actor_name":"a","args":[],"kwargs":{},"options":{}}"#;
+        let before = crate::now_ms();
+        let message = Dramatiq.decode_message(bare.as_bytes()).unwrap();
+        assert!(message.enqueued_at_ms >= before);
+        assert!(message.id.timestamp_ms() >= before);
     }
 
     #[test]

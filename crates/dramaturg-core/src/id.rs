@@ -3,8 +3,10 @@
 use std::fmt;
 use std::str::FromStr;
 
-/// The id of a message: 48 bits of milliseconds since the Unix epoch followed
-/// by 80 random bits, written as a 26-character ULID (the `ulid` crate).
+/// The id of a message: a UUID version 7 (RFC 9562, the `uuid` crate) — 48
+/// bits of milliseconds since the Unix epoch, then version, variant and 74
+/// random bits — written as a 26-character ULID (the `ulid` crate), whose
+/// layout it shares.
 ///
 /// Ids sort by creation time (to the millisecond) and are unique across
 /// processes without coordination. The same id follows a message through all
@@ -31,7 +33,7 @@ pub struct MessageId(u128);
 impl MessageId {
     /// A new id for the current time.
     pub fn new() -> Self {
-        Self(ulid::Ulid::generate().0)
+        Self(uuid::Uuid::now_v7().as_u128())
     }
 
     /// The id as a 128-bit number.
@@ -45,13 +47,15 @@ impl MessageId {
     }
 
     /// Milliseconds since the Unix epoch at which the id was made (for an
-    /// id made by this type; a UUID from elsewhere holds no time).
+    /// id made by this type, or a ULID or UUID version 7 from elsewhere; a
+    /// UUID version 4 holds no time).
     pub fn timestamp_ms(self) -> u64 {
         ulid::Ulid(self.0).timestamp_ms()
     }
 
     /// The id as a hyphenated lower-case UUID
     /// (`0f8f3bc2-62f4-4b5d-a3d1-9e2c4c7f1a10`), the form of Dramatiq's ids.
+    /// An id made by [`MessageId::new`] is a valid UUID version 7.
     pub fn to_uuid_string(self) -> String {
         uuid::Uuid::from_u128(self.0).hyphenated().to_string()
     }
@@ -139,6 +143,16 @@ mod tests {
         assert!("8ZZZZZZZZZZZZZZZZZZZZZZZZZ".parse::<MessageId>().is_err());
         assert!("0000000000000000000000000U".parse::<MessageId>().is_err());
         assert!("0f8f3bc2-62f4-4b5d-a3d1-9e2c4c7f1a1".parse::<MessageId>().is_err());
+    }
+
+    #[test]
+    fn new_ids_are_version_7_uuids_with_their_time() {
+        let before = crate::now_ms();
+        let id = MessageId::new();
+        let uuid = uuid::Uuid::parse_str(&id.to_uuid_string()).unwrap();
+        assert_eq!(uuid.get_version_num(), 7);
+        assert_eq!(uuid.get_variant(), uuid::Variant::RFC4122);
+        assert!(id.timestamp_ms() >= before && id.timestamp_ms() <= crate::now_ms());
     }
 
     #[test]

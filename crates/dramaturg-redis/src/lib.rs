@@ -78,6 +78,7 @@ mod registry;
 mod scripts;
 mod server;
 mod store;
+mod waits;
 mod wake;
 
 pub use dramaturg_core::Protocol;

@@ -14,23 +14,21 @@
 //! # Waits
 //!
 //! One pub/sub connection per store, opened on the first
-//! [`wait_any`](Store::wait_any). A wait subscribes to the channels of its
-//! keys (keeping those already subscribed, dropping those no longer
-//! asked for), *then* reads the keys it has not read since it subscribed:
-//! a value set before the subscription is found by the read, one set after
-//! it arrives as a message, and none slips between the two.
+//! [`wait_any`](Store::wait_any) and shared by every wait (see the `waits`
+//! module): a wait listens on the channels of its keys, *then* reads the
+//! keys, so that a value set before is found by the read and one set after
+//! arrives as a message; waits on different keys never hold each other up.
 
-use std::collections::HashSet;
 use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use dramaturg_core::broker::redact_password;
 use dramaturg_core::store::{check_key, check_value, ttl_millis, Counters, SetMode, Store, StoreError, StoreErrorKind};
-use futures_util::StreamExt;
-use redis::aio::{ConnectionManager, PubSubSink, PubSubStream};
+use redis::aio::ConnectionManager;
 use redis::{RedisError, Script};
 
+use crate::waits::Waits;
 use crate::{broker_error, RedisBroker, RedisConfig};
 
 /// Sets the value and publishes it: always (`ARGV[3]` `0`), only when
@@ -80,14 +78,13 @@ return redis.call('SCARD', KEYS[1])
 /// its own beside RabbitMQ ([`RedisStore::connect`]). See the module docs
 /// for keys, Cluster and waits.
 pub struct RedisStore {
-    client: redis::Client,
     conn: ConnectionManager,
     /// `<namespace>:store:`.
     prefix: String,
     /// The URL without its password, for errors and logs.
     url: String,
     scripts: Scripts,
-    watch: tokio::sync::Mutex<Option<Subscription>>,
+    waits: Waits,
 }
 
 struct Scripts {
@@ -95,13 +92,6 @@ struct Scripts {
     incr_by: Script,
     set_add: Script,
     set_remove: Script,
-}
-
-struct Subscription {
-    sink: PubSubSink,
-    stream: PubSubStream,
-    /// Channels subscribed to.
-    subscribed: HashSet<String>,
 }
 
 /// A Redis error as a store error: Redis's refusals of a key's type, and
@@ -157,7 +147,6 @@ impl RedisStore {
 
     fn new(client: redis::Client, conn: ConnectionManager, config: &RedisConfig) -> Self {
         Self {
-            client,
             conn,
             prefix: format!("{}:store:", config.namespace),
             url: redact_password(&config.url),
@@ -167,7 +156,7 @@ impl RedisStore {
                 set_add: Script::new(SET_ADD),
                 set_remove: Script::new(SET_REMOVE),
             },
-            watch: tokio::sync::Mutex::new(None),
+            waits: Waits::new(client),
         }
     }
 
@@ -180,56 +169,6 @@ impl RedisStore {
     /// The store key of Redis key (or channel) `key`.
     fn store_key<'k>(&self, key: &'k str) -> &'k str {
         key.strip_prefix(self.prefix.as_str()).unwrap_or(key)
-    }
-
-    async fn wait(
-        &self,
-        subscription: &mut Subscription,
-        keys: &[String],
-        timeout: Duration,
-    ) -> Result<Option<(String, Vec<u8>)>, StoreError> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let wanted = keys.iter().map(|key| self.key(key)).collect::<Result<HashSet<_>, _>>()?;
-        let stale: Vec<String> = subscription.subscribed.difference(&wanted).cloned().collect();
-        for channel in stale {
-            subscription.sink.unsubscribe(&channel).await.map_err(|e| store_error(e, "unsubscribe"))?;
-            subscription.subscribed.remove(&channel);
-        }
-        for channel in &wanted {
-            if !subscription.subscribed.contains(channel) {
-                subscription.sink.subscribe(channel).await.map_err(|e| store_error(e, "subscribe"))?;
-                subscription.subscribed.insert(channel.clone());
-            }
-        }
-        // Read once subscribed: a key that holds a value is returned at
-        // once, and one set before the subscription (never published to
-        // it) is not missed. Every wait reads, since another wait on the
-        // same subscription may have taken the value's message.
-        let mut pipe = redis::pipe();
-        let wanted_keys: Vec<&String> = wanted.iter().collect();
-        for key in &wanted_keys {
-            pipe.cmd("GET").arg(key.as_str());
-        }
-        let mut conn = self.conn.clone();
-        let values: Vec<Option<Vec<u8>>> =
-            pipe.query_async(&mut conn).await.map_err(|e| store_error(e, "read for a wait"))?;
-        if let Some((key, value)) = wanted_keys.into_iter().zip(values).find_map(|(key, value)| Some((key, value?))) {
-            return Ok(Some((self.store_key(key).to_owned(), value)));
-        }
-        loop {
-            let message = match tokio::time::timeout_at(deadline, subscription.stream.next()).await {
-                Err(_) => return Ok(None),
-                Ok(None) => {
-                    return Err(StoreError::new(StoreErrorKind::Connection, "redis store: the subscription closed"))
-                }
-                Ok(Some(message)) => message,
-            };
-            let channel = message.get_channel_name();
-            if wanted.contains(channel) {
-                let value: Vec<u8> = message.get_payload().map_err(|e| store_error(e, "read a published value"))?;
-                return Ok(Some((self.store_key(channel).to_owned(), value)));
-            }
-        }
     }
 }
 
@@ -282,22 +221,9 @@ impl Store for RedisStore {
             tokio::time::sleep(timeout).await;
             return Ok(None);
         }
-        let mut guard = self.watch.lock().await;
-        if guard.is_none() {
-            let pubsub = self.client.get_async_pubsub().await.map_err(|e| store_error(e, "open a subscription"))?;
-            let (sink, stream) = pubsub.split();
-            tracing::debug!(url = %self.url, "redis store: subscription opened for waits");
-            *guard = Some(Subscription { sink, stream, subscribed: HashSet::new() });
-        }
-        let result = self.wait(guard.as_mut().expect("set just above"), keys, timeout).await;
-        if let Err(error) = &result {
-            if !error.is_invalid_input() && !error.is_wrong_type() {
-                // The subscription may be broken: open a new one next time.
-                tracing::debug!(url = %self.url, %error, "redis store: dropping the subscription");
-                *guard = None;
-            }
-        }
-        result
+        let wanted = keys.iter().map(|key| self.key(key)).collect::<Result<Vec<_>, _>>()?;
+        let found = self.waits.wait(&self.conn, &wanted, timeout).await?;
+        Ok(found.map(|(key, value)| (self.store_key(&key).to_owned(), value)))
     }
 }
 

@@ -43,6 +43,7 @@ macro_rules! store_conformance {
             wait_returns_a_value_set_before,
             wait_wakes_on_a_later_set,
             every_waiter_sees_the_value,
+            waits_do_not_hold_each_other_up,
             wait_times_out,
             wait_survives_cancellation,
             sizes_are_checked,
@@ -272,6 +273,29 @@ impl StoreSuite {
             assert_eq!(found, Some((key.clone(), b"all".to_vec())));
             assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
         }
+    }
+
+    /// A long wait on one key does not hold up a wait on another: the
+    /// second is woken by its `set` while the first still waits.
+    pub async fn waits_do_not_hold_each_other_up(&self) {
+        let (long, short) = (self.key("long"), self.key("short"));
+        let store = Arc::clone(&self.store);
+        let keys = [long.clone()];
+        let waiting_long = tokio::spawn(async move { store.wait_any(&keys, LONG).await.unwrap() });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let store = Arc::clone(&self.store);
+        let keys = [short.clone()];
+        let waiting_short = tokio::spawn(async move { store.wait_any(&keys, LONG).await.unwrap() });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let set_at = Instant::now();
+        self.store.set(&short, b"soon", LONG, SetMode::Always).await.unwrap();
+        let found = tokio::time::timeout(Duration::from_secs(5), waiting_short).await.expect("woken").unwrap();
+        assert_eq!(found, Some((short, b"soon".to_vec())));
+        assert!(set_at.elapsed() < Duration::from_secs(1), "{:?}", set_at.elapsed());
+        assert!(!waiting_long.is_finished());
+        self.store.set(&long, b"later", LONG, SetMode::Always).await.unwrap();
+        let found = tokio::time::timeout(Duration::from_secs(5), waiting_long).await.expect("woken").unwrap();
+        assert_eq!(found, Some((long, b"later".to_vec())));
     }
 
     /// A wait with nothing set returns `None` after its timeout, not before.

@@ -44,6 +44,11 @@ pub(crate) fn short(text: &str, what: &str) -> Result<ShortString, BrokerError> 
     })
 }
 
+/// The name of `queue`'s dead-letter queue.
+pub(crate) fn dead_queue(queue: &str) -> String {
+    format!("{queue}.dq")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,9 +64,4 @@ mod tests {
         assert!(check_queue("").is_err());
         assert!(short(&"k".repeat(256), "header key").is_err());
     }
-}
-
-/// The name of `queue`'s dead-letter queue.
-pub(crate) fn dead_queue(queue: &str) -> String {
-    format!("{queue}.dq")
 }

@@ -618,6 +618,8 @@ impl Drop for AmqpReceipt {
 
 #[cfg(test)]
 mod tests {
+    use lapin::types::AMQPValue;
+
     use super::*;
 
     fn with_headers(entries: &[(&str, i64)]) -> lapin::BasicProperties {

@@ -107,7 +107,12 @@ local payload = redis.call('HGET', KEYS[2], ARGV[1])
 if not payload then return 1 end
 redis.call('HDEL', KEYS[2], ARGV[1])
 if ARGV[3] ~= '' then payload = ARGV[3] end
-redis.call('ZADD', KEYS[3], now, ARGV[1])
+-- Scored by when it died, later than the last one, so that dead letters of
+-- one millisecond keep their order (Python reads the score only to expire).
+local score = now
+local last = redis.call('ZREVRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+if last[2] and tonumber(last[2]) >= score then score = tonumber(last[2]) + 0.001 end
+redis.call('ZADD', KEYS[3], score, ARGV[1])
 redis.call('HSET', KEYS[4], ARGV[1], payload)
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[5], ARGV[1], ARGV[4]) end
 return 1

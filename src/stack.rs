@@ -7,28 +7,21 @@ use dramaturg_age_limit::AgeLimit;
 use dramaturg_callbacks::Callbacks;
 use dramaturg_core::{App, AppBuilder, Broker};
 use dramaturg_error_capture::ErrorCapture;
-use dramaturg_results::Results;
 use dramaturg_retries::Retries;
 use dramaturg_time_limit::TimeLimit;
 
 /// Starts building an app on `broker` with the **default middleware stack**
-/// (results, callbacks, age limit, abort, retries, time limit, error capture) —
+/// (callbacks, age limit, abort, retries, time limit, error capture) —
 /// unlike [`App::builder`], which starts with an empty one.
 ///
 /// The stack, outermost first:
 ///
-/// 1. `results` — keeps the final outcome of the messages whose actor (or
-///    themselves) ask for it (`store_results`), for `sent.result(&app)`;
-///    outermost, so that it sees every end. Kept in the broker's store (see
-///    `Results::for_broker`): in memory for the in-memory broker, in the same
-///    Redis for the Redis broker; with RabbitMQ, in the worker's memory, so
-///    replace it with one on a `RedisStore` for producers elsewhere to read;
-/// 2. `callbacks` — sends `on_success` / `on_failure` /
+/// 1. `callbacks` — sends `on_success` / `on_failure` /
 ///    `on_retry_exhausted` callbacks; outside the retries so that it can
 ///    tell a retried failure from a final one;
-/// 3. `age_limit` — skips messages older than their `max_age` before any
+/// 2. `age_limit` — skips messages older than their `max_age` before any
 ///    work is done;
-/// 4. `abort` — skips messages cancelled before they start and interrupts
+/// 3. `abort` — skips messages cancelled before they start and interrupts
 ///    running ones that are aborted; before the retries, so that an aborted
 ///    message is never retried. Its requests reach as far as the broker's
 ///    messages (see `Abortable::for_broker`): they are kept in the
@@ -36,14 +29,19 @@ use dramaturg_time_limit::TimeLimit;
 ///    broker, in the same Redis for the Redis broker. With RabbitMQ,
 ///    `abort` returns `AbortError::EventsNotShared` until you replace the
 ///    middleware with one on a `RedisStore`;
-/// 5. `retries` — sees every failure below it, time-limit expiries
+/// 4. `retries` — sees every failure below it, time-limit expiries
 ///    included, and re-enqueues the message with a delay or lets it be
 ///    dead-lettered;
-/// 6. `time_limit` — turns an overrun into a typed `TimeLimitExceeded`
+/// 5. `time_limit` — turns an overrun into a typed `TimeLimitExceeded`
 ///    failure;
-/// 7. `error_capture` — innermost: catches panics and turns the actor's
+/// 6. `error_capture` — innermost: catches panics and turns the actor's
 ///    error into a bounded record at once, so nothing above it holds the
 ///    error value.
+///
+/// Results are opt-in, as in Dramatiq: add the `results` middleware
+/// outermost, `.insert_before(middleware::names::CALLBACKS,
+/// Results::for_broker(&broker))` (an actor that says `store_results`
+/// without it fails the build with `ConfigError::UnknownOption`).
 ///
 /// Configure a default middleware by replacing it, and add your own
 /// anywhere by name:
@@ -57,7 +55,7 @@ use dramaturg_time_limit::TimeLimit;
 ///     .replace("retries", Retries::new().max_retries(10))
 ///     .build()
 ///     .unwrap();
-/// assert_eq!(app.middleware_names(), ["results", "callbacks", "age_limit", "abort", "retries", "time_limit", "error_capture"]);
+/// assert_eq!(app.middleware_names(), ["callbacks", "age_limit", "abort", "retries", "time_limit", "error_capture"]);
 /// ```
 pub fn app(broker: impl Broker) -> AppBuilder {
     app_shared(Arc::new(broker))
@@ -69,9 +67,7 @@ pub fn app(broker: impl Broker) -> AppBuilder {
 /// with an empty one.
 pub fn app_shared(broker: Arc<dyn Broker>) -> AppBuilder {
     let abort = Abortable::for_broker(&*broker);
-    let results = Results::for_broker(&*broker);
     App::builder_shared(broker)
-        .middleware(results)
         .middleware(Callbacks::new())
         .middleware(AgeLimit::new())
         .middleware(abort)

@@ -85,7 +85,7 @@ fn memory_app() -> App {
     let broker = MemoryBroker::new();
     dramaturg::app(broker.clone())
         .queue_prefix(format!("results-{}-", MessageId::new()))
-        .replace("results", dramaturg::results::Results::for_broker(&broker).max_size(64 * 1024))
+        .insert_before("callbacks", dramaturg::results::Results::for_broker(&broker).max_size(64 * 1024))
         .actor::<Resize>()
         .actor::<Flaky>()
         .actor::<Sleepy>()
@@ -193,11 +193,13 @@ async fn results_expire_and_outputs_too_large_are_kept_as_failures() {
 #[tokio::test]
 async fn on_redis_a_waiter_in_another_app_wakes_when_the_result_is_kept() {
     let ns = support::namespace();
-    let worker_app =
-        dramaturg::app(support::redis_broker("redis://127.0.0.1:6379", &ns).await).actor::<Resize>().build().unwrap();
+    let app = |broker: dramaturg::redis::RedisBroker| {
+        let results = dramaturg::results::Results::for_broker(&broker);
+        dramaturg::app(broker).insert_before("callbacks", results).actor::<Resize>().build().unwrap()
+    };
+    let worker_app = app(support::redis_broker("redis://127.0.0.1:6379", &ns).await);
     // A producer of its own, as another process would have.
-    let producer =
-        dramaturg::app(support::redis_broker("redis://127.0.0.1:6379", &ns).await).actor::<Resize>().build().unwrap();
+    let producer = app(support::redis_broker("redis://127.0.0.1:6379", &ns).await);
     let sent = Resize { width: 300, fail: false }.send(&producer).await.unwrap();
     let failed = Resize { width: 1, fail: true }.send(&producer).await.unwrap();
     let waiters: Vec<_> = (0..3)
@@ -212,4 +214,21 @@ async fn on_redis_a_waiter_in_another_app_wakes_when_the_result_is_kept() {
     }
     assert!(matches!(failed.result(&producer).wait(Duration::from_secs(10)).await, Err(ResultError::Failed { .. })));
     worker.await.unwrap().unwrap();
+}
+
+#[test]
+fn results_are_opt_in_and_an_actor_that_asks_without_them_fails_the_build() {
+    let Err(error) = dramaturg::app(MemoryBroker::new()).actor::<Resize>().build() else {
+        panic!("an actor that asks for results built without the results middleware");
+    };
+    assert!(matches!(error, dramaturg::ConfigError::UnknownOption { .. }), "{error}");
+}
+
+#[tokio::test]
+async fn an_app_without_results_says_so_at_once() {
+    let app = dramaturg::app(MemoryBroker::new()).actor::<Big>().build().unwrap();
+    let sent = Big { len: 1 }.send(&app).await.unwrap();
+    let started = Instant::now();
+    assert!(matches!(sent.result(&app).wait(Duration::from_secs(5)).await, Err(ResultError::NotEnabled)));
+    assert!(started.elapsed() < Duration::from_secs(1));
 }

@@ -119,20 +119,34 @@ pub fn encode_value<T: Serialize>(encoder: &dyn Encoder, value: &T) -> Result<Ve
 /// field that did not fit (`field `seq`: invalid type: …`).
 pub fn decode_value<T: DeserializeOwned>(encoder: &dyn Encoder, bytes: &[u8]) -> Result<T, CodecError> {
     let mut out = None;
-    encoder.decode_args(bytes, &mut |de| {
-        let value = serde_path_to_error::deserialize::<_, T>(de).map_err(|error| {
-            let path = error.path().to_string();
-            let inner = error.into_inner();
-            if path == "." {
-                inner
-            } else {
-                <erased_serde::Error as serde::de::Error>::custom(format_args!("field `{path}`: {inner}"))
-            }
-        })?;
-        out = Some(value);
+    let decoded = encoder.decode_args(bytes, &mut |de| {
+        out = Some(erased_serde::deserialize::<T>(de)?);
         Ok(())
-    })?;
-    out.ok_or_else(|| CodecError::Decode("the decoder produced no value".into()))
+    });
+    match decoded {
+        Ok(()) => out.ok_or_else(|| CodecError::Decode("the decoder produced no value".into())),
+        // Decoded again, tracking the path, only to say which field did
+        // not fit: the path costs nothing on the way that succeeds.
+        Err(plain) => Err(decode_error_with_path::<T>(encoder, bytes).unwrap_or(plain)),
+    }
+}
+
+/// The error of decoding `bytes` as a `T`, naming the field where it
+/// happened; `None` if they decode after all.
+fn decode_error_with_path<T: DeserializeOwned>(encoder: &dyn Encoder, bytes: &[u8]) -> Option<CodecError> {
+    encoder
+        .decode_args(bytes, &mut |de| {
+            serde_path_to_error::deserialize::<_, T>(de).map(drop).map_err(|error| {
+                let path = error.path().to_string();
+                let inner = error.into_inner();
+                if path == "." {
+                    inner
+                } else {
+                    <erased_serde::Error as serde::de::Error>::custom(format_args!("field `{path}`: {inner}"))
+                }
+            })
+        })
+        .err()
 }
 
 /// The envelope as it is written: generic over how strings, arguments and

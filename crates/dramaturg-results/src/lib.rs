@@ -93,8 +93,9 @@ pub(crate) fn result_key(id: MessageId) -> String {
     format!("result:{{{id}}}")
 }
 
-/// The results middleware (named `"results"`). It belongs outermost in
-/// the stack, so that it sees every end of a message: callbacks that
+/// The results middleware (named `"results"`), not in the default stack:
+/// add it with `insert_before(middleware::names::CALLBACKS, …)` on
+/// `dramaturg::app`. It belongs outermost in the stack, so that it sees every end of a message: callbacks that
 /// could not be sent, age limits, aborts, time limits and the retry
 /// middleware's decision.
 ///

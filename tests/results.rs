@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use dramaturg::abort::{abort, AbortOptions};
 use dramaturg::prelude::*;
-use dramaturg::results::{ResultError, ResultHandle, SentExt};
+use dramaturg::results::{Group, PipeInput, Pipeline, Progress, ResultError, ResultHandle, SentExt};
 use dramaturg::{BoxError, Call, MessageId};
 use serde::{Deserialize, Serialize};
 
@@ -81,6 +81,100 @@ impl Big {
     }
 }
 
+/// Pipeline step 1: splits a text into words.
+#[derive(Actor, Serialize, Deserialize)]
+#[actor(output = Words)]
+struct Split {
+    text: String,
+}
+
+impl Split {
+    async fn perform(self, _ctx: &Context) -> Result<Words, BoxError> {
+        Ok(Words(self.text.split_whitespace().map(str::to_owned).collect()))
+    }
+}
+
+/// Pipeline step 2: counts words; fails on an empty list.
+#[derive(Actor, Serialize, Deserialize)]
+#[actor(output = u64, max_retries = 0)]
+struct Words(Vec<String>);
+
+impl Words {
+    async fn perform(self, _ctx: &Context) -> Result<u64, String> {
+        if self.0.is_empty() {
+            return Err("no words to count".into());
+        }
+        Ok(self.0.len() as u64)
+    }
+}
+
+static GRADES: AtomicU32 = AtomicU32::new(0);
+
+/// Pipeline step 3: a verdict on a count.
+#[derive(Actor, Serialize, Deserialize)]
+#[actor(output = String)]
+struct Grade(u64);
+
+impl PipeInput<u64> for Grade {}
+
+impl Grade {
+    async fn perform(self, _ctx: &Context) -> Result<String, BoxError> {
+        GRADES.fetch_add(1, Ordering::SeqCst);
+        Ok(format!("{} words", self.0))
+    }
+}
+
+/// Claims to take a count, but wants a map: its step cannot run.
+#[derive(Actor, Serialize, Deserialize)]
+#[actor(output = String)]
+struct Misfit {
+    count: u64,
+    label: String,
+}
+
+impl PipeInput<u64> for Misfit {}
+
+impl Misfit {
+    async fn perform(self, _ctx: &Context) -> Result<String, BoxError> {
+        Ok(self.label)
+    }
+}
+
+/// A group's completion callback: counts how often it ran.
+#[derive(Actor, Serialize, Deserialize)]
+struct Tally {
+    runs: String,
+}
+
+static TALLIES: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+impl Tally {
+    async fn perform(self, _ctx: &Context) -> Result<(), BoxError> {
+        TALLIES.lock().unwrap().push(self.runs);
+        Ok(())
+    }
+}
+
+/// Reports progress, then waits until told to finish.
+#[derive(Actor, Serialize, Deserialize)]
+#[actor(output = u32, store_results)]
+struct Steps {
+    gate: String,
+}
+
+static GATES: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+impl Steps {
+    async fn perform(self, ctx: &Context) -> Result<u32, BoxError> {
+        ctx.progress(&(1_u32, 3_u32)).await?;
+        while !GATES.lock().unwrap().contains(&self.gate) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        ctx.progress(&(3_u32, 3_u32)).await?;
+        Ok(3)
+    }
+}
+
 fn memory_app() -> App {
     let broker = MemoryBroker::new();
     dramaturg::app(broker.clone())
@@ -90,6 +184,12 @@ fn memory_app() -> App {
         .actor::<Flaky>()
         .actor::<Sleepy>()
         .actor::<Big>()
+        .actor::<Split>()
+        .actor::<Words>()
+        .actor::<Grade>()
+        .actor::<Misfit>()
+        .actor::<Tally>()
+        .actor::<Steps>()
         .build()
         .unwrap()
 }
@@ -231,4 +331,181 @@ async fn an_app_without_results_says_so_at_once() {
     let started = Instant::now();
     assert!(matches!(sent.result(&app).wait(Duration::from_secs(5)).await, Err(ResultError::NotEnabled)));
     assert!(started.elapsed() < Duration::from_secs(1));
+}
+
+#[tokio::test]
+async fn a_pipeline_of_three_actors_hands_each_output_on_and_waits_for_the_last() {
+    let app = memory_app();
+    let pipeline = Pipeline::new(Split { text: "to be or not".into() })
+        .then::<Words>()
+        .then_with::<Grade>(SendOptions::default().with_delay(Duration::from_millis(200)));
+    assert_eq!(pipeline.len(), 3);
+    let started = Instant::now();
+    let sent = pipeline.send(&app).await.unwrap();
+    assert_eq!(sent.steps().len(), 3);
+    let worker = tokio::spawn(Worker::new(app.clone()).run_until_drained(Duration::from_secs(5)));
+    let verdict: String = sent.wait(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(verdict, "4 words");
+    assert!(started.elapsed() >= Duration::from_millis(200), "the last step waited for its delay");
+    // Each step was a message of its own, with the id the handle named;
+    // only the last one keeps its result.
+    assert_eq!(ResultHandle::<String>::new(&app, sent.steps()[2]).get().await.unwrap(), "4 words");
+    assert!(matches!(ResultHandle::<u64>::new(&app, sent.steps()[1]).get().await, Err(ResultError::NotYet(_))));
+    worker.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_failed_or_unrunnable_step_stops_the_pipeline_and_is_its_result() {
+    let app = memory_app();
+    let before = GRADES.load(Ordering::SeqCst);
+    let failing = Pipeline::new(Split { text: "   ".into() }).then::<Words>().then::<Grade>().send(&app).await.unwrap();
+    let misfit = Pipeline::new(Split { text: "a b".into() }).then::<Words>().then::<Misfit>().send(&app).await.unwrap();
+    Worker::new(app.clone()).run_until_drained(Duration::from_secs(5)).await.unwrap();
+    match failing.wait(Duration::from_secs(1)).await {
+        Err(ResultError::Failed { id, record }) => {
+            assert_eq!(id, failing.steps()[2], "kept as the last step's result");
+            assert!(record.message.contains("no words to count"), "{record:?}");
+        }
+        other => panic!("expected the second step's failure, got {other:?}"),
+    }
+    assert_eq!(GRADES.load(Ordering::SeqCst), before, "the step after a failure never runs");
+    match misfit.get().await {
+        Err(ResultError::Failed { record, .. }) => assert_eq!(record.type_name, "Rejected", "{record:?}"),
+        other => panic!("expected the misfit step's rejection, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_group_gives_results_in_order_and_its_callback_runs_once() {
+    let app = memory_app();
+    let marker = MessageId::new().to_string();
+    let group =
+        (1..=20).fold(Group::new(), |group, n| group.push(Grade(n))).on_completion(Tally { runs: marker.clone() });
+    assert_eq!(group.len(), 20);
+    let sent = group.send(&app).await.unwrap();
+    Worker::new(app.clone()).run_until_drained(Duration::from_secs(5)).await.unwrap();
+    let results = sent.wait(Duration::from_secs(1)).await.unwrap();
+    assert_eq!(results, (1..=20).map(|n| format!("{n} words")).collect::<Vec<_>>());
+    assert_eq!(sent.finished().await.unwrap(), 20);
+    assert_eq!(TALLIES.lock().unwrap().iter().filter(|m| **m == marker).count(), 1);
+}
+
+#[tokio::test]
+async fn a_group_of_pipelines_completes_when_every_chain_ends_even_a_failed_one() {
+    let app = memory_app();
+    let marker = MessageId::new().to_string();
+    let group = Group::new()
+        .push_pipeline(Pipeline::new(Split { text: "one".into() }).then::<Words>().then::<Grade>())
+        .push_pipeline(Pipeline::new(Split { text: "".into() }).then::<Words>().then::<Grade>())
+        .push(Grade(7))
+        .on_completion(Tally { runs: marker.clone() });
+    let sent = group.send(&app).await.unwrap();
+    Worker::new(app.clone()).run_until_drained(Duration::from_secs(5)).await.unwrap();
+    let each = sent.wait_each(Duration::from_secs(1)).await;
+    assert_eq!(each[0].as_ref().unwrap(), "1 words");
+    assert!(matches!(each[1], Err(ResultError::Failed { .. })), "{:?}", each[1]);
+    assert_eq!(each[2].as_ref().unwrap(), "7 words");
+    assert!(sent.wait(Duration::from_secs(1)).await.is_err(), "wait gives the first error");
+    assert_eq!(TALLIES.lock().unwrap().iter().filter(|m| **m == marker).count(), 1);
+    // An empty group sends its callback at once.
+    let empty = MessageId::new().to_string();
+    Group::<()>::new().on_completion(Tally { runs: empty.clone() }).send(&app).await.unwrap();
+    Worker::new(app.clone()).run_until_drained(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(TALLIES.lock().unwrap().iter().filter(|m| **m == empty).count(), 1);
+}
+
+#[tokio::test]
+async fn progress_is_read_while_the_job_runs() {
+    let app = memory_app();
+    let gate = MessageId::new().to_string();
+    let sent = Steps { gate: gate.clone() }.send(&app).await.unwrap();
+    let handle = sent.result(&app);
+    assert_eq!(handle.progress::<(u32, u32)>().await.unwrap(), None);
+    let worker = tokio::spawn(Worker::new(app.clone()).run_until_drained(Duration::from_secs(5)));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while handle.progress::<(u32, u32)>().await.unwrap().is_none() {
+        assert!(Instant::now() < deadline, "no progress reported");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(handle.progress::<(u32, u32)>().await.unwrap(), Some((1, 3)));
+    assert!(matches!(handle.get().await, Err(ResultError::NotYet(_))), "still running");
+    GATES.lock().unwrap().push(gate);
+    assert_eq!(handle.wait(Duration::from_secs(5)).await.unwrap(), 3);
+    assert_eq!(handle.progress::<(u32, u32)>().await.unwrap(), Some((3, 3)));
+    assert!(matches!(handle.progress::<String>().await, Err(ResultError::Decode { .. })));
+    worker.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn pipelines_and_groups_need_the_results_middleware() {
+    let app = dramaturg::app(MemoryBroker::new()).actor::<Grade>().build().unwrap();
+    let pipeline = Pipeline::new(Grade(1)).send(&app).await;
+    assert!(matches!(pipeline, Err(dramaturg::results::ComposeError::NotEnabled)), "{pipeline:?}");
+    let group = Group::new().push(Grade(1)).send(&app).await;
+    assert!(matches!(group, Err(dramaturg::results::ComposeError::NotEnabled)), "{group:?}");
+    // A step whose actor the app does not know is refused before anything is sent.
+    let broker = MemoryBroker::new();
+    let results = dramaturg::results::Results::for_broker(&broker);
+    let app = dramaturg::app(broker.clone()).insert_before("callbacks", results).actor::<Words>().build().unwrap();
+    let unknown = Pipeline::new(Words(vec!["a".into()])).then::<Grade>().send(&app).await;
+    assert!(
+        matches!(unknown, Err(dramaturg::results::ComposeError::Enqueue(dramaturg::EnqueueError::UnknownActor(ref name))) if name == "grade"),
+        "{unknown:?}"
+    );
+    assert_eq!(app.stats("default").await.unwrap().ready, 0, "nothing was sent");
+}
+
+#[cfg(feature = "redis")]
+const GROUP_CHILD: &str = "a_group_child";
+
+/// A worker child of the Redis group test (nothing in the parent).
+#[cfg(feature = "redis")]
+#[test]
+fn a_group_child() {
+    support::run_worker_child(
+        |ns| async move { group_app(support::redis_broker("redis://127.0.0.1:6379", &ns).await) },
+    );
+}
+
+#[cfg(feature = "redis")]
+fn group_app(broker: dramaturg::redis::RedisBroker) -> App {
+    let results = dramaturg::results::Results::for_broker(&broker);
+    dramaturg::app(broker).insert_before("callbacks", results).actor::<support::Numbered>().build().unwrap()
+}
+
+/// 1,000 members across two worker processes, one SIGKILLed mid-run: every
+/// member's result is kept and the completion callback runs exactly once.
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn on_redis_a_group_across_two_workers_one_killed_completes_exactly_once() {
+    if support::is_child() {
+        return;
+    }
+    const TOTAL: u64 = 1000;
+    const CALLBACK: u64 = 1_000_000;
+    let ns = support::namespace();
+    let app = group_app(support::redis_broker("redis://127.0.0.1:6379", &ns).await);
+    let group = (0..TOTAL)
+        .fold(Group::new(), |group, seq| group.push(support::Numbered { seq }))
+        .on_completion(support::Numbered { seq: CALLBACK });
+    let sent = group.send(&app).await.unwrap();
+    let dir = std::env::temp_dir().join(format!("dramaturg-group-{}", MessageId::new()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut victim = support::KillOnDrop(support::spawn_worker(GROUP_CHILD, &dir, 1, &ns));
+    let mut survivor = support::KillOnDrop(support::spawn_worker(GROUP_CHILD, &dir, 2, &ns));
+    support::wait_for("progress", Duration::from_secs(60), || support::recorded(&dir).len() >= 300).await;
+    victim.0.kill().unwrap(); // SIGKILL
+    victim.0.wait().unwrap();
+    support::wait_for("the callback", Duration::from_secs(60), || support::recorded(&dir).contains_key(&CALLBACK))
+        .await;
+    let results = sent.wait(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(results.len(), TOTAL as usize);
+    assert_eq!(sent.finished().await.unwrap(), TOTAL);
+    // Longer than a heartbeat timeout, for a late redelivery to show.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    support::terminate(&mut survivor.0);
+    let counts = support::recorded(&dir);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!((0..TOTAL).all(|seq| counts.contains_key(&seq)), "every member ran");
+    assert_eq!(counts[&CALLBACK], 1, "the completion callback ran exactly once");
 }

@@ -100,8 +100,8 @@ use std::time::Duration;
 use dramaturg_core::dramatiq::Dramatiq;
 use dramaturg_core::encoder::{decode_value, encode_value, Encoder as _};
 use dramaturg_core::{
-    async_trait, App, ConfigError, Context, DeclaredOption, EnqueueError, ErrorRecord, Failure, Message, MessageId,
-    Middleware, Next, OptionKey, Options, Outcome, Output, State,
+    async_trait, App, ConfigError, Context, DeclaredOption, ErrorRecord, Failure, Message, MessageId, Middleware, Next,
+    OptionKey, Options, Outcome, Output, State,
 };
 use serde::Serialize;
 
@@ -383,21 +383,7 @@ impl Callbacks {
     /// Enqueues `message`, trying again for up to `retry_for` while the
     /// broker fails for a reason that may pass.
     async fn enqueue_retrying(&self, app: &App, message: Message, delay: Option<Duration>) -> Result<(), String> {
-        let deadline = tokio::time::Instant::now() + self.retry_for;
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            match app.enqueue(message.clone(), delay).await {
-                Ok(_) => return Ok(()),
-                Err(EnqueueError::Broker(error))
-                    if error.is_retryable() && tokio::time::Instant::now() + backoff < deadline =>
-                {
-                    tracing::warn!(%error, retry_in = ?backoff, callback = %message.actor, "callback send failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                }
-                Err(error) => return Err(error.to_string()),
-            }
-        }
+        app.enqueue_retrying(message, delay, self.retry_for).await.map(drop).map_err(|error| error.to_string())
     }
 }
 

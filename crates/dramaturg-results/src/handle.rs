@@ -72,6 +72,17 @@ pub enum ResultError {
         /// The store's error.
         source: StoreError,
     },
+    /// A progress value larger than the results middleware's `max_size`
+    /// once encoded.
+    #[error("the progress of message {id} is {bytes} bytes once encoded; at most {max} are kept")]
+    TooLarge {
+        /// The message.
+        id: MessageId,
+        /// Its encoded size.
+        bytes: usize,
+        /// The limit.
+        max: usize,
+    },
     /// The app has no results middleware (`Results`), so no result is
     /// ever kept.
     #[error("this app keeps no results: add the `Results` middleware")]
@@ -91,11 +102,11 @@ pub struct ResultHandle<T> {
     output: PhantomData<fn() -> T>,
 }
 
-impl<T: DeserializeOwned> ResultHandle<T> {
+impl<T> ResultHandle<T> {
     /// The result of message `id` in `app`, read as a `T` (prefer
     /// [`SentExt::result`], which knows the type).
     pub fn new(app: &App, id: MessageId) -> Self {
-        let store = app.state::<ResultStore>().map(|s| Arc::clone(&s.0)).map_err(drop);
+        let store = app.state::<ResultStore>().map(|s| Arc::clone(&s.store)).map_err(drop);
         Self { id, store, app: app.clone(), output: PhantomData }
     }
 
@@ -103,7 +114,9 @@ impl<T: DeserializeOwned> ResultHandle<T> {
     pub fn id(&self) -> MessageId {
         self.id
     }
+}
 
+impl<T: DeserializeOwned> ResultHandle<T> {
     /// The result if it is kept now, without waiting.
     ///
     /// # Errors
@@ -133,6 +146,24 @@ impl<T: DeserializeOwned> ResultHandle<T> {
             Ok(Some((_, bytes))) => self.read(&bytes),
             Ok(None) => Err(ResultError::TimedOut { id: self.id, waited: timeout }),
             Err(source) => Err(ResultError::Store { id: self.id, source }),
+        }
+    }
+
+    /// The last progress the message reported
+    /// ([`Progress::progress`](crate::Progress::progress)), read as a `P`;
+    /// `None` before the first report (or after its TTL).
+    ///
+    /// # Errors
+    ///
+    /// `Decode` when it is not a `P`, `Store`, `NotEnabled`.
+    pub async fn progress<P: DeserializeOwned>(&self) -> Result<Option<P>, ResultError> {
+        let id = self.id;
+        match self.store()?.get(&crate::progress::progress_key(id)).await {
+            Ok(Some(bytes)) => {
+                decode_value(self.app.encoder(), &bytes).map(Some).map_err(|source| ResultError::Decode { id, source })
+            }
+            Ok(None) => Ok(None),
+            Err(source) => Err(ResultError::Store { id, source }),
         }
     }
 

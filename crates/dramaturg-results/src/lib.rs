@@ -59,7 +59,12 @@
 //! result); waiting uses the store's `wait_any` (Redis: pub/sub, no
 //! polling), so a waiter wakes as soon as the result is kept.
 
+mod error;
+mod first;
+mod group;
 mod handle;
+mod pipeline;
+mod progress;
 mod stored;
 
 use std::sync::Arc;
@@ -67,11 +72,15 @@ use std::time::Duration;
 
 use dramaturg_core::store::{MemoryStore, SetMode, Store};
 use dramaturg_core::{
-    async_trait, App, Bounded, ConfigError, Context, DeclaredOption, Message, MessageId, Middleware, Next, OptionKey,
-    Options, Outcome, State,
+    async_trait, App, Bounded, ConfigError, Context, DeclaredOption, Failure, Message, MessageId, Middleware, Next,
+    OptionKey, Options, Outcome, State,
 };
 
+pub use error::{CarryOnError, ComposeError};
+pub use group::{Group, GroupHandle};
 pub use handle::{ResultError, ResultHandle, SentExt};
+pub use pipeline::{PipeInput, Pipeline, PipelineHandle};
+pub use progress::Progress;
 use stored::Stored;
 
 /// The option that says a message's result is kept (`true`), per actor
@@ -85,8 +94,18 @@ pub const RESULT_TTL: OptionKey<u64> = OptionKey::new("result_ttl");
 /// The name of the results middleware in the stack.
 pub const NAME: &str = "results";
 
-/// The store of results, in the app's state (found by [`ResultHandle`]).
-pub(crate) struct ResultStore(pub(crate) Arc<dyn Store>);
+/// The store of results and the middleware's limits, in the app's state
+/// (found by [`ResultHandle`], pipelines, groups and progress).
+pub(crate) struct ResultStore {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) ttl: Duration,
+    pub(crate) max_size: usize,
+}
+
+/// `duration` in whole milliseconds, saturating.
+pub(crate) fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
 
 /// The key of the result of message `id`.
 pub(crate) fn result_key(id: MessageId) -> String {
@@ -171,6 +190,46 @@ impl Results {
             tracing::error!(%error, "cannot keep the message's result; a waiter will time out");
         }
     }
+
+    /// Keeps what a message that ended with `stored` leaves: its own result
+    /// if asked; the pipeline's result when the chain stops here
+    /// (`carried_on`: the next step was sent instead); the group member's
+    /// completion when its chain ended.
+    ///
+    /// # Errors
+    ///
+    /// Why the group's completion could not be recorded.
+    async fn finish(
+        &self,
+        app: &App,
+        id: MessageId,
+        options: &Options,
+        stored: &Stored,
+        carried_on: bool,
+    ) -> Result<(), CarryOnError> {
+        if let Some(ttl) = self.kept_for(options) {
+            self.keep(id, stored, ttl).await;
+        }
+        if carried_on {
+            return Ok(());
+        }
+        if let Some(pipeline) = read_option(options, pipeline::PIPELINE).filter(pipeline::Continuation::goes_on) {
+            self.keep(pipeline.last, stored, Duration::from_millis(pipeline.ttl_ms)).await;
+        }
+        match read_option(options, group::GROUP) {
+            Some(membership) => membership.finished(app, self.store.as_ref()).await.map_err(CarryOnError::Group),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The value of option `key`, if it is there and well-formed (a malformed
+/// one is logged: the enqueue-time check lets only well-formed ones in).
+fn read_option<T: serde::de::DeserializeOwned>(options: &Options, key: OptionKey<T>) -> Option<T> {
+    options.option(key).unwrap_or_else(|error| {
+        tracing::error!(%error, "ignoring a malformed option");
+        None
+    })
 }
 
 #[async_trait]
@@ -181,26 +240,47 @@ impl Middleware for Results {
 
     /// Puts the store where [`ResultHandle`] finds it.
     fn register_state(&self, state: &mut State) -> Result<(), ConfigError> {
-        state.insert(ResultStore(Arc::clone(&self.store)))
+        state.insert(ResultStore { store: Arc::clone(&self.store), ttl: self.ttl, max_size: self.max_size })
     }
 
     fn declared_options(&self) -> Vec<DeclaredOption> {
-        vec![STORE_RESULTS.declare_local(), RESULT_TTL.declare_local()]
+        vec![
+            STORE_RESULTS.declare_local(),
+            RESULT_TTL.declare_local(),
+            pipeline::PIPELINE.declare_local(),
+            group::GROUP.declare_local(),
+        ]
     }
 
     async fn handle(&self, ctx: &Context, next: Next<'_>) -> Outcome {
         let mut outcome = next.run(ctx).await;
-        if let Some(ttl) = self.kept_for(ctx.options()) {
-            if let Some(stored) = Stored::of(&mut outcome, ctx.app().encoder(), self.max_size) {
-                self.keep(ctx.message().id, &stored, ttl).await;
+        let options = ctx.options();
+        let mut carried_on = false;
+        if let (Some(pipeline), Outcome::Succeeded(output)) = (read_option(options, pipeline::PIPELINE), &outcome) {
+            match pipeline.send_next(ctx, output).await {
+                Ok(()) => carried_on = pipeline.goes_on(),
+                Err(reason) => {
+                    tracing::error!(%reason, "the pipeline's next step could not be sent");
+                    outcome = Outcome::Failed(Failure::from_error(CarryOnError::NextStep(reason)));
+                }
+            }
+        }
+        let Some(stored) = Stored::of(&mut outcome, ctx.app().encoder(), self.max_size) else {
+            return outcome;
+        };
+        if let Err(error) = self.finish(ctx.app(), ctx.id(), options, &stored, carried_on).await {
+            tracing::error!(%error, "the group's completion could not be recorded");
+            if matches!(outcome, Outcome::Succeeded(_)) {
+                outcome = Outcome::Failed(Failure::from_error(error));
             }
         }
         outcome
     }
 
     async fn on_rejected(&self, app: &App, message: &Message, reason: &Bounded) {
-        if let Some(ttl) = self.kept_for(&app.options_for(message)) {
-            self.keep(message.id, &Stored::failure("Rejected", reason.as_str()), ttl).await;
+        let stored = Stored::failure("Rejected", reason.as_str());
+        if let Err(error) = self.finish(app, message.id, &app.options_for(message), &stored, false).await {
+            tracing::error!(%error, "the group's completion could not be recorded");
         }
     }
 }

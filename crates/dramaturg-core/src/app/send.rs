@@ -128,6 +128,38 @@ impl App {
         Ok(id)
     }
 
+    /// As [`App::enqueue`], trying again for up to `retry_for` while the
+    /// broker fails for a reason that may pass (connection lost, timeout),
+    /// with a backoff from 50 ms doubling to 1 s: what a middleware that
+    /// sends messages on a message's behalf (callbacks, the next step of a
+    /// pipeline) does before it gives up.
+    ///
+    /// # Errors
+    ///
+    /// The last [`EnqueueError`]: one that will not pass, or any once
+    /// `retry_for` is spent.
+    pub async fn enqueue_retrying(
+        &self,
+        message: Message,
+        delay: Option<Duration>,
+        retry_for: Duration,
+    ) -> Result<MessageId, EnqueueError> {
+        let deadline = tokio::time::Instant::now() + retry_for;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.enqueue(message.clone(), delay).await {
+                Err(EnqueueError::Broker(error))
+                    if error.is_retryable() && tokio::time::Instant::now() + backoff < deadline =>
+                {
+                    tracing::warn!(%error, retry_in = ?backoff, actor = %message.actor, "send failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                result => return result,
+            }
+        }
+    }
+
     async fn after_delayed_enqueue(&self, (message, delay): &(Message, Duration)) {
         for middleware in &self.inner.stack {
             middleware.after_delayed_enqueue(self, message, *delay).await;

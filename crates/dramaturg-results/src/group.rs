@@ -1,0 +1,480 @@
+//! Groups: many messages (or pipelines) sent at once, their results read
+//! in order, and a completion callback sent once when every member has
+//! finished.
+//!
+//! # Exactly once, across workers and redeliveries
+//!
+//! Each member's last message carries its place in the group (the `group`
+//! option: [`Membership`]). When a member finishes for good — its result
+//! kept, whatever it was — the results middleware, before the member's
+//! delivery is settled:
+//!
+//! 1. adds the member's index to the set `group:{<id>}:done` (a set, not a
+//!    counter: a member redelivered after a crash adds itself again and
+//!    changes nothing);
+//! 2. if the set is now full, claims the callback with a write of its
+//!    index to `group:{<id>}:fired` that succeeds only if the key is
+//!    absent — of all members only one can hold the claim;
+//! 3. the claim's holder (also the holder redelivered after dying between
+//!    claim and send) reads the callback message kept at send time under
+//!    `group:{<id>}:callback`, sends it, and writes `group:{<id>}:sent`;
+//!    a member that finds `sent` written does nothing.
+//!
+//! So the callback is sent when the last member finishes, by one member,
+//! and never twice — except when the holder's process dies in the one
+//! round trip between the broker taking the callback and `sent` being
+//! written: its redelivery sends the callback again, with the same message
+//! id (at least once, never never). All keys of a group share one hash
+//! tag, and expire after the group's TTL (default 24 hours).
+
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use dramaturg_core::store::{SetMode, Store, StoreError};
+use dramaturg_core::{Actor, App, MessageId, OptionKey, SendOptions};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::first::First;
+use crate::{millis, ComposeError, Pipeline, ResultError, ResultHandle, ResultStore};
+
+/// The option that makes a message the last of a group's member.
+pub(crate) const GROUP: OptionKey<Membership> = OptionKey::new("group");
+
+/// How long a group's keys live unless [`Group::ttl`] says otherwise.
+const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// How long a store call of the completion is tried again while the store
+/// fails for a reason that may pass.
+const STORE_RETRY_FOR: Duration = Duration::from_secs(5);
+
+/// A member's place in its group.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Membership {
+    /// The group's id.
+    id: MessageId,
+    /// How many members it has.
+    size: u32,
+    /// This member's index.
+    member: u32,
+    /// How long the group's keys live, in milliseconds.
+    ttl_ms: u64,
+    /// Whether a completion callback is kept for the group.
+    callback: bool,
+    /// The callback's delay, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    callback_delay_ms: Option<u64>,
+}
+
+/// The keys of group `id`.
+struct Keys {
+    done: String,
+    fired: String,
+    sent: String,
+    callback: String,
+}
+
+impl Keys {
+    fn of(id: MessageId) -> Self {
+        let key = |part: &str| format!("group:{{{id}}}:{part}");
+        Self { done: key("done"), fired: key("fired"), sent: key("sent"), callback: key("callback") }
+    }
+}
+
+impl Membership {
+    /// Records that this member finished, and sends the group's callback if
+    /// it was the last (see the module docs).
+    ///
+    /// # Errors
+    ///
+    /// Why completion could not be recorded or the callback not sent (after
+    /// trying again for a while when the store or broker may come back).
+    pub(crate) async fn finished(&self, app: &App, store: &dyn Store) -> Result<(), String> {
+        let keys = Keys::of(self.id);
+        let ttl = Duration::from_millis(self.ttl_ms);
+        let me = self.member.to_string();
+        let done = retrying(|| store.set_add(&keys.done, &me, ttl)).await?;
+        if done < u64::from(self.size) || !self.callback {
+            return Ok(());
+        }
+        let claimed = retrying(|| store.set(&keys.fired, me.as_bytes(), ttl, SetMode::IfAbsent)).await?;
+        if !claimed {
+            let holder = retrying(|| store.get(&keys.fired)).await?;
+            if holder.as_deref() != Some(me.as_bytes()) {
+                return Ok(());
+            }
+        }
+        if retrying(|| store.get(&keys.sent)).await?.is_some() {
+            return Ok(());
+        }
+        let Some(bytes) = retrying(|| store.get(&keys.callback)).await? else {
+            return Err(format!("the callback of group {} is gone (its keys expired?)", self.id));
+        };
+        let message = app.encoder().decode_message(&bytes).map_err(|e| format!("the kept callback: {e}"))?;
+        let delay = self.callback_delay_ms.map(Duration::from_millis);
+        app.enqueue_retrying(message, delay, STORE_RETRY_FOR).await.map_err(|e| e.to_string())?;
+        retrying(|| store.set(&keys.sent, b"1", ttl, SetMode::Always)).await?;
+        Ok(())
+    }
+}
+
+/// Runs a store call, trying again for a while when it fails for a reason
+/// that may pass.
+async fn retrying<T, F, Fut>(mut call: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let deadline = tokio::time::Instant::now() + STORE_RETRY_FOR;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match call().await {
+            Ok(value) => return Ok(value),
+            Err(error) if error.is_retryable() && tokio::time::Instant::now() + backoff < deadline => {
+                tracing::warn!(%error, retry_in = ?backoff, "group completion: store call failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+            Err(error) => return Err(error.to_string()),
+        }
+    }
+}
+
+/// Many messages or pipelines sent at once, all of output `T`; their
+/// results are read in order, and a completion callback (a message) is
+/// sent once when every member has finished — succeeded or not — across
+/// worker processes and redeliveries (see the crate docs, "Groups").
+///
+/// Members of different outputs go in a `Group<serde_json::Value>` with
+/// [`Group::push_any`]. Needs the [`Results`](crate::Results) middleware in
+/// the apps that send it and run its members.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use dramaturg_core::{actor::into_job_result, Actor, App, Context, Job, MemoryBroker, Worker};
+/// use dramaturg_results::{Group, Results};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct Square(u64);
+/// impl Actor for Square {
+///     const NAME: &'static str = "square";
+///     const QUEUE: &'static str = "default";
+///     type Output = u64;
+///     fn into_job(self, _ctx: Context) -> Job {
+///         Box::pin(async move { into_job_result::<Self, _>(Ok::<u64, std::io::Error>(self.0 * self.0)) })
+///     }
+/// }
+///
+/// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
+/// let broker = MemoryBroker::new();
+/// let app = App::builder(broker.clone()).middleware(Results::for_broker(&broker)).actor::<Square>().build().unwrap();
+/// let group = (1..=3).fold(Group::new(), |group, n| group.push(Square(n)));
+/// let sent = group.send(&app).await.unwrap();
+/// let worker = tokio::spawn(Worker::new(app.clone()).run_until_drained(Duration::from_secs(5)));
+/// assert_eq!(sent.wait(Duration::from_secs(5)).await.unwrap(), vec![1, 4, 9]);
+/// # worker.await.unwrap().unwrap();
+/// # });
+/// ```
+pub struct Group<T> {
+    members: Vec<Pipeline<T>>,
+    callback: Option<Box<dyn First>>,
+    ttl: Duration,
+}
+
+impl<T> std::fmt::Debug for Group<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Group")
+            .field("members", &self.members)
+            .field("callback", &self.callback.as_ref().map(|c| c.actor()))
+            .field("ttl", &self.ttl)
+            .finish()
+    }
+}
+
+impl<T> Default for Group<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T> Group<T> {
+    /// An empty group; its keys live for 24 hours.
+    pub fn new() -> Self {
+        Self { members: Vec::new(), callback: None, ttl: DEFAULT_TTL }
+    }
+
+    /// Adds a message to `actor`.
+    #[must_use]
+    pub fn push<A: Actor<Output = T>>(self, actor: A) -> Self {
+        self.push_pipeline(Pipeline::new(actor))
+    }
+
+    /// Adds a message to `actor` sent with `send` (a delay, options).
+    #[must_use]
+    pub fn push_with<A: Actor<Output = T>>(self, actor: A, send: SendOptions) -> Self {
+        self.push_pipeline(Pipeline::with(actor, send))
+    }
+
+    /// Adds a pipeline: the member finishes when its chain does.
+    #[must_use]
+    pub fn push_pipeline(mut self, pipeline: Pipeline<T>) -> Self {
+        self.members.push(pipeline);
+        self
+    }
+
+    /// Sends `actor`'s message once when every member has finished
+    /// (succeeded, failed for good, aborted, skipped or could not run).
+    /// Its arguments are its own: to see the members' results, keep the
+    /// group's member ids (in the callback's arguments, say) and read them.
+    #[must_use]
+    pub fn on_completion<A: Actor>(self, actor: A) -> Self {
+        self.on_completion_with(actor, SendOptions::default())
+    }
+
+    /// As [`Group::on_completion`], the callback sent with `send` (its
+    /// delay counts from the moment the last member finished).
+    #[must_use]
+    pub fn on_completion_with<A: Actor>(mut self, actor: A, send: SendOptions) -> Self {
+        self.callback = Some(crate::first::boxed(actor, send));
+        self
+    }
+
+    /// How long the group's keys (its completion record and callback) live
+    /// in the store: longer than the group takes to finish (default 24
+    /// hours). The members' results live for their own `result_ttl`.
+    #[must_use]
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// How many members the group has.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Whether the group has no members.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// Sends every member's first message in one broker call, after keeping
+    /// the completion callback (if any) in the store. The callback of a
+    /// group without members is sent at once.
+    ///
+    /// # Errors
+    ///
+    /// [`ComposeError::NotEnabled`] without the [`Results`](crate::Results)
+    /// middleware; [`ComposeError::Enqueue`] when a member cannot be built
+    /// or sent (some members may have been sent when the broker failed
+    /// part-way); [`ComposeError::Store`] when the callback cannot be kept.
+    pub async fn send(self, app: &App) -> Result<GroupHandle<T>, ComposeError> {
+        let store = app.state::<ResultStore>().map_err(|_| ComposeError::NotEnabled)?.store.clone();
+        let id = MessageId::new();
+        let size = u32::try_from(self.members.len()).map_err(|_| ComposeError::TooLarge(self.members.len()))?;
+        let ttl_ms = millis(self.ttl);
+        let mut callback_id = None;
+        let mut callback_delay_ms = None;
+        if let Some(callback) = self.callback {
+            let (message, delay) = callback.message(app)?;
+            callback_id = Some(message.id);
+            callback_delay_ms = delay.map(millis);
+            if size == 0 {
+                app.enqueue(message, delay).await?;
+            } else {
+                let bytes = app.encoder().encode_message(&message).map_err(dramaturg_core::EnqueueError::from)?;
+                store.set(&Keys::of(id).callback, &bytes, self.ttl, SetMode::Always).await?;
+            }
+        }
+        let mut messages = Vec::with_capacity(self.members.len());
+        let mut members = Vec::with_capacity(self.members.len());
+        for (member, pipeline) in (0..size).zip(self.members) {
+            let membership =
+                Membership { id, size, member, ttl_ms, callback: callback_id.is_some(), callback_delay_ms };
+            let (message, delay, steps) = pipeline.into_message(app, Some(&membership))?;
+            messages.push((message, delay));
+            members.push(*steps.last().expect("a pipeline has a first step"));
+        }
+        app.enqueue_many(messages).await?;
+        Ok(GroupHandle { id, members, callback: callback_id, app: app.clone(), output: PhantomData })
+    }
+}
+
+impl Group<serde_json::Value> {
+    /// Adds a message to an actor of any output, read back as JSON.
+    #[must_use]
+    pub fn push_any<A: Actor>(mut self, actor: A) -> Self {
+        self.members.push(Pipeline::from_any(actor));
+        self
+    }
+}
+
+/// A sent group: its members' results in order, and how many have
+/// finished.
+pub struct GroupHandle<T> {
+    id: MessageId,
+    members: Vec<MessageId>,
+    callback: Option<MessageId>,
+    app: App,
+    output: PhantomData<fn() -> T>,
+}
+
+impl<T> std::fmt::Debug for GroupHandle<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupHandle")
+            .field("id", &self.id)
+            .field("members", &self.members.len())
+            .field("callback", &self.callback)
+            .finish()
+    }
+}
+
+impl<T: DeserializeOwned> GroupHandle<T> {
+    /// The group's id (its keys in the store are tagged with it).
+    pub fn id(&self) -> MessageId {
+        self.id
+    }
+
+    /// The id of each member's result (its last message), in order.
+    pub fn members(&self) -> &[MessageId] {
+        &self.members
+    }
+
+    /// The id of the completion callback's message, if there is one (it
+    /// is sent with this id).
+    pub fn callback(&self) -> Option<MessageId> {
+        self.callback
+    }
+
+    /// The handle of member `index`'s result.
+    pub fn member(&self, index: usize) -> Option<ResultHandle<T>> {
+        self.members.get(index).map(|id| ResultHandle::new(&self.app, *id))
+    }
+
+    /// How many members have finished.
+    ///
+    /// # Errors
+    ///
+    /// [`ResultError::Store`] when the store cannot be read,
+    /// [`ResultError::NotEnabled`] without the results middleware.
+    pub async fn finished(&self) -> Result<u64, ResultError> {
+        let store = &self.app.state::<ResultStore>().map_err(|_| ResultError::NotEnabled)?.store;
+        store.set_len(&Keys::of(self.id).done).await.map_err(|source| ResultError::Store { id: self.id, source })
+    }
+
+    /// Every member's result in order, waiting up to `timeout` in all.
+    ///
+    /// # Errors
+    ///
+    /// The first member's error, in order (see [`ResultHandle::wait`]).
+    pub async fn wait(&self, timeout: Duration) -> Result<Vec<T>, ResultError> {
+        self.wait_each(timeout).await.into_iter().collect()
+    }
+
+    /// Each member's result or error, in order, waiting up to `timeout` in
+    /// all (a member still running when the time is up:
+    /// [`ResultError::TimedOut`]).
+    pub async fn wait_each(&self, timeout: Duration) -> Vec<Result<T, ResultError>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut results = Vec::with_capacity(self.members.len());
+        for id in &self.members {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            results.push(ResultHandle::new(&self.app, *id).wait(left).await);
+        }
+        results
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use dramaturg_core::store::MemoryStore;
+    use dramaturg_core::{actor::into_job_result, Context, Job, MemoryBroker, Message};
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+
+    #[derive(Serialize, Deserialize)]
+    struct Done;
+
+    impl Actor for Done {
+        const NAME: &'static str = "done";
+        const QUEUE: &'static str = "callbacks";
+        type Output = ();
+        fn into_job(self, _ctx: Context) -> dramaturg_core::Job {
+            let job: Job = Box::pin(async move { into_job_result::<Self, _>(Ok::<(), std::io::Error>(())) });
+            job
+        }
+    }
+
+    /// An app, its store, and a group of `size` whose callback is kept.
+    async fn group(size: u32) -> (App, Arc<dyn Store>, Vec<Membership>) {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let app = App::builder(MemoryBroker::new())
+            .middleware(crate::Results::with_shared_store(Arc::clone(&store)))
+            .actor::<Done>()
+            .build()
+            .unwrap();
+        let id = MessageId::new();
+        let callback: Message = app.message(&Done, dramaturg_core::Options::default()).unwrap();
+        let bytes = app.encoder().encode_message(&callback).unwrap();
+        store.set(&Keys::of(id).callback, &bytes, DEFAULT_TTL, SetMode::Always).await.unwrap();
+        let members = (0..size)
+            .map(|member| Membership { id, size, member, ttl_ms: 60_000, callback: true, callback_delay_ms: None })
+            .collect();
+        (app, store, members)
+    }
+
+    async fn callbacks_sent(app: &App) -> u64 {
+        app.stats("callbacks").await.unwrap().ready
+    }
+
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn a_member_finishing_again_sends_nothing_more() {
+        let (app, store, members) = group(3).await;
+        for member in &members[..2] {
+            member.finished(&app, store.as_ref()).await.unwrap();
+        }
+        // A redelivered member before the last: the set does not grow.
+        members[0].finished(&app, store.as_ref()).await.unwrap();
+        assert_eq!(callbacks_sent(&app).await, 0);
+        members[2].finished(&app, store.as_ref()).await.unwrap();
+        assert_eq!(callbacks_sent(&app).await, 1);
+        for member in &members {
+            member.finished(&app, store.as_ref()).await.unwrap();
+        }
+        assert_eq!(callbacks_sent(&app).await, 1, "redeliveries after completion send nothing");
+    }
+
+    #[tokio::test]
+    async fn the_claim_holder_that_died_before_sending_sends_on_redelivery() {
+        let (app, store, members) = group(2).await;
+        let keys = Keys::of(members[0].id);
+        // Both finished; member 1 claimed the callback and died before sending.
+        store.set_add(&keys.done, "0", DEFAULT_TTL).await.unwrap();
+        store.set_add(&keys.done, "1", DEFAULT_TTL).await.unwrap();
+        store.set(&keys.fired, b"1", DEFAULT_TTL, SetMode::IfAbsent).await.unwrap();
+        // Member 0 redelivered: not its claim.
+        members[0].finished(&app, store.as_ref()).await.unwrap();
+        assert_eq!(callbacks_sent(&app).await, 0);
+        // Member 1 redelivered: its claim, not sent yet.
+        members[1].finished(&app, store.as_ref()).await.unwrap();
+        assert_eq!(callbacks_sent(&app).await, 1);
+        members[1].finished(&app, store.as_ref()).await.unwrap();
+        assert_eq!(callbacks_sent(&app).await, 1);
+    }
+
+    #[tokio::test]
+    async fn a_callback_that_expired_is_an_error_not_a_silent_skip() {
+        let (app, store, members) = group(1).await;
+        store.delete(&Keys::of(members[0].id).callback).await.unwrap();
+        let error = members[0].finished(&app, store.as_ref()).await.unwrap_err();
+        assert!(error.contains("is gone"), "{error}");
+    }
+}

@@ -655,7 +655,12 @@ async fn results(args: &Args) -> Result<(), BoxError> {
     use dramaturg::results::SentExt;
     let messages = args.messages.unwrap_or(1000);
     let broker = dramaturg::connect(&args.broker).await?;
-    let app = dramaturg::app_shared(broker).actor::<Finish>().actor::<Kept>().build()?;
+    let results = dramaturg::results::Results::for_broker(&*broker);
+    let app = dramaturg::app_shared(broker)
+        .insert_before(dramaturg::middleware::names::CALLBACKS, results)
+        .actor::<Finish>()
+        .actor::<Kept>()
+        .build()?;
     let broker_name = args.broker.split("://").next().unwrap_or_default().to_owned();
     let worker = Worker::new(app.clone()).queues(["bench-results"]).concurrency(args.concurrency);
     let shutdown = worker.shutdown_handle();

@@ -11,9 +11,10 @@ use crate::{Actor, MessageId};
 ///
 /// It is a [`MessageId`] that remembers whose message it is, so that it
 /// cannot be mixed up with another actor's message, and so that what comes
-/// of it is typed by `A`'s [`Output`](Actor::Output). There is no API to
-/// read that output back through the handle yet: today the output reaches
-/// `on_success` callbacks as their `result`. It is `Copy`, and
+/// of it is typed by `A`'s [`Output`](Actor::Output): the results
+/// middleware reads that output back through it (`sent.result(&app)` with
+/// `dramaturg::results::SentExt`), and `on_success` callbacks get it as
+/// their `result`. It is `Copy`, and
 /// [`Sent::id`] gives the plain id (for [`abort`] and the broker's
 /// administration), which converts back with [`Sent::from_id`].
 ///

@@ -509,3 +509,128 @@ async fn on_redis_a_group_across_two_workers_one_killed_completes_exactly_once()
     assert!((0..TOTAL).all(|seq| counts.contains_key(&seq)), "every member ran");
     assert_eq!(counts[&CALLBACK], 1, "the completion callback ran exactly once");
 }
+
+#[test]
+fn the_results_middleware_must_sit_outside_the_default_stack() {
+    let broker = MemoryBroker::new();
+    let inner = dramaturg::results::Results::for_broker(&broker);
+    let Err(error) = dramaturg::app(broker).middleware(inner).actor::<Resize>().build() else {
+        panic!("results inside the retry middleware built");
+    };
+    let text = error.to_string();
+    assert!(text.contains("must sit outside") && text.contains("insert_before"), "{text}");
+}
+
+#[tokio::test]
+async fn the_steps_and_callback_of_a_composition_are_checked_when_it_is_sent() {
+    let app = memory_app();
+    let too_late = Pipeline::new(Split { text: "a".into() }).then_with::<Words>(
+        SendOptions::default()
+            .with_delay(Duration::from_secs(2))
+            .with_options(|o| o.with_max_age(Duration::from_secs(1))),
+    );
+    let error = too_late.send(&app).await.unwrap_err();
+    assert!(
+        matches!(error, dramaturg::results::ComposeError::Enqueue(dramaturg::EnqueueError::DelayBeyondMaxAge { .. })),
+        "{error:?}"
+    );
+    let wrong_type = Group::new().push(Grade(1)).on_completion_with(
+        Tally { runs: "x".into() },
+        SendOptions::default().with_options(|o| o.with_extra("store_results", "yes")),
+    );
+    let error = wrong_type.send(&app).await.unwrap_err();
+    assert!(error.to_string().contains("store_results"), "{error}");
+    assert_eq!(app.stats("default").await.unwrap().ready, 0, "nothing was sent");
+}
+
+/// A producer app that knows `Resize` (which keeps its results) and runs
+/// the results middleware, and a worker app on the same namespace that
+/// knows `Split` and `Words` only.
+#[cfg(feature = "redis")]
+async fn producer_and_worker(ns: &str, worker_results: bool) -> (App, App) {
+    let producer_broker = support::redis_broker("redis://127.0.0.1:6379", ns).await;
+    let results = dramaturg::results::Results::for_broker(&producer_broker);
+    let producer = dramaturg::app(producer_broker)
+        .insert_before("callbacks", results)
+        .actor::<Resize>()
+        .actor::<Split>()
+        .actor::<Words>()
+        .build()
+        .unwrap();
+    let worker_broker = support::redis_broker("redis://127.0.0.1:6379", ns).await;
+    let mut worker = dramaturg::app(worker_broker.clone()).actor::<Split>().actor::<Words>();
+    if worker_results {
+        worker = worker.insert_before("callbacks", dramaturg::results::Results::for_broker(&worker_broker));
+    }
+    (producer, worker.build().unwrap())
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn on_redis_a_worker_that_does_not_know_an_actor_keeping_results_keeps_its_rejection() {
+    let ns = support::namespace();
+    let (producer, worker) = producer_and_worker(&ns, true).await;
+    let sent = Resize { width: 5, fail: false }.send(&producer).await.unwrap();
+    Worker::new(worker).run_until_drained(Duration::from_secs(10)).await.unwrap();
+    match sent.result(&producer).wait(Duration::from_secs(5)).await {
+        Err(ResultError::Failed { record, .. }) => {
+            assert_eq!(record.type_name, "Rejected");
+            assert!(record.message.contains("no actor named"), "{record:?}");
+        }
+        other => panic!("expected the rejection, got {other:?}"),
+    }
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn on_redis_a_worker_without_the_results_middleware_dead_letters_a_pipeline_step_it_cannot_carry_on() {
+    let ns = support::namespace();
+    let (producer, worker) = producer_and_worker(&ns, false).await;
+    let sent = Pipeline::new(Split { text: "a b".into() }).then::<Words>().send(&producer).await.unwrap();
+    let report = Worker::new(worker.clone()).run_until_drained(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(report.succeeded, 0, "the first step did not run: {report:?}");
+    let dead = worker.dead_letter_views("default", 10).await.unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(dead[0].reason.contains("needs the \"results\" middleware"), "{}", dead[0].reason);
+    assert!(matches!(sent.get().await, Err(ResultError::NotYet(_))), "no worker with the middleware kept anything");
+}
+
+/// On RabbitMQ, with results in a Redis store as the guide says: a group
+/// of pipelines, run by a worker app of its own, completes once and each
+/// member's result reaches the producer.
+#[cfg(all(feature = "amqp", feature = "redis"))]
+#[tokio::test]
+async fn on_rabbitmq_with_results_in_redis_a_group_of_pipelines_completes() {
+    let prefix = format!("results-{}-", MessageId::new());
+    let ns = support::namespace();
+    let app = || async {
+        let config = dramaturg::amqp::AmqpConfig::new("amqp://guest:guest@127.0.0.1:5672/%2f")
+            .expire_unused_queues(Duration::from_secs(120));
+        let broker = dramaturg::amqp::AmqpBroker::with_config(config).await.unwrap();
+        let config = dramaturg::redis::RedisConfig::new("redis://127.0.0.1:6379").namespace(&ns);
+        let store = dramaturg::redis::RedisStore::with_config(&config).await.unwrap();
+        dramaturg::app(broker)
+            .queue_prefix(&prefix)
+            .insert_before("callbacks", dramaturg::results::Results::new(store))
+            .actor::<Split>()
+            .actor::<Words>()
+            .actor::<Grade>()
+            .actor::<Tally>()
+            .build()
+            .unwrap()
+    };
+    let (producer, worker) = (app().await, app().await);
+    let marker = MessageId::new().to_string();
+    let group = (1..=5)
+        .fold(Group::new(), |group, n| {
+            let text = vec!["w"; n].join(" ");
+            group.push_pipeline(Pipeline::new(Split { text }).then::<Words>().then::<Grade>())
+        })
+        .on_completion(Tally { runs: marker.clone() });
+    let sent = group.send(&producer).await.unwrap();
+    let running = tokio::spawn(Worker::new(worker).run_until_drained(Duration::from_secs(20)));
+    let verdicts = sent.wait(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(verdicts, (1..=5).map(|n| format!("{n} words")).collect::<Vec<_>>());
+    running.await.unwrap().unwrap();
+    assert_eq!(TALLIES.lock().unwrap().iter().filter(|m| **m == marker).count(), 1);
+}

@@ -73,7 +73,7 @@ pub use fail::{Fail, Interrupted, Interruption, Retry};
 pub use failure::{ErrorType, Failure};
 pub use id::{MessageId, ParseMessageIdError};
 pub use memory::MemoryBroker;
-pub use message::{now_ms, Message, ETA};
+pub use message::{now_ms, Message, ETA, NEEDS};
 pub use middleware::{Middleware, Next};
 pub use options::{DeclaredOption, OptionError, OptionKey, Options};
 pub use outcome::{NextAttempt, Outcome};

@@ -69,6 +69,15 @@ impl Message {
 /// since the Unix epoch (Dramatiq's name and meaning). Set when it is sent.
 pub const ETA: OptionKey<u64> = OptionKey::new("eta");
 
+/// The option naming the middleware a message cannot be run without
+/// (`["results"]` for a pipeline step): a worker whose app lacks one of
+/// them dead-letters the message with a reason naming it — telling its
+/// other middleware, through
+/// [`Middleware::on_rejected`](crate::Middleware::on_rejected) — rather
+/// than running it and silently dropping what that middleware would have
+/// done. Middleware set it on the messages that need them.
+pub const NEEDS: OptionKey<Vec<String>> = OptionKey::new("needs");
+
 impl fmt::Debug for Message {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Arguments can be large or sensitive: show their size, not their bytes.

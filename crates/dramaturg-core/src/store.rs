@@ -119,6 +119,21 @@ pub trait Store: Counters + Send + Sync + fmt::Debug + 'static {
     /// not have happened).
     async fn set(&self, key: &str, value: &[u8], ttl: Duration, mode: SetMode) -> Result<bool, StoreError>;
 
+    /// Writes many values at once, each replacing what its key held
+    /// ([`SetMode::Always`]) for its TTL and waking its waiters, in one
+    /// round trip where the store can (Redis: one pipeline). Not atomic as
+    /// a whole: when it fails, some may have been written.
+    ///
+    /// # Errors
+    ///
+    /// As [`set`](Store::set), for the first entry that failed.
+    async fn set_many(&self, entries: &[(&str, &[u8], Duration)]) -> Result<(), StoreError> {
+        for (key, value, ttl) in entries {
+            self.set(key, value, *ttl, SetMode::Always).await?;
+        }
+        Ok(())
+    }
+
     /// Removes `key` (a value or a set); returns whether it held anything.
     /// Waiters are not woken.
     ///

@@ -796,6 +796,17 @@ fn settlement_for(app: &App, outcome: &mut Outcome) -> Settlement {
     }
 }
 
+/// The first middleware the message [needs](crate::NEEDS) that `app`'s
+/// stack lacks.
+fn missing_middleware(app: &App, message: &Message) -> Option<String> {
+    let needs = match message.options.option(crate::NEEDS) {
+        Ok(needs) => needs?,
+        Err(error) => return Some(format!("(unreadable: {error})")),
+    };
+    let stack = app.middleware_names();
+    needs.into_iter().find(|name| !stack.contains(&name.as_str()))
+}
+
 /// Runs one decoded message through the stack; returns how to settle it and
 /// how to count it once settled.
 async fn run_message(
@@ -810,6 +821,12 @@ async fn run_message(
         let reason = format!("no actor named {:?} is registered in this app", name.as_str());
         return (reject_message(app, &message, &reason).await, Count::Rejected);
     };
+    if let Some(missing) = missing_middleware(app, &message) {
+        let reason = format!(
+            "the message needs the {missing:?} middleware, which this worker's app does not have (add it to every app that runs these messages)"
+        );
+        return (reject_message(app, &message, &reason).await, Count::Rejected);
+    }
     if let Some(lease) = lease {
         lease.set_actor(actor.name());
     }

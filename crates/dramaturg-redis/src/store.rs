@@ -208,6 +208,25 @@ impl Store for RedisStore {
         Ok(written == 1)
     }
 
+    /// One pipeline of `SET key value PX ttl` and `PUBLISH key value` per
+    /// entry: the same as `set`'s script in its `Always` mode (a waiter
+    /// subscribes before it reads, so it sees the value either way), in one
+    /// round trip.
+    async fn set_many(&self, entries: &[(&str, &[u8], Duration)]) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for (key, value, ttl) in entries {
+            let key = self.key(key)?;
+            check_value(value)?;
+            pipe.cmd("SET").arg(&key).arg(*value).arg("PX").arg(ttl_millis(*ttl)).ignore();
+            pipe.cmd("PUBLISH").arg(&key).arg(*value).ignore();
+        }
+        let mut conn = self.conn.clone();
+        pipe.query_async::<()>(&mut conn).await.map_err(|e| store_error(e, "set_many"))
+    }
+
     async fn delete(&self, key: &str) -> Result<bool, StoreError> {
         let key = self.key(key)?;
         let mut conn = self.conn.clone();

@@ -280,6 +280,7 @@ impl<T> Group<T> {
         let mut callback_delay_ms = None;
         if let Some(callback) = self.callback {
             let (message, delay) = callback.message(app)?;
+            app.check_sendable(&message, delay)?;
             callback_id = Some(message.id);
             callback_delay_ms = delay.map(millis);
             if size == 0 {
@@ -366,10 +367,14 @@ impl<T: DeserializeOwned> GroupHandle<T> {
     }
 
     /// Every member's result in order, waiting up to `timeout` in all.
+    /// Members are waited for one after the other, in order: a failed
+    /// member's error is returned once every member before it has
+    /// finished (use [`GroupHandle::member`] to watch one member).
     ///
     /// # Errors
     ///
-    /// The first member's error, in order (see [`ResultHandle::wait`]).
+    /// The error of the first member, in order, that has one (see
+    /// [`ResultHandle::wait`]).
     pub async fn wait(&self, timeout: Duration) -> Result<Vec<T>, ResultError> {
         self.wait_each(timeout).await.into_iter().collect()
     }

@@ -66,14 +66,15 @@ mod handle;
 mod pipeline;
 mod progress;
 mod stored;
+mod writer;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use dramaturg_core::store::{MemoryStore, SetMode, Store};
+use dramaturg_core::store::{MemoryStore, Store};
 use dramaturg_core::{
     async_trait, App, Bounded, ConfigError, Context, DeclaredOption, Failure, Message, MessageId, Middleware, Next,
-    OptionKey, Options, Outcome, State,
+    OptionKey, Options, Outcome, State, NEEDS,
 };
 
 pub use error::{CarryOnError, ComposeError};
@@ -93,6 +94,10 @@ pub const RESULT_TTL: OptionKey<u64> = OptionKey::new("result_ttl");
 
 /// The name of the results middleware in the stack.
 pub const NAME: &str = "results";
+
+/// The middleware of the default stack that decide how a message ends,
+/// which must run inside the results middleware.
+const INSIDE: [&str; 6] = ["callbacks", "age_limit", "abort", "retries", "time_limit", "error_capture"];
 
 /// The store of results and the middleware's limits, in the app's state
 /// (found by [`ResultHandle`], pipelines, groups and progress).
@@ -131,6 +136,7 @@ pub(crate) fn result_key(id: MessageId) -> String {
 #[derive(Debug, Clone)]
 pub struct Results {
     store: Arc<dyn Store>,
+    writer: Arc<writer::Writer>,
     ttl: Duration,
     max_size: usize,
 }
@@ -143,7 +149,8 @@ impl Results {
 
     /// As [`Results::new`], with a store shared with other parts of the app.
     pub fn with_shared_store(store: Arc<dyn Store>) -> Self {
-        Self { store, ttl: Duration::from_secs(600), max_size: 1024 * 1024 }
+        let writer = Arc::new(writer::Writer::new(Arc::clone(&store)));
+        Self { store, writer, ttl: Duration::from_secs(600), max_size: 1024 * 1024 }
     }
 
     /// Results kept where `broker`'s messages reach: its store, or a
@@ -186,7 +193,7 @@ impl Results {
     }
 
     async fn keep(&self, id: MessageId, stored: &Stored, ttl: Duration) {
-        if let Err(error) = self.store.set(&result_key(id), &stored.to_bytes(), ttl, SetMode::Always).await {
+        if let Err(error) = self.writer.set(result_key(id), stored.to_bytes(), ttl).await {
             tracing::error!(%error, "cannot keep the message's result; a waiter will time out");
         }
     }
@@ -249,7 +256,40 @@ impl Middleware for Results {
             RESULT_TTL.declare_local(),
             pipeline::PIPELINE.declare_local(),
             group::GROUP.declare_local(),
+            NEEDS.declare_local(),
         ]
+    }
+
+    /// The middleware must see every end of a message: outside (before)
+    /// every middleware of the default stack that decides one.
+    fn check_app(&self, app: &App) -> Result<(), ConfigError> {
+        let stack = app.middleware_names();
+        let Some(results) = stack.iter().position(|name| *name == NAME) else { return Ok(()) };
+        match stack[..results].iter().find(|name| INSIDE.contains(name)) {
+            Some(outer) => Err(ConfigError::Invalid(format!(
+                "the results middleware must sit outside {outer:?}, which decides how messages end: add it with insert_before(\"callbacks\", …) (the stack is {stack:?})"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// A message that asks for its result per message, or is part of a
+    /// pipeline or group, [needs](NEEDS) this middleware in the worker that
+    /// runs it: one without it dead-letters it, rather than run it and
+    /// drop its result or the rest of its chain.
+    fn before_enqueue(&self, message: &mut Message) -> Result<(), dramaturg_core::BoxError> {
+        let extra = &message.options.extra;
+        let asks = matches!(message.options.option(STORE_RESULTS), Ok(Some(true)))
+            || extra.contains_key(pipeline::PIPELINE.name())
+            || extra.contains_key(group::GROUP.name());
+        if asks {
+            let mut needs = message.options.option(NEEDS).ok().flatten().unwrap_or_default();
+            if !needs.iter().any(|name| name == NAME) {
+                needs.push(NAME.to_owned());
+                message.options = std::mem::take(&mut message.options).with_option(NEEDS, needs);
+            }
+        }
+        Ok(())
     }
 
     async fn handle(&self, ctx: &Context, next: Next<'_>) -> Outcome {
@@ -277,9 +317,18 @@ impl Middleware for Results {
         outcome
     }
 
+    /// Keeps a failure for a message that cannot run whether or not it
+    /// asked for its result: the worker may not know the actor that asked
+    /// (`#[actor(store_results)]` in the producer's app only), and a waiter
+    /// must not wait in vain. Rejections are rare, and kept for the TTL.
     async fn on_rejected(&self, app: &App, message: &Message, reason: &Bounded) {
         let stored = Stored::failure("Rejected", reason.as_str());
-        if let Err(error) = self.finish(app, message.id, &app.options_for(message), &stored, false).await {
+        let options = app.options_for(message);
+        if self.kept_for(&options).is_none() {
+            let ttl = options.option(RESULT_TTL).ok().flatten().map_or(self.ttl, Duration::from_millis);
+            self.keep(message.id, &stored, ttl).await;
+        }
+        if let Err(error) = self.finish(app, message.id, &options, &stored, false).await {
             tracing::error!(%error, "the group's completion could not be recorded");
         }
     }

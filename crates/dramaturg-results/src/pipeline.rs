@@ -252,6 +252,10 @@ impl<T> Pipeline<T> {
         let mut next = Vec::with_capacity(self.steps.len());
         for planned in self.steps {
             let info = app.actor(planned.actor).ok_or_else(|| EnqueueError::UnknownActor(planned.actor.to_owned()))?;
+            // Its options and delay are checked now, not when it is due.
+            let mut probe = Message::new(info.queue(), planned.actor, Default::default());
+            probe.options = planned.send.options.clone();
+            app.check_sendable(&probe, planned.send.delay)?;
             next.push(Step {
                 id: MessageId::new(),
                 actor: planned.actor.to_owned(),

@@ -59,17 +59,23 @@ impl Stored {
     }
 
     pub(crate) fn to_bytes(&self) -> Vec<u8> {
-        let (tag, body) = match self {
-            Self::Succeeded(bytes) => (SUCCEEDED, bytes.clone()),
-            // A record and a string always serialize.
-            Self::Failed(record) => (FAILED, serde_json::to_vec(record).unwrap_or_default()),
-            Self::Aborted(reason) => (ABORTED, reason.as_bytes().to_vec()),
-            Self::Skipped(reason) => (SKIPPED, reason.as_bytes().to_vec()),
+        let tagged = |tag: u8, body: &[u8]| {
+            let mut out = Vec::with_capacity(1 + body.len());
+            out.push(tag);
+            out.extend_from_slice(body);
+            out
         };
-        let mut out = Vec::with_capacity(1 + body.len());
-        out.push(tag);
-        out.extend_from_slice(&body);
-        out
+        match self {
+            Self::Succeeded(bytes) => tagged(SUCCEEDED, bytes),
+            Self::Failed(record) => {
+                let mut out = vec![FAILED];
+                // A record always serializes.
+                let _ = serde_json::to_writer(&mut out, record);
+                out
+            }
+            Self::Aborted(reason) => tagged(ABORTED, reason.as_bytes()),
+            Self::Skipped(reason) => tagged(SKIPPED, reason.as_bytes()),
+        }
     }
 
     pub(crate) fn from_bytes(bytes: &[u8]) -> Result<Self, CodecError> {

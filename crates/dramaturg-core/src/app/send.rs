@@ -192,6 +192,21 @@ impl App {
         Ok(ids)
     }
 
+    /// Checks that `message` could be sent with `delay` now — the enqueue
+    /// hooks accept it, its options have their types, the delay fits its
+    /// age limit, its size fits — without sending it: for messages that
+    /// are sent later on a message's behalf (a pipeline's next step, a
+    /// group's callback), so that their mistakes show when the whole is
+    /// sent, not when a step runs.
+    ///
+    /// # Errors
+    ///
+    /// The [`EnqueueError`] that [`App::enqueue`] would return before
+    /// reaching the broker.
+    pub fn check_sendable(&self, message: &Message, delay: Option<Duration>) -> Result<(), EnqueueError> {
+        self.outgoing(message.clone(), delay).map(drop)
+    }
+
     /// The message to hand to the broker, and the message itself when it is
     /// delayed (for the middleware's `after_delayed_enqueue`).
     #[allow(clippy::type_complexity)]

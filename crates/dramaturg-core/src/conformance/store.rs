@@ -43,6 +43,7 @@ macro_rules! store_conformance {
             wait_returns_a_value_set_before,
             wait_wakes_on_a_later_set,
             every_waiter_sees_the_value,
+            set_many_writes_each_value_and_wakes_its_waiters,
             waits_do_not_hold_each_other_up,
             wait_times_out,
             wait_survives_cancellation,
@@ -247,6 +248,32 @@ impl StoreSuite {
         let found = tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("woken").unwrap();
         assert_eq!(found, Some((b, b"now".to_vec())));
         assert!(set_at.elapsed() < Duration::from_secs(1), "{:?}", set_at.elapsed());
+    }
+
+    /// `set_many` writes every entry with its own TTL, replacing what the
+    /// keys held, and wakes the waiters of each; a bad entry is an error.
+    pub async fn set_many_writes_each_value_and_wakes_its_waiters(&self) {
+        let (first, second, short) = (self.key("many-1"), self.key("many-2"), self.key("many-short"));
+        self.store.set(&first, b"old", LONG, SetMode::Always).await.unwrap();
+        let waiter = {
+            let store = Arc::clone(&self.store);
+            let keys = [second.clone()];
+            tokio::spawn(async move { store.wait_any(&keys, LONG).await.unwrap() })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let entries: [(&str, &[u8], Duration); 3] =
+            [(&first, b"one", LONG), (&second, b"two", LONG), (&short, b"brief", Duration::from_millis(100))];
+        self.store.set_many(&entries).await.unwrap();
+        let found = tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("woken").unwrap();
+        assert_eq!(found, Some((second.clone(), b"two".to_vec())));
+        assert_eq!(self.store.get(&first).await.unwrap().as_deref(), Some(&b"one"[..]));
+        assert_eq!(self.store.get(&short).await.unwrap().as_deref(), Some(&b"brief"[..]));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(self.store.get(&short).await.unwrap(), None, "each entry has its own TTL");
+        self.store.set_many(&[]).await.unwrap();
+        let too_long = "k".repeat(crate::store::MAX_KEY_BYTES + 1);
+        let error = self.store.set_many(&[(too_long.as_str(), b"v", LONG)]).await.unwrap_err();
+        assert!(error.is_invalid_input(), "{error}");
     }
 
     /// Several waits on one key, concurrent and one after the other, all

@@ -482,7 +482,7 @@ impl Middleware for Abortable {
             return Outcome::Aborted("cancelled before it started".into());
         }
         let outcome = self.watch(ctx, &key, next).await;
-        if let Outcome::Retried(_, attempt) = &outcome {
+        if let Some(attempt) = outcome.next_attempt() {
             self.remember_due(ctx.app(), ctx.id(), attempt.delay).await;
         }
         outcome

@@ -8,7 +8,10 @@
 //! - [`Counters`] (a supertrait of `Store`, so every store has them):
 //!   [`incr_by`](Counters::incr_by) and the set operations
 //!   [`set_add`](Counters::set_add), [`set_remove`](Counters::set_remove),
-//!   [`set_len`](Counters::set_len).
+//!   [`set_len`](Counters::set_len);
+//! - [`Slots`] (also a supertrait): capped sets of expiring slots and paced
+//!   admission, for rate and concurrency limits
+//!   ([`take_slot`](Slots::take_slot), [`take_paced`](Slots::take_paced)).
 //!
 //! [`MemoryStore`] keeps everything in this process; the Redis broker
 //! crate has a store on the broker's server. A broker offers the store
@@ -26,7 +29,7 @@
 //!   whole millisecond (a zero TTL counts as 1 ms) and capped at
 //!   [`MAX_TTL`]. An expired key is gone: reads see nothing, set-if-absent
 //!   succeeds.
-//! - A key holds a value or a set. A counter is a value holding its
+//! - A key holds a value, a set, a slot set or a pacing key ([`Slots`]). A counter is a value holding its
 //!   decimal text (`get` reads `b"5"`). Using a key as the other kind is a
 //!   [`StoreErrorKind::WrongType`] error, except `set`, which replaces
 //!   whatever the key held.
@@ -54,6 +57,7 @@
 //! ```
 
 mod memory;
+mod slots;
 
 use std::fmt;
 use std::time::Duration;
@@ -64,6 +68,7 @@ use crate::error::BoxError;
 use crate::error::{BrokerError, BrokerErrorKind};
 
 pub use memory::MemoryStore;
+pub use slots::{Admission, Slots};
 
 /// The longest key or set member, in bytes: 1 KiB.
 pub const MAX_KEY_BYTES: usize = 1024;
@@ -93,12 +98,12 @@ pub enum SetMode {
 }
 
 /// Keys with values and TTLs, and waiting for keys. Every store also has
-/// [`Counters`].
+/// [`Counters`] and [`Slots`].
 ///
 /// Implementations must be atomic per call: two concurrent
 /// [`SetMode::IfAbsent`] writes to one key cannot both succeed.
 #[async_trait]
-pub trait Store: Counters + Send + Sync + fmt::Debug + 'static {
+pub trait Store: Counters + Slots + Send + Sync + fmt::Debug + 'static {
     /// The value of `key`, if it holds one that has not expired.
     ///
     /// # Errors

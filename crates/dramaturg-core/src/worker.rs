@@ -51,7 +51,7 @@ use crate::error_record::RecordLimits;
 use crate::failure::Failure;
 use crate::isolation::{Isolation, Pool};
 use crate::middleware::Next;
-use crate::outcome::Outcome;
+use crate::outcome::{NextAttempt, Outcome};
 use crate::watchdog::{Lease, Watchdog};
 use crate::{App, Context, Message};
 
@@ -152,6 +152,10 @@ pub struct WorkerReport {
     pub skipped: u64,
     /// Failed attempts that were scheduled for a retry.
     pub retried: u64,
+    /// Messages put off without running and without using a retry
+    /// ([`Outcome::Postponed`]): a rate or concurrency limit was full, and
+    /// the message went back to the broker, due when a slot is likely free.
+    pub postponed: u64,
     /// Messages returned to their queue unchanged (shutdown and the like).
     pub requeued: u64,
     /// Messages cancelled before they started or aborted while running.
@@ -245,6 +249,7 @@ struct Counters {
     failed: AtomicU64,
     skipped: AtomicU64,
     retried: AtomicU64,
+    postponed: AtomicU64,
     requeued: AtomicU64,
     aborted: AtomicU64,
     rejected: AtomicU64,
@@ -261,6 +266,7 @@ enum Count {
     Failed,
     Skipped,
     Retried,
+    Postponed,
     Requeued,
     Aborted,
     Rejected,
@@ -273,6 +279,7 @@ impl Count {
             Outcome::Failed(_) => Count::Failed,
             Outcome::Skipped(_) => Count::Skipped,
             Outcome::Retried(..) => Count::Retried,
+            Outcome::Postponed(..) => Count::Postponed,
             Outcome::Requeue(_) => Count::Requeued,
             Outcome::Aborted(_) => Count::Aborted,
         }
@@ -286,6 +293,7 @@ impl Counters {
             Count::Failed => &self.failed,
             Count::Skipped => &self.skipped,
             Count::Retried => &self.retried,
+            Count::Postponed => &self.postponed,
             Count::Requeued => &self.requeued,
             Count::Aborted => &self.aborted,
             Count::Rejected => &self.rejected,
@@ -300,6 +308,7 @@ impl Counters {
             failed: get(&self.failed),
             skipped: get(&self.skipped),
             retried: get(&self.retried),
+            postponed: get(&self.postponed),
             requeued: get(&self.requeued),
             aborted: get(&self.aborted),
             rejected: get(&self.rejected),
@@ -786,13 +795,21 @@ fn settlement_for(app: &App, outcome: &mut Outcome) -> Settlement {
         Outcome::Succeeded(_) | Outcome::Skipped(_) | Outcome::Aborted(_) => Settlement::Ack,
         Outcome::Failed(failure) => Settlement::DeadLetter(Bounded::reason(&failure.record().summary())),
         Outcome::Requeue(_) => Settlement::Requeue,
-        Outcome::Retried(failure, next) => match app.encoder().encode_message(&next.message) {
-            Ok(body) => Settlement::Reschedule { body: body.into(), delay: next.delay },
-            Err(error) => Settlement::DeadLetter(Bounded::reason(&format!(
-                "its retry could not be encoded ({error}); last error: {}",
-                failure.record().summary()
-            ))),
-        },
+        Outcome::Retried(failure, next) => reschedule(app, next, || {
+            format!("its retry could not be encoded; last error: {}", failure.record().summary())
+        }),
+        Outcome::Postponed(reason, next) => {
+            reschedule(app, next, || format!("its postponed attempt could not be encoded; postponed because {reason}"))
+        }
+    }
+}
+
+/// Replaces the delivery with `next`; dead-letters it, saying `why` and
+/// the encoder's error, when `next` cannot be encoded.
+fn reschedule(app: &App, next: &NextAttempt, why: impl FnOnce() -> String) -> Settlement {
+    match app.encoder().encode_message(&next.message) {
+        Ok(body) => Settlement::Reschedule { body: body.into(), delay: next.delay },
+        Err(error) => Settlement::DeadLetter(Bounded::reason(&format!("{} ({error})", why()))),
     }
 }
 
@@ -874,6 +891,9 @@ async fn run_message(
         }
         Outcome::Retried(failure, _) => {
             tracing::info!(?elapsed, error = %failure.record().summary(), "message failed; retry scheduled");
+        }
+        Outcome::Postponed(reason, next) => {
+            tracing::debug!(?elapsed, %reason, delay = ?next.delay, "message postponed");
         }
         Outcome::Skipped(reason) => tracing::info!(?elapsed, %reason, "message skipped"),
         Outcome::Requeue(reason) => tracing::info!(?elapsed, %reason, "message returned to its queue"),

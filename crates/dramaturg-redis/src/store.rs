@@ -1,6 +1,10 @@
 //! The store in Redis: values are strings with a `PX` TTL, counters are
 //! `INCRBY` strings, sets are Redis sets; a `set` also publishes the value
-//! on a channel named after its key, so waiters hear of it at once.
+//! on a channel named after its key, so waiters hear of it at once. Slot
+//! sets are sorted sets scored by when each slot lapses (in the server's
+//! milliseconds), pacing keys strings holding the GCRA's theoretical arrival
+//! time; both are timed by the server's `TIME`, so workers' clocks do not
+//! matter.
 //!
 //! # Keys and Cluster
 //!
@@ -24,7 +28,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use dramaturg_core::broker::redact_password;
-use dramaturg_core::store::{check_key, check_value, ttl_millis, Counters, SetMode, Store, StoreError, StoreErrorKind};
+use dramaturg_core::store::{
+    check_key, check_value, ttl_millis, Admission, Counters, SetMode, Slots, Store, StoreError, StoreErrorKind,
+};
 use redis::aio::ConnectionManager;
 use redis::{RedisError, Script};
 
@@ -72,6 +78,72 @@ redis.call('SREM', KEYS[1], ARGV[1])
 return redis.call('SCARD', KEYS[1])
 ";
 
+/// The start of every slot script: the server's time in milliseconds, and
+/// the slot set at `KEYS[1]` without its lapsed slots.
+const SLOTS_NOW: &str = r"
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local function hold(member, ms)
+  redis.call('ZADD', KEYS[1], now + ms, member)
+  local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+  redis.call('PEXPIREAT', KEYS[1], last[2])
+end
+";
+
+/// `ARGV`: member, cap, hold (ms). Returns -1 when admitted, else the
+/// milliseconds until the earliest slot lapses.
+const TAKE_SLOT: &str = r"
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
+  hold(ARGV[1], tonumber(ARGV[3]))
+  return -1
+end
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return math.max(tonumber(first[2]) - now, 1)
+";
+
+/// `ARGV`: member, hold (ms).
+const RENEW_SLOT: &str = r"
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  return 0
+end
+hold(ARGV[1], tonumber(ARGV[2]))
+return 1
+";
+
+/// GCRA. `ARGV`: interval (ms), burst. Returns -1 when admitted, else the
+/// milliseconds until the next caller may come in. A key holding
+/// something other than a number is refused as a wrong type.
+const TAKE_PACED: &str = r"
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local interval = tonumber(ARGV[1])
+local stored = redis.call('GET', KEYS[1])
+local arrival = now
+if stored then
+  arrival = tonumber(stored)
+  if not arrival then
+    return redis.error_reply('WRONGTYPE the key does not hold a pacing time')
+  end
+  arrival = math.max(arrival, now)
+end
+local allowed_at = arrival - (tonumber(ARGV[2]) - 1) * interval
+if allowed_at > now then
+  return allowed_at - now
+end
+redis.call('SET', KEYS[1], arrival + interval, 'PX', arrival + interval - now)
+return -1
+";
+
+/// A script's answer as an admission: -1 is admitted, else milliseconds
+/// to wait.
+fn admission(answer: i64) -> Admission {
+    match u64::try_from(answer) {
+        Ok(ms) => Admission::Refused { retry_after: Duration::from_millis(ms.max(1)) },
+        Err(_) => Admission::Admitted,
+    }
+}
+
 /// A [`Store`] in Redis, for any broker: the Redis broker's own server
 /// ([`RedisStore::for_broker`], which is what
 /// [`Broker::store`](dramaturg_core::Broker::store) gives), or a Redis of
@@ -92,6 +164,9 @@ struct Scripts {
     incr_by: Script,
     set_add: Script,
     set_remove: Script,
+    take_slot: Script,
+    renew_slot: Script,
+    take_paced: Script,
 }
 
 /// A Redis error as a store error: Redis's refusals of a key's type, and
@@ -155,6 +230,9 @@ impl RedisStore {
                 incr_by: Script::new(INCR_BY),
                 set_add: Script::new(SET_ADD),
                 set_remove: Script::new(SET_REMOVE),
+                take_slot: Script::new(&[SLOTS_NOW, TAKE_SLOT].concat()),
+                renew_slot: Script::new(&[SLOTS_NOW, RENEW_SLOT].concat()),
+                take_paced: Script::new(TAKE_PACED),
             },
             waits: Waits::new(client),
         }
@@ -294,5 +372,70 @@ impl Counters for RedisStore {
         let key = self.key(key)?;
         let mut conn = self.conn.clone();
         redis::cmd("SCARD").arg(&key).query_async(&mut conn).await.map_err(|e| store_error(e, "set_len"))
+    }
+}
+
+#[async_trait]
+impl Slots for RedisStore {
+    async fn take_slot(&self, key: &str, member: &str, cap: u64, hold: Duration) -> Result<Admission, StoreError> {
+        let key = self.key(key)?;
+        check_key(member)?;
+        let mut conn = self.conn.clone();
+        let answer: i64 = self
+            .scripts
+            .take_slot
+            .key(&key)
+            .arg(member)
+            .arg(cap.max(1))
+            .arg(ttl_millis(hold))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| store_error(e, "take_slot"))?;
+        Ok(admission(answer))
+    }
+
+    async fn renew_slot(&self, key: &str, member: &str, hold: Duration) -> Result<bool, StoreError> {
+        let key = self.key(key)?;
+        check_key(member)?;
+        let mut conn = self.conn.clone();
+        let renewed: u8 = self
+            .scripts
+            .renew_slot
+            .key(&key)
+            .arg(member)
+            .arg(ttl_millis(hold))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| store_error(e, "renew_slot"))?;
+        Ok(renewed == 1)
+    }
+
+    /// A plain `ZREM`: a lapsed slot is gone either way.
+    async fn release_slot(&self, key: &str, member: &str) -> Result<bool, StoreError> {
+        let key = self.key(key)?;
+        check_key(member)?;
+        let mut conn = self.conn.clone();
+        let removed: u64 = redis::cmd("ZREM")
+            .arg(&key)
+            .arg(member)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| store_error(e, "release_slot"))?;
+        Ok(removed > 0)
+    }
+
+    async fn take_paced(&self, key: &str, interval: Duration, burst: u64) -> Result<Admission, StoreError> {
+        let key = self.key(key)?;
+        let mut conn = self.conn.clone();
+        let answer: i64 = self
+            .scripts
+            .take_paced
+            .key(&key)
+            .arg(ttl_millis(interval))
+            .arg(burst.max(1))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| store_error(e, "take_paced"))?;
+        Ok(admission(answer))
     }
 }

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::store::{SetMode, Store, StoreErrorKind, MAX_KEY_BYTES, MAX_VALUE_BYTES};
+use crate::store::{Admission, SetMode, Store, StoreErrorKind, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 use crate::MessageId;
 
 /// Long enough that nothing expires by accident during a case.
@@ -48,6 +48,9 @@ macro_rules! store_conformance {
             wait_times_out,
             wait_survives_cancellation,
             sizes_are_checked,
+            slots_admit_up_to_their_cap,
+            slots_lapse_unless_renewed,
+            paced_admission_bursts_then_paces,
         );
     };
     (@cases $make:expr; $($case:ident,)*) => {
@@ -220,6 +223,76 @@ impl StoreSuite {
         assert!(!s.set(&set, b"v", LONG, SetMode::IfAbsent).await.unwrap());
         assert!(s.set(&set, b"v", LONG, SetMode::Always).await.unwrap());
         assert_eq!(s.get(&set).await.unwrap().as_deref(), Some(&b"v"[..]));
+    }
+
+    /// A slot set admits up to its cap, atomically; a holder taking again
+    /// keeps its slot; a release lets the next one in; a refusal says how
+    /// long the earliest slot has left; a slot set is not a value.
+    pub async fn slots_admit_up_to_their_cap(&self) {
+        let (s, key, value) = (&self.store, self.key("slots"), self.key("value"));
+        let takes = (0..24u8).map(|i| {
+            let (store, key) = (Arc::clone(&self.store), key.clone());
+            tokio::spawn(async move { store.take_slot(&key, &format!("racer-{i}"), 3, LONG).await.unwrap() })
+        });
+        let mut admitted = 0;
+        for take in takes {
+            admitted += u32::from(take.await.unwrap().is_admitted());
+        }
+        assert_eq!(admitted, 3);
+        let other = self.key("pair");
+        assert!(s.take_slot(&other, "a", 2, LONG).await.unwrap().is_admitted());
+        assert!(s.take_slot(&other, "b", 2, LONG).await.unwrap().is_admitted());
+        assert!(s.take_slot(&other, "a", 2, LONG).await.unwrap().is_admitted(), "a holder keeps its slot");
+        let Admission::Refused { retry_after } = s.take_slot(&other, "c", 2, LONG).await.unwrap() else {
+            panic!("a third holder was admitted under a cap of 2");
+        };
+        assert!(retry_after > LONG - Duration::from_secs(5) && retry_after <= LONG, "{retry_after:?}");
+        assert!(s.release_slot(&other, "a").await.unwrap());
+        assert!(!s.release_slot(&other, "a").await.unwrap());
+        assert!(s.take_slot(&other, "c", 2, LONG).await.unwrap().is_admitted());
+        s.set(&value, b"v", LONG, SetMode::Always).await.unwrap();
+        for error in [
+            s.take_slot(&value, "m", 1, LONG).await.unwrap_err(),
+            s.take_paced(&other, LONG, 1).await.unwrap_err(),
+            s.get(&other).await.unwrap_err(),
+        ] {
+            assert!(error.is_wrong_type(), "{error}");
+        }
+    }
+
+    /// A slot lapses its hold time after it was taken or last renewed —
+    /// never while it is renewed in time — and cannot be renewed after.
+    pub async fn slots_lapse_unless_renewed(&self) {
+        let (s, key) = (&self.store, self.key("lease"));
+        let hold = Duration::from_millis(400);
+        assert!(s.take_slot(&key, "holder", 1, hold).await.unwrap().is_admitted());
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            assert!(s.renew_slot(&key, "holder", hold).await.unwrap());
+            assert!(!s.take_slot(&key, "other", 1, hold).await.unwrap().is_admitted(), "a renewed slot lapsed");
+        }
+        tokio::time::sleep(hold + Duration::from_millis(100)).await;
+        assert!(!s.renew_slot(&key, "holder", hold).await.unwrap());
+        assert!(s.take_slot(&key, "other", 1, hold).await.unwrap().is_admitted());
+        tokio::time::sleep(hold + Duration::from_millis(100)).await;
+        assert_eq!(s.set_len(&key).await.ok(), Some(0), "an empty slot set is gone");
+    }
+
+    /// Paced admission lets a burst in at once, then one caller per
+    /// interval, saying when the next may come.
+    pub async fn paced_admission_bursts_then_paces(&self) {
+        let (s, key) = (&self.store, self.key("paced"));
+        let interval = Duration::from_millis(200);
+        for _ in 0..3 {
+            assert!(s.take_paced(&key, interval, 3).await.unwrap().is_admitted());
+        }
+        let Admission::Refused { retry_after } = s.take_paced(&key, interval, 3).await.unwrap() else {
+            panic!("a fourth caller came in within the burst of 3");
+        };
+        assert!(retry_after > Duration::from_millis(100) && retry_after <= interval, "{retry_after:?}");
+        tokio::time::sleep(retry_after + Duration::from_millis(20)).await;
+        assert!(s.take_paced(&key, interval, 3).await.unwrap().is_admitted());
+        assert!(!s.take_paced(&key, interval, 3).await.unwrap().is_admitted());
     }
 
     /// A key set before the wait is returned at once.

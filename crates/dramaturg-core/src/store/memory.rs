@@ -9,7 +9,9 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::{check_key, check_value, ttl_millis, Counters, SetMode, Store, StoreError, StoreErrorKind};
+use super::{
+    check_key, check_value, ttl_millis, Admission, Counters, SetMode, Slots, Store, StoreError, StoreErrorKind,
+};
 use crate::sync::lock;
 
 /// How often a write sweeps out every expired key, at most. Keys are also
@@ -43,6 +45,10 @@ struct Entries {
 enum Entry {
     Value(Vec<u8>),
     Set(HashSet<String>),
+    /// Slot name → when it lapses.
+    Slots(HashMap<String, Instant>),
+    /// The theoretical arrival time of paced admission.
+    Paced(Instant),
 }
 
 impl Entries {
@@ -58,14 +64,41 @@ impl Entries {
         match self.live(key, now) {
             None => Ok(None),
             Some((Entry::Value(value), _)) => Ok(Some(value)),
-            Some((Entry::Set(_), _)) => Err(StoreError::wrong_type(key, "a value")),
+            Some(_) => Err(StoreError::wrong_type(key, "a value")),
         }
     }
 
     fn set(&mut self, key: &str, now: Instant) -> Result<Option<&mut (Entry, Instant)>, StoreError> {
         match self.live(key, now) {
-            Some((Entry::Value(_), _)) => Err(StoreError::wrong_type(key, "a set")),
+            Some((Entry::Value(_) | Entry::Slots(_) | Entry::Paced(_), _)) => Err(StoreError::wrong_type(key, "a set")),
             entry => Ok(entry),
+        }
+    }
+
+    /// The live slots of `key` (none when absent), their lapsed ones
+    /// dropped.
+    fn slots(&mut self, key: &str, now: Instant) -> Result<Option<&mut HashMap<String, Instant>>, StoreError> {
+        match self.live(key, now) {
+            None => Ok(None),
+            Some((Entry::Slots(slots), _)) => {
+                slots.retain(|_, lapses| *lapses > now);
+                Ok(Some(slots))
+            }
+            Some(_) => Err(StoreError::wrong_type(key, "a slot set")),
+        }
+    }
+
+    /// Gives the slot set at `key` `member`'s slot until `lapses`; the key
+    /// lives as long as its last slot.
+    fn hold_slot(&mut self, key: &str, member: &str, lapses: Instant) {
+        match self.map.get_mut(key) {
+            Some((Entry::Slots(slots), expires)) => {
+                slots.insert(member.to_owned(), lapses);
+                *expires = slots.values().copied().max().unwrap_or(lapses);
+            }
+            _ => {
+                self.map.insert(key.to_owned(), (Entry::Slots(HashMap::from([(member.to_owned(), lapses)])), lapses));
+            }
         }
     }
 
@@ -239,5 +272,81 @@ impl Counters for MemoryStore {
             Some((Entry::Set(members), _)) => Ok(members.len() as u64),
             _ => Ok(0),
         }
+    }
+}
+
+/// A refusal until `at` (at least 1 ms away, as the Redis store rounds).
+fn refused_until(at: Instant, now: Instant) -> Admission {
+    Admission::Refused { retry_after: at.duration_since(now).max(Duration::from_millis(1)) }
+}
+
+#[async_trait]
+impl Slots for MemoryStore {
+    async fn take_slot(&self, key: &str, member: &str, cap: u64, hold: Duration) -> Result<Admission, StoreError> {
+        check_key(key)?;
+        check_key(member)?;
+        let mut entries = self.entries();
+        let now = Instant::now();
+        entries.sweep(now);
+        let earliest = match entries.slots(key, now)? {
+            Some(slots) if !slots.contains_key(member) && slots.len() as u64 >= cap.max(1) => {
+                slots.values().min().copied()
+            }
+            _ => None,
+        };
+        if let Some(earliest) = earliest {
+            return Ok(refused_until(earliest, now));
+        }
+        entries.hold_slot(key, member, expiry(now, hold));
+        Ok(Admission::Admitted)
+    }
+
+    async fn renew_slot(&self, key: &str, member: &str, hold: Duration) -> Result<bool, StoreError> {
+        check_key(key)?;
+        check_key(member)?;
+        let mut entries = self.entries();
+        let now = Instant::now();
+        if !entries.slots(key, now)?.is_some_and(|slots| slots.contains_key(member)) {
+            return Ok(false);
+        }
+        entries.hold_slot(key, member, expiry(now, hold));
+        Ok(true)
+    }
+
+    async fn release_slot(&self, key: &str, member: &str) -> Result<bool, StoreError> {
+        check_key(key)?;
+        check_key(member)?;
+        let mut entries = self.entries();
+        let Some(slots) = entries.slots(key, Instant::now())? else {
+            return Ok(false);
+        };
+        let held = slots.remove(member).is_some();
+        if slots.is_empty() {
+            entries.map.remove(key);
+        }
+        Ok(held)
+    }
+
+    async fn take_paced(&self, key: &str, interval: Duration, burst: u64) -> Result<Admission, StoreError> {
+        check_key(key)?;
+        let interval = Duration::from_millis(ttl_millis(interval));
+        let tolerance = interval.saturating_mul(u32::try_from(burst.max(1) - 1).unwrap_or(u32::MAX));
+        let mut entries = self.entries();
+        let now = Instant::now();
+        entries.sweep(now);
+        let arrival = match entries.live(key, now) {
+            None => now,
+            Some((Entry::Paced(arrival), _)) => (*arrival).max(now),
+            Some(_) => return Err(StoreError::wrong_type(key, "a pacing key")),
+        };
+        // GCRA: admitted while the next arrival is within the burst's
+        // tolerance of now.
+        let allowed_at = arrival.checked_sub(tolerance).unwrap_or(now);
+        if allowed_at > now {
+            return Ok(refused_until(allowed_at, now));
+        }
+        let next = arrival + interval;
+        entries.map.insert(key.to_owned(), (Entry::Paced(next), next));
+        Ok(Admission::Admitted)
     }
 }

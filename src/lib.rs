@@ -27,6 +27,10 @@ pub use dramaturg_core::{
 };
 pub use dramaturg_core::{isolation, store, sync, time};
 pub use dramaturg_error_capture as error_capture;
+/// Rate and concurrency limits that hold across a fleet of workers.
+#[cfg(feature = "rate-limits")]
+#[cfg_attr(docsrs, doc(cfg(feature = "rate-limits")))]
+pub use dramaturg_rate_limits as rate_limits;
 /// The Redis broker.
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]

@@ -14,7 +14,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dramaturg::prelude::*;
-use dramaturg::rate_limits::{Limiter, RateLimits};
+use dramaturg::rate_limits::{Limiter, RateLimits, WhenUnreachable};
+use dramaturg::store::{Admission, Counters, SetMode, Slots};
 use dramaturg::{BoxError, Broker};
 use serde::{Deserialize, Serialize};
 
@@ -125,6 +126,99 @@ fn a_malformed_rate_limit_fails_the_build() {
     let limits = RateLimits::for_broker(&broker).unwrap();
     let error = dramaturg::app(broker).middleware(limits).actor::<Wrong>().build().unwrap_err().to_string();
     assert!(error.contains("invalid rate") && error.contains("fifty a second"), "{error}");
+}
+
+/// A permit gives its concurrency slot back when its holder panics (long
+/// before the 30 s lease).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permit_gives_its_slot_back_when_its_holder_panics() {
+    let limiter = Limiter::concurrency(Arc::new(dramaturg::MemoryStore::new()), "exports", 1);
+    let holder = limiter.clone();
+    let panicked = tokio::spawn(async move {
+        let _permit = holder.acquire("acme").await.unwrap();
+        panic!("the export broke");
+    })
+    .await;
+    assert!(panicked.unwrap_err().is_panic());
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while limiter.try_acquire("acme").await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "the slot was not given back");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A store that never answers.
+#[derive(Debug)]
+struct Unreachable;
+
+#[dramaturg::async_trait]
+impl dramaturg::Store for Unreachable {
+    async fn get(&self, _: &str) -> Result<Option<Vec<u8>>, dramaturg::StoreError> {
+        std::future::pending().await
+    }
+    async fn set(&self, _: &str, _: &[u8], _: Duration, _: SetMode) -> Result<bool, dramaturg::StoreError> {
+        std::future::pending().await
+    }
+    async fn delete(&self, _: &str) -> Result<bool, dramaturg::StoreError> {
+        std::future::pending().await
+    }
+    async fn wait_any(&self, _: &[String], _: Duration) -> Result<Option<(String, Vec<u8>)>, dramaturg::StoreError> {
+        std::future::pending().await
+    }
+}
+
+#[dramaturg::async_trait]
+impl Counters for Unreachable {
+    async fn incr_by(&self, _: &str, _: i64, _: Duration) -> Result<i64, dramaturg::StoreError> {
+        std::future::pending().await
+    }
+    async fn set_add(&self, _: &str, _: &str, _: Duration) -> Result<u64, dramaturg::StoreError> {
+        std::future::pending().await
+    }
+    async fn set_remove(&self, _: &str, _: &str) -> Result<u64, dramaturg::StoreError> {
+        std::future::pending().await
+    }
+    async fn set_len(&self, _: &str) -> Result<u64, dramaturg::StoreError> {
+        std::future::pending().await
+    }
+}
+
+#[dramaturg::async_trait]
+impl Slots for Unreachable {
+    async fn take_slot(&self, _: &str, _: &str, _: u64, _: Duration) -> Result<Admission, dramaturg::StoreError> {
+        std::future::pending().await
+    }
+    async fn renew_slot(&self, _: &str, _: &str, _: Duration) -> Result<bool, dramaturg::StoreError> {
+        std::future::pending().await
+    }
+    async fn release_slot(&self, _: &str, _: &str) -> Result<bool, dramaturg::StoreError> {
+        std::future::pending().await
+    }
+    async fn take_paced(&self, _: &str, _: Duration, _: u64) -> Result<Admission, dramaturg::StoreError> {
+        std::future::pending().await
+    }
+}
+
+/// One export, limited in a store that never answers, as `unreachable`
+/// says: the worker's report.
+async fn run_with_an_unreachable_store(unreachable: WhenUnreachable) -> dramaturg::WorkerReport {
+    let limits =
+        RateLimits::new(Arc::new(Unreachable)).timeout(Duration::from_millis(200)).when_unreachable(unreachable);
+    let app = dramaturg::app(MemoryBroker::new()).middleware(limits).actor::<Export>().build().unwrap();
+    let options = SendOptions::default().with_options(|o| o.with_max_retries(0));
+    Export { tenant: "acme".into(), millis: 1 }.send_with(&app, options).await.unwrap();
+    Worker::new(app).run_until_drained(Duration::from_secs(5)).await.unwrap()
+}
+
+/// When the limiter's store does not answer, the attempt fails (as a
+/// retryable failure, here with no retries left) or runs without its limit,
+/// as configured — within the timeout, never a hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_store_fails_the_attempt_or_lets_it_through_as_configured() {
+    let report = run_with_an_unreachable_store(WhenUnreachable::FailRetryable).await;
+    assert_eq!((report.failed, report.succeeded, report.postponed), (1, 0, 0), "{report:?}");
+    let report = run_with_an_unreachable_store(WhenUnreachable::LetThrough).await;
+    assert_eq!((report.failed, report.succeeded, report.postponed), (0, 1, 0), "{report:?}");
 }
 
 #[cfg(feature = "redis")]

@@ -53,6 +53,15 @@
 //!   with `wake_ms_p50`, `wake_ms_p99`, `with_results_per_s`,
 //!   `without_results_per_s` and `results_cost_pct`.
 //!
+//! - `rate-limit` (feature `rate-limits`): N (default 2000) acquires, one
+//!   at a time, of a concurrency limiter (each permit released before the
+//!   next acquire), a sliding-window limiter and a GCRA bucket, in the
+//!   broker's store (`--broker redis://…`: Redis; memory otherwise), none
+//!   refused. Last line: JSON with the median and p99 time per acquire in
+//!   µs for each, and on Redis `round_trips_per_acquire`: the script calls
+//!   (`EVALSHA`/`EVAL` in `INFO commandstats`) per window acquire, in the
+//!   least of ten batches (the server's counts include other clients').
+//!
 //! Flags: `--broker URL` (default `memory://`; `memory` is short for it),
 //! `--messages N`, `--concurrency C` (64), `--batch B` (messages per
 //! `send_many` call; 1 sends them one by one; default 1000).
@@ -199,7 +208,11 @@ async fn main() -> Result<(), BoxError> {
         "isolated-runaway" => isolated_runaway(&args).await,
         "isolated-overhead" => isolated_overhead(&args).await,
         "results" => results(&args).await,
-        other => Err(format!("unknown scenario {other:?}: throughput, latency, idle or fail-large-errors").into()),
+        "rate-limit" => rate_limit(&args).await,
+        other => Err(format!(
+            "unknown scenario {other:?}: throughput, latency, idle, abort, fail-large-errors, isolated-runaway, isolated-overhead, results or rate-limit"
+        )
+        .into()),
     }
 }
 
@@ -696,4 +709,87 @@ async fn results(args: &Args) -> Result<(), BoxError> {
         "{{\"scenario\":\"results\",\"broker\":\"{broker_name}\",\"messages\":{messages},\"wake_ms_p50\":{p50:.3},\"wake_ms_p99\":{p99:.3},\"with_results_per_s\":{with:.0},\"without_results_per_s\":{without:.0},\"results_cost_pct\":{cost:.1}}}"
     );
     Ok(())
+}
+
+/// Script calls (`EVALSHA` and `EVAL`) so far, from `INFO commandstats`.
+#[cfg(feature = "rate-limits")]
+async fn redis_script_calls(conn: &mut redis::aio::MultiplexedConnection) -> Result<u64, BoxError> {
+    let info: String = redis::cmd("INFO").arg("commandstats").query_async(conn).await?;
+    Ok(info
+        .lines()
+        .filter(|line| line.starts_with("cmdstat_evalsha:") || line.starts_with("cmdstat_eval:"))
+        .filter_map(|line| line.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok())
+        .sum())
+}
+
+/// Times `n` acquires of `limiter`, one at a time; each permit is released
+/// before the next acquire (untimed). Sorted, in microseconds.
+#[cfg(feature = "rate-limits")]
+async fn time_acquires(limiter: &dramaturg::rate_limits::Limiter, n: u64) -> Result<Vec<u64>, BoxError> {
+    let mut times = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let started = Instant::now();
+        let permit = limiter.try_acquire("bench").await?;
+        times.push(started.elapsed().as_micros() as u64);
+        permit.release().await?;
+    }
+    times.sort_unstable();
+    Ok(times)
+}
+
+#[cfg(feature = "rate-limits")]
+async fn rate_limit(args: &Args) -> Result<(), BoxError> {
+    use dramaturg::rate_limits::{Limiter, Rate};
+    let n = args.messages.unwrap_or(2000);
+    let broker = dramaturg::connect(&args.broker).await?;
+    let store = broker.store().ok_or("this broker has no store")?;
+    let name = format!("bench-{}", dramaturg::MessageId::new());
+    let everyone = Rate::new(n * 2, Duration::from_secs(3600));
+    let concurrency = Limiter::concurrency(store.clone(), format!("{name}-concurrency"), 1);
+    let window = Limiter::window(store.clone(), format!("{name}-window"), everyone);
+    let bucket = Limiter::bucket(store, format!("{name}-bucket"), everyone, n * 2);
+    let mut conn = match args.broker.starts_with("redis") {
+        true => Some(redis::Client::open(args.broker.as_str())?.get_multiplexed_async_connection().await?),
+        false => None,
+    };
+    let concurrency = time_acquires(&concurrency, n).await?;
+    // In ten batches: other clients of the server add to its counts, so
+    // the least batch's count is the one closest to this bench's own.
+    let (mut window_times, mut round_trips) = (Vec::with_capacity(n as usize), f64::INFINITY);
+    for _ in 0..10 {
+        let before = match conn.as_mut() {
+            Some(conn) => redis_script_calls(conn).await?,
+            None => 0,
+        };
+        window_times.extend(time_acquires(&window, n / 10).await?);
+        if let Some(conn) = conn.as_mut() {
+            round_trips = round_trips.min((redis_script_calls(conn).await? - before) as f64 / (n / 10) as f64);
+        }
+    }
+    let round_trips = if round_trips.is_finite() { round_trips } else { 0.0 };
+    window_times.sort_unstable();
+    let window = window_times;
+    let bucket = time_acquires(&bucket, n).await?;
+    let broker_name = args.broker.split("://").next().unwrap_or_default().to_owned();
+    let us = |times: &[u64], p: f64| percentile(times, p) * 1000.0;
+    println!("scenario:    rate-limit ({broker_name}, {n} acquires each, one at a time)");
+    for (kind, times) in [("concurrency", &concurrency), ("window", &window), ("bucket", &bucket)] {
+        println!("{kind:<12} p50 {:.0} µs, p99 {:.0} µs per acquire", us(times, 0.5), us(times, 0.99));
+    }
+    println!("round trips: {round_trips:.2} script calls per window acquire");
+    println!(
+        "{{\"scenario\":\"rate-limit\",\"broker\":\"{broker_name}\",\"acquires\":{n},\"concurrency_us_p50\":{:.0},\"concurrency_us_p99\":{:.0},\"window_us_p50\":{:.0},\"window_us_p99\":{:.0},\"bucket_us_p50\":{:.0},\"bucket_us_p99\":{:.0},\"round_trips_per_acquire\":{round_trips:.2}}}",
+        us(&concurrency, 0.5),
+        us(&concurrency, 0.99),
+        us(&window, 0.5),
+        us(&window, 0.99),
+        us(&bucket, 0.5),
+        us(&bucket, 0.99),
+    );
+    Ok(())
+}
+
+#[cfg(not(feature = "rate-limits"))]
+async fn rate_limit(_args: &Args) -> Result<(), BoxError> {
+    Err("the rate-limit scenario needs the rate-limits feature (--features rate-limits)".into())
 }

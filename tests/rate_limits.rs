@@ -47,7 +47,7 @@ fn entries(log: &Path, what: &str) -> Vec<(u32, u64)> {
 
 /// At most 50 per second, across every worker.
 #[derive(Actor, Serialize, Deserialize)]
-#[actor(queue = "paced", option(rate_limit = "50/s"))]
+#[actor(queue = "paced", rate_limit = "50/s")]
 struct Paced {
     seq: u64,
 }
@@ -61,7 +61,7 @@ impl Paced {
 
 /// At most 3 at once per tenant, across every worker; each runs `millis`.
 #[derive(Actor, Serialize, Deserialize)]
-#[actor(queue = "exports", option(concurrency = 3, limit_key = "tenant"))]
+#[actor(queue = "exports", concurrency = 3, limit_key = "tenant")]
 struct Export {
     tenant: String,
     millis: u64,
@@ -115,7 +115,7 @@ async fn a_declared_concurrency_limit_postpones_without_using_a_retry() {
 #[test]
 fn a_malformed_rate_limit_fails_the_build() {
     #[derive(Actor, Serialize, Deserialize)]
-    #[actor(option(rate_limit = "fifty a second"))]
+    #[actor(rate_limit = "50/fortnight")]
     struct Wrong;
     impl Wrong {
         async fn perform(self, _ctx: &Context) -> Result<(), BoxError> {
@@ -125,7 +125,15 @@ fn a_malformed_rate_limit_fails_the_build() {
     let broker = MemoryBroker::new();
     let limits = RateLimits::for_broker(&broker).unwrap();
     let error = dramaturg::app(broker).middleware(limits).actor::<Wrong>().build().unwrap_err().to_string();
-    assert!(error.contains("invalid rate") && error.contains("fifty a second"), "{error}");
+    assert!(error.contains("invalid rate") && error.contains("50/fortnight"), "{error}");
+}
+
+/// An app whose actors declare limits needs the middleware: without it,
+/// `build()` refuses their options rather than ignore the limits.
+#[test]
+fn declared_limits_need_the_middleware() {
+    let error = dramaturg::app(MemoryBroker::new()).actor::<Export>().build().unwrap_err().to_string();
+    assert!(error.contains("concurrency"), "{error}");
 }
 
 /// A permit gives its concurrency slot back when its holder panics (long

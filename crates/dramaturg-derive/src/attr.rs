@@ -7,7 +7,7 @@ use syn::{DeriveInput, Expr, Lit, LitBool, LitInt, Path, Type};
 /// The keys `#[actor(...)]` accepts, for error messages.
 const KEYS: &str = "name, queue, output, max_retries, min_backoff, max_backoff, time_limit, idle_timeout, \
                     max_age, priority, blocking, isolated, abortable, store_results, result_ttl, handler, \
-                    on_success, on_failure, on_retry_exhausted, option(...)";
+                    on_success, on_failure, on_retry_exhausted, rate_limit, concurrency, limit_key, option(...)";
 
 /// An attribute value together with where it was written.
 pub(crate) struct Spanned<T> {
@@ -33,6 +33,11 @@ pub(crate) struct Attrs {
     pub(crate) abortable: Option<Spanned<bool>>,
     pub(crate) store_results: Option<Spanned<bool>>,
     pub(crate) result_ttl: Option<Spanned<String>>,
+    /// `rate_limit = "100/s"`: the rate-limits middleware's window.
+    pub(crate) rate_limit: Option<Spanned<String>>,
+    pub(crate) concurrency: Option<Spanned<u64>>,
+    /// `limit_key = "tenant"`: the field whose value keys the limits.
+    pub(crate) limit_key: Option<Spanned<String>>,
     pub(crate) on_success: Option<Spanned<Callback>>,
     pub(crate) on_failure: Option<Spanned<Callback>>,
     pub(crate) on_retry_exhausted: Option<Spanned<Callback>>,
@@ -79,6 +84,9 @@ pub(crate) fn parse(input: &DeriveInput) -> syn::Result<Attrs> {
                 "abortable" => set(&meta, &mut attrs.abortable, flag(&meta, &key)?),
                 "store_results" => set(&meta, &mut attrs.store_results, flag(&meta, &key)?),
                 "result_ttl" => set(&meta, &mut attrs.result_ttl, duration(&meta, &key)?),
+                "rate_limit" => set(&meta, &mut attrs.rate_limit, string(&meta, &key)?),
+                "concurrency" => set(&meta, &mut attrs.concurrency, integer(&meta, &key, "1 to 18446744073709551615")?),
+                "limit_key" => set(&meta, &mut attrs.limit_key, string(&meta, &key)?),
                 other => Err(meta.error(format_args!(
                     "unknown actor attribute `{other}`; expected one of: {KEYS} \
                      (an option of another middleware goes in option({other} = ...))"

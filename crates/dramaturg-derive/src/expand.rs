@@ -7,7 +7,7 @@ use syn::DeriveInput;
 use syn::spanned::Spanned;
 
 use crate::attr::Callback;
-use crate::valid::Actor;
+use crate::valid::{Actor, Limit};
 
 pub(crate) fn actor_impl(input: &DeriveInput, actor: &Actor) -> TokenStream {
     let ident = &input.ident;
@@ -48,6 +48,12 @@ pub(crate) fn actor_impl(input: &DeriveInput, actor: &Actor) -> TokenStream {
         let key = key.to_string();
         quote!(let options = options.with_extra(#key, #value);)
     });
+    // Passed by name, so that an app without the rate-limits middleware
+    // refuses them when it is built, with or without the feature.
+    let limits = actor.limits.iter().map(|(key, value)| match value {
+        Limit::Text(text) => quote!(let options = options.with_extra(#key, #text);),
+        Limit::Count(count) => quote!(let options = options.with_extra(#key, #count);),
+    });
     let output = actor.output.as_ref().map_or_else(|| quote!(()), |ty| quote!(#ty));
     let setters = setters.iter().flatten();
     // Errors about the handler (missing, wrong signature) point at the type.
@@ -86,6 +92,7 @@ pub(crate) fn actor_impl(input: &DeriveInput, actor: &Actor) -> TokenStream {
                 #abortable
                 #store_results
                 #result_ttl
+                #(#limits)*
                 #(#passed)*
                 options
             }

@@ -32,6 +32,14 @@ pub(crate) struct Actor {
     pub(crate) output: Option<syn::Type>,
     /// Options of other middleware, passed through.
     pub(crate) options: Vec<(Ident, syn::Expr)>,
+    /// The rate-limits middleware's options, as (option name, value).
+    pub(crate) limits: Vec<(&'static str, Limit)>,
+}
+
+/// A value of one of the rate-limits middleware's options.
+pub(crate) enum Limit {
+    Text(String),
+    Count(u64),
 }
 
 pub(crate) fn check(input: &DeriveInput, attrs: Attrs) -> syn::Result<Actor> {
@@ -74,7 +82,9 @@ pub(crate) fn check(input: &DeriveInput, attrs: Attrs) -> syn::Result<Actor> {
             None => {}
         }
     }
+    let limits = limits(input, attrs.rate_limit, attrs.concurrency, attrs.limit_key)?;
     Ok(Actor {
+        limits,
         name,
         queue,
         handler,
@@ -148,4 +158,43 @@ mod tests {
         assert_eq!(snake_case("Export2Csv"), "export2_csv");
         assert_eq!(snake_case("noop"), "noop");
     }
+}
+
+/// Checks the limit attributes: a rate of the form `"<n>/<period>"` (the
+/// period is checked when the app is built), a concurrency above zero, a
+/// limit key that names a field of the struct.
+fn limits(
+    input: &DeriveInput,
+    rate_limit: Option<Spanned<String>>,
+    concurrency: Option<Spanned<u64>>,
+    limit_key: Option<Spanned<String>>,
+) -> syn::Result<Vec<(&'static str, Limit)>> {
+    let mut limits = Vec::new();
+    if let Some(rate) = rate_limit {
+        let count = rate.value.split_once('/').and_then(|(n, _)| n.trim().parse::<u64>().ok());
+        if !count.is_some_and(|n| n > 0) {
+            return Err(syn::Error::new(rate.span, "`rate_limit` is a count per period, like rate_limit = \"100/s\""));
+        }
+        limits.push(("rate_limit", Limit::Text(rate.value)));
+    }
+    if let Some(concurrency) = concurrency {
+        if concurrency.value == 0 {
+            return Err(syn::Error::new(concurrency.span, "`concurrency` must be at least 1"));
+        }
+        limits.push(("concurrency", Limit::Count(concurrency.value)));
+    }
+    if let Some(key) = limit_key {
+        let named = match &input.data {
+            Data::Struct(data) => data.fields.iter().any(|f| f.ident.as_ref().is_some_and(|i| *i == key.value)),
+            _ => false,
+        };
+        if !named {
+            return Err(syn::Error::new(
+                key.span,
+                format_args!("`limit_key` must name a field of this struct; it has no field `{}`", key.value),
+            ));
+        }
+        limits.push(("limit_key", Limit::Text(key.value)));
+    }
+    Ok(limits)
 }

@@ -17,16 +17,16 @@ pub const NAME: &str = "rate_limits";
 
 /// At most this many messages of the actor start per sliding window, across
 /// every worker: a [`Rate`] as text, like `"100/s"` (per actor:
-/// `#[actor(option(rate_limit = "100/s"))]`, or per message).
+/// `#[actor(rate_limit = "100/s")]`, or per message).
 pub const RATE_LIMIT: OptionKey<String> = OptionKey::new("rate_limit");
 
 /// At most this many messages of the actor run at once, across every
-/// worker (`#[actor(option(concurrency = 3))]`).
+/// worker (`#[actor(concurrency = 3)]`).
 pub const CONCURRENCY: OptionKey<u64> = OptionKey::new("concurrency");
 
 /// The name of an argument (a field of the actor's struct) whose value
 /// keys the actor's limits: each tenant (say) gets its own
-/// `rate_limit` and `concurrency` (`#[actor(option(limit_key = "tenant"))]`).
+/// `rate_limit` and `concurrency` (`#[actor(limit_key = "tenant")]`).
 /// A string value is the key as it is; another value, its JSON text.
 pub const LIMIT_KEY: OptionKey<String> = OptionKey::new("limit_key");
 

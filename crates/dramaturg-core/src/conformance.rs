@@ -59,6 +59,7 @@ macro_rules! broker_conformance {
             stale_settlements_change_nothing,
             stale_settlement_after_the_same_consumer_claims_again,
             worker_retries_through_reschedule,
+            worker_postpones_through_reschedule,
         );
     };
     (@cases $make:expr; $($case:ident,)*) => {
@@ -445,6 +446,28 @@ impl Suite {
         }
     }
 
+    /// A postponed message (a limit was full) comes back after its delay,
+    /// runs once, and has used no retry: nothing is dead-lettered.
+    pub async fn worker_postpones_through_reschedule(&self) {
+        let tag = self.queue("postponed");
+        let app = App::builder_shared(Arc::clone(&self.broker))
+            .queue_prefix(self.queue("postpone-"))
+            .middleware(PostponeOnce::default())
+            .actor::<Nap>()
+            .build()
+            .expect("app");
+        let queue = app.queues()[0].clone();
+        Nap { millis: 0, tag: tag.clone() }.send(&app).await.expect("send");
+        let started = std::time::Instant::now();
+        let report = Worker::new(app.clone()).run_until_drained(SOON).await.expect("drained");
+        assert_eq!((report.postponed, report.succeeded, report.retried), (1, 1, 0), "{report:?}");
+        assert_eq!(naps_done(&tag), 1);
+        assert!(started.elapsed() >= POSTPONED_FOR, "it ran before its delay");
+        if let Some(dead) = self.broker.dead_letters() {
+            assert!(dead.list(&queue, 10).await.expect("list").is_empty());
+        }
+    }
+
     async fn expect_drained(&self, queue: &str) {
         if let Some(admin) = self.broker.admin() {
             admin.join(queue, SOON).await.expect("drained");
@@ -501,6 +524,32 @@ impl crate::Middleware for OneRetry {
             }
             other => other,
         }
+    }
+}
+
+/// How long [`PostponeOnce`] puts a message off.
+const POSTPONED_FOR: Duration = Duration::from_millis(100);
+
+/// The suite's limit: puts each message off once, for [`POSTPONED_FOR`],
+/// with its retry count as it was (checked when it comes back).
+#[derive(Debug, Default)]
+struct PostponeOnce {
+    seen: std::sync::Mutex<std::collections::HashSet<MessageId>>,
+}
+
+#[crate::async_trait]
+impl crate::Middleware for PostponeOnce {
+    fn name(&self) -> &'static str {
+        "postpone_once"
+    }
+
+    async fn handle(&self, ctx: &Context, next: crate::Next<'_>) -> crate::Outcome {
+        if crate::sync::lock(&self.seen).insert(ctx.id()) {
+            let again = crate::NextAttempt::new(ctx.message().clone(), POSTPONED_FOR);
+            return crate::Outcome::Postponed("the suite's limit is full".into(), again);
+        }
+        assert_eq!(ctx.retries(), 0, "a postponed message came back with a retry used");
+        next.run(ctx).await
     }
 }
 

@@ -146,20 +146,6 @@ fn snake_case(name: &str) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::snake_case;
-
-    #[test]
-    fn names_become_snake_case() {
-        assert_eq!(snake_case("SendWelcomeEmail"), "send_welcome_email");
-        assert_eq!(snake_case("HTTPFetch"), "http_fetch");
-        assert_eq!(snake_case("Resize2x"), "resize2x");
-        assert_eq!(snake_case("Export2Csv"), "export2_csv");
-        assert_eq!(snake_case("noop"), "noop");
-    }
-}
-
 /// Checks the limit attributes: a rate of the form `"<n>/<period>"` (the
 /// period is checked when the app is built), a concurrency above zero, a
 /// limit key that names a field of the struct.
@@ -172,7 +158,7 @@ fn limits(
     let mut limits = Vec::new();
     if let Some(rate) = rate_limit {
         let count = rate.value.split_once('/').and_then(|(n, _)| n.trim().parse::<u64>().ok());
-        if !count.is_some_and(|n| n > 0) {
+        if count.is_none_or(|n| n == 0) {
             return Err(syn::Error::new(rate.span, "`rate_limit` is a count per period, like rate_limit = \"100/s\""));
         }
         limits.push(("rate_limit", Limit::Text(rate.value)));
@@ -197,4 +183,18 @@ fn limits(
         limits.push(("limit_key", Limit::Text(key.value)));
     }
     Ok(limits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::snake_case;
+
+    #[test]
+    fn names_become_snake_case() {
+        assert_eq!(snake_case("SendWelcomeEmail"), "send_welcome_email");
+        assert_eq!(snake_case("HTTPFetch"), "http_fetch");
+        assert_eq!(snake_case("Resize2x"), "resize2x");
+        assert_eq!(snake_case("Export2Csv"), "export2_csv");
+        assert_eq!(snake_case("noop"), "noop");
+    }
 }

@@ -36,6 +36,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::first::First;
+use crate::whose::Whose;
 use crate::{millis, ComposeError, Pipeline, ResultError, ResultHandle, ResultStore};
 
 /// The option that makes a message the last of a group's member.
@@ -295,9 +296,9 @@ impl<T> Group<T> {
         for (member, pipeline) in (0..size).zip(self.members) {
             let membership =
                 Membership { id, size, member, ttl_ms, callback: callback_id.is_some(), callback_delay_ms };
-            let (message, delay, steps) = pipeline.into_message(app, Some(&membership))?;
+            let (message, delay, _, last) = pipeline.into_message(app, Some(&membership))?;
             messages.push((message, delay));
-            members.push(*steps.last().expect("a pipeline has a first step"));
+            members.push(last);
         }
         app.enqueue_many(messages).await?;
         Ok(GroupHandle { id, members, callback: callback_id, app: app.clone(), output: PhantomData })
@@ -317,7 +318,7 @@ impl Group<serde_json::Value> {
 /// finished.
 pub struct GroupHandle<T> {
     id: MessageId,
-    members: Vec<MessageId>,
+    members: Vec<Whose>,
     callback: Option<MessageId>,
     app: App,
     output: PhantomData<fn() -> T>,
@@ -340,8 +341,8 @@ impl<T: DeserializeOwned> GroupHandle<T> {
     }
 
     /// The id of each member's result (its last message), in order.
-    pub fn members(&self) -> &[MessageId] {
-        &self.members
+    pub fn members(&self) -> Vec<MessageId> {
+        self.members.iter().map(|whose| whose.id).collect()
     }
 
     /// The id of the completion callback's message, if there is one (it
@@ -352,7 +353,7 @@ impl<T: DeserializeOwned> GroupHandle<T> {
 
     /// The handle of member `index`'s result.
     pub fn member(&self, index: usize) -> Option<ResultHandle<T>> {
-        self.members.get(index).map(|id| ResultHandle::new(&self.app, *id))
+        self.members.get(index).map(|whose| ResultHandle::of(&self.app, whose.clone()))
     }
 
     /// How many members have finished.
@@ -385,9 +386,9 @@ impl<T: DeserializeOwned> GroupHandle<T> {
     pub async fn wait_each(&self, timeout: Duration) -> Vec<Result<T, ResultError>> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut results = Vec::with_capacity(self.members.len());
-        for id in &self.members {
+        for whose in &self.members {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            results.push(ResultHandle::new(&self.app, *id).wait(left).await);
+            results.push(ResultHandle::of(&self.app, whose.clone()).wait(left).await);
         }
         results
     }

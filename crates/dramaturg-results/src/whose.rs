@@ -1,0 +1,104 @@
+//! Which message a result belongs to, and where results are kept.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dramaturg_core::store::{Store, StoreError};
+use dramaturg_core::{Encoder, Message, MessageId};
+
+use crate::stored::Stored;
+use crate::writer::Writer;
+
+/// The message whose result is meant: its id, and its queue and actor
+/// when known (Dramatiq's layout keys results by all three).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Whose {
+    pub(crate) id: MessageId,
+    pub(crate) names: Option<(String, String)>,
+}
+
+impl Whose {
+    /// Message `id`, its queue and actor unknown.
+    pub(crate) fn id(id: MessageId) -> Self {
+        Self { id, names: None }
+    }
+
+    /// Message `id` of `actor` on `queue`.
+    pub(crate) fn named(id: MessageId, queue: &str, actor: &str) -> Self {
+        Self { id, names: Some((queue.to_owned(), actor.to_owned())) }
+    }
+
+    /// `message` itself.
+    pub(crate) fn of(message: &Message) -> Self {
+        Self::named(message.id, &message.queue, &message.actor)
+    }
+}
+
+/// The key of the result of message `id` in the store's layout.
+pub(crate) fn result_key(id: MessageId) -> String {
+    format!("result:{{{id}}}")
+}
+
+/// Where results are kept: in the store, or in Python Dramatiq's layout.
+#[derive(Debug, Clone)]
+pub(crate) enum Backend {
+    /// The store, under `result:{<id>}`, written in batches.
+    Store(Arc<dyn Store>, Arc<Writer>),
+    /// Dramatiq's Redis layout.
+    #[cfg(feature = "redis")]
+    Dramatiq(Arc<crate::DramatiqResults>),
+}
+
+// Only Dramatiq's layout converts with the app's encoder.
+#[cfg_attr(not(feature = "redis"), allow(unused_variables))]
+impl Backend {
+    /// The store's layout in `store`.
+    pub(crate) fn store(store: Arc<dyn Store>) -> Self {
+        let writer = Arc::new(Writer::new(Arc::clone(&store)));
+        Self::Store(store, writer)
+    }
+
+    pub(crate) async fn keep(
+        &self,
+        whose: &Whose,
+        stored: &Stored,
+        ttl: Duration,
+        encoder: &dyn Encoder,
+    ) -> Result<(), StoreError> {
+        match self {
+            Self::Store(_, writer) => writer.set(result_key(whose.id), stored.to_bytes(), ttl).await,
+            #[cfg(feature = "redis")]
+            Self::Dramatiq(layout) => layout.keep(whose, stored, ttl, encoder).await,
+        }
+    }
+
+    pub(crate) async fn get(&self, whose: &Whose, encoder: &dyn Encoder) -> Result<Option<Stored>, StoreError> {
+        match self {
+            Self::Store(store, _) => store.get(&result_key(whose.id)).await?.map(|bytes| read(&bytes)).transpose(),
+            #[cfg(feature = "redis")]
+            Self::Dramatiq(layout) => layout.get(whose, encoder).await,
+        }
+    }
+
+    pub(crate) async fn wait(
+        &self,
+        whose: &Whose,
+        timeout: Duration,
+        encoder: &dyn Encoder,
+    ) -> Result<Option<Stored>, StoreError> {
+        match self {
+            Self::Store(store, _) => {
+                let keys = [result_key(whose.id)];
+                store.wait_any(&keys, timeout).await?.map(|(_, bytes)| read(&bytes)).transpose()
+            }
+            #[cfg(feature = "redis")]
+            Self::Dramatiq(layout) => layout.wait(whose, timeout, encoder).await,
+        }
+    }
+}
+
+/// Stored bytes that are not a result are an error of the store's.
+fn read(bytes: &[u8]) -> Result<Stored, StoreError> {
+    Stored::from_bytes(bytes)
+        .map_err(|e| StoreError::new(dramaturg_core::store::StoreErrorKind::InvalidInput, e.to_string()))
+}

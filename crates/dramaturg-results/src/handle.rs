@@ -9,8 +9,9 @@ use dramaturg_core::store::{Store, StoreError};
 use dramaturg_core::{Actor, App, CodecError, ErrorRecord, MessageId, Sent};
 use serde::de::DeserializeOwned;
 
+use crate::backend::Backend;
 use crate::stored::Stored;
-use crate::whose::{Backend, Whose};
+use crate::whose::Whose;
 use crate::ResultStore;
 
 /// Why a result could not be read.
@@ -171,7 +172,7 @@ impl<T: DeserializeOwned> ResultHandle<T> {
     pub async fn progress<P: DeserializeOwned>(&self) -> Result<Option<P>, ResultError> {
         let id = self.id();
         let (_, store) = self.results()?;
-        match store.get(&crate::progress::progress_key(id)).await {
+        match store.get(&crate::whose::progress_key(id)).await {
             Ok(Some(bytes)) => {
                 decode_value(self.app.encoder(), &bytes).map(Some).map_err(|source| ResultError::Decode { id, source })
             }

@@ -59,12 +59,14 @@
 //! result); waiting uses the store's `wait_any` (Redis: pub/sub, no
 //! polling), so a waiter wakes as soon as the result is kept.
 
+mod backend;
 #[cfg(feature = "redis")]
 mod dramatiq;
 mod error;
 mod first;
 mod group;
 mod handle;
+mod membership;
 mod pipeline;
 mod progress;
 mod stored;
@@ -80,6 +82,7 @@ use dramaturg_core::{
     Options, Outcome, State, NEEDS,
 };
 
+use backend::Backend;
 #[cfg(feature = "redis")]
 pub use dramatiq::{DramatiqResults, DEFAULT_NAMESPACE as DRAMATIQ_NAMESPACE};
 pub use error::{CarryOnError, ComposeError};
@@ -88,7 +91,7 @@ pub use handle::{ResultError, ResultHandle, SentExt};
 pub use pipeline::{PipeInput, Pipeline, PipelineHandle};
 pub use progress::Progress;
 use stored::Stored;
-use whose::{Backend, Whose};
+use whose::Whose;
 
 /// The option that says a message's result is kept (`true`), per actor
 /// (`#[actor(store_results)]`) or per message. Dramatiq's name.
@@ -243,7 +246,7 @@ impl Results {
         if let Some(pipeline) = read_option(options, pipeline::PIPELINE).filter(pipeline::Continuation::goes_on) {
             self.keep(app, &pipeline.last_step(), stored, Duration::from_millis(pipeline.ttl_ms)).await;
         }
-        match read_option(options, group::GROUP) {
+        match read_option(options, membership::GROUP) {
             Some(membership) => membership.finished(app, self.store.as_ref()).await.map_err(CarryOnError::Group),
             None => Ok(()),
         }
@@ -280,7 +283,7 @@ impl Middleware for Results {
             STORE_RESULTS.declare_local(),
             RESULT_TTL.declare_local(),
             pipeline::PIPELINE.declare_local(),
-            group::GROUP.declare_local(),
+            membership::GROUP.declare_local(),
             NEEDS.declare_local(),
         ]
     }
@@ -306,7 +309,7 @@ impl Middleware for Results {
         let extra = &message.options.extra;
         let asks = matches!(message.options.option(STORE_RESULTS), Ok(Some(true)))
             || extra.contains_key(pipeline::PIPELINE.name())
-            || extra.contains_key(group::GROUP.name());
+            || extra.contains_key(membership::GROUP.name());
         if asks {
             let mut needs = message.options.option(NEEDS).ok().flatten().unwrap_or_default();
             if !needs.iter().any(|name| name == NAME) {

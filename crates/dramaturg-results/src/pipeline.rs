@@ -18,7 +18,7 @@ use dramaturg_core::{Actor, App, Context, EnqueueError, Message, MessageId, Opti
 use serde::{Deserialize, Serialize};
 
 use crate::first::First;
-use crate::group::Membership;
+use crate::membership::Membership;
 use crate::whose::Whose;
 use crate::{millis, ComposeError, ResultHandle, ResultStore, RESULT_TTL, STORE_RESULTS};
 
@@ -86,8 +86,8 @@ impl Continuation {
             let continuation = Self { last: self.last, ttl_ms: self.ttl_ms, next: rest.to_vec() };
             message.options = message.options.with_option(PIPELINE, continuation);
         }
-        if let Ok(Some(membership)) = ctx.options().option(crate::group::GROUP) {
-            message.options = message.options.with_option(crate::group::GROUP, membership);
+        if let Ok(Some(membership)) = ctx.options().option(crate::membership::GROUP) {
+            message.options = message.options.with_option(crate::membership::GROUP, membership);
         }
         let delay = step.delay_ms.map(Duration::from_millis);
         app.enqueue_retrying(message, delay, SEND_RETRY_FOR).await.map(drop).map_err(|e| e.to_string())
@@ -288,7 +288,8 @@ impl<T> Pipeline<T> {
             message.options = std::mem::take(&mut message.options).with_option(PIPELINE, continuation);
         }
         if let Some(membership) = membership {
-            message.options = std::mem::take(&mut message.options).with_option(crate::group::GROUP, membership.clone());
+            message.options =
+                std::mem::take(&mut message.options).with_option(crate::membership::GROUP, membership.clone());
         }
         Ok((message, delay, ids, last))
     }

@@ -107,7 +107,7 @@ pub struct ResultHandle<T> {
 impl<T> ResultHandle<T> {
     /// The result of message `id` in `app`, read as a `T` (prefer
     /// [`SentExt::result`], which knows the type, the queue and the actor;
-    /// with [`Results::dramatiq_layout`](crate::Results::dramatiq_layout)
+    /// with `Results::dramatiq_layout`
     /// use [`ResultHandle::of_message`]).
     pub fn new(app: &App, id: MessageId) -> Self {
         Self::of(app, Whose::id(id))

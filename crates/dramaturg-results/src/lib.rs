@@ -57,7 +57,24 @@
 //! only handles in the worker's own process see results — give such apps a
 //! `RedisStore`. Keys are `result:{<message id>}` (one hash slot per
 //! result); waiting uses the store's `wait_any` (Redis: pub/sub, no
-//! polling), so a waiter wakes as soon as the result is kept.
+//! polling), so a waiter wakes as soon as the result is kept. With the
+//! `redis` feature, `Results::dramatiq_layout` keeps them in Python
+//! Dramatiq's layout instead (`DramatiqResults`).
+//!
+//! # Composition
+//!
+//! - [`Pipeline`]: a chain of messages, each step's output the next
+//!   step's arguments ([`PipeInput`]); its result is the last step's, or
+//!   the outcome of the step that stopped it.
+//! - [`Group`]: many messages or pipelines at once, their results in order
+//!   ([`GroupHandle`]) and a completion callback sent once when every
+//!   member has finished (counted by member, not by a counter).
+//! - [`Progress`]: `ctx.progress(&value)` in a running actor,
+//!   [`ResultHandle::progress`] to read it.
+//!
+//! The apps that send them and every worker that runs their messages need
+//! this middleware: such messages carry `needs: ["results"]`, and a
+//! worker without it dead-letters them rather than drop their chain.
 
 mod backend;
 #[cfg(feature = "redis")]

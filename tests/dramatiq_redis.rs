@@ -683,3 +683,137 @@ for seq in range(3):
     seen.dedup();
     assert_eq!(seen, [0, 1, 2]);
 }
+
+// --- Results in Dramatiq's layout -----------------------------------------
+
+#[derive(Actor, Serialize, Deserialize)]
+#[actor(name = "interop_square", queue = "results", output = u64, store_results, max_retries = 0)]
+struct InteropSquare {
+    n: u64,
+}
+
+impl InteropSquare {
+    async fn perform(self, _ctx: &Context) -> Result<u64, BoxError> {
+        if self.n == 13 {
+            return Err("unlucky".into());
+        }
+        Ok(self.n * self.n)
+    }
+}
+
+/// Python's actor, seen from Rust: only ever sent; Python keeps its result.
+#[derive(Actor, Serialize, Deserialize)]
+#[actor(name = "py_double", queue = "py_results", output = u64, store_results)]
+struct PyDouble(u64);
+
+impl PyDouble {
+    async fn perform(self, _ctx: &Context) -> Result<u64, BoxError> {
+        Err("runs in Python".into())
+    }
+}
+
+/// An app on `namespace` keeping results in Dramatiq's layout under
+/// `results_namespace`.
+async fn results_app(namespace: &str, results_namespace: &str) -> App {
+    let broker = broker(namespace).await;
+    let layout = dramaturg::results::DramatiqResults::connect(URL).await.unwrap().namespace(results_namespace);
+    let results = dramaturg::results::Results::for_broker(&broker).dramatiq_layout(layout);
+    dramaturg::app(broker)
+        .insert_before("callbacks", results)
+        .actor::<InteropSquare>()
+        .actor::<PyDouble>()
+        .build()
+        .unwrap()
+}
+
+/// Python's results middleware on namespace `sys.argv[1]`, results under
+/// `sys.argv[2]`.
+const PY_RESULTS: &str = r#"
+from dramatiq.results import Results, ResultFailure
+from dramatiq.results.backends import RedisBackend
+backend = RedisBackend(url="redis://127.0.0.1:6379", namespace=sys.argv[2])
+broker.add_middleware(Results(backend=backend))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_reads_the_results_of_messages_rust_ran() {
+    if support::is_child() {
+        return;
+    }
+    let (namespace, results_namespace) = (namespace(), namespace());
+    let app = results_app(&namespace, &results_namespace).await;
+    let worker = Worker::new(app.clone()).concurrency(4);
+    let shutdown = worker.shutdown_handle();
+    let running = tokio::spawn(worker.run());
+    let script = format!(
+        r#"{PY_BROKER}{PY_RESULTS}
+@dramatiq.actor(actor_name="interop_square", queue_name="results", store_results=True)
+def interop_square(n):
+    pass
+ok = [interop_square.send_with_options(kwargs={{"n": n}}) for n in range(5)]
+print(json.dumps([m.get_result(block=True, timeout=20000) for m in ok]))
+try:
+    interop_square.send_with_options(kwargs={{"n": 13}}).get_result(block=True, timeout=20000)
+    print("no failure")
+except ResultFailure as e:
+    print(json.dumps([e.orig_exc_type, e.orig_exc_msg]))
+"#
+    );
+    let output =
+        tokio::task::spawn_blocking(move || python::run(&script, &[&namespace, &results_namespace])).await.unwrap();
+    shutdown.shutdown();
+    running.await.unwrap().unwrap();
+    let lines: Vec<&str> = output.lines().collect();
+    assert_eq!(lines[0], "[0, 1, 4, 9, 16]", "{output}");
+    let failure: Vec<String> = serde_json::from_str(lines[1]).unwrap();
+    assert!(failure[1].contains("unlucky"), "{failure:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_reads_the_results_of_messages_python_ran() {
+    if support::is_child() {
+        return;
+    }
+    use dramaturg::results::{ResultError, SentExt};
+    let (namespace, results_namespace) = (namespace(), namespace());
+    let app = results_app(&namespace, &results_namespace).await;
+    let sent: Vec<_> = send_doubles(&app).await;
+    let module = format!(
+        r#"
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.results import Results
+from dramatiq.results.backends import RedisBackend
+broker = RedisBroker(url="redis://127.0.0.1:6379", namespace="{namespace}")
+broker.add_middleware(Results(backend=RedisBackend(url="redis://127.0.0.1:6379", namespace="{results_namespace}")))
+dramatiq.set_broker(broker)
+
+@dramatiq.actor(actor_name="py_double", queue_name="py_results", store_results=True, max_retries=0)
+def py_double(n):
+    if n == 7:
+        raise ValueError("seven is not allowed")
+    return n * 2
+"#
+    );
+    let _worker = python::spawn_worker(&module, &["--processes", "1", "--threads", "2"]);
+    for (n, sent) in sent {
+        let result = sent.result(&app).wait(Duration::from_secs(30)).await;
+        match (n, result) {
+            (7, Err(ResultError::Failed { record, .. })) => {
+                assert_eq!(record.type_name, "ValueError");
+                assert_eq!(record.message, "seven is not allowed");
+            }
+            (n, Ok(doubled)) => assert_eq!(doubled, n * 2),
+            (n, other) => panic!("{n}: {other:?}"),
+        }
+    }
+}
+
+/// Sends `PyDouble(0..10)`, returning each number with its handle.
+async fn send_doubles(app: &App) -> Vec<(u64, dramaturg::Sent<PyDouble>)> {
+    let mut sent = Vec::new();
+    for n in 0..10 {
+        sent.push((n, PyDouble(n).send(app).await.unwrap()));
+    }
+    sent
+}

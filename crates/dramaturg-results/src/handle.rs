@@ -9,8 +9,10 @@ use dramaturg_core::store::{Store, StoreError};
 use dramaturg_core::{Actor, App, CodecError, ErrorRecord, MessageId, Sent};
 use serde::de::DeserializeOwned;
 
+use crate::backend::Backend;
 use crate::stored::Stored;
-use crate::{result_key, ResultStore};
+use crate::whose::Whose;
+use crate::ResultStore;
 
 /// Why a result could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -96,23 +98,35 @@ pub enum ResultError {
 /// (Redis: one pub/sub notification), and any number of handles may wait
 /// on one result and each sees it.
 pub struct ResultHandle<T> {
-    id: MessageId,
-    store: Result<Arc<dyn Store>, ()>,
+    whose: Whose,
+    results: Result<(Backend, Arc<dyn Store>), ()>,
     app: App,
     output: PhantomData<fn() -> T>,
 }
 
 impl<T> ResultHandle<T> {
     /// The result of message `id` in `app`, read as a `T` (prefer
-    /// [`SentExt::result`], which knows the type).
+    /// [`SentExt::result`], which knows the type, the queue and the actor;
+    /// with `Results::dramatiq_layout`
+    /// use [`ResultHandle::of_message`]).
     pub fn new(app: &App, id: MessageId) -> Self {
-        let store = app.state::<ResultStore>().map(|s| Arc::clone(&s.store)).map_err(drop);
-        Self { id, store, app: app.clone(), output: PhantomData }
+        Self::of(app, Whose::id(id))
+    }
+
+    /// The result of message `id` of `actor` on `queue` in `app`, read as
+    /// a `T`: what Dramatiq's layout needs to find it.
+    pub fn of_message(app: &App, id: MessageId, queue: &str, actor: &str) -> Self {
+        Self::of(app, Whose::named(id, queue, actor))
+    }
+
+    pub(crate) fn of(app: &App, whose: Whose) -> Self {
+        let results = app.state::<ResultStore>().map(|s| (s.backend.clone(), Arc::clone(&s.store))).map_err(drop);
+        Self { whose, results, app: app.clone(), output: PhantomData }
     }
 
     /// The message's id.
     pub fn id(&self) -> MessageId {
-        self.id
+        self.whose.id
     }
 }
 
@@ -125,11 +139,11 @@ impl<T: DeserializeOwned> ResultHandle<T> {
     /// end when it did not succeed ([`ResultError::Failed`], `Aborted`,
     /// `Skipped`); `Decode`, `Store`, `NotEnabled`.
     pub async fn get(&self) -> Result<T, ResultError> {
-        let store = self.store()?;
-        match store.get(&result_key(self.id)).await {
-            Ok(Some(bytes)) => self.read(&bytes),
-            Ok(None) => Err(ResultError::NotYet(self.id)),
-            Err(source) => Err(ResultError::Store { id: self.id, source }),
+        let (backend, _) = self.results()?;
+        match backend.get(&self.whose, self.app.encoder()).await {
+            Ok(Some(stored)) => self.read(stored),
+            Ok(None) => Err(ResultError::NotYet(self.id())),
+            Err(source) => Err(ResultError::Store { id: self.id(), source }),
         }
     }
 
@@ -140,12 +154,11 @@ impl<T: DeserializeOwned> ResultHandle<T> {
     /// [`ResultError::TimedOut`] when none came, and those of
     /// [`ResultHandle::get`] but `NotYet`.
     pub async fn wait(&self, timeout: Duration) -> Result<T, ResultError> {
-        let store = self.store()?;
-        let keys = [result_key(self.id)];
-        match store.wait_any(&keys, timeout).await {
-            Ok(Some((_, bytes))) => self.read(&bytes),
-            Ok(None) => Err(ResultError::TimedOut { id: self.id, waited: timeout }),
-            Err(source) => Err(ResultError::Store { id: self.id, source }),
+        let (backend, _) = self.results()?;
+        match backend.wait(&self.whose, timeout, self.app.encoder()).await {
+            Ok(Some(stored)) => self.read(stored),
+            Ok(None) => Err(ResultError::TimedOut { id: self.id(), waited: timeout }),
+            Err(source) => Err(ResultError::Store { id: self.id(), source }),
         }
     }
 
@@ -157,8 +170,9 @@ impl<T: DeserializeOwned> ResultHandle<T> {
     ///
     /// `Decode` when it is not a `P`, `Store`, `NotEnabled`.
     pub async fn progress<P: DeserializeOwned>(&self) -> Result<Option<P>, ResultError> {
-        let id = self.id;
-        match self.store()?.get(&crate::progress::progress_key(id)).await {
+        let id = self.id();
+        let (_, store) = self.results()?;
+        match store.get(&crate::whose::progress_key(id)).await {
             Ok(Some(bytes)) => {
                 decode_value(self.app.encoder(), &bytes).map(Some).map_err(|source| ResultError::Decode { id, source })
             }
@@ -167,13 +181,13 @@ impl<T: DeserializeOwned> ResultHandle<T> {
         }
     }
 
-    fn store(&self) -> Result<&Arc<dyn Store>, ResultError> {
-        self.store.as_ref().map_err(|()| ResultError::NotEnabled)
+    fn results(&self) -> Result<&(Backend, Arc<dyn Store>), ResultError> {
+        self.results.as_ref().map_err(|()| ResultError::NotEnabled)
     }
 
-    fn read(&self, bytes: &[u8]) -> Result<T, ResultError> {
-        let id = self.id;
-        match Stored::from_bytes(bytes).map_err(|source| ResultError::Decode { id, source })? {
+    fn read(&self, stored: Stored) -> Result<T, ResultError> {
+        let id = self.id();
+        match stored {
             Stored::Succeeded(output) => {
                 decode_value(self.app.encoder(), &output).map_err(|source| ResultError::Decode { id, source })
             }
@@ -186,7 +200,7 @@ impl<T: DeserializeOwned> ResultHandle<T> {
 
 impl<T> std::fmt::Debug for ResultHandle<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ResultHandle").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("ResultHandle").field("whose", &self.whose).finish_non_exhaustive()
     }
 }
 
@@ -204,6 +218,7 @@ impl<A: Actor> SentExt for Sent<A> {
     type Output = A::Output;
 
     fn result(&self, app: &App) -> ResultHandle<A::Output> {
-        ResultHandle::new(app, self.id())
+        let queue = app.actor(A::NAME).map_or(A::QUEUE, |actor| actor.queue());
+        ResultHandle::of_message(app, self.id(), queue, A::NAME)
     }
 }

@@ -57,15 +57,37 @@
 //! only handles in the worker's own process see results — give such apps a
 //! `RedisStore`. Keys are `result:{<message id>}` (one hash slot per
 //! result); waiting uses the store's `wait_any` (Redis: pub/sub, no
-//! polling), so a waiter wakes as soon as the result is kept.
+//! polling), so a waiter wakes as soon as the result is kept. With the
+//! `redis` feature, `Results::dramatiq_layout` keeps them in Python
+//! Dramatiq's layout instead (`DramatiqResults`).
+//!
+//! # Composition
+//!
+//! - [`Pipeline`]: a chain of messages, each step's output the next
+//!   step's arguments ([`PipeInput`]); its result is the last step's, or
+//!   the outcome of the step that stopped it.
+//! - [`Group`]: many messages or pipelines at once, their results in order
+//!   ([`GroupHandle`]) and a completion callback sent once when every
+//!   member has finished (counted by member, not by a counter).
+//! - [`Progress`]: `ctx.progress(&value)` in a running actor,
+//!   [`ResultHandle::progress`] to read it.
+//!
+//! The apps that send them and every worker that runs their messages need
+//! this middleware: such messages carry `needs: ["results"]`, and a
+//! worker without it dead-letters them rather than drop their chain.
 
+mod backend;
+#[cfg(feature = "redis")]
+mod dramatiq;
 mod error;
 mod first;
 mod group;
 mod handle;
+mod membership;
 mod pipeline;
 mod progress;
 mod stored;
+mod whose;
 mod writer;
 
 use std::sync::Arc;
@@ -73,16 +95,20 @@ use std::time::Duration;
 
 use dramaturg_core::store::{MemoryStore, Store};
 use dramaturg_core::{
-    async_trait, App, Bounded, ConfigError, Context, DeclaredOption, Failure, Message, MessageId, Middleware, Next,
-    OptionKey, Options, Outcome, State, NEEDS,
+    async_trait, App, Bounded, ConfigError, Context, DeclaredOption, Failure, Message, Middleware, Next, OptionKey,
+    Options, Outcome, State, NEEDS,
 };
 
+use backend::Backend;
+#[cfg(feature = "redis")]
+pub use dramatiq::{DramatiqResults, DEFAULT_NAMESPACE as DRAMATIQ_NAMESPACE};
 pub use error::{CarryOnError, ComposeError};
 pub use group::{Group, GroupHandle};
 pub use handle::{ResultError, ResultHandle, SentExt};
 pub use pipeline::{PipeInput, Pipeline, PipelineHandle};
 pub use progress::Progress;
 use stored::Stored;
+use whose::Whose;
 
 /// The option that says a message's result is kept (`true`), per actor
 /// (`#[actor(store_results)]`) or per message. Dramatiq's name.
@@ -99,9 +125,10 @@ pub const NAME: &str = "results";
 /// which must run inside the results middleware.
 const INSIDE: [&str; 6] = ["callbacks", "age_limit", "abort", "retries", "time_limit", "error_capture"];
 
-/// The store of results and the middleware's limits, in the app's state
-/// (found by [`ResultHandle`], pipelines, groups and progress).
+/// Where results are kept, the store and the middleware's limits, in the
+/// app's state (found by [`ResultHandle`], pipelines, groups and progress).
 pub(crate) struct ResultStore {
+    pub(crate) backend: Backend,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) ttl: Duration,
     pub(crate) max_size: usize,
@@ -110,11 +137,6 @@ pub(crate) struct ResultStore {
 /// `duration` in whole milliseconds, saturating.
 pub(crate) fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// The key of the result of message `id`.
-pub(crate) fn result_key(id: MessageId) -> String {
-    format!("result:{{{id}}}")
 }
 
 /// The results middleware (named `"results"`), not in the default stack:
@@ -136,7 +158,7 @@ pub(crate) fn result_key(id: MessageId) -> String {
 #[derive(Debug, Clone)]
 pub struct Results {
     store: Arc<dyn Store>,
-    writer: Arc<writer::Writer>,
+    backend: Backend,
     ttl: Duration,
     max_size: usize,
 }
@@ -149,8 +171,12 @@ impl Results {
 
     /// As [`Results::new`], with a store shared with other parts of the app.
     pub fn with_shared_store(store: Arc<dyn Store>) -> Self {
-        let writer = Arc::new(writer::Writer::new(Arc::clone(&store)));
-        Self { store, writer, ttl: Duration::from_secs(600), max_size: 1024 * 1024 }
+        Self {
+            backend: Backend::store(Arc::clone(&store)),
+            store,
+            ttl: Duration::from_secs(600),
+            max_size: 1024 * 1024,
+        }
     }
 
     /// Results kept where `broker`'s messages reach: its store, or a
@@ -179,6 +205,20 @@ impl Results {
         self
     }
 
+    /// Keeps results in Python Dramatiq's Redis layout (its
+    /// `RedisBackend`), so that Python's `message.get_result()` reads the
+    /// results of messages Rust ran and handles read those Python ran;
+    /// pipelines, groups and progress still use the store. Handles need
+    /// the message's queue and actor: make them with [`SentExt::result`]
+    /// or [`ResultHandle::of_message`]. Waiting takes a connection of its
+    /// own per wait (`BRPOPLPUSH`).
+    #[cfg(feature = "redis")]
+    #[must_use]
+    pub fn dramatiq_layout(mut self, layout: DramatiqResults) -> Self {
+        self.backend = Backend::Dramatiq(Arc::new(layout));
+        self
+    }
+
     /// Whether `options` ask for the result to be kept, and for how long.
     fn kept_for(&self, options: &Options) -> Option<Duration> {
         match options.option(STORE_RESULTS) {
@@ -192,8 +232,8 @@ impl Results {
         Some(options.option(RESULT_TTL).ok().flatten().map_or(self.ttl, Duration::from_millis))
     }
 
-    async fn keep(&self, id: MessageId, stored: &Stored, ttl: Duration) {
-        if let Err(error) = self.writer.set(result_key(id), stored.to_bytes(), ttl).await {
+    async fn keep(&self, app: &App, whose: &Whose, stored: &Stored, ttl: Duration) {
+        if let Err(error) = self.backend.keep(whose, stored, ttl, app.encoder()).await {
             tracing::error!(%error, "cannot keep the message's result; a waiter will time out");
         }
     }
@@ -209,21 +249,21 @@ impl Results {
     async fn finish(
         &self,
         app: &App,
-        id: MessageId,
+        message: &Message,
         options: &Options,
         stored: &Stored,
         carried_on: bool,
     ) -> Result<(), CarryOnError> {
         if let Some(ttl) = self.kept_for(options) {
-            self.keep(id, stored, ttl).await;
+            self.keep(app, &Whose::of(message), stored, ttl).await;
         }
         if carried_on {
             return Ok(());
         }
         if let Some(pipeline) = read_option(options, pipeline::PIPELINE).filter(pipeline::Continuation::goes_on) {
-            self.keep(pipeline.last, stored, Duration::from_millis(pipeline.ttl_ms)).await;
+            self.keep(app, &pipeline.last_step(), stored, Duration::from_millis(pipeline.ttl_ms)).await;
         }
-        match read_option(options, group::GROUP) {
+        match read_option(options, membership::GROUP) {
             Some(membership) => membership.finished(app, self.store.as_ref()).await.map_err(CarryOnError::Group),
             None => Ok(()),
         }
@@ -247,7 +287,12 @@ impl Middleware for Results {
 
     /// Puts the store where [`ResultHandle`] finds it.
     fn register_state(&self, state: &mut State) -> Result<(), ConfigError> {
-        state.insert(ResultStore { store: Arc::clone(&self.store), ttl: self.ttl, max_size: self.max_size })
+        state.insert(ResultStore {
+            backend: self.backend.clone(),
+            store: Arc::clone(&self.store),
+            ttl: self.ttl,
+            max_size: self.max_size,
+        })
     }
 
     fn declared_options(&self) -> Vec<DeclaredOption> {
@@ -255,7 +300,7 @@ impl Middleware for Results {
             STORE_RESULTS.declare_local(),
             RESULT_TTL.declare_local(),
             pipeline::PIPELINE.declare_local(),
-            group::GROUP.declare_local(),
+            membership::GROUP.declare_local(),
             NEEDS.declare_local(),
         ]
     }
@@ -281,7 +326,7 @@ impl Middleware for Results {
         let extra = &message.options.extra;
         let asks = matches!(message.options.option(STORE_RESULTS), Ok(Some(true)))
             || extra.contains_key(pipeline::PIPELINE.name())
-            || extra.contains_key(group::GROUP.name());
+            || extra.contains_key(membership::GROUP.name());
         if asks {
             let mut needs = message.options.option(NEEDS).ok().flatten().unwrap_or_default();
             if !needs.iter().any(|name| name == NAME) {
@@ -308,7 +353,7 @@ impl Middleware for Results {
         let Some(stored) = Stored::of(&mut outcome, ctx.app().encoder(), self.max_size) else {
             return outcome;
         };
-        if let Err(error) = self.finish(ctx.app(), ctx.id(), options, &stored, carried_on).await {
+        if let Err(error) = self.finish(ctx.app(), ctx.message(), options, &stored, carried_on).await {
             tracing::error!(%error, "the group's completion could not be recorded");
             if matches!(outcome, Outcome::Succeeded(_)) {
                 outcome = Outcome::Failed(Failure::from_error(error));
@@ -326,9 +371,9 @@ impl Middleware for Results {
         let options = app.options_for(message);
         if self.kept_for(&options).is_none() {
             let ttl = options.option(RESULT_TTL).ok().flatten().map_or(self.ttl, Duration::from_millis);
-            self.keep(message.id, &stored, ttl).await;
+            self.keep(app, &Whose::of(message), &stored, ttl).await;
         }
-        if let Err(error) = self.finish(app, message.id, &options, &stored, false).await {
+        if let Err(error) = self.finish(app, message, &options, &stored, false).await {
             tracing::error!(%error, "the group's completion could not be recorded");
         }
     }

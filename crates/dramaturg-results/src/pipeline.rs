@@ -18,7 +18,8 @@ use dramaturg_core::{Actor, App, Context, EnqueueError, Message, MessageId, Opti
 use serde::{Deserialize, Serialize};
 
 use crate::first::First;
-use crate::group::Membership;
+use crate::membership::Membership;
+use crate::whose::Whose;
 use crate::{millis, ComposeError, ResultHandle, ResultStore, RESULT_TTL, STORE_RESULTS};
 
 /// The option that carries the rest of a pipeline.
@@ -52,6 +53,14 @@ pub(crate) struct Continuation {
 }
 
 impl Continuation {
+    /// The last step, where the pipeline's result is kept.
+    pub(crate) fn last_step(&self) -> Whose {
+        match self.next.last() {
+            Some(step) => Whose::named(self.last, &step.queue, &step.actor),
+            None => Whose::id(self.last),
+        }
+    }
+
     /// Whether the chain goes on after this step.
     pub(crate) fn goes_on(&self) -> bool {
         !self.next.is_empty()
@@ -77,8 +86,8 @@ impl Continuation {
             let continuation = Self { last: self.last, ttl_ms: self.ttl_ms, next: rest.to_vec() };
             message.options = message.options.with_option(PIPELINE, continuation);
         }
-        if let Ok(Some(membership)) = ctx.options().option(crate::group::GROUP) {
-            message.options = message.options.with_option(crate::group::GROUP, membership);
+        if let Ok(Some(membership)) = ctx.options().option(crate::membership::GROUP) {
+            message.options = message.options.with_option(crate::membership::GROUP, membership);
         }
         let delay = step.delay_ms.map(Duration::from_millis);
         app.enqueue_retrying(message, delay, SEND_RETRY_FOR).await.map(drop).map_err(|e| e.to_string())
@@ -235,18 +244,18 @@ impl<T> Pipeline<T> {
     /// when a step's actor is unknown to the app or the first message
     /// cannot be sent.
     pub async fn send(self, app: &App) -> Result<PipelineHandle<T>, ComposeError> {
-        let (message, delay, steps) = self.into_message(app, None)?;
+        let (message, delay, steps, last) = self.into_message(app, None)?;
         app.enqueue(message, delay).await?;
-        Ok(PipelineHandle::new(app, steps))
+        Ok(PipelineHandle { result: ResultHandle::of(app, last), steps })
     }
 
-    /// The first message, its delay, and the ids of every step, with the
-    /// chain (and `membership` of a group) in its options.
+    /// The first message, its delay, the ids of every step and the last
+    /// step, with the chain (and `membership` of a group) in its options.
     pub(crate) fn into_message(
         self,
         app: &App,
         membership: Option<&Membership>,
-    ) -> Result<(Message, Option<Duration>, Vec<MessageId>), ComposeError> {
+    ) -> Result<(Message, Option<Duration>, Vec<MessageId>, Whose), ComposeError> {
         let results = app.state::<ResultStore>().map_err(|_| ComposeError::NotEnabled)?;
         let (mut message, delay) = self.first.message(app)?;
         let mut next = Vec::with_capacity(self.steps.len());
@@ -270,14 +279,19 @@ impl<T> Pipeline<T> {
         let last_options = next.last_mut().map_or(&mut message.options, |step| &mut step.options);
         keep_result(last_options, ttl_ms);
         let ttl_ms = last_options.option(RESULT_TTL).ok().flatten().unwrap_or(ttl_ms);
-        if let Some(last) = next.last().map(|s| s.id) {
-            let continuation = Continuation { last, ttl_ms, next };
+        let last = match next.last() {
+            Some(step) => Whose::named(step.id, &step.queue, &step.actor),
+            None => Whose::of(&message),
+        };
+        if !next.is_empty() {
+            let continuation = Continuation { last: last.id, ttl_ms, next };
             message.options = std::mem::take(&mut message.options).with_option(PIPELINE, continuation);
         }
         if let Some(membership) = membership {
-            message.options = std::mem::take(&mut message.options).with_option(crate::group::GROUP, membership.clone());
+            message.options =
+                std::mem::take(&mut message.options).with_option(crate::membership::GROUP, membership.clone());
         }
-        Ok((message, delay, ids))
+        Ok((message, delay, ids, last))
     }
 }
 
@@ -305,11 +319,6 @@ impl<T> std::fmt::Debug for PipelineHandle<T> {
 }
 
 impl<T> PipelineHandle<T> {
-    fn new(app: &App, steps: Vec<MessageId>) -> Self {
-        let last = *steps.last().expect("a pipeline has a first step");
-        Self { result: ResultHandle::new(app, last), steps }
-    }
-
     /// The ids of the steps' messages, in order (the first is sent; the
     /// others are sent as the chain goes on, with these ids).
     pub fn steps(&self) -> &[MessageId] {

@@ -3,15 +3,11 @@
 
 use dramaturg_core::encoder::encode_value;
 use dramaturg_core::store::SetMode;
-use dramaturg_core::{async_trait, Context, MessageId};
+use dramaturg_core::{async_trait, Context};
 use serde::Serialize;
 
+use crate::whose::progress_key;
 use crate::{ResultError, ResultStore};
-
-/// The key of the progress of message `id`.
-pub(crate) fn progress_key(id: MessageId) -> String {
-    format!("progress:{{{id}}}")
-}
 
 /// Reporting progress from inside an actor: `ctx.progress(&value).await`.
 ///

@@ -1,0 +1,75 @@
+//! Where results are kept: the store's layout, or Python Dramatiq's.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dramaturg_core::store::{Store, StoreError};
+use dramaturg_core::Encoder;
+
+use crate::stored::Stored;
+use crate::whose::{result_key, Whose};
+use crate::writer::Writer;
+
+/// Where results are kept: in the store, or in Python Dramatiq's layout.
+#[derive(Debug, Clone)]
+pub(crate) enum Backend {
+    /// The store, under `result:{<id>}`, written in batches.
+    Store(Arc<dyn Store>, Arc<Writer>),
+    /// Dramatiq's Redis layout.
+    #[cfg(feature = "redis")]
+    Dramatiq(Arc<crate::DramatiqResults>),
+}
+
+// Only Dramatiq's layout converts with the app's encoder.
+#[cfg_attr(not(feature = "redis"), allow(unused_variables))]
+impl Backend {
+    /// The store's layout in `store`.
+    pub(crate) fn store(store: Arc<dyn Store>) -> Self {
+        let writer = Arc::new(Writer::new(Arc::clone(&store)));
+        Self::Store(store, writer)
+    }
+
+    pub(crate) async fn keep(
+        &self,
+        whose: &Whose,
+        stored: &Stored,
+        ttl: Duration,
+        encoder: &dyn Encoder,
+    ) -> Result<(), StoreError> {
+        match self {
+            Self::Store(_, writer) => writer.set(result_key(whose.id), stored.to_bytes(), ttl).await,
+            #[cfg(feature = "redis")]
+            Self::Dramatiq(layout) => layout.keep(whose, stored, ttl, encoder).await,
+        }
+    }
+
+    pub(crate) async fn get(&self, whose: &Whose, encoder: &dyn Encoder) -> Result<Option<Stored>, StoreError> {
+        match self {
+            Self::Store(store, _) => store.get(&result_key(whose.id)).await?.map(|bytes| read(&bytes)).transpose(),
+            #[cfg(feature = "redis")]
+            Self::Dramatiq(layout) => layout.get(whose, encoder).await,
+        }
+    }
+
+    pub(crate) async fn wait(
+        &self,
+        whose: &Whose,
+        timeout: Duration,
+        encoder: &dyn Encoder,
+    ) -> Result<Option<Stored>, StoreError> {
+        match self {
+            Self::Store(store, _) => {
+                let keys = [result_key(whose.id)];
+                store.wait_any(&keys, timeout).await?.map(|(_, bytes)| read(&bytes)).transpose()
+            }
+            #[cfg(feature = "redis")]
+            Self::Dramatiq(layout) => layout.wait(whose, timeout, encoder).await,
+        }
+    }
+}
+
+/// Stored bytes that are not a result are an error of the store's.
+fn read(bytes: &[u8]) -> Result<Stored, StoreError> {
+    Stored::from_bytes(bytes)
+        .map_err(|e| StoreError::new(dramaturg_core::store::StoreErrorKind::InvalidInput, e.to_string()))
+}

@@ -111,7 +111,8 @@ async fn a_declared_concurrency_limit_postpones_without_using_a_retry() {
     assert_eq!(MOST_RUNNING.load(Ordering::SeqCst), 3, "the limit was exceeded, or never reached");
 }
 
-/// An app that declares a limit the middleware cannot read does not build.
+/// An app that declares a limit the middleware cannot read does not build,
+/// nor one with the middleware outside the retries.
 #[test]
 fn a_malformed_rate_limit_fails_the_build() {
     #[derive(Actor, Serialize, Deserialize)]
@@ -126,6 +127,11 @@ fn a_malformed_rate_limit_fails_the_build() {
     let limits = RateLimits::for_broker(&broker).unwrap();
     let error = dramaturg::app(broker).middleware(limits).actor::<Wrong>().build().unwrap_err().to_string();
     assert!(error.contains("invalid rate") && error.contains("50/fortnight"), "{error}");
+    // Outside the retries, a failure to reach the store would not be retried.
+    let broker = MemoryBroker::new();
+    let limits = RateLimits::for_broker(&broker).unwrap();
+    let error = dramaturg::app(broker).insert_before("retries", limits).build().unwrap_err().to_string();
+    assert!(error.contains("must sit inside"), "{error}");
 }
 
 /// An app whose actors declare limits needs the middleware: without it,

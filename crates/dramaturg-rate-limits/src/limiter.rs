@@ -145,6 +145,11 @@ impl Limiter {
     /// the name, or an unreachable store); [`LimitError::TimedOut`] when
     /// it did not answer in time.
     ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime (the renewal of a concurrency slot is a task
+    /// of its own).
+    ///
     /// # Cancel safety
     ///
     /// A concurrency slot taken by a cancelled try lapses after the lease.
@@ -168,9 +173,17 @@ impl Limiter {
             return Err(LimitError::Exceeded { limiter: self.name.to_string(), retry_after });
         }
         Ok(match self.kind {
-            Kind::Concurrency { lease, .. } => {
-                Permit::held(Arc::clone(&self.store), self.name.clone(), store_key, member, lease)
-            }
+            Kind::Concurrency { lease, .. } => Permit::held(
+                Held {
+                    store: Arc::clone(&self.store),
+                    limiter: self.name.clone(),
+                    key: store_key,
+                    member,
+                    timeout: self.timeout,
+                    renewal: None,
+                },
+                lease,
+            ),
             _ => Permit { held: None },
         })
     }
@@ -183,6 +196,10 @@ impl Limiter {
     ///
     /// As [`try_acquire`](Limiter::try_acquire), except that it does not
     /// fail for a full limit.
+    ///
+    /// # Panics
+    ///
+    /// As [`try_acquire`](Limiter::try_acquire).
     ///
     /// # Cancel safety
     ///
@@ -237,27 +254,48 @@ struct Held {
     limiter: Arc<str>,
     key: String,
     member: String,
-    renewal: JoinHandle<()>,
+    /// The limiter's timeout, for the release.
+    timeout: Duration,
+    renewal: Option<JoinHandle<()>>,
+}
+
+impl Held {
+    /// Stops the renewal and gives the slot back, within the timeout.
+    async fn release(mut self) -> Result<(), LimitError> {
+        if let Some(renewal) = self.renewal.take() {
+            renewal.abort();
+        }
+        match tokio::time::timeout(self.timeout, self.store.release_slot(&self.key, &self.member)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(source)) => Err(LimitError::Store { limiter: self.limiter.to_string(), source }),
+            Err(_) => Err(LimitError::TimedOut { limiter: self.limiter.to_string(), timeout: self.timeout }),
+        }
+    }
 }
 
 impl Permit {
-    fn held(store: Arc<dyn Store>, limiter: Arc<str>, key: String, member: String, lease: Duration) -> Self {
-        let renewal = tokio::spawn(renew(Arc::clone(&store), key.clone(), member.clone(), lease));
-        Self { held: Some(Held { store, limiter, key, member, renewal }) }
+    /// A permit holding `held`'s slot, renewed every third of `lease`.
+    fn held(mut held: Held, lease: Duration) -> Self {
+        let renewal = renew(Arc::clone(&held.store), held.key.clone(), held.member.clone(), lease);
+        held.renewal = Some(tokio::spawn(renewal));
+        Self { held: Some(held) }
     }
 
     /// Gives the slot back now, and says whether that worked.
     ///
     /// # Errors
     ///
-    /// [`LimitError::Store`] when the store failed: the slot lapses after
-    /// its lease.
+    /// [`LimitError::Store`] when the store failed, or
+    /// [`LimitError::TimedOut`] when it did not answer within the limiter's
+    /// timeout: the slot lapses after its lease.
+    ///
+    /// # Cancel safety
+    ///
+    /// A cancelled release leaves the slot to lapse after its lease.
     pub async fn release(mut self) -> Result<(), LimitError> {
-        let Some(held) = self.held.take() else { return Ok(()) };
-        held.renewal.abort();
-        match held.store.release_slot(&held.key, &held.member).await {
-            Ok(_) => Ok(()),
-            Err(source) => Err(LimitError::Store { limiter: held.limiter.to_string(), source }),
+        match self.held.take() {
+            Some(held) => held.release().await,
+            None => Ok(()),
         }
     }
 }
@@ -266,15 +304,17 @@ impl Drop for Permit {
     /// Gives the slot back from a task of its own (without a runtime, the
     /// slot lapses after its lease).
     fn drop(&mut self) {
-        let Some(held) = self.held.take() else { return };
-        held.renewal.abort();
+        let Some(mut held) = self.held.take() else { return };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            if let Some(renewal) = held.renewal.take() {
+                renewal.abort();
+            }
             tracing::debug!(limiter = %held.limiter, "no runtime to give a slot back; it lapses after its lease");
             return;
         };
         runtime.spawn(async move {
-            if let Err(error) = held.store.release_slot(&held.key, &held.member).await {
-                tracing::warn!(limiter = %held.limiter, %error, "could not give a slot back; it lapses after its lease");
+            if let Err(error) = held.release().await {
+                tracing::warn!(%error, "could not give a slot back; it lapses after its lease");
             }
         });
     }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use dramaturg_core::store::{Store, StoreError};
+use dramaturg_core::store::{SetMode, Store, StoreError};
 use dramaturg_core::Encoder;
 
 use crate::stored::Stored;
@@ -13,8 +13,10 @@ use crate::writer::Writer;
 /// Where results are kept: in the store, or in Python Dramatiq's layout.
 #[derive(Debug, Clone)]
 pub(crate) enum Backend {
-    /// The store, under `result:{<id>}`, written in batches.
-    Store(Arc<dyn Store>, Arc<Writer>),
+    /// The store, under `result:{<id>}`; written in batches when the store
+    /// is reached over a network (a process-local one is written directly:
+    /// batching would only add a hand-over between tasks).
+    Store(Arc<dyn Store>, Option<Arc<Writer>>),
     /// Dramatiq's Redis layout.
     #[cfg(feature = "redis")]
     Dramatiq(Arc<crate::DramatiqResults>),
@@ -25,7 +27,7 @@ pub(crate) enum Backend {
 impl Backend {
     /// The store's layout in `store`.
     pub(crate) fn store(store: Arc<dyn Store>) -> Self {
-        let writer = Arc::new(Writer::new(Arc::clone(&store)));
+        let writer = (!store.is_process_local()).then(|| Arc::new(Writer::new(Arc::clone(&store))));
         Self::Store(store, writer)
     }
 
@@ -37,7 +39,10 @@ impl Backend {
         encoder: &dyn Encoder,
     ) -> Result<(), StoreError> {
         match self {
-            Self::Store(_, writer) => writer.set(result_key(whose.id), stored.to_bytes(), ttl).await,
+            Self::Store(_, Some(writer)) => writer.set(result_key(whose.id), stored.to_bytes(), ttl).await,
+            Self::Store(store, None) => {
+                store.set(&result_key(whose.id), &stored.to_bytes(), ttl, SetMode::Always).await.map(drop)
+            }
             #[cfg(feature = "redis")]
             Self::Dramatiq(layout) => layout.keep(whose, stored, ttl, encoder).await,
         }

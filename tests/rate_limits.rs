@@ -281,6 +281,37 @@ mod on_redis {
         }
     }
 
+    /// Limits set per message that cannot apply: a malformed rate or a
+    /// concurrency of 0 is refused when sent; a `limit_key` naming no
+    /// argument fails the message for good at once (no retries), with a
+    /// reason saying why.
+    #[tokio::test]
+    async fn limits_set_per_message_that_cannot_apply_are_refused_or_fail_for_good() {
+        if support::is_child() {
+            return;
+        }
+        let ns = support::namespace();
+        let app = limited_app(support::redis_broker(URL, &ns).await, store(&ns).await);
+        let with = |key: &'static str, value: serde_json::Value| {
+            SendOptions::default().with_options(move |o| o.with_extra(key, value))
+        };
+        for (key, value) in [("rate_limit", serde_json::json!("fast")), ("concurrency", serde_json::json!(0))] {
+            let sent = Paced { seq: 1 }.send_with(&app, with(key, value)).await;
+            assert!(
+                matches!(sent, Err(dramaturg::EnqueueError::Rejected { middleware: "rate_limits", .. })),
+                "{key}: {sent:?}"
+            );
+        }
+        Export { tenant: "acme".into(), millis: 1 }
+            .send_with(&app, with("limit_key", serde_json::json!("nope")))
+            .await
+            .unwrap();
+        let report = Worker::new(app.clone()).run_until_drained(Duration::from_secs(10)).await.unwrap();
+        assert_eq!((report.failed, report.retried), (1, 0), "{report:?}");
+        let dead = app.dead_letter_views("exports", 10).await.unwrap();
+        assert!(dead[0].reason.contains("limit_key names \"nope\""), "{}", dead[0].reason);
+    }
+
     /// A 50/s window across four worker processes: 50/s ± 10% over 10 s,
     /// never more than 50 in any second (from the jobs' recorded start
     /// times), and no message failed, retried or dead-lettered.

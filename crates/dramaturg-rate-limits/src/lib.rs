@@ -55,5 +55,5 @@ mod middleware;
 mod rate;
 
 pub use limiter::{LimitError, Limiter, Permit, DEFAULT_LEASE, DEFAULT_RECHECK, DEFAULT_TIMEOUT};
-pub use middleware::{RateLimits, WhenUnreachable, CONCURRENCY, LIMIT_KEY, NAME, RATE_LIMIT};
+pub use middleware::{LimitConfigError, RateLimits, WhenUnreachable, CONCURRENCY, LIMIT_KEY, NAME, RATE_LIMIT};
 pub use rate::{ParseRateError, Rate};

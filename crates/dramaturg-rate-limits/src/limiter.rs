@@ -87,7 +87,10 @@ impl Limiter {
     /// On average `rate.limit()` admissions of a key per `rate.period()`,
     /// evenly paced, with up to `burst` (at least 1) at once after a quiet
     /// spell (the generic cell rate algorithm: a token bucket of `burst`
-    /// tokens refilled one per `period / limit`).
+    /// tokens refilled one per `period / limit`). The interval has a
+    /// millisecond's resolution: a bucket paces to at most 1,000
+    /// admissions a second (a faster rate is paced at that); use a window
+    /// above it.
     pub fn bucket(store: Arc<dyn Store>, name: impl Into<String>, rate: Rate, burst: u64) -> Self {
         let interval = rate.period() / u32::try_from(rate.limit()).unwrap_or(u32::MAX);
         let kind = Kind::Bucket { interval: interval.max(Duration::from_millis(1)), burst: burst.max(1) };

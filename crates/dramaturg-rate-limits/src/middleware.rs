@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use dramaturg_core::store::Store;
 use dramaturg_core::{
-    async_trait, App, Broker, ConfigError, Context, DeclaredOption, Failure, Middleware, Next, NextAttempt, OptionKey,
-    Options, Outcome,
+    async_trait, App, Broker, ConfigError, Context, DeclaredOption, Fail, Failure, Middleware, Next, NextAttempt,
+    OptionKey, Options, Outcome,
 };
 
 use crate::limiter::{jittered, LimitError, Limiter, Permit, DEFAULT_LEASE, DEFAULT_RECHECK, DEFAULT_TIMEOUT};
@@ -154,6 +154,9 @@ impl RateLimits {
     fn declared(&self, actor: &str, options: &Options) -> Result<Vec<Limiter>, String> {
         let mut limiters = Vec::new();
         if let Some(limit) = options.option(CONCURRENCY).map_err(|e| e.to_string())? {
+            if limit == 0 {
+                return Err("a concurrency limit of 0 lets nothing run; it must be at least 1".to_owned());
+            }
             let limiter = Limiter::concurrency(Arc::clone(&self.store), format!("actor:{actor}:concurrency"), limit);
             limiters.push(limiter.lease(self.lease).recheck(self.recheck));
         }
@@ -179,6 +182,20 @@ fn limit_key(ctx: &Context) -> Result<String, String> {
         Some(value) => Ok(value.to_string()),
         None => Err(format!("limit_key names {field:?}, which the arguments lack")),
     }
+}
+
+/// A message's limits cannot be applied: a malformed rate, a concurrency
+/// of 0, a `limit_key` naming no argument, a key the store refuses. Such a
+/// message fails for good — no retry would fix it — and its dead letter's
+/// reason says why; options set per message are checked when it is sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the message's limits cannot be applied: {0}")]
+pub struct LimitConfigError(pub String);
+
+/// The outcome of a message whose limits cannot be applied: a failure not
+/// to be retried.
+fn permanent(reason: String) -> Outcome {
+    Outcome::Failed(Failure::from_error(Fail::permanent(LimitConfigError(reason))))
 }
 
 /// Gives back the slots taken so far (each within its store's time).
@@ -219,15 +236,22 @@ impl Middleware for RateLimits {
         Ok(())
     }
 
+    /// A message's own limits (options set per message) are checked when
+    /// it is sent: a malformed rate or a concurrency of 0 is refused then,
+    /// not found when it runs.
+    fn before_enqueue(&self, message: &mut dramaturg_core::Message) -> Result<(), dramaturg_core::BoxError> {
+        self.declared(&message.actor, &message.options).map(drop).map_err(|reason| LimitConfigError(reason).into())
+    }
+
     async fn handle(&self, ctx: &Context, next: Next<'_>) -> Outcome {
         let limiters = match self.declared(&ctx.message().actor, ctx.options()) {
             Ok(limiters) if limiters.is_empty() => return next.run(ctx).await,
             Ok(limiters) => limiters,
-            Err(error) => return Outcome::Failed(Failure::from_error(error)),
+            Err(reason) => return permanent(reason),
         };
         let key = match limit_key(ctx) {
             Ok(key) => key,
-            Err(error) => return Outcome::Failed(Failure::from_error(error)),
+            Err(reason) => return permanent(reason),
         };
         let mut permits = Vec::with_capacity(limiters.len());
         for limiter in &limiters {
@@ -241,6 +265,12 @@ impl Middleware for RateLimits {
                 }
                 Err(error) if error.is_unavailable() && self.unreachable == WhenUnreachable::LetThrough => {
                     tracing::warn!(%error, "running the message without its limit: the store is unreachable");
+                }
+                // A key the store refuses (longer than it takes) will not
+                // pass on a retry.
+                Err(LimitError::Store { source, .. }) if source.is_invalid_input() => {
+                    release(permits).await;
+                    return permanent(format!("the limit key cannot be used: {source}"));
                 }
                 Err(error) => {
                     release(permits).await;

@@ -72,15 +72,29 @@ impl fmt::Debug for ErrorType {
     }
 }
 
+/// `type_name` as a record shows it: a boxed trait object's long path
+/// (`alloc::boxed::Box<dyn core::error::Error + core::marker::Send + …>`)
+/// becomes `Box<dyn Error>`.
+fn readable_type_name(type_name: &'static str) -> &'static str {
+    if type_name.starts_with("alloc::boxed::Box<dyn core::error::Error") {
+        "Box<dyn Error>"
+    } else {
+        type_name
+    }
+}
+
 enum FailureState {
     Raw { error: BoxError, type_name: &'static str },
     Captured(Box<ErrorRecord>),
 }
 
 impl Failure {
-    /// A failure from an actor's error of type `E`.
+    /// A failure from an actor's error of type `E`. Its record names `E`
+    /// by its path (`std::io::error::Error`, `my_app::ExportFailed`); an
+    /// error already boxed as `Box<dyn Error + …>`, whose type is no longer
+    /// known, is named `Box<dyn Error>` rather than by the box's full path.
     pub fn from_error<E: Into<BoxError>>(error: E) -> Self {
-        Self::from_boxed(error.into(), std::any::type_name::<E>())
+        Self::from_boxed(error.into(), readable_type_name(std::any::type_name::<E>()))
     }
 
     /// A failure from an already boxed error, with the name of its type.
@@ -263,5 +277,15 @@ mod tests {
         let mut failure = Failure::from_panic(payload.as_ref(), None, &RecordLimits::default());
         assert_eq!(failure.kind(), FailureKind::Panic);
         assert_eq!(failure.record().summary(), "panic: boom");
+    }
+
+    #[test]
+    fn a_boxed_error_is_named_readably_and_others_by_their_path() {
+        let boxed: BoxError = "unlucky".into();
+        let mut failure = Failure::from_error(boxed);
+        assert_eq!(failure.record().type_name, "Box<dyn Error>");
+        assert_eq!(failure.record().message, "unlucky");
+        let mut io = Failure::from_error(std::io::Error::other("disk"));
+        assert_eq!(io.record().type_name, "std::io::error::Error");
     }
 }

@@ -586,25 +586,52 @@ pub fn redact_password(url: &str) -> String {
     format!("{scheme}://{user_part}@{}", &rest[at + 1..])
 }
 
+/// An error that says whether the same call may succeed if tried again
+/// (the server was away, a timeout): what [`retry_sends`] retries on.
+pub trait MayPass: fmt::Display {
+    /// Whether trying again may succeed.
+    fn may_pass(&self) -> bool;
+}
+
+impl MayPass for BrokerError {
+    fn may_pass(&self) -> bool {
+        self.is_retryable()
+    }
+}
+
+impl MayPass for crate::store::StoreError {
+    fn may_pass(&self) -> bool {
+        self.is_retryable()
+    }
+}
+
+impl MayPass for crate::EnqueueError {
+    fn may_pass(&self) -> bool {
+        matches!(self, Self::Broker(error) if error.is_retryable())
+    }
+}
+
 /// Runs `send` until it succeeds, fails for a reason that retrying cannot
-/// fix, or `retry_for` is spent; waits 50 ms after the first failure,
-/// doubling up to 1 s. For brokers' "retry sends while the server is away"
-/// settings (zero: no retry).
+/// fix ([`MayPass`]), or `retry_for` is spent; waits 50 ms after the first
+/// failure, doubling up to 1 s. For brokers' "retry sends while the server
+/// is away" settings (zero: no retry), and for middleware that send or
+/// write on a message's behalf.
 ///
 /// # Errors
 ///
-/// The last [`BrokerError`] of `send`.
-pub async fn retry_sends<F, Fut>(retry_for: Duration, mut send: F) -> Result<(), BrokerError>
+/// The last error of `send`.
+pub async fn retry_sends<T, E, F, Fut>(retry_for: Duration, mut send: F) -> Result<T, E>
 where
+    E: MayPass,
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), BrokerError>>,
+    Fut: std::future::Future<Output = Result<T, E>>,
 {
     let deadline = tokio::time::Instant::now() + retry_for;
     let mut backoff = Duration::from_millis(50);
     loop {
         match send().await {
-            Err(error) if error.is_retryable() && tokio::time::Instant::now() + backoff < deadline => {
-                tracing::warn!(%error, retry_in = ?backoff, "send failed; retrying");
+            Err(error) if error.may_pass() && tokio::time::Instant::now() + backoff < deadline => {
+                tracing::warn!(%error, retry_in = ?backoff, "call failed; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }

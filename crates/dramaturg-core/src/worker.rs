@@ -820,8 +820,7 @@ fn missing_middleware(app: &App, message: &Message) -> Option<String> {
         Ok(needs) => needs?,
         Err(error) => return Some(format!("(unreadable: {error})")),
     };
-    let stack = app.middleware_names();
-    needs.into_iter().find(|name| !stack.contains(&name.as_str()))
+    needs.into_iter().find(|name| !app.has_middleware(name))
 }
 
 /// Runs one decoded message through the stack; returns how to settle it and

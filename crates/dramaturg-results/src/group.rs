@@ -14,7 +14,8 @@ use serde::de::DeserializeOwned;
 use crate::first::First;
 use crate::membership::{Keys, Membership, DEFAULT_TTL};
 use crate::whose::Whose;
-use crate::{millis, ComposeError, Pipeline, ResultError, ResultHandle, ResultStore};
+use crate::{ComposeError, Pipeline, ResultError, ResultHandle, ResultStore};
+use dramaturg_core::time::millis;
 
 /// Many messages or pipelines sent at once, all of output `T`; their
 /// results are read in order, and a completion callback (a message) is

@@ -134,11 +134,6 @@ pub(crate) struct ResultStore {
     pub(crate) max_size: usize,
 }
 
-/// `duration` in whole milliseconds, saturating.
-pub(crate) fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
-}
-
 /// The results middleware (named `"results"`), not in the default stack:
 /// add it with `insert_before(middleware::names::CALLBACKS, …)` on
 /// `dramaturg::app`. It belongs outermost in the stack, so that it sees every end of a message: callbacks that
@@ -229,7 +224,12 @@ impl Results {
                 return None;
             }
         }
-        Some(options.option(RESULT_TTL).ok().flatten().map_or(self.ttl, Duration::from_millis))
+        Some(self.ttl_for(options))
+    }
+
+    /// How long a result is kept: `options`' `result_ttl`, or the default.
+    fn ttl_for(&self, options: &Options) -> Duration {
+        options.option(RESULT_TTL).ok().flatten().map_or(self.ttl, Duration::from_millis)
     }
 
     async fn keep(&self, app: &App, whose: &Whose, stored: &Stored, ttl: Duration) {
@@ -251,6 +251,7 @@ impl Results {
         app: &App,
         message: &Message,
         options: &Options,
+        pipeline: Option<&pipeline::Continuation>,
         stored: &Stored,
         carried_on: bool,
     ) -> Result<(), CarryOnError> {
@@ -260,8 +261,8 @@ impl Results {
         if carried_on {
             return Ok(());
         }
-        if let Some(pipeline) = read_option(options, pipeline::PIPELINE).filter(pipeline::Continuation::goes_on) {
-            self.keep(app, &pipeline.last_step(), stored, Duration::from_millis(pipeline.ttl_ms)).await;
+        if let Some((pipeline, last)) = pipeline.and_then(|p| Some((p, p.last_step()?))) {
+            self.keep(app, &last, stored, Duration::from_millis(pipeline.ttl_ms)).await;
         }
         match read_option(options, membership::GROUP) {
             Some(membership) => membership.finished(app, self.store.as_ref()).await.map_err(CarryOnError::Group),
@@ -341,9 +342,10 @@ impl Middleware for Results {
         let mut outcome = next.run(ctx).await;
         let options = ctx.options();
         let mut carried_on = false;
-        if let (Some(pipeline), Outcome::Succeeded(output)) = (read_option(options, pipeline::PIPELINE), &outcome) {
+        let pipeline = read_option(options, pipeline::PIPELINE);
+        if let (Some(pipeline), Outcome::Succeeded(output)) = (&pipeline, &outcome) {
             match pipeline.send_next(ctx, output).await {
-                Ok(()) => carried_on = pipeline.goes_on(),
+                Ok(()) => carried_on = pipeline.last_step().is_some(),
                 Err(reason) => {
                     tracing::error!(%reason, "the pipeline's next step could not be sent");
                     outcome = Outcome::Failed(Failure::from_error(CarryOnError::NextStep(reason)));
@@ -353,7 +355,8 @@ impl Middleware for Results {
         let Some(stored) = Stored::of(&mut outcome, ctx.app().encoder(), self.max_size) else {
             return outcome;
         };
-        if let Err(error) = self.finish(ctx.app(), ctx.message(), options, &stored, carried_on).await {
+        if let Err(error) = self.finish(ctx.app(), ctx.message(), options, pipeline.as_ref(), &stored, carried_on).await
+        {
             tracing::error!(%error, "the group's completion could not be recorded");
             if matches!(outcome, Outcome::Succeeded(_)) {
                 outcome = Outcome::Failed(Failure::from_error(error));
@@ -370,10 +373,10 @@ impl Middleware for Results {
         let stored = Stored::failure("Rejected", reason.as_str());
         let options = app.options_for(message);
         if self.kept_for(&options).is_none() {
-            let ttl = options.option(RESULT_TTL).ok().flatten().map_or(self.ttl, Duration::from_millis);
-            self.keep(app, &Whose::of(message), &stored, ttl).await;
+            self.keep(app, &Whose::of(message), &stored, self.ttl_for(&options)).await;
         }
-        if let Err(error) = self.finish(app, message, &options, &stored, false).await {
+        let pipeline = read_option(&options, pipeline::PIPELINE);
+        if let Err(error) = self.finish(app, message, &options, pipeline.as_ref(), &stored, false).await {
             tracing::error!(%error, "the group's completion could not be recorded");
         }
     }

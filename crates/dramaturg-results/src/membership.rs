@@ -114,24 +114,12 @@ impl Membership {
 
 /// Runs a store call, trying again for a while when it fails for a reason
 /// that may pass.
-async fn retrying<T, F, Fut>(mut call: F) -> Result<T, String>
+async fn retrying<T, F, Fut>(call: F) -> Result<T, String>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, StoreError>>,
 {
-    let deadline = tokio::time::Instant::now() + STORE_RETRY_FOR;
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        match call().await {
-            Ok(value) => return Ok(value),
-            Err(error) if error.is_retryable() && tokio::time::Instant::now() + backoff < deadline => {
-                tracing::warn!(%error, retry_in = ?backoff, "group completion: store call failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-            }
-            Err(error) => return Err(error.to_string()),
-        }
-    }
+    dramaturg_core::broker::retry_sends(STORE_RETRY_FOR, call).await.map_err(|error| error.to_string())
 }
 
 #[cfg(test)]

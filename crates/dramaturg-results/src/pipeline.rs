@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 use crate::first::First;
 use crate::membership::Membership;
 use crate::whose::Whose;
-use crate::{millis, ComposeError, ResultHandle, ResultStore, RESULT_TTL, STORE_RESULTS};
+use crate::{ComposeError, ResultHandle, ResultStore, RESULT_TTL, STORE_RESULTS};
+use dramaturg_core::time::millis;
 
 /// The option that carries the rest of a pipeline.
 pub(crate) const PIPELINE: OptionKey<Continuation> = OptionKey::new("pipeline");
@@ -44,26 +45,18 @@ pub(crate) struct Step {
 /// The rest of a pipeline, in the `pipeline` option of each step.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Continuation {
-    /// The last step's id: where the pipeline's result is kept.
-    pub(crate) last: MessageId,
-    /// How long that result is kept, in milliseconds.
+    /// How long the pipeline's result (the last step's) is kept, in
+    /// milliseconds.
     pub(crate) ttl_ms: u64,
     /// The steps after this one, in order.
     pub(crate) next: Vec<Step>,
 }
 
 impl Continuation {
-    /// The last step, where the pipeline's result is kept.
-    pub(crate) fn last_step(&self) -> Whose {
-        match self.next.last() {
-            Some(step) => Whose::named(self.last, &step.queue, &step.actor),
-            None => Whose::id(self.last),
-        }
-    }
-
-    /// Whether the chain goes on after this step.
-    pub(crate) fn goes_on(&self) -> bool {
-        !self.next.is_empty()
+    /// The last step, where the pipeline's result is kept; `None` when no
+    /// step comes after this one (a continuation is only sent with steps).
+    pub(crate) fn last_step(&self) -> Option<Whose> {
+        self.next.last().map(|step| Whose::named(step.id, &step.queue, &step.actor))
     }
 
     /// Sends the step after `ctx`'s, with `output` as its arguments and the
@@ -83,11 +76,13 @@ impl Continuation {
         message.enqueued_at_ms = app.broker().now_ms();
         message.options = step.options.clone();
         if !rest.is_empty() {
-            let continuation = Self { last: self.last, ttl_ms: self.ttl_ms, next: rest.to_vec() };
+            let continuation = Self { ttl_ms: self.ttl_ms, next: rest.to_vec() };
             message.options = message.options.with_option(PIPELINE, continuation);
         }
-        if let Ok(Some(membership)) = ctx.options().option(crate::membership::GROUP) {
-            message.options = message.options.with_option(crate::membership::GROUP, membership);
+        // The group the pipeline belongs to travels as it is.
+        let group = crate::membership::GROUP.name();
+        if let Some(membership) = ctx.options().extra.get(group) {
+            message.options.extra.insert(group.to_owned(), membership.clone());
         }
         let delay = step.delay_ms.map(Duration::from_millis);
         app.enqueue_retrying(message, delay, SEND_RETRY_FOR).await.map(drop).map_err(|e| e.to_string())
@@ -284,7 +279,7 @@ impl<T> Pipeline<T> {
             None => Whose::of(&message),
         };
         if !next.is_empty() {
-            let continuation = Continuation { last: last.id, ttl_ms, next };
+            let continuation = Continuation { ttl_ms, next };
             message.options = std::mem::take(&mut message.options).with_option(PIPELINE, continuation);
         }
         if let Some(membership) = membership {

@@ -102,6 +102,11 @@ impl App {
         self.inner.stack.iter().map(|m| m.name()).collect()
     }
 
+    /// Whether the stack has the middleware named `name`.
+    pub(crate) fn has_middleware(&self, name: &str) -> bool {
+        self.inner.stack.iter().any(|m| m.name() == name)
+    }
+
     /// The app's state of type `T` (see [`AppBuilder::state`]).
     ///
     /// # Errors

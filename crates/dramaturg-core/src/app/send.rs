@@ -144,20 +144,7 @@ impl App {
         delay: Option<Duration>,
         retry_for: Duration,
     ) -> Result<MessageId, EnqueueError> {
-        let deadline = tokio::time::Instant::now() + retry_for;
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            match self.enqueue(message.clone(), delay).await {
-                Err(EnqueueError::Broker(error))
-                    if error.is_retryable() && tokio::time::Instant::now() + backoff < deadline =>
-                {
-                    tracing::warn!(%error, retry_in = ?backoff, actor = %message.actor, "send failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                }
-                result => return result,
-            }
-        }
+        crate::broker::retry_sends(retry_for, || self.enqueue(message.clone(), delay)).await
     }
 
     async fn after_delayed_enqueue(&self, (message, delay): &(Message, Duration)) {

@@ -149,19 +149,29 @@ impl RateLimits {
         self
     }
 
+    /// The limits `options` declare: a concurrency limit and a rate.
+    fn limits(options: &Options) -> Result<(Option<u64>, Option<Rate>), String> {
+        let concurrency = options.option(CONCURRENCY).map_err(|e| e.to_string())?;
+        if concurrency == Some(0) {
+            return Err("a concurrency limit of 0 lets nothing run; it must be at least 1".to_owned());
+        }
+        let rate = match options.option(RATE_LIMIT).map_err(|e| e.to_string())? {
+            Some(rate) => Some(rate.parse::<Rate>().map_err(|e| e.to_string())?),
+            None => None,
+        };
+        Ok((concurrency, rate))
+    }
+
     /// The limiters `options` declare for `actor`, concurrency first (a
-    /// slot that can be given back), and the key they limit.
+    /// slot that can be given back).
     fn declared(&self, actor: &str, options: &Options) -> Result<Vec<Limiter>, String> {
+        let (concurrency, rate) = Self::limits(options)?;
         let mut limiters = Vec::new();
-        if let Some(limit) = options.option(CONCURRENCY).map_err(|e| e.to_string())? {
-            if limit == 0 {
-                return Err("a concurrency limit of 0 lets nothing run; it must be at least 1".to_owned());
-            }
+        if let Some(limit) = concurrency {
             let limiter = Limiter::concurrency(Arc::clone(&self.store), format!("actor:{actor}:concurrency"), limit);
             limiters.push(limiter.lease(self.lease).recheck(self.recheck));
         }
-        if let Some(rate) = options.option(RATE_LIMIT).map_err(|e| e.to_string())? {
-            let rate: Rate = rate.parse().map_err(|e: crate::ParseRateError| e.to_string())?;
+        if let Some(rate) = rate {
             limiters.push(Limiter::window(Arc::clone(&self.store), format!("actor:{actor}:rate"), rate));
         }
         Ok(limiters.into_iter().map(|limiter| limiter.timeout(self.timeout)).collect())
@@ -230,7 +240,7 @@ impl Middleware for RateLimits {
             }
         }
         for actor in app.actors() {
-            self.declared(actor.name(), actor.options())
+            Self::limits(actor.options())
                 .map_err(|e| ConfigError::Invalid(format!("actor {:?}: {e}", actor.name())))?;
         }
         Ok(())
@@ -240,7 +250,7 @@ impl Middleware for RateLimits {
     /// it is sent: a malformed rate or a concurrency of 0 is refused then,
     /// not found when it runs.
     fn before_enqueue(&self, message: &mut dramaturg_core::Message) -> Result<(), dramaturg_core::BoxError> {
-        self.declared(&message.actor, &message.options).map(drop).map_err(|reason| LimitConfigError(reason).into())
+        Self::limits(&message.options).map(drop).map_err(|reason| LimitConfigError(reason).into())
     }
 
     async fn handle(&self, ctx: &Context, next: Next<'_>) -> Outcome {

@@ -94,7 +94,9 @@ impl Entries {
         match self.map.get_mut(key) {
             Some((Entry::Slots(slots), expires)) => {
                 slots.insert(member.to_owned(), lapses);
-                *expires = slots.values().copied().max().unwrap_or(lapses);
+                // The key outlives its latest slot (a lapsed slot is
+                // dropped when the set is read).
+                *expires = (*expires).max(lapses);
             }
             _ => {
                 self.map.insert(key.to_owned(), (Entry::Slots(HashMap::from([(member.to_owned(), lapses)])), lapses));

@@ -48,10 +48,14 @@
 //! - `results`: N messages (default 1000) one at a time to an idle worker
 //!   of an actor that keeps its results and returns when it finished; a
 //!   waiter on each (`sent.result(&app).wait(..)`) measures from the
-//!   actor's end to its wake-up. Then N no-op messages twice, with results
-//!   kept and without, through a worker each, interleaved. Last line: JSON
-//!   with `wake_ms_p50`, `wake_ms_p99`, `with_results_per_s`,
-//!   `without_results_per_s` and `results_cost_pct`.
+//!   actor's end to its wake-up. Then 10 N no-op messages (at least 2000)
+//!   three ways, through a worker each, interleaved, three times: of an
+//!   actor that keeps its results (`store_results` on the actor), of one
+//!   that does not, and of the latter with `store_results` set per message
+//!   (which adds it and `needs` to every message). Last line: JSON with
+//!   `wake_ms_p50`, `wake_ms_p99`, `with_results_per_s`,
+//!   `without_results_per_s`, `results_cost_pct`, `per_message_per_s` and
+//!   `per_message_cost_pct` (medians).
 //!
 //! - `rate-limit` (feature `rate-limits`): N (default 2000) acquires, one
 //!   at a time, of a concurrency limiter (each permit released before the
@@ -633,9 +637,9 @@ impl Finish {
     }
 }
 
-/// A no-op whose result is kept when the message asks.
+/// A no-op that keeps its results.
 #[derive(Actor, Serialize, Deserialize)]
-#[actor(queue = "bench-results-noop", output = u64)]
+#[actor(queue = "bench-results-kept", output = u64, store_results)]
 struct Kept {
     n: u64,
 }
@@ -646,15 +650,40 @@ impl Kept {
     }
 }
 
-/// Processing rate of `messages` `Kept` messages, their results kept or not.
-async fn kept_rate(app: &App, messages: u64, keep: bool, concurrency: usize) -> Result<f64, BoxError> {
-    let options = if keep {
-        SendOptions::default().with_options(|o| o.with_option(dramaturg::results::STORE_RESULTS, true))
-    } else {
-        SendOptions::default()
-    };
+/// A no-op whose result is kept when the message asks.
+#[derive(Actor, Serialize, Deserialize)]
+#[actor(queue = "bench-results-plain", output = u64)]
+struct Plain {
+    n: u64,
+}
+
+impl Plain {
+    async fn perform(self, _ctx: &Context) -> Result<u64, BoxError> {
+        Ok(self.n)
+    }
+}
+
+/// How the messages of a results throughput run keep their results.
+#[derive(Clone, Copy)]
+enum Keeping {
+    /// `Plain` messages: not kept.
+    Not,
+    /// `Kept` messages: by the actor's `store_results`.
+    ByActor,
+    /// `Plain` messages with `store_results` set per message.
+    PerMessage,
+}
+
+/// Processing rate of `messages` no-op messages that keep their results
+/// as `keeping` says.
+async fn kept_rate(app: &App, messages: u64, keeping: Keeping, concurrency: usize) -> Result<f64, BoxError> {
+    let per_message = SendOptions::default().with_options(|o| o.with_option(dramaturg::results::STORE_RESULTS, true));
     for n in 0..messages {
-        Kept { n }.send_with(app, options.clone()).await?;
+        match keeping {
+            Keeping::Not => drop(Plain { n }.send(app).await?),
+            Keeping::ByActor => drop(Kept { n }.send(app).await?),
+            Keeping::PerMessage => drop(Plain { n }.send_with(app, per_message.clone()).await?),
+        }
     }
     let started = Instant::now();
     let report = Worker::new(app.clone()).concurrency(concurrency).run_until_drained(Duration::from_secs(3600)).await?;
@@ -673,6 +702,7 @@ async fn results(args: &Args) -> Result<(), BoxError> {
         .insert_before(dramaturg::middleware::names::CALLBACKS, results)
         .actor::<Finish>()
         .actor::<Kept>()
+        .actor::<Plain>()
         .build()?;
     let broker_name = args.broker.split("://").next().unwrap_or_default().to_owned();
     let worker = Worker::new(app.clone()).queues(["bench-results"]).concurrency(args.concurrency);
@@ -691,22 +721,25 @@ async fn results(args: &Args) -> Result<(), BoxError> {
     let (p50, p99) = (percentile(&wakes, 0.5), percentile(&wakes, 0.99));
 
     let throughput = (messages * 10).max(2000);
-    let (mut with, mut without) = (Vec::new(), Vec::new());
+    let (mut with, mut without, mut per_message) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..3 {
-        without.push(kept_rate(&app, throughput, false, args.concurrency).await?);
-        with.push(kept_rate(&app, throughput, true, args.concurrency).await?);
+        without.push(kept_rate(&app, throughput, Keeping::Not, args.concurrency).await?);
+        with.push(kept_rate(&app, throughput, Keeping::ByActor, args.concurrency).await?);
+        per_message.push(kept_rate(&app, throughput, Keeping::PerMessage, args.concurrency).await?);
     }
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let (with, without) = (median(with), median(without));
+    let (with, without, per_message) = (median(with), median(without), median(per_message));
     let cost = (1.0 - with / without) * 100.0;
+    let per_message_cost = (1.0 - per_message / without) * 100.0;
     println!("scenario:    results ({broker_name}, {messages} waits; {throughput} messages x3 each way)");
     println!("wake-up after the actor's end: p50 {p50:.3} ms, p99 {p99:.3} ms");
     println!("processing: {with:.0} msgs/s keeping results, {without:.0} without ({cost:.1}% cost)");
+    println!("            {per_message:.0} msgs/s keeping them by a per-message option ({per_message_cost:.1}% cost)");
     println!(
-        "{{\"scenario\":\"results\",\"broker\":\"{broker_name}\",\"messages\":{messages},\"wake_ms_p50\":{p50:.3},\"wake_ms_p99\":{p99:.3},\"with_results_per_s\":{with:.0},\"without_results_per_s\":{without:.0},\"results_cost_pct\":{cost:.1}}}"
+        "{{\"scenario\":\"results\",\"broker\":\"{broker_name}\",\"messages\":{messages},\"wake_ms_p50\":{p50:.3},\"wake_ms_p99\":{p99:.3},\"with_results_per_s\":{with:.0},\"without_results_per_s\":{without:.0},\"results_cost_pct\":{cost:.1},\"per_message_per_s\":{per_message:.0},\"per_message_cost_pct\":{per_message_cost:.1}}}"
     );
     Ok(())
 }

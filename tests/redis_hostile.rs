@@ -366,3 +366,100 @@ async fn jobs_finished_while_the_primary_is_demoted_run_exactly_once() {
     assert_eq!((report.succeeded, again.succeeded, report.stale), (16, 0, 0));
     assert!(second.stats(&second.queues()[0]).await.unwrap().is_drained());
 }
+
+/// Counts its runs by tag, as [`Counted`] does, and keeps its result.
+#[derive(Actor, Serialize, Deserialize)]
+#[actor(store_results)]
+struct KeptCounted {
+    tag: String,
+    padding: String,
+}
+
+impl KeptCounted {
+    async fn perform(self, _ctx: &Context) -> Result<(), BoxError> {
+        let mut runs = RUNS.lock().unwrap();
+        let counts = runs.get_or_insert_with(HashMap::new).entry(self.tag).or_default();
+        counts.0 += 1;
+        counts.1 += 1;
+        Ok(())
+    }
+}
+
+/// An app on `server` whose results go in the broker's store (with the
+/// acks).
+async fn results_app(server: &Server) -> App {
+    let broker = std::sync::Arc::new(RedisBroker::with_config(config(&server.url())).await.unwrap());
+    dramaturg::app_shared(broker.clone())
+        .insert_before(dramaturg::middleware::names::CALLBACKS, dramaturg::results::Results::for_broker(&*broker))
+        .actor::<KeptCounted>()
+        .build()
+        .unwrap()
+}
+
+/// A Redis full to `maxmemory` (noeviction) refuses the results that go
+/// with acks; the acks are settled all the same: every message runs once
+/// and the queue drains (no message is redelivered because its result
+/// could not be kept).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_redis_refuses_results_but_settles_their_acks() {
+    let _ = tracing_subscriber::fmt().with_max_level(tracing::Level::WARN).with_test_writer().try_init();
+    let server = Server::start(&["--maxmemory", "4mb", "--maxmemory-policy", "noeviction"]);
+    let app = results_app(&server).await;
+    let prefix = format!("full-results-{}-", dramaturg::MessageId::new());
+    let mut sent = Vec::new();
+    loop {
+        let batch: Vec<KeptCounted> = (sent.len()..sent.len() + 100)
+            .map(|i| KeptCounted { tag: format!("{prefix}{i}"), padding: "x".repeat(100) })
+            .collect();
+        match app.send_many(&batch).await {
+            Ok(ids) => sent.extend(ids.iter().map(|s| s.id())),
+            Err(error) => {
+                assert!(broker_error(error).is_full());
+                break;
+            }
+        }
+        assert!(sent.len() < 1_000_000, "the server never filled up");
+    }
+    let accepted = app.stats(&app.queues()[0]).await.unwrap().ready;
+    let report = Worker::new(app.clone()).concurrency(8).run_until_drained(Duration::from_secs(60)).await.unwrap();
+    assert_eq!((report.succeeded, report.stale), (accepted, 0), "{report:?}");
+    let runs = runs_of(&prefix);
+    assert_eq!(runs.len() as u64, accepted);
+    assert!(runs.iter().all(|(_, (started, ended))| (*started, *ended) == (1, 1)), "a job ran twice");
+    assert!(app.stats(&app.queues()[0]).await.unwrap().is_drained());
+    let mut kept = 0;
+    for id in &sent {
+        if dramaturg::results::ResultHandle::<()>::new(&app, *id).get().await.is_ok() {
+            kept += 1;
+        }
+    }
+    println!("a 4 MB noeviction Redis ran {accepted} messages once each and kept {kept} of their results");
+    assert!(kept < accepted, "a full server kept every result: the test did not fill it");
+}
+
+/// After `SCRIPT FLUSH` (as after a restart of Redis), acks that carry
+/// results load their script again and apply, results kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_with_results_survive_a_script_flush() {
+    use dramaturg::results::SentExt;
+    let _ = tracing_subscriber::fmt().with_max_level(tracing::Level::WARN).with_test_writer().try_init();
+    let server = Server::start(&[]);
+    let app = results_app(&server).await;
+    let worker = Worker::new(app.clone()).concurrency(4);
+    let shutdown = worker.shutdown_handle();
+    let running = tokio::spawn(worker.run());
+    let prefix = format!("flush-{}-", dramaturg::MessageId::new());
+    for round in 0..3 {
+        let _: String = server.cmd(&["SCRIPT", "FLUSH"]).await;
+        for i in 0..5 {
+            let tag = format!("{prefix}{round}-{i}");
+            let sent = KeptCounted { tag: tag.clone(), padding: String::new() }.send(&app).await.unwrap();
+            sent.result(&app).wait(Duration::from_secs(10)).await.unwrap();
+            assert_eq!(runs(&tag), (1, 1));
+        }
+    }
+    app.join(Duration::from_secs(10)).await.unwrap();
+    shutdown.shutdown();
+    let report = running.await.unwrap().unwrap();
+    assert_eq!((report.succeeded, report.stale), (15, 0), "{report:?}");
+}

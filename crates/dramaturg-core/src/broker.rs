@@ -15,7 +15,7 @@ use bytes::Bytes;
 
 use crate::bounded::Bounded;
 use crate::error::BrokerError;
-use crate::store::Store;
+use crate::store::{Store, StoreWrite};
 
 /// A message on its way into a queue.
 #[derive(Clone, PartialEq, Eq)]
@@ -315,6 +315,31 @@ pub trait Receipt: Send + Sync + fmt::Debug {
     /// same claim (brokers whose receipts cannot be retried say so in the
     /// error's kind, not retryable).
     async fn settle(&self, settlement: &Settlement) -> Result<Settled, BrokerError>;
+
+    /// This receipt's way of writing to the broker's [store](Broker::store)
+    /// in the same round trip as a settlement, if it has one (the Redis
+    /// broker's acks). The default, `None`: [`Delivery::settle_writing`]
+    /// writes to the store first, then settles.
+    fn writing(&self) -> Option<&dyn WritingReceipt> {
+        None
+    }
+}
+
+/// A [`Receipt`] that carries store writes with its settlements.
+#[async_trait]
+pub trait WritingReceipt: Send + Sync {
+    /// Writes `writes` to the broker's [store](Broker::store), exactly as
+    /// [`Store::set_many`](crate::Store::set_many) would, then settles as
+    /// [`Receipt::settle`] does, in one round trip where it can. The
+    /// writes are made ahead of the settlement's claim check, so a stale
+    /// settlement has made them too — as when they are written first and
+    /// the settlement follows.
+    ///
+    /// # Errors
+    ///
+    /// As [`Receipt::settle`]: nothing was settled (some writes may have
+    /// been made); settling again with the same writes is safe.
+    async fn settle_writing(&self, settlement: &Settlement, writes: &[StoreWrite]) -> Result<Settled, BrokerError>;
 }
 
 /// One message handed out by a [`Consumer`]. It is settled once:
@@ -361,6 +386,47 @@ impl Delivery {
             Err(error) => Err(SettleError { error, delivery: Box::new(self) }),
         }
     }
+
+    /// Settles the delivery once `writes` are in the broker's `store` (see
+    /// [`Context::write_with_settlement`](crate::Context::write_with_settlement)):
+    /// in the settlement's own round trip when the receipt can
+    /// ([`Receipt::writing`]), else written to `store` first. Either way
+    /// no settlement takes effect before its writes are made.
+    ///
+    /// # Errors
+    ///
+    /// As [`Delivery::settle`]; a store that could not be written for a
+    /// reason that may pass (a lost connection) is reported the same way,
+    /// nothing settled. A write the store refuses for good (a value over
+    /// its size rules) is logged and dropped, and the delivery settled,
+    /// since trying again cannot help.
+    pub async fn settle_writing(
+        self,
+        settlement: Settlement,
+        writes: &[StoreWrite],
+        store: &dyn Store,
+    ) -> Result<Settled, SettleError> {
+        if writes.is_empty() {
+            return self.settle(settlement).await;
+        }
+        if let Some(writing) = self.receipt.writing() {
+            return match writing.settle_writing(&settlement, writes).await {
+                Ok(settled) => Ok(settled),
+                Err(error) => Err(SettleError { error, delivery: Box::new(self) }),
+            };
+        }
+        match store.set_many(&StoreWrite::entries(writes)).await {
+            Ok(()) => {}
+            Err(error) if error.is_retryable() => {
+                let error = BrokerError::new(store_error_kind(&error), format!("writing to the store: {error}"));
+                return Err(SettleError { error, delivery: Box::new(self) });
+            }
+            Err(error) => {
+                tracing::error!(%error, "a write to the store that goes with a settlement was refused; settling without it");
+            }
+        }
+        self.settle(settlement).await
+    }
 }
 
 /// A settlement the broker could not be told of, with the delivery to try
@@ -388,6 +454,15 @@ impl SettleError {
     /// its claim lapses).
     pub fn into_error(self) -> BrokerError {
         self.error
+    }
+}
+
+/// The broker error kind of a store error that may pass.
+fn store_error_kind(error: &crate::StoreError) -> crate::BrokerErrorKind {
+    match error.kind() {
+        crate::StoreErrorKind::Timeout => crate::BrokerErrorKind::Timeout,
+        crate::StoreErrorKind::Unavailable => crate::BrokerErrorKind::Unavailable,
+        _ => crate::BrokerErrorKind::Connection,
     }
 }
 

@@ -60,6 +60,8 @@ macro_rules! broker_conformance {
             stale_settlement_after_the_same_consumer_claims_again,
             worker_retries_through_reschedule,
             worker_postpones_through_reschedule,
+            settlements_carry_store_writes,
+            worker_writes_with_the_settlement,
         );
     };
     (@cases $make:expr; $($case:ident,)*) => {
@@ -468,6 +470,103 @@ impl Suite {
         }
     }
 
+    /// Every settlement made with store writes (`Delivery::settle_writing`)
+    /// applies, and its writes are in the broker's store by the time it
+    /// returns — one settlement at a time, and many acks at once (which
+    /// brokers may batch) — and wake a waiter. A stale one changes nothing
+    /// of the message. Brokers without a store skip this.
+    pub async fn settlements_carry_store_writes(&self) {
+        let Some(store) = self.broker.store() else { return };
+        let queue = self.queue("writes");
+        let mut consumer = self.consumer(&queue, 32).await;
+        let settlements = [
+            Settlement::Ack,
+            Settlement::DeadLetter("with a write".into()),
+            Settlement::Requeue,
+            Settlement::Reschedule { body: body("again"), delay: Duration::ZERO },
+        ];
+        for (n, settlement) in settlements.into_iter().enumerate() {
+            self.put(&queue, "written", None).await;
+            let delivery = next(consumer.as_mut()).await;
+            let key = format!("{}:one:{n}", self.prefix);
+            let waiter = {
+                let (store, key) = (Arc::clone(&store), key.clone());
+                tokio::spawn(async move { store.wait_any(&[key], SOON).await })
+            };
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let writes = [crate::StoreWrite::new(key.clone(), format!("value {n}"), SOON * 10)];
+            let settled = delivery.settle_writing(settlement.clone(), &writes, store.as_ref()).await;
+            assert_eq!(settled.expect("settle"), Settled::Applied, "{settlement:?}");
+            assert_eq!(store.get(&key).await.expect("get"), Some(format!("value {n}").into_bytes()), "{settlement:?}");
+            let woken = waiter.await.expect("waiter").expect("wait");
+            assert_eq!(woken, Some((key, format!("value {n}").into_bytes())), "{settlement:?}");
+            if matches!(settlement, Settlement::Requeue | Settlement::Reschedule { .. }) {
+                let again = next(consumer.as_mut()).await;
+                again.settle(Settlement::Ack).await.expect("ack");
+            }
+        }
+        let count = 20;
+        for n in 0..count {
+            self.put(&queue, &format!("batch {n}"), None).await;
+        }
+        let mut acks = Vec::new();
+        for n in 0..count {
+            let delivery = next(consumer.as_mut()).await;
+            let store = Arc::clone(&store);
+            let key = format!("{}:many:{n}", self.prefix);
+            acks.push(tokio::spawn(async move {
+                let writes = [crate::StoreWrite::new(key.clone(), key.clone(), SOON * 10)];
+                let settled = delivery.settle_writing(Settlement::Ack, &writes, store.as_ref()).await.expect("ack");
+                assert_eq!(store.get(&key).await.expect("get"), Some(key.clone().into_bytes()));
+                settled
+            }));
+        }
+        for ack in acks {
+            assert_eq!(ack.await.expect("ack task"), Settled::Applied);
+        }
+        if let Some(admin) = self.broker.admin() {
+            self.put(&queue, "lapses", None).await;
+            let lapsed = next(consumer.as_mut()).await;
+            assert_eq!(admin.requeue_in_flight(&queue).await.expect("requeue in flight"), 1);
+            let owner = next(consumer.as_mut()).await;
+            let writes = [crate::StoreWrite::new(format!("{}:stale", self.prefix), "stale", SOON)];
+            let settled = lapsed.settle_writing(Settlement::Ack, &writes, store.as_ref()).await.expect("stale");
+            assert_eq!(settled, Settled::Stale);
+            assert_eq!(admin.stats(&queue).await.expect("stats").in_flight, 1);
+            owner.settle(Settlement::Ack).await.expect("ack");
+        }
+        consumer.close().await.expect("close");
+        if let Some(dead) = self.broker.dead_letters() {
+            dead.delete(&queue, Replay::All).await.expect("delete dead letters");
+        }
+        self.expect_drained(&queue).await;
+    }
+
+    /// A middleware's [`write_with_settlement`](crate::Controls::write_with_settlement)
+    /// is in the broker's store once the worker has settled the message,
+    /// for each of many messages settled concurrently.
+    pub async fn worker_writes_with_the_settlement(&self) {
+        let Some(store) = self.broker.store() else { return };
+        let tag = self.queue("written");
+        let app = App::builder_shared(Arc::clone(&self.broker))
+            .queue_prefix(self.queue("writes-"))
+            .middleware(WriteOnSettle)
+            .actor::<Nap>()
+            .build()
+            .expect("app");
+        let count = 30;
+        let mut ids = Vec::new();
+        for n in 0..count {
+            ids.push(Nap { millis: n % 3, tag: tag.clone() }.send(&app).await.expect("send").id());
+        }
+        let report = Worker::new(app.clone()).concurrency(8).run_until_drained(SOON).await.expect("drained");
+        assert_eq!(report.succeeded, count, "{report:?}");
+        for id in ids {
+            let key = WriteOnSettle::key(id);
+            assert_eq!(store.get(&key).await.expect("get"), Some(b"done".to_vec()), "{key}");
+        }
+    }
+
     async fn expect_drained(&self, queue: &str) {
         if let Some(admin) = self.broker.admin() {
             admin.join(queue, SOON).await.expect("drained");
@@ -550,6 +649,31 @@ impl crate::Middleware for PostponeOnce {
         }
         assert_eq!(ctx.retries(), 0, "a postponed message came back with a retry used");
         next.run(ctx).await
+    }
+}
+
+/// The suite's middleware that writes, with the settlement, `done` under
+/// [`WriteOnSettle::key`] of each message it saw end.
+#[derive(Debug)]
+struct WriteOnSettle;
+
+impl WriteOnSettle {
+    fn key(id: MessageId) -> String {
+        format!("conformance-written:{id}")
+    }
+}
+
+#[crate::async_trait]
+impl crate::Middleware for WriteOnSettle {
+    fn name(&self) -> &'static str {
+        "write_on_settle"
+    }
+
+    async fn handle(&self, ctx: &Context, next: crate::Next<'_>) -> crate::Outcome {
+        let outcome = next.run(ctx).await;
+        let write = crate::StoreWrite::new(Self::key(ctx.id()), "done", SOON * 10);
+        ctx.controls().write_with_settlement(write).expect("the broker has a store");
+        outcome
     }
 }
 

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use crate::store::StoreWrite;
 use crate::{App, Interrupted, Interruption, Message, MessageId, Options};
 
 fn micros(d: Duration) -> u64 {
@@ -50,11 +51,27 @@ struct Inner {
     /// actors). The flag says whether it is a child process.
     thread: OnceLock<(CancellationToken, bool)>,
     metadata: Mutex<Metadata>,
+    /// Writes to the broker's store that go with this delivery's
+    /// settlement ([`Controls::write_with_settlement`]).
+    settlement_writes: Mutex<Vec<StoreWrite>>,
+    /// Whether this process settles the delivery (not so in an isolated
+    /// actor's child process).
+    settles: bool,
 }
 
 impl Context {
     /// The context of `message`, whose options are already resolved.
     pub(crate) fn new(message: Message, options: Options, app: App, redelivered: bool) -> Self {
+        Self::with_settler(message, options, app, redelivered, true)
+    }
+
+    /// The context of `message` in an isolated actor's child process,
+    /// which does not settle it.
+    pub(crate) fn in_child(message: Message, options: Options, app: App, redelivered: bool) -> Self {
+        Self::with_settler(message, options, app, redelivered, false)
+    }
+
+    fn with_settler(message: Message, options: Options, app: App, redelivered: bool, settles: bool) -> Self {
         Self {
             inner: Arc::new(Inner {
                 message,
@@ -70,6 +87,8 @@ impl Context {
                 middleware_failures: AtomicU32::new(0),
                 thread: OnceLock::new(),
                 metadata: Mutex::default(),
+                settlement_writes: Mutex::default(),
+                settles,
             }),
         }
     }
@@ -272,6 +291,11 @@ impl Context {
     pub fn metadata<R>(&self, f: impl FnOnce(&mut Metadata) -> R) -> R {
         f(&mut crate::sync::lock(&self.inner.metadata))
     }
+
+    /// Takes the writes that go with this delivery's settlement.
+    pub(crate) fn take_settlement_writes(&self) -> Vec<StoreWrite> {
+        std::mem::take(&mut crate::sync::lock(&self.inner.settlement_writes))
+    }
 }
 
 /// What middleware do to an attempt beyond what its actor sees:
@@ -282,6 +306,29 @@ pub struct Controls<'a> {
 }
 
 impl Controls<'_> {
+    /// Makes `write` in the broker's [store](crate::Broker::store) with
+    /// this delivery's settlement rather than now: in the same round trip
+    /// where the broker can (the Redis broker's acks), and never after the
+    /// settlement takes effect, so that a message is not settled without
+    /// it. For a write that nothing reads before the message is settled —
+    /// the results middleware keeps a result this way. A write the store
+    /// cannot make for a reason that may pass holds the settlement back
+    /// and is tried again with it.
+    ///
+    /// # Errors
+    ///
+    /// Gives `write` back when the broker has no store
+    /// ([`Broker::store`](crate::Broker::store) is `None`: RabbitMQ), or
+    /// the attempt has no settlement of its own (an isolated actor's
+    /// child process): write it yourself.
+    pub fn write_with_settlement(&self, write: StoreWrite) -> Result<(), StoreWrite> {
+        if !self.ctx.inner.settles || self.ctx.inner.app.broker().store().is_none() {
+            return Err(write);
+        }
+        crate::sync::lock(&self.ctx.inner.settlement_writes).push(write);
+        Ok(())
+    }
+
     /// Records that this attempt has been asked to abort and will be
     /// interrupted after `grace` (used by the abort middleware).
     pub fn request_abort(&self, grace: Duration) {

@@ -308,7 +308,7 @@ async fn run_request(app: &App, request: Request) -> Response {
     };
     // The worker resolved them (message over actor) before sending.
     let options = message.options.clone();
-    let ctx = Context::new(message, options, app.clone(), request.redelivered);
+    let ctx = Context::in_child(message, options, app.clone(), request.redelivered);
     let job = match (actor.make_job)(&MessagePack, &ctx.message().args, ctx.clone()) {
         Ok(job) => job,
         Err(error) => return failed(Failure::from_error(error)),

@@ -61,7 +61,7 @@ pub use app::{App, AppBuilder, Remote, SendOptions, DEFAULT_MAX_MESSAGE_SIZE, MA
 pub use bounded::{Bounded, MAX_QUOTED_BYTES, MAX_REASON_BYTES};
 pub use broker::{
     Broker, Consumer, DeadLetter, DeadLetters, Delivery, Outgoing, Protocol, QueueAdmin, QueueStats, Receipt, Replay,
-    SettleError, Settled, Settlement,
+    SettleError, Settled, Settlement, WritingReceipt,
 };
 pub use call::Call;
 pub use context::{Context, Controls, Metadata};
@@ -80,7 +80,7 @@ pub use outcome::{NextAttempt, Outcome};
 pub use output::Output;
 pub use sent::Sent;
 pub use state::{MissingState, State};
-pub use store::{MemoryStore, Store, StoreError, StoreErrorKind};
+pub use store::{MemoryStore, Store, StoreError, StoreErrorKind, StoreWrite};
 pub use worker::{ShutdownHandle, Worker, WorkerError, WorkerGauges, WorkerReport};
 
 /// Re-exported so that middleware and brokers can be written without

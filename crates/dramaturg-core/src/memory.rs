@@ -68,7 +68,7 @@ struct Inner {
     queues: Mutex<HashMap<String, Arc<Queue>>>,
     dead_letter_limit: usize,
     /// What [`Broker::store`] gives: one per broker and its clones.
-    store: MemoryStore,
+    store: Arc<dyn Store>,
 }
 
 #[derive(Debug)]
@@ -190,7 +190,7 @@ impl MemoryBroker {
             inner: Arc::new(Inner {
                 queues: Mutex::default(),
                 dead_letter_limit: limit.max(1),
-                store: MemoryStore::new(),
+                store: Arc::new(MemoryStore::new()),
             }),
         }
     }
@@ -279,7 +279,7 @@ impl Broker for MemoryBroker {
     }
 
     fn store(&self) -> Option<Arc<dyn Store>> {
-        Some(Arc::new(self.inner.store.clone()))
+        Some(Arc::clone(&self.inner.store))
     }
 }
 

@@ -63,6 +63,7 @@ use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 
 use crate::error::BoxError;
 use crate::error::{BrokerError, BrokerErrorKind};
@@ -95,6 +96,42 @@ pub enum SetMode {
     /// everything it stands for (the abort middleware's "requests exist"
     /// key). A key of the other kind (a set) is replaced.
     Extend,
+}
+
+/// One value to write to a store as [`Store::set_many`] writes it
+/// (replacing what the key held, for `ttl`, waking its waiters): what a
+/// middleware hands to [`Context::write_with_settlement`](crate::Context::write_with_settlement).
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StoreWrite {
+    /// The key, under the [size rules](self).
+    pub key: String,
+    /// The value, under the size rules.
+    pub value: Bytes,
+    /// How long the value lives.
+    pub ttl: Duration,
+}
+
+impl StoreWrite {
+    /// `value` under `key` for `ttl`.
+    pub fn new(key: impl Into<String>, value: impl Into<Bytes>, ttl: Duration) -> Self {
+        Self { key: key.into(), value: value.into(), ttl }
+    }
+
+    /// The entries of `writes` as [`Store::set_many`] takes them.
+    pub fn entries(writes: &[Self]) -> Vec<(&str, &[u8], Duration)> {
+        writes.iter().map(|w| (w.key.as_str(), w.value.as_ref(), w.ttl)).collect()
+    }
+}
+
+impl fmt::Debug for StoreWrite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreWrite")
+            .field("key", &self.key)
+            .field("value_len", &self.value.len())
+            .field("ttl", &self.ttl)
+            .finish()
+    }
 }
 
 /// Keys with values and TTLs, and waiting for keys. Every store also has

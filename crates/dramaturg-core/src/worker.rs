@@ -52,6 +52,7 @@ use crate::failure::Failure;
 use crate::isolation::{Isolation, Pool};
 use crate::middleware::Next;
 use crate::outcome::{NextAttempt, Outcome};
+use crate::store::StoreWrite;
 use crate::watchdog::{Lease, Watchdog};
 use crate::{App, Context, Message};
 
@@ -634,7 +635,7 @@ async fn pump(shared: Arc<Shared>, mut consumer: Box<dyn Consumer>, queue: Strin
             biased;
             () = shared.stop.cancelled() => {
                 // Fetched but never started: returned, not counted.
-                settle(&shared, delivery, Settlement::Requeue, Count::Requeued).await;
+                settle(&shared, delivery, Settling::plain(Settlement::Requeue, Count::Requeued)).await;
                 break;
             }
             permit = Arc::clone(&shared.permits).acquire_owned() => permit,
@@ -647,25 +648,44 @@ async fn pump(shared: Arc<Shared>, mut consumer: Box<dyn Consumer>, queue: Strin
     }
 }
 
-/// Settles `delivery`, trying again while the broker fails for a transient
-/// reason; counts and logs a stale settlement. A retry that cannot be
-/// scheduled is not dropped (which would return it to its queue at once, to
-/// fail and come back in a tight loop): the delivery is held for the
-/// retry's delay, at least [`MIN_UNSCHEDULED_RETRY_HOLD`], then requeued.
-/// Settles `delivery`, trying again while the broker fails for a transient
-/// reason; returns how the delivery was counted (`None`: stale, or the
-/// broker could not be told).
-async fn settle(shared: &Shared, delivery: Delivery, settlement: Settlement, count: Count) -> Option<Count> {
-    let mut count = count;
+/// How a delivery is to be settled, and counted once it is.
+struct Settling {
+    settlement: Settlement,
+    /// Writes to the broker's store that go with the settlement
+    /// ([`Controls::write_with_settlement`](crate::Controls::write_with_settlement)).
+    writes: Vec<StoreWrite>,
+    count: Count,
+}
+
+impl Settling {
+    /// `settlement` with no writes.
+    fn plain(settlement: Settlement, count: Count) -> Self {
+        Self { settlement, writes: Vec::new(), count }
+    }
+}
+
+/// Settles `delivery` (with its store writes), trying again while the
+/// broker fails for a transient reason; counts and logs a stale
+/// settlement; returns how the delivery was counted (`None`: stale, or the
+/// broker could not be told). A retry that cannot be scheduled is not
+/// dropped (which would return it to its queue at once, to fail and come
+/// back in a tight loop): the delivery is held for the retry's delay, at
+/// least [`MIN_UNSCHEDULED_RETRY_HOLD`], then requeued.
+async fn settle(shared: &Shared, delivery: Delivery, settling: Settling) -> Option<Count> {
+    let Settling { mut settlement, writes, mut count } = settling;
+    let store = if writes.is_empty() { None } else { shared.app.broker().store() };
     let mut deadline = tokio::time::Instant::now() + SETTLE_RETRY_FOR;
     let mut backoff = Duration::from_millis(50);
     let mut delivery = delivery;
-    let mut settlement = settlement;
     // Whether a try failed: its answer may have been lost after the broker
     // applied it, and then this retry finds the claim settled (stale).
     let mut retried = false;
     loop {
-        match delivery.settle(settlement.clone()).await {
+        let settled = match &store {
+            Some(store) => delivery.settle_writing(settlement.clone(), &writes, store.as_ref()).await,
+            None => delivery.settle(settlement.clone()).await,
+        };
+        match settled {
             Ok(Settled::Applied) => return Some(count),
             Ok(Settled::Stale) if retried => {
                 shared.counters.stale.fetch_add(1, Ordering::Relaxed);
@@ -754,16 +774,16 @@ async fn process(shared: Arc<Shared>, delivery: Delivery, _permit: OwnedSemaphor
             );
             async {
                 let redelivered = delivery.redelivered();
-                let (settlement, count) = match shared.watchdog.as_ref().and_then(Watchdog::lease) {
+                let settling = match shared.watchdog.as_ref().and_then(Watchdog::lease) {
                     Some(lease) => lease.watch(run_message(&shared, message, redelivered, Some(&lease))).await,
                     None => run_message(&shared, message, redelivered, None).await,
                 };
-                settle(&shared, delivery, settlement, count).await
+                settle(&shared, delivery, settling).await
             }
             .instrument(span)
             .await
         }
-        Err(reason) => settle(&shared, delivery, reject(&reason), Count::Rejected).await,
+        Err(reason) => settle(&shared, delivery, Settling::plain(reject(&reason), Count::Rejected)).await,
     };
     if let Some(count) = counted {
         shared.counters.count(count);
@@ -823,25 +843,19 @@ fn missing_middleware(app: &App, message: &Message) -> Option<String> {
     needs.into_iter().find(|name| !app.has_middleware(name))
 }
 
-/// Runs one decoded message through the stack; returns how to settle it and
-/// how to count it once settled.
-async fn run_message(
-    shared: &Shared,
-    message: Message,
-    redelivered: bool,
-    lease: Option<&Lease>,
-) -> (Settlement, Count) {
+/// Runs one decoded message through the stack; returns how to settle it.
+async fn run_message(shared: &Shared, message: Message, redelivered: bool, lease: Option<&Lease>) -> Settling {
     let app = &shared.app;
     let Some(actor) = app.actor(&message.actor) else {
         let name = Bounded::quoted(&message.actor);
         let reason = format!("no actor named {:?} is registered in this app", name.as_str());
-        return (reject_message(app, &message, &reason).await, Count::Rejected);
+        return Settling::plain(reject_message(app, &message, &reason).await, Count::Rejected);
     };
     if let Some(missing) = missing_middleware(app, &message) {
         let reason = format!(
             "the message needs the {missing:?} middleware, which this worker's app does not have (add it to every app that runs these messages)"
         );
-        return (reject_message(app, &message, &reason).await, Count::Rejected);
+        return Settling::plain(reject_message(app, &message, &reason).await, Count::Rejected);
     }
     if let Some(lease) = lease {
         lease.set_actor(actor.name());
@@ -857,7 +871,7 @@ async fn run_message(
         Ok(job) => job,
         Err(error) => {
             let reason = format!("invalid arguments for actor {:?}: {error}", actor.name());
-            return (reject_message(app, ctx.message(), &reason).await, Count::Rejected);
+            return Settling::plain(reject_message(app, ctx.message(), &reason).await, Count::Rejected);
         }
     };
     tracing::debug!("message started");
@@ -901,7 +915,7 @@ async fn run_message(
     if let Some((thread, child)) = ctx.running_thread() {
         wait_for_thread(shared, &thread, child).await;
     }
-    (settlement, count)
+    Settling { settlement, writes: ctx.take_settlement_writes(), count }
 }
 
 /// Counts a message of a blocking actor as in flight while it lives.

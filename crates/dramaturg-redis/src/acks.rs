@@ -13,6 +13,11 @@
 //! that arrive meanwhile queue up and go together in the next. An ack
 //! alone goes at once, in a call of its own.
 //!
+//! Store writes that go with an ack (a message's result, see
+//! `WritingReceipt`) travel in the same round trip: the batch is one
+//! pipeline of their `SET`s and `PUBLISH`es followed by the `ACK_MANY`
+//! call, so Redis makes every write before it settles any ack of the batch.
+//!
 //! A settle future dropped after its ack was queued loses nothing: the
 //! task settles the ack anyway and drops the answer. The task ends when the
 //! consumer and all its receipts are gone; an ack that finds it gone (the
@@ -21,9 +26,9 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
-use dramaturg_core::{BrokerError, BrokerErrorKind, Settled};
+use dramaturg_core::{BrokerError, BrokerErrorKind, Settled, StoreWrite};
 use redis::aio::ConnectionManager;
-use redis::Value;
+use redis::{ErrorKind, ServerErrorKind, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::keys::QueueKeys;
@@ -46,6 +51,8 @@ type Answer = Result<Settled, BrokerError>;
 struct Pending {
     id: String,
     token: String,
+    /// Store writes to make before the ack.
+    writes: Vec<StoreWrite>,
     answer: oneshot::Sender<Answer>,
 }
 
@@ -63,6 +70,8 @@ struct Settler {
     keys: Arc<QueueKeys>,
     inflight: Arc<str>,
     outstanding: Outstanding,
+    /// The prefix of the broker's store keys.
+    store_prefix: String,
 }
 
 impl Acks {
@@ -74,8 +83,9 @@ impl Acks {
         keys: Arc<QueueKeys>,
         inflight: Arc<str>,
         outstanding: Outstanding,
+        store_prefix: String,
     ) -> Self {
-        let settler = Arc::new(Settler { conn, scripts, keys, inflight, outstanding });
+        let settler = Arc::new(Settler { conn, scripts, keys, inflight, outstanding, store_prefix });
         let (queue, pending) = mpsc::unbounded_channel();
         tokio::spawn(run(Arc::clone(&settler), pending));
         Self { queue, settler }
@@ -84,9 +94,11 @@ impl Acks {
     /// Acknowledges entry `id` under the claim `token`: `Applied`, or
     /// `Stale` when the claim is not current (then nothing changed; a
     /// second ack of an applied claim is stale too).
-    pub(crate) async fn ack(&self, id: &str, token: &str) -> Answer {
+    /// `writes` (in the broker's store, each within the store's size
+    /// rules) are made before it.
+    pub(crate) async fn ack(&self, id: &str, token: &str, writes: Vec<StoreWrite>) -> Answer {
         let (answer, answered) = oneshot::channel();
-        let pending = Pending { id: id.to_owned(), token: token.to_owned(), answer };
+        let pending = Pending { id: id.to_owned(), token: token.to_owned(), writes, answer };
         if let Err(mpsc::error::SendError(pending)) = self.queue.send(pending) {
             // The task is gone: settle alone.
             let mut settled = self.settler.settle(std::slice::from_ref(&pending)).await?;
@@ -121,19 +133,86 @@ async fn run(settler: Arc<Settler>, mut pending: mpsc::UnboundedReceiver<Pending
 }
 
 impl Settler {
-    /// Settles `batch` with one `ACK_MANY` call; one answer per ack, in
-    /// order. A settled ack (applied or stale) is no longer outstanding.
+    /// Settles `batch` with one `ACK_MANY` call, after its store writes;
+    /// one answer per ack, in order. A settled ack (applied or stale) is no
+    /// longer outstanding.
     async fn settle(&self, batch: &[Pending]) -> Result<Vec<Settled>, BrokerError> {
-        let mut invocation = self.scripts.ack_many.prepare_invoke();
-        invocation.key(&*self.inflight).key(&self.keys.claims).key(&self.keys.msgs);
-        for ack in batch {
-            invocation.arg(&ack.id).arg(&ack.token);
+        let what = if batch.len() == 1 { "settling a message" } else { "settling messages" };
+        let reply = if batch.iter().all(|ack| ack.writes.is_empty()) {
+            let mut invocation = self.scripts.ack_many.prepare_invoke();
+            invocation.key(&*self.inflight).key(&self.keys.claims).key(&self.keys.msgs);
+            for ack in batch {
+                invocation.arg(&ack.id).arg(&ack.token);
+            }
+            let mut conn = self.conn.clone();
+            invocation.invoke_async(&mut conn).await.map_err(|e| broker_error(e, what))?
+        } else {
+            self.write_and_settle(batch).await.map_err(|e| broker_error(e, what))?
+        };
+        self.answers(batch, reply)
+    }
+
+    /// One pipeline: the writes of `batch`, then `ACK_MANY` (by its hash;
+    /// on `NOSCRIPT` the script is loaded and the pipeline sent again,
+    /// which writes the same values again). A write Redis refuses (out of
+    /// memory) is logged and does not hold the acks back: the scripts run
+    /// when Redis is full, and so do settlements.
+    async fn write_and_settle(&self, batch: &[Pending]) -> redis::RedisResult<Vec<Value>> {
+        let mut pipe = redis::pipe();
+        let writes = batch.iter().flat_map(|ack| &ack.writes);
+        for write in writes.clone() {
+            let entry = (write.key.as_str(), write.value.as_ref(), write.ttl);
+            if let Err(error) = crate::store::pipe_writes(&mut pipe, &self.store_prefix, [entry]) {
+                tracing::error!(%error, "a store write that goes with an ack is outside the size rules; dropped");
+            }
         }
+        let mut ack = redis::cmd("EVALSHA");
+        ack.arg(self.scripts.ack_many.get_hash())
+            .arg(3)
+            .arg(&*self.inflight)
+            .arg(&self.keys.claims)
+            .arg(&self.keys.msgs);
+        for pending in batch {
+            ack.arg(&pending.id).arg(&pending.token);
+        }
+        pipe.add_command(ack).ignore_errors();
         let mut conn = self.conn.clone();
-        let reply: Vec<Value> = invocation
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| broker_error(e, if batch.len() == 1 { "settling a message" } else { "settling messages" }))?;
+        for loaded in [false, true] {
+            let mut replies: Vec<Value> = pipe.query_async(&mut conn).await?;
+            match replies.pop().unwrap_or(Value::Nil) {
+                Value::ServerError(error) if !loaded && error.kind() == Some(ServerErrorKind::NoScript) => {
+                    self.scripts.ack_many.prepare_invoke().load_async(&mut conn).await?;
+                }
+                // Nothing settled: the writes go again with the next try.
+                Value::ServerError(error) => return Err(error.into()),
+                Value::Array(reply) => {
+                    let mut refused = replies.iter().filter_map(|reply| match reply {
+                        Value::ServerError(error) => Some(error),
+                        _ => None,
+                    });
+                    if let Some(error) = refused.next() {
+                        tracing::error!(
+                            refused_commands = 1 + refused.count(),
+                            error = %error.details().unwrap_or_default(),
+                            "redis refused store writes that go with acks (results not kept); the acks are settled"
+                        );
+                    }
+                    return Ok(reply);
+                }
+                other => {
+                    return Err(redis::RedisError::from((
+                        ErrorKind::Client,
+                        "unexpected answer to ACK_MANY",
+                        format!("{other:?}"),
+                    )))
+                }
+            }
+        }
+        Err(redis::RedisError::from((ErrorKind::Client, "ACK_MANY is not loaded after SCRIPT LOAD")))
+    }
+
+    /// The answers of an `ACK_MANY` reply, one per ack of `batch`.
+    fn answers(&self, batch: &[Pending], reply: Vec<Value>) -> Result<Vec<Settled>, BrokerError> {
         if reply.len() != batch.len() {
             return Err(BrokerError::new(
                 BrokerErrorKind::Protocol,

@@ -7,7 +7,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use dramaturg_core::{BrokerError, BrokerErrorKind, Consumer, Delivery, MessageId, Receipt, Settled, Settlement};
+use dramaturg_core::store::{check_key, check_value};
+use dramaturg_core::{
+    Bounded, BrokerError, BrokerErrorKind, Consumer, Delivery, MessageId, Receipt, Settled, Settlement, StoreWrite,
+    WritingReceipt,
+};
 use redis::Value;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
@@ -63,6 +67,7 @@ impl RedisConsumer {
             Arc::clone(&keys),
             Arc::clone(&inflight),
             Arc::clone(&outstanding),
+            crate::store::prefix(&shared.config),
         );
         Self {
             shared,
@@ -284,7 +289,7 @@ impl Receipt for RedisReceipt {
         let invocation = match settlement {
             // Coalesced with this consumer's other acks; the ack is no
             // longer outstanding once its batch is settled.
-            Settlement::Ack => return self.acks.ack(&self.id, &self.token).await,
+            Settlement::Ack => return self.acks.ack(&self.id, &self.token, Vec::new()).await,
             Settlement::DeadLetter(reason) => {
                 let mut invocation = self.fenced(&scripts.dead);
                 invocation
@@ -326,6 +331,33 @@ impl Receipt for RedisReceipt {
             invocation.invoke_async(&mut conn).await.map_err(|e| broker_error(e, "settling a message"))?;
         lock(&self.outstanding).remove(&self.id);
         Ok(if applied == 1 { Settled::Applied } else { Settled::Stale })
+    }
+
+    fn writing(&self) -> Option<&dyn WritingReceipt> {
+        Some(self)
+    }
+}
+
+/// Acks carry their writes in their batch's round trip; the rarer
+/// settlements write first, then settle.
+#[async_trait]
+impl WritingReceipt for RedisReceipt {
+    async fn settle_writing(&self, settlement: &Settlement, writes: &[StoreWrite]) -> Result<Settled, BrokerError> {
+        let valid = |w: &&StoreWrite| check_key(&w.key).and_then(|()| check_value(&w.value)).is_ok();
+        for write in writes.iter().filter(|w| !valid(w)) {
+            tracing::error!(key = %Bounded::quoted(&write.key), "a store write that goes with a settlement is outside the store's size rules; dropped");
+        }
+        let writes = writes.iter().filter(valid);
+        if let Settlement::Ack = settlement {
+            return self.acks.ack(&self.id, &self.token, writes.cloned().collect()).await;
+        }
+        let mut pipe = redis::pipe();
+        let prefix = crate::store::prefix(&self.shared.config);
+        crate::store::pipe_writes(&mut pipe, &prefix, writes.map(|w| (w.key.as_str(), w.value.as_ref(), w.ttl)))
+            .map_err(|e| BrokerError::new(BrokerErrorKind::InvalidInput, e.to_string()))?;
+        let mut conn = self.shared.conn.clone();
+        pipe.query_async::<()>(&mut conn).await.map_err(|e| broker_error(e, "writing to the store"))?;
+        self.settle(settlement).await
     }
 }
 

@@ -223,7 +223,7 @@ impl RedisStore {
     fn new(client: redis::Client, conn: ConnectionManager, config: &RedisConfig) -> Self {
         Self {
             conn,
-            prefix: format!("{}:store:", config.namespace),
+            prefix: prefix(config),
             url: redact_password(&config.url),
             scripts: Scripts {
                 set: Script::new(SET),
@@ -248,6 +248,40 @@ impl RedisStore {
     fn store_key<'k>(&self, key: &'k str) -> &'k str {
         key.strip_prefix(self.prefix.as_str()).unwrap_or(key)
     }
+}
+
+/// The prefix of the store's keys: `<namespace>:store:`.
+pub(crate) fn prefix(config: &RedisConfig) -> String {
+    format!("{}:store:", config.namespace)
+}
+
+/// Adds to `pipe`, for each entry, `SET <prefix><key> value PX ttl` and
+/// `PUBLISH <prefix><key> value`: what `set`'s script does in its `Always`
+/// mode (a waiter subscribes before it reads, so it sees the value either
+/// way); their replies are not ignored. The store's `set_many` and the
+/// broker's settlements that carry writes both write this way.
+///
+/// # Errors
+///
+/// [`StoreErrorKind::InvalidInput`] for an entry outside the size rules;
+/// `pipe` then holds the entries before it.
+pub(crate) fn pipe_writes<'a>(
+    pipe: &mut redis::Pipeline,
+    prefix: &str,
+    entries: impl IntoIterator<Item = (&'a str, &'a [u8], Duration)>,
+) -> Result<(), StoreError> {
+    for (key, value, ttl) in entries {
+        check_key(key)?;
+        check_value(value)?;
+        let key = [prefix.as_bytes(), key.as_bytes()].concat();
+        let bytes = 2 * (key.len() + value.len()) + 40;
+        let mut set = redis::Cmd::with_capacity(5, bytes);
+        set.arg("SET").arg(&key).arg(value).arg("PX").arg(ttl_millis(ttl));
+        let mut publish = redis::Cmd::with_capacity(3, bytes);
+        publish.arg("PUBLISH").arg(&key).arg(value);
+        pipe.add_command(set).add_command(publish);
+    }
+    Ok(())
 }
 
 impl fmt::Debug for RedisStore {
@@ -287,20 +321,13 @@ impl Store for RedisStore {
     }
 
     /// One pipeline of `SET key value PX ttl` and `PUBLISH key value` per
-    /// entry: the same as `set`'s script in its `Always` mode (a waiter
-    /// subscribes before it reads, so it sees the value either way), in one
-    /// round trip.
+    /// entry (see [`pipe_writes`]), in one round trip.
     async fn set_many(&self, entries: &[(&str, &[u8], Duration)]) -> Result<(), StoreError> {
         if entries.is_empty() {
             return Ok(());
         }
         let mut pipe = redis::pipe();
-        for (key, value, ttl) in entries {
-            let key = self.key(key)?;
-            check_value(value)?;
-            pipe.cmd("SET").arg(&key).arg(*value).arg("PX").arg(ttl_millis(*ttl)).ignore();
-            pipe.cmd("PUBLISH").arg(&key).arg(*value).ignore();
-        }
+        pipe_writes(&mut pipe, &self.prefix, entries.iter().copied())?;
         let mut conn = self.conn.clone();
         pipe.query_async::<()>(&mut conn).await.map_err(|e| store_error(e, "set_many"))
     }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use dramaturg_core::store::{SetMode, Store, StoreError};
+use dramaturg_core::store::{SetMode, Store, StoreError, StoreWrite};
 use dramaturg_core::Encoder;
 
 use crate::stored::Stored;
@@ -45,6 +45,16 @@ impl Backend {
             }
             #[cfg(feature = "redis")]
             Self::Dramatiq(layout) => layout.keep(whose, stored, ttl, encoder).await,
+        }
+    }
+
+    /// The write that keeps `stored` as `whose` result in the store's
+    /// layout (`None` in Dramatiq's, which is written its own way).
+    pub(crate) fn store_write(&self, whose: &Whose, stored: &Stored, ttl: Duration) -> Option<StoreWrite> {
+        match self {
+            Self::Store(..) => Some(StoreWrite::new(result_key(whose.id), stored.to_bytes(), ttl)),
+            #[cfg(feature = "redis")]
+            Self::Dramatiq(_) => None,
         }
     }
 

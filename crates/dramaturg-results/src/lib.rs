@@ -232,10 +232,37 @@ impl Results {
         options.option(RESULT_TTL).ok().flatten().map_or(self.ttl, Duration::from_millis)
     }
 
-    async fn keep(&self, app: &App, whose: &Whose, stored: &Stored, ttl: Duration) {
+    /// Keeps `stored` as `whose` result: with the settlement of `ctx`'s
+    /// delivery when given one and the store can take it so, else at once.
+    async fn keep(&self, app: &App, whose: &Whose, stored: &Stored, ttl: Duration, ctx: Option<&Context>) {
+        if let Some(ctx) = ctx {
+            let write = self.backend.store_write(whose, stored, ttl);
+            if write.is_some_and(|write| ctx.controls().write_with_settlement(write).is_ok()) {
+                return;
+            }
+        }
         if let Err(error) = self.backend.keep(whose, stored, ttl, app.encoder()).await {
             tracing::error!(%error, "cannot keep the message's result; a waiter will time out");
         }
+    }
+
+    /// Whether results are written with the settlement of `app`'s
+    /// deliveries: the store is the broker's own
+    /// ([`Broker::store`](dramaturg_core::Broker::store)), on its server
+    /// (one round trip with the ack). A process-local store is written at
+    /// once: it has no round trip to save.
+    fn with_settlement(&self, app: &App) -> bool {
+        !self.store.is_process_local()
+            && app
+                .broker()
+                .store()
+                .is_some_and(|store| std::ptr::addr_eq(Arc::as_ptr(&store), Arc::as_ptr(&self.store)))
+    }
+
+    /// Whether a message with `options` leaves anything to keep when it
+    /// ends: its result, a pipeline's, a group member's completion.
+    fn keeps_anything(&self, options: &Options, pipeline: Option<&pipeline::Continuation>) -> bool {
+        pipeline.is_some() || options.extra.contains_key(membership::GROUP.name()) || self.kept_for(options).is_some()
     }
 
     /// Keeps what a message that ended with `stored` leaves: its own result
@@ -243,31 +270,52 @@ impl Results {
     /// (`carried_on`: the next step was sent instead); the group member's
     /// completion when its chain ended.
     ///
+    /// Results go with the settlement of `ctx`'s delivery when given one
+    /// (one round trip with the ack on Redis) — but not a group member's:
+    /// the group's completion is recorded after its members' results, so
+    /// that its callback and waiters find them.
+    ///
     /// # Errors
     ///
     /// Why the group's completion could not be recorded.
     async fn finish(
         &self,
-        app: &App,
-        message: &Message,
-        options: &Options,
+        ended: Ended<'_>,
         pipeline: Option<&pipeline::Continuation>,
         stored: &Stored,
         carried_on: bool,
     ) -> Result<(), CarryOnError> {
+        let Ended { app, message, options, ctx } = ended;
+        let membership = if carried_on { None } else { read_option(options, membership::GROUP) };
+        let ctx = ctx.filter(|ctx| membership.is_none() && self.with_settlement(ctx.app()));
         if let Some(ttl) = self.kept_for(options) {
-            self.keep(app, &Whose::of(message), stored, ttl).await;
+            self.keep(app, &Whose::of(message), stored, ttl, ctx).await;
         }
         if carried_on {
             return Ok(());
         }
         if let Some((pipeline, last)) = pipeline.and_then(|p| Some((p, p.last_step()?))) {
-            self.keep(app, &last, stored, Duration::from_millis(pipeline.ttl_ms)).await;
+            self.keep(app, &last, stored, Duration::from_millis(pipeline.ttl_ms), ctx).await;
         }
-        match read_option(options, membership::GROUP) {
+        match membership {
             Some(membership) => membership.finished(app, self.store.as_ref()).await.map_err(CarryOnError::Group),
             None => Ok(()),
         }
+    }
+}
+
+/// A message that ended, and the delivery it ran in (`None`: it was
+/// rejected before it could run).
+struct Ended<'a> {
+    app: &'a App,
+    message: &'a Message,
+    options: &'a Options,
+    ctx: Option<&'a Context>,
+}
+
+impl<'a> Ended<'a> {
+    fn ran(ctx: &'a Context) -> Self {
+        Self { app: ctx.app(), message: ctx.message(), options: ctx.options(), ctx: Some(ctx) }
     }
 }
 
@@ -343,6 +391,9 @@ impl Middleware for Results {
         let options = ctx.options();
         let mut carried_on = false;
         let pipeline = read_option(options, pipeline::PIPELINE);
+        if !self.keeps_anything(options, pipeline.as_ref()) {
+            return outcome;
+        }
         if let (Some(pipeline), Outcome::Succeeded(output)) = (&pipeline, &outcome) {
             match pipeline.send_next(ctx, output).await {
                 Ok(()) => carried_on = pipeline.last_step().is_some(),
@@ -355,8 +406,7 @@ impl Middleware for Results {
         let Some(stored) = Stored::of(&mut outcome, ctx.app().encoder(), self.max_size) else {
             return outcome;
         };
-        if let Err(error) = self.finish(ctx.app(), ctx.message(), options, pipeline.as_ref(), &stored, carried_on).await
-        {
+        if let Err(error) = self.finish(Ended::ran(ctx), pipeline.as_ref(), &stored, carried_on).await {
             tracing::error!(%error, "the group's completion could not be recorded");
             if matches!(outcome, Outcome::Succeeded(_)) {
                 outcome = Outcome::Failed(Failure::from_error(error));
@@ -373,10 +423,11 @@ impl Middleware for Results {
         let stored = Stored::failure("Rejected", reason.as_str());
         let options = app.options_for(message);
         if self.kept_for(&options).is_none() {
-            self.keep(app, &Whose::of(message), &stored, self.ttl_for(&options)).await;
+            self.keep(app, &Whose::of(message), &stored, self.ttl_for(&options), None).await;
         }
         let pipeline = read_option(&options, pipeline::PIPELINE);
-        if let Err(error) = self.finish(app, message, &options, pipeline.as_ref(), &stored, false).await {
+        let ended = Ended { app, message, options: &options, ctx: None };
+        if let Err(error) = self.finish(ended, pipeline.as_ref(), &stored, false).await {
             tracing::error!(%error, "the group's completion could not be recorded");
         }
     }

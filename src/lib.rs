@@ -20,7 +20,7 @@ pub use dramaturg_core::{
     Controls, DeadLetter, DeadLetterView, DeadLetters, DeclaredOption, DecodedMessage, Delivery, Encoder, EnqueueError,
     ErrorRecord, ErrorType, Fail, Failure, FailureKind, Interrupted, Interruption, Job, Json, MemoryBroker,
     MemoryStore, Message, MessageId, MessagePack, Metadata, Middleware, MissingState, Next, NextAttempt, OptionError,
-    OptionKey, Options, Outcome, Outgoing, Output, ParseMessageIdError, Protocol, QueueAdmin, QueueStats, Receipt,
+    OptionKey, Options, Outcome, Outgoing, Output, ParseMessageIdError, Protocol, QueueAdmin, QueueStats, Receipt, SendClaim,
     RecordLimits, Remote, Replay, ReplayError, ReplayReport, ReplayRetries, Retry, SendOptions, Sent, SettleError,
     Settled, Settlement, ShutdownHandle, State, Store, StoreError, StoreErrorKind, Worker, WorkerError, WorkerGauges,
     WorkerReport, DEFAULT_MAX_MESSAGE_SIZE, ETA,

@@ -31,6 +31,11 @@ pub use dramaturg_error_capture as error_capture;
 #[cfg(feature = "rate-limits")]
 #[cfg_attr(docsrs, doc(cfg(feature = "rate-limits")))]
 pub use dramaturg_rate_limits as rate_limits;
+/// Periodic (cron) jobs enqueued once across a fleet of workers, and
+/// unique jobs.
+#[cfg(feature = "schedule")]
+#[cfg_attr(docsrs, doc(cfg(feature = "schedule")))]
+pub use dramaturg_schedule as schedule;
 /// The Redis broker.
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]

@@ -163,10 +163,7 @@ async fn missed_ticks_are_caught_up_to_the_bound_after_a_five_second_stop() {
     let (ticks, stopped, restarted) = stop_for_five_seconds(Missed::CatchUp { max: 2 }).await;
     // About four ticks fell due during the stop, more than a grace before
     // the restart: the latest two of them are enqueued, the others not.
-    let missed: Vec<u64> = (stopped / 1000 + 1..)
-        .map(|s| s * 1000)
-        .take_while(|t| *t < restarted - 1000)
-        .collect();
+    let missed: Vec<u64> = (stopped / 1000 + 1..).map(|s| s * 1000).take_while(|t| *t < restarted - 1000).collect();
     assert!(missed.len() >= 3, "the stop was too short: {stopped}..{restarted}");
     let caught_up: Vec<u64> = missed.iter().copied().filter(|t| ticks.contains_key(t)).collect();
     let latest: Vec<u64> = missed[missed.len() - caught_up.len().max(1)..].to_vec();
@@ -276,9 +273,8 @@ async fn eight_concurrent_senders_in_two_processes_enqueue_one_message() {
     let log = support::temp_log("unique-senders");
     let spec = format!("{ns}|{}|{}", log.display(), now_ms() + 3000);
     let dir = std::env::temp_dir();
-    let mut senders: Vec<_> = (0..2)
-        .map(|n| support::KillOnDrop(support::spawn_worker(SENDER_CHILD, &dir, 9300 + n, &spec)))
-        .collect();
+    let mut senders: Vec<_> =
+        (0..2).map(|n| support::KillOnDrop(support::spawn_worker(SENDER_CHILD, &dir, 9300 + n, &spec))).collect();
     for sender in &mut senders {
         let status = sender.0.wait().unwrap();
         assert!(status.success(), "a sender failed: {status}");
@@ -288,7 +284,10 @@ async fn eight_concurrent_senders_in_two_processes_enqueue_one_message() {
     assert_eq!(sent.len(), 1, "exactly one send enqueued: {sent:?}");
     assert_eq!(duplicates.len(), 7, "{duplicates:?}");
     let id = sent[0].split(' ').nth(1).unwrap();
-    assert!(duplicates.iter().all(|line| line.split(' ').nth(1) == Some(id)), "each names the one sent: {duplicates:?}");
+    assert!(
+        duplicates.iter().all(|line| line.split(' ').nth(1) == Some(id)),
+        "each names the one sent: {duplicates:?}"
+    );
     let pids: BTreeSet<_> = sent.iter().chain(&duplicates).map(|line| line.split(' ').nth(2).unwrap()).collect();
     assert_eq!(pids.len(), 2, "both processes sent");
     let app = unique_app(&ns).await;
@@ -363,11 +362,11 @@ async fn a_key_held_by_a_killed_worker_lapses_after_its_ttl() {
     let log = support::temp_log("unique-crash");
     let app = unique_app(&ns).await;
     let ttl = Duration::from_secs(4);
-    let options = SendOptions::default().with_options(|o| o.with_option(dramaturg::schedule::unique::UNIQUE_TTL_MS, 4000));
+    let options =
+        SendOptions::default().with_options(|o| o.with_option(dramaturg::schedule::unique::UNIQUE_TTL_MS, 4000));
     let sent_at = Instant::now();
     let first = export("hang", &log).send_with(&app, options.clone()).await.unwrap();
-    let mut holder =
-        support::KillOnDrop(support::spawn_worker(HOLDER_CHILD, &std::env::temp_dir(), 9400, &ns));
+    let mut holder = support::KillOnDrop(support::spawn_worker(HOLDER_CHILD, &std::env::temp_dir(), 9400, &ns));
     support::wait_for("the export to start", Duration::from_secs(20), || !support::logged(&log, "started").is_empty())
         .await;
     holder.0.kill().unwrap(); // SIGKILL: nothing releases the key

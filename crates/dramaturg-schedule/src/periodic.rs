@@ -174,7 +174,9 @@ pub fn next_runs(app: &App) -> Result<Vec<NextRun>, MissingState> {
     let now = app.broker().now_ms();
     Ok(schedules
         .iter()
-        .filter_map(|s| s.next_after(now).map(|at_ms| NextRun { schedule: s.name().to_owned(), actor: s.actor(), at_ms }))
+        .filter_map(|s| {
+            s.next_after(now).map(|at_ms| NextRun { schedule: s.name().to_owned(), actor: s.actor(), at_ms })
+        })
         .collect())
 }
 

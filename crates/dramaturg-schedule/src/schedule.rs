@@ -141,9 +141,10 @@ impl Schedule {
     /// [`ScheduleError::Invalid`] for an empty name.
     pub fn cron<A: Actor>(name: impl Into<String>, expression: &str, message: A) -> Result<Self, ScheduleError> {
         let name = name.into();
-        let cron = CronParser::builder().seconds(Seconds::Optional).build().parse(expression).map_err(|source| {
-            ScheduleError::Cron { name: name.clone(), expression: expression.to_owned(), source }
-        })?;
+        let cron =
+            CronParser::builder().seconds(Seconds::Optional).build().parse(expression).map_err(|source| {
+                ScheduleError::Cron { name: name.clone(), expression: expression.to_owned(), source }
+            })?;
         Self::new(name, Every::Cron { cron: Box::new(cron), zone: TimeZone::UTC }, message)
     }
 
@@ -194,8 +195,11 @@ impl Schedule {
     /// [`ScheduleError::TimeZone`] for a zone the tz database does not
     /// know, [`ScheduleError::Invalid`] on an interval schedule.
     pub fn time_zone(mut self, zone: &str) -> Result<Self, ScheduleError> {
-        let found = TimeZone::get(zone)
-            .map_err(|source| ScheduleError::TimeZone { name: self.name.clone(), zone: zone.to_owned(), source })?;
+        let found = TimeZone::get(zone).map_err(|source| ScheduleError::TimeZone {
+            name: self.name.clone(),
+            zone: zone.to_owned(),
+            source,
+        })?;
         match &mut self.every {
             Every::Cron { zone, .. } => *zone = found,
             Every::Interval(_) => {

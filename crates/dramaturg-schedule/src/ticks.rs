@@ -82,7 +82,11 @@ mod tests {
     }
 
     fn every_second(missed: Missed) -> Schedule {
-        Schedule::interval("s", Duration::from_secs(1), Tick).unwrap().grace(Duration::from_millis(1500)).missed(missed).unwrap()
+        Schedule::interval("s", Duration::from_secs(1), Tick)
+            .unwrap()
+            .grace(Duration::from_millis(1500))
+            .missed(missed)
+            .unwrap()
     }
 
     #[test]

@@ -182,7 +182,9 @@ impl Unique {
         };
         let scope = scope.parse()?;
         let ttl = match options.option(UNIQUE_TTL_MS).map_err(invalid)? {
-            Some(0) => return Err(UniqueConfigError("a unique_ttl_ms of 0 holds no key; it must be at least 1".into())),
+            Some(0) => {
+                return Err(UniqueConfigError("a unique_ttl_ms of 0 holds no key; it must be at least 1".into()))
+            }
             Some(ms) => Duration::from_millis(ms),
             None => DEFAULT_TTL,
         };

@@ -100,10 +100,10 @@ impl UniqueJobs {
             }
             // Released or lapsed between the two calls: claim again.
             let Some(holder) = self.store.get(key).await.map_err(|e| rejected(e.into()))? else { continue };
-            let existing = std::str::from_utf8(&holder)
-                .ok()
-                .and_then(|text| text.parse::<MessageId>().ok())
-                .ok_or_else(|| rejected(format!("the uniqueness key {key:?} holds something other than a message id").into()))?;
+            let existing =
+                std::str::from_utf8(&holder).ok().and_then(|text| text.parse::<MessageId>().ok()).ok_or_else(|| {
+                    rejected(format!("the uniqueness key {key:?} holds something other than a message id").into())
+                })?;
             return Err(EnqueueError::Duplicate { existing, key: Bounded::quoted(key) });
         }
         Err(rejected(format!("the uniqueness key {key:?} kept changing hands; try again").into()))
@@ -150,7 +150,12 @@ impl Middleware for UniqueJobs {
     }
 
     fn declared_options(&self) -> Vec<DeclaredOption> {
-        vec![UNIQUE.declare_local(), UNIQUE_TTL_MS.declare_local(), UNIQUE_KEY.declare_local(), UNIQUE_CLAIM.declare_local()]
+        vec![
+            UNIQUE.declare_local(),
+            UNIQUE_TTL_MS.declare_local(),
+            UNIQUE_KEY.declare_local(),
+            UNIQUE_CLAIM.declare_local(),
+        ]
     }
 
     fn send_claim(&self) -> Option<&dyn SendClaim> {

@@ -19,7 +19,7 @@ use dramaturg::abort::{abort, AbortOptions};
 use dramaturg::middleware::names::AGE_LIMIT;
 use dramaturg::prelude::*;
 use dramaturg::schedule::{Missed, Periodic, Schedule, UniqueJobs, PERIODIC_TICK_MS};
-use dramaturg::{BoxError, EnqueueError, MessageId};
+use dramaturg::{BoxError, Broker, EnqueueError, MessageId};
 use serde::{Deserialize, Serialize};
 
 const REDIS: &str = "redis://127.0.0.1:6379";
@@ -113,6 +113,43 @@ async fn three_worker_processes_enqueue_each_tick_once_while_one_is_killed_and_r
     let missing: Vec<u64> = (first..=last).step_by(1000).filter(|tick| !ticks.contains_key(tick)).collect();
     assert!(missing.is_empty(), "ticks never enqueued: {missing:?} (of {first}..={last})");
     println!("{} ticks, each enqueued once, by three workers (one killed and restarted)", ticks.len());
+}
+
+const SKEWED_CHILD: &str = "periodic_skewed_child";
+
+/// A worker child with the 1-second schedule whose clock is skewed by
+/// libfaketime, `ns|log`, until SIGTERM.
+#[test]
+fn periodic_skewed_child() {
+    let Ok(spec) = std::env::var(support::CHILD) else { return };
+    let (ns, log) = spec.split_once('|').unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(async {
+        let app = periodic_app(ns, log, Missed::Skip).await;
+        Worker::new(app).run_until_signal().await.unwrap();
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_clock_is_30_s_fast_ticks_by_the_redis_clock() {
+    if support::is_child() {
+        return;
+    }
+    let ns = support::namespace();
+    let log = support::temp_log("periodic-skewed");
+    let clock = support::redis_broker(REDIS, &ns).await;
+    let started = clock.now_ms();
+    let mut child =
+        support::KillOnDrop(support::spawn_skewed(SKEWED_CHILD, &format!("{ns}|{}", log.display()), "+30s"));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    support::terminate(&mut child.0);
+    let stopped = clock.now_ms();
+    drain(&ns).await;
+    let ticks = ticks(&log);
+    assert!(ticks.len() >= 2, "the skewed worker enqueued {ticks:?}");
+    // By its own clock, the ticks would have been 30 s ahead.
+    let off: Vec<_> = ticks.keys().filter(|t| **t + 1000 < started || **t > stopped).collect();
+    assert!(off.is_empty(), "ticks outside {started}..={stopped} by the Redis clock: {off:?}");
 }
 
 /// Runs a worker with the 1-second schedule for 3 s, stops it for 5 s,

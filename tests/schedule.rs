@@ -18,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use dramaturg::abort::{abort, AbortOptions};
 use dramaturg::middleware::names::AGE_LIMIT;
 use dramaturg::prelude::*;
+use dramaturg::schedule::unique::Unique;
 use dramaturg::schedule::{Missed, Periodic, Schedule, UniqueJobs, PERIODIC_TICK_MS};
 use dramaturg::{BoxError, Broker, EnqueueError, MessageId};
 use serde::{Deserialize, Serialize};
@@ -376,6 +377,58 @@ async fn a_key_is_kept_through_a_retry_and_released_after_the_final_failure() {
     let report = running.await.unwrap().unwrap();
     assert_eq!((report.retried, report.failed), (1, 1), "{report:?}");
     export("fail", &log).send(&app).await.expect("released after the final failure");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_keys_free_when_a_worker_takes_the_message_and_fixed_ones_hold_for_their_period() {
+    if support::is_child() {
+        return;
+    }
+    let ns = support::namespace();
+    let log = support::temp_log("unique-scopes");
+    let app = unique_app(&ns).await;
+
+    let fixed =
+        SendOptions::default().with_options(|o| Unique::for_duration(Duration::from_secs(60)).key("daily").apply(o));
+    let daily = Export { customer: 1, mode: "ok".into(), log: log.display().to_string() };
+    let first = daily.send_with(&app, fixed.clone()).await.unwrap();
+    let report = Worker::new(app.clone()).run_until_drained(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(report.succeeded, 1);
+    // It succeeded, and its key holds for the period, for any arguments.
+    let other = Export { customer: 2, ..daily };
+    match other.send_with(&app, fixed).await {
+        Err(EnqueueError::Duplicate { existing, .. }) => assert_eq!(existing, first.id()),
+        sent => panic!("a fixed key holds for its period: {sent:?}"),
+    }
+
+    let queued = SendOptions::default().with_options(|o| Unique::while_queued().apply(o));
+    let first = export("hang", &log).send_with(&app, queued.clone()).await.unwrap();
+    assert_duplicate(&app, &export("hang", &log), first.id()).await;
+    let worker = Worker::new(app.clone()).grace_period(Duration::from_millis(100));
+    let shutdown = worker.shutdown_handle();
+    let running = tokio::spawn(worker.run());
+    support::wait_for("the export to start", Duration::from_secs(20), || !support::logged(&log, "started").is_empty())
+        .await;
+    // Running, no longer queued: another is accepted.
+    export("hang", &log).send_with(&app, queued).await.expect("released when a worker took it");
+    shutdown.shutdown();
+    running.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_that_fails_after_its_claim_releases_the_key() {
+    if support::is_child() {
+        return;
+    }
+    let app = unique_app(&support::namespace()).await;
+    // Over the app's 1 MiB limit: refused after the key was claimed.
+    let huge = Export { customer: 9, mode: "ok".into(), log: "x".repeat(2 << 20) };
+    for _ in 0..2 {
+        match huge.send(&app).await {
+            Err(EnqueueError::TooLarge { .. }) => {}
+            other => panic!("expected TooLarge (a key left held would make it a Duplicate): {other:?}"),
+        }
+    }
 }
 
 const HOLDER_CHILD: &str = "unique_holder_child";

@@ -75,12 +75,9 @@ const FLEET_CHILD: &str = "periodic_fleet_child";
 /// A worker child with the 1-second schedule, `ns|log`, until SIGTERM.
 #[test]
 fn periodic_fleet_child() {
-    let Some((_, spec)) = support::child_spec() else { return };
-    let (ns, log) = spec.split_once('|').unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    runtime.block_on(async {
-        let app = periodic_app(ns, log, Missed::Skip).await;
-        Worker::new(app).concurrency(4).run_until_signal().await.unwrap();
+    support::run_worker_child(|spec| async move {
+        let (ns, log) = spec.split_once('|').unwrap();
+        periodic_app(ns, log, Missed::Skip).await
     });
 }
 
@@ -436,11 +433,7 @@ const HOLDER_CHILD: &str = "unique_holder_child";
 /// A worker child that runs exports, `ns`, until killed.
 #[test]
 fn unique_holder_child() {
-    let Some((_, ns)) = support::child_spec() else { return };
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    runtime.block_on(async {
-        Worker::new(unique_app(&ns).await).run_until_signal().await.unwrap();
-    });
+    support::run_worker_child(|ns| async move { unique_app(&ns).await });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -197,7 +197,10 @@ impl App {
         }
     }
 
-    /// Enqueues many messages built earlier in one broker call.
+    /// Enqueues many messages built earlier in one broker call. The
+    /// middleware's send claims are made for each message; when any
+    /// message is refused or the broker fails, every claim made is
+    /// released.
     ///
     /// # Errors
     ///

@@ -260,10 +260,12 @@ impl Ticker {
         loop {
             let now = self.app.broker().now_ms();
             for tick in due(&self.schedule, cursor, now) {
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = self.enqueue(tick) => {}
+                if stop.is_cancelled() {
+                    return;
                 }
+                // Not raced against `stop`: a send dropped after its claim
+                // would lose the tick for every worker.
+                self.enqueue(tick).await;
             }
             cursor = cursor.max(now);
             let Some(next) = self.schedule.next_after(now) else {

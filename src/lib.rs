@@ -21,9 +21,9 @@ pub use dramaturg_core::{
     ErrorRecord, ErrorType, Fail, Failure, FailureKind, Interrupted, Interruption, Job, Json, MemoryBroker,
     MemoryStore, Message, MessageId, MessagePack, Metadata, Middleware, MissingState, Next, NextAttempt, OptionError,
     OptionKey, Options, Outcome, Outgoing, Output, ParseMessageIdError, Protocol, QueueAdmin, QueueStats, Receipt,
-    RecordLimits, Remote, Replay, ReplayError, ReplayReport, ReplayRetries, Retry, SendOptions, Sent, SettleError,
-    Settled, Settlement, ShutdownHandle, State, Store, StoreError, StoreErrorKind, Worker, WorkerError, WorkerGauges,
-    WorkerReport, DEFAULT_MAX_MESSAGE_SIZE, ETA,
+    RecordLimits, Remote, Replay, ReplayError, ReplayReport, ReplayRetries, Retry, SendClaim, SendOptions, Sent,
+    SettleError, Settled, Settlement, ShutdownHandle, State, Store, StoreError, StoreErrorKind, Worker, WorkerError,
+    WorkerGauges, WorkerReport, DEFAULT_MAX_MESSAGE_SIZE, ETA,
 };
 pub use dramaturg_core::{isolation, store, sync, time};
 pub use dramaturg_error_capture as error_capture;
@@ -37,6 +37,11 @@ pub use dramaturg_rate_limits as rate_limits;
 pub use dramaturg_redis as redis;
 pub use dramaturg_results as results;
 pub use dramaturg_retries as retries;
+/// Periodic (cron) jobs enqueued once across a fleet of workers, and
+/// unique jobs.
+#[cfg(feature = "schedule")]
+#[cfg_attr(docsrs, doc(cfg(feature = "schedule")))]
+pub use dramaturg_schedule as schedule;
 pub use dramaturg_time_limit as time_limit;
 
 /// Derives [`Actor`](trait@Actor) for a serde type: see the crate docs for
@@ -59,6 +64,11 @@ struct GuideDoctests;
 #[cfg(doctest)]
 #[doc = include_str!("../docs/dramatiq.md")]
 struct DramatiqGuideDoctests;
+
+/// The periodic and unique jobs guide's examples, compiled as doctests.
+#[cfg(all(doctest, feature = "schedule", feature = "redis"))]
+#[doc = include_str!("../docs/schedule.md")]
+struct ScheduleGuideDoctests;
 
 /// The names most programs need: `use dramaturg::prelude::*;`.
 pub mod prelude {

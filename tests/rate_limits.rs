@@ -188,6 +188,9 @@ impl dramaturg::Store for Unreachable {
     async fn delete(&self, _: &str) -> Result<bool, dramaturg::StoreError> {
         std::future::pending().await
     }
+    async fn delete_if(&self, _: &str, _: &[u8]) -> Result<bool, dramaturg::StoreError> {
+        std::future::pending().await
+    }
     async fn wait_any(&self, _: &[String], _: Duration) -> Result<Option<(String, Vec<u8>)>, dramaturg::StoreError> {
         std::future::pending().await
     }

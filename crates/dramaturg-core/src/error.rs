@@ -213,9 +213,32 @@ pub enum EnqueueError {
         /// Its reason.
         source: BoxError,
     },
+    /// A message with the same uniqueness key is already queued (or
+    /// running, or was sent within its fixed time, as its scope says): the
+    /// unique-jobs middleware refused this one, so that the work is not
+    /// queued twice. Nothing was enqueued; `existing` is the message that
+    /// holds the key.
+    #[error("a message with the uniqueness key {:?} is already there: {existing}", key.as_str())]
+    Duplicate {
+        /// The message that holds the key.
+        existing: crate::MessageId,
+        /// The uniqueness key, as the store holds it (cut to 256 bytes).
+        key: crate::Bounded,
+    },
     /// The broker did not take the message.
     #[error("the broker did not take the message: {0}")]
     Broker(#[from] BrokerError),
+}
+
+impl EnqueueError {
+    /// The message that holds the uniqueness key, when this send was
+    /// refused as a [duplicate](EnqueueError::Duplicate).
+    pub fn duplicate_of(&self) -> Option<crate::MessageId> {
+        match self {
+            Self::Duplicate { existing, .. } => Some(*existing),
+            _ => None,
+        }
+    }
 }
 
 /// An app was put together wrongly.

@@ -74,7 +74,7 @@ pub use failure::{ErrorType, Failure};
 pub use id::{MessageId, ParseMessageIdError};
 pub use memory::MemoryBroker;
 pub use message::{now_ms, Message, ETA, NEEDS};
-pub use middleware::{Middleware, Next};
+pub use middleware::{Middleware, Next, SendClaim};
 pub use options::{DeclaredOption, OptionError, OptionKey, Options};
 pub use outcome::{NextAttempt, Outcome};
 pub use output::Output;

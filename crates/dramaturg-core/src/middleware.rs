@@ -113,6 +113,14 @@ pub trait Middleware: Send + Sync + 'static {
         Ok(())
     }
 
+    /// This middleware's part in sending when it must claim something in a
+    /// store before the broker takes a message (the unique-jobs
+    /// middleware claims the message's uniqueness key): see [`SendClaim`].
+    /// The default, `None`, costs a send nothing.
+    fn send_claim(&self) -> Option<&dyn SendClaim> {
+        None
+    }
+
     /// Runs after a message has been sent with a delay: the broker has it,
     /// and it will come due after
     /// `delay`. For middleware that keep track of waiting messages (the
@@ -226,6 +234,10 @@ impl<M: Middleware + ?Sized> Middleware for Arc<M> {
         (**self).before_enqueue(message)
     }
 
+    fn send_claim(&self) -> Option<&dyn SendClaim> {
+        (**self).send_claim()
+    }
+
     async fn after_delayed_enqueue(&self, app: &App, message: &Message, delay: Duration) {
         (**self).after_delayed_enqueue(app, message, delay).await;
     }
@@ -257,6 +269,38 @@ impl<M: Middleware + ?Sized> Middleware for Arc<M> {
     fn declared_options(&self) -> Vec<crate::DeclaredOption> {
         (**self).declared_options()
     }
+}
+
+/// A claim a middleware makes for every message sent, before the broker
+/// takes it, and gives back when the send fails: what
+/// [`Middleware::send_claim`] returns. Asynchronous, unlike
+/// [`Middleware::before_enqueue`], because a claim is a store round trip.
+///
+/// A send runs every middleware's `before_enqueue`, then the claims in
+/// stack order, then its checks (option types, delay, size) and the
+/// broker. When a claim fails, those made before it are released; when
+/// anything after the claims fails — a check, or the broker, even one
+/// that timed out and may have taken the message — every claim is
+/// released, so that no claim outlives a send that returned an error.
+/// [`App::check_sendable`] claims nothing.
+#[async_trait]
+pub trait SendClaim: Send + Sync {
+    /// Claims what `message` needs before it is sent; may write options
+    /// into it (the claimed key, for the worker to release).
+    ///
+    /// # Errors
+    ///
+    /// An [`EnqueueError`](crate::EnqueueError) refuses the message and
+    /// is what the sender gets: [`EnqueueError::Duplicate`](crate::EnqueueError::Duplicate)
+    /// for a uniqueness key already held, [`EnqueueError::Rejected`](crate::EnqueueError::Rejected)
+    /// with this middleware's name for anything else (a store that cannot
+    /// be reached).
+    async fn claim(&self, app: &App, message: &mut Message) -> Result<(), crate::EnqueueError>;
+
+    /// Gives back what [`claim`](SendClaim::claim) took for `message`, whose
+    /// send failed after it. Errors are this middleware's to log: the
+    /// sender already has the send's error.
+    async fn release(&self, app: &App, message: &Message);
 }
 
 /// The rest of the stack and the actor, to be run once.

@@ -3,8 +3,8 @@
 //! abort events, results, group completion, rate limits, unique jobs and
 //! scheduler leases build on.
 //!
-//! - [`Store`]: values (`get`, `set` — also set-if-absent —, `delete`) and
-//!   [`wait_any`](Store::wait_any);
+//! - [`Store`]: values (`get`, `set` — also set-if-absent —, `delete`,
+//!   `delete_if` — compare-and-delete —) and [`wait_any`](Store::wait_any);
 //! - [`Counters`] (a supertrait of `Store`, so every store has them):
 //!   [`incr_by`](Counters::incr_by) and the set operations
 //!   [`set_add`](Counters::set_add), [`set_remove`](Counters::set_remove),
@@ -184,6 +184,19 @@ pub trait Store: Counters + Slots + Send + Sync + fmt::Debug + 'static {
     /// [`StoreErrorKind::InvalidInput`] for a key outside the size rules,
     /// or an error of the store's connection.
     async fn delete(&self, key: &str) -> Result<bool, StoreError>;
+
+    /// Removes `key` only if it holds `expected`; returns whether it did.
+    /// The release of a lease or a unique-job key by its owner: a key that
+    /// expired and was claimed by another owner meanwhile is left alone.
+    /// Waiters are not woken.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreErrorKind::InvalidInput`] for a key outside the size rules,
+    /// [`StoreErrorKind::WrongType`] when the key holds a set, or an error
+    /// of the store's connection (the key may or may not have been
+    /// removed).
+    async fn delete_if(&self, key: &str, expected: &[u8]) -> Result<bool, StoreError>;
 
     /// Waits until one of `keys` holds a value written by
     /// [`set`](Store::set), returning that key and its value, or until

@@ -58,6 +58,15 @@ redis.call('PUBLISH', KEYS[1], ARGV[1])
 return 1
 ";
 
+/// Deletes the key only if it holds `ARGV[1]` (`GET` refuses a key of
+/// another type, which the caller sees as `WrongType`).
+const DELETE_IF: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
 /// Returns the counter as its text: a Lua number is a double, which would
 /// round counters past 2^53. An error of `INCRBY` (a set, a value that is
 /// not a counter, an overflow) stops the script before the TTL changes.
@@ -161,6 +170,7 @@ pub struct RedisStore {
 
 struct Scripts {
     set: Script,
+    delete_if: Script,
     incr_by: Script,
     set_add: Script,
     set_remove: Script,
@@ -227,6 +237,7 @@ impl RedisStore {
             url: redact_password(&config.url),
             scripts: Scripts {
                 set: Script::new(SET),
+                delete_if: Script::new(DELETE_IF),
                 incr_by: Script::new(INCR_BY),
                 set_add: Script::new(SET_ADD),
                 set_remove: Script::new(SET_REMOVE),
@@ -338,6 +349,20 @@ impl Store for RedisStore {
         let removed: u64 =
             redis::cmd("DEL").arg(&key).query_async(&mut conn).await.map_err(|e| store_error(e, "delete"))?;
         Ok(removed > 0)
+    }
+
+    async fn delete_if(&self, key: &str, expected: &[u8]) -> Result<bool, StoreError> {
+        let key = self.key(key)?;
+        let mut conn = self.conn.clone();
+        let removed: u8 = self
+            .scripts
+            .delete_if
+            .key(&key)
+            .arg(expected)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| store_error(e, "delete_if"))?;
+        Ok(removed == 1)
     }
 
     async fn wait_any(&self, keys: &[String], timeout: Duration) -> Result<Option<(String, Vec<u8>)>, StoreError> {

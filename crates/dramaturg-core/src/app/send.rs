@@ -119,13 +119,57 @@ impl App {
     /// # Cancel safety
     ///
     /// If cancelled, the message may or may not have been enqueued.
-    pub async fn enqueue(&self, message: Message, delay: Option<Duration>) -> Result<MessageId, EnqueueError> {
+    pub async fn enqueue(&self, mut message: Message, delay: Option<Duration>) -> Result<MessageId, EnqueueError> {
+        self.before_enqueue(&mut message)?;
+        if !self.claims_on_send() {
+            return self.hand_over(message, delay).await;
+        }
+        self.claim(&mut message).await?;
+        let claimed = message.clone();
+        let sent = self.hand_over(message, delay).await;
+        if sent.is_err() {
+            self.release_claims(&claimed, self.inner.stack.len()).await;
+        }
+        sent
+    }
+
+    /// Checks, encodes and hands over a message whose enqueue hooks ran.
+    async fn hand_over(&self, message: Message, delay: Option<Duration>) -> Result<MessageId, EnqueueError> {
         let (id, outgoing, delayed) = self.outgoing(message, delay)?;
         self.inner.broker.enqueue(outgoing).await?;
         if let Some(delayed) = delayed {
             self.after_delayed_enqueue(&delayed).await;
         }
         Ok(id)
+    }
+
+    /// Whether a middleware of the stack claims something on every send
+    /// ([`Middleware::send_claim`](crate::Middleware::send_claim)).
+    fn claims_on_send(&self) -> bool {
+        self.inner.stack.iter().any(|m| m.send_claim().is_some())
+    }
+
+    /// Makes every middleware's send claim for `message`, in stack order;
+    /// when one fails, releases those made before it.
+    async fn claim(&self, message: &mut Message) -> Result<(), EnqueueError> {
+        for (i, middleware) in self.inner.stack.iter().enumerate() {
+            if let Some(claim) = middleware.send_claim() {
+                if let Err(error) = claim.claim(self, message).await {
+                    self.release_claims(message, i).await;
+                    return Err(error);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Releases the send claims of the first `made` middleware of the stack.
+    async fn release_claims(&self, message: &Message, made: usize) {
+        for middleware in &self.inner.stack[..made] {
+            if let Some(claim) = middleware.send_claim() {
+                claim.release(self, message).await;
+            }
+        }
     }
 
     /// As [`App::enqueue`], trying again for up to `retry_for` while the
@@ -153,7 +197,10 @@ impl App {
         }
     }
 
-    /// Enqueues many messages built earlier in one broker call.
+    /// Enqueues many messages built earlier in one broker call. The
+    /// middleware's send claims are made for each message; when any
+    /// message is refused or the broker fails, every claim made is
+    /// released.
     ///
     /// # Errors
     ///
@@ -163,10 +210,33 @@ impl App {
         &self,
         messages: Vec<(Message, Option<Duration>)>,
     ) -> Result<Vec<MessageId>, EnqueueError> {
+        let claims = self.claims_on_send();
+        let mut claimed: Vec<Message> = Vec::new();
+        let sent = self.enqueue_batch(messages, claims.then_some(&mut claimed)).await;
+        if sent.is_err() {
+            for message in &claimed {
+                self.release_claims(message, self.inner.stack.len()).await;
+            }
+        }
+        sent
+    }
+
+    /// [`App::enqueue_many`] but for releasing claims: the messages whose
+    /// claims were made are put in `claimed` (when the stack makes any).
+    async fn enqueue_batch(
+        &self,
+        messages: Vec<(Message, Option<Duration>)>,
+        mut claimed: Option<&mut Vec<Message>>,
+    ) -> Result<Vec<MessageId>, EnqueueError> {
         let mut ids = Vec::with_capacity(messages.len());
         let mut batch = Vec::with_capacity(messages.len());
         let mut delayed = Vec::new();
-        for (message, delay) in messages {
+        for (mut message, delay) in messages {
+            self.before_enqueue(&mut message)?;
+            if let Some(claimed) = claimed.as_deref_mut() {
+                self.claim(&mut message).await?;
+                claimed.push(message.clone());
+            }
             let (id, outgoing, waiting) = self.outgoing(message, delay)?;
             ids.push(id);
             batch.push(outgoing);
@@ -191,22 +261,30 @@ impl App {
     /// The [`EnqueueError`] that [`App::enqueue`] would return before
     /// reaching the broker.
     pub fn check_sendable(&self, message: &Message, delay: Option<Duration>) -> Result<(), EnqueueError> {
-        self.outgoing(message.clone(), delay).map(drop)
+        let mut message = message.clone();
+        self.before_enqueue(&mut message)?;
+        self.outgoing(message, delay).map(drop)
     }
 
-    /// The message to hand to the broker, and the message itself when it is
-    /// delayed (for the middleware's `after_delayed_enqueue`).
+    /// Runs every middleware's enqueue hook on `message`.
+    fn before_enqueue(&self, message: &mut Message) -> Result<(), EnqueueError> {
+        for middleware in &self.inner.stack {
+            middleware
+                .before_enqueue(message)
+                .map_err(|source| EnqueueError::Rejected { middleware: middleware.name(), source })?;
+        }
+        Ok(())
+    }
+
+    /// The message, whose enqueue hooks ran, to hand to the broker, and
+    /// the message itself when it is delayed (for the middleware's
+    /// `after_delayed_enqueue`).
     #[allow(clippy::type_complexity)]
     fn outgoing(
         &self,
         mut message: Message,
         delay: Option<Duration>,
     ) -> Result<(MessageId, Outgoing, Option<(Message, Duration)>), EnqueueError> {
-        for middleware in &self.inner.stack {
-            middleware
-                .before_enqueue(&mut message)
-                .map_err(|source| EnqueueError::Rejected { middleware: middleware.name(), source })?;
-        }
         message.options.check_known()?;
         for declared in &self.inner.declared_options {
             if let Some(value) = message.options.extra.get(declared.name()) {

@@ -33,6 +33,7 @@ macro_rules! store_conformance {
         $crate::store_conformance!(@cases $make;
             values_are_set_read_and_deleted,
             set_if_absent_writes_once,
+            delete_if_removes_only_the_expected_value,
             set_if_absent_is_atomic,
             set_extend_keeps_the_longest,
             values_expire,
@@ -96,6 +97,21 @@ impl StoreSuite {
         assert_eq!(s.get(&key).await.unwrap().as_deref(), Some(&b"first"[..]));
         s.delete(&key).await.unwrap();
         assert!(s.set(&key, b"third", LONG, SetMode::IfAbsent).await.unwrap());
+    }
+
+    /// `delete_if` removes a key only while it holds the expected value,
+    /// and refuses a set.
+    pub async fn delete_if_removes_only_the_expected_value(&self) {
+        let (s, key) = (&self.store, self.key("owned"));
+        assert!(!s.delete_if(&key, b"owner-1").await.unwrap(), "an absent key is not removed");
+        assert!(s.set(&key, b"owner-2", LONG, SetMode::Always).await.unwrap());
+        assert!(!s.delete_if(&key, b"owner-1").await.unwrap(), "another owner's key stays");
+        assert_eq!(s.get(&key).await.unwrap().as_deref(), Some(&b"owner-2"[..]));
+        assert!(s.delete_if(&key, b"owner-2").await.unwrap());
+        assert_eq!(s.get(&key).await.unwrap(), None);
+        let set = self.key("owned-set");
+        s.set_add(&set, "member", LONG).await.unwrap();
+        assert!(s.delete_if(&set, b"member").await.unwrap_err().is_wrong_type());
     }
 
     /// `SetMode::Extend` writes to an empty key or one that expires

@@ -185,6 +185,16 @@ impl Store for MemoryStore {
         Ok(live)
     }
 
+    async fn delete_if(&self, key: &str, expected: &[u8]) -> Result<bool, StoreError> {
+        check_key(key)?;
+        let mut entries = self.entries();
+        let held = entries.value(key, Instant::now())?.is_some_and(|value| value.as_slice() == expected);
+        if held {
+            entries.map.remove(key);
+        }
+        Ok(held)
+    }
+
     async fn wait_any(&self, keys: &[String], timeout: Duration) -> Result<Option<(String, Vec<u8>)>, StoreError> {
         for key in keys {
             check_key(key)?;

@@ -57,7 +57,11 @@
 //! only handles in the worker's own process see results — give such apps a
 //! `RedisStore`. Keys are `result:{<message id>}` (one hash slot per
 //! result); waiting uses the store's `wait_any` (Redis: pub/sub, no
-//! polling), so a waiter wakes as soon as the result is kept. With the
+//! polling), so a waiter wakes as soon as the result is kept. A result in
+//! the broker's own store on its server goes with the message's
+//! settlement ([`Controls::write_with_settlement`](dramaturg_core::Controls::write_with_settlement):
+//! on Redis in the ack's round trip), and is there before the message is
+//! settled. With the
 //! `redis` feature, `Results::dramatiq_layout` keeps them in Python
 //! Dramatiq's layout instead (`DramatiqResults`).
 //!

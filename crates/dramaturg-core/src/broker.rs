@@ -388,7 +388,7 @@ impl Delivery {
     }
 
     /// Settles the delivery once `writes` are in the broker's `store` (see
-    /// [`Context::write_with_settlement`](crate::Context::write_with_settlement)):
+    /// [`Controls::write_with_settlement`](crate::Controls::write_with_settlement)):
     /// in the settlement's own round trip when the receipt can
     /// ([`Receipt::writing`]), else written to `store` first. Either way
     /// no settlement takes effect before its writes are made.

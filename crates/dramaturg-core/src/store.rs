@@ -100,7 +100,7 @@ pub enum SetMode {
 
 /// One value to write to a store as [`Store::set_many`] writes it
 /// (replacing what the key held, for `ttl`, waking its waiters): what a
-/// middleware hands to [`Context::write_with_settlement`](crate::Context::write_with_settlement).
+/// middleware hands to [`Controls::write_with_settlement`](crate::Controls::write_with_settlement).
 #[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct StoreWrite {

@@ -58,6 +58,7 @@ async fn periodic_app(ns: &str, log: &str, missed: Missed) -> App {
     let schedule = Schedule::interval("every-second", Duration::from_secs(1), Tick { log: log.to_owned() })
         .unwrap()
         .grace(Duration::from_secs(1))
+        .unwrap()
         .missed(missed)
         .unwrap();
     let periodic = Periodic::for_broker(&broker).unwrap().schedule(schedule);
@@ -477,4 +478,114 @@ async fn a_rabbitmq_broker_needs_a_redis_store() {
     let local = std::sync::Arc::new(dramaturg::MemoryStore::new());
     let built = dramaturg::app(broker).insert_before(AGE_LIMIT, UniqueJobs::new(local)).build();
     assert!(built.unwrap_err().to_string().contains("only this process sees"));
+}
+
+/// A schedule the store has never seen (a new deployment) starts with its
+/// next tick: its catch-up policy does not send the ticks from before it
+/// existed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_schedule_catches_up_nothing_from_before_it_existed() {
+    if support::is_child() {
+        return;
+    }
+    let ns = support::namespace();
+    let log = support::temp_log("periodic-new");
+    let app = periodic_app(&ns, log.to_str().unwrap(), Missed::CatchUp { max: 5 }).await;
+    let started = app.broker().now_ms();
+    let worker = Worker::new(app.clone());
+    let shutdown = worker.shutdown_handle();
+    let running = tokio::spawn(worker.run());
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    shutdown.shutdown();
+    running.await.unwrap().unwrap();
+    drain(&ns).await;
+    let ticks = ticks(&log);
+    assert!(!ticks.is_empty(), "the schedule ticked");
+    let older: Vec<_> = ticks.keys().filter(|t| **t + 1000 < started).collect();
+    assert!(older.is_empty(), "ticks from before the schedule existed were caught up: {older:?} (started {started})");
+}
+
+/// A message worth running only within 2 s of its send.
+#[derive(Actor, Serialize, Deserialize)]
+#[actor(queue = "ticks", max_age = "2s")]
+struct ShortLived;
+
+impl ShortLived {
+    async fn perform(self, _ctx: &Context) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+
+/// Settings that would drop ticks or fail them at random are refused when
+/// the schedule or the app is built.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graces_and_jitters_that_would_lose_ticks_are_refused() {
+    if support::is_child() {
+        return;
+    }
+    let tick = || Tick { log: String::new() };
+    let every = |d| Schedule::interval("s", d, tick());
+    let error = every(Duration::from_secs(1)).unwrap().grace(Duration::ZERO).unwrap_err();
+    assert!(error.to_string().contains("grace"), "{error}");
+    let error = every(Duration::from_secs(1)).unwrap().jitter(Duration::from_secs(100 * 365 * 86_400)).unwrap_err();
+    assert!(error.to_string().contains("MAX_DELAY"), "{error}");
+    assert!(every(Duration::from_secs(u64::MAX)).is_err(), "an interval of 584 billion years");
+    assert!(Schedule::interval("   ", Duration::from_secs(1), tick()).is_err(), "a blank name");
+
+    // A jitter as long as the actor's max_age would have some ticks skipped as too old.
+    let broker = support::redis_broker(REDIS, &support::namespace()).await;
+    let schedule = Schedule::interval("s", Duration::from_secs(1), ShortLived).unwrap().jitter(Duration::from_secs(5));
+    let periodic = Periodic::for_broker(&broker).unwrap().schedule(schedule.unwrap());
+    let refused = dramaturg::app(broker).insert_before(AGE_LIMIT, periodic).actor::<ShortLived>().build();
+    let error = refused.expect_err("a jitter over max_age is refused");
+    assert!(error.to_string().contains("max_age"), "{error}");
+}
+
+/// Two messages of one batch with the same key: a typed error that names
+/// both (neither was sent), and no key is left held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_with_two_messages_of_one_key_is_refused_naming_both() {
+    if support::is_child() {
+        return;
+    }
+    let ns = support::namespace();
+    let app = unique_app(&ns).await;
+    let log = support::temp_log("unique-batch");
+    let (a, b) = (export("ok", &log), Export { customer: 43, ..export("ok", &log) });
+    let batch = [a, b, export("ok", &log)];
+    match app.send_many(&batch).await {
+        Err(EnqueueError::DuplicateInBatch { first, second, .. }) => assert_ne!(first, second),
+        other => panic!("expected DuplicateInBatch, got {other:?}"),
+    }
+    assert_eq!(app.stats(&app.queues()[0]).await.unwrap().ready, 0, "nothing of the batch was sent");
+    export("ok", &log).send(&app).await.expect("no key is left held");
+    Worker::new(app).run_until_drained(Duration::from_secs(30)).await.unwrap();
+}
+
+/// Keys and TTLs that could not work are refused at send, with the
+/// middleware's error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_or_oversized_keys_and_zero_ttls_are_refused() {
+    if support::is_child() {
+        return;
+    }
+    let ns = support::namespace();
+    let app = unique_app(&ns).await;
+    let log = support::temp_log("unique-bad");
+    for (what, unique) in [
+        ("an empty key", Unique::while_queued().key("")),
+        ("a key of 1 MiB", Unique::while_queued().key("k".repeat(1 << 20))),
+        ("a TTL of 0", Unique::for_duration(Duration::ZERO)),
+        ("a TTL under 1 ms", Unique::while_queued().ttl(Duration::from_micros(500))),
+    ] {
+        let options = SendOptions::default().with_options(|o| unique.apply(o));
+        match export("ok", &log).send_with(&app, options).await {
+            Err(EnqueueError::Rejected { middleware, source }) => {
+                assert_eq!(middleware, dramaturg::schedule::UNIQUE_JOBS, "{what}");
+                assert!(source.is::<dramaturg::schedule::unique::UniqueConfigError>(), "{what}: {source}");
+            }
+            other => panic!("{what}: expected a rejection, got {other:?}"),
+        }
+    }
+    assert_eq!(app.stats(&app.queues()[0]).await.unwrap().ready, 0);
 }

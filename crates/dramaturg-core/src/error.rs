@@ -225,6 +225,18 @@ pub enum EnqueueError {
         /// The uniqueness key, as the store holds it (cut to 256 bytes).
         key: crate::Bounded,
     },
+    /// Two messages of one batch ([`App::send_many`](crate::App::send_many))
+    /// have the same uniqueness key: the batch was not sent (and neither
+    /// message exists).
+    #[error("messages {first} and {second} of the batch have the same uniqueness key {:?}; the batch was not sent", key.as_str())]
+    DuplicateInBatch {
+        /// The earlier message of the batch.
+        first: crate::MessageId,
+        /// The later one, refused.
+        second: crate::MessageId,
+        /// The uniqueness key (cut to 256 bytes).
+        key: crate::Bounded,
+    },
     /// The broker did not take the message.
     #[error("the broker did not take the message: {0}")]
     Broker(#[from] BrokerError),

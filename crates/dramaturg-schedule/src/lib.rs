@@ -1,12 +1,14 @@
 //! Periodic jobs and unique jobs for [dramaturg](https://docs.rs/dramaturg),
-//! exactly once across a fleet of workers, kept in the app's
+//! claimed once across a fleet of workers in the app's
 //! [store](dramaturg_core::store) (Redis for a fleet, memory for one
 //! process and tests).
 //!
 //! - [`Periodic`]: a middleware that sends [`Schedule`]s' messages — cron
 //!   expressions with seconds and time zones, or fixed intervals — from
 //!   inside the app's ordinary workers. With N workers running, each tick
-//!   is enqueued once: the workers claim it in the store. After downtime,
+//!   is enqueued once: the workers claim it in the store (a worker that
+//!   dies between its claim and the send loses that tick; a tick's message
+//!   is processed at least once, like every message). After downtime,
 //!   missed ticks are skipped or caught up on ([`Missed`]); [`next_runs`]
 //!   lists when each schedule ticks next.
 //! - [`UniqueJobs`]: a middleware that refuses a second send of a message
@@ -56,8 +58,8 @@
 //! # });
 //! ```
 //!
-//! The guide's "Periodic jobs" and "Unique jobs" sections have the
-//! guarantees, their limits and recipes.
+//! `docs/schedule.md` in the repository has the guarantees, their limits
+//! (clock skew, the crash window, TTLs) and recipes.
 
 mod every;
 mod fleet;
@@ -70,5 +72,5 @@ mod unique_jobs;
 pub use periodic::{
     next_runs, NextRun, Periodic, DEFAULT_MAX_CLOCK_SKEW, NAME as PERIODIC, PERIODIC_SCHEDULE, PERIODIC_TICK_MS,
 };
-pub use schedule::{Missed, Schedule, ScheduleError, DEFAULT_GRACE, MAX_CATCH_UP};
+pub use schedule::{Missed, Schedule, ScheduleError, DEFAULT_GRACE, MAX_CATCH_UP, MAX_INTERVAL, MIN_GRACE};
 pub use unique_jobs::{UniqueJobs, NAME as UNIQUE_JOBS};

@@ -34,6 +34,10 @@ pub const DEFAULT_MAX_CLOCK_SKEW: Duration = Duration::from_secs(60);
 /// reason that may pass.
 const ENQUEUE_RETRY_FOR: Duration = Duration::from_secs(10);
 
+/// How long the store remembers a schedule's last enqueued tick: a
+/// schedule the fleet has not run for longer starts afresh, as a new one.
+const LAST_TICK_TTL: Duration = Duration::from_secs(400 * 24 * 3600);
+
 /// The periodic-jobs middleware (named `"periodic"`), not in the default
 /// stack: it sends each [`Schedule`]'s message at its ticks, from inside
 /// the app's ordinary workers, **once per tick across every worker** that
@@ -50,6 +54,11 @@ const ENQUEUE_RETRY_FOR: Duration = Duration::from_secs(10);
 /// others. A claim lives longer than any worker may still find its tick
 /// due (the grace, the catch-up window, and
 /// [`max_clock_skew`](Periodic::max_clock_skew)).
+///
+/// A schedule the store has not seen before (a new or renamed one) starts
+/// with its next tick: its catch-up policy covers ticks missed after that,
+/// never ticks from before it existed. A worker that wakes to find ticks
+/// past their grace left out logs a warning with their count.
 ///
 /// Exactly once has one gap: a worker that dies between its claim and the
 /// broker's taking the message (one round trip) loses that tick; a send
@@ -205,6 +214,12 @@ impl Middleware for Periodic {
             }
             let message = schedule.message(app).map_err(|e| invalid(e.to_string()))?;
             app.check_sendable(&message, None).map_err(|e| invalid(e.to_string()))?;
+            let jitter = schedule.jitter_bound();
+            if let Some(max_age) = app.options_for(&message).max_age.filter(|max_age| jitter >= *max_age) {
+                return Err(invalid(format!(
+                    "a jitter of {jitter:?} is not under the actor's max_age of {max_age:?}: delayed ticks would be skipped as too old"
+                )));
+            }
         }
         check_reach(&*self.store, app, "Periodic")
     }
@@ -256,10 +271,18 @@ struct Ticker {
 impl Ticker {
     /// Wakes at each tick and enqueues the ticks due, until `stop`.
     async fn run(self, stop: CancellationToken) {
-        let mut cursor = 0;
+        let mut cursor = self.last_tick().await;
         loop {
             let now = self.app.broker().now_ms();
-            for tick in due(&self.schedule, cursor, now) {
+            let due = due(&self.schedule, cursor, now);
+            if due.skipped > 0 {
+                tracing::warn!(
+                    schedule = self.schedule.name(),
+                    skipped = due.skipped,
+                    "ticks that no worker enqueued in time are skipped, as the schedule's missed-tick policy says (every worker was stopped or late past the grace)"
+                );
+            }
+            for tick in due.ticks {
                 if stop.is_cancelled() {
                     return;
                 }
@@ -275,6 +298,33 @@ impl Ticker {
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(Duration::from_millis(next - now)) => {}
+            }
+        }
+    }
+
+    /// The store key of the last tick the fleet enqueued.
+    fn last_tick_key(&self) -> String {
+        format!("periodic:{}:last", self.schedule.name())
+    }
+
+    /// The last tick any worker enqueued, by the store; for a schedule the
+    /// store does not know (a new one, a renamed one), now — recorded, so
+    /// that ticks missed from here on are caught up after downtime, but
+    /// none from before the schedule existed.
+    async fn last_tick(&self) -> u64 {
+        let (key, now) = (self.last_tick_key(), self.app.broker().now_ms());
+        let recorded = async {
+            self.store.set(&key, now.to_string().as_bytes(), LAST_TICK_TTL, SetMode::IfAbsent).await?;
+            self.store.get(&key).await
+        };
+        match recorded.await {
+            Ok(Some(bytes)) => {
+                std::str::from_utf8(&bytes).ok().and_then(|text| text.parse().ok()).unwrap_or(now).min(now)
+            }
+            Ok(None) => now,
+            Err(error) => {
+                tracing::warn!(schedule = self.schedule.name(), %error, "cannot read the schedule's last tick; missed ticks from before now are not caught up");
+                now
             }
         }
     }
@@ -295,7 +345,14 @@ impl Ticker {
         let owner = message.id.to_string();
         let ttl = claim_ttl(&self.schedule, tick, self.skew);
         match self.store.set(&key, owner.as_bytes(), ttl, SetMode::IfAbsent).await {
-            Ok(true) => {}
+            Ok(true) => {
+                // Claims, not this mark, keep ticks from being sent twice:
+                // a mark written out of order only widens a catch-up window.
+                let (last, value) = (self.last_tick_key(), tick.to_string());
+                if let Err(error) = self.store.set(&last, value.as_bytes(), LAST_TICK_TTL, SetMode::Always).await {
+                    tracing::debug!(schedule = name, tick_ms = tick, %error, "could not record the last tick");
+                }
+            }
             Ok(false) => return,
             Err(error) => {
                 tracing::warn!(schedule = name, tick_ms = tick, %error, "could not claim the tick; another worker may");

@@ -17,6 +17,15 @@ pub const MAX_CATCH_UP: u32 = 1000;
 /// The default [`Schedule::grace`]: 2 seconds.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(2);
 
+/// The shortest [`Schedule::grace`]: 100 ms. A worker wakes a few
+/// milliseconds after a tick, later when its machine is busy; a grace
+/// shorter than that would drop ticks no worker missed.
+pub const MIN_GRACE: Duration = Duration::from_millis(100);
+
+/// The longest interval of [`Schedule::interval`]: 10 years, as long as
+/// a store keeps anything.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
 /// What a schedule does with ticks that no worker enqueued in time
 /// (every worker was stopped, or too busy, for longer than the grace).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -114,7 +123,8 @@ type MakeMessage = dyn Fn(&App) -> Result<Message, EnqueueError> + Send + Sync;
 /// // Every 30 seconds (with seconds: "*/30 * * * * *"), spread over up to 5 s.
 /// let poll = Schedule::interval("poll", Duration::from_secs(30), Report { kind: "poll".into() })
 ///     .unwrap()
-///     .jitter(Duration::from_secs(5));
+///     .jitter(Duration::from_secs(5))
+///     .unwrap();
 /// assert_eq!(nightly.name(), "nightly-report");
 /// # let _ = poll;
 /// ```
@@ -154,20 +164,26 @@ impl Schedule {
     ///
     /// # Errors
     ///
-    /// [`ScheduleError::Invalid`] for an interval under 1 ms or an empty
-    /// name.
+    /// [`ScheduleError::Invalid`] for an interval under 1 ms or over
+    /// [`MAX_INTERVAL`], or an empty name.
     pub fn interval<A: Actor>(name: impl Into<String>, every: Duration, message: A) -> Result<Self, ScheduleError> {
         let name = name.into();
         let millis = u64::try_from(every.as_millis()).unwrap_or(u64::MAX);
-        if millis == 0 {
-            return Err(ScheduleError::Invalid { name, reason: "an interval must be at least 1 ms".into() });
+        if millis == 0 || every > MAX_INTERVAL {
+            return Err(ScheduleError::Invalid {
+                name,
+                reason: format!("an interval must be 1 ms to {} days, not {every:?}", MAX_INTERVAL.as_secs() / 86_400),
+            });
         }
         Self::new(name, Every::Interval(millis), message)
     }
 
     fn new<A: Actor>(name: String, every: Every, message: A) -> Result<Self, ScheduleError> {
-        if name.is_empty() || name.len() > 200 {
-            return Err(ScheduleError::Invalid { name, reason: "a schedule's name must have 1 to 200 bytes".into() });
+        if name.trim().is_empty() || name.len() > 200 {
+            return Err(ScheduleError::Invalid {
+                name,
+                reason: "a schedule's name must have 1 to 200 bytes, not all blank".into(),
+            });
         }
         // Encoded anew at every tick, with the app's encoder; the lock
         // makes a `Send` actor shareable.
@@ -233,21 +249,46 @@ impl Schedule {
 
     /// How late a tick may still be enqueued (default [`DEFAULT_GRACE`]):
     /// a worker that wakes later than this after a tick (every worker
-    /// stopped, or stalled) counts it as missed. It also bounds how long a
-    /// worker that starts considers ticks before it started.
-    #[must_use]
-    pub fn grace(mut self, grace: Duration) -> Self {
+    /// stopped, or stalled) counts it as missed, and logs it. It also
+    /// bounds how long a worker that starts considers ticks before it
+    /// started. Keep it well above the time a busy worker may wake late
+    /// (a second or more).
+    ///
+    /// # Errors
+    ///
+    /// [`ScheduleError::Invalid`] for a grace under [`MIN_GRACE`].
+    pub fn grace(mut self, grace: Duration) -> Result<Self, ScheduleError> {
+        if grace < MIN_GRACE {
+            return Err(ScheduleError::Invalid {
+                name: self.name,
+                reason: format!("a grace must be at least {MIN_GRACE:?}, not {grace:?}: ticks would be dropped"),
+            });
+        }
         self.grace = grace;
-        self
+        Ok(self)
     }
 
     /// Delays each tick's message by a random time up to `jitter`
     /// (default none), so that schedules due at the same time do not all
     /// start together. The tick time the message carries stays the tick's.
-    #[must_use]
-    pub fn jitter(mut self, jitter: Duration) -> Self {
+    /// [`AppBuilder::build`](dramaturg_core::AppBuilder::build) refuses a
+    /// jitter over the actor's `max_age` (some ticks would be skipped as
+    /// too old).
+    ///
+    /// # Errors
+    ///
+    /// [`ScheduleError::Invalid`] for a jitter over
+    /// [`MAX_DELAY`](dramaturg_core::MAX_DELAY), the longest delay a
+    /// message may have.
+    pub fn jitter(mut self, jitter: Duration) -> Result<Self, ScheduleError> {
+        if jitter > dramaturg_core::MAX_DELAY {
+            return Err(ScheduleError::Invalid {
+                name: self.name,
+                reason: format!("a jitter must be at most {:?} (MAX_DELAY), not {jitter:?}", dramaturg_core::MAX_DELAY),
+            });
+        }
         self.jitter = jitter;
-        self
+        Ok(self)
     }
 
     /// The schedule's name: unique among an app's schedules, part of its

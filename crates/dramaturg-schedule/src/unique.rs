@@ -24,6 +24,10 @@ pub const UNIQUE_TTL_MS: OptionKey<u64> = OptionKey::new("unique_ttl_ms");
 /// duplicates).
 pub const UNIQUE_KEY: OptionKey<String> = OptionKey::new("unique_key");
 
+/// The longest [`UNIQUE_KEY`], in bytes: with the actor's name it stays
+/// within the store's key size.
+pub const MAX_KEY_BYTES: usize = 512;
+
 /// The store key a sent message holds, written by the middleware when it
 /// claims it, for the worker to release. Not for users to set.
 pub const UNIQUE_CLAIM: OptionKey<String> = OptionKey::new("unique_claim");
@@ -138,7 +142,9 @@ impl Unique {
     /// How long the key lives: the fixed period, or the longest the other
     /// scopes hold it when nothing releases it (a crashed worker, a
     /// message that waits in its queue longer than this — it then stops
-    /// being unique). Whole milliseconds, at least 1.
+    /// being unique). Whole milliseconds, at least 1 (a shorter one is
+    /// refused when the message is sent); stores keep a key at most 10
+    /// years.
     #[must_use]
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
@@ -147,7 +153,8 @@ impl Unique {
 
     /// A key of its own within the actor instead of the digest of the
     /// arguments: messages with the same key are duplicates whatever
-    /// their arguments.
+    /// their arguments. 1 to [`MAX_KEY_BYTES`] bytes (checked when the
+    /// message is sent).
     #[must_use]
     pub fn key(mut self, key: impl Into<String>) -> Self {
         self.key = Some(key.into());
@@ -161,7 +168,7 @@ impl Unique {
 
     /// `options` with these uniqueness options written in.
     pub fn apply(&self, options: Options) -> Options {
-        let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
         let options = options.with_option(UNIQUE, self.scope.as_str().to_owned()).with_option(UNIQUE_TTL_MS, ttl_ms);
         match &self.key {
             Some(key) => options.with_option(UNIQUE_KEY, key.clone()),
@@ -173,8 +180,9 @@ impl Unique {
     ///
     /// # Errors
     ///
-    /// [`UniqueConfigError`] for an unknown scope, a TTL of 0 or an option
-    /// of the wrong type.
+    /// [`UniqueConfigError`] for an unknown scope, a TTL of 0, a key that
+    /// is empty or longer than [`MAX_KEY_BYTES`], or an option of the
+    /// wrong type.
     pub fn from_options(options: &Options) -> Result<Option<Self>, UniqueConfigError> {
         let invalid = |e: dramaturg_core::OptionError| UniqueConfigError(e.to_string());
         let Some(scope) = options.option(UNIQUE).map_err(invalid)? else {
@@ -188,7 +196,16 @@ impl Unique {
             Some(ms) => Duration::from_millis(ms),
             None => DEFAULT_TTL,
         };
-        Ok(Some(Self { scope, ttl, key: options.option(UNIQUE_KEY).map_err(invalid)? }))
+        let key = options.option(UNIQUE_KEY).map_err(invalid)?;
+        if let Some(key) = &key {
+            if key.is_empty() || key.len() > MAX_KEY_BYTES {
+                return Err(UniqueConfigError(format!(
+                    "a unique_key must have 1 to {MAX_KEY_BYTES} bytes, not {}",
+                    key.len()
+                )));
+            }
+        }
+        Ok(Some(Self { scope, ttl, key }))
     }
 
     /// The store key of `message` under these options:

@@ -234,8 +234,15 @@ impl App {
         for (mut message, delay) in messages {
             self.before_enqueue(&mut message)?;
             if let Some(claimed) = claimed.as_deref_mut() {
-                self.claim(&mut message).await?;
-                claimed.push(message.clone());
+                match self.claim(&mut message).await {
+                    Ok(()) => claimed.push(message.clone()),
+                    // The key's holder is a message of this very batch,
+                    // which will not be sent either.
+                    Err(EnqueueError::Duplicate { existing, key }) if claimed.iter().any(|m| m.id == existing) => {
+                        return Err(EnqueueError::DuplicateInBatch { first: existing, second: message.id, key });
+                    }
+                    Err(error) => return Err(error),
+                }
             }
             let (id, outgoing, waiting) = self.outgoing(message, delay)?;
             ids.push(id);

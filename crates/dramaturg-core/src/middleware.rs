@@ -300,7 +300,10 @@ impl<'a> Next<'a> {
     pub async fn run(self, ctx: &Context) -> Outcome {
         let Self { rest, job, shutdown, abandon } = self;
         match rest.split_first() {
-            Some((first, rest)) => first.handle(ctx, Next { rest, job, shutdown, abandon }).await,
+            // `(**first)`: the `dyn Middleware` itself. `first.handle` would pick
+            // the `Arc<M>` impl, whose `handle` boxes a second future around
+            // the middleware's own on every layer of every message.
+            Some((first, rest)) => (**first).handle(ctx, Next { rest, job, shutdown, abandon }).await,
             None => {
                 let result = match (shutdown, abandon) {
                     (Some(shutdown), None) => tokio::select! {

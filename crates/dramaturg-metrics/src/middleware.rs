@@ -2,7 +2,7 @@
 //! message, and the queue depth sampler of each worker.
 
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use dramaturg_core::sync::lock;
@@ -92,9 +92,8 @@ impl Middleware for Metrics {
         handles.in_progress.increment(1.0);
         let running = Running(&handles.in_progress);
         let waited = (ctx.retries() == 0).then(|| start_delay(ctx.message(), ctx.app().broker().now_ms()));
-        let started = Instant::now();
         let outcome = next.run(ctx).await;
-        let elapsed = started.elapsed();
+        let elapsed = ctx.started_at().elapsed();
         drop(running);
         handles.count_outcome(outcome.label());
         match &outcome {
@@ -123,6 +122,7 @@ impl Middleware for Metrics {
 
     async fn on_worker_start(&self, app: &App) {
         names::describe();
+        self.handles.register_app(app);
         if let Some(interval) = self.sample_every {
             let mut sampler = lock(&self.sampler);
             if sampler.is_none() {

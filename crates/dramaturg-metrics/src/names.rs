@@ -19,8 +19,9 @@ pub const MESSAGES_DEAD_LETTERED: &str = "dramaturg_messages_dead_lettered_total
 /// Gauge: attempts running now, by `actor` and `queue`.
 pub const MESSAGES_IN_PROGRESS: &str = "dramaturg_messages_in_progress";
 
-/// Histogram: how long an attempt took through the stack and the actor,
-/// in seconds, by `actor` and `queue`. Postponed attempts (a rate limit
+/// Histogram: how long an attempt took, from when the worker handed it to
+/// the middleware stack until the stack returned its outcome, in seconds,
+/// by `actor` and `queue`. Postponed attempts (a rate limit
 /// was full: the actor did not run) are not recorded.
 pub const MESSAGE_DURATION: &str = "dramaturg_message_duration_seconds";
 

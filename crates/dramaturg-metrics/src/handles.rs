@@ -52,8 +52,8 @@ impl ActorMetrics {
             Some(index) => self.outcomes[index].increment(1),
             // An outcome added to the core after this list: counted all the same.
             None => {
-                counter!(MESSAGES_PROCESSED, ACTOR => self.actor.clone(), QUEUE => self.queue.clone(), OUTCOME => label)
-                    .increment(1)
+                let labels = [(ACTOR, self.actor.clone()), (QUEUE, self.queue.clone()), (OUTCOME, label.to_owned())];
+                counter!(MESSAGES_PROCESSED, &labels).increment(1);
             }
         }
     }

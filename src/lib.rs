@@ -23,7 +23,7 @@ pub use dramaturg_core::{
     OptionKey, Options, Outcome, Outgoing, Output, ParseMessageIdError, Protocol, QueueAdmin, QueueStats, Receipt,
     RecordLimits, Remote, Replay, ReplayError, ReplayReport, ReplayRetries, Retry, SendOptions, Sent, SettleError,
     Settled, Settlement, ShutdownHandle, State, Store, StoreError, StoreErrorKind, Worker, WorkerError, WorkerGauges,
-    WorkerReport, DEFAULT_MAX_MESSAGE_SIZE, ETA,
+    WorkerInfo, WorkerReport, DEFAULT_MAX_MESSAGE_SIZE, ETA,
 };
 pub use dramaturg_core::{isolation, store, sync, time};
 pub use dramaturg_error_capture as error_capture;

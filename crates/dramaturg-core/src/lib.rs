@@ -61,7 +61,7 @@ pub use app::{App, AppBuilder, Remote, SendOptions, DEFAULT_MAX_MESSAGE_SIZE, MA
 pub use bounded::{Bounded, MAX_QUOTED_BYTES, MAX_REASON_BYTES};
 pub use broker::{
     Broker, Consumer, DeadLetter, DeadLetters, Delivery, Outgoing, Protocol, QueueAdmin, QueueStats, Receipt, Replay,
-    SettleError, Settled, Settlement,
+    SettleError, Settled, Settlement, WorkerInfo,
 };
 pub use call::Call;
 pub use context::{Context, Controls, Metadata};

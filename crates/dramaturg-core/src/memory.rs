@@ -381,6 +381,23 @@ impl Drop for MemoryReceipt {
 
 #[async_trait]
 impl QueueAdmin for MemoryBroker {
+    async fn queues(&self) -> Result<Vec<String>, BrokerError> {
+        // Every queue ever named has an entry: list those holding messages.
+        let mut queues: Vec<String> = lock(&self.inner.queues)
+            .iter()
+            .filter(|(_, queue)| {
+                let state = lock(&queue.state);
+                !(state.ready.is_empty()
+                    && state.delayed.is_empty()
+                    && state.in_flight.is_empty()
+                    && state.dead.is_empty())
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        queues.sort_unstable();
+        Ok(queues)
+    }
+
     async fn stats(&self, queue: &str) -> Result<QueueStats, BrokerError> {
         let queue = self.queue(queue);
         let state = lock(&queue.state);

@@ -483,8 +483,8 @@ pub trait QueueAdmin: Send + Sync {
         ))
     }
 
-    /// The queues that hold messages (ready, delayed, in flight or dead)
-    /// or have a consumer now, sorted by name. For operators' tools.
+    /// The queues that hold messages (ready, delayed, in flight or dead),
+    /// sorted by name. For operators' tools.
     ///
     /// The default reports [`Unsupported`](crate::BrokerErrorKind::Unsupported):
     /// RabbitMQ tells no client which queues exist (its management plugin

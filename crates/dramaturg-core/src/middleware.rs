@@ -146,6 +146,18 @@ pub trait Middleware: Send + Sync + 'static {
         next.run(ctx).await
     }
 
+    /// Runs when the worker has made the tracing span of a message (named
+    /// `message`, with its id, actor, queue and retries), before the span
+    /// is entered and before anything else of the message runs: a
+    /// middleware can link the span to where the message came from (the
+    /// trace-context middleware of `dramaturg-metrics` gives it the
+    /// OpenTelemetry parent that the message's `traceparent` option names).
+    /// Messages the worker rejects before they reach an actor pass here
+    /// too. It runs for every message: keep it cheap.
+    fn on_message_span(&self, message: &Message, span: &tracing::Span) {
+        let _ = (message, span);
+    }
+
     /// Runs when a worker dead-letters a message it decoded but cannot
     /// run — no actor of its name is registered, or its arguments do not
     /// fit the actor — with the reason; the stack's `handle` never sees
@@ -232,6 +244,14 @@ impl<M: Middleware + ?Sized> Middleware for Arc<M> {
 
     async fn handle(&self, ctx: &Context, next: Next<'_>) -> Outcome {
         (**self).handle(ctx, next).await
+    }
+
+    fn on_message_span(&self, message: &Message, span: &tracing::Span) {
+        (**self).on_message_span(message, span);
+    }
+
+    async fn on_rejected(&self, app: &App, message: &Message, reason: &Bounded) {
+        (**self).on_rejected(app, message, reason).await;
     }
 
     async fn on_worker_start(&self, app: &App) {

@@ -752,6 +752,9 @@ async fn process(shared: Arc<Shared>, delivery: Delivery, _permit: OwnedSemaphor
                 queue = %Bounded::quoted(&message.queue),
                 retries = message.retries,
             );
+            for middleware in shared.app.middleware() {
+                middleware.on_message_span(&message, &span);
+            }
             async {
                 let redelivered = delivery.redelivered();
                 let (settlement, count) = match shared.watchdog.as_ref().and_then(Watchdog::lease) {

@@ -9,6 +9,9 @@
 //!   from the broker while a worker runs. The names and labels are in
 //!   [`names`].
 //!
+//! - [`trace`] (feature `opentelemetry`): the W3C trace context of the
+//!   sending span carried in each message, continued by the worker's span.
+//!
 //! Without a recorder, the metrics go nowhere; without the middleware in
 //! the stack, nothing runs at all.
 //!
@@ -51,5 +54,8 @@ pub mod names;
 #[cfg_attr(docsrs, doc(cfg(feature = "prometheus")))]
 pub mod prometheus;
 mod sampler;
+#[cfg(feature = "opentelemetry")]
+#[cfg_attr(docsrs, doc(cfg(feature = "opentelemetry")))]
+pub mod trace;
 
 pub use middleware::{Metrics, DEFAULT_SAMPLE_INTERVAL, NAME};

@@ -64,7 +64,7 @@
 //!
 //! - `metrics` (feature `prometheus`): N no-op messages (default 100,000)
 //!   through the default stack, seven times each without and with the
-//!   metrics middleware (outermost, a Prometheus recorder installed and
+//!   metrics middleware (a Prometheus recorder installed and
 //!   served), interleaved. Last line: JSON with the medians
 //!   `with_metrics_per_s` and `without_metrics_per_s`, and
 //!   `metrics_cost_pct`; and the medians of the CPU time per message of
@@ -73,8 +73,7 @@
 //!   machine steadier than the rates) and `metrics_cpu_cost_pct`.
 //!
 //! Flags: `--metrics` (feature `prometheus`; throughput scenario): the
-//! metrics middleware outermost, a Prometheus recorder installed and
-//! served. `--broker URL` (default `memory://`; `memory` is short for it),
+//! metrics middleware, a Prometheus recorder installed and served. `--broker URL` (default `memory://`; `memory` is short for it),
 //! `--messages N`, `--concurrency C` (64), `--batch B` (messages per
 //! `send_many` call; 1 sends them one by one; default 1000).
 
@@ -153,7 +152,7 @@ struct Args {
     /// (the default stack) in the throughput scenario, memory elsewhere.
     events: Option<String>,
     /// `--metrics`: the throughput scenario with the metrics middleware
-    /// outermost and a Prometheus recorder installed and served.
+    /// and a Prometheus recorder installed and served.
     metrics: bool,
 }
 
@@ -283,7 +282,7 @@ async fn throughput(args: &Args) -> Result<(), BoxError> {
     Ok(())
 }
 
-/// `builder` with the metrics middleware outermost and a Prometheus
+/// `builder` with the metrics middleware and a Prometheus
 /// recorder installed and served, when `on`.
 #[cfg(feature = "prometheus")]
 fn with_metrics(
@@ -294,7 +293,7 @@ fn with_metrics(
         return Ok((builder, None));
     }
     let server = dramaturg::metrics::prometheus::serve("127.0.0.1:0")?;
-    let builder = builder.insert_before(dramaturg::middleware::names::CALLBACKS, dramaturg::metrics::Metrics::new());
+    let builder = builder.middleware(dramaturg::metrics::Metrics::new());
     Ok((builder, Some(server)))
 }
 
@@ -799,10 +798,8 @@ async fn metrics_cost(args: &Args) -> Result<(), BoxError> {
     let server = dramaturg::metrics::prometheus::serve("127.0.0.1:0")?;
     let broker = dramaturg::connect(&args.broker).await?;
     let plain = dramaturg::app_shared(Arc::clone(&broker)).actor::<Noop>().build()?;
-    let measured = dramaturg::app_shared(broker)
-        .insert_before(dramaturg::middleware::names::CALLBACKS, dramaturg::metrics::Metrics::new())
-        .actor::<Noop>()
-        .build()?;
+    let measured =
+        dramaturg::app_shared(broker).middleware(dramaturg::metrics::Metrics::new()).actor::<Noop>().build()?;
     let broker_name = args.broker.split("://").next().unwrap_or_default().to_owned();
     let (mut with, mut without, mut cpu_with, mut cpu_without) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rounds {

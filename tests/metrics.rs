@@ -13,7 +13,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use dramaturg::metrics::{names, prometheus, Metrics};
-use dramaturg::middleware::names::CALLBACKS;
 use dramaturg::prelude::*;
 use dramaturg::{Message, Outgoing};
 use serde::{Deserialize, Serialize};
@@ -94,8 +93,7 @@ async fn a_scrape_shows_what_the_worker_processed() {
     let addr = server.local_addr();
     let broker = support::redis_broker(URL, &support::namespace()).await;
     let metrics = Metrics::new().sample_queues_every(Some(Duration::from_millis(100)));
-    let app =
-        dramaturg::app(broker).insert_before(CALLBACKS, metrics).actor::<Works>().actor::<Fails>().build().unwrap();
+    let app = dramaturg::app(broker).middleware(metrics).actor::<Works>().actor::<Fails>().build().unwrap();
     for n in 0..5 {
         Works { n }.send(&app).await.unwrap();
     }
@@ -112,15 +110,19 @@ async fn a_scrape_shows_what_the_worker_processed() {
     let running = tokio::spawn(worker.run());
     let (works, fails) =
         ([("actor", "works"), ("queue", "metrics-work")], [("actor", "fails"), ("queue", "metrics-work")]);
-    let dead = [("queue", "metrics-work"), ("state", "dead")];
     let mut samples = BTreeMap::new();
     for _ in 0..300 {
         let (status, body) = get(addr, "/metrics").await;
         assert_eq!(status, "HTTP/1.1 200 OK");
         samples = parse(&body);
+        // The counters are final, and a depth sample was taken after the
+        // last settlement (samples run every 100 ms, on their own time).
+        let settled = [("ready", 0.0), ("delayed", 0.0), ("in_flight", 0.0), ("dead", 3.0)].iter().all(|(state, n)| {
+            value(&samples, names::QUEUE_MESSAGES, &[("queue", "metrics-work"), ("state", state)]) == *n
+        });
         let done = value(&samples, names::MESSAGES_PROCESSED, &[works[0], works[1], ("outcome", "succeeded")]) == 6.0
             && value(&samples, names::MESSAGES_DEAD_LETTERED, &fails) == 2.0
-            && value(&samples, names::QUEUE_MESSAGES, &dead) == 3.0;
+            && settled;
         if done {
             break;
         }

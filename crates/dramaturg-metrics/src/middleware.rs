@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use dramaturg_core::sync::lock;
-use dramaturg_core::{App, Bounded, Context, Message, Middleware, Next, Outcome};
-use metrics::Gauge;
+use dramaturg_core::{App, Bounded, Context, Message, Middleware, Outcome};
 
 use crate::handles::Handles;
 use crate::names::{self, REJECTED, UNKNOWN};
@@ -24,13 +23,15 @@ pub const DEFAULT_SAMPLE_INTERVAL: Duration = Duration::from_secs(10);
 /// (none: nothing is recorded, at the cost of a few no-op calls per
 /// message).
 ///
-/// Put it **outermost**, so that it sees every end of every attempt
-/// (time-limit expiries and aborts included): with the default stack,
-/// `insert_before(dramaturg_core::middleware::names::CALLBACKS, Metrics::new())`,
-/// after inserting any other outermost middleware (results).
+/// It does not wrap the chain: it observes every attempt from the worker
+/// ([`Middleware::on_attempt_start`], [`Middleware::on_attempt_end`]),
+/// so its place in the stack does not matter and it sees every end of
+/// every attempt (time-limit expiries and aborts included), and costs no
+/// future of its own per message.
 ///
-/// Install the recorder before the worker starts: each actor's handles are
-/// taken from the recorder once, at its first message, and kept.
+/// Install the recorder before the worker starts: the handles of the
+/// app's actors are taken from the recorder when a worker starts (others
+/// at their first message), and kept.
 ///
 /// When a worker starts, the middleware also starts sampling the depth of
 /// every queue of the app (see [`QUEUE_MESSAGES`](crate::names::QUEUE_MESSAGES))
@@ -64,16 +65,6 @@ impl Metrics {
     }
 }
 
-/// Takes one off the in-progress gauge however the attempt ends, even if
-/// its future is dropped.
-struct Running<'a>(&'a Gauge);
-
-impl Drop for Running<'_> {
-    fn drop(&mut self) {
-        self.0.decrement(1.0);
-    }
-}
-
 /// How long `message` waited from when it fell due until `now_ms`.
 fn start_delay(message: &Message, now_ms: u64) -> Duration {
     let due_ms = message.enqueued_at_ms.saturating_add(message.send_delay().map_or(0, |d| d.as_millis() as u64));
@@ -86,29 +77,40 @@ impl Middleware for Metrics {
         NAME
     }
 
-    async fn handle(&self, ctx: &Context, next: Next<'_>) -> Outcome {
+    fn wraps(&self) -> bool {
+        false
+    }
+
+    fn observes_attempts(&self) -> bool {
+        true
+    }
+
+    fn on_attempt_start(&self, ctx: &Context) {
         let handles = self.handles.get(ctx.actor(), ctx.queue());
         handles.received.increment(1);
         handles.in_progress.increment(1.0);
-        let running = Running(&handles.in_progress);
-        let waited = (ctx.retries() == 0).then(|| start_delay(ctx.message(), ctx.app().broker().now_ms()));
-        let outcome = next.run(ctx).await;
-        let elapsed = ctx.started_at().elapsed();
-        drop(running);
+    }
+
+    fn on_attempt_end(&self, ctx: &Context, outcome: &Outcome) {
+        let handles = self.handles.get(ctx.actor(), ctx.queue());
+        handles.in_progress.decrement(1.0);
         handles.count_outcome(outcome.label());
-        match &outcome {
+        match outcome {
             Outcome::Postponed(..) => {}
             outcome => {
+                let elapsed = ctx.started_at().elapsed();
                 handles.duration.record(elapsed);
-                if let Some(waited) = waited {
-                    handles.start_delay.record(waited);
+                if ctx.retries() == 0 {
+                    // When it started, by the broker's clock: now, less
+                    // how long it ran.
+                    let started_ms = ctx.app().broker().now_ms().saturating_sub(dramaturg_core::time::millis(elapsed));
+                    handles.start_delay.record(start_delay(ctx.message(), started_ms));
                 }
                 if matches!(outcome, Outcome::Failed(_)) {
                     handles.dead_lettered.increment(1);
                 }
             }
         }
-        outcome
     }
 
     async fn on_rejected(&self, app: &App, message: &Message, _reason: &Bounded) {

@@ -518,6 +518,20 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_queues_listed_are_those_holding_messages() {
+        let broker = MemoryBroker::new();
+        broker.enqueue(Outgoing::new("b", &b"x"[..])).await.expect("enqueued");
+        broker
+            .enqueue(Outgoing::new("a", &b"y"[..]).with_delay(Some(Duration::from_secs(60))))
+            .await
+            .expect("enqueued");
+        // Named, never holding anything.
+        broker.stats("empty").await.expect("stats");
+        assert_eq!(broker.queues().await.expect("listed"), ["a", "b"]);
+        assert!(broker.workers().await.is_err_and(|e| e.kind() == crate::BrokerErrorKind::Unsupported));
+    }
+
+    #[tokio::test]
     async fn higher_priorities_are_delivered_first_and_equals_in_order() {
         let broker = MemoryBroker::new();
         for (body, priority) in

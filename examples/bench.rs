@@ -66,7 +66,18 @@
 //!   (`EVALSHA`/`EVAL` in `INFO commandstats`) per window acquire, in the
 //!   least of ten batches (the server's counts include other clients').
 //!
-//! Flags: `--broker URL` (default `memory://`; `memory` is short for it),
+//! - `metrics` (feature `prometheus`): N no-op messages (default 100,000)
+//!   through the default stack, seven times each without and with the
+//!   metrics middleware (a Prometheus recorder installed and
+//!   served), interleaved. Last line: JSON with the medians
+//!   `with_metrics_per_s` and `without_metrics_per_s`, and
+//!   `metrics_cost_pct`; and the medians of the CPU time per message of
+//!   every thread of the process while the worker ran (`cpu_us_with`,
+//!   `cpu_us_without`, from `/proc/self/task/*/schedstat`: on a busy
+//!   machine steadier than the rates) and `metrics_cpu_cost_pct`.
+//!
+//! Flags: `--metrics` (feature `prometheus`; throughput scenario): the
+//! metrics middleware, a Prometheus recorder installed and served. `--broker URL` (default `memory://`; `memory` is short for it),
 //! `--messages N`, `--concurrency C` (64), `--batch B` (messages per
 //! `send_many` call; 1 sends them one by one; default 1000).
 
@@ -75,7 +86,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dramaturg::prelude::*;
-use dramaturg::BoxError;
+use dramaturg::{AppBuilder, BoxError};
 use serde::{Deserialize, Serialize};
 
 /// Never returns; killed at its limit.
@@ -144,6 +155,9 @@ struct Args {
     /// `--events`: the abort middleware's store; `None` follows the broker
     /// (the default stack) in the throughput scenario, memory elsewhere.
     events: Option<String>,
+    /// `--metrics`: the throughput scenario with the metrics middleware
+    /// and a Prometheus recorder installed and served.
+    metrics: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -156,6 +170,7 @@ fn parse_args() -> Result<Args, String> {
         samples: None,
         seconds: 10,
         events: None,
+        metrics: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -164,6 +179,7 @@ fn parse_args() -> Result<Args, String> {
             "--scenario" => args.scenario = value()?,
             "--samples" => args.samples = Some(value()?),
             "--events" => args.events = Some(value()?),
+            "--metrics" => args.metrics = true,
             "--seconds" => args.seconds = value()?.parse().map_err(|e| format!("--seconds: {e}"))?,
             "--broker" => args.broker = value()?,
             "--messages" => args.messages = Some(value()?.parse().map_err(|e| format!("--messages: {e}"))?),
@@ -213,8 +229,10 @@ async fn main() -> Result<(), BoxError> {
         "isolated-overhead" => isolated_overhead(&args).await,
         "results" => results(&args).await,
         "rate-limit" => rate_limit(&args).await,
+        #[cfg(feature = "prometheus")]
+        "metrics" => metrics_cost(&args).await,
         other => Err(format!(
-            "unknown scenario {other:?}: throughput, latency, idle, abort, fail-large-errors, isolated-runaway, isolated-overhead, results or rate-limit"
+            "unknown scenario {other:?}: throughput, latency, idle, abort, fail-large-errors, isolated-runaway, isolated-overhead, results, rate-limit or metrics"
         )
         .into()),
     }
@@ -228,6 +246,7 @@ async fn throughput(args: &Args) -> Result<(), BoxError> {
         Some(events) => with_events(builder, events).await?,
         None => builder,
     };
+    let (builder, _metrics_server) = with_metrics(builder, args.metrics)?;
     let app = builder.actor::<Noop>().build()?;
     let broker_name = args.broker.split("://").next().unwrap_or_default().to_owned();
 
@@ -265,6 +284,29 @@ async fn throughput(args: &Args) -> Result<(), BoxError> {
         args.concurrency, args.batch
     );
     Ok(())
+}
+
+/// `builder` with the metrics middleware and a Prometheus
+/// recorder installed and served, when `on`.
+#[cfg(feature = "prometheus")]
+fn with_metrics(
+    builder: AppBuilder,
+    on: bool,
+) -> Result<(AppBuilder, Option<dramaturg::metrics::prometheus::MetricsServer>), BoxError> {
+    if !on {
+        return Ok((builder, None));
+    }
+    let server = dramaturg::metrics::prometheus::serve("127.0.0.1:0")?;
+    let builder = builder.middleware(dramaturg::metrics::Metrics::new());
+    Ok((builder, Some(server)))
+}
+
+#[cfg(not(feature = "prometheus"))]
+fn with_metrics(builder: AppBuilder, on: bool) -> Result<(AppBuilder, Option<()>), BoxError> {
+    if on {
+        return Err("--metrics needs the `prometheus` feature".into());
+    }
+    Ok((builder, None))
 }
 
 /// An error holding a large buffer, as a failed export or upload might.
@@ -445,7 +487,7 @@ async fn idle(args: &Args) -> Result<(), BoxError> {
 }
 
 /// The builder with the abort middleware's store named by `events`.
-async fn with_events(builder: dramaturg::AppBuilder, events: &str) -> Result<dramaturg::AppBuilder, BoxError> {
+async fn with_events(builder: AppBuilder, events: &str) -> Result<AppBuilder, BoxError> {
     use dramaturg::abort::Abortable;
     Ok(match events {
         "memory" => builder.replace("abort", Abortable::new(dramaturg::MemoryStore::new())),
@@ -727,10 +769,6 @@ async fn results(args: &Args) -> Result<(), BoxError> {
         with.push(kept_rate(&app, throughput, Keeping::ByActor, args.concurrency).await?);
         per_message.push(kept_rate(&app, throughput, Keeping::PerMessage, args.concurrency).await?);
     }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     let (with, without, per_message) = (median(with), median(without), median(per_message));
     let cost = (1.0 - with / without) * 100.0;
     let per_message_cost = (1.0 - per_message / without) * 100.0;
@@ -740,6 +778,86 @@ async fn results(args: &Args) -> Result<(), BoxError> {
     println!("            {per_message:.0} msgs/s keeping them by a per-message option ({per_message_cost:.1}% cost)");
     println!(
         "{{\"scenario\":\"results\",\"broker\":\"{broker_name}\",\"messages\":{messages},\"wake_ms_p50\":{p50:.3},\"wake_ms_p99\":{p99:.3},\"with_results_per_s\":{with:.0},\"without_results_per_s\":{without:.0},\"results_cost_pct\":{cost:.1},\"per_message_per_s\":{per_message:.0},\"per_message_cost_pct\":{per_message_cost:.1}}}"
+    );
+    Ok(())
+}
+
+/// The median of `values` (the upper one of an even count).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// The CPU time of every thread of this process so far, in nanoseconds
+/// (`/proc/self/task/*/schedstat`): unlike the wall clock, it does not
+/// count the time other processes of a busy machine took.
+#[cfg(feature = "prometheus")]
+fn cpu_ns() -> Result<u64, BoxError> {
+    let mut total = 0;
+    for task in std::fs::read_dir("/proc/self/task")? {
+        // A thread that ended meanwhile has no file any more.
+        let Ok(stat) = std::fs::read_to_string(task?.path().join("schedstat")) else { continue };
+        total += stat.split_whitespace().next().ok_or("empty schedstat")?.parse::<u64>()?;
+    }
+    Ok(total)
+}
+
+/// Processing rate of `messages` `Noop` messages sent in batches of `batch`
+/// and run by a worker of `app`, and the CPU time per message, in
+/// microseconds, that the run took.
+#[cfg(feature = "prometheus")]
+async fn noop_rate(app: &App, messages: u64, args: &Args) -> Result<(f64, f64), BoxError> {
+    let batch: Vec<Noop> = (0..messages).map(|n| Noop { n }).collect();
+    for chunk in batch.chunks(args.batch) {
+        app.send_many(chunk).await?;
+    }
+    let (started, cpu) = (Instant::now(), cpu_ns()?);
+    let report =
+        Worker::new(app.clone()).concurrency(args.concurrency).run_until_drained(Duration::from_secs(3600)).await?;
+    let cpu_us = (cpu_ns()? - cpu) as f64 / 1e3 / messages as f64;
+    if report.succeeded != messages {
+        return Err(format!("expected {messages} processed, got {report:?}").into());
+    }
+    Ok((messages as f64 / started.elapsed().as_secs_f64(), cpu_us))
+}
+
+/// Throughput and CPU time per message of the default stack with and
+/// without the metrics middleware (a Prometheus recorder installed, its
+/// endpoint served), interleaved.
+#[cfg(feature = "prometheus")]
+async fn metrics_cost(args: &Args) -> Result<(), BoxError> {
+    let messages = args.messages.unwrap_or(100_000);
+    let rounds = 7;
+    let server = dramaturg::metrics::prometheus::serve("127.0.0.1:0")?;
+    let broker = dramaturg::connect(&args.broker).await?;
+    let plain = dramaturg::app_shared(Arc::clone(&broker)).actor::<Noop>().build()?;
+    let measured =
+        dramaturg::app_shared(broker).middleware(dramaturg::metrics::Metrics::new()).actor::<Noop>().build()?;
+    let broker_name = args.broker.split("://").next().unwrap_or_default().to_owned();
+    let (mut with, mut without, mut cpu_with, mut cpu_without) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let (rate, cpu) = noop_rate(&plain, messages, args).await?;
+        without.push(rate);
+        cpu_without.push(cpu);
+        let (rate, cpu) = noop_rate(&measured, messages, args).await?;
+        with.push(rate);
+        cpu_with.push(cpu);
+    }
+    // The metrics saw every message of the measured runs.
+    let scraped = server.handle().render();
+    let received = format!("dramaturg_messages_received_total{{actor=\"noop\",queue=\"bench\"}} {}", messages * rounds);
+    if !scraped.contains(&received) {
+        return Err(format!("expected {received:?} in the scrape:\n{scraped}").into());
+    }
+    let (with, without) = (median(with), median(without));
+    let (cpu_with, cpu_without) = (median(cpu_with), median(cpu_without));
+    let cost = (1.0 - with / without) * 100.0;
+    let cpu_cost = (cpu_with / cpu_without - 1.0) * 100.0;
+    println!("scenario:    metrics ({broker_name}, {messages} messages x{rounds} each way, interleaved)");
+    println!("processing: {with:.0} msgs/s with metrics, {without:.0} without ({cost:.1}% cost)");
+    println!("CPU time:   {cpu_with:.3} µs/msg with metrics, {cpu_without:.3} without ({cpu_cost:.1}% cost)");
+    println!(
+        "{{\"scenario\":\"metrics\",\"broker\":\"{broker_name}\",\"messages\":{messages},\"with_metrics_per_s\":{with:.0},\"without_metrics_per_s\":{without:.0},\"metrics_cost_pct\":{cost:.1},\"cpu_us_with\":{cpu_with:.3},\"cpu_us_without\":{cpu_without:.3},\"metrics_cpu_cost_pct\":{cpu_cost:.1}}}"
     );
     Ok(())
 }

@@ -23,10 +23,15 @@ pub use dramaturg_core::{
     OptionKey, Options, Outcome, Outgoing, Output, ParseMessageIdError, Protocol, QueueAdmin, QueueStats, Receipt,
     RecordLimits, Remote, Replay, ReplayError, ReplayReport, ReplayRetries, Retry, SendClaim, SendOptions, Sent,
     SettleError, Settled, Settlement, ShutdownHandle, State, Store, StoreError, StoreErrorKind, Worker, WorkerError,
-    WorkerGauges, WorkerReport, DEFAULT_MAX_MESSAGE_SIZE, ETA,
+    WorkerGauges, WorkerInfo, WorkerReport, DEFAULT_MAX_MESSAGE_SIZE, ETA,
 };
 pub use dramaturg_core::{isolation, store, sync, time};
 pub use dramaturg_error_capture as error_capture;
+/// Metrics through the `metrics` facade, and a Prometheus exporter with
+/// the `prometheus` feature.
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub use dramaturg_metrics as metrics;
 /// Rate and concurrency limits that hold across a fleet of workers.
 #[cfg(feature = "rate-limits")]
 #[cfg_attr(docsrs, doc(cfg(feature = "rate-limits")))]

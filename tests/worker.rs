@@ -368,3 +368,76 @@ fn a_worker_warns_once_when_its_app_has_no_error_capture() {
     });
     assert!(!defaults.contains("error_capture"), "{defaults}");
 }
+
+/// Sleeps past its time limit.
+#[derive(Actor, Serialize, Deserialize)]
+#[actor(queue = "observed", time_limit = "50ms", max_retries = 0)]
+struct Overruns;
+
+impl Overruns {
+    async fn perform(self, _ctx: &Context) -> Result<(), BoxError> {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        Ok(())
+    }
+}
+
+/// Records the ends of attempts it observes; not part of the chain.
+#[derive(Default)]
+struct Observer {
+    started: AtomicU64,
+    ended: Mutex<Vec<&'static str>>,
+    handled: AtomicU64,
+}
+
+#[async_trait]
+impl Middleware for Observer {
+    fn name(&self) -> &'static str {
+        "observer"
+    }
+
+    async fn handle(&self, ctx: &Context, next: Next<'_>) -> Outcome {
+        self.handled.fetch_add(1, Ordering::Relaxed);
+        next.run(ctx).await
+    }
+
+    fn wraps(&self) -> bool {
+        false
+    }
+
+    fn observes_attempts(&self) -> bool {
+        true
+    }
+
+    fn on_attempt_start(&self, _ctx: &Context) {
+        self.started.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn on_attempt_end(&self, _ctx: &Context, outcome: &Outcome) {
+        self.ended.lock().unwrap().push(outcome.label());
+    }
+}
+
+/// An observer sees both ends of every attempt wherever it is in the
+/// stack — innermost here, where a wrapping middleware would not see the
+/// time limit cut the attempt short — and is not called as a link of the
+/// chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_observer_sees_every_attempt_without_being_in_the_chain() {
+    let observer = Arc::new(Observer::default());
+    let app = dramaturg::app(MemoryBroker::new())
+        .middleware(Arc::clone(&observer))
+        .actor::<Overruns>()
+        .actor_in::<Echo>("observed")
+        .build()
+        .unwrap();
+    assert_eq!(app.middleware_names().last(), Some(&"observer"));
+    Overruns.send(&app).await.unwrap();
+    Echo { key: "observed".into() }.send(&app).await.unwrap();
+    let report = Worker::new(app).run_until_drained(Duration::from_secs(30)).await.unwrap();
+    assert_eq!((report.succeeded, report.failed), (1, 1), "{report:?}");
+    assert_eq!(observer.started.load(Ordering::Relaxed), 2);
+    let mut ended = observer.ended.lock().unwrap().clone();
+    ended.sort_unstable();
+    assert_eq!(ended, ["failed", "succeeded"]);
+    assert_eq!(observer.handled.load(Ordering::Relaxed), 0);
+}

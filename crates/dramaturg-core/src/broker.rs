@@ -498,7 +498,31 @@ impl QueueStats {
     }
 }
 
-/// Queue statistics, purging and draining.
+/// A worker as the broker knows it (see [`QueueAdmin::workers`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorkerInfo {
+    /// The broker's id of the worker (the Redis broker's is
+    /// `<host>-<pid>-<random>`).
+    pub id: String,
+    /// When the worker last told the broker it is alive, by the broker's
+    /// clock. A worker whose last beat is older than its heartbeat timeout
+    /// is presumed dead: another worker returns what it held.
+    pub last_beat: SystemTime,
+    /// The queues it consumes, with how many of their messages it holds
+    /// (claimed and not settled).
+    pub in_flight: std::collections::BTreeMap<String, u64>,
+}
+
+impl WorkerInfo {
+    /// A worker from its parts.
+    pub fn new(id: String, last_beat: SystemTime, in_flight: std::collections::BTreeMap<String, u64>) -> Self {
+        Self { id, last_beat, in_flight }
+    }
+}
+
+/// Queue statistics, purging and draining; for operators, the queues and
+/// workers the broker knows.
 #[async_trait]
 pub trait QueueAdmin: Send + Sync {
     /// Counts of `queue`'s messages.
@@ -532,6 +556,33 @@ pub trait QueueAdmin: Send + Sync {
             crate::BrokerErrorKind::Unsupported,
             format!("this broker cannot return the in-flight messages of {queue:?}"),
         ))
+    }
+
+    /// The queues that hold messages (ready, delayed, in flight or dead),
+    /// sorted by name. For operators' tools.
+    ///
+    /// The default reports [`Unsupported`](crate::BrokerErrorKind::Unsupported):
+    /// RabbitMQ tells no client which queues exist (its management plugin
+    /// does), so there the queues must be named.
+    ///
+    /// # Errors
+    ///
+    /// A [`BrokerError`] when the broker cannot be reached or cannot tell.
+    async fn queues(&self) -> Result<Vec<String>, BrokerError> {
+        Err(BrokerError::new(crate::BrokerErrorKind::Unsupported, "this broker cannot list its queues: name them"))
+    }
+
+    /// The workers registered with the broker, dead ones not yet recovered
+    /// included (see [`WorkerInfo::last_beat`]), sorted by id.
+    ///
+    /// The default reports [`Unsupported`](crate::BrokerErrorKind::Unsupported):
+    /// only brokers that keep a registry of workers (Redis) can tell.
+    ///
+    /// # Errors
+    ///
+    /// A [`BrokerError`] when the broker cannot be reached or cannot tell.
+    async fn workers(&self) -> Result<Vec<WorkerInfo>, BrokerError> {
+        Err(BrokerError::new(crate::BrokerErrorKind::Unsupported, "this broker keeps no registry of workers"))
     }
 
     /// Waits until `queue` has no ready, delayed or in-flight message, for

@@ -158,6 +158,35 @@ impl App {
         Ok(letters.iter().map(|letter| letter.decode(self.encoder())).collect())
     }
 
+    /// The dead letter of `queue` whose broker key, or whose message's id,
+    /// is `key_or_id`, decoded with this app's encoder; `None` when there is
+    /// none. It lists the dead letters oldest first, a thousand more at a
+    /// time, until it finds one.
+    ///
+    /// # Errors
+    ///
+    /// A [`BrokerError`], including `Unsupported` when the broker has no
+    /// dead-letter inspection.
+    pub async fn find_dead_letter(&self, queue: &str, key_or_id: &str) -> Result<Option<DeadLetterView>, BrokerError> {
+        let dead = self.dead_letters()?;
+        let mut limit = PAGE;
+        loop {
+            let letters = dead.list(queue, limit).await?;
+            let found = letters.iter().find(|l| l.key == key_or_id).or_else(|| {
+                letters
+                    .iter()
+                    .find(|l| self.encoder().decode_message(&l.body).is_ok_and(|m| m.id.to_string() == key_or_id))
+            });
+            if let Some(letter) = found {
+                return Ok(Some(letter.decode(self.encoder())));
+            }
+            if letters.len() < limit {
+                return Ok(None);
+            }
+            limit *= 2;
+        }
+    }
+
     /// Replays dead letters of `queue`: as they were, or with their retry
     /// count reset to 0 (see [`ReplayRetries`]).
     ///

@@ -61,7 +61,7 @@ pub use app::{App, AppBuilder, Remote, SendOptions, DEFAULT_MAX_MESSAGE_SIZE, MA
 pub use bounded::{Bounded, MAX_QUOTED_BYTES, MAX_REASON_BYTES};
 pub use broker::{
     Broker, Consumer, DeadLetter, DeadLetters, Delivery, Outgoing, Protocol, QueueAdmin, QueueStats, Receipt, Replay,
-    SettleError, Settled, Settlement, WritingReceipt,
+    SettleError, Settled, Settlement, WorkerInfo, WritingReceipt,
 };
 pub use call::Call;
 pub use context::{Context, Controls, Metadata};

@@ -381,6 +381,23 @@ impl Drop for MemoryReceipt {
 
 #[async_trait]
 impl QueueAdmin for MemoryBroker {
+    async fn queues(&self) -> Result<Vec<String>, BrokerError> {
+        // Every queue ever named has an entry: list those holding messages.
+        let mut queues: Vec<String> = lock(&self.inner.queues)
+            .iter()
+            .filter(|(_, queue)| {
+                let state = lock(&queue.state);
+                !(state.ready.is_empty()
+                    && state.delayed.is_empty()
+                    && state.in_flight.is_empty()
+                    && state.dead.is_empty())
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        queues.sort_unstable();
+        Ok(queues)
+    }
+
     async fn stats(&self, queue: &str) -> Result<QueueStats, BrokerError> {
         let queue = self.queue(queue);
         let state = lock(&queue.state);
@@ -498,6 +515,20 @@ mod tests {
         let body = String::from_utf8(delivery.body().to_vec()).expect("utf-8");
         delivery.settle(Settlement::Ack).await.expect("settled");
         body
+    }
+
+    #[tokio::test]
+    async fn the_queues_listed_are_those_holding_messages() {
+        let broker = MemoryBroker::new();
+        broker.enqueue(Outgoing::new("b", &b"x"[..])).await.expect("enqueued");
+        broker
+            .enqueue(Outgoing::new("a", &b"y"[..]).with_delay(Some(Duration::from_secs(60))))
+            .await
+            .expect("enqueued");
+        // Named, never holding anything.
+        broker.stats("empty").await.expect("stats");
+        assert_eq!(broker.queues().await.expect("listed"), ["a", "b"]);
+        assert!(broker.workers().await.is_err_and(|e| e.kind() == crate::BrokerErrorKind::Unsupported));
     }
 
     #[tokio::test]

@@ -16,7 +16,11 @@
 //! next step in `handle`: it can run code before and after, short-circuit,
 //! race `next` against a deadline, or translate the outcome. Observation —
 //! metrics, logging — can do the same with nothing but a timer around
-//! `next.run(ctx)`, as the example below does.
+//! `next.run(ctx)`, as the example below does; or, cheaper and whatever its
+//! place in the stack, leave the chain ([`Middleware::wraps`] `false`) and
+//! observe every attempt's start and end through synchronous hooks
+//! ([`Middleware::observes_attempts`]), as the metrics middleware of
+//! `dramaturg-metrics` does.
 //!
 //! # Examples
 //!
@@ -154,6 +158,56 @@ pub trait Middleware: Send + Sync + 'static {
         next.run(ctx).await
     }
 
+    /// Whether this middleware's [`handle`](Middleware::handle) wraps the
+    /// processing of messages. One that only observes attempts
+    /// ([`on_attempt_start`](Middleware::on_attempt_start),
+    /// [`on_attempt_end`](Middleware::on_attempt_end)) returns `false`,
+    /// and the worker leaves it out of the chain: it then costs no future
+    /// of its own per message, and its `handle` is never called. Its
+    /// other hooks run as usual.
+    fn wraps(&self) -> bool {
+        true
+    }
+
+    /// Whether the worker calls [`on_attempt_start`](Middleware::on_attempt_start)
+    /// and [`on_attempt_end`](Middleware::on_attempt_end) of this
+    /// middleware. `false` by default, so that a stack with no observer
+    /// pays for no loop over hooks.
+    fn observes_attempts(&self) -> bool {
+        false
+    }
+
+    /// Runs when the worker starts an attempt, before the chain's
+    /// `handle`s, for middleware that [observe attempts](Middleware::observes_attempts):
+    /// observation that needs both ends of every attempt (metrics),
+    /// whatever the middleware's place in the stack. Synchronous, on every
+    /// message: keep it cheap.
+    fn on_attempt_start(&self, ctx: &Context) {
+        let _ = ctx;
+    }
+
+    /// Runs when an attempt has ended, with its outcome as the whole chain
+    /// returned it (a panic already made a failure; an attempt the abort
+    /// or time-limit middleware cut short included), before the worker
+    /// settles the delivery; for middleware that [observe attempts](Middleware::observes_attempts).
+    /// Every attempt that started ends here once, unless the worker's own
+    /// task is dropped (its runtime shut down). Synchronous: keep it cheap.
+    fn on_attempt_end(&self, ctx: &Context, outcome: &Outcome) {
+        let _ = (ctx, outcome);
+    }
+
+    /// Runs when the worker has made the tracing span of a message (named
+    /// `message`, with its id, actor, queue and retries), before the span
+    /// is entered and before anything else of the message runs: a
+    /// middleware can link the span to where the message came from (the
+    /// trace-context middleware of `dramaturg-metrics` gives it the
+    /// OpenTelemetry parent that the message's `traceparent` option names).
+    /// Messages the worker rejects before they reach an actor pass here
+    /// too. It runs for every message: keep it cheap.
+    fn on_message_span(&self, message: &Message, span: &tracing::Span) {
+        let _ = (message, span);
+    }
+
     /// Runs when a worker dead-letters a message it decoded but cannot
     /// run — no actor of its name is registered, or its arguments do not
     /// fit the actor — with the reason; the stack's `handle` never sees
@@ -244,6 +298,30 @@ impl<M: Middleware + ?Sized> Middleware for Arc<M> {
 
     async fn handle(&self, ctx: &Context, next: Next<'_>) -> Outcome {
         (**self).handle(ctx, next).await
+    }
+
+    fn wraps(&self) -> bool {
+        (**self).wraps()
+    }
+
+    fn observes_attempts(&self) -> bool {
+        (**self).observes_attempts()
+    }
+
+    fn on_attempt_start(&self, ctx: &Context) {
+        (**self).on_attempt_start(ctx);
+    }
+
+    fn on_attempt_end(&self, ctx: &Context, outcome: &Outcome) {
+        (**self).on_attempt_end(ctx, outcome);
+    }
+
+    fn on_message_span(&self, message: &Message, span: &tracing::Span) {
+        (**self).on_message_span(message, span);
+    }
+
+    async fn on_rejected(&self, app: &App, message: &Message, reason: &Bounded) {
+        (**self).on_rejected(app, message, reason).await;
     }
 
     async fn on_worker_start(&self, app: &App) {
@@ -344,7 +422,10 @@ impl<'a> Next<'a> {
     pub async fn run(self, ctx: &Context) -> Outcome {
         let Self { rest, job, shutdown, abandon } = self;
         match rest.split_first() {
-            Some((first, rest)) => first.handle(ctx, Next { rest, job, shutdown, abandon }).await,
+            // `(**first)`: the `dyn Middleware` itself. `first.handle` would pick
+            // the `Arc<M>` impl, whose `handle` boxes a second future around
+            // the middleware's own on every layer of every message.
+            Some((first, rest)) => (**first).handle(ctx, Next { rest, job, shutdown, abandon }).await,
             None => {
                 let result = match (shutdown, abandon) {
                     (Some(shutdown), None) => tokio::select! {

@@ -772,6 +772,9 @@ async fn process(shared: Arc<Shared>, delivery: Delivery, _permit: OwnedSemaphor
                 queue = %Bounded::quoted(&message.queue),
                 retries = message.retries,
             );
+            for middleware in shared.app.middleware() {
+                middleware.on_message_span(&message, &span);
+            }
             async {
                 let redelivered = delivery.redelivered();
                 let settling = match shared.watchdog.as_ref().and_then(Watchdog::lease) {
@@ -882,14 +885,20 @@ async fn run_message(shared: &Shared, message: Message, redelivered: bool, lease
     let _blocking = unstoppable.then(|| BlockingInFlight::new(&shared.blocking_running));
     // The interruption at shutdown ends the job innermost, so that every
     // middleware sees it come back as a requeue.
-    let mut chain = Next::new(app.middleware(), job).interrupted_by(&shared.interrupt);
+    let mut chain = Next::new(app.chain(), job).interrupted_by(&shared.interrupt);
     if unstoppable {
         chain = chain.blocking_until(&shared.abandon);
+    }
+    for observer in app.observers() {
+        observer.on_attempt_start(&ctx);
     }
     let chain = chain.run(&ctx);
     let mut outcome = AssertUnwindSafe(chain).catch_unwind().await.unwrap_or_else(|panic| {
         ctx.controls().outcome_of_panic(Failure::from_panic(panic.as_ref(), None, &RecordLimits::default()))
     });
+    for observer in app.observers() {
+        observer.on_attempt_end(&ctx, &outcome);
+    }
     let middleware_failures = ctx.controls().middleware_failures();
     if middleware_failures > 0 {
         shared.counters.middleware_failures.fetch_add(u64::from(middleware_failures), Ordering::Relaxed);

@@ -4,9 +4,10 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use dramaturg_core::{BrokerError, DeadLetter, DeadLetters, QueueAdmin, QueueStats, Replay};
+use dramaturg_core::{BrokerError, DeadLetter, DeadLetters, QueueAdmin, QueueStats, Replay, WorkerInfo};
 use redis::{ScriptInvocation, Value};
 
+use crate::keys::{queue_keys_pattern, queue_of_key};
 use crate::{broker_error, RedisBroker};
 
 /// How many messages one purge script call removes at most.
@@ -54,6 +55,47 @@ impl QueueAdmin for RedisBroker {
         }
         self.shared.registry.requeue_in_flight(queue).await
     }
+
+    /// The queues with a key under the namespace (`SCAN`: one pass over
+    /// the server's keys, for operators' tools, not for a hot path).
+    async fn queues(&self) -> Result<Vec<String>, BrokerError> {
+        if self.is_dramatiq() {
+            return Err(dramatiq_cannot("list its queues: name them"));
+        }
+        let namespace = &self.shared.config.namespace;
+        let mut conn = self.shared.conn.clone();
+        let mut queues = std::collections::BTreeSet::new();
+        let mut cursor = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(queue_keys_pattern(namespace))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| broker_error(e, "listing queues"))?;
+            queues.extend(keys.iter().filter_map(|key| queue_of_key(namespace, key)).map(str::to_owned));
+            if next == 0 {
+                return Ok(queues.into_iter().collect());
+            }
+            cursor = next;
+        }
+    }
+
+    async fn workers(&self) -> Result<Vec<WorkerInfo>, BrokerError> {
+        if self.is_dramatiq() {
+            return Err(dramatiq_cannot("list its workers"));
+        }
+        self.shared.registry.workers().await
+    }
+}
+
+/// What the Dramatiq layout cannot do (Dramatiq keeps no list of queues,
+/// and its heartbeats name no consumers).
+fn dramatiq_cannot(what: &str) -> BrokerError {
+    BrokerError::new(dramaturg_core::BrokerErrorKind::Unsupported, format!("the Dramatiq layout cannot {what}"))
 }
 
 #[async_trait]

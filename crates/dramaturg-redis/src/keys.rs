@@ -68,6 +68,37 @@ impl RegistryKeys {
     }
 }
 
+/// The glob pattern of every key of every queue under `namespace` (its
+/// glob characters escaped), for `SCAN`.
+pub(crate) fn queue_keys_pattern(namespace: &str) -> String {
+    let mut pattern = String::with_capacity(namespace.len() + 4);
+    for c in namespace.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push_str(":{*");
+    pattern
+}
+
+/// The queue whose key `key` is, if it is one of the keys that hold a
+/// queue's messages (ready, delayed, stored, dead or in flight) under
+/// `namespace`.
+pub(crate) fn queue_of_key<'a>(namespace: &str, key: &'a str) -> Option<&'a str> {
+    let rest = key.strip_prefix(namespace)?.strip_prefix(":{")?;
+    // A queue name may hold `}:` itself: try each place from the end.
+    let mut end = rest.len();
+    while let Some(at) = rest[..end].rfind("}:") {
+        let suffix = &rest[at + 2..];
+        if matches!(suffix, "ready" | "delayed" | "msgs" | "dead") || suffix.starts_with("inflight:") {
+            return Some(&rest[..at]);
+        }
+        end = at;
+    }
+    None
+}
+
 /// A registry entry for consumer `consumer` of `queue`.
 pub(crate) fn consumer_entry(consumer: u64, queue: &str) -> String {
     format!("{consumer}:{queue}")
@@ -99,6 +130,18 @@ mod tests {
             assert!(key.starts_with("ns:{mail}:"), "{key}");
         }
         assert_eq!(keys.inflight("w1", 3), "ns:{mail}:inflight:w1:3");
+    }
+
+    #[test]
+    fn queues_are_read_back_from_their_keys() {
+        let keys = QueueKeys::new("ns", "a}:b");
+        for key in [&keys.ready, &keys.delayed, &keys.msgs, &keys.dead, &keys.inflight("w", 1)] {
+            assert_eq!(queue_of_key("ns", key), Some("a}:b"), "{key}");
+        }
+        assert_eq!(queue_of_key("ns", &keys.claims), None);
+        assert_eq!(queue_of_key("ns", "ns:{registry}:workers"), None);
+        assert_eq!(queue_of_key("other", &keys.ready), None);
+        assert_eq!(queue_keys_pattern("n*s"), "n\\*s:{*");
     }
 
     #[test]

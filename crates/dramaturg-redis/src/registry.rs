@@ -433,6 +433,46 @@ impl Registry {
         Ok(lists)
     }
 
+    /// The registered workers, their last beats and what they hold.
+    pub(crate) async fn workers(&self) -> Result<Vec<dramaturg_core::WorkerInfo>, BrokerError> {
+        let mut conn = self.conn.clone();
+        let beats: Vec<(String, f64)> = redis::cmd("ZRANGE")
+            .arg(&self.keys.workers)
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| broker_error(e, "listing workers"))?;
+        let mut workers = Vec::with_capacity(beats.len());
+        for (worker, beat_ms) in beats {
+            let entries: Vec<String> = redis::cmd("SMEMBERS")
+                .arg(self.keys.consumers(&worker))
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| broker_error(e, "listing consumers"))?;
+            let consumers: Vec<(u64, &str)> = entries.iter().filter_map(|e| parse_consumer_entry(e)).collect();
+            let mut pipe = redis::pipe();
+            for (consumer, queue) in &consumers {
+                pipe.llen(self.keys.queue(queue).inflight(&worker, *consumer));
+            }
+            // Redis refuses an empty pipeline: a worker with no consumer yet.
+            let held: Vec<u64> = if consumers.is_empty() {
+                Vec::new()
+            } else {
+                pipe.query_async(&mut conn).await.map_err(|e| broker_error(e, "counting held messages"))?
+            };
+            let mut in_flight = std::collections::BTreeMap::new();
+            for ((_, queue), held) in consumers.iter().zip(held) {
+                *in_flight.entry((*queue).to_owned()).or_insert(0) += held;
+            }
+            let last_beat = std::time::UNIX_EPOCH + Duration::from_millis(beat_ms as u64);
+            workers.push(dramaturg_core::WorkerInfo::new(worker, last_beat, in_flight));
+        }
+        workers.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(workers)
+    }
+
     /// Returns every claimed message of `queue`, of every worker, to the
     /// queue, voiding the claims.
     pub(crate) async fn requeue_in_flight(&self, queue: &str) -> Result<u64, BrokerError> {

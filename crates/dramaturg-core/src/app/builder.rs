@@ -279,6 +279,8 @@ impl AppBuilder {
                 declared_options,
                 broker: self.broker,
                 encoder,
+                chain: self.stack.iter().filter(|m| m.wraps()).cloned().collect(),
+                observers: self.stack.iter().filter(|m| m.observes_attempts()).cloned().collect(),
                 stack: self.stack,
                 actors,
                 queues,

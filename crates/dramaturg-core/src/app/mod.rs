@@ -53,6 +53,10 @@ struct Inner {
     broker: Arc<dyn Broker>,
     encoder: Arc<dyn Encoder>,
     stack: Vec<Arc<dyn Middleware>>,
+    /// The stack's middleware that wrap processing, in order.
+    chain: Vec<Arc<dyn Middleware>>,
+    /// The stack's middleware that observe attempts, in order.
+    observers: Vec<Arc<dyn Middleware>>,
     actors: HashMap<&'static str, ActorInfo>,
     queues: Vec<String>,
     queue_prefix: String,
@@ -95,6 +99,19 @@ impl App {
     /// The middleware stack, outermost first.
     pub fn middleware(&self) -> &[Arc<dyn Middleware>] {
         &self.inner.stack
+    }
+
+    /// The middleware whose `handle` wraps processing
+    /// ([`Middleware::wraps`]), outermost first: the chain each message
+    /// runs through.
+    pub(crate) fn chain(&self) -> &[Arc<dyn Middleware>] {
+        &self.inner.chain
+    }
+
+    /// The middleware that observe attempts
+    /// ([`Middleware::observes_attempts`]), outermost first.
+    pub(crate) fn observers(&self) -> &[Arc<dyn Middleware>] {
+        &self.inner.observers
     }
 
     /// The names of the middleware stack, outermost first.

@@ -1,0 +1,270 @@
+//! The built `dramaturg` binary against the real Redis and RabbitMQ: every
+//! subcommand, in both output formats; bad URLs, bad input and unknown ids
+//! give a clear error and a non-zero exit code.
+
+#![allow(clippy::unwrap_used)] // Tests may panic on the unexpected.
+
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dramaturg::prelude::*;
+use dramaturg::{Bounded, Broker, MessageId, Settlement};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+const REDIS: &str = "redis://127.0.0.1:6379";
+const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// The actor the workers of these tests run.
+#[derive(Actor, Serialize, Deserialize)]
+#[actor(queue = "cli-greet")]
+struct Greet {
+    name: String,
+}
+
+impl Greet {
+    async fn perform(self, _ctx: &Context) -> Result<(), std::io::Error> {
+        std::hint::black_box(self.name);
+        Ok(())
+    }
+}
+
+/// Something unique to this test run.
+fn unique() -> String {
+    MessageId::new().to_string().to_lowercase()
+}
+
+/// Runs `dramaturg` with `args` against `broker` (none: no --broker and no
+/// DRAMATURG_BROKER).
+fn cli(broker: Option<&str>, args: &[&str]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_dramaturg"));
+    command.env_remove("DRAMATURG_BROKER").env_remove("DRAMATURG_ABORT_STORE");
+    if let Some(broker) = broker {
+        command.arg("--broker").arg(broker);
+    }
+    command.args(args).output().unwrap()
+}
+
+/// Runs a command that must succeed, returning its stdout.
+fn ok(broker: &str, args: &[&str]) -> String {
+    let output = cli(Some(broker), args);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "dramaturg {args:?} failed ({:?}): {stderr}", output.status.code());
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// Runs a command with --json that must succeed, returning its JSON.
+fn json(broker: &str, args: &[&str]) -> Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    serde_json::from_str(&ok(broker, &all)).unwrap()
+}
+
+/// Runs a command that must fail with `code`, returning its stderr.
+fn fails(broker: Option<&str>, args: &[&str], code: i32) -> String {
+    let output = cli(broker, args);
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(output.status.code(), Some(code), "dramaturg {args:?}: {stderr}");
+    assert!(output.stdout.is_empty(), "{:?}", String::from_utf8_lossy(&output.stdout));
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    stderr
+}
+
+/// The one queue's row of `queues --json`.
+fn depth(broker: &str, queue: &str) -> (u64, u64, u64) {
+    let rows = json(broker, &["queues", queue]);
+    let row = &rows.as_array().unwrap()[0];
+    assert_eq!(row["queue"], queue);
+    (row["ready"].as_u64().unwrap(), row["in_flight"].as_u64().unwrap(), row["dead"].as_u64().unwrap())
+}
+
+/// Dead-letters `count` messages of `queue` with `reason`, as a worker
+/// would.
+async fn dead_letter(broker: &Arc<dyn Broker>, queue: &str, count: usize, reason: &str) {
+    let mut consumer = broker.consume(queue, count).await.unwrap();
+    for _ in 0..count {
+        let delivery = tokio::time::timeout(Duration::from_secs(10), consumer.next()).await.unwrap().unwrap();
+        delivery.settle(Settlement::DeadLetter(Bounded::reason(reason))).await.unwrap();
+    }
+    consumer.close().await.unwrap();
+    // Leaves the Redis registry of workers: a consumer that is gone.
+    broker.release().await.unwrap();
+}
+
+/// What both brokers must do: send, queues, dead list/show/replay/delete,
+/// purge, in both formats, and not-found errors.
+async fn dead_letter_round_trip(url: &str, queue: &str) {
+    // send: three messages, by JSON arguments.
+    let mut ids = Vec::new();
+    for name in ["ada", "bob", "cy"] {
+        let sent = json(url, &["send", "greet", "--queue", queue, "--args", &format!(r#"{{"name":"{name}"}}"#)]);
+        assert_eq!(sent["queue"], queue);
+        ids.push(sent["id"].as_str().unwrap().to_owned());
+    }
+    let text = ok(url, &["send", "greet", "-q", queue, "--args", r#"{"name":"dee"}"#]);
+    assert!(text.starts_with("sent ") && text.contains(queue), "{text}");
+    assert_eq!(depth(url, queue), (4, 0, 0));
+
+    // Two of them are dead-lettered, as a worker would.
+    let broker = dramaturg::connect(url).await.unwrap();
+    dead_letter(&broker, queue, 2, "boom: the mail server said no").await;
+    assert_eq!(depth(url, queue), (2, 0, 2));
+    let table = ok(url, &["queues", queue]);
+    let mut lines = table.lines();
+    assert_eq!(
+        lines.next().unwrap().split_whitespace().collect::<Vec<_>>(),
+        ["QUEUE", "READY", "DELAYED", "IN", "FLIGHT", "DEAD"]
+    );
+    assert_eq!(lines.next().unwrap().split_whitespace().collect::<Vec<_>>(), [queue, "2", "0", "0", "2"]);
+
+    // dead list: decoded.
+    let dead = json(url, &["dead", "list", "--queue", queue]);
+    let dead = dead.as_array().unwrap();
+    assert_eq!(dead.len(), 2);
+    for letter in dead {
+        assert_eq!(letter["actor"], "greet");
+        assert_eq!(letter["queue"], queue);
+        assert_eq!(letter["retries"], 0);
+        assert_eq!(letter["reason"], "boom: the mail server said no");
+        assert!(letter["args"]["name"].is_string(), "{letter}");
+        assert!(letter["dead_lettered_at"].as_str().unwrap().ends_with('Z'), "{letter}");
+    }
+    let first = dead[0]["id"].as_str().unwrap().to_owned();
+    let second = dead[1]["id"].as_str().unwrap().to_owned();
+    assert!(ids.contains(&first) && ids.contains(&second));
+    let table = ok(url, &["dead", "list", "-q", queue]);
+    assert!(table.starts_with("ID "), "{table}");
+    assert!(table.contains(&first) && table.contains("boom: the mail server said no"), "{table}");
+
+    // dead show: by message id, and by the broker's key.
+    let shown = json(url, &["dead", "show", "-q", queue, &first]);
+    assert_eq!(shown["id"], first.as_str());
+    let key = shown["key"].as_str().unwrap().to_owned();
+    assert_eq!(json(url, &["dead", "show", "-q", queue, &key])["id"], first.as_str());
+    let text = ok(url, &["dead", "show", "-q", queue, &first]);
+    assert!(text.contains(&format!("\"id\": \"{first}\"")), "{text}");
+    let missing = MessageId::new().to_string();
+    let stderr = fails(Some(url), &["dead", "show", "-q", queue, &missing], 3);
+    assert!(stderr.contains(&missing) && stderr.contains("no dead letter"), "{stderr}");
+    fails(Some(url), &["dead", "replay", "-q", queue, &missing], 3);
+    fails(Some(url), &["dead", "delete", "-q", queue, &missing], 3);
+    fails(Some(url), &["dead", "replay", "-q", queue], 2); // an id or --all
+
+    // dead replay: one, its retries reset.
+    let replayed = json(url, &["dead", "replay", "-q", queue, &first, "--reset-retries"]);
+    assert_eq!(replayed["replayed"], 1);
+    assert_eq!(depth(url, queue), (3, 0, 1));
+    // dead delete: the rest.
+    let text = ok(url, &["dead", "delete", "-q", queue, "--all"]);
+    assert_eq!(text, format!("deleted 1 dead letters of {queue}\n"));
+    assert_eq!(depth(url, queue), (3, 0, 0));
+    assert_eq!(json(url, &["dead", "list", "-q", queue]), Value::Array(Vec::new()));
+
+    // purge: the ready messages go.
+    assert_eq!(json(url, &["purge", queue])["purged"], 3);
+    let text = ok(url, &["purge", queue]);
+    assert_eq!(text, format!("purged 0 from {queue}\n"));
+    assert_eq!(depth(url, queue), (0, 0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_every_command() {
+    let namespace = format!("cli-{}", unique());
+    let url = format!("{REDIS}?namespace={namespace}");
+    let queue = "cli-greet";
+    dead_letter_round_trip(&url, queue).await;
+
+    // queues without names: every queue with messages, here this one.
+    ok(&url, &["send", "greet", "-q", queue, "--args", r#"{"name":"eve"}"#]);
+    let all = json(&url, &["queues"]);
+    assert_eq!(all.as_array().unwrap().len(), 1, "{all}");
+    assert_eq!(all[0]["queue"], queue);
+
+    // workers: a running worker, its last beat, what it consumes.
+    let app =
+        dramaturg::app(dramaturg::redis::RedisBroker::connect(&url).await.unwrap()).actor::<Greet>().build().unwrap();
+    let worker = Worker::new(app.clone());
+    let shutdown = worker.shutdown_handle();
+    let running = tokio::spawn(worker.run());
+    let mut workers = Value::Null;
+    for _ in 0..100 {
+        workers = json(&url, &["workers"]);
+        // Registered first, its consumer a moment later.
+        if workers.as_array().is_some_and(|w| w.len() == 1 && w[0]["in_flight"].get(queue).is_some()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(workers.as_array().unwrap().len(), 1, "{workers}");
+    let worker = &workers.as_array().unwrap()[0];
+    assert!(worker["in_flight"].as_object().unwrap().contains_key(queue), "{worker}");
+    assert!(worker["last_beat_age_ms"].as_u64().unwrap() < 60_000, "{worker}");
+    let table = ok(&url, &["workers"]);
+    assert!(table.starts_with("WORKER") && table.contains(worker["id"].as_str().unwrap()), "{table}");
+
+    // abort: a message sent for later is skipped when it falls due.
+    let later = json(&url, &["send", "greet", "-q", queue, "--args", r#"{"name":"late"}"#, "--delay", "1s"]);
+    let id = later["id"].as_str().unwrap();
+    let requested = json(&url, &["abort", id, "--cancel"]);
+    assert_eq!(requested["mode"], "cancel");
+    assert_eq!(ok(&url, &["abort", id, "--grace", "2s"]), format!("abort requested for {id}\n"));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    app.join(Duration::from_secs(20)).await.unwrap();
+    shutdown.shutdown();
+    let report = running.await.unwrap().unwrap();
+    assert_eq!((report.succeeded, report.aborted), (1, 1), "{report:?}");
+
+    // Bad input.
+    fails(Some(&url), &["abort", "not-an-id"], 2);
+    let stderr = fails(Some(&url), &["send", "greet", "-q", queue, "--args", "{oops"], 2);
+    assert!(stderr.contains("--args is not JSON"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_every_command() {
+    let queue = format!("cli-{}", unique());
+    dead_letter_round_trip(AMQP, &queue).await;
+
+    // What RabbitMQ cannot tell a client.
+    let stderr = fails(Some(AMQP), &["queues"], 4);
+    assert!(stderr.contains("name them"), "{stderr}");
+    fails(Some(AMQP), &["workers"], 4);
+    fails(Some(AMQP), &["--json", "workers"], 4);
+
+    // abort: RabbitMQ has no store; the Redis the workers use is named.
+    let id = MessageId::new().to_string();
+    let stderr = fails(Some(AMQP), &["abort", &id], 2);
+    assert!(stderr.contains("--store"), "{stderr}");
+    let store = format!("{REDIS}?namespace=cli-{}", unique());
+    assert_eq!(json(AMQP, &["abort", &id, "--store", &store])["id"], id.as_str());
+}
+
+#[test]
+fn bad_urls_and_usage_fail_clearly() {
+    let stderr = fails(None, &["queues"], 2);
+    assert!(stderr.contains("DRAMATURG_BROKER"), "{stderr}");
+    let stderr = fails(Some("carrier-pigeon://coop"), &["queues"], 2);
+    assert!(stderr.contains("unknown broker URL scheme"), "{stderr}");
+    fails(Some("not a url"), &["queues"], 2);
+    // Unreachable, with a password that must not be printed.
+    let stderr = fails(Some("redis://:hunter2@127.0.0.1:1"), &["queues"], 1);
+    assert!(!stderr.contains("hunter2") && stderr.contains("cannot use the broker"), "{stderr}");
+    let stderr = fails(Some("amqp://guest:hunter2@127.0.0.1:1/%2f"), &["--json", "queues", "q"], 1);
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+    // The environment variable works as --broker does.
+    let output = Command::new(env!("CARGO_BIN_EXE_dramaturg"))
+        .env("DRAMATURG_BROKER", "redis://:hunter2@127.0.0.1:1")
+        .args(["queues"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(!String::from_utf8_lossy(&output.stderr).contains("hunter2"));
+    // clap's own usage errors exit 2 as well; --help explains and exits 0.
+    let output = cli(Some(REDIS), &["frobnicate"]);
+    assert_eq!(output.status.code(), Some(2));
+    let help = cli(None, &["--help"]);
+    assert!(help.status.success());
+    let help = String::from_utf8(help.stdout).unwrap();
+    assert!(help.contains("Exit codes") && help.contains("DRAMATURG_BROKER"), "{help}");
+}

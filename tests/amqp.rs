@@ -225,8 +225,11 @@ async fn a_delay_does_not_follow_the_producer_clock(skew: &str, delay: Duration)
     let sent = Instant::now();
     assert!(status.success(), "the producer failed: {status}");
     let tolerance = Duration::from_millis(1500);
+    // Late by this much at most: far below the skew the test is about,
+    // and wide enough for a machine busy with other builds.
+    let late = Duration::from_secs(5);
     let started = format!("{tag}:start");
-    let within = delay + tolerance + Duration::from_secs(3);
+    let within = delay + late + Duration::from_secs(3);
     let ran = tokio::time::timeout(within, async {
         while marks(&started) == 0 {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -238,7 +241,7 @@ async fn a_delay_does_not_follow_the_producer_clock(skew: &str, delay: Duration)
     running.await.unwrap().unwrap();
     let ran = ran.unwrap_or_else(|_| panic!("a {delay:?} delay sent {skew} off had not run after {within:?}"));
     println!("a {delay:?} delay sent by a producer {skew} off ran after {ran:?}");
-    assert!(ran + tolerance >= delay && ran <= delay + tolerance, "{skew}: a {delay:?} delay ran after {ran:?}");
+    assert!(ran + tolerance >= delay && ran <= delay + late, "{skew}: a {delay:?} delay ran after {ran:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -199,6 +199,17 @@ impl AmqpBroker {
         }
     }
 
+    /// Pauses or resumes `queue` (see `pause.rs`), in the native layout.
+    async fn set_paused(&self, queue: &str, paused: bool) -> Result<(), BrokerError> {
+        if self.shared.config.layout() == Protocol::Dramatiq {
+            return Err(BrokerError::new(
+                dramaturg_core::BrokerErrorKind::Unsupported,
+                "amqp: queues in Python Dramatiq's layout cannot be paused (its workers would not know)",
+            ));
+        }
+        crate::pause::set_paused(&self.shared, queue, paused).await
+    }
+
     /// The name of `queue`'s dead-letter queue in the configured layout.
     fn dead_queue_name(&self, queue: &str) -> String {
         self.shared.dead_target(queue).name()
@@ -234,7 +245,16 @@ impl QueueAdmin for AmqpBroker {
         let delayed = self.buckets(queue, BucketOp::Count).await?;
         // RabbitMQ does not tell unacknowledged counts over AMQP; these are
         // the deliveries of this broker's own consumers.
-        Ok(QueueStats::new(ready, delayed, self.shared.in_flight(queue), dead))
+        let paused = crate::pause::is_paused(&self.shared, queue).await?;
+        Ok(QueueStats::new(ready, delayed, self.shared.in_flight(queue), dead).with_paused(paused))
+    }
+
+    async fn pause(&self, queue: &str) -> Result<(), BrokerError> {
+        self.set_paused(queue, true).await
+    }
+
+    async fn resume(&self, queue: &str) -> Result<(), BrokerError> {
+        self.set_paused(queue, false).await
     }
 
     async fn join(&self, queue: &str, timeout: Duration) -> Result<(), BrokerError> {

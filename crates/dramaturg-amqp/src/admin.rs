@@ -199,6 +199,18 @@ impl AmqpBroker {
         }
     }
 
+    /// `queue`'s counts in the native layout, without the look whether it
+    /// is paused (for `join`).
+    async fn counts(&self, queue: &str) -> Result<QueueStats, BrokerError> {
+        let channel = self.admin_channel().await?;
+        let (ready, dead) = declare_topology(&channel, &self.shared.config, queue).await?;
+        let _ = channel.close(200, "done".into()).await;
+        let delayed = self.buckets(queue, BucketOp::Count).await?;
+        // RabbitMQ does not tell unacknowledged counts over AMQP; these are
+        // the deliveries of this broker's own consumers.
+        Ok(QueueStats::new(ready, delayed, self.shared.in_flight(queue), dead))
+    }
+
     /// Pauses or resumes `queue` (see `pause.rs`), in the native layout.
     async fn set_paused(&self, queue: &str, paused: bool) -> Result<(), BrokerError> {
         if self.shared.config.layout() == Protocol::Dramatiq {
@@ -239,14 +251,8 @@ impl QueueAdmin for AmqpBroker {
         if self.shared.config.layout() == Protocol::Dramatiq {
             return crate::dramatiq::admin::stats(&self.shared, queue).await;
         }
-        let channel = self.admin_channel().await?;
-        let (ready, dead) = declare_topology(&channel, &self.shared.config, queue).await?;
-        let _ = channel.close(200, "done".into()).await;
-        let delayed = self.buckets(queue, BucketOp::Count).await?;
-        // RabbitMQ does not tell unacknowledged counts over AMQP; these are
-        // the deliveries of this broker's own consumers.
         let paused = crate::pause::is_paused(&self.shared, queue).await?;
-        Ok(QueueStats::new(ready, delayed, self.shared.in_flight(queue), dead).with_paused(paused))
+        Ok(self.counts(queue).await?.with_paused(paused))
     }
 
     async fn pause(&self, queue: &str) -> Result<(), BrokerError> {
@@ -275,7 +281,7 @@ impl QueueAdmin for AmqpBroker {
         loop {
             let ready = crate::link::declare_one(&channel, queue, main_arguments.clone()).await?;
             let looked_at_buckets = ready == 0 && self.shared.in_flight(queue) == 0;
-            if looked_at_buckets && self.stats(queue).await?.is_drained() {
+            if looked_at_buckets && self.counts(queue).await?.is_drained() {
                 empty_looks += 1;
                 if empty_looks == 2 {
                     let _ = channel.close(200, "joined".into()).await;

@@ -29,6 +29,7 @@ use lapin::{Channel, ExchangeKind};
 use tokio::sync::watch;
 
 use crate::error::amqp_error;
+use crate::link::Link;
 use crate::names::{check_queue, short};
 use crate::Shared;
 
@@ -95,6 +96,7 @@ pub(crate) async fn set_paused(shared: &Shared, queue: &str, paused: bool) -> Re
 /// Looks whether one queue is paused, as often as asked, on a channel of
 /// its own on the publishing connection (a probe is a publish).
 pub(crate) struct Probe {
+    link: Arc<Link>,
     channel: Channel,
     inbox: ShortString,
     key: ShortString,
@@ -102,13 +104,19 @@ pub(crate) struct Probe {
 }
 
 impl Probe {
-    /// A probe of `queue`.
+    /// A probe of `queue`, within the send timeout; refused at once while
+    /// RabbitMQ blocks the publishing connection (it would read nothing
+    /// of the probe's until the alarm clears).
     pub(crate) async fn open(shared: &Shared, queue: &str) -> Result<Self, BrokerError> {
         check_queue(queue)?;
         let key = short(queue, "queue name")?;
         let timeout = shared.config.send_timeout;
         let link = shared.publishing_link(tokio::time::Instant::now() + timeout).await?;
-        let channel = link.channel().await?;
+        refuse_if_blocked(&link, timeout)?;
+        let channel = match tokio::time::timeout(timeout, link.channel()).await {
+            Ok(channel) => channel?,
+            Err(_) => return Err(crate::flow::timed_out(timeout, None)),
+        };
         let opened = async {
             declare_exchanges(&channel).await?;
             channel
@@ -132,20 +140,25 @@ impl Probe {
                 )
                 .await
                 .map_err(|e| amqp_error(e, "binding a private queue"))?;
-            Ok(inbox)
-        }
-        .await;
+            Ok::<_, BrokerError>(inbox)
+        };
+        let opened = match tokio::time::timeout(timeout, opened).await {
+            Ok(opened) => opened,
+            Err(_) => Err(crate::flow::timed_out(timeout, None)),
+        };
         match opened {
-            Ok(inbox) => Ok(Self { channel, inbox, key, timeout }),
+            Ok(inbox) => Ok(Self { link, channel, inbox, key, timeout }),
             Err(error) => {
-                let _ = channel.close(200, "done".into()).await;
+                close(&channel, timeout).await;
                 Err(error)
             }
         }
     }
 
-    /// Whether the queue is paused now, within the send timeout.
+    /// Whether the queue is paused now, within the send timeout; refused
+    /// at once while RabbitMQ blocks the publishing connection.
     pub(crate) async fn is_paused(&self) -> Result<bool, BrokerError> {
+        refuse_if_blocked(&self.link, self.timeout)?;
         let look = async {
             let token = MessageId::new().to_string();
             self.channel
@@ -182,8 +195,23 @@ impl Probe {
 
     /// Closes its channel (and so its private queue).
     pub(crate) async fn close(self) {
-        let _ = self.channel.close(200, "done".into()).await;
+        close(&self.channel, self.timeout).await;
     }
+}
+
+/// Closes a probe's `channel`, waiting no longer than `timeout` (on a
+/// blocked connection the server answers nothing; the channel then goes
+/// with its connection).
+async fn close(channel: &Channel, timeout: Duration) {
+    let _ = tokio::time::timeout(timeout, channel.close(200, "done".into())).await;
+}
+
+/// A look refused because RabbitMQ blocks the publishing connection.
+fn refuse_if_blocked(link: &Link, timeout: Duration) -> Result<(), BrokerError> {
+    if link.is_blocked() {
+        return Err(crate::flow::timed_out(timeout, Some("a resource alarm")));
+    }
+    Ok(())
 }
 
 /// Whether `queue` is paused, looked up once.

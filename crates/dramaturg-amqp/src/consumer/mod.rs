@@ -492,10 +492,21 @@ impl Consumer for AmqpConsumer {
             let next = match self.paused.as_mut() {
                 Some(paused) => tokio::select! {
                     // A pause while waiting: stand down at the top.
-                    _ = paused.wait_for(|paused| *paused) => continue,
-                    next = subscription.stream.next() => next,
+                    changed = paused.wait_for(|paused| *paused) => Err(changed.is_err()),
+                    next = subscription.stream.next() => Ok(next),
                 },
-                None => subscription.stream.next().await,
+                None => Ok(subscription.stream.next().await),
+            };
+            let next = match next {
+                Ok(next) => next,
+                Err(watch_gone) => {
+                    if watch_gone {
+                        // Its task is gone (it never is while the consumer
+                        // lives): consume as if never paused.
+                        self.paused = None;
+                    }
+                    continue;
+                }
             };
             let generation = Arc::clone(&subscription.generation);
             let delivery = match next {

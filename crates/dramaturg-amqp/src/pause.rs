@@ -21,8 +21,7 @@ use std::time::Duration;
 
 use dramaturg_core::{BrokerError, MessageId};
 use lapin::options::{
-    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeBindOptions, ExchangeDeclareOptions,
-    ExchangeUnbindOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicGetOptions, BasicPublishOptions, ExchangeBindOptions, ExchangeDeclareOptions, ExchangeUnbindOptions,
 };
 use lapin::types::{FieldTable, ShortString};
 use lapin::{Channel, ExchangeKind};
@@ -119,28 +118,7 @@ impl Probe {
         };
         let opened = async {
             declare_exchanges(&channel).await?;
-            channel
-                .confirm_select(ConfirmSelectOptions::default())
-                .await
-                .map_err(|e| amqp_error(e, "enabling publisher confirms"))?;
-            let private = QueueDeclareOptions { exclusive: true, auto_delete: true, ..QueueDeclareOptions::default() };
-            let inbox = channel
-                .queue_declare("".into(), private, FieldTable::default())
-                .await
-                .map_err(|e| amqp_error(e, "declaring a private queue"))?
-                .name()
-                .clone();
-            channel
-                .queue_bind(
-                    inbox.clone(),
-                    PAUSE_PROBES.into(),
-                    key.clone(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(|e| amqp_error(e, "binding a private queue"))?;
-            Ok::<_, BrokerError>(inbox)
+            crate::admin::probe_inbox(&channel, PAUSE_PROBES, queue).await
         };
         let opened = match tokio::time::timeout(timeout, opened).await {
             Ok(opened) => opened,

@@ -168,9 +168,11 @@ impl AmqpConsumer {
         if let Some(subscription) = self.subscription.take() {
             let generation = Arc::clone(&subscription.generation);
             if generation.is_current() {
+                // Retired first: if this is cancelled half way, closing the
+                // channel returns what it still holds.
+                self.retired.push(generation);
                 let returned = subscription.cancel().await?;
                 tracing::info!(queue = %self.queue, returned, "the queue is paused; stopped consuming it");
-                self.retired.push(generation);
             }
         }
         self.close_retired().await;

@@ -6,11 +6,8 @@ use std::time::{Duration, UNIX_EPOCH};
 use async_trait::async_trait;
 use bytes::Bytes;
 use dramaturg_core::{BrokerError, DeadLetter, DeadLetters, Protocol, QueueAdmin, QueueStats, Replay};
-use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
-    QueuePurgeOptions,
-};
-use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, QueueDeclareOptions, QueuePurgeOptions};
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::Channel;
 
 use crate::delay::{bucket_queue, MAX_BUCKET};
@@ -52,36 +49,6 @@ fn dead_letter(delivery: &lapin::message::Delivery) -> DeadLetter {
     )
 }
 
-/// Readies `channel` for probes: publisher confirms on, and a private
-/// queue (exclusive, gone with the channel's connection) bound to
-/// `exchange` with `key`, whose name it returns. A confirmed probe has
-/// reached the queue by the time its confirm arrives, if it was routed
-/// there at all.
-pub(crate) async fn probe_inbox(channel: &Channel, exchange: &str, key: &str) -> Result<ShortString, BrokerError> {
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .map_err(|e| amqp_error(e, "enabling publisher confirms"))?;
-    let private = QueueDeclareOptions { exclusive: true, auto_delete: true, ..QueueDeclareOptions::default() };
-    let inbox = channel
-        .queue_declare("".into(), private, FieldTable::default())
-        .await
-        .map_err(|e| amqp_error(e, "declaring a private queue"))?
-        .name()
-        .clone();
-    channel
-        .queue_bind(
-            inbox.clone(),
-            exchange.into(),
-            short(key, "routing key")?,
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|e| amqp_error(e, "binding a private queue"))?;
-    Ok(inbox)
-}
-
 /// What to do with the delay buckets of a queue.
 #[derive(Clone, Copy)]
 enum BucketOp {
@@ -103,7 +70,7 @@ async fn recorded_buckets(link: &Link, queue: &str) -> Result<Vec<u32>, BrokerEr
     let channel = link.channel().await?;
     let result = async {
         declare_record(&channel).await?;
-        let inbox = probe_inbox(&channel, PROBE_EXCHANGE, "").await?;
+        let inbox = crate::link::probe_inbox(&channel, PROBE_EXCHANGE, "").await?;
         // Other lookups' probes reach this queue too: ours carry a token.
         let token = dramaturg_core::MessageId::new().to_string();
         let mut confirms = Vec::new();

@@ -118,7 +118,7 @@ impl Probe {
         };
         let opened = async {
             declare_exchanges(&channel).await?;
-            crate::admin::probe_inbox(&channel, PAUSE_PROBES, queue).await
+            crate::link::probe_inbox(&channel, PAUSE_PROBES, queue).await
         };
         let opened = match tokio::time::timeout(timeout, opened).await {
             Ok(opened) => opened,

@@ -76,6 +76,14 @@
 //!   `cpu_us_without`, from `/proc/self/task/*/schedstat`: on a busy
 //!   machine steadier than the rates) and `metrics_cpu_cost_pct`.
 //!
+//! - `pause`: a producer sends a message every 5 ms to an idle worker; N
+//!   rounds (default 5) of `pause`, 3 s, `resume`, 0.5 s. Per round: how
+//!   long after the `pause` call the last message started (the time the
+//!   pause took to reach the worker; 0 when nothing started after it), and
+//!   how long after the `resume` call the first one started. Last line:
+//!   JSON with `pause_ms_max`, `pause_ms_p50`, `resume_ms_max` and
+//!   `resume_ms_p50`. The contract is a second for each.
+//!
 //! Flags: `--metrics` (feature `prometheus`; throughput scenario): the
 //! metrics middleware, a Prometheus recorder installed and served. `--broker URL` (default `memory://`; `memory` is short for it),
 //! `--messages N`, `--concurrency C` (64), `--batch B` (messages per
@@ -231,8 +239,9 @@ async fn main() -> Result<(), BoxError> {
         "rate-limit" => rate_limit(&args).await,
         #[cfg(feature = "prometheus")]
         "metrics" => metrics_cost(&args).await,
+        "pause" => pause_lag(&args).await,
         other => Err(format!(
-            "unknown scenario {other:?}: throughput, latency, idle, abort, fail-large-errors, isolated-runaway, isolated-overhead, results, rate-limit or metrics"
+            "unknown scenario {other:?}: throughput, latency, idle, abort, fail-large-errors, isolated-runaway, isolated-overhead, results, rate-limit, metrics or pause"
         )
         .into()),
     }
@@ -444,6 +453,90 @@ async fn latency(args: &Args) -> Result<(), BoxError> {
     println!(
         "{{\"scenario\":\"latency\",\"broker\":\"{broker_name}\",\"messages\":{},\"latency_ms_p50\":{p50:.3},\"latency_ms_p90\":{p90:.3},\"latency_ms_p99\":{p99:.3},\"latency_ms_max\":{max:.3}}}",
         latencies.len()
+    );
+    Ok(())
+}
+
+static STARTS_US: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+
+#[derive(Actor, Serialize, Deserialize)]
+#[actor(queue = "bench-pause")]
+struct Tick {}
+
+impl Tick {
+    async fn perform(self, _ctx: &Context) -> Result<(), BoxError> {
+        STARTS_US.lock().map_err(|_| "poisoned")?.push(unix_micros());
+        Ok(())
+    }
+}
+
+/// The latest start at or after `since` (µs), if any.
+fn started_since(since: u64, pick: fn(u64, u64) -> u64) -> Result<Option<u64>, BoxError> {
+    let starts = STARTS_US.lock().map_err(|_| "poisoned")?;
+    Ok(starts.iter().copied().filter(|&t| t >= since).reduce(pick))
+}
+
+async fn pause_lag(args: &Args) -> Result<(), BoxError> {
+    let rounds = args.messages.unwrap_or(5).max(1);
+    let broker = dramaturg::connect(&args.broker).await?;
+    let app = dramaturg::app_shared(broker).actor::<Tick>().build()?;
+    let broker_name = args.broker.split("://").next().unwrap_or_default().to_owned();
+    let queue = app.queues()[0].clone();
+    // What an interrupted run may have left.
+    app.resume(&queue).await?;
+    app.admin()?.purge(&queue).await?;
+    let worker = Worker::new(app.clone()).concurrency(args.concurrency);
+    let shutdown = worker.shutdown_handle();
+    let running = tokio::spawn(worker.run());
+    let producer = tokio::spawn({
+        let app = app.clone();
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(5));
+            loop {
+                tick.tick().await;
+                if let Err(error) = (Tick {}).send(&app).await {
+                    eprintln!("send failed: {error}");
+                    return;
+                }
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (mut pauses, mut resumes) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let paused_at = unix_micros();
+        app.pause(&queue).await?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let last = started_since(paused_at, u64::max)?.unwrap_or(paused_at);
+        pauses.push(last - paused_at);
+        let resumed_at = unix_micros();
+        app.resume(&queue).await?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let first = loop {
+            if let Some(first) = started_since(resumed_at, u64::min)? {
+                break first;
+            }
+            if Instant::now() > deadline {
+                return Err("nothing started within 10 s of the resume".into());
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        resumes.push(first - resumed_at);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    producer.abort();
+    shutdown.shutdown();
+    running.await??;
+    app.admin()?.purge(&queue).await?;
+    pauses.sort_unstable();
+    resumes.sort_unstable();
+    let (pause_p50, pause_max) = (percentile(&pauses, 0.5), percentile(&pauses, 1.0));
+    let (resume_p50, resume_max) = (percentile(&resumes, 0.5), percentile(&resumes, 1.0));
+    println!("scenario:    pause ({broker_name}, {rounds} rounds, a message every 5 ms)");
+    println!("pause → last start:  p50 {pause_p50:.1} ms, max {pause_max:.1} ms");
+    println!("resume → first start: p50 {resume_p50:.1} ms, max {resume_max:.1} ms");
+    println!(
+        "{{\"scenario\":\"pause\",\"broker\":\"{broker_name}\",\"rounds\":{rounds},\"pause_ms_p50\":{pause_p50:.1},\"pause_ms_max\":{pause_max:.1},\"resume_ms_p50\":{resume_p50:.1},\"resume_ms_max\":{resume_max:.1}}}"
     );
     Ok(())
 }

@@ -6,10 +6,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use async_trait::async_trait;
 use bytes::Bytes;
 use dramaturg_core::{BrokerError, DeadLetter, DeadLetters, Protocol, QueueAdmin, QueueStats, Replay};
-use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
-    QueuePurgeOptions,
-};
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, QueueDeclareOptions, QueuePurgeOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::Channel;
 
@@ -73,26 +70,7 @@ async fn recorded_buckets(link: &Link, queue: &str) -> Result<Vec<u32>, BrokerEr
     let channel = link.channel().await?;
     let result = async {
         declare_record(&channel).await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(|e| amqp_error(e, "enabling publisher confirms"))?;
-        let private = QueueDeclareOptions { exclusive: true, auto_delete: true, ..QueueDeclareOptions::default() };
-        let inbox = channel
-            .queue_declare("".into(), private, FieldTable::default())
-            .await
-            .map_err(|e| amqp_error(e, "declaring a private queue"))?;
-        let inbox = inbox.name().clone();
-        channel
-            .queue_bind(
-                inbox.clone(),
-                PROBE_EXCHANGE.into(),
-                "".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| amqp_error(e, "binding a private queue"))?;
+        let inbox = crate::link::probe_inbox(&channel, PROBE_EXCHANGE, "").await?;
         // Other lookups' probes reach this queue too: ours carry a token.
         let token = dramaturg_core::MessageId::new().to_string();
         let mut confirms = Vec::new();
@@ -199,6 +177,29 @@ impl AmqpBroker {
         }
     }
 
+    /// `queue`'s counts in the native layout, without the look whether it
+    /// is paused (for `join`).
+    async fn counts(&self, queue: &str) -> Result<QueueStats, BrokerError> {
+        let channel = self.admin_channel().await?;
+        let (ready, dead) = declare_topology(&channel, &self.shared.config, queue).await?;
+        let _ = channel.close(200, "done".into()).await;
+        let delayed = self.buckets(queue, BucketOp::Count).await?;
+        // RabbitMQ does not tell unacknowledged counts over AMQP; these are
+        // the deliveries of this broker's own consumers.
+        Ok(QueueStats::new(ready, delayed, self.shared.in_flight(queue), dead))
+    }
+
+    /// Pauses or resumes `queue` (see `pause.rs`), in the native layout.
+    async fn set_paused(&self, queue: &str, paused: bool) -> Result<(), BrokerError> {
+        if self.shared.config.layout() == Protocol::Dramatiq {
+            return Err(BrokerError::new(
+                dramaturg_core::BrokerErrorKind::Unsupported,
+                "amqp: queues in Python Dramatiq's layout cannot be paused (its workers would not know)",
+            ));
+        }
+        crate::pause::set_paused(&self.shared, queue, paused).await
+    }
+
     /// The name of `queue`'s dead-letter queue in the configured layout.
     fn dead_queue_name(&self, queue: &str) -> String {
         self.shared.dead_target(queue).name()
@@ -228,13 +229,16 @@ impl QueueAdmin for AmqpBroker {
         if self.shared.config.layout() == Protocol::Dramatiq {
             return crate::dramatiq::admin::stats(&self.shared, queue).await;
         }
-        let channel = self.admin_channel().await?;
-        let (ready, dead) = declare_topology(&channel, &self.shared.config, queue).await?;
-        let _ = channel.close(200, "done".into()).await;
-        let delayed = self.buckets(queue, BucketOp::Count).await?;
-        // RabbitMQ does not tell unacknowledged counts over AMQP; these are
-        // the deliveries of this broker's own consumers.
-        Ok(QueueStats::new(ready, delayed, self.shared.in_flight(queue), dead))
+        let paused = crate::pause::is_paused(&self.shared, queue).await?;
+        Ok(self.counts(queue).await?.with_paused(paused))
+    }
+
+    async fn pause(&self, queue: &str) -> Result<(), BrokerError> {
+        self.set_paused(queue, true).await
+    }
+
+    async fn resume(&self, queue: &str) -> Result<(), BrokerError> {
+        self.set_paused(queue, false).await
     }
 
     async fn join(&self, queue: &str, timeout: Duration) -> Result<(), BrokerError> {
@@ -255,7 +259,7 @@ impl QueueAdmin for AmqpBroker {
         loop {
             let ready = crate::link::declare_one(&channel, queue, main_arguments.clone()).await?;
             let looked_at_buckets = ready == 0 && self.shared.in_flight(queue) == 0;
-            if looked_at_buckets && self.stats(queue).await?.is_drained() {
+            if looked_at_buckets && self.counts(queue).await?.is_drained() {
                 empty_looks += 1;
                 if empty_looks == 2 {
                     let _ = channel.close(200, "joined".into()).await;

@@ -105,6 +105,7 @@ mod error;
 mod flow;
 mod link;
 mod names;
+mod pause;
 mod runtime;
 mod target;
 

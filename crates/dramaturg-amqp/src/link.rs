@@ -14,7 +14,8 @@ use dramaturg_core::broker::redact_password;
 pub(crate) use dramaturg_core::now_ms;
 use dramaturg_core::{Bounded, BrokerError, BrokerErrorKind, Protocol};
 use lapin::options::{
-    ConfirmSelectOptions, ExchangeBindOptions, ExchangeDeclareOptions, ExchangeUnbindOptions, QueueDeclareOptions,
+    ConfirmSelectOptions, ExchangeBindOptions, ExchangeDeclareOptions, ExchangeUnbindOptions, QueueBindOptions,
+    QueueDeclareOptions,
 };
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
@@ -397,6 +398,36 @@ pub(crate) async fn declare_record(channel: &Channel) -> Result<(), BrokerError>
         .await
         .map_err(|e| amqp_error(e, "declaring the delay bucket record"))?;
     Ok(())
+}
+
+/// Readies `channel` for probes: publisher confirms on, and a private
+/// queue (exclusive, gone with the channel's connection) bound to
+/// `exchange` with `key`, whose name it returns. A confirmed probe has
+/// reached the queue by the time its confirm arrives, if it was routed
+/// there at all.
+pub(crate) async fn probe_inbox(channel: &Channel, exchange: &str, key: &str) -> Result<ShortString, BrokerError> {
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(|e| amqp_error(e, "enabling publisher confirms"))?;
+    let private = QueueDeclareOptions { exclusive: true, auto_delete: true, ..QueueDeclareOptions::default() };
+    let inbox = channel
+        .queue_declare("".into(), private, FieldTable::default())
+        .await
+        .map_err(|e| amqp_error(e, "declaring a private queue"))?
+        .name()
+        .clone();
+    channel
+        .queue_bind(
+            inbox.clone(),
+            exchange.into(),
+            short(key, "routing key")?,
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| amqp_error(e, "binding a private queue"))?;
+    Ok(inbox)
 }
 
 /// Records that delay bucket `name` exists (idempotent).

@@ -484,12 +484,22 @@ pub struct QueueStats {
     pub in_flight: u64,
     /// In the dead-letter queue.
     pub dead: u64,
+    /// Whether the queue is paused ([`QueueAdmin::pause`]): its messages
+    /// are kept, and no worker claims them until it is resumed.
+    pub paused: bool,
 }
 
 impl QueueStats {
     /// Counts of ready, delayed and in-flight messages.
     pub fn new(ready: u64, delayed: u64, in_flight: u64, dead: u64) -> Self {
-        Self { ready, delayed, in_flight, dead }
+        Self { ready, delayed, in_flight, dead, paused: false }
+    }
+
+    /// The same counts, of a queue that is paused (`true`) or not.
+    #[must_use]
+    pub fn with_paused(mut self, paused: bool) -> Self {
+        self.paused = paused;
+        self
     }
 
     /// Whether nothing is ready, delayed or in flight (dead letters aside).
@@ -585,6 +595,38 @@ pub trait QueueAdmin: Send + Sync {
         Err(BrokerError::new(crate::BrokerErrorKind::Unsupported, "this broker keeps no registry of workers"))
     }
 
+    /// Pauses `queue` for every worker of the fleet, until
+    /// [`resume`](QueueAdmin::resume): within a second, running workers
+    /// claim none of its messages, and a worker started later claims none
+    /// either, since the pause is kept on the broker's server. Work already
+    /// claimed finishes and is settled as usual; sends still enqueue, and
+    /// delayed messages still fall due into the (paused) queue. Pausing a
+    /// paused queue changes nothing. [`QueueStats::paused`] shows it.
+    ///
+    /// The default reports [`Unsupported`](crate::BrokerErrorKind::Unsupported).
+    ///
+    /// # Errors
+    ///
+    /// A [`BrokerError`] when the broker cannot be reached (the queue's
+    /// state is then unchanged), or `Unsupported` from a broker or layout
+    /// that cannot pause (the Dramatiq layouts).
+    async fn pause(&self, queue: &str) -> Result<(), BrokerError> {
+        Err(unsupported_pause(queue))
+    }
+
+    /// Resumes a paused `queue`: within a second, workers consuming it
+    /// claim its messages again. Resuming a queue that is not paused
+    /// changes nothing.
+    ///
+    /// The default reports [`Unsupported`](crate::BrokerErrorKind::Unsupported).
+    ///
+    /// # Errors
+    ///
+    /// As [`pause`](QueueAdmin::pause).
+    async fn resume(&self, queue: &str) -> Result<(), BrokerError> {
+        Err(unsupported_pause(queue))
+    }
+
     /// Waits until `queue` has no ready, delayed or in-flight message, for
     /// at most `timeout`. Meant for tests and scripts.
     ///
@@ -610,6 +652,14 @@ pub trait QueueAdmin: Send + Sync {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+}
+
+/// The error of a broker that cannot pause `queue`.
+fn unsupported_pause(queue: &str) -> BrokerError {
+    BrokerError::new(
+        crate::BrokerErrorKind::Unsupported,
+        format!("this broker cannot pause or resume {:?}", crate::Bounded::quoted(queue)),
+    )
 }
 
 /// A message in a dead-letter queue.

@@ -62,6 +62,7 @@ macro_rules! broker_conformance {
             worker_postpones_through_reschedule,
             settlements_carry_store_writes,
             worker_writes_with_the_settlement,
+            pause_stops_claims_until_resume,
         );
     };
     (@cases $make:expr; $($case:ident,)*) => {
@@ -565,6 +566,58 @@ impl Suite {
             let key = WriteOnSettle::key(id);
             assert_eq!(store.get(&key).await.expect("get"), Some(b"done".to_vec()), "{key}");
         }
+    }
+
+    /// A paused queue keeps what is sent to it a second after the pause
+    /// (and delayed messages fall due into it) but hands out nothing, while
+    /// a delivery claimed before the pause settles as usual; after a resume everything is delivered,
+    /// once. A broker (or layout) that cannot pause says `Unsupported`.
+    pub async fn pause_stops_claims_until_resume(&self) {
+        let queue = self.queue("pause");
+        let Some(admin) = self.broker.admin() else { return };
+        let mut consumer = self.consumer(&queue, 4).await;
+        // Fetched with the first where a consumer prefetches, and not
+        // handed out: they go back to the queue on the pause.
+        for text in ["claimed", "early-1", "early-2"] {
+            self.put(&queue, text, None).await;
+        }
+        let claimed = next(consumer.as_mut()).await;
+        assert_eq!(claimed.body(), &body("claimed"));
+        match admin.pause(&queue).await {
+            Err(error) if error.kind() == crate::BrokerErrorKind::Unsupported => {
+                assert_eq!(admin.resume(&queue).await.expect_err("no resume either").kind(), error.kind());
+                claimed.settle(Settlement::Ack).await.expect("ack");
+                return consumer.close().await.expect("close");
+            }
+            result => result.expect("pause"),
+        }
+        admin.pause(&queue).await.expect("pausing a paused queue changes nothing");
+        assert!(admin.stats(&queue).await.expect("stats").paused);
+        assert_eq!(claimed.settle(Settlement::Ack).await.expect("ack"), Settled::Applied);
+        // A pause takes effect within a second (brokers that push
+        // deliveries look for it).
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        self.put(&queue, "a", None).await;
+        self.put(&queue, "b", None).await;
+        self.put(&queue, "due", Some(Duration::from_millis(300))).await;
+        nothing_within(consumer.as_mut(), Duration::from_millis(2000)).await;
+        let stats = admin.stats(&queue).await.expect("stats");
+        assert_eq!((stats.ready, stats.delayed, stats.in_flight, stats.paused), (5, 0, 0, true), "{stats:?}");
+
+        admin.resume(&queue).await.expect("resume");
+        admin.resume(&queue).await.expect("resuming a running queue changes nothing");
+        assert!(!admin.stats(&queue).await.expect("stats").paused);
+        let mut seen = Vec::new();
+        for _ in 0..5 {
+            let delivery = next(consumer.as_mut()).await;
+            seen.push(delivery.body().clone());
+            delivery.settle(Settlement::Ack).await.expect("ack");
+        }
+        seen.sort();
+        assert_eq!(seen, [body("a"), body("b"), body("due"), body("early-1"), body("early-2")]);
+        nothing_within(consumer.as_mut(), Duration::from_millis(200)).await;
+        consumer.close().await.expect("close");
+        self.expect_drained(&queue).await;
     }
 
     async fn expect_drained(&self, queue: &str) {

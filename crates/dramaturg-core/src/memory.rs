@@ -90,6 +90,8 @@ struct QueueState {
     in_flight: HashMap<u64, Bytes>,
     dead: VecDeque<DeadLetter>,
     sequence: u64,
+    /// Paused ([`QueueAdmin::pause`]): nothing is claimed.
+    paused: bool,
 }
 
 #[derive(Debug)]
@@ -298,7 +300,10 @@ impl Consumer for MemoryConsumer {
             let next_due = {
                 let mut state = lock(&self.queue.state);
                 let next_due = state.promote_due(Instant::now());
-                if let Some(entry) = state.ready.pop_front() {
+                // Paused: wait for a resume (it wakes every consumer) or
+                // the next due time, still promoting due messages.
+                let entry = if state.paused { None } else { state.ready.pop_front() };
+                if let Some(entry) = entry {
                     state.sequence += 1;
                     let claim = state.sequence;
                     state.in_flight.insert(claim, entry.body.clone());
@@ -406,7 +411,8 @@ impl QueueAdmin for MemoryBroker {
             state.delayed.len() as u64,
             state.in_flight.len() as u64,
             state.dead.len() as u64,
-        ))
+        )
+        .with_paused(state.paused))
     }
 
     async fn purge(&self, queue: &str) -> Result<u64, BrokerError> {
@@ -433,6 +439,21 @@ impl QueueAdmin for MemoryBroker {
         drop(state);
         queue.ready.notify_one();
         Ok(count)
+    }
+
+    async fn pause(&self, queue: &str) -> Result<(), BrokerError> {
+        lock(&self.queue(queue).state).paused = true;
+        Ok(())
+    }
+
+    async fn resume(&self, queue: &str) -> Result<(), BrokerError> {
+        let queue = self.queue(queue);
+        lock(&queue.state).paused = false;
+        // Every waiting consumer looks again, and one that is about to wait
+        // finds the stored wake-up.
+        queue.ready.notify_waiters();
+        queue.ready.notify_one();
+        Ok(())
     }
 
     async fn join(&self, queue: &str, timeout: Duration) -> Result<(), BrokerError> {

@@ -4,7 +4,9 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use dramaturg_core::{BrokerError, DeadLetter, DeadLetters, QueueAdmin, QueueStats, Replay, WorkerInfo};
+use dramaturg_core::{
+    BrokerError, BrokerErrorKind, DeadLetter, DeadLetters, QueueAdmin, QueueStats, Replay, WorkerInfo,
+};
 use redis::{ScriptInvocation, Value};
 
 use crate::keys::{queue_keys_pattern, queue_of_key};
@@ -22,15 +24,23 @@ impl QueueAdmin for RedisBroker {
         let keys = self.keys(queue);
         let inflight_lists = self.shared.registry.inflight_lists(queue).await?;
         let mut pipe = redis::pipe();
-        pipe.llen(&keys.ready).zcard(&keys.delayed).zcard(&keys.dead);
+        pipe.llen(&keys.ready).zcard(&keys.delayed).zcard(&keys.dead).exists(&keys.paused);
         for list in &inflight_lists {
             pipe.llen(list);
         }
         let mut conn = self.shared.conn.clone();
         let counts: Vec<u64> = pipe.query_async(&mut conn).await.map_err(|e| broker_error(e, "stats"))?;
-        let (ready, delayed, dead) = (counts[0], counts[1], counts[2]);
-        let in_flight = counts[3..].iter().sum();
-        Ok(QueueStats::new(ready, delayed, in_flight, dead))
+        let (ready, delayed, dead, paused) = (counts[0], counts[1], counts[2], counts[3]);
+        let in_flight = counts[4..].iter().sum();
+        Ok(QueueStats::new(ready, delayed, in_flight, dead).with_paused(paused == 1))
+    }
+
+    async fn pause(&self, queue: &str) -> Result<(), BrokerError> {
+        self.set_paused(queue, true).await
+    }
+
+    async fn resume(&self, queue: &str) -> Result<(), BrokerError> {
+        self.set_paused(queue, false).await
     }
 
     async fn purge(&self, queue: &str) -> Result<u64, BrokerError> {
@@ -96,6 +106,31 @@ impl QueueAdmin for RedisBroker {
 /// and its heartbeats name no consumers).
 fn dramatiq_cannot(what: &str) -> BrokerError {
     BrokerError::new(dramaturg_core::BrokerErrorKind::Unsupported, format!("the Dramatiq layout cannot {what}"))
+}
+
+impl RedisBroker {
+    /// Sets or removes `queue`'s pause marker (see `PAUSE` in `scripts.rs`).
+    async fn set_paused(&self, queue: &str, paused: bool) -> Result<(), BrokerError> {
+        if self.is_dramatiq() {
+            return Err(BrokerError::new(
+                BrokerErrorKind::Unsupported,
+                "redis: queues in Python Dramatiq's layout cannot be paused (its workers would not know)",
+            ));
+        }
+        let keys = self.keys(queue);
+        let mut conn = self.shared.conn.clone();
+        let _: i64 = self
+            .shared
+            .scripts
+            .pause
+            .key(&keys.paused)
+            .arg(if paused { "1" } else { "0" })
+            .arg(&keys.wake)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| broker_error(e, if paused { "pausing a queue" } else { "resuming a queue" }))?;
+        Ok(())
+    }
 }
 
 #[async_trait]

@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -47,7 +47,17 @@ pub(crate) struct RedisConsumer {
     /// This consumer's number and queue, as registered.
     number: u64,
     queue: String,
+    /// When this consumer last learned whether its queue is paused.
+    checked: Instant,
 }
+
+/// How long claimed messages are handed out without looking whether the
+/// queue was paused meanwhile (then they go back to the queue).
+const PAUSE_CHECK: Duration = Duration::from_millis(500);
+
+/// How long a consumer of a paused queue waits before it looks again, if
+/// the resume's wake-up did not reach it (a subscription reconnecting).
+const PAUSED_WAIT: Duration = Duration::from_secs(1);
 
 impl RedisConsumer {
     pub(crate) fn new(
@@ -82,12 +92,14 @@ impl RedisConsumer {
             registered,
             number,
             queue: queue.to_owned(),
+            checked: Instant::now(),
         }
     }
 
-    /// Claims up to `n` ready messages (promoting due delayed ones first);
-    /// returns how long until the next delayed message is due, if any.
-    async fn fetch(&mut self, n: usize) -> Result<Option<Duration>, BrokerError> {
+    /// Claims up to `n` ready messages (promoting due delayed ones first;
+    /// none while the queue is paused); returns how long until the next
+    /// delayed message is due, if any, and whether the queue is paused.
+    async fn fetch(&mut self, n: usize) -> Result<(Option<Duration>, bool), BrokerError> {
         let mut conn = self.shared.conn.clone();
         let reply: Vec<Value> = self
             .shared
@@ -99,6 +111,7 @@ impl RedisConsumer {
             .key(&self.keys.delayed)
             .key(&self.keys.redelivered)
             .key(&self.keys.claims)
+            .key(&self.keys.paused)
             .arg(n)
             .invoke_async(&mut conn)
             .await
@@ -107,6 +120,8 @@ impl RedisConsumer {
         let number = |v: Option<Value>| v.and_then(|v| redis::from_redis_value::<i64>(v).ok());
         let next_due = number(values.next()).and_then(|ms| u64::try_from(ms).ok()).map(Duration::from_millis);
         let orphans = number(values.next()).unwrap_or(0);
+        let paused = number(values.next()) == Some(1);
+        self.checked = Instant::now();
         if orphans > 0 {
             tracing::warn!(queue_key = %self.keys.ready, orphans, "dropped ids whose message is gone from the queue");
         }
@@ -115,13 +130,38 @@ impl RedisConsumer {
         {
             self.buffer.push_back(claimed(id, body, token, again)?);
         }
-        Ok(next_due)
+        Ok((next_due, paused))
+    }
+
+    /// Returns the claimed messages not handed out yet to the queue if it
+    /// was paused since they were claimed.
+    async fn check_paused(&mut self) -> Result<(), BrokerError> {
+        let mut conn = self.shared.conn.clone();
+        let paused: bool = redis::cmd("EXISTS")
+            .arg(&self.keys.paused)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| broker_error(e, "looking whether the queue is paused"))?;
+        self.checked = Instant::now();
+        if paused {
+            self.buffer.clear();
+            // Returned by the next rescan if this call fails.
+            self.rescan = true;
+            let returned = self.return_unhanded().await?;
+            self.rescan = false;
+            tracing::info!(queue_key = %self.keys.ready, returned, "the queue is paused; returned claimed messages");
+        }
+        Ok(())
     }
 
     /// Waits until a message arrives in the empty queue, the next delayed
-    /// message is due, or the longest wait passes.
-    async fn wait(&self, next_due: Option<Duration>) {
+    /// message is due, the paused queue is resumed, or the longest wait
+    /// passes.
+    async fn wait(&self, next_due: Option<Duration>, paused: bool) {
         let mut wait = self.shared.config.max_block;
+        if paused {
+            wait = wait.min(PAUSED_WAIT);
+        }
         if let Some(due) = next_due {
             wait = wait.min(due);
         }
@@ -223,14 +263,17 @@ impl Consumer for RedisConsumer {
             tracing::info!(queue_key = %self.keys.ready, "consumer registered");
         }
         loop {
+            if !self.buffer.is_empty() && self.checked.elapsed() >= PAUSE_CHECK {
+                self.check_paused().await?;
+            }
             if let Some(claimed) = self.buffer.pop_front() {
                 return Ok(self.deliver(claimed, permit));
             }
             self.rescan().await?;
             // This delivery and every other free prefetch slot.
             let room = self.permits.available_permits() + 1;
-            let next_due = match self.fetch(room).await {
-                Ok(next_due) => next_due,
+            let (next_due, paused) = match self.fetch(room).await {
+                Ok(fetched) => fetched,
                 Err(error) => {
                     // Its claims may have been made: look for them next time.
                     self.rescan = true;
@@ -239,7 +282,7 @@ impl Consumer for RedisConsumer {
             };
             tracing::trace!(claimed = self.buffer.len(), ?next_due, "fetched");
             if self.buffer.is_empty() {
-                self.wait(next_due).await;
+                self.wait(next_due, paused).await;
             }
         }
     }

@@ -16,6 +16,8 @@ pub(crate) struct QueueKeys {
     /// The pub/sub channel that wakes idle consumers.
     pub(crate) wake: String,
     pub(crate) dead_bytes: String,
+    /// Present (no TTL) while the queue is paused.
+    pub(crate) paused: String,
 }
 
 impl QueueKeys {
@@ -33,6 +35,7 @@ impl QueueKeys {
             claims: key("claims"),
             wake: key("wake"),
             dead_bytes: key("dead-bytes"),
+            paused: key("paused"),
             prefix,
         }
     }
@@ -125,6 +128,7 @@ mod tests {
             &keys.wake,
             &keys.claims,
             &keys.dead_bytes,
+            &keys.paused,
             &keys.inflight("w1", 3),
         ] {
             assert!(key.starts_with("ns:{mail}:"), "{key}");

@@ -110,10 +110,12 @@ return 1
 ";
 
 /// Promote due delayed messages, then claim up to n ready ones into the
-/// consumer's in-flight list. KEYS: ready, inflight, msgs, delayed,
-/// redelivered, claims. ARGV: n. Returns the milliseconds until the
-/// next delayed message is due (-1: none), how many ids without a message
-/// were dropped, then id, payload, token, redelivered quadruples.
+/// consumer's in-flight list — none while the queue is paused. KEYS:
+/// ready, inflight, msgs, delayed, redelivered, claims, paused. ARGV: n.
+/// Returns the milliseconds until the next delayed message is due (-1:
+/// none), how many ids without a message were dropped, whether the queue
+/// is paused (1) or not (0), then id, payload, token, redelivered
+/// quadruples.
 const FETCH: &str = r"
 local due = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, 1000)
 for _, id in ipairs(due) do
@@ -122,6 +124,8 @@ for _, id in ipairs(due) do
 end
 local out = {}
 local n = tonumber(ARGV[1])
+local paused = redis.call('EXISTS', KEYS[7])
+if paused == 1 then n = 0 end
 local taken, orphans = 0, 0
 while taken < n do
   local id = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
@@ -144,6 +148,7 @@ end
 local first = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
 local wait = -1
 if first[2] then wait = math.max(0, tonumber(first[2]) - now) end
+table.insert(out, 1, paused)
 table.insert(out, 1, orphans)
 table.insert(out, 1, wait)
 return out
@@ -340,6 +345,19 @@ end
 return {n, #ids}
 ";
 
+/// Pause (ARGV[1] = '1') or resume (ARGV[1] = '0') a queue: the marker
+/// KEYS[1] (the queue's `paused` key, kept without a TTL) is set or
+/// removed; a resume wakes the queue's idle consumers on the channel
+/// ARGV[2].
+const PAUSE: &str = r"
+if ARGV[1] == '1' then
+  redis.call('SET', KEYS[1], '1')
+elseif redis.call('DEL', KEYS[1]) == 1 then
+  redis.call('PUBLISH', ARGV[2], '')
+end
+return 1
+";
+
 /// Record a heartbeat at the server's time, and the worker's consumers.
 /// KEYS: workers, the worker's consumers. ARGV: worker id, consumer entries.
 const BEAT: &str = r"
@@ -388,6 +406,7 @@ pub(crate) struct Scripts {
     pub(crate) list_dead: Script,
     pub(crate) trim: Script,
     pub(crate) purge: Script,
+    pub(crate) pause: Script,
     pub(crate) beat: Script,
     pub(crate) lapsed: Script,
 }
@@ -411,6 +430,8 @@ impl Scripts {
             list_dead: script(Some("no-writes,allow-oom"), &[LIST_DEAD]),
             trim: script(drain, &[NOW, TRIM_DEAD, TRIM]),
             purge: script(drain, &[PURGE]),
+            // An operator pauses in an incident, when Redis may be full.
+            pause: script(drain, &[PAUSE]),
             beat: script(drain, &[NOW, BEAT]),
             lapsed: script(Some("no-writes,allow-oom"), &[NOW, LAPSED]),
         }

@@ -121,19 +121,87 @@ pub(crate) struct AmqpConsumer {
     /// A delay hop or dead-lettering of a delivery that a cancelled `next`
     /// left running; the next call waits for it (cancel safety).
     triage: Option<tokio::task::JoinHandle<Result<Due, BrokerError>>>,
+    /// In the native layout: whether the queue is paused (see `pause.rs`).
+    paused: Option<crate::pause::Watch>,
+    /// Channels given up when the queue was paused, open until their
+    /// deliveries are settled (a delivery tag is good on its channel only).
+    retired: Vec<Arc<Generation>>,
 }
 
 impl AmqpConsumer {
     pub(crate) async fn open(shared: Arc<Shared>, queue: &str, prefetch: usize) -> Result<Self, BrokerError> {
         crate::names::check_queue(queue)?;
         let prefetch = u16::try_from(prefetch.max(1)).unwrap_or(u16::MAX);
-        let mut consumer =
-            Self { shared, queue: queue.to_owned(), prefetch, subscription: None, mover: None, triage: None };
-        consumer.subscribe().await?;
+        let mut consumer = Self {
+            shared,
+            queue: queue.to_owned(),
+            prefetch,
+            subscription: None,
+            mover: None,
+            triage: None,
+            paused: None,
+            retired: Vec::new(),
+        };
         if consumer.shared.config.layout() == Protocol::Dramatiq {
+            consumer.subscribe().await?;
             consumer.mover = Some(mover::Mover::start(Arc::clone(&consumer.shared), queue));
+        } else {
+            let paused = crate::pause::watch(Arc::clone(&consumer.shared), queue.to_owned()).await;
+            if !*paused.borrow() {
+                consumer.subscribe().await?;
+            }
+            consumer.paused = Some(paused);
         }
         Ok(consumer)
+    }
+
+    /// Whether the queue is paused, as last seen.
+    fn is_paused(&self) -> bool {
+        self.paused.as_ref().is_some_and(|paused| *paused.borrow())
+    }
+
+    /// Stops consuming the paused queue: cancels the subscription and
+    /// returns what it received and did not hand out; its channel stays
+    /// open until the deliveries handed out are settled. Then waits for the
+    /// resume.
+    async fn stand_down(&mut self) -> Result<(), BrokerError> {
+        if let Some(subscription) = self.subscription.take() {
+            let generation = Arc::clone(&subscription.generation);
+            if generation.is_current() {
+                // Retired first: if this is cancelled half way, closing the
+                // channel returns what it still holds.
+                self.retired.push(generation);
+                let returned = subscription.cancel().await?;
+                tracing::info!(queue = %self.queue, returned, "the queue is paused; stopped consuming it");
+            }
+        }
+        self.close_retired().await;
+        let mut watch_gone = false;
+        if let Some(paused) = self.paused.as_mut() {
+            let mut settled = tokio::time::interval(crate::pause::LOOK_EVERY);
+            loop {
+                tokio::select! {
+                    resumed = paused.wait_for(|paused| !*paused) => {
+                        watch_gone = resumed.is_err();
+                        break;
+                    }
+                    _ = settled.tick() => {}
+                }
+                // Channels whose deliveries were settled meanwhile close
+                // now, not at the resume.
+                close_settled(&mut self.retired).await;
+            }
+        }
+        if watch_gone {
+            // Its task is gone (it never is while the consumer lives):
+            // consume as if resumed.
+            self.paused = None;
+        }
+        Ok(())
+    }
+
+    async fn close_retired(&mut self) {
+        close_settled(&mut self.retired).await;
     }
 
     async fn subscribe(&mut self) -> Result<&mut Subscription, BrokerError> {
@@ -414,8 +482,34 @@ impl Consumer for AmqpConsumer {
                     }
                 }
             }
-            let subscription = self.subscribe().await?;
-            let next = subscription.stream.next().await;
+            if self.is_paused() {
+                self.stand_down().await?;
+                continue;
+            }
+            if !self.retired.is_empty() {
+                self.close_retired().await;
+            }
+            self.subscribe().await?;
+            let Some(subscription) = self.subscription.as_mut() else { continue };
+            let next = match self.paused.as_mut() {
+                Some(paused) => tokio::select! {
+                    // A pause while waiting: stand down at the top.
+                    changed = paused.wait_for(|paused| *paused) => Err(changed.is_err()),
+                    next = subscription.stream.next() => Ok(next),
+                },
+                None => Ok(subscription.stream.next().await),
+            };
+            let next = match next {
+                Ok(next) => next,
+                Err(watch_gone) => {
+                    if watch_gone {
+                        // Its task is gone (it never is while the consumer
+                        // lives): consume as if never paused.
+                        self.paused = None;
+                    }
+                    continue;
+                }
+            };
             let generation = Arc::clone(&subscription.generation);
             let delivery = match next {
                 Some(Ok(delivery)) => delivery,
@@ -435,6 +529,11 @@ impl Consumer for AmqpConsumer {
                 continue;
             }
             let received = Received::from(delivery);
+            if self.is_paused() {
+                // Paused as it arrived: back to the queue, then stand down.
+                requeue(&generation, received.tag).await?;
+                continue;
+            }
             if needs_triage(&self.shared, &received) {
                 let counted = Triaging::new(&generation);
                 let task = triage(Arc::clone(&self.shared), self.queue.clone(), generation, received, counted);
@@ -450,29 +549,50 @@ impl Consumer for AmqpConsumer {
             // Its held messages go back to `q.DQ` with its channel.
             mover.stop().await;
         }
-        let Some(mut subscription) = self.subscription.take() else { return Ok(()) };
+        self.close_retired().await;
+        let Some(subscription) = self.subscription.take() else { return Ok(()) };
         if !subscription.generation.is_current() {
             // Closed already: the server returned its deliveries.
             return Ok(());
         }
-        subscription
-            .generation
+        // The channel stays open for the deliveries still running.
+        subscription.cancel().await.map(|_| ())
+    }
+}
+
+impl Subscription {
+    /// Cancels the subscription and returns the deliveries that arrived
+    /// but were not handed out to the queue; returns how many.
+    async fn cancel(mut self) -> Result<u64, BrokerError> {
+        self.generation
             .channel
-            .basic_cancel(subscription.tag.as_str().into(), BasicCancelOptions::default())
+            .basic_cancel(self.tag.as_str().into(), BasicCancelOptions::default())
             .await
             .map_err(|e| amqp_error(e, "cancelling the consumer"))?;
-        // Deliveries that arrived but were not handed out go back now; the
-        // channel stays open for the ones still running.
-        while let Some(Some(Ok(delivery))) = futures_util::FutureExt::now_or_never(subscription.stream.next()) {
+        // Everything sent before the cancel-ok has arrived by now.
+        let mut returned = 0;
+        while let Some(Some(Ok(delivery))) = futures_util::FutureExt::now_or_never(self.stream.next()) {
             let requeue = BasicNackOptions { requeue: true, ..BasicNackOptions::default() };
-            subscription
-                .generation
+            self.generation
                 .channel
                 .basic_nack(delivery.delivery_tag, requeue)
                 .await
                 .map_err(|e| amqp_error(e, "returning a prefetched message"))?;
+            returned += 1;
         }
-        Ok(())
+        Ok(returned)
+    }
+}
+
+/// Closes the retired channels none of whose deliveries is still running;
+/// keeps the others.
+async fn close_settled(retired: &mut Vec<Arc<Generation>>) {
+    let (done, running): (Vec<_>, Vec<_>) = retired.drain(..).partition(|g| g.in_flight() == 0 || !g.is_current());
+    *retired = running;
+    for generation in done {
+        if generation.is_current() {
+            let _ = generation.channel.close(200, "dramaturg: paused".into()).await;
+        }
     }
 }
 

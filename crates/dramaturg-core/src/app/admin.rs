@@ -35,6 +35,26 @@ impl App {
         self.admin()?.stats(queue).await
     }
 
+    /// Pauses `queue` for the whole fleet until [`App::resume`]: see
+    /// [`QueueAdmin::pause`]. `queue` is the broker's name for it (with the
+    /// app's queue prefix, if it has one).
+    ///
+    /// # Errors
+    ///
+    /// A [`BrokerError`], including `Unsupported`.
+    pub async fn pause(&self, queue: &str) -> Result<(), BrokerError> {
+        self.admin()?.pause(queue).await
+    }
+
+    /// Resumes a paused `queue`: see [`QueueAdmin::resume`].
+    ///
+    /// # Errors
+    ///
+    /// A [`BrokerError`], including `Unsupported`.
+    pub async fn resume(&self, queue: &str) -> Result<(), BrokerError> {
+        self.admin()?.resume(queue).await
+    }
+
     /// Waits until every queue of the app is drained (nothing ready, delayed
     /// or in flight), for at most `timeout` in all. For tests and scripts.
     ///

@@ -85,6 +85,19 @@ pub(crate) enum Command {
         #[arg(long, env = "DRAMATURG_ABORT_STORE", hide_env_values = true, value_name = "REDIS_URL")]
         store: Option<String>,
     },
+    /// Pauses a queue for every worker: within a second no worker claims
+    /// its messages (work already started finishes); sends still enqueue.
+    /// The pause is kept on the broker until `resume`, across worker
+    /// restarts. Not in Python Dramatiq's layout.
+    Pause {
+        /// The queue (with its app's queue prefix).
+        queue: String,
+    },
+    /// Resumes a paused queue: within a second its workers claim again.
+    Resume {
+        /// The queue (with its app's queue prefix).
+        queue: String,
+    },
     /// Removes every ready and delayed message of a queue (not the dead
     /// letters, not the messages in flight).
     Purge {

@@ -37,6 +37,14 @@ pub(crate) async fn run(app: &App, command: Command) -> Result<Output, Failure> 
             let purged = app.admin()?.purge(&queue).await?;
             Ok(Output::new(json!({ "queue": queue, "purged": purged }), format!("purged {purged} from {queue}\n")))
         }
+        Command::Pause { queue } => {
+            app.admin()?.pause(&queue).await?;
+            Ok(Output::new(json!({ "queue": queue, "paused": true }), format!("paused {queue}\n")))
+        }
+        Command::Resume { queue } => {
+            app.admin()?.resume(&queue).await?;
+            Ok(Output::new(json!({ "queue": queue, "paused": false }), format!("resumed {queue}\n")))
+        }
         Command::Workers => workers(app).await,
         Command::Send { actor, queue, args, delay } => send(app, actor, queue, &args, delay).await,
     }
@@ -48,11 +56,14 @@ async fn queue_stats(app: &App, mut queues: Vec<String>) -> Result<Output, Failu
         queues = admin.queues().await?;
     }
     let mut rows = Vec::with_capacity(queues.len());
-    let mut table = Table::new(vec!["QUEUE", "READY", "DELAYED", "IN FLIGHT", "DEAD"]);
+    let mut table = Table::new(vec!["QUEUE", "READY", "DELAYED", "IN FLIGHT", "DEAD", "PAUSED"]);
     for queue in queues {
-        let QueueStats { ready, delayed, in_flight, dead, .. } = admin.stats(&queue).await?;
-        table.row(vec![queue.clone(), ready.to_string(), delayed.to_string(), in_flight.to_string(), dead.to_string()]);
-        rows.push(json!({ "queue": queue, "ready": ready, "delayed": delayed, "in_flight": in_flight, "dead": dead }));
+        let QueueStats { ready, delayed, in_flight, dead, paused, .. } = admin.stats(&queue).await?;
+        let cells = [ready, delayed, in_flight, dead].map(|n| n.to_string());
+        table.row([vec![queue.clone()], cells.to_vec(), vec![if paused { "yes" } else { "no" }.to_owned()]].concat());
+        rows.push(json!({
+            "queue": queue, "ready": ready, "delayed": delayed, "in_flight": in_flight, "dead": dead, "paused": paused,
+        }));
     }
     Ok(Output::new(Value::Array(rows), table.to_string()))
 }

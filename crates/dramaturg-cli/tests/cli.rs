@@ -114,9 +114,9 @@ async fn dead_letter_round_trip(url: &str, queue: &str) {
     let mut lines = table.lines();
     assert_eq!(
         lines.next().unwrap().split_whitespace().collect::<Vec<_>>(),
-        ["QUEUE", "READY", "DELAYED", "IN", "FLIGHT", "DEAD"]
+        ["QUEUE", "READY", "DELAYED", "IN", "FLIGHT", "DEAD", "PAUSED"]
     );
-    assert_eq!(lines.next().unwrap().split_whitespace().collect::<Vec<_>>(), [queue, "2", "0", "0", "2"]);
+    assert_eq!(lines.next().unwrap().split_whitespace().collect::<Vec<_>>(), [queue, "2", "0", "0", "2", "no"]);
 
     // dead list: decoded.
     let dead = json(url, &["dead", "list", "--queue", queue]);
@@ -219,12 +219,33 @@ async fn redis_every_command() {
     fails(Some(&url), &["abort", "not-an-id"], 2);
     let stderr = fails(Some(&url), &["send", "greet", "-q", queue, "--args", "{oops"], 2);
     assert!(stderr.contains("--args is not JSON"), "{stderr}");
+
+    pause_round_trip(&url, "cli-pause");
+    // Python Dramatiq's layout cannot be paused: the broker says so.
+    let dramatiq = format!("{REDIS}?protocol=dramatiq&namespace=cli-{}", unique());
+    let stderr = fails(Some(&dramatiq), &["pause", "default"], 4);
+    assert!(stderr.contains("paus"), "{stderr}");
+}
+
+/// `pause` and `resume` show in `queues`, in both formats.
+fn pause_round_trip(url: &str, queue: &str) {
+    ok(url, &["send", "greet", "--queue", queue, "--args", r#"{"name":"paused"}"#]);
+    let paused = |rows: Value| rows.as_array().unwrap()[0]["paused"].as_bool().unwrap();
+    assert!(!paused(json(url, &["queues", queue])));
+    assert_eq!(json(url, &["pause", queue])["paused"], true);
+    assert!(paused(json(url, &["queues", queue])));
+    let table = ok(url, &["queues", queue]);
+    assert!(table.contains("PAUSED") && table.lines().nth(1).unwrap().ends_with("yes"), "{table}");
+    assert_eq!(ok(url, &["resume", queue]), format!("resumed {queue}\n"));
+    assert!(!paused(json(url, &["queues", queue])));
+    ok(url, &["purge", queue]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_every_command() {
     let queue = format!("cli-{}", unique());
     dead_letter_round_trip(AMQP, &queue).await;
+    pause_round_trip(AMQP, &format!("cli-pause-{}", unique()));
 
     // What RabbitMQ cannot tell a client.
     let stderr = fails(Some(AMQP), &["queues"], 4);

@@ -273,6 +273,17 @@ fn bad_urls_and_usage_fail_clearly() {
     assert!(!stderr.contains("hunter2") && stderr.contains("cannot use the broker"), "{stderr}");
     let stderr = fails(Some("amqp://guest:hunter2@127.0.0.1:1/%2f"), &["--json", "queues", "q"], 1);
     assert!(!stderr.contains("hunter2"), "{stderr}");
+    // Mistyped URLs, whose user part no URL parser finds, hide it too.
+    for typo in
+        ["redis:/:hunter2@127.0.0.1:6379", "redis//:hunter2@127.0.0.1", "amqp:/guest:hunter2@h", "redis:hunter2@h"]
+    {
+        let output = cli(Some(typo), &["queues"]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && !stderr.contains("hunter2"), "{typo}: {stderr}");
+        let output = cli(Some(REDIS), &["abort", &MessageId::new().to_string(), "--store", typo]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && !stderr.contains("hunter2"), "--store {typo}: {stderr}");
+    }
     // The environment variable works as --broker does.
     let output = Command::new(env!("CARGO_BIN_EXE_dramaturg"))
         .env("DRAMATURG_BROKER", "redis://:hunter2@127.0.0.1:1")

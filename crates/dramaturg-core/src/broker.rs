@@ -751,15 +751,27 @@ pub trait DeadLetters: Send + Sync {
 /// assert_eq!(redact_password("amqp://guest:secret@localhost:5672/%2f"), "amqp://guest:***@localhost:5672/%2f");
 /// assert_eq!(redact_password("redis://:secret@127.0.0.1/0"), "redis://:***@127.0.0.1/0");
 /// assert_eq!(redact_password("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+/// // Mistyped URLs whose user info cannot be told apart: everything
+/// // between the first ':' and the last '@' is hidden.
+/// assert_eq!(redact_password("redis:/:secret@127.0.0.1:6379"), "redis:***@127.0.0.1:6379");
+/// assert_eq!(redact_password("redis:///:secret@127.0.0.1"), "redis:***@127.0.0.1");
+/// assert_eq!(redact_password("secret@host"), "***@host");
 /// ```
 pub fn redact_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else { return url.to_owned() };
-    let user = rest[..at].split(':').next().unwrap_or_default();
-    let password_given = rest[..at].contains(':');
-    let user_part = if password_given { format!("{user}:***") } else { user.to_owned() };
-    format!("{scheme}://{user_part}@{}", &rest[at + 1..])
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let authority_end = rest.find('/').unwrap_or(rest.len());
+        if let Some(at) = rest[..authority_end].rfind('@') {
+            let user = rest[..at].split(':').next().unwrap_or_default();
+            let password_given = rest[..at].contains(':');
+            let user_part = if password_given { format!("{user}:***") } else { user.to_owned() };
+            return format!("{scheme}://{user_part}@{}", &rest[at + 1..]);
+        }
+    }
+    let Some(at) = url.rfind('@') else { return url.to_owned() };
+    match url[..at].find(':') {
+        Some(colon) => format!("{}***{}", &url[..=colon], &url[at..]),
+        None => format!("***{}", &url[at..]),
+    }
 }
 
 /// An error that says whether the same call may succeed if tried again

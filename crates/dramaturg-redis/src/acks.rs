@@ -138,34 +138,22 @@ impl Settler {
     /// longer outstanding.
     async fn settle(&self, batch: &[Pending]) -> Result<Vec<Settled>, BrokerError> {
         let what = if batch.len() == 1 { "settling a message" } else { "settling messages" };
-        let reply = if batch.iter().all(|ack| ack.writes.is_empty()) {
-            let mut invocation = self.scripts.ack_many.prepare_invoke();
-            invocation.key(&*self.inflight).key(&self.keys.claims).key(&self.keys.msgs);
-            for ack in batch {
-                invocation.arg(&ack.id).arg(&ack.token);
-            }
-            let mut conn = self.conn.clone();
-            invocation.invoke_async(&mut conn).await.map_err(|e| broker_error(e, what))?
-        } else {
-            self.write_and_settle(batch).await.map_err(|e| broker_error(e, what))?
-        };
+        let reply = self.write_and_settle(batch).await.map_err(|e| broker_error(e, what))?;
         self.answers(batch, reply)
     }
 
-    /// One pipeline: the writes of `batch`, then `ACK_MANY` (by its hash;
-    /// on `NOSCRIPT` the script is loaded and the pipeline sent again,
-    /// which writes the same values again). A write Redis refuses (out of
-    /// memory) is logged and does not hold the acks back: the scripts run
-    /// when Redis is full, and so do settlements.
+    /// One pipeline: the writes of `batch` (checked against the store's
+    /// size rules by the receipts), then `ACK_MANY` by its hash; on
+    /// `NOSCRIPT` the script is loaded and the pipeline sent again, which
+    /// writes the same values again. A write Redis refuses (out of memory)
+    /// is logged and does not hold the acks back: the scripts run when
+    /// Redis is full, and so do settlements.
     async fn write_and_settle(&self, batch: &[Pending]) -> redis::RedisResult<Vec<Value>> {
         let mut pipe = redis::pipe();
-        let writes = batch.iter().flat_map(|ack| &ack.writes);
-        for write in writes.clone() {
-            let entry = (write.key.as_str(), write.value.as_ref(), write.ttl);
-            if let Err(error) = crate::store::pipe_writes(&mut pipe, &self.store_prefix, [entry]) {
-                tracing::error!(%error, "a store write that goes with an ack is outside the size rules; dropped");
-            }
-        }
+        let writes = batch.iter().flat_map(|ack| &ack.writes).map(|w| (w.key.as_str(), w.value.as_ref(), w.ttl));
+        crate::store::pipe_writes(&mut pipe, &self.store_prefix, writes).map_err(|e| {
+            redis::RedisError::from((ErrorKind::Client, "a store write outside the size rules", e.to_string()))
+        })?;
         let mut ack = redis::cmd("EVALSHA");
         ack.arg(self.scripts.ack_many.get_hash())
             .arg(3)

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use dramaturg::metrics::trace::{TraceContext, TRACEPARENT};
 use dramaturg::prelude::*;
-use dramaturg::{Message, MessageId};
+use dramaturg::{EnqueueError, Message, MessageId};
 use opentelemetry::trace::{SpanId, TracerProvider as _};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use serde::{Deserialize, Serialize};
@@ -89,7 +89,7 @@ async fn the_worker_continues_the_senders_trace_through_retries_and_callbacks() 
     // A traceparent of the wrong type is refused when sent.
     let mut wrong: Message = app.message(&Flaky { n: 4 }, Default::default()).unwrap();
     wrong.options.extra.insert(TRACEPARENT.name().to_owned(), 42.into());
-    assert!(app.enqueue(wrong, None).await.is_err());
+    assert!(matches!(app.enqueue(wrong, None).await, Err(EnqueueError::InvalidOption(_))));
 
     let report = Worker::new(app.clone()).run_until_drained(Duration::from_secs(30)).await.unwrap();
     assert_eq!((report.succeeded, report.retried), (6, 3), "{report:?}");

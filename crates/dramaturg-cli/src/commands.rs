@@ -38,11 +38,11 @@ pub(crate) async fn run(app: &App, command: Command) -> Result<Output, Failure> 
             Ok(Output::new(json!({ "queue": queue, "purged": purged }), format!("purged {purged} from {queue}\n")))
         }
         Command::Pause { queue } => {
-            app.admin()?.pause(&queue).await?;
+            app.pause(&queue).await?;
             Ok(Output::new(json!({ "queue": queue, "paused": true }), format!("paused {queue}\n")))
         }
         Command::Resume { queue } => {
-            app.admin()?.resume(&queue).await?;
+            app.resume(&queue).await?;
             Ok(Output::new(json!({ "queue": queue, "paused": false }), format!("resumed {queue}\n")))
         }
         Command::Workers => workers(app).await,

@@ -105,17 +105,14 @@ impl QueueAdmin for RedisBroker {
 /// What the Dramatiq layout cannot do (Dramatiq keeps no list of queues,
 /// and its heartbeats name no consumers).
 fn dramatiq_cannot(what: &str) -> BrokerError {
-    BrokerError::new(dramaturg_core::BrokerErrorKind::Unsupported, format!("the Dramatiq layout cannot {what}"))
+    BrokerError::new(BrokerErrorKind::Unsupported, format!("the Dramatiq layout cannot {what}"))
 }
 
 impl RedisBroker {
     /// Sets or removes `queue`'s pause marker (see `PAUSE` in `scripts.rs`).
     async fn set_paused(&self, queue: &str, paused: bool) -> Result<(), BrokerError> {
         if self.is_dramatiq() {
-            return Err(BrokerError::new(
-                BrokerErrorKind::Unsupported,
-                "redis: queues in Python Dramatiq's layout cannot be paused (its workers would not know)",
-            ));
+            return Err(dramatiq_cannot("pause its queues (Python's workers would not know)"));
         }
         let keys = self.keys(queue);
         let mut conn = self.shared.conn.clone();

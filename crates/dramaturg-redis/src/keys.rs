@@ -20,29 +20,38 @@ pub(crate) struct QueueKeys {
     pub(crate) paused: String,
 }
 
+/// The suffixes of the keys that hold a queue's messages, or say it is
+/// paused: what [`queue_of_key`] recognises.
+const READY: &str = "ready";
+const MSGS: &str = "msgs";
+const DELAYED: &str = "delayed";
+const DEAD: &str = "dead";
+const PAUSED: &str = "paused";
+const INFLIGHT: &str = "inflight:";
+
 impl QueueKeys {
     pub(crate) fn new(namespace: &str, queue: &str) -> Self {
         let prefix = format!("{namespace}:{{{queue}}}:");
         let key = |name: &str| format!("{prefix}{name}");
         Self {
-            ready: key("ready"),
-            msgs: key("msgs"),
-            delayed: key("delayed"),
-            dead: key("dead"),
+            ready: key(READY),
+            msgs: key(MSGS),
+            delayed: key(DELAYED),
+            dead: key(DEAD),
             dead_msgs: key("dead-msgs"),
             reasons: key("dead-reasons"),
             redelivered: key("redelivered"),
             claims: key("claims"),
             wake: key("wake"),
             dead_bytes: key("dead-bytes"),
-            paused: key("paused"),
+            paused: key(PAUSED),
             prefix,
         }
     }
 
     /// The in-flight list of consumer `consumer` of worker `worker`.
     pub(crate) fn inflight(&self, worker: &str, consumer: u64) -> String {
-        format!("{}inflight:{worker}:{consumer}", self.prefix)
+        format!("{}{INFLIGHT}{worker}:{consumer}", self.prefix)
     }
 }
 
@@ -86,15 +95,15 @@ pub(crate) fn queue_keys_pattern(namespace: &str) -> String {
 }
 
 /// The queue whose key `key` is, if it is one of the keys that hold a
-/// queue's messages (ready, delayed, stored, dead or in flight) under
-/// `namespace`.
+/// queue's messages (ready, delayed, stored, dead or in flight) or mark
+/// it paused, under `namespace`.
 pub(crate) fn queue_of_key<'a>(namespace: &str, key: &'a str) -> Option<&'a str> {
     let rest = key.strip_prefix(namespace)?.strip_prefix(":{")?;
     // A queue name may hold `}:` itself: try each place from the end.
     let mut end = rest.len();
     while let Some(at) = rest[..end].rfind("}:") {
         let suffix = &rest[at + 2..];
-        if matches!(suffix, "ready" | "delayed" | "msgs" | "dead") || suffix.starts_with("inflight:") {
+        if [READY, DELAYED, MSGS, DEAD, PAUSED].contains(&suffix) || suffix.starts_with(INFLIGHT) {
             return Some(&rest[..at]);
         }
         end = at;
@@ -139,7 +148,7 @@ mod tests {
     #[test]
     fn queues_are_read_back_from_their_keys() {
         let keys = QueueKeys::new("ns", "a}:b");
-        for key in [&keys.ready, &keys.delayed, &keys.msgs, &keys.dead, &keys.inflight("w", 1)] {
+        for key in [&keys.ready, &keys.delayed, &keys.msgs, &keys.dead, &keys.paused, &keys.inflight("w", 1)] {
             assert_eq!(queue_of_key("ns", key), Some("a}:b"), "{key}");
         }
         assert_eq!(queue_of_key("ns", &keys.claims), None);

@@ -281,6 +281,7 @@ impl AppBuilder {
                 encoder,
                 chain: self.stack.iter().filter(|m| m.wraps()).cloned().collect(),
                 observers: self.stack.iter().filter(|m| m.observes_attempts()).cloned().collect(),
+                claimers: self.stack.iter().filter(|m| m.send_claim().is_some()).cloned().collect(),
                 stack: self.stack,
                 actors,
                 queues,

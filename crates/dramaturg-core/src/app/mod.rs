@@ -57,6 +57,9 @@ struct Inner {
     chain: Vec<Arc<dyn Middleware>>,
     /// The stack's middleware that observe attempts, in order.
     observers: Vec<Arc<dyn Middleware>>,
+    /// The stack's middleware that claim something on every send
+    /// ([`Middleware::send_claim`]), in order.
+    claimers: Vec<Arc<dyn Middleware>>,
     actors: HashMap<&'static str, ActorInfo>,
     queues: Vec<String>,
     queue_prefix: String,

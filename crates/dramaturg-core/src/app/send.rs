@@ -128,7 +128,7 @@ impl App {
         let claimed = message.clone();
         let sent = self.hand_over(message, delay).await;
         if sent.is_err() {
-            self.release_claims(&claimed, self.inner.stack.len()).await;
+            self.release_claims(&claimed, self.inner.claimers.len()).await;
         }
         sent
     }
@@ -146,13 +146,13 @@ impl App {
     /// Whether a middleware of the stack claims something on every send
     /// ([`Middleware::send_claim`](crate::Middleware::send_claim)).
     fn claims_on_send(&self) -> bool {
-        self.inner.stack.iter().any(|m| m.send_claim().is_some())
+        !self.inner.claimers.is_empty()
     }
 
     /// Makes every middleware's send claim for `message`, in stack order;
     /// when one fails, releases those made before it.
     async fn claim(&self, message: &mut Message) -> Result<(), EnqueueError> {
-        for (i, middleware) in self.inner.stack.iter().enumerate() {
+        for (i, middleware) in self.inner.claimers.iter().enumerate() {
             if let Some(claim) = middleware.send_claim() {
                 if let Err(error) = claim.claim(self, message).await {
                     self.release_claims(message, i).await;
@@ -163,9 +163,9 @@ impl App {
         Ok(())
     }
 
-    /// Releases the send claims of the first `made` middleware of the stack.
+    /// Releases the send claims of the first `made` claiming middleware.
     async fn release_claims(&self, message: &Message, made: usize) {
-        for middleware in &self.inner.stack[..made] {
+        for middleware in &self.inner.claimers[..made] {
             if let Some(claim) = middleware.send_claim() {
                 claim.release(self, message).await;
             }
@@ -215,7 +215,7 @@ impl App {
         let sent = self.enqueue_batch(messages, claims.then_some(&mut claimed)).await;
         if sent.is_err() {
             for message in &claimed {
-                self.release_claims(message, self.inner.stack.len()).await;
+                self.release_claims(message, self.inner.claimers.len()).await;
             }
         }
         sent

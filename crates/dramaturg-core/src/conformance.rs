@@ -56,6 +56,7 @@ macro_rules! broker_conformance {
             worker_dead_letters_garbage,
             reschedule_replaces_the_message_after_its_delay,
             dead_letters_can_be_deleted,
+            replay_all_takes_what_was_dead_when_it_started,
             stale_settlements_change_nothing,
             stale_settlement_after_the_same_consumer_claims_again,
             worker_retries_through_reschedule,
@@ -183,6 +184,42 @@ impl Suite {
         assert_eq!(rest, [body("a"), body("c")]);
         assert!(dead.list(&queue, 10).await.expect("list").is_empty());
         consumer.close().await.expect("close");
+    }
+
+    /// Replaying all dead letters replays those there when it started, each
+    /// once: a replayed message that fails again while the replay runs (a
+    /// worker on the queue) stays a dead letter instead of being replayed
+    /// again.
+    pub async fn replay_all_takes_what_was_dead_when_it_started(&self) {
+        const LETTERS: usize = 1_500;
+        let queue = self.queue("replay-bound");
+        let Some(dead) = self.broker.dead_letters() else { return };
+        let mut consumer = self.consumer(&queue, 200).await;
+        let outgoing = (0..LETTERS).map(|i| Outgoing::new(queue.as_str(), body(&format!("m{i}")))).collect();
+        self.broker.enqueue_many(outgoing).await.expect("enqueue_many");
+        for _ in 0..LETTERS {
+            let delivery = next(consumer.as_mut()).await;
+            delivery.settle(Settlement::DeadLetter("first".into())).await.expect("dead-letter");
+        }
+        // A worker that dead-letters every replayed message at once, while
+        // the replay runs.
+        let failing = tokio::spawn(async move {
+            let mut failed = 0;
+            while let Ok(Ok(delivery)) = tokio::time::timeout(Duration::from_millis(500), consumer.next()).await {
+                delivery.settle(Settlement::DeadLetter("again".into())).await.expect("dead-letter again");
+                failed += 1;
+            }
+            consumer.close().await.expect("close");
+            failed
+        });
+        let replayed = dead.replay(&queue, Replay::All).await.expect("replay all");
+        let failed = failing.await.expect("the failing consumer");
+        assert_eq!(replayed, LETTERS as u64, "each dead letter replayed once");
+        assert_eq!(failed, LETTERS, "each replayed message delivered once");
+        let left = dead.list(&queue, LETTERS + 10).await.expect("list");
+        assert_eq!(left.len(), LETTERS);
+        assert!(left.iter().all(|l| l.reason == "again"), "every message failed again and stayed dead");
+        dead.delete(&queue, Replay::All).await.expect("delete");
     }
 
     /// Dead letters can be deleted, one or all; an unknown key deletes

@@ -186,7 +186,7 @@ impl RedisBroker {
             return self.dramatiq_move_dead(queue, which, action).await;
         }
         let keys = self.keys(queue);
-        self.move_dead_with(which, action, |target| {
+        self.move_dead_with(which, action, &keys.dead, |target, newest| {
             let mut invocation = self.shared.scripts.replay.prepare_invoke();
             invocation
                 .key(&keys.dead)
@@ -197,7 +197,8 @@ impl RedisBroker {
                 .key(&keys.dead_bytes)
                 .arg(target)
                 .arg(action)
-                .arg(&keys.wake);
+                .arg(&keys.wake)
+                .arg(newest);
             invocation
         })
         .await
@@ -205,23 +206,41 @@ impl RedisBroker {
 
     /// Replays or deletes the dead letters `which` by calls of the
     /// invocation that `prepare` makes for a target (the one dead letter's
-    /// id, or '' for the next 500): either layout's replay script, which
-    /// returns {done, looked at}.
+    /// id, or '' for the next 500) and the newest time (ms) to take: either
+    /// layout's replay script, which returns {done, looked at}.
+    ///
+    /// All of them means those in the sorted set `dead` when this starts:
+    /// a replayed message that is dead-lettered again meanwhile has a later
+    /// score, so it stays a dead letter instead of going round again.
     pub(crate) async fn move_dead_with<'a>(
         &self,
         which: &Replay,
         action: &str,
-        prepare: impl FnOnce(&str) -> ScriptInvocation<'a>,
+        dead: &str,
+        prepare: impl FnOnce(&str, &str) -> ScriptInvocation<'a>,
     ) -> Result<u64, BrokerError> {
-        let target = match which {
+        let what = format!("{action} of dead letters");
+        let (target, newest) = match which {
             // No dead letter has the empty key (the script reads an empty
             // target as "all").
             Replay::One(key) if key.is_empty() => return Ok(0),
-            Replay::One(key) => key.clone(),
-            _ => String::new(),
+            Replay::One(key) => (key.clone(), String::new()),
+            _ => {
+                let mut conn = self.shared.conn.clone();
+                let newest: Vec<(String, f64)> = redis::cmd("ZRANGE")
+                    .arg(dead)
+                    .arg(-1)
+                    .arg(-1)
+                    .arg("WITHSCORES")
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| broker_error(e, &what))?;
+                let Some((_, score)) = newest.into_iter().next() else { return Ok(0) };
+                (String::new(), score.to_string())
+            }
         };
-        let invocation = prepare(&target);
-        self.in_batches(&invocation, !target.is_empty(), &format!("{action} of dead letters")).await
+        let invocation = prepare(&target, &newest);
+        self.in_batches(&invocation, !target.is_empty(), &what).await
     }
 
     /// Calls `invocation`, a script that returns how many it did and how

@@ -269,14 +269,15 @@ return #ids
 ";
 
 /// Move dead letters back to the queue (ARGV[2] = 'replay') or delete them
-/// (ARGV[2] = 'delete'): one (ARGV[1] = id) or the next 500 (ARGV[1] = '').
-/// KEYS: dead, dead_msgs, reasons, msgs, ready, dead_bytes. ARGV[3]: wake
-/// channel. Returns {moved or deleted, looked at}.
+/// (ARGV[2] = 'delete'): one (ARGV[1] = id) or the next 500 dead-lettered
+/// no later than ARGV[4] (ms; ARGV[1] = ''). KEYS: dead, dead_msgs, reasons,
+/// msgs, ready, dead_bytes. ARGV[3]: wake channel. Returns {moved or
+/// deleted, looked at}.
 const REPLAY: &str = r"
 if ARGV[2] == 'replay' then wake_if_empty(KEYS[5], ARGV[3]) end
 local ids
 if ARGV[1] == '' then
-  ids = redis.call('ZRANGE', KEYS[1], 0, 499)
+  ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[4], 'LIMIT', 0, 500)
 elseif redis.call('ZSCORE', KEYS[1], ARGV[1]) then
   ids = {ARGV[1]}
 else

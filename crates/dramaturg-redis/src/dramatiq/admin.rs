@@ -115,7 +115,7 @@ impl RedisBroker {
         action: &str,
     ) -> Result<u64, BrokerError> {
         let keys = self.dramatiq_keys(queue);
-        self.move_dead_with(which, action, |target| {
+        self.move_dead_with(which, action, &keys.dead, |target, newest| {
             let mut invocation = self.shared.dramatiq.scripts.replay.prepare_invoke();
             invocation
                 .key(&keys.dead)
@@ -125,7 +125,8 @@ impl RedisBroker {
                 .key(&keys.ready.list)
                 .arg(target)
                 .arg(action)
-                .arg(&keys.ready.wake);
+                .arg(&keys.ready.wake)
+                .arg(newest);
             invocation
         })
         .await

@@ -204,12 +204,13 @@ return {n, #ids}
 ";
 
 /// Replays (ARGV[2] = 'replay') or deletes dead letters: one (ARGV[1] =
-/// id) or the next 500 (ARGV[1] = ''). KEYS: dead, dead msgs, dead
-/// reasons, msgs, list. ARGV[3]: wake channel. Returns {done, looked at}.
+/// id) or the next 500 dead-lettered no later than ARGV[4] (ms; ARGV[1] =
+/// ''). KEYS: dead, dead msgs, dead reasons, msgs, list. ARGV[3]: wake
+/// channel. Returns {done, looked at}.
 const REPLAY: &str = r"
 local ids
 if ARGV[1] == '' then
-  ids = redis.call('ZRANGE', KEYS[1], 0, 499)
+  ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[4], 'LIMIT', 0, 500)
 elseif redis.call('ZSCORE', KEYS[1], ARGV[1]) then
   ids = {ARGV[1]}
 else

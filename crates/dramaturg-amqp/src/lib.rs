@@ -224,7 +224,10 @@ impl AmqpConfig {
     /// [`AmqpConfig::send_timeout`]. An invalid value is reported when
     /// connecting, as an error of kind
     /// [`InvalidInput`](dramaturg_core::BrokerErrorKind::InvalidInput).
-    /// lapin's own parameters (`heartbeat`, `frame_max`, …) work as usual.
+    /// lapin's own parameters (`heartbeat`, `frame_max`, `channel_max`,
+    /// `connection_timeout`, `auth_mechanism`) work as usual; any other
+    /// query parameter (a typo) is refused when connecting, as an invalid
+    /// value is.
     ///
     /// # Examples
     ///
@@ -547,7 +550,10 @@ impl AmqpBroker {
     /// # Errors
     ///
     /// A [`BrokerError`] when the server cannot be reached or refuses the
-    /// credentials. It names the URL without its password.
+    /// credentials; of kind
+    /// [`InvalidInput`](dramaturg_core::BrokerErrorKind::InvalidInput) when
+    /// the URL is not one (a bad port, an unknown query parameter). It names
+    /// the URL without its password.
     pub async fn connect(url: &str) -> Result<Self, BrokerError> {
         Self::with_config(AmqpConfig::new(url)).await
     }
@@ -561,15 +567,18 @@ impl AmqpBroker {
         if let Some(error) = &config.url_error {
             return Err(BrokerError::new(dramaturg_core::BrokerErrorKind::InvalidInput, error.clone()));
         }
+        let invalid = |message: String| BrokerError::new(dramaturg_core::BrokerErrorKind::InvalidInput, message);
+        let shown = redact_password(&config.url);
+        dramaturg_core::broker::check_url_parameters(&config.url, URL_PARAMETERS)
+            .map_err(|e| invalid(format!("amqp: {shown}: {e}")))?;
+        let uri = config
+            .connection_url()
+            .parse::<lapin::uri::AMQPUri>()
+            .map_err(|e| invalid(format!("amqp: {shown} is not a valid AMQP URL: {e}")))?;
         // lapin turns the vhost into an AMQP short string and panics if it
         // is longer than 255 bytes.
-        if let Ok(uri) = config.connection_url().parse::<lapin::uri::AMQPUri>() {
-            if uri.vhost.len() > 255 {
-                return Err(BrokerError::new(
-                    dramaturg_core::BrokerErrorKind::InvalidInput,
-                    format!("amqp: the URL's vhost is {} bytes; AMQP allows at most 255", uri.vhost.len()),
-                ));
-            }
+        if uri.vhost.len() > 255 {
+            return Err(invalid(format!("amqp: the URL's vhost is {} bytes; AMQP allows at most 255", uri.vhost.len())));
         }
         if config.send_timeout.is_zero() {
             return Err(BrokerError::new(
@@ -639,6 +648,19 @@ fn routed<'a>(config: &AmqpConfig, message: &'a Outgoing) -> (Target<'a>, Bytes,
 /// Query parameter `name` of `url` read by `parse`, if present; an
 /// invalid value (`parse` gives `None`) is recorded in `error` (the first
 /// one found) as not being `expected`.
+/// The URL query parameters read: this crate's (`max_priority`,
+/// `send_timeout_ms`, `protocol`) and lapin's.
+const URL_PARAMETERS: &[&str] = &[
+    "max_priority",
+    "send_timeout_ms",
+    "protocol",
+    "frame_max",
+    "channel_max",
+    "heartbeat",
+    "connection_timeout",
+    "auth_mechanism",
+];
+
 fn parsed_parameter<T>(
     url: &str,
     name: &str,

@@ -273,6 +273,24 @@ fn bad_urls_and_usage_fail_clearly() {
     assert!(!stderr.contains("hunter2") && stderr.contains("cannot use the broker"), "{stderr}");
     let stderr = fails(Some("amqp://guest:hunter2@127.0.0.1:1/%2f"), &["--json", "queues", "q"], 1);
     assert!(!stderr.contains("hunter2"), "{stderr}");
+    // URLs that parse as URLs but that the client refuses (a port or a
+    // database out of range) and unknown query parameters (a typo that
+    // would otherwise be ignored) are bad input, not a broker failure.
+    for url in [
+        "redis://:hunter2@127.0.0.1:99999",
+        "redis://:hunter2@127.0.0.1:6379/abc",
+        "redis://:hunter2@127.0.0.1:6379/0?namspace=billing",
+        "amqp://guest:hunter2@127.0.0.1:99999/%2f",
+        "amqp://guest:hunter2@127.0.0.1:5672/%2f?max_priorty=10",
+    ] {
+        let stderr = fails(Some(url), &["queues", "q"], 2);
+        assert!(!stderr.contains("hunter2"), "{url}: {stderr}");
+    }
+    let stderr = fails(Some("redis://127.0.0.1:6379/0?namspace=billing"), &["queues", "q"], 2);
+    assert!(stderr.contains("\"namspace\" is unknown") && stderr.contains("namespace"), "{stderr}");
+    // Known parameters still work: the broker's own and the client's.
+    ok("redis://127.0.0.1:6379/0?namespace=cli-params&db=0", &["queues", "q"]);
+    ok("amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=10&send_timeout_ms=5000", &["queues", "q"]);
     // Mistyped URLs, whose user part no URL parser finds, hide it too.
     for typo in
         ["redis:/:hunter2@127.0.0.1:6379", "redis//:hunter2@127.0.0.1", "amqp:/guest:hunter2@h", "redis:hunter2@h"]

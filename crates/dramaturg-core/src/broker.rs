@@ -774,6 +774,45 @@ pub fn redact_password(url: &str) -> String {
     }
 }
 
+/// Refuses a broker URL whose query names a parameter outside `known`
+/// (a typo such as `?namspace=billing` would otherwise be ignored, and the
+/// broker would use the default). `known` lists every parameter that the
+/// broker or its client reads; the fragment (after `#`) is not looked at.
+///
+/// # Errors
+///
+/// A [`BrokerError`] of kind
+/// [`InvalidInput`](crate::BrokerErrorKind::InvalidInput) naming the first
+/// unknown parameter and the known ones; it never shows the URL.
+///
+/// ```
+/// use dramaturg_core::broker::check_url_parameters;
+///
+/// assert!(check_url_parameters("redis://h/0?namespace=billing", &["namespace", "db"]).is_ok());
+/// let error = check_url_parameters("redis://h/0?namspace=billing", &["namespace", "db"]).unwrap_err();
+/// assert!(error.to_string().contains("namspace"), "{error}");
+/// ```
+pub fn check_url_parameters(url: &str, known: &[&str]) -> Result<(), BrokerError> {
+    let Some((_, query)) = url.split_once('?') else { return Ok(()) };
+    let query = query.split_once('#').map_or(query, |(query, _)| query);
+    let unknown = query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| pair.split_once('=').map_or(pair, |(name, _)| name))
+        .find(|name| !known.contains(name));
+    match unknown {
+        None => Ok(()),
+        Some(name) => Err(BrokerError::new(
+            crate::BrokerErrorKind::InvalidInput,
+            format!(
+                "the URL's query parameter {:?} is unknown; this broker reads {}",
+                crate::Bounded::quoted(name),
+                known.join(", ")
+            ),
+        )),
+    }
+}
+
 /// An error that says whether the same call may succeed if tried again
 /// (the server was away, a timeout): what [`retry_sends`] retries on.
 pub trait MayPass: fmt::Display {

@@ -165,7 +165,10 @@ impl RedisConfig {
     /// the parameter is taken out of the URL before it reaches the Redis
     /// client (whose own `protocol=resp2` / `resp3` pass through). Any other
     /// value is refused when the broker connects. `?namespace=billing` sets
-    /// the namespace as [`RedisConfig::namespace`] does.
+    /// the namespace as [`RedisConfig::namespace`] does. The client's
+    /// `db`, `user` and `pass` are read too; any other query parameter (a
+    /// typo) is refused when connecting, with an error of kind
+    /// [`BrokerErrorKind::InvalidInput`].
     pub fn new(url: impl Into<String>) -> Self {
         let url = url.into();
         let (url, params) = dramatiq::url::take_params(&url);
@@ -405,6 +408,11 @@ fn open_client(config: &RedisConfig) -> redis::RedisResult<redis::Client> {
     redis::Client::open(config.url.as_str())
 }
 
+/// The URL query parameters read: this crate's (`protocol=native|dramatiq`
+/// and `namespace`, taken out before the URL reaches the client) and the
+/// Redis client's.
+const URL_PARAMETERS: &[&str] = &["namespace", "protocol", "db", "user", "pass"];
+
 /// A client for `config` and its multiplexed, reconnecting connection.
 async fn connect_manager(config: &RedisConfig) -> Result<(redis::Client, ConnectionManager), BrokerError> {
     let shown = redact_password(&config.url);
@@ -414,7 +422,13 @@ async fn connect_manager(config: &RedisConfig) -> Result<(redis::Client, Connect
         // this crate builds with. An already installed one is kept.
         let _ = rustls::crypto::ring::default_provider().install_default();
     }
-    let client = open_client(config).map_err(|e| broker_error(e, &format!("opening {shown}")))?;
+    dramaturg_core::broker::check_url_parameters(&config.url, URL_PARAMETERS)
+        .map_err(|e| BrokerError::new(BrokerErrorKind::InvalidInput, format!("redis: {shown}: {e}")))?;
+    // The client does no I/O here: what it refuses is the URL (a port or
+    // database number out of range, a bad certificate).
+    let client = open_client(config).map_err(|e| {
+        BrokerError::new(BrokerErrorKind::InvalidInput, format!("redis: opening {shown} failed: {e}")).with_source(e)
+    })?;
     let manager_config = redis::aio::ConnectionManagerConfig::new()
         .set_response_timeout(Some(Duration::from_secs(10)))
         .set_connection_timeout(Some(Duration::from_secs(5)))

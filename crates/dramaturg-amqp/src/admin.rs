@@ -5,7 +5,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use dramaturg_core::{BrokerError, DeadLetter, DeadLetters, Protocol, QueueAdmin, QueueStats, Replay};
+use dramaturg_core::{BrokerError, DeadLetter, DeadLetters, InFlightScope, Protocol, QueueAdmin, QueueStats, Replay};
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, QueueDeclareOptions, QueuePurgeOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::Channel;
@@ -186,7 +186,8 @@ impl AmqpBroker {
         let delayed = self.buckets(queue, BucketOp::Count).await?;
         // RabbitMQ does not tell unacknowledged counts over AMQP; these are
         // the deliveries of this broker's own consumers.
-        Ok(QueueStats::new(ready, delayed, self.shared.in_flight(queue), dead))
+        Ok(QueueStats::new(ready, delayed, self.shared.in_flight(queue), dead)
+            .with_in_flight_scope(InFlightScope::Process))
     }
 
     /// Pauses or resumes `queue` (see `pause.rs`), in the native layout.

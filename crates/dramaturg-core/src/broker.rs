@@ -480,19 +480,51 @@ pub struct QueueStats {
     pub ready: u64,
     /// Waiting for their delay to pass.
     pub delayed: u64,
-    /// Delivered and not settled yet.
+    /// Delivered and not settled yet: by every consumer of the queue, or
+    /// by this process's alone, as [`QueueStats::in_flight_scope`] says.
     pub in_flight: u64,
     /// In the dead-letter queue.
     pub dead: u64,
     /// Whether the queue is paused ([`QueueAdmin::pause`]): its messages
     /// are kept, and no worker claims them until it is resumed.
     pub paused: bool,
+    /// Whose deliveries [`QueueStats::in_flight`] counts.
+    pub in_flight_scope: InFlightScope,
+}
+
+/// Whose deliveries [`QueueStats::in_flight`] counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum InFlightScope {
+    /// Every consumer's, across the fleet (the in-memory and Redis
+    /// brokers).
+    #[default]
+    Queue,
+    /// The consumers of this process alone: the broker does not tell
+    /// clients how many of a queue's deliveries are unacknowledged
+    /// (RabbitMQ over AMQP; its management API does). A process with no
+    /// consumer, such as the `dramaturg` CLI, counts 0.
+    Process,
 }
 
 impl QueueStats {
     /// Counts of ready, delayed and in-flight messages.
     pub fn new(ready: u64, delayed: u64, in_flight: u64, dead: u64) -> Self {
-        Self { ready, delayed, in_flight, dead, paused: false }
+        Self { ready, delayed, in_flight, dead, paused: false, in_flight_scope: InFlightScope::Queue }
+    }
+
+    /// The same counts, with an in-flight count of `scope`.
+    #[must_use]
+    pub fn with_in_flight_scope(mut self, scope: InFlightScope) -> Self {
+        self.in_flight_scope = scope;
+        self
+    }
+
+    /// The in-flight count when it covers the whole queue
+    /// ([`InFlightScope::Queue`]); `None` when it covers this process
+    /// alone.
+    pub fn fleet_in_flight(&self) -> Option<u64> {
+        (self.in_flight_scope == InFlightScope::Queue).then_some(self.in_flight)
     }
 
     /// The same counts, of a queue that is paused (`true`) or not.

@@ -18,7 +18,8 @@ use crate::Shared;
 pub(crate) async fn stats(shared: &Shared, queue: &str) -> Result<QueueStats, BrokerError> {
     let counts = shared.declare_dramatiq(queue).await?;
     let held = shared.in_flight(&delay_queue(queue));
-    Ok(QueueStats::new(counts.ready, counts.delayed + held, shared.in_flight(queue), counts.dead))
+    Ok(QueueStats::new(counts.ready, counts.delayed + held, shared.in_flight(queue), counts.dead)
+        .with_in_flight_scope(dramaturg_core::InFlightScope::Process))
 }
 
 /// Waits until `queue` is drained, for at most `timeout`. A message moved

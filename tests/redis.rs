@@ -372,7 +372,8 @@ impl ShortLived {
 /// A delayed send whose delay exceeds `max_age` was acked and
 /// skipped with only a warning. It is refused at send when the message or
 /// its actor sets the max_age, and dead-lettered with the reason when only
-/// the age-limit middleware's default does.
+/// the age-limit middleware's default does; a replay with the retries reset
+/// sends it anew.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delay_beyond_max_age_is_refused_or_dead_lettered_never_skipped() {
     if support::is_child() {
@@ -401,6 +402,14 @@ async fn a_delay_beyond_max_age_is_refused_or_dead_lettered_never_skipped() {
     let dead = broker.list("default", 10).await.unwrap();
     assert_eq!(dead.len(), 1);
     assert!(dead[0].reason.contains("beyond its max_age"), "{}", dead[0].reason);
+
+    // Replayed with its retries reset, it is sent anew: its age counts from
+    // the replay and its first delay is over, so it runs.
+    let report = app.replay_dead_letters("default", dramaturg::Replay::All, dramaturg::ReplayRetries::Reset).await;
+    assert_eq!(report.unwrap().replayed, 1);
+    let report = Worker::new(app.clone()).run_until_drained(Duration::from_secs(10)).await.unwrap();
+    assert_eq!((report.failed, report.skipped, report.succeeded), (0, 0, 1), "{report:?}");
+    assert_eq!(marks(&tag), 1);
 }
 
 /// An idle worker on 200 queues held 200 extra connections

@@ -101,12 +101,15 @@ impl fmt::Display for DeadLetterView {
 pub enum ReplayRetries {
     /// Replay the messages as they were, through the broker's
     /// [`DeadLetters::replay`]: a message that used up its retries fails for
-    /// good at its next failure.
+    /// good at its next failure, and its age still counts from its first
+    /// send (an actor's `max_age` may skip it as too old).
     Keep,
     /// Decode each message, set its retry count to 0, enqueue it through the
     /// app (enqueue hooks included), then delete its dead letter: replayed
-    /// messages get their retries back. Needs a broker that can delete dead
-    /// letters ([`DeadLetters::delete`]).
+    /// messages get their retries back, and are sent anew: their age counts
+    /// from the replay (by the broker's clock), and the delay they were
+    /// first sent with is over. Needs a broker that can delete dead letters
+    /// ([`DeadLetters::delete`]).
     Reset,
 }
 
@@ -259,7 +262,12 @@ impl App {
                 return Ok(());
             }
         };
+        // Sent anew: its age (and the time it waits, for metrics) counts
+        // from now, not from its first send, and a delay it was first sent
+        // with is over.
         message.retries = 0;
+        message.enqueued_at_ms = self.broker().now_ms();
+        message.options.extra.remove(crate::ETA.name());
         self.enqueue(message, None).await.map_err(|source| ReplayError::Enqueue {
             key: letter.key.clone(),
             replayed: report.replayed,

@@ -43,6 +43,21 @@ impl Fails {
     }
 }
 
+/// Lets [`Holds`] finish.
+static RELEASE: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// Runs until the test releases it: in progress meanwhile.
+#[derive(Actor, Serialize, Deserialize)]
+#[actor(queue = "metrics-work")]
+struct Holds;
+
+impl Holds {
+    async fn perform(self, _ctx: &Context) -> Result<(), std::io::Error> {
+        RELEASE.notified().await;
+        Ok(())
+    }
+}
+
 /// One sample of the exposition: a metric's name and labels.
 type Series = (String, BTreeMap<String, String>);
 
@@ -93,7 +108,9 @@ async fn a_scrape_shows_what_the_worker_processed() {
     let addr = server.local_addr();
     let broker = support::redis_broker(URL, &support::namespace()).await;
     let metrics = Metrics::new().sample_queues_every(Some(Duration::from_millis(100)));
-    let app = dramaturg::app(broker).middleware(metrics).actor::<Works>().actor::<Fails>().build().unwrap();
+    let app =
+        dramaturg::app(broker).middleware(metrics).actor::<Works>().actor::<Fails>().actor::<Holds>().build().unwrap();
+    Holds.send(&app).await.unwrap();
     for n in 0..5 {
         Works { n }.send(&app).await.unwrap();
     }
@@ -110,6 +127,20 @@ async fn a_scrape_shows_what_the_worker_processed() {
     let running = tokio::spawn(worker.run());
     let (works, fails) =
         ([("actor", "works"), ("queue", "metrics-work")], [("actor", "fails"), ("queue", "metrics-work")]);
+    // A scrape counts what runs now (the middleware counts on each thread
+    // apart; the endpoint flushes before it renders).
+    let holds = [("actor", "holds"), ("queue", "metrics-work")];
+    let mut running_seen = false;
+    for _ in 0..300 {
+        let (_, body) = get(addr, "/metrics").await;
+        if value(&parse(&body), names::MESSAGES_IN_PROGRESS, &holds) == 1.0 {
+            running_seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(running_seen, "the running message shows in progress");
+    RELEASE.notify_one();
     let mut samples = BTreeMap::new();
     for _ in 0..300 {
         let (status, body) = get(addr, "/metrics").await;
@@ -130,7 +161,7 @@ async fn a_scrape_shows_what_the_worker_processed() {
     }
     shutdown.shutdown();
     let report = running.await.unwrap().unwrap();
-    assert_eq!((report.succeeded, report.retried, report.failed), (6, 2, 2), "{report:?}");
+    assert_eq!((report.succeeded, report.retried, report.failed), (7, 2, 2), "{report:?}");
 
     let outcome = |labels: [(&'static str, &'static str); 2], outcome| {
         value(&samples, names::MESSAGES_PROCESSED, &[labels[0], labels[1], ("outcome", outcome)])
@@ -147,6 +178,7 @@ async fn a_scrape_shows_what_the_worker_processed() {
     assert_eq!(outcome(ghost, "rejected"), 1.0);
     assert_eq!(value(&samples, names::MESSAGES_DEAD_LETTERED, &ghost), 1.0);
     assert_eq!(value(&samples, names::MESSAGES_IN_PROGRESS, &works), 0.0);
+    assert_eq!(value(&samples, names::MESSAGES_IN_PROGRESS, &holds), 0.0);
 
     // Every attempt is timed; only first attempts have a start delay.
     let count = |name: &str, labels| value(&samples, &format!("{name}_count"), labels);

@@ -578,7 +578,10 @@ impl AmqpBroker {
         // lapin turns the vhost into an AMQP short string and panics if it
         // is longer than 255 bytes.
         if uri.vhost.len() > 255 {
-            return Err(invalid(format!("amqp: the URL's vhost is {} bytes; AMQP allows at most 255", uri.vhost.len())));
+            return Err(invalid(format!(
+                "amqp: the URL's vhost is {} bytes; AMQP allows at most 255",
+                uri.vhost.len()
+            )));
         }
         if config.send_timeout.is_zero() {
             return Err(BrokerError::new(

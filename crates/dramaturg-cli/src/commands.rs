@@ -74,7 +74,9 @@ async fn queue_stats(app: &App, mut queues: Vec<String>) -> Result<Output, Failu
     }
     let mut text = table.to_string();
     if in_flight_unknown {
-        text.push_str("? RabbitMQ does not tell clients how many deliveries are unacknowledged (its management API does)\n");
+        text.push_str(
+            "? RabbitMQ does not tell clients how many deliveries are unacknowledged (its management API does)\n",
+        );
     }
     Ok(Output::new(Value::Array(rows), text))
 }

@@ -60,8 +60,8 @@ pub use actor::{Actor, ActorInfo, Job};
 pub use app::{App, AppBuilder, Remote, SendOptions, DEFAULT_MAX_MESSAGE_SIZE, MAX_DELAY};
 pub use bounded::{Bounded, MAX_QUOTED_BYTES, MAX_REASON_BYTES};
 pub use broker::{
-    Broker, Consumer, DeadLetter, DeadLetters, Delivery, InFlightScope, Outgoing, Protocol, QueueAdmin, QueueStats, Receipt, Replay,
-    SettleError, Settled, Settlement, WorkerInfo, WritingReceipt,
+    Broker, Consumer, DeadLetter, DeadLetters, Delivery, InFlightScope, Outgoing, Protocol, QueueAdmin, QueueStats,
+    Receipt, Replay, SettleError, Settled, Settlement, WorkerInfo, WritingReceipt,
 };
 pub use call::Call;
 pub use context::{Context, Controls, Metadata};

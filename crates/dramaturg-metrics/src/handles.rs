@@ -1,7 +1,9 @@
 //! The metric handles of each actor and queue, registered once with the
-//! recorder and kept: recording is then an atomic update, with no lookup
+//! recorder and kept, with the per-thread tallies that a flush writes into
+//! them: recording is an update of the thread's own tally, with no lookup
 //! of a metric's name and labels on every message.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 
 use dramaturg_core::App;
@@ -13,18 +15,23 @@ use crate::names::{
     ACTOR, MESSAGES_DEAD_LETTERED, MESSAGES_IN_PROGRESS, MESSAGES_PROCESSED, MESSAGES_RECEIVED, MESSAGE_DURATION,
     MESSAGE_START_DELAY, OUTCOME, OUTCOMES, QUEUE,
 };
+use crate::tally::{End, Samples, Tallies};
 
-/// The handles of one actor on one queue.
+/// The handles of one actor on one queue, and what was recorded for them
+/// and not flushed yet.
 #[derive(Debug)]
 pub(crate) struct ActorMetrics {
-    pub(crate) received: Counter,
-    pub(crate) in_progress: Gauge,
-    pub(crate) duration: Histogram,
-    pub(crate) start_delay: Histogram,
-    pub(crate) dead_lettered: Counter,
+    received: Counter,
+    in_progress: Gauge,
+    duration: Histogram,
+    start_delay: Histogram,
+    dead_lettered: Counter,
     /// One per entry of [`OUTCOMES`], registered at once so that every
     /// series exists (at zero) from the first message on.
     outcomes: [Counter; OUTCOMES.len()],
+    tallies: Tallies,
+    /// The attempts started, in all, at the last flush.
+    flushed_started: AtomicU64,
     actor: String,
     queue: String,
 }
@@ -41,20 +48,60 @@ impl ActorMetrics {
             outcomes: OUTCOMES.map(|outcome| {
                 counter!(MESSAGES_PROCESSED, ACTOR => actor.to_owned(), QUEUE => queue.to_owned(), OUTCOME => outcome)
             }),
+            tallies: Tallies::default(),
+            flushed_started: AtomicU64::new(0),
             actor: actor.to_owned(),
             queue: queue.to_owned(),
         }
     }
 
-    /// Counts one attempt that ended with the outcome labelled `label`.
-    pub(crate) fn count_outcome(&self, label: &'static str) {
-        match OUTCOMES.iter().position(|o| *o == label) {
-            Some(index) => self.outcomes[index].increment(1),
-            // An outcome added to the core after this list: counted all the same.
-            None => {
-                let labels = [(ACTOR, self.actor.clone()), (QUEUE, self.queue.clone()), (OUTCOME, label.to_owned())];
-                counter!(MESSAGES_PROCESSED, &labels).increment(1);
+    /// Counts an attempt that started.
+    pub(crate) fn start(&self) {
+        self.tallies.start();
+    }
+
+    /// Counts an attempt that ended with the outcome labelled `label`,
+    /// with its samples (seconds).
+    pub(crate) fn end(&self, label: &'static str, duration: Option<f64>, start_delay: Option<f64>, dead: bool) {
+        let outcome = OUTCOMES.iter().position(|o| *o == label);
+        if outcome.is_none() {
+            // An outcome added to the core after this list: counted all the
+            // same, at once.
+            let labels = [(ACTOR, self.actor.clone()), (QUEUE, self.queue.clone()), (OUTCOME, label.to_owned())];
+            counter!(MESSAGES_PROCESSED, &labels).increment(1);
+        }
+        let end = End { outcome, duration, start_delay, dead_lettered: dead };
+        if let Some(samples) = self.tallies.end(&end) {
+            self.record(samples);
+        }
+    }
+
+    /// Counts a message rejected before it ran (no attempt started).
+    pub(crate) fn rejected(&self, label: &'static str) {
+        self.tallies.start();
+        self.end(label, None, None, true);
+    }
+
+    /// Writes what was recorded since the last flush into the recorder.
+    pub(crate) fn flush(&self) {
+        let flushed = self.tallies.take(&self.flushed_started);
+        self.received.increment(flushed.received);
+        self.in_progress.set(flushed.in_progress as f64);
+        self.dead_lettered.increment(flushed.dead_lettered);
+        for (counter, count) in self.outcomes.iter().zip(flushed.outcomes) {
+            if count > 0 {
+                counter.increment(count);
             }
+        }
+        self.record(flushed.samples);
+    }
+
+    fn record(&self, samples: Samples) {
+        for seconds in samples.durations {
+            self.duration.record(seconds);
+        }
+        for seconds in samples.start_delays {
+            self.start_delay.record(seconds);
         }
     }
 }
@@ -108,6 +155,18 @@ impl Handles {
                 })
                 .collect()
         });
+    }
+
+    /// Writes what every actor and queue recorded since the last flush
+    /// into the recorder.
+    pub(crate) fn flush(&self) {
+        for (_, handles) in self.app_actors.get().into_iter().flat_map(|actors| actors.values()) {
+            handles.flush();
+        }
+        let others = self.others.read().unwrap_or_else(PoisonError::into_inner);
+        for handles in others.values().flat_map(|queues| queues.values()) {
+            handles.flush();
+        }
     }
 
     /// The handles of `actor` on `queue`, registered on first use.

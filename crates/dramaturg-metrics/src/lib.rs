@@ -47,6 +47,7 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod flush;
 mod handles;
 mod middleware;
 pub mod names;
@@ -54,8 +55,10 @@ pub mod names;
 #[cfg_attr(docsrs, doc(cfg(feature = "prometheus")))]
 pub mod prometheus;
 mod sampler;
+mod tally;
 #[cfg(feature = "opentelemetry")]
 #[cfg_attr(docsrs, doc(cfg(feature = "opentelemetry")))]
 pub mod trace;
 
+pub use flush::{flush, FLUSH_INTERVAL};
 pub use middleware::{Metrics, DEFAULT_SAMPLE_INTERVAL, NAME};

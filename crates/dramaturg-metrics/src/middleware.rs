@@ -1,13 +1,14 @@
 //! The `metrics` middleware: counts, times and gauges around every
 //! message, and the queue depth sampler of each worker.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use dramaturg_core::sync::lock;
 use dramaturg_core::{App, Bounded, Context, Message, Middleware, Outcome};
 
+use crate::flush::{Flusher, FLUSH_INTERVAL};
 use crate::handles::Handles;
 use crate::names::{self, REJECTED, UNKNOWN};
 use crate::sampler::Sampler;
@@ -33,14 +34,20 @@ pub const DEFAULT_SAMPLE_INTERVAL: Duration = Duration::from_secs(10);
 /// app's actors are taken from the recorder when a worker starts (others
 /// at their first message), and kept.
 ///
+/// It counts on each runtime thread apart and writes into the recorder at
+/// a [`flush`](crate::flush()): before each scrape of the Prometheus
+/// endpoint, and every [`FLUSH_INTERVAL`] while a worker runs and when it
+/// stops.
+///
 /// When a worker starts, the middleware also starts sampling the depth of
 /// every queue of the app (see [`QUEUE_MESSAGES`](crate::names::QUEUE_MESSAGES))
 /// every [`DEFAULT_SAMPLE_INTERVAL`], until the worker stops.
 #[derive(Debug)]
 pub struct Metrics {
-    handles: Handles,
+    handles: Arc<Handles>,
     sample_every: Option<Duration>,
-    sampler: Mutex<Option<Sampler>>,
+    /// A running worker's sampler (if sampling) and flusher.
+    tasks: Mutex<Option<(Option<Sampler>, Flusher)>>,
 }
 
 impl Default for Metrics {
@@ -53,7 +60,9 @@ impl Metrics {
     /// The middleware, sampling queue depths every
     /// [`DEFAULT_SAMPLE_INTERVAL`].
     pub fn new() -> Self {
-        Self { handles: Handles::default(), sample_every: Some(DEFAULT_SAMPLE_INTERVAL), sampler: Mutex::default() }
+        let handles = Arc::new(Handles::default());
+        crate::flush::register(&handles);
+        Self { handles, sample_every: Some(DEFAULT_SAMPLE_INTERVAL), tasks: Mutex::default() }
     }
 
     /// Samples queue depths every `interval` instead (`None`: never, for a
@@ -86,58 +95,54 @@ impl Middleware for Metrics {
     }
 
     fn on_attempt_start(&self, ctx: &Context) {
-        let handles = self.handles.get(ctx.actor(), ctx.queue());
-        handles.received.increment(1);
-        handles.in_progress.increment(1.0);
+        self.handles.get(ctx.actor(), ctx.queue()).start();
     }
 
     fn on_attempt_end(&self, ctx: &Context, outcome: &Outcome) {
         let handles = self.handles.get(ctx.actor(), ctx.queue());
-        handles.in_progress.decrement(1.0);
-        handles.count_outcome(outcome.label());
-        match outcome {
-            Outcome::Postponed(..) => {}
-            outcome => {
+        let (duration, start_delay) = match outcome {
+            Outcome::Postponed(..) => (None, None),
+            _ => {
                 let elapsed = ctx.started_at().elapsed();
-                handles.duration.record(elapsed);
-                if ctx.retries() == 0 {
-                    // When it started, by the broker's clock: now, less
-                    // how long it ran.
+                // A retry does not say when it fell due.
+                let start_delay = (ctx.retries() == 0).then(|| {
+                    // When it started, by the broker's clock: now, less how
+                    // long it ran.
                     let started_ms = ctx.app().broker().now_ms().saturating_sub(dramaturg_core::time::millis(elapsed));
-                    handles.start_delay.record(start_delay(ctx.message(), started_ms));
-                }
-                if matches!(outcome, Outcome::Failed(_)) {
-                    handles.dead_lettered.increment(1);
-                }
+                    start_delay(ctx.message(), started_ms).as_secs_f64()
+                });
+                (Some(elapsed.as_secs_f64()), start_delay)
             }
-        }
+        };
+        handles.end(outcome.label(), duration, start_delay, matches!(outcome, Outcome::Failed(_)));
     }
 
     async fn on_rejected(&self, app: &App, message: &Message, _reason: &Bounded) {
         // Names from a message are labels only when the app knows them.
         let actor = if app.actor(&message.actor).is_some() { message.actor.as_str() } else { UNKNOWN };
         let queue = if app.queues().contains(&message.queue) { message.queue.as_str() } else { UNKNOWN };
-        let handles = self.handles.get(actor, queue);
-        handles.count_outcome(REJECTED);
-        handles.dead_lettered.increment(1);
+        self.handles.get(actor, queue).rejected(REJECTED);
     }
 
     async fn on_worker_start(&self, app: &App) {
         names::describe();
         self.handles.register_app(app);
-        if let Some(interval) = self.sample_every {
-            let mut sampler = lock(&self.sampler);
-            if sampler.is_none() {
-                *sampler = Some(Sampler::start(app, interval));
-            }
+        let mut tasks = lock(&self.tasks);
+        if tasks.is_none() {
+            let sampler = self.sample_every.map(|interval| Sampler::start(app, interval));
+            *tasks = Some((sampler, Flusher::start(Arc::clone(&self.handles), FLUSH_INTERVAL)));
         }
     }
 
     async fn on_worker_stop(&self, _app: &App) {
-        let sampler = lock(&self.sampler).take();
-        if let Some(sampler) = sampler {
-            sampler.stop().await;
+        let tasks = lock(&self.tasks).take();
+        if let Some((sampler, flusher)) = tasks {
+            if let Some(sampler) = sampler {
+                sampler.stop().await;
+            }
+            flusher.stop().await;
         }
+        self.handles.flush();
     }
 }
 

@@ -72,7 +72,9 @@ pub enum ExporterError {
 /// aggregate across workers), and returns its handle (to render, or to
 /// [`MetricsServer::start`]). A thread of its own runs the recorder's
 /// upkeep every second for the life of the process, so that what
-/// histograms buffer stays small whether or not anyone scrapes.
+/// histograms buffer stays small whether or not anyone scrapes. Rendering
+/// the handle yourself, call [`flush`](crate::flush()) first to include
+/// the middleware's counts of the last second.
 ///
 /// # Errors
 ///
@@ -213,7 +215,10 @@ async fn run(listener: StdListener, handle: PrometheusHandle, mut stopped: onesh
 
 fn respond(handle: &PrometheusHandle, request: &Request<Incoming>) -> Response<Full<Bytes>> {
     let (status, body) = match (request.method(), request.uri().path()) {
-        (&Method::GET, "/metrics") => (StatusCode::OK, handle.render()),
+        (&Method::GET, "/metrics") => {
+            crate::flush();
+            (StatusCode::OK, handle.render())
+        }
         (_, "/metrics") => (StatusCode::METHOD_NOT_ALLOWED, "only GET\n".to_owned()),
         _ => (StatusCode::NOT_FOUND, "not found: the metrics are at /metrics\n".to_owned()),
     };

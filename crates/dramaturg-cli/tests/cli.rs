@@ -145,6 +145,8 @@ async fn dead_letter_round_trip(url: &str, queue: &str) {
     assert_eq!(json(url, &["dead", "show", "-q", queue, &key])["id"], first.as_str());
     let text = ok(url, &["dead", "show", "-q", queue, &first]);
     assert!(text.contains(&format!("\"id\": \"{first}\"")), "{text}");
+    // An id in another form MessageId parses (here lower case) finds it too.
+    assert_eq!(json(url, &["dead", "show", "-q", queue, &first.to_lowercase()])["id"], first.as_str());
     let missing = MessageId::new().to_string();
     let stderr = fails(Some(url), &["dead", "show", "-q", queue, &missing], 3);
     assert!(stderr.contains(&missing) && stderr.contains("no dead letter"), "{stderr}");

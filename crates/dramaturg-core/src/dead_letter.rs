@@ -163,8 +163,10 @@ impl App {
 
     /// The dead letter of `queue` whose broker key, or whose message's id,
     /// is `key_or_id`, decoded with this app's encoder; `None` when there is
-    /// none. It lists the dead letters oldest first, a thousand more at a
-    /// time, until it finds one.
+    /// none. An id matches in any form [`MessageId`](crate::MessageId)
+    /// parses (a ULID in either case, a UUID hyphenated or not). It lists
+    /// the dead letters oldest first, a thousand more at a time, until it
+    /// finds one.
     ///
     /// # Errors
     ///
@@ -172,13 +174,13 @@ impl App {
     /// dead-letter inspection.
     pub async fn find_dead_letter(&self, queue: &str, key_or_id: &str) -> Result<Option<DeadLetterView>, BrokerError> {
         let dead = self.dead_letters()?;
+        let id = key_or_id.parse::<crate::MessageId>().ok();
         let mut limit = PAGE;
         loop {
             let letters = dead.list(queue, limit).await?;
             let found = letters.iter().find(|l| l.key == key_or_id).or_else(|| {
-                letters
-                    .iter()
-                    .find(|l| self.encoder().decode_message(&l.body).is_ok_and(|m| m.id.to_string() == key_or_id))
+                let id = id?;
+                letters.iter().find(|l| self.encoder().decode_message(&l.body).is_ok_and(|m| m.id == id))
             });
             if let Some(letter) = found {
                 return Ok(Some(letter.decode(self.encoder())));

@@ -799,6 +799,10 @@ impl Broker for AmqpBroker {
         // (and only those) are sent again one by one, with the retry policy.
         // Each publish is bounded by the batch's deadline on its own, so
         // that the confirmed ones count as sent whatever happens to others.
+        // Bad names refuse the batch before anything of it is sent.
+        for message in &messages {
+            names::check_queue(&message.queue)?;
+        }
         let deadline = tokio::time::Instant::now() + self.shared.config.send_timeout;
         let first_try = async {
             let link = self.shared.publishing_link(deadline).await?;

@@ -223,6 +223,8 @@ async fn redis_every_command() {
     fails(Some(&url), &["abort", "not-an-id"], 2);
     let stderr = fails(Some(&url), &["send", "greet", "-q", queue, "--args", "{oops"], 2);
     assert!(stderr.contains("--args is not JSON"), "{stderr}");
+    let stderr = fails(Some(&url), &["send", "greet", "-q", "", "--args", "{}"], 2);
+    assert!(stderr.contains("queue name cannot be empty"), "{stderr}");
 
     pause_round_trip(&url, "cli-pause");
     // Python Dramatiq's layout cannot be paused: the broker says so.

@@ -57,6 +57,7 @@ macro_rules! broker_conformance {
             reschedule_replaces_the_message_after_its_delay,
             dead_letters_can_be_deleted,
             replay_all_takes_what_was_dead_when_it_started,
+            the_empty_queue_name_is_refused,
             stale_settlements_change_nothing,
             stale_settlement_after_the_same_consumer_claims_again,
             worker_retries_through_reschedule,
@@ -220,6 +221,21 @@ impl Suite {
         assert_eq!(left.len(), LETTERS);
         assert!(left.iter().all(|l| l.reason == "again"), "every message failed again and stayed dead");
         dead.delete(&queue, Replay::All).await.expect("delete");
+    }
+
+    /// A message for the empty queue name is refused as bad input, alone
+    /// or in a batch, and nothing of the batch is enqueued.
+    pub async fn the_empty_queue_name_is_refused(&self) {
+        let refused = self.broker.enqueue(Outgoing::new("", body("nowhere"))).await.expect_err("refused");
+        assert_eq!(refused.kind(), crate::BrokerErrorKind::InvalidInput, "{refused}");
+        let queue = self.queue("empty-name");
+        let batch = vec![Outgoing::new(queue.as_str(), body("somewhere")), Outgoing::new("", body("nowhere"))];
+        let refused = self.broker.enqueue_many(batch).await.expect_err("refused");
+        assert_eq!(refused.kind(), crate::BrokerErrorKind::InvalidInput, "{refused}");
+        if let Some(admin) = self.broker.admin() {
+            let stats = admin.stats(&queue).await.expect("stats");
+            assert_eq!(stats.ready, 0, "nothing of the refused batch was enqueued: {stats:?}");
+        }
     }
 
     /// Dead letters can be deleted, one or all; an unknown key deletes

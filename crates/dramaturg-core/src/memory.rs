@@ -258,7 +258,19 @@ impl Broker for MemoryBroker {
     }
 
     async fn enqueue(&self, message: Outgoing) -> Result<(), BrokerError> {
+        check_queue(&message.queue)?;
         self.queue(&message.queue).push(message.body, message.delay, message.priority.unwrap_or(0));
+        Ok(())
+    }
+
+    /// All or nothing: a bad queue name refuses the batch.
+    async fn enqueue_many(&self, messages: Vec<Outgoing>) -> Result<(), BrokerError> {
+        for message in &messages {
+            check_queue(&message.queue)?;
+        }
+        for message in messages {
+            self.queue(&message.queue).push(message.body, message.delay, message.priority.unwrap_or(0));
+        }
         Ok(())
     }
 
@@ -485,6 +497,14 @@ impl QueueAdmin for MemoryBroker {
         };
         tokio::time::timeout(timeout, wait).await.map_err(|_| BrokerError::join_timeout(queue_name, timeout))
     }
+}
+
+/// Refuses the empty queue name.
+fn check_queue(queue: &str) -> Result<(), BrokerError> {
+    if queue.is_empty() {
+        return Err(BrokerError::new(crate::BrokerErrorKind::InvalidInput, "memory: a queue name cannot be empty"));
+    }
+    Ok(())
 }
 
 #[async_trait]

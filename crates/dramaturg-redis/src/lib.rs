@@ -651,7 +651,7 @@ impl Broker for RedisBroker {
     }
 
     async fn enqueue(&self, message: Outgoing) -> Result<(), BrokerError> {
-        refuse_priority(&message)?;
+        check_outgoing(&message)?;
         if self.is_dramatiq() {
             let batch = [message];
             return self.with_retries(|| dramatiq::enqueue(&self.shared, &batch)).await;
@@ -670,7 +670,7 @@ impl Broker for RedisBroker {
         // calls share the multiplexed connection, which pipelines them in
         // order.
         for message in &messages {
-            refuse_priority(message)?;
+            check_outgoing(message)?;
         }
         if self.is_dramatiq() {
             return self.with_retries(|| dramatiq::enqueue(&self.shared, &messages)).await;
@@ -768,9 +768,13 @@ impl Broker for RedisBroker {
     }
 }
 
-/// Refuses a message with a priority: the Redis broker delivers first in,
-/// first out, and a priority it would ignore must not look honoured.
-fn refuse_priority(message: &Outgoing) -> Result<(), BrokerError> {
+/// Refuses a message for no queue (the empty name), and one with a
+/// priority: the Redis broker delivers first in, first out, and a priority
+/// it would ignore must not look honoured.
+fn check_outgoing(message: &Outgoing) -> Result<(), BrokerError> {
+    if message.queue.is_empty() {
+        return Err(BrokerError::new(BrokerErrorKind::InvalidInput, "redis: a queue name cannot be empty"));
+    }
     match message.priority {
         Some(priority) if priority > 0 => Err(BrokerError::new(
             BrokerErrorKind::InvalidInput,

@@ -897,3 +897,39 @@ async fn a_message_over_the_size_limit_from_another_producer_is_dead_lettered_an
     assert_eq!(dead[0].reason, expected);
     assert!(broker.stats("default").await.unwrap().is_drained());
 }
+
+/// The worker listing (three round trips for any number of workers) names
+/// each worker with the queues it consumes and what it holds of each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_listing_names_each_worker_and_its_queues() {
+    if support::is_child() {
+        return;
+    }
+    let namespace = namespace();
+    let mut running = Vec::new();
+    for queues in [vec!["listing-a"], vec!["listing-b", "listing-c"]] {
+        let app = dramaturg::app(broker_in(URL, &namespace).await).actor::<Mark>().build().unwrap();
+        let worker = Worker::new(app).queues(queues);
+        running.push((worker.shutdown_handle(), tokio::spawn(worker.run())));
+    }
+    let admin = broker_in(URL, &namespace).await;
+    let mut workers = Vec::new();
+    for _ in 0..100 {
+        workers = admin.workers().await.unwrap();
+        // Registered first, their consumers a moment later.
+        if workers.len() == 2 && workers.iter().map(|w| w.in_flight.len()).sum::<usize>() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut consumed: Vec<Vec<&str>> =
+        workers.iter().map(|w| w.in_flight.keys().map(String::as_str).collect()).collect();
+    consumed.sort();
+    assert_eq!(consumed, [vec!["listing-a"], vec!["listing-b", "listing-c"]], "{workers:?}");
+    assert!(workers.iter().all(|w| w.in_flight.values().all(|held| *held == 0)), "{workers:?}");
+    for (shutdown, run) in running {
+        shutdown.shutdown();
+        run.await.unwrap().unwrap();
+    }
+    assert!(admin.workers().await.unwrap().is_empty(), "a clean stop leaves the registry");
+}

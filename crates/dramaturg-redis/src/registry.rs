@@ -444,30 +444,40 @@ impl Registry {
             .query_async(&mut conn)
             .await
             .map_err(|e| broker_error(e, "listing workers"))?;
-        let mut workers = Vec::with_capacity(beats.len());
-        for (worker, beat_ms) in beats {
-            let entries: Vec<String> = redis::cmd("SMEMBERS")
-                .arg(self.keys.consumers(&worker))
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| broker_error(e, "listing consumers"))?;
-            let consumers: Vec<(u64, &str)> = entries.iter().filter_map(|e| parse_consumer_entry(e)).collect();
-            let mut pipe = redis::pipe();
-            for (consumer, queue) in &consumers {
-                pipe.llen(self.keys.queue(queue).inflight(&worker, *consumer));
+        if beats.is_empty() {
+            // Redis refuses an empty pipeline.
+            return Ok(Vec::new());
+        }
+        // Three round trips whatever the number of workers: the beats, every
+        // worker's consumers, every consumer's held messages.
+        let mut pipe = redis::pipe();
+        for (worker, _) in &beats {
+            pipe.smembers(self.keys.consumers(worker));
+        }
+        let entries: Vec<Vec<String>> =
+            pipe.query_async(&mut conn).await.map_err(|e| broker_error(e, "listing consumers"))?;
+        let consumers: Vec<Vec<(u64, &str)>> =
+            entries.iter().map(|entries| entries.iter().filter_map(|e| parse_consumer_entry(e)).collect()).collect();
+        let mut pipe = redis::pipe();
+        for ((worker, _), consumers) in beats.iter().zip(&consumers) {
+            for (consumer, queue) in consumers {
+                pipe.llen(self.keys.queue(queue).inflight(worker, *consumer));
             }
-            // Redis refuses an empty pipeline: a worker with no consumer yet.
-            let held: Vec<u64> = if consumers.is_empty() {
-                Vec::new()
-            } else {
-                pipe.query_async(&mut conn).await.map_err(|e| broker_error(e, "counting held messages"))?
-            };
+        }
+        let held: Vec<u64> = if consumers.iter().all(Vec::is_empty) {
+            Vec::new()
+        } else {
+            pipe.query_async(&mut conn).await.map_err(|e| broker_error(e, "counting held messages"))?
+        };
+        let mut held = held.into_iter();
+        let mut workers = Vec::with_capacity(beats.len());
+        for ((worker, beat_ms), consumers) in beats.iter().zip(&consumers) {
             let mut in_flight = std::collections::BTreeMap::new();
-            for ((_, queue), held) in consumers.iter().zip(held) {
+            for ((_, queue), held) in consumers.iter().zip(held.by_ref()) {
                 *in_flight.entry((*queue).to_owned()).or_insert(0) += held;
             }
-            let last_beat = std::time::UNIX_EPOCH + Duration::from_millis(beat_ms as u64);
-            workers.push(dramaturg_core::WorkerInfo::new(worker, last_beat, in_flight));
+            let last_beat = std::time::UNIX_EPOCH + Duration::from_millis(*beat_ms as u64);
+            workers.push(dramaturg_core::WorkerInfo::new(worker.clone(), last_beat, in_flight));
         }
         workers.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(workers)

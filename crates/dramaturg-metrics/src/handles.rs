@@ -71,9 +71,7 @@ impl ActorMetrics {
             counter!(MESSAGES_PROCESSED, &labels).increment(1);
         }
         let end = End { outcome, duration, start_delay, dead_lettered: dead };
-        if let Some(samples) = self.tallies.end(&end) {
-            self.record(samples);
-        }
+        self.tallies.end(&end, |samples| self.record(samples));
     }
 
     /// Counts a message rejected before it ran (no attempt started).
@@ -84,7 +82,7 @@ impl ActorMetrics {
 
     /// Writes what was recorded since the last flush into the recorder.
     pub(crate) fn flush(&self) {
-        let flushed = self.tallies.take(&self.flushed_started);
+        let flushed = self.tallies.take(&self.flushed_started, |samples| self.record(samples));
         self.received.increment(flushed.received);
         self.in_progress.set(flushed.in_progress as f64);
         self.dead_lettered.increment(flushed.dead_lettered);
@@ -93,14 +91,14 @@ impl ActorMetrics {
                 counter.increment(count);
             }
         }
-        self.record(flushed.samples);
     }
 
-    fn record(&self, samples: Samples) {
-        for seconds in samples.durations {
+    /// Writes `samples` into the histograms, draining them.
+    fn record(&self, samples: &mut Samples) {
+        for seconds in samples.durations.drain(..) {
             self.duration.record(seconds);
         }
-        for seconds in samples.start_delays {
+        for seconds in samples.start_delays.drain(..) {
             self.start_delay.record(seconds);
         }
     }

@@ -53,14 +53,13 @@ impl Samples {
     }
 }
 
-/// What the tallies held since the last flush.
+/// The counts the tallies held since the last flush.
 #[derive(Debug, Default)]
 pub(crate) struct Flushed {
     pub(crate) received: u64,
     pub(crate) in_progress: u64,
     pub(crate) dead_lettered: u64,
     pub(crate) outcomes: [u64; OUTCOMES.len()],
-    pub(crate) samples: Samples,
 }
 
 /// How one attempt ended, for [`Tallies::end`].
@@ -92,9 +91,10 @@ impl Tallies {
         self.shards[shard()].started.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts an attempt that ended; returns samples for the caller to
-    /// write at once when too many wait for a flush.
-    pub(crate) fn end(&self, end: &End) -> Option<Samples> {
+    /// Counts an attempt that ended. When too many samples wait for a
+    /// flush, hands them to `record` (which drains them; their buffers
+    /// keep their capacity).
+    pub(crate) fn end(&self, end: &End, record: impl FnOnce(&mut Samples)) {
         let shard = &self.shards[shard()];
         shard.ended.fetch_add(1, Ordering::Relaxed);
         if let Some(outcome) = end.outcome {
@@ -104,18 +104,21 @@ impl Tallies {
             shard.dead_lettered.fetch_add(1, Ordering::Relaxed);
         }
         if end.duration.is_none() && end.start_delay.is_none() {
-            return None;
+            return;
         }
         let mut samples = lock(&shard.samples);
         samples.durations.extend(end.duration);
         samples.start_delays.extend(end.start_delay);
-        (samples.len() >= MAX_PENDING_SAMPLES).then(|| std::mem::take(&mut *samples))
+        if samples.len() >= MAX_PENDING_SAMPLES {
+            record(&mut samples);
+        }
     }
 
-    /// Takes what was recorded since the last call; `received` counts the
-    /// starts since then (`last_started`, updated, is their total at the
-    /// last call).
-    pub(crate) fn take(&self, last_started: &AtomicU64) -> Flushed {
+    /// Takes the counts recorded since the last call, and hands every
+    /// shard's samples to `record` (which drains them); `received` counts
+    /// the starts since then (`last_started`, updated, is their total at
+    /// the last call).
+    pub(crate) fn take(&self, last_started: &AtomicU64, mut record: impl FnMut(&mut Samples)) -> Flushed {
         let mut flushed = Flushed::default();
         let (mut started, mut ended) = (0, 0);
         for shard in &self.shards {
@@ -125,9 +128,7 @@ impl Tallies {
             for (total, count) in flushed.outcomes.iter_mut().zip(&shard.outcomes) {
                 *total += count.swap(0, Ordering::Relaxed);
             }
-            let mut samples = lock(&shard.samples);
-            flushed.samples.durations.append(&mut samples.durations);
-            flushed.samples.start_delays.append(&mut samples.start_delays);
+            record(&mut lock(&shard.samples));
         }
         flushed.received = started - last_started.swap(started, Ordering::Relaxed);
         flushed.in_progress = started.saturating_sub(ended);
@@ -151,7 +152,7 @@ mod tests {
                         if i < 90 {
                             let end =
                                 End { outcome: Some(0), duration: Some(0.5), start_delay: None, dead_lettered: i < 3 };
-                            assert!(tallies.end(&end).is_none());
+                            tallies.end(&end, |_| panic!("90 samples are not too many"));
                         }
                     }
                 })
@@ -161,12 +162,12 @@ mod tests {
             thread.join().unwrap();
         }
         let last = AtomicU64::new(0);
-        let flushed = tallies.take(&last);
+        let mut durations = 0;
+        let flushed = tallies.take(&last, |samples| durations += samples.durations.drain(..).count());
         assert_eq!((flushed.received, flushed.in_progress, flushed.dead_lettered), (400, 40, 12));
         assert_eq!(flushed.outcomes[0], 360);
-        assert_eq!(flushed.samples.durations.len(), 360);
-        let again = tallies.take(&last);
+        assert_eq!(durations, 360);
+        let again = tallies.take(&last, |samples| assert_eq!(samples.len(), 0));
         assert_eq!((again.received, again.in_progress, again.outcomes[0]), (0, 40, 0));
-        assert!(again.samples.durations.is_empty());
     }
 }

@@ -213,6 +213,12 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
         None
     }
 
+    /// Reading queues without consuming them (for dashboards), if this
+    /// broker offers it.
+    fn browser(&self) -> Option<&dyn crate::QueueBrowser> {
+        None
+    }
+
     /// Called by a worker that has stopped and settled every delivery it
     /// could: the broker gives up what it held for consuming (the Redis
     /// broker stops its heartbeat and removes the worker from its registry,

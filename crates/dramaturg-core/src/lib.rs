@@ -24,6 +24,7 @@ pub mod actor;
 mod app;
 mod bounded;
 pub mod broker;
+mod browse;
 mod call;
 #[cfg(feature = "conformance")]
 #[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
@@ -62,6 +63,9 @@ pub use bounded::{Bounded, MAX_QUOTED_BYTES, MAX_REASON_BYTES};
 pub use broker::{
     Broker, Consumer, DeadLetter, DeadLetters, Delivery, Outgoing, Protocol, QueueAdmin, QueueStats, Receipt, Replay,
     SettleError, Settled, Settlement, WorkerInfo, WritingReceipt,
+};
+pub use browse::{
+    Located, LocatedView, QueueBrowser, QueuePage, QueuedMessage, QueuedView, QueuedViews, Waiting, Whereabouts,
 };
 pub use call::Call;
 pub use context::{Context, Controls, Metadata};

@@ -49,6 +49,10 @@ pub use dramaturg_retries as retries;
 #[cfg_attr(docsrs, doc(cfg(feature = "schedule")))]
 pub use dramaturg_schedule as schedule;
 pub use dramaturg_time_limit as time_limit;
+/// The web dashboard: an axum `Router` to mount into your app, or to serve.
+#[cfg(feature = "web")]
+#[cfg_attr(docsrs, doc(cfg(feature = "web")))]
+pub use dramaturg_web as web;
 
 /// Derives [`Actor`](trait@Actor) for a serde type: see the crate docs for
 /// the `#[actor(...)]` attributes.

@@ -121,4 +121,22 @@ impl Dashboard {
         chart::start_sampler(&state);
         routes::router(state)
     }
+
+    /// Serves the dashboard on `listener` until `shutdown` completes, then
+    /// lets the requests under way finish. What `dramaturg web` runs.
+    ///
+    /// # Errors
+    ///
+    /// An I/O error from the listener.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future closes the listener and every connection.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        axum::serve(listener, self.router()).with_graceful_shutdown(shutdown).await
+    }
 }

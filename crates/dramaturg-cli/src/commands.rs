@@ -22,7 +22,7 @@ pub(crate) struct Output {
 }
 
 impl Output {
-    pub(crate) fn new(json: Value, text: impl Into<String>) -> Self {
+    fn new(json: Value, text: impl Into<String>) -> Self {
         Self { json, text: text.into() }
     }
 }
@@ -51,7 +51,8 @@ pub(crate) async fn run(app: &App, command: Command) -> Result<Output, Failure> 
         Command::Send { actor, queue, args, delay } => send(app, actor, queue, &args, delay).await,
         // The abort store, if any, is in `app` already (see main).
         Command::Web { bind, read_only, token, queues, store: _ } => {
-            crate::web::serve(app, bind, read_only, token, queues).await
+            let address = crate::web::serve(app, bind, read_only, token, queues).await?;
+            Ok(Output::new(json!({ "stopped": true, "address": address.to_string() }), "dashboard stopped\n"))
         }
     }
 }

@@ -4,19 +4,18 @@ use std::net::SocketAddr;
 
 use dramaturg::web::{Auth, Dashboard};
 use dramaturg::App;
-use serde_json::json;
 
-use crate::commands::Output;
 use crate::failure::{Exit, Failure};
 
-/// Serves the dashboard of `app` on `bind` until Ctrl-C (or SIGTERM).
+/// Serves the dashboard of `app` on `bind` until Ctrl-C (or SIGTERM);
+/// the address it listened on.
 pub(crate) async fn serve(
     app: &App,
     bind: SocketAddr,
     read_only: bool,
     token: Option<String>,
     queues: Vec<String>,
-) -> Result<Output, Failure> {
+) -> Result<SocketAddr, Failure> {
     let listener = tokio::net::TcpListener::bind(bind)
         .await
         .map_err(|e| Failure::new(Exit::Broker, format!("cannot listen on {bind}: {e}")))?;
@@ -35,7 +34,7 @@ pub(crate) async fn serve(
         eprintln!("warning: listening beyond this machine without --token: anyone who reaches {address} can act");
     }
     dashboard.serve(listener, stopped()).await.map_err(|e| Failure::new(Exit::Broker, e.to_string()))?;
-    Ok(Output::new(json!({ "stopped": true, "address": address.to_string() }), "dashboard stopped\n"))
+    Ok(address)
 }
 
 /// Completes at Ctrl-C or SIGTERM.

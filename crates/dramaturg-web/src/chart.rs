@@ -3,44 +3,13 @@
 //! reports) and keeps the last hour, in memory. It shows what it saw since
 //! it started, no more: a new dashboard starts with an empty chart.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use maud::{html, Markup};
 
-use crate::routes::State;
-
-/// How far back the chart goes.
-const SPAN: Duration = Duration::from_secs(3600);
-
-/// One sample: when, and the depths summed over every queue.
-#[derive(Debug, Clone, Copy)]
-struct Sample {
-    at: SystemTime,
-    /// Ready, delayed, in flight, dead.
-    depths: [u64; 4],
-}
-
-/// The samples of the last hour, oldest first.
-#[derive(Debug, Default)]
-pub(crate) struct History {
-    samples: Mutex<VecDeque<Sample>>,
-}
-
-impl History {
-    fn push(&self, sample: Sample) {
-        let mut samples = self.samples.lock().unwrap_or_else(PoisonError::into_inner);
-        samples.push_back(sample);
-        while samples.front().is_some_and(|s| sample.at.duration_since(s.at).unwrap_or_default() > SPAN) {
-            samples.pop_front();
-        }
-    }
-
-    fn snapshot(&self) -> Vec<Sample> {
-        self.samples.lock().unwrap_or_else(PoisonError::into_inner).iter().copied().collect()
-    }
-}
+use crate::history::{Sample, SPAN};
+use crate::state::State;
 
 /// Starts sampling into `state`'s history, now and every
 /// `state.sample_every`, until the state is dropped (the router is gone).
@@ -103,18 +72,23 @@ pub(crate) fn render(state: &State) -> Markup {
     let max = samples.iter().flat_map(|s| s.depths).max().unwrap_or(0).max(1);
     #[allow(clippy::cast_precision_loss)]
     let y = |n: u64| height - (n as f64 / max as f64) * (height - 10.0);
+    // The chart spans what it has seen, from one minute up to the hour.
+    let seen = samples.first().map_or(Duration::ZERO, |s| now.duration_since(s.at).unwrap_or_default());
+    let span = seen.clamp(Duration::from_secs(60), SPAN);
     let x = |at: SystemTime| {
         let back = now.duration_since(at).unwrap_or_default().as_secs_f64();
-        width * (1.0 - back / SPAN.as_secs_f64())
+        width * (1.0 - back / span.as_secs_f64())
     };
+    let ago = |d: Duration| humantime::format_duration(Duration::from_secs(d.as_secs())).to_string() + " ago";
     let points = |i: usize| {
         samples.iter().map(|s| format!("{:.1},{:.1}", x(s.at), y(s.depths[i]))).collect::<Vec<_>>().join(" ")
     };
     html! {
         figure.chart {
             figcaption {
-                "Messages over the last hour, all queues (sampled by this dashboard every "
-                (humantime::format_duration(state.sample_every)) "; max " (max) ")"
+                "Messages in all queues, up to the last hour"
+                span.muted { " — sampled by this dashboard every " (humantime::format_duration(state.sample_every))
+                    " since it started; peak " (max) }
             }
             @if samples.len() < 2 {
                 p.muted { "Collecting samples: the chart fills in as the dashboard runs." }
@@ -128,9 +102,9 @@ pub(crate) fn render(state: &State) -> Markup {
                     polyline class=(class) points=(points(i)) {}
                 }
             }
-            div.axis { span { "1 h ago" } span { "30 min" } span { "now" } }
+            div.axis { span { (ago(span)) } span { (ago(span / 2)) } span { "now" } }
             ul.legend {
-                @for (label, class) in SERIES { li { span.swatch class=(class) {} (label) } }
+                @for (label, class) in SERIES { li { span class=(format!("swatch {class}")) {} (label) } }
             }
         }
     }

@@ -33,9 +33,11 @@
 //! - No broker URL and no password is ever rendered.
 
 mod chart;
+mod history;
 mod page;
 mod routes;
 mod security;
+mod state;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -117,7 +119,7 @@ impl Dashboard {
     /// a Tokio runtime: it starts the sampler of the chart, which stops
     /// when the router (every clone of it) is dropped.
     pub fn router(self) -> Router {
-        let state = Arc::new(routes::State::new(self));
+        let state = Arc::new(state::State::new(self));
         chart::start_sampler(&state);
         routes::router(state)
     }

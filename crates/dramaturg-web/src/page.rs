@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use maud::{html, Markup, DOCTYPE};
 
-use crate::routes::State;
+use crate::state::State;
 
 /// The stylesheet, compiled in.
 pub(crate) const CSS: &str = include_str!("../assets/dashboard.css");
@@ -90,9 +90,9 @@ pub(crate) fn encode(text: &str) -> String {
     out
 }
 
-/// `at` in RFC 3339, UTC, to the second.
+/// `at` in UTC to the second, as `2026-12-03 02:15:44Z` (RFC 3339 with a space).
 pub(crate) fn time(at: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(at).to_string()
+    humantime::format_rfc3339_seconds(at).to_string().replacen('T', " ", 1)
 }
 
 /// How long ago `at` was, by `now`, to the tenth of a second.

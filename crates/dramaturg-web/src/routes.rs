@@ -11,76 +11,21 @@ use axum::routing::{get, post};
 use axum::Router;
 use dramaturg_abort::{abort, AbortError, AbortOptions};
 use dramaturg_core::{
-    App, BrokerError, BrokerErrorKind, DecodedMessage, MessageId, Replay, ReplayError, ReplayRetries, Waiting,
-    Whereabouts,
+    BrokerError, BrokerErrorKind, DecodedMessage, MessageId, Replay, ReplayError, ReplayRetries, Waiting, Whereabouts,
 };
 use maud::{html, Markup};
 use serde::Deserialize;
 
-use crate::chart::{self, History};
+use crate::chart;
 use crate::page::{self, action, count, encode, frame, pager, short, time, Tab};
-use crate::security::{is_action, unauthorized, Auth, CsrfToken};
-use crate::Dashboard;
+use crate::security::{is_action, unauthorized};
+pub(crate) use crate::state::State;
 
 /// Messages per page of a queue or of its dead letters.
 pub(crate) const PAGE: usize = 50;
-/// The last page one may ask for (of the dead letters, which are listed
-/// from the oldest: 50,000 at most).
+/// The last page of dead letters one may ask for (they are listed from the
+/// oldest, so a page reads those before it: 50,000 at most, the Redis cap).
 const LAST_PAGE: u64 = 1000;
-
-/// What every handler shares.
-#[derive(Debug)]
-pub(crate) struct State {
-    pub(crate) app: App,
-    pub(crate) read_only: bool,
-    auth: Option<Auth>,
-    mount_path: String,
-    queues: Vec<String>,
-    pub(crate) csrf: CsrfToken,
-    pub(crate) history: History,
-    pub(crate) sample_every: Duration,
-}
-
-impl State {
-    pub(crate) fn new(dashboard: Dashboard) -> Self {
-        Self {
-            app: dashboard.app,
-            read_only: dashboard.read_only,
-            auth: dashboard.auth,
-            mount_path: dashboard.mount_path,
-            queues: dashboard.queues,
-            csrf: CsrfToken::new(),
-            history: History::default(),
-            sample_every: dashboard.sample_every,
-        }
-    }
-
-    /// `path` (from the dashboard's root) under the mount path.
-    pub(crate) fn link(&self, path: &str) -> String {
-        if path == "/" && !self.mount_path.is_empty() {
-            // A nested router answers at the mount path itself, not with a slash after it.
-            return self.mount_path.clone();
-        }
-        format!("{}{path}", self.mount_path)
-    }
-
-    /// The queues to show, sorted: those the broker lists, the app's, and
-    /// those named to the dashboard; and whether the broker could list.
-    pub(crate) async fn known_queues(&self) -> Result<(Vec<String>, bool), BrokerError> {
-        let listed = match self.app.admin()?.queues().await {
-            Ok(queues) => Some(queues),
-            Err(e) if e.kind() == BrokerErrorKind::Unsupported => None,
-            Err(e) => return Err(e),
-        };
-        let listable = listed.is_some();
-        let mut queues: Vec<String> = listed.unwrap_or_default();
-        queues.extend(self.app.queues().iter().cloned());
-        queues.extend(self.queues.iter().cloned());
-        queues.sort();
-        queues.dedup();
-        Ok((queues, listable))
-    }
-}
 
 /// Every route, behind the authentication and read-only gate.
 pub(crate) fn router(state: Arc<State>) -> Router {
@@ -88,12 +33,9 @@ pub(crate) fn router(state: Arc<State>) -> Router {
         .route("/", get(overview))
         .route("/queues/{queue}", get(queue_page))
         .route("/queues/{queue}/dead", get(dead_page))
-        .route("/queues/{queue}/dead/{key}", get(dead_letter_page))
-        .route("/queues/{queue}/dead/replay", post(replay))
-        .route("/queues/{queue}/dead/delete", post(delete))
-        .route("/queues/{queue}/purge", post(purge))
-        .route("/queues/{queue}/pause", post(pause))
-        .route("/queues/{queue}/resume", post(resume))
+        // GET: one dead letter by key or id; POST: `replay` or `delete`.
+        .route("/queues/{queue}/dead/{item}", get(dead_letter_page).post(dead_action))
+        .route("/queues/{queue}/{action}", post(queue_action))
         .route("/workers", get(workers))
         .route("/lookup", get(lookup))
         .route("/messages/{id}/abort", post(abort_message))
@@ -218,8 +160,10 @@ async fn overview(Extract(state): Extract<Arc<State>>, Query(note): Query<Note>)
     Ok(frame(&state, "Queues", Some(Tab::Overview), note.note.as_deref(), &body))
 }
 
+/// The query of a paged list: which messages (queue page only), which
+/// page, the note of the last action.
 #[derive(Debug, Deserialize)]
-struct QueueQuery {
+struct ListQuery {
     state: Option<String>,
     page: Option<u64>,
     note: Option<String>,
@@ -228,7 +172,7 @@ struct QueueQuery {
 async fn queue_page(
     Extract(state): Extract<Arc<State>>,
     Path(queue): Path<String>,
-    Query(query): Query<QueueQuery>,
+    Query(query): Query<ListQuery>,
 ) -> Page {
     checked(&state, &queue)?;
     let which = match query.state.as_deref() {
@@ -236,9 +180,9 @@ async fn queue_page(
         Some("delayed") => Waiting::Delayed,
         Some(other) => return Err(Failure::bad_request(format!("no such state {other:?}: ready or delayed"))),
     };
-    let page_number = query.page.unwrap_or(0).min(LAST_PAGE);
+    let page_number = query.page.unwrap_or(0);
     let stats = state.app.stats(&queue).await?;
-    let listed = match state.app.queued_views(&queue, which, page_number * PAGE as u64, PAGE).await {
+    let listed = match state.app.queued_views(&queue, which, page_number.saturating_mul(PAGE as u64), PAGE).await {
         Ok(views) => Some(views),
         Err(e) if e.kind() == BrokerErrorKind::Unsupported => None,
         Err(e) => return Err(e.into()),
@@ -277,12 +221,12 @@ async fn queue_page(
                     tbody {
                         @for (i, view) in views.messages.iter().enumerate() {
                             tr {
-                                td.num { (page_number * PAGE as u64 + i as u64 + 1) }
+                                td.num { (page_number.saturating_mul(PAGE as u64) + i as u64 + 1) }
                                 @match &view.message {
                                     Ok(m) => {
                                         td.mono { a href=(state.link(&format!("/lookup?id={}", m.id))) { (m.id) } }
                                         td { (m.actor) } td.mono.args { (short(&m.args.to_string(), 120)) } td.num { (m.retries) }
-                                        td { (view.due.map_or_else(|| time(page::from_ms(m.enqueued_at_ms)), time)) }
+                                        td.nowrap { (view.due.map_or_else(|| time(page::from_ms(m.enqueued_at_ms)), time)) }
                                         td { (abort_buttons(&state, &m.id.to_string())) }
                                     }
                                     Err(why) => { td.mono { (short(&view.id, 30)) } td.muted colspan="4" { (why) } td {} }
@@ -292,7 +236,7 @@ async fn queue_page(
                         @if views.messages.is_empty() { tr { td colspan="7" .muted { "No " (state_name) " message on this page." } } }
                     }
                 }
-                (pager(&state, &path, page_number, (page_number + 1) * (PAGE as u64) < views.total, &format!("&state={state_name}")))
+                (pager(&state, &path, page_number, (page_number + 1).saturating_mul(PAGE as u64) < views.total, &format!("&state={state_name}")))
             }
         }
     };
@@ -308,16 +252,10 @@ fn abort_buttons(state: &State, id: &str) -> Markup {
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct PageQuery {
-    page: Option<u64>,
-    note: Option<String>,
-}
-
 async fn dead_page(
     Extract(state): Extract<Arc<State>>,
     Path(queue): Path<String>,
-    Query(query): Query<PageQuery>,
+    Query(query): Query<ListQuery>,
 ) -> Page {
     checked(&state, &queue)?;
     let page_number = query.page.unwrap_or(0).min(LAST_PAGE);
@@ -345,7 +283,7 @@ async fn dead_page(
                             Ok(m) => { td { (m.actor) } td.mono.args { (short(&m.args.to_string(), 80)) } td.num { (m.retries) } }
                             Err(why) => { td.muted colspan="3" { (short(why, 120)) } }
                         }
-                        td { (time(view.at)) }
+                        td.nowrap { (time(view.at)) }
                         td.reason { (short(&view.reason, 140)) }
                         td.nowrap {
                             (action(&state, &format!("{path}/replay"), &[("key", &view.key), ("reset", "1")], "Replay", "small", None))
@@ -447,79 +385,61 @@ impl State {
     }
 }
 
-async fn replay(
+/// `POST /queues/{queue}/dead/{replay,delete}`: replay or delete one dead
+/// letter (`key`) or all (`all=1`); a replay resets the retries with `reset=1`.
+async fn dead_action(
     Extract(state): Extract<Arc<State>>,
-    Path(queue): Path<String>,
+    Path((queue, verb)): Path<(String, String)>,
     headers: HeaderMap,
     Form(form): Form<Which>,
 ) -> Result<Redirect, Failure> {
     state.guard(&headers, form.csrf.as_deref())?;
     checked(&state, &queue)?;
-    let target = state.target(&queue, &form).await?;
-    let retries = if form.reset.as_deref() == Some("1") { ReplayRetries::Reset } else { ReplayRetries::Keep };
-    let report = state.app.replay_dead_letters(&queue, target, retries).await.map_err(|e| match e {
-        ReplayError::Broker(error) => Failure::from(error),
-        other => Failure::new(StatusCode::BAD_GATEWAY, other.to_string()),
-    })?;
-    tracing::info!(queue, replayed = report.replayed, "dramaturg-web: dead letters replayed");
-    let mut note = format!("Replayed {} dead letters.", report.replayed);
-    if !report.undecodable.is_empty() {
-        note.push_str(&format!(" {} left: they do not decode.", report.undecodable.len()));
+    if verb != "replay" && verb != "delete" {
+        return Err(Failure::not_found(format!("no action {verb:?}: replay or delete")));
     }
+    let target = state.target(&queue, &form).await?;
+    let note = if verb == "delete" {
+        format!("Deleted {} dead letters.", state.app.dead_letters()?.delete(&queue, target).await?)
+    } else {
+        let retries = if form.reset.as_deref() == Some("1") { ReplayRetries::Reset } else { ReplayRetries::Keep };
+        let report = state.app.replay_dead_letters(&queue, target, retries).await.map_err(|e| match e {
+            ReplayError::Broker(error) => Failure::from(error),
+            other => Failure::new(StatusCode::BAD_GATEWAY, other.to_string()),
+        })?;
+        let mut note = format!("Replayed {} dead letters.", report.replayed);
+        if !report.undecodable.is_empty() {
+            note.push_str(&format!(" {} left: they do not decode.", report.undecodable.len()));
+        }
+        note
+    };
+    tracing::info!(queue, action = verb, "dramaturg-web: {note}");
     Ok(state.back(&format!("/queues/{}/dead", encode(&queue)), &note))
 }
 
-async fn delete(
+/// `POST /queues/{queue}/{purge,pause,resume}`: the queue's own actions.
+async fn queue_action(
     Extract(state): Extract<Arc<State>>,
-    Path(queue): Path<String>,
-    headers: HeaderMap,
-    Form(form): Form<Which>,
-) -> Result<Redirect, Failure> {
-    state.guard(&headers, form.csrf.as_deref())?;
-    checked(&state, &queue)?;
-    let target = state.target(&queue, &form).await?;
-    let deleted = state.app.dead_letters()?.delete(&queue, target).await?;
-    tracing::info!(queue, deleted, "dramaturg-web: dead letters deleted");
-    Ok(state.back(&format!("/queues/{}/dead", encode(&queue)), &format!("Deleted {deleted} dead letters.")))
-}
-
-async fn purge(
-    Extract(state): Extract<Arc<State>>,
-    Path(queue): Path<String>,
+    Path((queue, verb)): Path<(String, String)>,
     headers: HeaderMap,
     Form(form): Form<Plain>,
 ) -> Result<Redirect, Failure> {
     state.guard(&headers, form.csrf.as_deref())?;
     checked(&state, &queue)?;
-    let purged = state.app.admin()?.purge(&queue).await?;
-    tracing::info!(queue, purged, "dramaturg-web: queue purged");
-    Ok(state.back(&format!("/queues/{}", encode(&queue)), &format!("Purged {purged} messages.")))
-}
-
-async fn pause(
-    Extract(state): Extract<Arc<State>>,
-    Path(queue): Path<String>,
-    headers: HeaderMap,
-    Form(form): Form<Plain>,
-) -> Result<Redirect, Failure> {
-    state.guard(&headers, form.csrf.as_deref())?;
-    checked(&state, &queue)?;
-    state.app.pause(&queue).await?;
-    tracing::info!(queue, "dramaturg-web: queue paused");
-    Ok(state.back(&format!("/queues/{}", encode(&queue)), "Paused: no worker claims its messages until resumed."))
-}
-
-async fn resume(
-    Extract(state): Extract<Arc<State>>,
-    Path(queue): Path<String>,
-    headers: HeaderMap,
-    Form(form): Form<Plain>,
-) -> Result<Redirect, Failure> {
-    state.guard(&headers, form.csrf.as_deref())?;
-    checked(&state, &queue)?;
-    state.app.resume(&queue).await?;
-    tracing::info!(queue, "dramaturg-web: queue resumed");
-    Ok(state.back(&format!("/queues/{}", encode(&queue)), "Resumed."))
+    let note = match verb.as_str() {
+        "purge" => format!("Purged {} messages.", state.app.admin()?.purge(&queue).await?),
+        "pause" => {
+            state.app.pause(&queue).await?;
+            "Paused: no worker claims its messages until resumed.".to_owned()
+        }
+        "resume" => {
+            state.app.resume(&queue).await?;
+            "Resumed.".to_owned()
+        }
+        other => return Err(Failure::not_found(format!("no action {other:?}: purge, pause or resume"))),
+    };
+    tracing::info!(queue, action = verb, "dramaturg-web: {note}");
+    Ok(state.back(&format!("/queues/{}", encode(&queue)), &note))
 }
 
 async fn workers(Extract(state): Extract<Arc<State>>) -> Page {

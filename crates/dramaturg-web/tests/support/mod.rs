@@ -3,13 +3,12 @@
 
 #![allow(dead_code, unreachable_pub)] // Each test file uses a part.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{header, HeaderMap, Request, StatusCode};
 use axum::Router;
-use dramaturg::{Bounded, Broker, MessageId, Settlement};
+use dramaturg::{App, MessageId, Worker};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
@@ -108,14 +107,22 @@ pub fn row(html: &str, marker: &str) -> Vec<String> {
         .collect()
 }
 
-/// Dead-letters `count` messages of `queue` with `reason`, as a worker
-/// would.
-pub async fn dead_letter(broker: &Arc<dyn Broker>, queue: &str, count: usize, reason: &str) {
-    let mut consumer = broker.consume(queue, count).await.unwrap();
-    for _ in 0..count {
-        let delivery = tokio::time::timeout(Duration::from_secs(10), consumer.next()).await.unwrap().unwrap();
-        delivery.settle(Settlement::DeadLetter(Bounded::reason(reason))).await.unwrap();
+/// Runs a worker on `app` until `queue` holds `dead` dead letters and
+/// nothing ready or in flight: the failing messages sent before it are
+/// dead-lettered as in production.
+pub async fn run_until_dead(app: &App, queue: &str, dead: u64) {
+    let worker = Worker::new(app.clone());
+    let shutdown = worker.shutdown_handle();
+    let running = tokio::spawn(worker.run());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let stats = app.stats(queue).await.unwrap();
+        if stats.dead == dead && stats.ready == 0 && stats.in_flight == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{queue}: {stats:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    consumer.close().await.unwrap();
-    broker.release().await.unwrap();
+    shutdown.shutdown();
+    running.await.unwrap().unwrap();
 }

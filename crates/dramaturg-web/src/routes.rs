@@ -534,7 +534,7 @@ async fn lookup(Extract(state): Extract<Arc<State>>, Query(query): Query<LookupQ
     let body = html! {
         (form)
         dl id="found" {
-            dt { "Where" } dd { span.badge class=(class) #whereabouts { (label) } " in queue "
+            dt { "Where" } dd { span id="whereabouts" class=(format!("badge {class}")) { (label) } " in queue "
                 a href=(state.link(&format!("/queues/{}", encode(&queue)))) { (queue) } }
             (message_fields(message.as_ref()))
         }

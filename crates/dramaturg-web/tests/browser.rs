@@ -288,12 +288,13 @@ async fn screenshots() {
     // Some history for the chart: messages arrive, some fail, a worker drains them.
     BROKEN.store(true, Ordering::SeqCst);
     let customers = ["ada", "bob", "cy", "dee", "eve", "<script>alert('x')</script>"];
+    let mut crunches = Vec::new();
     for round in 0..12u64 {
         for (i, customer) in customers.iter().enumerate() {
             Charge { customer: (*customer).to_owned(), cents: round * 100 + i as u64 }.send(&app).await.unwrap();
         }
         if round % 4 == 0 {
-            Crunch { report: format!("daily-{round}") }.send(&app).await.unwrap();
+            crunches.push(Crunch { report: format!("daily-{round}") }.send(&app).await.unwrap().id());
         }
         tokio::time::sleep(Duration::from_millis(1100)).await;
     }
@@ -316,6 +317,7 @@ async fn screenshots() {
     shot("/", "dashboard-overview.png").await;
     shot("/queues/e2e-billing/dead", "dashboard-dead-letters.png").await;
     shot("/workers", "dashboard-workers.png").await;
+    shot(&format!("/lookup?id={}", crunches[0]), "dashboard-lookup.png").await;
     stop(running).await;
     app.admin().unwrap().purge("e2e-billing").await.unwrap();
     app.admin().unwrap().purge("e2e-reports").await.unwrap();

@@ -18,12 +18,13 @@ pub use dramaturg_core::{
     actor, async_trait, broker, dramatiq, encoder, middleware, outcome, worker, Actor, ActorInfo, App, AppBuilder,
     Bounded, BoxError, Broker, BrokerError, BrokerErrorKind, Call, CodecError, ConfigError, Consumer, Context,
     Controls, DeadLetter, DeadLetterView, DeadLetters, DeclaredOption, DecodedMessage, Delivery, Encoder, EnqueueError,
-    ErrorRecord, ErrorType, Fail, Failure, FailureKind, InFlightScope, Interrupted, Interruption, Job, Json,
-    MemoryBroker, MemoryStore, Message, MessageId, MessagePack, Metadata, Middleware, MissingState, Next, NextAttempt,
-    OptionError, OptionKey, Options, Outcome, Outgoing, Output, ParseMessageIdError, Protocol, QueueAdmin, QueueStats,
-    Receipt, RecordLimits, Remote, Replay, ReplayError, ReplayReport, ReplayRetries, Retry, SendClaim, SendOptions,
-    Sent, SettleError, Settled, Settlement, ShutdownHandle, State, Store, StoreError, StoreErrorKind, Worker,
-    WorkerError, WorkerGauges, WorkerInfo, WorkerReport, DEFAULT_MAX_MESSAGE_SIZE, ETA,
+    ErrorRecord, ErrorType, Fail, Failure, FailureKind, InFlightScope, Interrupted, Interruption, Job, Json, Located,
+    LocatedView, MemoryBroker, MemoryStore, Message, MessageId, MessagePack, Metadata, Middleware, MissingState, Next,
+    NextAttempt, OptionError, OptionKey, Options, Outcome, Outgoing, Output, ParseMessageIdError, Protocol, QueueAdmin,
+    QueueBrowser, QueuePage, QueueStats, QueuedMessage, QueuedView, QueuedViews, Receipt, RecordLimits, Remote, Replay,
+    ReplayError, ReplayReport, ReplayRetries, Retry, SendClaim, SendOptions, Sent, SettleError, Settled, Settlement,
+    ShutdownHandle, State, Store, StoreError, StoreErrorKind, Waiting, Whereabouts, Worker, WorkerError, WorkerGauges,
+    WorkerInfo, WorkerReport, DEFAULT_MAX_MESSAGE_SIZE, ETA,
 };
 pub use dramaturg_core::{isolation, store, sync, time};
 pub use dramaturg_error_capture as error_capture;
@@ -48,6 +49,10 @@ pub use dramaturg_retries as retries;
 #[cfg_attr(docsrs, doc(cfg(feature = "schedule")))]
 pub use dramaturg_schedule as schedule;
 pub use dramaturg_time_limit as time_limit;
+/// The web dashboard: an axum `Router` to mount into your app, or to serve.
+#[cfg(feature = "web")]
+#[cfg_attr(docsrs, doc(cfg(feature = "web")))]
+pub use dramaturg_web as web;
 
 /// Derives [`Actor`](trait@Actor) for a serde type: see the crate docs for
 /// the `#[actor(...)]` attributes.

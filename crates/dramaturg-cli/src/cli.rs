@@ -108,6 +108,33 @@ pub(crate) enum Command {
     ///
     /// Redis only: RabbitMQ tells no client which workers are connected.
     Workers,
+    /// Serves the web dashboard: queues, messages, dead letters, workers,
+    /// lookup by id, and (unless --read-only) replay, delete, abort, pause,
+    /// resume and purge.
+    ///
+    /// It listens on 127.0.0.1 unless --bind says otherwise; actions are
+    /// POSTs checked against CSRF. Give --token (or DRAMATURG_WEB_TOKEN) to
+    /// ask every request for it: as a bearer token, or as the password of
+    /// the browser's login prompt (any user name). Runs until Ctrl-C.
+    Web {
+        /// Where to listen.
+        #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR:PORT")]
+        bind: std::net::SocketAddr,
+        /// Show, and refuse every action.
+        #[arg(long)]
+        read_only: bool,
+        /// Ask every request for this token.
+        #[arg(long, env = "DRAMATURG_WEB_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+        token: Option<String>,
+        /// Queues to show besides those the broker lists (RabbitMQ lists
+        /// none: name them here).
+        #[arg(long = "queue", short, value_name = "QUEUE")]
+        queues: Vec<String>,
+        /// Where abort requests are kept when the broker has no store of its
+        /// own (RabbitMQ: the Redis your workers' abort middleware uses).
+        #[arg(long, env = "DRAMATURG_ABORT_STORE", hide_env_values = true, value_name = "REDIS_URL")]
+        store: Option<String>,
+    },
     /// Sends a message to an actor, with its arguments as JSON.
     ///
     /// The arguments are encoded as the app encodes them (see --encoder);

@@ -5,7 +5,9 @@ use std::time::{Duration, SystemTime};
 
 use dramaturg::abort::{abort, AbortOptions, Abortable};
 use dramaturg::encoder::encode_value;
-use dramaturg::{App, DeadLetterView, Message, MessageId, QueueStats, Replay, ReplayReport, ReplayRetries, WorkerInfo};
+use dramaturg::{
+    App, AppBuilder, DeadLetterView, Message, MessageId, QueueStats, Replay, ReplayReport, ReplayRetries, WorkerInfo,
+};
 use serde_json::{json, Value};
 
 use crate::cli::{Command, Dead, Which};
@@ -47,6 +49,11 @@ pub(crate) async fn run(app: &App, command: Command) -> Result<Output, Failure> 
         }
         Command::Workers => workers(app).await,
         Command::Send { actor, queue, args, delay } => send(app, actor, queue, &args, delay).await,
+        // The abort store, if any, is in `app` already (see main).
+        Command::Web { bind, read_only, token, queues, store: _ } => {
+            let address = crate::web::serve(app, bind, read_only, token, queues).await?;
+            Ok(Output::new(json!({ "stopped": true, "address": address.to_string() }), "dashboard stopped\n"))
+        }
     }
 }
 
@@ -178,14 +185,8 @@ async fn request_abort(
     let options = if cancel { AbortOptions::cancel() } else { AbortOptions::abort().with_grace(grace) }.with_ttl(ttl);
     let result = match store {
         Some(url) => {
-            let store = dramaturg::redis::RedisStore::connect(url)
-                .await
-                .map_err(|e| Failure::new(Exit::Broker, format!("cannot use the abort store: {e}")))?;
-            let app = dramaturg::app_shared(std::sync::Arc::clone(app.broker()))
-                .replace(dramaturg::middleware::names::ABORT, Abortable::new(store))
-                .build()
-                .map_err(|e| Failure::usage(e.to_string()))?;
-            abort(&app, id, options).await
+            let builder = with_abort_store(dramaturg::app_shared(std::sync::Arc::clone(app.broker())), url).await?;
+            abort(&builder.build().map_err(|e| Failure::usage(e.to_string()))?, id, options).await
         }
         None => abort(app, id, options).await,
     };
@@ -202,6 +203,15 @@ async fn request_abort(
         json!({ "id": id.to_string(), "mode": mode, "grace_ms": grace_ms, "ttl_ms": dramaturg::time::millis(ttl) }),
         format!("{mode} requested for {id}\n"),
     ))
+}
+
+/// `builder` with its abort requests kept in the Redis at `url` (for
+/// brokers that keep none, RabbitMQ).
+pub(crate) async fn with_abort_store(builder: AppBuilder, url: &str) -> Result<AppBuilder, Failure> {
+    let store = dramaturg::redis::RedisStore::connect(url)
+        .await
+        .map_err(|e| Failure::new(Exit::Broker, format!("cannot use the abort store: {e}")))?;
+    Ok(builder.replace(dramaturg::middleware::names::ABORT, Abortable::new(store)))
 }
 
 async fn workers(app: &App) -> Result<Output, Failure> {

@@ -7,13 +7,14 @@ mod cli;
 mod commands;
 mod failure;
 mod table;
+mod web;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use dramaturg::{App, Json, MessagePack};
 
-use crate::cli::{Cli, EncoderName};
+use crate::cli::{Cli, Command, EncoderName};
 use crate::failure::Failure;
 
 fn main() -> ExitCode {
@@ -53,6 +54,11 @@ async fn run(cli: Cli) -> Result<commands::Output, Failure> {
         Some(EncoderName::Msgpack) => builder.encoder(MessagePack),
         Some(EncoderName::Json) => builder.encoder(Json),
         None => builder,
+    };
+    // The dashboard's abort requests go where the workers' are.
+    let builder = match &cli.command {
+        Command::Web { store: Some(url), .. } => commands::with_abort_store(builder, url).await?,
+        _ => builder,
     };
     let app: App = builder.build().map_err(|e| Failure::usage(e.to_string()))?;
     commands::run(&app, cli.command).await

@@ -330,3 +330,59 @@ fn bad_urls_and_usage_fail_clearly() {
     let help = String::from_utf8(help.stdout).unwrap();
     assert!(help.contains("Exit codes") && help.contains("DRAMATURG_BROKER"), "{help}");
 }
+
+/// `GET path` from `address` over plain HTTP/1.0, with an optional
+/// `Authorization`; the status and the whole response.
+fn http_get(address: &str, path: &str, authorization: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    let auth = authorization.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n{auth}\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, response)
+}
+
+/// Ends the child process when dropped (a failed assertion included).
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_serves_the_dashboard() {
+    use std::io::BufRead;
+    let namespace = format!("cli-{}", unique());
+    let url = format!("{REDIS}?namespace={namespace}");
+    ok(&url, &["send", "greet", "-q", "cli-web", "--args", r#"{"name":"ada"}"#]);
+
+    // An ephemeral port on loopback, a token; the address comes on stderr.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dramaturg"));
+    child.env_remove("DRAMATURG_BROKER").env_remove("DRAMATURG_WEB_TOKEN");
+    child.args(["--broker", &url, "web", "--bind", "127.0.0.1:0", "--token", "t0ken", "--read-only"]);
+    let mut child = Killed(child.stderr(std::process::Stdio::piped()).spawn().unwrap());
+    let mut line = String::new();
+    std::io::BufReader::new(child.0.stderr.take().unwrap()).read_line(&mut line).unwrap();
+    assert!(line.starts_with("dashboard on http://127.0.0.1:") && line.contains("read-only"), "{line}");
+    let address = line["dashboard on http://".len()..].split('/').next().unwrap().to_owned();
+
+    assert_eq!(http_get(&address, "/", None).0, 401);
+    let (status, page) = http_get(&address, "/", Some("Bearer t0ken"));
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("data-queue=\"cli-web\"") && page.contains("read-only"), "{page}");
+    assert!(!page.contains("method=\"post\""), "read-only: no actions");
+    assert!(!page.contains(&namespace), "no broker URL on the page");
+    ok(&url, &["purge", "cli-web"]);
+    drop(child);
+
+    // Only loopback by default: without --bind it listens on 127.0.0.1:8080.
+    let help = String::from_utf8(cli(None, &["web", "--help"]).stdout).unwrap();
+    assert!(help.contains("[default: 127.0.0.1:8080]"), "{help}");
+    // A bad address is a usage error.
+    fails(Some(&url), &["web", "--bind", "everywhere"], 2);
+}

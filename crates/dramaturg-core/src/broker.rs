@@ -213,6 +213,12 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
         None
     }
 
+    /// Reading queues without consuming them (for dashboards), if this
+    /// broker offers it.
+    fn browser(&self) -> Option<&dyn QueueBrowser> {
+        None
+    }
+
     /// Called by a worker that has stopped and settled every delivery it
     /// could: the broker gives up what it held for consuming (the Redis
     /// broker stops its heartbeat and removes the worker from its registry,
@@ -770,6 +776,97 @@ pub trait DeadLetters: Send + Sync {
         let _ = (queue, which);
         Err(BrokerError::new(crate::BrokerErrorKind::Unsupported, "this broker cannot delete dead letters"))
     }
+}
+
+/// Which waiting messages of a queue to browse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waiting {
+    /// Ready to be delivered, in delivery order (next first).
+    Ready,
+    /// Waiting for their delay to pass, soonest due first.
+    Delayed,
+}
+
+/// Where a message is ([`QueueBrowser::locate`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Whereabouts {
+    /// In its queue, ready to be delivered.
+    Ready,
+    /// Waiting for its delay to pass; due at `due` when the broker knows.
+    Delayed {
+        /// When it falls due, by the broker's clock.
+        due: Option<SystemTime>,
+    },
+    /// Claimed by a worker and not settled yet: running, or about to.
+    InFlight,
+    /// In the queue's dead letters.
+    Dead,
+}
+
+/// One waiting message of a [`QueuePage`], as the broker holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedMessage {
+    /// The broker's id of the entry (the message's id).
+    pub id: String,
+    /// When it falls due (delayed messages), by the broker's clock.
+    pub due: Option<SystemTime>,
+    /// The encoded message; `None` when it left the queue (delivered,
+    /// purged) between the listing and the read.
+    pub body: Option<Bytes>,
+}
+
+/// A page of a queue's waiting messages.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueuePage {
+    /// How many messages of that kind the queue holds in all.
+    pub total: u64,
+    /// The messages of the page, in order.
+    pub messages: Vec<QueuedMessage>,
+}
+
+/// A message found by [`QueueBrowser::locate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Located {
+    /// The broker's id of the entry (a broker may give each enqueue an
+    /// entry id of its own, apart from the message's id).
+    pub entry: String,
+    /// Where it is.
+    pub whereabouts: Whereabouts,
+    /// The encoded message.
+    pub body: Bytes,
+}
+
+/// Reading a queue's messages without consuming them.
+///
+/// Brokers that hold their queues as data structures they can read (Redis)
+/// offer it; RabbitMQ cannot show a queue's messages without consuming
+/// them, so it does not.
+#[async_trait]
+pub trait QueueBrowser: Send + Sync {
+    /// Up to `limit` of `queue`'s `which` messages, from position `offset`
+    /// (0: the next to be delivered, or the soonest due), and how many
+    /// there are in all. It reads the page only, never the whole queue.
+    ///
+    /// # Errors
+    ///
+    /// A [`BrokerError`] when the broker cannot be reached, or `Unsupported`
+    /// from a layout that cannot be browsed.
+    async fn page(&self, queue: &str, which: Waiting, offset: u64, limit: usize) -> Result<QueuePage, BrokerError>;
+
+    /// The entries of `queue` (waiting, in flight or dead) that may be
+    /// message `id`: the entry whose broker id is `id`, and those whose
+    /// encoded body contains `id` as text. The caller decodes them to keep
+    /// the one whose message id it is ([`App::locate_message`](crate::App::locate_message) does). Empty
+    /// when `queue` holds none (never sent, or done).
+    ///
+    /// It may read the whole queue (in bounded steps, on the server): for
+    /// a person's lookup, not for a hot path.
+    ///
+    /// # Errors
+    ///
+    /// A [`BrokerError`] when the broker cannot be reached, or `Unsupported`.
+    async fn locate(&self, queue: &str, id: &str) -> Result<Vec<Located>, BrokerError>;
 }
 
 /// `url` with the password of its user part replaced by `***`, for logs,

@@ -53,22 +53,32 @@ impl DeadLetter {
     /// `letter.decode(app.encoder())`). Bytes that do not decode give a
     /// view whose `message` says why; this never panics.
     pub fn decode(&self, encoder: &dyn Encoder) -> DeadLetterView {
-        let message =
-            encoder.decode_message(&self.body).map_err(|e| format!("undecodable message: {e}")).and_then(|message| {
-                let args = decode_value::<serde_json::Value>(encoder, &message.args).map_err(|e| {
-                    format!("undecodable arguments for actor {:?}: {e}", Bounded::quoted(&message.actor))
-                })?;
-                Ok(DecodedMessage {
-                    id: message.id,
-                    actor: message.actor,
-                    queue: message.queue,
-                    args,
-                    retries: message.retries,
-                    options: message.options,
-                    enqueued_at_ms: message.enqueued_at_ms,
-                })
-            });
+        let message = DecodedMessage::decode(encoder, &self.body);
         DeadLetterView { key: self.key.clone(), reason: self.reason.clone(), at: self.at, message }
+    }
+}
+
+impl DecodedMessage {
+    /// The encoded message `body` decoded with `encoder`, arguments
+    /// included, or why it does not decode; this never panics.
+    ///
+    /// # Errors
+    ///
+    /// Why the message or its arguments do not decode, in words.
+    pub fn decode(encoder: &dyn Encoder, body: &[u8]) -> Result<Self, String> {
+        encoder.decode_message(body).map_err(|e| format!("undecodable message: {e}")).and_then(|message| {
+            let args = decode_value::<serde_json::Value>(encoder, &message.args)
+                .map_err(|e| format!("undecodable arguments for actor {:?}: {e}", Bounded::quoted(&message.actor)))?;
+            Ok(DecodedMessage {
+                id: message.id,
+                actor: message.actor,
+                queue: message.queue,
+                args,
+                retries: message.retries,
+                options: message.options,
+                enqueued_at_ms: message.enqueued_at_ms,
+            })
+        })
     }
 }
 

@@ -24,6 +24,7 @@ pub mod actor;
 mod app;
 mod bounded;
 pub mod broker;
+mod browse;
 mod call;
 #[cfg(feature = "conformance")]
 #[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
@@ -60,9 +61,11 @@ pub use actor::{Actor, ActorInfo, Job};
 pub use app::{App, AppBuilder, Remote, SendOptions, DEFAULT_MAX_MESSAGE_SIZE, MAX_DELAY};
 pub use bounded::{Bounded, MAX_QUOTED_BYTES, MAX_REASON_BYTES};
 pub use broker::{
-    Broker, Consumer, DeadLetter, DeadLetters, Delivery, InFlightScope, Outgoing, Protocol, QueueAdmin, QueueStats,
-    Receipt, Replay, SettleError, Settled, Settlement, WorkerInfo, WritingReceipt,
+    Broker, Consumer, DeadLetter, DeadLetters, Delivery, InFlightScope, Located, Outgoing, Protocol, QueueAdmin,
+    QueueBrowser, QueuePage, QueueStats, QueuedMessage, Receipt, Replay, SettleError, Settled, Settlement, Waiting,
+    Whereabouts, WorkerInfo, WritingReceipt,
 };
+pub use browse::{LocatedView, QueuedView, QueuedViews};
 pub use call::Call;
 pub use context::{Context, Controls, Metadata};
 pub use dead_letter::{DeadLetterView, DecodedMessage, ReplayError, ReplayReport, ReplayRetries};

@@ -70,6 +70,7 @@
 
 mod acks;
 mod admin;
+mod browse;
 mod clock;
 mod consumer;
 mod dramatiq;
@@ -735,6 +736,10 @@ impl Broker for RedisBroker {
     }
 
     fn dead_letters(&self) -> Option<&dyn DeadLetters> {
+        Some(self)
+    }
+
+    fn browser(&self) -> Option<&dyn dramaturg_core::QueueBrowser> {
         Some(self)
     }
 

@@ -25,7 +25,7 @@ pub use dramaturg_core::{
     SettleError, Settled, Settlement, ShutdownHandle, State, Store, StoreError, StoreErrorKind, Worker, WorkerError,
     WorkerGauges, WorkerInfo, WorkerReport, DEFAULT_MAX_MESSAGE_SIZE, ETA,
 };
-pub use dramaturg_core::{isolation, store, sync, time};
+pub use dramaturg_core::{batch, isolation, store, sync, time};
 pub use dramaturg_error_capture as error_capture;
 /// Metrics through the `metrics` facade, and a Prometheus exporter with
 /// the `prometheus` feature.
@@ -80,6 +80,7 @@ pub mod prelude {
     pub use dramaturg_core::{
         async_trait, Actor, App, Context, Fail, MemoryBroker, Middleware, Next, Outcome, SendOptions, Worker,
     };
+    pub use dramaturg_core::batch::{Batch, BatchOutcome};
     #[cfg(feature = "derive")]
     pub use dramaturg_derive::Actor;
 }
@@ -89,6 +90,7 @@ pub mod prelude {
 #[doc(hidden)]
 pub mod __private {
     pub use dramaturg_core::actor::{async_handler, into_job_result, run_blocking};
+    pub use dramaturg_core::batch;
     pub use dramaturg_core::inventory;
     pub use dramaturg_core::isolation::IsolatedActor;
     pub use dramaturg_core::{Actor, Context, Job, Options};

@@ -1,11 +1,14 @@
 //! Actors: typed job handlers, and how their arguments become jobs.
 
+use std::any::Any;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::batch::{BatchLimits, Collector};
 use crate::encoder::{decode_value, encode_value, CodecError, Encoder};
 use crate::error::BoxError;
 use crate::error_record::RecordLimits;
@@ -76,6 +79,11 @@ pub trait Actor: Serialize + DeserializeOwned + Send + 'static {
     /// Whether the handler runs in a child process that the worker can kill
     /// (see [`isolation`](crate::isolation)).
     const ISOLATED: bool = false;
+
+    /// For a batch actor ([`BatchActor`](crate::batch::BatchActor)), how
+    /// its messages are gathered into handler calls; `None` (the default)
+    /// for an actor whose handler takes one message.
+    const BATCH: Option<BatchLimits> = None;
 
     /// The actor's default options (its attributes).
     fn options() -> Options {
@@ -201,6 +209,8 @@ pub struct ActorInfo {
     options: Options,
     make_job: fn(&dyn Encoder, &[u8], Context) -> Result<Job, CodecError>,
     child_args: ChildArgs,
+    /// A batch actor's limits and collector (a `Collector<A>`).
+    batch: Option<(BatchLimits, Arc<dyn Any + Send + Sync>)>,
 }
 
 /// Checks arguments and re-encodes them for an isolated child.
@@ -227,6 +237,7 @@ impl ActorInfo {
             options: A::options(),
             make_job: make_job::<A>,
             child_args: child_args::<A>,
+            batch: A::BATCH.map(|limits| (limits, Collector::<A>::erased(limits))),
         }
     }
 
@@ -261,6 +272,17 @@ impl ActorInfo {
     /// Its default options.
     pub fn options(&self) -> &Options {
         &self.options
+    }
+
+    /// A batch actor's limits; `None` for an actor that takes one message
+    /// per call.
+    pub fn batch(&self) -> Option<BatchLimits> {
+        self.batch.as_ref().map(|(limits, _)| *limits)
+    }
+
+    /// A batch actor's collector, type-erased.
+    pub(crate) fn batch_collector(&self) -> Option<&Arc<dyn Any + Send + Sync>> {
+        self.batch.as_ref().map(|(_, collector)| collector)
     }
 
     /// Decodes `args` into the actor's type and makes the job.

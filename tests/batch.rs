@@ -86,6 +86,21 @@ impl Slow {
     }
 }
 
+/// A batch that would wait 30 s for more messages.
+#[derive(Actor, Serialize, Deserialize)]
+#[actor(batch(max = 100, wait = "30s"))]
+struct Patient {
+    key: String,
+    seq: u64,
+}
+
+impl Patient {
+    async fn perform(batch: Batch<Self>) -> Result<(), BoxError> {
+        record(&batch.args()[0].key, &batch, |patient| patient.seq);
+        Ok(())
+    }
+}
+
 /// Counts the messages its `handle` sees.
 #[derive(Default)]
 struct Counting(AtomicU64);
@@ -222,13 +237,37 @@ async fn an_undecodable_item_fails_alone(app: App) {
     assert!(dead[0].reason.contains("invalid arguments"), "{}", dead[0].reason);
 }
 
+/// At shutdown a batch still collecting is called at once with what it
+/// has, rather than after its 30 s wait (or never, past the grace period).
+async fn a_collecting_batch_is_called_at_shutdown(app: App) {
+    let key = key();
+    let patient: Vec<Patient> = (0..3).map(|seq| Patient { key: key.clone(), seq }).collect();
+    app.send_many(&patient).await.unwrap();
+    let worker = Worker::new(app.clone()).concurrency(100);
+    let shutdown = worker.shutdown_handle();
+    let running = tokio::spawn(worker.run());
+    let queue = app.queues()[0].clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.stats(&queue).await.unwrap().ready > 0 {
+        assert!(Instant::now() < deadline, "the worker did not take the messages");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopping = Instant::now();
+    shutdown.shutdown();
+    let report = running.await.unwrap().unwrap();
+    assert!(stopping.elapsed() < Duration::from_secs(5), "shut down in {:?}", stopping.elapsed());
+    assert_eq!(report.succeeded, 3, "{report:?}");
+    assert_eq!(calls(&key).iter().map(|c| c.items.len()).collect::<Vec<_>>(), [3]);
+}
+
 #[cfg(feature = "redis")]
 mod redis {
     use super::*;
 
     async fn app(counting: Arc<Counting>) -> App {
         let broker = support::redis_broker("redis://127.0.0.1:6379", &support::namespace()).await;
-        dramaturg::app(broker).middleware(counting).actor::<Row>().actor::<Slow>().build().unwrap()
+        dramaturg::app(broker).middleware(counting).actor::<Row>().actor::<Slow>().actor::<Patient>().build().unwrap()
     }
 
     async fn rows_app() -> (App, Arc<Counting>) {
@@ -272,6 +311,11 @@ mod redis {
     async fn undecodable() {
         an_undecodable_item_fails_alone(rows_app().await.0).await;
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown() {
+        a_collecting_batch_is_called_at_shutdown(slow_app().await).await;
+    }
 }
 
 #[cfg(feature = "amqp")]
@@ -283,7 +327,7 @@ mod amqp {
             .expire_unused_queues(Duration::from_secs(120));
         let broker = dramaturg::amqp::AmqpBroker::with_config(config).await.unwrap();
         let prefix = format!("test-{}-", dramaturg::MessageId::new());
-        dramaturg::app(broker).queue_prefix(&prefix).middleware(counting).actor::<Row>().actor::<Slow>().build().unwrap()
+        dramaturg::app(broker).queue_prefix(&prefix).middleware(counting).actor::<Row>().actor::<Slow>().actor::<Patient>().build().unwrap()
     }
 
     async fn rows_app() -> (App, Arc<Counting>) {
@@ -320,5 +364,10 @@ mod amqp {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn undecodable() {
         an_undecodable_item_fails_alone(rows_app().await.0).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown() {
+        a_collecting_batch_is_called_at_shutdown(app(Arc::default()).await).await;
     }
 }

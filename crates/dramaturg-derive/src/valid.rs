@@ -132,7 +132,9 @@ fn batch(attrs: &Attrs) -> syn::Result<Option<(u64, u64)>> {
     if let Some((span, key)) = conflicts.into_iter().find_map(|(span, key)| span.map(|s| (s, key))) {
         return Err(syn::Error::new(
             span,
-            format_args!("a batch actor cannot be `{key}`: its async handler takes the whole batch, and its output is `()`"),
+            format_args!(
+                "a batch actor cannot take `{key}`: its handler is async and takes the whole batch, and its output is `()`"
+            ),
         ));
     }
     Ok(Some((max.value, wait.unwrap_or(DEFAULT_BATCH_WAIT_MS))))

@@ -77,10 +77,10 @@ struct ScheduleGuideDoctests;
 
 /// The names most programs need: `use dramaturg::prelude::*;`.
 pub mod prelude {
+    pub use dramaturg_core::batch::{Batch, BatchOutcome};
     pub use dramaturg_core::{
         async_trait, Actor, App, Context, Fail, MemoryBroker, Middleware, Next, Outcome, SendOptions, Worker,
     };
-    pub use dramaturg_core::batch::{Batch, BatchOutcome};
     #[cfg(feature = "derive")]
     pub use dramaturg_derive::Actor;
 }

@@ -65,7 +65,13 @@ impl Row {
 
 /// A batch that runs past its time limit on its first attempt, or panics.
 #[derive(Actor, Serialize, Deserialize)]
-#[actor(batch(max = 10, wait = "100ms"), time_limit = "1s", max_retries = 1, min_backoff = "100ms", max_backoff = "100ms")]
+#[actor(
+    batch(max = 10, wait = "100ms"),
+    time_limit = "1s",
+    max_retries = 1,
+    min_backoff = "100ms",
+    max_backoff = "100ms"
+)]
 struct Slow {
     key: String,
     seq: u64,
@@ -226,7 +232,8 @@ async fn an_undecodable_item_fails_alone(app: App) {
     let key = key();
     let queue = app.queues()[0].clone();
     app.send_many(&rows(&key, 0..4, |_| "")).await.unwrap();
-    let bad = Call::keywords(serde_json::json!({"key": key, "seq": "not a number", "fail": ""}).as_object().unwrap().clone());
+    let bad =
+        Call::keywords(serde_json::json!({"key": key, "seq": "not a number", "fail": ""}).as_object().unwrap().clone());
     app.send_call(Row::NAME, Row::QUEUE, &bad, SendOptions::default()).await.unwrap();
     let report = drain(&app).await;
     assert_eq!((report.succeeded, report.rejected), (4, 1), "{report:?}");
@@ -327,7 +334,14 @@ mod amqp {
             .expire_unused_queues(Duration::from_secs(120));
         let broker = dramaturg::amqp::AmqpBroker::with_config(config).await.unwrap();
         let prefix = format!("test-{}-", dramaturg::MessageId::new());
-        dramaturg::app(broker).queue_prefix(&prefix).middleware(counting).actor::<Row>().actor::<Slow>().actor::<Patient>().build().unwrap()
+        dramaturg::app(broker)
+            .queue_prefix(&prefix)
+            .middleware(counting)
+            .actor::<Row>()
+            .actor::<Slow>()
+            .actor::<Patient>()
+            .build()
+            .unwrap()
     }
 
     async fn rows_app() -> (App, Arc<Counting>) {

@@ -3,12 +3,12 @@
 use std::any::Any;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::batch::{BatchLimits, Collector};
 use crate::encoder::{decode_value, encode_value, CodecError, Encoder};
 use crate::error::BoxError;
 use crate::error_record::RecordLimits;
@@ -199,6 +199,33 @@ where
     })
 }
 
+/// How a batch actor's messages are gathered: at most `max` per handler
+/// call, and at most `wait` between the first message's arrival and the
+/// call. `#[actor(batch(max = 100, wait = "200ms"))]` makes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimits {
+    max: usize,
+    wait: Duration,
+}
+
+impl BatchLimits {
+    /// At most `max` messages per call (a `max` of zero counts as 1), at
+    /// most `wait` after the first.
+    pub const fn new(max: usize, wait: Duration) -> Self {
+        Self { max: if max == 0 { 1 } else { max }, wait }
+    }
+
+    /// The most messages one handler call gets.
+    pub const fn max(&self) -> usize {
+        self.max
+    }
+
+    /// The longest a batch waits for more messages after its first arrived.
+    pub const fn wait(&self) -> Duration {
+        self.wait
+    }
+}
+
 /// What an app knows of a registered actor.
 #[derive(Debug, Clone)]
 pub struct ActorInfo {
@@ -209,9 +236,13 @@ pub struct ActorInfo {
     options: Options,
     make_job: fn(&dyn Encoder, &[u8], Context) -> Result<Job, CodecError>,
     child_args: ChildArgs,
-    /// A batch actor's limits and collector (a `Collector<A>`).
-    batch: Option<(BatchLimits, Arc<dyn Any + Send + Sync>)>,
+    /// A batch actor's limits, and its collector (made by the first
+    /// message, which knows the actor's type; shared by clones).
+    batch: Option<(BatchLimits, Arc<CollectorSlot>)>,
 }
+
+/// Where a batch actor's collector is kept, type-erased.
+pub(crate) type CollectorSlot = OnceLock<Arc<dyn Any + Send + Sync>>;
 
 /// Checks arguments and re-encodes them for an isolated child.
 type ChildArgs = fn(&dyn Encoder, &[u8]) -> Result<Vec<u8>, CodecError>;
@@ -237,7 +268,7 @@ impl ActorInfo {
             options: A::options(),
             make_job: make_job::<A>,
             child_args: child_args::<A>,
-            batch: A::BATCH.map(|limits| (limits, Collector::<A>::erased(limits))),
+            batch: A::BATCH.map(|limits| (limits, Arc::default())),
         }
     }
 
@@ -280,9 +311,9 @@ impl ActorInfo {
         self.batch.as_ref().map(|(limits, _)| *limits)
     }
 
-    /// A batch actor's collector, type-erased.
-    pub(crate) fn batch_collector(&self) -> Option<&Arc<dyn Any + Send + Sync>> {
-        self.batch.as_ref().map(|(_, collector)| collector)
+    /// A batch actor's limits and the slot of its collector.
+    pub(crate) fn batch_collector(&self) -> Option<(BatchLimits, &CollectorSlot)> {
+        self.batch.as_ref().map(|(limits, slot)| (*limits, &**slot))
     }
 
     /// Decodes `args` into the actor's type and makes the job.

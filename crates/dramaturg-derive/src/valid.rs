@@ -123,7 +123,8 @@ fn batch(attrs: &Attrs) -> syn::Result<Option<(u64, u64)>> {
     if max.value == 0 {
         return Err(syn::Error::new(max.span, "`batch(max)` must be at least 1"));
     }
-    let wait = positive(millis(wait.as_ref().map(|w| Spanned { value: w.value.clone(), span: w.span }))?, "batch(wait)")?;
+    let wait =
+        positive(millis(wait.as_ref().map(|w| Spanned { value: w.value.clone(), span: w.span }))?, "batch(wait)")?;
     let conflicts = [
         (attrs.blocking.as_ref().filter(|b| b.value).map(|b| b.span), "blocking"),
         (attrs.isolated.as_ref().filter(|b| b.value).map(|b| b.span), "isolated"),

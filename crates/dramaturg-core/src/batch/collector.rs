@@ -40,7 +40,7 @@ struct Open<A> {
 
 /// Gathers the messages of the batch actor `A` (one per registered actor
 /// of an app).
-pub(crate) struct Collector<A> {
+struct Collector<A> {
     limits: BatchLimits,
     open: Mutex<Option<Open<A>>>,
     next_id: AtomicU64,
@@ -73,11 +73,10 @@ impl<A: Send + 'static> Collector<A> {
 /// [`into_job`](crate::Actor::into_job).
 pub fn submit<A: BatchActor>(args: A, ctx: Context) -> Job {
     Box::pin(async move {
-        let collector = ctx
-            .app()
-            .actor(ctx.actor())
-            .and_then(|actor| actor.batch_collector())
-            .and_then(|collector| Arc::clone(collector).downcast::<Collector<A>>().ok());
+        let collector =
+            ctx.app().actor(ctx.actor()).and_then(|actor| actor.batch_collector()).and_then(|(limits, slot)| {
+                Arc::clone(slot.get_or_init(|| Collector::<A>::erased(limits))).downcast::<Collector<A>>().ok()
+            });
         let Some(collector) = collector else {
             return Err(Failure::from_error(BatchError::NotBatched(A::NAME.to_owned())));
         };
@@ -147,7 +146,10 @@ async fn collect<A: BatchActor>(
 enum Ended {
     Returned(std::thread::Result<Result<BatchOutcome, Failure>>),
     /// Message `index` was interrupted for `reason` while the batch ran.
-    Cut { index: usize, reason: Option<Interruption> },
+    Cut {
+        index: usize,
+        reason: Option<Interruption>,
+    },
 }
 
 /// Calls the handler with the batch's messages that still wait, and
@@ -186,13 +188,18 @@ async fn run<A: BatchActor>(items: Vec<Waiting<A>>) {
             (0..size).map(|_| Err(Failure::from_panic(panic.as_ref(), None, &RecordLimits::default()))).collect()
         }
         Ended::Cut { index, reason } => {
-            let reason = reason.unwrap_or(Interruption::Shutdown);
             let by = watched[index].id();
             tracing::warn!(%by, ?reason, "a message of the batch was interrupted; stopping the batch");
-            let kind = if reason == Interruption::TimeLimit { FailureKind::TimeLimitExceeded } else { FailureKind::Error };
-            (0..size)
-                .map(|_| Err(Failure::from_error(BatchError::Interrupted { by, reason }).with_kind(kind)))
-                .collect()
+            let kind = if reason == Some(Interruption::TimeLimit) {
+                FailureKind::TimeLimitExceeded
+            } else {
+                FailureKind::Error
+            };
+            let error = || match reason {
+                Some(reason) => BatchError::Interrupted { by, reason },
+                None => BatchError::Left { by },
+            };
+            (0..size).map(|_| Err(Failure::from_error(error()).with_kind(kind))).collect()
         }
     };
     for (reply, answer) in replies.into_iter().zip(answers) {
@@ -240,8 +247,12 @@ fn per_item(outcome: BatchOutcome, size: usize) -> Vec<Answer> {
     for (index, failure) in outcome.into_failures() {
         match failures.get_mut(index) {
             Some(slot @ None) => *slot = Some(failure),
-            Some(Some(_)) => tracing::warn!(index, "a batch outcome names a failure twice for one message; the first counts"),
-            None => tracing::error!(index, size, "a batch outcome names a failure for an index the batch does not have"),
+            Some(Some(_)) => {
+                tracing::warn!(index, "a batch outcome names a failure twice for one message; the first counts");
+            }
+            None => {
+                tracing::error!(index, size, "a batch outcome names a failure for an index the batch does not have");
+            }
         }
     }
     failures.into_iter().map(|failure| failure.map_or_else(|| Ok(Output::new(())), Err)).collect()

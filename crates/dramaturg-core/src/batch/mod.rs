@@ -53,39 +53,12 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-pub(crate) use collector::Collector;
 pub use collector::submit;
 
+pub use crate::actor::BatchLimits;
 use crate::error::BoxError;
 use crate::failure::Failure;
 use crate::{Actor, App, Context, Interrupted, Interruption, MessageId};
-
-/// How a batch actor's messages are gathered: at most `max` per handler
-/// call, and at most `wait` between the first message's arrival and the
-/// call. `#[actor(batch(max = 100, wait = "200ms"))]` makes it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BatchLimits {
-    max: usize,
-    wait: Duration,
-}
-
-impl BatchLimits {
-    /// At most `max` messages per call (a `max` of zero counts as 1), at
-    /// most `wait` after the first.
-    pub const fn new(max: usize, wait: Duration) -> Self {
-        Self { max: if max == 0 { 1 } else { max }, wait }
-    }
-
-    /// The most messages one handler call gets.
-    pub const fn max(&self) -> usize {
-        self.max
-    }
-
-    /// The longest a batch waits for more messages after its first arrived.
-    pub const fn wait(&self) -> Duration {
-        self.wait
-    }
-}
 
 /// What a batch actor's handler call returns, boxed: its [`BatchOutcome`],
 /// or a failure of the whole batch.
@@ -330,6 +303,14 @@ pub enum BatchError {
         by: MessageId,
         /// Why it was interrupted.
         reason: Interruption,
+    },
+    /// The batch's handler was stopped because another message of the
+    /// batch stopped waiting for its answer without being interrupted
+    /// (a middleware dropped it).
+    #[error("the batch was stopped: message {by} of it stopped waiting for it")]
+    Left {
+        /// The message that stopped waiting.
+        by: MessageId,
     },
     /// The actor's job was made by [`submit`] but the app does not know it
     /// as a batch actor ([`Actor::BATCH`] is `None`).

@@ -107,6 +107,21 @@ impl Patient {
     }
 }
 
+/// A batch that waits a second for more messages.
+#[derive(Actor, Serialize, Deserialize)]
+#[actor(batch(max = 100, wait = "1s"))]
+struct Gathered {
+    key: String,
+    seq: u64,
+}
+
+impl Gathered {
+    async fn perform(batch: Batch<Self>) -> Result<(), BoxError> {
+        record(&batch.args()[0].key, &batch, |gathered| gathered.seq);
+        Ok(())
+    }
+}
+
 /// Counts the messages its `handle` sees.
 #[derive(Default)]
 struct Counting(AtomicU64);
@@ -268,61 +283,92 @@ async fn a_collecting_batch_is_called_at_shutdown(app: App) {
     assert_eq!(calls(&key).iter().map(|c| c.items.len()).collect::<Vec<_>>(), [3]);
 }
 
+/// A message aborted while its batch collects leaves it: it is settled as
+/// aborted, and the handler is called with the others.
+async fn an_aborted_item_leaves_its_batch(app: App) {
+    let key = key();
+    let mut ids = Vec::new();
+    for seq in 0..3 {
+        ids.push(Gathered { key: key.clone(), seq }.send(&app).await.unwrap().id());
+    }
+    let worker = tokio::spawn(Worker::new(app.clone()).concurrency(100).run_until_drained(Duration::from_secs(30)));
+    let queue = app.queues()[0].clone();
+    while app.stats(&queue).await.unwrap().ready > 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    dramaturg::abort::abort(&app, ids[1], dramaturg::abort::AbortOptions::abort()).await.unwrap();
+    let report = worker.await.unwrap().unwrap();
+    assert_eq!((report.aborted, report.succeeded), (1, 2), "{report:?}");
+    let calls = calls(&key);
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0].items.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(), [0, 2]);
+}
+
+/// The tests, in a module whose `app(counting)` makes an app on its broker
+/// (with its own namespace or queue prefix) with `counting` in its stack.
+macro_rules! batch_tests {
+    () => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn batches_hold_at_most_max() {
+            let counting = Arc::new(Counting::default());
+            batches_hold_at_most_max_and_settle_each_message(app(Arc::clone(&counting)).await, counting).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_failing_item_alone() {
+            a_failing_item_is_retried_and_dead_lettered_alone(app(Arc::default()).await).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn wait() {
+            a_short_batch_is_called_after_its_wait(app(Arc::default()).await).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn time_limit() {
+            a_batch_past_its_time_limit_is_stopped(app(Arc::default()).await).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn panic() {
+            a_panicking_batch_fails_each_message(app(Arc::default()).await).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn undecodable() {
+            an_undecodable_item_fails_alone(app(Arc::default()).await).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn abort() {
+            an_aborted_item_leaves_its_batch(app(Arc::default()).await).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn shutdown() {
+            a_collecting_batch_is_called_at_shutdown(app(Arc::default()).await).await;
+        }
+    };
+}
+
 #[cfg(feature = "redis")]
 mod redis {
     use super::*;
 
     async fn app(counting: Arc<Counting>) -> App {
         let broker = support::redis_broker("redis://127.0.0.1:6379", &support::namespace()).await;
-        dramaturg::app(broker).middleware(counting).actor::<Row>().actor::<Slow>().actor::<Patient>().build().unwrap()
+        dramaturg::app(broker)
+            .middleware(counting)
+            .actor::<Row>()
+            .actor::<Slow>()
+            .actor::<Patient>()
+            .actor::<Gathered>()
+            .build()
+            .unwrap()
     }
 
-    async fn rows_app() -> (App, Arc<Counting>) {
-        let counting = Arc::new(Counting::default());
-        let broker = support::redis_broker("redis://127.0.0.1:6379", &support::namespace()).await;
-        let app = dramaturg::app(broker).middleware(Arc::clone(&counting)).actor::<Row>().build().unwrap();
-        (app, counting)
-    }
-
-    async fn slow_app() -> App {
-        app(Arc::default()).await
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn batches_hold_at_most_max() {
-        let (app, counting) = rows_app().await;
-        batches_hold_at_most_max_and_settle_each_message(app, counting).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_failing_item_alone() {
-        a_failing_item_is_retried_and_dead_lettered_alone(rows_app().await.0).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn wait() {
-        a_short_batch_is_called_after_its_wait(rows_app().await.0).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn time_limit() {
-        a_batch_past_its_time_limit_is_stopped(slow_app().await).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn panic() {
-        a_panicking_batch_fails_each_message(slow_app().await).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn undecodable() {
-        an_undecodable_item_fails_alone(rows_app().await.0).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn shutdown() {
-        a_collecting_batch_is_called_at_shutdown(slow_app().await).await;
-    }
+    batch_tests!();
 }
 
 #[cfg(feature = "amqp")]
@@ -334,54 +380,20 @@ mod amqp {
             .expire_unused_queues(Duration::from_secs(120));
         let broker = dramaturg::amqp::AmqpBroker::with_config(config).await.unwrap();
         let prefix = format!("test-{}-", dramaturg::MessageId::new());
+        // Abort requests in this process's memory: RabbitMQ has no store,
+        // and the worker of these tests runs in this process.
+        let abortable = dramaturg::abort::Abortable::new(dramaturg::store::MemoryStore::new()).process_local_events();
         dramaturg::app(broker)
+            .replace(dramaturg::middleware::names::ABORT, abortable)
             .queue_prefix(&prefix)
             .middleware(counting)
             .actor::<Row>()
             .actor::<Slow>()
             .actor::<Patient>()
+            .actor::<Gathered>()
             .build()
             .unwrap()
     }
 
-    async fn rows_app() -> (App, Arc<Counting>) {
-        let counting = Arc::new(Counting::default());
-        (app(Arc::clone(&counting)).await, counting)
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn batches_hold_at_most_max() {
-        let (app, counting) = rows_app().await;
-        batches_hold_at_most_max_and_settle_each_message(app, counting).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_failing_item_alone() {
-        a_failing_item_is_retried_and_dead_lettered_alone(rows_app().await.0).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn wait() {
-        a_short_batch_is_called_after_its_wait(rows_app().await.0).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn time_limit() {
-        a_batch_past_its_time_limit_is_stopped(app(Arc::default()).await).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn panic() {
-        a_panicking_batch_fails_each_message(app(Arc::default()).await).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn undecodable() {
-        an_undecodable_item_fails_alone(rows_app().await.0).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn shutdown() {
-        a_collecting_batch_is_called_at_shutdown(app(Arc::default()).await).await;
-    }
+    batch_tests!();
 }

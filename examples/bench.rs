@@ -85,7 +85,9 @@
 //!   `resume_ms_p50`. The contract is a second for each.
 //!
 //! - `batch`: a bulk write into Redis (`RPUSH` onto a list of the run's
-//!   own, at `--sink URL`, default `redis://127.0.0.1:6379`) of N messages
+//!   own, at `--sink URL`, default `redis://127.0.0.1:6379`, through a pool
+//!   of 10 connections each used by one write at a time, as a database
+//!   pool's are) of N messages
 //!   (default 20,000) two ways, through the broker of `--broker`: a batch
 //!   actor (`batch(max = 100, wait = "20ms")`, one `RPUSH` of up to 100
 //!   values per handler call) and a one-message actor (one `RPUSH` per
@@ -555,10 +557,26 @@ async fn pause_lag(args: &Args) -> Result<(), BoxError> {
     Ok(())
 }
 
-/// Where the batch scenario writes: a Redis list of the run's own.
+/// Where the batch scenario writes: a Redis list of the run's own, through
+/// a pool of connections each used by one write at a time, as a database
+/// pool's are (the redis crate would otherwise pipeline concurrent writes
+/// on one connection, which a database connection cannot).
 struct Sink {
-    conn: redis::aio::MultiplexedConnection,
+    pool: Vec<tokio::sync::Mutex<redis::aio::MultiplexedConnection>>,
+    next: AtomicU64,
     list: String,
+}
+
+/// Connections in the batch scenario's pool (sqlx's default maximum).
+const SINK_POOL: usize = 10;
+
+impl Sink {
+    async fn rpush<V: redis::ToRedisArgs + Send + Sync>(&self, values: V) -> Result<(), BoxError> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed) as usize % self.pool.len();
+        let mut conn = self.pool[n].lock().await;
+        let _: u64 = redis::cmd("RPUSH").arg(&self.list).arg(values).query_async(&mut *conn).await?;
+        Ok(())
+    }
 }
 
 /// A value written alone: one `RPUSH` per message.
@@ -570,9 +588,7 @@ struct WriteOne {
 
 impl WriteOne {
     async fn perform(self, ctx: &Context) -> Result<(), BoxError> {
-        let sink = ctx.state::<Sink>()?;
-        let _: u64 = redis::cmd("RPUSH").arg(&sink.list).arg(self.n).query_async(&mut sink.conn.clone()).await?;
-        Ok(())
+        ctx.state::<Sink>()?.rpush(self.n).await
     }
 }
 
@@ -585,10 +601,8 @@ struct WriteBatch {
 
 impl WriteBatch {
     async fn perform(batch: Batch<Self>) -> Result<(), BoxError> {
-        let sink = batch.app().state::<Sink>()?;
         let values: Vec<u64> = batch.args().iter().map(|w| w.n).collect();
-        let _: u64 = redis::cmd("RPUSH").arg(&sink.list).arg(values).query_async(&mut sink.conn.clone()).await?;
-        Ok(())
+        batch.app().state::<Sink>()?.rpush(values).await
     }
 }
 
@@ -601,7 +615,7 @@ async fn write_rate<A: Actor>(
     make: fn(u64) -> A,
 ) -> Result<f64, BoxError> {
     let sink = app.state::<Sink>()?;
-    let mut conn = sink.conn.clone();
+    let mut conn = sink.pool[0].lock().await.clone();
     for chunk in (0..messages).collect::<Vec<_>>().chunks(1000) {
         let values: Vec<A> = chunk.iter().copied().map(make).collect();
         app.send_many(&values).await?;
@@ -621,10 +635,11 @@ async fn bulk_write(args: &Args) -> Result<(), BoxError> {
     let messages = args.messages.unwrap_or(20_000);
     let concurrency = args.concurrency.max(100);
     let client = redis::Client::open(args.sink.as_str())?;
-    let sink = Sink {
-        conn: client.get_multiplexed_async_connection().await?,
-        list: format!("bench-batch-{}", dramaturg::MessageId::new()),
-    };
+    let mut pool = Vec::with_capacity(SINK_POOL);
+    for _ in 0..SINK_POOL {
+        pool.push(tokio::sync::Mutex::new(client.get_multiplexed_async_connection().await?));
+    }
+    let sink = Sink { pool, next: AtomicU64::new(0), list: format!("bench-batch-{}", dramaturg::MessageId::new()) };
     let broker = dramaturg::connect(&args.broker).await?;
     let app = dramaturg::app_shared(broker).state(sink).actor::<WriteOne>().actor::<WriteBatch>().build()?;
     let broker_name = args.broker.split("://").next().unwrap_or_default().to_owned();

@@ -151,6 +151,18 @@ async fn drain(app: &App) -> dramaturg::WorkerReport {
     Worker::new(app.clone()).concurrency(100).run_until_drained(Duration::from_secs(60)).await.unwrap()
 }
 
+/// Waits until a worker has taken every ready message of the app's queue,
+/// and a little longer for them to reach their batch.
+async fn taken(app: &App) {
+    let queue = app.queues()[0].clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.stats(&queue).await.unwrap().ready > 0 {
+        assert!(Instant::now() < deadline, "the worker did not take the messages");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
 /// 250 messages with max 100: calls of at most 100, every message once,
 /// each acknowledged; the middleware saw 250 messages, not one per batch.
 async fn batches_hold_at_most_max_and_settle_each_message(app: App, counting: Arc<Counting>) {
@@ -171,7 +183,7 @@ async fn batches_hold_at_most_max_and_settle_each_message(app: App, counting: Ar
 
 /// One item fails once: only it is retried, in a later batch; one fails
 /// every time: only it is dead-lettered; the others are acknowledged once.
-async fn a_failing_item_is_retried_and_dead_lettered_alone(app: App) {
+async fn a_failing_item_is_retried_and_dead_lettered_alone(app: App, _counting: Arc<Counting>) {
     let key = key();
     let fail = |seq| match seq {
         3 => "once",
@@ -204,7 +216,7 @@ async fn a_failing_item_is_retried_and_dead_lettered_alone(app: App) {
 }
 
 /// Fewer messages than max are handed over once `wait` has passed.
-async fn a_short_batch_is_called_after_its_wait(app: App) {
+async fn a_short_batch_is_called_after_its_wait(app: App, _counting: Arc<Counting>) {
     let key = key();
     app.send_many(&rows(&key, 0..5, |_| "")).await.unwrap();
     let report = drain(&app).await;
@@ -220,7 +232,7 @@ async fn a_short_batch_is_called_after_its_wait(app: App) {
 /// A batch past its time limit is stopped: every message of it fails (the
 /// first with its time limit, the others as stopped with it) and is
 /// retried; the retries succeed, long before the handler's 20 s sleep.
-async fn a_batch_past_its_time_limit_is_stopped(app: App) {
+async fn a_batch_past_its_time_limit_is_stopped(app: App, _counting: Arc<Counting>) {
     let key = key();
     let slow: Vec<Slow> = (0..3).map(|seq| Slow { key: key.clone(), seq, mode: "sleep".into() }).collect();
     let started = Instant::now();
@@ -233,7 +245,7 @@ async fn a_batch_past_its_time_limit_is_stopped(app: App) {
 }
 
 /// A handler that panics fails every message of its batch with the panic.
-async fn a_panicking_batch_fails_each_message(app: App) {
+async fn a_panicking_batch_fails_each_message(app: App, _counting: Arc<Counting>) {
     let key = key();
     let slow: Vec<Slow> = (0..4).map(|seq| Slow { key: key.clone(), seq, mode: "panic".into() }).collect();
     app.send_many(&slow).await.unwrap();
@@ -243,7 +255,7 @@ async fn a_panicking_batch_fails_each_message(app: App) {
 
 /// A message whose arguments do not decode is dead-lettered alone; the
 /// others of its batch succeed.
-async fn an_undecodable_item_fails_alone(app: App) {
+async fn an_undecodable_item_fails_alone(app: App, _counting: Arc<Counting>) {
     let key = key();
     let queue = app.queues()[0].clone();
     app.send_many(&rows(&key, 0..4, |_| "")).await.unwrap();
@@ -261,20 +273,14 @@ async fn an_undecodable_item_fails_alone(app: App) {
 
 /// At shutdown a batch still collecting is called at once with what it
 /// has, rather than after its 30 s wait (or never, past the grace period).
-async fn a_collecting_batch_is_called_at_shutdown(app: App) {
+async fn a_collecting_batch_is_called_at_shutdown(app: App, _counting: Arc<Counting>) {
     let key = key();
     let patient: Vec<Patient> = (0..3).map(|seq| Patient { key: key.clone(), seq }).collect();
     app.send_many(&patient).await.unwrap();
     let worker = Worker::new(app.clone()).concurrency(100);
     let shutdown = worker.shutdown_handle();
     let running = tokio::spawn(worker.run());
-    let queue = app.queues()[0].clone();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while app.stats(&queue).await.unwrap().ready > 0 {
-        assert!(Instant::now() < deadline, "the worker did not take the messages");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    taken(&app).await;
     let stopping = Instant::now();
     shutdown.shutdown();
     let report = running.await.unwrap().unwrap();
@@ -285,18 +291,14 @@ async fn a_collecting_batch_is_called_at_shutdown(app: App) {
 
 /// A message aborted while its batch collects leaves it: it is settled as
 /// aborted, and the handler is called with the others.
-async fn an_aborted_item_leaves_its_batch(app: App) {
+async fn an_aborted_item_leaves_its_batch(app: App, _counting: Arc<Counting>) {
     let key = key();
     let mut ids = Vec::new();
     for seq in 0..3 {
         ids.push(Gathered { key: key.clone(), seq }.send(&app).await.unwrap().id());
     }
     let worker = tokio::spawn(Worker::new(app.clone()).concurrency(100).run_until_drained(Duration::from_secs(30)));
-    let queue = app.queues()[0].clone();
-    while app.stats(&queue).await.unwrap().ready > 0 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    taken(&app).await;
     dramaturg::abort::abort(&app, ids[1], dramaturg::abort::AbortOptions::abort()).await.unwrap();
     let report = worker.await.unwrap().unwrap();
     assert_eq!((report.aborted, report.succeeded), (1, 2), "{report:?}");
@@ -307,49 +309,38 @@ async fn an_aborted_item_leaves_its_batch(app: App) {
     assert_eq!(seen, [0, 2], "the aborted message never reached the handler");
 }
 
+/// The app of the tests: the actors, and `counting` innermost in the stack.
+fn with_actors(builder: dramaturg::AppBuilder, counting: Arc<Counting>) -> App {
+    builder.middleware(counting).actor::<Row>().actor::<Slow>().actor::<Patient>().actor::<Gathered>().build().unwrap()
+}
+
 /// The tests, in a module whose `app(counting)` makes an app on its broker
-/// (with its own namespace or queue prefix) with `counting` in its stack.
+/// (with its own namespace or queue prefix) with `counting` in its stack:
+/// `name => scenario`, each scenario taking the app and the counter.
 macro_rules! batch_tests {
+    ($($name:ident => $scenario:ident,)*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let counting = Arc::new(Counting::default());
+                $scenario(app(Arc::clone(&counting)).await, counting).await;
+            }
+        )*
+    };
+}
+
+/// Every scenario, in the module of a broker.
+macro_rules! all_batch_tests {
     () => {
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn batches_hold_at_most_max() {
-            let counting = Arc::new(Counting::default());
-            batches_hold_at_most_max_and_settle_each_message(app(Arc::clone(&counting)).await, counting).await;
-        }
-
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn a_failing_item_alone() {
-            a_failing_item_is_retried_and_dead_lettered_alone(app(Arc::default()).await).await;
-        }
-
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn wait() {
-            a_short_batch_is_called_after_its_wait(app(Arc::default()).await).await;
-        }
-
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn time_limit() {
-            a_batch_past_its_time_limit_is_stopped(app(Arc::default()).await).await;
-        }
-
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn panic() {
-            a_panicking_batch_fails_each_message(app(Arc::default()).await).await;
-        }
-
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn undecodable() {
-            an_undecodable_item_fails_alone(app(Arc::default()).await).await;
-        }
-
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn abort() {
-            an_aborted_item_leaves_its_batch(app(Arc::default()).await).await;
-        }
-
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn shutdown() {
-            a_collecting_batch_is_called_at_shutdown(app(Arc::default()).await).await;
+        batch_tests! {
+            batches_hold_at_most_max => batches_hold_at_most_max_and_settle_each_message,
+            a_failing_item_alone => a_failing_item_is_retried_and_dead_lettered_alone,
+            wait => a_short_batch_is_called_after_its_wait,
+            time_limit => a_batch_past_its_time_limit_is_stopped,
+            panic => a_panicking_batch_fails_each_message,
+            undecodable => an_undecodable_item_fails_alone,
+            abort => an_aborted_item_leaves_its_batch,
+            shutdown => a_collecting_batch_is_called_at_shutdown,
         }
     };
 }
@@ -360,17 +351,10 @@ mod redis {
 
     async fn app(counting: Arc<Counting>) -> App {
         let broker = support::redis_broker("redis://127.0.0.1:6379", &support::namespace()).await;
-        dramaturg::app(broker)
-            .middleware(counting)
-            .actor::<Row>()
-            .actor::<Slow>()
-            .actor::<Patient>()
-            .actor::<Gathered>()
-            .build()
-            .unwrap()
+        with_actors(dramaturg::app(broker), counting)
     }
 
-    batch_tests!();
+    all_batch_tests!();
 }
 
 #[cfg(feature = "amqp")]
@@ -385,17 +369,9 @@ mod amqp {
         // Abort requests in this process's memory: RabbitMQ has no store,
         // and the worker of these tests runs in this process.
         let abortable = dramaturg::abort::Abortable::new(dramaturg::store::MemoryStore::new()).process_local_events();
-        dramaturg::app(broker)
-            .replace(dramaturg::middleware::names::ABORT, abortable)
-            .queue_prefix(&prefix)
-            .middleware(counting)
-            .actor::<Row>()
-            .actor::<Slow>()
-            .actor::<Patient>()
-            .actor::<Gathered>()
-            .build()
-            .unwrap()
+        let builder = dramaturg::app(broker).replace(dramaturg::middleware::names::ABORT, abortable);
+        with_actors(builder.queue_prefix(&prefix), counting)
     }
 
-    batch_tests!();
+    all_batch_tests!();
 }

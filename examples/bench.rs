@@ -84,6 +84,17 @@
 //!   JSON with `pause_ms_max`, `pause_ms_p50`, `resume_ms_max` and
 //!   `resume_ms_p50`. The contract is a second for each.
 //!
+//! - `batch`: a bulk write into Redis (`RPUSH` onto a list of the run's
+//!   own, at `--sink URL`, default `redis://127.0.0.1:6379`, through a pool
+//!   of 10 connections each used by one write at a time, as a database
+//!   pool's are) of N messages
+//!   (default 20,000) two ways, through the broker of `--broker`: a batch
+//!   actor (`batch(max = 100, wait = "20ms")`, one `RPUSH` of up to 100
+//!   values per handler call) and a one-message actor (one `RPUSH` per
+//!   message), each with a worker of concurrency `max(--concurrency, 100)`.
+//!   Each run checks that the list holds N values. Last line: JSON with
+//!   `one_per_s`, `batch_per_s` and `ratio`.
+//!
 //! Flags: `--metrics` (feature `prometheus`; throughput scenario): the
 //! metrics middleware, a Prometheus recorder installed and served. `--broker URL` (default `memory://`; `memory` is short for it),
 //! `--messages N`, `--concurrency C` (64), `--batch B` (messages per
@@ -166,6 +177,8 @@ struct Args {
     /// `--metrics`: the throughput scenario with the metrics middleware
     /// and a Prometheus recorder installed and served.
     metrics: bool,
+    /// `--sink`: the Redis that the batch scenario writes to.
+    sink: String,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -179,6 +192,7 @@ fn parse_args() -> Result<Args, String> {
         seconds: 10,
         events: None,
         metrics: false,
+        sink: "redis://127.0.0.1:6379".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -188,6 +202,7 @@ fn parse_args() -> Result<Args, String> {
             "--samples" => args.samples = Some(value()?),
             "--events" => args.events = Some(value()?),
             "--metrics" => args.metrics = true,
+            "--sink" => args.sink = value()?,
             "--seconds" => args.seconds = value()?.parse().map_err(|e| format!("--seconds: {e}"))?,
             "--broker" => args.broker = value()?,
             "--messages" => args.messages = Some(value()?.parse().map_err(|e| format!("--messages: {e}"))?),
@@ -240,8 +255,9 @@ async fn main() -> Result<(), BoxError> {
         #[cfg(feature = "prometheus")]
         "metrics" => metrics_cost(&args).await,
         "pause" => pause_lag(&args).await,
+        "batch" => bulk_write(&args).await,
         other => Err(format!(
-            "unknown scenario {other:?}: throughput, latency, idle, abort, fail-large-errors, isolated-runaway, isolated-overhead, results, rate-limit, metrics or pause"
+            "unknown scenario {other:?}: throughput, latency, idle, abort, fail-large-errors, isolated-runaway, isolated-overhead, results, rate-limit, metrics, pause or batch"
         )
         .into()),
     }
@@ -537,6 +553,109 @@ async fn pause_lag(args: &Args) -> Result<(), BoxError> {
     println!("resume → first start: p50 {resume_p50:.1} ms, max {resume_max:.1} ms");
     println!(
         "{{\"scenario\":\"pause\",\"broker\":\"{broker_name}\",\"rounds\":{rounds},\"pause_ms_p50\":{pause_p50:.1},\"pause_ms_max\":{pause_max:.1},\"resume_ms_p50\":{resume_p50:.1},\"resume_ms_max\":{resume_max:.1}}}"
+    );
+    Ok(())
+}
+
+/// Where the batch scenario writes: a Redis list of the run's own, through
+/// a pool of connections each used by one write at a time, as a database
+/// pool's are (the redis crate would otherwise pipeline concurrent writes
+/// on one connection, which a database connection cannot).
+struct Sink {
+    pool: Vec<tokio::sync::Mutex<redis::aio::MultiplexedConnection>>,
+    next: AtomicU64,
+    list: String,
+}
+
+/// Connections in the batch scenario's pool (sqlx's default maximum).
+const SINK_POOL: usize = 10;
+
+impl Sink {
+    async fn rpush<V: redis::ToRedisArgs + Send + Sync>(&self, values: V) -> Result<(), BoxError> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed) as usize % self.pool.len();
+        let mut conn = self.pool[n].lock().await;
+        let _: u64 = redis::cmd("RPUSH").arg(&self.list).arg(values).query_async(&mut *conn).await?;
+        Ok(())
+    }
+}
+
+/// A value written alone: one `RPUSH` per message.
+#[derive(Actor, Serialize, Deserialize)]
+#[actor(queue = "bench-write-one")]
+struct WriteOne {
+    n: u64,
+}
+
+impl WriteOne {
+    async fn perform(self, ctx: &Context) -> Result<(), BoxError> {
+        ctx.state::<Sink>()?.rpush(self.n).await
+    }
+}
+
+/// A value written in bulk: one `RPUSH` per batch of up to 100.
+#[derive(Actor, Serialize, Deserialize)]
+#[actor(queue = "bench-write-batch", batch(max = 100, wait = "20ms"))]
+struct WriteBatch {
+    n: u64,
+}
+
+impl WriteBatch {
+    async fn perform(batch: Batch<Self>) -> Result<(), BoxError> {
+        let values: Vec<u64> = batch.args().iter().map(|w| w.n).collect();
+        batch.app().state::<Sink>()?.rpush(values).await
+    }
+}
+
+/// Sends `messages` values as messages made by `make`, runs a worker until they are
+/// written, checks the list and empties it; the rate in messages per second.
+async fn write_rate<A: Actor>(
+    app: &App,
+    messages: u64,
+    concurrency: usize,
+    make: fn(u64) -> A,
+) -> Result<f64, BoxError> {
+    let sink = app.state::<Sink>()?;
+    let mut conn = sink.pool[0].lock().await.clone();
+    for chunk in (0..messages).collect::<Vec<_>>().chunks(1000) {
+        let values: Vec<A> = chunk.iter().copied().map(make).collect();
+        app.send_many(&values).await?;
+    }
+    let started = Instant::now();
+    let report = Worker::new(app.clone()).concurrency(concurrency).run_until_drained(Duration::from_secs(3600)).await?;
+    let rate = messages as f64 / started.elapsed().as_secs_f64();
+    let written: u64 = redis::cmd("LLEN").arg(&sink.list).query_async(&mut conn).await?;
+    let _: u64 = redis::cmd("DEL").arg(&sink.list).query_async(&mut conn).await?;
+    if report.succeeded != messages || written != messages {
+        return Err(format!("expected {messages} values written, got {written} ({report:?})").into());
+    }
+    Ok(rate)
+}
+
+async fn bulk_write(args: &Args) -> Result<(), BoxError> {
+    let messages = args.messages.unwrap_or(20_000);
+    let concurrency = args.concurrency.max(100);
+    let client = redis::Client::open(args.sink.as_str())?;
+    let mut pool = Vec::with_capacity(SINK_POOL);
+    for _ in 0..SINK_POOL {
+        pool.push(tokio::sync::Mutex::new(client.get_multiplexed_async_connection().await?));
+    }
+    let sink = Sink { pool, next: AtomicU64::new(0), list: format!("bench-batch-{}", dramaturg::MessageId::new()) };
+    let broker = dramaturg::connect(&args.broker).await?;
+    let app = dramaturg::app_shared(broker).state(sink).actor::<WriteOne>().actor::<WriteBatch>().build()?;
+    let broker_name = args.broker.split("://").next().unwrap_or_default().to_owned();
+    for queue in app.queues() {
+        app.admin()?.purge(queue).await?;
+    }
+    let one_per_s = write_rate(&app, messages, concurrency, |n| WriteOne { n }).await?;
+    let batch_per_s = write_rate(&app, messages, concurrency, |n| WriteBatch { n }).await?;
+    let ratio = batch_per_s / one_per_s;
+    println!(
+        "scenario:    batch ({broker_name} broker, {messages} values into a Redis list, concurrency {concurrency})"
+    );
+    println!("one RPUSH per message:     {one_per_s:>10.0} msgs/s");
+    println!("one RPUSH per batch (100): {batch_per_s:>10.0} msgs/s ({ratio:.1}x)");
+    println!(
+        "{{\"scenario\":\"batch\",\"broker\":\"{broker_name}\",\"messages\":{messages},\"concurrency\":{concurrency},\"one_per_s\":{one_per_s:.0},\"batch_per_s\":{batch_per_s:.0},\"ratio\":{ratio:.2}}}"
     );
     Ok(())
 }

@@ -26,7 +26,7 @@ pub use dramaturg_core::{
     ShutdownHandle, State, Store, StoreError, StoreErrorKind, Waiting, Whereabouts, Worker, WorkerError, WorkerGauges,
     WorkerInfo, WorkerReport, DEFAULT_MAX_MESSAGE_SIZE, ETA,
 };
-pub use dramaturg_core::{isolation, store, sync, time};
+pub use dramaturg_core::{batch, isolation, store, sync, time};
 pub use dramaturg_error_capture as error_capture;
 /// Metrics through the `metrics` facade, and a Prometheus exporter with
 /// the `prometheus` feature.
@@ -82,6 +82,7 @@ struct ScheduleGuideDoctests;
 
 /// The names most programs need: `use dramaturg::prelude::*;`.
 pub mod prelude {
+    pub use dramaturg_core::batch::{Batch, BatchOutcome};
     pub use dramaturg_core::{
         async_trait, Actor, App, Context, Fail, MemoryBroker, Middleware, Next, Outcome, SendOptions, Worker,
     };
@@ -94,6 +95,7 @@ pub mod prelude {
 #[doc(hidden)]
 pub mod __private {
     pub use dramaturg_core::actor::{async_handler, into_job_result, run_blocking};
+    pub use dramaturg_core::batch;
     pub use dramaturg_core::inventory;
     pub use dramaturg_core::isolation::IsolatedActor;
     pub use dramaturg_core::{Actor, Context, Job, Options};

@@ -1,7 +1,10 @@
 //! Actors: typed job handlers, and how their arguments become jobs.
 
+use std::any::Any;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -76,6 +79,11 @@ pub trait Actor: Serialize + DeserializeOwned + Send + 'static {
     /// Whether the handler runs in a child process that the worker can kill
     /// (see [`isolation`](crate::isolation)).
     const ISOLATED: bool = false;
+
+    /// For a batch actor ([`BatchActor`](crate::batch::BatchActor)), how
+    /// its messages are gathered into handler calls; `None` (the default)
+    /// for an actor whose handler takes one message.
+    const BATCH: Option<BatchLimits> = None;
 
     /// The actor's default options (its attributes).
     fn options() -> Options {
@@ -191,6 +199,33 @@ where
     })
 }
 
+/// How a batch actor's messages are gathered: at most `max` per handler
+/// call, and at most `wait` between the first message's arrival and the
+/// call. `#[actor(batch(max = 100, wait = "200ms"))]` makes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimits {
+    max: usize,
+    wait: Duration,
+}
+
+impl BatchLimits {
+    /// At most `max` messages per call (a `max` of zero counts as 1), at
+    /// most `wait` after the first.
+    pub const fn new(max: usize, wait: Duration) -> Self {
+        Self { max: if max == 0 { 1 } else { max }, wait }
+    }
+
+    /// The most messages one handler call gets.
+    pub const fn max(&self) -> usize {
+        self.max
+    }
+
+    /// The longest a batch waits for more messages after its first arrived.
+    pub const fn wait(&self) -> Duration {
+        self.wait
+    }
+}
+
 /// What an app knows of a registered actor.
 #[derive(Debug, Clone)]
 pub struct ActorInfo {
@@ -201,7 +236,13 @@ pub struct ActorInfo {
     options: Options,
     make_job: fn(&dyn Encoder, &[u8], Context) -> Result<Job, CodecError>,
     child_args: ChildArgs,
+    /// A batch actor's limits, and its collector (made by the first
+    /// message, which knows the actor's type; shared by clones).
+    batch: Option<(BatchLimits, Arc<CollectorSlot>)>,
 }
+
+/// Where a batch actor's collector is kept, type-erased.
+pub(crate) type CollectorSlot = OnceLock<Arc<dyn Any + Send + Sync>>;
 
 /// Checks arguments and re-encodes them for an isolated child.
 type ChildArgs = fn(&dyn Encoder, &[u8]) -> Result<Vec<u8>, CodecError>;
@@ -227,6 +268,7 @@ impl ActorInfo {
             options: A::options(),
             make_job: make_job::<A>,
             child_args: child_args::<A>,
+            batch: A::BATCH.map(|limits| (limits, Arc::default())),
         }
     }
 
@@ -261,6 +303,17 @@ impl ActorInfo {
     /// Its default options.
     pub fn options(&self) -> &Options {
         &self.options
+    }
+
+    /// A batch actor's limits; `None` for an actor that takes one message
+    /// per call.
+    pub fn batch(&self) -> Option<BatchLimits> {
+        self.batch.as_ref().map(|(limits, _)| *limits)
+    }
+
+    /// A batch actor's limits and the slot of its collector.
+    pub(crate) fn batch_collector(&self) -> Option<(BatchLimits, &CollectorSlot)> {
+        self.batch.as_ref().map(|(limits, slot)| (*limits, &**slot))
     }
 
     /// Decodes `args` into the actor's type and makes the job.

@@ -57,6 +57,10 @@ struct Inner {
     /// Whether this process settles the delivery (not so in an isolated
     /// actor's child process).
     settles: bool,
+    /// Cancelled when the worker running this delivery starts to shut
+    /// down (unset outside a worker): a batch still collecting is then
+    /// called at once.
+    worker_stop: OnceLock<CancellationToken>,
 }
 
 impl Context {
@@ -89,6 +93,7 @@ impl Context {
                 metadata: Mutex::default(),
                 settlement_writes: Mutex::default(),
                 settles,
+                worker_stop: OnceLock::new(),
             }),
         }
     }
@@ -290,6 +295,17 @@ impl Context {
     /// ```
     pub fn metadata<R>(&self, f: impl FnOnce(&mut Metadata) -> R) -> R {
         f(&mut crate::sync::lock(&self.inner.metadata))
+    }
+
+    /// Notes the token the worker running this delivery cancels when it
+    /// starts to shut down.
+    pub(crate) fn set_worker_stop(&self, stop: &CancellationToken) {
+        let _ = self.inner.worker_stop.set(stop.clone());
+    }
+
+    /// The token of [`Context::set_worker_stop`], if any.
+    pub(crate) fn worker_stop(&self) -> Option<&CancellationToken> {
+        self.inner.worker_stop.get()
     }
 
     /// Takes the writes that go with this delivery's settlement.

@@ -217,6 +217,22 @@ impl Failure {
         }
     }
 
+    /// `n` failures alike, for the messages of a batch that failed as a
+    /// whole: this one's record (captured now, within the default limits),
+    /// kind and retry wish, and which of `types` the error was.
+    pub(crate) fn spread(mut self, n: usize, types: &[ErrorType]) -> Vec<Failure> {
+        self.note_types(types);
+        let record = self.record().clone();
+        (0..n)
+            .map(|_| Failure {
+                kind: self.kind,
+                retry: self.retry,
+                state: FailureState::Captured(Box::new(record.clone())),
+                matched: self.matched.clone(),
+            })
+            .collect()
+    }
+
     /// The bounded record of this failure, captured with the default limits
     /// if it was not captured yet.
     pub fn record(&mut self) -> &ErrorRecord {

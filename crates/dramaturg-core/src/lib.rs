@@ -22,6 +22,7 @@
 
 pub mod actor;
 mod app;
+pub mod batch;
 mod bounded;
 pub mod broker;
 mod browse;

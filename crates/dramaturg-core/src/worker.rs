@@ -524,6 +524,7 @@ impl Worker {
             );
         }
         let prefetch = self.prefetch.unwrap_or(self.concurrency);
+        crate::batch::warn_small_slots(&self.app, &queues, self.concurrency, prefetch);
         let shared = Arc::new(Shared {
             permits: Arc::new(Semaphore::new(self.concurrency)),
             tasks: TaskTracker::new(),
@@ -865,6 +866,7 @@ async fn run_message(shared: &Shared, message: Message, redelivered: bool, lease
     }
     let options = app.options_for(&message);
     let ctx = Context::new(message, options, app.clone(), redelivered);
+    ctx.set_worker_stop(&shared.stop);
     let job = if actor.isolated() {
         actor.child_args(app.encoder(), &ctx.message().args).map(|args| shared.children.job(ctx.clone(), args))
     } else {

@@ -7,7 +7,7 @@ use syn::{DeriveInput, Expr, Lit, LitBool, LitInt, Path, Type};
 /// The keys `#[actor(...)]` accepts, for error messages.
 const KEYS: &str = "name, queue, output, max_retries, min_backoff, max_backoff, time_limit, idle_timeout, \
                     max_age, priority, blocking, isolated, abortable, store_results, result_ttl, handler, \
-                    on_success, on_failure, on_retry_exhausted, rate_limit, concurrency, limit_key, option(...)";
+                    on_success, on_failure, on_retry_exhausted, rate_limit, concurrency, limit_key, batch(...), option(...)";
 
 /// An attribute value together with where it was written.
 pub(crate) struct Spanned<T> {
@@ -45,6 +45,15 @@ pub(crate) struct Attrs {
     pub(crate) output: Option<Spanned<Type>>,
     /// `option(key = value, ...)`: options of other middleware, in order.
     pub(crate) options: Vec<(syn::Ident, Expr)>,
+    /// `batch(max = 100, wait = "200ms")`: a batch actor.
+    pub(crate) batch: Option<Spanned<BatchAttr>>,
+}
+
+/// `batch(max = …, wait = "…")` as written.
+#[derive(Default)]
+pub(crate) struct BatchAttr {
+    pub(crate) max: Option<Spanned<u64>>,
+    pub(crate) wait: Option<Spanned<String>>,
 }
 
 /// The actor a callback option names.
@@ -76,6 +85,7 @@ pub(crate) fn parse(input: &DeriveInput) -> syn::Result<Attrs> {
                 "on_retry_exhausted" => set(&meta, &mut attrs.on_retry_exhausted, callback(&meta, &key)?),
                 "output" => set(&meta, &mut attrs.output, output(&meta)?),
                 "option" => options(&meta, &mut attrs.options),
+                "batch" => set(&meta, &mut attrs.batch, batch(&meta)?),
                 "max_age" => set(&meta, &mut attrs.max_age, duration(&meta, &key)?),
                 "max_retries" => set(&meta, &mut attrs.max_retries, integer(&meta, &key, "0 to 4294967295")?),
                 "priority" => set(&meta, &mut attrs.priority, integer(&meta, &key, "0 to 255")?),
@@ -158,6 +168,25 @@ fn options(meta: &ParseNestedMeta<'_>, options: &mut Vec<(syn::Ident, Expr)>) ->
         options.push((key, value.parse()?));
         Ok(())
     })
+}
+
+/// `batch(max = 100, wait = "200ms")`.
+fn batch(meta: &ParseNestedMeta<'_>) -> syn::Result<Spanned<BatchAttr>> {
+    const EXAMPLE: &str = "batch(max = 100, wait = \"200ms\")";
+    let span = meta.path.get_ident().map_or_else(Span::call_site, syn::Ident::span);
+    if !meta.input.peek(syn::token::Paren) {
+        return Err(meta.error(format_args!("`batch` takes a list, like {EXAMPLE}")));
+    }
+    let mut batch = BatchAttr::default();
+    meta.parse_nested_meta(|inner| {
+        let key = inner.path.get_ident().map(ToString::to_string).unwrap_or_default();
+        match key.as_str() {
+            "max" => set(&inner, &mut batch.max, integer(&inner, "max", "1 to 18446744073709551615")?),
+            "wait" => set(&inner, &mut batch.wait, duration(&inner, "wait")?),
+            _ => Err(inner.error(format_args!("unknown batch setting; expected max and wait, like {EXAMPLE}"))),
+        }
+    })?;
+    Ok(Spanned { value: batch, span })
 }
 
 fn duration(meta: &ParseNestedMeta<'_>, key: &str) -> syn::Result<Spanned<String>> {

@@ -57,7 +57,9 @@ pub(crate) fn actor_impl(input: &DeriveInput, actor: &Actor) -> TokenStream {
     let output = actor.output.as_ref().map_or_else(|| quote!(()), |ty| quote!(#ty));
     let setters = setters.iter().flatten();
     // Errors about the handler (missing, wrong signature) point at the type.
-    let job = if *blocking {
+    let job = if actor.batch.is_some() {
+        quote!(#private::batch::submit::<Self>(self, ctx))
+    } else if *blocking {
         quote_spanned! {ident.span()=>
             #private::run_blocking(ctx, move |ctx| #private::into_job_result::<Self, _>(#ident::#handler(self, ctx)))
         }
@@ -74,8 +76,32 @@ pub(crate) fn actor_impl(input: &DeriveInput, actor: &Actor) -> TokenStream {
             #private::inventory::submit! { #private::IsolatedActor::of::<#ident>() }
         }
     });
+    let (batch_const, batch_impl) = match actor.batch {
+        Some((max, wait_ms)) => {
+            let max = usize::try_from(max).unwrap_or(usize::MAX);
+            (
+                Some(quote! {
+                    const BATCH: ::core::option::Option<#private::batch::BatchLimits> = ::core::option::Option::Some(
+                        #private::batch::BatchLimits::new(#max, ::core::time::Duration::from_millis(#wait_ms)),
+                    );
+                }),
+                Some(quote_spanned! {ident.span()=>
+                    #[automatically_derived]
+                    impl #private::batch::BatchActor for #ident {
+                        fn perform_batch(batch: #private::batch::Batch<Self>) -> #private::batch::BatchJob {
+                            ::std::boxed::Box::pin(async move {
+                                #private::batch::into_batch_result(#private::async_handler(#ident::#handler(batch)).await)
+                            })
+                        }
+                    }
+                }),
+            )
+        }
+        None => (None, None),
+    };
     quote! {
         #register
+        #batch_impl
 
         #[automatically_derived]
         impl #private::Actor for #ident {
@@ -84,6 +110,7 @@ pub(crate) fn actor_impl(input: &DeriveInput, actor: &Actor) -> TokenStream {
             const BLOCKING: bool = #blocking;
             const ISOLATED: bool = #isolated;
             type Output = #output;
+            #batch_const
 
             fn options() -> #private::Options {
                 let options = #private::Options::default();

@@ -3,7 +3,7 @@
 use proc_macro2::Span;
 use syn::{Data, DeriveInput, Ident};
 
-use crate::attr::{Attrs, Callback, Spanned};
+use crate::attr::{Attrs, BatchAttr, Callback, Spanned};
 use crate::duration::parse_millis;
 
 /// Everything the expansion needs, checked.
@@ -34,7 +34,12 @@ pub(crate) struct Actor {
     pub(crate) options: Vec<(Ident, syn::Expr)>,
     /// The rate-limits middleware's options, as (option name, value).
     pub(crate) limits: Vec<(&'static str, Limit)>,
+    /// A batch actor's `max` and `wait` (in milliseconds).
+    pub(crate) batch: Option<(u64, u64)>,
 }
+
+/// How long a batch waits for more messages when `wait` is not given.
+const DEFAULT_BATCH_WAIT_MS: u64 = 100;
 
 /// A value of one of the rate-limits middleware's options.
 pub(crate) enum Limit {
@@ -52,6 +57,7 @@ pub(crate) fn check(input: &DeriveInput, attrs: Attrs) -> syn::Result<Actor> {
             "an actor cannot be generic: its name and argument type must be fixed",
         ));
     }
+    let batch = batch(&attrs)?;
     let name = non_empty(attrs.name, "name")?.unwrap_or_else(|| snake_case(&input.ident.to_string()));
     let queue = non_empty(attrs.queue, "queue")?.unwrap_or_else(|| "default".to_owned());
     let handler = match attrs.handler {
@@ -84,6 +90,7 @@ pub(crate) fn check(input: &DeriveInput, attrs: Attrs) -> syn::Result<Actor> {
     }
     let limits = limits(input, attrs.rate_limit, attrs.concurrency, attrs.limit_key)?;
     Ok(Actor {
+        batch,
         limits,
         name,
         queue,
@@ -104,6 +111,34 @@ pub(crate) fn check(input: &DeriveInput, attrs: Attrs) -> syn::Result<Actor> {
         options: attrs.options,
         max_age_ms: millis(attrs.max_age)?.map(|d| d.value),
     })
+}
+
+/// Checks `batch(...)`: a `max` of at least 1, a `wait` longer than zero,
+/// and nothing that a batch actor cannot be.
+fn batch(attrs: &Attrs) -> syn::Result<Option<(u64, u64)>> {
+    let Some(Spanned { value: BatchAttr { max, wait }, span }) = &attrs.batch else { return Ok(None) };
+    let Some(max) = max else {
+        return Err(syn::Error::new(*span, "`batch` needs a `max`, like batch(max = 100, wait = \"200ms\")"));
+    };
+    if max.value == 0 {
+        return Err(syn::Error::new(max.span, "`batch(max)` must be at least 1"));
+    }
+    let wait =
+        positive(millis(wait.as_ref().map(|w| Spanned { value: w.value.clone(), span: w.span }))?, "batch(wait)")?;
+    let conflicts = [
+        (attrs.blocking.as_ref().filter(|b| b.value).map(|b| b.span), "blocking"),
+        (attrs.isolated.as_ref().filter(|b| b.value).map(|b| b.span), "isolated"),
+        (attrs.output.as_ref().map(|o| o.span), "output"),
+    ];
+    if let Some((span, key)) = conflicts.into_iter().find_map(|(span, key)| span.map(|s| (s, key))) {
+        return Err(syn::Error::new(
+            span,
+            format_args!(
+                "a batch actor cannot take `{key}`: its handler is async and takes the whole batch, and its output is `()`"
+            ),
+        ));
+    }
+    Ok(Some((max.value, wait.unwrap_or(DEFAULT_BATCH_WAIT_MS))))
 }
 
 fn non_empty(value: Option<Spanned<String>>, key: &str) -> syn::Result<Option<String>> {

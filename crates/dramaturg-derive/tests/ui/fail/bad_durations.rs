@@ -2,7 +2,7 @@ use dramaturg::prelude::*;
 use serde::{Deserialize, Serialize};
 
 #[derive(Actor, Serialize, Deserialize)]
-#[actor(time_limit = "30 seconds")]
+#[actor(time_limit = "30 parsecs")]
 struct BadUnit;
 
 #[derive(Actor, Serialize, Deserialize)]

@@ -20,10 +20,10 @@ pub use dramaturg_core::{
     Controls, DeadLetter, DeadLetterView, DeadLetters, DeclaredOption, DecodedMessage, Delivery, Encoder, EnqueueError,
     ErrorRecord, ErrorType, Fail, Failure, FailureKind, Interrupted, Interruption, Job, Json, MemoryBroker,
     MemoryStore, Message, MessageId, MessagePack, Metadata, Middleware, MissingState, Next, NextAttempt, OptionError,
-    OptionKey, Options, Outcome, Outgoing, Output, ParseMessageIdError, Protocol, QueueAdmin, QueueStats, Receipt,
-    RecordLimits, Remote, Replay, ReplayError, ReplayReport, ReplayRetries, Retry, SendClaim, SendOptions, Sent,
-    SettleError, Settled, Settlement, ShutdownHandle, State, Store, StoreError, StoreErrorKind, Worker, WorkerError,
-    WorkerGauges, WorkerInfo, WorkerReport, DEFAULT_MAX_MESSAGE_SIZE, ETA,
+    OptionKey, Options, Outcome, Outgoing, Output, ParseMessageIdError, Protocol, QueueAdmin, QueueOptions, QueueOrder,
+    QueueStats, Receipt, RecordLimits, Remote, Replay, ReplayError, ReplayReport, ReplayRetries, Retry, SendClaim,
+    SendOptions, Sent, SettleError, Settled, Settlement, ShutdownHandle, State, Store, StoreError, StoreErrorKind,
+    Worker, WorkerConfigError, WorkerError, WorkerGauges, WorkerInfo, WorkerReport, DEFAULT_MAX_MESSAGE_SIZE, ETA,
 };
 pub use dramaturg_core::{isolation, store, sync, time};
 pub use dramaturg_error_capture as error_capture;

@@ -50,6 +50,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
+use tokio::sync::mpsc::{Receiver, Sender};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -396,11 +397,11 @@ impl Worker {
     }
 
     /// Lets each queue's consumer hold at most `n` deliveries not yet
-    /// settled, running or fetched and waiting for a slot (default: one
-    /// more than the queue can run at once, so that it has one ready when
-    /// a slot frees). A queue with a limit of its own
-    /// ([`QueueOptions::concurrency`]) holds at most that limit plus one,
-    /// whatever `n`. Zero is refused when the worker starts
+    /// settled, running or fetched and waiting for a slot (default: two
+    /// more than the queue can run at once: one ready for the next free
+    /// slot, and the one after it, fetched meanwhile). A queue with a limit
+    /// of its own ([`QueueOptions::concurrency`]) holds at most that limit
+    /// plus two, whatever `n`. Zero is refused when the worker starts
     /// ([`WorkerConfigError::ZeroPrefetch`]).
     #[must_use]
     pub fn prefetch(mut self, n: usize) -> Self {
@@ -695,14 +696,63 @@ impl Worker {
     }
 }
 
-/// Feeds one queue's deliveries to processing tasks: takes a permit of the
-/// queue's own limit (if it has one), then a delivery, then a slot of the
-/// worker's concurrency from the arbiter.
-async fn pump(shared: Arc<Shared>, mut consumer: Box<dyn Consumer>, lane: Lane) {
-    let queue = &lane.name;
+/// Feeds one queue's deliveries to processing tasks: a fetcher takes them
+/// from the consumer into a one-place channel, and the claimer takes each
+/// from there, with a permit of the queue's own limit (if it has one) and a
+/// slot of the worker's concurrency from the arbiter. The fetcher works
+/// while the claimer waits for a slot, so that a queue with a backlog is
+/// ready again as soon as its slot came: were the next delivery fetched
+/// only then, a queue that just won a slot would be out of the running for
+/// the next one whenever jobs are about as quick as a fetch, and the
+/// weights would not hold.
+async fn pump(shared: Arc<Shared>, consumer: Box<dyn Consumer>, lane: Lane) {
+    let (ready, fetched) = tokio::sync::mpsc::channel(1);
+    tokio::join!(fetch(&shared, consumer, &lane.name, ready), claim(&shared, &lane, fetched));
+}
+
+/// Fetches the queue's deliveries into `ready`, a place first and then a
+/// delivery, until shutdown; then closes the consumer.
+async fn fetch(shared: &Shared, mut consumer: Box<dyn Consumer>, queue: &str, ready: Sender<Delivery>) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        // At its limit, a queue fetches nothing until one of its messages ends.
+        let place = tokio::select! {
+            biased;
+            () = shared.stop.cancelled() => break,
+            place = ready.reserve() => match place {
+                Ok(place) => place,
+                Err(_) => break,
+            },
+        };
+        let next = tokio::select! {
+            biased;
+            () = shared.stop.cancelled() => break,
+            next = consumer.next() => next,
+        };
+        match next {
+            Ok(delivery) => {
+                backoff = Duration::from_millis(100);
+                place.send(delivery);
+            }
+            Err(error) => {
+                tracing::warn!(%queue, %error, retry_in = ?backoff, "cannot consume; retrying");
+                tokio::select! {
+                    () = shared.stop.cancelled() => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(MAX_CONSUME_BACKOFF);
+            }
+        }
+    }
+    if let Err(error) = consumer.close().await {
+        tracing::warn!(%queue, %error, "could not return prefetched messages; the broker will redeliver them");
+    }
+}
+
+/// Starts the fetched deliveries of `lane` as permits and slots allow,
+/// until shutdown; then returns what was fetched and not started.
+async fn claim(shared: &Arc<Shared>, lane: &Lane, mut fetched: Receiver<Delivery>) {
+    loop {
+        // At its limit, a queue starts nothing until one of its messages ends.
         let own = match &lane.limit {
             None => None,
             Some(limit) => tokio::select! {
@@ -714,40 +764,35 @@ async fn pump(shared: Arc<Shared>, mut consumer: Box<dyn Consumer>, lane: Lane) 
                 },
             },
         };
-        let next = tokio::select! {
+        let delivery = tokio::select! {
             biased;
             () = shared.stop.cancelled() => break,
-            next = consumer.next() => next,
-        };
-        let delivery = match next {
-            Ok(delivery) => {
-                backoff = Duration::from_millis(100);
-                delivery
-            }
-            Err(error) => {
-                tracing::warn!(%queue, %error, retry_in = ?backoff, "cannot consume; retrying");
-                tokio::select! {
-                    () = shared.stop.cancelled() => break,
-                    () = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(MAX_CONSUME_BACKOFF);
-                continue;
-            }
+            delivery = fetched.recv() => match delivery {
+                Some(delivery) => delivery,
+                None => break,
+            },
         };
         let slot = tokio::select! {
             biased;
             () = shared.stop.cancelled() => {
-                // Fetched but never started: returned, not counted.
-                settle(&shared, delivery, Settling::plain(Settlement::Requeue, Count::Requeued)).await;
+                requeue_unstarted(shared, delivery).await;
                 break;
             }
             slot = shared.arbiter.slot(lane.index) => slot,
         };
-        shared.tasks.spawn(process(Arc::clone(&shared), delivery, Permits::new(slot, own)));
+        shared.tasks.spawn(process(Arc::clone(shared), delivery, Permits::new(slot, own)));
     }
-    if let Err(error) = consumer.close().await {
-        tracing::warn!(%queue, %error, "could not return prefetched messages; the broker will redeliver them");
+    // The fetcher stops too; what it fetched goes back.
+    fetched.close();
+    while let Some(delivery) = fetched.recv().await {
+        requeue_unstarted(shared, delivery).await;
     }
+}
+
+/// Returns a delivery fetched but never started to its queue, at
+/// shutdown: not counted.
+async fn requeue_unstarted(shared: &Shared, delivery: Delivery) {
+    settle(shared, delivery, Settling::plain(Settlement::Requeue, Count::Requeued)).await;
 }
 
 /// How a delivery is to be settled, and counted once it is.

@@ -35,9 +35,9 @@ impl QueueOptions {
 
     /// Runs at most `n` messages of this queue at once, within the worker's
     /// own [concurrency](super::Worker::concurrency) (which still bounds
-    /// all queues together). The queue's consumer then holds at most `n + 1`
-    /// deliveries not yet settled: the `n` running and one ready for the
-    /// next free slot. Zero is refused when the worker starts
+    /// all queues together). The queue's consumer then holds at most `n + 2`
+    /// deliveries not yet settled: the `n` running, one ready for the next
+    /// free slot, and the next one. Zero is refused when the worker starts
     /// ([`WorkerConfigError::ZeroConcurrency`]).
     #[must_use]
     pub fn concurrency(mut self, n: usize) -> Self {
@@ -118,6 +118,10 @@ fn which(queue: Option<&str>) -> String {
     }
 }
 
+/// How many deliveries a queue holds fetched and not started, at most: one
+/// waiting for a slot, and the next.
+const UNSTARTED: usize = 2;
+
 /// One consumed queue as the worker runs it.
 #[derive(Debug)]
 pub(super) struct Lane {
@@ -151,12 +155,13 @@ pub(super) struct Settings<'a> {
 
 /// Checks the settings and lays out the consumed `queues`, in order.
 ///
-/// A queue's prefetch is one more than it can run at once (the worker's
+/// A queue's prefetch is two more than it can run at once (the worker's
 /// concurrency, or its own limit if lower), unless the worker's prefetch
 /// is set; a queue of its own limit never holds more than that limit plus
-/// one. The one extra delivery is the queue's ready one: a queue whose
-/// consumer holds only what runs has nothing ready when a slot frees, and
-/// would lose every free slot to the other queues.
+/// two. The two extra deliveries are the queue's ready one, waiting for a
+/// slot, and the next, fetched meanwhile: a queue whose consumer holds
+/// only what runs has nothing ready when a slot frees, and would lose
+/// every free slot to the other queues.
 pub(super) fn lanes(queues: Vec<String>, settings: &Settings<'_>) -> Result<Vec<Lane>, WorkerConfigError> {
     if settings.concurrency == 0 {
         return Err(WorkerConfigError::ZeroConcurrency { queue: None });
@@ -191,9 +196,9 @@ pub(super) fn lanes(queues: Vec<String>, settings: &Settings<'_>) -> Result<Vec<
             }
             let runs = options.concurrency.map_or(settings.concurrency, |n| n.min(settings.concurrency));
             let prefetch = match (settings.prefetch, options.concurrency) {
-                (Some(prefetch), Some(limit)) => prefetch.min(limit + 1),
+                (Some(prefetch), Some(limit)) => prefetch.min(limit + UNSTARTED),
                 (Some(prefetch), None) => prefetch,
-                (None, _) => runs + 1,
+                (None, _) => runs + UNSTARTED,
             };
             let limit = options.concurrency.map(|n| Arc::new(Semaphore::new(n)));
             Ok(Lane { index, name, limit, prefetch, weight })
@@ -215,17 +220,17 @@ mod tests {
     }
 
     #[test]
-    fn prefetch_is_what_a_queue_can_run_plus_one_ready() {
+    fn prefetch_is_what_a_queue_can_run_plus_two_unstarted() {
         let options = [("reports".to_owned(), QueueOptions::new().concurrency(2).weight(3))];
         let settings = Settings { concurrency: 8, prefetch: None, order: QueueOrder::Weighted, options: &options };
         let lanes = lanes(queues(), &settings).unwrap();
-        assert_eq!((lanes[0].prefetch, lanes[0].weight, lanes[0].limit.is_none()), (9, 1, true));
-        assert_eq!((lanes[1].prefetch, lanes[1].weight), (3, 3));
+        assert_eq!((lanes[0].prefetch, lanes[0].weight, lanes[0].limit.is_none()), (10, 1, true));
+        assert_eq!((lanes[1].prefetch, lanes[1].weight), (4, 3));
         assert_eq!(lanes[1].limit.as_ref().unwrap().available_permits(), 2);
-        // An explicit prefetch applies, but not beyond a queue's own limit plus one.
+        // An explicit prefetch applies, but not beyond a queue's own limit plus two.
         let settings = Settings { concurrency: 8, prefetch: Some(50), order: QueueOrder::Weighted, options: &options };
         let lanes = super::lanes(queues(), &settings).unwrap();
-        assert_eq!((lanes[0].prefetch, lanes[1].prefetch), (50, 3));
+        assert_eq!((lanes[0].prefetch, lanes[1].prefetch), (50, 4));
     }
 
     #[test]

@@ -143,8 +143,8 @@ async fn strict_order_runs_the_first_queue_first(app: App, probe: &Probe) {
 /// in four are of the first queue.
 async fn weights_share_the_slots(app: App, probe: &Probe) {
     let (flood, other) = (app.queues()[FLOOD].clone(), app.queues()[OTHER].clone());
-    app.send_many(&(0..600).map(|_| Flood { millis: 10 }).collect::<Vec<_>>()).await.unwrap();
-    app.send_many(&(0..600).map(|_| Other { millis: 10 }).collect::<Vec<_>>()).await.unwrap();
+    app.send_many(&(0..600).map(|_| Flood { millis: 20 }).collect::<Vec<_>>()).await.unwrap();
+    app.send_many(&(0..600).map(|_| Other { millis: 20 }).collect::<Vec<_>>()).await.unwrap();
     let worker = Worker::new(app.clone())
         .concurrency(2)
         .queue(flood, QueueOptions::new().weight(3))

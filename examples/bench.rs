@@ -89,7 +89,8 @@
 //!   slots, default queue settings (weighted order, weight 1 each, no
 //!   limit of its own: the flood may take every slot); once it runs, 20
 //!   messages are sent to the other queue 25 ms apart, and each one's wait
-//!   from its send to its start is taken. Then a second worker with the
+//!   from its send to its start is taken (and, for comparison, the same on
+//!   the idle worker before the flood: `idle_wait_ms_*`). Then a second worker with the
 //!   flooded queue limited to a quarter of the slots, and 2,000 more 10 ms
 //!   jobs on the other queue, for a second: the most of each queue that
 //!   ran at once. Last line: JSON with `other_wait_ms_p50`,
@@ -1098,6 +1099,28 @@ impl OtherJob {
     }
 }
 
+/// Sends `count` messages to the other queue 25 ms apart; returns their
+/// waits from send to start, in µs, sorted.
+async fn fair_probes(app: &App, count: usize) -> Result<Vec<u64>, BoxError> {
+    FAIR_WAITS_US.lock().map_err(|_| "poisoned")?.clear();
+    for _ in 0..count {
+        OtherJob { sent_us: unix_micros(), millis: 0 }.send(app).await?;
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut waits = FAIR_WAITS_US.lock().map_err(|_| "poisoned")?.clone();
+        if waits.len() >= count {
+            waits.sort_unstable();
+            return Ok(waits);
+        }
+        if Instant::now() > deadline {
+            return Err("the other queue's messages did not start within 30 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 async fn fairness(args: &Args) -> Result<(), BoxError> {
     const PROBES: usize = 20;
     let messages = args.messages.unwrap_or(100_000);
@@ -1114,6 +1137,14 @@ async fn fairness(args: &Args) -> Result<(), BoxError> {
     };
     // What an interrupted run may have left.
     purge().await?;
+
+    // Default settings: the flood may take every slot.
+    let worker = Worker::new(app.clone()).concurrency(concurrency);
+    let shutdown = worker.shutdown_handle();
+    let running = tokio::spawn(worker.run());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The other queue's wait on an idle worker first: what a wait is at best.
+    let idle = fair_probes(&app, PROBES).await?;
     let mut sent = 0;
     while sent < messages {
         let batch: Vec<FloodJob> =
@@ -1121,32 +1152,16 @@ async fn fairness(args: &Args) -> Result<(), BoxError> {
         sent += batch.len() as u64;
         app.send_many(&batch).await?;
     }
-
-    // Default settings: the flood may take every slot.
-    let worker = Worker::new(app.clone()).concurrency(concurrency);
-    let shutdown = worker.shutdown_handle();
-    let running = tokio::spawn(worker.run());
     tokio::time::sleep(Duration::from_millis(200)).await;
-    for _ in 0..PROBES {
-        OtherJob { sent_us: unix_micros(), millis: 0 }.send(&app).await?;
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while FAIR_WAITS_US.lock().map_err(|_| "poisoned")?.len() < PROBES {
-        if Instant::now() > deadline {
-            return Err("the other queue's messages did not start within 30 s".into());
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    let waits = fair_probes(&app, PROBES).await?;
     let flood_ready = app.stats(&flood).await?.ready;
     shutdown.shutdown();
     running.await??;
     if flood_ready == 0 {
         return Err("the flood was drained before the last probe started: use more --messages".into());
     }
-    let mut waits = FAIR_WAITS_US.lock().map_err(|_| "poisoned")?.clone();
-    waits.sort_unstable();
     let (wait_p50, wait_max) = (percentile(&waits, 0.5), percentile(&waits, 1.0));
+    let (idle_p50, idle_max) = (percentile(&idle, 0.5), percentile(&idle, 1.0));
 
     // The flooded queue limited to a quarter of the slots, the other busy too.
     let limit = (concurrency / 4).max(1);
@@ -1173,9 +1188,10 @@ async fn fairness(args: &Args) -> Result<(), BoxError> {
     println!(
         "other queue: send to start p50 {wait_p50:.1} ms, max {wait_max:.1} ms ({PROBES} messages; one job is {FAIR_JOB_MS} ms); {flood_ready} of the flood still ready"
     );
+    println!("on the idle worker before the flood: p50 {idle_p50:.1} ms, max {idle_max:.1} ms");
     println!("limit {limit} on the flood: at most {flood_max} of it and {other_max} of the other queue ran at once");
     println!(
-        "{{\"scenario\":\"fairness\",\"broker\":\"{broker_name}\",\"messages\":{messages},\"concurrency\":{concurrency},\"job_ms\":{FAIR_JOB_MS},\"other_wait_ms_p50\":{wait_p50:.1},\"other_wait_ms_max\":{wait_max:.1},\"flood_ready\":{flood_ready},\"limit\":{limit},\"flood_max_running\":{flood_max},\"other_max_running\":{other_max}}}"
+        "{{\"scenario\":\"fairness\",\"broker\":\"{broker_name}\",\"messages\":{messages},\"concurrency\":{concurrency},\"job_ms\":{FAIR_JOB_MS},\"other_wait_ms_p50\":{wait_p50:.1},\"other_wait_ms_max\":{wait_max:.1},\"idle_wait_ms_p50\":{idle_p50:.1},\"idle_wait_ms_max\":{idle_max:.1},\"flood_ready\":{flood_ready},\"limit\":{limit},\"flood_max_running\":{flood_max},\"other_max_running\":{other_max}}}"
     );
     Ok(())
 }

@@ -251,7 +251,7 @@ pub enum WorkerError {
     /// [`WorkerError::exit_code`] (130).
     #[error("a second shutdown signal: stopped at once")]
     Forced,
-    /// The worker's task failed (it panicked).
+    /// The worker's own task failed (it panicked).
     #[error("the worker task failed: {0}")]
     Task(String),
     /// A setting cannot work (a concurrency or weight of zero, settings

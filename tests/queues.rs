@@ -70,16 +70,15 @@ impl Flood {
     }
 }
 
-/// A message of the second queue: naps `millis`.
+/// A message of the second queue: naps its milliseconds.
 #[derive(Actor, Serialize, Deserialize)]
 #[actor(queue = "other", max_retries = 0)]
-struct Other {
-    millis: u64,
-}
+struct Other(u64);
 
 impl Other {
     async fn perform(self, ctx: &Context) -> Result<(), BoxError> {
-        ctx.state::<Arc<Probe>>()?.run(OTHER, self.millis).await;
+        let probe = ctx.state::<Arc<Probe>>()?;
+        probe.run(OTHER, self.0).await;
         Ok(())
     }
 }
@@ -107,7 +106,7 @@ async fn finish(app: &App, (handle, running): Running) {
 async fn a_queue_limit_holds_while_another_queue_uses_the_rest(app: App, probe: &Probe) {
     let flood = app.queues()[FLOOD].clone();
     app.send_many(&(0..20).map(|_| Flood { millis: 50 }).collect::<Vec<_>>()).await.unwrap();
-    app.send_many(&(0..40).map(|_| Other { millis: 50 }).collect::<Vec<_>>()).await.unwrap();
+    app.send_many(&(0..40).map(|_| Other(50)).collect::<Vec<_>>()).await.unwrap();
     let report = Worker::new(app)
         .concurrency(8)
         .queue(flood, QueueOptions::new().concurrency(2))
@@ -130,7 +129,7 @@ async fn strict_order_runs_the_first_queue_first(app: App, probe: &Probe) {
     // A slow first message holds the one slot while both queues fill.
     Flood { millis: 600 }.send(&app).await.unwrap();
     wait_for("the first message to start", Duration::from_secs(10), || probe.order().len() == 1).await;
-    app.send_many(&(0..8).map(|_| Other { millis: 100 }).collect::<Vec<_>>()).await.unwrap();
+    app.send_many(&(0..8).map(|_| Other(100)).collect::<Vec<_>>()).await.unwrap();
     app.send_many(&(0..8).map(|_| Flood { millis: 100 }).collect::<Vec<_>>()).await.unwrap();
     wait_for("every message to start", Duration::from_secs(30), || probe.order().len() == 17).await;
     app.join(Duration::from_secs(10)).await.unwrap();
@@ -144,7 +143,7 @@ async fn strict_order_runs_the_first_queue_first(app: App, probe: &Probe) {
 async fn weights_share_the_slots(app: App, probe: &Probe) {
     let (flood, other) = (app.queues()[FLOOD].clone(), app.queues()[OTHER].clone());
     app.send_many(&(0..600).map(|_| Flood { millis: 20 }).collect::<Vec<_>>()).await.unwrap();
-    app.send_many(&(0..600).map(|_| Other { millis: 20 }).collect::<Vec<_>>()).await.unwrap();
+    app.send_many(&(0..600).map(|_| Other(20)).collect::<Vec<_>>()).await.unwrap();
     let worker = Worker::new(app.clone())
         .concurrency(2)
         .queue(flood, QueueOptions::new().weight(3))
@@ -170,7 +169,7 @@ async fn a_flood_does_not_starve_another_queue(app: App, probe: &Probe) {
     let running = start(Worker::new(app.clone()).concurrency(4));
     wait_for("the flood to run", Duration::from_secs(30), || probe.order().len() >= 20).await;
     let sent = Instant::now();
-    Other { millis: 0 }.send(&app).await.unwrap();
+    Other(0).send(&app).await.unwrap();
     wait_for("the other queue's message to start", Duration::from_secs(30), || probe.order().contains(&OTHER)).await;
     let stats = app.stats(&flood).await.unwrap();
     let (started, waited) = {
@@ -185,7 +184,7 @@ async fn a_flood_does_not_starve_another_queue(app: App, probe: &Probe) {
 }
 
 /// Settings that cannot work: a typed error, and nothing consumed.
-async fn settings_that_cannot_work_are_refused(app: App) {
+async fn settings_that_cannot_work_are_refused(app: App, _probe: &Probe) {
     let flood = app.queues()[FLOOD].clone();
     Flood { millis: 0 }.send(&app).await.unwrap();
     let refused = |worker: Worker| async move {
@@ -213,39 +212,25 @@ async fn settings_that_cannot_work_are_refused(app: App) {
     app.admin().unwrap().purge(&flood).await.unwrap();
 }
 
-/// Each test's own app, its probe as app state.
+/// The tests above on one broker: each with its own app (from `$app`),
+/// its probe as app state.
 macro_rules! broker_tests {
     ($app:path) => {
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn a_queue_limit_holds_while_another_queue_uses_the_rest() {
-            let probe = Arc::new(Probe::default());
-            super::a_queue_limit_holds_while_another_queue_uses_the_rest($app(&probe).await, &probe).await;
-        }
-
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn strict_order_runs_the_first_queue_first() {
-            let probe = Arc::new(Probe::default());
-            super::strict_order_runs_the_first_queue_first($app(&probe).await, &probe).await;
-        }
-
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn weights_share_the_slots() {
-            let probe = Arc::new(Probe::default());
-            super::weights_share_the_slots($app(&probe).await, &probe).await;
-        }
-
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn a_flood_does_not_starve_another_queue() {
-            let probe = Arc::new(Probe::default());
-            super::a_flood_does_not_starve_another_queue($app(&probe).await, &probe).await;
-        }
-
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn settings_that_cannot_work_are_refused() {
-            let probe = Arc::new(Probe::default());
-            super::settings_that_cannot_work_are_refused($app(&probe).await).await;
-        }
+        broker_tests!(@each $app:
+            a_queue_limit_holds_while_another_queue_uses_the_rest,
+            strict_order_runs_the_first_queue_first,
+            weights_share_the_slots,
+            a_flood_does_not_starve_another_queue,
+            settings_that_cannot_work_are_refused
+        );
     };
+    (@each $app:path: $($test:ident),*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $test() {
+            let probe = Arc::new(Probe::default());
+            super::$test($app(&probe).await, &probe).await;
+        }
+    )*};
 }
 
 #[cfg(feature = "redis")]

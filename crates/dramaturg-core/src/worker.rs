@@ -397,11 +397,12 @@ impl Worker {
     }
 
     /// Lets each queue's consumer hold at most `n` deliveries not yet
-    /// settled, running or fetched and waiting for a slot (default: two
-    /// more than the queue can run at once: one ready for the next free
-    /// slot, and the one after it, fetched meanwhile). A queue with a limit
-    /// of its own ([`QueueOptions::concurrency`]) holds at most that limit
-    /// plus two, whatever `n`. Zero is refused when the worker starts
+    /// settled, running or fetched and waiting for a slot (default: what
+    /// the queue can run at once; with several queues, two more: one ready
+    /// for the next free slot, and the one after it, fetched meanwhile, so
+    /// that the queue order holds). A queue with a limit of its own
+    /// ([`QueueOptions::concurrency`]) holds at most that limit (plus two
+    /// with several queues), whatever `n`. Zero is refused when the worker starts
     /// ([`WorkerConfigError::ZeroPrefetch`]).
     #[must_use]
     pub fn prefetch(mut self, n: usize) -> Self {

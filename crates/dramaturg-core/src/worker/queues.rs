@@ -36,8 +36,8 @@ impl QueueOptions {
     /// Runs at most `n` messages of this queue at once, within the worker's
     /// own [concurrency](super::Worker::concurrency) (which still bounds
     /// all queues together). The queue's consumer then holds at most `n + 2`
-    /// deliveries not yet settled: the `n` running, one ready for the next
-    /// free slot, and the next one. Zero is refused when the worker starts
+    /// deliveries not yet settled (`n` if it is the worker's only queue):
+    /// the `n` running, one ready for the next free slot, and the next one. Zero is refused when the worker starts
     /// ([`WorkerConfigError::ZeroConcurrency`]).
     #[must_use]
     pub fn concurrency(mut self, n: usize) -> Self {
@@ -118,8 +118,8 @@ fn which(queue: Option<&str>) -> String {
     }
 }
 
-/// How many deliveries a queue holds fetched and not started, at most: one
-/// waiting for a slot, and the next.
+/// How many deliveries a queue of a worker of several queues holds fetched
+/// and not started, at most: one waiting for a slot, and the next.
 const UNSTARTED: usize = 2;
 
 /// One consumed queue as the worker runs it.
@@ -155,13 +155,15 @@ pub(super) struct Settings<'a> {
 
 /// Checks the settings and lays out the consumed `queues`, in order.
 ///
-/// A queue's prefetch is two more than it can run at once (the worker's
+/// A queue's prefetch is what it can run at once (the worker's
 /// concurrency, or its own limit if lower), unless the worker's prefetch
-/// is set; a queue of its own limit never holds more than that limit plus
-/// two. The two extra deliveries are the queue's ready one, waiting for a
-/// slot, and the next, fetched meanwhile: a queue whose consumer holds
-/// only what runs has nothing ready when a slot frees, and would lose
-/// every free slot to the other queues.
+/// is set; a queue of its own limit never holds more than that limit.
+/// When the worker consumes several queues, each may hold two deliveries
+/// more: the one ready, waiting for a slot, and the next, fetched
+/// meanwhile. A queue whose consumer holds only what runs has nothing
+/// ready when a slot frees, and would lose every free slot to the other
+/// queues; with one queue there is nothing to arbitrate, and deliveries
+/// held ahead would only keep them from other workers of the fleet.
 pub(super) fn lanes(queues: Vec<String>, settings: &Settings<'_>) -> Result<Vec<Lane>, WorkerConfigError> {
     if settings.concurrency == 0 {
         return Err(WorkerConfigError::ZeroConcurrency { queue: None });
@@ -179,6 +181,7 @@ pub(super) fn lanes(queues: Vec<String>, settings: &Settings<'_>) -> Result<Vec<
             return Err(WorkerConfigError::DuplicateQueue { queue: queue.clone() });
         }
     }
+    let ahead = if queues.len() > 1 { UNSTARTED } else { 0 };
     queues
         .into_iter()
         .enumerate()
@@ -196,9 +199,9 @@ pub(super) fn lanes(queues: Vec<String>, settings: &Settings<'_>) -> Result<Vec<
             }
             let runs = options.concurrency.map_or(settings.concurrency, |n| n.min(settings.concurrency));
             let prefetch = match (settings.prefetch, options.concurrency) {
-                (Some(prefetch), Some(limit)) => prefetch.min(limit + UNSTARTED),
+                (Some(prefetch), Some(limit)) => prefetch.min(limit + ahead),
                 (Some(prefetch), None) => prefetch,
-                (None, _) => runs + UNSTARTED,
+                (None, _) => runs + ahead,
             };
             let limit = options.concurrency.map(|n| Arc::new(Semaphore::new(n)));
             Ok(Lane { index, name, limit, prefetch, weight })
@@ -234,6 +237,16 @@ mod tests {
     }
 
     #[test]
+    fn the_only_queue_holds_no_more_than_it_runs() {
+        let options = [("mail".to_owned(), QueueOptions::new().concurrency(3))];
+        let settings = Settings { concurrency: 8, prefetch: None, order: QueueOrder::Weighted, options: &options };
+        let lanes = lanes(vec!["mail".to_owned()], &settings).unwrap();
+        assert_eq!(lanes[0].prefetch, 3);
+        let settings = Settings { concurrency: 8, prefetch: None, order: QueueOrder::Weighted, options: &[] };
+        assert_eq!(super::lanes(vec!["mail".to_owned()], &settings).unwrap()[0].prefetch, 8);
+    }
+
+    #[test]
     fn settings_that_cannot_work_are_refused() {
         let zero = [("mail".to_owned(), QueueOptions::new().concurrency(0))];
         assert_eq!(
@@ -257,6 +270,7 @@ mod tests {
         let settings = Settings { concurrency: 1, prefetch: Some(0), order: QueueOrder::Weighted, options: &[] };
         assert_eq!(lanes(queues(), &settings).err(), Some(WorkerConfigError::ZeroPrefetch));
         let twice = vec!["mail".to_owned(), "mail".to_owned()];
+        // (A queue listed twice is refused before its prefetch matters.)
         let settings = Settings { concurrency: 1, prefetch: None, order: QueueOrder::Weighted, options: &[] };
         assert_eq!(lanes(twice, &settings).err(), Some(WorkerConfigError::DuplicateQueue { queue: "mail".into() }));
     }

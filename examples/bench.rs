@@ -94,6 +94,19 @@
 //!   message), each with a worker of concurrency `max(--concurrency, 100)`.
 //!   Each run checks that the list holds N values. Last line: JSON with
 //!   `one_per_s`, `batch_per_s` and `ratio`.
+//! - `fairness`: one worker, two queues. A flood of N messages (default
+//!   100,000) of 10 ms jobs on one queue, `--concurrency` (default here 16)
+//!   slots, default queue settings (weighted order, weight 1 each, no
+//!   limit of its own: the flood may take every slot); once it runs, 20
+//!   messages are sent to the other queue 25 ms apart, and each one's wait
+//!   from its send to its start is taken (and, for comparison, the same on
+//!   the idle worker before the flood: `idle_wait_ms_*`). Then a second worker with the
+//!   flooded queue limited to a quarter of the slots, and 2,000 more 10 ms
+//!   jobs on the other queue, for a second: the most of each queue that
+//!   ran at once. Last line: JSON with `other_wait_ms_p50`,
+//!   `other_wait_ms_max` (the target: one job's time, 10 ms), `flood_ready`
+//!   (the flood left when the last probe started), `limit`,
+//!   `flood_max_running` and `other_max_running`.
 //!
 //! Flags: `--metrics` (feature `prometheus`; throughput scenario): the
 //! metrics middleware, a Prometheus recorder installed and served. `--broker URL` (default `memory://`; `memory` is short for it),
@@ -256,8 +269,9 @@ async fn main() -> Result<(), BoxError> {
         "metrics" => metrics_cost(&args).await,
         "pause" => pause_lag(&args).await,
         "batch" => bulk_write(&args).await,
+        "fairness" => fairness(&args).await,
         other => Err(format!(
-            "unknown scenario {other:?}: throughput, latency, idle, abort, fail-large-errors, isolated-runaway, isolated-overhead, results, rate-limit, metrics, pause or batch"
+            "unknown scenario {other:?}: throughput, latency, idle, abort, fail-large-errors, isolated-runaway, isolated-overhead, results, rate-limit, metrics, pause, batch or fairness"
         )
         .into()),
     }
@@ -1155,4 +1169,147 @@ async fn rate_limit(args: &Args) -> Result<(), BoxError> {
 #[cfg(not(feature = "rate-limits"))]
 async fn rate_limit(_args: &Args) -> Result<(), BoxError> {
     Err("the rate-limit scenario needs the rate-limits feature (--features rate-limits)".into())
+}
+
+/// Messages of each fairness queue running now, and the most at once.
+static FAIR_RUNNING: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+static FAIR_MAX: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+/// Each other-queue message's wait from its send to its start, in µs.
+static FAIR_WAITS_US: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+/// How long a fairness job takes: one slot's worth of time.
+const FAIR_JOB_MS: u64 = 10;
+
+/// Counts itself as running on queue number `lane` for `millis`.
+async fn fair_job(lane: usize, millis: u64) {
+    let now = FAIR_RUNNING[lane].fetch_add(1, Ordering::SeqCst) + 1;
+    FAIR_MAX[lane].fetch_max(now, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(millis)).await;
+    FAIR_RUNNING[lane].fetch_sub(1, Ordering::SeqCst);
+}
+
+/// A job of the flooded queue.
+#[derive(Actor, Serialize, Deserialize)]
+#[actor(queue = "bench-flood")]
+struct FloodJob {
+    millis: u64,
+}
+
+impl FloodJob {
+    async fn perform(self, _ctx: &Context) -> Result<(), BoxError> {
+        fair_job(0, self.millis).await;
+        Ok(())
+    }
+}
+
+/// A job of the other queue; records its wait.
+#[derive(Actor, Serialize, Deserialize)]
+#[actor(queue = "bench-other")]
+struct OtherJob {
+    sent_us: u64,
+    millis: u64,
+}
+
+impl OtherJob {
+    async fn perform(self, _ctx: &Context) -> Result<(), BoxError> {
+        FAIR_WAITS_US.lock().map_err(|_| "poisoned")?.push(unix_micros().saturating_sub(self.sent_us));
+        fair_job(1, self.millis).await;
+        Ok(())
+    }
+}
+
+/// Sends `count` messages to the other queue 25 ms apart; returns their
+/// waits from send to start, in µs, sorted.
+async fn fair_probes(app: &App, count: usize) -> Result<Vec<u64>, BoxError> {
+    FAIR_WAITS_US.lock().map_err(|_| "poisoned")?.clear();
+    for _ in 0..count {
+        OtherJob { sent_us: unix_micros(), millis: 0 }.send(app).await?;
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut waits = FAIR_WAITS_US.lock().map_err(|_| "poisoned")?.clone();
+        if waits.len() >= count {
+            waits.sort_unstable();
+            return Ok(waits);
+        }
+        if Instant::now() > deadline {
+            return Err("the other queue's messages did not start within 30 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+async fn fairness(args: &Args) -> Result<(), BoxError> {
+    const PROBES: usize = 20;
+    let messages = args.messages.unwrap_or(100_000);
+    let concurrency = concurrency_or(args, 16);
+    let broker = dramaturg::connect(&args.broker).await?;
+    let app = dramaturg::app_shared(broker).actor::<FloodJob>().actor::<OtherJob>().build()?;
+    let broker_name = args.broker.split("://").next().unwrap_or_default().to_owned();
+    let (flood, other) = (app.queues()[0].clone(), app.queues()[1].clone());
+    let purge = || async {
+        for queue in [&flood, &other] {
+            app.admin()?.purge(queue).await?;
+        }
+        Ok::<(), BoxError>(())
+    };
+    // What an interrupted run may have left.
+    purge().await?;
+
+    // Default settings: the flood may take every slot.
+    let worker = Worker::new(app.clone()).concurrency(concurrency);
+    let shutdown = worker.shutdown_handle();
+    let running = tokio::spawn(worker.run());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The other queue's wait on an idle worker first: what a wait is at best.
+    let idle = fair_probes(&app, PROBES).await?;
+    let mut sent = 0;
+    while sent < messages {
+        let batch: Vec<FloodJob> =
+            (sent..(sent + 1000).min(messages)).map(|_| FloodJob { millis: FAIR_JOB_MS }).collect();
+        sent += batch.len() as u64;
+        app.send_many(&batch).await?;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let waits = fair_probes(&app, PROBES).await?;
+    let flood_ready = app.stats(&flood).await?.ready;
+    shutdown.shutdown();
+    running.await??;
+    if flood_ready == 0 {
+        return Err("the flood was drained before the last probe started: use more --messages".into());
+    }
+    let (wait_p50, wait_max) = (percentile(&waits, 0.5), percentile(&waits, 1.0));
+    let (idle_p50, idle_max) = (percentile(&idle, 0.5), percentile(&idle, 1.0));
+
+    // The flooded queue limited to a quarter of the slots, the other busy too.
+    let limit = (concurrency / 4).max(1);
+    for counter in FAIR_RUNNING.iter().chain(&FAIR_MAX) {
+        counter.store(0, Ordering::SeqCst);
+    }
+    let busy: Vec<OtherJob> = (0..2000).map(|_| OtherJob { sent_us: unix_micros(), millis: FAIR_JOB_MS }).collect();
+    app.send_many(&busy).await?;
+    let worker = Worker::new(app.clone())
+        .concurrency(concurrency)
+        .queue(flood.clone(), dramaturg::QueueOptions::new().concurrency(limit));
+    let shutdown = worker.shutdown_handle();
+    let running = tokio::spawn(worker.run());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    shutdown.shutdown();
+    running.await??;
+    purge().await?;
+    let (flood_max, other_max) = (FAIR_MAX[0].load(Ordering::SeqCst), FAIR_MAX[1].load(Ordering::SeqCst));
+    if flood_max > limit as u64 {
+        return Err(format!("the flooded queue ran {flood_max} at once, over its limit of {limit}").into());
+    }
+
+    println!("scenario:    fairness ({broker_name}, a flood of {messages} {FAIR_JOB_MS} ms jobs, {concurrency} slots)");
+    println!(
+        "other queue: send to start p50 {wait_p50:.1} ms, max {wait_max:.1} ms ({PROBES} messages; one job is {FAIR_JOB_MS} ms); {flood_ready} of the flood still ready"
+    );
+    println!("on the idle worker before the flood: p50 {idle_p50:.1} ms, max {idle_max:.1} ms");
+    println!("limit {limit} on the flood: at most {flood_max} of it and {other_max} of the other queue ran at once");
+    println!(
+        "{{\"scenario\":\"fairness\",\"broker\":\"{broker_name}\",\"messages\":{messages},\"concurrency\":{concurrency},\"job_ms\":{FAIR_JOB_MS},\"other_wait_ms_p50\":{wait_p50:.1},\"other_wait_ms_max\":{wait_max:.1},\"idle_wait_ms_p50\":{idle_p50:.1},\"idle_wait_ms_max\":{idle_max:.1},\"flood_ready\":{flood_ready},\"limit\":{limit},\"flood_max_running\":{flood_max},\"other_max_running\":{other_max}}}"
+    );
+    Ok(())
 }

@@ -21,10 +21,10 @@ pub use dramaturg_core::{
     ErrorRecord, ErrorType, Fail, Failure, FailureKind, InFlightScope, Interrupted, Interruption, Job, Json, Located,
     LocatedView, MemoryBroker, MemoryStore, Message, MessageId, MessagePack, Metadata, Middleware, MissingState, Next,
     NextAttempt, OptionError, OptionKey, Options, Outcome, Outgoing, Output, ParseMessageIdError, Protocol, QueueAdmin,
-    QueueBrowser, QueuePage, QueueStats, QueuedMessage, QueuedView, QueuedViews, Receipt, RecordLimits, Remote, Replay,
-    ReplayError, ReplayReport, ReplayRetries, Retry, SendClaim, SendOptions, Sent, SettleError, Settled, Settlement,
-    ShutdownHandle, State, Store, StoreError, StoreErrorKind, Waiting, Whereabouts, Worker, WorkerError, WorkerGauges,
-    WorkerInfo, WorkerReport, DEFAULT_MAX_MESSAGE_SIZE, ETA,
+    QueueBrowser, QueueOptions, QueueOrder, QueuePage, QueueStats, QueuedMessage, QueuedView, QueuedViews, Receipt,
+    RecordLimits, Remote, Replay, ReplayError, ReplayReport, ReplayRetries, Retry, SendClaim, SendOptions, Sent,
+    SettleError, Settled, Settlement, ShutdownHandle, State, Store, StoreError, StoreErrorKind, Waiting, Whereabouts,
+    Worker, WorkerConfigError, WorkerError, WorkerGauges, WorkerInfo, WorkerReport, DEFAULT_MAX_MESSAGE_SIZE, ETA,
 };
 pub use dramaturg_core::{batch, isolation, store, sync, time};
 pub use dramaturg_error_capture as error_capture;

@@ -85,7 +85,9 @@ pub use output::Output;
 pub use sent::Sent;
 pub use state::{MissingState, State};
 pub use store::{MemoryStore, Store, StoreError, StoreErrorKind, StoreWrite};
-pub use worker::{ShutdownHandle, Worker, WorkerError, WorkerGauges, WorkerReport};
+pub use worker::{
+    QueueOptions, QueueOrder, ShutdownHandle, Worker, WorkerConfigError, WorkerError, WorkerGauges, WorkerReport,
+};
 
 /// Re-exported so that middleware and brokers can be written without
 /// depending on `async-trait` themselves.

@@ -32,6 +32,17 @@
 //! Under `run_until_signal`, a second signal exits the process at once;
 //! messages in flight then come back through the broker's own redelivery
 //! (the in-memory broker loses them with the process).
+//!
+//! # Queues: concurrency, weights and order
+//!
+//! One worker consumes several queues. Its [concurrency](Worker::concurrency)
+//! bounds all of them together; a queue may have a limit of its own beside
+//! it ([`QueueOptions::concurrency`]), and a free slot goes to one of the
+//! queues that have a delivery ready by the [`QueueOrder`]: weighted random
+//! (the default; [`QueueOptions::weight`]) or strict. Each queue's consumer
+//! fetches a delivery first and then waits for a slot, so a queue with
+//! nothing to run holds no slot, and a flood on one queue cannot keep
+//! another's message waiting beyond a few free slots.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,7 +50,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::mpsc::{Receiver, Sender};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -55,6 +66,15 @@ use crate::outcome::{NextAttempt, Outcome};
 use crate::store::StoreWrite;
 use crate::watchdog::{Lease, Watchdog};
 use crate::{App, Context, Message};
+
+mod arbiter;
+mod order;
+mod queues;
+
+use arbiter::{Arbiter, Permits};
+pub use order::QueueOrder;
+use queues::Lane;
+pub use queues::{QueueOptions, WorkerConfigError};
 
 /// How long interrupted messages get to settle after the grace period.
 const SETTLE_AFTER_INTERRUPT: Duration = Duration::from_secs(2);
@@ -103,6 +123,9 @@ pub struct Worker {
     blocked_threshold: Duration,
     isolation: Isolation,
     queues: Option<Vec<String>>,
+    /// Settings of single queues, in the order given.
+    queue_options: Vec<(String, QueueOptions)>,
+    queue_order: QueueOrder,
     stop: CancellationToken,
     gauges: WorkerGauges,
 }
@@ -231,6 +254,10 @@ pub enum WorkerError {
     /// The worker's own task failed (it panicked).
     #[error("the worker task failed: {0}")]
     Task(String),
+    /// A setting cannot work (a concurrency or weight of zero, settings
+    /// for a queue the worker does not consume…); the worker did not start.
+    #[error(transparent)]
+    Config(#[from] WorkerConfigError),
 }
 
 impl WorkerError {
@@ -325,7 +352,8 @@ impl Counters {
 /// What every task of a running worker shares.
 struct Shared {
     app: App,
-    permits: Arc<Semaphore>,
+    /// The worker's concurrency slots, handed out by the queue order.
+    arbiter: Arc<Arbiter>,
     tasks: TaskTracker,
     stop: CancellationToken,
     interrupt: CancellationToken,
@@ -352,23 +380,68 @@ impl Worker {
             blocked_threshold: Duration::from_secs(1),
             isolation: Isolation::new(),
             queues: None,
+            queue_options: Vec::new(),
+            queue_order: QueueOrder::default(),
             stop: CancellationToken::new(),
             gauges: WorkerGauges::default(),
         }
     }
 
-    /// Runs at most `n` messages at once (at least 1; default 32).
+    /// Runs at most `n` messages at once, of all its queues together
+    /// (default 32). Zero is refused when the worker starts
+    /// ([`WorkerConfigError::ZeroConcurrency`]).
     #[must_use]
     pub fn concurrency(mut self, n: usize) -> Self {
-        self.concurrency = n.max(1);
+        self.concurrency = n;
         self
     }
 
     /// Lets each queue's consumer hold at most `n` deliveries not yet
-    /// settled (default: the concurrency).
+    /// settled, running or fetched and waiting for a slot (default: what
+    /// the queue can run at once; with several queues, two more: one ready
+    /// for the next free slot, and the one after it, fetched meanwhile, so
+    /// that the queue order holds). A queue with a limit of its own
+    /// ([`QueueOptions::concurrency`]) holds at most that limit (plus two
+    /// with several queues), whatever `n`. Zero is refused when the worker starts
+    /// ([`WorkerConfigError::ZeroPrefetch`]).
     #[must_use]
     pub fn prefetch(mut self, n: usize) -> Self {
-        self.prefetch = Some(n.max(1));
+        self.prefetch = Some(n);
+        self
+    }
+
+    /// Settings of the queue `queue` (the broker's name, with the app's
+    /// queue prefix): a concurrency limit of its own within the worker's,
+    /// and a weight (see [the module docs](self#queues-concurrency-weights-and-order)).
+    /// The queue must be one this worker consumes — this does not add it —
+    /// or the worker does not start ([`WorkerConfigError::UnknownQueue`]).
+    /// Given twice for one queue, the later settings replace the earlier.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use dramaturg_core::worker::{QueueOptions, QueueOrder};
+    /// use dramaturg_core::{App, MemoryBroker, Worker};
+    ///
+    /// let app = App::builder(MemoryBroker::new()).build().unwrap();
+    /// let worker = Worker::new(app)
+    ///     .concurrency(16)
+    ///     .queues(["mail", "reports", "default"])
+    ///     .queue("reports", QueueOptions::new().concurrency(4))
+    ///     .queue("mail", QueueOptions::new().weight(3))
+    ///     .queue_order(QueueOrder::Weighted);
+    /// ```
+    #[must_use]
+    pub fn queue(mut self, queue: impl Into<String>, options: QueueOptions) -> Self {
+        self.queue_options.push((queue.into(), options));
+        self
+    }
+
+    /// How a free slot picks the queue it claims from next (default
+    /// [`QueueOrder::Weighted`]).
+    #[must_use]
+    pub fn queue_order(mut self, order: QueueOrder) -> Self {
+        self.queue_order = order;
         self
     }
 
@@ -422,7 +495,10 @@ impl Worker {
         self.gauges.clone()
     }
 
-    /// Consumes only these queues (default: every queue of the app's actors).
+    /// Consumes only these queues (default: every queue of the app's
+    /// actors, in registration order), in this order: the order
+    /// [`QueueOrder::Strict`] goes by. Names are the broker's, with the
+    /// app's queue prefix.
     #[must_use]
     pub fn queues<I, S>(mut self, queues: I) -> Self
     where
@@ -500,8 +576,10 @@ impl Worker {
     ///
     /// # Errors
     ///
-    /// [`WorkerError::Broker`] if the queues cannot be declared or consumed
-    /// at start. Errors after that are logged and retried with backoff.
+    /// [`WorkerError::Config`] if a setting cannot work (nothing was
+    /// consumed); [`WorkerError::Broker`] if the queues cannot be declared
+    /// or consumed at start. Errors after that are logged and retried with
+    /// backoff.
     ///
     /// # Cancel safety
     ///
@@ -512,7 +590,14 @@ impl Worker {
             Some(queues) => queues,
             None => self.app.queues().to_vec(),
         };
-        if queues.is_empty() && !self.stop.is_cancelled() {
+        let settings = queues::Settings {
+            concurrency: self.concurrency,
+            prefetch: self.prefetch,
+            order: self.queue_order,
+            options: &self.queue_options,
+        };
+        let lanes = queues::lanes(queues, &settings)?;
+        if lanes.is_empty() && !self.stop.is_cancelled() {
             tracing::warn!("the worker has no queue to consume: register actors on the app");
         }
         if !self.app.middleware_names().contains(&crate::middleware::names::ERROR_CAPTURE) {
@@ -523,10 +608,13 @@ impl Worker {
                  App::builder starts with an empty stack; dramaturg::app has retries, time limits and error capture"
             );
         }
-        let prefetch = self.prefetch.unwrap_or(self.concurrency);
-        crate::batch::warn_small_slots(&self.app, &queues, self.concurrency, prefetch);
+        for lane in &lanes {
+            let limit = lane.limit.as_ref().map_or(self.concurrency, |limit| limit.available_permits());
+            crate::batch::warn_small_slots(&self.app, &lane.name, self.concurrency.min(limit).min(lane.prefetch));
+        }
+        let weights = lanes.iter().map(|lane| lane.weight).collect();
         let shared = Arc::new(Shared {
-            permits: Arc::new(Semaphore::new(self.concurrency)),
+            arbiter: Arbiter::new(self.concurrency, self.queue_order, weights),
             tasks: TaskTracker::new(),
             stop: self.stop.clone(),
             interrupt: CancellationToken::new(),
@@ -542,16 +630,21 @@ impl Worker {
         for middleware in shared.app.middleware() {
             middleware.on_worker_start(&shared.app).await;
         }
-        let mut consumers = Vec::with_capacity(queues.len());
-        for queue in &queues {
-            broker.declare_queue(queue).await?;
-            consumers.push(broker.consume(queue, prefetch).await?);
+        let mut consumers = Vec::with_capacity(lanes.len());
+        for lane in &lanes {
+            broker.declare_queue(&lane.name).await?;
+            consumers.push(broker.consume(&lane.name, lane.prefetch).await?);
         }
-        tracing::info!(?queues, concurrency = self.concurrency, prefetch, "worker started");
+        tracing::info!(
+            queues = ?lanes.iter().map(Lane::describe).collect::<Vec<_>>(),
+            concurrency = self.concurrency,
+            order = ?self.queue_order,
+            "worker started"
+        );
         let pumps: Vec<_> = consumers
             .into_iter()
-            .zip(queues)
-            .map(|(consumer, queue)| tokio::spawn(pump(Arc::clone(&shared), consumer, queue)))
+            .zip(lanes)
+            .map(|(consumer, lane)| tokio::spawn(pump(Arc::clone(&shared), consumer, lane)))
             .collect();
 
         shared.stop.cancelled().await;
@@ -608,19 +701,42 @@ impl Worker {
     }
 }
 
-/// Feeds one queue's deliveries to processing tasks, one per free permit.
-async fn pump(shared: Arc<Shared>, mut consumer: Box<dyn Consumer>, queue: String) {
+/// Feeds one queue's deliveries to processing tasks: a fetcher takes them
+/// from the consumer into a one-place channel, and the claimer takes each
+/// from there, with a permit of the queue's own limit (if it has one) and a
+/// slot of the worker's concurrency from the arbiter. The fetcher works
+/// while the claimer waits for a slot, so that a queue with a backlog is
+/// ready again as soon as its slot came: were the next delivery fetched
+/// only then, a queue that just won a slot would be out of the running for
+/// the next one whenever jobs are about as quick as a fetch, and the
+/// weights would not hold.
+async fn pump(shared: Arc<Shared>, consumer: Box<dyn Consumer>, lane: Lane) {
+    let (ready, fetched) = tokio::sync::mpsc::channel(1);
+    tokio::join!(fetch(&shared, consumer, &lane.name, ready), claim(&shared, &lane, fetched));
+}
+
+/// Fetches the queue's deliveries into `ready`, a place first and then a
+/// delivery, until shutdown; then closes the consumer.
+async fn fetch(shared: &Shared, mut consumer: Box<dyn Consumer>, queue: &str, ready: Sender<Delivery>) {
     let mut backoff = Duration::from_millis(100);
     loop {
+        let place = tokio::select! {
+            biased;
+            () = shared.stop.cancelled() => break,
+            place = ready.reserve() => match place {
+                Ok(place) => place,
+                Err(_) => break,
+            },
+        };
         let next = tokio::select! {
             biased;
             () = shared.stop.cancelled() => break,
             next = consumer.next() => next,
         };
-        let delivery = match next {
+        match next {
             Ok(delivery) => {
                 backoff = Duration::from_millis(100);
-                delivery
+                place.send(delivery);
             }
             Err(error) => {
                 tracing::warn!(%queue, %error, retry_in = ?backoff, "cannot consume; retrying");
@@ -629,24 +745,59 @@ async fn pump(shared: Arc<Shared>, mut consumer: Box<dyn Consumer>, queue: Strin
                     () = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(MAX_CONSUME_BACKOFF);
-                continue;
             }
-        };
-        let permit = tokio::select! {
-            biased;
-            () = shared.stop.cancelled() => {
-                // Fetched but never started: returned, not counted.
-                settle(&shared, delivery, Settling::plain(Settlement::Requeue, Count::Requeued)).await;
-                break;
-            }
-            permit = Arc::clone(&shared.permits).acquire_owned() => permit,
-        };
-        let Ok(permit) = permit else { break };
-        shared.tasks.spawn(process(Arc::clone(&shared), delivery, permit));
+        }
     }
     if let Err(error) = consumer.close().await {
         tracing::warn!(%queue, %error, "could not return prefetched messages; the broker will redeliver them");
     }
+}
+
+/// Starts the fetched deliveries of `lane` as permits and slots allow,
+/// until shutdown; then returns what was fetched and not started.
+async fn claim(shared: &Arc<Shared>, lane: &Lane, mut fetched: Receiver<Delivery>) {
+    loop {
+        // At its limit, a queue starts nothing until one of its messages ends.
+        let own = match &lane.limit {
+            None => None,
+            Some(limit) => tokio::select! {
+                biased;
+                () = shared.stop.cancelled() => break,
+                permit = Arc::clone(limit).acquire_owned() => match permit {
+                    Ok(permit) => Some(permit),
+                    Err(_) => break,
+                },
+            },
+        };
+        let delivery = tokio::select! {
+            biased;
+            () = shared.stop.cancelled() => break,
+            delivery = fetched.recv() => match delivery {
+                Some(delivery) => delivery,
+                None => break,
+            },
+        };
+        let slot = tokio::select! {
+            biased;
+            () = shared.stop.cancelled() => {
+                requeue_unstarted(shared, delivery).await;
+                break;
+            }
+            slot = shared.arbiter.slot(lane.index) => slot,
+        };
+        shared.tasks.spawn(process(Arc::clone(shared), delivery, Permits::new(slot, own)));
+    }
+    // The fetcher stops too; what it fetched goes back.
+    fetched.close();
+    while let Some(delivery) = fetched.recv().await {
+        requeue_unstarted(shared, delivery).await;
+    }
+}
+
+/// Returns a delivery fetched but never started to its queue, at
+/// shutdown: not counted.
+async fn requeue_unstarted(shared: &Shared, delivery: Delivery) {
+    settle(shared, delivery, Settling::plain(Settlement::Requeue, Count::Requeued)).await;
 }
 
 /// How a delivery is to be settled, and counted once it is.
@@ -750,7 +901,7 @@ fn settlement_label(settlement: &Settlement) -> &'static str {
 }
 
 /// Processes one delivery and settles it.
-async fn process(shared: Arc<Shared>, delivery: Delivery, _permit: OwnedSemaphorePermit) {
+async fn process(shared: Arc<Shared>, delivery: Delivery, _permits: Permits) {
     let size = delivery.body().len();
     let limit = shared.app.max_message_size();
     let message = if size > limit {

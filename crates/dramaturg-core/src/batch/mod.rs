@@ -322,21 +322,21 @@ pub enum BatchError {
     Lost,
 }
 
-/// Warns, when a worker starts, of batch actors on its `queues` whose
-/// batches cannot fill: fewer slots (`concurrency`) or deliveries held
-/// (`prefetch`) than their `max`.
-pub(crate) fn warn_small_slots(app: &App, queues: &[String], concurrency: usize, prefetch: usize) {
-    for actor in app.actors().filter(|a| queues.iter().any(|q| q == a.queue())) {
+/// Warns, when a worker starts, of batch actors on `queue` whose batches
+/// cannot fill: fewer `slots` (the least of the worker's concurrency, the
+/// queue's own limit and its prefetch) than their `max`.
+pub(crate) fn warn_small_slots(app: &App, queue: &str, slots: usize) {
+    for actor in app.actors().filter(|a| a.queue() == queue) {
         let Some(limits) = actor.batch() else { continue };
-        if concurrency.min(prefetch) < limits.max() {
+        if slots < limits.max() {
             tracing::warn!(
                 actor = actor.name(),
                 max = limits.max(),
-                concurrency,
-                prefetch,
+                slots,
                 "a batch actor's batches cannot fill: a message waiting for its batch holds a worker slot and its \
-                 delivery, so batches hold at most min(concurrency, prefetch) messages and are called after their \
-                 wait; give this worker a concurrency and prefetch of at least the batch's max"
+                 delivery, so batches hold at most as many messages as its queue can run and fetch at once \
+                 (the least of the worker's concurrency, the queue's own and its prefetch) and are called after \
+                 their wait; give its queue at least the batch's max of each"
             );
         }
     }

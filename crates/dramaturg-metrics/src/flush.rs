@@ -6,9 +6,8 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use dramaturg_core::sync::lock;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
+use crate::every::Every;
 use crate::handles::Handles;
 
 /// How often a worker writes what the middleware tallied into the
@@ -43,34 +42,10 @@ pub fn flush() {
     }
 }
 
-/// A worker's task that flushes a middleware's handles at an interval.
-#[derive(Debug)]
-pub(crate) struct Flusher {
-    stop: CancellationToken,
-    task: JoinHandle<()>,
-}
-
-impl Flusher {
-    /// Flushes `handles` every `interval` until stopped.
-    pub(crate) fn start(handles: Arc<Handles>, interval: Duration) -> Self {
-        let stop = CancellationToken::new();
-        let stopped = stop.clone();
-        let task = tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(interval);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    () = stopped.cancelled() => return,
-                    _ = ticks.tick() => handles.flush(),
-                }
-            }
-        });
-        Self { stop, task }
-    }
-
-    /// Stops flushing and waits for the task to end.
-    pub(crate) async fn stop(self) {
-        self.stop.cancel();
-        let _ = self.task.await;
-    }
+/// A worker's task that flushes `handles` every `interval` until stopped.
+pub(crate) fn start(handles: Arc<Handles>, interval: Duration) -> Every {
+    Every::start(interval, move || {
+        handles.flush();
+        std::future::ready(())
+    })
 }

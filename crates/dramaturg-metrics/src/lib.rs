@@ -47,6 +47,7 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod every;
 mod flush;
 mod handles;
 mod middleware;

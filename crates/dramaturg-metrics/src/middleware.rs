@@ -8,10 +8,10 @@ use async_trait::async_trait;
 use dramaturg_core::sync::lock;
 use dramaturg_core::{App, Bounded, Context, Message, Middleware, Outcome};
 
-use crate::flush::{Flusher, FLUSH_INTERVAL};
+use crate::every::Every;
+use crate::flush::FLUSH_INTERVAL;
 use crate::handles::Handles;
 use crate::names::{self, REJECTED, UNKNOWN};
-use crate::sampler::Sampler;
 
 /// The middleware's name in the stack.
 pub const NAME: &str = "metrics";
@@ -47,7 +47,7 @@ pub struct Metrics {
     handles: Arc<Handles>,
     sample_every: Option<Duration>,
     /// A running worker's sampler (if sampling) and flusher.
-    tasks: Mutex<Option<(Option<Sampler>, Flusher)>>,
+    tasks: Mutex<Option<(Option<Every>, Every)>>,
 }
 
 impl Default for Metrics {
@@ -129,8 +129,8 @@ impl Middleware for Metrics {
         self.handles.register_app(app);
         let mut tasks = lock(&self.tasks);
         if tasks.is_none() {
-            let sampler = self.sample_every.map(|interval| Sampler::start(app, interval));
-            *tasks = Some((sampler, Flusher::start(Arc::clone(&self.handles), FLUSH_INTERVAL)));
+            let sampler = self.sample_every.map(|interval| crate::sampler::start(app, interval));
+            *tasks = Some((sampler, crate::flush::start(Arc::clone(&self.handles), FLUSH_INTERVAL)));
         }
     }
 

@@ -1,54 +1,29 @@
 //! The queue depth gauges: a task of the worker that asks the broker for
 //! each queue's counts at an interval.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use dramaturg_core::{App, QueueStats};
 use metrics::{counter, gauge, Counter, Gauge};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+
+use crate::every::Every;
 
 use crate::names::{QUEUE, QUEUE_MESSAGES, QUEUE_SAMPLE_ERRORS, STATE, STATES};
 
-/// A running sampler of an app's queues.
-#[derive(Debug)]
-pub(crate) struct Sampler {
-    stop: CancellationToken,
-    task: JoinHandle<()>,
-}
-
-impl Sampler {
-    /// Samples every queue of `app` now and then every `interval`, until
-    /// stopped.
-    pub(crate) fn start(app: &App, interval: Duration) -> Self {
-        let stop = CancellationToken::new();
-        let queues: Vec<QueueGauges> = app.queues().iter().map(|queue| QueueGauges::new(queue)).collect();
-        let app = app.clone();
-        let stopped = stop.clone();
-        let task = tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(interval);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    () = stopped.cancelled() => return,
-                    _ = ticks.tick() => {}
-                }
-                for queue in &queues {
-                    tokio::select! {
-                        () = stopped.cancelled() => return,
-                        () = queue.sample(&app) => {}
-                    }
-                }
+/// Samples every queue of `app` now and then every `interval`, until the
+/// returned task is stopped.
+pub(crate) fn start(app: &App, interval: Duration) -> Every {
+    let queues: Arc<[QueueGauges]> = app.queues().iter().map(|queue| QueueGauges::new(queue)).collect();
+    let app = app.clone();
+    Every::start(interval, move || {
+        let (app, queues) = (app.clone(), Arc::clone(&queues));
+        async move {
+            for queue in queues.iter() {
+                queue.sample(&app).await;
             }
-        });
-        Self { stop, task }
-    }
-
-    /// Stops sampling and waits for the task to end.
-    pub(crate) async fn stop(self) {
-        self.stop.cancel();
-        let _ = self.task.await;
-    }
+        }
+    })
 }
 
 /// The gauges of one queue.

@@ -180,6 +180,22 @@ async fn eventually(what: &str, mut done: impl AsyncFnMut() -> bool) {
     }
 }
 
+/// The text of the first element `css` finds, once it holds `expected`:
+/// the page a click leads to may not have loaded yet (an element of the
+/// page before is then stale).
+async fn text_once(client: &Client, css: &str, expected: &str) -> String {
+    let mut text = String::new();
+    eventually(&format!("{css} holds {expected:?}"), async || {
+        text = match client.find(Locator::Css(css)).await {
+            Ok(element) => element.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        text.contains(expected)
+    })
+    .await;
+    text
+}
+
 /// The texts of the cells of the overview's row for `queue`.
 async fn overview_cells(client: &Client, base: &str, queue: &str) -> Vec<String> {
     client.goto(&format!("{base}/")).await.unwrap();
@@ -234,7 +250,7 @@ async fn dashboard_in_chromium() {
     assert!(page.contains(&failed.to_string()) && page.contains("payment gateway refused 4200 for cy"), "{page}");
     let charged = CHARGED.load(Ordering::SeqCst);
     client.find(Locator::XPath("//table[@id='dead']//button[text()='Replay']")).await.unwrap().click().await.unwrap();
-    let note = client.find(Locator::Css("p.note")).await.unwrap().text().await.unwrap();
+    let note = text_once(&client, "p.note", "Replayed").await;
     assert_eq!(note, "Replayed 1 dead letters.");
     eventually("the worker processes the replayed job", async || CHARGED.load(Ordering::SeqCst) == charged + 1).await;
     eventually("the dead letters are empty", async || app.stats("e2e-billing").await.unwrap().dead == 0).await;
@@ -249,7 +265,7 @@ async fn dashboard_in_chromium() {
     let started = Instant::now();
     client.find(Locator::XPath("//button[text()='Abort']")).await.unwrap().click().await.unwrap();
     client.accept_alert().await.unwrap();
-    let note = client.find(Locator::Css("p.note")).await.unwrap().text().await.unwrap();
+    let note = text_once(&client, "p.note", "Abort requested").await;
     assert!(note.starts_with("Abort requested"), "{note}");
     eventually("the aborted job leaves the queue", async || app.stats("e2e-reports").await.unwrap().in_flight == 0)
         .await;
@@ -266,8 +282,8 @@ async fn dashboard_in_chromium() {
         .await
         .unwrap();
     client.find(Locator::XPath("//button[text()='Purge ready and delayed']")).await.unwrap().click().await.unwrap();
-    let refused = client.find(Locator::Css("body")).await.unwrap().text().await.unwrap();
-    assert!(refused.contains("403") && refused.contains("refused: the form carries no CSRF token"), "{refused}");
+    let refused = text_once(&client, "body", "403").await;
+    assert!(refused.contains("refused: the form carries no CSRF token"), "{refused}");
     assert_eq!(app.stats("e2e-billing").await.unwrap().ready, 1);
     app.admin().unwrap().purge("e2e-billing").await.unwrap();
     client.close().await.unwrap();

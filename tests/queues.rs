@@ -207,6 +207,12 @@ async fn settings_that_cannot_work_are_refused(app: App, _probe: &Probe) {
         WorkerConfigError::ZeroConcurrency { queue: None }
     );
     println!("{unknown}");
+    // Waiting for the queues to drain does not hide the error until the
+    // timeout: it comes back at once.
+    let started = Instant::now();
+    let error = Worker::new(app.clone()).concurrency(0).run_until_drained(Duration::from_secs(120)).await;
+    assert!(matches!(error, Err(WorkerError::Config(WorkerConfigError::ZeroConcurrency { queue: None }))), "{error:?}");
+    assert!(started.elapsed() < Duration::from_secs(60), "the error came back at once, not after the timeout");
     let stats = app.stats(&flood).await.unwrap();
     assert_eq!((stats.ready, stats.in_flight), (1, 0), "nothing consumed: {stats:?}");
     app.admin().unwrap().purge(&flood).await.unwrap();

@@ -933,3 +933,52 @@ async fn the_worker_listing_names_each_worker_and_its_queues() {
     }
     assert!(admin.workers().await.unwrap().is_empty(), "a clean stop leaves the registry");
 }
+
+/// Fails every time, with no retry: each message goes straight to the dead
+/// letters.
+#[derive(Actor, Serialize, Deserialize)]
+#[actor(queue = "always-fails", max_retries = 0)]
+struct AlwaysFails {
+    n: u64,
+}
+
+impl AlwaysFails {
+    async fn perform(self, _ctx: &Context) -> Result<(), std::io::Error> {
+        Err(std::io::Error::other(format!("message {} failed", self.n)))
+    }
+}
+
+/// Replaying all dead letters with their retries reset, while a worker
+/// fails the replayed messages again at once, replays those there at the
+/// start once each: more than a page of them (1,000), whose new dead
+/// letters (under new keys) came after them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_replay_of_all_takes_what_was_dead_when_it_started() {
+    if support::is_child() {
+        return;
+    }
+    const LETTERS: u64 = 1_500;
+    let namespace = namespace();
+    let app = dramaturg::app(broker_in(URL, &namespace).await).actor::<AlwaysFails>().build().unwrap();
+    let messages: Vec<AlwaysFails> = (0..LETTERS).map(|n| AlwaysFails { n }).collect();
+    app.send_many(&messages).await.unwrap();
+    let worker = Worker::new(app.clone()).concurrency(8);
+    let shutdown = worker.shutdown_handle();
+    let running = tokio::spawn(worker.run());
+    let dead = || async { app.stats("always-fails").await.unwrap().dead };
+    for _ in 0..600 {
+        if dead().await == LETTERS {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(dead().await, LETTERS);
+    let report =
+        app.replay_dead_letters("always-fails", dramaturg::Replay::All, dramaturg::ReplayRetries::Reset).await.unwrap();
+    assert_eq!(report.replayed, LETTERS, "each dead letter replayed once");
+    app.join(Duration::from_secs(60)).await.unwrap();
+    shutdown.shutdown();
+    let report = running.await.unwrap().unwrap();
+    assert_eq!(report.failed, 2 * LETTERS, "each message ran twice: sent, then replayed: {report:?}");
+    assert_eq!(dead().await, LETTERS);
+}

@@ -232,6 +232,13 @@ impl App {
         }
         // Learn that the broker can delete before anything is enqueued.
         dead.delete(queue, Replay::One(String::new())).await?;
+        // All of them means those there now: listed oldest first, a message
+        // replayed and dead-lettered again meanwhile (under a new key) comes
+        // after them, and is left a dead letter.
+        let bound = match (&which, self.admin()) {
+            (Replay::All, Ok(admin)) => Some(admin.stats(queue).await?.dead),
+            _ => None,
+        };
         let mut report = ReplayReport::default();
         // Keys handled already: replayed (deleted) or left undecodable.
         let mut handled: HashSet<String> = HashSet::new();
@@ -240,7 +247,11 @@ impl App {
             let limit = page + handled.len();
             let letters = dead.list(queue, limit).await?;
             let more = letters.len() >= limit;
-            let fresh: Vec<&DeadLetter> = letters
+            // Of those there at the start, the replayed are deleted; the
+            // rest (undecodable ones included) still come first.
+            let left = bound.map(|bound| bound.saturating_sub(report.replayed) as usize);
+            let within = left.map_or(letters.len(), |left| letters.len().min(left));
+            let fresh: Vec<&DeadLetter> = letters[..within]
                 .iter()
                 .filter(|l| !handled.contains(&l.key))
                 .filter(|l| match &which {
@@ -252,9 +263,10 @@ impl App {
                 self.replay_reset(dead, queue, letter, &mut report).await?;
                 handled.insert(letter.key.clone());
             }
+            let past_bound = left.is_some_and(|left| letters.len() >= left);
             match which {
                 Replay::One(_) if fresh.is_empty() && more => page *= 2,
-                Replay::All if !fresh.is_empty() && more => {}
+                Replay::All if !fresh.is_empty() && more && !past_bound => {}
                 _ => return Ok(report),
             }
         }

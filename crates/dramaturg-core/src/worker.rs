@@ -563,8 +563,17 @@ impl Worker {
     pub async fn run_until_drained(self, timeout: Duration) -> Result<WorkerReport, WorkerError> {
         let app = self.app.clone();
         let handle = self.shutdown_handle();
-        let running = tokio::spawn(self.run());
-        let drained = app.join(timeout).await;
+        let mut running = tokio::spawn(self.run());
+        // A worker that fails to start (a setting that cannot work, a
+        // broker that refuses to consume) ends before the queues drain:
+        // its error comes back at once, not after the timeout.
+        let drained = tokio::select! {
+            drained = app.join(timeout) => drained,
+            ended = &mut running => {
+                let report = ended.map_err(|e| WorkerError::Task(e.to_string()))??;
+                return Ok(report);
+            }
+        };
         handle.shutdown();
         let report = running.await.map_err(|e| WorkerError::Task(e.to_string()))??;
         drained?;

@@ -235,6 +235,14 @@ impl Suite {
         if let Some(admin) = self.broker.admin() {
             let stats = admin.stats(&queue).await.expect("stats");
             assert_eq!(stats.ready, 0, "nothing of the refused batch was enqueued: {stats:?}");
+            let refused = admin.stats("").await.expect_err("stats of no queue");
+            assert_eq!(refused.kind(), crate::BrokerErrorKind::InvalidInput, "{refused}");
+            let refused = admin.purge("").await.expect_err("purge of no queue");
+            assert_eq!(refused.kind(), crate::BrokerErrorKind::InvalidInput, "{refused}");
+        }
+        if let Some(dead) = self.broker.dead_letters() {
+            let refused = dead.list("", 10).await.expect_err("dead letters of no queue");
+            assert_eq!(refused.kind(), crate::BrokerErrorKind::InvalidInput, "{refused}");
         }
     }
 

@@ -416,6 +416,7 @@ impl QueueAdmin for MemoryBroker {
     }
 
     async fn stats(&self, queue: &str) -> Result<QueueStats, BrokerError> {
+        check_queue(queue)?;
         let queue = self.queue(queue);
         let state = lock(&queue.state);
         Ok(QueueStats::new(
@@ -428,6 +429,7 @@ impl QueueAdmin for MemoryBroker {
     }
 
     async fn purge(&self, queue: &str) -> Result<u64, BrokerError> {
+        check_queue(queue)?;
         let queue = self.queue(queue);
         let mut state = lock(&queue.state);
         let purged = (state.ready.len() + state.delayed.len()) as u64;
@@ -439,6 +441,7 @@ impl QueueAdmin for MemoryBroker {
     }
 
     async fn requeue_in_flight(&self, queue: &str) -> Result<u64, BrokerError> {
+        check_queue(queue)?;
         let queue = self.queue(queue);
         let mut state = lock(&queue.state);
         let mut claimed: Vec<(u64, Bytes)> = state.in_flight.drain().collect();
@@ -454,11 +457,13 @@ impl QueueAdmin for MemoryBroker {
     }
 
     async fn pause(&self, queue: &str) -> Result<(), BrokerError> {
+        check_queue(queue)?;
         lock(&self.queue(queue).state).paused = true;
         Ok(())
     }
 
     async fn resume(&self, queue: &str) -> Result<(), BrokerError> {
+        check_queue(queue)?;
         let queue = self.queue(queue);
         lock(&queue.state).paused = false;
         // Every waiting consumer looks again, and one that is about to wait
@@ -469,6 +474,7 @@ impl QueueAdmin for MemoryBroker {
     }
 
     async fn join(&self, queue: &str, timeout: Duration) -> Result<(), BrokerError> {
+        check_queue(queue)?;
         let queue_name = queue;
         let queue = self.queue(queue);
         let wait = async {
@@ -510,12 +516,14 @@ fn check_queue(queue: &str) -> Result<(), BrokerError> {
 #[async_trait]
 impl DeadLetters for MemoryBroker {
     async fn list(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>, BrokerError> {
+        check_queue(queue)?;
         let queue = self.queue(queue);
         let state = lock(&queue.state);
         Ok(state.dead.iter().take(limit).cloned().collect())
     }
 
     async fn replay(&self, queue: &str, which: Replay) -> Result<u64, BrokerError> {
+        check_queue(queue)?;
         let queue = self.queue(queue);
         let mut state = lock(&queue.state);
         let replayed: Vec<DeadLetter> = match which {
@@ -536,6 +544,7 @@ impl DeadLetters for MemoryBroker {
     }
 
     async fn delete(&self, queue: &str, which: Replay) -> Result<u64, BrokerError> {
+        check_queue(queue)?;
         let queue = self.queue(queue);
         let mut state = lock(&queue.state);
         let before = state.dead.len();

@@ -18,6 +18,7 @@ const PURGE_BATCH: u64 = 1000;
 #[async_trait]
 impl QueueAdmin for RedisBroker {
     async fn stats(&self, queue: &str) -> Result<QueueStats, BrokerError> {
+        crate::check_queue(queue)?;
         if self.is_dramatiq() {
             return self.dramatiq_stats(queue).await;
         }
@@ -36,14 +37,17 @@ impl QueueAdmin for RedisBroker {
     }
 
     async fn pause(&self, queue: &str) -> Result<(), BrokerError> {
+        crate::check_queue(queue)?;
         self.set_paused(queue, true).await
     }
 
     async fn resume(&self, queue: &str) -> Result<(), BrokerError> {
+        crate::check_queue(queue)?;
         self.set_paused(queue, false).await
     }
 
     async fn purge(&self, queue: &str) -> Result<u64, BrokerError> {
+        crate::check_queue(queue)?;
         if self.is_dramatiq() {
             return self.dramatiq_purge(queue).await;
         }
@@ -60,6 +64,7 @@ impl QueueAdmin for RedisBroker {
     }
 
     async fn requeue_in_flight(&self, queue: &str) -> Result<u64, BrokerError> {
+        crate::check_queue(queue)?;
         if self.is_dramatiq() {
             return self.dramatiq_requeue_in_flight(queue).await;
         }
@@ -133,6 +138,7 @@ impl RedisBroker {
 #[async_trait]
 impl DeadLetters for RedisBroker {
     async fn list(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>, BrokerError> {
+        crate::check_queue(queue)?;
         if self.is_dramatiq() {
             return self.dramatiq_dead_letters(queue, limit).await;
         }
@@ -171,10 +177,12 @@ impl DeadLetters for RedisBroker {
     }
 
     async fn replay(&self, queue: &str, which: Replay) -> Result<u64, BrokerError> {
+        crate::check_queue(queue)?;
         self.move_dead(queue, &which, "replay").await
     }
 
     async fn delete(&self, queue: &str, which: Replay) -> Result<u64, BrokerError> {
+        crate::check_queue(queue)?;
         self.move_dead(queue, &which, "delete").await
     }
 }

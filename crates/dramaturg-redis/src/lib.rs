@@ -773,13 +773,19 @@ impl Broker for RedisBroker {
     }
 }
 
+/// Refuses the empty queue name.
+pub(crate) fn check_queue(queue: &str) -> Result<(), BrokerError> {
+    if queue.is_empty() {
+        return Err(BrokerError::new(BrokerErrorKind::InvalidInput, "redis: a queue name cannot be empty"));
+    }
+    Ok(())
+}
+
 /// Refuses a message for no queue (the empty name), and one with a
 /// priority: the Redis broker delivers first in, first out, and a priority
 /// it would ignore must not look honoured.
 fn check_outgoing(message: &Outgoing) -> Result<(), BrokerError> {
-    if message.queue.is_empty() {
-        return Err(BrokerError::new(BrokerErrorKind::InvalidInput, "redis: a queue name cannot be empty"));
-    }
+    check_queue(&message.queue)?;
     match message.priority {
         Some(priority) if priority > 0 => Err(BrokerError::new(
             BrokerErrorKind::InvalidInput,

@@ -297,6 +297,18 @@ pub trait Consumer: Send {
     /// queue).
     async fn next(&mut self) -> Result<Delivery, BrokerError>;
 
+    /// A view of whether the queue is paused ([`QueueAdmin::pause`]), as
+    /// this consumer last learned it, or `None` if it keeps none (the
+    /// default). The worker watches it for the deliveries it has taken and
+    /// not started (waiting for a concurrency slot): when the view turns
+    /// `true` it returns them to the queue, so that a pause stops every
+    /// start, not only the next claim. A consumer that keeps a view should
+    /// learn of a pause within about a second, also while it holds its
+    /// whole prefetch and is not claiming.
+    fn paused(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        None
+    }
+
     /// Stops consuming and returns every delivery fetched but not yet handed
     /// out to the queue.
     ///

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use crate::broker::{
@@ -79,6 +79,9 @@ struct Queue {
     /// Woken when a message is settled or purged, for `join`.
     settled: Notify,
     dead_letter_limit: usize,
+    /// Whether the queue is paused, for the consumers' views
+    /// ([`Consumer::paused`]); changed with [`QueueState::paused`].
+    paused: watch::Sender<bool>,
 }
 
 #[derive(Debug, Default)]
@@ -207,6 +210,7 @@ impl MemoryBroker {
             ready: Notify::new(),
             settled: Notify::new(),
             dead_letter_limit: self.inner.dead_letter_limit,
+            paused: watch::Sender::new(false),
         });
         queues.insert(name.to_owned(), Arc::clone(&queue));
         queue
@@ -342,6 +346,10 @@ impl Consumer for MemoryConsumer {
         }
     }
 
+    fn paused(&self) -> Option<watch::Receiver<bool>> {
+        Some(self.queue.paused.subscribe())
+    }
+
     async fn close(self: Box<Self>) -> Result<(), BrokerError> {
         Ok(())
     }
@@ -458,7 +466,9 @@ impl QueueAdmin for MemoryBroker {
 
     async fn pause(&self, queue: &str) -> Result<(), BrokerError> {
         check_queue(queue)?;
-        lock(&self.queue(queue).state).paused = true;
+        let queue = self.queue(queue);
+        lock(&queue.state).paused = true;
+        queue.paused.send_replace(true);
         Ok(())
     }
 
@@ -466,6 +476,7 @@ impl QueueAdmin for MemoryBroker {
         check_queue(queue)?;
         let queue = self.queue(queue);
         lock(&queue.state).paused = false;
+        queue.paused.send_replace(false);
         // Every waiting consumer looks again, and one that is about to wait
         // finds the stored wake-up.
         queue.ready.notify_waiters();
@@ -608,5 +619,17 @@ mod tests {
         let mut consumer = broker.consume("q", 1).await.expect("consumer");
         assert_eq!(next_body(&mut consumer).await, "urgent-later");
         assert_eq!(next_body(&mut consumer).await, "plain");
+    }
+
+    #[tokio::test]
+    async fn a_consumers_view_of_the_pause_follows_pause_and_resume() {
+        let broker = MemoryBroker::new();
+        let consumer = broker.consume("q", 1).await.expect("consumer");
+        let mut paused = consumer.paused().expect("the in-memory consumer keeps a view");
+        assert!(!*paused.borrow_and_update());
+        broker.pause("q").await.expect("paused");
+        assert!(paused.has_changed().expect("open") && *paused.borrow_and_update());
+        broker.resume("q").await.expect("resumed");
+        assert!(!*paused.borrow_and_update());
     }
 }

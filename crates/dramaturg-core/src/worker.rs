@@ -50,7 +50,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
-use tokio::sync::mpsc::{Receiver, Sender};
+use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -398,10 +398,10 @@ impl Worker {
 
     /// Lets each queue's consumer hold at most `n` deliveries not yet
     /// settled, running or fetched and waiting for a slot (default: what
-    /// the queue can run at once; with several queues, two more: one ready
-    /// for the next free slot, and the one after it, fetched meanwhile, so
-    /// that the queue order holds). A queue with a limit of its own
-    /// ([`QueueOptions::concurrency`]) holds at most that limit (plus two
+    /// the queue can run at once; with several queues, twice that, so that
+    /// each queue has deliveries ready for the next free slots and the
+    /// queue order holds). A queue with a limit of its own
+    /// ([`QueueOptions::concurrency`]) holds at most that limit (twice it
     /// with several queues), whatever `n`. Zero is refused when the worker starts
     /// ([`WorkerConfigError::ZeroPrefetch`]).
     #[must_use]
@@ -710,33 +710,22 @@ impl Worker {
     }
 }
 
-/// Feeds one queue's deliveries to processing tasks: a fetcher takes them
-/// from the consumer into a one-place channel, and the claimer takes each
-/// from there, with a permit of the queue's own limit (if it has one) and a
-/// slot of the worker's concurrency from the arbiter. The fetcher works
-/// while the claimer waits for a slot, so that a queue with a backlog is
-/// ready again as soon as its slot came: were the next delivery fetched
-/// only then, a queue that just won a slot would be out of the running for
-/// the next one whenever jobs are about as quick as a fetch, and the
-/// weights would not hold.
-async fn pump(shared: Arc<Shared>, consumer: Box<dyn Consumer>, lane: Lane) {
-    let (ready, fetched) = tokio::sync::mpsc::channel(1);
-    tokio::join!(fetch(&shared, consumer, &lane.name, ready), claim(&shared, &lane, fetched));
-}
-
-/// Fetches the queue's deliveries into `ready`, a place first and then a
-/// delivery, until shutdown; then closes the consumer.
-async fn fetch(shared: &Shared, mut consumer: Box<dyn Consumer>, queue: &str, ready: Sender<Delivery>) {
+/// Feeds one queue's deliveries to processing tasks, until shutdown; then
+/// closes the consumer, which returns what it fetched and did not hand out.
+///
+/// Each delivery is handed to a task of its own as soon as it is fetched:
+/// it waits there for a permit of the queue's own limit (if the queue has
+/// one), then for a slot of the worker's concurrency from the arbiter, and
+/// runs. So every delivery a queue has fetched and may start is ready for
+/// the next free slot, not just one: were they taken one at a time, a
+/// queue that just won a slot would be out of the running for the slots
+/// that free before its next delivery asks, and the queue order would not
+/// hold above a concurrency of 1. How many wait is bounded by the queue's
+/// prefetch, which bounds its unsettled deliveries.
+async fn pump(shared: Arc<Shared>, mut consumer: Box<dyn Consumer>, lane: Lane) {
+    let queue = &lane.name;
     let mut backoff = Duration::from_millis(100);
     loop {
-        let place = tokio::select! {
-            biased;
-            () = shared.stop.cancelled() => break,
-            place = ready.reserve() => match place {
-                Ok(place) => place,
-                Err(_) => break,
-            },
-        };
         let next = tokio::select! {
             biased;
             () = shared.stop.cancelled() => break,
@@ -745,7 +734,8 @@ async fn fetch(shared: &Shared, mut consumer: Box<dyn Consumer>, queue: &str, re
         match next {
             Ok(delivery) => {
                 backoff = Duration::from_millis(100);
-                place.send(delivery);
+                let waiting = Waiting { queue: lane.index, limit: lane.limit.clone(), paused: consumer.paused() };
+                shared.tasks.spawn(start(Arc::clone(&shared), waiting, delivery));
             }
             Err(error) => {
                 tracing::warn!(%queue, %error, retry_in = ?backoff, "cannot consume; retrying");
@@ -762,49 +752,58 @@ async fn fetch(shared: &Shared, mut consumer: Box<dyn Consumer>, queue: &str, re
     }
 }
 
-/// Starts the fetched deliveries of `lane` as permits and slots allow,
-/// until shutdown; then returns what was fetched and not started.
-async fn claim(shared: &Arc<Shared>, lane: &Lane, mut fetched: Receiver<Delivery>) {
-    loop {
-        // At its limit, a queue starts nothing until one of its messages ends.
-        let own = match &lane.limit {
+/// What a fetched delivery waits on before it starts.
+struct Waiting {
+    /// Its queue's number (the arbiter's).
+    queue: usize,
+    /// Its queue's own limit, if any.
+    limit: Option<Arc<Semaphore>>,
+    /// Its consumer's view of whether the queue is paused, if it keeps one.
+    paused: Option<watch::Receiver<bool>>,
+}
+
+/// Starts a fetched delivery once a permit of its queue's own limit (if
+/// any) and a slot of the worker's concurrency are free. Returns it to its
+/// queue instead at shutdown, or when the queue is paused meanwhile (a
+/// pause stops starts, not only claims).
+async fn start(shared: Arc<Shared>, waiting: Waiting, delivery: Delivery) {
+    let Waiting { queue, limit, paused } = waiting;
+    let permits = async {
+        // At its limit, a queue starts nothing until one of its messages
+        // ends, and does not ask for a slot meanwhile.
+        let own = match limit {
+            Some(limit) => Some(limit.acquire_owned().await.ok()?),
             None => None,
-            Some(limit) => tokio::select! {
-                biased;
-                () = shared.stop.cancelled() => break,
-                permit = Arc::clone(limit).acquire_owned() => match permit {
-                    Ok(permit) => Some(permit),
-                    Err(_) => break,
-                },
-            },
         };
-        let delivery = tokio::select! {
-            biased;
-            () = shared.stop.cancelled() => break,
-            delivery = fetched.recv() => match delivery {
-                Some(delivery) => delivery,
-                None => break,
-            },
+        Some(Permits::new(shared.arbiter.slot(queue).await, own))
+    };
+    let paused = async {
+        let told = match paused {
+            Some(mut paused) => paused.wait_for(|paused| *paused).await.is_ok(),
+            None => false,
         };
-        let slot = tokio::select! {
-            biased;
-            () = shared.stop.cancelled() => {
-                requeue_unstarted(shared, delivery).await;
-                break;
-            }
-            slot = shared.arbiter.slot(lane.index) => slot,
-        };
-        shared.tasks.spawn(process(Arc::clone(shared), delivery, Permits::new(slot, own)));
-    }
-    // The fetcher stops too; what it fetched goes back.
-    fetched.close();
-    while let Some(delivery) = fetched.recv().await {
-        requeue_unstarted(shared, delivery).await;
+        // A view whose consumer closed tells nothing more.
+        if !told {
+            std::future::pending::<()>().await;
+        }
+    };
+    let permits = tokio::select! {
+        biased;
+        () = shared.stop.cancelled() => None,
+        () = paused => {
+            tracing::debug!("the queue was paused before this delivery started: returned to the queue");
+            None
+        }
+        permits = permits => permits,
+    };
+    match permits {
+        Some(permits) => process(shared, delivery, permits).await,
+        None => requeue_unstarted(&shared, delivery).await,
     }
 }
 
-/// Returns a delivery fetched but never started to its queue, at
-/// shutdown: not counted.
+/// Returns a delivery fetched but never started to its queue (at shutdown,
+/// or when its queue is paused): not counted.
 async fn requeue_unstarted(shared: &Shared, delivery: Delivery) {
     settle(shared, delivery, Settling::plain(Settlement::Requeue, Count::Requeued)).await;
 }

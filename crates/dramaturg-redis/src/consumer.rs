@@ -13,7 +13,7 @@ use dramaturg_core::{
     WritingReceipt,
 };
 use redis::Value;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::acks::{Acks, Outstanding};
 use crate::keys::QueueKeys;
@@ -49,6 +49,8 @@ pub(crate) struct RedisConsumer {
     queue: String,
     /// When this consumer last learned whether its queue is paused.
     checked: Instant,
+    /// What it learned, for the worker ([`Consumer::paused`]).
+    paused: watch::Sender<bool>,
 }
 
 /// How long claimed messages are handed out without looking whether the
@@ -93,6 +95,7 @@ impl RedisConsumer {
             number,
             queue: queue.to_owned(),
             checked: Instant::now(),
+            paused: watch::Sender::new(false),
         }
     }
 
@@ -121,7 +124,7 @@ impl RedisConsumer {
         let next_due = number(values.next()).and_then(|ms| u64::try_from(ms).ok()).map(Duration::from_millis);
         let orphans = number(values.next()).unwrap_or(0);
         let paused = number(values.next()) == Some(1);
-        self.checked = Instant::now();
+        self.learned(paused);
         if orphans > 0 {
             tracing::warn!(queue_key = %self.keys.ready, orphans, "dropped ids whose message is gone from the queue");
         }
@@ -142,7 +145,7 @@ impl RedisConsumer {
             .query_async(&mut conn)
             .await
             .map_err(|e| broker_error(e, "looking whether the queue is paused"))?;
-        self.checked = Instant::now();
+        self.learned(paused);
         if paused {
             self.buffer.clear();
             // Returned by the next rescan if this call fails.
@@ -152,6 +155,31 @@ impl RedisConsumer {
             tracing::info!(queue_key = %self.keys.ready, returned, "the queue is paused; returned claimed messages");
         }
         Ok(())
+    }
+
+    /// Notes whether the queue is paused, as just learned.
+    fn learned(&mut self, paused: bool) {
+        self.checked = Instant::now();
+        self.paused.send_if_modified(|was| std::mem::replace(was, paused) != paused);
+    }
+
+    /// A free prefetch slot for the next delivery. While there is none
+    /// (the whole prefetch handed out and unsettled) and the worker holds
+    /// deliveries it has not started, looks every [`PAUSE_CHECK`] whether
+    /// the queue was paused, so that the worker learns it and returns them
+    /// (a failed look is tried again at the next).
+    async fn free_slot(&mut self) -> Result<OwnedSemaphorePermit, BrokerError> {
+        loop {
+            let watched = self.paused.receiver_count() > 0;
+            tokio::select! {
+                permit = prefetch_slot(&self.permits) => return permit,
+                () = tokio::time::sleep(PAUSE_CHECK), if watched => {
+                    if let Err(error) = self.check_paused().await {
+                        tracing::debug!(queue_key = %self.keys.ready, %error, "could not look whether the queue is paused");
+                    }
+                }
+            }
+        }
     }
 
     /// Waits until a message arrives in the empty queue, the next delayed
@@ -258,7 +286,7 @@ pub(crate) async fn prefetch_slot(permits: &Arc<Semaphore>) -> Result<OwnedSemap
 #[async_trait]
 impl Consumer for RedisConsumer {
     async fn next(&mut self) -> Result<Delivery, BrokerError> {
-        let permit = prefetch_slot(&self.permits).await?;
+        let permit = self.free_slot().await?;
         if self.shared.registry.register_once(&mut self.registered).await? {
             tracing::info!(queue_key = %self.keys.ready, "consumer registered");
         }
@@ -285,6 +313,10 @@ impl Consumer for RedisConsumer {
                 self.wait(next_due, paused).await;
             }
         }
+    }
+
+    fn paused(&self) -> Option<watch::Receiver<bool>> {
+        Some(self.paused.subscribe())
     }
 
     async fn close(mut self: Box<Self>) -> Result<(), BrokerError> {

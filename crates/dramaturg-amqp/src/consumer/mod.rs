@@ -544,6 +544,10 @@ impl Consumer for AmqpConsumer {
         }
     }
 
+    fn paused(&self) -> Option<crate::pause::Watch> {
+        self.paused.clone()
+    }
+
     async fn close(mut self: Box<Self>) -> Result<(), BrokerError> {
         if let Some(mover) = self.mover.take() {
             // Its held messages go back to `q.DQ` with its channel.

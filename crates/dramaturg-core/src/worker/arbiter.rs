@@ -1,13 +1,16 @@
 //! The worker's concurrency slots, handed out to the queues that have a
 //! delivery ready, by the [queue order](super::QueueOrder).
 //!
-//! Each queue's pump fetches a delivery first and then asks for a slot, so
-//! a queue with nothing to run never holds one. A slot that frees while
-//! pumps wait goes straight to the waiting queue the order picks; one that
-//! frees while none waits is counted free, and the next pump to ask takes
-//! it at once.
+//! Each queue's deliveries ask for a slot once fetched (and within their
+//! queue's own limit), so a queue with nothing to run never holds one. A
+//! queue has as many waits as it has deliveries waiting: a slot that frees
+//! while deliveries wait goes straight to one of the queue the order picks;
+//! one that frees while none waits is counted free, and the next delivery
+//! to ask takes it at once.
 
+use std::collections::VecDeque;
 use std::fmt;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use rand::rngs::SmallRng;
@@ -27,9 +30,10 @@ pub(super) struct Arbiter {
 struct State {
     /// Slots no message holds and no pump waits for.
     free: usize,
-    /// Each queue's pump waiting for a slot, by the queue's index (one pump
-    /// per queue).
-    waiting: Vec<Option<oneshot::Sender<Slot>>>,
+    /// The deliveries waiting for a slot, by their queue's index, oldest
+    /// first. A wait whose delivery stopped waiting (its receiver dropped)
+    /// stays until a freed slot finds it closed.
+    waiting: Vec<VecDeque<oneshot::Sender<Slot>>>,
     rng: SmallRng,
 }
 
@@ -57,48 +61,66 @@ impl Permits {
 impl Arbiter {
     /// `slots` concurrency slots for as many queues as `weights` has.
     pub(super) fn new(slots: usize, order: QueueOrder, weights: Vec<u32>) -> Arc<Self> {
-        let state =
-            State { free: slots, waiting: weights.iter().map(|_| None).collect(), rng: rand::make_rng::<SmallRng>() };
+        let state = State {
+            free: slots,
+            waiting: weights.iter().map(|_| VecDeque::new()).collect(),
+            rng: rand::make_rng::<SmallRng>(),
+        };
         Arc::new(Self { state: Mutex::new(state), order, weights })
     }
 
     /// A slot for a delivery of the queue numbered `queue`: at once if one
-    /// is free, otherwise when a slot frees and the order picks this queue.
+    /// is free, otherwise when a slot frees and the order picks this queue
+    /// (among this queue's waiting deliveries, the oldest first).
+    ///
+    /// The wait counts from this call, not from the first poll of the
+    /// future: a delivery is ready the moment it asks.
     ///
     /// # Cancel safety
     ///
-    /// Cancel-safe: a slot handed to a pump that stopped waiting goes back
-    /// to the arbiter, to the next waiting queue.
-    pub(super) async fn slot(self: &Arc<Self>, queue: usize) -> Slot {
-        loop {
-            let handed = {
-                let mut state = lock(&self.state);
-                if state.free > 0 {
-                    state.free -= 1;
-                    return Slot { arbiter: Some(Arc::clone(self)) };
+    /// Cancel-safe: a slot handed to a delivery that stopped waiting goes
+    /// back to the arbiter, to the next waiting delivery.
+    pub(super) fn slot(self: &Arc<Self>, queue: usize) -> impl Future<Output = Slot> + Send + 'static {
+        let mut asked = self.take_or_wait(queue);
+        let arbiter = Arc::clone(self);
+        async move {
+            loop {
+                let handed = match asked {
+                    Ok(slot) => return slot,
+                    Err(handed) => handed,
+                };
+                // The sender goes only with a slot while this wait lives;
+                // should it go without one, ask again.
+                match handed.await {
+                    Ok(slot) => return slot,
+                    Err(_) => asked = arbiter.take_or_wait(queue),
                 }
-                let (sender, handed) = oneshot::channel();
-                state.waiting[queue] = Some(sender);
-                handed
-            };
-            // The sender goes only with a slot, or when this queue waits
-            // anew (a dropped earlier wait): ask again then.
-            if let Ok(slot) = handed.await {
-                return slot;
             }
         }
     }
 
-    /// Gives a freed slot to the waiting queue the order picks, or counts
-    /// it free.
+    /// A free slot, or a wait for one queued behind `queue`'s other waits.
+    fn take_or_wait(self: &Arc<Self>, queue: usize) -> Result<Slot, oneshot::Receiver<Slot>> {
+        let mut state = lock(&self.state);
+        if state.free > 0 {
+            state.free -= 1;
+            return Ok(Slot { arbiter: Some(Arc::clone(self)) });
+        }
+        let (sender, handed) = oneshot::channel();
+        state.waiting[queue].push_back(sender);
+        Err(handed)
+    }
+
+    /// Gives a freed slot to a waiting delivery of the queue the order
+    /// picks, or counts it free.
     fn release(self: Arc<Self>) {
         let mut slot = Slot { arbiter: Some(Arc::clone(&self)) };
         let mut state = lock(&self.state);
         let State { free, waiting, rng } = &mut *state;
-        loop {
-            let ready = |queue: usize| waiting[queue].as_ref().is_some_and(|sender| !sender.is_closed());
-            let Some(queue) = self.order.pick(&self.weights, ready, rng) else { break };
-            let Some(sender) = waiting[queue].take() else { break };
+        waiting.iter_mut().for_each(drop_stopped);
+        while let Some(queue) = self.order.pick(&self.weights, |queue| !waiting[queue].is_empty(), rng) {
+            let Some(sender) = waiting[queue].pop_front() else { break };
+            drop_stopped(&mut waiting[queue]);
             match sender.send(slot) {
                 Ok(()) => return,
                 // It stopped waiting meanwhile: the next.
@@ -108,6 +130,14 @@ impl Arbiter {
         *free += 1;
         // Counted free: dropping it must not release it again (nor lock).
         slot.arbiter = None;
+    }
+}
+
+/// Drops the waits at the front of `waits` whose deliveries stopped
+/// waiting, so that a queue counts as ready only for a live one.
+fn drop_stopped(waits: &mut VecDeque<oneshot::Sender<Slot>>) {
+    while waits.front().is_some_and(oneshot::Sender::is_closed) {
+        waits.pop_front();
     }
 }
 
@@ -151,6 +181,23 @@ mod tests {
         let second = tokio::time::timeout(Duration::from_secs(1), second).await.unwrap().unwrap();
         drop(second);
         assert_eq!(super::lock(&arbiter.state).free, 1);
+    }
+
+    #[tokio::test]
+    async fn every_waiting_delivery_of_the_first_queue_goes_before_the_second_under_strict_order() {
+        let arbiter = Arbiter::new(2, QueueOrder::Strict, vec![1, 1]);
+        let held = [arbiter.slot(0).await, arbiter.slot(0).await];
+        // One delivery of the second queue waits, then two of the first.
+        let later = arbiter.slot(1);
+        let first = [arbiter.slot(0), arbiter.slot(0)];
+        drop(held);
+        let [one, two] = first;
+        let (one, two) = tokio::time::timeout(Duration::from_secs(1), async { (one.await, two.await) }).await.unwrap();
+        assert_eq!(super::lock(&arbiter.state).waiting[1].len(), 1, "the second queue still waits");
+        drop(one);
+        let later = tokio::time::timeout(Duration::from_secs(1), later).await.unwrap();
+        drop((two, later));
+        assert_eq!(super::lock(&arbiter.state).free, 2);
     }
 
     #[tokio::test]

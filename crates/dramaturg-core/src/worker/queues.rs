@@ -35,9 +35,10 @@ impl QueueOptions {
 
     /// Runs at most `n` messages of this queue at once, within the worker's
     /// own [concurrency](super::Worker::concurrency) (which still bounds
-    /// all queues together). The queue's consumer then holds at most `n + 2`
+    /// all queues together). The queue's consumer then holds at most `2n`
     /// deliveries not yet settled (`n` if it is the worker's only queue):
-    /// the `n` running, one ready for the next free slot, and the next one. Zero is refused when the worker starts
+    /// up to `n` running, and as many fetched ahead, ready for the next
+    /// free slots. Zero is refused when the worker starts
     /// ([`WorkerConfigError::ZeroConcurrency`]).
     #[must_use]
     pub fn concurrency(mut self, n: usize) -> Self {
@@ -118,10 +119,6 @@ fn which(queue: Option<&str>) -> String {
     }
 }
 
-/// How many deliveries a queue of a worker of several queues holds fetched
-/// and not started, at most: one waiting for a slot, and the next.
-const UNSTARTED: usize = 2;
-
 /// One consumed queue as the worker runs it.
 #[derive(Debug)]
 pub(super) struct Lane {
@@ -158,12 +155,15 @@ pub(super) struct Settings<'a> {
 /// A queue's prefetch is what it can run at once (the worker's
 /// concurrency, or its own limit if lower), unless the worker's prefetch
 /// is set; a queue of its own limit never holds more than that limit.
-/// When the worker consumes several queues, each may hold two deliveries
-/// more: the one ready, waiting for a slot, and the next, fetched
-/// meanwhile. A queue whose consumer holds only what runs has nothing
-/// ready when a slot frees, and would lose every free slot to the other
-/// queues; with one queue there is nothing to arbitrate, and deliveries
-/// held ahead would only keep them from other workers of the fleet.
+/// When the worker consumes several queues, each may hold as many
+/// deliveries again, fetched ahead and waiting for a slot (Dramatiq's
+/// default prefetch, twice the worker threads). A queue whose consumer
+/// holds only what runs has nothing ready when a slot frees, and loses it
+/// to the other queues; one that holds only a few more runs out whenever
+/// slots free faster than a fetch returns, and the order does not hold
+/// (measured in `docs/design.md`). With one queue there is nothing to
+/// arbitrate, and deliveries held ahead would only keep them from other
+/// workers of the fleet.
 pub(super) fn lanes(queues: Vec<String>, settings: &Settings<'_>) -> Result<Vec<Lane>, WorkerConfigError> {
     if settings.concurrency == 0 {
         return Err(WorkerConfigError::ZeroConcurrency { queue: None });
@@ -181,7 +181,7 @@ pub(super) fn lanes(queues: Vec<String>, settings: &Settings<'_>) -> Result<Vec<
             return Err(WorkerConfigError::DuplicateQueue { queue: queue.clone() });
         }
     }
-    let ahead = if queues.len() > 1 { UNSTARTED } else { 0 };
+    let several = queues.len() > 1;
     queues
         .into_iter()
         .enumerate()
@@ -198,10 +198,13 @@ pub(super) fn lanes(queues: Vec<String>, settings: &Settings<'_>) -> Result<Vec<
                 return Err(WorkerConfigError::ZeroConcurrency { queue: Some(name) });
             }
             let runs = options.concurrency.map_or(settings.concurrency, |n| n.min(settings.concurrency));
+            // What the queue may hold: what it runs, and as much again
+            // fetched ahead in a worker of several queues.
+            let held = |runs: usize| if several { runs.saturating_mul(2) } else { runs };
             let prefetch = match (settings.prefetch, options.concurrency) {
-                (Some(prefetch), Some(limit)) => prefetch.min(limit + ahead),
+                (Some(prefetch), Some(limit)) => prefetch.min(held(limit)),
                 (Some(prefetch), None) => prefetch,
-                (None, _) => runs + ahead,
+                (None, _) => held(runs),
             };
             let limit = options.concurrency.map(|n| Arc::new(Semaphore::new(n)));
             Ok(Lane { index, name, limit, prefetch, weight })
@@ -223,14 +226,14 @@ mod tests {
     }
 
     #[test]
-    fn prefetch_is_what_a_queue_can_run_plus_two_unstarted() {
+    fn prefetch_is_twice_what_a_queue_can_run() {
         let options = [("reports".to_owned(), QueueOptions::new().concurrency(2).weight(3))];
         let settings = Settings { concurrency: 8, prefetch: None, order: QueueOrder::Weighted, options: &options };
         let lanes = lanes(queues(), &settings).unwrap();
-        assert_eq!((lanes[0].prefetch, lanes[0].weight, lanes[0].limit.is_none()), (10, 1, true));
+        assert_eq!((lanes[0].prefetch, lanes[0].weight, lanes[0].limit.is_none()), (16, 1, true));
         assert_eq!((lanes[1].prefetch, lanes[1].weight), (4, 3));
         assert_eq!(lanes[1].limit.as_ref().unwrap().available_permits(), 2);
-        // An explicit prefetch applies, but not beyond a queue's own limit plus two.
+        // An explicit prefetch applies, but not beyond twice a queue's own limit.
         let settings = Settings { concurrency: 8, prefetch: Some(50), order: QueueOrder::Weighted, options: &options };
         let lanes = super::lanes(queues(), &settings).unwrap();
         assert_eq!((lanes[0].prefetch, lanes[1].prefetch), (50, 4));

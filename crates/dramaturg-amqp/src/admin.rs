@@ -9,6 +9,7 @@ use dramaturg_core::{BrokerError, DeadLetter, DeadLetters, InFlightScope, Protoc
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, QueueDeclareOptions, QueuePurgeOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::Channel;
+use sha2::{Digest, Sha256};
 
 use crate::delay::{bucket_queue, MAX_BUCKET};
 use crate::error::{amqp_error, is_not_found};
@@ -34,19 +35,38 @@ fn header_text(properties: &lapin::BasicProperties, key: &str) -> Option<String>
 
 /// A dead letter as read: its key and reason from this broker's headers,
 /// or — dead-lettered by Python Dramatiq or by RabbitMQ itself, in
-/// Dramatiq's layout — its `message_id` and `options.traceback`.
+/// Dramatiq's layout — its `message_id` and `options.traceback`; or, for
+/// one RabbitMQ dead-lettered in the native layout (a quorum queue's
+/// delivery limit), a key derived from its bytes ([`body_key`]) and
+/// RabbitMQ's reason.
 fn dead_letter(delivery: &lapin::message::Delivery) -> DeadLetter {
     let properties = &delivery.properties;
     DeadLetter::new(
         header_text(properties, DEAD_KEY_HEADER)
             .or_else(|| crate::dramatiq::route::message_id(&delivery.data))
-            .unwrap_or_default(),
+            .unwrap_or_else(|| body_key(&delivery.data)),
         Bytes::from(delivery.data.clone()),
         header_text(properties, REASON_HEADER)
             .or_else(|| crate::dramatiq::route::traceback(&delivery.data))
-            .unwrap_or_else(|| "dead-lettered by RabbitMQ".into()),
+            .unwrap_or_else(|| match header_text(properties, "x-first-death-reason") {
+                // A quorum queue's delivery limit, a message's own TTL: RabbitMQ's reason.
+                Some(reason) => format!("dead-lettered by RabbitMQ: {reason}"),
+                None => "dead-lettered by RabbitMQ".into(),
+            }),
         properties.timestamp().map_or(UNIX_EPOCH, |t| UNIX_EPOCH + Duration::from_secs(t)),
     )
+}
+
+/// The key of a dead letter that carries none: `sha256:` and the first 16
+/// bytes of the SHA-256 of its message, in hex. The same bytes give the
+/// same key in every process (the listing and a later replay or delete
+/// agree), and the message's own id inside the bytes makes it unique.
+/// The app finds such a letter by message id through its encoder
+/// ([`App::find_dead_letter`](dramaturg_core::App::find_dead_letter)).
+fn body_key(body: &[u8]) -> String {
+    let digest = Sha256::digest(body);
+    let hex: String = digest.iter().take(16).map(|byte| format!("{byte:02x}")).collect();
+    format!("sha256:{hex}")
 }
 
 /// What to do with the delay buckets of a queue.

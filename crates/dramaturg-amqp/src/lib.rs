@@ -106,6 +106,7 @@ mod flow;
 mod link;
 mod names;
 mod pause;
+mod queue_type;
 mod runtime;
 mod target;
 
@@ -123,6 +124,7 @@ use bytes::Bytes;
 use crate::consumer::Generation;
 use crate::link::{Consuming, Link, Linker};
 pub use crate::names::MAX_QUEUE_NAME_BYTES;
+pub use crate::queue_type::QueueType;
 use crate::target::{Extra, Target};
 pub use dramaturg_core::Protocol;
 
@@ -154,6 +156,8 @@ pub struct AmqpConfig {
     protocol: Protocol,
     delay_hold_horizon: Duration,
     delay_prefetch: u16,
+    queue_type: QueueType,
+    delivery_limit: Option<u32>,
     /// A query parameter of the URL this broker reads that was invalid.
     url_error: Option<String>,
 }
@@ -252,6 +256,13 @@ impl AmqpConfig {
         let protocol = parsed_parameter(&url, "protocol", "\"native\" or \"dramatiq\"", &mut url_error, |value| {
             value.parse::<Protocol>().ok()
         });
+        let queue_type = parsed_parameter(&url, "queue_type", "\"classic\" or \"quorum\"", &mut url_error, |value| {
+            value.parse::<QueueType>().ok()
+        });
+        let delivery_limit =
+            parsed_parameter(&url, "delivery_limit", "a number of deliveries above 0", &mut url_error, |value| {
+                value.parse::<u32>().ok().filter(|&n| n > 0)
+            });
         Self {
             url,
             confirms: true,
@@ -266,6 +277,8 @@ impl AmqpConfig {
             protocol: protocol.unwrap_or_default(),
             delay_hold_horizon: DEFAULT_DELAY_HOLD_HORIZON,
             delay_prefetch: DEFAULT_DELAY_PREFETCH,
+            queue_type: queue_type.unwrap_or_default(),
+            delivery_limit,
             url_error,
         }
     }
@@ -318,9 +331,29 @@ impl AmqpConfig {
     }
 
     /// The URL lapin connects to: this broker's own query parameters
-    /// (`protocol`) removed, which lapin would not know.
+    /// (`protocol`, `queue_type`) removed, which lapin would not know.
     pub(crate) fn connection_url(&self) -> String {
-        without_parameter(&self.url, "protocol")
+        without_parameter(&without_parameter(&self.url, "protocol"), "queue_type")
+    }
+
+    /// Refuses a queue type that cannot work with the other settings.
+    fn check_queue_type(&self) -> Result<(), String> {
+        match (self.queue_type, self.delivery_limit, self.max_priority, self.protocol) {
+            (QueueType::Classic, Some(_), ..) => {
+                Err("amqp: a delivery limit needs quorum queues (queue_type=quorum); classic queues have none".into())
+            }
+            (QueueType::Quorum, _, Some(_), _) => Err(
+                "amqp: quorum queues take no message priorities in RabbitMQ 3.x: set max_priority or quorum queues, \
+                 not both"
+                    .into(),
+            ),
+            (QueueType::Quorum, _, _, Protocol::Dramatiq) => {
+                Err("amqp: Dramatiq's layout uses classic queues (Python Dramatiq declares them so); quorum queues \
+                 are for the native layout"
+                    .into())
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The longest one attempt of a send may take (see
@@ -397,6 +430,52 @@ impl AmqpConfig {
         self
     }
 
+    /// Declares the queues messages wait in as `queue_type` (default
+    /// [`QueueType::Classic`]); also `?queue_type=quorum` in the URL.
+    /// A [quorum](QueueType::Quorum) queue is replicated across the
+    /// cluster's nodes and takes no priorities: connecting with both
+    /// [`max_priority`](AmqpConfig::max_priority) and quorum queues is
+    /// refused, as is Dramatiq's layout (Python Dramatiq declares classic
+    /// queues, and RabbitMQ refuses a queue declared as both). Queues
+    /// declared before as another type must be deleted first: RabbitMQ
+    /// refuses to change a queue's type (an error of kind
+    /// [`Unsuitable`](dramaturg_core::BrokerErrorKind::Unsuitable) at the
+    /// first declaration).
+    #[must_use]
+    pub fn queue_type(mut self, queue_type: QueueType) -> Self {
+        self.queue_type = queue_type;
+        self
+    }
+
+    /// The queue type messages wait in (see [`AmqpConfig::queue_type`]).
+    pub fn queue_kind(&self) -> QueueType {
+        self.queue_type
+    }
+
+    /// With [quorum queues](QueueType::Quorum): RabbitMQ dead-letters a
+    /// message (to `q.dq`, with the reason `delivery_limit`) once it has
+    /// been delivered and returned `n` times (`x-delivery-limit`) — a
+    /// message that crashes or stalls every worker that takes it (a poison
+    /// message) stops going round. A delivery returns when its worker dies
+    /// or loses its connection, and also when a worker gives back a
+    /// message it fetched and did not start (at shutdown, or when its
+    /// queue is paused): keep `n` well above what those add. Retries
+    /// scheduled by the retry middleware do not count (they are new
+    /// publishes). Also `?delivery_limit=N` in the URL. Zero is refused
+    /// when connecting, and so is a limit on classic queues, which have
+    /// none.
+    #[must_use]
+    pub fn delivery_limit(mut self, n: u32) -> Self {
+        self.delivery_limit = Some(n);
+        self
+    }
+
+    /// The delivery limit of quorum queues, if set (see
+    /// [`AmqpConfig::delivery_limit`]).
+    pub fn deliveries_allowed(&self) -> Option<u32> {
+        self.delivery_limit
+    }
+
     /// How long dead letters are kept (default 7 days): the `x-message-ttl`
     /// of each `<queue>.dq` — in Dramatiq's layout of each `<queue>.XQ`,
     /// Dramatiq's `dead_message_ttl` (the same default, 604,800,000 ms).
@@ -468,6 +547,8 @@ impl fmt::Debug for AmqpConfig {
             .field("on_blocked", &self.on_blocked)
             .field("expire_unused_queues", &self.expire_unused_queues)
             .field("protocol", &self.protocol)
+            .field("queue_type", &self.queue_type)
+            .field("delivery_limit", &self.delivery_limit)
             .field("delay_hold_horizon", &self.delay_hold_horizon)
             .field("delay_prefetch", &self.delay_prefetch)
             .finish()
@@ -589,6 +670,7 @@ impl AmqpBroker {
                 "amqp: the send timeout must be above zero",
             ));
         }
+        config.check_queue_type().map_err(invalid)?;
         // The publishing connection is opened now, so that a wrong URL or
         // credentials fail here; the consuming one on first use.
         let runtime = Arc::new(runtime::ConnectionRuntime::start()?);
@@ -652,11 +734,14 @@ fn routed<'a>(config: &AmqpConfig, message: &'a Outgoing) -> (Target<'a>, Bytes,
 /// invalid value (`parse` gives `None`) is recorded in `error` (the first
 /// one found) as not being `expected`.
 /// The URL query parameters read: this crate's (`max_priority`,
-/// `send_timeout_ms`, `protocol`) and lapin's.
+/// `send_timeout_ms`, `protocol`, `queue_type`, `delivery_limit`) and
+/// lapin's.
 const URL_PARAMETERS: &[&str] = &[
     "max_priority",
     "send_timeout_ms",
     "protocol",
+    "queue_type",
+    "delivery_limit",
     "frame_max",
     "channel_max",
     "heartbeat",

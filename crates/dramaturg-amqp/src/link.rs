@@ -28,7 +28,7 @@ use crate::flow::{watch_blocked, BlockState};
 use crate::names::{check_queue, dead_queue, short};
 use crate::runtime::ConnectionRuntime;
 use crate::target::{Extra, Target};
-use crate::{AmqpConfig, Shared};
+use crate::{AmqpConfig, QueueType, Shared};
 
 /// The header holding a dead letter's reason.
 pub(crate) const REASON_HEADER: &str = "x-dramaturg-reason";
@@ -292,6 +292,12 @@ pub(crate) fn main_queue_arguments(config: &AmqpConfig, queue: &str) -> FieldTab
     if let Some(max) = config.max_priority {
         entries.push(("x-max-priority", AMQPValue::ShortShortUInt(max)));
     }
+    if config.queue_kind() == QueueType::Quorum {
+        entries.push(("x-queue-type", QueueType::Quorum.argument()));
+    }
+    if let Some(limit) = config.deliveries_allowed() {
+        entries.push(("x-delivery-limit", long(u64::from(limit))));
+    }
     table(config, &entries)
 }
 
@@ -345,7 +351,8 @@ fn declare_error(error: lapin::Error, name: &str) -> BrokerError {
         format!(
             "amqp: queue {name:?} exists with other arguments than this broker declares it with ({error}); \
              RabbitMQ does not change the arguments of an existing queue: configure the broker as the queue \
-             was declared (max_priority, dead_letter_ttl, dead_letter_caps, expire_unused_queues), or delete \
+             was declared (max_priority, queue_type, delivery_limit, dead_letter_ttl, dead_letter_caps, \
+             expire_unused_queues), or delete \
              the queue so that it is declared again (deleting drops its messages: replay or list the dead \
              letters of a `.dq` first)"
         ),

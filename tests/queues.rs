@@ -254,6 +254,36 @@ async fn a_pause_returns_deliveries_waiting_for_a_slot(app: App, probe: &Probe) 
     finish(&app, running).await;
 }
 
+/// The worker's `run` future dropped (its task aborted) while messages
+/// run and others wait for a slot: the worker stops at once — nothing
+/// more starts, and every message goes back to its queue.
+async fn dropping_the_run_future_stops_the_worker(app: App, probe: &Probe) {
+    let (flood, other) = (app.queues()[FLOOD].clone(), app.queues()[OTHER].clone());
+    let (_handle, running) = start(Worker::new(app.clone()).concurrency(2));
+    app.send_many(&[Flood { millis: 5000 }, Flood { millis: 5000 }]).await.unwrap();
+    wait_for("both slots to be taken", Duration::from_secs(10), || probe.order().len() == 2).await;
+    app.send_many(&(0..10).map(|_| Other(0)).collect::<Vec<_>>()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    running.abort();
+    assert!(running.await.unwrap_err().is_cancelled());
+    // Everything returns: the two interrupted, the ten never started.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (flood, other) = (app.stats(&flood).await.unwrap(), app.stats(&other).await.unwrap());
+        if (flood.ready, flood.in_flight, other.ready, other.in_flight) == (2, 0, 10, 0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "every message back in its queue: {flood:?} {other:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Other(0).send(&app).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(probe.order(), [FLOOD, FLOOD], "nothing started after the drop");
+    for queue in app.queues() {
+        app.admin().unwrap().purge(queue).await.unwrap();
+    }
+}
+
 /// Settings that cannot work: a typed error, and nothing consumed.
 async fn settings_that_cannot_work_are_refused(app: App, _probe: &Probe) {
     let flood = app.queues()[FLOOD].clone();
@@ -301,6 +331,7 @@ macro_rules! broker_tests {
             weights_share_eight_slots,
             a_flood_does_not_starve_another_queue,
             a_pause_returns_deliveries_waiting_for_a_slot,
+            dropping_the_run_future_stops_the_worker,
             settings_that_cannot_work_are_refused
         );
     };

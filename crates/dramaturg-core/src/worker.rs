@@ -592,8 +592,12 @@ impl Worker {
     ///
     /// # Cancel safety
     ///
-    /// Not cancel-safe: dropping the future abandons running messages, which
-    /// then return through the broker's redelivery. Use the shutdown handle.
+    /// Not cancel-safe: dropping the future stops the worker at once, with
+    /// no grace period — it claims nothing more, returns what it fetched
+    /// and did not start, and interrupts its running messages, which go
+    /// back to their queues as at the end of a grace period (a blocking
+    /// handler's thread runs on, its message returned). Use the shutdown
+    /// handle to stop it gracefully.
     pub async fn run(self) -> Result<WorkerReport, WorkerError> {
         let queues: Vec<String> = match self.queues {
             Some(queues) => queues,
@@ -619,7 +623,17 @@ impl Worker {
         }
         for lane in &lanes {
             let limit = lane.limit.as_ref().map_or(self.concurrency, |limit| limit.available_permits());
-            crate::batch::warn_small_slots(&self.app, &lane.name, self.concurrency.min(limit).min(lane.prefetch));
+            let runs = self.concurrency.min(limit);
+            crate::batch::warn_small_slots(&self.app, &lane.name, runs.min(lane.prefetch));
+            if lane.prefetch < runs {
+                tracing::warn!(
+                    queue = %lane.name,
+                    prefetch = lane.prefetch,
+                    could_run = runs,
+                    "the prefetch bounds this queue's running messages too: it runs at most {} at once",
+                    lane.prefetch
+                );
+            }
         }
         let weights = lanes.iter().map(|lane| lane.weight).collect();
         let shared = Arc::new(Shared {
@@ -635,6 +649,7 @@ impl Worker {
             children: Pool::new(self.isolation),
             app: self.app,
         });
+        let abandon_if_dropped = AbandonIfDropped(Some(Arc::clone(&shared)));
         let broker = Arc::clone(shared.app.broker());
         for middleware in shared.app.middleware() {
             middleware.on_worker_start(&shared.app).await;
@@ -705,8 +720,36 @@ impl Worker {
             watchdog.stop();
             report.blocked_runtime = watchdog.blocked();
         }
+        abandon_if_dropped.disarm();
         tracing::info!(?report, shutdown_ms = crate::time::millis(stopping.elapsed()), "worker stopped");
         Ok(report)
+    }
+}
+
+/// Stops a worker whose [`Worker::run`] future is dropped before it ends:
+/// its pumps and processing tasks are spawned, and would otherwise run on
+/// unseen. Disarmed when `run` ends by itself.
+struct AbandonIfDropped(Option<Arc<Shared>>);
+
+impl AbandonIfDropped {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for AbandonIfDropped {
+    fn drop(&mut self) {
+        if let Some(shared) = self.0.take() {
+            tracing::warn!("the worker's run future was dropped: stopping at once, running messages interrupted");
+            shared.stop.cancel();
+            shared.interrupt.cancel();
+            shared.abandon.cancel();
+            shared.tasks.close();
+            shared.children.close();
+            if let Some(watchdog) = &shared.watchdog {
+                watchdog.stop();
+            }
+        }
     }
 }
 

@@ -110,6 +110,10 @@ pub enum WorkerConfigError {
         /// The queue.
         queue: String,
     },
+    /// An empty queue name in [`Worker::queues`](super::Worker::queues):
+    /// no broker has such a queue.
+    #[error("a queue name cannot be empty")]
+    EmptyQueueName,
 }
 
 fn which(queue: Option<&str>) -> String {
@@ -177,6 +181,9 @@ pub(super) fn lanes(queues: Vec<String>, settings: &Settings<'_>) -> Result<Vec<
         }
     }
     for (index, queue) in queues.iter().enumerate() {
+        if queue.is_empty() {
+            return Err(WorkerConfigError::EmptyQueueName);
+        }
         if queues[..index].contains(queue) {
             return Err(WorkerConfigError::DuplicateQueue { queue: queue.clone() });
         }
@@ -276,5 +283,7 @@ mod tests {
         // (A queue listed twice is refused before its prefetch matters.)
         let settings = Settings { concurrency: 1, prefetch: None, order: QueueOrder::Weighted, options: &[] };
         assert_eq!(lanes(twice, &settings).err(), Some(WorkerConfigError::DuplicateQueue { queue: "mail".into() }));
+        let empty = vec!["mail".to_owned(), String::new()];
+        assert_eq!(lanes(empty, &settings).err(), Some(WorkerConfigError::EmptyQueueName));
     }
 }

@@ -70,6 +70,7 @@ use crate::{App, Context, Message};
 mod arbiter;
 mod order;
 mod queues;
+mod tally;
 
 use arbiter::{Arbiter, Permits};
 pub use order::QueueOrder;
@@ -77,6 +78,11 @@ use queues::Lane;
 pub use queues::{QueueOptions, WorkerConfigError};
 
 /// How long interrupted messages get to settle after the grace period.
+/// How often a worker publishes its outcomes per queue to the broker
+/// ([`QueueAdmin::record_outcomes`](crate::QueueAdmin::record_outcomes)),
+/// as deltas since the last publish; it publishes once more when it stops.
+pub const OUTCOMES_EVERY: Duration = Duration::from_secs(5);
+
 const SETTLE_AFTER_INTERRUPT: Duration = Duration::from_secs(2);
 /// How long blocking handlers still running after the grace period are
 /// waited for by default: with the default 20 s grace, inside the 30 s that
@@ -362,6 +368,8 @@ struct Shared {
     /// Messages of blocking actors being processed, their threads included.
     blocking_running: AtomicU64,
     counters: Counters,
+    /// Outcomes per queue since the last publish to the broker.
+    tally: Arc<tally::Tally>,
     gauges: WorkerGauges,
     watchdog: Option<Watchdog>,
     /// Child processes of isolated actors.
@@ -630,6 +638,7 @@ impl Worker {
             abandon: CancellationToken::new(),
             blocking_running: AtomicU64::new(0),
             counters: Counters::default(),
+            tally: Arc::new(tally::Tally::new(lanes.iter().map(|lane| lane.name.clone()))),
             gauges: self.gauges.clone(),
             watchdog: Watchdog::start(&self.app, self.concurrency, self.blocked_threshold),
             children: Pool::new(self.isolation),
@@ -639,6 +648,7 @@ impl Worker {
         for middleware in shared.app.middleware() {
             middleware.on_worker_start(&shared.app).await;
         }
+        broker.set_worker_concurrency(self.concurrency);
         let mut consumers = Vec::with_capacity(lanes.len());
         for lane in &lanes {
             broker.declare_queue(&lane.name).await?;
@@ -655,6 +665,15 @@ impl Worker {
             .zip(lanes)
             .map(|(consumer, lane)| tokio::spawn(pump(Arc::clone(&shared), consumer, lane)))
             .collect();
+        // Stopped once every message is settled, so that its last publish
+        // counts them all.
+        let publishing = CancellationToken::new();
+        let publisher = tokio::spawn(tally::publish(
+            Arc::clone(&shared.tally),
+            Arc::clone(&broker),
+            OUTCOMES_EVERY,
+            publishing.clone(),
+        ));
 
         shared.stop.cancelled().await;
         let stopping = Instant::now();
@@ -692,6 +711,10 @@ impl Worker {
                     "messages did not settle after interruption; the broker will redeliver them"
                 );
             }
+        }
+        publishing.cancel();
+        if let Err(error) = publisher.await {
+            tracing::error!(%error, "the task that publishes outcomes failed");
         }
         shared.children.close();
         if let Err(error) = broker.release().await {
@@ -797,7 +820,7 @@ async fn start(shared: Arc<Shared>, waiting: Waiting, delivery: Delivery) {
         permits = permits => permits,
     };
     match permits {
-        Some(permits) => process(shared, delivery, permits).await,
+        Some(permits) => process(shared, queue, delivery, permits).await,
         None => requeue_unstarted(&shared, delivery).await,
     }
 }
@@ -908,8 +931,8 @@ fn settlement_label(settlement: &Settlement) -> &'static str {
     }
 }
 
-/// Processes one delivery and settles it.
-async fn process(shared: Arc<Shared>, delivery: Delivery, _permits: Permits) {
+/// Processes one delivery of queue number `queue` and settles it.
+async fn process(shared: Arc<Shared>, queue: usize, delivery: Delivery, _permits: Permits) {
     let size = delivery.body().len();
     let limit = shared.app.max_message_size();
     let message = if size > limit {
@@ -950,6 +973,11 @@ async fn process(shared: Arc<Shared>, delivery: Delivery, _permits: Permits) {
     };
     if let Some(count) = counted {
         shared.counters.count(count);
+        match count {
+            Count::Succeeded => shared.tally.count(queue, true),
+            Count::Failed | Count::Retried | Count::Rejected => shared.tally.count(queue, false),
+            Count::Skipped | Count::Postponed | Count::Requeued | Count::Aborted => {}
+        }
     }
 }
 

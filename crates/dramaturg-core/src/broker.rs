@@ -603,7 +603,8 @@ pub const HELD_LISTED: usize = 20;
 pub struct HeldMessage {
     /// Its queue.
     pub queue: String,
-    /// The broker's id of the entry (the message's id).
+    /// The broker's id of the entry: the Redis broker gives each enqueue
+    /// an id of its own, so decode the body for the message's id.
     pub id: String,
     /// The encoded message; `None` when it was settled between the
     /// listing and the read.

@@ -495,12 +495,12 @@ fn held(state: &State, worker: &WorkerInfo) -> Markup {
         ul.held {
             @for message in &worker.held {
                 li {
-                    a.mono href=(state.link(&format!("/lookup?id={}", encode(&message.id)))) { (short(&message.id, 30)) }
-                    " "
                     @match message.body.as_ref().map(|body| state.app.encoder().decode_message(body)) {
-                        Some(Ok(m)) => { (m.actor) }
-                        Some(Err(_)) => span.muted { "(does not decode)" },
-                        None => span.muted { "(settled meanwhile)" },
+                        Some(Ok(m)) => {
+                            a.mono href=(state.link(&format!("/lookup?id={}", m.id))) { (m.id) } " " (m.actor)
+                        }
+                        Some(Err(_)) => { span.mono { (short(&message.id, 30)) } " " span.muted { "(does not decode)" } }
+                        None => { span.mono { (short(&message.id, 30)) } " " span.muted { "(settled meanwhile)" } }
                     }
                     " on " (message.queue)
                 }

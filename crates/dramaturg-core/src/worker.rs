@@ -77,12 +77,12 @@ pub use order::QueueOrder;
 use queues::Lane;
 pub use queues::{QueueOptions, WorkerConfigError};
 
-/// How long interrupted messages get to settle after the grace period.
 /// How often a worker publishes its outcomes per queue to the broker
 /// ([`QueueAdmin::record_outcomes`](crate::QueueAdmin::record_outcomes)),
 /// as deltas since the last publish; it publishes once more when it stops.
 pub const OUTCOMES_EVERY: Duration = Duration::from_secs(5);
 
+/// How long interrupted messages get to settle after the grace period.
 const SETTLE_AFTER_INTERRUPT: Duration = Duration::from_secs(2);
 /// How long blocking handlers still running after the grace period are
 /// waited for by default: with the default 20 s grace, inside the 30 s that

@@ -18,13 +18,14 @@ pub use dramaturg_core::{
     actor, async_trait, broker, dramatiq, encoder, middleware, outcome, worker, Actor, ActorInfo, App, AppBuilder,
     Bounded, BoxError, Broker, BrokerError, BrokerErrorKind, Call, CodecError, ConfigError, Consumer, Context,
     Controls, DeadLetter, DeadLetterView, DeadLetters, DeclaredOption, DecodedMessage, Delivery, Encoder, EnqueueError,
-    ErrorRecord, ErrorType, Fail, Failure, FailureKind, InFlightScope, Interrupted, Interruption, Job, Json, Located,
-    LocatedView, MemoryBroker, MemoryStore, Message, MessageId, MessagePack, Metadata, Middleware, MissingState, Next,
-    NextAttempt, OptionError, OptionKey, Options, Outcome, Outgoing, Output, ParseMessageIdError, Protocol, QueueAdmin,
-    QueueBrowser, QueueOptions, QueueOrder, QueuePage, QueueStats, QueuedMessage, QueuedView, QueuedViews, Receipt,
-    RecordLimits, Remote, Replay, ReplayError, ReplayReport, ReplayRetries, Retry, SendClaim, SendOptions, Sent,
-    SettleError, Settled, Settlement, ShutdownHandle, State, Store, StoreError, StoreErrorKind, Waiting, Whereabouts,
-    Worker, WorkerConfigError, WorkerError, WorkerGauges, WorkerInfo, WorkerReport, DEFAULT_MAX_MESSAGE_SIZE, ETA,
+    ErrorRecord, ErrorType, Fail, Failure, FailureKind, HeldMessage, InFlightScope, Interrupted, Interruption, Job,
+    Json, Located, LocatedView, MemoryBroker, MemoryStore, Message, MessageId, MessagePack, Metadata, Middleware,
+    MinuteOutcomes, MissingState, Next, NextAttempt, OptionError, OptionKey, Options, Outcome, OutcomeCounts, Outgoing,
+    Output, ParseMessageIdError, Protocol, QueueAdmin, QueueBrowser, QueueOptions, QueueOrder, QueuePage, QueueStats,
+    QueuedMessage, QueuedView, QueuedViews, Receipt, RecordLimits, Remote, Replay, ReplayError, ReplayReport,
+    ReplayRetries, Retry, SendClaim, SendOptions, Sent, SettleError, Settled, Settlement, ShutdownHandle, State, Store,
+    StoreError, StoreErrorKind, Waiting, Whereabouts, Worker, WorkerConfigError, WorkerError, WorkerGauges, WorkerInfo,
+    WorkerReport, DEFAULT_MAX_MESSAGE_SIZE, ETA, HELD_LISTED, OUTCOME_MINUTES,
 };
 pub use dramaturg_core::{batch, isolation, store, sync, time};
 pub use dramaturg_error_capture as error_capture;

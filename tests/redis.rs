@@ -907,9 +907,9 @@ async fn the_worker_listing_names_each_worker_and_its_queues() {
     }
     let namespace = namespace();
     let mut running = Vec::new();
-    for queues in [vec!["listing-a"], vec!["listing-b", "listing-c"]] {
+    for (queues, concurrency) in [(vec!["listing-a"], 3), (vec!["listing-b", "listing-c"], 5)] {
         let app = dramaturg::app(broker_in(URL, &namespace).await).actor::<Mark>().build().unwrap();
-        let worker = Worker::new(app).queues(queues);
+        let worker = Worker::new(app).queues(queues).concurrency(concurrency);
         running.push((worker.shutdown_handle(), tokio::spawn(worker.run())));
     }
     let admin = broker_in(URL, &namespace).await;
@@ -927,6 +927,9 @@ async fn the_worker_listing_names_each_worker_and_its_queues() {
     consumed.sort();
     assert_eq!(consumed, [vec!["listing-a"], vec!["listing-b", "listing-c"]], "{workers:?}");
     assert!(workers.iter().all(|w| w.in_flight.values().all(|held| *held == 0)), "{workers:?}");
+    let mut concurrency: Vec<Option<usize>> = workers.iter().map(|w| w.concurrency).collect();
+    concurrency.sort();
+    assert_eq!(concurrency, [Some(3), Some(5)], "told with the heartbeat");
     for (shutdown, run) in running {
         shutdown.shutdown();
         run.await.unwrap().unwrap();
@@ -981,4 +984,121 @@ async fn a_reset_replay_of_all_takes_what_was_dead_when_it_started() {
     let report = running.await.unwrap().unwrap();
     assert_eq!(report.failed, 2 * LETTERS, "each message ran twice: sent, then replayed: {report:?}");
     assert_eq!(dead().await, LETTERS);
+}
+
+#[derive(Actor, Serialize, Deserialize)]
+#[actor(queue = "outcomes", max_retries = 0)]
+struct Ending {
+    millis: u64,
+    fail: bool,
+}
+
+impl Ending {
+    async fn perform(self, _ctx: &Context) -> Result<(), BoxError> {
+        tokio::time::sleep(Duration::from_millis(self.millis)).await;
+        if self.fail {
+            return Err("told to fail".into());
+        }
+        Ok(())
+    }
+}
+
+/// The counts of `queue` summed over the last hour.
+async fn outcomes_of(broker: &RedisBroker, queue: &str) -> dramaturg::OutcomeCounts {
+    let minutes = broker.outcomes_per_minute().await.unwrap();
+    assert_eq!(minutes.len(), dramaturg::OUTCOME_MINUTES);
+    assert!(minutes.windows(2).all(|w| w[1].minute.duration_since(w[0].minute).unwrap() == Duration::from_secs(60)));
+    let (succeeded, failed) = minutes
+        .iter()
+        .filter_map(|m| m.queues.get(queue))
+        .fold((0, 0), |(s, f), counts| (s + counts.succeeded, f + counts.failed));
+    dramaturg::OutcomeCounts::new(succeeded, failed)
+}
+
+/// A worker tells the broker its concurrency and what it holds (listed
+/// with the bodies, bounded), and publishes its outcomes per queue, which
+/// the broker keeps per minute (one hash a minute, expiring in ~2 h).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_publish_their_outcomes_per_minute_and_show_what_they_hold() {
+    if support::is_child() {
+        return;
+    }
+    let namespace = namespace();
+    let broker = broker_in(URL, &namespace).await;
+    let app = dramaturg::app(broker.clone()).actor::<Ending>().build().unwrap();
+    let mut slow = Vec::new();
+    for _ in 0..3 {
+        slow.push(Ending { millis: 1500, fail: false }.send(&app).await.unwrap().id().to_string());
+    }
+    let worker = Worker::new(app.clone()).concurrency(2);
+    let shutdown = worker.shutdown_handle();
+    let running = tokio::spawn(worker.run());
+    let admin = broker_in(URL, &namespace).await;
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        let workers = admin.workers().await.unwrap();
+        if let [worker] = workers.as_slice() {
+            assert_eq!(worker.concurrency, Some(2));
+            if worker.held.len() >= 2 {
+                assert_eq!(worker.held.len() as u64, worker.in_flight["outcomes"], "{worker:?}");
+                held.clone_from(&worker.held);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(held.len() >= 2, "the worker holds the slow messages: {held:?}");
+    for message in &held {
+        assert_eq!(message.queue, "outcomes");
+        let decoded = app.encoder().decode_message(message.body.as_ref().unwrap()).unwrap();
+        assert_eq!(decoded.actor, "ending");
+        assert!(slow.contains(&decoded.id.to_string()), "{message:?} {slow:?}");
+    }
+    for _ in 0..2 {
+        Ending { millis: 0, fail: true }.send(&app).await.unwrap();
+    }
+    app.join(Duration::from_secs(20)).await.unwrap();
+    shutdown.shutdown();
+    let report = running.await.unwrap().unwrap();
+    assert_eq!((report.succeeded, report.failed), (3, 2), "{report:?}");
+    // The last outcomes went with the flush at stop.
+    assert_eq!(outcomes_of(&admin, "outcomes").await, dramaturg::OutcomeCounts::new(3, 2));
+
+    // Deltas add up in the current minute, in a hash that expires.
+    let mut counts = std::collections::BTreeMap::new();
+    counts.insert("other".to_owned(), dramaturg::OutcomeCounts::new(5, 1));
+    admin.record_outcomes(&counts).await.unwrap();
+    admin.record_outcomes(&counts).await.unwrap();
+    assert_eq!(outcomes_of(&admin, "other").await, dramaturg::OutcomeCounts::new(10, 2));
+    let minute = broker.now_ms() / 60_000;
+    let client = redis::Client::open(URL).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(format!("{namespace}:{{registry}}:outcomes:{minute}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!((7000..=7200).contains(&ttl), "{ttl}");
+}
+
+/// Dead letters are read a page at a time, from any offset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_read_a_page_at_a_time() {
+    if support::is_child() {
+        return;
+    }
+    let namespace = namespace();
+    let broker = broker_in(URL, &namespace).await;
+    let app = dramaturg::app(broker.clone()).actor::<Ending>().build().unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..7 {
+        ids.push(Ending { millis: 0, fail: true }.send(&app).await.unwrap().id().to_string());
+    }
+    Worker::new(app.clone()).concurrency(1).run_until_drained(Duration::from_secs(20)).await.unwrap();
+    let all: Vec<String> = broker.list("outcomes", 100).await.unwrap().into_iter().map(|d| d.key).collect();
+    assert_eq!(all.len(), 7);
+    let page: Vec<String> = broker.page("outcomes", 2, 3).await.unwrap().into_iter().map(|d| d.key).collect();
+    assert_eq!(page, all[2..5]);
+    assert_eq!(broker.page("outcomes", 6, 3).await.unwrap().len(), 1);
+    assert!(broker.page("outcomes", 7, 3).await.unwrap().is_empty());
 }

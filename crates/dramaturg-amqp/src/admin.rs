@@ -333,15 +333,27 @@ impl QueueAdmin for AmqpBroker {
 #[async_trait]
 impl DeadLetters for AmqpBroker {
     async fn list(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>, BrokerError> {
+        self.page(queue, 0, limit).await
+    }
+
+    /// Streams past the first `offset` dead letters (one in memory at a
+    /// time), then keeps up to `limit`; all of them stay unacknowledged
+    /// until the channel closes, which returns them in order.
+    async fn page(&self, queue: &str, offset: usize, limit: usize) -> Result<Vec<DeadLetter>, BrokerError> {
         if limit == 0 {
             return Ok(Vec::new());
         }
         let channel = self.admin_channel().await?;
         self.declare_for_admin(&channel, queue).await?;
         let mut letters = Vec::new();
+        let mut skipped = 0;
         while letters.len() < limit {
             let Some((delivery, remaining)) = self.next_dead(&channel, queue).await? else { break };
-            letters.push(dead_letter(&delivery));
+            if skipped < offset {
+                skipped += 1;
+            } else {
+                letters.push(dead_letter(&delivery));
+            }
             if remaining == 0 {
                 break;
             }

@@ -219,6 +219,15 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
         None
     }
 
+    /// Told by a worker before it consumes: it runs `concurrency` messages
+    /// at a time. A broker that keeps a registry of workers (Redis) records
+    /// it with its heartbeat, for [`WorkerInfo::concurrency`]; the default
+    /// forgets it. One broker value serves one worker: a second worker on
+    /// the same value replaces the first's concurrency.
+    fn set_worker_concurrency(&self, concurrency: usize) {
+        let _ = concurrency;
+    }
+
     /// Called by a worker that has stopped and settled every delivery it
     /// could: the broker gives up what it held for consuming (the Redis
     /// broker stops its heartbeat and removes the worker from its registry,
@@ -572,14 +581,144 @@ pub struct WorkerInfo {
     /// The queues it consumes, with how many of their messages it holds
     /// (claimed and not settled).
     pub in_flight: std::collections::BTreeMap<String, u64>,
+    /// How many messages it runs at a time, as the worker told the broker
+    /// ([`Broker::set_worker_concurrency`]); `None` when it did not (an
+    /// older worker, Dramatiq's layout).
+    pub concurrency: Option<usize>,
+    /// Messages it holds now — running, or claimed and waiting for a
+    /// concurrency slot — the oldest claims of each queue first, at most
+    /// [`HELD_LISTED`] in all (see [`WorkerInfo::in_flight`] for how many
+    /// it holds).
+    pub held: Vec<HeldMessage>,
+}
+
+/// How many of a worker's held messages [`QueueAdmin::workers`] lists at
+/// most ([`WorkerInfo::held`]), so that reading the workers costs the same
+/// whatever their concurrency.
+pub const HELD_LISTED: usize = 20;
+
+/// A message a worker holds ([`WorkerInfo::held`]).
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HeldMessage {
+    /// Its queue.
+    pub queue: String,
+    /// The broker's id of the entry: the Redis broker gives each enqueue
+    /// an id of its own, so decode the body for the message's id.
+    pub id: String,
+    /// The encoded message; `None` when it was settled between the
+    /// listing and the read.
+    pub body: Option<Bytes>,
+}
+
+impl HeldMessage {
+    /// A held message from its parts.
+    pub fn new(queue: String, id: String, body: Option<Bytes>) -> Self {
+        Self { queue, id, body }
+    }
+}
+
+impl fmt::Debug for HeldMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HeldMessage")
+            .field("queue", &self.queue)
+            .field("id", &self.id)
+            .field("body_len", &self.body.as_ref().map(Bytes::len))
+            .finish()
+    }
 }
 
 impl WorkerInfo {
-    /// A worker from its parts.
+    /// A worker from its parts, of unknown concurrency and holding no
+    /// listed message (see [`WorkerInfo::with_concurrency`] and
+    /// [`WorkerInfo::with_held`]).
     pub fn new(id: String, last_beat: SystemTime, in_flight: std::collections::BTreeMap<String, u64>) -> Self {
-        Self { id, last_beat, in_flight }
+        Self { id, last_beat, in_flight, concurrency: None, held: Vec::new() }
+    }
+
+    /// The same worker, of concurrency `concurrency`.
+    #[must_use]
+    pub fn with_concurrency(mut self, concurrency: Option<usize>) -> Self {
+        self.concurrency = concurrency;
+        self
+    }
+
+    /// The same worker, holding `held` (cut to [`HELD_LISTED`]).
+    #[must_use]
+    pub fn with_held(mut self, mut held: Vec<HeldMessage>) -> Self {
+        held.truncate(HELD_LISTED);
+        self.held = held;
+        self
     }
 }
+
+/// How many attempts of one queue ended each way, in some span of time
+/// ([`QueueAdmin::record_outcomes`], [`MinuteOutcomes`]).
+///
+/// - `succeeded`: the actor returned success and the message was
+///   acknowledged.
+/// - `failed`: the attempt failed — the actor's error, panic or time
+///   limit — and the message was retried later or dead-lettered, or the
+///   delivery was dead-lettered without running (it did not decode, was
+///   too large, needed a middleware the app lacks).
+///
+/// Attempts that were skipped, aborted, postponed (a rate limit) or
+/// returned to the queue at shutdown are in neither. "Processed" is the
+/// sum of both.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OutcomeCounts {
+    /// Attempts that succeeded.
+    pub succeeded: u64,
+    /// Attempts that failed (retried or dead-lettered after).
+    pub failed: u64,
+}
+
+impl OutcomeCounts {
+    /// Counts from their parts.
+    pub fn new(succeeded: u64, failed: u64) -> Self {
+        Self { succeeded, failed }
+    }
+
+    /// Attempts that ended either way: succeeded plus failed.
+    pub fn processed(&self) -> u64 {
+        self.succeeded.saturating_add(self.failed)
+    }
+
+    /// Whether both counts are zero.
+    pub fn is_empty(&self) -> bool {
+        self.succeeded == 0 && self.failed == 0
+    }
+}
+
+/// The outcomes of one minute, by the broker's clock
+/// ([`QueueAdmin::outcomes_per_minute`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MinuteOutcomes {
+    /// The start of the minute (a whole minute since the Unix epoch).
+    pub minute: SystemTime,
+    /// Every queue with an outcome in that minute, and its counts.
+    pub queues: std::collections::BTreeMap<String, OutcomeCounts>,
+}
+
+impl MinuteOutcomes {
+    /// A minute from its parts.
+    pub fn new(minute: SystemTime, queues: std::collections::BTreeMap<String, OutcomeCounts>) -> Self {
+        Self { minute, queues }
+    }
+
+    /// The counts of every queue, added up.
+    pub fn total(&self) -> OutcomeCounts {
+        self.queues.values().fold(OutcomeCounts::default(), |sum, counts| {
+            OutcomeCounts::new(sum.succeeded.saturating_add(counts.succeeded), sum.failed.saturating_add(counts.failed))
+        })
+    }
+}
+
+/// How many minutes [`QueueAdmin::outcomes_per_minute`] reads back: the
+/// last hour, the current minute included.
+pub const OUTCOME_MINUTES: usize = 60;
 
 /// Queue statistics, purging and draining; for operators, the queues and
 /// workers the broker knows.
@@ -645,6 +784,41 @@ pub trait QueueAdmin: Send + Sync {
         Err(BrokerError::new(crate::BrokerErrorKind::Unsupported, "this broker keeps no registry of workers"))
     }
 
+    /// Adds `counts` — a worker's outcomes per queue since its last call,
+    /// as deltas — to the current minute's counts on the broker's server,
+    /// by the broker's clock, in one round trip. The worker calls it every
+    /// few seconds ([`OUTCOMES_EVERY`](crate::worker::OUTCOMES_EVERY)) and
+    /// once when it stops, for the queues with an outcome; the counts are
+    /// kept about two hours, for [`outcomes_per_minute`](QueueAdmin::outcomes_per_minute).
+    ///
+    /// The default reports [`Unsupported`](crate::BrokerErrorKind::Unsupported):
+    /// only brokers with a server that keeps data (Redis) can keep them.
+    ///
+    /// # Errors
+    ///
+    /// A [`BrokerError`] when the broker cannot be reached (nothing was
+    /// added, or all of it), or `Unsupported`.
+    async fn record_outcomes(
+        &self,
+        counts: &std::collections::BTreeMap<String, OutcomeCounts>,
+    ) -> Result<(), BrokerError> {
+        let _ = counts;
+        Err(unsupported_outcomes())
+    }
+
+    /// The outcomes of the last [`OUTCOME_MINUTES`] minutes by the broker's
+    /// clock, oldest first, the current (partial) minute last: one entry
+    /// per minute, with no queue in the minutes nobody recorded.
+    ///
+    /// The default reports [`Unsupported`](crate::BrokerErrorKind::Unsupported).
+    ///
+    /// # Errors
+    ///
+    /// A [`BrokerError`] when the broker cannot be reached, or `Unsupported`.
+    async fn outcomes_per_minute(&self) -> Result<Vec<MinuteOutcomes>, BrokerError> {
+        Err(unsupported_outcomes())
+    }
+
     /// Pauses `queue` for every worker of the fleet, until
     /// [`resume`](QueueAdmin::resume): within a second, running workers
     /// claim none of its messages, and a worker started later claims none
@@ -702,6 +876,11 @@ pub trait QueueAdmin: Send + Sync {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+}
+
+/// The error of a broker that keeps no per-minute outcomes.
+fn unsupported_outcomes() -> BrokerError {
+    BrokerError::new(crate::BrokerErrorKind::Unsupported, "this broker keeps no per-minute counts of outcomes")
 }
 
 /// The error of a broker that cannot pause `queue`.
@@ -763,6 +942,22 @@ pub trait DeadLetters: Send + Sync {
     ///
     /// A [`BrokerError`] when the broker cannot be reached.
     async fn list(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>, BrokerError>;
+
+    /// Up to `limit` dead letters of `queue` from position `offset` (0:
+    /// the oldest), oldest first: a page of them, for dashboards.
+    ///
+    /// The default lists `offset + limit` of them and drops the first
+    /// `offset`; brokers that can read a range override it (the Redis and
+    /// in-memory brokers read the page only; RabbitMQ streams past the
+    /// first `offset`, holding one at a time).
+    ///
+    /// # Errors
+    ///
+    /// A [`BrokerError`] when the broker cannot be reached.
+    async fn page(&self, queue: &str, offset: usize, limit: usize) -> Result<Vec<DeadLetter>, BrokerError> {
+        let mut letters = self.list(queue, offset.saturating_add(limit)).await?;
+        Ok(letters.split_off(offset.min(letters.len())))
+    }
 
     /// Moves dead letters back into `queue` as they were; returns how many.
     /// An unknown key replays nothing.

@@ -167,6 +167,10 @@ impl Suite {
         assert_eq!(letters.iter().map(|d| d.reason.as_str()).collect::<Vec<_>>(), ["bad a", "bad b", "bad c"]);
         assert_eq!(letters[0].body, body("a"));
         assert_eq!(dead.list(&queue, 2).await.expect("list").len(), 2);
+        let page: Vec<String> = dead.page(&queue, 1, 5).await.expect("page").into_iter().map(|d| d.reason).collect();
+        assert_eq!(page, ["bad b", "bad c"], "a page from an offset, oldest first");
+        assert_eq!(dead.page(&queue, 0, 1).await.expect("page")[0].key, letters[0].key);
+        assert!(dead.page(&queue, 3, 5).await.expect("page").is_empty());
 
         assert_eq!(dead.replay(&queue, Replay::One(letters[1].key.clone())).await.expect("replay one"), 1);
         assert_eq!(dead.replay(&queue, Replay::One("no-such-key".into())).await.expect("replay none"), 0);
@@ -242,6 +246,8 @@ impl Suite {
         }
         if let Some(dead) = self.broker.dead_letters() {
             let refused = dead.list("", 10).await.expect_err("dead letters of no queue");
+            assert_eq!(refused.kind(), crate::BrokerErrorKind::InvalidInput, "{refused}");
+            let refused = dead.page("", 1, 10).await.expect_err("a page of the dead letters of no queue");
             assert_eq!(refused.kind(), crate::BrokerErrorKind::InvalidInput, "{refused}");
         }
     }

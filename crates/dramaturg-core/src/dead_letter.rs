@@ -171,6 +171,24 @@ impl App {
         Ok(letters.iter().map(|letter| letter.decode(self.encoder())).collect())
     }
 
+    /// Up to `limit` dead letters of `queue` from position `offset` (0:
+    /// the oldest), oldest first, decoded with this app's encoder: a page
+    /// of them ([`DeadLetters::page`]), never all.
+    ///
+    /// # Errors
+    ///
+    /// A [`BrokerError`], including `Unsupported` when the broker has no
+    /// dead-letter inspection.
+    pub async fn dead_letter_page(
+        &self,
+        queue: &str,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<DeadLetterView>, BrokerError> {
+        let letters = self.dead_letters()?.page(queue, offset, limit).await?;
+        Ok(letters.iter().map(|letter| letter.decode(self.encoder())).collect())
+    }
+
     /// The dead letter of `queue` whose broker key, or whose message's id,
     /// is `key_or_id`, decoded with this app's encoder; `None` when there is
     /// none. An id matches in any form [`MessageId`](crate::MessageId)

@@ -62,9 +62,9 @@ pub use actor::{Actor, ActorInfo, Job};
 pub use app::{App, AppBuilder, Remote, SendOptions, DEFAULT_MAX_MESSAGE_SIZE, MAX_DELAY};
 pub use bounded::{Bounded, MAX_QUOTED_BYTES, MAX_REASON_BYTES};
 pub use broker::{
-    Broker, Consumer, DeadLetter, DeadLetters, Delivery, InFlightScope, Located, Outgoing, Protocol, QueueAdmin,
-    QueueBrowser, QueuePage, QueueStats, QueuedMessage, Receipt, Replay, SettleError, Settled, Settlement, Waiting,
-    Whereabouts, WorkerInfo, WritingReceipt,
+    Broker, Consumer, DeadLetter, DeadLetters, Delivery, HeldMessage, InFlightScope, Located, MinuteOutcomes,
+    OutcomeCounts, Outgoing, Protocol, QueueAdmin, QueueBrowser, QueuePage, QueueStats, QueuedMessage, Receipt, Replay,
+    SettleError, Settled, Settlement, Waiting, Whereabouts, WorkerInfo, WritingReceipt, HELD_LISTED, OUTCOME_MINUTES,
 };
 pub use browse::{LocatedView, QueuedView, QueuedViews};
 pub use call::Call;

@@ -533,6 +533,13 @@ impl DeadLetters for MemoryBroker {
         Ok(state.dead.iter().take(limit).cloned().collect())
     }
 
+    async fn page(&self, queue: &str, offset: usize, limit: usize) -> Result<Vec<DeadLetter>, BrokerError> {
+        check_queue(queue)?;
+        let queue = self.queue(queue);
+        let state = lock(&queue.state);
+        Ok(state.dead.iter().skip(offset).take(limit).cloned().collect())
+    }
+
     async fn replay(&self, queue: &str, which: Replay) -> Result<u64, BrokerError> {
         check_queue(queue)?;
         let queue = self.queue(queue);

@@ -70,11 +70,17 @@ use crate::{App, Context, Message};
 mod arbiter;
 mod order;
 mod queues;
+mod tally;
 
 use arbiter::{Arbiter, Permits};
 pub use order::QueueOrder;
 use queues::Lane;
 pub use queues::{QueueOptions, WorkerConfigError};
+
+/// How often a worker publishes its outcomes per queue to the broker
+/// ([`QueueAdmin::record_outcomes`](crate::QueueAdmin::record_outcomes)),
+/// as deltas since the last publish; it publishes once more when it stops.
+pub const OUTCOMES_EVERY: Duration = Duration::from_secs(5);
 
 /// How long interrupted messages get to settle after the grace period.
 const SETTLE_AFTER_INTERRUPT: Duration = Duration::from_secs(2);
@@ -362,6 +368,11 @@ struct Shared {
     /// Messages of blocking actors being processed, their threads included.
     blocking_running: AtomicU64,
     counters: Counters,
+    /// Outcomes per queue since the last publish to the broker.
+    tally: Arc<tally::Tally>,
+    /// Stops the publisher of the tally, once every message is settled (so
+    /// that its last publish counts them all).
+    publishing: CancellationToken,
     gauges: WorkerGauges,
     watchdog: Option<Watchdog>,
     /// Child processes of isolated actors.
@@ -644,6 +655,8 @@ impl Worker {
             abandon: CancellationToken::new(),
             blocking_running: AtomicU64::new(0),
             counters: Counters::default(),
+            tally: Arc::new(tally::Tally::new(lanes.iter().map(|lane| lane.name.clone()))),
+            publishing: CancellationToken::new(),
             gauges: self.gauges.clone(),
             watchdog: Watchdog::start(&self.app, self.concurrency, self.blocked_threshold),
             children: Pool::new(self.isolation),
@@ -654,6 +667,7 @@ impl Worker {
         for middleware in shared.app.middleware() {
             middleware.on_worker_start(&shared.app).await;
         }
+        broker.set_worker_concurrency(self.concurrency);
         let mut consumers = Vec::with_capacity(lanes.len());
         for lane in &lanes {
             broker.declare_queue(&lane.name).await?;
@@ -670,6 +684,12 @@ impl Worker {
             .zip(lanes)
             .map(|(consumer, lane)| tokio::spawn(pump(Arc::clone(&shared), consumer, lane)))
             .collect();
+        let publisher = tokio::spawn(tally::publish(
+            Arc::clone(&shared.tally),
+            Arc::clone(&broker),
+            OUTCOMES_EVERY,
+            shared.publishing.clone(),
+        ));
 
         shared.stop.cancelled().await;
         let stopping = Instant::now();
@@ -708,6 +728,10 @@ impl Worker {
                 );
             }
         }
+        shared.publishing.cancel();
+        if let Err(error) = publisher.await {
+            tracing::error!(%error, "the task that publishes outcomes failed");
+        }
         shared.children.close();
         if let Err(error) = broker.release().await {
             tracing::warn!(%error, "could not release the broker; what this worker held lapses by itself");
@@ -744,6 +768,7 @@ impl Drop for AbandonIfDropped {
             shared.stop.cancel();
             shared.interrupt.cancel();
             shared.abandon.cancel();
+            shared.publishing.cancel();
             shared.tasks.close();
             shared.children.close();
             if let Some(watchdog) = &shared.watchdog {
@@ -840,7 +865,7 @@ async fn start(shared: Arc<Shared>, waiting: Waiting, delivery: Delivery) {
         permits = permits => permits,
     };
     match permits {
-        Some(permits) => process(shared, delivery, permits).await,
+        Some(permits) => process(shared, queue, delivery, permits).await,
         None => requeue_unstarted(&shared, delivery).await,
     }
 }
@@ -951,8 +976,8 @@ fn settlement_label(settlement: &Settlement) -> &'static str {
     }
 }
 
-/// Processes one delivery and settles it.
-async fn process(shared: Arc<Shared>, delivery: Delivery, _permits: Permits) {
+/// Processes one delivery of queue number `queue` and settles it.
+async fn process(shared: Arc<Shared>, queue: usize, delivery: Delivery, _permits: Permits) {
     let size = delivery.body().len();
     let limit = shared.app.max_message_size();
     let message = if size > limit {
@@ -993,6 +1018,11 @@ async fn process(shared: Arc<Shared>, delivery: Delivery, _permits: Permits) {
     };
     if let Some(count) = counted {
         shared.counters.count(count);
+        match count {
+            Count::Succeeded => shared.tally.count(queue, true),
+            Count::Failed | Count::Retried | Count::Rejected => shared.tally.count(queue, false),
+            Count::Skipped | Count::Postponed | Count::Requeued | Count::Aborted => {}
+        }
     }
 }
 

@@ -4,13 +4,16 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use std::collections::BTreeMap;
+
 use dramaturg_core::{
-    BrokerError, BrokerErrorKind, DeadLetter, DeadLetters, QueueAdmin, QueueStats, Replay, WorkerInfo,
+    BrokerError, BrokerErrorKind, DeadLetter, DeadLetters, MinuteOutcomes, OutcomeCounts, QueueAdmin, QueueStats,
+    Replay, WorkerInfo,
 };
 use redis::{ScriptInvocation, Value};
 
 use crate::keys::{queue_keys_pattern, queue_of_key};
-use crate::{broker_error, RedisBroker};
+use crate::{broker_error, outcomes, RedisBroker};
 
 /// How many messages one purge script call removes at most.
 const PURGE_BATCH: u64 = 1000;
@@ -105,6 +108,19 @@ impl QueueAdmin for RedisBroker {
         }
         self.shared.registry.workers().await
     }
+
+    /// One pipelined call: an `HINCRBY` per count and an `EXPIRE` on the
+    /// current minute's hash (see the crate's key table).
+    async fn record_outcomes(&self, counts: &BTreeMap<String, OutcomeCounts>) -> Result<(), BrokerError> {
+        let mut conn = self.shared.conn.clone();
+        outcomes::record(&mut conn, self.shared.registry.keys(), self.shared.clock.now_ms(), counts).await
+    }
+
+    /// One pipelined call of an `HGETALL` per minute.
+    async fn outcomes_per_minute(&self) -> Result<Vec<MinuteOutcomes>, BrokerError> {
+        let mut conn = self.shared.conn.clone();
+        outcomes::per_minute(&mut conn, self.shared.registry.keys(), self.shared.clock.now_ms()).await
+    }
 }
 
 /// What the Dramatiq layout cannot do (Dramatiq keeps no list of queues,
@@ -138,9 +154,14 @@ impl RedisBroker {
 #[async_trait]
 impl DeadLetters for RedisBroker {
     async fn list(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>, BrokerError> {
+        self.page(queue, 0, limit).await
+    }
+
+    /// Reads the page only (a `ZRANGE` of its positions).
+    async fn page(&self, queue: &str, offset: usize, limit: usize) -> Result<Vec<DeadLetter>, BrokerError> {
         crate::check_queue(queue)?;
         if self.is_dramatiq() {
-            return self.dramatiq_dead_letters(queue, limit).await;
+            return self.dramatiq_dead_letters(queue, offset, limit).await;
         }
         if limit == 0 {
             return Ok(Vec::new());
@@ -154,6 +175,7 @@ impl DeadLetters for RedisBroker {
             .key(&keys.dead)
             .key(&keys.dead_msgs)
             .key(&keys.reasons)
+            .arg(offset)
             .arg(limit)
             .invoke_async(&mut conn)
             .await

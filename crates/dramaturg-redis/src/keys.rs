@@ -61,12 +61,24 @@ impl QueueKeys {
 pub(crate) struct RegistryKeys {
     /// Sorted set: worker id → time of its last heartbeat (ms).
     pub(crate) workers: String,
+    /// Hash: worker id → the concurrency it told its broker.
+    pub(crate) concurrency: String,
     namespace: String,
 }
 
 impl RegistryKeys {
     pub(crate) fn new(namespace: &str) -> Self {
-        Self { workers: format!("{namespace}:{{registry}}:workers"), namespace: namespace.to_owned() }
+        Self {
+            workers: format!("{namespace}:{{registry}}:workers"),
+            concurrency: format!("{namespace}:{{registry}}:concurrency"),
+            namespace: namespace.to_owned(),
+        }
+    }
+
+    /// Hash of the outcomes of minute `minute` (minutes since the Unix
+    /// epoch): `s:<queue>` and `f:<queue>` → succeeded and failed attempts.
+    pub(crate) fn outcomes(&self, minute: u64) -> String {
+        format!("{}:{{registry}}:outcomes:{minute}", self.namespace)
     }
 
     /// The keys of `queue` in the same namespace.

@@ -59,6 +59,8 @@
 //! | `ns:{q}:wake` | pub/sub channel | wakes idle consumers |
 //! | `ns:{registry}:workers` | sorted set | worker id → last heartbeat (ms, server time) |
 //! | `ns:{registry}:worker:<id>:consumers` | set | the worker's in-flight lists |
+//! | `ns:{registry}:concurrency` | hash | worker id → the concurrency it runs at |
+//! | `ns:{registry}:outcomes:<minute>` | hash, kept 2 h | `s:<queue>`, `f:<queue>` → succeeded and failed attempts in that minute (minutes since the epoch, server time) |
 //! | `ns:store:<key>` | string or set, with a TTL | [`RedisStore`] keys (abort requests: `ns:store:abort:<id>`) |
 //!
 //! # The store
@@ -75,6 +77,7 @@ mod clock;
 mod consumer;
 mod dramatiq;
 mod keys;
+mod outcomes;
 mod registry;
 mod scripts;
 mod server;
@@ -741,6 +744,11 @@ impl Broker for RedisBroker {
 
     fn browser(&self) -> Option<&dyn dramaturg_core::QueueBrowser> {
         Some(self)
+    }
+
+    /// Recorded with every heartbeat, in the hash `ns:{registry}:concurrency`.
+    fn set_worker_concurrency(&self, concurrency: usize) {
+        self.shared.registry.set_concurrency(concurrency);
     }
 
     async fn release(&self) -> Result<(), BrokerError> {

@@ -15,11 +15,16 @@
 //! before it judges them.
 
 use std::collections::{BTreeSet, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use dramaturg_core::BrokerError;
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use dramaturg_core::{BrokerError, HeldMessage, WorkerInfo, HELD_LISTED};
 use redis::aio::ConnectionManager;
+use redis::Value;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
@@ -38,6 +43,9 @@ pub(crate) struct Registry {
     worker_id: String,
     config: RedisConfig,
     entries: Mutex<Vec<String>>,
+    /// The concurrency the worker told (0: not told), beaten with each
+    /// heartbeat.
+    concurrency: AtomicUsize,
     /// Stops the heartbeat thread when set (or dropped).
     stop: Mutex<Option<(watch::Sender<bool>, std::thread::JoinHandle<()>)>>,
     /// The wake-ups of idle consumers, kept up by the heartbeat thread.
@@ -69,6 +77,7 @@ impl Registry {
             worker_id,
             config,
             entries: Mutex::default(),
+            concurrency: AtomicUsize::new(0),
             stop: Mutex::default(),
             wakeups: Wakeups::new(),
             clock,
@@ -90,6 +99,16 @@ impl Registry {
         self.start_thread()?;
         let wake = self.wakeups.register(channel).await;
         Ok((wake, self.beat_once().await))
+    }
+
+    /// Records the worker's concurrency; it reaches Redis with the next beat.
+    pub(crate) fn set_concurrency(&self, concurrency: usize) {
+        self.concurrency.store(concurrency, Ordering::Relaxed);
+    }
+
+    /// The registry's keys.
+    pub(crate) fn keys(&self) -> &RegistryKeys {
+        &self.keys
     }
 
     /// Beats once on the shared connection, recording every consumer: a
@@ -117,7 +136,8 @@ impl Registry {
             Some(state) => maintenance::beat(conn, &state.scripts, &self.config.namespace, &self.worker_id).await,
             None => {
                 let entries = lock(&self.entries).clone();
-                beat(conn, &self.keys, &self.scripts, &self.worker_id, &entries).await
+                let concurrency = self.concurrency.load(Ordering::Relaxed);
+                beat(conn, &self.keys, &self.scripts, &self.worker_id, concurrency, &entries).await
             }
         }
     }
@@ -212,6 +232,8 @@ impl Registry {
         }
         redis::pipe()
             .zrem(&self.keys.workers, &self.worker_id)
+            .ignore()
+            .hdel(&self.keys.concurrency, &self.worker_id)
             .ignore()
             .del(self.keys.consumers(&self.worker_id))
             .ignore()
@@ -337,6 +359,8 @@ impl Registry {
                 .ignore()
                 .zrem(&self.keys.workers, worker)
                 .ignore()
+                .hdel(&self.keys.concurrency, worker)
+                .ignore()
                 .query_async::<()>(conn)
                 .await
                 .map_err(|e| broker_error(e, "removing a dead worker"))?;
@@ -433,8 +457,10 @@ impl Registry {
         Ok(lists)
     }
 
-    /// The registered workers, their last beats and what they hold.
-    pub(crate) async fn workers(&self) -> Result<Vec<dramaturg_core::WorkerInfo>, BrokerError> {
+    /// The registered workers, their last beats, concurrency and what they
+    /// hold (the first [`HELD_LISTED`] held messages each, with their
+    /// bodies).
+    pub(crate) async fn workers(&self) -> Result<Vec<WorkerInfo>, BrokerError> {
         let mut conn = self.conn.clone();
         let beats: Vec<(String, f64)> = redis::cmd("ZRANGE")
             .arg(&self.keys.workers)
@@ -448,39 +474,95 @@ impl Registry {
             // Redis refuses an empty pipeline.
             return Ok(Vec::new());
         }
-        // Three round trips whatever the number of workers: the beats, every
-        // worker's consumers, every consumer's held messages.
+        // Four round trips whatever the number of workers and their
+        // concurrency: the beats; every worker's consumers and
+        // concurrency; every consumer's count and first held ids; the
+        // bodies of the listed ids.
+        let ids: Vec<&str> = beats.iter().map(|(worker, _)| worker.as_str()).collect();
         let mut pipe = redis::pipe();
-        for (worker, _) in &beats {
+        for worker in &ids {
             pipe.smembers(self.keys.consumers(worker));
         }
-        let entries: Vec<Vec<String>> =
+        pipe.cmd("HMGET").arg(&self.keys.concurrency).arg(&ids);
+        let mut replies: Vec<Value> =
             pipe.query_async(&mut conn).await.map_err(|e| broker_error(e, "listing consumers"))?;
+        let concurrency: Vec<Option<usize>> = parse(replies.pop().unwrap_or(Value::Nil))?;
+        let entries: Vec<Vec<String>> = replies.into_iter().map(parse).collect::<Result<_, _>>()?;
         let consumers: Vec<Vec<(u64, &str)>> =
             entries.iter().map(|entries| entries.iter().filter_map(|e| parse_consumer_entry(e)).collect()).collect();
-        let mut pipe = redis::pipe();
-        for ((worker, _), consumers) in beats.iter().zip(&consumers) {
-            for (consumer, queue) in consumers {
-                pipe.llen(self.keys.queue(queue).inflight(worker, *consumer));
-            }
-        }
-        let held: Vec<u64> = if consumers.iter().all(Vec::is_empty) {
-            Vec::new()
-        } else {
-            pipe.query_async(&mut conn).await.map_err(|e| broker_error(e, "counting held messages"))?
-        };
-        let mut held = held.into_iter();
+        let lists: Vec<Vec<(&str, String)>> = ids
+            .iter()
+            .zip(&consumers)
+            .map(|(worker, consumers)| {
+                consumers
+                    .iter()
+                    .map(|(consumer, queue)| (*queue, self.keys.queue(queue).inflight(worker, *consumer)))
+                    .collect()
+            })
+            .collect();
+        let held = self.held(&mut conn, &lists).await?;
         let mut workers = Vec::with_capacity(beats.len());
-        for ((worker, beat_ms), consumers) in beats.iter().zip(&consumers) {
-            let mut in_flight = std::collections::BTreeMap::new();
-            for ((_, queue), held) in consumers.iter().zip(held.by_ref()) {
-                *in_flight.entry((*queue).to_owned()).or_insert(0) += held;
-            }
+        for (((worker, beat_ms), concurrency), (in_flight, held)) in beats.iter().zip(concurrency).zip(held) {
             let last_beat = std::time::UNIX_EPOCH + Duration::from_millis(*beat_ms as u64);
-            workers.push(dramaturg_core::WorkerInfo::new(worker.clone(), last_beat, in_flight));
+            let info =
+                WorkerInfo::new(worker.clone(), last_beat, in_flight).with_concurrency(concurrency).with_held(held);
+            workers.push(info);
         }
         workers.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(workers)
+    }
+
+    /// For each worker's in-flight `lists` (queue, list): how many messages
+    /// each queue holds, and the first [`HELD_LISTED`] held messages.
+    async fn held(
+        &self,
+        conn: &mut ConnectionManager,
+        lists: &[Vec<(&str, String)>],
+    ) -> Result<Vec<(BTreeMap<String, u64>, Vec<HeldMessage>)>, BrokerError> {
+        if lists.iter().all(Vec::is_empty) {
+            return Ok(lists.iter().map(|_| Default::default()).collect());
+        }
+        let mut pipe = redis::pipe();
+        for (_, list) in lists.iter().flatten() {
+            pipe.llen(list).lrange(list, 0, HELD_LISTED as isize - 1);
+        }
+        let replies: Vec<Value> =
+            pipe.query_async(conn).await.map_err(|e| broker_error(e, "counting held messages"))?;
+        let mut replies = replies.into_iter();
+        let mut counted = Vec::with_capacity(lists.len());
+        for lists in lists {
+            let mut in_flight = BTreeMap::new();
+            let mut held: Vec<(String, String)> = Vec::new();
+            for (queue, _) in lists {
+                let length: u64 = parse(replies.next().unwrap_or(Value::Nil))?;
+                let ids: Vec<String> = parse(replies.next().unwrap_or(Value::Nil))?;
+                *in_flight.entry((*queue).to_owned()).or_insert(0) += length;
+                let room = HELD_LISTED.saturating_sub(held.len());
+                held.extend(ids.into_iter().take(room).map(|id| ((*queue).to_owned(), id)));
+            }
+            counted.push((in_flight, held));
+        }
+        let mut pipe = redis::pipe();
+        for (queue, id) in counted.iter().flat_map(|(_, held)| held) {
+            pipe.hget(self.keys.queue(queue).msgs, id);
+        }
+        let bodies: Vec<Option<Vec<u8>>> = if counted.iter().all(|(_, held)| held.is_empty()) {
+            Vec::new()
+        } else {
+            pipe.query_async(conn).await.map_err(|e| broker_error(e, "reading held messages"))?
+        };
+        let mut bodies = bodies.into_iter();
+        Ok(counted
+            .into_iter()
+            .map(|(in_flight, held)| {
+                let held = held
+                    .into_iter()
+                    .zip(bodies.by_ref())
+                    .map(|((queue, id), body)| HeldMessage::new(queue, id, body.map(Bytes::from)))
+                    .collect();
+                (in_flight, held)
+            })
+            .collect())
     }
 
     /// Returns every claimed message of `queue`, of every worker, to the
@@ -502,14 +584,22 @@ async fn beat(
     keys: &RegistryKeys,
     scripts: &Scripts,
     worker_id: &str,
+    concurrency: usize,
     entries: &[String],
 ) -> Result<(), BrokerError> {
     let mut invocation = scripts.beat.prepare_invoke();
-    invocation.key(&keys.workers).key(keys.consumers(worker_id)).arg(worker_id);
+    invocation.key(&keys.workers).key(keys.consumers(worker_id)).key(&keys.concurrency).arg(worker_id).arg(concurrency);
     for entry in entries {
         invocation.arg(entry);
     }
     invocation.invoke_async::<()>(conn).await.map_err(|e| broker_error(e, "heartbeat"))
+}
+
+/// A reply read as `T`.
+fn parse<T: redis::FromRedisValue>(value: Value) -> Result<T, BrokerError> {
+    redis::from_redis_value(value).map_err(|e| {
+        BrokerError::new(dramaturg_core::BrokerErrorKind::Protocol, format!("redis: reading the workers: {e}"))
+    })
 }
 
 /// Returns everything in the in-flight list `list` to its queue.

@@ -302,10 +302,10 @@ if redis.call('ZCARD', KEYS[1]) == 0 then redis.call('DEL', KEYS[6]) end
 return {n, #ids}
 ";
 
-/// Up to ARGV[1] dead letters, oldest first. KEYS: dead, dead_msgs,
-/// reasons. Returns id, payload, reason, time (ms) quadruples.
+/// Up to ARGV[2] dead letters from position ARGV[1] (0: the oldest),
+/// oldest first. KEYS: dead, dead_msgs, reasons. Returns id, payload, reason, time (ms) quadruples.
 const LIST_DEAD: &str = r"
-local entries = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1, 'WITHSCORES')
+local entries = redis.call('ZRANGE', KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[1]) + tonumber(ARGV[2]) - 1, 'WITHSCORES')
 local out = {}
 for i = 1, #entries, 2 do
   local id = entries[i]
@@ -359,11 +359,13 @@ end
 return 1
 ";
 
-/// Record a heartbeat at the server's time, and the worker's consumers.
-/// KEYS: workers, the worker's consumers. ARGV: worker id, consumer entries.
+/// Record a heartbeat at the server's time, the worker's concurrency (0:
+/// not told) and its consumers. KEYS: workers, the worker's consumers,
+/// concurrencies. ARGV: worker id, concurrency, consumer entries.
 const BEAT: &str = r"
 redis.call('ZADD', KEYS[1], now, ARGV[1])
-for i = 2, #ARGV do
+if tonumber(ARGV[2]) > 0 then redis.call('HSET', KEYS[3], ARGV[1], ARGV[2]) end
+for i = 3, #ARGV do
   redis.call('SADD', KEYS[2], ARGV[i])
 end
 return now

@@ -1,7 +1,11 @@
 //! A web dashboard for [dramaturg](https://docs.rs/dramaturg): every
-//! queue's depths (and a chart of them over the last hour), a queue's
-//! messages a page at a time with their actor and arguments decoded, dead
-//! letters (replay, delete), the workers, a message looked up by id, and
+//! queue's depths (and a chart of them over the last hour), a chart of
+//! processed and failed messages per minute from the workers' counts
+//! ([`QueueAdmin::outcomes_per_minute`](dramaturg_core::QueueAdmin::outcomes_per_minute)),
+//! a queue's messages a page at a time with their actor and arguments
+//! decoded, dead letters a page at a time (replay, delete), the workers
+//! with their concurrency and the messages they hold, a message looked up
+//! by id (done, with its stored result, when the app keeps results), and
 //! abort, pause, resume and purge.
 //!
 //! It is an [axum] [`Router`]: mount it into your own app, or let the

@@ -12,7 +12,9 @@ use axum::Router;
 use dramaturg_abort::{abort, AbortError, AbortOptions};
 use dramaturg_core::{
     BrokerError, BrokerErrorKind, DecodedMessage, MessageId, Replay, ReplayError, ReplayRetries, Waiting, Whereabouts,
+    WorkerInfo, HELD_LISTED,
 };
+use dramaturg_results::{ResultError, ResultHandle};
 use maud::{html, Markup};
 use serde::Deserialize;
 
@@ -23,8 +25,8 @@ pub(crate) use crate::state::State;
 
 /// Messages per page of a queue or of its dead letters.
 pub(crate) const PAGE: usize = 50;
-/// The last page of dead letters one may ask for (they are listed from the
-/// oldest, so a page reads those before it: 50,000 at most, the Redis cap).
+/// The last page of dead letters one may ask for: 50,000 dead letters, the
+/// Redis broker's default cap (RabbitMQ streams past those before a page).
 const LAST_PAGE: u64 = 1000;
 
 /// Every route, behind the authentication and read-only gate.
@@ -134,7 +136,13 @@ async fn overview(Extract(state): Extract<Arc<State>>, Query(note): Query<Note>)
         let stats = admin.stats(&queue).await?;
         rows.push((queue, stats));
     }
+    let minutes = match admin.outcomes_per_minute().await {
+        Ok(minutes) => Some(minutes),
+        Err(e) if e.kind() == BrokerErrorKind::Unsupported => None,
+        Err(e) => return Err(e.into()),
+    };
     let body = html! {
+        (chart::render_outcomes(minutes.as_deref()))
         (chart::render(&state))
         @if !listable {
             p.muted { "This broker cannot list its queues (RabbitMQ): the app's queues and those given to the dashboard are shown." }
@@ -260,9 +268,10 @@ async fn dead_page(
     checked(&state, &queue)?;
     let page_number = query.page.unwrap_or(0).min(LAST_PAGE);
     let skip = usize::try_from(page_number).unwrap_or(usize::MAX).saturating_mul(PAGE);
-    // Dead letters are listed oldest first, up to a limit: this page's and one more.
-    let views = state.app.dead_letter_views(&queue, skip + PAGE + 1).await?;
-    let has_next = views.len() > skip + PAGE;
+    // This page's dead letters and one more, to know whether a next page exists.
+    let mut views = state.app.dead_letter_page(&queue, skip, PAGE + 1).await?;
+    let has_next = views.len() > PAGE;
+    views.truncate(PAGE);
     let path = format!("/queues/{}/dead", encode(&queue));
     let body = html! {
         p { a href=(state.link(&format!("/queues/{}", encode(&queue)))) { "← queue " (queue) } }
@@ -275,7 +284,7 @@ async fn dead_page(
         table id="dead" {
             thead { tr { th { "Id" } th { "Actor" } th { "Arguments" } th.num { "Retries" } th { "Dead since" } th { "Reason" } th {} } }
             tbody {
-                @for view in views.iter().skip(skip).take(PAGE) {
+                @for view in &views {
                     tr data-key=(view.key) {
                         @let shown = view.message.as_ref().map_or_else(|_| short(&view.key, 30), |m| m.id.to_string());
                         td.mono { a href=(state.link(&format!("{path}/{}", encode(&view.key)))) { (shown) } }
@@ -292,7 +301,7 @@ async fn dead_page(
                         }
                     }
                 }
-                @if views.len() <= skip { tr { td colspan="7" .muted { "No dead letter on this page." } } }
+                @if views.is_empty() { tr { td colspan="7" .muted { "No dead letter on this page." } } }
             }
         }
         (pager(&state, &path, page_number, has_next, ""))
@@ -453,23 +462,52 @@ async fn workers(Extract(state): Extract<Arc<State>>) -> Page {
         @match &listed {
             None => p.notice { "This broker keeps no registry of workers (RabbitMQ tells no client who consumes)." },
             Some(workers) => table id="workers" {
-                thead { tr { th { "Worker" } th { "Last heartbeat" } th { "Age" } th { "Queues: messages held" } } }
+                thead { tr { th { "Worker" } th.num { "Concurrency" } th { "Last heartbeat" } th { "Age" }
+                    th { "Queues: messages held" } th { "Holding now" } } }
                 tbody {
                     @for worker in workers {
-                        tr {
+                        tr data-worker=(worker.id) {
                             td.mono { (worker.id) }
+                            td.num.concurrency { @if let Some(n) = worker.concurrency { (n) } @else { span.muted { "unknown" } } }
                             td { (time(worker.last_beat)) }
                             td { (page::ago(worker.last_beat, now)) }
                             td { @for (queue, n) in &worker.in_flight { span.chip { (queue) ": " (n) } } }
+                            td { (held(&state, worker)) }
                         }
                     }
-                    @if workers.is_empty() { tr { td colspan="4" .muted { "No worker is registered." } } }
+                    @if workers.is_empty() { tr { td colspan="6" .muted { "No worker is registered." } } }
                 }
             },
         }
+        p.muted { "Holding now: the messages a worker has claimed — running, or waiting for a concurrency slot — the oldest claims first, "
+            (HELD_LISTED) " at most per worker." }
         p.muted { "A worker whose last heartbeat is older than its heartbeat timeout is dead; its messages go back to their queues at the next recovery." }
     };
     Ok(frame(&state, "Workers", Some(Tab::Workers), None, &body))
+}
+
+/// The messages `worker` holds, as links to their lookup with their actor
+/// and queue, and how many more it holds than are listed.
+fn held(state: &State, worker: &WorkerInfo) -> Markup {
+    let holding: u64 = worker.in_flight.values().sum();
+    let more = holding.saturating_sub(worker.held.len() as u64);
+    html! {
+        ul.held {
+            @for message in &worker.held {
+                li {
+                    @match message.body.as_ref().map(|body| state.app.encoder().decode_message(body)) {
+                        Some(Ok(m)) => {
+                            a.mono href=(state.link(&format!("/lookup?id={}", m.id))) { (m.id) } " " (m.actor)
+                        }
+                        Some(Err(_)) => { span.mono { (short(&message.id, 30)) } " " span.muted { "(does not decode)" } }
+                        None => { span.mono { (short(&message.id, 30)) } " " span.muted { "(settled meanwhile)" } }
+                    }
+                    " on " (message.queue)
+                }
+            }
+        }
+        @if more > 0 { span.muted { "and " (more) " more" } }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -512,6 +550,16 @@ async fn lookup(Extract(state): Extract<Arc<State>>, Query(query): Query<LookupQ
         }
     }
     let Some((queue, (whereabouts, message))) = found else {
+        if let Some(done) = finished(&state, parsed).await {
+            let body = html! {
+                (form)
+                dl id="found" {
+                    dt { "Where" } dd { span id="whereabouts" class=(format!("badge {}", done.class)) { "done" } " " (done.label) }
+                    dt { (done.field) } dd { pre id="result" { (done.detail) } }
+                }
+            };
+            return Ok(frame(&state, "Find a message", Some(Tab::Lookup), query.note.as_deref(), &body).into_response());
+        }
         let body = html! {
             (form)
             p.notice {
@@ -545,6 +593,37 @@ async fn lookup(Extract(state): Extract<Arc<State>>, Query(query): Query<LookupQ
         }
     };
     Ok(frame(&state, "Find a message", Some(Tab::Lookup), query.note.as_deref(), &body).into_response())
+}
+
+/// A message's stored result, as the lookup shows it.
+#[derive(Debug)]
+struct Finished {
+    label: &'static str,
+    class: &'static str,
+    field: &'static str,
+    detail: String,
+}
+
+/// The result of message `id` if the app has a results backend and keeps
+/// it now; `None` otherwise (no backend, none stored, or the store failed:
+/// logged, and the lookup says where the message is, as without one).
+async fn finished(state: &State, id: MessageId) -> Option<Finished> {
+    let stored = ResultHandle::<serde_json::Value>::new(&state.app, id).get().await;
+    let (label, class, field, detail) = match stored {
+        Ok(value) => ("(succeeded)", "ok", "Result", page::pretty(&value)),
+        Err(ResultError::Failed { record, .. }) => ("(failed)", "bad", "Error", record.summary()),
+        Err(ResultError::Aborted { reason, .. }) => ("(aborted)", "warn", "Why", reason),
+        Err(ResultError::Skipped { reason, .. }) => ("(skipped)", "warn", "Why", reason),
+        Err(ResultError::Decode { source, .. }) => {
+            ("(succeeded)", "ok", "Result", format!("kept, but not readable as JSON: {source}"))
+        }
+        Err(ResultError::NotYet(_) | ResultError::NotEnabled) => return None,
+        Err(error) => {
+            tracing::warn!(%error, "dramaturg-web: cannot read a message's result");
+            return None;
+        }
+    };
+    Some(Finished { label, class, field, detail })
 }
 
 #[derive(Debug, Deserialize)]

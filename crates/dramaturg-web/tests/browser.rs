@@ -259,6 +259,12 @@ async fn dashboard_in_chromium() {
     // The abort button stops a running job (after the browser's confirmation).
     let crunch = Crunch { report: "q4".into() }.send(&app).await.unwrap().id();
     eventually("the job runs", async || CRUNCHING.load(Ordering::SeqCst)).await;
+    // The workers page shows the worker's concurrency and the running job.
+    client.goto(&format!("{base}/workers")).await.unwrap();
+    let concurrency = client.find(Locator::Css("tr[data-worker] td.concurrency")).await.unwrap().text().await.unwrap();
+    assert_eq!(concurrency, "8");
+    let held = client.find(Locator::Css("tr[data-worker] ul.held")).await.unwrap().text().await.unwrap();
+    assert!(held.contains(&format!("{crunch} crunch on e2e-reports")), "{held}");
     client.goto(&format!("{base}/lookup?id={crunch}")).await.unwrap();
     let whereabouts = client.find(Locator::Id("whereabouts")).await.unwrap().text().await.unwrap();
     assert_eq!(whereabouts, "running (claimed by a worker)");
@@ -272,6 +278,17 @@ async fn dashboard_in_chromium() {
     assert!(started.elapsed() < Duration::from_secs(20));
     let report = stop(running).await;
     assert_eq!((report.aborted, report.failed, report.succeeded), (1, 1, 1), "{report:?}");
+
+    // The chart of the workers' counts per minute: the three failures and
+    // the replayed job's success (the abort is in neither), drawn.
+    client.goto(&format!("{base}/")).await.unwrap();
+    let chart = client.find(Locator::Css("figure#outcomes")).await.unwrap();
+    assert_eq!(chart.attr("data-processed").await.unwrap().as_deref(), Some("3"));
+    assert_eq!(chart.attr("data-failed").await.unwrap().as_deref(), Some("2"));
+    let processed = chart.find(Locator::Css("polyline.s-processed")).await.unwrap();
+    let points = processed.attr("points").await.unwrap().unwrap_or_default();
+    assert_eq!(points.split(' ').count(), dramaturg::OUTCOME_MINUTES, "{points}");
+    assert!(chart.text().await.unwrap().contains("processed"));
 
     // A form posted without its CSRF token is refused, and changes nothing.
     Charge { customer: "dee".into(), cents: 1 }.send(&app).await.unwrap();

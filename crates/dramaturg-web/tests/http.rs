@@ -198,6 +198,7 @@ async fn redis_pages_and_actions() {
     }
     assert_eq!(page.status, StatusCode::OK);
     assert!(page.body.contains(&format!("{QUEUE}: ")) && page.body.contains("s ago"), "{}", page.body);
+    assert_eq!(row(&page.body, "data-worker=")[1], "32", "the default concurrency, told with the heartbeat");
     let done = post(&router, &purge, &[("csrf", &token)]).await;
     assert_eq!(done.status, StatusCode::SEE_OTHER);
     app.join(Duration::from_secs(30)).await.unwrap();
@@ -207,6 +208,11 @@ async fn redis_pages_and_actions() {
     // fails again (its arguments still say so) and is dead once more.
     assert_eq!((report.succeeded, report.aborted, report.failed), (58, 1, 1), "{report:?}");
     assert_eq!(overview_row(&router, QUEUE).await, ["0", "0", "0", "1", "running"]);
+    // The workers' counts per minute: 58 succeeded, and the 3 failures
+    // (the two dead letters at the start, the replayed one again).
+    let page = get(&router, "/").await;
+    assert!(page.body.contains(r#"id="outcomes" data-processed="61" data-failed="3""#), "{}", page.body);
+    assert!(page.body.contains(r#"<polyline class="s-processed""#), "{}", page.body);
 
     // Assets, and what is not there.
     let css = get(&router, "/assets/dashboard.css").await;
@@ -326,13 +332,23 @@ async fn rabbitmq_pages_and_what_it_cannot_show() {
     let page = get(&router, &format!("/queues/{queue}")).await;
     assert_eq!(page.status, StatusCode::OK);
     assert!(page.body.contains("cannot show a queue's messages without consuming them"), "{}", page.body);
-    // Nor are there workers to show.
+    // Nor are there workers to show, or counts per minute.
     let page = get(&router, "/workers").await;
     assert!(page.body.contains("keeps no registry of workers"), "{}", page.body);
+    let page = get(&router, "/").await;
+    assert!(page.body.contains("RabbitMQ keeps no per-minute counts"), "{}", page.body);
+    assert!(!page.body.contains("s-processed"), "no chart of zeros: {}", page.body);
 
     // Dead letters: listed, found by id, replayed with the token.
     let page = get(&router, &format!("/queues/{queue}/dead")).await;
     assert!(page.body.contains(&ids[0].to_string()) && page.body.contains("boom"), "{}", page.body);
+    assert!(!page.body.contains("next →"), "one page: {}", page.body);
+    let beyond = get(&router, &format!("/queues/{queue}/dead?page=1")).await;
+    assert!(
+        beyond.body.contains("No dead letter on this page.") && beyond.body.contains("← previous"),
+        "{}",
+        beyond.body
+    );
     let found = get(&router, &format!("/lookup?id={}", ids[0])).await;
     assert!(found.body.contains("dead-lettered"), "{}", found.body);
     let missing = MessageId::new().to_string();
@@ -358,4 +374,98 @@ async fn rabbitmq_pages_and_what_it_cannot_show() {
     let purge = format!("/queues/{}/purge", encode(&queue));
     assert_eq!(post(&router, &purge, &[("csrf", &token)]).await.status, StatusCode::SEE_OTHER);
     assert_eq!(app.stats(&queue).await.unwrap().ready, 0);
+}
+
+/// Doubles; holds its slot for `millis` first; stores its result.
+#[derive(Actor, Serialize, Deserialize)]
+#[actor(queue = "web-double", output = u64, store_results, max_retries = 0)]
+struct Double {
+    n: u64,
+    millis: u64,
+}
+
+impl Double {
+    async fn perform(self, _ctx: &Context) -> Result<u64, std::io::Error> {
+        tokio::time::sleep(Duration::from_millis(self.millis)).await;
+        if self.n == 0 {
+            return Err(std::io::Error::other("zero is not doubled"));
+        }
+        Ok(self.n * 2)
+    }
+}
+
+/// The workers page lists what a worker holds, linked to the lookup; the
+/// lookup says "done" with the stored value or error once it ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_messages_and_finished_ones() {
+    let namespace = format!("web-{}", unique());
+    let url = format!("{REDIS}?namespace={namespace}");
+    let broker = dramaturg::redis::RedisBroker::connect(&url).await.unwrap();
+    let results = dramaturg::results::Results::for_broker(&broker);
+    let app = dramaturg::app(broker).insert_before("callbacks", results).actor::<Double>().build().unwrap();
+    let router = Dashboard::new(app.clone()).router();
+    let slow = Double { n: 21, millis: 1500 }.send(&app).await.unwrap().id();
+    let failing = Double { n: 0, millis: 0 }.send(&app).await.unwrap().id();
+    let worker = Worker::new(app.clone()).concurrency(3);
+    let shutdown = worker.shutdown_handle();
+    let running = tokio::spawn(worker.run());
+    let link = format!("/lookup?id={slow}");
+    let mut page = get(&router, "/workers").await;
+    for _ in 0..100 {
+        if page.body.contains(&link) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        page = get(&router, "/workers").await;
+    }
+    let cells = row(&page.body, "data-worker=");
+    assert_eq!(cells[1], "3", "{}", page.body);
+    assert!(cells[5].contains(&format!("{slow} double on web-double")), "{cells:?}");
+    let running_now = get(&router, &link).await;
+    assert!(running_now.body.contains("running (claimed by a worker)"), "{}", running_now.body);
+
+    app.join(Duration::from_secs(20)).await.unwrap();
+    shutdown.shutdown();
+    running.await.unwrap().unwrap();
+    let done = get(&router, &link).await;
+    assert_eq!(done.status, StatusCode::OK);
+    assert!(
+        done.body.contains(">done</span> (succeeded)") && done.body.contains(r#"<pre id="result">42</pre>"#),
+        "{}",
+        done.body
+    );
+    // A failure is found in the dead letters first; once they are gone,
+    // its stored error says it is done.
+    let failed = get(&router, &format!("/lookup?id={failing}")).await;
+    assert!(failed.body.contains("dead-lettered"), "{}", failed.body);
+    app.dead_letters().unwrap().delete("web-double", dramaturg::Replay::All).await.unwrap();
+    let failed = get(&router, &format!("/lookup?id={failing}")).await;
+    assert!(failed.body.contains("(failed)") && failed.body.contains("zero is not doubled"), "{}", failed.body);
+    // Without a results backend, a finished message is simply not found.
+    let bare = Dashboard::new(redis_app(&namespace).await).router();
+    assert_eq!(get(&bare, &link).await.status, StatusCode::NOT_FOUND);
+}
+
+/// Dead letters are shown a page at a time, with next and previous links.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_paged() {
+    let namespace = format!("web-{}", unique());
+    let app = redis_app(&namespace).await;
+    let router = Dashboard::new(app.clone()).router();
+    let mut ids = Vec::new();
+    for i in 0..53 {
+        ids.push(Greet::failing(format!("user-{i}")).send(&app).await.unwrap().id());
+    }
+    run_until_dead(&app, QUEUE, 53).await;
+    let first = get(&router, &format!("/queues/{QUEUE}/dead")).await;
+    assert_eq!(first.body.matches("<tr data-key=").count(), 50);
+    assert!(first.body.contains("?page=1\">next →") && !first.body.contains("← previous"), "{}", first.body);
+    let second = get(&router, &format!("/queues/{QUEUE}/dead?page=1")).await;
+    assert_eq!(second.body.matches("<tr data-key=").count(), 3, "{}", second.body);
+    assert!(second.body.contains("?page=0\">← previous") && !second.body.contains("next →"), "{}", second.body);
+    // Each dead letter on exactly one page.
+    let shown = |body: &str, id: &MessageId| body.contains(&format!(">{id}</a>"));
+    for id in &ids {
+        assert!(shown(&first.body, id) != shown(&second.body, id), "{id} on one page only");
+    }
 }

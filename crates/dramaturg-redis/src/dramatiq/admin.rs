@@ -64,6 +64,7 @@ impl RedisBroker {
     pub(crate) async fn dramatiq_dead_letters(
         &self,
         queue: &str,
+        offset: usize,
         limit: usize,
     ) -> Result<Vec<DeadLetter>, BrokerError> {
         if limit == 0 {
@@ -73,8 +74,8 @@ impl RedisBroker {
         let mut conn = self.shared.conn.clone();
         let entries: Vec<(String, f64)> = redis::cmd("ZRANGE")
             .arg(&keys.dead)
-            .arg(0)
-            .arg(limit - 1)
+            .arg(offset)
+            .arg(offset.saturating_add(limit - 1))
             .arg("WITHSCORES")
             .query_async(&mut conn)
             .await

@@ -16,6 +16,14 @@ pub(crate) async fn serve(
     token: Option<String>,
     queues: Vec<String>,
 ) -> Result<SocketAddr, Failure> {
+    if token.as_deref() == Some("") {
+        // An unset variable (`DRAMATURG_WEB_TOKEN=`) must not open the
+        // dashboard to a blank password.
+        return Err(Failure::new(
+            Exit::Usage,
+            "--token (or DRAMATURG_WEB_TOKEN) is empty; give a secret, or leave it out",
+        ));
+    }
     let listener = tokio::net::TcpListener::bind(bind)
         .await
         .map_err(|e| Failure::new(Exit::Broker, format!("cannot listen on {bind}: {e}")))?;

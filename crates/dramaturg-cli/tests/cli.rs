@@ -385,4 +385,7 @@ async fn web_serves_the_dashboard() {
     assert!(help.contains("[default: 127.0.0.1:8080]"), "{help}");
     // A bad address is a usage error.
     fails(Some(&url), &["web", "--bind", "everywhere"], 2);
+    // An empty token (an unset variable) would let a blank password in.
+    let empty = fails(Some(&url), &["web", "--bind", "127.0.0.1:0", "--token", ""], 2);
+    assert!(empty.contains("empty"), "{empty}");
 }

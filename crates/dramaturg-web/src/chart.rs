@@ -152,7 +152,7 @@ pub(crate) fn render_outcomes(minutes: Option<&[MinuteOutcomes]>) -> Markup {
             figure.chart id="outcomes" {
                 figcaption { "Processed and failed messages per minute" }
                 p.notice { "No per-minute counts: this broker keeps none (RabbitMQ keeps no per-minute counts), "
-                    "so processed and failed messages per minute cannot be shown. The queue depths are charted above." }
+                    "so processed and failed messages per minute cannot be shown. The queue depths are charted below." }
             }
         };
     };

@@ -126,8 +126,8 @@ pub(crate) fn pager(state: &State, path: &str, page: u64, has_next: bool, extra:
     html! {
         nav.pager {
             @if page > 0 { a href=(state.link(&format!("{path}?page={}{extra}", page - 1))) { "← previous" } }
-            span { "page " (page + 1) }
-            @if has_next { a href=(state.link(&format!("{path}?page={}{extra}", page + 1))) { "next →" } }
+            span { "page " (page.saturating_add(1)) }
+            @if has_next { a href=(state.link(&format!("{path}?page={}{extra}", page.saturating_add(1)))) { "next →" } }
         }
     }
 }

@@ -11,8 +11,8 @@ use axum::routing::{get, post};
 use axum::Router;
 use dramaturg_abort::{abort, AbortError, AbortOptions};
 use dramaturg_core::{
-    BrokerError, BrokerErrorKind, DecodedMessage, MessageId, Replay, ReplayError, ReplayRetries, Waiting, Whereabouts,
-    WorkerInfo, HELD_LISTED,
+    BrokerError, BrokerErrorKind, DecodedMessage, MessageId, QueueStats, Replay, ReplayError, ReplayRetries, Waiting,
+    Whereabouts, WorkerInfo, HELD_LISTED,
 };
 use dramaturg_results::{ResultError, ResultHandle};
 use maud::{html, Markup};
@@ -123,9 +123,24 @@ struct Note {
     note: Option<String>,
 }
 
-/// `queue` if the broker accepts the name (a clear 400 if not).
-fn checked(state: &State, queue: &str) -> Result<(), Failure> {
-    state.app.broker().check_queue_name(queue).map_err(Failure::from)
+/// `queue` if the broker accepts the name (a clear 400 if not) and knows
+/// the queue (404 if not). A broker that cannot list its queues (RabbitMQ)
+/// declares a queue when it is looked at, so there only the app's queues
+/// and those named to the dashboard are known: a request must not create
+/// queues.
+async fn checked(state: &State, queue: &str) -> Result<(), Failure> {
+    state.app.broker().check_queue_name(queue).map_err(Failure::from)?;
+    if state.names(queue) {
+        return Ok(());
+    }
+    match state.app.admin()?.queues().await {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == BrokerErrorKind::Unsupported => Err(Failure::not_found(format!(
+            "no queue {queue:?} here: this broker cannot list its queues, and looking at one would declare it; \
+             the dashboard shows the app's queues and those given to it (Dashboard::queues, --queue)"
+        ))),
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn overview(Extract(state): Extract<Arc<State>>, Query(note): Query<Note>) -> Page {
@@ -153,7 +168,7 @@ async fn overview(Extract(state): Extract<Arc<State>>, Query(note): Query<Note>)
                 @for (queue, stats) in &rows {
                     tr data-queue=(queue) {
                         td { a href=(state.link(&format!("/queues/{}", encode(queue)))) { (queue) } }
-                        (count(stats.ready)) (count(stats.delayed)) (count(stats.in_flight))
+                        (count(stats.ready)) (count(stats.delayed)) (in_flight_cell(stats))
                         td.num.zero[stats.dead == 0] {
                             a href=(state.link(&format!("/queues/{}/dead", encode(queue)))) { (stats.dead) }
                         }
@@ -182,7 +197,7 @@ async fn queue_page(
     Path(queue): Path<String>,
     Query(query): Query<ListQuery>,
 ) -> Page {
-    checked(&state, &queue)?;
+    checked(&state, &queue).await?;
     let which = match query.state.as_deref() {
         None | Some("ready") => Waiting::Ready,
         Some("delayed") => Waiting::Delayed,
@@ -200,7 +215,7 @@ async fn queue_page(
     let body = html! {
         p.counts {
             span { b { (stats.ready) } " ready" } span { b { (stats.delayed) } " delayed" }
-            span { b { (stats.in_flight) } " in flight" }
+            span { b { (in_flight_text(&stats)) } " in flight" }
             span { a href=(state.link(&format!("{path}/dead"))) { b { (stats.dead) } " dead" } }
             @if stats.paused { span.badge.warn { "paused" } }
         }
@@ -244,11 +259,25 @@ async fn queue_page(
                         @if views.messages.is_empty() { tr { td colspan="7" .muted { "No " (state_name) " message on this page." } } }
                     }
                 }
-                (pager(&state, &path, page_number, (page_number + 1).saturating_mul(PAGE as u64) < views.total, &format!("&state={state_name}")))
+                (pager(&state, &path, page_number, page_number.saturating_add(1).saturating_mul(PAGE as u64) < views.total, &format!("&state={state_name}")))
             }
         }
     };
     Ok(frame(&state, &format!("Queue {queue}"), Some(Tab::Overview), query.note.as_deref(), &body))
+}
+
+/// The in-flight count across the fleet, or `?` where the broker cannot
+/// tell it (RabbitMQ tells a client only its own unacknowledged deliveries).
+fn in_flight_text(stats: &QueueStats) -> String {
+    stats.fleet_in_flight().map_or_else(|| "?".to_owned(), |n| n.to_string())
+}
+
+/// [`in_flight_text`] in a table cell.
+fn in_flight_cell(stats: &QueueStats) -> Markup {
+    match stats.fleet_in_flight() {
+        Some(n) => count(n),
+        None => html! { td.num title="RabbitMQ does not tell how many deliveries the fleet holds" { "?" } },
+    }
 }
 
 /// Abort and cancel buttons for message `id`.
@@ -265,8 +294,15 @@ async fn dead_page(
     Path(queue): Path<String>,
     Query(query): Query<ListQuery>,
 ) -> Page {
-    checked(&state, &queue)?;
-    let page_number = query.page.unwrap_or(0).min(LAST_PAGE);
+    checked(&state, &queue).await?;
+    let page_number = query.page.unwrap_or(0);
+    if page_number > LAST_PAGE {
+        return Err(Failure::bad_request(format!(
+            "dead letters are shown up to page {} ({} letters); replay or delete them all, or use the API",
+            LAST_PAGE + 1,
+            (LAST_PAGE + 1).saturating_mul(PAGE as u64)
+        )));
+    }
     let skip = usize::try_from(page_number).unwrap_or(usize::MAX).saturating_mul(PAGE);
     // This page's dead letters and one more, to know whether a next page exists.
     let mut views = state.app.dead_letter_page(&queue, skip, PAGE + 1).await?;
@@ -310,7 +346,7 @@ async fn dead_page(
 }
 
 async fn dead_letter_page(Extract(state): Extract<Arc<State>>, Path((queue, key)): Path<(String, String)>) -> Page {
-    checked(&state, &queue)?;
+    checked(&state, &queue).await?;
     let view =
         state.app.find_dead_letter(&queue, &key).await?.ok_or_else(|| {
             Failure::not_found(format!("no dead letter of queue {queue:?} has the id or key {key:?}"))
@@ -403,7 +439,7 @@ async fn dead_action(
     Form(form): Form<Which>,
 ) -> Result<Redirect, Failure> {
     state.guard(&headers, form.csrf.as_deref())?;
-    checked(&state, &queue)?;
+    checked(&state, &queue).await?;
     if verb != "replay" && verb != "delete" {
         return Err(Failure::not_found(format!("no action {verb:?}: replay or delete")));
     }
@@ -434,7 +470,7 @@ async fn queue_action(
     Form(form): Form<Plain>,
 ) -> Result<Redirect, Failure> {
     state.guard(&headers, form.csrf.as_deref())?;
-    checked(&state, &queue)?;
+    checked(&state, &queue).await?;
     let note = match verb.as_str() {
         "purge" => format!("Purged {} messages.", state.app.admin()?.purge(&queue).await?),
         "pause" => {
@@ -528,6 +564,8 @@ async fn lookup(Extract(state): Extract<Arc<State>>, Query(query): Query<LookupQ
     };
     let parsed: MessageId =
         id.parse().map_err(|e: dramaturg_core::ParseMessageIdError| Failure::bad_request(e.to_string()))?;
+    // The canonical form (a lower-case ULID, a UUID's other spellings).
+    let id = &parsed.to_string();
     let (queues, _) = state.known_queues().await?;
     let mut found = None;
     let mut browsable = true;
@@ -575,7 +613,7 @@ async fn lookup(Extract(state): Extract<Arc<State>>, Query(query): Query<LookupQ
         Whereabouts::Ready => ("queued (ready)".to_owned(), "ok"),
         Whereabouts::Delayed { due: Some(due) } => (format!("delayed until {}", time(due)), "ok"),
         Whereabouts::Delayed { due: None } => ("delayed".to_owned(), "ok"),
-        Whereabouts::InFlight => ("running (claimed by a worker)".to_owned(), "warn"),
+        Whereabouts::InFlight => ("held by a worker (running, or fetched and waiting for a slot)".to_owned(), "warn"),
         Whereabouts::Dead => ("dead-lettered".to_owned(), "bad"),
         _ => ("elsewhere".to_owned(), ""),
     };

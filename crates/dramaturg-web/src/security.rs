@@ -9,7 +9,9 @@ use subtle::ConstantTimeEq;
 
 /// What the dashboard asks of every request ([`Dashboard::auth`](crate::Dashboard::auth)).
 ///
-/// Its `Debug` output hides the secrets.
+/// An empty token or password lets nobody in (every request gets 401):
+/// an unset environment variable must not open the dashboard to a blank
+/// password. Its `Debug` output hides the secrets.
 #[derive(Clone)]
 pub enum Auth {
     /// `Authorization: Bearer <token>`, or HTTP basic auth with any user
@@ -35,8 +37,16 @@ impl Auth {
         Self::Basic { user: user.into(), password: password.into() }
     }
 
-    /// Whether `headers` carry these credentials.
+    /// Whether `headers` carry these credentials (never, for an empty
+    /// secret).
     pub(crate) fn allows(&self, headers: &HeaderMap) -> bool {
+        let secret = match self {
+            Self::Token(token) => token,
+            Self::Basic { password, .. } => password,
+        };
+        if secret.is_empty() {
+            return false;
+        }
         let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
             return false;
         };
@@ -127,4 +137,28 @@ pub(crate) fn unauthorized() -> (StatusCode, [(header::HeaderName, &'static str)
 /// Whether `method` changes state (everything but reads).
 pub(crate) fn is_action(method: &Method) -> bool {
     !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::{header, HeaderMap, HeaderValue};
+
+    use super::Auth;
+
+    fn with(authorization: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_str(authorization).unwrap());
+        headers
+    }
+
+    #[test]
+    fn an_empty_secret_lets_nobody_in() {
+        // "x:" and "" in base64: a blank password, as a browser's prompt sends it.
+        for request in [with("Bearer "), with("Basic eDo="), with("Basic "), HeaderMap::new()] {
+            assert!(!Auth::token("").allows(&request), "{request:?}");
+            assert!(!Auth::basic("x", "").allows(&request), "{request:?}");
+        }
+        assert!(Auth::token("s3cret").allows(&with("Bearer s3cret")));
+        assert!(!Auth::token("s3cret").allows(&with("Bearer ")));
+    }
 }

@@ -45,6 +45,11 @@ impl State {
         format!("{}{path}", self.mount_path)
     }
 
+    /// Whether `queue` is one of the app's or named to the dashboard.
+    pub(crate) fn names(&self, queue: &str) -> bool {
+        self.app.queues().iter().chain(&self.queues).any(|known| known == queue)
+    }
+
     /// The queues to show, sorted: those the broker lists, the app's, and
     /// those named to the dashboard; and whether the broker could list.
     pub(crate) async fn known_queues(&self) -> Result<(Vec<String>, bool), BrokerError> {

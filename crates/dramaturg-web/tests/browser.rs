@@ -267,7 +267,7 @@ async fn dashboard_in_chromium() {
     assert!(held.contains(&format!("{crunch} crunch on e2e-reports")), "{held}");
     client.goto(&format!("{base}/lookup?id={crunch}")).await.unwrap();
     let whereabouts = client.find(Locator::Id("whereabouts")).await.unwrap().text().await.unwrap();
-    assert_eq!(whereabouts, "running (claimed by a worker)");
+    assert_eq!(whereabouts, "held by a worker (running, or fetched and waiting for a slot)");
     let started = Instant::now();
     client.find(Locator::XPath("//button[text()='Abort']")).await.unwrap().click().await.unwrap();
     client.accept_alert().await.unwrap();

@@ -248,6 +248,11 @@ async fn authentication_and_read_only() {
     assert_eq!(send(&router, request(Some("Basic YW55b25lOnMzY3JldA=="))).await.status, StatusCode::OK);
     assert_eq!(send(&router, request(Some("Basic YW55b25lOndyb25n"))).await.status, StatusCode::UNAUTHORIZED);
     assert_eq!(send(&router, request(Some("Basic !!!"))).await.status, StatusCode::UNAUTHORIZED);
+    // An empty token (an unset variable) lets nobody in, blank password or not.
+    let empty = Dashboard::new(app.clone()).auth(Auth::token("")).router();
+    for auth in [None, Some("Bearer "), Some("Basic eDo=")] {
+        assert_eq!(send(&empty, request(auth)).await.status, StatusCode::UNAUTHORIZED, "{auth:?}");
+    }
     // Actions are refused before anything else without credentials.
     let post_refused = post(&router, &format!("/queues/{QUEUE}/purge"), &[]).await;
     assert_eq!(post_refused.status, StatusCode::UNAUTHORIZED);
@@ -320,13 +325,14 @@ async fn rabbitmq_pages_and_what_it_cannot_show() {
     let mut counts = overview_row(&router, &queue).await;
     for _ in 0..50 {
         // RabbitMQ's counts follow the settlement within moments.
-        if counts == ["2", "0", "0", "1", "running"] {
+        // In flight: "?", RabbitMQ tells no client what the fleet holds.
+        if counts == ["2", "0", "?", "1", "running"] {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         counts = overview_row(&router, &queue).await;
     }
-    assert_eq!(counts, ["2", "0", "0", "1", "running"]);
+    assert_eq!(counts, ["2", "0", "?", "1", "running"]);
 
     // A queue's messages cannot be listed: the page says so.
     let page = get(&router, &format!("/queues/{queue}")).await;
@@ -370,6 +376,16 @@ async fn rabbitmq_pages_and_what_it_cannot_show() {
     // A name RabbitMQ refuses is a clear 400.
     let long = "q".repeat(300);
     assert_eq!(get(&router, &format!("/queues/{long}")).await.status, StatusCode::BAD_REQUEST);
+    // A queue the dashboard does not know is a 404, and looking did not
+    // declare it (RabbitMQ declares a queue that is looked at).
+    let stranger = format!("web-stranger-{}", unique());
+    for path in [format!("/queues/{stranger}"), format!("/queues/{stranger}/dead")] {
+        let page = get(&router, &path).await;
+        assert_eq!(page.status, StatusCode::NOT_FOUND, "{path}: {}", page.body);
+        assert!(page.body.contains("cannot list its queues"), "{}", page.body);
+    }
+    let listed = std::process::Command::new("rabbitmqctl").args(["list_queues", "name"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&listed.stdout).contains(&stranger), "no queue was declared");
 
     let purge = format!("/queues/{}/purge", encode(&queue));
     assert_eq!(post(&router, &purge, &[("csrf", &token)]).await.status, StatusCode::SEE_OTHER);
@@ -422,7 +438,11 @@ async fn held_messages_and_finished_ones() {
     assert_eq!(cells[1], "3", "{}", page.body);
     assert!(cells[5].contains(&format!("{slow} double on web-double")), "{cells:?}");
     let running_now = get(&router, &link).await;
-    assert!(running_now.body.contains("running (claimed by a worker)"), "{}", running_now.body);
+    assert!(
+        running_now.body.contains("held by a worker (running, or fetched and waiting for a slot)"),
+        "{}",
+        running_now.body
+    );
 
     app.join(Duration::from_secs(20)).await.unwrap();
     shutdown.shutdown();
@@ -460,6 +480,12 @@ async fn dead_letters_are_paged() {
     let first = get(&router, &format!("/queues/{QUEUE}/dead")).await;
     assert_eq!(first.body.matches("<tr data-key=").count(), 50);
     assert!(first.body.contains("?page=1\">next →") && !first.body.contains("← previous"), "{}", first.body);
+    // Past the last page dead letters are shown to: a clear 400, not a
+    // page labelled otherwise; the largest page number of a queue: no panic.
+    let beyond = get(&router, &format!("/queues/{QUEUE}/dead?page=5000")).await;
+    assert_eq!(beyond.status, StatusCode::BAD_REQUEST, "{}", beyond.body);
+    let last = get(&router, &format!("/queues/{QUEUE}?page={}", u64::MAX)).await;
+    assert_eq!(last.status, StatusCode::OK, "{}", last.body);
     let second = get(&router, &format!("/queues/{QUEUE}/dead?page=1")).await;
     assert_eq!(second.body.matches("<tr data-key=").count(), 3, "{}", second.body);
     assert!(second.body.contains("?page=0\">← previous") && !second.body.contains("next →"), "{}", second.body);

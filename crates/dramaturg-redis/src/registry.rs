@@ -18,12 +18,13 @@ use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::conn::Conn;
 use dramaturg_core::BrokerError;
-use redis::aio::ConnectionManager;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use crate::clock::ServerClock;
+use crate::conn::{Endpoint, Timeouts};
 use crate::dramatiq::{maintenance, DramatiqState};
 use crate::keys::{consumer_entry, parse_consumer_entry, RegistryKeys};
 use crate::scripts::Scripts;
@@ -31,8 +32,8 @@ use crate::wake::Wakeups;
 use crate::{broker_error, lock, millis, RedisConfig};
 
 pub(crate) struct Registry {
-    client: redis::Client,
-    conn: ConnectionManager,
+    endpoint: Endpoint,
+    conn: Conn,
     keys: RegistryKeys,
     scripts: Arc<Scripts>,
     worker_id: String,
@@ -51,8 +52,8 @@ pub(crate) struct Registry {
 
 impl Registry {
     pub(crate) fn new(
-        client: redis::Client,
-        conn: ConnectionManager,
+        endpoint: Endpoint,
+        conn: Conn,
         scripts: Arc<Scripts>,
         worker_id: String,
         config: RedisConfig,
@@ -62,7 +63,7 @@ impl Registry {
         let dramatiq = (config.protocol == dramaturg_core::Protocol::Dramatiq).then_some(dramatiq);
         Self {
             dramatiq,
-            client,
+            endpoint,
             conn,
             keys: RegistryKeys::new(&config.namespace),
             scripts,
@@ -112,7 +113,7 @@ impl Registry {
     }
 
     /// One heartbeat on `conn`, in the broker's layout.
-    async fn beat_on(&self, conn: &mut ConnectionManager) -> Result<(), BrokerError> {
+    async fn beat_on(&self, conn: &mut Conn) -> Result<(), BrokerError> {
         match &self.dramatiq {
             Some(state) => maintenance::beat(conn, &state.scripts, &self.config.namespace, &self.worker_id).await,
             None => {
@@ -232,13 +233,13 @@ impl Registry {
                 return;
             }
         };
-        let wakeups = self.wakeups.run(self.client.clone(), self.config.heartbeat_interval, stop.clone());
+        let wakeups = self.wakeups.run(self.endpoint.clone(), self.config.heartbeat_interval, stop.clone());
         runtime.block_on(async { tokio::join!(self.run(stop), wakeups) });
     }
 
     async fn run(&self, mut stop: watch::Receiver<bool>) {
         let interval = self.config.heartbeat_interval;
-        let mut conn: Option<ConnectionManager> = None;
+        let mut conn: Option<Conn> = None;
         let mut healthy_since: Option<Instant> = None;
         let mut last_trim = Instant::now();
         // The queues trimmed since `last_trim`: a queue this worker starts
@@ -291,22 +292,20 @@ impl Registry {
         }
     }
 
-    async fn connect(&self) -> Result<ConnectionManager, BrokerError> {
+    async fn connect(&self) -> Result<Conn, BrokerError> {
         // Reconnect attempts at least once per beat, so that after an
         // outage every live worker beats again within an interval of the
         // server's return (well inside the timeout others wait).
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_response_timeout(Some(self.config.heartbeat_interval.max(Duration::from_secs(2))))
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_max_delay(self.config.heartbeat_interval.min(Duration::from_secs(2)));
-        self.client
-            .get_connection_manager_with_config(config)
-            .await
-            .map_err(|e| broker_error(e, "opening the heartbeat connection"))
+        let timeouts = Timeouts {
+            connect: Duration::from_secs(5),
+            response: self.config.heartbeat_interval.max(Duration::from_secs(2)),
+            max_delay: self.config.heartbeat_interval.min(Duration::from_secs(2)),
+        };
+        self.endpoint.connect(timeouts).await.map_err(|e| broker_error(e, "opening the heartbeat connection"))
     }
 
     /// Returns the claimed messages of every worker whose heartbeat lapsed.
-    async fn recover_dead(&self, conn: &mut ConnectionManager) -> Result<(), BrokerError> {
+    async fn recover_dead(&self, conn: &mut Conn) -> Result<(), BrokerError> {
         if let Some(state) = &self.dramatiq {
             let queues = self.served_queues();
             return maintenance::recover_dead(conn, &state.scripts, &self.config, &self.worker_id, &queues).await;
@@ -356,7 +355,7 @@ impl Registry {
     /// one), and any other queue could only be found by scanning the
     /// keyspace. A queue nobody consumes keeps its dead letters, within the
     /// caps, until a worker consumes it again.
-    async fn trim_dead_letters(&self, conn: &mut ConnectionManager, trimmed: &mut HashSet<String>) {
+    async fn trim_dead_letters(&self, conn: &mut Conn, trimmed: &mut HashSet<String>) {
         if let Some(state) = &self.dramatiq {
             let queues: BTreeSet<String> = self.served_queues().into_iter().filter(|q| !trimmed.contains(q)).collect();
             match maintenance::expire_dead_letters(conn, &state.scripts, &self.config, &queues).await {
@@ -458,17 +457,21 @@ impl Registry {
             pipe.query_async(&mut conn).await.map_err(|e| broker_error(e, "listing consumers"))?;
         let consumers: Vec<Vec<(u64, &str)>> =
             entries.iter().map(|entries| entries.iter().filter_map(|e| parse_consumer_entry(e)).collect()).collect();
-        let mut pipe = redis::pipe();
+        // The in-flight lists lie in their queues' slots: one group each.
+        let mut lengths = Vec::new();
         for ((worker, _), consumers) in beats.iter().zip(&consumers) {
             for (consumer, queue) in consumers {
-                pipe.llen(self.keys.queue(queue).inflight(worker, *consumer));
+                let mut length = redis::pipe();
+                length.llen(self.keys.queue(queue).inflight(worker, *consumer));
+                lengths.push(length);
             }
         }
-        let held: Vec<u64> = if consumers.iter().all(Vec::is_empty) {
-            Vec::new()
-        } else {
-            pipe.query_async(&mut conn).await.map_err(|e| broker_error(e, "counting held messages"))?
-        };
+        let counted = |e| broker_error(e, "counting held messages");
+        let held = conn.query_groups(lengths).await.map_err(counted)?;
+        let held: Vec<u64> = held
+            .into_iter()
+            .map(|v| redis::from_redis_value(v).map_err(|e| counted(e.into())))
+            .collect::<Result<_, _>>()?;
         let mut held = held.into_iter();
         let mut workers = Vec::with_capacity(beats.len());
         for ((worker, beat_ms), consumers) in beats.iter().zip(&consumers) {
@@ -498,7 +501,7 @@ impl Registry {
 
 /// Records a heartbeat at the server's time, and the worker's consumers.
 async fn beat(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     keys: &RegistryKeys,
     scripts: &Scripts,
     worker_id: &str,
@@ -514,7 +517,7 @@ async fn beat(
 
 /// Returns everything in the in-flight list `list` to its queue.
 async fn recover(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     scripts: &Scripts,
     list: &str,
     keys: &crate::keys::QueueKeys,

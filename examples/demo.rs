@@ -169,8 +169,8 @@ async fn connect(args: &Args) -> Result<std::sync::Arc<dyn dramaturg::Broker>, B
     #[cfg(feature = "redis")]
     if (args.heartbeat_timeout_ms.is_some() || args.retry_sends_ms > 0) && args.broker.starts_with("redis") {
         use dramaturg::redis::{RedisBroker, RedisConfig};
-        let mut config = RedisConfig::new(args.broker.as_str())
-            .retry_enqueue_for(Duration::from_millis(args.retry_sends_ms));
+        let mut config =
+            RedisConfig::new(args.broker.as_str()).retry_enqueue_for(Duration::from_millis(args.retry_sends_ms));
         if let Some(timeout) = args.heartbeat_timeout_ms {
             let timeout = Duration::from_millis(timeout);
             config = config.heartbeat(timeout / 5, timeout);

@@ -3,7 +3,7 @@
 //! live on three different masters, one of two such workers killed with
 //! SIGKILL (its claims come back through the dead-worker recovery, though
 //! the registry and the queues lie on different nodes), wake-ups from
-//! every node, and the per-node listings.
+//! every node, the per-node listings, and the store conformance suite.
 
 #![cfg(feature = "redis")]
 #![allow(clippy::unwrap_used)] // Tests may panic on the unexpected.
@@ -179,4 +179,19 @@ async fn the_dramatiq_layout_is_refused_on_a_cluster() {
     let config = RedisConfig::new(format!("{URL}?protocol=dramatiq"));
     let error = RedisBroker::with_config(config).await.unwrap_err();
     assert!(error.to_string().contains("Redis Cluster"), "{error}");
+}
+
+/// The store conformance suite on the cluster: its keys spread over the
+/// masters, and waits and `set_many` span slots.
+mod store {
+    use dramaturg::redis::{RedisConfig, RedisStore};
+
+    async fn store() -> RedisStore {
+        let config = RedisConfig::new(super::URL).namespace(format!("test-{}", dramaturg::MessageId::new()));
+        RedisStore::with_config(&config)
+            .await
+            .expect("a Redis Cluster runs on 127.0.0.1:7000-7005 (scripts/services starts it)")
+    }
+
+    dramaturg_core::store_conformance!(store());
 }

@@ -31,7 +31,9 @@
 //!   a timer (every minute).
 //! - **Keys** live under a namespace (`dramaturg` by default), and every key
 //!   of a queue carries the hash tag `{queue}` so that a queue lives in one
-//!   Redis Cluster slot. Scripts are sent once and run by hash (`EVALSHA`),
+//!   Redis Cluster slot. The broker runs on one server or on a Redis
+//!   Cluster (`redis+cluster://host:port,host:port/`,
+//!   [`RedisConfig::cluster`]; see `docs/redis.md`, "Redis Cluster"). Scripts are sent once and run by hash (`EVALSHA`),
 //!   and sent again after `NOSCRIPT`.
 //! - **Throughput**: consumers claim a batch per round trip; a consumer's
 //!   acks are settled in batches, up to 256 per script call, without

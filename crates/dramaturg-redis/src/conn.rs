@@ -41,10 +41,10 @@ pub(crate) struct Timeouts {
 #[derive(Clone)]
 pub(crate) enum Endpoint {
     /// One server (which may be a replica, or behind a proxy).
-    Server(redis::Client),
+    Server(Arc<redis::Client>),
     /// A Redis Cluster: its client, and a client per seed node for
     /// subscriptions.
-    Cluster { client: ClusterClient, nodes: Arc<[redis::Client]> },
+    Cluster { client: Arc<ClusterClient>, nodes: Arc<[redis::Client]> },
 }
 
 impl Endpoint {

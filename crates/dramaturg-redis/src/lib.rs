@@ -445,7 +445,7 @@ fn open_client(config: &RedisConfig, url: &str) -> redis::RedisResult<redis::Cli
 /// The server, or for a `redis+cluster://` URL the cluster, of `config`.
 fn open_endpoint(config: &RedisConfig) -> redis::RedisResult<Endpoint> {
     let Some(nodes) = conn::cluster_nodes(&config.url) else {
-        return Ok(Endpoint::Server(open_client(config, &config.url)?));
+        return Ok(Endpoint::Server(Arc::new(open_client(config, &config.url)?)));
     };
     if nodes.is_empty() {
         return Err(RedisError::from((redis::ErrorKind::InvalidClientConfig, "a cluster URL must name a node")));
@@ -457,7 +457,7 @@ fn open_endpoint(config: &RedisConfig) -> redis::RedisResult<Endpoint> {
         builder = builder.certs(redis::TlsCertificates { client_tls: None, root_cert: Some(pem.clone()) });
     }
     let clients = nodes.iter().map(|node| open_client(config, node)).collect::<Result<Vec<_>, _>>()?;
-    Ok(Endpoint::Cluster { client: builder.build()?, nodes: clients.into() })
+    Ok(Endpoint::Cluster { client: Arc::new(builder.build()?), nodes: clients.into() })
 }
 
 /// The URL query parameters read: this crate's (`protocol=native|dramatiq`

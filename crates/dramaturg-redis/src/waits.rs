@@ -103,7 +103,7 @@ impl Waits {
         let replies = conn.query_groups(reads.collect()).await.map_err(|e| lost("read for a wait", e))?;
         let values = replies
             .into_iter()
-            .map(|reply| redis::from_redis_value::<Option<Vec<u8>>>(reply))
+            .map(redis::from_redis_value::<Option<Vec<u8>>>)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| lost("read for a wait", e))?;
         if let Some(found) = keys.iter().zip(values).find_map(|(key, value)| Some((key.clone(), value?))) {

@@ -208,7 +208,8 @@ impl RedisStore {
     }
 
     /// Connects to the Redis at `url` with the default settings: keys go
-    /// under `dramaturg:store:`.
+    /// under `dramaturg:store:`. `url` may name a Redis Cluster
+    /// (`redis+cluster://host:port,host:port/`, as for the broker).
     ///
     /// # Errors
     ///

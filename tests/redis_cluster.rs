@@ -11,6 +11,7 @@
 mod support;
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dramaturg::prelude::*;
@@ -194,4 +195,40 @@ mod store {
     }
 
     dramaturg_core::store_conformance!(store());
+}
+
+/// A seed node that is down: the client learns the cluster from the
+/// others, and the subscriptions for wake-ups and for the store's waits
+/// move on to the next seed. The consumer would look again only after a
+/// minute, so a delivery sooner came through a wake-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_move_on_from_a_seed_that_is_down() {
+    if support::is_child() {
+        return;
+    }
+    let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("redis+cluster://127.0.0.1:{down},127.0.0.1:7001,127.0.0.1:7002/");
+    let config = RedisConfig::new(url).namespace(namespace()).max_block(Duration::from_secs(60));
+    let broker = RedisBroker::with_config(config).await.unwrap();
+    let mut consumer = broker.consume("cluster-b", 1).await.unwrap();
+    let waiting = tokio::spawn(async move {
+        let delivery = consumer.next().await.unwrap();
+        delivery.settle(Settlement::Ack).await.unwrap();
+        Instant::now()
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sent_at = Instant::now();
+    broker.enqueue(Outgoing::new("cluster-b", b"wake".to_vec())).await.unwrap();
+    let latency = tokio::time::timeout(Duration::from_secs(10), waiting).await.unwrap().unwrap() - sent_at;
+    assert!(latency < Duration::from_secs(2), "woken after {latency:?}");
+    let store = broker.store().unwrap();
+    let ttl = Duration::from_secs(60);
+    let setter = Arc::clone(&store);
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        setter.set("later", b"set", ttl, dramaturg::store::SetMode::Always).await.unwrap();
+    });
+    let found = store.wait_any(&["later".to_owned()], Duration::from_secs(10)).await.unwrap();
+    assert_eq!(found, Some(("later".to_owned(), b"set".to_vec())));
+    broker.release().await.unwrap();
 }

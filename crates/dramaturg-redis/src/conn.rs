@@ -67,14 +67,23 @@ impl Endpoint {
         }
     }
 
-    /// A pub/sub connection. On a cluster, attempt `attempt` goes to seed
-    /// node `attempt` (modulo their number), so that retries move on
-    /// from a node that is down.
+    /// A pub/sub connection. On a cluster, to the first seed node that
+    /// answers, starting from seed `attempt` (modulo their number), so
+    /// that a subscription opened again after its node failed moves on to
+    /// the next one.
     pub(crate) async fn pubsub(&self, attempt: usize) -> RedisResult<redis::aio::PubSub> {
-        match self {
-            Self::Server(client) => client.get_async_pubsub().await,
-            Self::Cluster { nodes, .. } => nodes[attempt % nodes.len()].get_async_pubsub().await,
+        let nodes = match self {
+            Self::Server(client) => return client.get_async_pubsub().await,
+            Self::Cluster { nodes, .. } => nodes,
+        };
+        let mut failed = None;
+        for i in 0..nodes.len() {
+            match nodes[(attempt + i) % nodes.len()].get_async_pubsub().await {
+                Ok(pubsub) => return Ok(pubsub),
+                Err(error) => failed = Some(error),
+            }
         }
+        Err(failed.unwrap_or_else(|| (redis::ErrorKind::InvalidClientConfig, "a cluster URL must name a node").into()))
     }
 }
 

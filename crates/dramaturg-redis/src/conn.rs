@@ -25,7 +25,7 @@ use futures_util::future::try_join_all;
 use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 
 /// How long a connection waits: to connect, for an answer, and at most
@@ -148,19 +148,29 @@ impl Conn {
     }
 
     /// A connection to each master: this one for a single server; for a
-    /// cluster, one routed to each master that serves slots (as `CLUSTER
-    /// NODES` lists them now), for per-node commands such as `SCAN`.
+    /// cluster, one routed to each master that serves slots (as the
+    /// client's slot map has them now, learned with a `PING` to each),
+    /// for per-node commands such as `SCAN`.
     pub(crate) async fn masters(&self) -> RedisResult<Vec<Conn>> {
         let conn = match self {
             Self::Server(_) => return Ok(vec![self.clone()]),
             Self::Cluster(conn) | Self::Node { conn, .. } => conn,
         };
-        let mut any = Self::Cluster(conn.clone());
-        let nodes: String = redis::cmd("CLUSTER").arg("NODES").query_async(&mut any).await?;
-        Ok(master_addresses(&nodes)
-            .into_iter()
-            .map(|(host, port)| Self::Node { conn: conn.clone(), host: host.into(), port })
-            .collect())
+        // Without a response policy the answers come back by node address.
+        let every_master = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+        let Value::Map(answers) = conn.clone().route_command(redis::cmd("PING"), every_master).await? else {
+            return Err((redis::ErrorKind::Client, "no answer by node to a PING of every master").into());
+        };
+        let mut masters = Vec::with_capacity(answers.len());
+        for (address, _) in answers {
+            let address: String = redis::from_redis_value(address)?;
+            let parsed = address.rsplit_once(':').and_then(|(host, port)| Some((host, port.parse().ok()?)));
+            let Some((host, port)) = parsed else {
+                return Err((redis::ErrorKind::Client, "a node address without a port", address).into());
+            };
+            masters.push(Self::Node { conn: conn.clone(), host: host.into(), port });
+        }
+        Ok(masters)
     }
 
     /// Runs `groups` and returns the replies of all their commands in
@@ -185,25 +195,6 @@ impl Conn {
         .await?;
         Ok(replies.into_iter().flatten().collect())
     }
-}
-
-/// The addresses of the masters that serve slots in a `CLUSTER NODES`
-/// reply (`<id> <host>:<port>@<bus port> <flags> <master> … <slots>`).
-fn master_addresses(nodes: &str) -> Vec<(String, u16)> {
-    nodes
-        .lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let flags = fields.get(2)?;
-            let serving = fields.len() > 8;
-            if !serving || !flags.split(',').any(|f| f == "master") || flags.contains("fail") {
-                return None;
-            }
-            let address = fields[1].split('@').next()?;
-            let (host, port) = address.rsplit_once(':')?;
-            Some((host.to_owned(), port.parse().ok()?))
-        })
-        .collect()
 }
 
 /// The node URLs of a `redis+cluster://[user[:password]@]host:port,host:port[/][?query]`
@@ -271,15 +262,5 @@ mod tests {
         let url = cluster_url(&["redis://u:pw@a:7000/?protocol=resp3", "redis://b:7001"]);
         assert_eq!(url, "redis+cluster://u:pw@a:7000,b:7001/?protocol=resp3");
         assert_eq!(cluster_nodes(&url).unwrap().len(), 2);
-    }
-
-    #[test]
-    fn masters_are_read_from_cluster_nodes() {
-        let nodes = "a 127.0.0.1:7004@17004 slave c 0 1 3 connected\n\
-                     b 127.0.0.1:7001@17001 master - 0 1 2 connected 5461-10922\n\
-                     c 127.0.0.1:7002@17002 myself,master - 0 1 3 connected 10923-16383\n\
-                     d 127.0.0.1:7000@17000 master,fail - 0 1 1 disconnected 0-5460\n\
-                     e 127.0.0.1:7003@17003 master - 0 1 1 connected\n";
-        assert_eq!(master_addresses(nodes), [("127.0.0.1".to_owned(), 7001), ("127.0.0.1".to_owned(), 7002)]);
     }
 }

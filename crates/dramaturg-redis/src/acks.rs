@@ -26,11 +26,11 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
-use crate::conn::Conn;
 use dramaturg_core::{BrokerError, BrokerErrorKind, Settled, StoreWrite};
 use redis::{ErrorKind, ServerErrorKind, Value};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::conn::Conn;
 use crate::keys::QueueKeys;
 use crate::scripts::Scripts;
 use crate::{broker_error, lock};

@@ -18,13 +18,12 @@ use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::conn::Conn;
 use dramaturg_core::BrokerError;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use crate::clock::ServerClock;
-use crate::conn::{Endpoint, Timeouts};
+use crate::conn::{Conn, Endpoint, Timeouts};
 use crate::dramatiq::{maintenance, DramatiqState};
 use crate::keys::{consumer_entry, parse_consumer_entry, RegistryKeys};
 use crate::scripts::Scripts;

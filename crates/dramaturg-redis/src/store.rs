@@ -26,7 +26,6 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::conn::{Conn, Endpoint};
 use async_trait::async_trait;
 use dramaturg_core::broker::redact_password;
 use dramaturg_core::store::{
@@ -34,6 +33,7 @@ use dramaturg_core::store::{
 };
 use redis::{RedisError, Script};
 
+use crate::conn::{Conn, Endpoint};
 use crate::waits::Waits;
 use crate::{broker_error, RedisBroker, RedisConfig};
 

@@ -19,10 +19,10 @@ use std::time::Duration;
 use dramaturg_core::store::{StoreError, StoreErrorKind};
 use futures_util::StreamExt;
 use redis::aio::PubSubSink;
-
-use crate::conn::{Conn, Endpoint};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+
+use crate::conn::{Conn, Endpoint};
 
 /// What a waiter hears: the channel (the Redis key) and the value.
 type Heard = (String, Vec<u8>);

@@ -16,12 +16,12 @@
 
 use std::collections::BTreeSet;
 
-use crate::conn::Conn;
 use dramaturg_core::BrokerError;
 
 use super::keys::{acks_prefix, all_acks_pattern, glob_escape, heartbeats, is_acks_of, DramatiqKeys, Side};
 use super::scripts::DramatiqScripts;
 use super::Claims;
+use crate::conn::Conn;
 use crate::{broker_error, millis, RedisConfig};
 
 /// This worker's heartbeat, at the server's time.

@@ -16,7 +16,9 @@
 //! counts as JSON.
 //!
 //! `--heartbeat-timeout-ms T` (Redis) declares a worker dead after T ms
-//! without a heartbeat (beats every T/5 ms), for runs that stall workers.
+//! without a heartbeat (beats every T/5 ms), for runs that stall workers;
+//! `--retry-sends-ms R` (Redis) retries a send that fails for a connection
+//! reason for up to R ms, for runs that fail a server over.
 //!
 //! A worker appends a line per finished message to `DIR/<pid>.done`: the
 //! sequence number, then when the actor started and finished and when the
@@ -85,6 +87,7 @@ struct Args {
     work_ms: u64,
     interval_ms: u64,
     heartbeat_timeout_ms: Option<u64>,
+    retry_sends_ms: u64,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -100,6 +103,7 @@ fn parse_args() -> Result<Args, String> {
         work_ms: 0,
         interval_ms: 0,
         heartbeat_timeout_ms: None,
+        retry_sends_ms: 0,
     };
     let mut protocol = None;
     while let Some(flag) = it.next() {
@@ -113,6 +117,9 @@ fn parse_args() -> Result<Args, String> {
             "--record" => args.record = Some(value()?),
             "--work-ms" => args.work_ms = value()?.parse().map_err(|e| format!("--work-ms: {e}"))?,
             "--interval-ms" => args.interval_ms = value()?.parse().map_err(|e| format!("--interval-ms: {e}"))?,
+            "--retry-sends-ms" => {
+                args.retry_sends_ms = value()?.parse().map_err(|e| format!("--retry-sends-ms: {e}"))?;
+            }
             "--heartbeat-timeout-ms" => {
                 args.heartbeat_timeout_ms = Some(value()?.parse().map_err(|e| format!("--heartbeat-timeout-ms: {e}"))?);
             }
@@ -156,13 +163,18 @@ async fn main() -> Result<(), BoxError> {
     }
 }
 
-/// The broker at `--broker`, with the heartbeat timeout asked for.
+/// The broker at `--broker`, with the heartbeat timeout and send retries
+/// asked for.
 async fn connect(args: &Args) -> Result<std::sync::Arc<dyn dramaturg::Broker>, BoxError> {
     #[cfg(feature = "redis")]
-    if let (Some(timeout), true) = (args.heartbeat_timeout_ms, args.broker.starts_with("redis://")) {
+    if (args.heartbeat_timeout_ms.is_some() || args.retry_sends_ms > 0) && args.broker.starts_with("redis") {
         use dramaturg::redis::{RedisBroker, RedisConfig};
-        let timeout = Duration::from_millis(timeout);
-        let config = RedisConfig::new(args.broker.as_str()).heartbeat(timeout / 5, timeout);
+        let mut config =
+            RedisConfig::new(args.broker.as_str()).retry_enqueue_for(Duration::from_millis(args.retry_sends_ms));
+        if let Some(timeout) = args.heartbeat_timeout_ms {
+            let timeout = Duration::from_millis(timeout);
+            config = config.heartbeat(timeout / 5, timeout);
+        }
         return Ok(std::sync::Arc::new(RedisBroker::with_config(config).await?));
     }
     Ok(dramaturg::connect(&args.broker).await?)

@@ -28,10 +28,12 @@ pub enum ConnectError {
 
 /// Every scheme `connect` can know, and whether this build does (with the
 /// feature that brings it).
-const SCHEMES: [(&str, bool, &str); 5] = [
+const SCHEMES: [(&str, bool, &str); 7] = [
     ("memory", true, ""),
     ("redis", cfg!(feature = "redis"), "redis"),
     ("rediss", cfg!(feature = "redis-tls"), "redis-tls"),
+    ("redis+cluster", cfg!(feature = "redis"), "redis"),
+    ("rediss+cluster", cfg!(feature = "redis-tls"), "redis-tls"),
     ("amqp", cfg!(feature = "amqp"), "amqp"),
     ("amqps", cfg!(feature = "amqp-tls"), "amqp-tls"),
 ];
@@ -55,7 +57,8 @@ fn hint() -> String {
 
 /// Connects to the broker a URL names: `memory://` (a new in-memory
 /// broker), `redis://` and `rediss://` (with the `redis` and `redis-tls`
-/// features), `amqp://` and `amqps://` (with the `amqp` and `amqp-tls`
+/// features; `redis+cluster://host:port,host:port/` and
+/// `rediss+cluster://…` for a Redis Cluster), `amqp://` and `amqps://` (with the `amqp` and `amqp-tls`
 /// features).
 ///
 /// # Errors
@@ -84,9 +87,9 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Broker>, ConnectError> {
     match scheme {
         "memory" => Ok(Arc::new(MemoryBroker::new())),
         #[cfg(feature = "redis")]
-        "redis" => Ok(Arc::new(dramaturg_redis::RedisBroker::connect(url).await?)),
+        "redis" | "redis+cluster" => Ok(Arc::new(dramaturg_redis::RedisBroker::connect(url).await?)),
         #[cfg(feature = "redis-tls")]
-        "rediss" => Ok(Arc::new(dramaturg_redis::RedisBroker::connect(url).await?)),
+        "rediss" | "rediss+cluster" => Ok(Arc::new(dramaturg_redis::RedisBroker::connect(url).await?)),
         #[cfg(feature = "amqp")]
         "amqp" => Ok(Arc::new(dramaturg_amqp::AmqpBroker::connect(url).await?)),
         #[cfg(feature = "amqp-tls")]

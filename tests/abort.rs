@@ -367,6 +367,15 @@ mod across_processes {
         abort_through_redis(broker().await, broker().await, false).await;
     }
 
+    /// The same on the local Redis Cluster of scripts/services: the abort
+    /// requests' keys lie in slots apart from the queue's.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_default_stack_on_a_redis_cluster_aborts_across_processes() {
+        let url = "redis+cluster://127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002/";
+        let broker = || async { dramaturg::redis::RedisBroker::connect(url).await.unwrap() };
+        abort_through_redis(broker().await, broker().await, false).await;
+    }
+
     /// A worker looks for a message's request only while the namespace
     /// may hold one (see the crate docs): a cancel made by another process
     /// while the worker idles in a namespace that never held a request

@@ -266,13 +266,10 @@ async fn passwords_stay_out_of_errors_and_debug_output() {
     assert!(!format!("{broker:?}").contains("hunter2"));
 }
 
+/// A CA and a server certificate for 127.0.0.1, made for a test in a
+/// directory of its own (returned).
 #[cfg(feature = "redis-tls")]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rediss_urls_connect_over_tls() {
-    if support::is_child() {
-        return;
-    }
-    // A CA and a server certificate for 127.0.0.1, made for this test.
+fn make_certificates() -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("dramaturg-tls-{}", dramaturg::MessageId::new()));
     std::fs::create_dir_all(&dir).unwrap();
     let run = |args: &[&str]| {
@@ -324,12 +321,19 @@ async fn rediss_urls_connect_over_tls() {
         "-extfile",
         "san.ext",
     ]);
-    let port = 16392;
-    let mut server = Command::new("redis-server")
+    dir
+}
+
+/// A TLS-only redis-server on `port` with the certificates in `dir`, and
+/// `extra` arguments; returns once it accepts connections.
+#[cfg(feature = "redis-tls")]
+fn tls_server(dir: &std::path::Path, port: u16, extra: &[&str]) -> Child {
+    let server = Command::new("redis-server")
         .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
         .args(["--tls-cert-file", "server.pem", "--tls-key-file", "server.key", "--tls-ca-cert-file", "ca.pem"])
         .args(["--tls-auth-clients", "no"])
-        .current_dir(&dir)
+        .args(extra)
+        .current_dir(dir)
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
@@ -338,22 +342,76 @@ async fn rediss_urls_connect_over_tls() {
         assert!(Instant::now() < deadline, "the TLS redis-server did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let ca = std::fs::read(dir.join("ca.pem")).unwrap();
-    let config = RedisConfig::new(format!("rediss://127.0.0.1:{port}")).namespace(namespace()).tls_root_certificate(ca);
+    server
+}
+
+/// Sends a message through `config`'s broker and takes it back: its body.
+#[cfg(feature = "redis-tls")]
+async fn tls_round_trip(config: RedisConfig) -> Result<Vec<u8>, dramaturg::BrokerError> {
     let round_trip = async {
         let broker = RedisBroker::with_config(config).await?;
         broker.enqueue(Outgoing::new("tls", &b"over tls"[..])).await?;
         let mut consumer = broker.consume("tls", 1).await?;
         let delivery = consumer.next().await?;
-        let body = delivery.body().clone();
+        let body = delivery.body().to_vec();
         delivery.settle(dramaturg::Settlement::Ack).await?;
         Ok::<_, dramaturg::BrokerError>(body)
     };
-    let body = tokio::time::timeout(Duration::from_secs(10), round_trip).await;
+    tokio::time::timeout(Duration::from_secs(10), round_trip).await.expect("the round trip over TLS hung")
+}
+
+#[cfg(feature = "redis-tls")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_urls_connect_over_tls() {
+    if support::is_child() {
+        return;
+    }
+    let dir = make_certificates();
+    let port = 16392;
+    let mut server = tls_server(&dir, port, &[]);
+    let ca = std::fs::read(dir.join("ca.pem")).unwrap();
+    let config = RedisConfig::new(format!("rediss://127.0.0.1:{port}")).namespace(namespace()).tls_root_certificate(ca);
+    let body = tls_round_trip(config).await;
     server.kill().unwrap();
     server.wait().unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
-    assert_eq!(&body.unwrap().unwrap()[..], b"over tls");
+    assert_eq!(&body.unwrap()[..], b"over tls");
+}
+
+/// A Redis Cluster over TLS (one master with every slot, its cluster bus
+/// on TLS too), through `rediss+cluster://` and a private CA.
+#[cfg(feature = "redis-tls")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_cluster_urls_connect_over_tls() {
+    if support::is_child() {
+        return;
+    }
+    let dir = make_certificates();
+    let port = 16393;
+    let mut server = tls_server(&dir, port, &["--cluster-enabled", "yes", "--tls-cluster", "yes"]);
+    let slots = Command::new("redis-cli")
+        .args(["--tls", "--cacert", "ca.pem", "-p", &port.to_string(), "CLUSTER", "ADDSLOTSRANGE", "0", "16383"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&slots.stdout).contains("OK"), "{slots:?}");
+    let ca = std::fs::read(dir.join("ca.pem")).unwrap();
+    let url = format!("rediss+cluster://127.0.0.1:{port}/");
+    let config = RedisConfig::new(url).namespace(namespace()).tls_root_certificate(ca);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        // The cluster says ok once its single node has taken the slots.
+        match tls_round_trip(config.clone()).await {
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            result => break result,
+        }
+    };
+    server.kill().unwrap();
+    server.wait().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(&body.unwrap()[..], b"over tls");
 }
 
 #[derive(Actor, Serialize, Deserialize)]

@@ -292,14 +292,30 @@ async fn results_expire_and_outputs_too_large_are_kept_as_failures() {
 #[cfg(feature = "redis")]
 #[tokio::test]
 async fn on_redis_a_waiter_in_another_app_wakes_when_the_result_is_kept() {
+    a_waiter_in_another_app_wakes_when_the_result_is_kept("redis://127.0.0.1:6379").await;
+}
+
+/// The same on the local Redis Cluster of scripts/services: the results'
+/// keys lie in slots of their own, apart from the queue's.
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn on_a_redis_cluster_a_waiter_in_another_app_wakes_when_the_result_is_kept() {
+    a_waiter_in_another_app_wakes_when_the_result_is_kept(
+        "redis+cluster://127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002/",
+    )
+    .await;
+}
+
+#[cfg(feature = "redis")]
+async fn a_waiter_in_another_app_wakes_when_the_result_is_kept(url: &str) {
     let ns = support::namespace();
     let app = |broker: dramaturg::redis::RedisBroker| {
         let results = dramaturg::results::Results::for_broker(&broker);
         dramaturg::app(broker).insert_before("callbacks", results).actor::<Resize>().build().unwrap()
     };
-    let worker_app = app(support::redis_broker("redis://127.0.0.1:6379", &ns).await);
+    let worker_app = app(support::redis_broker(url, &ns).await);
     // A producer of its own, as another process would have.
-    let producer = app(support::redis_broker("redis://127.0.0.1:6379", &ns).await);
+    let producer = app(support::redis_broker(url, &ns).await);
     let sent = Resize { width: 300, fail: false }.send(&producer).await.unwrap();
     let failed = Resize { width: 1, fail: true }.send(&producer).await.unwrap();
     let waiters: Vec<_> = (0..3)

@@ -27,10 +27,10 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use dramaturg_core::{BrokerError, BrokerErrorKind, Settled, StoreWrite};
-use redis::aio::ConnectionManager;
 use redis::{ErrorKind, ServerErrorKind, Value};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::conn::Conn;
 use crate::keys::QueueKeys;
 use crate::scripts::Scripts;
 use crate::{broker_error, lock};
@@ -65,7 +65,7 @@ pub(crate) struct Acks {
 
 /// What settling acks takes: the keys of one consumer's claims.
 struct Settler {
-    conn: ConnectionManager,
+    conn: Conn,
     scripts: Arc<Scripts>,
     keys: Arc<QueueKeys>,
     inflight: Arc<str>,
@@ -78,7 +78,7 @@ impl Acks {
     /// Starts the task that settles the acks of the consumer whose
     /// in-flight list is `inflight`. Must be called within a Tokio runtime.
     pub(crate) fn start(
-        conn: ConnectionManager,
+        conn: Conn,
         scripts: Arc<Scripts>,
         keys: Arc<QueueKeys>,
         inflight: Arc<str>,
@@ -143,15 +143,16 @@ impl Settler {
     }
 
     /// One pipeline: the writes of `batch` (checked against the store's
-    /// size rules by the receipts), then `ACK_MANY` by its hash; on
+    /// size rules by the receipts), then `ACK_MANY` by its hash (on a
+    /// cluster, where the writes' keys lie in other slots, the writes go
+    /// first, one pipeline per key, and the ack after them); on
     /// `NOSCRIPT` the script is loaded and the pipeline sent again, which
     /// writes the same values again. A write Redis refuses (out of memory)
     /// is logged and does not hold the acks back: the scripts run when
     /// Redis is full, and so do settlements.
     async fn write_and_settle(&self, batch: &[Pending]) -> redis::RedisResult<Vec<Value>> {
-        let mut pipe = redis::pipe();
         let writes = batch.iter().flat_map(|ack| &ack.writes).map(|w| (w.key.as_str(), w.value.as_ref(), w.ttl));
-        crate::store::pipe_writes(&mut pipe, &self.store_prefix, writes).map_err(|e| {
+        let writes = crate::store::write_groups(&self.store_prefix, writes).map_err(|e| {
             redis::RedisError::from((ErrorKind::Client, "a store write outside the size rules", e.to_string()))
         })?;
         let mut ack = redis::cmd("EVALSHA");
@@ -163,10 +164,17 @@ impl Settler {
         for pending in batch {
             ack.arg(&pending.id).arg(&pending.token);
         }
-        pipe.add_command(ack).ignore_errors();
+        let mut ack_group = redis::pipe();
+        ack_group.add_command(ack);
         let mut conn = self.conn.clone();
         for loaded in [false, true] {
-            let mut replies: Vec<Value> = pipe.query_async(&mut conn).await?;
+            let mut replies = if conn.is_cluster() && !writes.is_empty() {
+                let mut replies = conn.query_groups(writes.clone()).await?;
+                replies.extend(conn.query_groups(vec![ack_group.clone()]).await?);
+                replies
+            } else {
+                conn.query_groups([writes.as_slice(), std::slice::from_ref(&ack_group)].concat()).await?
+            };
             match replies.pop().unwrap_or(Value::Nil) {
                 Value::ServerError(error) if !loaded && error.kind() == Some(ServerErrorKind::NoScript) => {
                     self.scripts.ack_many.prepare_invoke().load_async(&mut conn).await?;

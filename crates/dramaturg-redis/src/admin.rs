@@ -75,31 +75,35 @@ impl QueueAdmin for RedisBroker {
     }
 
     /// The queues with a key under the namespace (`SCAN`: one pass over
-    /// the server's keys, for operators' tools, not for a hot path).
+    /// the server's keys — over every master's, on a cluster — for
+    /// operators' tools, not for a hot path).
     async fn queues(&self) -> Result<Vec<String>, BrokerError> {
         if self.is_dramatiq() {
             return Err(dramatiq_cannot("list its queues: name them"));
         }
         let namespace = &self.shared.config.namespace;
-        let mut conn = self.shared.conn.clone();
+        let masters = self.shared.conn.masters().await.map_err(|e| broker_error(e, "listing queues"))?;
         let mut queues = std::collections::BTreeSet::new();
-        let mut cursor = 0u64;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(queue_keys_pattern(namespace))
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| broker_error(e, "listing queues"))?;
-            queues.extend(keys.iter().filter_map(|key| queue_of_key(namespace, key)).map(str::to_owned));
-            if next == 0 {
-                return Ok(queues.into_iter().collect());
+        for mut conn in masters {
+            let mut cursor = 0u64;
+            loop {
+                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(queue_keys_pattern(namespace))
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| broker_error(e, "listing queues"))?;
+                queues.extend(keys.iter().filter_map(|key| queue_of_key(namespace, key)).map(str::to_owned));
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
             }
-            cursor = next;
         }
+        Ok(queues.into_iter().collect())
     }
 
     async fn workers(&self) -> Result<Vec<WorkerInfo>, BrokerError> {

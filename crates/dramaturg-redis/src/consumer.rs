@@ -426,12 +426,10 @@ impl WritingReceipt for RedisReceipt {
         if let Settlement::Ack = settlement {
             return self.acks.ack(&self.id, &self.token, writes.cloned().collect()).await;
         }
-        let mut pipe = redis::pipe();
         let prefix = crate::store::prefix(&self.shared.config);
-        crate::store::pipe_writes(&mut pipe, &prefix, writes.map(|w| (w.key.as_str(), w.value.as_ref(), w.ttl)))
+        let groups = crate::store::write_groups(&prefix, writes.map(|w| (w.key.as_str(), w.value.as_ref(), w.ttl)))
             .map_err(|e| BrokerError::new(BrokerErrorKind::InvalidInput, e.to_string()))?;
-        let mut conn = self.shared.conn.clone();
-        pipe.query_async::<()>(&mut conn).await.map_err(|e| broker_error(e, "writing to the store"))?;
+        crate::store::write(&self.shared.conn, groups).await.map_err(|e| broker_error(e, "writing to the store"))?;
         self.settle(settlement).await
     }
 }

@@ -31,7 +31,9 @@
 //!   a timer (every minute).
 //! - **Keys** live under a namespace (`dramaturg` by default), and every key
 //!   of a queue carries the hash tag `{queue}` so that a queue lives in one
-//!   Redis Cluster slot. Scripts are sent once and run by hash (`EVALSHA`),
+//!   Redis Cluster slot. The broker runs on one server or on a Redis
+//!   Cluster (`redis+cluster://host:port,host:port/`,
+//!   [`RedisConfig::cluster`]; see `docs/redis.md`, "Redis Cluster"). Scripts are sent once and run by hash (`EVALSHA`),
 //!   and sent again after `NOSCRIPT`.
 //! - **Throughput**: consumers claim a batch per round trip; a consumer's
 //!   acks are settled in batches, up to 256 per script call, without
@@ -74,6 +76,7 @@ mod acks;
 mod admin;
 mod browse;
 mod clock;
+mod conn;
 mod consumer;
 mod dramatiq;
 mod keys;
@@ -100,10 +103,10 @@ pub(crate) use dramaturg_core::time::millis;
 use dramaturg_core::{
     Broker, BrokerError, BrokerErrorKind, Consumer, DeadLetters, MessageId, Outgoing, QueueAdmin, Store,
 };
-use redis::aio::ConnectionManager;
 use redis::RedisError;
 
 use crate::clock::ServerClock;
+use crate::conn::{Conn, Endpoint, Timeouts};
 use crate::keys::QueueKeys;
 use crate::registry::Registry;
 use crate::scripts::Scripts;
@@ -173,6 +176,13 @@ impl RedisConfig {
     /// `db`, `user` and `pass` are read too; any other query parameter (a
     /// typo) is refused when connecting, with an error of kind
     /// [`BrokerErrorKind::InvalidInput`].
+    ///
+    /// A **Redis Cluster** is named by `redis+cluster://` (or
+    /// `rediss+cluster://` with the `tls` feature) and a comma-separated
+    /// list of some of its nodes (seeds: the client learns the others from
+    /// them), `redis+cluster://[user][:password@]host:port,host:port[/][?namespace=…]`,
+    /// or built with [`RedisConfig::cluster`]. See `docs/redis.md`, "Redis
+    /// Cluster", for what works there.
     pub fn new(url: impl Into<String>) -> Self {
         let url = url.into();
         let (url, params) = dramatiq::url::take_params(&url);
@@ -206,6 +216,27 @@ impl RedisConfig {
             None => {}
         }
         config
+    }
+
+    /// Settings for the Redis Cluster of which `nodes` are some nodes
+    /// (`redis://[user][:password@]host:port` each, as the redis crate's
+    /// `ClusterClient` takes them; the first node's user, password and
+    /// query apply to all): the same as
+    /// `RedisConfig::new("redis+cluster://host:port,host:port/")`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use dramaturg_redis::RedisConfig;
+    ///
+    /// let config = RedisConfig::cluster(["redis://:secret@10.0.0.1:7000", "redis://10.0.0.2:7000"])
+    ///     .namespace("billing");
+    /// let shown = format!("{config:?}");
+    /// assert!(shown.contains("redis+cluster://:***@10.0.0.1:7000,10.0.0.2:7000/"), "{shown}");
+    /// ```
+    pub fn cluster<S: AsRef<str>>(nodes: impl IntoIterator<Item = S>) -> Self {
+        let nodes: Vec<S> = nodes.into_iter().collect();
+        Self::new(conn::cluster_url(&nodes))
     }
 
     /// Lays the queues out as `protocol` says: [`Protocol::Native`] (the
@@ -383,8 +414,8 @@ pub struct RedisBroker {
 /// What the broker, its consumers and its receipts share.
 struct Shared {
     config: RedisConfig,
-    client: redis::Client,
-    conn: ConnectionManager,
+    endpoint: Endpoint,
+    conn: Conn,
     /// What [`Broker::store`] gives, made on first use.
     store: std::sync::OnceLock<Arc<dyn Store>>,
     scripts: Arc<Scripts>,
@@ -403,13 +434,33 @@ impl Drop for Shared {
     }
 }
 
-fn open_client(config: &RedisConfig) -> redis::RedisResult<redis::Client> {
+fn open_client(config: &RedisConfig, url: &str) -> redis::RedisResult<redis::Client> {
     #[cfg(feature = "tls")]
     if let Some(pem) = &config.tls_root_certificate {
         let certificates = redis::TlsCertificates { client_tls: None, root_cert: Some(pem.clone()) };
-        return redis::Client::build_with_tls(config.url.as_str(), certificates);
+        return redis::Client::build_with_tls(url, certificates);
     }
-    redis::Client::open(config.url.as_str())
+    #[cfg(not(feature = "tls"))]
+    let _ = config;
+    redis::Client::open(url)
+}
+
+/// The server, or for a `redis+cluster://` URL the cluster, of `config`.
+fn open_endpoint(config: &RedisConfig) -> redis::RedisResult<Endpoint> {
+    let Some(nodes) = conn::cluster_nodes(&config.url) else {
+        return Ok(Endpoint::Server(Arc::new(open_client(config, &config.url)?)));
+    };
+    if nodes.is_empty() {
+        return Err(RedisError::from((redis::ErrorKind::InvalidClientConfig, "a cluster URL must name a node")));
+    }
+    #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
+    let mut builder = redis::cluster::ClusterClient::builder(nodes.iter().map(String::as_str));
+    #[cfg(feature = "tls")]
+    if let Some(pem) = &config.tls_root_certificate {
+        builder = builder.certs(redis::TlsCertificates { client_tls: None, root_cert: Some(pem.clone()) });
+    }
+    let clients = nodes.iter().map(|node| open_client(config, node)).collect::<Result<Vec<_>, _>>()?;
+    Ok(Endpoint::Cluster { client: Arc::new(builder.build()?), nodes: clients.into() })
 }
 
 /// The URL query parameters read: this crate's (`protocol=native|dramatiq`
@@ -417,11 +468,12 @@ fn open_client(config: &RedisConfig) -> redis::RedisResult<redis::Client> {
 /// Redis client's.
 const URL_PARAMETERS: &[&str] = &["namespace", "protocol", "db", "user", "pass"];
 
-/// A client for `config` and its multiplexed, reconnecting connection.
-async fn connect_manager(config: &RedisConfig) -> Result<(redis::Client, ConnectionManager), BrokerError> {
+/// The endpoint of `config` and a multiplexed, reconnecting connection to
+/// it.
+async fn connect_endpoint(config: &RedisConfig) -> Result<(Endpoint, Conn), BrokerError> {
     let shown = redact_password(&config.url);
     #[cfg(feature = "tls")]
-    if config.url.starts_with("rediss://") {
+    if config.url.starts_with("rediss") {
         // rustls needs a process-wide crypto provider; ring is the one
         // this crate builds with. An already installed one is kept.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -430,18 +482,16 @@ async fn connect_manager(config: &RedisConfig) -> Result<(redis::Client, Connect
         .map_err(|e| BrokerError::new(BrokerErrorKind::InvalidInput, format!("redis: {shown}: {e}")))?;
     // The client does no I/O here: what it refuses is the URL (a port or
     // database number out of range, a bad certificate).
-    let client = open_client(config).map_err(|e| {
+    let endpoint = open_endpoint(config).map_err(|e| {
         BrokerError::new(BrokerErrorKind::InvalidInput, format!("redis: opening {shown} failed: {e}")).with_source(e)
     })?;
-    let manager_config = redis::aio::ConnectionManagerConfig::new()
-        .set_response_timeout(Some(Duration::from_secs(10)))
-        .set_connection_timeout(Some(Duration::from_secs(5)))
-        .set_max_delay(Duration::from_secs(2));
-    let conn = client
-        .get_connection_manager_with_config(manager_config)
-        .await
-        .map_err(|e| broker_error(e, &format!("connecting to {shown}")))?;
-    Ok((client, conn))
+    let timeouts = Timeouts {
+        connect: Duration::from_secs(5),
+        response: Duration::from_secs(10),
+        max_delay: Duration::from_secs(2),
+    };
+    let conn = endpoint.connect(timeouts).await.map_err(|e| broker_error(e, &format!("connecting to {shown}")))?;
+    Ok((endpoint, conn))
 }
 
 /// A Redis error as a [`BrokerError`], classified, without any URL in it.
@@ -505,7 +555,14 @@ impl RedisBroker {
             ));
         }
         let shown = redact_password(&config.url);
-        let (client, mut conn) = connect_manager(&config).await?;
+        if config.protocol == Protocol::Dramatiq && conn::cluster_nodes(&config.url).is_some() {
+            return Err(BrokerError::new(
+                BrokerErrorKind::Unsupported,
+                "redis: Dramatiq's layout cannot run on a Redis Cluster: its keys carry no hash tag, so a queue's \
+                 keys (and Python's scripts) span slots; use the native layout on a cluster",
+            ));
+        }
+        let (endpoint, mut conn) = connect_endpoint(&config).await?;
         let server = server::check(&mut conn, &shown, config.allow_eviction).await?;
         // Dramatiq's broker ids are UUID4s (and hold no dot, which its ack
         // set names rely on).
@@ -520,7 +577,7 @@ impl RedisBroker {
             tracing::warn!(%error, "cannot read the server's clock; message ages follow this process's clock until a heartbeat reads it");
         }
         let registry = Arc::new(Registry::new(
-            client.clone(),
+            endpoint.clone(),
             conn.clone(),
             Arc::clone(&scripts),
             worker_id.clone(),
@@ -541,7 +598,7 @@ impl RedisBroker {
         Ok(Self {
             shared: Arc::new(Shared {
                 config,
-                client,
+                endpoint,
                 conn,
                 store: std::sync::OnceLock::new(),
                 scripts,

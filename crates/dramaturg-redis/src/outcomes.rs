@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use dramaturg_core::{BrokerError, MinuteOutcomes, OutcomeCounts, OUTCOME_MINUTES};
-use redis::aio::ConnectionManager;
 
 use crate::broker_error;
+use crate::conn::Conn;
 use crate::keys::RegistryKeys;
 
 /// How long a minute's counts are kept after their last write: twice the
@@ -27,7 +27,7 @@ fn field(kind: char, queue: &str) -> String {
 
 /// Adds `counts` to the minute of `now_ms`, in one round trip.
 pub(crate) async fn record(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     keys: &RegistryKeys,
     now_ms: u64,
     counts: &BTreeMap<String, OutcomeCounts>,
@@ -51,7 +51,7 @@ pub(crate) async fn record(
 /// The [`OUTCOME_MINUTES`] minutes up to that of `now_ms`, oldest first,
 /// in one round trip.
 pub(crate) async fn per_minute(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     keys: &RegistryKeys,
     now_ms: u64,
 ) -> Result<Vec<MinuteOutcomes>, BrokerError> {

@@ -23,12 +23,12 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use dramaturg_core::{BrokerError, HeldMessage, WorkerInfo, HELD_LISTED};
-use redis::aio::ConnectionManager;
 use redis::Value;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use crate::clock::ServerClock;
+use crate::conn::{Conn, Endpoint, Timeouts};
 use crate::dramatiq::{maintenance, DramatiqState};
 use crate::keys::{consumer_entry, parse_consumer_entry, RegistryKeys};
 use crate::scripts::Scripts;
@@ -36,8 +36,8 @@ use crate::wake::Wakeups;
 use crate::{broker_error, lock, millis, RedisConfig};
 
 pub(crate) struct Registry {
-    client: redis::Client,
-    conn: ConnectionManager,
+    endpoint: Endpoint,
+    conn: Conn,
     keys: RegistryKeys,
     scripts: Arc<Scripts>,
     worker_id: String,
@@ -59,8 +59,8 @@ pub(crate) struct Registry {
 
 impl Registry {
     pub(crate) fn new(
-        client: redis::Client,
-        conn: ConnectionManager,
+        endpoint: Endpoint,
+        conn: Conn,
         scripts: Arc<Scripts>,
         worker_id: String,
         config: RedisConfig,
@@ -70,7 +70,7 @@ impl Registry {
         let dramatiq = (config.protocol == dramaturg_core::Protocol::Dramatiq).then_some(dramatiq);
         Self {
             dramatiq,
-            client,
+            endpoint,
             conn,
             keys: RegistryKeys::new(&config.namespace),
             scripts,
@@ -131,7 +131,7 @@ impl Registry {
     }
 
     /// One heartbeat on `conn`, in the broker's layout.
-    async fn beat_on(&self, conn: &mut ConnectionManager) -> Result<(), BrokerError> {
+    async fn beat_on(&self, conn: &mut Conn) -> Result<(), BrokerError> {
         match &self.dramatiq {
             Some(state) => maintenance::beat(conn, &state.scripts, &self.config.namespace, &self.worker_id).await,
             None => {
@@ -254,13 +254,13 @@ impl Registry {
                 return;
             }
         };
-        let wakeups = self.wakeups.run(self.client.clone(), self.config.heartbeat_interval, stop.clone());
+        let wakeups = self.wakeups.run(self.endpoint.clone(), self.config.heartbeat_interval, stop.clone());
         runtime.block_on(async { tokio::join!(self.run(stop), wakeups) });
     }
 
     async fn run(&self, mut stop: watch::Receiver<bool>) {
         let interval = self.config.heartbeat_interval;
-        let mut conn: Option<ConnectionManager> = None;
+        let mut conn: Option<Conn> = None;
         let mut healthy_since: Option<Instant> = None;
         let mut last_trim = Instant::now();
         // The queues trimmed since `last_trim`: a queue this worker starts
@@ -313,22 +313,20 @@ impl Registry {
         }
     }
 
-    async fn connect(&self) -> Result<ConnectionManager, BrokerError> {
+    async fn connect(&self) -> Result<Conn, BrokerError> {
         // Reconnect attempts at least once per beat, so that after an
         // outage every live worker beats again within an interval of the
         // server's return (well inside the timeout others wait).
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_response_timeout(Some(self.config.heartbeat_interval.max(Duration::from_secs(2))))
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_max_delay(self.config.heartbeat_interval.min(Duration::from_secs(2)));
-        self.client
-            .get_connection_manager_with_config(config)
-            .await
-            .map_err(|e| broker_error(e, "opening the heartbeat connection"))
+        let timeouts = Timeouts {
+            connect: Duration::from_secs(5),
+            response: self.config.heartbeat_interval.max(Duration::from_secs(2)),
+            max_delay: self.config.heartbeat_interval.min(Duration::from_secs(2)),
+        };
+        self.endpoint.connect(timeouts).await.map_err(|e| broker_error(e, "opening the heartbeat connection"))
     }
 
     /// Returns the claimed messages of every worker whose heartbeat lapsed.
-    async fn recover_dead(&self, conn: &mut ConnectionManager) -> Result<(), BrokerError> {
+    async fn recover_dead(&self, conn: &mut Conn) -> Result<(), BrokerError> {
         if let Some(state) = &self.dramatiq {
             let queues = self.served_queues();
             return maintenance::recover_dead(conn, &state.scripts, &self.config, &self.worker_id, &queues).await;
@@ -380,7 +378,7 @@ impl Registry {
     /// one), and any other queue could only be found by scanning the
     /// keyspace. A queue nobody consumes keeps its dead letters, within the
     /// caps, until a worker consumes it again.
-    async fn trim_dead_letters(&self, conn: &mut ConnectionManager, trimmed: &mut HashSet<String>) {
+    async fn trim_dead_letters(&self, conn: &mut Conn, trimmed: &mut HashSet<String>) {
         if let Some(state) = &self.dramatiq {
             let queues: BTreeSet<String> = self.served_queues().into_iter().filter(|q| !trimmed.contains(q)).collect();
             match maintenance::expire_dead_letters(conn, &state.scripts, &self.config, &queues).await {
@@ -500,7 +498,7 @@ impl Registry {
                     .collect()
             })
             .collect();
-        let held = self.held(&mut conn, &lists).await?;
+        let held = self.held(&conn, &lists).await?;
         let mut workers = Vec::with_capacity(beats.len());
         for (((worker, beat_ms), concurrency), (in_flight, held)) in beats.iter().zip(concurrency).zip(held) {
             let last_beat = std::time::UNIX_EPOCH + Duration::from_millis(*beat_ms as u64);
@@ -516,18 +514,20 @@ impl Registry {
     /// each queue holds, and the first [`HELD_LISTED`] held messages.
     async fn held(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &Conn,
         lists: &[Vec<(&str, String)>],
     ) -> Result<Vec<(BTreeMap<String, u64>, Vec<HeldMessage>)>, BrokerError> {
         if lists.iter().all(Vec::is_empty) {
             return Ok(lists.iter().map(|_| Default::default()).collect());
         }
-        let mut pipe = redis::pipe();
-        for (_, list) in lists.iter().flatten() {
-            pipe.llen(list).lrange(list, 0, HELD_LISTED as isize - 1);
-        }
-        let replies: Vec<Value> =
-            pipe.query_async(conn).await.map_err(|e| broker_error(e, "counting held messages"))?;
+        // Each list lies in its queue's slot: a group of its own.
+        let counts = lists.iter().flatten().map(|(_, list)| {
+            let mut group = redis::pipe();
+            group.llen(list).lrange(list, 0, HELD_LISTED as isize - 1);
+            group
+        });
+        let replies =
+            conn.query_groups(counts.collect()).await.map_err(|e| broker_error(e, "counting held messages"))?;
         let mut replies = replies.into_iter();
         let mut counted = Vec::with_capacity(lists.len());
         for lists in lists {
@@ -542,15 +542,13 @@ impl Registry {
             }
             counted.push((in_flight, held));
         }
-        let mut pipe = redis::pipe();
-        for (queue, id) in counted.iter().flat_map(|(_, held)| held) {
-            pipe.hget(self.keys.queue(queue).msgs, id);
-        }
-        let bodies: Vec<Option<Vec<u8>>> = if counted.iter().all(|(_, held)| held.is_empty()) {
-            Vec::new()
-        } else {
-            pipe.query_async(conn).await.map_err(|e| broker_error(e, "reading held messages"))?
-        };
+        let reads = counted.iter().flat_map(|(_, held)| held).map(|(queue, id)| {
+            let mut group = redis::pipe();
+            group.hget(self.keys.queue(queue).msgs, id);
+            group
+        });
+        let bodies = conn.query_groups(reads.collect()).await.map_err(|e| broker_error(e, "reading held messages"))?;
+        let bodies: Vec<Option<Vec<u8>>> = bodies.into_iter().map(parse).collect::<Result<_, _>>()?;
         let mut bodies = bodies.into_iter();
         Ok(counted
             .into_iter()
@@ -580,7 +578,7 @@ impl Registry {
 
 /// Records a heartbeat at the server's time, and the worker's consumers.
 async fn beat(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     keys: &RegistryKeys,
     scripts: &Scripts,
     worker_id: &str,
@@ -604,7 +602,7 @@ fn parse<T: redis::FromRedisValue>(value: Value) -> Result<T, BrokerError> {
 
 /// Returns everything in the in-flight list `list` to its queue.
 async fn recover(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     scripts: &Scripts,
     list: &str,
     keys: &crate::keys::QueueKeys,

@@ -10,10 +10,9 @@
 //! as BullMQ does. Under `noeviction`, a full Redis refuses sends with
 //! `OOM` ([`BrokerErrorKind::Full`]) and can still be drained.
 
-use dramaturg_core::{BrokerError, BrokerErrorKind};
-use redis::aio::ConnectionManager;
-
 use crate::broker_error;
+use crate::conn::Conn;
+use dramaturg_core::{BrokerError, BrokerErrorKind};
 
 /// The oldest Redis whose features the scripts use: script flags
 /// (`#!lua flags=allow-oom`), `LMOVE` and `BLMOVE`, `LPOP` with a count.
@@ -27,12 +26,26 @@ pub(crate) struct ServerInfo {
     pub(crate) replica: bool,
 }
 
-/// Checks the server at the other end of `conn` (shown as `shown`).
-pub(crate) async fn check(
-    conn: &mut ConnectionManager,
-    shown: &str,
-    allow_eviction: bool,
-) -> Result<ServerInfo, BrokerError> {
+/// Checks the server at the other end of `conn` (shown as `shown`); on a
+/// Redis Cluster, every master that serves slots (what the first one
+/// found is reported).
+pub(crate) async fn check(conn: &mut Conn, shown: &str, allow_eviction: bool) -> Result<ServerInfo, BrokerError> {
+    let masters = conn.masters().await.map_err(|e| broker_error(e, &format!("listing the masters of {shown}")))?;
+    let mut found = None;
+    for mut master in masters {
+        let info = check_node(&mut master, shown, allow_eviction).await?;
+        found.get_or_insert(info);
+    }
+    found.ok_or_else(|| {
+        BrokerError::new(
+            BrokerErrorKind::Unavailable,
+            format!("redis: the cluster at {shown} has no master serving slots"),
+        )
+    })
+}
+
+/// Checks one server (or one master of a cluster).
+async fn check_node(conn: &mut Conn, shown: &str, allow_eviction: bool) -> Result<ServerInfo, BrokerError> {
     // INFO with no section: its default sections hold the version, the
     // memory policy and the role, and a server older than 7 (which takes
     // one section at most) understands it too.
@@ -105,7 +118,7 @@ pub(crate) async fn check(
 
 /// `maxmemory-policy` from `CONFIG GET`, or `None` if CONFIG is renamed,
 /// disabled or forbidden.
-async fn config_policy(conn: &mut ConnectionManager) -> Option<String> {
+async fn config_policy(conn: &mut Conn) -> Option<String> {
     let reply: Result<Vec<String>, _> = redis::cmd("CONFIG").arg("GET").arg("maxmemory-policy").query_async(conn).await;
     match reply {
         Ok(pair) => pair.into_iter().nth(1),

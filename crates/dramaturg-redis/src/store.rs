@@ -31,9 +31,9 @@ use dramaturg_core::broker::redact_password;
 use dramaturg_core::store::{
     check_key, check_value, ttl_millis, Admission, Counters, SetMode, Slots, Store, StoreError, StoreErrorKind,
 };
-use redis::aio::ConnectionManager;
 use redis::{RedisError, Script};
 
+use crate::conn::{Conn, Endpoint};
 use crate::waits::Waits;
 use crate::{broker_error, RedisBroker, RedisConfig};
 
@@ -159,7 +159,7 @@ fn admission(answer: i64) -> Admission {
 /// its own beside RabbitMQ ([`RedisStore::connect`]). See the module docs
 /// for keys, Cluster and waits.
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: Conn,
     /// `<namespace>:store:`.
     prefix: String,
     /// The URL without its password, for errors and logs.
@@ -204,11 +204,12 @@ impl RedisStore {
     /// pub/sub connection for waits is opened on the first wait.
     pub fn for_broker(broker: &RedisBroker) -> Self {
         let shared = &broker.shared;
-        Self::new(shared.client.clone(), shared.conn.clone(), &shared.config)
+        Self::new(shared.endpoint.clone(), shared.conn.clone(), &shared.config)
     }
 
     /// Connects to the Redis at `url` with the default settings: keys go
-    /// under `dramaturg:store:`.
+    /// under `dramaturg:store:`. `url` may name a Redis Cluster
+    /// (`redis+cluster://host:port,host:port/`, as for the broker).
     ///
     /// # Errors
     ///
@@ -225,12 +226,12 @@ impl RedisStore {
     ///
     /// As [`RedisStore::connect`].
     pub async fn with_config(config: &RedisConfig) -> Result<Self, StoreError> {
-        let (client, conn) = crate::connect_manager(config).await?;
+        let (endpoint, conn) = crate::connect_endpoint(config).await?;
         tracing::debug!(url = %redact_password(&config.url), namespace = %config.namespace, "redis store connected");
-        Ok(Self::new(client, conn, config))
+        Ok(Self::new(endpoint, conn, config))
     }
 
-    fn new(client: redis::Client, conn: ConnectionManager, config: &RedisConfig) -> Self {
+    fn new(endpoint: Endpoint, conn: Conn, config: &RedisConfig) -> Self {
         Self {
             conn,
             prefix: prefix(config),
@@ -245,7 +246,7 @@ impl RedisStore {
                 renew_slot: Script::new(&[SLOTS_NOW, RENEW_SLOT].concat()),
                 take_paced: Script::new(TAKE_PACED),
             },
-            waits: Waits::new(client),
+            waits: Waits::new(endpoint),
         }
     }
 
@@ -266,21 +267,21 @@ pub(crate) fn prefix(config: &RedisConfig) -> String {
     format!("{}:store:", config.namespace)
 }
 
-/// Adds to `pipe`, for each entry, `SET <prefix><key> value PX ttl` and
-/// `PUBLISH <prefix><key> value`: what `set`'s script does in its `Always`
-/// mode (a waiter subscribes before it reads, so it sees the value either
-/// way); their replies are not ignored. The store's `set_many` and the
-/// broker's settlements that carry writes both write this way.
+/// For each entry, a pipeline of `SET <prefix><key> value PX ttl` and
+/// `PUBLISH <prefix><key> value` (one slot: the channel is the key's
+/// name): what `set`'s script does in its `Always` mode (a waiter
+/// subscribes before it reads, so it sees the value either way). The
+/// store's `set_many` and the broker's settlements that carry writes both
+/// write this way, through [`Conn::query_groups`].
 ///
 /// # Errors
 ///
-/// [`StoreErrorKind::InvalidInput`] for an entry outside the size rules;
-/// `pipe` then holds the entries before it.
-pub(crate) fn pipe_writes<'a>(
-    pipe: &mut redis::Pipeline,
+/// [`StoreErrorKind::InvalidInput`] for an entry outside the size rules.
+pub(crate) fn write_groups<'a>(
     prefix: &str,
     entries: impl IntoIterator<Item = (&'a str, &'a [u8], Duration)>,
-) -> Result<(), StoreError> {
+) -> Result<Vec<redis::Pipeline>, StoreError> {
+    let mut groups = Vec::new();
     for (key, value, ttl) in entries {
         check_key(key)?;
         check_value(value)?;
@@ -290,9 +291,24 @@ pub(crate) fn pipe_writes<'a>(
         set.arg("SET").arg(&key).arg(value).arg("PX").arg(ttl_millis(ttl));
         let mut publish = redis::Cmd::with_capacity(3, bytes);
         publish.arg("PUBLISH").arg(&key).arg(value);
+        let mut pipe = redis::pipe();
         pipe.add_command(set).add_command(publish);
+        groups.push(pipe);
     }
-    Ok(())
+    Ok(groups)
+}
+
+/// Writes `groups` (of [`write_groups`]) and fails with the first write
+/// Redis refused.
+pub(crate) async fn write(conn: &Conn, groups: Vec<redis::Pipeline>) -> Result<(), RedisError> {
+    let replies = conn.query_groups(groups).await?;
+    match replies.into_iter().find_map(|reply| match reply {
+        redis::Value::ServerError(error) => Some(error),
+        _ => None,
+    }) {
+        Some(error) => Err(error.into()),
+        None => Ok(()),
+    }
 }
 
 impl fmt::Debug for RedisStore {
@@ -331,16 +347,12 @@ impl Store for RedisStore {
         Ok(written == 1)
     }
 
-    /// One pipeline of `SET key value PX ttl` and `PUBLISH key value` per
-    /// entry (see [`pipe_writes`]), in one round trip.
+    /// `SET key value PX ttl` and `PUBLISH key value` per entry (see
+    /// [`write_groups`]), in one round trip on a single server; on a
+    /// cluster, one pipeline per key, concurrently.
     async fn set_many(&self, entries: &[(&str, &[u8], Duration)]) -> Result<(), StoreError> {
-        if entries.is_empty() {
-            return Ok(());
-        }
-        let mut pipe = redis::pipe();
-        pipe_writes(&mut pipe, &self.prefix, entries.iter().copied())?;
-        let mut conn = self.conn.clone();
-        pipe.query_async::<()>(&mut conn).await.map_err(|e| store_error(e, "set_many"))
+        let groups = write_groups(&self.prefix, entries.iter().copied())?;
+        write(&self.conn, groups).await.map_err(|e| store_error(e, "set_many"))
     }
 
     async fn delete(&self, key: &str) -> Result<bool, StoreError> {

@@ -18,9 +18,11 @@ use std::time::Duration;
 
 use dramaturg_core::store::{StoreError, StoreErrorKind};
 use futures_util::StreamExt;
-use redis::aio::{ConnectionManager, PubSubSink};
+use redis::aio::PubSubSink;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+
+use crate::conn::{Conn, Endpoint};
 
 /// What a waiter hears: the channel (the Redis key) and the value.
 type Heard = (String, Vec<u8>);
@@ -30,7 +32,10 @@ type Listeners = Arc<Mutex<HashMap<String, HashMap<u64, mpsc::Sender<Heard>>>>>;
 
 /// Waits on one Redis server; see the module documentation.
 pub(crate) struct Waits {
-    client: redis::Client,
+    endpoint: Endpoint,
+    /// How many subscriptions were opened: on a cluster, each goes to the
+    /// next seed node.
+    opened: AtomicU64,
     hub: tokio::sync::Mutex<Option<Hub>>,
     next_id: AtomicU64,
 }
@@ -74,8 +79,8 @@ impl Drop for Registration {
 
 impl Waits {
     /// Waits on the server `client` connects to; nothing is opened yet.
-    pub(crate) fn new(client: redis::Client) -> Self {
-        Self { client, hub: tokio::sync::Mutex::new(None), next_id: AtomicU64::new(0) }
+    pub(crate) fn new(endpoint: Endpoint) -> Self {
+        Self { endpoint, opened: AtomicU64::new(0), hub: tokio::sync::Mutex::new(None), next_id: AtomicU64::new(0) }
     }
 
     /// Waits until one of the Redis keys `keys` (also the channels their
@@ -83,18 +88,24 @@ impl Waits {
     /// `None` after `timeout`.
     pub(crate) async fn wait(
         &self,
-        conn: &ConnectionManager,
+        conn: &Conn,
         keys: &[String],
         timeout: Duration,
     ) -> Result<Option<Heard>, StoreError> {
         let (sender, mut heard) = mpsc::channel(1);
         let _registration = self.register(keys, sender).await?;
-        let mut pipe = redis::pipe();
-        for key in keys {
-            pipe.cmd("GET").arg(key.as_str());
-        }
-        let mut conn = conn.clone();
-        let values: Vec<Option<Vec<u8>>> = pipe.query_async(&mut conn).await.map_err(|e| lost("read for a wait", e))?;
+        // One GET per key, pipelined (keys of many slots on a cluster).
+        let reads = keys.iter().map(|key| {
+            let mut read = redis::pipe();
+            read.cmd("GET").arg(key.as_str());
+            read
+        });
+        let replies = conn.query_groups(reads.collect()).await.map_err(|e| lost("read for a wait", e))?;
+        let values = replies
+            .into_iter()
+            .map(redis::from_redis_value::<Option<Vec<u8>>>)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| lost("read for a wait", e))?;
         if let Some(found) = keys.iter().zip(values).find_map(|(key, value)| Some((key.clone(), value?))) {
             return Ok(Some(found));
         }
@@ -148,7 +159,8 @@ impl Waits {
     }
 
     async fn open(&self) -> Result<Hub, StoreError> {
-        let pubsub = self.client.get_async_pubsub().await.map_err(|e| lost("open a subscription", e))?;
+        let attempt = usize::try_from(self.opened.fetch_add(1, Ordering::Relaxed)).unwrap_or_default();
+        let pubsub = self.endpoint.pubsub(attempt).await.map_err(|e| lost("open a subscription", e))?;
         let (sink, mut stream) = pubsub.split();
         let listeners: Listeners = Arc::default();
         let heard = Arc::clone(&listeners);

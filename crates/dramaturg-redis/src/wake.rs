@@ -18,6 +18,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
+use crate::conn::Endpoint;
 use crate::{broker_error, lock};
 
 /// How long a new consumer waits for its subscription before it goes on
@@ -69,10 +70,12 @@ impl Wakeups {
     /// Keeps the subscription up until `stop`: subscribes to every channel
     /// asked for, wakes the consumers of the channels published on, and
     /// after a lost connection subscribes again and wakes every consumer.
-    pub(crate) async fn run(&self, client: redis::Client, retry_every: Duration, mut stop: watch::Receiver<bool>) {
+    pub(crate) async fn run(&self, endpoint: Endpoint, retry_every: Duration, mut stop: watch::Receiver<bool>) {
         let Some(mut requests) = lock(&self.requests).take() else { return };
-        loop {
-            let session = self.session(&client, &mut requests);
+        // On a cluster, each attempt subscribes on the next seed node, so
+        // that a subscription lost with its node comes back on another.
+        for attempt in 0.. {
+            let session = self.session(&endpoint, attempt, &mut requests);
             tokio::select! {
                 result = session => {
                     if let Err(error) = result {
@@ -97,10 +100,11 @@ impl Wakeups {
     /// One connection's life: subscribe to every known channel, then relay.
     async fn session(
         &self,
-        client: &redis::Client,
+        endpoint: &Endpoint,
+        attempt: usize,
         requests: &mut mpsc::UnboundedReceiver<Request>,
     ) -> Result<(), dramaturg_core::BrokerError> {
-        let pubsub = client.get_async_pubsub().await.map_err(|e| broker_error(e, "subscribing to wake-ups"))?;
+        let pubsub = endpoint.pubsub(attempt).await.map_err(|e| broker_error(e, "subscribing to wake-ups"))?;
         let (mut sink, mut stream) = pubsub.split();
         let known: Vec<String> = lock(&self.notifies).keys().cloned().collect();
         for channel in &known {

@@ -17,16 +17,16 @@
 use std::collections::BTreeSet;
 
 use dramaturg_core::BrokerError;
-use redis::aio::ConnectionManager;
 
 use super::keys::{acks_prefix, all_acks_pattern, glob_escape, heartbeats, is_acks_of, DramatiqKeys, Side};
 use super::scripts::DramatiqScripts;
 use super::Claims;
+use crate::conn::Conn;
 use crate::{broker_error, millis, RedisConfig};
 
 /// This worker's heartbeat, at the server's time.
 pub(crate) async fn beat(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     scripts: &DramatiqScripts,
     namespace: &str,
     worker: &str,
@@ -43,7 +43,7 @@ pub(crate) async fn beat(
 /// Returns the messages that workers without a heartbeat for the timeout
 /// held from `queues`.
 pub(crate) async fn recover_dead(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     scripts: &DramatiqScripts,
     config: &RedisConfig,
     worker: &str,
@@ -84,7 +84,7 @@ pub(crate) async fn recover_dead(
 /// Returns every id of the ack set `acks` whose message still exists to
 /// `side`'s list, and deletes the set; the ids returned.
 pub(crate) async fn recover(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     scripts: &DramatiqScripts,
     acks: &str,
     side: &Side,
@@ -102,7 +102,7 @@ pub(crate) async fn recover(
 
 /// The keys matching `pattern`, by `SCAN`; only whether there is one when
 /// `first_only`.
-async fn scan(conn: &mut ConnectionManager, pattern: &str, first_only: bool) -> Result<Vec<String>, BrokerError> {
+async fn scan(conn: &mut Conn, pattern: &str, first_only: bool) -> Result<Vec<String>, BrokerError> {
     let mut cursor = 0u64;
     let mut found = Vec::new();
     loop {
@@ -127,7 +127,7 @@ async fn scan(conn: &mut ConnectionManager, pattern: &str, first_only: bool) -> 
 /// the queue, as if they had died: for operators and tests. Returns how
 /// many.
 pub(crate) async fn requeue_in_flight(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     scripts: &DramatiqScripts,
     claims: &Claims,
     keys: &DramatiqKeys,
@@ -147,7 +147,7 @@ pub(crate) async fn requeue_in_flight(
 
 /// Drops the dead letters of `queues` older than the retention.
 pub(crate) async fn expire_dead_letters(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     scripts: &DramatiqScripts,
     config: &RedisConfig,
     queues: &BTreeSet<String>,
@@ -174,7 +174,7 @@ pub(crate) async fn expire_dead_letters(
 /// more; otherwise stays, so that what it holds is recovered once its
 /// heartbeat lapses.
 pub(crate) async fn deregister(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     config: &RedisConfig,
     worker: &str,
     queues: &BTreeSet<String>,

@@ -1,0 +1,234 @@
+//! The Redis broker on the local Redis Cluster that scripts/services starts
+//! (3 masters, 3 replicas on 127.0.0.1:7000-7005): a worker whose queues
+//! live on three different masters, one of two such workers killed with
+//! SIGKILL (its claims come back through the dead-worker recovery, though
+//! the registry and the queues lie on different nodes), wake-ups from
+//! every node, the per-node listings, and the store conformance suite.
+
+#![cfg(feature = "redis")]
+#![allow(clippy::unwrap_used)] // Tests may panic on the unexpected.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dramaturg::prelude::*;
+use dramaturg::redis::{RedisBroker, RedisConfig};
+use dramaturg::{BoxError, Broker, Outgoing, QueueAdmin, Settlement};
+use serde::{Deserialize, Serialize};
+
+use support::{namespace, redis_broker as broker_in, Numbered};
+
+const URL: &str = "redis+cluster://127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002/";
+
+/// Numbered work in a queue whose slot (1269) a master other than the
+/// default queue's (5718) and `cluster-a`'s (13462) serves.
+#[derive(Actor, Serialize, Deserialize)]
+#[actor(queue = "cluster-b")]
+struct NumberedB {
+    seq: u64,
+}
+
+impl NumberedB {
+    async fn perform(self, _ctx: &Context) -> Result<(), BoxError> {
+        support::record(self.seq).await
+    }
+}
+
+/// As [`NumberedB`], in the slot 13462.
+#[derive(Actor, Serialize, Deserialize)]
+#[actor(queue = "cluster-a")]
+struct NumberedA {
+    seq: u64,
+}
+
+impl NumberedA {
+    async fn perform(self, _ctx: &Context) -> Result<(), BoxError> {
+        support::record(self.seq).await
+    }
+}
+
+async fn app_in(namespace: &str) -> App {
+    let broker = broker_in(URL, namespace).await;
+    dramaturg::app(broker).actor::<Numbered>().actor::<NumberedA>().actor::<NumberedB>().build().unwrap()
+}
+
+/// The address of the master that serves `queue`'s keys now.
+fn master_of(queue: &str) -> String {
+    let client = redis::Client::open("redis://127.0.0.1:7000").unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let slot: u16 = redis::cmd("CLUSTER").arg("KEYSLOT").arg(format!("{{{queue}}}")).query(&mut conn).unwrap();
+    let nodes: String = redis::cmd("CLUSTER").arg("NODES").query(&mut conn).unwrap();
+    for line in nodes.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if !fields[2].contains("master") {
+            continue;
+        }
+        for range in &fields[8..] {
+            let (low, high) = range.split_once('-').unwrap_or((range, range));
+            if (low.parse().unwrap()..=high.parse().unwrap()).contains(&slot) {
+                return fields[1].split('@').next().unwrap().to_owned();
+            }
+        }
+    }
+    panic!("no master serves slot {slot}");
+}
+
+/// The child: a worker process on the three queues, recording to a file.
+#[test]
+fn cluster_worker_child() {
+    support::run_worker_child(|namespace| async move { app_in(&namespace).await });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_run_with_queues_on_three_masters_loses_nothing() {
+    if support::is_child() {
+        return;
+    }
+    let namespace = namespace();
+    let app = app_in(&namespace).await;
+    let queues = app.queues().to_vec();
+    let masters: BTreeSet<String> = queues.iter().map(|q| master_of(q)).collect();
+    assert_eq!(masters.len(), 3, "the queues {queues:?} lie on three masters: {masters:?}");
+    let total = 3000u64;
+    let dir = std::env::temp_dir().join(format!("dramaturg-cluster-kill-{}", dramaturg::MessageId::new()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let numbers: Vec<u64> = (0..total).collect();
+    let third = |n: u64| numbers.iter().copied().filter(move |seq| seq % 3 == n);
+    app.send_many(&third(0).map(|seq| Numbered { seq }).collect::<Vec<_>>()).await.unwrap();
+    app.send_many(&third(1).map(|seq| NumberedA { seq }).collect::<Vec<_>>()).await.unwrap();
+    app.send_many(&third(2).map(|seq| NumberedB { seq }).collect::<Vec<_>>()).await.unwrap();
+    let test = "cluster_worker_child";
+    let mut victim = support::KillOnDrop(support::spawn_worker(test, &dir, 1, &namespace));
+    let mut survivor = support::KillOnDrop(support::spawn_worker(test, &dir, 2, &namespace));
+    support::wait_for("progress", Duration::from_secs(60), || support::recorded(&dir).len() >= 300).await;
+    victim.0.kill().unwrap(); // SIGKILL
+    victim.0.wait().unwrap();
+    let killed_at = Instant::now();
+    let all = total as usize;
+    support::wait_for("every message", Duration::from_secs(60), || support::recorded(&dir).len() == all).await;
+    let recovery = killed_at.elapsed();
+    support::terminate(&mut survivor.0);
+    let counts = support::recorded(&dir);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(counts.len(), all, "every message processed at least once");
+    let duplicates: usize = counts.values().map(|n| n - 1).sum();
+    println!("{total} of {total} processed at least once on 3 masters, {duplicates} duplicates, all done {recovery:?} after the kill");
+    for queue in &queues {
+        let stats = app.admin().unwrap().stats(queue).await.unwrap();
+        assert!(stats.is_drained(), "{queue}: {stats:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_consumers_on_every_master_wake_at_once() {
+    if support::is_child() {
+        return;
+    }
+    // Idle consumers would look again only after a minute: what they
+    // receive sooner came through the wake-up subscription, which is on
+    // one node whatever node the queue lies on.
+    let config = RedisConfig::new(URL).namespace(namespace()).max_block(Duration::from_secs(60));
+    let broker = RedisBroker::with_config(config).await.unwrap();
+    let queues = ["default", "cluster-a", "cluster-b"];
+    for queue in queues {
+        let mut consumer = broker.consume(queue, 1).await.unwrap();
+        let waiting = tokio::spawn(async move {
+            let delivery = consumer.next().await.unwrap();
+            delivery.settle(Settlement::Ack).await.unwrap();
+            Instant::now()
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let sent_at = Instant::now();
+        broker.enqueue(Outgoing::new(queue, b"wake".to_vec())).await.unwrap();
+        let latency = tokio::time::timeout(Duration::from_secs(10), waiting).await.unwrap().unwrap() - sent_at;
+        assert!(latency < Duration::from_secs(2), "{queue} on {}: woken after {latency:?}", master_of(queue));
+    }
+    broker.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queues_and_workers_are_listed_from_every_master() {
+    if support::is_child() {
+        return;
+    }
+    let broker = broker_in(URL, &namespace()).await;
+    let queues = ["default", "cluster-a", "cluster-b"];
+    let mut consumers = Vec::new();
+    for queue in queues {
+        broker.enqueue(Outgoing::new(queue, b"held".to_vec())).await.unwrap();
+        let mut consumer = broker.consume(queue, 1).await.unwrap();
+        let delivery = consumer.next().await.unwrap();
+        consumers.push((consumer, delivery));
+    }
+    let listed = broker.queues().await.unwrap();
+    assert_eq!(listed, ["cluster-a", "cluster-b", "default"]);
+    let workers = broker.workers().await.unwrap();
+    assert_eq!(workers.len(), 1, "{workers:?}");
+    for queue in queues {
+        assert_eq!(workers[0].in_flight.get(queue), Some(&1), "{workers:?}");
+    }
+    for (_, delivery) in consumers.drain(..) {
+        delivery.settle(Settlement::Ack).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn the_dramatiq_layout_is_refused_on_a_cluster() {
+    let config = RedisConfig::new(format!("{URL}?protocol=dramatiq"));
+    let error = RedisBroker::with_config(config).await.unwrap_err();
+    assert!(error.to_string().contains("Redis Cluster"), "{error}");
+}
+
+/// The store conformance suite on the cluster: its keys spread over the
+/// masters, and waits and `set_many` span slots.
+mod store {
+    use dramaturg::redis::{RedisConfig, RedisStore};
+
+    async fn store() -> RedisStore {
+        let config = RedisConfig::new(super::URL).namespace(format!("test-{}", dramaturg::MessageId::new()));
+        RedisStore::with_config(&config)
+            .await
+            .expect("a Redis Cluster runs on 127.0.0.1:7000-7005 (scripts/services starts it)")
+    }
+
+    dramaturg_core::store_conformance!(store());
+}
+
+/// A seed node that is down: the client learns the cluster from the
+/// others, and the subscriptions for wake-ups and for the store's waits
+/// move on to the next seed. The consumer would look again only after a
+/// minute, so a delivery sooner came through a wake-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_move_on_from_a_seed_that_is_down() {
+    if support::is_child() {
+        return;
+    }
+    let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("redis+cluster://127.0.0.1:{down},127.0.0.1:7001,127.0.0.1:7002/");
+    let config = RedisConfig::new(url).namespace(namespace()).max_block(Duration::from_secs(60));
+    let broker = RedisBroker::with_config(config).await.unwrap();
+    let mut consumer = broker.consume("cluster-b", 1).await.unwrap();
+    let waiting = tokio::spawn(async move {
+        let delivery = consumer.next().await.unwrap();
+        delivery.settle(Settlement::Ack).await.unwrap();
+        Instant::now()
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sent_at = Instant::now();
+    broker.enqueue(Outgoing::new("cluster-b", b"wake".to_vec())).await.unwrap();
+    let latency = tokio::time::timeout(Duration::from_secs(10), waiting).await.unwrap().unwrap() - sent_at;
+    assert!(latency < Duration::from_secs(2), "woken after {latency:?}");
+    let store = broker.store().unwrap();
+    let ttl = Duration::from_secs(60);
+    let setter = Arc::clone(&store);
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        setter.set("later", b"set", ttl, dramaturg::store::SetMode::Always).await.unwrap();
+    });
+    let found = store.wait_any(&["later".to_owned()], Duration::from_secs(10)).await.unwrap();
+    assert_eq!(found, Some(("later".to_owned(), b"set".to_vec())));
+    broker.release().await.unwrap();
+}

@@ -11,6 +11,7 @@
 mod support;
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -231,4 +232,48 @@ async fn subscriptions_move_on_from_a_seed_that_is_down() {
     let found = store.wait_any(&["later".to_owned()], Duration::from_secs(10)).await.unwrap();
     assert_eq!(found, Some(("later".to_owned(), b"set".to_vec())));
     broker.release().await.unwrap();
+}
+
+/// Messages of [`Limited`] running at once, and the most seen.
+static LIMITED_RUNNING: AtomicU32 = AtomicU32::new(0);
+static LIMITED_MOST: AtomicU32 = AtomicU32::new(0);
+
+/// At most 2 at once across the fleet, counted in the cluster's store.
+#[derive(Actor, Serialize, Deserialize)]
+#[actor(queue = "cluster-limited", concurrency = 2)]
+struct Limited {
+    millis: u64,
+}
+
+impl Limited {
+    async fn perform(self, _ctx: &Context) -> Result<(), BoxError> {
+        let now = LIMITED_RUNNING.fetch_add(1, Ordering::SeqCst) + 1;
+        LIMITED_MOST.fetch_max(now, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(self.millis)).await;
+        LIMITED_RUNNING.fetch_sub(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// Rate limits keep their slots in the broker's store, here on the
+/// cluster: a concurrency limit of 2 holds on a worker of 8 slots, and the
+/// messages over it are postponed, not failed.
+#[cfg(feature = "rate-limits")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrency_limit_holds_with_its_slots_on_the_cluster() {
+    use dramaturg::rate_limits::RateLimits;
+    use dramaturg::redis::RedisStore;
+
+    if support::is_child() {
+        return;
+    }
+    let broker = broker_in(URL, &namespace()).await;
+    let limits = RateLimits::new(Arc::new(RedisStore::for_broker(&broker))).recheck(Duration::from_millis(100));
+    let app = dramaturg::app(broker).middleware(limits).actor::<Limited>().build().unwrap();
+    app.send_many(&(0..10).map(|_| Limited { millis: 100 }).collect::<Vec<_>>()).await.unwrap();
+    let report = Worker::new(app.clone()).concurrency(8).run_until_drained(Duration::from_secs(30)).await.unwrap();
+    assert_eq!(report.succeeded, 10, "{report:?}");
+    assert_eq!((report.retried, report.failed), (0, 0), "{report:?}");
+    assert!(report.postponed > 0, "nothing was postponed: {report:?}");
+    assert_eq!(LIMITED_MOST.load(Ordering::SeqCst), 2, "the limit was exceeded, or never reached");
 }

@@ -2,7 +2,7 @@
 //! finished message with its timings) on apalis-redis. Written into a
 //! throwaway Cargo project by scripts/compare and built there.
 //!
-//!   apalis-compare produce --count N [--interval-ms MS] [--work-ms MS]
+//!   apalis-compare produce --count N [--interval-ms MS] [--work-ms MS] [--config defaults|best]
 //!   apalis-compare work --record DIR [--config defaults|best] [--concurrency N] [--queue step|fail]
 //!   apalis-compare fail --count N     (the memory scenario's messages: 20 retries, 10 MB errors)
 //!   apalis-compare purge
@@ -158,12 +158,16 @@ async fn promote_backlog(conn: &mut apalis_redis::ConnectionManager, config: &Co
 
 async fn produce(url: &str, args: &Args) -> Result<(), BoxDynError> {
     let conn = apalis_redis::connect(url).await?;
+    // The producer's side of the configuration is the way it pushes: one
+    // task at a time (defaults) or push_bulk by 1,000 (best).
     let config = config(QUEUE, "defaults")?;
     let mut storage = RedisStorage::<Step, _>::new(conn.clone()).with_config(config.clone());
     let started = Instant::now();
-    if args.interval_ms > 0 {
+    if args.interval_ms > 0 || args.config == "defaults" {
         for seq in 0..args.count {
-            tokio::time::sleep(Duration::from_millis(args.interval_ms)).await;
+            if args.interval_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(args.interval_ms)).await;
+            }
             storage.push(Step { seq, sent_us: now_us(), work_ms: args.work_ms }).await?;
         }
     } else {

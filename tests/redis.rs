@@ -264,6 +264,17 @@ async fn passwords_stay_out_of_errors_and_debug_output() {
     assert!(!format!("{config:?}").contains("hunter2"));
     let broker = RedisBroker::connect(URL).await.unwrap();
     assert!(!format!("{broker:?}").contains("hunter2"));
+    // The client reads `user`, `pass` and `db` from the query of a Unix
+    // socket URL only: over TCP they are refused (a password given there
+    // would never be sent), and never shown.
+    for url in ["redis://127.0.0.1:6379/?user=app&pass=hunter2", "redis://127.0.0.1:6379/?db=3"] {
+        let err = RedisBroker::connect(url).await.unwrap_err();
+        assert_eq!(err.kind(), dramaturg::BrokerErrorKind::InvalidInput, "{err}");
+        assert!(err.to_string().contains("Unix socket"), "{err}");
+        assert!(!format!("{err} {err:?}").contains("hunter2"), "{err}");
+    }
+    let err = RedisBroker::connect("redis+unix:///nonexistent/redis.sock?pass=hunter2").await.unwrap_err();
+    assert!(!format!("{err} {err:?}").contains("hunter2"), "{err}");
 }
 
 /// A CA and a server certificate for 127.0.0.1, made for a test in a

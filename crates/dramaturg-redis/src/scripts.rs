@@ -360,21 +360,35 @@ return 1
 ";
 
 /// Record a heartbeat at the server's time, the worker's concurrency (0:
-/// not told) and its consumers. KEYS: workers, the worker's consumers,
-/// concurrencies. ARGV: worker id, concurrency, consumer entries.
+/// not told), its heartbeat timeout and its consumers. KEYS: workers, the
+/// worker's consumers, concurrencies, timeouts. ARGV: worker id,
+/// concurrency, heartbeat timeout (ms), consumer entries.
 const BEAT: &str = r"
 redis.call('ZADD', KEYS[1], now, ARGV[1])
 if tonumber(ARGV[2]) > 0 then redis.call('HSET', KEYS[3], ARGV[1], ARGV[2]) end
-for i = 3, #ARGV do
+redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
+for i = 4, #ARGV do
   redis.call('SADD', KEYS[2], ARGV[i])
 end
 return now
 ";
 
-/// Workers whose last heartbeat is older than ARGV[1] ms by the server's
-/// clock. KEYS: workers.
+/// Workers whose last heartbeat is older than their own heartbeat timeout
+/// by the server's clock (at most 100, oldest beats first): each worker's
+/// timeout as it beat it into KEYS[2], or ARGV[1] ms for a worker that
+/// beat none (an older version). KEYS: workers, timeouts.
 const LAPSED: &str = r"
-return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - tonumber(ARGV[1])), 'LIMIT', 0, 100)
+local own = tonumber(ARGV[1])
+local floor = own
+local least = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')[2]
+if least and tonumber(least) < floor then floor = tonumber(least) end
+local candidates = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - floor), 'WITHSCORES', 'LIMIT', 0, 100)
+local lapsed = {}
+for i = 1, #candidates, 2 do
+  local timeout = tonumber(redis.call('ZSCORE', KEYS[2], candidates[i])) or own
+  if tonumber(candidates[i + 1]) < now - timeout then table.insert(lapsed, candidates[i]) end
+end
+return lapsed
 ";
 
 /// A script from its parts: the flags line (if any), then the helpers and

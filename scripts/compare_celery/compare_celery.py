@@ -1,6 +1,7 @@
 """Celery's side of scripts/compare: the same task as examples/demo.rs
 (record each finished message with its timings). Configured from the
-environment: COMPARE_BROKER (URL) and COMPARE_RECORD (directory).
+environment: COMPARE_BROKER (URL) and COMPARE_RECORD (directory); the
+record is compare_record's, in scripts/compare_dramatiq.
 
 Results are ignored (no result backend), as the other frameworks keep none.
 The worker's settings are its command-line options, given by scripts/compare.
@@ -10,8 +11,9 @@ import time
 
 from celery import Celery
 
+from compare_record import now_us, record
+
 QUEUE = "celery-compare"
-RECORD = os.environ["COMPARE_RECORD"]
 
 app = Celery("compare_celery", broker=os.environ["COMPARE_BROKER"])
 app.conf.task_default_queue = QUEUE
@@ -19,26 +21,12 @@ app.conf.task_ignore_result = True
 app.conf.broker_connection_retry_on_startup = True
 app.conf.worker_hijack_root_logger = False
 
-_fd = None
-
-
-def _record(line):
-    global _fd
-    if _fd is None:
-        _fd = os.open(os.path.join(RECORD, f"{os.getpid()}.done"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    os.write(_fd, line.encode())
-
-
-def now_us():
-    return time.time_ns() // 1000
-
-
 @app.task(name="step")
 def step(seq, sent_us, work_ms):
     started = now_us()
     if work_ms:
         time.sleep(work_ms / 1000)
-    _record(f"{seq} {started} {now_us()} {sent_us}\n")
+    record(f"{seq} {started} {now_us()} {sent_us}\n")
 
 
 def send(count, work_ms, interval_ms):

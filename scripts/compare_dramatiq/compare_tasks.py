@@ -7,8 +7,9 @@ import time
 
 import dramatiq
 
+from compare_record import now_us, record
+
 URL = os.environ["COMPARE_BROKER"]
-RECORD = os.environ["COMPARE_RECORD"]
 
 if URL.startswith("redis"):
     from dramatiq.brokers.redis import RedisBroker
@@ -20,26 +21,13 @@ else:
     broker = RabbitmqBroker(url=URL)
 dramatiq.set_broker(broker)
 
-_fd = None
-
-
-def _record(line):
-    global _fd
-    if _fd is None:
-        _fd = os.open(os.path.join(RECORD, f"{os.getpid()}.done"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    os.write(_fd, line.encode())
-
-
-def now_us():
-    return time.time_ns() // 1000
-
 
 @dramatiq.actor(queue_name="dramatiq-compare", max_retries=0)
 def step(seq, sent_us, work_ms):
     started = now_us()
     if work_ms:
         time.sleep(work_ms / 1000)
-    _record(f"{seq} {started} {now_us()} {sent_us}\n")
+    record(f"{seq} {started} {now_us()} {sent_us}\n")
 
 
 class LargeError(Exception):
@@ -50,5 +38,5 @@ class LargeError(Exception):
 
 @dramatiq.actor(queue_name="dramatiq-compare-fail", max_retries=20, min_backoff=10, max_backoff=100)
 def fail_large():
-    _record(f"attempt {now_us()}\n")
+    record(f"attempt {now_us()}\n")
     raise LargeError(bytearray(b"\xa5" * (10 * 1024 * 1024)))

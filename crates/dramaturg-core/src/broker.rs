@@ -1077,8 +1077,10 @@ pub trait QueueBrowser: Send + Sync {
 }
 
 /// `url` with the password of its user part, and the values of its query
-/// parameters `pass` and `password` (where some clients read a password),
-/// replaced by `***`, for logs, errors and `Debug` output.
+/// parameters whose names suggest a secret (`pass`, `password`, `passwd`,
+/// `pwd`, `auth`, `token`, …: some clients read a password there, and a
+/// misspelt one must not show either), replaced by `***`, for logs, errors
+/// and `Debug` output.
 ///
 /// # Examples
 ///
@@ -1095,6 +1097,8 @@ pub trait QueueBrowser: Send + Sync {
 /// assert_eq!(redact_password("secret@host"), "***@host");
 /// assert_eq!(redact_password("redis+unix:///run/redis.sock?user=app&pass=secret"), "redis+unix:///run/redis.sock?user=app&pass=***");
 /// assert_eq!(redact_password("redis://h?password=secret#x"), "redis://h?password=***#x");
+/// assert_eq!(redact_password("redis://h/?namespace=a&passwd=secret"), "redis://h/?namespace=a&passwd=***");
+/// assert_eq!(redact_password("redis://h/?PWD=secret&auth=secret"), "redis://h/?PWD=***&auth=***");
 /// assert_eq!(redact_password("redis://:pa?ss#word@h/0"), "redis://:***@h/0");
 /// ```
 pub fn redact_password(url: &str) -> String {
@@ -1110,16 +1114,22 @@ pub fn redact_password(url: &str) -> String {
     redacted
 }
 
-/// `query` (without its `?`) with the values of `pass` and `password`
-/// replaced by `***`.
+/// `query` (without its `?`) with the values of the parameters that may
+/// hold a secret ([`may_hold_a_secret`]) replaced by `***`.
 fn redact_query(query: &str) -> String {
     let pairs = query.split('&').map(|pair| match pair.split_once('=') {
-        Some((name, _)) if name.eq_ignore_ascii_case("pass") || name.eq_ignore_ascii_case("password") => {
-            format!("{name}=***")
-        }
+        Some((name, _)) if may_hold_a_secret(name) => format!("{name}=***"),
         _ => pair.to_owned(),
     });
     pairs.collect::<Vec<_>>().join("&")
+}
+
+/// Whether a query parameter named `name` may hold a secret: its name, in
+/// any case, holds `pass`, `pwd`, `secret`, `token` or `credential`, or is
+/// `auth` (so that a misspelt `passwd=` is hidden as `pass=` is).
+fn may_hold_a_secret(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    name == "auth" || ["pass", "pwd", "secret", "token", "credential"].iter().any(|word| name.contains(word))
 }
 
 /// `url` with the password of its user part replaced by `***`.

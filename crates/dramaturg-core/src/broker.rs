@@ -1152,7 +1152,8 @@ fn redact_user_password(url: &str) -> String {
 
 /// Refuses a broker URL whose query names a parameter outside `known`
 /// (a typo such as `?namspace=billing` would otherwise be ignored, and the
-/// broker would use the default). `known` lists every parameter that the
+/// broker would use the default), or one parameter twice (which of the
+/// two applies would depend on who reads it). `known` lists every parameter that the
 /// broker or its client reads; the fragment (after `#`) is not looked at.
 ///
 /// # Errors
@@ -1167,26 +1168,28 @@ fn redact_user_password(url: &str) -> String {
 /// assert!(check_url_parameters("redis://h/0?namespace=billing", &["namespace", "db"]).is_ok());
 /// let error = check_url_parameters("redis://h/0?namspace=billing", &["namespace", "db"]).unwrap_err();
 /// assert!(error.to_string().contains("namspace"), "{error}");
+/// assert!(check_url_parameters("redis://h/0?db=1&db=2", &["db"]).is_err());
 /// ```
 pub fn check_url_parameters(url: &str, known: &[&str]) -> Result<(), BrokerError> {
     let Some((_, query)) = url.split_once('?') else { return Ok(()) };
     let query = query.split_once('#').map_or(query, |(query, _)| query);
-    let unknown = query
+    let names: Vec<&str> = query
         .split('&')
         .filter(|pair| !pair.is_empty())
         .map(|pair| pair.split_once('=').map_or(pair, |(name, _)| name))
-        .find(|name| !known.contains(name));
-    match unknown {
-        None => Ok(()),
-        Some(name) => Err(BrokerError::new(
-            crate::BrokerErrorKind::InvalidInput,
-            format!(
-                "the URL's query parameter {:?} is unknown; this broker reads {}",
-                crate::Bounded::quoted(name),
-                known.join(", ")
-            ),
-        )),
+        .collect();
+    let invalid = |message: String| Err(BrokerError::new(crate::BrokerErrorKind::InvalidInput, message));
+    if let Some(name) = names.iter().find(|name| !known.contains(name)) {
+        return invalid(format!(
+            "the URL's query parameter {:?} is unknown; this broker reads {}",
+            crate::Bounded::quoted(name),
+            known.join(", ")
+        ));
     }
+    if let Some(name) = names.iter().enumerate().find_map(|(i, name)| names[..i].contains(name).then_some(name)) {
+        return invalid(format!("the URL's query parameter {name:?} is given twice; give it once"));
+    }
+    Ok(())
 }
 
 /// The value of query parameter `name` in `url` (as written, not

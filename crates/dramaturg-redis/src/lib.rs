@@ -538,7 +538,16 @@ async fn connect_endpoint(config: &RedisConfig) -> Result<(Endpoint, Conn), Brok
         response: Duration::from_secs(10),
         max_delay: Duration::from_secs(2),
     };
-    let conn = endpoint.connect(timeouts).await.map_err(|e| broker_error(e, &format!("connecting to {shown}")))?;
+    let conn = endpoint.connect(timeouts).await.map_err(|e| {
+        if e.to_string().contains("cluster support disabled") {
+            let message = format!(
+                "redis: {shown} names a Redis Cluster, but its nodes are single servers (cluster support \
+                 disabled): use redis://host:port for a single server"
+            );
+            return BrokerError::new(BrokerErrorKind::InvalidInput, message).with_source(e);
+        }
+        broker_error(e, &format!("connecting to {shown}"))
+    })?;
     Ok((endpoint, conn))
 }
 

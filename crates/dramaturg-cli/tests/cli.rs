@@ -301,7 +301,11 @@ fn bad_urls_and_usage_fail_clearly() {
     let stderr = fails(Some("redis://127.0.0.1:6379/0?namspace=billing"), &["queues", "q"], 2);
     assert!(stderr.contains("\"namspace\" is unknown") && stderr.contains("namespace"), "{stderr}");
     // Known parameters still work: the broker's own and the client's.
-    ok("redis://127.0.0.1:6379/0?namespace=cli-params&db=0", &["queues", "q"]);
+    ok("redis://127.0.0.1:6379/0?namespace=cli-params&protocol=resp3", &["queues", "q"]);
+    // The client reads `db` from a Unix socket URL's query only: over TCP it
+    // would be ignored, so it is refused.
+    let stderr = fails(Some("redis://127.0.0.1:6379/?namespace=cli-params&db=3"), &["queues", "q"], 2);
+    assert!(stderr.contains("Unix socket"), "{stderr}");
     ok("amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=10&send_timeout_ms=5000", &["queues", "q"]);
     // Mistyped URLs, whose user part no URL parser finds, hide it too.
     for typo in

@@ -38,6 +38,10 @@ pub use dramaturg_metrics as metrics;
 #[cfg(feature = "rate-limits")]
 #[cfg_attr(docsrs, doc(cfg(feature = "rate-limits")))]
 pub use dramaturg_rate_limits as rate_limits;
+/// The PostgreSQL broker.
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use dramaturg_postgres as postgres;
 /// The Redis broker.
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]

@@ -112,7 +112,7 @@ impl PgBroker {
     /// #     const QUEUE: &'static str = "default";
     /// #     type Output = ();
     /// #     fn into_job(self, _ctx: Context) -> dramaturg_core::Job {
-    /// #         Box::pin(async { dramaturg_core::actor::into_job_result::<Self, std::io::Error>(Ok(())) })
+    /// #         Box::pin(async { dramaturg_core::actor::into_job_result::<Self, _>(Ok::<(), std::io::Error>(())) })
     /// #     }
     /// # }
     ///

@@ -237,27 +237,34 @@ impl Receipt for PgReceipt {
         let shared = &self.shared;
         let sql = &shared.sql;
         let pool = &shared.pool;
+        let one_row = |rows: Vec<sqlx::postgres::PgRow>| rows.len() == 1;
+        let failed = |e| db_error(e, "settling a message");
         let applied = match settlement {
-            Settlement::Ack => sqlx::query(&sql.ack)
-                .bind([self.id].as_slice())
-                .bind([self.token].as_slice())
-                .fetch_all(pool)
-                .await
-                .map(|rows| rows.len()),
-            Settlement::DeadLetter(reason) => sqlx::query(&sql.dead_letter)
-                .bind(self.id)
-                .bind(self.token)
-                .bind(reason.as_str())
-                .execute(pool)
-                .await
-                .map(|done| usize::try_from(done.rows_affected()).unwrap_or(0)),
+            Settlement::Ack => {
+                // Coalesced with the other acks of this broker.
+                let acks = shared.acks.get().ok_or_else(|| {
+                    BrokerError::new(BrokerErrorKind::Closed, "postgres: a receipt outlived its consumer's start")
+                })?;
+                acks.ack(self.id, self.token).await?
+            }
+            Settlement::DeadLetter(reason) => {
+                let done = sqlx::query(&sql.dead_letter)
+                    .bind(self.id)
+                    .bind(self.token)
+                    .bind(reason.as_str())
+                    .execute(pool)
+                    .await
+                    .map_err(failed)?;
+                done.rows_affected() == 1
+            }
             Settlement::Requeue => sqlx::query(&sql.requeue)
                 .bind(self.id)
                 .bind(self.token)
                 .bind(&sql.channel)
                 .fetch_all(pool)
                 .await
-                .map(|rows| rows.len()),
+                .map(one_row)
+                .map_err(failed)?,
             Settlement::Reschedule { body, delay } => sqlx::query(&sql.reschedule)
                 .bind(self.id)
                 .bind(self.token)
@@ -266,14 +273,14 @@ impl Receipt for PgReceipt {
                 .bind(&sql.channel)
                 .fetch_all(pool)
                 .await
-                .map(|rows| rows.len()),
+                .map(one_row)
+                .map_err(failed)?,
             other => {
                 return Err(BrokerError::new(BrokerErrorKind::Unsupported, format!("unknown settlement {other:?}")));
             }
-        }
-        .map_err(|e| db_error(e, "settling a message"))?;
+        };
         lock(&shared.held).remove(&self.token);
-        Ok(if applied == 1 { Settled::Applied } else { Settled::Stale })
+        Ok(if applied { Settled::Applied } else { Settled::Stale })
     }
 }
 

@@ -55,6 +55,7 @@
 //! # }
 //! ```
 
+mod acks;
 mod admin;
 mod consumer;
 mod heartbeat;
@@ -78,6 +79,7 @@ use dramaturg_core::time::millis;
 use dramaturg_core::{Bounded, Broker, BrokerError, BrokerErrorKind, Consumer, DeadLetters, Outgoing, QueueAdmin};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
+use crate::acks::Acks;
 use crate::heartbeat::Heartbeat;
 use crate::schema::Sql;
 use crate::wake::Wakes;
@@ -282,6 +284,8 @@ pub(crate) struct Shared {
     pub(crate) held: Mutex<HashSet<i64>>,
     pub(crate) wakes: Wakes,
     pub(crate) heartbeat: Heartbeat,
+    /// The ack task, started by the first consumer.
+    pub(crate) acks: std::sync::OnceLock<Acks>,
 }
 
 impl Drop for Shared {
@@ -358,6 +362,7 @@ impl PgBroker {
             held: Mutex::new(HashSet::new()),
             wakes: Wakes::default(),
             heartbeat: Heartbeat::default(),
+            acks: std::sync::OnceLock::new(),
             config,
         });
         let broker = Self { shared };
@@ -435,6 +440,7 @@ impl Broker for PgBroker {
     async fn consume(&self, queue: &str, prefetch: usize) -> Result<Box<dyn Consumer>, BrokerError> {
         check_queue(queue)?;
         self.shared.heartbeat.start(&self.shared).await?;
+        self.shared.acks.get_or_init(|| Acks::start(self.shared.pool.clone(), self.shared.sql.ack.clone()));
         Ok(Box::new(consumer::PgConsumer::new(Arc::clone(&self.shared), queue, prefetch)))
     }
 

@@ -34,14 +34,14 @@ pub use dramaturg_error_capture as error_capture;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub use dramaturg_metrics as metrics;
-/// Rate and concurrency limits that hold across a fleet of workers.
-#[cfg(feature = "rate-limits")]
-#[cfg_attr(docsrs, doc(cfg(feature = "rate-limits")))]
-pub use dramaturg_rate_limits as rate_limits;
 /// The PostgreSQL broker.
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use dramaturg_postgres as postgres;
+/// Rate and concurrency limits that hold across a fleet of workers.
+#[cfg(feature = "rate-limits")]
+#[cfg_attr(docsrs, doc(cfg(feature = "rate-limits")))]
+pub use dramaturg_rate_limits as rate_limits;
 /// The Redis broker.
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]

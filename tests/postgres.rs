@@ -132,7 +132,8 @@ async fn errors_name_the_url_without_its_password() {
         return;
     }
     // Nobody listens on port 1.
-    let Err(dramaturg::ConnectError::Broker(error)) = dramaturg::connect("postgres://root:hunter2@127.0.0.1:1/test").await
+    let Err(dramaturg::ConnectError::Broker(error)) =
+        dramaturg::connect("postgres://root:hunter2@127.0.0.1:1/test").await
     else {
         panic!("expected a broker error");
     };

@@ -82,8 +82,11 @@ impl QueueAdmin for PgBroker {
             sqlx::query_as(&sql.held_counts).fetch_all(pool).await.map_err(|e| db_error(e, "counting claims"))?;
         let mut infos = Vec::with_capacity(workers.len());
         for (id, last_beat, concurrency) in workers {
-            let in_flight: BTreeMap<String, u64> =
-                counts.iter().filter(|(owner, ..)| *owner == id).map(|(_, queue, n)| (queue.clone(), count(*n))).collect();
+            let in_flight: BTreeMap<String, u64> = counts
+                .iter()
+                .filter(|(owner, ..)| *owner == id)
+                .map(|(_, queue, n)| (queue.clone(), count(*n)))
+                .collect();
             let held: Vec<(String, i64, Vec<u8>)> = if in_flight.is_empty() {
                 Vec::new()
             } else {

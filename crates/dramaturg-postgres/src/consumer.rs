@@ -181,7 +181,8 @@ impl PgConsumer {
     }
 
     fn deliver(&self, claimed: Claimed, permit: OwnedSemaphorePermit) -> Delivery {
-        let receipt = PgReceipt { shared: Arc::clone(&self.shared), id: claimed.id, token: claimed.token, _permit: permit };
+        let receipt =
+            PgReceipt { shared: Arc::clone(&self.shared), id: claimed.id, token: claimed.token, _permit: permit };
         Delivery::new(claimed.body, claimed.redelivered, Box::new(receipt))
     }
 }

@@ -337,7 +337,8 @@ impl PgBroker {
     pub async fn with_config(config: PgConfig) -> Result<Self, BrokerError> {
         let shown = redact_password(&config.url);
         let invalid = |e: String| BrokerError::new(BrokerErrorKind::InvalidInput, format!("postgres: {shown}: {e}"));
-        dramaturg_core::broker::check_url_parameters(&config.url, URL_PARAMETERS).map_err(|e| invalid(e.to_string()))?;
+        dramaturg_core::broker::check_url_parameters(&config.url, URL_PARAMETERS)
+            .map_err(|e| invalid(e.to_string()))?;
         schema::check_schema(&config.schema).map_err(|e| invalid(e.to_string()))?;
         let options = PgConnectOptions::from_str(&config.url).map_err(|e| invalid(e.to_string()))?;
         let options = options.application_name("dramaturg");

@@ -222,9 +222,7 @@ impl Sql {
                 FROM {s}.messages WHERE queue = $1"
             ),
             purge: format!("DELETE FROM {s}.messages WHERE queue = $1 AND lease_token IS NULL"),
-            queues: format!(
-                "SELECT queue FROM {s}.messages UNION SELECT queue FROM {s}.dead_letters ORDER BY queue"
-            ),
+            queues: format!("SELECT queue FROM {s}.messages UNION SELECT queue FROM {s}.dead_letters ORDER BY queue"),
             workers: format!(
                 "SELECT id, (extract(epoch FROM last_beat) * 1000000)::bigint, concurrency
                 FROM {s}.workers ORDER BY id"
@@ -257,9 +255,7 @@ impl Sql {
                 back AS (INSERT INTO {s}.messages (queue, body) SELECT queue, body FROM gone ORDER BY id RETURNING 1)
                 SELECT (SELECT count(*) FROM back), pg_notify($3, $1) IS NULL"
             ),
-            delete_dead: format!(
-                "DELETE FROM {s}.dead_letters WHERE queue = $1 AND ($2::bigint IS NULL OR id = $2)"
-            ),
+            delete_dead: format!("DELETE FROM {s}.dead_letters WHERE queue = $1 AND ($2::bigint IS NULL OR id = $2)"),
         }
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use dramaturg::postgres::sqlx;
 use dramaturg::prelude::*;
-use dramaturg::{BoxError, BrokerErrorKind, Outgoing, QueueAdmin, SendOptions};
+use dramaturg::{BoxError, Broker as _, BrokerErrorKind, Outgoing, QueueAdmin, SendOptions};
 use serde::{Deserialize, Serialize};
 
 use support::postgres::{broker_in, schema, DropSchema, URL};
@@ -140,4 +140,40 @@ async fn errors_name_the_url_without_its_password() {
     assert_eq!(error.kind(), BrokerErrorKind::Connection, "{error}");
     let shown = format!("{error} {error:?}");
     assert!(!shown.contains("hunter2"), "{shown}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_see_the_queues_and_the_workers_with_their_claims() {
+    if support::is_child() {
+        return;
+    }
+    let schema = schema();
+    let _drop = DropSchema(schema.clone());
+    let broker = broker_in(&schema).await;
+    broker.set_worker_concurrency(3);
+    broker.enqueue(Outgoing::new("b", b"held".to_vec())).await.unwrap();
+    broker.enqueue(Outgoing::new("a", b"waiting".to_vec()).with_delay(Some(Duration::from_secs(60)))).await.unwrap();
+    let mut consumer = broker.consume("b", 1).await.unwrap();
+    let held = tokio::time::timeout(Duration::from_secs(5), consumer.next()).await.unwrap().unwrap();
+    assert_eq!(broker.queues().await.unwrap(), ["a", "b"]);
+    // The heartbeat (every 200 ms) records the worker.
+    let mut workers = Vec::new();
+    for _ in 0..50 {
+        workers = broker.workers().await.unwrap();
+        if !workers.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(workers.len(), 1, "{workers:?}");
+    let worker = &workers[0];
+    assert_eq!(worker.id, broker.worker_id());
+    assert_eq!(worker.concurrency, Some(3));
+    assert_eq!(worker.in_flight.get("b"), Some(&1), "{worker:?}");
+    assert_eq!(worker.held.len(), 1);
+    assert_eq!(worker.held[0].body.as_deref(), Some(&b"held"[..]));
+    held.settle(dramaturg::Settlement::Ack).await.unwrap();
+    consumer.close().await.unwrap();
+    broker.release().await.unwrap();
+    assert!(broker.workers().await.unwrap().is_empty(), "a worker that stopped holding nothing leaves");
 }

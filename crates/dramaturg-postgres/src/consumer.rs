@@ -21,6 +21,10 @@ const PAUSE_CHECK: Duration = Duration::from_millis(500);
 /// the resume's wake-up did not reach it.
 const PAUSED_WAIT: Duration = Duration::from_secs(1);
 
+/// How long a consumer whose free prefetch is small waits for more of it
+/// to free before it claims (see `PgConsumer::gather_room`).
+const CLAIM_GATHER: Duration = Duration::from_millis(2);
+
 /// A claimed message not yet handed out.
 #[derive(Debug)]
 struct Claimed {
@@ -41,6 +45,7 @@ pub(crate) struct PgConsumer {
     wake: Arc<Notify>,
     buffer: VecDeque<Claimed>,
     permits: Arc<Semaphore>,
+    prefetch: usize,
     /// When this consumer last learned whether its queue is paused.
     checked: Instant,
     /// What it learned, for the worker ([`Consumer::paused`]).
@@ -56,6 +61,7 @@ impl PgConsumer {
             wake,
             buffer: VecDeque::new(),
             permits: Arc::new(Semaphore::new(prefetch.max(1))),
+            prefetch: prefetch.max(1),
             checked: Instant::now(),
             paused: watch::Sender::new(false),
         }
@@ -70,7 +76,7 @@ impl PgConsumer {
             .bind(i64::try_from(n).unwrap_or(i64::MAX))
             .bind(&shared.worker_id)
             .bind(ms(shared.config.heartbeat_timeout))
-            .fetch_all(&shared.pool)
+            .fetch_all(&shared.settle_pool)
             .await
             .map_err(|e| db_error(e, "claiming messages"))?;
         // RETURNING keeps no order: priority first, then due time, then id.
@@ -91,7 +97,7 @@ impl PgConsumer {
     async fn idle(&mut self) -> Result<(Option<Duration>, bool), BrokerError> {
         let (next_due, paused): (Option<i64>, bool) = sqlx::query_as(&self.shared.sql.idle)
             .bind(&self.queue)
-            .fetch_one(&self.shared.pool)
+            .fetch_one(&self.shared.settle_pool)
             .await
             .map_err(|e| db_error(e, "looking for delayed messages"))?;
         self.learned(paused);
@@ -104,7 +110,7 @@ impl PgConsumer {
     async fn check_paused(&mut self) -> Result<(), BrokerError> {
         let paused: bool = sqlx::query_scalar(&self.shared.sql.paused)
             .bind(&self.queue)
-            .fetch_one(&self.shared.pool)
+            .fetch_one(&self.shared.settle_pool)
             .await
             .map_err(|e| db_error(e, "looking whether the queue is paused"))?;
         self.learned(paused);
@@ -139,7 +145,7 @@ impl PgConsumer {
             .bind(&ids)
             .bind(&tokens)
             .bind(&self.shared.sql.channel)
-            .execute(&self.shared.pool)
+            .execute(&self.shared.settle_pool)
             .await
             .map_err(|e| db_error(e, "returning claimed messages"))?;
         Ok(ids.len())
@@ -162,6 +168,23 @@ impl PgConsumer {
                 }
             }
         }
+    }
+
+    /// How many messages to claim for this delivery and every other free
+    /// prefetch slot. A busy worker frees its slots one at a time, and a
+    /// claim per slot would cost a commit per message; so when less than a
+    /// quarter of the prefetch is free, this waits up to [`CLAIM_GATHER`]
+    /// for a quarter to free, and claims for what is free then.
+    async fn gather_room(&self) -> usize {
+        let quarter = self.prefetch / 4;
+        // This delivery's own slot is taken already.
+        let free = self.permits.available_permits();
+        if free + 1 < quarter {
+            let wanted = u32::try_from(quarter - 1).unwrap_or(u32::MAX);
+            // Released at once: they are only counted.
+            let _ = tokio::time::timeout(CLAIM_GATHER, self.permits.acquire_many(wanted)).await;
+        }
+        self.permits.available_permits() + 1
     }
 
     /// Waits until a wake-up, the next delayed message's due time, or the
@@ -198,8 +221,7 @@ impl Consumer for PgConsumer {
             if let Some(claimed) = self.buffer.pop_front() {
                 return Ok(self.deliver(claimed, permit));
             }
-            // This delivery and every other free prefetch slot.
-            let room = self.permits.available_permits() + 1;
+            let room = self.gather_room().await;
             if self.claim(room).await? == 0 {
                 let (next_due, paused) = self.idle().await?;
                 self.wait(next_due, paused).await;
@@ -237,7 +259,7 @@ impl Receipt for PgReceipt {
     async fn settle(&self, settlement: &Settlement) -> Result<Settled, BrokerError> {
         let shared = &self.shared;
         let sql = &shared.sql;
-        let pool = &shared.pool;
+        let pool = &shared.settle_pool;
         let one_row = |rows: Vec<sqlx::postgres::PgRow>| rows.len() == 1;
         let failed = |e| db_error(e, "settling a message");
         let applied = match settlement {

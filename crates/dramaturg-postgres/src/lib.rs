@@ -272,7 +272,14 @@ impl fmt::Debug for PgBroker {
 pub(crate) struct Shared {
     pub(crate) config: PgConfig,
     pub(crate) options: PgConnectOptions,
+    /// For sends and administration: commits are durable.
     pub(crate) pool: PgPool,
+    /// For claims and settlements, with `synchronous_commit = off`: a
+    /// commit returns before its WAL is flushed. A crash of the database
+    /// may then lose the last settlements, which only means their messages
+    /// are delivered again (at least once), never a lost message; sends
+    /// never go through it.
+    pub(crate) settle_pool: PgPool,
     pub(crate) sql: Sql,
     /// This worker's id: `<pid>-<random>`.
     pub(crate) worker_id: String,
@@ -345,17 +352,19 @@ impl PgBroker {
         if config.migrate {
             schema::migrate(&options, &config.schema).await?;
         }
-        let pool = PgPoolOptions::new()
-            .max_connections(config.max_connections)
-            .acquire_timeout(Duration::from_secs(10))
+        let pool_options =
+            || PgPoolOptions::new().max_connections(config.max_connections).acquire_timeout(Duration::from_secs(10));
+        let pool = pool_options()
             .connect_with(options.clone())
             .await
             .map_err(|e| db_error(e, &format!("connecting to {shown}")))?;
+        let settle_pool = pool_options().connect_lazy_with(options.clone().options([("synchronous_commit", "off")]));
         let sql = Sql::new(&config.schema);
         let worker_id = format!("{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let shared = Arc::new(Shared {
             options,
             pool,
+            settle_pool,
             sql,
             worker_id,
             concurrency: AtomicU64::new(0),
@@ -441,7 +450,7 @@ impl Broker for PgBroker {
     async fn consume(&self, queue: &str, prefetch: usize) -> Result<Box<dyn Consumer>, BrokerError> {
         check_queue(queue)?;
         self.shared.heartbeat.start(&self.shared).await?;
-        self.shared.acks.get_or_init(|| Acks::start(self.shared.pool.clone(), self.shared.sql.ack.clone()));
+        self.shared.acks.get_or_init(|| Acks::start(self.shared.settle_pool.clone(), self.shared.sql.ack.clone()));
         Ok(Box::new(consumer::PgConsumer::new(Arc::clone(&self.shared), queue, prefetch)))
     }
 

@@ -22,6 +22,10 @@
 //!   claims' deadlines pass (`heartbeat_timeout`, 15 s by default), the
 //!   next heartbeat of any live worker returns them to their queues,
 //!   marked redelivered.
+//! - **Durable sends, fast settlements.** Sends commit with the server's
+//!   settings; claims and settlements use connections with
+//!   `synchronous_commit = off`, so a database crash can lose only the
+//!   last settlements — whose messages then run again — never a message.
 //! - **No polling while idle.** Sends, requeues, replays, pauses and
 //!   resumes `NOTIFY` the channel `<schema>.wake` with the queue's name (in
 //!   the sender's transaction, so a rolled-back send wakes nobody); each
@@ -171,9 +175,10 @@ impl PgConfig {
         self
     }
 
-    /// The most connections the broker's pool opens (default 10). Each
-    /// consuming broker also opens two of its own for its heartbeat and
-    /// its `LISTEN`.
+    /// The most connections each of the broker's two pools opens (default
+    /// 10): one for sends and administration, one for claims and
+    /// settlements. Each consuming broker also opens two of its own for
+    /// its heartbeat and its `LISTEN`.
     #[must_use]
     pub fn max_connections(mut self, max: u32) -> Self {
         self.max_connections = max.max(1);

@@ -16,7 +16,7 @@ use dramaturg::prelude::*;
 use dramaturg::{BoxError, Broker as _, BrokerErrorKind, Outgoing, QueueAdmin, SendOptions};
 use serde::{Deserialize, Serialize};
 
-use support::postgres::{broker_in, schema, DropSchema, URL};
+use support::postgres::{broker_in, own_schema, URL};
 use support::Numbered;
 
 /// The orders an [`Invoice`] ran for, in this process.
@@ -39,8 +39,7 @@ async fn a_send_in_a_transaction_commits_or_rolls_back_with_it() {
     if support::is_child() {
         return;
     }
-    let schema = schema();
-    let _drop = DropSchema(schema.clone());
+    let (schema, _drop) = own_schema();
     let broker = broker_in(&schema).await;
     let app = dramaturg::app(broker.clone()).actor::<Invoice>().build().unwrap();
     let queue = app.queues()[0].clone();
@@ -96,8 +95,7 @@ async fn a_worker_killed_mid_run_loses_nothing() {
     if support::is_child() {
         return;
     }
-    let schema = schema();
-    let _drop = DropSchema(schema.clone());
+    let (schema, _drop) = own_schema();
     let app = dramaturg::app(broker_in(&schema).await).actor::<Numbered>().build().unwrap();
     let (duplicates, recovery) = support::kill_one_of_two_workers(&app, "postgres_worker_child", &schema, 2000).await;
     println!("2000 of 2000 processed at least once, {duplicates} duplicates, all done {recovery:?} after the kill");
@@ -110,8 +108,7 @@ async fn connect_takes_postgres_urls_with_a_schema() {
     if support::is_child() {
         return;
     }
-    let schema = schema();
-    let _drop = DropSchema(schema.clone());
+    let (schema, _drop) = own_schema();
     for scheme in ["postgres", "postgresql"] {
         let url = format!("{scheme}://root@127.0.0.1:5432/test?schema={schema}");
         let broker = dramaturg::connect(&url).await.unwrap();
@@ -147,8 +144,7 @@ async fn operators_see_the_queues_and_the_workers_with_their_claims() {
     if support::is_child() {
         return;
     }
-    let schema = schema();
-    let _drop = DropSchema(schema.clone());
+    let (schema, _drop) = own_schema();
     let broker = broker_in(&schema).await;
     broker.set_worker_concurrency(3);
     broker.enqueue(Outgoing::new("b", b"held".to_vec())).await.unwrap();

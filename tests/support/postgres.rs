@@ -15,6 +15,12 @@ pub(crate) fn schema() -> String {
     format!("test_{}", dramaturg::MessageId::new().to_string().to_lowercase().replace('-', "_"))
 }
 
+/// A schema of the test's own and the guard that drops it.
+pub(crate) fn own_schema() -> (String, DropSchema) {
+    let schema = schema();
+    (schema.clone(), DropSchema(schema))
+}
+
 /// The broker in `schema`, with the tests' short heartbeat (200 ms,
 /// claims lapse after 1 s) and idle consumers looking again every second.
 pub(crate) async fn broker_in(schema: &str) -> PgBroker {

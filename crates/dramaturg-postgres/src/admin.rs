@@ -113,24 +113,25 @@ impl QueueAdmin for PgBroker {
     /// worker) and wakes the queue's consumers, which return what they
     /// claimed and did not hand out.
     async fn pause(&self, queue: &str) -> Result<(), BrokerError> {
-        check_queue(queue)?;
-        sqlx::query(&self.shared.sql.pause)
-            .bind(queue)
-            .bind(&self.shared.sql.channel)
-            .execute(&self.shared.pool)
-            .await
-            .map_err(|e| db_error(e, "pausing"))?;
-        Ok(())
+        self.set_paused(queue, &self.shared.sql.pause, "pausing").await
     }
 
     async fn resume(&self, queue: &str) -> Result<(), BrokerError> {
+        self.set_paused(queue, &self.shared.sql.resume, "resuming").await
+    }
+}
+
+impl PgBroker {
+    /// Runs the pause or resume `statement` for `queue`, which wakes its
+    /// consumers when it changes something.
+    async fn set_paused(&self, queue: &str, statement: &str, what: &str) -> Result<(), BrokerError> {
         check_queue(queue)?;
-        sqlx::query(&self.shared.sql.resume)
+        sqlx::query(statement)
             .bind(queue)
             .bind(&self.shared.sql.channel)
             .execute(&self.shared.pool)
             .await
-            .map_err(|e| db_error(e, "resuming"))?;
+            .map_err(|e| db_error(e, what))?;
         Ok(())
     }
 }

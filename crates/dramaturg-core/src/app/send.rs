@@ -173,36 +173,25 @@ impl App {
         Fut: Future<Output = Result<(), crate::BrokerError>>,
     {
         self.before_enqueue(&mut message)?;
-        if !self.claims_on_send() {
-            return self.hand_over(message, delay, hand_over).await;
+        let claimed = if self.claims_on_send() {
+            self.claim(&mut message).await?;
+            Some(message.clone())
+        } else {
+            None
+        };
+        let sent = async {
+            let (id, outgoing, delayed) = self.outgoing(message, delay)?;
+            hand_over(outgoing).await?;
+            if let Some(delayed) = delayed {
+                self.after_delayed_enqueue(&delayed).await;
+            }
+            Ok(id)
         }
-        self.claim(&mut message).await?;
-        let claimed = message.clone();
-        let sent = self.hand_over(message, delay, hand_over).await;
-        if sent.is_err() {
-            self.release_claims(&claimed, self.inner.claimers.len()).await;
+        .await;
+        if let (Err(_), Some(claimed)) = (&sent, &claimed) {
+            self.release_claims(claimed, self.inner.claimers.len()).await;
         }
         sent
-    }
-
-    /// Checks and encodes a message whose enqueue hooks ran, and hands it
-    /// over.
-    async fn hand_over<F, Fut>(
-        &self,
-        message: Message,
-        delay: Option<Duration>,
-        hand_over: F,
-    ) -> Result<MessageId, EnqueueError>
-    where
-        F: FnOnce(Outgoing) -> Fut,
-        Fut: Future<Output = Result<(), crate::BrokerError>>,
-    {
-        let (id, outgoing, delayed) = self.outgoing(message, delay)?;
-        hand_over(outgoing).await?;
-        if let Some(delayed) = delayed {
-            self.after_delayed_enqueue(&delayed).await;
-        }
-        Ok(id)
     }
 
     /// Whether a middleware of the stack claims something on every send

@@ -173,3 +173,51 @@ async fn operators_see_the_queues_and_the_workers_with_their_claims() {
     broker.release().await.unwrap();
     assert!(broker.workers().await.unwrap().is_empty(), "a worker that stopped holding nothing leaves");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn higher_priorities_are_delivered_first() {
+    if support::is_child() {
+        return;
+    }
+    let (schema, _drop) = own_schema();
+    let broker = broker_in(&schema).await;
+    let sent = [(None, "none"), (Some(5), "five"), (Some(200), "two hundred"), (Some(5), "five again")];
+    let outgoing =
+        sent.iter().map(|(p, text)| Outgoing::new("q", text.as_bytes().to_vec()).with_priority(*p)).collect();
+    broker.enqueue_many(outgoing).await.unwrap();
+    let mut consumer = broker.consume("q", 4).await.unwrap();
+    let mut order = Vec::new();
+    for _ in 0..sent.len() {
+        let delivery = tokio::time::timeout(Duration::from_secs(5), consumer.next()).await.unwrap().unwrap();
+        order.push(String::from_utf8(delivery.body().to_vec()).unwrap());
+        delivery.settle(dramaturg::Settlement::Ack).await.unwrap();
+    }
+    assert_eq!(order, ["two hundred", "five", "five again", "none"], "by priority, then first in, first out");
+    consumer.close().await.unwrap();
+}
+
+/// Teams that run their own migrations apply the shipped SQL and connect
+/// with `migrate(false)`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_sql_makes_a_schema_the_broker_uses_without_migrating() {
+    if support::is_child() {
+        return;
+    }
+    let (schema, _drop) = own_schema();
+    let config = || dramaturg::postgres::PgConfig::new(URL).schema(&schema).migrate(false);
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(URL).await.unwrap();
+    let ddl = include_str!("../crates/dramaturg-postgres/migrations/0001_queues.sql");
+    let script = format!("CREATE SCHEMA \"{schema}\"; SET search_path TO \"{schema}\"; {ddl}");
+    sqlx::raw_sql(&script).execute(&mut conn).await.unwrap();
+    let broker = dramaturg::postgres::PgBroker::with_config(config()).await.unwrap();
+    broker.enqueue(Outgoing::new("q", b"hello".to_vec())).await.unwrap();
+    assert_eq!(broker.stats("q").await.unwrap().ready, 1);
+    let migrations: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = $1 AND table_name = '_sqlx_migrations'",
+    )
+    .bind(&schema)
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(migrations, 0, "the broker did not migrate");
+}

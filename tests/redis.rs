@@ -193,6 +193,40 @@ async fn garbage_in_the_keys_is_dead_lettered_ids_without_a_message_are_dropped_
     assert!(broker.stats("default").await.unwrap().is_drained());
 }
 
+/// An id twice in the ready list (written by hand, or by a bug) is
+/// claimed twice in one batch: the second claim voids the first, so only
+/// one of the two deliveries can settle the message. (The other copy of the
+/// id stays in the in-flight list until the consumer closes, and is then
+/// dropped as an id without a message.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_claimed_twice_in_one_batch_settles_once() {
+    if support::is_child() {
+        return;
+    }
+    let namespace = namespace();
+    let broker = broker_in(URL, &namespace).await;
+    let client = redis::Client::open(URL).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let prefix = format!("{namespace}:{{twice}}");
+    redis::pipe()
+        .hset(format!("{prefix}:msgs"), "twice-1", b"body".as_slice())
+        .rpush(format!("{prefix}:ready"), "twice-1")
+        .rpush(format!("{prefix}:ready"), "twice-1")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    let mut consumer = broker.consume("twice", 4).await.unwrap();
+    let first = consumer.next().await.unwrap();
+    let second = consumer.next().await.unwrap();
+    assert_eq!((&first.body()[..], &second.body()[..]), (&b"body"[..], &b"body"[..]));
+    assert_eq!(first.settle(dramaturg::Settlement::Ack).await.unwrap(), dramaturg::Settled::Stale);
+    assert_eq!(second.settle(dramaturg::Settlement::Ack).await.unwrap(), dramaturg::Settled::Applied);
+    let kept: bool =
+        redis::cmd("HEXISTS").arg(format!("{prefix}:msgs")).arg("twice-1").query_async(&mut conn).await.unwrap();
+    assert!(!kept, "the acked message is still kept");
+    consumer.close().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deep_queue_is_fetched_in_bounded_batches() {
     if support::is_child() {
@@ -264,6 +298,17 @@ async fn passwords_stay_out_of_errors_and_debug_output() {
     assert!(!format!("{config:?}").contains("hunter2"));
     let broker = RedisBroker::connect(URL).await.unwrap();
     assert!(!format!("{broker:?}").contains("hunter2"));
+    // The client reads `user`, `pass` and `db` from the query of a Unix
+    // socket URL only: over TCP they are refused (a password given there
+    // would never be sent), and never shown.
+    for url in ["redis://127.0.0.1:6379/?user=app&pass=hunter2", "redis://127.0.0.1:6379/?db=3"] {
+        let err = RedisBroker::connect(url).await.unwrap_err();
+        assert_eq!(err.kind(), dramaturg::BrokerErrorKind::InvalidInput, "{err}");
+        assert!(err.to_string().contains("Unix socket"), "{err}");
+        assert!(!format!("{err} {err:?}").contains("hunter2"), "{err}");
+    }
+    let err = RedisBroker::connect("redis+unix:///nonexistent/redis.sock?pass=hunter2").await.unwrap_err();
+    assert!(!format!("{err} {err:?}").contains("hunter2"), "{err}");
 }
 
 /// A CA and a server certificate for 127.0.0.1, made for a test in a

@@ -234,6 +234,68 @@ async fn subscriptions_move_on_from_a_seed_that_is_down() {
     broker.release().await.unwrap();
 }
 
+/// A seed that answers but is no node of the cluster (the standalone
+/// server on 6379): the client learns the cluster from the other seed, and
+/// the wake-up subscription goes to a master of the cluster's map, never
+/// to that server (where no wake-up is ever published).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_skip_a_seed_that_is_not_a_cluster_node() {
+    if support::is_child() {
+        return;
+    }
+    let url = "redis+cluster://127.0.0.1:6379,127.0.0.1:7001/";
+    let config = RedisConfig::new(url).namespace(namespace()).max_block(Duration::from_secs(60));
+    let broker = RedisBroker::with_config(config).await.unwrap();
+    for queue in ["default", "cluster-a", "cluster-b"] {
+        let mut consumer = broker.consume(queue, 1).await.unwrap();
+        let waiting = tokio::spawn(async move {
+            let delivery = consumer.next().await.unwrap();
+            delivery.settle(Settlement::Ack).await.unwrap();
+            Instant::now()
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let sent_at = Instant::now();
+        broker.enqueue(Outgoing::new(queue, b"wake".to_vec())).await.unwrap();
+        let latency = tokio::time::timeout(Duration::from_secs(10), waiting).await.unwrap().unwrap() - sent_at;
+        assert!(latency < Duration::from_secs(2), "{queue}: woken after {latency:?}");
+    }
+    broker.release().await.unwrap();
+}
+
+/// What the client would silently get wrong on a cluster is refused when
+/// connecting or naming a queue: a plain `redis://` URL of a cluster node
+/// (keys of other slots would fail with MOVED), a database number (a
+/// cluster has database 0 only), braces in a namespace or queue name
+/// (they would move the keys' hash tag).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_cluster_cannot_do_is_refused_with_a_reason() {
+    if support::is_child() {
+        return;
+    }
+    let refused = |error: dramaturg::BrokerError, needle: &str| {
+        assert_eq!(error.kind(), dramaturg::BrokerErrorKind::InvalidInput, "{error}");
+        assert!(error.to_string().contains(needle), "{error}");
+    };
+    refused(RedisBroker::connect("redis://127.0.0.1:7000").await.unwrap_err(), "redis+cluster://");
+    refused(RedisBroker::connect("redis+cluster://127.0.0.1:7000,127.0.0.1:7001/2").await.unwrap_err(), "database 0");
+    let braces = RedisConfig::new(URL).namespace("a{b}");
+    refused(RedisBroker::with_config(braces).await.unwrap_err(), "namespace");
+    let broker = broker_in(URL, &namespace()).await;
+    refused(broker.enqueue(Outgoing::new("}mail", b"x".to_vec())).await.unwrap_err(), "queue name");
+    refused(broker.consume("{mail}", 1).await.err().unwrap(), "queue name");
+    #[derive(Actor, Serialize, Deserialize)]
+    #[actor(queue = "mail{eu}")]
+    struct Braced {}
+    impl Braced {
+        async fn perform(self, _ctx: &Context) -> Result<(), BoxError> {
+            Ok(())
+        }
+    }
+    let error = dramaturg::app(broker.clone()).actor::<Braced>().build().unwrap_err();
+    assert!(error.to_string().contains("mail{eu}"), "{error}");
+    broker.release().await.unwrap();
+}
+
 /// Messages of [`Limited`] running at once, and the most seen.
 static LIMITED_RUNNING: AtomicU32 = AtomicU32::new(0);
 static LIMITED_MOST: AtomicU32 = AtomicU32::new(0);

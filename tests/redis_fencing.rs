@@ -294,6 +294,39 @@ async fn after_an_outage_longer_than_the_timeout_no_live_worker_is_recovered() {
     let _ = std::fs::remove_file(&log);
 }
 
+/// Workers with different heartbeat settings share a queue: one beats
+/// every 2 s with a 6 s timeout (for long blocking work), the other every
+/// 200 ms with a 1 s timeout. The second judges the first by the first's
+/// own timeout, so a 4 s job between two of its beats runs once (judged by
+/// its own 1 s, the second took it for dead and ran it again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_with_different_heartbeat_timeouts_judge_each_other_by_their_own() {
+    let namespace = namespace();
+    let log = temp_log("fencing");
+    let slow_beats = dramaturg::redis::RedisConfig::new(URL)
+        .namespace(&namespace)
+        .heartbeat(Duration::from_secs(2), Duration::from_secs(6))
+        .max_block(Duration::from_secs(1));
+    let slow = dramaturg::redis::RedisBroker::with_config(slow_beats).await.unwrap();
+    let slow = dramaturg::app(slow).actor::<Logged>().build().unwrap();
+    let fast = dramaturg::app(broker_in(URL, &namespace).await).actor::<Logged>().build().unwrap();
+    let slow_worker = Worker::new(slow.clone()).concurrency(1);
+    let slow_handle = (slow_worker.shutdown_handle(), tokio::spawn(slow_worker.run()));
+    Logged { log: log.display().to_string(), millis: 4000, fail: false }.send(&slow).await.unwrap();
+    support::wait_for("the job to start", Duration::from_secs(10), || logged(&log, "start").len() == 1).await;
+    let fast_worker = Worker::new(fast.clone()).concurrency(1);
+    let fast_handle = (fast_worker.shutdown_handle(), tokio::spawn(fast_worker.run()));
+    support::wait_for("the job to end", Duration::from_secs(20), || !logged(&log, "end").is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(logged(&log, "start").len(), 1, "the job ran twice: {:?}", logged(&log, ""));
+    for (name, (shutdown, running)) in [("slow", slow_handle), ("fast", fast_handle)] {
+        shutdown.shutdown();
+        let report = running.await.unwrap().unwrap();
+        assert_eq!(report.stale, 0, "{name}: {report:?}");
+    }
+    let _ = std::fs::remove_file(&log);
+}
+
 /// A worker whose clock is 30 s behind runs a job while a
 /// worker with the right time watches for dead workers. Heartbeats carry
 /// the server's time, so the slow clock does not make it look dead: the

@@ -453,13 +453,15 @@ impl AmqpConfig {
     }
 
     /// With [quorum queues](QueueType::Quorum): RabbitMQ dead-letters a
-    /// message (to `q.dq`, with the reason `delivery_limit`) once it has
-    /// been delivered and returned `n` times (`x-delivery-limit`) — a
-    /// message that crashes or stalls every worker that takes it (a poison
-    /// message) stops going round. A delivery returns when its worker dies
-    /// or loses its connection, and also when a worker gives back a
-    /// message it fetched and did not start (at shutdown, or when its
-    /// queue is paused): keep `n` well above what those add. Retries
+    /// message (to `q.dq`, with the reason `delivery_limit`) at its
+    /// `n + 1`-th return to the queue (`x-delivery-limit`: `n` returns are
+    /// allowed) — a message that crashes or stalls every worker that takes
+    /// it (a poison message) stops going round. A delivery returns when
+    /// its worker dies or loses its connection (every message that worker
+    /// held returns and counts, not only the one that killed it), and also
+    /// when a worker gives back a message it fetched and did not start (at
+    /// shutdown, or when its queue is paused): keep `n` well above what
+    /// those add (e.g. 20). Retries
     /// scheduled by the retry middleware do not count (they are new
     /// publishes). Also `?delivery_limit=N` in the URL. Zero is refused
     /// when connecting, and so is a limit on classic queues, which have
@@ -730,9 +732,6 @@ fn routed<'a>(config: &AmqpConfig, message: &'a Outgoing) -> (Target<'a>, Bytes,
     }
 }
 
-/// Query parameter `name` of `url` read by `parse`, if present; an
-/// invalid value (`parse` gives `None`) is recorded in `error` (the first
-/// one found) as not being `expected`.
 /// The URL query parameters read: this crate's (`max_priority`,
 /// `send_timeout_ms`, `protocol`, `queue_type`, `delivery_limit`) and
 /// lapin's.
@@ -749,6 +748,9 @@ const URL_PARAMETERS: &[&str] = &[
     "auth_mechanism",
 ];
 
+/// Query parameter `name` of `url` read by `parse`, if present; an
+/// invalid value (`parse` gives `None`) is recorded in `error` (the first
+/// one found) as not being `expected`.
 fn parsed_parameter<T>(
     url: &str,
     name: &str,
@@ -756,7 +758,7 @@ fn parsed_parameter<T>(
     error: &mut Option<String>,
     parse: impl FnOnce(&str) -> Option<T>,
 ) -> Option<T> {
-    let value = query_parameter(url, name)?;
+    let value = dramaturg_core::broker::query_parameter(url, name)?;
     let parsed = parse(value);
     if parsed.is_none() && error.is_none() {
         *error = Some(format!(
@@ -786,13 +788,6 @@ fn without_parameter(url: &str, name: &str) -> String {
         stripped.push_str(fragment);
     }
     stripped
-}
-
-/// The value of query parameter `name` in `url`, if present.
-fn query_parameter<'a>(url: &'a str, name: &str) -> Option<&'a str> {
-    let query = url.split_once('?')?.1;
-    let query = query.split_once('#').map_or(query, |(query, _)| query);
-    query.split('&').find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
 }
 
 impl Shared {

@@ -352,9 +352,9 @@ fn declare_error(error: lapin::Error, name: &str) -> BrokerError {
             "amqp: queue {name:?} exists with other arguments than this broker declares it with ({error}); \
              RabbitMQ does not change the arguments of an existing queue: configure the broker as the queue \
              was declared (max_priority, queue_type, delivery_limit, dead_letter_ttl, dead_letter_caps, \
-             expire_unused_queues), or delete \
-             the queue so that it is declared again (deleting drops its messages: replay or list the dead \
-             letters of a `.dq` first)"
+             expire_unused_queues), or drain the queue (stop its producers, let workers empty it) and delete \
+             it so that it is declared again (deleting drops its messages: replay or list the dead letters of a \
+             `.dq` first)"
         ),
     )
     .with_source(error)

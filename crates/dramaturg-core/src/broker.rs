@@ -1076,8 +1076,9 @@ pub trait QueueBrowser: Send + Sync {
     async fn locate(&self, queue: &str, id: &str) -> Result<Vec<Located>, BrokerError>;
 }
 
-/// `url` with the password of its user part replaced by `***`, for logs,
-/// errors and `Debug` output.
+/// `url` with the password of its user part, and the values of its query
+/// parameters `pass` and `password` (where some clients read a password),
+/// replaced by `***`, for logs, errors and `Debug` output.
 ///
 /// # Examples
 ///
@@ -1092,8 +1093,37 @@ pub trait QueueBrowser: Send + Sync {
 /// assert_eq!(redact_password("redis:/:secret@127.0.0.1:6379"), "redis:***@127.0.0.1:6379");
 /// assert_eq!(redact_password("redis:///:secret@127.0.0.1"), "redis:***@127.0.0.1");
 /// assert_eq!(redact_password("secret@host"), "***@host");
+/// assert_eq!(redact_password("redis+unix:///run/redis.sock?user=app&pass=secret"), "redis+unix:///run/redis.sock?user=app&pass=***");
+/// assert_eq!(redact_password("redis://h?password=secret#x"), "redis://h?password=***#x");
+/// assert_eq!(redact_password("redis://:pa?ss#word@h/0"), "redis://:***@h/0");
 /// ```
 pub fn redact_password(url: &str) -> String {
+    // The user part first: a mistyped password may hold a '?' or a '#'.
+    let shown = redact_user_password(url);
+    let Some((before, query)) = shown.split_once('?') else { return shown };
+    let (query, fragment) = query.split_once('#').map_or((query, None), |(query, fragment)| (query, Some(fragment)));
+    let mut redacted = format!("{before}?{}", redact_query(query));
+    if let Some(fragment) = fragment {
+        redacted.push('#');
+        redacted.push_str(fragment);
+    }
+    redacted
+}
+
+/// `query` (without its `?`) with the values of `pass` and `password`
+/// replaced by `***`.
+fn redact_query(query: &str) -> String {
+    let pairs = query.split('&').map(|pair| match pair.split_once('=') {
+        Some((name, _)) if name.eq_ignore_ascii_case("pass") || name.eq_ignore_ascii_case("password") => {
+            format!("{name}=***")
+        }
+        _ => pair.to_owned(),
+    });
+    pairs.collect::<Vec<_>>().join("&")
+}
+
+/// `url` with the password of its user part replaced by `***`.
+fn redact_user_password(url: &str) -> String {
     if let Some((scheme, rest)) = url.split_once("://") {
         let authority_end = rest.find('/').unwrap_or(rest.len());
         if let Some(at) = rest[..authority_end].rfind('@') {
@@ -1147,6 +1177,21 @@ pub fn check_url_parameters(url: &str, known: &[&str]) -> Result<(), BrokerError
             ),
         )),
     }
+}
+
+/// The value of query parameter `name` in `url` (as written, not
+/// percent-decoded), if present; the first one when it is given twice.
+///
+/// ```
+/// use dramaturg_core::broker::query_parameter;
+///
+/// assert_eq!(query_parameter("redis://h/0?a=1&b=2#f", "b"), Some("2"));
+/// assert_eq!(query_parameter("redis://h/0?ab=1", "a"), None);
+/// ```
+pub fn query_parameter<'a>(url: &'a str, name: &str) -> Option<&'a str> {
+    let query = url.split_once('?')?.1;
+    let query = query.split_once('#').map_or(query, |(query, _)| query);
+    query.split('&').find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
 }
 
 /// An error that says whether the same call may succeed if tried again

@@ -15,8 +15,10 @@
 //!   connection routed to each master.
 //! - Pub/sub: a classic `PUBLISH` reaches the subscribers of every node
 //!   of the cluster, so one subscription to any node hears every wake-up.
-//!   [`Endpoint::pubsub`] subscribes on the nodes in turn, so that a
-//!   subscription lost with its node comes back on another.
+//!   [`Endpoint::pubsub`] subscribes on the masters of the current slot
+//!   map in turn, so that a subscription lost with its node comes back on
+//!   another (and a seed of the URL that is down or belongs to no cluster
+//!   is never subscribed to).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,9 +44,10 @@ pub(crate) struct Timeouts {
 pub(crate) enum Endpoint {
     /// One server (which may be a replica, or behind a proxy).
     Server(Arc<redis::Client>),
-    /// A Redis Cluster: its client, and a client per seed node for
-    /// subscriptions.
-    Cluster { client: Arc<ClusterClient>, nodes: Arc<[redis::Client]> },
+    /// A Redis Cluster: its client, and the client of the URL's first
+    /// seed node, whose settings (user, password, TLS) subscriptions use
+    /// with the address of a current master.
+    Cluster { client: Arc<ClusterClient>, seed: Arc<redis::Client> },
 }
 
 impl Endpoint {
@@ -67,25 +70,47 @@ impl Endpoint {
         }
     }
 
-    /// A pub/sub connection. On a cluster, to the first seed node that
-    /// answers, starting from seed `attempt` (modulo their number), so
-    /// that a subscription opened again after its node failed moves on to
-    /// the next one.
+    /// A pub/sub connection. On a cluster, to master `attempt` (modulo
+    /// their number) of the cluster's current slot map, so that a
+    /// subscription opened again after its node failed moves on to the
+    /// next one, and a seed of the URL that is down, or is no node of this
+    /// cluster, is never subscribed to. Each step waits at most
+    /// [`SUBSCRIBE_TIMEOUT`].
     pub(crate) async fn pubsub(&self, attempt: usize) -> RedisResult<redis::aio::PubSub> {
-        let nodes = match self {
-            Self::Server(client) => return client.get_async_pubsub().await,
-            Self::Cluster { nodes, .. } => nodes,
+        let connect = SUBSCRIBE_TIMEOUT;
+        let (client, seed) = match self {
+            Self::Server(client) => return within(connect, client.get_async_pubsub()).await,
+            Self::Cluster { client, seed } => (client, seed),
         };
-        let mut failed = None;
-        for i in 0..nodes.len() {
-            match nodes[(attempt + i) % nodes.len()].get_async_pubsub().await {
-                Ok(pubsub) => return Ok(pubsub),
-                Err(error) => failed = Some(error),
+        let config = redis::cluster::ClusterConfig::new().set_connection_timeout(connect).set_response_timeout(connect);
+        let cluster = Conn::Cluster(within(connect, client.get_async_connection_with_config(config)).await?);
+        let masters = cluster.masters().await?;
+        let Some(Conn::Node { host, port, .. }) = masters.get(attempt % masters.len().max(1)) else {
+            return Err((redis::ErrorKind::Client, "the cluster has no master serving slots").into());
+        };
+        let (host, port) = (host.to_string(), *port);
+        let address = match seed.get_connection_info().addr() {
+            redis::ConnectionAddr::TcpTls { insecure, tls_params, .. } => {
+                redis::ConnectionAddr::TcpTls { host, port, insecure: *insecure, tls_params: tls_params.clone() }
             }
-        }
-        Err(failed.unwrap_or_else(|| (redis::ErrorKind::InvalidClientConfig, "a cluster URL must name a node").into()))
+            _ => redis::ConnectionAddr::Tcp(host, port),
+        };
+        let node = redis::Client::open(seed.get_connection_info().clone().set_addr(address))?;
+        within(connect, node.get_async_pubsub()).await
     }
 }
+
+/// `future`'s result, or a timeout error after `limit`.
+async fn within<T>(limit: Duration, future: impl std::future::Future<Output = RedisResult<T>>) -> RedisResult<T> {
+    tokio::time::timeout(limit, future)
+        .await
+        .unwrap_or_else(|_| Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()))
+}
+
+/// How long opening a subscription waits for each step (connecting,
+/// listing a cluster's masters, subscribing's handshake) before it fails
+/// and is tried again.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A connection to the server, or to the cluster, or to one master of it.
 /// Cheap to clone: clones share the multiplexed connection(s).
@@ -222,6 +247,17 @@ pub(crate) fn cluster_nodes(url: &str) -> Option<Vec<String>> {
     Some(nodes)
 }
 
+/// The database number in the path of cluster URL `url`, if it names one
+/// other than 0 (`redis+cluster://h:7000/3` gives `Some("3")`); `None`
+/// for other URLs.
+pub(crate) fn cluster_database(url: &str) -> Option<&str> {
+    let (scheme, rest) = url.split_once("://")?;
+    scheme.strip_suffix("+cluster")?;
+    let path = rest.split(['?', '#']).next()?;
+    let database = path.split_once('/')?.1.trim_matches('/');
+    (!database.is_empty() && database != "0").then_some(database)
+}
+
 /// The `redis+cluster://` URL of the node URLs `nodes` (`redis://…`, or
 /// `rediss://…` for TLS): their addresses joined, with the first node's
 /// user, password and query.
@@ -262,5 +298,15 @@ mod tests {
         let url = cluster_url(&["redis://u:pw@a:7000/?protocol=resp3", "redis://b:7001"]);
         assert_eq!(url, "redis+cluster://u:pw@a:7000,b:7001/?protocol=resp3");
         assert_eq!(cluster_nodes(&url).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_database_in_a_cluster_url_is_found() {
+        assert_eq!(cluster_database("redis+cluster://a:7000,b:7001/3"), Some("3"));
+        assert_eq!(cluster_database("redis+cluster://a:7000/3/?namespace=x"), Some("3"));
+        assert_eq!(cluster_database("redis+cluster://a:7000/0"), None);
+        assert_eq!(cluster_database("redis+cluster://a:7000/?namespace=x/1"), None);
+        assert_eq!(cluster_database("redis+cluster://a:7000"), None);
+        assert_eq!(cluster_database("redis://a:7000/3"), None);
     }
 }

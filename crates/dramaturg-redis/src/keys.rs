@@ -55,6 +55,25 @@ impl QueueKeys {
     }
 }
 
+/// Refuses a `what` (namespace or queue) named `name` with a brace in it
+/// on a Redis Cluster: the keys of a queue share the hash tag `{queue}`,
+/// and a brace inside it moves the tag (Redis hashes what lies between
+/// the first `{` and the next `}`, the whole key if that is empty), which
+/// can spread one queue's keys over slots that one script cannot touch.
+pub(crate) fn check_cluster_name(what: &str, name: &str) -> Result<(), dramaturg_core::BrokerError> {
+    if !name.contains(['{', '}']) {
+        return Ok(());
+    }
+    Err(dramaturg_core::BrokerError::new(
+        dramaturg_core::BrokerErrorKind::InvalidInput,
+        format!(
+            "redis: on a Redis Cluster a {what} name cannot hold '{{' or '}}' ({:?}): the keys of a queue share \
+             the hash tag {{queue}}, and a brace would move it",
+            dramaturg_core::Bounded::quoted(name).as_str()
+        ),
+    ))
+}
+
 /// The keys of the worker registry; they share the hash tag `{registry}`,
 /// so that one script can beat into both.
 #[derive(Debug, Clone)]
@@ -63,6 +82,9 @@ pub(crate) struct RegistryKeys {
     pub(crate) workers: String,
     /// Hash: worker id → the concurrency it told its broker.
     pub(crate) concurrency: String,
+    /// Sorted set: worker id → its heartbeat timeout (ms), by which the
+    /// others judge it dead.
+    pub(crate) timeouts: String,
     namespace: String,
 }
 
@@ -71,6 +93,7 @@ impl RegistryKeys {
         Self {
             workers: format!("{namespace}:{{registry}}:workers"),
             concurrency: format!("{namespace}:{{registry}}:concurrency"),
+            timeouts: format!("{namespace}:{{registry}}:timeouts"),
             namespace: namespace.to_owned(),
         }
     }

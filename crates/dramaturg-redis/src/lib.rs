@@ -62,6 +62,7 @@
 //! | `ns:{registry}:workers` | sorted set | worker id → last heartbeat (ms, server time) |
 //! | `ns:{registry}:worker:<id>:consumers` | set | the worker's in-flight lists |
 //! | `ns:{registry}:concurrency` | hash | worker id → the concurrency it runs at |
+//! | `ns:{registry}:timeouts` | sorted set | worker id → its heartbeat timeout (ms), by which the others judge it dead |
 //! | `ns:{registry}:outcomes:<minute>` | hash, kept 2 h | `s:<queue>`, `f:<queue>` → succeeded and failed attempts in that minute (minutes since the epoch, server time) |
 //! | `ns:store:<key>` | string or set, with a TTL | [`RedisStore`] keys (abort requests: `ns:store:abort:<id>`) |
 //!
@@ -172,9 +173,12 @@ impl RedisConfig {
     /// the parameter is taken out of the URL before it reaches the Redis
     /// client (whose own `protocol=resp2` / `resp3` pass through). Any other
     /// value is refused when the broker connects. `?namespace=billing` sets
-    /// the namespace as [`RedisConfig::namespace`] does. The client's
-    /// `db`, `user` and `pass` are read too; any other query parameter (a
-    /// typo) is refused when connecting, with an error of kind
+    /// the namespace as [`RedisConfig::namespace`] does. In a Unix socket
+    /// URL (`redis+unix:///run/redis.sock?db=1&user=…&pass=…`) the client
+    /// reads `db`, `user` and `pass` too; over TCP they belong in the URL
+    /// itself (`redis://user:password@host:port/db`). Any other query
+    /// parameter (a typo, or `pass` in a TCP URL, which the client would
+    /// ignore) is refused when connecting, with an error of kind
     /// [`BrokerErrorKind::InvalidInput`].
     ///
     /// A **Redis Cluster** is named by `redis+cluster://` (or
@@ -304,6 +308,8 @@ impl RedisConfig {
 
     /// How often workers beat, and after how long without a beat a worker
     /// counts as dead and its claimed messages are returned to their queues.
+    /// Each worker records its timeout with its beats, and the others judge
+    /// it by that one, so workers with different timeouts can share queues.
     #[must_use]
     pub fn heartbeat(mut self, interval: Duration, timeout: Duration) -> Self {
         self.heartbeat_interval = interval.max(Duration::from_millis(10));
@@ -459,14 +465,46 @@ fn open_endpoint(config: &RedisConfig) -> redis::RedisResult<Endpoint> {
     if let Some(pem) = &config.tls_root_certificate {
         builder = builder.certs(redis::TlsCertificates { client_tls: None, root_cert: Some(pem.clone()) });
     }
-    let clients = nodes.iter().map(|node| open_client(config, node)).collect::<Result<Vec<_>, _>>()?;
-    Ok(Endpoint::Cluster { client: Arc::new(builder.build()?), nodes: clients.into() })
+    let seed = Arc::new(open_client(config, &nodes[0])?);
+    Ok(Endpoint::Cluster { client: Arc::new(builder.build()?), seed })
 }
 
 /// The URL query parameters read: this crate's (`protocol=native|dramatiq`
 /// and `namespace`, taken out before the URL reaches the client) and the
-/// Redis client's.
-const URL_PARAMETERS: &[&str] = &["namespace", "protocol", "db", "user", "pass"];
+/// Redis client's (`protocol=resp2|resp3`).
+const URL_PARAMETERS: &[&str] = &["namespace", "protocol"];
+
+/// The Redis client's query parameters of a Unix socket URL
+/// (`redis+unix:///path?db=1&user=…&pass=…`); in a TCP URL it ignores them.
+const UNIX_URL_PARAMETERS: &[&str] = &["db", "user", "pass"];
+
+/// Refuses what the Redis client would silently ignore in `url`: query
+/// parameters it does not read (a typo), its Unix socket parameters in a
+/// TCP URL (where a password in `?pass=` would never be sent), and a
+/// database number in a cluster URL (a cluster has database 0 only).
+fn check_url(url: &str) -> Result<(), BrokerError> {
+    let invalid = |message: String| Err(BrokerError::new(BrokerErrorKind::InvalidInput, message));
+    let unix = ["unix:", "redis+unix:", "valkey+unix:"].iter().any(|scheme| url.starts_with(scheme));
+    if unix {
+        let known = [URL_PARAMETERS, UNIX_URL_PARAMETERS].concat();
+        return dramaturg_core::broker::check_url_parameters(url, &known);
+    }
+    let socket_only =
+        UNIX_URL_PARAMETERS.iter().find(|name| dramaturg_core::broker::query_parameter(url, name).is_some());
+    if let Some(name) = socket_only {
+        return invalid(format!(
+            "the URL's query parameter {name:?} is read for Unix socket URLs only; over TCP give the user, password \
+             and database in the URL itself: redis://user:password@host:port/db"
+        ));
+    }
+    if let Some(db) = conn::cluster_database(url) {
+        return invalid(format!(
+            "a Redis Cluster has database 0 only; remove /{db} from the cluster URL (use a namespace to keep \
+             applications apart)"
+        ));
+    }
+    dramaturg_core::broker::check_url_parameters(url, URL_PARAMETERS)
+}
 
 /// The endpoint of `config` and a multiplexed, reconnecting connection to
 /// it.
@@ -478,7 +516,7 @@ async fn connect_endpoint(config: &RedisConfig) -> Result<(Endpoint, Conn), Brok
         // this crate builds with. An already installed one is kept.
         let _ = rustls::crypto::ring::default_provider().install_default();
     }
-    dramaturg_core::broker::check_url_parameters(&config.url, URL_PARAMETERS)
+    check_url(&config.url)
         .map_err(|e| BrokerError::new(BrokerErrorKind::InvalidInput, format!("redis: {shown}: {e}")))?;
     // The client does no I/O here: what it refuses is the URL (a port or
     // database number out of range, a bad certificate).
@@ -561,6 +599,9 @@ impl RedisBroker {
                 "redis: Dramatiq's layout cannot run on a Redis Cluster: its keys carry no hash tag, so a queue's \
                  keys (and Python's scripts) span slots; use the native layout on a cluster",
             ));
+        }
+        if conn::cluster_nodes(&config.url).is_some() {
+            keys::check_cluster_name("namespace", &config.namespace)?;
         }
         let (endpoint, mut conn) = connect_endpoint(&config).await?;
         let server = server::check(&mut conn, &shown, config.allow_eviction).await?;
@@ -653,6 +694,27 @@ impl RedisBroker {
         Ok(Box::new(dramatiq::DramatiqConsumer::new(shared, keys, number, prefetch, (wake, delayed_wake), registered)))
     }
 
+    /// Refuses a message for no queue (the empty name), for a queue whose
+    /// name the server cannot hold ([`Broker::check_queue_name`]), and one
+    /// with a priority: the Redis broker delivers first in, first out, and a priority
+    /// it would ignore must not look honoured.
+    fn check_outgoing(&self, message: &Outgoing) -> Result<(), BrokerError> {
+        check_queue(&message.queue)?;
+        self.check_queue_name(&message.queue)?;
+        match message.priority {
+            Some(priority) if priority > 0 => Err(BrokerError::new(
+                BrokerErrorKind::InvalidInput,
+                format!(
+                    "redis: a priority ({priority}) was set for a message to {:?}, but the Redis broker delivers first \
+                     in, first out; use a queue per priority (and a worker per queue, or more concurrency for the \
+                     urgent one), or RabbitMQ with max_priority",
+                    dramaturg_core::Bounded::quoted(&message.queue).as_str()
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     fn keys(&self, queue: &str) -> QueueKeys {
         QueueKeys::new(&self.shared.config.namespace, queue)
     }
@@ -712,7 +774,7 @@ impl Broker for RedisBroker {
     }
 
     async fn enqueue(&self, message: Outgoing) -> Result<(), BrokerError> {
-        check_outgoing(&message)?;
+        self.check_outgoing(&message)?;
         if self.is_dramatiq() {
             let batch = [message];
             return self.with_retries(|| dramatiq::enqueue(&self.shared, &batch)).await;
@@ -731,7 +793,7 @@ impl Broker for RedisBroker {
         // calls share the multiplexed connection, which pipelines them in
         // order.
         for message in &messages {
-            check_outgoing(message)?;
+            self.check_outgoing(message)?;
         }
         if self.is_dramatiq() {
             return self.with_retries(|| dramatiq::enqueue(&self.shared, &messages)).await;
@@ -770,6 +832,7 @@ impl Broker for RedisBroker {
     }
 
     async fn consume(&self, queue: &str, prefetch: usize) -> Result<Box<dyn Consumer>, BrokerError> {
+        self.check_queue_name(queue)?;
         let number = self.shared.consumers.fetch_add(1, Ordering::Relaxed);
         if self.is_dramatiq() {
             return self.consume_dramatiq(queue, number, prefetch).await;
@@ -789,6 +852,16 @@ impl Broker for RedisBroker {
             Err(error) => return Err(error),
         };
         Ok(Box::new(consumer::RedisConsumer::new(Arc::clone(&self.shared), queue, number, prefetch, wake, registered)))
+    }
+
+    /// On a Redis Cluster, refuses a name with `{` or `}` in it: the
+    /// keys of a queue share the hash tag `{queue}`, and a brace would
+    /// move it. Anywhere else, every name is fine.
+    fn check_queue_name(&self, name: &str) -> Result<(), BrokerError> {
+        if self.shared.conn.is_cluster() {
+            keys::check_cluster_name("queue", name)?;
+        }
+        Ok(())
     }
 
     fn admin(&self) -> Option<&dyn QueueAdmin> {
@@ -844,25 +917,6 @@ pub(crate) fn check_queue(queue: &str) -> Result<(), BrokerError> {
         return Err(BrokerError::new(BrokerErrorKind::InvalidInput, "redis: a queue name cannot be empty"));
     }
     Ok(())
-}
-
-/// Refuses a message for no queue (the empty name), and one with a
-/// priority: the Redis broker delivers first in, first out, and a priority
-/// it would ignore must not look honoured.
-fn check_outgoing(message: &Outgoing) -> Result<(), BrokerError> {
-    check_queue(&message.queue)?;
-    match message.priority {
-        Some(priority) if priority > 0 => Err(BrokerError::new(
-            BrokerErrorKind::InvalidInput,
-            format!(
-                "redis: a priority ({priority}) was set for a message to {:?}, but the Redis broker delivers first \
-                 in, first out; use a queue per priority (and a worker per queue, or more concurrency for the \
-                 urgent one), or RabbitMQ with max_priority",
-                dramaturg_core::Bounded::quoted(&message.queue).as_str()
-            ),
-        )),
-        _ => Ok(()),
-    }
 }
 
 /// One script call of `enqueue_many`.

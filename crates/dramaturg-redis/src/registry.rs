@@ -137,7 +137,8 @@ impl Registry {
             None => {
                 let entries = lock(&self.entries).clone();
                 let concurrency = self.concurrency.load(Ordering::Relaxed);
-                beat(conn, &self.keys, &self.scripts, &self.worker_id, concurrency, &entries).await
+                let told = Told { concurrency, heartbeat_timeout: self.config.heartbeat_timeout };
+                beat(conn, &self.keys, &self.scripts, &self.worker_id, told, &entries).await
             }
         }
     }
@@ -234,6 +235,8 @@ impl Registry {
             .zrem(&self.keys.workers, &self.worker_id)
             .ignore()
             .hdel(&self.keys.concurrency, &self.worker_id)
+            .ignore()
+            .zrem(&self.keys.timeouts, &self.worker_id)
             .ignore()
             .del(self.keys.consumers(&self.worker_id))
             .ignore()
@@ -336,6 +339,7 @@ impl Registry {
             .scripts
             .lapsed
             .key(&self.keys.workers)
+            .key(&self.keys.timeouts)
             .arg(timeout)
             .invoke_async(conn)
             .await
@@ -358,6 +362,8 @@ impl Registry {
                 .zrem(&self.keys.workers, worker)
                 .ignore()
                 .hdel(&self.keys.concurrency, worker)
+                .ignore()
+                .zrem(&self.keys.timeouts, worker)
                 .ignore()
                 .query_async::<()>(conn)
                 .await
@@ -576,17 +582,34 @@ impl Registry {
     }
 }
 
-/// Records a heartbeat at the server's time, and the worker's consumers.
+/// What a heartbeat tells of its worker besides its consumers.
+#[derive(Debug, Clone, Copy)]
+struct Told {
+    /// The concurrency it runs (0: not told).
+    concurrency: usize,
+    /// After how long without a beat the others may take its messages.
+    heartbeat_timeout: Duration,
+}
+
+/// Records a heartbeat at the server's time, and the worker's consumers,
+/// concurrency and heartbeat timeout.
 async fn beat(
     conn: &mut Conn,
     keys: &RegistryKeys,
     scripts: &Scripts,
     worker_id: &str,
-    concurrency: usize,
+    told: Told,
     entries: &[String],
 ) -> Result<(), BrokerError> {
     let mut invocation = scripts.beat.prepare_invoke();
-    invocation.key(&keys.workers).key(keys.consumers(worker_id)).key(&keys.concurrency).arg(worker_id).arg(concurrency);
+    invocation
+        .key(&keys.workers)
+        .key(keys.consumers(worker_id))
+        .key(&keys.concurrency)
+        .key(&keys.timeouts)
+        .arg(worker_id)
+        .arg(told.concurrency)
+        .arg(millis(told.heartbeat_timeout));
     for entry in entries {
         invocation.arg(entry);
     }

@@ -93,12 +93,13 @@ redis.call('LREM', KEYS[1], 1, ARGV[1])
 /// Enqueue messages now. KEYS: msgs, ready. ARGV: wake channel, then id,
 /// payload, id, payload, …
 const ENQUEUE: &str = r"
+local ids = {}
+for i = 2, #ARGV, 2 do ids[#ids + 1] = ARGV[i] end
+if #ids == 0 then return 0 end
 wake_if_empty(KEYS[2], ARGV[1])
-for i = 2, #ARGV, 2 do
-  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-  redis.call('RPUSH', KEYS[2], ARGV[i])
-end
-return (#ARGV - 1) / 2
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('RPUSH', KEYS[2], unpack(ids))
+return #ids
 ";
 
 /// Enqueue one message for later. KEYS: msgs, delayed, ready.
@@ -115,35 +116,52 @@ return 1
 /// Returns the milliseconds until the next delayed message is due (-1:
 /// none), how many ids without a message were dropped, whether the queue
 /// is paused (1) or not (0), then id, payload, token, redelivered
-/// quadruples.
+/// quadruples. The ids of a claim are moved, read and counted with one
+/// variadic command each (each command a script calls costs more than
+/// the work itself), at most 1,000 at a time, so that they fit the Lua
+/// stack.
 const FETCH: &str = r"
 local due = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, 1000)
-for _, id in ipairs(due) do
-  redis.call('RPUSH', KEYS[1], id)
-  redis.call('ZREM', KEYS[4], id)
+if #due > 0 then
+  redis.call('RPUSH', KEYS[1], unpack(due))
+  redis.call('ZREM', KEYS[4], unpack(due))
 end
 local out = {}
 local n = tonumber(ARGV[1])
 local paused = redis.call('EXISTS', KEYS[7])
 if paused == 1 then n = 0 end
-local taken, orphans = 0, 0
-while taken < n do
-  local id = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
-  if not id then break end
-  local payload = redis.call('HGET', KEYS[3], id)
-  if payload then
-    taken = taken + 1
-    out[#out + 1] = id
-    out[#out + 1] = payload
-    out[#out + 1] = redis.call('HINCRBY', KEYS[6], id, 1)
-    out[#out + 1] = redis.call('SREM', KEYS[5], id)
-  else
-    -- An id whose message is gone is never handed out: drop it.
-    redis.call('LREM', KEYS[2], -1, id)
-    redis.call('HDEL', KEYS[6], id)
-    redis.call('SREM', KEYS[5], id)
-    orphans = orphans + 1
+local orphans = 0
+local tokens = {}
+while n > 0 do
+  local ids = redis.call('LRANGE', KEYS[1], 0, math.min(n, 1000) - 1)
+  if #ids == 0 then break end
+  redis.call('LTRIM', KEYS[1], #ids, -1)
+  redis.call('RPUSH', KEYS[2], unpack(ids))
+  local payloads = redis.call('HMGET', KEYS[3], unpack(ids))
+  local claims = redis.call('HMGET', KEYS[6], unpack(ids))
+  local flags = redis.call('SMISMEMBER', KEYS[5], unpack(ids))
+  redis.call('SREM', KEYS[5], unpack(ids))
+  local counters = {}
+  for k, id in ipairs(ids) do
+    if payloads[k] then
+      -- An id twice in one batch: its second claim voids the first.
+      local token = (tokens[id] or tonumber(claims[k]) or 0) + 1
+      tokens[id] = token
+      counters[#counters + 1] = id
+      counters[#counters + 1] = token
+      out[#out + 1] = id
+      out[#out + 1] = payloads[k]
+      out[#out + 1] = token
+      out[#out + 1] = flags[k]
+      n = n - 1
+    else
+      -- An id whose message is gone is never handed out: drop it.
+      redis.call('LREM', KEYS[2], -1, id)
+      redis.call('HDEL', KEYS[6], id)
+      orphans = orphans + 1
+    end
   end
+  if #counters > 0 then redis.call('HSET', KEYS[6], unpack(counters)) end
 end
 local first = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
 local wait = -1
@@ -360,21 +378,35 @@ return 1
 ";
 
 /// Record a heartbeat at the server's time, the worker's concurrency (0:
-/// not told) and its consumers. KEYS: workers, the worker's consumers,
-/// concurrencies. ARGV: worker id, concurrency, consumer entries.
+/// not told), its heartbeat timeout and its consumers. KEYS: workers, the
+/// worker's consumers, concurrencies, timeouts. ARGV: worker id,
+/// concurrency, heartbeat timeout (ms), consumer entries.
 const BEAT: &str = r"
 redis.call('ZADD', KEYS[1], now, ARGV[1])
 if tonumber(ARGV[2]) > 0 then redis.call('HSET', KEYS[3], ARGV[1], ARGV[2]) end
-for i = 3, #ARGV do
+redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
+for i = 4, #ARGV do
   redis.call('SADD', KEYS[2], ARGV[i])
 end
 return now
 ";
 
-/// Workers whose last heartbeat is older than ARGV[1] ms by the server's
-/// clock. KEYS: workers.
+/// Workers whose last heartbeat is older than their own heartbeat timeout
+/// by the server's clock (at most 100, oldest beats first): each worker's
+/// timeout as it beat it into KEYS[2], or ARGV[1] ms for a worker that
+/// beat none (an older version). KEYS: workers, timeouts.
 const LAPSED: &str = r"
-return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - tonumber(ARGV[1])), 'LIMIT', 0, 100)
+local own = tonumber(ARGV[1])
+local floor = own
+local least = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')[2]
+if least and tonumber(least) < floor then floor = tonumber(least) end
+local candidates = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - floor), 'WITHSCORES', 'LIMIT', 0, 100)
+local lapsed = {}
+for i = 1, #candidates, 2 do
+  local timeout = tonumber(redis.call('ZSCORE', KEYS[2], candidates[i])) or own
+  if tonumber(candidates[i + 1]) < now - timeout then table.insert(lapsed, candidates[i]) end
+end
+return lapsed
 ";
 
 /// A script from its parts: the flags line (if any), then the helpers and

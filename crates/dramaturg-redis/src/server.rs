@@ -106,6 +106,16 @@ async fn check_node(conn: &mut Conn, shown: &str, allow_eviction: bool) -> Resul
              a full Redis deletes queued messages"
         ),
     }
+    if field("redis_mode").as_deref() == Some("cluster") && !conn.is_cluster() {
+        return Err(BrokerError::new(
+            BrokerErrorKind::InvalidInput,
+            format!(
+                "redis: the server at {shown} is a node of a Redis Cluster; name the cluster with a \
+                 redis+cluster://host:port,host:port URL (or RedisConfig::cluster), so that every key reaches the \
+                 node that serves its slot"
+            ),
+        ));
+    }
     let replica = field("role").as_deref() == Some("slave");
     if replica {
         tracing::warn!(

@@ -10,7 +10,19 @@
 //!
 //! - `throughput` (default): enqueue N no-op messages, then run a worker
 //!   until the queue is drained. Last line: JSON with `broker`, `messages`,
-//!   `enqueue_per_s`, `process_per_s` and `peak_rss_mb`.
+//!   `enqueue_per_s`, `process_per_s`, `worker_cpu_us` and `server_cpu_us`
+//!   (user plus system CPU time per message while processing, of this
+//!   process and of the broker's server when it runs on this machine,
+//!   from `/proc/<pid>/stat`; `null` when not measured) and `peak_rss_mb`.
+//! - `ceiling` (`--broker redis://…` or `amqp://…`): the same N messages
+//!   (bodies as large as the no-op actor's messages) through the same
+//!   server with the least work a correct at-least-once queue needs,
+//!   written directly with the client library (see `ceiling.rs`), then
+//!   through dramaturg as in `throughput`, three rounds interleaved. Prints
+//!   a table of both and dramaturg as a percentage of the raw client; last
+//!   line: JSON with `raw_*` and `dramaturg_*` medians of `enqueue_per_s`,
+//!   `process_per_s`, `worker_cpu_us`, `server_cpu_us`, and
+//!   `process_pct_of_ceiling`, `enqueue_pct_of_ceiling`.
 //! - `latency`: N messages (default 1000) sent 10 ms apart to an idle
 //!   worker; enqueue-to-start latency. Last line: JSON with
 //!   `latency_ms_p50`, `latency_ms_p90`, `latency_ms_p99`, `latency_ms_max`.
@@ -120,6 +132,9 @@ use std::time::{Duration, Instant};
 use dramaturg::prelude::*;
 use dramaturg::{AppBuilder, BoxError};
 use serde::{Deserialize, Serialize};
+
+mod ceiling;
+mod cpu;
 
 /// Never returns; killed at its limit.
 #[derive(Actor, Serialize, Deserialize)]
@@ -257,6 +272,7 @@ async fn main() -> Result<(), BoxError> {
     let args = parse_args()?;
     match args.scenario.as_str() {
         "throughput" => throughput(&args).await,
+        "ceiling" => ceiling_scenario(&args).await,
         "fail-large-errors" => fail_large_errors(&args).await,
         "latency" => latency(&args).await,
         "idle" => idle(&args).await,
@@ -271,7 +287,7 @@ async fn main() -> Result<(), BoxError> {
         "batch" => bulk_write(&args).await,
         "fairness" => fairness(&args).await,
         other => Err(format!(
-            "unknown scenario {other:?}: throughput, latency, idle, abort, fail-large-errors, isolated-runaway, isolated-overhead, results, rate-limit, metrics, pause, batch or fairness"
+            "unknown scenario {other:?}: throughput, ceiling, latency, idle, abort, fail-large-errors, isolated-runaway, isolated-overhead, results, rate-limit, metrics, pause, batch or fairness"
         )
         .into()),
     }
@@ -279,6 +295,34 @@ async fn main() -> Result<(), BoxError> {
 
 async fn throughput(args: &Args) -> Result<(), BoxError> {
     let messages = args.messages.unwrap_or(100_000);
+    let broker_name = args.broker.split("://").next().unwrap_or_default().to_owned();
+    let server = cpu::server_pid(&args.broker).await?;
+    let run = dramaturg_run(args, messages, server).await?;
+    let peak = peak_rss_mb();
+    println!("broker:      {broker_name}");
+    println!("messages:    {messages}");
+    println!("concurrency: {}, batch: {}", args.concurrency, args.batch);
+    println!("enqueue:     {:>10.0} msgs/s", run.enqueue_per_s);
+    println!("process:     {:>10.0} msgs/s", run.process_per_s);
+    println!("CPU:         {}", run.cpu.text());
+    println!("peak RSS:    {peak:.1} MiB");
+    println!(
+        "{{\"broker\":\"{broker_name}\",\"messages\":{messages},\"concurrency\":{},\"batch\":{},\"enqueue_per_s\":{:.0},\"process_per_s\":{:.0},{},\"peak_rss_mb\":{peak:.1}}}",
+        args.concurrency,
+        args.batch,
+        run.enqueue_per_s,
+        run.process_per_s,
+        run.cpu.json("")
+    );
+    Ok(())
+}
+
+/// `messages` no-op messages through dramaturg on `args.broker`: sent in
+/// batches of `args.batch`, then processed by a worker of
+/// `args.concurrency` with the default stack until the queue is drained;
+/// CPU per message measured while processing, of this process and of the
+/// server of process `server`.
+async fn dramaturg_run(args: &Args, messages: u64, server: Option<u32>) -> Result<ceiling::Run, BoxError> {
     let broker = dramaturg::connect(&args.broker).await?;
     let builder = dramaturg::app_shared(broker);
     let builder = match &args.events {
@@ -287,7 +331,6 @@ async fn throughput(args: &Args) -> Result<(), BoxError> {
     };
     let (builder, _metrics_server) = with_metrics(builder, args.metrics)?;
     let app = builder.actor::<Noop>().build()?;
-    let broker_name = args.broker.split("://").next().unwrap_or_default().to_owned();
 
     let started = Instant::now();
     let mut n = 0;
@@ -302,26 +345,80 @@ async fn throughput(args: &Args) -> Result<(), BoxError> {
     }
     let enqueue_secs = started.elapsed().as_secs_f64();
 
+    let meter = cpu::CpuMeter::start(server);
     let started = Instant::now();
     let report = Worker::new(app).concurrency(args.concurrency).run_until_drained(Duration::from_secs(3600)).await?;
     let process_secs = started.elapsed().as_secs_f64();
+    let cpu = meter.per_message(messages);
     if report.succeeded != messages {
         return Err(format!("expected {messages} messages processed, got {report:?}").into());
     }
+    Ok(ceiling::Run {
+        enqueue_per_s: messages as f64 / enqueue_secs,
+        process_per_s: messages as f64 / process_secs,
+        cpu,
+    })
+}
 
-    let enqueue_per_s = messages as f64 / enqueue_secs;
-    let process_per_s = messages as f64 / process_secs;
-    let peak = peak_rss_mb();
-    println!("broker:      {broker_name}");
-    println!("messages:    {messages}");
-    println!("concurrency: {}, batch: {}", args.concurrency, args.batch);
-    println!("enqueue:     {enqueue_per_s:>10.0} msgs/s ({enqueue_secs:.3} s)");
-    println!("process:     {process_per_s:>10.0} msgs/s ({process_secs:.3} s)");
-    println!("peak RSS:    {peak:.1} MiB");
+/// The bytes of a message of the no-op actor (message 0) as dramaturg
+/// sends it, for the ceiling's bodies.
+fn noop_message_size() -> Result<usize, BoxError> {
+    let app = dramaturg::app(dramaturg::MemoryBroker::new()).actor::<Noop>().build()?;
+    let message = app.message(&Noop { n: 0 }, dramaturg::Options::default())?;
+    Ok(app.encoder().encode_message(&message)?.len())
+}
+
+/// Rounds of the ceiling scenario, interleaved with dramaturg's runs.
+const CEILING_ROUNDS: usize = 3;
+
+async fn ceiling_scenario(args: &Args) -> Result<(), BoxError> {
+    let messages = args.messages.unwrap_or(100_000);
+    let broker_name = args.broker.split("://").next().unwrap_or_default().to_owned();
+    let server = cpu::server_pid(&args.broker).await?;
+    let size = noop_message_size()?;
+    let prefetch = args.concurrency.max(2);
+    let mut raw = Vec::new();
+    let mut ours = Vec::new();
+    for _ in 0..CEILING_ROUNDS {
+        raw.push(match broker_name.as_str() {
+            "redis" | "rediss" => ceiling::redis(&args.broker, messages, size, prefetch, 2, server).await?,
+            "amqp" | "amqps" => {
+                let prefetch = u16::try_from(prefetch).unwrap_or(u16::MAX);
+                ceiling::amqp(&args.broker, messages, size, prefetch, server).await?
+            }
+            other => return Err(format!("the ceiling scenario runs on redis:// or amqp://, not {other}").into()),
+        });
+        ours.push(dramaturg_run(args, messages, server).await?);
+    }
+    let median_of = |runs: &[ceiling::Run], pick: fn(&ceiling::Run) -> f64| median(runs.iter().map(pick).collect());
+    let figures = [
+        ("enqueue_per_s", median_of(&raw, |r| r.enqueue_per_s), median_of(&ours, |r| r.enqueue_per_s)),
+        ("process_per_s", median_of(&raw, |r| r.process_per_s), median_of(&ours, |r| r.process_per_s)),
+        ("worker_cpu_us", median_of(&raw, |r| r.cpu.worker_us), median_of(&ours, |r| r.cpu.worker_us)),
+        (
+            "server_cpu_us",
+            median_of(&raw, |r| r.cpu.server_us.unwrap_or(f64::NAN)),
+            median_of(&ours, |r| r.cpu.server_us.unwrap_or(f64::NAN)),
+        ),
+    ];
     println!(
-        "{{\"broker\":\"{broker_name}\",\"messages\":{messages},\"concurrency\":{},\"batch\":{},\"enqueue_per_s\":{enqueue_per_s:.0},\"process_per_s\":{process_per_s:.0},\"peak_rss_mb\":{peak:.1}}}",
-        args.concurrency, args.batch
+        "scenario:    ceiling ({broker_name}, {messages} no-op messages of {size} bytes, {CEILING_ROUNDS} rounds each way, medians)"
     );
+    println!("{:<15} {:>12} {:>12} {:>8}", "figure", "raw client", "dramaturg", "of raw");
+    let mut json = format!(
+        "{{\"scenario\":\"ceiling\",\"broker\":\"{broker_name}\",\"messages\":{messages},\"body_bytes\":{size}"
+    );
+    for (name, raw, ours) in figures {
+        println!("{name:<15} {raw:>12.1} {ours:>12.1} {:>7.0}%", 100.0 * ours / raw);
+        let number = |v: f64| if v.is_finite() { format!("{v:.2}") } else { "null".to_owned() };
+        json.push_str(&format!(",\"raw_{name}\":{},\"dramaturg_{name}\":{}", number(raw), number(ours)));
+    }
+    let process_pct = 100.0 * figures[1].2 / figures[1].1;
+    let enqueue_pct = 100.0 * figures[0].2 / figures[0].1;
+    json.push_str(&format!(
+        ",\"process_pct_of_ceiling\":{process_pct:.1},\"enqueue_pct_of_ceiling\":{enqueue_pct:.1}}}"
+    ));
+    println!("{json}");
     Ok(())
 }
 

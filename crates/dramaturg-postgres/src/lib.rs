@@ -308,16 +308,21 @@ impl Drop for Shared {
 
 /// A sqlx error as a [`BrokerError`], classified, without any URL in it:
 /// I/O errors and a closed pool are lost connections, a pool that gave no
-/// connection in time a timeout; a read-only database or one shutting down
-/// is unavailable for now; everything else a protocol error.
+/// connection in time a timeout; a read-only database, one shutting down,
+/// a serialization failure or a deadlock is unavailable for now (retryable);
+/// everything else a protocol error.
 pub(crate) fn db_error(error: sqlx::Error, what: &str) -> BrokerError {
     let kind = match &error {
         sqlx::Error::PoolTimedOut => BrokerErrorKind::Timeout,
         sqlx::Error::Io(_) | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) | sqlx::Error::WorkerCrashed => {
             BrokerErrorKind::Connection
         }
-        // Read-only transaction, admin shutdown, cannot connect now.
-        sqlx::Error::Database(e) if matches!(e.code().as_deref(), Some("25006" | "57P01" | "57P03")) => {
+        // Read-only transaction, admin shutdown, cannot connect now; a
+        // serialization failure or deadlock (rows claimed, settled and
+        // recovered at once), which passes when tried again.
+        sqlx::Error::Database(e)
+            if matches!(e.code().as_deref(), Some("25006" | "57P01" | "57P03" | "40001" | "40P01")) =>
+        {
             BrokerErrorKind::Unavailable
         }
         _ => BrokerErrorKind::Protocol,

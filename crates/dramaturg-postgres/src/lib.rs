@@ -358,7 +358,11 @@ impl PgBroker {
             .map_err(|e| invalid(e.to_string()))?;
         schema::check_schema(&config.schema).map_err(|e| invalid(e.to_string()))?;
         let options = PgConnectOptions::from_str(&config.url).map_err(|e| invalid(e.to_string()))?;
-        let options = options.application_name("dramaturg");
+        // Named in `pg_stat_activity`, unless the URL names it.
+        let options = match options.get_application_name() {
+            Some(_) => options,
+            None => options.application_name("dramaturg"),
+        };
         if config.migrate {
             schema::migrate(&options, &config.schema).await?;
         }

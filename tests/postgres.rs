@@ -221,3 +221,27 @@ async fn the_shipped_sql_makes_a_schema_the_broker_uses_without_migrating() {
     .unwrap();
     assert_eq!(migrations, 0, "the broker did not migrate");
 }
+
+/// A `next` dropped while its claim is under way (a worker stopping)
+/// leaves no claim behind: `close` returns what that claim took, at once
+/// rather than after the lease lapses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_cut_short_is_returned_by_close() {
+    if support::is_child() {
+        return;
+    }
+    let (schema, _drop) = own_schema();
+    let broker = broker_in(&schema).await;
+    let outgoing = (0..50).map(|i| Outgoing::new("q", format!("m{i}").into_bytes())).collect();
+    broker.enqueue_many(outgoing).await.unwrap();
+    for attempt in 0..40u64 {
+        let mut consumer = broker.consume("q", 10).await.unwrap();
+        // Cut short at a different point each time.
+        if let Ok(delivery) = tokio::time::timeout(Duration::from_micros(attempt * 100), consumer.next()).await {
+            delivery.unwrap().settle(dramaturg::Settlement::Requeue).await.unwrap();
+        }
+        consumer.close().await.unwrap();
+        let stats = broker.stats("q").await.unwrap();
+        assert_eq!((stats.ready, stats.in_flight), (50, 0), "attempt {attempt}: {stats:?}");
+    }
+}

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use dramaturg_core::sync::lock;
 use dramaturg_core::{BrokerError, BrokerErrorKind, Consumer, Delivery, Receipt, Settled, Settlement};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
 
 use crate::{db_error, ms, Shared};
 
@@ -50,6 +51,8 @@ pub(crate) struct PgConsumer {
     checked: Instant,
     /// What it learned, for the worker ([`Consumer::paused`]).
     paused: watch::Sender<bool>,
+    /// A claim under way, whose rows are not in the buffer yet.
+    claiming: Option<JoinHandle<Result<Vec<ClaimRow>, BrokerError>>>,
 }
 
 impl PgConsumer {
@@ -64,24 +67,27 @@ impl PgConsumer {
             prefetch: prefetch.max(1),
             checked: Instant::now(),
             paused: watch::Sender::new(false),
+            claiming: None,
         }
     }
 
     /// Claims up to `n` ready messages into the buffer, in delivery order;
     /// returns how many.
+    ///
+    /// The claim runs as a task of its own, kept in `claiming` until its
+    /// rows are in the buffer: if `next` is dropped while the claim is
+    /// under way (a worker stopping), the claim still completes, and the
+    /// next call (or `close`, which returns them) takes its rows, instead of
+    /// leaving claims nobody holds until their lease lapses.
     async fn claim(&mut self, n: usize) -> Result<usize, BrokerError> {
         let shared = &self.shared;
-        let mut rows: Vec<ClaimRow> = sqlx::query_as(&shared.sql.claim)
-            .bind(&self.queue)
-            .bind(i64::try_from(n).unwrap_or(i64::MAX))
-            .bind(&shared.worker_id)
-            .bind(ms(shared.config.heartbeat_timeout))
-            .fetch_all(&shared.settle_pool)
-            .await
-            .map_err(|e| db_error(e, "claiming messages"))?;
-        // RETURNING keeps no order: priority first, then due time, then id.
-        rows.sort_by_key(|&(id, _, _, _, priority, due)| (std::cmp::Reverse(priority), due, id));
-        lock(&shared.held).extend(rows.iter().map(|row| row.2));
+        let claiming =
+            self.claiming.get_or_insert_with(|| tokio::spawn(claim_rows(Arc::clone(shared), self.queue.clone(), n)));
+        let joined = claiming.await;
+        self.claiming = None;
+        let rows = joined.map_err(|e| {
+            BrokerError::new(BrokerErrorKind::Other, "postgres: the claim task failed").with_source(e)
+        })??;
         let claimed = rows.len();
         self.buffer.extend(rows.into_iter().map(|(id, body, token, redelivered, _, _)| Claimed {
             id,
@@ -210,6 +216,23 @@ impl PgConsumer {
     }
 }
 
+/// Claims up to `n` ready messages of `queue`, in delivery order, and
+/// counts their tokens among those the heartbeat renews.
+async fn claim_rows(shared: Arc<Shared>, queue: String, n: usize) -> Result<Vec<ClaimRow>, BrokerError> {
+    let mut rows: Vec<ClaimRow> = sqlx::query_as(&shared.sql.claim)
+        .bind(&queue)
+        .bind(i64::try_from(n).unwrap_or(i64::MAX))
+        .bind(&shared.worker_id)
+        .bind(ms(shared.config.heartbeat_timeout))
+        .fetch_all(&shared.settle_pool)
+        .await
+        .map_err(|e| db_error(e, "claiming messages"))?;
+    // RETURNING keeps no order: priority first, then due time, then id.
+    rows.sort_by_key(|&(id, _, _, _, priority, due)| (std::cmp::Reverse(priority), due, id));
+    lock(&shared.held).extend(rows.iter().map(|row| row.2));
+    Ok(rows)
+}
+
 #[async_trait]
 impl Consumer for PgConsumer {
     async fn next(&mut self) -> Result<Delivery, BrokerError> {
@@ -234,6 +257,10 @@ impl Consumer for PgConsumer {
     }
 
     async fn close(mut self: Box<Self>) -> Result<(), BrokerError> {
+        if self.claiming.is_some() {
+            // A claim of a cancelled `next`: its rows go back with the rest.
+            self.claim(0).await?;
+        }
         let returned = self.return_buffer().await?;
         tracing::debug!(returned, "returned prefetched messages to the queue");
         Ok(())

@@ -45,7 +45,10 @@ pub(crate) fn check_schema(schema: &str) -> Result<(), BrokerError> {
 /// an advisory lock while it migrates, so that brokers starting at once
 /// migrate one after the other.
 pub(crate) async fn migrate(options: &sqlx::postgres::PgConnectOptions, schema: &str) -> Result<(), BrokerError> {
-    let options = options.clone().options([("search_path", format!("\"{schema}\""))]);
+    // Quiet about what already exists ("schema … already exists, skipping").
+    let options = options
+        .clone()
+        .options([("search_path", format!("\"{schema}\"")), ("client_min_messages", "warning".to_owned())]);
     let mut conn = sqlx::PgConnection::connect_with(&options).await.map_err(|e| crate::db_error(e, "connecting"))?;
     sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
         .execute(&mut conn)

@@ -278,6 +278,12 @@ async fn what_a_cluster_cannot_do_is_refused_with_a_reason() {
     };
     refused(RedisBroker::connect("redis://127.0.0.1:7000").await.unwrap_err(), "redis+cluster://");
     refused(RedisBroker::connect("redis+cluster://127.0.0.1:7000,127.0.0.1:7001/2").await.unwrap_err(), "database 0");
+    let database = RedisConfig::cluster(["redis://127.0.0.1:7000/3", "redis://127.0.0.1:7001"]);
+    refused(RedisBroker::with_config(database).await.unwrap_err(), "database 0");
+    refused(RedisBroker::connect("redis+cluster://127.0.0.1:6379/").await.unwrap_err(), "single server");
+    refused(RedisBroker::connect(&format!("{URL}?namespace=a&namespace=b")).await.unwrap_err(), "twice");
+    let misspelt = RedisBroker::connect("redis+cluster://127.0.0.1:7000/?passwd=hunter2").await.unwrap_err();
+    assert!(!format!("{misspelt} {misspelt:?}").contains("hunter2"), "{misspelt}");
     let braces = RedisConfig::new(URL).namespace("a{b}");
     refused(RedisBroker::with_config(braces).await.unwrap_err(), "namespace");
     let broker = broker_in(URL, &namespace()).await;

@@ -1121,6 +1121,10 @@ async fn results(args: &Args) -> Result<(), BoxError> {
         "            {per_message_rate:.0} msgs/s keeping them by a per-message option ({per_message_cost:.1}% cost)"
     );
     println!("CPU (worker and server): {with_cpu:.1} µs per message keeping results, {without_cpu:.1} without ({cpu_cost:.1}% more)");
+    for (name, runs) in [("keeping results", &with), ("without", &without)] {
+        let parts: Vec<String> = runs.iter().map(|(_, cpu)| cpu.text()).collect();
+        println!("  {name}: {}", parts.join("; "));
+    }
     println!(
         "{{\"scenario\":\"results\",\"broker\":\"{broker_name}\",\"messages\":{messages},\"wake_ms_p50\":{p50:.3},\"wake_ms_p99\":{p99:.3},\"with_results_per_s\":{with_rate:.0},\"without_results_per_s\":{without_rate:.0},\"results_cost_pct\":{cost:.1},\"per_message_per_s\":{per_message_rate:.0},\"per_message_cost_pct\":{per_message_cost:.1},\"with_results_cpu_us\":{with_cpu:.2},\"without_results_cpu_us\":{without_cpu:.2},\"results_cpu_cost_pct\":{cpu_cost:.1}}}"
     );

@@ -153,10 +153,11 @@ impl PgConfig {
     /// refused when connecting, with an error of kind
     /// [`BrokerErrorKind::InvalidInput`].
     pub fn new(url: impl Into<String>) -> Self {
-        let (url, schema) = take_schema(&url.into());
+        let url = url.into();
+        let schema = dramaturg_core::broker::query_parameter(&url, "schema").unwrap_or("dramaturg").to_owned();
         Self {
             url,
-            schema: schema.unwrap_or_else(|| "dramaturg".into()),
+            schema,
             max_connections: 10,
             heartbeat_interval: Duration::from_secs(3),
             heartbeat_timeout: Duration::from_secs(15),
@@ -239,22 +240,15 @@ impl fmt::Debug for PgConfig {
     }
 }
 
-/// `url` without its `schema` query parameter, and that parameter's value.
-fn take_schema(url: &str) -> (String, Option<String>) {
-    let Some((base, query)) = url.split_once('?') else { return (url.to_owned(), None) };
-    let mut schema = None;
-    let rest: Vec<&str> = query
-        .split('&')
-        .filter(|pair| match pair.strip_prefix("schema=") {
-            Some(value) => {
-                schema = Some(value.to_owned());
-                false
-            }
-            None => true,
-        })
-        .collect();
-    let url = if rest.is_empty() { base.to_owned() } else { format!("{base}?{}", rest.join("&")) };
-    (url, schema)
+/// `url` without its `schema` query parameter, for sqlx.
+fn without_schema(url: &str) -> String {
+    let Some((base, query)) = url.split_once('?') else { return url.to_owned() };
+    let rest: Vec<&str> = query.split('&').filter(|pair| !pair.starts_with("schema=")).collect();
+    if rest.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    }
 }
 
 /// A [`Broker`] on PostgreSQL. Cheap to clone: clones share the pool and
@@ -357,7 +351,7 @@ impl PgBroker {
         dramaturg_core::broker::check_url_parameters(&config.url, URL_PARAMETERS)
             .map_err(|e| invalid(e.to_string()))?;
         schema::check_schema(&config.schema).map_err(|e| invalid(e.to_string()))?;
-        let options = PgConnectOptions::from_str(&config.url).map_err(|e| invalid(e.to_string()))?;
+        let options = PgConnectOptions::from_str(&without_schema(&config.url)).map_err(|e| invalid(e.to_string()))?;
         // Named in `pg_stat_activity`, unless the URL names it.
         let options = match options.get_application_name() {
             Some(_) => options,
@@ -521,13 +515,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_schema_parameter_is_taken_out_of_the_url() {
+    fn the_schema_parameter_is_read_and_kept_from_sqlx() {
         let config = PgConfig::new("postgres://u@h/db?sslmode=disable&schema=jobs&application_name=x");
         assert_eq!(config.schema, "jobs");
-        assert_eq!(config.url, "postgres://u@h/db?sslmode=disable&application_name=x");
-        let config = PgConfig::new("postgres://u@h/db?schema=jobs");
-        assert_eq!((config.url.as_str(), config.schema.as_str()), ("postgres://u@h/db", "jobs"));
+        assert_eq!(without_schema(&config.url), "postgres://u@h/db?sslmode=disable&application_name=x");
+        assert_eq!(without_schema("postgres://u@h/db?schema=jobs"), "postgres://u@h/db");
         assert_eq!(PgConfig::new("postgres://u@h/db").schema, "dramaturg");
+    }
+
+    #[tokio::test]
+    async fn a_parameter_given_twice_is_refused_before_connecting() {
+        let error = PgBroker::connect("postgres://u@127.0.0.1:1/db?schema=a&schema=b").await.expect_err("refused");
+        assert_eq!(error.kind(), BrokerErrorKind::InvalidInput, "{error}");
+        assert!(error.to_string().contains("twice"), "{error}");
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub enum ConnectError {
 
 /// Every scheme `connect` can know, and whether this build does (with the
 /// feature that brings it).
-const SCHEMES: [(&str, bool, &str); 7] = [
+const SCHEMES: [(&str, bool, &str); 9] = [
     ("memory", true, ""),
     ("redis", cfg!(feature = "redis"), "redis"),
     ("rediss", cfg!(feature = "redis-tls"), "redis-tls"),
@@ -36,6 +36,8 @@ const SCHEMES: [(&str, bool, &str); 7] = [
     ("rediss+cluster", cfg!(feature = "redis-tls"), "redis-tls"),
     ("amqp", cfg!(feature = "amqp"), "amqp"),
     ("amqps", cfg!(feature = "amqp-tls"), "amqp-tls"),
+    ("postgres", cfg!(feature = "postgres"), "postgres"),
+    ("postgresql", cfg!(feature = "postgres"), "postgres"),
 ];
 
 /// What to say about a scheme this build does not understand, from the
@@ -59,7 +61,8 @@ fn hint() -> String {
 /// broker), `redis://` and `rediss://` (with the `redis` and `redis-tls`
 /// features; `redis+cluster://host:port,host:port/` and
 /// `rediss+cluster://…` for a Redis Cluster), `amqp://` and `amqps://` (with the `amqp` and `amqp-tls`
-/// features).
+/// features), `postgres://` and `postgresql://` (with the `postgres`
+/// feature; `?schema=` names the schema of the broker's tables).
 ///
 /// # Errors
 ///
@@ -94,6 +97,8 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Broker>, ConnectError> {
         "amqp" => Ok(Arc::new(dramaturg_amqp::AmqpBroker::connect(url).await?)),
         #[cfg(feature = "amqp-tls")]
         "amqps" => Ok(Arc::new(dramaturg_amqp::AmqpBroker::connect(url).await?)),
+        #[cfg(feature = "postgres")]
+        "postgres" | "postgresql" => Ok(Arc::new(dramaturg_postgres::PgBroker::connect(url).await?)),
         other => Err(ConnectError::UnknownScheme { scheme: other.to_owned(), hint: hint() }),
     }
 }

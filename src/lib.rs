@@ -34,6 +34,10 @@ pub use dramaturg_error_capture as error_capture;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub use dramaturg_metrics as metrics;
+/// The PostgreSQL broker.
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use dramaturg_postgres as postgres;
 /// Rate and concurrency limits that hold across a fleet of workers.
 #[cfg(feature = "rate-limits")]
 #[cfg_attr(docsrs, doc(cfg(feature = "rate-limits")))]

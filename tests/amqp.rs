@@ -1136,7 +1136,7 @@ async fn dead_letter_caps_keep_only_the_newest_dead_letters() {
     assert_eq!(error.kind(), dramaturg::BrokerErrorKind::Unsuitable, "{error}");
     let text = error.to_string();
     assert!(text.contains(".dq") && text.contains("x-max-length") && text.contains("dead_letter_caps"), "{text}");
-    assert!(text.contains("delete the queue"), "{text}");
+    assert!(text.contains("drain the queue") && text.contains("delete it"), "{text}");
     assert_eq!(dead_reasons(&broker, &queue).await.len(), 2);
     // The broker with other caps still works for its own queues.
     let fresh = format!("{}dq-fresh", prefix());

@@ -95,6 +95,9 @@ async fn a_poison_message_is_dead_lettered_at_the_delivery_limit_then_found_and_
     // RabbitMQ dead-lettered it without this broker's headers: its key is
     // derived from its bytes, and the app finds it by the message's id.
     assert!(dead[0].key.starts_with("sha256:"), "{:?}", dead[0].key);
+    // Its time is RabbitMQ's (from the `x-death` header), not unknown.
+    let age = std::time::SystemTime::now().duration_since(dead[0].at).unwrap_or_default();
+    assert!(age < std::time::Duration::from_secs(120), "dead-lettered at {:?}", dead[0].at);
     let found = app.find_dead_letter(&queue, &id).await.unwrap().expect("found by the message's id");
     assert_eq!(found.key, dead[0].key);
     // Replayed, it is a new publish with a fresh delivery count, and runs.

@@ -123,6 +123,21 @@ async fn a_worker_killed_mid_run_with_queues_on_three_masters_loses_nothing() {
     }
 }
 
+/// How long after a send to `queue` an idle consumer of it (waiting
+/// 300 ms already) receives the message.
+async fn wake_latency(broker: &RedisBroker, queue: &str) -> Duration {
+    let mut consumer = broker.consume(queue, 1).await.unwrap();
+    let waiting = tokio::spawn(async move {
+        let delivery = consumer.next().await.unwrap();
+        delivery.settle(Settlement::Ack).await.unwrap();
+        Instant::now()
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sent_at = Instant::now();
+    broker.enqueue(Outgoing::new(queue, b"wake".to_vec())).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), waiting).await.unwrap().unwrap() - sent_at
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_consumers_on_every_master_wake_at_once() {
     if support::is_child() {
@@ -135,16 +150,7 @@ async fn idle_consumers_on_every_master_wake_at_once() {
     let broker = RedisBroker::with_config(config).await.unwrap();
     let queues = ["default", "cluster-a", "cluster-b"];
     for queue in queues {
-        let mut consumer = broker.consume(queue, 1).await.unwrap();
-        let waiting = tokio::spawn(async move {
-            let delivery = consumer.next().await.unwrap();
-            delivery.settle(Settlement::Ack).await.unwrap();
-            Instant::now()
-        });
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let sent_at = Instant::now();
-        broker.enqueue(Outgoing::new(queue, b"wake".to_vec())).await.unwrap();
-        let latency = tokio::time::timeout(Duration::from_secs(10), waiting).await.unwrap().unwrap() - sent_at;
+        let latency = wake_latency(&broker, queue).await;
         assert!(latency < Duration::from_secs(2), "{queue} on {}: woken after {latency:?}", master_of(queue));
     }
     broker.release().await.unwrap();
@@ -211,16 +217,7 @@ async fn subscriptions_move_on_from_a_seed_that_is_down() {
     let url = format!("redis+cluster://127.0.0.1:{down},127.0.0.1:7001,127.0.0.1:7002/");
     let config = RedisConfig::new(url).namespace(namespace()).max_block(Duration::from_secs(60));
     let broker = RedisBroker::with_config(config).await.unwrap();
-    let mut consumer = broker.consume("cluster-b", 1).await.unwrap();
-    let waiting = tokio::spawn(async move {
-        let delivery = consumer.next().await.unwrap();
-        delivery.settle(Settlement::Ack).await.unwrap();
-        Instant::now()
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let sent_at = Instant::now();
-    broker.enqueue(Outgoing::new("cluster-b", b"wake".to_vec())).await.unwrap();
-    let latency = tokio::time::timeout(Duration::from_secs(10), waiting).await.unwrap().unwrap() - sent_at;
+    let latency = wake_latency(&broker, "cluster-b").await;
     assert!(latency < Duration::from_secs(2), "woken after {latency:?}");
     let store = broker.store().unwrap();
     let ttl = Duration::from_secs(60);
@@ -247,16 +244,7 @@ async fn subscriptions_skip_a_seed_that_is_not_a_cluster_node() {
     let config = RedisConfig::new(url).namespace(namespace()).max_block(Duration::from_secs(60));
     let broker = RedisBroker::with_config(config).await.unwrap();
     for queue in ["default", "cluster-a", "cluster-b"] {
-        let mut consumer = broker.consume(queue, 1).await.unwrap();
-        let waiting = tokio::spawn(async move {
-            let delivery = consumer.next().await.unwrap();
-            delivery.settle(Settlement::Ack).await.unwrap();
-            Instant::now()
-        });
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let sent_at = Instant::now();
-        broker.enqueue(Outgoing::new(queue, b"wake".to_vec())).await.unwrap();
-        let latency = tokio::time::timeout(Duration::from_secs(10), waiting).await.unwrap().unwrap() - sent_at;
+        let latency = wake_latency(&broker, queue).await;
         assert!(latency < Duration::from_secs(2), "{queue}: woken after {latency:?}");
     }
     broker.release().await.unwrap();
@@ -278,6 +266,12 @@ async fn what_a_cluster_cannot_do_is_refused_with_a_reason() {
     };
     refused(RedisBroker::connect("redis://127.0.0.1:7000").await.unwrap_err(), "redis+cluster://");
     refused(RedisBroker::connect("redis+cluster://127.0.0.1:7000,127.0.0.1:7001/2").await.unwrap_err(), "database 0");
+    let database = RedisConfig::cluster(["redis://127.0.0.1:7000/3", "redis://127.0.0.1:7001"]);
+    refused(RedisBroker::with_config(database).await.unwrap_err(), "database 0");
+    refused(RedisBroker::connect("redis+cluster://127.0.0.1:6379/").await.unwrap_err(), "single server");
+    refused(RedisBroker::connect(&format!("{URL}?namespace=a&namespace=b")).await.unwrap_err(), "twice");
+    let misspelt = RedisBroker::connect("redis+cluster://127.0.0.1:7000/?passwd=hunter2").await.unwrap_err();
+    assert!(!format!("{misspelt} {misspelt:?}").contains("hunter2"), "{misspelt}");
     let braces = RedisConfig::new(URL).namespace("a{b}");
     refused(RedisBroker::with_config(braces).await.unwrap_err(), "namespace");
     let broker = broker_in(URL, &namespace()).await;

@@ -367,21 +367,23 @@ async fn jobs_finished_while_the_primary_is_demoted_run_exactly_once() {
     assert!(second.stats(&second.queues()[0]).await.unwrap().is_drained());
 }
 
-/// Counts its runs by tag, as [`Counted`] does, and keeps its result.
+/// Counts its runs by tag, as [`Counted`] does, and keeps its result: 2 KB,
+/// more than its message takes, so that a full server stays full as its
+/// messages are acked.
 #[derive(Actor, Serialize, Deserialize)]
-#[actor(store_results)]
+#[actor(output = String, store_results)]
 struct KeptCounted {
     tag: String,
     padding: String,
 }
 
 impl KeptCounted {
-    async fn perform(self, _ctx: &Context) -> Result<(), BoxError> {
+    async fn perform(self, _ctx: &Context) -> Result<String, BoxError> {
         let mut runs = RUNS.lock().unwrap();
         let counts = runs.get_or_insert_with(HashMap::new).entry(self.tag).or_default();
         counts.0 += 1;
         counts.1 += 1;
-        Ok(())
+        Ok("r".repeat(2048))
     }
 }
 
@@ -429,7 +431,7 @@ async fn a_full_redis_refuses_results_but_settles_their_acks() {
     assert!(app.stats(&app.queues()[0]).await.unwrap().is_drained());
     let mut kept = 0;
     for id in &sent {
-        if dramaturg::results::ResultHandle::<()>::new(&app, *id).get().await.is_ok() {
+        if dramaturg::results::ResultHandle::<String>::new(&app, *id).get().await.is_ok() {
             kept += 1;
         }
     }

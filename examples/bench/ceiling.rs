@@ -163,7 +163,7 @@ pub(crate) async fn amqp(
         let delivery = consumer.next().await.ok_or("the ceiling's consumer was cancelled")??;
         std::hint::black_box(&delivery.data);
         processed += 1;
-        if processed % every == 0 || processed == messages {
+        if processed.is_multiple_of(every) || processed == messages {
             consumer_channel.basic_ack(delivery.delivery_tag, BasicAckOptions { multiple: true }).await?;
         }
     }

@@ -66,8 +66,11 @@
 //!   that does not, and of the latter with `store_results` set per message
 //!   (which adds it and `needs` to every message). Last line: JSON with
 //!   `wake_ms_p50`, `wake_ms_p99`, `with_results_per_s`,
-//!   `without_results_per_s`, `results_cost_pct`, `per_message_per_s` and
-//!   `per_message_cost_pct` (medians).
+//!   `without_results_per_s`, `results_cost_pct`, `per_message_per_s`,
+//!   `per_message_cost_pct`, and the CPU time per message of this process
+//!   and the broker's server together (as in `throughput`) with and
+//!   without results, `with_results_cpu_us`, `without_results_cpu_us` and
+//!   `results_cpu_cost_pct` (medians).
 //!
 //! - `rate-limit` (feature `rate-limits`): N (default 2000) acquires, one
 //!   at a time, of a concurrency limiter (each permit released before the
@@ -84,8 +87,8 @@
 //!   served), interleaved. Last line: JSON with the medians
 //!   `with_metrics_per_s` and `without_metrics_per_s`, and
 //!   `metrics_cost_pct`; and the medians of the CPU time per message of
-//!   every thread of the process while the worker ran (`cpu_us_with`,
-//!   `cpu_us_without`, from `/proc/self/task/*/schedstat`: on a busy
+//!   the process while the worker ran (`cpu_us_with`,
+//!   `cpu_us_without`, from `/proc/self/stat`: on a busy
 //!   machine steadier than the rates) and `metrics_cpu_cost_pct`.
 //!
 //! - `pause`: a producer sends a message every 5 ms to an idle worker; N
@@ -1041,7 +1044,13 @@ enum Keeping {
 
 /// Processing rate of `messages` no-op messages that keep their results
 /// as `keeping` says.
-async fn kept_rate(app: &App, messages: u64, keeping: Keeping, concurrency: usize) -> Result<f64, BoxError> {
+async fn kept_rate(
+    app: &App,
+    messages: u64,
+    keeping: Keeping,
+    concurrency: usize,
+    server: Option<u32>,
+) -> Result<(f64, cpu::CpuPerMessage), BoxError> {
     let per_message = SendOptions::default().with_options(|o| o.with_option(dramaturg::results::STORE_RESULTS, true));
     for n in 0..messages {
         match keeping {
@@ -1050,12 +1059,13 @@ async fn kept_rate(app: &App, messages: u64, keeping: Keeping, concurrency: usiz
             Keeping::PerMessage => drop(Plain { n }.send_with(app, per_message.clone()).await?),
         }
     }
-    let started = Instant::now();
+    let (started, meter) = (Instant::now(), cpu::CpuMeter::start(server));
     let report = Worker::new(app.clone()).concurrency(concurrency).run_until_drained(Duration::from_secs(3600)).await?;
+    let rate = messages as f64 / started.elapsed().as_secs_f64();
     if report.succeeded != messages {
         return Err(format!("expected {messages} processed, got {report:?}").into());
     }
-    Ok(messages as f64 / started.elapsed().as_secs_f64())
+    Ok((rate, meter.per_message(messages)))
 }
 
 async fn results(args: &Args) -> Result<(), BoxError> {
@@ -1086,21 +1096,37 @@ async fn results(args: &Args) -> Result<(), BoxError> {
     let (p50, p99) = (percentile(&wakes, 0.5), percentile(&wakes, 0.99));
 
     let throughput = (messages * 10).max(2000);
+    let server = cpu::server_pid(&args.broker).await?;
     let (mut with, mut without, mut per_message) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..3 {
-        without.push(kept_rate(&app, throughput, Keeping::Not, args.concurrency).await?);
-        with.push(kept_rate(&app, throughput, Keeping::ByActor, args.concurrency).await?);
-        per_message.push(kept_rate(&app, throughput, Keeping::PerMessage, args.concurrency).await?);
+        without.push(kept_rate(&app, throughput, Keeping::Not, args.concurrency, server).await?);
+        with.push(kept_rate(&app, throughput, Keeping::ByActor, args.concurrency, server).await?);
+        per_message.push(kept_rate(&app, throughput, Keeping::PerMessage, args.concurrency, server).await?);
     }
-    let (with, without, per_message) = (median(with), median(without), median(per_message));
-    let cost = (1.0 - with / without) * 100.0;
-    let per_message_cost = (1.0 - per_message / without) * 100.0;
+    let rate = |runs: &[(f64, cpu::CpuPerMessage)]| median(runs.iter().map(|(rate, _)| *rate).collect());
+    // CPU of the worker and the server together: what keeping results
+    // costs the machine, steadier than the rates on a busy one.
+    let cpu_us = |runs: &[(f64, cpu::CpuPerMessage)]| {
+        median(runs.iter().map(|(_, cpu)| cpu.worker_us + cpu.server_us.unwrap_or(0.0)).collect())
+    };
+    let (with_rate, without_rate, per_message_rate) = (rate(&with), rate(&without), rate(&per_message));
+    let cost = (1.0 - with_rate / without_rate) * 100.0;
+    let per_message_cost = (1.0 - per_message_rate / without_rate) * 100.0;
+    let (with_cpu, without_cpu) = (cpu_us(&with), cpu_us(&without));
+    let cpu_cost = (with_cpu / without_cpu - 1.0) * 100.0;
     println!("scenario:    results ({broker_name}, {messages} waits; {throughput} messages x3 each way)");
     println!("wake-up after the actor's end: p50 {p50:.3} ms, p99 {p99:.3} ms");
-    println!("processing: {with:.0} msgs/s keeping results, {without:.0} without ({cost:.1}% cost)");
-    println!("            {per_message:.0} msgs/s keeping them by a per-message option ({per_message_cost:.1}% cost)");
+    println!("processing: {with_rate:.0} msgs/s keeping results, {without_rate:.0} without ({cost:.1}% cost)");
     println!(
-        "{{\"scenario\":\"results\",\"broker\":\"{broker_name}\",\"messages\":{messages},\"wake_ms_p50\":{p50:.3},\"wake_ms_p99\":{p99:.3},\"with_results_per_s\":{with:.0},\"without_results_per_s\":{without:.0},\"results_cost_pct\":{cost:.1},\"per_message_per_s\":{per_message:.0},\"per_message_cost_pct\":{per_message_cost:.1}}}"
+        "            {per_message_rate:.0} msgs/s keeping them by a per-message option ({per_message_cost:.1}% cost)"
+    );
+    println!("CPU (worker and server): {with_cpu:.1} µs per message keeping results, {without_cpu:.1} without ({cpu_cost:.1}% more)");
+    for (name, runs) in [("keeping results", &with), ("without", &without)] {
+        let parts: Vec<String> = runs.iter().map(|(_, cpu)| cpu.text()).collect();
+        println!("  {name}: {}", parts.join("; "));
+    }
+    println!(
+        "{{\"scenario\":\"results\",\"broker\":\"{broker_name}\",\"messages\":{messages},\"wake_ms_p50\":{p50:.3},\"wake_ms_p99\":{p99:.3},\"with_results_per_s\":{with_rate:.0},\"without_results_per_s\":{without_rate:.0},\"results_cost_pct\":{cost:.1},\"per_message_per_s\":{per_message_rate:.0},\"per_message_cost_pct\":{per_message_cost:.1},\"with_results_cpu_us\":{with_cpu:.2},\"without_results_cpu_us\":{without_cpu:.2},\"results_cpu_cost_pct\":{cpu_cost:.1}}}"
     );
     Ok(())
 }
@@ -1109,20 +1135,6 @@ async fn results(args: &Args) -> Result<(), BoxError> {
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
-}
-
-/// The CPU time of every thread of this process so far, in nanoseconds
-/// (`/proc/self/task/*/schedstat`): unlike the wall clock, it does not
-/// count the time other processes of a busy machine took.
-#[cfg(feature = "prometheus")]
-fn cpu_ns() -> Result<u64, BoxError> {
-    let mut total = 0;
-    for task in std::fs::read_dir("/proc/self/task")? {
-        // A thread that ended meanwhile has no file any more.
-        let Ok(stat) = std::fs::read_to_string(task?.path().join("schedstat")) else { continue };
-        total += stat.split_whitespace().next().ok_or("empty schedstat")?.parse::<u64>()?;
-    }
-    Ok(total)
 }
 
 /// Processing rate of `messages` `Noop` messages sent in batches of `batch`
@@ -1134,10 +1146,10 @@ async fn noop_rate(app: &App, messages: u64, args: &Args) -> Result<(f64, f64), 
     for chunk in batch.chunks(args.batch) {
         app.send_many(chunk).await?;
     }
-    let (started, cpu) = (Instant::now(), cpu_ns()?);
+    let (started, meter) = (Instant::now(), cpu::CpuMeter::start(None));
     let report =
         Worker::new(app.clone()).concurrency(args.concurrency).run_until_drained(Duration::from_secs(3600)).await?;
-    let cpu_us = (cpu_ns()? - cpu) as f64 / 1e3 / messages as f64;
+    let cpu_us = meter.per_message(messages).worker_us;
     if report.succeeded != messages {
         return Err(format!("expected {messages} processed, got {report:?}").into());
     }

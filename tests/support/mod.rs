@@ -14,6 +14,8 @@ use dramaturg::prelude::*;
 use dramaturg::BoxError;
 use serde::{Deserialize, Serialize};
 
+#[cfg(feature = "postgres")]
+pub(crate) mod postgres;
 pub(crate) mod python;
 
 /// The environment variable that turns a test binary into a worker child.

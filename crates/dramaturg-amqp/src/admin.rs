@@ -53,8 +53,24 @@ fn dead_letter(delivery: &lapin::message::Delivery) -> DeadLetter {
                 Some(reason) => format!("dead-lettered by RabbitMQ: {reason}"),
                 None => "dead-lettered by RabbitMQ".into(),
             }),
-        properties.timestamp().map_or(UNIX_EPOCH, |t| UNIX_EPOCH + Duration::from_secs(t)),
+        properties
+            .timestamp()
+            .or_else(|| death_time(properties))
+            .map_or(UNIX_EPOCH, |t| UNIX_EPOCH + Duration::from_secs(t)),
     )
+}
+
+/// When RabbitMQ dead-lettered the message, in seconds since the Unix
+/// epoch: the `time` of the latest entry of its `x-death` header, which
+/// RabbitMQ adds to what it dead-letters itself (a quorum queue's
+/// delivery limit, a message's own TTL).
+fn death_time(properties: &lapin::BasicProperties) -> Option<u64> {
+    let AMQPValue::FieldArray(deaths) = properties.headers().as_ref()?.inner().get("x-death")? else { return None };
+    let AMQPValue::FieldTable(latest) = deaths.as_slice().first()? else { return None };
+    match latest.inner().get("time")? {
+        AMQPValue::Timestamp(seconds) => Some(*seconds),
+        _ => None,
+    }
 }
 
 /// The key of a dead letter that carries none: `sha256:` and the first 16

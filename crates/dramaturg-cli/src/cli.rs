@@ -4,13 +4,14 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-/// See and operate dramaturg's queues on Redis and RabbitMQ.
+/// See and operate dramaturg's queues on Redis, RabbitMQ and PostgreSQL.
 ///
 /// Every command talks to the broker at --broker (or DRAMATURG_BROKER):
 /// redis://[:password@]host[:port][/db][?namespace=ns],
 /// redis+cluster://[:password@]host:port,host:port/[?namespace=ns] (a Redis
-/// Cluster) or amqp://user:password@host[:port]/vhost. Passwords are never
-/// printed.
+/// Cluster), amqp://user:password@host[:port]/vhost or
+/// postgres://user[:password]@host[:port]/database[?schema=s]. Passwords are
+/// never printed.
 ///
 /// Output is a table for people; --json prints JSON for scripts (one
 /// document on stdout; errors go to stderr as text).

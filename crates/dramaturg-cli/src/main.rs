@@ -1,4 +1,4 @@
-//! `dramaturg`: see and operate dramaturg's queues on Redis and RabbitMQ.
+//! `dramaturg`: see and operate dramaturg's queues on Redis, RabbitMQ and PostgreSQL.
 //!
 //! `dramaturg --help` explains the commands and the exit codes; the
 //! operations guide (`docs/operations.md`) is the reference.

@@ -1,4 +1,5 @@
-//! The built `dramaturg` binary against the real Redis and RabbitMQ: every
+//! The built `dramaturg` binary against the real Redis, RabbitMQ and
+//! PostgreSQL: every
 //! subcommand, in both output formats; bad URLs, bad input and unknown ids
 //! give a clear error and a non-zero exit code.
 
@@ -15,6 +16,7 @@ use serde_json::Value;
 
 const REDIS: &str = "redis://127.0.0.1:6379";
 const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+const POSTGRES: &str = "postgres://root@127.0.0.1:5432/test";
 
 /// The actor the workers of these tests run.
 #[derive(Actor, Serialize, Deserialize)]
@@ -247,6 +249,32 @@ fn pause_round_trip(url: &str, queue: &str) {
     ok(url, &["purge", queue]);
 }
 
+/// Drops a PostgreSQL schema when dropped, at the end of its test.
+struct DropSchema(String);
+
+impl Drop for DropSchema {
+    fn drop(&mut self) {
+        let drop = format!("set client_min_messages = warning; drop schema if exists \"{}\" cascade", self.0);
+        let _ = Command::new("psql").args(["-h", "127.0.0.1", "-U", "root", "test", "-qc", &drop]).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_every_command() {
+    let schema = format!("cli_{}", unique().replace('-', "_"));
+    let _drop = DropSchema(schema.clone());
+    let url = format!("{POSTGRES}?schema={schema}");
+    let queue = "cli-greet";
+    dead_letter_round_trip(&url, queue).await;
+    pause_round_trip(&url, "cli-pause");
+    ok(&url, &["send", "greet", "-q", queue, "--args", r#"{"name":"eve"}"#]);
+    let all = json(&url, &["queues"]);
+    assert_eq!(all.as_array().unwrap().len(), 1, "{all}");
+    assert_eq!(all[0]["queue"], queue);
+    assert_eq!(all[0]["in_flight"], 0, "PostgreSQL counts every worker's deliveries");
+    assert_eq!(json(&url, &["workers"]), Value::Array(Vec::new()), "nobody consumes");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_every_command() {
     let queue = format!("cli-{}", unique());
@@ -301,7 +329,11 @@ fn bad_urls_and_usage_fail_clearly() {
     let stderr = fails(Some("redis://127.0.0.1:6379/0?namspace=billing"), &["queues", "q"], 2);
     assert!(stderr.contains("\"namspace\" is unknown") && stderr.contains("namespace"), "{stderr}");
     // Known parameters still work: the broker's own and the client's.
-    ok("redis://127.0.0.1:6379/0?namespace=cli-params&db=0", &["queues", "q"]);
+    ok("redis://127.0.0.1:6379/0?namespace=cli-params&protocol=resp3", &["queues", "q"]);
+    // The client reads `db` from a Unix socket URL's query only: over TCP it
+    // would be ignored, so it is refused.
+    let stderr = fails(Some("redis://127.0.0.1:6379/?namespace=cli-params&db=3"), &["queues", "q"], 2);
+    assert!(stderr.contains("Unix socket"), "{stderr}");
     ok("amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=10&send_timeout_ms=5000", &["queues", "q"]);
     // Mistyped URLs, whose user part no URL parser finds, hide it too.
     for typo in

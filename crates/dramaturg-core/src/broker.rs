@@ -1077,8 +1077,10 @@ pub trait QueueBrowser: Send + Sync {
 }
 
 /// `url` with the password of its user part, and the values of its query
-/// parameters `pass` and `password` (where some clients read a password),
-/// replaced by `***`, for logs, errors and `Debug` output.
+/// parameters whose names suggest a secret (`pass`, `password`, `passwd`,
+/// `pwd`, `auth`, `token`, …: some clients read a password there, and a
+/// misspelt one must not show either), replaced by `***`, for logs, errors
+/// and `Debug` output.
 ///
 /// # Examples
 ///
@@ -1095,6 +1097,8 @@ pub trait QueueBrowser: Send + Sync {
 /// assert_eq!(redact_password("secret@host"), "***@host");
 /// assert_eq!(redact_password("redis+unix:///run/redis.sock?user=app&pass=secret"), "redis+unix:///run/redis.sock?user=app&pass=***");
 /// assert_eq!(redact_password("redis://h?password=secret#x"), "redis://h?password=***#x");
+/// assert_eq!(redact_password("redis://h/?namespace=a&passwd=secret"), "redis://h/?namespace=a&passwd=***");
+/// assert_eq!(redact_password("redis://h/?PWD=secret&auth=secret"), "redis://h/?PWD=***&auth=***");
 /// assert_eq!(redact_password("redis://:pa?ss#word@h/0"), "redis://:***@h/0");
 /// ```
 pub fn redact_password(url: &str) -> String {
@@ -1110,16 +1114,22 @@ pub fn redact_password(url: &str) -> String {
     redacted
 }
 
-/// `query` (without its `?`) with the values of `pass` and `password`
-/// replaced by `***`.
+/// `query` (without its `?`) with the values of the parameters that may
+/// hold a secret ([`may_hold_a_secret`]) replaced by `***`.
 fn redact_query(query: &str) -> String {
     let pairs = query.split('&').map(|pair| match pair.split_once('=') {
-        Some((name, _)) if name.eq_ignore_ascii_case("pass") || name.eq_ignore_ascii_case("password") => {
-            format!("{name}=***")
-        }
+        Some((name, _)) if may_hold_a_secret(name) => format!("{name}=***"),
         _ => pair.to_owned(),
     });
     pairs.collect::<Vec<_>>().join("&")
+}
+
+/// Whether a query parameter named `name` may hold a secret: its name, in
+/// any case, holds `pass`, `pwd`, `secret`, `token` or `credential`, or is
+/// `auth` (so that a misspelt `passwd=` is hidden as `pass=` is).
+fn may_hold_a_secret(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    name == "auth" || ["pass", "pwd", "secret", "token", "credential"].iter().any(|word| name.contains(word))
 }
 
 /// `url` with the password of its user part replaced by `***`.
@@ -1142,7 +1152,8 @@ fn redact_user_password(url: &str) -> String {
 
 /// Refuses a broker URL whose query names a parameter outside `known`
 /// (a typo such as `?namspace=billing` would otherwise be ignored, and the
-/// broker would use the default). `known` lists every parameter that the
+/// broker would use the default), or one parameter twice (which of the
+/// two applies would depend on who reads it). `known` lists every parameter that the
 /// broker or its client reads; the fragment (after `#`) is not looked at.
 ///
 /// # Errors
@@ -1157,26 +1168,28 @@ fn redact_user_password(url: &str) -> String {
 /// assert!(check_url_parameters("redis://h/0?namespace=billing", &["namespace", "db"]).is_ok());
 /// let error = check_url_parameters("redis://h/0?namspace=billing", &["namespace", "db"]).unwrap_err();
 /// assert!(error.to_string().contains("namspace"), "{error}");
+/// assert!(check_url_parameters("redis://h/0?db=1&db=2", &["db"]).is_err());
 /// ```
 pub fn check_url_parameters(url: &str, known: &[&str]) -> Result<(), BrokerError> {
     let Some((_, query)) = url.split_once('?') else { return Ok(()) };
     let query = query.split_once('#').map_or(query, |(query, _)| query);
-    let unknown = query
+    let names: Vec<&str> = query
         .split('&')
         .filter(|pair| !pair.is_empty())
         .map(|pair| pair.split_once('=').map_or(pair, |(name, _)| name))
-        .find(|name| !known.contains(name));
-    match unknown {
-        None => Ok(()),
-        Some(name) => Err(BrokerError::new(
-            crate::BrokerErrorKind::InvalidInput,
-            format!(
-                "the URL's query parameter {:?} is unknown; this broker reads {}",
-                crate::Bounded::quoted(name),
-                known.join(", ")
-            ),
-        )),
+        .collect();
+    let invalid = |message: String| Err(BrokerError::new(crate::BrokerErrorKind::InvalidInput, message));
+    if let Some(name) = names.iter().find(|name| !known.contains(name)) {
+        return invalid(format!(
+            "the URL's query parameter {:?} is unknown; this broker reads {}",
+            crate::Bounded::quoted(name),
+            known.join(", ")
+        ));
     }
+    if let Some(name) = names.iter().enumerate().find_map(|(i, name)| names[..i].contains(name).then_some(name)) {
+        return invalid(format!("the URL's query parameter {name:?} is given twice; give it once"));
+    }
+    Ok(())
 }
 
 /// The value of query parameter `name` in `url` (as written, not

@@ -260,11 +260,14 @@ pub(crate) fn cluster_database(url: &str) -> Option<&str> {
 
 /// The `redis+cluster://` URL of the node URLs `nodes` (`redis://…`, or
 /// `rediss://…` for TLS): their addresses joined, with the first node's
-/// user, password and query.
+/// scheme, user, password and query, and the first database number other
+/// than 0 that a node names (which connecting then refuses: a cluster has
+/// database 0 only).
 pub(crate) fn cluster_url<S: AsRef<str>>(nodes: &[S]) -> String {
     let mut scheme = "redis";
     let mut userinfo = "";
     let mut query = "";
+    let mut database = "";
     let mut hosts = Vec::with_capacity(nodes.len());
     for (i, node) in nodes.iter().enumerate() {
         let node = node.as_ref();
@@ -276,11 +279,15 @@ pub(crate) fn cluster_url<S: AsRef<str>>(nodes: &[S]) -> String {
             userinfo = user;
             query = tail.split_once('?').map_or("", |(_, q)| q);
         }
+        let path = tail.split(['?', '#']).next().unwrap_or_default().trim_matches('/');
+        if database.is_empty() && !path.is_empty() && path != "0" {
+            database = path;
+        }
         hosts.push(host);
     }
     let at = if userinfo.is_empty() { "" } else { "@" };
     let query = if query.is_empty() { String::new() } else { format!("?{query}") };
-    format!("{scheme}+cluster://{userinfo}{at}{}/{query}", hosts.join(","))
+    format!("{scheme}+cluster://{userinfo}{at}{}/{database}{query}", hosts.join(","))
 }
 
 #[cfg(test)]
@@ -298,6 +305,9 @@ mod tests {
         let url = cluster_url(&["redis://u:pw@a:7000/?protocol=resp3", "redis://b:7001"]);
         assert_eq!(url, "redis+cluster://u:pw@a:7000,b:7001/?protocol=resp3");
         assert_eq!(cluster_nodes(&url).unwrap().len(), 2);
+        let url = cluster_url(&["redis://a:7000/0", "redis://b:7001/3?x=1"]);
+        assert_eq!(url, "redis+cluster://a:7000,b:7001/3");
+        assert_eq!(cluster_database(&url), Some("3"));
     }
 
     #[test]

@@ -19,8 +19,8 @@
 //!   wake-up that the scripts publish when a message lands in its empty
 //!   queue (or a delayed one falls due sooner), through one pub/sub
 //!   subscription per worker, and looks again every `max_block` (5 s) at
-//!   the latest. A worker holds three connections however many queues it
-//!   consumes.
+//!   the latest. A worker holds four connections however many queues it
+//!   consumes (see `docs/redis.md`).
 //! - **Delayed messages live in Redis**, in a sorted set by due time, and are
 //!   moved to their queue atomically when due. A delay of hours costs nothing
 //!   and survives restarts of every worker.
@@ -310,6 +310,12 @@ impl RedisConfig {
     /// counts as dead and its claimed messages are returned to their queues.
     /// Each worker records its timeout with its beats, and the others judge
     /// it by that one, so workers with different timeouts can share queues.
+    /// The interval is at least 10 ms and the timeout at least the
+    /// interval (smaller values are raised to those); keep the timeout
+    /// several intervals long (the defaults: 3 s and 15 s), since up to one
+    /// interval may have passed since a worker's last beat when it stalls —
+    /// a stall longer than the timeout minus one interval may already count
+    /// as a death.
     #[must_use]
     pub fn heartbeat(mut self, interval: Duration, timeout: Duration) -> Self {
         self.heartbeat_interval = interval.max(Duration::from_millis(10));
@@ -492,9 +498,13 @@ fn check_url(url: &str) -> Result<(), BrokerError> {
     let socket_only =
         UNIX_URL_PARAMETERS.iter().find(|name| dramaturg_core::broker::query_parameter(url, name).is_some());
     if let Some(name) = socket_only {
+        let form = if conn::cluster_nodes(url).is_some() {
+            "the user and password in the URL itself: redis+cluster://user:password@host:port,host:port/"
+        } else {
+            "the user, password and database in the URL itself: redis://user:password@host:port/db"
+        };
         return invalid(format!(
-            "the URL's query parameter {name:?} is read for Unix socket URLs only; over TCP give the user, password \
-             and database in the URL itself: redis://user:password@host:port/db"
+            "the URL's query parameter {name:?} is read for Unix socket URLs only; over TCP give {form}"
         ));
     }
     if let Some(db) = conn::cluster_database(url) {
@@ -528,7 +538,16 @@ async fn connect_endpoint(config: &RedisConfig) -> Result<(Endpoint, Conn), Brok
         response: Duration::from_secs(10),
         max_delay: Duration::from_secs(2),
     };
-    let conn = endpoint.connect(timeouts).await.map_err(|e| broker_error(e, &format!("connecting to {shown}")))?;
+    let conn = endpoint.connect(timeouts).await.map_err(|e| {
+        if e.to_string().contains("cluster support disabled") {
+            let message = format!(
+                "redis: {shown} names a Redis Cluster, but its nodes are single servers (cluster support \
+                 disabled): use redis://host:port for a single server"
+            );
+            return BrokerError::new(BrokerErrorKind::InvalidInput, message).with_source(e);
+        }
+        broker_error(e, &format!("connecting to {shown}"))
+    })?;
     Ok((endpoint, conn))
 }
 

@@ -119,28 +119,79 @@ impl App {
     /// # Cancel safety
     ///
     /// If cancelled, the message may or may not have been enqueued.
-    pub async fn enqueue(&self, mut message: Message, delay: Option<Duration>) -> Result<MessageId, EnqueueError> {
-        self.before_enqueue(&mut message)?;
-        if !self.claims_on_send() {
-            return self.hand_over(message, delay).await;
-        }
-        self.claim(&mut message).await?;
-        let claimed = message.clone();
-        let sent = self.hand_over(message, delay).await;
-        if sent.is_err() {
-            self.release_claims(&claimed, self.inner.claimers.len()).await;
-        }
-        sent
+    pub async fn enqueue(&self, message: Message, delay: Option<Duration>) -> Result<MessageId, EnqueueError> {
+        let broker = &self.inner.broker;
+        self.enqueue_through(message, delay, |outgoing| broker.enqueue(outgoing)).await
     }
 
-    /// Checks, encodes and hands over a message whose enqueue hooks ran.
-    async fn hand_over(&self, message: Message, delay: Option<Duration>) -> Result<MessageId, EnqueueError> {
-        let (id, outgoing, delayed) = self.outgoing(message, delay)?;
-        self.inner.broker.enqueue(outgoing).await?;
-        if let Some(delayed) = delayed {
-            self.after_delayed_enqueue(&delayed).await;
+    /// Sends `actor` as [`App::send`] does — enqueue hooks, send claims,
+    /// option, delay and size checks, encoding — but hands the encoded
+    /// message to `hand_over` instead of the app's broker: for brokers that
+    /// can store a message as part of work of the caller's own, such as
+    /// the PostgreSQL broker's enqueue inside the caller's database
+    /// transaction (`PgBroker::send_in`), so that the message is sent
+    /// exactly when that work commits.
+    ///
+    /// Middleware that claim something on every send (unique jobs) make
+    /// their claim before `hand_over` runs and release it when it fails;
+    /// a claim whose message is rolled back later is kept until it
+    /// expires, as for a message that was sent and then purged.
+    ///
+    /// # Errors
+    ///
+    /// As [`App::send`]; the error of `hand_over` as
+    /// [`EnqueueError::Broker`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`App::enqueue`]: if cancelled, `hand_over` may or may not have
+    /// run.
+    pub async fn send_through<A, F, Fut>(
+        &self,
+        actor: &A,
+        options: SendOptions,
+        hand_over: F,
+    ) -> Result<Sent<A>, EnqueueError>
+    where
+        A: Actor,
+        F: FnOnce(Outgoing) -> Fut,
+        Fut: Future<Output = Result<(), crate::BrokerError>>,
+    {
+        let message = self.message(actor, options.options)?;
+        self.enqueue_through(message, options.delay, hand_over).await.map(Sent::from_id)
+    }
+
+    /// [`App::enqueue`], handing the encoded message to `hand_over`.
+    async fn enqueue_through<F, Fut>(
+        &self,
+        mut message: Message,
+        delay: Option<Duration>,
+        hand_over: F,
+    ) -> Result<MessageId, EnqueueError>
+    where
+        F: FnOnce(Outgoing) -> Fut,
+        Fut: Future<Output = Result<(), crate::BrokerError>>,
+    {
+        self.before_enqueue(&mut message)?;
+        let claimed = if self.claims_on_send() {
+            self.claim(&mut message).await?;
+            Some(message.clone())
+        } else {
+            None
+        };
+        let sent = async {
+            let (id, outgoing, delayed) = self.outgoing(message, delay)?;
+            hand_over(outgoing).await?;
+            if let Some(delayed) = delayed {
+                self.after_delayed_enqueue(&delayed).await;
+            }
+            Ok(id)
         }
-        Ok(id)
+        .await;
+        if let (Err(_), Some(claimed)) = (&sent, &claimed) {
+            self.release_claims(claimed, self.inner.claimers.len()).await;
+        }
+        sent
     }
 
     /// Whether a middleware of the stack claims something on every send

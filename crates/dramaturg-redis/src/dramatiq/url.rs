@@ -18,22 +18,34 @@ pub(crate) struct Params {
     pub(crate) namespace: Option<String>,
 }
 
-/// `url` without this crate's parameters, and what they chose.
+/// `url` without this crate's parameters, and what they chose. The
+/// fragment (`#insecure`, read by the client for `rediss://`) is kept, not
+/// read as part of a value; a parameter of ours given twice is left in the
+/// URL, unread, so that connecting refuses it.
 pub(crate) fn take_params(url: &str) -> (String, Params) {
-    let Some((base, query)) = url.split_once('?') else { return (url.to_owned(), Params::default()) };
+    let (url, fragment) = url.split_once('#').map_or((url, None), |(url, fragment)| (url, Some(fragment)));
+    let fragment = fragment.map(|fragment| format!("#{fragment}")).unwrap_or_default();
+    let Some((base, query)) = url.split_once('?') else { return (format!("{url}{fragment}"), Params::default()) };
     let mut params = Params::default();
     let mut kept = Vec::new();
+    // The client's own `protocol=resp2|resp3` shares the name: not ours.
+    let ours =
+        |name: &str, value: &str| name == "namespace" || (name == "protocol" && !matches!(value, "resp2" | "resp3"));
+    let given = |name: &str| {
+        query.split('&').filter_map(|pair| pair.split_once('=')).filter(|(n, v)| *n == name && ours(n, v)).count()
+    };
+    let once = |name: &str| given(name) == 1;
     for pair in query.split('&') {
         match pair.split_once('=') {
-            Some(("protocol", value)) if !matches!(value, "resp2" | "resp3") => {
+            Some(("protocol", value)) if !matches!(value, "resp2" | "resp3") && once("protocol") => {
                 params.protocol = Some(value.parse::<Protocol>().map_err(|_| value.to_owned()));
             }
-            Some(("namespace", value)) => params.namespace = Some(value.to_owned()),
+            Some(("namespace", value)) if once("namespace") => params.namespace = Some(value.to_owned()),
             _ => kept.push(pair),
         }
     }
     let url = if kept.is_empty() { base.to_owned() } else { format!("{base}?{}", kept.join("&")) };
-    (url, params)
+    (format!("{url}{fragment}"), params)
 }
 
 #[cfg(test)]
@@ -56,5 +68,9 @@ mod tests {
         let (url, params) = take_params("redis://h/0?protocol=dramatiq&namespace=billing");
         assert_eq!(url, "redis://h/0");
         assert_eq!(params.namespace.as_deref(), Some("billing"));
+        let (url, params) = take_params("rediss://h/0?namespace=billing#insecure");
+        assert_eq!((url.as_str(), params.namespace.as_deref()), ("rediss://h/0#insecure", Some("billing")));
+        let (url, params) = take_params("redis://h/0?namespace=a&namespace=b");
+        assert_eq!((url.as_str(), params.namespace), ("redis://h/0?namespace=a&namespace=b", None));
     }
 }

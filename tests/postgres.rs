@@ -1,0 +1,247 @@
+//! The PostgreSQL broker against the real server: a send that commits or
+//! rolls back with the caller's transaction, a worker killed with SIGKILL,
+//! `postgres://` URLs, and secrets kept out of errors. Each test works in
+//! a schema of its own, dropped when it ends.
+
+#![cfg(feature = "postgres")]
+#![allow(clippy::unwrap_used)] // Tests may panic on the unexpected.
+
+mod support;
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use dramaturg::postgres::sqlx;
+use dramaturg::prelude::*;
+use dramaturg::{BoxError, Broker as _, BrokerErrorKind, Outgoing, QueueAdmin, SendOptions};
+use serde::{Deserialize, Serialize};
+
+use support::postgres::{broker_in, own_schema, URL};
+use support::Numbered;
+
+/// The orders an [`Invoice`] ran for, in this process.
+static INVOICED: Mutex<Vec<i64>> = Mutex::new(Vec::new());
+
+#[derive(Actor, Serialize, Deserialize)]
+struct Invoice {
+    order: i64,
+}
+
+impl Invoice {
+    async fn perform(self, _ctx: &Context) -> Result<(), BoxError> {
+        INVOICED.lock().unwrap().push(self.order);
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_in_a_transaction_commits_or_rolls_back_with_it() {
+    if support::is_child() {
+        return;
+    }
+    let (schema, _drop) = own_schema();
+    let broker = broker_in(&schema).await;
+    let app = dramaturg::app(broker.clone()).actor::<Invoice>().build().unwrap();
+    let queue = app.queues()[0].clone();
+    let pool = broker.pool();
+    sqlx::query(&format!("CREATE TABLE \"{schema}\".orders (id bigint PRIMARY KEY)")).execute(pool).await.unwrap();
+    let insert = format!("INSERT INTO \"{schema}\".orders (id) VALUES ($1)");
+    let order = |id: i64| sqlx::query(&insert).bind(id);
+
+    // Rolled back: neither the order nor its job.
+    let mut tx = pool.begin().await.unwrap();
+    order(1).execute(&mut *tx).await.unwrap();
+    broker.send_in(&mut tx, &app, &Invoice { order: 1 }, SendOptions::default()).await.unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(broker.stats(&queue).await.unwrap().ready, 0, "a rolled-back send leaves no job");
+
+    // Committed: the job appears with the order, not before.
+    let mut tx = pool.begin().await.unwrap();
+    order(2).execute(&mut *tx).await.unwrap();
+    let sent = broker.send_in(&mut tx, &app, &Invoice { order: 2 }, SendOptions::default()).await.unwrap();
+    assert_eq!(broker.stats(&queue).await.unwrap().ready, 0, "not visible before the commit");
+    tx.commit().await.unwrap();
+    assert_eq!(broker.stats(&queue).await.unwrap().ready, 1);
+
+    // A message the app refuses never reaches the transaction.
+    let mut tx = pool.begin().await.unwrap();
+    let too_long = SendOptions::default().with_delay(Duration::from_secs(400 * 24 * 3600));
+    let refused = broker.send_in(&mut tx, &app, &Invoice { order: 3 }, too_long).await;
+    assert!(matches!(refused, Err(dramaturg::EnqueueError::DelayTooLong { .. })), "{refused:?}");
+    tx.commit().await.unwrap();
+
+    let worker = Worker::new(app.clone());
+    let shutdown = worker.shutdown_handle();
+    let running = tokio::spawn(worker.run());
+    support::wait_for("the committed job", Duration::from_secs(10), || INVOICED.lock().unwrap().contains(&2)).await;
+    app.join(Duration::from_secs(10)).await.unwrap();
+    shutdown.shutdown();
+    let report = running.await.unwrap().unwrap();
+    assert_eq!(report.succeeded, 1, "exactly one job ran: {report:?} (sent {sent:?})");
+    assert_eq!(*INVOICED.lock().unwrap(), [2]);
+    assert!(broker.stats(&queue).await.unwrap().is_drained());
+}
+
+/// The child: a worker process recording to a file, until SIGTERM.
+#[test]
+fn postgres_worker_child() {
+    support::run_worker_child(|schema| async move {
+        dramaturg::app(broker_in(&schema).await).actor::<Numbered>().build().unwrap()
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_run_loses_nothing() {
+    if support::is_child() {
+        return;
+    }
+    let (schema, _drop) = own_schema();
+    let app = dramaturg::app(broker_in(&schema).await).actor::<Numbered>().build().unwrap();
+    let (duplicates, recovery) = support::kill_one_of_two_workers(&app, "postgres_worker_child", &schema, 2000).await;
+    println!("2000 of 2000 processed at least once, {duplicates} duplicates, all done {recovery:?} after the kill");
+    let stats = app.admin().unwrap().stats(&app.queues()[0]).await.unwrap();
+    assert!(stats.is_drained(), "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_takes_postgres_urls_with_a_schema() {
+    if support::is_child() {
+        return;
+    }
+    let (schema, _drop) = own_schema();
+    for scheme in ["postgres", "postgresql"] {
+        let url = format!("{scheme}://root@127.0.0.1:5432/test?schema={schema}");
+        let broker = dramaturg::connect(&url).await.unwrap();
+        broker.enqueue(Outgoing::new("q", b"x".to_vec())).await.unwrap();
+    }
+    let broker = broker_in(&schema).await;
+    assert_eq!(broker.stats("q").await.unwrap().ready, 2, "both URLs reached the same schema");
+
+    let typo = dramaturg::connect(&format!("{URL}?schema={schema}&shema=x")).await.unwrap_err();
+    assert!(typo.to_string().contains("shema"), "{typo}");
+    let bad_schema = dramaturg::connect(&format!("{URL}?schema=no-dashes")).await.unwrap_err();
+    assert!(bad_schema.to_string().contains("invalid schema name"), "{bad_schema}");
+}
+
+#[tokio::test]
+async fn errors_name_the_url_without_its_password() {
+    if support::is_child() {
+        return;
+    }
+    // Nobody listens on port 1.
+    let Err(dramaturg::ConnectError::Broker(error)) =
+        dramaturg::connect("postgres://root:hunter2@127.0.0.1:1/test").await
+    else {
+        panic!("expected a broker error");
+    };
+    assert_eq!(error.kind(), BrokerErrorKind::Connection, "{error}");
+    let shown = format!("{error} {error:?}");
+    assert!(!shown.contains("hunter2"), "{shown}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_see_the_queues_and_the_workers_with_their_claims() {
+    if support::is_child() {
+        return;
+    }
+    let (schema, _drop) = own_schema();
+    let broker = broker_in(&schema).await;
+    broker.set_worker_concurrency(3);
+    broker.enqueue(Outgoing::new("b", b"held".to_vec())).await.unwrap();
+    broker.enqueue(Outgoing::new("a", b"waiting".to_vec()).with_delay(Some(Duration::from_secs(60)))).await.unwrap();
+    let mut consumer = broker.consume("b", 1).await.unwrap();
+    let held = tokio::time::timeout(Duration::from_secs(5), consumer.next()).await.unwrap().unwrap();
+    assert_eq!(broker.queues().await.unwrap(), ["a", "b"]);
+    // The heartbeat (every 200 ms) records the worker.
+    let mut workers = Vec::new();
+    for _ in 0..50 {
+        workers = broker.workers().await.unwrap();
+        if !workers.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(workers.len(), 1, "{workers:?}");
+    let worker = &workers[0];
+    assert_eq!(worker.id, broker.worker_id());
+    assert_eq!(worker.concurrency, Some(3));
+    assert_eq!(worker.in_flight.get("b"), Some(&1), "{worker:?}");
+    assert_eq!(worker.held.len(), 1);
+    assert_eq!(worker.held[0].body.as_deref(), Some(&b"held"[..]));
+    held.settle(dramaturg::Settlement::Ack).await.unwrap();
+    consumer.close().await.unwrap();
+    broker.release().await.unwrap();
+    assert!(broker.workers().await.unwrap().is_empty(), "a worker that stopped holding nothing leaves");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn higher_priorities_are_delivered_first() {
+    if support::is_child() {
+        return;
+    }
+    let (schema, _drop) = own_schema();
+    let broker = broker_in(&schema).await;
+    let sent = [(None, "none"), (Some(5), "five"), (Some(200), "two hundred"), (Some(5), "five again")];
+    let outgoing =
+        sent.iter().map(|(p, text)| Outgoing::new("q", text.as_bytes().to_vec()).with_priority(*p)).collect();
+    broker.enqueue_many(outgoing).await.unwrap();
+    let mut consumer = broker.consume("q", 4).await.unwrap();
+    let mut order = Vec::new();
+    for _ in 0..sent.len() {
+        let delivery = tokio::time::timeout(Duration::from_secs(5), consumer.next()).await.unwrap().unwrap();
+        order.push(String::from_utf8(delivery.body().to_vec()).unwrap());
+        delivery.settle(dramaturg::Settlement::Ack).await.unwrap();
+    }
+    assert_eq!(order, ["two hundred", "five", "five again", "none"], "by priority, then first in, first out");
+    consumer.close().await.unwrap();
+}
+
+/// Teams that run their own migrations apply the shipped SQL and connect
+/// with `migrate(false)`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_sql_makes_a_schema_the_broker_uses_without_migrating() {
+    if support::is_child() {
+        return;
+    }
+    let (schema, _drop) = own_schema();
+    let config = || dramaturg::postgres::PgConfig::new(URL).schema(&schema).migrate(false);
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(URL).await.unwrap();
+    let ddl = include_str!("../crates/dramaturg-postgres/migrations/0001_queues.sql");
+    let script = format!("CREATE SCHEMA \"{schema}\"; SET search_path TO \"{schema}\"; {ddl}");
+    sqlx::raw_sql(&script).execute(&mut conn).await.unwrap();
+    let broker = dramaturg::postgres::PgBroker::with_config(config()).await.unwrap();
+    broker.enqueue(Outgoing::new("q", b"hello".to_vec())).await.unwrap();
+    assert_eq!(broker.stats("q").await.unwrap().ready, 1);
+    let migrations: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = $1 AND table_name = '_sqlx_migrations'",
+    )
+    .bind(&schema)
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(migrations, 0, "the broker did not migrate");
+}
+
+/// A `next` dropped while its claim is under way (a worker stopping)
+/// leaves no claim behind: `close` returns what that claim took, at once
+/// rather than after the lease lapses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_cut_short_is_returned_by_close() {
+    if support::is_child() {
+        return;
+    }
+    let (schema, _drop) = own_schema();
+    let broker = broker_in(&schema).await;
+    let outgoing = (0..50).map(|i| Outgoing::new("q", format!("m{i}").into_bytes())).collect();
+    broker.enqueue_many(outgoing).await.unwrap();
+    for attempt in 0..40u64 {
+        let mut consumer = broker.consume("q", 10).await.unwrap();
+        // Cut short at a different point each time.
+        if let Ok(delivery) = tokio::time::timeout(Duration::from_micros(attempt * 100), consumer.next()).await {
+            delivery.unwrap().settle(dramaturg::Settlement::Requeue).await.unwrap();
+        }
+        consumer.close().await.unwrap();
+        let stats = broker.stats("q").await.unwrap();
+        assert_eq!((stats.ready, stats.in_flight), (50, 0), "attempt {attempt}: {stats:?}");
+    }
+}

@@ -477,22 +477,24 @@ impl Middleware for Abortable {
         if !self.abortable(ctx.options()) {
             return next.run(ctx).await;
         }
-        let key = abort_key(ctx.id());
-        if self.view.may_exist() && self.requested(&key).await.is_some() {
+        if self.view.may_exist() && Box::pin(self.requested(&abort_key(ctx.id()))).await.is_some() {
             return Outcome::Aborted("cancelled before it started".into());
         }
-        let outcome = self.watch(ctx, &key, next).await;
+        let outcome = self.watch(ctx, next).await;
         if let Some(attempt) = outcome.next_attempt() {
-            self.remember_due(ctx.app(), ctx.id(), attempt.delay).await;
+            Box::pin(self.remember_due(ctx.app(), ctx.id(), attempt.delay)).await;
         }
         outcome
     }
 }
 
 impl Abortable {
-    /// Runs the attempt, racing it against abort requests for `key`.
-    async fn watch(&self, ctx: &Context, key: &str, next: Next<'_>) -> Outcome {
-        let key = key.to_owned();
+    /// Runs the attempt, racing it against abort requests for its message.
+    ///
+    /// Most messages finish in their first poll: for them nothing more is
+    /// allocated than the attempt itself; the watch of one that waits is a
+    /// future of its own, boxed.
+    async fn watch(&self, ctx: &Context, next: Next<'_>) -> Outcome {
         let attempt = next.run(ctx);
         tokio::pin!(attempt);
         // Most messages finish in their first poll, and cost the watcher
@@ -505,6 +507,17 @@ impl Abortable {
         if let Some(outcome) = first {
             return outcome;
         }
+        Box::pin(self.watched(ctx, attempt)).await
+    }
+
+    /// Races `attempt`, polled once already, against abort requests for
+    /// its message.
+    async fn watched(
+        &self,
+        ctx: &Context,
+        mut attempt: std::pin::Pin<&mut impl std::future::Future<Output = Outcome>>,
+    ) -> Outcome {
+        let key = abort_key(ctx.id());
         let mut requests = self.watcher.register(&key, &self.store);
         let _running = Running { watcher: &self.watcher, key: key.clone() };
         if let Some(request) = if self.view.may_exist() { self.requested(&key).await } else { None } {

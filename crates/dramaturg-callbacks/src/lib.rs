@@ -316,7 +316,9 @@ impl Callbacks {
                 }));
             }
         };
-        self.send(ctx, key, &name, result, error)
+        // Boxed: the send is a large future, and most messages have no
+        // callback; unboxed it would grow every message's.
+        Box::pin(self.send(ctx, key, &name, result, error))
             .await
             .map_err(|reason| self.count_not_sent(CallbackNotSent { option: key.name(), callback: name, reason }))
     }
@@ -332,7 +334,7 @@ impl Callbacks {
             Ok(None) => Ok(()),
             Ok(Some((message, delay))) => {
                 let actor = message.actor.clone();
-                self.enqueue_retrying(ctx.app(), message, delay)
+                Box::pin(self.enqueue_retrying(ctx.app(), message, delay))
                     .await
                     .map_err(|reason| self.count_not_sent(not_sent(actor, reason)))
             }

@@ -69,14 +69,37 @@ impl Bounded {
 /// `text` cut to at most `max` bytes on a character boundary, with `…`
 /// marking the cut.
 pub(crate) fn cut(text: &str, max: usize) -> String {
+    match kept(text, max) {
+        Some(end) => format!("{}{MARK}", &text[..end]),
+        None => text.to_owned(),
+    }
+}
+
+/// Where `text` is cut to fit `max` bytes with the mark, or `None` when it
+/// fits whole.
+fn kept(text: &str, max: usize) -> Option<usize> {
     if text.len() <= max {
-        return text.to_owned();
+        return None;
     }
     let mut end = max.saturating_sub(MARK.len());
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{}{MARK}", &text[..end])
+    Some(end)
+}
+
+/// A value quoted from a message, shown as [`Bounded::quoted`] would hold
+/// it, without copying it: for log and span fields, written for every
+/// message.
+pub(crate) struct Quoted<'a>(pub(crate) &'a str);
+
+impl fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match kept(self.0, MAX_QUOTED_BYTES) {
+            Some(end) => write!(f, "{}{MARK}", &self.0[..end]),
+            None => f.write_str(self.0),
+        }
+    }
 }
 
 impl Deref for Bounded {
@@ -127,5 +150,12 @@ mod tests {
         assert!(cut.len() <= 11, "{cut}");
         assert!(cut.ends_with('…'));
         assert_eq!(Bounded::from("x".repeat(100_000)).len(), MAX_REASON_BYTES);
+    }
+
+    #[test]
+    fn quoted_shows_what_bounded_holds() {
+        for text in ["short".to_owned(), "x".repeat(100_000), "é".repeat(200)] {
+            assert_eq!(Quoted(&text).to_string(), Bounded::quoted(&text).as_str());
+        }
     }
 }

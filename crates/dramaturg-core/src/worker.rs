@@ -1021,8 +1021,8 @@ async fn process(shared: Arc<Shared>, queue: usize, delivery: Delivery, _permits
             let span = tracing::error_span!(
                 "message",
                 id = %message.id,
-                actor = %Bounded::quoted(&message.actor),
-                queue = %Bounded::quoted(&message.queue),
+                actor = %crate::bounded::Quoted(&message.actor),
+                queue = %crate::bounded::Quoted(&message.queue),
                 retries = message.retries,
             );
             for middleware in shared.app.middleware() {

@@ -38,6 +38,10 @@ pub use dramaturg_metrics as metrics;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use dramaturg_postgres as postgres;
+/// The SQLite broker.
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+pub use dramaturg_sqlite as sqlite;
 /// Rate and concurrency limits that hold across a fleet of workers.
 #[cfg(feature = "rate-limits")]
 #[cfg_attr(docsrs, doc(cfg(feature = "rate-limits")))]

@@ -14,8 +14,11 @@ use dramaturg::prelude::*;
 use dramaturg::BoxError;
 use serde::{Deserialize, Serialize};
 
+pub(crate) mod guarded;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
+#[cfg(feature = "sqlite")]
+pub(crate) mod sqlite;
 pub(crate) mod python;
 
 /// The environment variable that turns a test binary into a worker child.

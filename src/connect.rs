@@ -88,9 +88,12 @@ fn hint() -> String {
 /// # }
 /// ```
 pub async fn connect(url: &str) -> Result<Arc<dyn Broker>, ConnectError> {
-    let Some((scheme, _rest)) = url.split_once("://") else {
+    // `sqlite:jobs.db` and `sqlite::memory:` name SQLite too, without `//`.
+    let scheme = match url.split_once("://") {
+        Some((scheme, _rest)) => scheme,
+        None if url.starts_with("sqlite:") => "sqlite",
         // Shown without anything after a possible `user:password@`.
-        return Err(ConnectError::InvalidUrl(redact_password(url)));
+        None => return Err(ConnectError::InvalidUrl(redact_password(url))),
     };
     match scheme {
         "memory" => Ok(Arc::new(MemoryBroker::new())),

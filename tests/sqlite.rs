@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use dramaturg::prelude::*;
-use dramaturg::sqlite::{sqlx, SqliteBroker, SqliteConfig};
+use dramaturg::sqlite::{sqlx, SqliteBroker};
 use dramaturg::{BoxError, Broker as _, BrokerErrorKind, Outgoing, QueueAdmin, SendOptions, Settled, Settlement};
 use serde::{Deserialize, Serialize};
 
@@ -260,6 +260,10 @@ async fn bad_files_are_typed_errors() {
 
     let memory = SqliteBroker::connect("sqlite::memory:").await.unwrap_err();
     assert_eq!(memory.kind(), BrokerErrorKind::InvalidInput, "{memory}");
+    let Err(dramaturg::ConnectError::Broker(through_connect)) = dramaturg::connect("sqlite::memory:").await else {
+        panic!("sqlite::memory: is refused by the SQLite broker");
+    };
+    assert_eq!(through_connect.kind(), BrokerErrorKind::InvalidInput, "{through_connect}");
     assert!(memory.to_string().contains("memory://"), "{memory}");
     let read_only_mode = SqliteBroker::connect(&format!("{}?mode=ro", dir.url())).await.unwrap_err();
     assert_eq!(read_only_mode.kind(), BrokerErrorKind::InvalidInput, "{read_only_mode}");

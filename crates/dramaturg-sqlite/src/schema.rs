@@ -58,10 +58,10 @@ pub(crate) const TAKE_TOKENS: &str = "UPDATE lease_tokens SET last = last + ?1 W
 
 /// ?1 owner, ?2 first token, ?3 deadline, ?4 JSON array of ids: the n-th id
 /// gets token ?2 + n → id, body, token, redelivered.
-pub(crate) const CLAIM: &str = "UPDATE messages AS m
-    SET lease_owner = ?1, lease_token = ?2 + j.key, lease_expires_at = ?3, attempts = m.attempts + 1
-    FROM json_each(?4) AS j WHERE m.id = j.value
-    RETURNING m.id, m.body, m.lease_token, m.redelivered";
+pub(crate) const CLAIM: &str = "UPDATE messages
+    SET lease_owner = ?1, lease_token = ?2 + j.key, lease_expires_at = ?3, attempts = attempts + 1
+    FROM json_each(?4) AS j WHERE messages.id = j.value
+    RETURNING id, body, lease_token, redelivered";
 
 /// ?1 queue, ?2 now → ready, ms since the epoch when the next delayed
 /// message is due, paused.

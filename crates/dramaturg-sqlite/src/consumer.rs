@@ -18,6 +18,10 @@ use crate::{db_error, ms, now, schema, Shared};
 /// queue was paused meanwhile (then they go back to the queue).
 const PAUSE_CHECK: Duration = Duration::from_millis(500);
 
+/// How long a consumer whose free prefetch is small waits for more of it
+/// to free before it claims (see `SqliteConsumer::gather_room`).
+const CLAIM_GATHER: Duration = Duration::from_millis(2);
+
 /// A claimed message not yet handed out.
 #[derive(Debug)]
 struct Claimed {
@@ -34,12 +38,16 @@ pub(crate) struct SqliteConsumer {
     wake: watch::Receiver<u64>,
     buffer: VecDeque<Claimed>,
     permits: Arc<Semaphore>,
+    prefetch: usize,
     /// When this consumer last learned whether its queue is paused.
     checked: Instant,
     /// What it learned, for the worker ([`Consumer::paused`]).
     paused: watch::Sender<bool>,
     /// A claim under way, whose rows are not in the buffer yet.
     claiming: Option<JoinHandle<Result<Vec<Claimed>, BrokerError>>>,
+    /// Whether the last claim took all it asked for: then the next claims
+    /// without looking first.
+    busy: bool,
 }
 
 impl SqliteConsumer {
@@ -51,9 +59,11 @@ impl SqliteConsumer {
             wake,
             buffer: VecDeque::new(),
             permits: Arc::new(Semaphore::new(prefetch.max(1))),
+            prefetch: prefetch.max(1),
             checked: Instant::now(),
             paused: watch::Sender::new(false),
             claiming: None,
+            busy: false,
         }
     }
 
@@ -73,23 +83,34 @@ impl SqliteConsumer {
         let rows = joined
             .map_err(|e| BrokerError::new(BrokerErrorKind::Other, "sqlite: the claim task failed").with_source(e))??;
         let claimed = rows.len();
+        self.busy = claimed > 0 && claimed == n;
         self.buffer.extend(rows);
         Ok(claimed)
     }
 
-    /// Whether the queue has ready messages, how long until its next
-    /// delayed one is due, and whether it is paused: a read, without a lock.
-    async fn look(&mut self) -> Result<(bool, Option<Duration>, bool), BrokerError> {
-        let now = now();
-        let (ready, next_due, paused): (bool, Option<i64>, bool) = sqlx::query_as(schema::LOOK)
+    /// Whether the queue has ready messages and whether it is paused: a
+    /// read, without a lock.
+    async fn look(&mut self) -> Result<(bool, bool), BrokerError> {
+        let (ready, paused): (bool, bool) = sqlx::query_as(schema::LOOK)
             .bind(&self.queue)
-            .bind(now)
-            .fetch_one(&self.shared.settle_pool)
+            .bind(now())
+            .fetch_one(&self.shared.pool)
             .await
             .map_err(|e| db_error(e, "looking at the queue"))?;
         self.learned(paused);
-        let next_due = next_due.map(|due| Duration::from_millis(u64::try_from(due - now).unwrap_or(0)));
-        Ok((ready, next_due, paused))
+        Ok((ready, paused))
+    }
+
+    /// How long until the queue's next delayed message is due.
+    async fn next_due(&self) -> Result<Option<Duration>, BrokerError> {
+        let now = now();
+        let due: Option<i64> = sqlx::query_scalar(schema::NEXT_DUE)
+            .bind(&self.queue)
+            .bind(now)
+            .fetch_one(&self.shared.pool)
+            .await
+            .map_err(|e| db_error(e, "looking for delayed messages"))?;
+        Ok(due.map(|due| Duration::from_millis(u64::try_from(due - now).unwrap_or(0))))
     }
 
     /// Returns the buffered claims to the queue if it was paused since
@@ -97,7 +118,7 @@ impl SqliteConsumer {
     async fn check_paused(&mut self) -> Result<(), BrokerError> {
         let paused: bool = sqlx::query_scalar(schema::PAUSED)
             .bind(&self.queue)
-            .fetch_one(&self.shared.settle_pool)
+            .fetch_one(&self.shared.pool)
             .await
             .map_err(|e| db_error(e, "looking whether the queue is paused"))?;
         self.learned(paused);
@@ -157,6 +178,21 @@ impl SqliteConsumer {
         }
     }
 
+    /// How many messages a busy consumer claims for this delivery and
+    /// every other free prefetch slot. A busy worker frees its slots one
+    /// at a time, and a claim per slot would cost a write transaction per
+    /// message; so when less than a quarter of the prefetch is free, this
+    /// waits up to [`CLAIM_GATHER`] for a quarter to free.
+    async fn gather_room(&self) -> usize {
+        let quarter = u32::try_from(self.prefetch / 4).unwrap_or(u32::MAX);
+        let free = u32::try_from(self.permits.available_permits()).unwrap_or(u32::MAX);
+        if free + 1 < quarter {
+            // Released at once: they are only counted.
+            let _ = tokio::time::timeout(CLAIM_GATHER, self.permits.acquire_many(quarter - 1)).await;
+        }
+        self.permits.available_permits() + 1
+    }
+
     /// Waits until a wake-up of this process, the next delayed message's
     /// due time, or the poll interval.
     async fn wait(&mut self, next_due: Option<Duration>) {
@@ -198,7 +234,7 @@ async fn claim_rows(shared: Arc<Shared>, queue: String, n: usize) -> Result<Vec<
     }
     let count = i64::try_from(ids.len()).unwrap_or(i64::MAX);
     let last: i64 = sqlx::query_scalar(schema::TAKE_TOKENS).bind(count).fetch_one(&mut *tx).await.map_err(failed)?;
-    let ids_json = format!("[{}]", ids.iter().map(i64::to_string).collect::<Vec<_>>().join(","));
+    let ids_json = crate::acks::json_array(ids.iter().copied());
     let rows: Vec<(i64, Vec<u8>, i64, bool)> = sqlx::query_as(schema::CLAIM)
         .bind(&shared.worker_id)
         .bind(last - count + 1)
@@ -229,11 +265,20 @@ impl Consumer for SqliteConsumer {
             if let Some(claimed) = self.buffer.pop_front() {
                 return Ok(self.deliver(claimed, permit));
             }
-            let (ready, next_due, paused) = self.look().await?;
-            let room = self.permits.available_permits() + 1;
-            if !ready || paused || self.claim(room).await? == 0 {
-                self.wait(next_due).await;
+            if self.busy {
+                let room = self.gather_room().await;
+                if self.claim(room).await? > 0 {
+                    continue;
+                }
             }
+            // This delivery's own slot is taken already.
+            let room = self.permits.available_permits() + 1;
+            let (ready, paused) = self.look().await?;
+            if ready && !paused && self.claim(room).await? > 0 {
+                continue;
+            }
+            let next_due = if paused { None } else { self.next_due().await? };
+            self.wait(next_due).await;
         }
     }
 
@@ -267,17 +312,16 @@ impl std::fmt::Debug for SqliteReceipt {
 }
 
 impl SqliteReceipt {
-    /// Runs `settlement`, fenced by the token: whether it applied.
-    async fn apply(&self, settlement: &Settlement) -> Result<bool, sqlx::Error> {
+    /// Runs `settlement`, fenced by the token: whether it applied; `None`
+    /// for an ack, which goes to the broker's ack task.
+    async fn apply(&self, settlement: &Settlement) -> Result<Option<bool>, sqlx::Error> {
         let pool = &self.shared.settle_pool;
         let now = now();
         let back_in = |queue: Option<String>| {
             queue.map(|queue| self.shared.wakes.wake(&queue)).is_some()
         };
-        Ok(match settlement {
-            Settlement::Ack => {
-                sqlx::query(schema::ACK).bind(self.id).bind(self.token).execute(pool).await?.rows_affected() == 1
-            }
+        Ok(Some(match settlement {
+            Settlement::Ack => return Ok(None),
             Settlement::DeadLetter(reason) => {
                 let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
                 let copied = sqlx::query(schema::DEAD_LETTER)
@@ -306,7 +350,7 @@ impl SqliteReceipt {
             ),
             // Refused by `settle` before it gets here.
             _ => false,
-        })
+        }))
     }
 }
 
@@ -319,7 +363,15 @@ impl Receipt for SqliteReceipt {
         ) {
             return Err(BrokerError::new(BrokerErrorKind::Unsupported, format!("unknown settlement {settlement:?}")));
         }
-        let applied = self.apply(settlement).await.map_err(|e| db_error(e, "settling a message"))?;
+        let applied = match self.apply(settlement).await.map_err(|e| db_error(e, "settling a message"))? {
+            Some(applied) => applied,
+            None => {
+                let acks = self.shared.acks.get().ok_or_else(|| {
+                    BrokerError::new(BrokerErrorKind::Closed, "sqlite: a receipt outlived its consumer's start")
+                })?;
+                acks.ack(self.id, self.token).await?
+            }
+        };
         lock(&self.shared.held).remove(&self.token);
         Ok(if applied { Settled::Applied } else { Settled::Stale })
     }

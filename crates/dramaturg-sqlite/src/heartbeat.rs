@@ -107,7 +107,7 @@ async fn beat(
         ),
     };
     let config = &shared.config;
-    let tokens: Vec<String> = lock(&shared.held).iter().map(i64::to_string).collect();
+    let tokens = crate::acks::json_array(lock(&shared.held).iter().copied());
     let concurrency = i64::try_from(shared.concurrency.load(std::sync::atomic::Ordering::Relaxed)).ok();
     let now = now();
     let failed = |e| db_error(e, "beating");
@@ -115,7 +115,7 @@ async fn beat(
     sqlx::query(schema::RENEW)
         .bind(&shared.worker_id)
         .bind(now.saturating_add(ms(config.heartbeat_timeout)))
-        .bind(format!("[{}]", tokens.join(",")))
+        .bind(tokens)
         .execute(&mut *tx)
         .await
         .map_err(failed)?;

@@ -55,6 +55,7 @@
 //! # }
 //! ```
 
+mod acks;
 mod admin;
 mod consumer;
 mod heartbeat;
@@ -117,7 +118,7 @@ impl SqliteConfig {
     /// `?mode=memory`) and `?mode=ro` are refused when connecting: the
     /// broker writes, and its processes share the file.
     ///
-    /// The defaults: pools of 4 connections, a busy timeout of 5 s, a
+    /// The defaults: a pool of 4 connections, a busy timeout of 5 s, a
     /// heartbeat every 3 s whose claims lapse 15 s after the last one, idle
     /// consumers looking every 100 ms, dead letters kept 7 days, migrations
     /// applied at connect.
@@ -134,10 +135,12 @@ impl SqliteConfig {
         }
     }
 
-    /// The most connections each of the broker's two pools opens (default
-    /// 4): one for sends and administration, one for claims and
-    /// settlements. A consuming broker opens one more for its heartbeat.
-    /// SQLite lets one connection write at a time, so more rarely helps.
+    /// The most connections the broker's pool for sends, looks and
+    /// administration opens (default 4). Claims and settlements share one
+    /// connection more, so that they queue in the process instead of
+    /// contending for the file's write lock (SQLite lets one connection
+    /// write at a time, and one that finds the lock taken sleeps before it
+    /// tries again); a consuming broker opens one more for its heartbeat.
     #[must_use]
     pub fn max_connections(mut self, max: u32) -> Self {
         self.max_connections = max.max(1);
@@ -245,10 +248,11 @@ pub(crate) struct Shared {
     /// For sends and administration: commits are synced to disk
     /// (`synchronous = FULL`).
     pub(crate) pool: SqlitePool,
-    /// For claims and settlements, with `synchronous = NORMAL`: a commit
-    /// survives the process but may be lost with the machine's power, which
-    /// only means its message is delivered again (at least once), never
-    /// lost; sends never go through it.
+    /// For claims and settlements: one connection, so that they queue here
+    /// rather than sleep on the file's lock, with `synchronous = NORMAL`: a
+    /// commit survives the process but may be lost with the machine's power,
+    /// which only means its message is delivered again (at least once),
+    /// never lost; sends never go through it.
     pub(crate) settle_pool: SqlitePool,
     pub(crate) options: SqliteConnectOptions,
     /// This worker's id: `<pid>-<random>`.
@@ -260,6 +264,8 @@ pub(crate) struct Shared {
     /// The idle consumers of this file in this process.
     pub(crate) wakes: Arc<Wakes>,
     pub(crate) heartbeat: Heartbeat,
+    /// The ack task, started by the first consumer.
+    pub(crate) acks: std::sync::OnceLock<acks::Acks>,
 }
 
 impl Drop for Shared {
@@ -349,7 +355,9 @@ impl SqliteBroker {
             .execute(&pool)
             .await
             .map_err(|e| db_error(e, &format!("reading the broker's tables in {shown}")))?;
-        let settle_pool = pool_options().connect_lazy_with(options.clone().synchronous(SqliteSynchronous::Normal));
+        let settle_pool = pool_options()
+            .max_connections(1)
+            .connect_lazy_with(options.clone().synchronous(SqliteSynchronous::Normal));
         let path = std::fs::canonicalize(options.get_filename()).unwrap_or_else(|_| options.get_filename().into());
         let worker_id = format!("{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let shared = Arc::new(Shared {
@@ -362,6 +370,7 @@ impl SqliteBroker {
             concurrency: AtomicU64::new(0),
             held: Mutex::new(HashSet::new()),
             heartbeat: Heartbeat::default(),
+            acks: std::sync::OnceLock::new(),
             config,
         });
         Ok(Self { shared })
@@ -418,6 +427,7 @@ impl Broker for SqliteBroker {
     async fn consume(&self, queue: &str, prefetch: usize) -> Result<Box<dyn Consumer>, BrokerError> {
         check_queue(queue)?;
         self.shared.heartbeat.start(&self.shared)?;
+        self.shared.acks.get_or_init(|| acks::Acks::start(self.shared.settle_pool.clone()));
         Ok(Box::new(consumer::SqliteConsumer::new(Arc::clone(&self.shared), queue, prefetch)))
     }
 

@@ -63,15 +63,26 @@ pub(crate) const CLAIM: &str = "UPDATE messages
     FROM json_each(?4) AS j WHERE messages.id = j.value
     RETURNING id, body, lease_token, redelivered";
 
-/// ?1 queue, ?2 now → ready, ms since the epoch when the next delayed
-/// message is due, paused.
+/// ?1 queue, ?2 now → ready, paused.
 pub(crate) const LOOK: &str = "SELECT
         EXISTS (SELECT 1 FROM messages WHERE queue = ?1 AND lease_token IS NULL AND due_at <= ?2),
-        (SELECT min(due_at) FROM messages WHERE queue = ?1 AND lease_token IS NULL AND due_at > ?2),
         EXISTS (SELECT 1 FROM paused_queues WHERE queue = ?1)";
+
+/// ?1 queue, ?2 now → ms since the epoch when the next delayed message is
+/// due. It reads every delayed message of the queue in the index (ordered
+/// by priority first): asked only when none is ready.
+pub(crate) const NEXT_DUE: &str =
+    "SELECT min(due_at) FROM messages WHERE queue = ?1 AND lease_token IS NULL AND due_at > ?2";
 
 /// ?1 queue → paused.
 pub(crate) const PAUSED: &str = "SELECT EXISTS (SELECT 1 FROM paused_queues WHERE queue = ?1)";
+
+/// ?1 JSON array of ids, ?2 JSON array of their tokens → the ids deleted.
+/// A token is never handed out twice, so a row whose token is among them
+/// is the row it was handed out for.
+pub(crate) const ACK_MANY: &str = "DELETE FROM messages
+    WHERE id IN (SELECT value FROM json_each(?1)) AND lease_token IN (SELECT value FROM json_each(?2))
+    RETURNING id";
 
 /// ?1 id, ?2 token.
 pub(crate) const ACK: &str = "DELETE FROM messages WHERE id = ?1 AND lease_token = ?2";

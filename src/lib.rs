@@ -38,10 +38,6 @@ pub use dramaturg_metrics as metrics;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use dramaturg_postgres as postgres;
-/// The SQLite broker.
-#[cfg(feature = "sqlite")]
-#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
-pub use dramaturg_sqlite as sqlite;
 /// Rate and concurrency limits that hold across a fleet of workers.
 #[cfg(feature = "rate-limits")]
 #[cfg_attr(docsrs, doc(cfg(feature = "rate-limits")))]
@@ -57,6 +53,10 @@ pub use dramaturg_retries as retries;
 #[cfg(feature = "schedule")]
 #[cfg_attr(docsrs, doc(cfg(feature = "schedule")))]
 pub use dramaturg_schedule as schedule;
+/// The SQLite broker.
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+pub use dramaturg_sqlite as sqlite;
 pub use dramaturg_time_limit as time_limit;
 /// The web dashboard: an axum `Router` to mount into your app, or to serve.
 #[cfg(feature = "web")]

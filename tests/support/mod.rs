@@ -17,9 +17,9 @@ use serde::{Deserialize, Serialize};
 pub(crate) mod guarded;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
+pub(crate) mod python;
 #[cfg(feature = "sqlite")]
 pub(crate) mod sqlite;
-pub(crate) mod python;
 
 /// The environment variable that turns a test binary into a worker child.
 pub(crate) const CHILD: &str = "DRAMATURG_TEST_CHILD";

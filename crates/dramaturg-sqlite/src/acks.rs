@@ -55,7 +55,8 @@ async fn delete_batches(pool: SqlitePool, mut receiver: mpsc::UnboundedReceiver<
             .bind(json_array(waiting.iter().map(|w| w.1)))
             .fetch_all(&pool)
             .await;
-        let deleted = deleted.map(|ids| ids.into_iter().collect::<HashSet<i64>>()).map_err(|e| db_error(e, "acknowledging"));
+        let deleted =
+            deleted.map(|ids| ids.into_iter().collect::<HashSet<i64>>()).map_err(|e| db_error(e, "acknowledging"));
         for (id, _, done) in waiting.drain(..) {
             let _ = done.send(match &deleted {
                 Ok(ids) => Ok(ids.contains(&id)),

@@ -65,10 +65,7 @@ impl QueueAdmin for SqliteBroker {
 
     /// Every queue with a message or a dead letter.
     async fn queues(&self) -> Result<Vec<String>, BrokerError> {
-        sqlx::query_scalar(schema::QUEUES)
-            .fetch_all(&self.shared.pool)
-            .await
-            .map_err(|e| db_error(e, "listing queues"))
+        sqlx::query_scalar(schema::QUEUES).fetch_all(&self.shared.pool).await.map_err(|e| db_error(e, "listing queues"))
     }
 
     async fn workers(&self) -> Result<Vec<WorkerInfo>, BrokerError> {

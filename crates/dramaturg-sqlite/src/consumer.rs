@@ -317,9 +317,7 @@ impl SqliteReceipt {
     async fn apply(&self, settlement: &Settlement) -> Result<Option<bool>, sqlx::Error> {
         let pool = &self.shared.settle_pool;
         let now = now();
-        let back_in = |queue: Option<String>| {
-            queue.map(|queue| self.shared.wakes.wake(&queue)).is_some()
-        };
+        let back_in = |queue: Option<String>| queue.map(|queue| self.shared.wakes.wake(&queue)).is_some();
         Ok(Some(match settlement {
             Settlement::Ack => return Ok(None),
             Settlement::DeadLetter(reason) => {
@@ -336,9 +334,9 @@ impl SqliteReceipt {
                 tx.commit().await?;
                 copied == 1
             }
-            Settlement::Requeue => back_in(
-                sqlx::query_scalar(schema::REQUEUE).bind(self.id).bind(self.token).fetch_optional(pool).await?,
-            ),
+            Settlement::Requeue => {
+                back_in(sqlx::query_scalar(schema::REQUEUE).bind(self.id).bind(self.token).fetch_optional(pool).await?)
+            }
             Settlement::Reschedule { body, delay } => back_in(
                 sqlx::query_scalar(schema::RESCHEDULE)
                     .bind(self.id)

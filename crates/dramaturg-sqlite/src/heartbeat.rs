@@ -101,9 +101,11 @@ async fn beat(
     let conn = match conn {
         Some(conn) => conn,
         None => conn.insert(
-            SqliteConnection::connect_with(&shared.options.clone().synchronous(sqlx::sqlite::SqliteSynchronous::Normal))
-                .await
-                .map_err(|e| db_error(e, "opening the heartbeat's connection"))?,
+            SqliteConnection::connect_with(
+                &shared.options.clone().synchronous(sqlx::sqlite::SqliteSynchronous::Normal),
+            )
+            .await
+            .map_err(|e| db_error(e, "opening the heartbeat's connection"))?,
         ),
     };
     let config = &shared.config;

@@ -296,16 +296,14 @@ pub(crate) fn db_error(error: sqlx::Error, what: &str) -> BrokerError {
         sqlx::Error::PoolTimedOut => BrokerErrorKind::Timeout,
         sqlx::Error::PoolClosed => BrokerErrorKind::Closed,
         sqlx::Error::Io(_) | sqlx::Error::WorkerCrashed => BrokerErrorKind::Connection,
-        sqlx::Error::Database(e) => {
-            match e.code().and_then(|code| code.parse::<i64>().ok()).map(|code| code & 0xff) {
-                Some(codes::BUSY | codes::LOCKED) => BrokerErrorKind::Timeout,
-                Some(codes::READONLY) => BrokerErrorKind::Unsuitable,
-                Some(codes::IOERR) => BrokerErrorKind::Connection,
-                Some(codes::FULL) => BrokerErrorKind::Full,
-                Some(codes::CANTOPEN | codes::NOTADB) => BrokerErrorKind::InvalidInput,
-                _ => BrokerErrorKind::Protocol,
-            }
-        }
+        sqlx::Error::Database(e) => match e.code().and_then(|code| code.parse::<i64>().ok()).map(|code| code & 0xff) {
+            Some(codes::BUSY | codes::LOCKED) => BrokerErrorKind::Timeout,
+            Some(codes::READONLY) => BrokerErrorKind::Unsuitable,
+            Some(codes::IOERR) => BrokerErrorKind::Connection,
+            Some(codes::FULL) => BrokerErrorKind::Full,
+            Some(codes::CANTOPEN | codes::NOTADB) => BrokerErrorKind::InvalidInput,
+            _ => BrokerErrorKind::Protocol,
+        },
         _ => BrokerErrorKind::Protocol,
     };
     BrokerError::new(kind, format!("sqlite: {what} failed: {error}")).with_source(error)
@@ -346,18 +344,15 @@ impl SqliteBroker {
                 .max_connections(config.max_connections)
                 .acquire_timeout(config.busy_timeout + Duration::from_secs(5))
         };
-        let pool = pool_options()
-            .connect_with(options.clone())
-            .await
-            .map_err(|e| db_error(e, &format!("opening {shown}")))?;
+        let pool =
+            pool_options().connect_with(options.clone()).await.map_err(|e| db_error(e, &format!("opening {shown}")))?;
         // The file must be one the broker can use, whether it migrated or not.
         sqlx::query("SELECT count(*) FROM lease_tokens")
             .execute(&pool)
             .await
             .map_err(|e| db_error(e, &format!("reading the broker's tables in {shown}")))?;
-        let settle_pool = pool_options()
-            .max_connections(1)
-            .connect_lazy_with(options.clone().synchronous(SqliteSynchronous::Normal));
+        let settle_pool =
+            pool_options().max_connections(1).connect_lazy_with(options.clone().synchronous(SqliteSynchronous::Normal));
         let path = std::fs::canonicalize(options.get_filename()).unwrap_or_else(|_| options.get_filename().into());
         let worker_id = format!("{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let shared = Arc::new(Shared {

@@ -92,8 +92,11 @@ pub(crate) const DEAD_LETTER: &str = "INSERT INTO dead_letters (queue, body, rea
     SELECT queue, body, ?3, ?4 FROM messages WHERE id = ?1 AND lease_token = ?2";
 
 /// ?1 id, ?2 token → queue.
-pub(crate) const REQUEUE: &str =
-    concat!("UPDATE messages SET ", unleased!(), ", redelivered = 1 WHERE id = ?1 AND lease_token = ?2 RETURNING queue");
+pub(crate) const REQUEUE: &str = concat!(
+    "UPDATE messages SET ",
+    unleased!(),
+    ", redelivered = 1 WHERE id = ?1 AND lease_token = ?2 RETURNING queue"
+);
 
 /// ?1 id, ?2 token, ?3 body, ?4 due → queue.
 pub(crate) const RESCHEDULE: &str = concat!(

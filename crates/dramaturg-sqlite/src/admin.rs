@@ -16,15 +16,6 @@ fn from_millis(ms: i64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
 
-/// The dead letters `which` names: `Some(None)` for all, `Some(Some(id))`
-/// for one, `None` for a key that is no row id (it names no dead letter).
-fn dead_letter_ids(which: &Replay) -> Option<Option<i64>> {
-    match which {
-        Replay::One(key) => key.parse().ok().map(Some),
-        _ => Some(None),
-    }
-}
-
 fn count(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }
@@ -154,7 +145,7 @@ impl DeadLetters for SqliteBroker {
     /// oldest first, at priority 0: those there when it starts, each once.
     async fn replay(&self, queue: &str, which: Replay) -> Result<u64, BrokerError> {
         check_queue(queue)?;
-        let Some(id) = dead_letter_ids(&which) else { return Ok(0) };
+        let Some(id) = which.row_id() else { return Ok(0) };
         let failed = |e| db_error(e, "replaying dead letters");
         let mut tx = self.shared.pool.begin_with("BEGIN IMMEDIATE").await.map_err(failed)?;
         let replayed = sqlx::query(schema::REPLAY)
@@ -173,7 +164,7 @@ impl DeadLetters for SqliteBroker {
 
     async fn delete(&self, queue: &str, which: Replay) -> Result<u64, BrokerError> {
         check_queue(queue)?;
-        let Some(id) = dead_letter_ids(&which) else { return Ok(0) };
+        let Some(id) = which.row_id() else { return Ok(0) };
         let done = sqlx::query(schema::DELETE_DEAD)
             .bind(queue)
             .bind(id)

@@ -184,13 +184,7 @@ impl SqliteConsumer {
     /// message; so when less than a quarter of the prefetch is free, this
     /// waits up to [`CLAIM_GATHER`] for a quarter to free.
     async fn gather_room(&self) -> usize {
-        let quarter = u32::try_from(self.prefetch / 4).unwrap_or(u32::MAX);
-        let free = u32::try_from(self.permits.available_permits()).unwrap_or(u32::MAX);
-        if free + 1 < quarter {
-            // Released at once: they are only counted.
-            let _ = tokio::time::timeout(CLAIM_GATHER, self.permits.acquire_many(quarter - 1)).await;
-        }
-        self.permits.available_permits() + 1
+        dramaturg_core::sync::claim_room(&self.permits, self.prefetch, CLAIM_GATHER).await
     }
 
     /// Waits until a wake-up of this process, the next delayed message's

@@ -391,16 +391,7 @@ impl SqliteBroker {
 /// Refuses a queue name the broker cannot carry: empty, longer than
 /// [`MAX_QUEUE_NAME_BYTES`], or holding a NUL character.
 pub(crate) fn check_queue(name: &str) -> Result<(), BrokerError> {
-    let problem = if name.is_empty() {
-        "the queue name is empty"
-    } else if name.len() > MAX_QUEUE_NAME_BYTES {
-        "the queue name is longer than 1000 bytes"
-    } else if name.contains('\0') {
-        "the queue name holds a NUL character"
-    } else {
-        return Ok(());
-    };
-    Err(BrokerError::new(BrokerErrorKind::InvalidInput, format!("sqlite: {problem}: {:?}", Bounded::quoted(name))))
+    dramaturg_core::broker::check_text_queue_name(name, MAX_QUEUE_NAME_BYTES, "sqlite")
 }
 
 #[async_trait]

@@ -44,8 +44,9 @@ macro_rules! unleased {
     };
 }
 
-/// ?1 queue, ?2 body, ?3 priority, ?4 due (ms).
-pub(crate) const ENQUEUE: &str = "INSERT INTO messages (queue, body, priority, due_at) VALUES (?1, ?2, ?3, ?4)";
+/// Followed by `VALUES (queue, body, priority, due (ms)), …`, in the
+/// order of sending.
+pub(crate) const ENQUEUE: &str = "INSERT INTO messages (queue, body, priority, due_at) ";
 
 /// ?1 queue, ?2 now, ?3 how many → ids in delivery order.
 pub(crate) const PICK: &str = "SELECT id FROM messages

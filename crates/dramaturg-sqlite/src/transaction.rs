@@ -3,25 +3,30 @@
 //! caller's own writes commit.
 
 use dramaturg_core::{Actor, App, BrokerError, EnqueueError, Outgoing, SendOptions, Sent};
-use sqlx::SqliteConnection;
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
 use crate::{check_queue, db_error, ms, now, schema, Shared, SqliteBroker};
 
-/// Checks every message's queue, then inserts them on `conn`, in order.
+/// The most messages one `INSERT` carries: 4 parameters each, well under
+/// SQLite's limit of 32,766 parameters per statement.
+const INSERT_BATCH: usize = 500;
+
+/// Checks every message's queue, then inserts them on `conn`, in order:
+/// one statement per [`INSERT_BATCH`] messages.
 async fn insert(conn: &mut SqliteConnection, messages: &[Outgoing]) -> Result<(), BrokerError> {
     for message in messages {
         check_queue(&message.queue)?;
     }
     let now = now();
-    for message in messages {
-        sqlx::query(schema::ENQUEUE)
-            .bind(&message.queue)
-            .bind(message.body.as_ref())
-            .bind(i64::from(message.priority.unwrap_or(0)))
-            .bind(now.saturating_add(message.delay.map_or(0, ms)))
-            .execute(&mut *conn)
-            .await
-            .map_err(|e| db_error(e, "enqueueing"))?;
+    for batch in messages.chunks(INSERT_BATCH) {
+        let mut statement = QueryBuilder::<Sqlite>::new(schema::ENQUEUE);
+        statement.push_values(batch, |mut row, message| {
+            row.push_bind(&message.queue)
+                .push_bind(message.body.as_ref())
+                .push_bind(i64::from(message.priority.unwrap_or(0)))
+                .push_bind(now.saturating_add(message.delay.map_or(0, ms)));
+        });
+        statement.build().execute(&mut *conn).await.map_err(|e| db_error(e, "enqueueing"))?;
     }
     Ok(())
 }

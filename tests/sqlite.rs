@@ -1,8 +1,8 @@
 //! The SQLite broker on real files: a send that commits or rolls back with
 //! the caller's transaction, two worker processes on one file with one
-//! killed by SIGKILL, a restart, a stale lease, the shipped SQL, and the
-//! typed errors of bad input. Each test works on a file of its own, in a
-//! directory deleted when it ends.
+//! killed by SIGKILL, a restart, a stale lease, the shipped SQL, brokers
+//! migrating a new file at once, and the typed errors of bad input. Each
+//! test works on a file of its own, in a directory deleted when it ends.
 
 #![cfg(feature = "sqlite")]
 #![allow(clippy::unwrap_used)] // Tests may panic on the unexpected.
@@ -312,4 +312,22 @@ async fn a_file_locked_past_the_busy_timeout_is_a_retryable_error() {
     sqlx::query("COMMIT").execute(&mut other).await.unwrap();
     broker.enqueue(Outgoing::new("q", b"x".to_vec())).await.unwrap();
     assert_eq!(broker.stats("q").await.unwrap().ready, 1, "it passes once the lock is released");
+}
+
+/// Processes that start together on a new file migrate it once between
+/// them: sqlx takes no lock on SQLite, so the ones that lose try again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brokers_opening_a_new_file_at_once_all_start() {
+    if support::is_child() {
+        return;
+    }
+    let dir = TempDir::new();
+    let url = dir.url();
+    let opened = futures_util::future::join_all((0..4).map(|_| SqliteBroker::with_config(config(&url)))).await;
+    for broker in &opened {
+        assert!(broker.is_ok(), "{broker:?}");
+    }
+    let broker = opened.into_iter().next().unwrap().unwrap();
+    broker.enqueue(Outgoing::new("q", b"x".to_vec())).await.unwrap();
+    assert_eq!(broker.stats("q").await.unwrap().ready, 1);
 }

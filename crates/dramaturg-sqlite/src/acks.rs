@@ -55,11 +55,13 @@ async fn delete_batches(pool: SqlitePool, mut receiver: mpsc::UnboundedReceiver<
             .bind(json_array(waiting.iter().map(|w| w.1)))
             .fetch_all(&pool)
             .await;
-        let deleted =
-            deleted.map(|ids| ids.into_iter().collect::<HashSet<i64>>()).map_err(|e| db_error(e, "acknowledging"));
-        for (id, _, done) in waiting.drain(..) {
+        // The tokens of the rows deleted: which acks applied.
+        let deleted = deleted
+            .map(|tokens| tokens.into_iter().collect::<HashSet<i64>>())
+            .map_err(|e| db_error(e, "acknowledging"));
+        for (_, token, done) in waiting.drain(..) {
             let _ = done.send(match &deleted {
-                Ok(ids) => Ok(ids.contains(&id)),
+                Ok(tokens) => Ok(tokens.contains(&token)),
                 Err(error) => Err(BrokerError::new(error.kind(), error.to_string())),
             });
         }

@@ -78,12 +78,13 @@ pub(crate) const NEXT_DUE: &str =
 /// ?1 queue → paused.
 pub(crate) const PAUSED: &str = "SELECT EXISTS (SELECT 1 FROM paused_queues WHERE queue = ?1)";
 
-/// ?1 JSON array of ids, ?2 JSON array of their tokens → the ids deleted.
-/// A token is never handed out twice, so a row whose token is among them
-/// is the row it was handed out for.
+/// ?1 JSON array of ids, ?2 JSON array of their tokens → the tokens of
+/// the rows deleted. A token is never handed out twice, so a row whose
+/// token is among them is the row it was handed out for, and the token
+/// tells which ack applied (a stale ack of the same row does not).
 pub(crate) const ACK_MANY: &str = "DELETE FROM messages
     WHERE id IN (SELECT value FROM json_each(?1)) AND lease_token IN (SELECT value FROM json_each(?2))
-    RETURNING id";
+    RETURNING lease_token";
 
 /// ?1 id, ?2 token.
 pub(crate) const ACK: &str = "DELETE FROM messages WHERE id = ?1 AND lease_token = ?2";

@@ -1166,3 +1166,55 @@ async fn build_refuses_an_actor_queue_too_long_for_rabbitmq() {
     assert!(text.contains("246 bytes") && text.contains(Mark::NAME), "{text}");
     assert!(text.len() < 600, "{} bytes: {text}", text.len());
 }
+
+/// Acks settled together go as one `multiple` ack where they can, and
+/// never cover a delivery that is still running or was returned: with the
+/// first and a middle delivery still held and one requeued, acking all
+/// the others at once and then closing the channel brings exactly those
+/// three back, and the channel survives the acks (a `multiple` ack past
+/// an unknown tag would have closed it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coalesced_acks_never_cover_a_running_or_returned_delivery() {
+    if support::is_child() {
+        return;
+    }
+    let _shared = SERVER.read().await;
+    let queue = format!("{}coalesced", prefix());
+    let broker = broker().await;
+    broker.declare_queue(&queue).await.unwrap();
+    let bodies: Vec<Outgoing> = (0..60).map(|i| Outgoing::new(queue.as_str(), format!("m{i}").into_bytes())).collect();
+    broker.enqueue_many(bodies).await.unwrap();
+    let mut consumer = broker.consume(&queue, 60).await.unwrap();
+    let mut deliveries = Vec::new();
+    for _ in 0..60 {
+        deliveries.push(next_delivery(consumer.as_mut()).await);
+    }
+    let held_first = deliveries.remove(0);
+    let held_middle = deliveries.remove(29);
+    let returned = deliveries.remove(9);
+    let (held, requeued) = (text(held_middle.body()), text(returned.body()));
+    assert_eq!(returned.settle(dramaturg::Settlement::Requeue).await.unwrap(), dramaturg_core::Settled::Applied);
+    // All the others at once, so that they share batches.
+    let acks = deliveries.into_iter().map(|d| async move { d.settle(dramaturg::Settlement::Ack).await.unwrap() });
+    for settled in futures_util::future::join_all(acks).await {
+        assert_eq!(settled, dramaturg_core::Settled::Applied);
+    }
+    // Closing the channel returns what it holds: the two held (the
+    // requeued one too, if it came back to this consumer meanwhile).
+    assert_eq!(dramaturg::QueueAdmin::requeue_in_flight(&broker, &queue).await.unwrap(), 2);
+    let mut back = Vec::new();
+    for _ in 0..3 {
+        back.push(next_delivery(consumer.as_mut()).await);
+    }
+    let mut bodies: Vec<String> = back.iter().map(|d| text(d.body())).collect();
+    bodies.sort();
+    let mut expected = vec![text(held_first.body()), held, requeued];
+    expected.sort();
+    assert_eq!(bodies, expected);
+    let more = tokio::time::timeout(Duration::from_millis(500), consumer.next()).await;
+    assert!(more.is_err(), "nothing else came back");
+    for delivery in back {
+        assert_eq!(delivery.settle(dramaturg::Settlement::Ack).await.unwrap(), dramaturg_core::Settled::Applied);
+    }
+    assert!(dramaturg::QueueAdmin::stats(&broker, &queue).await.unwrap().is_drained());
+}

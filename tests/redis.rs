@@ -227,6 +227,40 @@ async fn an_id_claimed_twice_in_one_batch_settles_once() {
     consumer.close().await.unwrap();
 }
 
+/// A store write that goes with an ack (a message's result) is made with
+/// the ack, only if the ack applies: a stale attempt writes nothing. The
+/// same id claimed twice in one batch gives a stale and a current claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_ack_writes_nothing() {
+    if support::is_child() {
+        return;
+    }
+    let namespace = namespace();
+    let broker = broker_in(URL, &namespace).await;
+    let store = broker.store().unwrap();
+    let client = redis::Client::open(URL).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let prefix = format!("{namespace}:{{written}}");
+    redis::pipe()
+        .hset(format!("{prefix}:msgs"), "written-1", b"body".as_slice())
+        .rpush(format!("{prefix}:ready"), "written-1")
+        .rpush(format!("{prefix}:ready"), "written-1")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    let mut consumer = broker.consume("written", 4).await.unwrap();
+    let (stale, current) = (consumer.next().await.unwrap(), consumer.next().await.unwrap());
+    let write =
+        |value: &'static [u8]| [dramaturg::store::StoreWrite::new("result:written-1", value, Duration::from_secs(60))];
+    let settled = stale.settle_writing(dramaturg::Settlement::Ack, &write(b"stale"), &*store).await.unwrap();
+    assert_eq!(settled, dramaturg::Settled::Stale);
+    assert_eq!(store.get("result:written-1").await.unwrap(), None, "a stale ack wrote its result");
+    let settled = current.settle_writing(dramaturg::Settlement::Ack, &write(b"current"), &*store).await.unwrap();
+    assert_eq!(settled, dramaturg::Settled::Applied);
+    assert_eq!(store.get("result:written-1").await.unwrap().as_deref(), Some(&b"current"[..]));
+    consumer.close().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deep_queue_is_fetched_in_bounded_batches() {
     if support::is_child() {

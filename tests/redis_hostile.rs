@@ -387,10 +387,10 @@ impl KeptCounted {
     }
 }
 
-/// An app on `server` whose results go in the broker's store (with the
+/// An app on the broker of `config` whose results go in its store (with the
 /// acks).
-async fn results_app(server: &Server) -> App {
-    let broker = std::sync::Arc::new(RedisBroker::with_config(config(&server.url())).await.unwrap());
+async fn results_app(config: RedisConfig) -> App {
+    let broker = std::sync::Arc::new(RedisBroker::with_config(config).await.unwrap());
     dramaturg::app_shared(broker.clone())
         .insert_before(dramaturg::middleware::names::CALLBACKS, dramaturg::results::Results::for_broker(&*broker))
         .actor::<KeptCounted>()
@@ -406,7 +406,7 @@ async fn results_app(server: &Server) -> App {
 async fn a_full_redis_refuses_results_but_settles_their_acks() {
     let _ = tracing_subscriber::fmt().with_max_level(tracing::Level::WARN).with_test_writer().try_init();
     let server = Server::start(&["--maxmemory", "4mb", "--maxmemory-policy", "noeviction"]);
-    let app = results_app(&server).await;
+    let app = results_app(config(&server.url())).await;
     let prefix = format!("full-results-{}-", dramaturg::MessageId::new());
     let mut sent = Vec::new();
     loop {
@@ -446,7 +446,7 @@ async fn acks_with_results_survive_a_script_flush() {
     use dramaturg::results::SentExt;
     let _ = tracing_subscriber::fmt().with_max_level(tracing::Level::WARN).with_test_writer().try_init();
     let server = Server::start(&[]);
-    let app = results_app(&server).await;
+    let app = results_app(config(&server.url())).await;
     let worker = Worker::new(app.clone()).concurrency(4);
     let shutdown = worker.shutdown_handle();
     let running = tokio::spawn(worker.run());
@@ -464,4 +464,55 @@ async fn acks_with_results_survive_a_script_flush() {
     shutdown.shutdown();
     let report = running.await.unwrap().unwrap();
     assert_eq!((report.succeeded, report.stale), (15, 0), "{report:?}");
+}
+
+/// Scripts flushed over and over (`SCRIPT FLUSH` every millisecond, so
+/// that one is often flushed again between its reload and its second try)
+/// while a worker starts, sends are made and results kept: every script
+/// call that meets `NOSCRIPT` twice fails with a retryable error and is
+/// tried again, so the worker starts, every message runs once and every
+/// result is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_flushed_over_and_over_stop_nothing_and_lose_nothing() {
+    use dramaturg::results::SentExt;
+    let _ = tracing_subscriber::fmt().with_max_level(tracing::Level::WARN).with_test_writer().try_init();
+    let server = std::sync::Arc::new(Server::start(&[]));
+    // Sends meet NOSCRIPT twice too: they are retried like any other
+    // retryable failure.
+    let app = results_app(config(&server.url()).retry_enqueue_for(Duration::from_secs(10))).await;
+    let flushing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flusher = tokio::spawn({
+        let (server, flushing) = (std::sync::Arc::clone(&server), std::sync::Arc::clone(&flushing));
+        async move {
+            let client = redis::Client::open(server.url()).unwrap();
+            let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+            let mut flushes = 0_u64;
+            while flushing.load(std::sync::atomic::Ordering::SeqCst) {
+                redis::cmd("SCRIPT").arg("FLUSH").query_async::<()>(&mut conn).await.unwrap();
+                flushes += 1;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            flushes
+        }
+    });
+    let worker = Worker::new(app.clone()).concurrency(4);
+    let shutdown = worker.shutdown_handle();
+    let running = tokio::spawn(worker.run());
+    let prefix = format!("flushing-{}-", dramaturg::MessageId::new());
+    let mut sent = Vec::new();
+    for i in 0..200 {
+        let tag = format!("{prefix}{i}");
+        sent.push((KeptCounted { tag: tag.clone(), padding: String::new() }.send(&app).await.unwrap(), tag));
+    }
+    for (handle, tag) in &sent {
+        assert_eq!(handle.result(&app).wait(Duration::from_secs(30)).await.unwrap().len(), 2048);
+        assert_eq!(runs(tag), (1, 1), "{tag}");
+    }
+    flushing.store(false, std::sync::atomic::Ordering::SeqCst);
+    let flushes = flusher.await.unwrap();
+    assert!(flushes > 10, "{flushes} flushes");
+    app.join(Duration::from_secs(10)).await.unwrap();
+    shutdown.shutdown();
+    let report = running.await.unwrap().expect("the worker started and ran");
+    assert_eq!((report.succeeded, report.stale), (200, 0), "{report:?}");
 }

@@ -362,13 +362,19 @@ impl Suite {
             .build()
             .expect("app");
         let total = 20;
+        // Naps far longer than the grace period: the four running when the
+        // worker stops are interrupted however slow the machine is.
         for _ in 0..total {
-            Nap { millis: 400, tag: self.prefix.clone() }.send(&app).await.expect("send");
+            Nap { millis: 10_000, tag: self.prefix.clone() }.send(&app).await.expect("send");
         }
         let worker = Worker::new(app.clone()).concurrency(4).grace_period(Duration::from_millis(100));
         let shutdown = worker.shutdown_handle();
         let running = tokio::spawn(worker.run());
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        let deadline = tokio::time::Instant::now() + SOON;
+        while naps_started(&self.prefix) < 4 {
+            assert!(tokio::time::Instant::now() < deadline, "four naps did not start");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         shutdown.shutdown();
         let report = tokio::time::timeout(SOON, running).await.expect("shutdown in time").expect("task").expect("run");
         let queue = &app.queues()[0];
@@ -416,7 +422,9 @@ impl Suite {
         self.put(&queue, "first try", None).await;
         let delivery = next(consumer.as_mut()).await;
         let started = tokio::time::Instant::now();
-        let reschedule = Settlement::Reschedule { body: body("second try"), delay: Duration::from_millis(600) };
+        // Long enough that the statistics below see the copy still delayed
+        // on a loaded machine.
+        let reschedule = Settlement::Reschedule { body: body("second try"), delay: Duration::from_millis(1500) };
         assert_eq!(delivery.settle(reschedule).await.expect("reschedule"), Settled::Applied);
         if let Some(admin) = self.broker.admin() {
             let stats = admin.stats(&queue).await.expect("stats");
@@ -425,7 +433,7 @@ impl Suite {
         nothing_within(consumer.as_mut(), Duration::from_millis(300)).await;
         let again = next(consumer.as_mut()).await;
         assert_eq!(again.body(), &body("second try"));
-        assert!(started.elapsed() >= Duration::from_millis(600), "delivered after {:?}", started.elapsed());
+        assert!(started.elapsed() >= Duration::from_millis(1500), "delivered after {:?}", started.elapsed());
         assert_eq!(again.settle(Settlement::Ack).await.expect("ack"), Settled::Applied);
         consumer.close().await.expect("close");
         self.expect_drained(&queue).await;
@@ -699,8 +707,16 @@ impl Suite {
 static NAPS_DONE: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, u64>>> =
     std::sync::LazyLock::new(Default::default);
 
+/// How many [`Nap`] messages started, by tag.
+static NAPS_STARTED: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, u64>>> =
+    std::sync::LazyLock::new(Default::default);
+
 fn naps_done(tag: &str) -> u64 {
     crate::sync::lock(&NAPS_DONE).get(tag).copied().unwrap_or(0)
+}
+
+fn naps_started(tag: &str) -> u64 {
+    crate::sync::lock(&NAPS_STARTED).get(tag).copied().unwrap_or(0)
 }
 
 /// The suite's actor: sleeps, then counts itself done under its tag.
@@ -717,6 +733,7 @@ impl Actor for Nap {
 
     fn into_job(self, _ctx: Context) -> Job {
         Box::pin(async move {
+            *crate::sync::lock(&NAPS_STARTED).entry(self.tag.clone()).or_default() += 1;
             tokio::time::sleep(Duration::from_millis(self.millis)).await;
             *crate::sync::lock(&NAPS_DONE).entry(self.tag).or_default() += 1;
             into_job_result::<Self, _>(Ok::<(), crate::BoxError>(()))

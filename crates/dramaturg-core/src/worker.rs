@@ -670,8 +670,19 @@ impl Worker {
         broker.set_worker_concurrency(self.concurrency);
         let mut consumers = Vec::with_capacity(lanes.len());
         for lane in &lanes {
-            broker.declare_queue(&lane.name).await?;
-            consumers.push(broker.consume(&lane.name, lane.prefetch).await?);
+            let opened = match broker.declare_queue(&lane.name).await {
+                Ok(()) => broker.consume(&lane.name, lane.prefetch).await,
+                Err(error) => Err(error),
+            };
+            match opened {
+                Ok(consumer) => consumers.push(consumer),
+                Err(error) => {
+                    // Nothing runs yet: stop what was started, and say why
+                    // through the error, not as a dropped run future.
+                    abandon_if_dropped.stop();
+                    return Err(error.into());
+                }
+            }
         }
         tracing::info!(
             queues = ?lanes.iter().map(Lane::describe).collect::<Vec<_>>(),
@@ -759,22 +770,36 @@ impl AbandonIfDropped {
     fn disarm(mut self) {
         self.0 = None;
     }
+
+    /// Stops everything at once, as a drop does, without a warning: for a
+    /// worker that could not start.
+    fn stop(mut self) {
+        if let Some(shared) = self.0.take() {
+            abandon(&shared);
+        }
+    }
 }
 
 impl Drop for AbandonIfDropped {
     fn drop(&mut self) {
         if let Some(shared) = self.0.take() {
             tracing::warn!("the worker's run future was dropped: stopping at once, running messages interrupted");
-            shared.stop.cancel();
-            shared.interrupt.cancel();
-            shared.abandon.cancel();
-            shared.publishing.cancel();
-            shared.tasks.close();
-            shared.children.close();
-            if let Some(watchdog) = &shared.watchdog {
-                watchdog.stop();
-            }
+            abandon(&shared);
         }
+    }
+}
+
+/// Stops a worker's tasks at once: running messages are interrupted and
+/// returned to their queues.
+fn abandon(shared: &Shared) {
+    shared.stop.cancel();
+    shared.interrupt.cancel();
+    shared.abandon.cancel();
+    shared.publishing.cancel();
+    shared.tasks.close();
+    shared.children.close();
+    if let Some(watchdog) = &shared.watchdog {
+        watchdog.stop();
     }
 }
 

@@ -14,9 +14,14 @@
 //! alone goes at once, in a call of its own.
 //!
 //! Store writes that go with an ack (a message's result, see
-//! `WritingReceipt`) travel in the same round trip: the batch is one
-//! pipeline of their `SET`s and `PUBLISH`es followed by the `ACK_MANY`
-//! call, so Redis makes every write before it settles any ack of the batch.
+//! `WritingReceipt`) travel in the same round trip. On a single server
+//! they go in the same script call (`ACK_MANY_WRITING`), made only for the
+//! acks that apply, so a stale attempt writes nothing; a full Redis
+//! refuses that call whole, and the acks are then settled without their
+//! writes. On a cluster, where the writes' keys lie in other slots, the
+//! batch is their `SET`s and `PUBLISH`es (one pipeline per key) followed
+//! by the `ACK_MANY` call, so Redis makes every write before it settles
+//! any ack of the batch.
 //!
 //! A settle future dropped after its ack was queued loses nothing: the
 //! task settles the ack anyway and drops the answer. The task ends when the
@@ -151,6 +156,15 @@ impl Settler {
     /// is logged and does not hold the acks back: the scripts run when
     /// Redis is full, and so do settlements.
     async fn write_and_settle(&self, batch: &[Pending]) -> redis::RedisResult<Vec<Value>> {
+        if !self.conn.is_cluster() && batch.iter().any(|ack| !ack.writes.is_empty()) {
+            match self.settle_writing(batch).await {
+                Err(error) if error.code() == Some("OOM") => {
+                    // Full: the call was refused whole; the acks go on
+                    // below, their writes refused and logged there.
+                }
+                done => return done,
+            }
+        }
         let writes = batch.iter().flat_map(|ack| &ack.writes).map(|w| (w.key.as_str(), w.value.as_ref(), w.ttl));
         let writes = crate::store::write_groups(&self.store_prefix, writes).map_err(|e| {
             redis::RedisError::from((ErrorKind::Client, "a store write outside the size rules", e.to_string()))
@@ -205,6 +219,31 @@ impl Settler {
             }
         }
         Err(redis::RedisError::from((ErrorKind::Client, "ACK_MANY is not loaded after SCRIPT LOAD")))
+    }
+
+    /// On a single server: `ACK_MANY_WRITING`, one script call that
+    /// settles the acks of `batch` and makes the writes of each ack that
+    /// applied (a stale attempt writes nothing), with its values sent once.
+    /// A full Redis refuses it whole (`OOM`).
+    async fn settle_writing(&self, batch: &[Pending]) -> redis::RedisResult<Vec<Value>> {
+        let mut call = self.scripts.ack_many_writing.prepare_invoke();
+        call.key(&*self.inflight).key(&self.keys.claims).key(&self.keys.msgs).arg(batch.len());
+        for pending in batch {
+            call.arg(&pending.id).arg(&pending.token);
+        }
+        for (number, pending) in batch.iter().enumerate() {
+            for write in &pending.writes {
+                let key = crate::store::checked_key(&self.store_prefix, &write.key, &write.value).map_err(|e| {
+                    redis::RedisError::from((ErrorKind::Client, "a store write outside the size rules", e.to_string()))
+                })?;
+                call.key(key)
+                    .arg(number + 1)
+                    .arg(write.value.as_ref())
+                    .arg(dramaturg_core::store::ttl_millis(write.ttl));
+            }
+        }
+        let mut conn = self.conn.clone();
+        call.invoke_async(&mut conn).await
     }
 
     /// The answers of an `ACK_MANY` reply, one per ack of `batch`.

@@ -557,7 +557,12 @@ async fn connect_endpoint(config: &RedisConfig) -> Result<(Endpoint, Conn), Brok
 /// are retryable: `OOM` (full: [`BrokerErrorKind::Full`]), and `READONLY`,
 /// `LOADING`, `TRYAGAIN`, `MASTERDOWN`, `CLUSTERDOWN`, `BUSY`, `UNBLOCKED`,
 /// `MISCONF`, `NOREPLICAS` (unavailable for now, as during a failover:
-/// [`BrokerErrorKind::Unavailable`]). Everything else is a protocol error.
+/// [`BrokerErrorKind::Unavailable`]), and `NOSCRIPT` (also
+/// `Unavailable`): a script call loads its script again after `NOSCRIPT`
+/// and tries once more, and the scripts can be flushed again in between
+/// (`SCRIPT FLUSH`, a restart, a failover to a replica that never ran
+/// them), so the next try loads them anew. Everything else is a protocol
+/// error.
 pub(crate) fn broker_error(error: RedisError, what: &str) -> BrokerError {
     let kind = error_kind(&error);
     BrokerError::new(kind, format!("redis: {what} failed: {error}")).with_source(error)
@@ -574,7 +579,7 @@ fn error_kind(error: &RedisError) -> BrokerErrorKind {
         Some("OOM") => BrokerErrorKind::Full,
         Some(
             "READONLY" | "LOADING" | "TRYAGAIN" | "MASTERDOWN" | "CLUSTERDOWN" | "BUSY" | "UNBLOCKED" | "MISCONF"
-            | "NOREPLICAS",
+            | "NOREPLICAS" | "NOSCRIPT",
         ) => BrokerErrorKind::Unavailable,
         _ => BrokerErrorKind::Protocol,
     }

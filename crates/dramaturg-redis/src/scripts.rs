@@ -172,33 +172,63 @@ table.insert(out, 1, wait)
 return out
 ";
 
-/// Acknowledge many messages (see `acks.rs`), each under its own claim:
+/// Acknowledges many messages (see `acks.rs`), each under its own claim:
 /// the check of `OWNS`, then the message is gone. KEYS: inflight, claims,
-/// msgs. ARGV: id, token, id, token, … (at most 256 pairs, so that the
-/// ids fit the Lua stack). Returns 1 (applied) or 0 (stale) per pair, in
-/// order. The claims are read and the hashes written with one variadic
-/// command each (each command a script calls costs more than the work
-/// itself); a pair whose id an earlier pair of the call acked is stale,
-/// as it would be in a call of its own.
-const ACK_MANY: &str = r"
-local ids = {}
-for i = 1, #ARGV, 2 do ids[#ids + 1] = ARGV[i] end
-local claims = redis.call('HMGET', KEYS[2], unpack(ids))
-local out, acked, done = {}, {}, {}
-for k, id in ipairs(ids) do
-  if claims[k] == ARGV[2 * k] and not done[id] then
-    done[id] = true
-    acked[#acked + 1] = id
-    -- From the head: messages are mostly settled in the order they were claimed.
-    redis.call('LREM', KEYS[1], 1, id)
-    out[k] = 1
-  else
-    out[k] = 0
+/// msgs. The pairs id, token are `ARGV[offset + 1]`, `ARGV[offset + 2]`,
+/// … (`n` of them, at most 256, so that the ids fit the Lua stack).
+/// Returns 1 (applied) or 0 (stale) per pair, in order. The claims are
+/// read and the hashes written with one variadic command each (each
+/// command a script calls costs more than the work itself); a pair whose
+/// id an earlier pair of the call acked is stale, as it would be in a call
+/// of its own.
+const ACK_PAIRS: &str = r"
+local function ack_pairs(offset, n)
+  local ids = {}
+  for k = 1, n do ids[k] = ARGV[offset + 2 * k - 1] end
+  local claims = redis.call('HMGET', KEYS[2], unpack(ids))
+  local out, acked, done = {}, {}, {}
+  for k, id in ipairs(ids) do
+    if claims[k] == ARGV[offset + 2 * k] and not done[id] then
+      done[id] = true
+      acked[#acked + 1] = id
+      -- From the head: messages are mostly settled in the order they were claimed.
+      redis.call('LREM', KEYS[1], 1, id)
+      out[k] = 1
+    else
+      out[k] = 0
+    end
   end
+  if #acked > 0 then
+    redis.call('HDEL', KEYS[2], unpack(acked))
+    redis.call('HDEL', KEYS[3], unpack(acked))
+  end
+  return out
 end
-if #acked > 0 then
-  redis.call('HDEL', KEYS[2], unpack(acked))
-  redis.call('HDEL', KEYS[3], unpack(acked))
+";
+
+/// Acknowledges many messages (`ACK_PAIRS`). KEYS: inflight, claims,
+/// msgs. ARGV: id, token, id, token, …
+const ACK_MANY: &str = r"
+return ack_pairs(0, #ARGV / 2)
+";
+
+/// Acknowledges many messages (`ACK_PAIRS`) and makes the store writes
+/// that go with them (a message's result), each only if its ack applied:
+/// `SET` with a TTL, and a `PUBLISH` of the value on the key's name, which
+/// wakes its waiters. KEYS: inflight, claims, msgs, then the key of each
+/// write. ARGV: the number of acks n, n pairs id, token, then per write
+/// the number of its ack (1-based), its value, its TTL (ms). Without the
+/// `allow-oom` flag: a full Redis refuses the whole call, and the acks are
+/// then settled without their writes.
+const ACK_MANY_WRITING: &str = r"
+local n = tonumber(ARGV[1])
+local out = ack_pairs(1, n)
+for w = 1, #KEYS - 3 do
+  local at = 2 + 2 * n + 3 * (w - 1)
+  if out[tonumber(ARGV[at])] == 1 then
+    redis.call('SET', KEYS[3 + w], ARGV[at + 1], 'PX', ARGV[at + 2])
+    redis.call('PUBLISH', KEYS[3 + w], ARGV[at + 1])
+  end
 end
 return out
 ";
@@ -413,10 +443,18 @@ return lapsed
 /// the body.
 pub(crate) fn script(flags: Option<&str>, parts: &[&str]) -> Script {
     let mut text = String::new();
-    if let Some(flags) = flags {
-        text.push_str("#!lua flags=");
-        text.push_str(flags);
-        text.push('\n');
+    match flags {
+        // A shebang without flags: a script that writes, refused whole
+        // (before it runs) by a Redis over `maxmemory`. Without a shebang,
+        // Redis checks only the script's first write, and lets every later
+        // one past the limit.
+        Some("") => text.push_str("#!lua\n"),
+        Some(flags) => {
+            text.push_str("#!lua flags=");
+            text.push_str(flags);
+            text.push('\n');
+        }
+        None => {}
     }
     for part in parts {
         text.push_str(part);
@@ -432,6 +470,7 @@ pub(crate) struct Scripts {
     pub(crate) enqueue_delayed: Script,
     pub(crate) fetch: Script,
     pub(crate) ack_many: Script,
+    pub(crate) ack_many_writing: Script,
     pub(crate) dead: Script,
     pub(crate) reschedule: Script,
     pub(crate) requeue: Script,
@@ -455,7 +494,10 @@ impl Scripts {
             enqueue: script(None, &[WAKE_IF_EMPTY, ENQUEUE]),
             enqueue_delayed: script(None, &[NOW, WAKE_IF_EMPTY, ADD_DELAYED, ENQUEUE_DELAYED]),
             fetch: script(drain, &[NOW, FETCH]),
-            ack_many: script(drain, &[ACK_MANY]),
+            ack_many: script(drain, &[ACK_PAIRS, ACK_MANY]),
+            // Its writes past `maxmemory` would grow a full Redis: refused
+            // whole there, and the acks settled without them.
+            ack_many_writing: script(Some(""), &[ACK_PAIRS, ACK_MANY_WRITING]),
             dead: script(drain, &[NOW, TRIM_DEAD, OWNS, DEAD]),
             reschedule: script(drain, &[NOW, WAKE_IF_EMPTY, ADD_DELAYED, OWNS, RESCHEDULE]),
             requeue: script(drain, &[WAKE_IF_EMPTY, OWNS, REQUEUE]),

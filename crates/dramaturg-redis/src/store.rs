@@ -283,9 +283,7 @@ pub(crate) fn write_groups<'a>(
 ) -> Result<Vec<redis::Pipeline>, StoreError> {
     let mut groups = Vec::new();
     for (key, value, ttl) in entries {
-        check_key(key)?;
-        check_value(value)?;
-        let key = [prefix.as_bytes(), key.as_bytes()].concat();
+        let key = checked_key(prefix, key, value)?;
         let bytes = 2 * (key.len() + value.len()) + 40;
         let mut set = redis::Cmd::with_capacity(5, bytes);
         set.arg("SET").arg(&key).arg(value).arg("PX").arg(ttl_millis(ttl));
@@ -296,6 +294,18 @@ pub(crate) fn write_groups<'a>(
         groups.push(pipe);
     }
     Ok(groups)
+}
+
+/// The Redis key of store key `key` under `prefix`, once `key` and the
+/// `value` to write there are within the store's size rules.
+///
+/// # Errors
+///
+/// [`StoreErrorKind::InvalidInput`] for a key or value outside them.
+pub(crate) fn checked_key(prefix: &str, key: &str, value: &[u8]) -> Result<Vec<u8>, StoreError> {
+    check_key(key)?;
+    check_value(value)?;
+    Ok([prefix.as_bytes(), key.as_bytes()].concat())
 }
 
 /// Writes `groups` (of [`write_groups`]) and fails with the first write

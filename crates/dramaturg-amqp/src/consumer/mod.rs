@@ -22,7 +22,7 @@ use dramaturg_core::{
     BrokerError, BrokerErrorKind, Consumer, Delivery, MessageId, Outgoing, Protocol, Receipt, Settled, Settlement,
 };
 use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::Channel;
 
@@ -33,11 +33,14 @@ use crate::target::{Extra, Target};
 use crate::{fingerprint, OutstandingMap, Shared};
 use dramaturg_core::now_ms;
 
+mod acks;
 mod mover;
 
 /// One consumer channel: the claim of every delivery it received.
 pub(crate) struct Generation {
     pub(crate) channel: Channel,
+    /// Where the channel's acks go, coalesced.
+    acks: acks::Acks,
     /// Deliveries handed out and not settled.
     outstanding: OutstandingMap,
     /// Deliveries received and not handed out yet: delay hops in progress
@@ -55,6 +58,7 @@ pub(crate) struct Generation {
 impl Generation {
     pub(crate) fn new(channel: Channel) -> Self {
         Self {
+            acks: acks::Acks::start(channel.clone()),
             channel,
             outstanding: OutstandingMap::default(),
             triaging: AtomicU64::new(0),
@@ -319,11 +323,7 @@ async fn hop(
     let due = header_u64(&received.properties, DUE_HEADER);
     let extra = Extra { remaining: Some(remaining), due, priority, reason: None };
     shared.publish_to(Target::Bucket(queue, k), &received.body, extra).await?;
-    generation
-        .channel
-        .basic_ack(received.tag, BasicAckOptions::default())
-        .await
-        .map_err(|e| amqp_error(e, "acknowledging a delay hop"))?;
+    ack(generation, received.tag).await?;
     Ok(Hopped::Moved)
 }
 
@@ -576,12 +576,7 @@ impl Subscription {
         // Everything sent before the cancel-ok has arrived by now.
         let mut returned = 0;
         while let Some(Some(Ok(delivery))) = futures_util::FutureExt::now_or_never(self.stream.next()) {
-            let requeue = BasicNackOptions { requeue: true, ..BasicNackOptions::default() };
-            self.generation
-                .channel
-                .basic_nack(delivery.delivery_tag, requeue)
-                .await
-                .map_err(|e| amqp_error(e, "returning a prefetched message"))?;
+            requeue(&self.generation, delivery.delivery_tag).await?;
             returned += 1;
         }
         Ok(returned)
@@ -674,13 +669,18 @@ impl AmqpReceipt {
     }
 }
 
+/// Acknowledges the delivery `tag` of `generation`'s channel (coalesced
+/// with others, see `acks.rs`).
 pub(crate) async fn ack(generation: &Generation, tag: u64) -> Result<(), BrokerError> {
-    generation.channel.basic_ack(tag, BasicAckOptions::default()).await.map_err(|e| amqp_error(e, "acknowledging"))
+    generation.acks.ack(tag).await
 }
 
+/// Returns the delivery `tag` of `generation`'s channel to its queue.
 pub(crate) async fn requeue(generation: &Generation, tag: u64) -> Result<(), BrokerError> {
     let requeue = BasicNackOptions { requeue: true, ..BasicNackOptions::default() };
-    generation.channel.basic_nack(tag, requeue).await.map_err(|e| amqp_error(e, "requeueing"))
+    generation.channel.basic_nack(tag, requeue).await.map_err(|e| amqp_error(e, "requeueing"))?;
+    generation.acks.settled_otherwise(tag);
+    Ok(())
 }
 
 #[async_trait]

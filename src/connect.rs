@@ -28,7 +28,7 @@ pub enum ConnectError {
 
 /// Every scheme `connect` can know, and whether this build does (with the
 /// feature that brings it).
-const SCHEMES: [(&str, bool, &str); 9] = [
+const SCHEMES: [(&str, bool, &str); 10] = [
     ("memory", true, ""),
     ("redis", cfg!(feature = "redis"), "redis"),
     ("rediss", cfg!(feature = "redis-tls"), "redis-tls"),
@@ -38,6 +38,7 @@ const SCHEMES: [(&str, bool, &str); 9] = [
     ("amqps", cfg!(feature = "amqp-tls"), "amqp-tls"),
     ("postgres", cfg!(feature = "postgres"), "postgres"),
     ("postgresql", cfg!(feature = "postgres"), "postgres"),
+    ("sqlite", cfg!(feature = "sqlite"), "sqlite"),
 ];
 
 /// What to say about a scheme this build does not understand, from the
@@ -62,7 +63,11 @@ fn hint() -> String {
 /// features; `redis+cluster://host:port,host:port/` and
 /// `rediss+cluster://…` for a Redis Cluster), `amqp://` and `amqps://` (with the `amqp` and `amqp-tls`
 /// features), `postgres://` and `postgresql://` (with the `postgres`
-/// feature; `?schema=` names the schema of the broker's tables).
+/// feature; `?schema=` names the schema of the broker's tables), and
+/// `sqlite://path` (with the `sqlite` feature: `sqlite://jobs.db` relative
+/// to the working directory, `sqlite:///var/lib/app/jobs.db` absolute; an
+/// in-memory SQLite database is refused, `memory://` is the in-memory
+/// broker).
 ///
 /// # Errors
 ///
@@ -83,9 +88,12 @@ fn hint() -> String {
 /// # }
 /// ```
 pub async fn connect(url: &str) -> Result<Arc<dyn Broker>, ConnectError> {
-    let Some((scheme, _rest)) = url.split_once("://") else {
+    // `sqlite:jobs.db` and `sqlite::memory:` name SQLite too, without `//`.
+    let scheme = match url.split_once("://") {
+        Some((scheme, _rest)) => scheme,
+        None if url.starts_with("sqlite:") => "sqlite",
         // Shown without anything after a possible `user:password@`.
-        return Err(ConnectError::InvalidUrl(redact_password(url)));
+        None => return Err(ConnectError::InvalidUrl(redact_password(url))),
     };
     match scheme {
         "memory" => Ok(Arc::new(MemoryBroker::new())),
@@ -99,6 +107,8 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Broker>, ConnectError> {
         "amqps" => Ok(Arc::new(dramaturg_amqp::AmqpBroker::connect(url).await?)),
         #[cfg(feature = "postgres")]
         "postgres" | "postgresql" => Ok(Arc::new(dramaturg_postgres::PgBroker::connect(url).await?)),
+        #[cfg(feature = "sqlite")]
+        "sqlite" => Ok(Arc::new(dramaturg_sqlite::SqliteBroker::connect(url).await?)),
         other => Err(ConnectError::UnknownScheme { scheme: other.to_owned(), hint: hint() }),
     }
 }

@@ -53,6 +53,10 @@ pub use dramaturg_retries as retries;
 #[cfg(feature = "schedule")]
 #[cfg_attr(docsrs, doc(cfg(feature = "schedule")))]
 pub use dramaturg_schedule as schedule;
+/// The SQLite broker.
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+pub use dramaturg_sqlite as sqlite;
 pub use dramaturg_time_limit as time_limit;
 /// The web dashboard: an axum `Router` to mount into your app, or to serve.
 #[cfg(feature = "web")]

@@ -3,8 +3,10 @@
 
 #![cfg(feature = "postgres")]
 
+#[path = "support/guarded.rs"]
+mod guarded;
 #[path = "support/postgres.rs"]
 #[allow(dead_code)] // The suite needs the broker that drops its schema only.
 mod postgres;
 
-dramaturg_core::broker_conformance!(postgres::Dropping::new());
+dramaturg_core::broker_conformance!(postgres::dropping());

@@ -245,3 +245,28 @@ async fn a_claim_cut_short_is_returned_by_close() {
         assert_eq!((stats.ready, stats.in_flight), (50, 0), "attempt {attempt}: {stats:?}");
     }
 }
+
+/// A stale ack and the current one of the same row, coalesced into one
+/// batch: only the current one applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_ack_batched_with_the_current_one_stays_stale() {
+    if support::is_child() {
+        return;
+    }
+    let (schema, _drop) = own_schema();
+    let broker = broker_in(&schema).await;
+    for _ in 0..20 {
+        broker.enqueue(Outgoing::new("q", b"row".to_vec())).await.unwrap();
+        let mut consumer = broker.consume("q", 1).await.unwrap();
+        let stale = tokio::time::timeout(Duration::from_secs(5), consumer.next()).await.unwrap().unwrap();
+        assert_eq!(broker.requeue_in_flight("q").await.unwrap(), 1);
+        let mut again = broker.consume("q", 1).await.unwrap();
+        let current = tokio::time::timeout(Duration::from_secs(5), again.next()).await.unwrap().unwrap();
+        let (stale, current) =
+            tokio::join!(stale.settle(dramaturg::Settlement::Ack), current.settle(dramaturg::Settlement::Ack));
+        assert_eq!((stale.unwrap(), current.unwrap()), (dramaturg::Settled::Stale, dramaturg::Settled::Applied));
+        assert!(broker.stats("q").await.unwrap().is_drained());
+        consumer.close().await.unwrap();
+        again.close().await.unwrap();
+    }
+}

@@ -14,9 +14,12 @@ use dramaturg::prelude::*;
 use dramaturg::BoxError;
 use serde::{Deserialize, Serialize};
 
+pub(crate) mod guarded;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
 pub(crate) mod python;
+#[cfg(feature = "sqlite")]
+pub(crate) mod sqlite;
 
 /// The environment variable that turns a test binary into a worker child.
 pub(crate) const CHILD: &str = "DRAMATURG_TEST_CHILD";

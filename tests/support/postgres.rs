@@ -1,11 +1,9 @@
 //! The PostgreSQL broker of a test, in a schema of its own that is dropped
 //! when the test ends.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use dramaturg::postgres::{PgBroker, PgConfig};
-use dramaturg::{Broker, BrokerError, Consumer, DeadLetters, Outgoing, QueueAdmin};
 
 /// The tests' database.
 pub(crate) const URL: &str = "postgres://root@127.0.0.1:5432/test";
@@ -59,62 +57,11 @@ impl Drop for DropSchema {
     }
 }
 
-/// A broker that drops its schema when the last clone of it is dropped:
-/// what the conformance suite gets, since it keeps the broker to the end.
-#[derive(Debug, Clone)]
-pub(crate) struct Dropping {
-    broker: PgBroker,
-    _schema: Arc<DropSchema>,
-}
-
-impl Dropping {
-    /// A broker in a new schema.
-    pub(crate) async fn new() -> Self {
-        let schema = schema();
-        let broker = broker_in(&schema).await;
-        Self { broker, _schema: Arc::new(DropSchema(schema)) }
-    }
-}
-
-#[dramaturg::async_trait]
-impl Broker for Dropping {
-    async fn declare_queue(&self, queue: &str) -> Result<(), BrokerError> {
-        self.broker.declare_queue(queue).await
-    }
-
-    async fn enqueue(&self, message: Outgoing) -> Result<(), BrokerError> {
-        self.broker.enqueue(message).await
-    }
-
-    async fn enqueue_many(&self, messages: Vec<Outgoing>) -> Result<(), BrokerError> {
-        self.broker.enqueue_many(messages).await
-    }
-
-    async fn consume(&self, queue: &str, prefetch: usize) -> Result<Box<dyn Consumer>, BrokerError> {
-        self.broker.consume(queue, prefetch).await
-    }
-
-    fn check_queue_name(&self, name: &str) -> Result<(), BrokerError> {
-        self.broker.check_queue_name(name)
-    }
-
-    fn admin(&self) -> Option<&dyn QueueAdmin> {
-        self.broker.admin()
-    }
-
-    fn dead_letters(&self) -> Option<&dyn DeadLetters> {
-        self.broker.dead_letters()
-    }
-
-    fn set_worker_concurrency(&self, concurrency: usize) {
-        self.broker.set_worker_concurrency(concurrency);
-    }
-
-    async fn release(&self) -> Result<(), BrokerError> {
-        self.broker.release().await
-    }
-
-    fn now_ms(&self) -> u64 {
-        self.broker.now_ms()
-    }
+/// A broker in a new schema, dropped when the last clone of the broker is
+/// dropped: what the conformance suite gets, since it keeps the broker to
+/// the end.
+pub(crate) async fn dropping() -> super::guarded::Guarded<PgBroker, DropSchema> {
+    let schema = schema();
+    let broker = broker_in(&schema).await;
+    super::guarded::Guarded::new(broker, DropSchema(schema))
 }

@@ -4,14 +4,15 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-/// See and operate dramaturg's queues on Redis, RabbitMQ and PostgreSQL.
+/// See and operate dramaturg's queues on Redis, RabbitMQ, PostgreSQL and SQLite.
 ///
 /// Every command talks to the broker at --broker (or DRAMATURG_BROKER):
 /// redis://[:password@]host[:port][/db][?namespace=ns],
 /// redis+cluster://[:password@]host:port,host:port/[?namespace=ns] (a Redis
-/// Cluster), amqp://user:password@host[:port]/vhost or
-/// postgres://user[:password]@host[:port]/database[?schema=s]. Passwords are
-/// never printed.
+/// Cluster), amqp://user:password@host[:port]/vhost,
+/// postgres://user[:password]@host[:port]/database[?schema=s] or
+/// sqlite://path/to/jobs.db (the file the workers use). Passwords are never
+/// printed.
 ///
 /// Output is a table for people; --json prints JSON for scripts (one
 /// document on stdout; errors go to stderr as text).

@@ -1,4 +1,4 @@
-//! `dramaturg`: see and operate dramaturg's queues on Redis, RabbitMQ and PostgreSQL.
+//! `dramaturg`: see and operate dramaturg's queues on Redis, RabbitMQ, PostgreSQL and SQLite.
 //!
 //! `dramaturg --help` explains the commands and the exit codes; the
 //! operations guide (`docs/operations.md`) is the reference.

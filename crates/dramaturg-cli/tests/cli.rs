@@ -1,5 +1,5 @@
 //! The built `dramaturg` binary against the real Redis, RabbitMQ and
-//! PostgreSQL: every
+//! PostgreSQL, and a SQLite file: every
 //! subcommand, in both output formats; bad URLs, bad input and unknown ids
 //! give a clear error and a non-zero exit code.
 
@@ -273,6 +273,33 @@ async fn postgres_every_command() {
     assert_eq!(all[0]["queue"], queue);
     assert_eq!(all[0]["in_flight"], 0, "PostgreSQL counts every worker's deliveries");
     assert_eq!(json(&url, &["workers"]), Value::Array(Vec::new()), "nobody consumes");
+}
+
+/// Deletes a directory when dropped, at the end of its test.
+struct RemoveDir(std::path::PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_every_command() {
+    let dir = RemoveDir(std::env::temp_dir().join(format!("dramaturg-cli-{}", unique())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let url = format!("sqlite://{}", dir.0.join("jobs.db").display());
+    let queue = "cli-greet";
+    dead_letter_round_trip(&url, queue).await;
+    pause_round_trip(&url, "cli-pause");
+    ok(&url, &["send", "greet", "-q", queue, "--args", r#"{"name":"eve"}"#]);
+    let all = json(&url, &["queues"]);
+    assert_eq!(all.as_array().unwrap().len(), 1, "{all}");
+    assert_eq!(all[0]["queue"], queue);
+    assert_eq!(all[0]["in_flight"], 0, "SQLite counts every worker's deliveries");
+    assert_eq!(json(&url, &["workers"]), Value::Array(Vec::new()), "nobody consumes");
+    let stderr = fails(Some("sqlite::memory:"), &["queues"], 2);
+    assert!(stderr.contains("memory://"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -356,7 +356,7 @@ pub trait Receipt: Send + Sync + fmt::Debug {
 #[async_trait]
 pub trait WritingReceipt: Send + Sync {
     /// Writes `writes` to the broker's [store](Broker::store), exactly as
-    /// [`Store::set_many`](crate::Store::set_many) would, then settles as
+    /// [`Store::set_many`] would, then settles as
     /// [`Receipt::settle`] does, in one round trip where it can. The
     /// writes are made ahead of the settlement's claim check, so a stale
     /// settlement has made them too — as when they are written first and
@@ -931,6 +931,59 @@ pub enum Replay {
     One(String),
     /// All of them.
     All,
+}
+
+impl Replay {
+    /// For brokers whose dead letters are rows keyed by an integer id:
+    /// `Some(None)` for all, `Some(Some(id))` for one, `None` for a key
+    /// that is no integer (it names no dead letter).
+    ///
+    /// ```
+    /// use dramaturg_core::Replay;
+    ///
+    /// assert_eq!(Replay::All.row_id(), Some(None));
+    /// assert_eq!(Replay::One("42".into()).row_id(), Some(Some(42)));
+    /// assert_eq!(Replay::One("1-0".into()).row_id(), None);
+    /// ```
+    pub fn row_id(&self) -> Option<Option<i64>> {
+        match self {
+            Replay::One(key) => key.parse().ok().map(Some),
+            Replay::All => Some(None),
+        }
+    }
+}
+
+/// Checks a queue name for a broker that keeps it as text: refuses one
+/// that is empty, longer than `max_bytes`, or holds a NUL character, with
+/// an error of kind [`InvalidInput`](crate::BrokerErrorKind::InvalidInput)
+/// whose message begins with `broker` (`"postgres"`).
+///
+/// # Errors
+///
+/// As said.
+///
+/// ```
+/// use dramaturg_core::broker::check_text_queue_name;
+///
+/// assert!(check_text_queue_name("default", 1000, "sqlite").is_ok());
+/// assert!(check_text_queue_name("", 1000, "sqlite").is_err());
+/// assert!(check_text_queue_name("a\0b", 1000, "sqlite").is_err());
+/// assert!(check_text_queue_name("abc", 2, "sqlite").unwrap_err().to_string().contains("longer than 2 bytes"));
+/// ```
+pub fn check_text_queue_name(name: &str, max_bytes: usize, broker: &str) -> Result<(), BrokerError> {
+    let problem = if name.is_empty() {
+        "the queue name is empty".to_owned()
+    } else if name.len() > max_bytes {
+        format!("the queue name is longer than {max_bytes} bytes")
+    } else if name.contains('\0') {
+        "the queue name holds a NUL character".to_owned()
+    } else {
+        return Ok(());
+    };
+    Err(BrokerError::new(
+        crate::BrokerErrorKind::InvalidInput,
+        format!("{broker}: {problem}: {:?}", crate::Bounded::quoted(name)),
+    ))
 }
 
 /// Dead-letter listing and replay.

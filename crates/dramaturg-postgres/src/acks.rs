@@ -31,7 +31,8 @@ pub(crate) struct Acks {
 
 impl Acks {
     /// Starts the ack task on the current runtime, deleting through `pool`
-    /// with `statement` (`$1` ids, `$2` tokens, returning the ids deleted).
+    /// with `statement` (`$1` ids, `$2` tokens, returning the tokens of the
+    /// rows deleted).
     pub(crate) fn start(pool: PgPool, statement: String) -> Self {
         let (sender, receiver) = mpsc::unbounded_channel();
         tokio::spawn(run(pool, statement, receiver));
@@ -59,7 +60,7 @@ async fn run(pool: PgPool, statement: String, mut receiver: mpsc::UnboundedRecei
             Ok(deleted) => {
                 let deleted: HashSet<i64> = deleted.into_iter().collect();
                 for pending in batch.drain(..) {
-                    let _ = pending.done.send(Ok(deleted.contains(&pending.id)));
+                    let _ = pending.done.send(Ok(deleted.contains(&pending.token)));
                 }
             }
             Err(error) => {

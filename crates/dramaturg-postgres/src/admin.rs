@@ -16,16 +16,6 @@ fn from_micros(micros: i64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_micros(u64::try_from(micros).unwrap_or(0))
 }
 
-/// The dead letters `which` names, as the statements take them: `Some(None)`
-/// for all, `Some(Some(id))` for one, `None` for a key that is no row id
-/// (it names no dead letter).
-fn dead_letter_ids(which: &Replay) -> Option<Option<i64>> {
-    match which {
-        Replay::One(key) => key.parse().ok().map(Some),
-        _ => Some(None),
-    }
-}
-
 fn count(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }
@@ -161,7 +151,7 @@ impl DeadLetters for PgBroker {
     /// first, at priority 0: those there when it starts, each once.
     async fn replay(&self, queue: &str, which: Replay) -> Result<u64, BrokerError> {
         check_queue(queue)?;
-        let Some(id) = dead_letter_ids(&which) else { return Ok(0) };
+        let Some(id) = which.row_id() else { return Ok(0) };
         let (replayed,): (i64,) = sqlx::query_as(&self.shared.sql.replay)
             .bind(queue)
             .bind(id)
@@ -174,7 +164,7 @@ impl DeadLetters for PgBroker {
 
     async fn delete(&self, queue: &str, which: Replay) -> Result<u64, BrokerError> {
         check_queue(queue)?;
-        let Some(id) = dead_letter_ids(&which) else { return Ok(0) };
+        let Some(id) = which.row_id() else { return Ok(0) };
         let done = sqlx::query(&self.shared.sql.delete_dead)
             .bind(queue)
             .bind(id)

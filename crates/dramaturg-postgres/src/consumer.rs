@@ -182,15 +182,7 @@ impl PgConsumer {
     /// quarter of the prefetch is free, this waits up to [`CLAIM_GATHER`]
     /// for a quarter to free, and claims for what is free then.
     async fn gather_room(&self) -> usize {
-        let quarter = self.prefetch / 4;
-        // This delivery's own slot is taken already.
-        let free = self.permits.available_permits();
-        if free + 1 < quarter {
-            let wanted = u32::try_from(quarter - 1).unwrap_or(u32::MAX);
-            // Released at once: they are only counted.
-            let _ = tokio::time::timeout(CLAIM_GATHER, self.permits.acquire_many(wanted)).await;
-        }
-        self.permits.available_permits() + 1
+        dramaturg_core::sync::claim_room(&self.permits, self.prefetch, CLAIM_GATHER).await
     }
 
     /// Waits until a wake-up, the next delayed message's due time, or the

@@ -80,7 +80,7 @@ use async_trait::async_trait;
 use dramaturg_core::broker::redact_password;
 use dramaturg_core::sync::lock;
 use dramaturg_core::time::millis;
-use dramaturg_core::{Bounded, Broker, BrokerError, BrokerErrorKind, Consumer, DeadLetters, Outgoing, QueueAdmin};
+use dramaturg_core::{Broker, BrokerError, BrokerErrorKind, Consumer, DeadLetters, Outgoing, QueueAdmin};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use crate::acks::Acks;
@@ -427,16 +427,7 @@ impl Shared {
 /// [`MAX_QUEUE_NAME_BYTES`], or holding a NUL character (text columns
 /// cannot).
 pub(crate) fn check_queue(name: &str) -> Result<(), BrokerError> {
-    let problem = if name.is_empty() {
-        "the queue name is empty"
-    } else if name.len() > MAX_QUEUE_NAME_BYTES {
-        "the queue name is longer than 1000 bytes"
-    } else if name.contains('\0') {
-        "the queue name holds a NUL character"
-    } else {
-        return Ok(());
-    };
-    Err(BrokerError::new(BrokerErrorKind::InvalidInput, format!("postgres: {problem}: {:?}", Bounded::quoted(name))))
+    dramaturg_core::broker::check_text_queue_name(name, MAX_QUEUE_NAME_BYTES, "postgres")
 }
 
 #[async_trait]

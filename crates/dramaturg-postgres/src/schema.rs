@@ -73,7 +73,8 @@ pub(crate) struct Sql {
     pub(crate) idle: String,
     /// $1 queue → paused.
     pub(crate) paused: String,
-    /// $1 ids, $2 tokens → the ids acknowledged.
+    /// $1 ids, $2 tokens → the tokens of the rows acknowledged (a stale
+    /// ack of a row acknowledged in the same batch is not among them).
     pub(crate) ack: String,
     /// $1 id, $2 token, $3 reason.
     pub(crate) dead_letter: String,
@@ -161,7 +162,7 @@ impl Sql {
             paused: format!("SELECT EXISTS (SELECT 1 FROM {s}.paused_queues WHERE queue = $1)"),
             ack: format!(
                 "DELETE FROM {s}.messages AS m USING unnest($1::bigint[], $2::bigint[]) AS a(id, token)
-                WHERE m.id = a.id AND m.lease_token = a.token RETURNING m.id"
+                WHERE m.id = a.id AND m.lease_token = a.token RETURNING m.lease_token"
             ),
             dead_letter: format!(
                 "WITH gone AS (DELETE FROM {s}.messages WHERE id = $1 AND lease_token = $2 RETURNING queue, body)

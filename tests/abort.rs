@@ -1,7 +1,11 @@
 //! Cancelling and aborting messages, on the in-memory broker and store,
-//! and on Redis and RabbitMQ with the Redis store.
+//! on Redis and RabbitMQ with the Redis store, and on PostgreSQL with its
+//! own store.
 
 #![allow(clippy::unwrap_used)] // Tests may panic on the unexpected.
+
+#[cfg(feature = "postgres")]
+mod support;
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -440,4 +444,36 @@ mod across_processes {
             .unwrap();
         abort(&one_process, MessageId::new(), AbortOptions::abort()).await.unwrap();
     }
+}
+
+/// The default stack on the PostgreSQL broker keeps abort requests in its
+/// database (its store), so a producer's `abort` reaches a worker that
+/// shares nothing with it but the database, and interrupts the running
+/// actor at once.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_stack_on_the_postgres_broker_aborts_a_running_message_across_processes() {
+    use dramaturg::Broker as _;
+    use support::postgres::{broker_in, own_schema};
+
+    let (schema, _drop) = own_schema();
+    let worker_broker = broker_in(&schema).await;
+    let app = |broker| {
+        dramaturg::app(broker).replace("retries", Retries::new().max_retries(0)).actor::<Looper>().build().unwrap()
+    };
+    let worker_app = app(worker_broker.clone());
+    let producer = app(broker_in(&schema).await);
+    let running = start(&worker_app);
+    let tag = tag();
+    let id = looper(&tag).send(&producer).await.unwrap();
+    wait_for_event(&tag, "start").await;
+    let asked = Instant::now();
+    abort(&producer, id, AbortOptions::abort()).await.unwrap();
+    wait_for_event(&tag, "dropped").await;
+    let took = when(&tag, "dropped").unwrap() - asked;
+    assert!(took < Duration::from_millis(250), "interrupted {took:?} after the request");
+    let report = finish(&worker_app, running).await;
+    assert_eq!((report.aborted, report.retried, report.failed), (1, 0, 0), "{report:?}");
+    let stats = worker_broker.admin().unwrap().stats(&worker_app.queues()[0]).await.unwrap();
+    assert!(stats.is_drained() && stats.dead == 0, "{stats:?}");
 }

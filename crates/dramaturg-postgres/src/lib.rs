@@ -492,7 +492,8 @@ impl Broker for PgBroker {
     /// A [`PgStore`] in this broker's schema, on its pool
     /// ([`PgStore::for_broker`]), one for the broker and its clones.
     fn store(&self) -> Option<Arc<dyn dramaturg_core::Store>> {
-        Some(Arc::clone(self.shared.store.get_or_init(|| Arc::new(PgStore::for_broker(self)))) as Arc<dyn dramaturg_core::Store>)
+        Some(Arc::clone(self.shared.store.get_or_init(|| Arc::new(PgStore::for_broker(self))))
+            as Arc<dyn dramaturg_core::Store>)
     }
 
     fn set_worker_concurrency(&self, concurrency: usize) {

@@ -207,7 +207,10 @@ fn wrong_type(key: &str, expected: &str) -> StoreError {
 fn checked(key: &str) -> Result<&str, StoreError> {
     check_key(key)?;
     if key.contains('\0') {
-        return Err(StoreError::new(StoreErrorKind::InvalidInput, "postgres store: a key or member holds a NUL character"));
+        return Err(StoreError::new(
+            StoreErrorKind::InvalidInput,
+            "postgres store: a key or member holds a NUL character",
+        ));
     }
     Ok(key)
 }

@@ -106,7 +106,8 @@ impl Waits {
         if reader.as_ref().is_some_and(|task| !task.is_finished()) {
             return Ok(());
         }
-        let mut listener = PgListener::connect_with(&self.pool).await.map_err(|e| db_error(e, "listening for waits"))?;
+        let mut listener =
+            PgListener::connect_with(&self.pool).await.map_err(|e| db_error(e, "listening for waits"))?;
         listener.listen(&self.channel).await.map_err(|e| db_error(e, "listening for waits"))?;
         tracing::debug!(channel = %self.channel, "postgres store: listening for waits");
         *reader = Some(tokio::spawn(read(listener, Arc::clone(&self.listeners))));

@@ -356,7 +356,7 @@ pub trait Receipt: Send + Sync + fmt::Debug {
 #[async_trait]
 pub trait WritingReceipt: Send + Sync {
     /// Writes `writes` to the broker's [store](Broker::store), exactly as
-    /// [`Store::set_many`](crate::Store::set_many) would, then settles as
+    /// [`Store::set_many`] would, then settles as
     /// [`Receipt::settle`] does, in one round trip where it can. The
     /// writes are made ahead of the settlement's claim check, so a stale
     /// settlement has made them too — as when they are written first and

@@ -9,7 +9,7 @@ use crate::dead_letter::DecodedMessage;
 use crate::error::BrokerError;
 use crate::App;
 
-/// A [`QueuedMessage`] decoded with an app's encoder.
+/// A [`QueuedMessage`](crate::broker::QueuedMessage) decoded with an app's encoder.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct QueuedView {

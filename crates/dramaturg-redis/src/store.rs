@@ -358,7 +358,7 @@ impl Store for RedisStore {
     }
 
     /// `SET key value PX ttl` and `PUBLISH key value` per entry (see
-    /// [`write_groups`]), in one round trip on a single server; on a
+    /// `write_groups`), in one round trip on a single server; on a
     /// cluster, one pipeline per key, concurrently.
     async fn set_many(&self, entries: &[(&str, &[u8], Duration)]) -> Result<(), StoreError> {
         let groups = write_groups(&self.prefix, entries.iter().copied())?;

@@ -1,7 +1,9 @@
 //! The store on PostgreSQL against the real server: the store conformance
 //! suite (each case in a schema of its own), waits woken across
-//! connections, the broker's store, and results kept and waited for across
-//! a worker. Each test works in a schema of its own, dropped when it ends.
+//! connections, the broker's store and the deletion of expired rows.
+//! Results and aborts on PostgreSQL are tested in `results.rs` and
+//! `abort.rs`. Each test works in a schema of its own, dropped when it
+//! ends.
 
 #![cfg(feature = "postgres")]
 #![allow(clippy::unwrap_used)] // Tests may panic on the unexpected.
@@ -11,11 +13,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use dramaturg::postgres::{PgConfig, PgStore};
-use dramaturg::prelude::*;
-use dramaturg::results::{ResultError, Results, SentExt};
 use dramaturg::store::SetMode;
 use dramaturg::{Broker as _, Store};
-use serde::{Deserialize, Serialize};
 
 use support::postgres::{broker_in, own_schema, DroppingStore, URL};
 
@@ -108,55 +107,4 @@ async fn expired_rows_are_deleted_by_a_later_write() {
         assert!(Instant::now() < deadline, "expired rows were not deleted");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-#[derive(Debug, PartialEq, Serialize, Deserialize)]
-struct Invoice {
-    order: u32,
-    total_cents: u64,
-}
-
-/// Totals an order, or fails when asked to.
-#[derive(Actor, Serialize, Deserialize)]
-#[actor(output = Invoice, store_results, max_retries = 0)]
-struct Total {
-    order: u32,
-    fail: bool,
-}
-
-impl Total {
-    async fn perform(self, _ctx: &Context) -> Result<Invoice, String> {
-        if self.fail {
-            return Err(format!("order {} has no lines", self.order));
-        }
-        Ok(Invoice { order: self.order, total_cents: u64::from(self.order) * 100 })
-    }
-}
-
-/// An app on the PostgreSQL broker keeps results in its database: a
-/// producer of its own (as another process would have) waits for the
-/// typed result of a message a worker runs.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn results_are_kept_and_waited_for_across_a_worker() {
-    let (schema, _drop) = own_schema();
-    let app = |broker: dramaturg::postgres::PgBroker| {
-        let results = Results::for_broker(&broker);
-        dramaturg::app(broker).insert_before("callbacks", results).actor::<Total>().build().unwrap()
-    };
-    let worker_app = app(broker_in(&schema).await);
-    let producer = app(broker_in(&schema).await);
-    let sent = Total { order: 7, fail: false }.send(&producer).await.unwrap();
-    let failed = Total { order: 8, fail: true }.send(&producer).await.unwrap();
-    let waiters: Vec<_> = (0..3)
-        .map(|_| {
-            let handle = sent.result(&producer);
-            tokio::spawn(async move { handle.wait(Duration::from_secs(10)).await })
-        })
-        .collect();
-    let worker = tokio::spawn(Worker::new(worker_app).run_until_drained(Duration::from_secs(10)));
-    for waiter in waiters {
-        assert_eq!(waiter.await.unwrap().unwrap(), Invoice { order: 7, total_cents: 700 });
-    }
-    assert!(matches!(failed.result(&producer).wait(Duration::from_secs(10)).await, Err(ResultError::Failed { .. })));
-    worker.await.unwrap().unwrap();
 }

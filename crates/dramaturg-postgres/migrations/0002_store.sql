@@ -43,10 +43,11 @@ END
 $$;
 
 -- Locks the row of `p_key` for the rest of the transaction and returns it,
--- with `kind` NULL when the key is absent or expired. An absent key gets a
--- placeholder row (already expired) first, so that two writers of a new
--- key take turns instead of both inserting.
-CREATE FUNCTION store_lock(p_key text) RETURNS store
+-- with `kind` NULL when the key is absent or expired; a live key of
+-- another kind than `p_kind` is refused as not holding `p_what`. An absent
+-- key gets a placeholder row (already expired) first, so that two writers
+-- of a new key take turns instead of both inserting.
+CREATE FUNCTION store_lock(p_key text, p_kind text, p_what text) RETURNS store
 LANGUAGE plpgsql SET search_path FROM CURRENT
 AS $$
 DECLARE
@@ -59,6 +60,8 @@ BEGIN
     END LOOP;
     IF r.expires_at <= clock_timestamp() THEN
         r.kind := NULL;
+    ELSIF r.kind <> p_kind THEN
+        PERFORM store_wrong_type(p_key, p_what);
     END IF;
     RETURN r;
 END
@@ -71,14 +74,11 @@ CREATE FUNCTION store_incr_by(p_key text, p_delta bigint, p_ttl_ms bigint) RETUR
 LANGUAGE plpgsql SET search_path FROM CURRENT
 AS $$
 DECLARE
-    r store := store_lock(p_key);
+    r store := store_lock(p_key, 'value', 'a counter');
     text_value text;
     current bigint := 0;
 BEGIN
     IF r.kind IS NOT NULL THEN
-        IF r.kind <> 'value' THEN
-            PERFORM store_wrong_type(p_key, 'a counter');
-        END IF;
         text_value := encode(r.value, 'escape');
         IF length(r.value) > 20 OR text_value !~ '^[+-]?[0-9]+$' THEN
             PERFORM store_wrong_type(p_key, 'a counter');
@@ -99,13 +99,10 @@ CREATE FUNCTION store_set_add(p_key text, p_member text, p_ttl_ms bigint) RETURN
 LANGUAGE plpgsql SET search_path FROM CURRENT
 AS $$
 DECLARE
-    r store := store_lock(p_key);
+    r store := store_lock(p_key, 'set', 'a set');
     next_members text[] := ARRAY[p_member];
 BEGIN
     IF r.kind IS NOT NULL THEN
-        IF r.kind <> 'set' THEN
-            PERFORM store_wrong_type(p_key, 'a set');
-        END IF;
         next_members := CASE WHEN p_member = ANY(r.members) THEN r.members ELSE r.members || p_member END;
     END IF;
     UPDATE store SET kind = 'set', value = NULL, members = next_members, slots = NULL, arrival_ms = NULL,
@@ -121,13 +118,11 @@ CREATE FUNCTION store_set_remove(p_key text, p_member text) RETURNS bigint
 LANGUAGE plpgsql SET search_path FROM CURRENT
 AS $$
 DECLARE
-    r store := store_lock(p_key);
+    r store := store_lock(p_key, 'set', 'a set');
     left_members text[];
 BEGIN
     IF r.kind IS NULL THEN
         RETURN 0;
-    ELSIF r.kind <> 'set' THEN
-        PERFORM store_wrong_type(p_key, 'a set');
     END IF;
     left_members := array_remove(r.members, p_member);
     IF cardinality(left_members) = 0 THEN
@@ -139,18 +134,14 @@ BEGIN
 END
 $$;
 
--- The live slots of a locked row (`p_now_ms` by the database's clock):
--- an empty object when the key is absent, a wrong type when it holds
--- something else.
-CREATE FUNCTION store_live_slots(r store, p_now_ms bigint) RETURNS jsonb
-LANGUAGE plpgsql
+-- Locks the slot set at `p_key` and returns its live slots (`p_now_ms`
+-- by the database's clock): an empty object when the key is absent.
+CREATE FUNCTION store_live_slots(p_key text, p_now_ms bigint) RETURNS jsonb
+LANGUAGE plpgsql SET search_path FROM CURRENT
 AS $$
+DECLARE
+    r store := store_lock(p_key, 'slots', 'a slot set');
 BEGIN
-    IF r.kind IS NULL THEN
-        RETURN '{}'::jsonb;
-    ELSIF r.kind <> 'slots' THEN
-        PERFORM store_wrong_type(r.key, 'a slot set');
-    END IF;
     RETURN coalesce(
         (SELECT jsonb_object_agg(k, v) FROM jsonb_each_text(r.slots) AS e(k, v) WHERE v::bigint > p_now_ms),
         '{}'::jsonb);
@@ -175,7 +166,7 @@ LANGUAGE plpgsql SET search_path FROM CURRENT
 AS $$
 DECLARE
     now_ms bigint := store_now_ms();
-    live jsonb := store_live_slots(store_lock(p_key), now_ms);
+    live jsonb := store_live_slots(p_key, now_ms);
 BEGIN
     IF NOT live ? p_member AND (SELECT count(*) FROM jsonb_object_keys(live)) >= greatest(p_cap, 1) THEN
         RETURN greatest((SELECT min(v::bigint) FROM jsonb_each_text(live) AS e(k, v)) - now_ms, 1);
@@ -192,7 +183,7 @@ LANGUAGE plpgsql SET search_path FROM CURRENT
 AS $$
 DECLARE
     now_ms bigint := store_now_ms();
-    live jsonb := store_live_slots(store_lock(p_key), now_ms);
+    live jsonb := store_live_slots(p_key, now_ms);
 BEGIN
     IF NOT live ? p_member THEN
         RETURN false;
@@ -208,7 +199,7 @@ CREATE FUNCTION store_release_slot(p_key text, p_member text) RETURNS boolean
 LANGUAGE plpgsql SET search_path FROM CURRENT
 AS $$
 DECLARE
-    live jsonb := store_live_slots(store_lock(p_key), store_now_ms());
+    live jsonb := store_live_slots(p_key, store_now_ms());
     held boolean := live ? p_member;
 BEGIN
     live := live - p_member;
@@ -229,14 +220,11 @@ LANGUAGE plpgsql SET search_path FROM CURRENT
 AS $$
 DECLARE
     now_ms bigint := store_now_ms();
-    r store := store_lock(p_key);
+    r store := store_lock(p_key, 'paced', 'a pacing key');
     arrival bigint := now_ms;
     allowed_at bigint;
 BEGIN
     IF r.kind IS NOT NULL THEN
-        IF r.kind <> 'paced' THEN
-            PERFORM store_wrong_type(p_key, 'a pacing key');
-        END IF;
         arrival := greatest(r.arrival_ms, now_ms);
     END IF;
     allowed_at := arrival - p_tolerance_ms;

@@ -1,7 +1,11 @@
 //! Cancelling and aborting messages, on the in-memory broker and store,
-//! and on Redis and RabbitMQ with the Redis store.
+//! on Redis and RabbitMQ with the Redis store, and on PostgreSQL with its
+//! own store.
 
 #![allow(clippy::unwrap_used)] // Tests may panic on the unexpected.
+
+#[cfg(feature = "postgres")]
+mod support;
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -310,52 +314,58 @@ async fn actors_and_messages_can_opt_out() {
     assert_eq!((report.succeeded, report.aborted), (2, 0), "{report:?}");
 }
 
+/// A producer and a worker that share only the servers; with `events`,
+/// each is given its abort middleware (a store of its own), otherwise they
+/// keep the default stack's, on the broker's store.
+#[cfg(any(feature = "redis", feature = "postgres"))]
+async fn abort_across_processes(
+    worker_broker: impl dramaturg::Broker + Clone,
+    producer_broker: impl dramaturg::Broker,
+    events: Option<[dramaturg::abort::Abortable; 2]>,
+) {
+    let prefix = format!("abort-{}-", MessageId::new());
+    let mut worker_app = dramaturg::app(worker_broker.clone())
+        .queue_prefix(&prefix)
+        .replace("retries", Retries::new().max_retries(0))
+        .actor::<Looper>();
+    let mut producer = dramaturg::app(producer_broker).queue_prefix(&prefix).actor::<Looper>();
+    if let Some([for_worker, for_producer]) = events {
+        worker_app = worker_app.replace("abort", for_worker);
+        producer = producer.replace("abort", for_producer);
+    }
+    let (worker_app, producer) = (worker_app.build().unwrap(), producer.build().unwrap());
+    let running = start(&worker_app);
+    let tag = tag();
+    let id = looper(&tag).send(&producer).await.unwrap();
+    wait_for_event(&tag, "start").await;
+    let asked = Instant::now();
+    abort(&producer, id, AbortOptions::abort()).await.unwrap();
+    wait_for_event(&tag, "dropped").await;
+    assert!(when(&tag, "dropped").unwrap() - asked < Duration::from_millis(100));
+    let report = finish(&worker_app, running).await;
+    assert_eq!(report.aborted, 1, "{report:?}");
+    let stats = worker_broker.admin().unwrap().stats(&worker_app.queues()[0]).await.unwrap();
+    assert!(stats.is_drained() && stats.dead == 0, "{stats:?}");
+}
+
 #[cfg(feature = "redis")]
 mod across_processes {
     use dramaturg::abort::Abortable;
     use dramaturg::redis::RedisStore;
-    use dramaturg::Broker;
 
     use super::*;
 
-    /// A producer and a worker that share only the servers; with
-    /// `explicit_events`, both are given a Redis store of their own,
-    /// otherwise they keep the default stack's.
-    async fn abort_through_redis(
-        worker_broker: impl Broker + Clone,
-        producer_broker: impl Broker,
-        explicit_events: bool,
-    ) {
+    /// An abort middleware for the worker and one for the producer, each
+    /// on a Redis store of its own.
+    async fn redis_events() -> Option<[Abortable; 2]> {
         let events = || async { Abortable::new(RedisStore::connect("redis://127.0.0.1:6379").await.unwrap()) };
-        let prefix = format!("abort-{}-", MessageId::new());
-        let mut worker_app = dramaturg::app(worker_broker.clone())
-            .queue_prefix(&prefix)
-            .replace("retries", Retries::new().max_retries(0))
-            .actor::<Looper>();
-        let mut producer = dramaturg::app(producer_broker).queue_prefix(&prefix).actor::<Looper>();
-        if explicit_events {
-            worker_app = worker_app.replace("abort", events().await);
-            producer = producer.replace("abort", events().await);
-        }
-        let (worker_app, producer) = (worker_app.build().unwrap(), producer.build().unwrap());
-        let running = start(&worker_app);
-        let tag = tag();
-        let id = looper(&tag).send(&producer).await.unwrap();
-        wait_for_event(&tag, "start").await;
-        let asked = Instant::now();
-        abort(&producer, id, AbortOptions::abort()).await.unwrap();
-        wait_for_event(&tag, "dropped").await;
-        assert!(when(&tag, "dropped").unwrap() - asked < Duration::from_millis(100));
-        let report = finish(&worker_app, running).await;
-        assert_eq!(report.aborted, 1, "{report:?}");
-        let stats = worker_broker.admin().unwrap().stats(&worker_app.queues()[0]).await.unwrap();
-        assert!(stats.is_drained() && stats.dead == 0, "{stats:?}");
+        Some([events().await, events().await])
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn with_the_redis_broker() {
         let broker = || async { dramaturg::redis::RedisBroker::connect("redis://127.0.0.1:6379").await.unwrap() };
-        abort_through_redis(broker().await, broker().await, true).await;
+        abort_across_processes(broker().await, broker().await, redis_events().await).await;
     }
 
     /// `dramaturg::app` on a Redis broker keeps abort requests in that
@@ -364,7 +374,7 @@ mod across_processes {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_default_stack_on_the_redis_broker_aborts_across_processes() {
         let broker = || async { dramaturg::redis::RedisBroker::connect("redis://127.0.0.1:6379").await.unwrap() };
-        abort_through_redis(broker().await, broker().await, false).await;
+        abort_across_processes(broker().await, broker().await, None).await;
     }
 
     /// The same on the local Redis Cluster of scripts/services: the abort
@@ -373,7 +383,7 @@ mod across_processes {
     async fn the_default_stack_on_a_redis_cluster_aborts_across_processes() {
         let url = "redis+cluster://127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002/";
         let broker = || async { dramaturg::redis::RedisBroker::connect(url).await.unwrap() };
-        abort_through_redis(broker().await, broker().await, false).await;
+        abort_across_processes(broker().await, broker().await, None).await;
     }
 
     /// A worker looks for a message's request only while the namespace
@@ -410,7 +420,7 @@ mod across_processes {
                 .expire_unused_queues(Duration::from_secs(120))
         };
         let broker = || async { dramaturg::amqp::AmqpBroker::with_config(config()).await.unwrap() };
-        abort_through_redis(broker().await, broker().await, true).await;
+        abort_across_processes(broker().await, broker().await, redis_events().await).await;
     }
 
     /// With RabbitMQ and no shared store, `abort` says what to
@@ -440,4 +450,17 @@ mod across_processes {
             .unwrap();
         abort(&one_process, MessageId::new(), AbortOptions::abort()).await.unwrap();
     }
+}
+
+/// The default stack on the PostgreSQL broker keeps abort requests in its
+/// database (its store), so a producer's `abort` reaches a worker that
+/// shares nothing with it but the database, and interrupts the running
+/// actor at once.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_stack_on_the_postgres_broker_aborts_a_running_message_across_processes() {
+    use support::postgres::{broker_in, own_schema};
+
+    let (schema, _drop) = own_schema();
+    abort_across_processes(broker_in(&schema).await, broker_in(&schema).await, None).await;
 }

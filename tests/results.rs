@@ -1,6 +1,6 @@
 //! Results: the final outcome of a message, read back typed — on the
-//! in-memory broker (its store) and on the real Redis (a store in the same
-//! server, woken by pub/sub).
+//! in-memory broker (its store), on the real Redis (a store in the same
+//! server, woken by pub/sub) and on PostgreSQL (woken by `LISTEN`/`NOTIFY`).
 
 #![allow(clippy::unwrap_used)] // Tests may panic on the unexpected.
 
@@ -292,30 +292,54 @@ async fn results_expire_and_outputs_too_large_are_kept_as_failures() {
 #[cfg(feature = "redis")]
 #[tokio::test]
 async fn on_redis_a_waiter_in_another_app_wakes_when_the_result_is_kept() {
-    a_waiter_in_another_app_wakes_when_the_result_is_kept("redis://127.0.0.1:6379").await;
-}
-
-/// The same on the local Redis Cluster of scripts/services: the results'
-/// keys lie in slots of their own, apart from the queue's.
-#[cfg(feature = "redis")]
-#[tokio::test]
-async fn on_a_redis_cluster_a_waiter_in_another_app_wakes_when_the_result_is_kept() {
+    let (url, ns) = ("redis://127.0.0.1:6379", support::namespace());
     a_waiter_in_another_app_wakes_when_the_result_is_kept(
-        "redis+cluster://127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002/",
+        support::redis_broker(url, &ns).await,
+        support::redis_broker(url, &ns).await,
     )
     .await;
 }
 
+/// The same on a Redis Cluster of scripts/services: the results'
+/// keys lie in slots of their own, apart from the queue's.
 #[cfg(feature = "redis")]
-async fn a_waiter_in_another_app_wakes_when_the_result_is_kept(url: &str) {
-    let ns = support::namespace();
-    let app = |broker: dramaturg::redis::RedisBroker| {
+#[tokio::test]
+async fn on_a_redis_cluster_a_waiter_in_another_app_wakes_when_the_result_is_kept() {
+    let (url, ns) = ("redis+cluster://127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002/", support::namespace());
+    a_waiter_in_another_app_wakes_when_the_result_is_kept(
+        support::redis_broker(url, &ns).await,
+        support::redis_broker(url, &ns).await,
+    )
+    .await;
+}
+
+/// The same on PostgreSQL: results are rows of the broker's schema, and
+/// waiters wake by `LISTEN`/`NOTIFY`.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_a_waiter_in_another_app_wakes_when_the_result_is_kept() {
+    let (schema, _drop) = support::postgres::own_schema();
+    a_waiter_in_another_app_wakes_when_the_result_is_kept(
+        support::postgres::broker_in(&schema).await,
+        support::postgres::broker_in(&schema).await,
+    )
+    .await;
+}
+
+/// A worker on `worker_broker` and a producer of its own on
+/// `producer_broker` (as another process would have), sharing only the
+/// server: the producer's waiters see the results the worker keeps.
+#[cfg(any(feature = "redis", feature = "postgres"))]
+async fn a_waiter_in_another_app_wakes_when_the_result_is_kept<B: dramaturg::Broker>(
+    worker_broker: B,
+    producer_broker: B,
+) {
+    let app = |broker: B| {
         let results = dramaturg::results::Results::for_broker(&broker);
         dramaturg::app(broker).insert_before("callbacks", results).actor::<Resize>().build().unwrap()
     };
-    let worker_app = app(support::redis_broker(url, &ns).await);
-    // A producer of its own, as another process would have.
-    let producer = app(support::redis_broker(url, &ns).await);
+    let worker_app = app(worker_broker);
+    let producer = app(producer_broker);
     let sent = Resize { width: 300, fail: false }.send(&producer).await.unwrap();
     let failed = Resize { width: 1, fail: true }.send(&producer).await.unwrap();
     let waiters: Vec<_> = (0..3)

@@ -85,8 +85,9 @@ pub(crate) enum Command {
         #[arg(long, value_parser = duration, default_value = "90s", value_name = "DURATION")]
         ttl: Duration,
         /// Where abort requests are kept when the broker has no store of its
-        /// own (RabbitMQ: the Redis your workers' abort middleware uses).
-        #[arg(long, env = "DRAMATURG_ABORT_STORE", hide_env_values = true, value_name = "REDIS_URL")]
+        /// own (RabbitMQ: the Redis or PostgreSQL store your workers' abort
+        /// middleware uses).
+        #[arg(long, env = "DRAMATURG_ABORT_STORE", hide_env_values = true, value_name = "STORE_URL")]
         store: Option<String>,
     },
     /// Pauses a queue for every worker: within a second no worker claims
@@ -135,8 +136,9 @@ pub(crate) enum Command {
         #[arg(long = "queue", short, value_name = "QUEUE")]
         queues: Vec<String>,
         /// Where abort requests are kept when the broker has no store of its
-        /// own (RabbitMQ: the Redis your workers' abort middleware uses).
-        #[arg(long, env = "DRAMATURG_ABORT_STORE", hide_env_values = true, value_name = "REDIS_URL")]
+        /// own (RabbitMQ: the Redis or PostgreSQL store your workers' abort
+        /// middleware uses).
+        #[arg(long, env = "DRAMATURG_ABORT_STORE", hide_env_values = true, value_name = "STORE_URL")]
         store: Option<String>,
     },
     /// Sends a message to an actor, with its arguments as JSON.

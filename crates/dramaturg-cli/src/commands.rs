@@ -192,8 +192,8 @@ async fn request_abort(
     };
     result.map_err(|e| match e {
         dramaturg::abort::AbortError::EventsNotShared { .. } => Failure::usage(
-            "this broker keeps no abort requests of its own (RabbitMQ): give --store redis://… (DRAMATURG_ABORT_STORE), \
-             the Redis that your workers' abort middleware uses",
+            "this broker keeps no abort requests of its own (RabbitMQ): give --store redis://… or postgres://… \
+             (DRAMATURG_ABORT_STORE), the store that your workers' abort middleware uses",
         ),
         other => Failure::new(Exit::Broker, other.to_string()),
     })?;
@@ -205,13 +205,16 @@ async fn request_abort(
     ))
 }
 
-/// `builder` with its abort requests kept in the Redis at `url` (for
-/// brokers that keep none, RabbitMQ).
+/// `builder` with its abort requests kept in the Redis or PostgreSQL at
+/// `url` (for brokers that keep none, RabbitMQ).
 pub(crate) async fn with_abort_store(builder: AppBuilder, url: &str) -> Result<AppBuilder, Failure> {
-    let store = dramaturg::redis::RedisStore::connect(url)
-        .await
-        .map_err(|e| Failure::new(Exit::Broker, format!("cannot use the abort store: {e}")))?;
-    Ok(builder.replace(dramaturg::middleware::names::ABORT, Abortable::new(store)))
+    let failed = |e: dramaturg::StoreError| Failure::new(Exit::Broker, format!("cannot use the abort store: {e}"));
+    let abortable = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Abortable::new(dramaturg::postgres::PgStore::connect(url).await.map_err(failed)?)
+    } else {
+        Abortable::new(dramaturg::redis::RedisStore::connect(url).await.map_err(failed)?)
+    };
+    Ok(builder.replace(dramaturg::middleware::names::ABORT, abortable))
 }
 
 async fn workers(app: &App) -> Result<Output, Failure> {

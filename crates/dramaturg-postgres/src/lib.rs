@@ -64,10 +64,13 @@ mod admin;
 mod consumer;
 mod heartbeat;
 mod schema;
+mod store;
 mod transaction;
 mod wake;
 
 pub use sqlx;
+
+pub use crate::store::PgStore;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -292,6 +295,8 @@ pub(crate) struct Shared {
     pub(crate) heartbeat: Heartbeat,
     /// The ack task, started by the first consumer.
     pub(crate) acks: std::sync::OnceLock<Acks>,
+    /// The broker's store, made by the first [`Broker::store`].
+    pub(crate) store: std::sync::OnceLock<Arc<PgStore>>,
 }
 
 impl Drop for Shared {
@@ -324,6 +329,32 @@ pub(crate) fn db_error(error: sqlx::Error, what: &str) -> BrokerError {
     BrokerError::new(kind, format!("postgres: {what} failed: {error}")).with_source(error)
 }
 
+/// Checks `config`'s URL and schema, applies the migrations unless
+/// [`PgConfig::migrate`] turned that off, and opens the pool for sends
+/// (durable commits): what the broker and a store of its own share.
+pub(crate) async fn open_pool(config: &PgConfig) -> Result<(PgConnectOptions, PgPool), BrokerError> {
+    let shown = redact_password(&config.url);
+    let invalid = |e: String| BrokerError::new(BrokerErrorKind::InvalidInput, format!("postgres: {shown}: {e}"));
+    dramaturg_core::broker::check_url_parameters(&config.url, URL_PARAMETERS).map_err(|e| invalid(e.to_string()))?;
+    schema::check_schema(&config.schema).map_err(|e| invalid(e.to_string()))?;
+    let options = PgConnectOptions::from_str(&without_schema(&config.url)).map_err(|e| invalid(e.to_string()))?;
+    // Named in `pg_stat_activity`, unless the URL names it.
+    let options = match options.get_application_name() {
+        Some(_) => options,
+        None => options.application_name("dramaturg"),
+    };
+    if config.migrate {
+        schema::migrate(&options, &config.schema).await?;
+    }
+    let pool = PgPoolOptions::new()
+        .max_connections(config.max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options.clone())
+        .await
+        .map_err(|e| db_error(e, &format!("connecting to {shown}")))?;
+    Ok((options, pool))
+}
+
 impl PgBroker {
     /// Connects to the database at `url` with the default settings (see
     /// [`PgConfig::new`]).
@@ -346,26 +377,9 @@ impl PgBroker {
     /// be reached; of kind `Protocol` when a migration fails. It names the
     /// URL without its password.
     pub async fn with_config(config: PgConfig) -> Result<Self, BrokerError> {
-        let shown = redact_password(&config.url);
-        let invalid = |e: String| BrokerError::new(BrokerErrorKind::InvalidInput, format!("postgres: {shown}: {e}"));
-        dramaturg_core::broker::check_url_parameters(&config.url, URL_PARAMETERS)
-            .map_err(|e| invalid(e.to_string()))?;
-        schema::check_schema(&config.schema).map_err(|e| invalid(e.to_string()))?;
-        let options = PgConnectOptions::from_str(&without_schema(&config.url)).map_err(|e| invalid(e.to_string()))?;
-        // Named in `pg_stat_activity`, unless the URL names it.
-        let options = match options.get_application_name() {
-            Some(_) => options,
-            None => options.application_name("dramaturg"),
-        };
-        if config.migrate {
-            schema::migrate(&options, &config.schema).await?;
-        }
+        let (options, pool) = open_pool(&config).await?;
         let pool_options =
             || PgPoolOptions::new().max_connections(config.max_connections).acquire_timeout(Duration::from_secs(10));
-        let pool = pool_options()
-            .connect_with(options.clone())
-            .await
-            .map_err(|e| db_error(e, &format!("connecting to {shown}")))?;
         let settle_pool = pool_options().connect_lazy_with(options.clone().options([("synchronous_commit", "off")]));
         let sql = Sql::new(&config.schema);
         let worker_id = format!("{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..12]);
@@ -381,6 +395,7 @@ impl PgBroker {
             wakes: Wakes::default(),
             heartbeat: Heartbeat::default(),
             acks: std::sync::OnceLock::new(),
+            store: std::sync::OnceLock::new(),
             config,
         });
         let broker = Self { shared };
@@ -463,6 +478,13 @@ impl Broker for PgBroker {
 
     fn dead_letters(&self) -> Option<&dyn DeadLetters> {
         Some(self)
+    }
+
+    /// A [`PgStore`] in this broker's schema, on its pool
+    /// ([`PgStore::for_broker`]), one for the broker and its clones.
+    fn store(&self) -> Option<Arc<dyn dramaturg_core::Store>> {
+        Some(Arc::clone(self.shared.store.get_or_init(|| Arc::new(PgStore::for_broker(self))))
+            as Arc<dyn dramaturg_core::Store>)
     }
 
     fn set_worker_concurrency(&self, concurrency: usize) {

@@ -298,14 +298,15 @@ impl StoreSuite {
     /// interval, saying when the next may come.
     pub async fn paced_admission_bursts_then_paces(&self) {
         let (s, key) = (&self.store, self.key("paced"));
-        let interval = Duration::from_millis(200);
+        // Long enough that a loaded machine's slow calls stay well within it.
+        let interval = Duration::from_millis(1500);
         for _ in 0..3 {
             assert!(s.take_paced(&key, interval, 3).await.unwrap().is_admitted());
         }
         let Admission::Refused { retry_after } = s.take_paced(&key, interval, 3).await.unwrap() else {
             panic!("a fourth caller came in within the burst of 3");
         };
-        assert!(retry_after > Duration::from_millis(100) && retry_after <= interval, "{retry_after:?}");
+        assert!(retry_after > interval / 2 && retry_after <= interval, "{retry_after:?}");
         tokio::time::sleep(retry_after + Duration::from_millis(20)).await;
         assert!(s.take_paced(&key, interval, 3).await.unwrap().is_admitted());
         assert!(!s.take_paced(&key, interval, 3).await.unwrap().is_admitted());

@@ -497,3 +497,42 @@ async fn a_batch_of_acks_reports_only_its_lapsed_claims_stale() {
     assert!(stats.is_drained(), "{stats:?}");
     consumer.close().await.unwrap();
 }
+
+/// Acks settled together take their ids out of the consumer's in-flight
+/// list, and only theirs: the deliveries still held stay in flight (they
+/// come back, and only they, when the in-flight messages are requeued).
+/// A batch of many acks rewrites the list in one go; a few go with an
+/// `LREM` each; both paths run here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_acks_leave_every_held_delivery_in_flight() {
+    if support::is_child() {
+        return;
+    }
+    let broker = broker_in(URL, &namespace()).await;
+    let (mut consumer, deliveries) = claim_all(&broker, "held", 64, 64).await;
+    let mut held = std::collections::HashSet::new();
+    let mut acks = tokio::task::JoinSet::new();
+    for (i, delivery) in deliveries.into_iter().enumerate() {
+        // Every third held, the rest acked at once.
+        if i % 3 == 0 {
+            held.insert(delivery.body().clone());
+            std::mem::forget(delivery);
+        } else {
+            acks.spawn(delivery.settle(Settlement::Ack));
+        }
+    }
+    for settled in acks.join_all().await {
+        assert_eq!(settled.unwrap(), Settled::Applied);
+    }
+    assert_eq!(broker.requeue_in_flight("held").await.unwrap(), held.len() as u64);
+    let mut back = std::collections::HashSet::new();
+    for _ in 0..held.len() {
+        let delivery = consumer.next().await.unwrap();
+        back.insert(delivery.body().clone());
+        assert_eq!(delivery.settle(Settlement::Ack).await.unwrap(), Settled::Applied);
+    }
+    assert_eq!(back, held);
+    let stats = broker.stats("held").await.unwrap();
+    assert!(stats.is_drained(), "{stats:?}");
+    consumer.close().await.unwrap();
+}

@@ -19,7 +19,7 @@ use std::time::Instant;
 use dramaturg::BoxError;
 use futures_util::StreamExt;
 
-use crate::cpu::{CpuMeter, CpuPerMessage};
+use crate::cpu::{CpuMeter, CpuPerMessage, Server};
 
 /// One run's figures.
 #[derive(Debug, Clone, Copy)]
@@ -48,7 +48,7 @@ pub(crate) async fn redis(
     size: usize,
     prefetch: usize,
     loops: usize,
-    server: Option<u32>,
+    server: Option<Server>,
 ) -> Result<Run, BoxError> {
     let client = redis::Client::open(url.split('?').next().unwrap_or(url))?;
     let mut conn = client.get_multiplexed_async_connection().await?;
@@ -111,7 +111,7 @@ pub(crate) async fn amqp(
     messages: u64,
     size: usize,
     prefetch: u16,
-    server: Option<u32>,
+    server: Option<Server>,
 ) -> Result<Run, BoxError> {
     use lapin::options::{
         BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,

@@ -2,6 +2,8 @@
 //! (Linux): user plus system time, in clock ticks of 10 ms (`CLK_TCK`,
 //! 100 on Linux), so runs of a second or more read to about 1%.
 
+use std::collections::HashMap;
+
 use dramaturg::BoxError;
 
 /// User plus system CPU time of process `pid` so far (its threads that
@@ -17,12 +19,39 @@ pub(crate) fn process_cpu_us(pid: u32) -> Option<u64> {
     Some((user + system) * 10_000)
 }
 
-/// The process id of the server behind `broker` (a URL), when it runs on
-/// this machine: Redis's from its `INFO server` (if a `redis-server` of
-/// this machine has it); for RabbitMQ the oldest
-/// `beam.smp` (the node started with the machine, not a test's private
-/// one). `None` for the in-memory broker or a server elsewhere.
-pub(crate) async fn server_pid(broker: &str) -> Result<Option<u32>, BoxError> {
+/// The processes of a broker's server on this machine.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Server {
+    /// One process: Redis, or RabbitMQ's Erlang node.
+    Process(u32),
+    /// Every process of this name (its `comm`): PostgreSQL's postmaster,
+    /// its background processes and a backend per connection. A process
+    /// that starts while a meter runs is counted from zero; one that ends
+    /// before the meter is read (an autovacuum worker, a connection
+    /// closed) is not counted at all.
+    Named(&'static str),
+}
+
+impl Server {
+    /// The CPU time of each of the server's processes now, in
+    /// microseconds, by pid.
+    fn cpu_us(self) -> HashMap<u32, u64> {
+        match self {
+            Self::Process(pid) => process_cpu_us(pid).map(|us| (pid, us)).into_iter().collect(),
+            Self::Named(name) => {
+                processes(name).into_iter().filter_map(|(pid, _)| Some((pid, process_cpu_us(pid)?))).collect()
+            }
+        }
+    }
+}
+
+/// The server behind `broker` (a URL), when it runs on this machine:
+/// Redis's process from its `INFO server` (if a `redis-server` of this
+/// machine has it); for RabbitMQ the oldest `beam.smp` (the node started
+/// with the machine, not a test's private one); for PostgreSQL on a
+/// loopback address every `postgres` process. `None` for the in-memory
+/// and SQLite brokers (no server) or a server elsewhere.
+pub(crate) async fn server(broker: &str) -> Result<Option<Server>, BoxError> {
     if broker.starts_with("redis") {
         let client = redis::Client::open(broker.split('?').next().unwrap_or(broker))?;
         let mut conn = client.get_multiplexed_async_connection().await?;
@@ -32,18 +61,27 @@ pub(crate) async fn server_pid(broker: &str) -> Result<Option<u32>, BoxError> {
         let here = |pid: &u32| {
             std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm.starts_with("redis-server"))
         };
-        return Ok(pid.filter(here));
+        return Ok(pid.filter(here).map(Server::Process));
     }
     if broker.starts_with("amqp") {
-        return Ok(oldest_process("beam.smp"));
+        let oldest = processes("beam.smp").into_iter().min_by_key(|&(_, started)| started);
+        return Ok(oldest.map(|(pid, _)| Server::Process(pid)));
+    }
+    if broker.starts_with("postgres") {
+        let host = broker.split_once("://").map_or("", |(_, rest)| rest);
+        let host = host.rsplit_once('@').map_or(host, |(_, host)| host);
+        let local = ["127.0.0.1", "localhost", "[::1]", "/"].iter().any(|local| host.starts_with(local));
+        return Ok((local && !processes("postgres").is_empty()).then_some(Server::Named("postgres")));
     }
     Ok(None)
 }
 
-/// The process named `name` (its `comm`) that started first.
-fn oldest_process(name: &str) -> Option<u32> {
-    let mut found: Option<(u64, u32)> = None;
-    for entry in std::fs::read_dir("/proc").ok()? {
+/// The processes named `name` (their `comm`), each with its start time
+/// (clock ticks after boot).
+fn processes(name: &str) -> Vec<(u32, u64)> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return found };
+    for entry in entries {
         let Ok(entry) = entry else { continue };
         let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
         let Ok(comm) = std::fs::read_to_string(entry.path().join("comm")) else { continue };
@@ -56,19 +94,17 @@ fn oldest_process(name: &str) -> Option<u32> {
         else {
             continue;
         };
-        if found.is_none_or(|(first, _)| started < first) {
-            found = Some((started, pid));
-        }
+        found.push((pid, started));
     }
-    found.map(|(_, pid)| pid)
+    found
 }
 
 /// CPU time spent by this process and the server from [`CpuMeter::start`]
 /// on.
 pub(crate) struct CpuMeter {
-    server: Option<u32>,
+    server: Option<Server>,
     worker_at_start: u64,
-    server_at_start: Option<u64>,
+    server_at_start: HashMap<u32, u64>,
 }
 
 /// CPU time per message, in microseconds: of this process (the worker)
@@ -80,12 +116,12 @@ pub(crate) struct CpuPerMessage {
 }
 
 impl CpuMeter {
-    /// Starts counting, for the server of process `server` (if any).
-    pub(crate) fn start(server: Option<u32>) -> Self {
+    /// Starts counting, for `server` (if any).
+    pub(crate) fn start(server: Option<Server>) -> Self {
         Self {
             server,
             worker_at_start: process_cpu_us(std::process::id()).unwrap_or(0),
-            server_at_start: server.and_then(process_cpu_us),
+            server_at_start: server.map(Server::cpu_us).unwrap_or_default(),
         }
     }
 
@@ -93,10 +129,14 @@ impl CpuMeter {
     pub(crate) fn per_message(&self, messages: u64) -> CpuPerMessage {
         let n = messages.max(1) as f64;
         let worker = process_cpu_us(std::process::id()).unwrap_or(0).saturating_sub(self.worker_at_start);
-        let server = match (self.server.and_then(process_cpu_us), self.server_at_start) {
-            (Some(now), Some(start)) => Some(now.saturating_sub(start) as f64 / n),
-            _ => None,
-        };
+        let server = self.server.map(|server| {
+            let spent: u64 = server
+                .cpu_us()
+                .into_iter()
+                .map(|(pid, now)| now.saturating_sub(self.server_at_start.get(&pid).copied().unwrap_or(0)))
+                .sum();
+            spent as f64 / n
+        });
         CpuPerMessage { worker_us: worker as f64 / n, server_us: server }
     }
 }

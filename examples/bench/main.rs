@@ -299,7 +299,7 @@ async fn main() -> Result<(), BoxError> {
 async fn throughput(args: &Args) -> Result<(), BoxError> {
     let messages = args.messages.unwrap_or(100_000);
     let broker_name = args.broker.split("://").next().unwrap_or_default().to_owned();
-    let server = cpu::server_pid(&args.broker).await?;
+    let server = cpu::server(&args.broker).await?;
     let run = dramaturg_run(args, messages, server).await?;
     let peak = peak_rss_mb();
     println!("broker:      {broker_name}");
@@ -325,7 +325,7 @@ async fn throughput(args: &Args) -> Result<(), BoxError> {
 /// `args.concurrency` with the default stack until the queue is drained;
 /// CPU per message measured while processing, of this process and of the
 /// server of process `server`.
-async fn dramaturg_run(args: &Args, messages: u64, server: Option<u32>) -> Result<ceiling::Run, BoxError> {
+async fn dramaturg_run(args: &Args, messages: u64, server: Option<cpu::Server>) -> Result<ceiling::Run, BoxError> {
     let broker = dramaturg::connect(&args.broker).await?;
     let builder = dramaturg::app_shared(broker);
     let builder = match &args.events {
@@ -377,7 +377,7 @@ const CEILING_ROUNDS: usize = 3;
 async fn ceiling_scenario(args: &Args) -> Result<(), BoxError> {
     let messages = args.messages.unwrap_or(100_000);
     let broker_name = args.broker.split("://").next().unwrap_or_default().to_owned();
-    let server = cpu::server_pid(&args.broker).await?;
+    let server = cpu::server(&args.broker).await?;
     let size = noop_message_size()?;
     let prefetch = args.concurrency.max(2);
     let mut raw = Vec::new();
@@ -1049,7 +1049,7 @@ async fn kept_rate(
     messages: u64,
     keeping: Keeping,
     concurrency: usize,
-    server: Option<u32>,
+    server: Option<cpu::Server>,
 ) -> Result<(f64, cpu::CpuPerMessage), BoxError> {
     let per_message = SendOptions::default().with_options(|o| o.with_option(dramaturg::results::STORE_RESULTS, true));
     for n in 0..messages {
@@ -1096,7 +1096,7 @@ async fn results(args: &Args) -> Result<(), BoxError> {
     let (p50, p99) = (percentile(&wakes, 0.5), percentile(&wakes, 0.99));
 
     let throughput = (messages * 10).max(2000);
-    let server = cpu::server_pid(&args.broker).await?;
+    let server = cpu::server(&args.broker).await?;
     let (mut with, mut without, mut per_message) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..3 {
         without.push(kept_rate(&app, throughput, Keeping::Not, args.concurrency, server).await?);

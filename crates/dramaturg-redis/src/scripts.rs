@@ -181,7 +181,31 @@ return out
 /// command a script calls costs more than the work itself); a pair whose
 /// id an earlier pair of the call acked is stale, as it would be in a call
 /// of its own.
+///
+/// Each acked id leaves the in-flight list once (its first occurrence, as
+/// `LREM … 1` would take it). When many are acked and the list is not
+/// much longer than what is acked — a busy consumer, whose list holds
+/// about its prefetch — the list is read once and written back without
+/// them (four commands); otherwise each goes with an `LREM` from the head
+/// (messages are mostly settled in the order they were claimed).
 const ACK_PAIRS: &str = r"
+local function remove_inflight(inflight, acked)
+  local len = 0
+  if #acked >= 6 then len = redis.call('LLEN', inflight) end
+  if len == 0 or len > 8 * #acked then
+    for _, id in ipairs(acked) do redis.call('LREM', inflight, 1, id) end
+    return
+  end
+  local gone = {}
+  for _, id in ipairs(acked) do gone[id] = true end
+  local kept = {}
+  for _, id in ipairs(redis.call('LRANGE', inflight, 0, -1)) do
+    if gone[id] then gone[id] = nil else kept[#kept + 1] = id end
+  end
+  redis.call('DEL', inflight)
+  if #kept > 0 then redis.call('RPUSH', inflight, unpack(kept)) end
+end
+
 local function ack_pairs(offset, n)
   local ids = {}
   for k = 1, n do ids[k] = ARGV[offset + 2 * k - 1] end
@@ -191,14 +215,13 @@ local function ack_pairs(offset, n)
     if claims[k] == ARGV[offset + 2 * k] and not done[id] then
       done[id] = true
       acked[#acked + 1] = id
-      -- From the head: messages are mostly settled in the order they were claimed.
-      redis.call('LREM', KEYS[1], 1, id)
       out[k] = 1
     else
       out[k] = 0
     end
   end
   if #acked > 0 then
+    remove_inflight(KEYS[1], acked)
     redis.call('HDEL', KEYS[2], unpack(acked))
     redis.call('HDEL', KEYS[3], unpack(acked))
   end

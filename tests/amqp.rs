@@ -1218,3 +1218,30 @@ async fn coalesced_acks_never_cover_a_running_or_returned_delivery() {
     }
     assert!(dramaturg::QueueAdmin::stats(&broker, &queue).await.unwrap().is_drained());
 }
+
+/// Without `frame_max` in its URL the broker asks RabbitMQ for frames of
+/// `DEFAULT_FRAME_MAX` bytes, not the server's 131,072 (lapin keeps 32
+/// frames of buffer a direction for each connection: an idle worker's
+/// memory); with it, for what the URL says. Read from `rabbitmqctl`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_ask_for_small_frames_unless_the_url_sets_them() {
+    if support::is_child() {
+        return;
+    }
+    let _shared = SERVER.read().await;
+    let _default = AmqpBroker::connect(URL).await.unwrap();
+    let _set = AmqpBroker::connect(&format!("{URL}?frame_max=65536")).await.unwrap();
+    let listed = Command::new("rabbitmqctl")
+        .args(["list_connections", "-q", "--no-table-headers", "client_properties", "frame_max"])
+        .output()
+        .unwrap();
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    let frames: Vec<u32> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .filter(|line| line.contains("dramaturg (publishing)"))
+        .filter_map(|line| line.rsplit('\t').next()?.trim().parse().ok())
+        .collect();
+    assert!(frames.contains(&dramaturg::amqp::DEFAULT_FRAME_MAX), "{frames:?}");
+    assert!(frames.contains(&65536), "{frames:?}");
+    assert!(!frames.contains(&131_072), "a broker asked for the server's largest frames: {frames:?}");
+}

@@ -270,3 +270,48 @@ async fn a_stale_ack_batched_with_the_current_one_stays_stale() {
         again.close().await.unwrap();
     }
 }
+
+/// Log lines, kept for a test to read.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A messages table that nothing will vacuum is said at connect, once;
+/// one that autovacuum looks after is not.
+#[tokio::test(flavor = "current_thread")]
+async fn a_messages_table_that_autovacuum_skips_is_warned_about() {
+    if support::is_child() {
+        return;
+    }
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let warnings = || String::from_utf8_lossy(&captured.0.lock().unwrap()).matches("autovacuum is off").count();
+    let (schema, _drop) = own_schema();
+    let broker = broker_in(&schema).await;
+    let autovacuum: String =
+        sqlx::query_scalar("SELECT current_setting('autovacuum')").fetch_one(broker.pool()).await.unwrap();
+    let server_off = usize::from(autovacuum == "off");
+    assert_eq!(warnings(), server_off, "autovacuum is {autovacuum} on the server");
+    sqlx::query(&format!("ALTER TABLE \"{schema}\".messages SET (autovacuum_enabled = off)"))
+        .execute(broker.pool())
+        .await
+        .unwrap();
+    let _again = broker_in(&schema).await;
+    assert_eq!(warnings(), server_off + 1);
+}

@@ -399,7 +399,7 @@ impl PgBroker {
             config,
         });
         let broker = Self { shared };
-        broker.read_clock().await?;
+        broker.read_server().await?;
         Ok(broker)
     }
 
@@ -419,13 +419,32 @@ impl PgBroker {
         &self.shared.worker_id
     }
 
-    /// Learns the difference between the database's clock and ours.
-    async fn read_clock(&self) -> Result<(), BrokerError> {
-        let server: i64 = sqlx::query_scalar("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint")
-            .fetch_one(&self.shared.pool)
-            .await
-            .map_err(|e| db_error(e, "reading the clock"))?;
+    /// Learns the difference between the database's clock and ours, and
+    /// warns when nothing will vacuum the messages table: autovacuum off on
+    /// the server, or on the table (`autovacuum_enabled = false`). Every
+    /// acknowledged message leaves a dead row there, and claims slow down
+    /// as they pile up (`docs/postgres.md`, "Completed rows, bloat and
+    /// autovacuum").
+    async fn read_server(&self) -> Result<(), BrokerError> {
+        let schema = &self.shared.config.schema;
+        let (server, vacuumed): (i64, bool) = sqlx::query_as(&format!(
+            "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint, \
+                    current_setting('autovacuum')::bool AND NOT EXISTS ( \
+                        SELECT 1 FROM pg_class c, unnest(c.reloptions) o \
+                        WHERE c.oid = to_regclass('\"{schema}\".messages') \
+                          AND o ~* '^autovacuum_enabled=(false|off|no|n|f|0)$')"
+        ))
+        .fetch_one(&self.shared.pool)
+        .await
+        .map_err(|e| db_error(e, "reading the clock"))?;
         self.shared.learn_clock(server);
+        if !vacuumed {
+            tracing::warn!(
+                schema = %schema,
+                "autovacuum is off for the messages table: every acknowledged message leaves a dead row that only \
+                 VACUUM reclaims, and claims slow down as they pile up; turn it on (docs/postgres.md)"
+            );
+        }
         Ok(())
     }
 }

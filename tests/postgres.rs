@@ -315,3 +315,45 @@ async fn a_messages_table_that_autovacuum_skips_is_warned_about() {
     let _again = broker_in(&schema).await;
     assert_eq!(warnings(), server_off + 1);
 }
+
+/// A consuming broker vacuums its messages table itself every
+/// `vacuum_every` acknowledged messages; with 0 it never does. Read from
+/// the server's statistics (`vacuum_count` counts manual vacuums, not
+/// autovacuum's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_vacuums_its_messages_table_every_so_many_acks() {
+    if support::is_child() {
+        return;
+    }
+    for (every, vacuums) in [(100, true), (0, false)] {
+        let (schema, _drop) = own_schema();
+        let broker =
+            dramaturg::postgres::PgBroker::with_config(support::postgres::config_in(&schema).vacuum_every(every))
+                .await
+                .unwrap();
+        let app = dramaturg::app(broker.clone()).actor::<Numbered>().build().unwrap();
+        let jobs: Vec<Numbered> = (0..500).map(|seq| Numbered { seq }).collect();
+        app.send_many(&jobs).await.unwrap();
+        let report = Worker::new(app).concurrency(16).run_until_drained(Duration::from_secs(60)).await.unwrap();
+        assert_eq!(report.succeeded, 500);
+        let count = || async {
+            let statistics = format!(
+                "SELECT vacuum_count FROM pg_stat_user_tables WHERE schemaname = '{schema}' AND relname = 'messages'"
+            );
+            // A snapshot of the statistics is kept for a transaction: a
+            // statement of its own each time.
+            sqlx::query_scalar::<_, i64>(&statistics).fetch_one(broker.pool()).await.unwrap()
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut vacuumed = count().await;
+        while vacuums && vacuumed == 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            vacuumed = count().await;
+        }
+        if !vacuums {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            vacuumed = count().await;
+        }
+        assert_eq!(vacuumed > 0, vacuums, "vacuum_every({every}): {vacuumed} vacuums");
+    }
+}

@@ -21,14 +21,21 @@ pub(crate) fn own_schema() -> (String, DropSchema) {
     (schema.clone(), DropSchema(schema))
 }
 
-/// The broker in `schema`, with the tests' short heartbeat (200 ms,
-/// claims lapse after 1 s) and idle consumers looking again every second.
-pub(crate) async fn broker_in(schema: &str) -> PgBroker {
-    let config = PgConfig::new(URL)
+/// The settings of a broker in `schema`, with the tests' short heartbeat
+/// (200 ms, claims lapse after 1 s) and idle consumers looking again every
+/// second.
+pub(crate) fn config_in(schema: &str) -> PgConfig {
+    PgConfig::new(URL)
         .schema(schema)
         .heartbeat(Duration::from_millis(200), Duration::from_secs(1))
-        .poll_interval(Duration::from_secs(1));
-    PgBroker::with_config(config).await.expect("PostgreSQL runs on 127.0.0.1:5432 (scripts/services starts it)")
+        .poll_interval(Duration::from_secs(1))
+}
+
+/// The broker of [`config_in`].
+pub(crate) async fn broker_in(schema: &str) -> PgBroker {
+    PgBroker::with_config(config_in(schema))
+        .await
+        .expect("PostgreSQL runs on 127.0.0.1:5432 (scripts/services starts it)")
 }
 
 /// Drops its schema, with everything in it, when dropped (at the end of

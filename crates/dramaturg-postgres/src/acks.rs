@@ -5,12 +5,14 @@
 //! commits, so one commit (one WAL flush) settles many.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use dramaturg_core::{BrokerError, BrokerErrorKind};
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::db_error;
+use crate::vacuum::Vacuum;
 
 /// The most acks one statement carries.
 const ACK_BATCH: usize = 256;
@@ -32,10 +34,10 @@ pub(crate) struct Acks {
 impl Acks {
     /// Starts the ack task on the current runtime, deleting through `pool`
     /// with `statement` (`$1` ids, `$2` tokens, returning the tokens of the
-    /// rows deleted).
-    pub(crate) fn start(pool: PgPool, statement: String) -> Self {
+    /// rows deleted), and telling `vacuum` how many rows it deleted.
+    pub(crate) fn start(pool: PgPool, statement: String, vacuum: Arc<Vacuum>) -> Self {
         let (sender, receiver) = mpsc::unbounded_channel();
-        tokio::spawn(run(pool, statement, receiver));
+        tokio::spawn(run(pool, statement, vacuum, receiver));
         Self { sender }
     }
 
@@ -49,7 +51,7 @@ impl Acks {
     }
 }
 
-async fn run(pool: PgPool, statement: String, mut receiver: mpsc::UnboundedReceiver<Pending>) {
+async fn run(pool: PgPool, statement: String, vacuum: Arc<Vacuum>, mut receiver: mpsc::UnboundedReceiver<Pending>) {
     let mut batch = Vec::with_capacity(ACK_BATCH);
     while receiver.recv_many(&mut batch, ACK_BATCH).await > 0 {
         let ids: Vec<i64> = batch.iter().map(|p| p.id).collect();
@@ -58,6 +60,7 @@ async fn run(pool: PgPool, statement: String, mut receiver: mpsc::UnboundedRecei
             sqlx::query_scalar(&statement).bind(&ids).bind(&tokens).fetch_all(&pool).await;
         match deleted {
             Ok(deleted) => {
+                vacuum.deleted(deleted.len() as u64);
                 let deleted: HashSet<i64> = deleted.into_iter().collect();
                 for pending in batch.drain(..) {
                     let _ = pending.done.send(Ok(deleted.contains(&pending.token)));

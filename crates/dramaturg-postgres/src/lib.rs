@@ -66,6 +66,7 @@ mod heartbeat;
 mod schema;
 mod store;
 mod transaction;
+mod vacuum;
 mod wake;
 
 pub use sqlx;
@@ -89,7 +90,12 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use crate::acks::Acks;
 use crate::heartbeat::Heartbeat;
 use crate::schema::Sql;
+use crate::vacuum::Vacuum;
 use crate::wake::Wakes;
+
+/// How many acknowledged messages a consuming broker lets pass between
+/// two `VACUUM`s of its messages table ([`PgConfig::vacuum_every`]).
+pub const DEFAULT_VACUUM_EVERY: u64 = 10_000;
 
 /// The longest queue name, in bytes: a queue's name is the payload of its
 /// wake-ups, which PostgreSQL limits to 8000 bytes; 1000 leaves room.
@@ -138,6 +144,7 @@ pub struct PgConfig {
     poll_interval: Duration,
     dead_letter_ttl: Duration,
     migrate: bool,
+    vacuum_every: u64,
 }
 
 impl PgConfig {
@@ -167,6 +174,7 @@ impl PgConfig {
             poll_interval: Duration::from_secs(5),
             dead_letter_ttl: Duration::from_secs(7 * 24 * 3600),
             migrate: true,
+            vacuum_every: DEFAULT_VACUUM_EVERY,
         }
     }
 
@@ -197,6 +205,23 @@ impl PgConfig {
     pub fn heartbeat(mut self, interval: Duration, timeout: Duration) -> Self {
         self.heartbeat_interval = interval.max(Duration::from_millis(10));
         self.heartbeat_timeout = timeout.max(self.heartbeat_interval * 2);
+        self
+    }
+
+    /// How many messages a consuming broker acknowledges between two
+    /// `VACUUM`s of the messages table that it runs itself (default
+    /// [`DEFAULT_VACUUM_EVERY`]; 0: never, for a team that vacuums the
+    /// table otherwise). Each acknowledged message leaves dead rows that
+    /// claims walk until a vacuum removes them, and autovacuum visits a
+    /// database once a minute by default: see `docs/postgres.md`,
+    /// "Completed rows, bloat and autovacuum". One `VACUUM` runs at a
+    /// time across the workers of a schema (an advisory lock; a worker
+    /// that finds it taken skips its turn). `VACUUM` needs the table's
+    /// owner: a broker connected as another role gets a warning from the
+    /// server and nothing is vacuumed.
+    #[must_use]
+    pub fn vacuum_every(mut self, messages: u64) -> Self {
+        self.vacuum_every = messages;
         self
     }
 
@@ -239,6 +264,7 @@ impl fmt::Debug for PgConfig {
             .field("poll_interval", &self.poll_interval)
             .field("dead_letter_ttl", &self.dead_letter_ttl)
             .field("migrate", &self.migrate)
+            .field("vacuum_every", &self.vacuum_every)
             .finish()
     }
 }
@@ -483,7 +509,11 @@ impl Broker for PgBroker {
     async fn consume(&self, queue: &str, prefetch: usize) -> Result<Box<dyn Consumer>, BrokerError> {
         check_queue(queue)?;
         self.shared.heartbeat.start(&self.shared).await?;
-        self.shared.acks.get_or_init(|| Acks::start(self.shared.settle_pool.clone(), self.shared.sql.ack.clone()));
+        self.shared.acks.get_or_init(|| {
+            let config = &self.shared.config;
+            let vacuum = Vacuum::new(self.shared.pool.clone(), &config.schema, config.vacuum_every);
+            Acks::start(self.shared.settle_pool.clone(), self.shared.sql.ack.clone(), vacuum)
+        });
         Ok(Box::new(consumer::PgConsumer::new(Arc::clone(&self.shared), queue, prefetch)))
     }
 

@@ -357,3 +357,42 @@ async fn a_worker_vacuums_its_messages_table_every_so_many_acks() {
         assert_eq!(vacuumed > 0, vacuums, "vacuum_every({every}): {vacuumed} vacuums");
     }
 }
+
+/// A store write that goes with an ack (a message's result) is made by the
+/// ack's own statement, only if the ack applies: a stale attempt writes
+/// nothing, alone or batched with the current attempt's ack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_ack_writes_nothing() {
+    if support::is_child() {
+        return;
+    }
+    use dramaturg::store::StoreWrite;
+    use dramaturg::{Settled, Settlement};
+    let (schema, _drop) = own_schema();
+    let broker = broker_in(&schema).await;
+    let store = broker.store().unwrap();
+    let mut consumer = broker.consume("written", 4).await.unwrap();
+    for (n, together) in [(1, false), (2, true)] {
+        let key = format!("result:written-{n}");
+        let write = |value: &'static [u8]| [StoreWrite::new(key.clone(), value, Duration::from_secs(60))];
+        broker.enqueue(Outgoing::new("written", format!("m{n}").into_bytes())).await.unwrap();
+        let lapsed = consumer.next().await.unwrap();
+        assert_eq!(broker.requeue_in_flight("written").await.unwrap(), 1);
+        let current = consumer.next().await.unwrap();
+        let (old, new) = (write(b"stale"), write(b"current"));
+        let (stale, applied) = if together {
+            tokio::join!(
+                lapsed.settle_writing(Settlement::Ack, &old, &*store),
+                current.settle_writing(Settlement::Ack, &new, &*store)
+            )
+        } else {
+            let stale = lapsed.settle_writing(Settlement::Ack, &old, &*store).await;
+            assert_eq!(store.get(&key).await.unwrap(), None, "a stale ack wrote its result");
+            (stale, current.settle_writing(Settlement::Ack, &new, &*store).await)
+        };
+        assert_eq!(stale.unwrap(), Settled::Stale);
+        assert_eq!(applied.unwrap(), Settled::Applied);
+        assert_eq!(store.get(&key).await.unwrap().as_deref(), Some(&b"current"[..]));
+    }
+    consumer.close().await.unwrap();
+}

@@ -356,11 +356,13 @@ pub trait Receipt: Send + Sync + fmt::Debug {
 #[async_trait]
 pub trait WritingReceipt: Send + Sync {
     /// Writes `writes` to the broker's [store](Broker::store), exactly as
-    /// [`Store::set_many`] would, then settles as
-    /// [`Receipt::settle`] does, in one round trip where it can. The
-    /// writes are made ahead of the settlement's claim check, so a stale
-    /// settlement has made them too — as when they are written first and
-    /// the settlement follows.
+    /// [`Store::set_many`] would, and settles as [`Receipt::settle`]
+    /// does, in one round trip where it can. A receipt that can makes the
+    /// writes only if the settlement applies, so that a stale attempt
+    /// writes nothing (the Redis broker on one server and the PostgreSQL
+    /// broker do so for acks); otherwise they are made ahead of the claim
+    /// check, and a stale settlement has made them too — as when they are
+    /// written first and the settlement follows.
     ///
     /// # Errors
     ///
@@ -442,17 +444,32 @@ impl Delivery {
                 Err(error) => Err(SettleError { error, delivery: Box::new(self) }),
             };
         }
-        match store.set_many(&StoreWrite::entries(writes)).await {
-            Ok(()) => {}
-            Err(error) if error.is_retryable() => {
-                let error = BrokerError::new(store_error_kind(&error), format!("writing to the store: {error}"));
-                return Err(SettleError { error, delivery: Box::new(self) });
-            }
-            Err(error) => {
-                tracing::error!(%error, "a write to the store that goes with a settlement was refused; settling without it");
-            }
+        if let Err(error) = write_before_settling(store, writes).await {
+            return Err(SettleError { error, delivery: Box::new(self) });
         }
         self.settle(settlement).await
+    }
+}
+
+/// Makes `writes` in `store` ahead of the settlement they go with, as
+/// [`Delivery::settle_writing`] does when the receipt cannot carry them: a
+/// store that fails for a transient reason fails the settlement (settling
+/// again writes again), one that refuses the writes for good is logged
+/// and the settlement goes ahead without them.
+///
+/// # Errors
+///
+/// The store's transient failure, as a [`BrokerError`] of its kind.
+pub async fn write_before_settling(store: &dyn Store, writes: &[StoreWrite]) -> Result<(), BrokerError> {
+    match store.set_many(&StoreWrite::entries(writes)).await {
+        Ok(()) => Ok(()),
+        Err(error) if error.is_retryable() => {
+            Err(BrokerError::new(store_error_kind(&error), format!("writing to the store: {error}")))
+        }
+        Err(error) => {
+            tracing::error!(%error, "a write to the store that goes with a settlement was refused; settling without it");
+            Ok(())
+        }
     }
 }
 
@@ -851,15 +868,29 @@ pub trait QueueAdmin: Send + Sync {
         Err(unsupported_pause(queue))
     }
 
+    /// Whether `queue` has no ready, delayed or in-flight message (dead
+    /// letters aside), as [`QueueStats::is_drained`] says of its
+    /// [`stats`](QueueAdmin::stats).
+    ///
+    /// The default reads the stats; a broker whose stats count rows (the
+    /// SQL brokers) answers with a cheaper look for any one message.
+    ///
+    /// # Errors
+    ///
+    /// As [`stats`](QueueAdmin::stats).
+    async fn is_drained(&self, queue: &str) -> Result<bool, BrokerError> {
+        Ok(self.stats(queue).await?.is_drained())
+    }
+
     /// Waits until `queue` has no ready, delayed or in-flight message, for
     /// at most `timeout`. Meant for tests and scripts.
     ///
-    /// The default checks [`QueueAdmin::stats`] every 10 ms.
+    /// The default asks [`QueueAdmin::is_drained`] every 10 ms.
     ///
     /// # Errors
     ///
     /// [`BrokerError`] of kind [`Timeout`](crate::BrokerErrorKind::Timeout)
-    /// when the queue is not drained in time, or any error of `stats`.
+    /// when the queue is not drained in time, or any error of `is_drained`.
     ///
     /// # Cancel safety
     ///
@@ -867,7 +898,7 @@ pub trait QueueAdmin: Send + Sync {
     async fn join(&self, queue: &str, timeout: Duration) -> Result<(), BrokerError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if self.stats(queue).await?.is_drained() {
+            if self.is_drained(queue).await? {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {

@@ -316,18 +316,30 @@ impl Suite {
     }
 
     /// Statistics count ready and delayed messages; purge removes them.
+    /// `is_drained` says what the stats say: not while a message is ready,
+    /// delayed or in flight.
     pub async fn purge_and_stats(&self) {
         let queue = self.queue("purge");
         let Some(admin) = self.broker.admin() else { return };
         self.broker.declare_queue(&queue).await.expect("declare");
+        assert!(admin.is_drained(&queue).await.expect("is_drained"), "an empty queue");
+        self.put(&queue, "later", Some(Duration::from_secs(3600))).await;
+        assert!(!admin.is_drained(&queue).await.expect("is_drained"), "a delayed message");
         for i in 0..5 {
             self.put(&queue, &format!("m{i}"), None).await;
         }
-        self.put(&queue, "later", Some(Duration::from_secs(3600))).await;
         let stats = admin.stats(&queue).await.expect("stats");
         assert_eq!((stats.ready, stats.delayed, stats.in_flight), (5, 1, 0), "{stats:?}");
         assert_eq!(admin.purge(&queue).await.expect("purge"), 6);
         assert!(admin.stats(&queue).await.expect("stats").is_drained());
+        assert!(admin.is_drained(&queue).await.expect("is_drained"), "a purged queue");
+        let mut consumer = self.consumer(&queue, 1).await;
+        self.put(&queue, "held", None).await;
+        let held = next(consumer.as_mut()).await;
+        assert!(!admin.is_drained(&queue).await.expect("is_drained"), "a message in flight");
+        held.settle(Settlement::Ack).await.expect("ack");
+        assert!(admin.is_drained(&queue).await.expect("is_drained"), "an acked message");
+        consumer.close().await.expect("close");
     }
 
     /// `join` returns once a consumer has settled everything, and times out

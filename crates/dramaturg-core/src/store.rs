@@ -122,6 +122,21 @@ impl StoreWrite {
     pub fn entries(writes: &[Self]) -> Vec<(&str, &[u8], Duration)> {
         writes.iter().map(|w| (w.key.as_str(), w.value.as_ref(), w.ttl)).collect()
     }
+
+    /// The writes of `writes` within the [size rules](self)
+    /// ([`check_key`], [`check_value`]), for a [`WritingReceipt`](crate::WritingReceipt)
+    /// that carries them with a settlement: each other one is logged as an
+    /// error and left out, so that it cannot fail the settlement it goes with.
+    pub fn within_rules(writes: &[Self]) -> Vec<Self> {
+        let valid = |w: &&Self| check_key(&w.key).and_then(|()| check_value(&w.value)).is_ok();
+        for write in writes.iter().filter(|w| !valid(w)) {
+            tracing::error!(
+                key = %crate::Bounded::quoted(&write.key),
+                "a store write that goes with a settlement is outside the store's size rules; dropped"
+            );
+        }
+        writes.iter().filter(valid).cloned().collect()
+    }
 }
 
 impl fmt::Debug for StoreWrite {

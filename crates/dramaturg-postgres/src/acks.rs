@@ -3,11 +3,16 @@
 //! [`ACK_BATCH`]), each row still checked against its own token. A lone
 //! ack goes at once; under load, acks gather while the previous batch
 //! commits, so one commit (one WAL flush) settles many.
+//!
+//! Store writes that go with an ack (a message's result) are made by the
+//! same statement, and only for the acks that apply: a stale attempt
+//! writes nothing. A batch without writes does not touch the store's
+//! table.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use dramaturg_core::{BrokerError, BrokerErrorKind};
+use dramaturg_core::{BrokerError, BrokerErrorKind, StoreWrite};
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 
@@ -17,12 +22,25 @@ use crate::vacuum::Vacuum;
 /// The most acks one statement carries.
 const ACK_BATCH: usize = 256;
 
-/// An ack waiting for its batch: the row, its claim's token, and where to
-/// say whether it applied.
+/// An ack waiting for its batch: the row, its claim's token, the store
+/// writes to make if it applies, and where to say whether it applied.
 struct Pending {
     id: i64,
     token: i64,
+    writes: Vec<StoreWrite>,
     done: oneshot::Sender<Result<bool, BrokerError>>,
+}
+
+/// What the ack task runs.
+#[derive(Debug)]
+pub(crate) struct Statements {
+    /// `$1` ids, `$2` tokens → the tokens of the rows deleted.
+    pub(crate) ack: String,
+    /// The same, with the store writes of the acks that applied (see
+    /// `Sql::ack_writing`).
+    pub(crate) ack_writing: String,
+    /// The store's channel of waits, notified of each key written.
+    pub(crate) store_channel: String,
 }
 
 /// The way to the ack task. The task ends when every clone is dropped.
@@ -33,35 +51,36 @@ pub(crate) struct Acks {
 
 impl Acks {
     /// Starts the ack task on the current runtime, deleting through `pool`
-    /// with `statement` (`$1` ids, `$2` tokens, returning the tokens of the
-    /// rows deleted), and telling `vacuum` how many rows it deleted.
-    pub(crate) fn start(pool: PgPool, statement: String, vacuum: Arc<Vacuum>) -> Self {
+    /// with `statements`, and telling `vacuum` how many rows it deleted.
+    pub(crate) fn start(pool: PgPool, statements: Statements, vacuum: Arc<Vacuum>) -> Self {
         let (sender, receiver) = mpsc::unbounded_channel();
-        tokio::spawn(run(pool, statement, vacuum, receiver));
+        tokio::spawn(run(pool, statements, vacuum, receiver));
         Self { sender }
     }
 
-    /// Acknowledges row `id` if its claim is still `token`: `true` when it
-    /// was deleted, `false` when the claim was no longer current.
-    pub(crate) async fn ack(&self, id: i64, token: i64) -> Result<bool, BrokerError> {
+    /// Acknowledges row `id` if its claim is still `token`, and then makes
+    /// `writes` (within the store's size rules): `true` when it was
+    /// deleted, `false` when the claim was no longer current (nothing
+    /// written).
+    pub(crate) async fn ack(&self, id: i64, token: i64, writes: Vec<StoreWrite>) -> Result<bool, BrokerError> {
         let (done, result) = oneshot::channel();
         let closed = || BrokerError::new(BrokerErrorKind::Closed, "postgres: the ack task has stopped");
-        self.sender.send(Pending { id, token, done }).map_err(|_| closed())?;
+        self.sender.send(Pending { id, token, writes, done }).map_err(|_| closed())?;
         result.await.map_err(|_| closed())?
     }
 }
 
-async fn run(pool: PgPool, statement: String, vacuum: Arc<Vacuum>, mut receiver: mpsc::UnboundedReceiver<Pending>) {
+async fn run(
+    pool: PgPool,
+    statements: Statements,
+    vacuum: Arc<Vacuum>,
+    mut receiver: mpsc::UnboundedReceiver<Pending>,
+) {
     let mut batch = Vec::with_capacity(ACK_BATCH);
     while receiver.recv_many(&mut batch, ACK_BATCH).await > 0 {
-        let ids: Vec<i64> = batch.iter().map(|p| p.id).collect();
-        let tokens: Vec<i64> = batch.iter().map(|p| p.token).collect();
-        let deleted: Result<Vec<i64>, _> =
-            sqlx::query_scalar(&statement).bind(&ids).bind(&tokens).fetch_all(&pool).await;
-        match deleted {
+        match settle(&pool, &statements, &batch).await {
             Ok(deleted) => {
                 vacuum.deleted(deleted.len() as u64);
-                let deleted: HashSet<i64> = deleted.into_iter().collect();
                 for pending in batch.drain(..) {
                     let _ = pending.done.send(Ok(deleted.contains(&pending.token)));
                 }
@@ -74,4 +93,31 @@ async fn run(pool: PgPool, statement: String, vacuum: Arc<Vacuum>, mut receiver:
             }
         }
     }
+}
+
+/// Deletes the rows of `batch` whose claims are current, with their
+/// writes; returns the tokens of the rows deleted.
+async fn settle(pool: &PgPool, statements: &Statements, batch: &[Pending]) -> Result<HashSet<i64>, sqlx::Error> {
+    let ids: Vec<i64> = batch.iter().map(|p| p.id).collect();
+    let tokens: Vec<i64> = batch.iter().map(|p| p.token).collect();
+    let writes: Vec<(i64, &StoreWrite)> = batch.iter().flat_map(|p| p.writes.iter().map(|w| (p.id, w))).collect();
+    if writes.is_empty() {
+        let deleted: Vec<i64> = sqlx::query_scalar(&statements.ack).bind(&ids).bind(&tokens).fetch_all(pool).await?;
+        return Ok(deleted.into_iter().collect());
+    }
+    let keys: Vec<&str> = writes.iter().map(|(_, w)| w.key.as_str()).collect();
+    let values: Vec<&[u8]> = writes.iter().map(|(_, w)| w.value.as_ref()).collect();
+    let ttls: Vec<i64> = writes.iter().map(|(_, w)| crate::store::ttl_ms(w.ttl)).collect();
+    let owners: Vec<i64> = writes.iter().map(|(id, _)| *id).collect();
+    let rows: Vec<Option<i64>> = sqlx::query_scalar(&statements.ack_writing)
+        .bind(&ids)
+        .bind(&tokens)
+        .bind(keys)
+        .bind(values)
+        .bind(ttls)
+        .bind(owners)
+        .bind(&statements.store_channel)
+        .fetch_all(pool)
+        .await?;
+    Ok(rows.into_iter().flatten().collect())
 }

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use dramaturg_core::sync::lock;
-use dramaturg_core::{BrokerError, BrokerErrorKind, Consumer, Delivery, Receipt, Settled, Settlement};
+use dramaturg_core::{
+    BrokerError, BrokerErrorKind, Consumer, Delivery, Receipt, Settled, Settlement, StoreWrite, WritingReceipt,
+};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
@@ -287,7 +289,7 @@ impl Receipt for PgReceipt {
                 let acks = shared.acks.get().ok_or_else(|| {
                     BrokerError::new(BrokerErrorKind::Closed, "postgres: a receipt outlived its consumer's start")
                 })?;
-                acks.ack(self.id, self.token).await?
+                acks.ack(self.id, self.token, Vec::new()).await?
             }
             Settlement::DeadLetter(reason) => {
                 let done = sqlx::query(&sql.dead_letter)
@@ -323,6 +325,34 @@ impl Receipt for PgReceipt {
         };
         lock(&shared.held).remove(&self.token);
         Ok(if applied { Settled::Applied } else { Settled::Stale })
+    }
+
+    fn writing(&self) -> Option<&dyn WritingReceipt> {
+        Some(self)
+    }
+}
+
+/// Acks carry their writes in their batch's statement, made only for the
+/// acks that apply; the rarer settlements write first, then settle.
+#[async_trait]
+impl WritingReceipt for PgReceipt {
+    async fn settle_writing(&self, settlement: &Settlement, writes: &[StoreWrite]) -> Result<Settled, BrokerError> {
+        let writes = StoreWrite::within_rules(writes);
+        let shared = &self.shared;
+        if let Some(store) = shared.store.get() {
+            store.sweep_now_and_then();
+        }
+        if let Settlement::Ack = settlement {
+            let acks = shared.acks.get().ok_or_else(|| {
+                BrokerError::new(BrokerErrorKind::Closed, "postgres: a receipt outlived its consumer's start")
+            })?;
+            let applied = acks.ack(self.id, self.token, writes).await?;
+            lock(&shared.held).remove(&self.token);
+            return Ok(if applied { Settled::Applied } else { Settled::Stale });
+        }
+        let store = shared.store.get_or_init(|| Arc::new(crate::PgStore::new(shared.pool.clone(), &shared.config)));
+        dramaturg_core::broker::write_before_settling(store.as_ref(), &writes).await?;
+        self.settle(settlement).await
     }
 }
 

@@ -512,7 +512,12 @@ impl Broker for PgBroker {
         self.shared.acks.get_or_init(|| {
             let config = &self.shared.config;
             let vacuum = Vacuum::new(self.shared.pool.clone(), &config.schema, config.vacuum_every);
-            Acks::start(self.shared.settle_pool.clone(), self.shared.sql.ack.clone(), vacuum)
+            let statements = acks::Statements {
+                ack: self.shared.sql.ack.clone(),
+                ack_writing: self.shared.sql.ack_writing.clone(),
+                store_channel: store::channel(&config.schema),
+            };
+            Acks::start(self.shared.settle_pool.clone(), statements, vacuum)
         });
         Ok(Box::new(consumer::PgConsumer::new(Arc::clone(&self.shared), queue, prefetch)))
     }

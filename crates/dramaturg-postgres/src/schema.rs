@@ -76,6 +76,11 @@ pub(crate) struct Sql {
     /// $1 ids, $2 tokens → the tokens of the rows acknowledged (a stale
     /// ack of a row acknowledged in the same batch is not among them).
     pub(crate) ack: String,
+    /// As `ack`, and the store writes of the acks that applied: $3 keys,
+    /// $4 values, $5 TTLs (ms), $6 the id of the row each goes with, $7
+    /// the store's channel → the tokens of the rows acknowledged, and a
+    /// NULL per key written. Of two writes of one key, the later is made.
+    pub(crate) ack_writing: String,
     /// $1 id, $2 token, $3 reason.
     pub(crate) dead_letter: String,
     /// $1 id, $2 token, $3 channel.
@@ -97,6 +102,9 @@ pub(crate) struct Sql {
     pub(crate) deregister: String,
     /// $1 retention (ms).
     pub(crate) trim_dead: String,
+    /// $1 queue → whether it holds any message (each half of the `OR`
+    /// probes an index: waiting messages by queue, claims).
+    pub(crate) any_message: String,
     /// $1 queue → ready, delayed, in flight, dead, paused.
     pub(crate) stats: String,
     /// $1 queue.
@@ -164,6 +172,24 @@ impl Sql {
                 "DELETE FROM {s}.messages AS m USING unnest($1::bigint[], $2::bigint[]) AS a(id, token)
                 WHERE m.id = a.id AND m.lease_token = a.token RETURNING m.lease_token"
             ),
+            ack_writing: format!(
+                "WITH gone AS (
+                    DELETE FROM {s}.messages AS m USING unnest($1::bigint[], $2::bigint[]) AS a(id, token)
+                    WHERE m.id = a.id AND m.lease_token = a.token RETURNING m.id, m.lease_token),
+                written AS (
+                    INSERT INTO {s}.store AS e (key, kind, value, expires_at)
+                    SELECT DISTINCT ON (w.key) w.key, 'value', w.value,
+                        clock_timestamp() + w.ttl_ms * interval '1 millisecond'
+                    FROM unnest($3::text[], $4::bytea[], $5::bigint[], $6::bigint[])
+                        WITH ORDINALITY AS w(key, value, ttl_ms, id, n)
+                    JOIN gone ON gone.id = w.id
+                    ORDER BY w.key, w.n DESC
+                    ON CONFLICT (key) DO UPDATE SET kind = 'value', value = EXCLUDED.value, members = NULL,
+                        slots = NULL, arrival_ms = NULL, expires_at = EXCLUDED.expires_at
+                    RETURNING key)
+                SELECT lease_token FROM gone
+                UNION ALL SELECT NULL FROM written WHERE pg_notify($7, key) IS NULL"
+            ),
             dead_letter: format!(
                 "WITH gone AS (DELETE FROM {s}.messages WHERE id = $1 AND lease_token = $2 RETURNING queue, body)
                 INSERT INTO {s}.dead_letters (queue, body, reason) SELECT queue, body, $3 FROM gone"
@@ -217,6 +243,10 @@ impl Sql {
                     AND NOT EXISTS (SELECT 1 FROM {s}.messages WHERE lease_owner = $1)"
             ),
             trim_dead: format!("DELETE FROM {s}.dead_letters WHERE dead_at < now() - $1 {ms}"),
+            any_message: format!(
+                "SELECT EXISTS (SELECT 1 FROM {s}.messages WHERE queue = $1 AND lease_token IS NULL)
+                    OR EXISTS (SELECT 1 FROM {s}.messages WHERE queue = $1 AND lease_token IS NOT NULL)"
+            ),
             stats: format!(
                 "SELECT count(*) FILTER (WHERE lease_token IS NULL AND due_at <= now()),
                     count(*) FILTER (WHERE lease_token IS NULL AND due_at > now()),

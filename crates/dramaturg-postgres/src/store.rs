@@ -113,7 +113,7 @@ impl StoreSql {
             )
         };
         Self {
-            channel: format!("{schema}.store"),
+            channel: channel(schema),
             get: format!("SELECT kind, value FROM {s}.store WHERE key = $1 AND {live}"),
             set_always: set(""),
             set_if_absent: set("WHERE e.expires_at <= clock_timestamp()"),
@@ -215,8 +215,13 @@ fn checked(key: &str) -> Result<&str, StoreError> {
     Ok(key)
 }
 
+/// The channel the store of `schema` notifies of each key written.
+pub(crate) fn channel(schema: &str) -> String {
+    format!("{schema}.store")
+}
+
 /// `duration` as the store applies it (see [`ttl_millis`]), as a `bigint`.
-fn ttl_ms(duration: Duration) -> i64 {
+pub(crate) fn ttl_ms(duration: Duration) -> i64 {
     i64::try_from(ttl_millis(duration)).unwrap_or(i64::MAX)
 }
 
@@ -263,7 +268,7 @@ impl PgStore {
         Ok(Self::new(pool, config))
     }
 
-    fn new(pool: PgPool, config: &PgConfig) -> Self {
+    pub(crate) fn new(pool: PgPool, config: &PgConfig) -> Self {
         let sql = StoreSql::new(&config.schema);
         Self {
             waits: Waits::new(pool.clone(), sql.channel.clone()),
@@ -276,7 +281,7 @@ impl PgStore {
 
     /// After a write: starts deleting expired rows if no write of this
     /// store did for a minute.
-    fn sweep_now_and_then(&self) {
+    pub(crate) fn sweep_now_and_then(&self) {
         let now = dramaturg_core::now_ms();
         let last = self.last_sweep_ms.load(Ordering::Relaxed);
         if now.saturating_sub(last) < SWEEP_EVERY_MS

@@ -7,9 +7,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use dramaturg_core::store::{check_key, check_value};
 use dramaturg_core::{
-    Bounded, BrokerError, BrokerErrorKind, Consumer, Delivery, MessageId, Receipt, Settled, Settlement, StoreWrite,
+    BrokerError, BrokerErrorKind, Consumer, Delivery, MessageId, Receipt, Settled, Settlement, StoreWrite,
     WritingReceipt,
 };
 use redis::Value;
@@ -418,17 +417,14 @@ impl Receipt for RedisReceipt {
 #[async_trait]
 impl WritingReceipt for RedisReceipt {
     async fn settle_writing(&self, settlement: &Settlement, writes: &[StoreWrite]) -> Result<Settled, BrokerError> {
-        let valid = |w: &&StoreWrite| check_key(&w.key).and_then(|()| check_value(&w.value)).is_ok();
-        for write in writes.iter().filter(|w| !valid(w)) {
-            tracing::error!(key = %Bounded::quoted(&write.key), "a store write that goes with a settlement is outside the store's size rules; dropped");
-        }
-        let writes = writes.iter().filter(valid);
+        let writes = StoreWrite::within_rules(writes);
         if let Settlement::Ack = settlement {
-            return self.acks.ack(&self.id, &self.token, writes.cloned().collect()).await;
+            return self.acks.ack(&self.id, &self.token, writes).await;
         }
         let prefix = crate::store::prefix(&self.shared.config);
-        let groups = crate::store::write_groups(&prefix, writes.map(|w| (w.key.as_str(), w.value.as_ref(), w.ttl)))
-            .map_err(|e| BrokerError::new(BrokerErrorKind::InvalidInput, e.to_string()))?;
+        let groups =
+            crate::store::write_groups(&prefix, writes.iter().map(|w| (w.key.as_str(), w.value.as_ref(), w.ttl)))
+                .map_err(|e| BrokerError::new(BrokerErrorKind::InvalidInput, e.to_string()))?;
         crate::store::write(&self.shared.conn, groups).await.map_err(|e| broker_error(e, "writing to the store"))?;
         self.settle(settlement).await
     }

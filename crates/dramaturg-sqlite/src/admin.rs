@@ -33,6 +33,16 @@ impl QueueAdmin for SqliteBroker {
         Ok(QueueStats::new(count(ready), count(delayed), count(in_flight), count(dead)).with_paused(paused))
     }
 
+    async fn is_drained(&self, queue: &str) -> Result<bool, BrokerError> {
+        check_queue(queue)?;
+        let waiting: bool = sqlx::query_scalar(schema::ANY_MESSAGE)
+            .bind(queue)
+            .fetch_one(&self.shared.pool)
+            .await
+            .map_err(|e| db_error(e, "looking for messages"))?;
+        Ok(!waiting)
+    }
+
     async fn purge(&self, queue: &str) -> Result<u64, BrokerError> {
         check_queue(queue)?;
         let done = sqlx::query(schema::PURGE)

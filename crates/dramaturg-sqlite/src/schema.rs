@@ -150,6 +150,11 @@ pub(crate) const STATS: &str = "SELECT
         EXISTS (SELECT 1 FROM paused_queues WHERE queue = ?1)
     FROM messages WHERE queue = ?1";
 
+/// ?1 queue → whether it holds any message (each half of the `OR` probes
+/// an index: waiting messages by queue, claims).
+pub(crate) const ANY_MESSAGE: &str = "SELECT EXISTS (SELECT 1 FROM messages WHERE queue = ?1 AND lease_token IS NULL)
+    OR EXISTS (SELECT 1 FROM messages WHERE queue = ?1 AND lease_token IS NOT NULL)";
+
 /// ?1 queue: the waiting and delayed messages.
 pub(crate) const PURGE: &str = "DELETE FROM messages WHERE queue = ?1 AND lease_token IS NULL";
 

@@ -77,7 +77,7 @@ impl App {
             }
             let mut drained = true;
             for queue in self.queues() {
-                drained &= admin.stats(queue).await?.is_drained();
+                drained &= admin.is_drained(queue).await?;
             }
             if drained {
                 return Ok(());

@@ -889,8 +889,12 @@ async fn start(shared: Arc<Shared>, waiting: Waiting, delivery: Delivery) {
         }
         permits = permits => permits,
     };
+    // Boxed: a delivery's task is spawned with this future, which is moved
+    // into the task and again as it runs; processing's own state is large
+    // (the message, the middleware call, the settlement), and is made in
+    // place on the heap once it starts.
     match permits {
-        Some(permits) => process(shared, queue, delivery, permits).await,
+        Some(permits) => Box::pin(process(shared, queue, delivery, permits)).await,
         None => requeue_unstarted(&shared, delivery).await,
     }
 }

@@ -164,7 +164,7 @@ fn redis_config(queue: &str, best: bool) -> Config {
 
 /// apalis-postgres's: its defaults (fetch batch 10, task locks on, polling:
 /// after an empty fetch the worker waits for its next heartbeat) or the best
-/// found (fetch batch 1,000, locks off, woken by `LISTEN`/`NOTIFY`). Results
+/// found (fetch batch 1,000, locks off; `work` adds the wake-ups). Results
 /// stay persisted: that is the acknowledgement.
 fn postgres_storage(pool: &PgPool, best: bool) -> PostgresStorage<Step> {
     let config = apalis_postgres::Config::default().queue(QUEUE);
@@ -181,8 +181,11 @@ fn sqlite_storage(pool: &SqlitePool, best: bool) -> SqliteStorage<Step> {
     SqliteStorage::new(pool).with_config(config)
 }
 
-/// The idle wake-up of the best configuration on SQLite.
-const SQLITE_POLL: Duration = Duration::from_millis(100);
+/// The best configuration's idle look, on SQLite and, besides `LISTEN`/`NOTIFY`
+/// (`with_pubsub`), on PostgreSQL as in apalis-postgres's own example: with
+/// `with_pubsub` alone a worker here missed wake-ups and waited for its next
+/// heartbeat (enqueue-to-start p50 17 s in scripts/compare).
+const IDLE_POLL: Duration = Duration::from_millis(100);
 
 /// apalis-redis stores every pushed task in its scheduled set, and its fetch
 /// script promotes all due tasks with one Lua `unpack`, which fails above
@@ -315,10 +318,12 @@ async fn work(url: &str, args: &Args) -> Result<(), BoxDynError> {
         Broker::Redis(conn) => {
             run_steps!(RedisStorage::<Step, _>::new(conn).with_config(redis_config(QUEUE, best)), args, record)
         }
-        Broker::Postgres(pool) if best => run_steps!(postgres_storage(&pool, true).with_pubsub(), args, record),
+        Broker::Postgres(pool) if best => {
+            run_steps!(postgres_storage(&pool, true).with_pubsub().poll_with_interval(IDLE_POLL), args, record)
+        }
         Broker::Postgres(pool) => run_steps!(postgres_storage(&pool, false), args, record),
         Broker::Sqlite(pool) if best => {
-            run_steps!(sqlite_storage(&pool, true).poll_with_interval(SQLITE_POLL), args, record)
+            run_steps!(sqlite_storage(&pool, true).poll_with_interval(IDLE_POLL), args, record)
         }
         Broker::Sqlite(pool) => run_steps!(sqlite_storage(&pool, false), args, record),
     }

@@ -396,3 +396,45 @@ async fn a_stale_ack_writes_nothing() {
     }
     consumer.close().await.unwrap();
 }
+
+/// A failure's result goes with its dead letter, only if the dead letter
+/// applies: a stalled attempt that fails after its message was recovered
+/// and succeeded elsewhere cannot overwrite the success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_dead_letter_writes_nothing() {
+    if support::is_child() {
+        return;
+    }
+    use dramaturg::store::StoreWrite;
+    use dramaturg::{DeadLetters as _, Settled, Settlement};
+    let (schema, _drop) = own_schema();
+    let broker = broker_in(&schema).await;
+    let store = broker.store().unwrap();
+    let mut consumer = broker.consume("failing", 4).await.unwrap();
+    let key = "result:failing";
+    let write = |value: &'static [u8]| [StoreWrite::new(key, value, Duration::from_secs(60))];
+    broker.enqueue(Outgoing::new("failing", b"m".to_vec())).await.unwrap();
+    let lapsed = consumer.next().await.unwrap();
+    assert_eq!(broker.requeue_in_flight("failing").await.unwrap(), 1);
+    let owner = consumer.next().await.unwrap();
+    let succeeded = owner.settle_writing(Settlement::Ack, &write(b"succeeded"), &*store).await.unwrap();
+    assert_eq!(succeeded, Settled::Applied);
+    let failure = write(b"failed");
+    let failed = lapsed.settle_writing(Settlement::DeadLetter("failed late".into()), &failure, &*store).await;
+    assert_eq!(failed.unwrap(), Settled::Stale);
+    assert_eq!(
+        store.get(key).await.unwrap().as_deref(),
+        Some(&b"succeeded"[..]),
+        "a stale failure overwrote the result"
+    );
+    assert_eq!(broker.list("failing", 10).await.unwrap().len(), 0, "a stale dead letter was kept");
+
+    // A current one writes its failure with the dead letter.
+    broker.enqueue(Outgoing::new("failing", b"n".to_vec())).await.unwrap();
+    let current = consumer.next().await.unwrap();
+    let dead = current.settle_writing(Settlement::DeadLetter("failed".into()), &failure, &*store).await;
+    assert_eq!(dead.unwrap(), Settled::Applied);
+    assert_eq!(store.get(key).await.unwrap().as_deref(), Some(&b"failed"[..]));
+    assert_eq!(broker.list("failing", 10).await.unwrap().len(), 1);
+    consumer.close().await.unwrap();
+}

@@ -1239,3 +1239,52 @@ async fn dead_letters_are_read_a_page_at_a_time() {
     assert_eq!(broker.page("outcomes", 6, 3).await.unwrap().len(), 1);
     assert!(broker.page("outcomes", 7, 3).await.unwrap().is_empty());
 }
+
+/// A failure's result goes with its dead letter, in the dead letter's own
+/// script call, only if the dead letter applies: a stalled attempt that
+/// fails after its message succeeded elsewhere cannot overwrite the
+/// success. The same id claimed twice gives a stale and a current claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_dead_letter_writes_nothing() {
+    if support::is_child() {
+        return;
+    }
+    use dramaturg::store::StoreWrite;
+    use dramaturg::{DeadLetters as _, Settled, Settlement};
+    let namespace = namespace();
+    let broker = broker_in(URL, &namespace).await;
+    let store = broker.store().unwrap();
+    let client = redis::Client::open(URL).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let prefix = format!("{namespace}:{{failing}}");
+    let key = "result:failing-1";
+    let write = |value: &'static [u8]| [StoreWrite::new(key, value, Duration::from_secs(60))];
+    for id in ["failing-1", "failing-2"] {
+        redis::pipe()
+            .hset(format!("{prefix}:msgs"), id, b"body".as_slice())
+            .rpush(format!("{prefix}:ready"), id)
+            .query_async::<()>(&mut conn)
+            .await
+            .unwrap();
+    }
+    redis::cmd("RPUSH").arg(format!("{prefix}:ready")).arg("failing-1").query_async::<()>(&mut conn).await.unwrap();
+    let mut consumer = broker.consume("failing", 4).await.unwrap();
+    let (stale, other, owner) =
+        (consumer.next().await.unwrap(), consumer.next().await.unwrap(), consumer.next().await.unwrap());
+    let (succeeded, failure) = (write(b"succeeded"), write(b"failed"));
+    assert_eq!(owner.settle_writing(Settlement::Ack, &succeeded, &*store).await.unwrap(), Settled::Applied);
+    let failed = stale.settle_writing(Settlement::DeadLetter("failed late".into()), &failure, &*store).await;
+    assert_eq!(failed.unwrap(), Settled::Stale);
+    assert_eq!(
+        store.get(key).await.unwrap().as_deref(),
+        Some(&b"succeeded"[..]),
+        "a stale failure overwrote the result"
+    );
+    // A current dead letter keeps its failure's result.
+    let other_key = [StoreWrite::new("result:failing-2", &b"failed"[..], Duration::from_secs(60))];
+    let dead = other.settle_writing(Settlement::DeadLetter("failed".into()), &other_key, &*store).await;
+    assert_eq!(dead.unwrap(), Settled::Applied);
+    assert_eq!(store.get("result:failing-2").await.unwrap().as_deref(), Some(&b"failed"[..]));
+    assert_eq!(broker.list("failing", 10).await.unwrap().len(), 1);
+    consumer.close().await.unwrap();
+}

@@ -100,24 +100,43 @@ async fn run(
 async fn settle(pool: &PgPool, statements: &Statements, batch: &[Pending]) -> Result<HashSet<i64>, sqlx::Error> {
     let ids: Vec<i64> = batch.iter().map(|p| p.id).collect();
     let tokens: Vec<i64> = batch.iter().map(|p| p.token).collect();
-    let writes: Vec<(i64, &StoreWrite)> = batch.iter().flat_map(|p| p.writes.iter().map(|w| (p.id, w))).collect();
-    if writes.is_empty() {
+    let writes = WriteArrays::new(batch.iter().flat_map(|p| p.writes.iter().map(|w| (p.id, w))));
+    if writes.keys.is_empty() {
         let deleted: Vec<i64> = sqlx::query_scalar(&statements.ack).bind(&ids).bind(&tokens).fetch_all(pool).await?;
         return Ok(deleted.into_iter().collect());
     }
-    let keys: Vec<&str> = writes.iter().map(|(_, w)| w.key.as_str()).collect();
-    let values: Vec<&[u8]> = writes.iter().map(|(_, w)| w.value.as_ref()).collect();
-    let ttls: Vec<i64> = writes.iter().map(|(_, w)| crate::store::ttl_ms(w.ttl)).collect();
-    let owners: Vec<i64> = writes.iter().map(|(id, _)| *id).collect();
     let rows: Vec<Option<i64>> = sqlx::query_scalar(&statements.ack_writing)
         .bind(&ids)
         .bind(&tokens)
-        .bind(keys)
-        .bind(values)
-        .bind(ttls)
-        .bind(owners)
+        .bind(writes.keys)
+        .bind(writes.values)
+        .bind(writes.ttls)
+        .bind(writes.owners)
         .bind(&statements.store_channel)
         .fetch_all(pool)
         .await?;
     Ok(rows.into_iter().flatten().collect())
+}
+
+/// Store writes as the arrays a settlement's statement takes (see
+/// `schema::store_write`), each with the id of the row it goes with.
+pub(crate) struct WriteArrays<'a> {
+    pub(crate) keys: Vec<&'a str>,
+    pub(crate) values: Vec<&'a [u8]>,
+    /// Milliseconds, as the store applies them.
+    pub(crate) ttls: Vec<i64>,
+    pub(crate) owners: Vec<i64>,
+}
+
+impl<'a> WriteArrays<'a> {
+    pub(crate) fn new(writes: impl Iterator<Item = (i64, &'a StoreWrite)>) -> Self {
+        let mut arrays = Self { keys: Vec::new(), values: Vec::new(), ttls: Vec::new(), owners: Vec::new() };
+        for (owner, write) in writes {
+            arrays.keys.push(&write.key);
+            arrays.values.push(&write.value);
+            arrays.ttls.push(crate::store::ttl_ms(write.ttl));
+            arrays.owners.push(owner);
+        }
+        arrays
+    }
 }

@@ -14,6 +14,7 @@ use dramaturg_core::{
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
+use crate::acks::WriteArrays;
 use crate::{db_error, ms, Shared};
 
 /// How long claimed messages are handed out without looking whether the
@@ -332,8 +333,9 @@ impl Receipt for PgReceipt {
     }
 }
 
-/// Acks carry their writes in their batch's statement, made only for the
-/// acks that apply; the rarer settlements write first, then settle.
+/// Acks (in their batch's statement) and dead letters (in theirs) make
+/// their writes only if they apply, so a stale attempt writes no result;
+/// requeues and reschedules, which end no message, write first.
 #[async_trait]
 impl WritingReceipt for PgReceipt {
     async fn settle_writing(&self, settlement: &Settlement, writes: &[StoreWrite]) -> Result<Settled, BrokerError> {
@@ -350,6 +352,27 @@ impl WritingReceipt for PgReceipt {
             lock(&shared.held).remove(&self.token);
             return Ok(if applied { Settled::Applied } else { Settled::Stale });
         }
+        if let (Settlement::DeadLetter(reason), false) = (settlement, writes.is_empty()) {
+            // A failure's result: written with the dead letter, only if it
+            // applies, as an ack's is.
+            let arrays = WriteArrays::new(writes.iter().map(|w| (self.id, w)));
+            let (dead, _written): (i64, i64) = sqlx::query_as(&shared.sql.dead_letter_writing)
+                .bind(self.id)
+                .bind(self.token)
+                .bind(reason.as_str())
+                .bind(arrays.keys)
+                .bind(arrays.values)
+                .bind(arrays.ttls)
+                .bind(arrays.owners)
+                .bind(crate::store::channel(&shared.config.schema))
+                .fetch_one(&shared.settle_pool)
+                .await
+                .map_err(|e| db_error(e, "dead-lettering a message"))?;
+            lock(&shared.held).remove(&self.token);
+            return Ok(if dead == 1 { Settled::Applied } else { Settled::Stale });
+        }
+        // Requeues and reschedules end no message: whatever they carry is
+        // written first.
         let store = shared.store.get_or_init(|| Arc::new(crate::PgStore::new(shared.pool.clone(), &shared.config)));
         dramaturg_core::broker::write_before_settling(store.as_ref(), &writes).await?;
         self.settle(settlement).await

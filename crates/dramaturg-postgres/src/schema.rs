@@ -76,13 +76,17 @@ pub(crate) struct Sql {
     /// $1 ids, $2 tokens → the tokens of the rows acknowledged (a stale
     /// ack of a row acknowledged in the same batch is not among them).
     pub(crate) ack: String,
-    /// As `ack`, and the store writes of the acks that applied: $3 keys,
-    /// $4 values, $5 TTLs (ms), $6 the id of the row each goes with, $7
-    /// the store's channel → the tokens of the rows acknowledged, and a
-    /// NULL per key written. Of two writes of one key, the later is made.
+    /// As `ack`, and the store writes of the acks that applied
+    /// ([`store_write`]): $3 keys, $4 values, $5 TTLs (ms), $6 the id of
+    /// the row each goes with, $7 the store's channel → the tokens of the
+    /// rows acknowledged, and a NULL per key written.
     pub(crate) ack_writing: String,
     /// $1 id, $2 token, $3 reason.
     pub(crate) dead_letter: String,
+    /// As `dead_letter`, and the store writes that go with it if it
+    /// applies: $4 keys, $5 values, $6 TTLs (ms), $7 the row's id for each,
+    /// $8 the store's channel → rows dead-lettered, keys written.
+    pub(crate) dead_letter_writing: String,
     /// $1 id, $2 token, $3 channel.
     pub(crate) requeue: String,
     /// $1 id, $2 token, $3 body, $4 delay (ms), $5 channel.
@@ -176,23 +180,21 @@ impl Sql {
                 "WITH gone AS (
                     DELETE FROM {s}.messages AS m USING unnest($1::bigint[], $2::bigint[]) AS a(id, token)
                     WHERE m.id = a.id AND m.lease_token = a.token RETURNING m.id, m.lease_token),
-                written AS (
-                    INSERT INTO {s}.store AS e (key, kind, value, expires_at)
-                    SELECT DISTINCT ON (w.key) w.key, 'value', w.value,
-                        clock_timestamp() + w.ttl_ms * interval '1 millisecond'
-                    FROM unnest($3::text[], $4::bytea[], $5::bigint[], $6::bigint[])
-                        WITH ORDINALITY AS w(key, value, ttl_ms, id, n)
-                    JOIN gone ON gone.id = w.id
-                    ORDER BY w.key, w.n DESC
-                    ON CONFLICT (key) DO UPDATE SET kind = 'value', value = EXCLUDED.value, members = NULL,
-                        slots = NULL, arrival_ms = NULL, expires_at = EXCLUDED.expires_at
-                    RETURNING key)
+                written AS ({write})
                 SELECT lease_token FROM gone
-                UNION ALL SELECT NULL FROM written WHERE pg_notify($7, key) IS NULL"
+                UNION ALL SELECT NULL FROM written WHERE pg_notify($7, key) IS NULL",
+                write = store_write(&s, 3)
             ),
             dead_letter: format!(
                 "WITH gone AS (DELETE FROM {s}.messages WHERE id = $1 AND lease_token = $2 RETURNING queue, body)
                 INSERT INTO {s}.dead_letters (queue, body, reason) SELECT queue, body, $3 FROM gone"
+            ),
+            dead_letter_writing: format!(
+                "WITH gone AS (DELETE FROM {s}.messages WHERE id = $1 AND lease_token = $2 RETURNING id, queue, body),
+                dead AS (INSERT INTO {s}.dead_letters (queue, body, reason) SELECT queue, body, $3 FROM gone),
+                written AS ({write})
+                SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM written WHERE pg_notify($8, key) IS NULL)",
+                write = store_write(&s, 4)
             ),
             requeue: format!(
                 "WITH back AS (
@@ -292,6 +294,28 @@ impl Sql {
             delete_dead: format!("DELETE FROM {s}.dead_letters WHERE queue = $1 AND ($2::bigint IS NULL OR id = $2)"),
         }
     }
+}
+
+/// The store upsert of a settlement's writes (`written` in its statement):
+/// the arrays from parameter `$n` on (keys, values, TTLs in ms, the id of
+/// the row each goes with) joined to the rows the settlement changed
+/// (`gone`, with their `id`), so that a settlement that does not apply
+/// writes nothing. Of two writes of one key, the later is made (one row
+/// may not be upserted twice in a statement). Returns the keys written.
+fn store_write(s: &str, n: u32) -> String {
+    format!(
+        "INSERT INTO {s}.store AS e (key, kind, value, expires_at)
+        SELECT DISTINCT ON (w.key) w.key, 'value', w.value, clock_timestamp() + w.ttl_ms * interval '1 millisecond'
+        FROM unnest(${n}::text[], ${}::bytea[], ${}::bigint[], ${}::bigint[]) WITH ORDINALITY AS w(key, value, ttl_ms, owner, n)
+        JOIN gone ON gone.id = w.owner
+        ORDER BY w.key, w.n DESC
+        ON CONFLICT (key) DO UPDATE SET kind = 'value', value = EXCLUDED.value, members = NULL,
+            slots = NULL, arrival_ms = NULL, expires_at = EXCLUDED.expires_at
+        RETURNING key",
+        n + 1,
+        n + 2,
+        n + 3
+    )
 }
 
 #[cfg(test)]

@@ -358,26 +358,12 @@ impl std::fmt::Debug for RedisReceipt {
 impl Receipt for RedisReceipt {
     async fn settle(&self, settlement: &Settlement) -> Result<Settled, BrokerError> {
         let scripts = &self.shared.scripts;
-        let config = &self.shared.config;
         let keys = &self.keys;
         let invocation = match settlement {
             // Coalesced with this consumer's other acks; the ack is no
             // longer outstanding once its batch is settled.
             Settlement::Ack => return self.acks.ack(&self.id, &self.token, Vec::new()).await,
-            Settlement::DeadLetter(reason) => {
-                let mut invocation = self.fenced(&scripts.dead);
-                invocation
-                    .key(&keys.msgs)
-                    .key(&keys.dead)
-                    .key(&keys.dead_msgs)
-                    .key(&keys.reasons)
-                    .key(&keys.dead_bytes)
-                    .arg(reason.as_str())
-                    .arg(crate::millis(config.dead_letter_ttl))
-                    .arg(config.dead_letter_max_count)
-                    .arg(config.dead_letter_max_bytes);
-                invocation
-            }
+            Settlement::DeadLetter(reason) => self.dead(&scripts.dead, reason),
             Settlement::Requeue => {
                 let mut invocation = self.fenced(&scripts.requeue);
                 invocation.key(&keys.ready).key(&keys.redelivered).arg(&keys.wake);
@@ -412,14 +398,36 @@ impl Receipt for RedisReceipt {
     }
 }
 
-/// Acks carry their writes in their batch's round trip; the rarer
-/// settlements write first, then settle.
+/// Acks carry their writes in their batch's round trip, dead letters in
+/// their own script call; on one server either makes them only if it
+/// applies, so a stale attempt writes no result. Requeues and reschedules,
+/// which end no message, and every settlement on a cluster (whose writes'
+/// keys lie in other slots) write first, then settle.
 #[async_trait]
 impl WritingReceipt for RedisReceipt {
     async fn settle_writing(&self, settlement: &Settlement, writes: &[StoreWrite]) -> Result<Settled, BrokerError> {
         let writes = StoreWrite::within_rules(writes);
         if let Settlement::Ack = settlement {
             return self.acks.ack(&self.id, &self.token, writes).await;
+        }
+        if let (Settlement::DeadLetter(reason), false, false) =
+            (settlement, writes.is_empty(), self.shared.conn.is_cluster())
+        {
+            match self.dead_writing(reason, &writes).await {
+                Err(error) if error.code() == Some("OOM") => {
+                    tracing::error!(
+                        error = %error.detail().unwrap_or_default(),
+                        "redis refused the store writes that go with a dead letter (the failure's result is not kept); \
+                         dead-lettering without them"
+                    );
+                    return self.settle(settlement).await;
+                }
+                Err(error) => return Err(broker_error(error, "dead-lettering a message")),
+                Ok(applied) => {
+                    lock(&self.outstanding).remove(&self.id);
+                    return Ok(if applied == 1 { Settled::Applied } else { Settled::Stale });
+                }
+            }
         }
         let prefix = crate::store::prefix(&self.shared.config);
         let groups =
@@ -431,6 +439,44 @@ impl WritingReceipt for RedisReceipt {
 }
 
 impl RedisReceipt {
+    /// An invocation of `script`, `DEAD` or `DEAD_WRITING`, that
+    /// dead-letters the message with `reason`.
+    fn dead<'a>(&'a self, script: &'a redis::Script, reason: &str) -> redis::ScriptInvocation<'a> {
+        let (keys, config) = (&self.keys, &self.shared.config);
+        let mut invocation = self.fenced(script);
+        invocation
+            .key(&keys.msgs)
+            .key(&keys.dead)
+            .key(&keys.dead_msgs)
+            .key(&keys.reasons)
+            .key(&keys.dead_bytes)
+            .arg(reason)
+            .arg(crate::millis(config.dead_letter_ttl))
+            .arg(config.dead_letter_max_count)
+            .arg(config.dead_letter_max_bytes);
+        invocation
+    }
+
+    /// `DEAD_WRITING` on one server: the dead letter and, only if it
+    /// applies, `writes` (within the store's size rules). 1 if applied, 0
+    /// if stale.
+    async fn dead_writing(&self, reason: &str, writes: &[StoreWrite]) -> redis::RedisResult<i64> {
+        let prefix = crate::store::prefix(&self.shared.config);
+        let mut invocation = self.dead(&self.shared.scripts.dead_writing, reason);
+        for write in writes {
+            let key = crate::store::checked_key(&prefix, &write.key, &write.value).map_err(|e| {
+                redis::RedisError::from((
+                    redis::ErrorKind::Client,
+                    "a store write outside the size rules",
+                    e.to_string(),
+                ))
+            })?;
+            invocation.key(key).arg(write.value.as_ref()).arg(dramaturg_core::store::ttl_millis(write.ttl));
+        }
+        let mut conn = self.shared.conn.clone();
+        invocation.invoke_async(&mut conn).await
+    }
+
     /// An invocation of a settlement script, which starts with the claim
     /// check: KEYS[1..2] are the in-flight list and the claims, ARGV[1..2]
     /// the entry id and the claim's token.

@@ -256,6 +256,19 @@ end
 return out
 ";
 
+/// The store writes that go with a dead letter (a failure's result), made
+/// after `OWNS` passed and before `DEAD`: so only by the attempt that owns
+/// the message. KEYS[8…]: the keys; ARGV[7…]: value, TTL (ms) per key.
+/// Each is a `SET` with its TTL and a `PUBLISH` of the value on the key's
+/// name, as `ACK_MANY_WRITING` makes them.
+const DEAD_WRITES: &str = r"
+for w = 8, #KEYS do
+  local at = 7 + 2 * (w - 8)
+  redis.call('SET', KEYS[w], ARGV[at], 'PX', ARGV[at + 1])
+  redis.call('PUBLISH', KEYS[w], ARGV[at])
+end
+";
+
 /// Dead-letter, then trim the dead letters. KEYS: inflight, claims, msgs,
 /// dead, dead_msgs, reasons, dead_bytes. ARGV: id, token, reason,
 /// retention (ms), max count, max bytes.
@@ -495,6 +508,7 @@ pub(crate) struct Scripts {
     pub(crate) ack_many: Script,
     pub(crate) ack_many_writing: Script,
     pub(crate) dead: Script,
+    pub(crate) dead_writing: Script,
     pub(crate) reschedule: Script,
     pub(crate) requeue: Script,
     pub(crate) return_unhanded: Script,
@@ -522,6 +536,9 @@ impl Scripts {
             // whole there, and the acks settled without them.
             ack_many_writing: script(Some(""), &[ACK_PAIRS, ACK_MANY_WRITING]),
             dead: script(drain, &[NOW, TRIM_DEAD, OWNS, DEAD]),
+            // As `ack_many_writing`: refused whole by a full Redis, and the
+            // dead letter then made without its writes.
+            dead_writing: script(Some(""), &[NOW, TRIM_DEAD, OWNS, DEAD_WRITES, DEAD]),
             reschedule: script(drain, &[NOW, WAKE_IF_EMPTY, ADD_DELAYED, OWNS, RESCHEDULE]),
             requeue: script(drain, &[WAKE_IF_EMPTY, OWNS, REQUEUE]),
             return_unhanded: script(drain, &[WAKE_IF_EMPTY, RETURN_UNHANDED]),

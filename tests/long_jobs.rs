@@ -4,9 +4,9 @@
 
 #![allow(clippy::unwrap_used)] // Tests may panic on the unexpected.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+mod support;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use dramaturg::prelude::*;
@@ -62,19 +62,6 @@ async fn a_blocking_attempt_past_its_limit_holds_its_slot_until_its_thread_ends(
     let dead = dramaturg::DeadLetters::list(&broker, "default", 1).await.unwrap();
     assert!(dead[0].reason.contains("time limit exceeded"), "{}", dead[0].reason);
 }
-/// A writer that keeps what tracing prints.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// An async actor that holds its runtime thread for 600 ms.
 #[derive(Actor, Serialize, Deserialize)]
@@ -107,7 +94,7 @@ impl Polite {
 /// threshold is named once, at WARN, and every such message is counted.
 #[test]
 fn a_blocked_runtime_thread_is_noticed_and_the_actor_named_once() {
-    let captured = Captured::default();
+    let captured = support::Captured::default();
     let writer = captured.clone();
     let subscriber = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::WARN)

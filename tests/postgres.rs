@@ -271,21 +271,6 @@ async fn a_stale_ack_batched_with_the_current_one_stays_stale() {
     }
 }
 
-/// Log lines, kept for a test to read.
-#[derive(Clone, Default)]
-struct Captured(std::sync::Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// A messages table that nothing will vacuum is said at connect, once;
 /// one that autovacuum looks after is not.
 #[tokio::test(flavor = "current_thread")]
@@ -293,7 +278,7 @@ async fn a_messages_table_that_autovacuum_skips_is_warned_about() {
     if support::is_child() {
         return;
     }
-    let captured = Captured::default();
+    let captured = support::Captured::default();
     let writer = captured.clone();
     let subscriber = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::WARN)

@@ -2,6 +2,8 @@
 
 #![allow(clippy::unwrap_used)] // Tests may panic on the unexpected.
 
+mod support;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -220,23 +222,9 @@ async fn an_async_actor_that_blocks_past_its_limit_fails_whatever_it_returned() 
     assert_eq!(*seen.lock().unwrap(), [(FailureKind::TimeLimitExceeded, Some(Limit::Duration))]);
 }
 
-/// A writer that keeps what tracing prints.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[test]
 fn the_expiry_warning_shows_the_limit_in_force() {
-    let captured = Captured::default();
+    let captured = support::Captured::default();
     let writer = captured.clone();
     let subscriber = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::WARN)

@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used)] // Tests may panic on the unexpected.
 
+mod support;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -298,23 +300,9 @@ async fn delayed_messages_run_after_their_delay() {
     assert!(sent.elapsed() >= Duration::from_millis(300));
 }
 
-/// A writer that keeps what tracing prints.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[test]
 fn every_message_has_a_span_with_id_actor_queue_and_retries() {
-    let captured = Captured::default();
+    let captured = support::Captured::default();
     let writer = captured.clone();
     let subscriber = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::DEBUG)
@@ -341,7 +329,7 @@ fn every_message_has_a_span_with_id_actor_queue_and_retries() {
 
 /// What tracing printed while `run` ran on a current-thread runtime.
 fn logged<F: std::future::Future>(run: impl FnOnce() -> F) -> String {
-    let captured = Captured::default();
+    let captured = support::Captured::default();
     let writer = captured.clone();
     let subscriber = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::WARN)

@@ -271,8 +271,9 @@ async fn a_stale_ack_batched_with_the_current_one_stays_stale() {
     }
 }
 
-/// A messages table that nothing will vacuum is said at connect, once;
-/// one that autovacuum looks after is not.
+/// A messages table that nothing will vacuum (autovacuum off for it, and
+/// the broker's own vacuum off) is said at connect, once; one that
+/// autovacuum or the broker looks after is not.
 #[tokio::test(flavor = "current_thread")]
 async fn a_messages_table_that_autovacuum_skips_is_warned_about() {
     if support::is_child() {
@@ -288,7 +289,11 @@ async fn a_messages_table_that_autovacuum_skips_is_warned_about() {
     let _guard = tracing::subscriber::set_default(subscriber);
     let warnings = || String::from_utf8_lossy(&captured.0.lock().unwrap()).matches("autovacuum is off").count();
     let (schema, _drop) = own_schema();
-    let broker = broker_in(&schema).await;
+    let unvacuumed = || async {
+        let config = support::postgres::config_in(&schema).vacuum_every(0);
+        dramaturg::postgres::PgBroker::with_config(config).await.unwrap()
+    };
+    let broker = unvacuumed().await;
     let autovacuum: String =
         sqlx::query_scalar("SELECT current_setting('autovacuum')").fetch_one(broker.pool()).await.unwrap();
     let server_off = usize::from(autovacuum == "off");
@@ -297,7 +302,10 @@ async fn a_messages_table_that_autovacuum_skips_is_warned_about() {
         .execute(broker.pool())
         .await
         .unwrap();
-    let _again = broker_in(&schema).await;
+    let _again = unvacuumed().await;
+    assert_eq!(warnings(), server_off + 1);
+    // A broker that vacuums the table itself has nothing to warn about.
+    let _vacuuming = broker_in(&schema).await;
     assert_eq!(warnings(), server_off + 1);
 }
 
@@ -422,4 +430,46 @@ async fn a_stale_dead_letter_writes_nothing() {
     assert_eq!(store.get(key).await.unwrap().as_deref(), Some(&b"failed"[..]));
     assert_eq!(broker.list("failing", 10).await.unwrap().len(), 1);
     consumer.close().await.unwrap();
+}
+
+/// A broker connected as a role that does not own the messages table
+/// cannot vacuum it: it says so once and stops trying, and its acks go on.
+#[tokio::test(flavor = "current_thread")]
+async fn a_role_that_does_not_own_the_table_is_told_it_cannot_vacuum() {
+    if support::is_child() {
+        return;
+    }
+    let captured = support::Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let (schema, _drop) = own_schema();
+    let owner = broker_in(&schema).await;
+    let role = format!("{schema}_worker");
+    for statement in [
+        format!("CREATE ROLE \"{role}\" LOGIN"),
+        format!("GRANT USAGE ON SCHEMA \"{schema}\" TO \"{role}\""),
+        format!("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA \"{schema}\" TO \"{role}\""),
+        format!("GRANT USAGE ON ALL SEQUENCES IN SCHEMA \"{schema}\" TO \"{role}\""),
+    ] {
+        sqlx::query(&statement).execute(owner.pool()).await.unwrap();
+    }
+    let url = support::postgres::URL.replace("root@", &format!("{role}@"));
+    let config = dramaturg::postgres::PgConfig::new(url).schema(&schema).migrate(false).vacuum_every(10);
+    let worker = dramaturg::postgres::PgBroker::with_config(config).await.unwrap();
+    let app = dramaturg::app(worker.clone()).actor::<Numbered>().build().unwrap();
+    let jobs: Vec<Numbered> = (0..100).map(|seq| Numbered { seq }).collect();
+    app.send_many(&jobs).await.unwrap();
+    let report = Worker::new(app).concurrency(8).run_until_drained(Duration::from_secs(60)).await.unwrap();
+    assert_eq!(report.succeeded, 100);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let told = String::from_utf8_lossy(&captured.0.lock().unwrap()).matches("cannot vacuum it").count();
+    assert_eq!(told, 1, "told once that it cannot vacuum");
+    drop(worker);
+    let drop_role = format!("DROP OWNED BY \"{role}\"; DROP ROLE \"{role}\"");
+    sqlx::raw_sql(&drop_role).execute(owner.pool()).await.unwrap();
 }

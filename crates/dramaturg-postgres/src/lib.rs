@@ -217,8 +217,8 @@ impl PgConfig {
     /// "Completed rows, bloat and autovacuum". One `VACUUM` runs at a
     /// time across the workers of a schema (an advisory lock; a worker
     /// that finds it taken skips its turn). `VACUUM` needs the table's
-    /// owner: a broker connected as another role gets a warning from the
-    /// server and nothing is vacuumed.
+    /// owner or a superuser: a broker connected as another role logs once
+    /// that it cannot vacuum the table, and stops trying.
     #[must_use]
     pub fn vacuum_every(mut self, messages: u64) -> Self {
         self.vacuum_every = messages;
@@ -447,7 +447,8 @@ impl PgBroker {
 
     /// Learns the difference between the database's clock and ours, and
     /// warns when nothing will vacuum the messages table: autovacuum off on
-    /// the server, or on the table (`autovacuum_enabled = false`). Every
+    /// the server, or on the table (`autovacuum_enabled = false`), and
+    /// [`PgConfig::vacuum_every`] 0. Every
     /// acknowledged message leaves a dead row there, and claims slow down
     /// as they pile up (`docs/postgres.md`, "Completed rows, bloat and
     /// autovacuum").
@@ -464,11 +465,11 @@ impl PgBroker {
         .await
         .map_err(|e| db_error(e, "reading the clock"))?;
         self.shared.learn_clock(server);
-        if !vacuumed {
+        if !vacuumed && self.shared.config.vacuum_every == 0 {
             tracing::warn!(
                 schema = %schema,
-                "autovacuum is off for the messages table: every acknowledged message leaves a dead row that only \
-                 VACUUM reclaims, and claims slow down as they pile up; turn it on (docs/postgres.md)"
+                "autovacuum is off for the messages table and vacuum_every is 0: every acknowledged message leaves \
+                 a dead row that only VACUUM reclaims, and claims slow down as they pile up (docs/postgres.md)"
             );
         }
         Ok(())

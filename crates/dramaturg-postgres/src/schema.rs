@@ -50,14 +50,35 @@ pub(crate) async fn migrate(options: &sqlx::postgres::PgConnectOptions, schema: 
         .clone()
         .options([("search_path", format!("\"{schema}\"")), ("client_min_messages", "warning".to_owned())]);
     let mut conn = sqlx::PgConnection::connect_with(&options).await.map_err(|e| crate::db_error(e, "connecting"))?;
-    sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
-        .execute(&mut conn)
+    // A role that may not create schemas can still use one made for it.
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+        .bind(schema)
+        .fetch_one(&mut conn)
         .await
-        .map_err(|e| crate::db_error(e, "creating the schema"))?;
+        .map_err(|e| crate::db_error(e, "looking for the schema"))?;
+    if !exists {
+        sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
+            .execute(&mut conn)
+            .await
+            .map_err(|e| with_privilege_hint(crate::db_error(e, "creating the schema")))?;
+    }
     MIGRATOR.run(&mut conn).await.map_err(|e| {
-        BrokerError::new(BrokerErrorKind::Protocol, format!("migrating schema {schema:?} failed: {e}")).with_source(e)
+        let error = BrokerError::new(BrokerErrorKind::Protocol, format!("migrating schema {schema:?} failed: {e}"));
+        with_privilege_hint(error.with_source(e))
     })?;
     conn.close().await.map_err(|e| crate::db_error(e, "closing the migration connection"))
+}
+
+/// `error`, with a hint when the server refused for want of a privilege:
+/// migrating needs `CREATE` on the database (for a new schema) and on the
+/// schema (for its tables, and sqlx's record of migrations).
+fn with_privilege_hint(error: BrokerError) -> BrokerError {
+    if !error.to_string().contains("permission denied") {
+        return error;
+    }
+    let hint = "; a role without CREATE there can use tables made by their owner: apply migrations/*.sql as the \
+                owner and connect with PgConfig::migrate(false) (docs/postgres.md)";
+    BrokerError::new(error.kind(), format!("{error}{hint}"))
 }
 
 /// Every statement of the broker, for one schema.

@@ -337,15 +337,17 @@ impl SqliteBroker {
         let options = config.options()?;
         let shown = config.url.clone();
         if config.migrate {
-            schema::migrate(&options, &shown).await?;
+            while_locked(config.busy_timeout, || schema::migrate(&options, &shown)).await?;
         }
         let pool_options = || {
             SqlitePoolOptions::new()
                 .max_connections(config.max_connections)
                 .acquire_timeout(config.busy_timeout + Duration::from_secs(5))
         };
-        let pool =
-            pool_options().connect_with(options.clone()).await.map_err(|e| db_error(e, &format!("opening {shown}")))?;
+        let pool = while_locked(config.busy_timeout, || async {
+            pool_options().connect_with(options.clone()).await.map_err(|e| db_error(e, &format!("opening {shown}")))
+        })
+        .await?;
         // The file must be one the broker can use, whether it migrated or not.
         sqlx::query("SELECT count(*) FROM lease_tokens")
             .execute(&pool)
@@ -385,6 +387,26 @@ impl SqliteBroker {
     /// This worker's id in the `workers` table and on the claims it holds.
     pub fn worker_id(&self) -> &str {
         &self.shared.worker_id
+    }
+}
+
+/// Runs `open` again while it finds the file locked, for up to
+/// `patience`: a connection that opens while another switches the file to
+/// WAL or migrates it is answered `SQLITE_BUSY` at once, before its busy
+/// timeout applies (processes that start together on a new file).
+async fn while_locked<T, F, Fut>(patience: Duration, mut open: F) -> Result<T, BrokerError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, BrokerError>>,
+{
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        match open().await {
+            Err(error) if error.kind() == BrokerErrorKind::Timeout && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            done => return done,
+        }
     }
 }
 

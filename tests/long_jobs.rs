@@ -95,13 +95,7 @@ impl Polite {
 #[test]
 fn a_blocked_runtime_thread_is_noticed_and_the_actor_named_once() {
     let captured = support::Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::WARN)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_global_default(subscriber);
+    let _guard = tracing::subscriber::set_global_default(captured.subscriber(tracing::Level::WARN));
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let report = runtime.block_on(async {
         let app = dramaturg::app(MemoryBroker::new()).actor::<Hog>().actor::<Polite>().build().unwrap();

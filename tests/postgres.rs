@@ -280,13 +280,7 @@ async fn a_messages_table_that_autovacuum_skips_is_warned_about() {
         return;
     }
     let captured = support::Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::WARN)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let _guard = tracing::subscriber::set_default(captured.subscriber(tracing::Level::WARN));
     let warnings = || String::from_utf8_lossy(&captured.0.lock().unwrap()).matches("autovacuum is off").count();
     let (schema, _drop) = own_schema();
     let unvacuumed = || async {
@@ -440,13 +434,7 @@ async fn a_role_that_does_not_own_the_table_is_told_it_cannot_vacuum() {
         return;
     }
     let captured = support::Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::WARN)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let _guard = tracing::subscriber::set_default(captured.subscriber(tracing::Level::WARN));
     let (schema, _drop) = own_schema();
     let owner = broker_in(&schema).await;
     let role = format!("{schema}_worker");

@@ -227,6 +227,27 @@ async fn an_id_claimed_twice_in_one_batch_settles_once() {
     consumer.close().await.unwrap();
 }
 
+/// A broker of a namespace of its own whose `queue` holds entries `ids`
+/// in that order (an id twice: claimed twice, the first claim stale),
+/// each with a body; and its store.
+async fn with_ready(queue: &str, ids: &[&str]) -> (RedisBroker, Arc<dyn dramaturg::Store>) {
+    let namespace = namespace();
+    let broker = broker_in(URL, &namespace).await;
+    let store = broker.store().unwrap();
+    let client = redis::Client::open(URL).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let prefix = format!("{namespace}:{{{queue}}}");
+    for id in ids {
+        redis::pipe()
+            .hset(format!("{prefix}:msgs"), *id, b"body".as_slice())
+            .rpush(format!("{prefix}:ready"), *id)
+            .query_async::<()>(&mut conn)
+            .await
+            .unwrap();
+    }
+    (broker, store)
+}
+
 /// A store write that goes with an ack (a message's result) is made with
 /// the ack, only if the ack applies: a stale attempt writes nothing. The
 /// same id claimed twice in one batch gives a stale and a current claim.
@@ -235,19 +256,7 @@ async fn a_stale_ack_writes_nothing() {
     if support::is_child() {
         return;
     }
-    let namespace = namespace();
-    let broker = broker_in(URL, &namespace).await;
-    let store = broker.store().unwrap();
-    let client = redis::Client::open(URL).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let prefix = format!("{namespace}:{{written}}");
-    redis::pipe()
-        .hset(format!("{prefix}:msgs"), "written-1", b"body".as_slice())
-        .rpush(format!("{prefix}:ready"), "written-1")
-        .rpush(format!("{prefix}:ready"), "written-1")
-        .query_async::<()>(&mut conn)
-        .await
-        .unwrap();
+    let (broker, store) = with_ready("written", &["written-1", "written-1"]).await;
     let mut consumer = broker.consume("written", 4).await.unwrap();
     let (stale, current) = (consumer.next().await.unwrap(), consumer.next().await.unwrap());
     let write =
@@ -1251,23 +1260,9 @@ async fn a_stale_dead_letter_writes_nothing() {
     }
     use dramaturg::store::StoreWrite;
     use dramaturg::{DeadLetters as _, Settled, Settlement};
-    let namespace = namespace();
-    let broker = broker_in(URL, &namespace).await;
-    let store = broker.store().unwrap();
-    let client = redis::Client::open(URL).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let prefix = format!("{namespace}:{{failing}}");
+    let (broker, store) = with_ready("failing", &["failing-1", "failing-2", "failing-1"]).await;
     let key = "result:failing-1";
     let write = |value: &'static [u8]| [StoreWrite::new(key, value, Duration::from_secs(60))];
-    for id in ["failing-1", "failing-2"] {
-        redis::pipe()
-            .hset(format!("{prefix}:msgs"), id, b"body".as_slice())
-            .rpush(format!("{prefix}:ready"), id)
-            .query_async::<()>(&mut conn)
-            .await
-            .unwrap();
-    }
-    redis::cmd("RPUSH").arg(format!("{prefix}:ready")).arg("failing-1").query_async::<()>(&mut conn).await.unwrap();
     let mut consumer = broker.consume("failing", 4).await.unwrap();
     let (stale, other, owner) =
         (consumer.next().await.unwrap(), consumer.next().await.unwrap(), consumer.next().await.unwrap());

@@ -225,13 +225,7 @@ async fn an_async_actor_that_blocks_past_its_limit_fails_whatever_it_returned() 
 #[test]
 fn the_expiry_warning_shows_the_limit_in_force() {
     let captured = support::Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::WARN)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let _guard = tracing::subscriber::set_default(captured.subscriber(tracing::Level::WARN));
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         let app = app(TimeLimit::new().time_limit(Duration::from_millis(150)), &Seen::default());

@@ -303,13 +303,7 @@ async fn delayed_messages_run_after_their_delay() {
 #[test]
 fn every_message_has_a_span_with_id_actor_queue_and_retries() {
     let captured = support::Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let _guard = tracing::subscriber::set_default(captured.subscriber(tracing::Level::DEBUG));
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let id = runtime.block_on(async {
         let broker = MemoryBroker::new();
@@ -330,13 +324,7 @@ fn every_message_has_a_span_with_id_actor_queue_and_retries() {
 /// What tracing printed while `run` ran on a current-thread runtime.
 fn logged<F: std::future::Future>(run: impl FnOnce() -> F) -> String {
     let captured = support::Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::WARN)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let _guard = tracing::subscriber::set_default(captured.subscriber(tracing::Level::WARN));
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(run());
     let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();

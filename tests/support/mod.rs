@@ -281,6 +281,14 @@ impl CountingProxy {
 #[derive(Clone, Default)]
 pub(crate) struct Captured(pub(crate) Arc<Mutex<Vec<u8>>>);
 
+impl Captured {
+    /// A subscriber that writes here what is logged at `level` or above.
+    pub(crate) fn subscriber(&self, level: tracing::Level) -> impl tracing::Subscriber + Send + Sync + 'static {
+        let writer = self.clone();
+        tracing_subscriber::fmt().with_max_level(level).with_ansi(false).with_writer(move || writer.clone()).finish()
+    }
+}
+
 impl Write for Captured {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
         self.0.lock().unwrap().extend_from_slice(bytes);

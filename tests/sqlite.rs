@@ -355,3 +355,23 @@ async fn a_stale_ack_batched_with_the_current_one_stays_stale() {
         again.close().await.unwrap();
     }
 }
+
+/// Results for a SQLite broker, which keeps no store, would stay in the
+/// worker's memory where other processes cannot read them: `for_broker`
+/// says so. For the in-memory broker, whose messages stay in the process
+/// too, it says nothing.
+#[tokio::test(flavor = "current_thread")]
+async fn results_without_a_shared_store_are_warned_about() {
+    if support::is_child() {
+        return;
+    }
+    let captured = support::Captured::default();
+    let _guard = tracing::subscriber::set_default(captured.subscriber(tracing::Level::WARN));
+    let warnings = || String::from_utf8_lossy(&captured.0.lock().unwrap()).matches("keeps no store").count();
+    let _in_process = dramaturg::results::Results::for_broker(&dramaturg::MemoryBroker::new());
+    assert_eq!(warnings(), 0);
+    let dir = TempDir::new();
+    let broker = broker_at(&dir.url()).await;
+    let _local = dramaturg::results::Results::for_broker(&broker);
+    assert_eq!(warnings(), 1);
+}

@@ -180,11 +180,22 @@ impl Results {
 
     /// Results kept where `broker`'s messages reach: its store, or a
     /// process-local [`MemoryStore`] for a broker without one (see the
-    /// crate docs).
+    /// crate docs). For a broker whose messages reach other processes
+    /// (RabbitMQ, SQLite) that means results other processes cannot
+    /// read: it logs a warning saying so, and to give it a shared store.
     pub fn for_broker(broker: &dyn dramaturg_core::Broker) -> Self {
         match broker.store() {
             Some(store) => Self::with_shared_store(store),
-            None => Self::new(MemoryStore::new()),
+            None => {
+                if !broker.locality().is_process_local() {
+                    tracing::warn!(
+                        "this broker keeps no store: results stay in this process's memory, where producers and \
+                         workers of other processes cannot read them; keep them in a shared store instead \
+                         (Results::new with a RedisStore or PgStore)"
+                    );
+                }
+                Self::new(MemoryStore::new())
+            }
         }
     }
 

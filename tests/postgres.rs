@@ -281,7 +281,7 @@ async fn a_messages_table_that_autovacuum_skips_is_warned_about() {
     }
     let captured = support::Captured::default();
     let _guard = tracing::subscriber::set_default(captured.subscriber(tracing::Level::WARN));
-    let warnings = || String::from_utf8_lossy(&captured.0.lock().unwrap()).matches("autovacuum is off").count();
+    let warnings = || captured.count("autovacuum is off");
     let (schema, _drop) = own_schema();
     let unvacuumed = || async {
         let config = support::postgres::config_in(&schema).vacuum_every(0);
@@ -455,7 +455,7 @@ async fn a_role_that_does_not_own_the_table_is_told_it_cannot_vacuum() {
     let report = Worker::new(app).concurrency(8).run_until_drained(Duration::from_secs(60)).await.unwrap();
     assert_eq!(report.succeeded, 100);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let told = String::from_utf8_lossy(&captured.0.lock().unwrap()).matches("cannot vacuum it").count();
+    let told = captured.count("cannot vacuum it");
     assert_eq!(told, 1, "told once that it cannot vacuum");
     drop(worker);
     let drop_role = format!("DROP OWNED BY \"{role}\"; DROP ROLE \"{role}\"");

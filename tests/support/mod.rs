@@ -287,6 +287,11 @@ impl Captured {
         let writer = self.clone();
         tracing_subscriber::fmt().with_max_level(level).with_ansi(false).with_writer(move || writer.clone()).finish()
     }
+
+    /// How many times `text` was logged so far.
+    pub(crate) fn count(&self, text: &str) -> usize {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).matches(text).count()
+    }
 }
 
 impl Write for Captured {

@@ -1,9 +1,13 @@
-//! Locking that survives a panic elsewhere.
+//! Locking that survives a panic elsewhere, and the prefetch slots of a
+//! broker's consumer: how many messages to claim, and waiting for a free
+//! slot while watching the queue's pause.
 
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::error::{BrokerError, BrokerErrorKind};
 
 /// Locks `mutex`, taking the guard even if a thread panicked while it held
 /// the lock.
@@ -59,4 +63,53 @@ pub async fn claim_room(slots: &Semaphore, prefetch: usize, gather: Duration) ->
         let _ = tokio::time::timeout(gather, slots.acquire_many(wanted)).await;
     }
     slots.available_permits() + 1
+}
+
+/// How long a consumer whose queue's pause is watched goes without looking
+/// whether the queue was paused: while it hands out claimed messages, and
+/// while it waits for a free prefetch slot ([`free_slot`]).
+pub const PAUSE_CHECK: Duration = Duration::from_millis(500);
+
+/// A consumer that hands out deliveries against prefetch slots and learns
+/// whether its queue was paused by looking (see [`free_slot`]).
+#[async_trait::async_trait]
+pub trait PauseWatching: Send {
+    /// Its prefetch slots: a delivery handed out holds one until settled.
+    fn slots(&self) -> Arc<Semaphore>;
+
+    /// Whether the queue's pause is watched (the worker keeps a view of it).
+    fn pause_watched(&self) -> bool;
+
+    /// Looks whether the queue was paused, and acts on what it learns.
+    ///
+    /// # Errors
+    ///
+    /// The broker's, when it cannot be asked.
+    async fn check_paused(&mut self) -> Result<(), BrokerError>;
+}
+
+/// A free prefetch slot of `consumer` for its next delivery. While there is
+/// none (the whole prefetch handed out and unsettled) and the pause is
+/// watched, looks every [`PAUSE_CHECK`] whether the queue was paused, so
+/// that the worker learns it and returns the deliveries it has not started
+/// (a failed look is tried again at the next).
+///
+/// # Errors
+///
+/// A [`BrokerError`] of kind `Closed` once the slots are closed.
+pub async fn free_slot<C: PauseWatching + ?Sized>(consumer: &mut C) -> Result<OwnedSemaphorePermit, BrokerError> {
+    let slots = consumer.slots();
+    loop {
+        let watched = consumer.pause_watched();
+        tokio::select! {
+            permit = Arc::clone(&slots).acquire_owned() => {
+                return permit.map_err(|_| BrokerError::new(BrokerErrorKind::Closed, "the consumer is closed"));
+            }
+            () = tokio::time::sleep(PAUSE_CHECK), if watched => {
+                if let Err(error) = consumer.check_paused().await {
+                    tracing::debug!(%error, "could not look whether the queue is paused");
+                }
+            }
+        }
+    }
 }

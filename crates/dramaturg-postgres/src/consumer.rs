@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use dramaturg_core::sync::lock;
+use dramaturg_core::sync::{free_slot, PauseWatching, PAUSE_CHECK};
 use dramaturg_core::{
     BrokerError, BrokerErrorKind, Consumer, Delivery, Receipt, Settled, Settlement, StoreWrite, WritingReceipt,
 };
@@ -16,10 +17,6 @@ use tokio::task::JoinHandle;
 
 use crate::acks::WriteArrays;
 use crate::{db_error, ms, Shared};
-
-/// How long claimed messages are handed out without looking whether the
-/// queue was paused meanwhile (then they go back to the queue).
-const PAUSE_CHECK: Duration = Duration::from_millis(500);
 
 /// How long a consumer of a paused queue waits before it looks again, if
 /// the resume's wake-up did not reach it.
@@ -114,22 +111,6 @@ impl PgConsumer {
         Ok((next_due, paused))
     }
 
-    /// Returns the buffered claims to the queue if it was paused since
-    /// they were claimed.
-    async fn check_paused(&mut self) -> Result<(), BrokerError> {
-        let paused: bool = sqlx::query_scalar(&self.shared.sql.paused)
-            .bind(&self.queue)
-            .fetch_one(&self.shared.settle_pool)
-            .await
-            .map_err(|e| db_error(e, "looking whether the queue is paused"))?;
-        self.learned(paused);
-        if paused {
-            let returned = self.return_buffer().await?;
-            tracing::info!(queue = %dramaturg_core::Bounded::quoted(&self.queue), returned, "the queue is paused; returned claimed messages");
-        }
-        Ok(())
-    }
-
     /// Notes whether the queue is paused, as just learned.
     fn learned(&mut self, paused: bool) {
         self.checked = Instant::now();
@@ -158,25 +139,6 @@ impl PgConsumer {
             .await
             .map_err(|e| db_error(e, "returning claimed messages"))?;
         Ok(ids.len())
-    }
-
-    /// A free prefetch slot for the next delivery. While there is none and
-    /// the worker watches the pause, looks every [`PAUSE_CHECK`] whether
-    /// the queue was paused, so that the worker learns it.
-    async fn free_slot(&mut self) -> Result<OwnedSemaphorePermit, BrokerError> {
-        loop {
-            let watched = self.paused.receiver_count() > 0;
-            tokio::select! {
-                permit = Arc::clone(&self.permits).acquire_owned() => {
-                    return permit.map_err(|_| BrokerError::new(BrokerErrorKind::Closed, "the consumer is closed"));
-                }
-                () = tokio::time::sleep(PAUSE_CHECK), if watched => {
-                    if let Err(error) = self.check_paused().await {
-                        tracing::debug!(%error, "could not look whether the queue is paused");
-                    }
-                }
-            }
-        }
     }
 
     /// How many messages to claim for this delivery and every other free
@@ -229,9 +191,36 @@ async fn claim_rows(shared: Arc<Shared>, queue: String, n: usize) -> Result<Vec<
 }
 
 #[async_trait]
+impl PauseWatching for PgConsumer {
+    fn slots(&self) -> Arc<Semaphore> {
+        Arc::clone(&self.permits)
+    }
+
+    fn pause_watched(&self) -> bool {
+        self.paused.receiver_count() > 0
+    }
+
+    /// Returns the buffered claims to the queue if it was paused since
+    /// they were claimed.
+    async fn check_paused(&mut self) -> Result<(), BrokerError> {
+        let paused: bool = sqlx::query_scalar(&self.shared.sql.paused)
+            .bind(&self.queue)
+            .fetch_one(&self.shared.settle_pool)
+            .await
+            .map_err(|e| db_error(e, "looking whether the queue is paused"))?;
+        self.learned(paused);
+        if paused {
+            let returned = self.return_buffer().await?;
+            tracing::info!(queue = %dramaturg_core::Bounded::quoted(&self.queue), returned, "the queue is paused; returned claimed messages");
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
 impl Consumer for PgConsumer {
     async fn next(&mut self) -> Result<Delivery, BrokerError> {
-        let permit = self.free_slot().await?;
+        let permit = free_slot(self).await?;
         loop {
             if !self.buffer.is_empty() && self.checked.elapsed() >= PAUSE_CHECK {
                 self.check_paused().await?;

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use dramaturg_core::sync::{free_slot, PauseWatching, PAUSE_CHECK};
 use dramaturg_core::{
     BrokerError, BrokerErrorKind, Consumer, Delivery, MessageId, Receipt, Settled, Settlement, StoreWrite,
     WritingReceipt,
@@ -51,10 +52,6 @@ pub(crate) struct RedisConsumer {
     /// What it learned, for the worker ([`Consumer::paused`]).
     paused: watch::Sender<bool>,
 }
-
-/// How long claimed messages are handed out without looking whether the
-/// queue was paused meanwhile (then they go back to the queue).
-const PAUSE_CHECK: Duration = Duration::from_millis(500);
 
 /// How long a consumer of a paused queue waits before it looks again, if
 /// the resume's wake-up did not reach it (a subscription reconnecting).
@@ -135,50 +132,10 @@ impl RedisConsumer {
         Ok((next_due, paused))
     }
 
-    /// Returns the claimed messages not handed out yet to the queue if it
-    /// was paused since they were claimed.
-    async fn check_paused(&mut self) -> Result<(), BrokerError> {
-        let mut conn = self.shared.conn.clone();
-        let paused: bool = redis::cmd("EXISTS")
-            .arg(&self.keys.paused)
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| broker_error(e, "looking whether the queue is paused"))?;
-        self.learned(paused);
-        if paused {
-            self.buffer.clear();
-            // Returned by the next rescan if this call fails.
-            self.rescan = true;
-            let returned = self.return_unhanded().await?;
-            self.rescan = false;
-            tracing::info!(queue_key = %self.keys.ready, returned, "the queue is paused; returned claimed messages");
-        }
-        Ok(())
-    }
-
     /// Notes whether the queue is paused, as just learned.
     fn learned(&mut self, paused: bool) {
         self.checked = Instant::now();
         self.paused.send_if_modified(|was| std::mem::replace(was, paused) != paused);
-    }
-
-    /// A free prefetch slot for the next delivery. While there is none
-    /// (the whole prefetch handed out and unsettled) and the worker holds
-    /// deliveries it has not started, looks every [`PAUSE_CHECK`] whether
-    /// the queue was paused, so that the worker learns it and returns them
-    /// (a failed look is tried again at the next).
-    async fn free_slot(&mut self) -> Result<OwnedSemaphorePermit, BrokerError> {
-        loop {
-            let watched = self.paused.receiver_count() > 0;
-            tokio::select! {
-                permit = prefetch_slot(&self.permits) => return permit,
-                () = tokio::time::sleep(PAUSE_CHECK), if watched => {
-                    if let Err(error) = self.check_paused().await {
-                        tracing::debug!(queue_key = %self.keys.ready, %error, "could not look whether the queue is paused");
-                    }
-                }
-            }
-        }
     }
 
     /// Waits until a message arrives in the empty queue, the next delayed
@@ -283,9 +240,41 @@ pub(crate) async fn prefetch_slot(permits: &Arc<Semaphore>) -> Result<OwnedSemap
 }
 
 #[async_trait]
+impl PauseWatching for RedisConsumer {
+    fn slots(&self) -> Arc<Semaphore> {
+        Arc::clone(&self.permits)
+    }
+
+    fn pause_watched(&self) -> bool {
+        self.paused.receiver_count() > 0
+    }
+
+    /// Returns the claimed messages not handed out yet to the queue if it
+    /// was paused since they were claimed.
+    async fn check_paused(&mut self) -> Result<(), BrokerError> {
+        let mut conn = self.shared.conn.clone();
+        let paused: bool = redis::cmd("EXISTS")
+            .arg(&self.keys.paused)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| broker_error(e, "looking whether the queue is paused"))?;
+        self.learned(paused);
+        if paused {
+            self.buffer.clear();
+            // Returned by the next rescan if this call fails.
+            self.rescan = true;
+            let returned = self.return_unhanded().await?;
+            self.rescan = false;
+            tracing::info!(queue_key = %self.keys.ready, returned, "the queue is paused; returned claimed messages");
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
 impl Consumer for RedisConsumer {
     async fn next(&mut self) -> Result<Delivery, BrokerError> {
-        let permit = self.free_slot().await?;
+        let permit = free_slot(self).await?;
         if self.shared.registry.register_once(&mut self.registered).await? {
             tracing::info!(queue_key = %self.keys.ready, "consumer registered");
         }
